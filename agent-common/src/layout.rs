@@ -1,0 +1,89 @@
+//! Offsets of the kernel struct fields the probes read. The agent resolves each one from the
+//! running kernel's BTF and writes the table into the programs' read-only global
+//! [`LAYOUT_GLOBAL`]; nothing here is a hard-coded kernel offset.
+
+pub const LAYOUT_GLOBAL: &str = "KERNEL_LAYOUT";
+
+/// Where one offset comes from: a struct in vmlinux BTF and a dotted member path (anonymous
+/// structs and unions are searched through), and the size the probe reads at that offset.
+/// `size` 0 skips the size check (flexible arrays).
+#[derive(Clone, Copy, Debug)]
+pub struct FieldSpec {
+    pub name: &'static str,
+    pub ty: &'static str,
+    pub path: &'static str,
+    pub size: u32,
+}
+
+macro_rules! kernel_layout {
+    ($($field:ident => $ty:literal $path:literal $size:literal),* $(,)?) => {
+        /// Byte offsets, one per field the probes read.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug)]
+        pub struct KernelLayout {
+            $(pub $field: u32,)*
+        }
+
+        impl KernelLayout {
+            pub const FIELDS: &[FieldSpec] = &[
+                $(FieldSpec { name: stringify!($field), ty: $ty, path: $path, size: $size },)*
+            ];
+
+            #[must_use]
+            pub const fn zeroed() -> Self {
+                Self { $($field: 0,)* }
+            }
+
+            /// Builds the table by asking `offset_of` for each field, in `FIELDS` order.
+            pub fn resolve<E>(mut offset_of: impl FnMut(&FieldSpec) -> Result<u32, E>) -> Result<Self, E> {
+                let mut specs = Self::FIELDS.iter();
+                Ok(Self {
+                    $($field: offset_of(specs.next().expect("one spec per field"))?,)*
+                })
+            }
+        }
+    };
+}
+
+kernel_layout! {
+    task_pid => "task_struct" "pid" 4,
+    task_tgid => "task_struct" "tgid" 4,
+    task_real_parent => "task_struct" "real_parent" 8,
+    task_cred => "task_struct" "cred" 8,
+    task_loginuid => "task_struct" "loginuid.val" 4,
+    task_sessionid => "task_struct" "sessionid" 4,
+    task_mm => "task_struct" "mm" 8,
+    task_files => "task_struct" "files" 8,
+    task_signal => "task_struct" "signal" 8,
+    task_exit_code => "task_struct" "exit_code" 4,
+    cred_euid => "cred" "euid.val" 4,
+    mm_arg_start => "mm_struct" "arg_start" 8,
+    mm_arg_end => "mm_struct" "arg_end" 8,
+    files_fdt => "files_struct" "fdt" 8,
+    fdt_max_fds => "fdtable" "max_fds" 4,
+    fdt_fd => "fdtable" "fd" 8,
+    file_inode => "file" "f_inode" 8,
+    file_private_data => "file" "private_data" 8,
+    inode_rdev => "inode" "i_rdev" 4,
+    tty_file_private_tty => "tty_file_private" "tty" 8,
+    tty_driver => "tty_struct" "driver" 8,
+    tty_index => "tty_struct" "index" 4,
+    tty_link => "tty_struct" "link" 8,
+    driver_major => "tty_driver" "major" 4,
+    driver_minor_start => "tty_driver" "minor_start" 4,
+    signal_tty => "signal_struct" "tty" 8,
+    signal_live => "signal_struct" "live.counter" 4,
+    bprm_filename => "linux_binprm" "filename" 8,
+    sys_enter_args => "syscall_trace_enter" "args" 0,
+    sys_exit_ret => "syscall_trace_exit" "ret" 8,
+}
+
+crate::user_pod!(KernelLayout);
+
+/// `struct iovec` is user-space ABI, fixed for every kernel, so it is not resolved from BTF.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IoVec {
+    pub base: u64,
+    pub len: u64,
+}

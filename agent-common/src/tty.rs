@@ -1,0 +1,42 @@
+//! `tty_out` / `tty_in` records: the bytes of one `write`/`writev` to a terminal, in chunks.
+
+use crate::event::Header;
+
+/// Data bytes per record. A power of two, so the kernel side can mask lengths.
+pub const CHUNK: usize = 4096;
+/// Steps one syscall may take: each emits one record or, for `writev`, loads one iovec. Bytes
+/// past the last step (4 MiB for a `write`) are counted as lost, never dropped silently.
+/// Past it, the iovecs of a `writev` (at most `UIO_MAXIOV`) are still walked to count them.
+pub const MAX_STEPS: u32 = 1024;
+
+/// pty slaves (Unix98).
+pub const PTY_SLAVE_MAJOR_FIRST: u32 = 136;
+pub const PTY_SLAVE_MAJOR_LAST: u32 = 143;
+/// Virtual consoles and serial ttys.
+pub const TTY_MAJOR: u32 = 4;
+/// `/dev/tty` (5:0), `/dev/console` (5:1), `/dev/ptmx` (5:2).
+pub const TTYAUX_MAJOR: u32 = 5;
+pub const DEV_TTY_MINOR: u32 = 0;
+pub const CONSOLE_MINOR: u32 = 1;
+pub const PTMX_MINOR: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TtyRecord {
+    pub header: Header,
+    /// The terminal the bytes belong to (`dev_t`): the device written for output, the slave
+    /// side of the pair for input typed into a pty master.
+    pub device: u32,
+    pub fd: u32,
+    /// Position of `data[0]` within the bytes the syscall writes (over all its iovecs).
+    pub offset: u64,
+    pub len: u32,
+    pub reserved: u32,
+    pub data: [u8; CHUNK],
+}
+
+/// Bytes before `data`; a record is submitted as this plus `len`.
+pub const TTY_FIXED: usize = core::mem::offset_of!(TtyRecord, data);
+
+const _: () = assert!(TTY_FIXED == 80 + 24);
+const _: () = assert!(CHUNK.is_power_of_two());

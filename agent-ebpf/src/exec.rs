@@ -1,0 +1,225 @@
+//! Sensor `exec`. A successful exec is reported from `sched_process_exec`, after the new
+//! credentials are committed (so a setuid binary shows its new euid) and with argv read from
+//! the new image. A failed `execve`/`execveat` is reported on syscall exit with its errno,
+//! from the user pointers stashed on syscall entry (still valid: the old image survives).
+
+use agent_common::{
+    event::kind,
+    exec::{
+        ARGV_CAP, EXEC_FIXED, ExecRecord, FAILED_ARGS_MAX, FILENAME_CAP, flags,
+    },
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf,
+        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
+    },
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{LruHashMap, PerCpuArray},
+    programs::{RawTracePointContext, TracePointContext},
+};
+
+use crate::{
+    emit::{fill_header, submit},
+    kernel::{Task, bprm_filename, config, syscall_arg, syscall_ret},
+};
+
+/// A record plus `ARGV_CAP` bytes of slack: each string read of a failed exec may write up
+/// to `ARGV_CAP` bytes past a masked offset, and the slack keeps that inside the map value
+/// where the verifier can see it.
+#[repr(C)]
+pub struct ExecScratch {
+    record: ExecRecord,
+    slack: [u8; ARGV_CAP],
+}
+
+#[map(name = "EXEC_SCRATCH")]
+static SCRATCH: PerCpuArray<ExecScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// User pointers of an exec in flight, by thread id.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingExec {
+    filename: u64,
+    argv: u64,
+}
+
+#[map(name = "EXEC_PENDING")]
+static PENDING: LruHashMap<u32, PendingExec> = LruHashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn argv_bound() -> usize {
+    let max = config!(argv_max) as usize;
+    if max > ARGV_CAP { ARGV_CAP } else { max }
+}
+
+#[inline(always)]
+fn scratch() -> Result<&'static mut ExecScratch, i64> {
+    let s = SCRATCH.get_ptr_mut(0).ok_or(-1i64)?;
+    Ok(unsafe { &mut *s })
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn exec_sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    match try_exec(&ctx) {
+        Ok(()) => 0,
+        Err(e) => e as i32,
+    }
+}
+
+fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let old_pid: u32 = ctx.arg::<u64>(1) as u32;
+    let _ = PENDING.remove(&old_pid);
+    let task = Task::current();
+    let s = scratch()?;
+    let rec = &mut s.record;
+    fill_header(&mut rec.header, kind::EXEC, task);
+    rec.result = 0;
+    rec.flags = 0;
+
+    let filename = bprm_filename(ctx.arg::<u64>(2))?;
+    let n = unsafe {
+        bpf_probe_read_kernel_str(rec.filename.as_mut_ptr().cast(), FILENAME_CAP as u32, filename.cast())
+    };
+    set_filename_len(rec, n);
+
+    rec.argv_len = 0;
+    match task.arg_range() {
+        Ok((start, end)) if end > start => {
+            let total = (end - start) as usize;
+            let bound = argv_bound();
+            let mut n = total;
+            if n > bound {
+                n = bound;
+                rec.flags |= flags::ARGV_TRUNCATED;
+            }
+            if n > 0 {
+                // Identity for n in 1..=ARGV_CAP; the mask shows the verifier the bound.
+                let n = ((n - 1) & (ARGV_CAP - 1)) + 1;
+                let dst = unsafe { core::slice::from_raw_parts_mut(rec.argv.as_mut_ptr(), n) };
+                if unsafe { bpf_probe_read_user_buf(start as *const u8, dst) }.is_ok() {
+                    rec.argv_len = n as u32;
+                } else {
+                    rec.flags |= flags::ARGV_UNREADABLE;
+                }
+            }
+        }
+        _ => rec.flags |= flags::ARGV_UNREADABLE,
+    }
+    emit(rec);
+    Ok(())
+}
+
+#[inline(always)]
+fn set_filename_len(rec: &mut ExecRecord, copied: i64) {
+    // `copied` counts the terminating NUL (negative on error); a full buffer means the name
+    // was cut.
+    rec.filename_len = if copied > 0 { (copied - 1) as u32 } else { 0 };
+    if copied >= FILENAME_CAP as i64 {
+        rec.flags |= flags::FILENAME_TRUNCATED;
+    }
+}
+
+#[inline(always)]
+fn emit(rec: &mut ExecRecord) {
+    let argv_len = (rec.argv_len as usize) & (ARGV_CAP * 2 - 1);
+    submit(&raw mut rec.header, EXEC_FIXED + argv_len, argv_len as u64);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_execve")]
+pub fn exec_sys_enter_execve(ctx: TracePointContext) -> u32 {
+    stash(&ctx, 0);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
+pub fn exec_sys_enter_execveat(ctx: TracePointContext) -> u32 {
+    stash(&ctx, 1);
+    0
+}
+
+#[inline(always)]
+fn stash(ctx: &TracePointContext, first: usize) {
+    let (Ok(filename), Ok(argv)) = (syscall_arg(ctx, first), syscall_arg(ctx, first + 1)) else {
+        return;
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = PENDING.insert(&tid, &PendingExec { filename, argv }, 0);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_execve")]
+pub fn exec_sys_exit_execve(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_execveat")]
+pub fn exec_sys_exit_execveat(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(pending) = (unsafe { PENDING.get(&tid) }).copied() else {
+        return Ok(());
+    };
+    let _ = PENDING.remove(&tid);
+    let ret = syscall_ret(ctx)?;
+    if ret >= 0 {
+        return Ok(());
+    }
+    let s = scratch()?;
+    let rec = &mut s.record;
+    fill_header(&mut rec.header, kind::EXEC, Task::current());
+    rec.result = ret as i32;
+    rec.flags = 0;
+    let n = unsafe {
+        bpf_probe_read_user_str(
+            rec.filename.as_mut_ptr().cast(),
+            FILENAME_CAP as u32,
+            pending.filename as *const core::ffi::c_void,
+        )
+    };
+    set_filename_len(rec, n);
+    read_argv_pointers(s, pending.argv);
+    emit(&mut s.record);
+    Ok(())
+}
+
+/// Copies the strings of a user `argv` array back to back, up to the configured bound.
+#[inline(always)]
+fn read_argv_pointers(s: &mut ExecScratch, argv: u64) {
+    let bound = argv_bound();
+    let base = s.record.argv.as_mut_ptr();
+    let mut off = 0usize;
+    s.record.argv_len = 0;
+    for i in 0..FAILED_ARGS_MAX {
+        let Ok(arg) = (unsafe { bpf_probe_read_user((argv + u64::from(i) * 8) as *const u64) })
+        else {
+            s.record.flags |= flags::ARGV_UNREADABLE;
+            break;
+        };
+        if arg == 0 {
+            break;
+        }
+        if off >= bound {
+            s.record.flags |= flags::ARGV_TRUNCATED;
+            break;
+        }
+        let dst = base.wrapping_add(off & (ARGV_CAP - 1));
+        let n = unsafe {
+            bpf_probe_read_user_str(dst.cast(), ARGV_CAP as u32, arg as *const core::ffi::c_void)
+        };
+        if n <= 0 {
+            s.record.flags |= flags::ARGV_UNREADABLE;
+            break;
+        }
+        off += (n as usize) & (ARGV_CAP * 2 - 1);
+    }
+    if off > bound {
+        off = bound;
+        s.record.flags |= flags::ARGV_TRUNCATED;
+    }
+    s.record.argv_len = off as u32;
+}

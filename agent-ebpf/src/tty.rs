@@ -1,0 +1,167 @@
+//! Sensor `tty`: the bytes of `write`/`writev` to a terminal. Writes to a pty slave, a
+//! console or `/dev/tty` are session output; writes to the pty master (`/dev/ptmx`) are what
+//! the user typed, filed under the slave side so input and output share one terminal id.
+//! Bytes are read on syscall entry, as the caller asked to write them.
+
+use core::ffi::c_void;
+
+use agent_common::{
+    event::{dev_major, dev_minor, kind},
+    layout::IoVec,
+    tty::{
+        CHUNK, CONSOLE_MINOR, DEV_TTY_MINOR, MAX_STEPS, PTMX_MINOR,
+        PTY_SLAVE_MAJOR_FIRST, PTY_SLAVE_MAJOR_LAST, TTY_FIXED, TTY_MAJOR, TTYAUX_MAJOR,
+        TtyRecord,
+    },
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf,
+        generated::bpf_loop,
+    },
+    macros::{map, tracepoint},
+    maps::PerCpuArray,
+    programs::TracePointContext,
+};
+
+use crate::{
+    emit::{count_loss, fill_header, submit},
+    kernel::{File, Task, config, syscall_arg, tty_dev, tty_link},
+};
+
+#[map(name = "TTY_SCRATCH")]
+static SCRATCH: PerCpuArray<TtyRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// `UIO_MAXIOV`: the most iovecs a `writev` can carry.
+const UIO_MAXIOV: u32 = 1024;
+
+#[tracepoint(category = "syscalls", name = "sys_enter_write")]
+pub fn tty_sys_enter_write(ctx: TracePointContext) -> u32 {
+    let _ = try_write(&ctx, false);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_writev")]
+pub fn tty_sys_enter_writev(ctx: TracePointContext) -> u32 {
+    let _ = try_write(&ctx, true);
+    0
+}
+
+/// The record kind and terminal for a file, or `None` when it is not a terminal.
+#[inline(always)]
+fn classify(file: File) -> Result<Option<(u32, u32)>, i64> {
+    let rdev = file.rdev()?;
+    let major = dev_major(rdev);
+    if major == TTY_MAJOR || (PTY_SLAVE_MAJOR_FIRST..=PTY_SLAVE_MAJOR_LAST).contains(&major) {
+        return Ok(Some((kind::TTY_OUT, rdev)));
+    }
+    if major != TTYAUX_MAJOR {
+        return Ok(None);
+    }
+    match dev_minor(rdev) {
+        PTMX_MINOR => Ok(Some((kind::TTY_IN, tty_dev(tty_link(file.tty()?)?)?))),
+        DEV_TTY_MINOR | CONSOLE_MINOR => Ok(Some((kind::TTY_OUT, tty_dev(file.tty()?)?))),
+        _ => Ok(None),
+    }
+}
+
+fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == config!(agent_tgid) {
+        return Ok(());
+    }
+    let fd = syscall_arg(ctx, 0)? as u32;
+    let task = Task::current();
+    let Some((kind, device)) = classify(task.file(fd)?)? else {
+        return Ok(());
+    };
+    let (buf, count) = (syscall_arg(ctx, 1)?, syscall_arg(ctx, 2)?);
+
+    let rec = scratch()?;
+    fill_header(&mut rec.header, kind, task);
+    rec.device = device;
+    rec.fd = fd;
+    rec.reserved = 0;
+
+    if vectored && count > u64::from(UIO_MAXIOV) {
+        // The kernel fails such a writev with EINVAL before writing anything.
+        return Ok(());
+    }
+    let mut walk = if vectored {
+        Walk { base: 0, len: 0, next_iov: buf, iovs_left: count, offset: 0, kind: u64::from(kind), lost: 0 }
+    } else {
+        Walk { base: buf, len: count, next_iov: 0, iovs_left: 0, offset: 0, kind: u64::from(kind), lost: 0 }
+    };
+    // bpf_loop lets the verifier check `step` until its state converges instead of once per
+    // iteration, which at this length would exceed the instruction budget. Its index is the
+    // only step counter: one kept in `Walk` would be tracked precisely and defeat that.
+    unsafe {
+        bpf_loop(MAX_STEPS + UIO_MAXIOV, step as *mut c_void, (&raw mut walk).cast(), 0);
+    }
+    if walk.lost > 0 {
+        count_loss(kind, walk.lost.div_ceil(CHUNK as u64), walk.lost);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn scratch() -> Result<&'static mut TtyRecord, i64> {
+    let rec = SCRATCH.get_ptr_mut(0).ok_or(-1i64)?;
+    Ok(unsafe { &mut *rec })
+}
+
+/// Where a write's bytes stand: the current segment `(base, len)` and, for `writev`, the
+/// iovecs not yet read.
+#[repr(C)]
+struct Walk {
+    base: u64,
+    len: u64,
+    next_iov: u64,
+    iovs_left: u64,
+    offset: u64,
+    kind: u64,
+    /// Bytes past the last step that may emit, counted instead of sent.
+    lost: u64,
+}
+
+/// One `bpf_loop` step: load the next iovec, or emit one chunk; past `MAX_STEPS`, count the
+/// rest as lost. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *ctx.cast::<Walk>() };
+    if w.len == 0 {
+        if w.iovs_left == 0 {
+            return 1;
+        }
+        let Ok(iov) = (unsafe { bpf_probe_read_user(w.next_iov as *const IoVec) }) else {
+            return 1;
+        };
+        w.next_iov += core::mem::size_of::<IoVec>() as u64;
+        w.iovs_left -= 1;
+        (w.base, w.len) = (iov.base, iov.len);
+        return 0;
+    }
+    if index >= u64::from(MAX_STEPS) {
+        w.lost += w.len;
+        w.len = 0;
+        return 0;
+    }
+    let Ok(rec) = scratch() else { return 1 };
+    rec.len = if w.len > CHUNK as u64 { CHUNK as u32 } else { w.len as u32 };
+    // Read back through the map value so the verifier does not tie the read size to `w.len`
+    // (which would make it track `w.len` precisely, step by step). The mask is the identity
+    // for 1..=CHUNK and shows the verifier the bound.
+    let n = unsafe { core::ptr::read_volatile(&raw const rec.len) } as usize;
+    let n = (n.wrapping_sub(1) & (CHUNK - 1)) + 1;
+    let dst = unsafe { core::slice::from_raw_parts_mut(rec.data.as_mut_ptr(), n) };
+    if unsafe { bpf_probe_read_user_buf(w.base as *const u8, dst) }.is_ok() {
+        rec.offset = w.offset;
+        submit(&raw mut rec.header, TTY_FIXED + n, n as u64);
+    } else {
+        count_loss(w.kind as u32, 1, n as u64);
+    }
+    w.base += n as u64;
+    w.len -= n as u64;
+    w.offset += n as u64;
+    0
+}

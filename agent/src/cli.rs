@@ -1,0 +1,45 @@
+//! Command-line settings of the agent.
+
+use std::path::PathBuf;
+
+use agent_common::exec::{ARGV_CAP, ARGV_DEFAULT};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "agent", version, about = "Records every exec and terminal write on this host")]
+pub struct Cli {
+    /// Print one JSON object per event on standard output (no collector needed).
+    #[arg(long)]
+    pub stdout: bool,
+
+    /// argv bytes kept per exec (NUL-separated strings); longer argv is cut and flagged
+    /// `argv_truncated`.
+    #[arg(long, default_value_t = ARGV_DEFAULT, value_parser = clap::value_parser!(u32).range(64..=ARGV_CAP as i64))]
+    pub argv_max_bytes: u32,
+
+    /// Size of the kernel ring buffer, a power of two of at least one page.
+    #[arg(long, default_value_t = 16 << 20, value_parser = ring_size)]
+    pub ring_bytes: u32,
+
+    /// Unread bytes in the ring buffer above which the kernel wakes the reader at once
+    /// [default: an eighth of the ring].
+    #[arg(long)]
+    pub wakeup_bytes: Option<u64>,
+
+    /// How often the reader drains the ring buffer when not woken, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    pub drain_ms: u64,
+
+    /// Kernel BTF to resolve struct offsets from.
+    #[arg(long, default_value = crate::layout::VMLINUX_BTF)]
+    pub btf: PathBuf,
+}
+
+fn ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n.is_power_of_two() && n >= 4096 {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not a power of two of at least 4096"))
+    }
+}

@@ -1,0 +1,84 @@
+use std::mem::offset_of;
+
+use agent_common::exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, flags};
+
+use super::{DecodeError, read, slice};
+use crate::event::Body;
+
+pub(super) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
+    if bytes.len() < EXEC_FIXED {
+        return Err(DecodeError::Short { got: bytes.len(), need: EXEC_FIXED });
+    }
+    let result: i32 = read(bytes, offset_of!(ExecRecord, result))?;
+    let flag_bits: u32 = read(bytes, offset_of!(ExecRecord, flags))?;
+    let filename_len: u32 = read(bytes, offset_of!(ExecRecord, filename_len))?;
+    let argv_len: u32 = read(bytes, offset_of!(ExecRecord, argv_len))?;
+    let filename = slice(bytes, offset_of!(ExecRecord, filename), filename_len as usize, FILENAME_CAP, "filename")?;
+    let argv = slice(bytes, EXEC_FIXED, argv_len as usize, ARGV_CAP, "argv")?;
+    if EXEC_FIXED + argv.len() != bytes.len() {
+        return Err(DecodeError::SizeMismatch { claimed: EXEC_FIXED + argv.len(), got: bytes.len() });
+    }
+    Ok(Body::Exec {
+        filename: String::from_utf8_lossy(filename).into_owned(),
+        filename_truncated: flag_bits & flags::FILENAME_TRUNCATED != 0,
+        argv: split_argv(argv),
+        argv_truncated: flag_bits & flags::ARGV_TRUNCATED != 0,
+        argv_unreadable: flag_bits & flags::ARGV_UNREADABLE != 0,
+        result,
+    })
+}
+
+/// Splits NUL-terminated strings; a cut-off last string (no NUL) is kept as it is.
+fn split_argv(block: &[u8]) -> Vec<String> {
+    let block = block.strip_suffix(&[0]).unwrap_or(block);
+    if block.is_empty() {
+        return Vec::new();
+    }
+    block.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::event::kind;
+
+    use super::*;
+    use crate::decode::{decode as decode_record, tests::{raw, test_header}};
+
+    fn record(argv: &[u8], flag_bits: u32) -> Vec<u8> {
+        let mut rec = ExecRecord {
+            header: test_header(kind::EXEC, EXEC_FIXED + argv.len()),
+            result: -2,
+            flags: flag_bits,
+            filename_len: 8,
+            argv_len: argv.len() as u32,
+            filename: [0; FILENAME_CAP],
+            argv: [0; ARGV_CAP],
+        };
+        rec.filename[..8].copy_from_slice(b"/bin/foo");
+        rec.argv[..argv.len()].copy_from_slice(argv);
+        raw(&rec)[..EXEC_FIXED + argv.len()].to_vec()
+    }
+
+    #[test]
+    fn argv_block_splits_into_strings() {
+        let ev = decode_record(&record(b"foo\0-x\0\0last\0", 0)).unwrap();
+        let Body::Exec { filename, argv, result, argv_truncated, .. } = ev.body else { panic!() };
+        assert_eq!((filename.as_str(), result, argv_truncated), ("/bin/foo", -2, false));
+        assert_eq!(argv, ["foo", "-x", "", "last"]);
+    }
+
+    #[test]
+    fn truncated_argv_keeps_its_partial_last_string() {
+        let ev = decode_record(&record(b"foo\0ba", flags::ARGV_TRUNCATED)).unwrap();
+        let Body::Exec { argv, argv_truncated, .. } = ev.body else { panic!() };
+        assert_eq!((argv, argv_truncated), (vec!["foo".to_owned(), "ba".to_owned()], true));
+    }
+
+    #[test]
+    fn argv_length_beyond_the_record_is_rejected() {
+        let mut bytes = record(b"foo\0", 0);
+        let at = offset_of!(ExecRecord, argv_len);
+        bytes[at..at + 4].copy_from_slice(&100u32.to_ne_bytes());
+        assert!(decode_record(&bytes).is_err());
+    }
+}

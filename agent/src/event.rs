@@ -1,0 +1,121 @@
+//! The agent's typed event model. Raw kernel records become these in `decode` and nothing
+//! outside the agent ever sees a raw record.
+
+use agent_common::event::{AUDIT_UNSET, dev_major, dev_minor, kind};
+
+/// Who acted, as the kernel reported it for this record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    /// `None` when the kernel's value is "unset" (`4294967295`).
+    pub loginuid: Option<u32>,
+    pub sessionid: Option<u32>,
+    pub cgroup_id: u64,
+    pub tty: Option<Device>,
+    pub comm: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl Device {
+    /// A kernel `dev_t`; 0 means "no device".
+    #[must_use]
+    pub fn from_kernel(dev: u32) -> Option<Self> {
+        (dev != 0).then(|| Self { major: dev_major(dev), minor: dev_minor(dev) })
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+#[must_use]
+pub fn audit_id(raw: u32) -> Option<u32> {
+    (raw != AUDIT_UNSET).then_some(raw)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    Exec {
+        filename: String,
+        filename_truncated: bool,
+        argv: Vec<String>,
+        argv_truncated: bool,
+        argv_unreadable: bool,
+        /// 0, or `-errno` of a failed exec.
+        result: i32,
+    },
+    Fork,
+    Exit {
+        /// Wait status: `code << 8 | signal`.
+        exit_code: i32,
+        /// The image the process was running, from the process table.
+        filename: Option<String>,
+    },
+    Tty {
+        input: bool,
+        /// The terminal: written device for output, the pty slave for typed input.
+        device: Option<Device>,
+        fd: u32,
+        /// Position of `data` within the bytes of the syscall that wrote it.
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Records the kernel could not deliver, counted exactly.
+    Gap { source: GapSource, lost_kind: u32, records: u64, bytes: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapSource {
+    /// The ring buffer was full when the kernel submitted.
+    Kernel,
+    /// A record arrived but did not decode.
+    Decode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `CLOCK_BOOTTIME` nanoseconds; the output stage turns it into wall-clock time.
+    pub ktime_ns: u64,
+    /// `None` for records no process made (gaps).
+    pub process: Option<Process>,
+    pub body: Body,
+}
+
+impl Event {
+    #[must_use]
+    pub fn kind_name(&self) -> &'static str {
+        match &self.body {
+            Body::Exec { .. } => "exec",
+            Body::Fork => "fork",
+            Body::Exit { .. } => "exit",
+            Body::Tty { input: false, .. } => "tty_out",
+            Body::Tty { input: true, .. } => "tty_in",
+            Body::Gap { .. } => "gap",
+        }
+    }
+}
+
+/// Stable name of a kernel record kind, as used in output.
+#[must_use]
+pub fn kind_name(kind_id: u32) -> &'static str {
+    match kind_id {
+        kind::EXEC => "exec",
+        kind::FORK => "fork",
+        kind::EXIT => "exit",
+        kind::TTY_OUT => "tty_out",
+        kind::TTY_IN => "tty_in",
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,197 @@
+//! `--stdout`: one JSON object per event per line, with stable field names. For operators
+//! and tests; the shipping path to the collector is a separate sink.
+
+use std::{
+    io::{self, Write},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use serde::Serialize;
+
+use crate::{
+    event::{Body, Event, GapSource, kind_name},
+    reader::{boot_ns, clock_ns},
+};
+
+/// Maps the kernel's boot-relative clock onto wall-clock time. Re-sampled per batch, so
+/// wall-clock steps (NTP) apply from the next batch on.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    realtime_minus_boot: i128,
+}
+
+impl WallClock {
+    #[must_use]
+    pub fn now() -> Self {
+        let boot = boot_ns();
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Self { realtime_minus_boot: i128::from(real) - i128::from(boot) }
+    }
+
+    #[must_use]
+    pub fn format(&self, ktime_ns: u64) -> String {
+        let ns = u64::try_from(i128::from(ktime_ns) + self.realtime_minus_boot).unwrap_or(0);
+        humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
+    }
+}
+
+/// loginuid and sessionid: a number, or "unset" where the kernel has none.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AuditId {
+    Set(u32),
+    Unset(&'static str),
+}
+
+impl From<Option<u32>> for AuditId {
+    fn from(v: Option<u32>) -> Self {
+        v.map_or(Self::Unset("unset"), Self::Set)
+    }
+}
+
+/// Process fields are always present (null on gaps); kind-specific ones only on their kind.
+#[derive(Serialize)]
+struct Line<'a> {
+    kind: &'static str,
+    time: String,
+    pid: Option<u32>,
+    tgid: Option<u32>,
+    ppid: Option<u32>,
+    uid: Option<u32>,
+    euid: Option<u32>,
+    gid: Option<u32>,
+    loginuid: Option<AuditId>,
+    sessionid: Option<AuditId>,
+    cgroup_id: Option<u64>,
+    tty: Option<String>,
+    comm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filename: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filename_truncated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    argv: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    argv_truncated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    argv_unreadable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fd: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_records: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_bytes: Option<u64>,
+}
+
+impl<'a> Line<'a> {
+    fn new(event: &'a Event, clock: &WallClock) -> Self {
+        let p = event.process.as_ref();
+        let mut line = Line {
+            kind: event.kind_name(),
+            time: clock.format(event.ktime_ns),
+            pid: p.map(|p| p.pid),
+            tgid: p.map(|p| p.tgid),
+            ppid: p.map(|p| p.ppid),
+            uid: p.map(|p| p.uid),
+            euid: p.map(|p| p.euid),
+            gid: p.map(|p| p.gid),
+            loginuid: p.map(|p| p.loginuid.into()),
+            sessionid: p.map(|p| p.sessionid.into()),
+            cgroup_id: p.map(|p| p.cgroup_id),
+            tty: p.and_then(|p| p.tty).map(|d| d.to_string()),
+            comm: p.map(|p| p.comm.as_str()),
+            filename: None,
+            filename_truncated: None,
+            argv: None,
+            argv_truncated: None,
+            argv_unreadable: None,
+            result: None,
+            exit_code: None,
+            fd: None,
+            offset: None,
+            data: None,
+            source: None,
+            lost_kind: None,
+            lost_records: None,
+            lost_bytes: None,
+        };
+        match &event.body {
+            Body::Exec { filename, filename_truncated, argv, argv_truncated, argv_unreadable, result } => {
+                line.filename = Some(filename);
+                line.filename_truncated = Some(*filename_truncated);
+                line.argv = Some(argv);
+                line.argv_truncated = Some(*argv_truncated);
+                line.argv_unreadable = Some(*argv_unreadable);
+                line.result = Some(*result);
+            }
+            Body::Fork => {}
+            Body::Exit { exit_code, filename } => {
+                line.exit_code = Some(*exit_code);
+                line.filename = filename.as_deref();
+            }
+            Body::Tty { device, fd, offset, data, .. } => {
+                line.tty = device.map(|d| d.to_string());
+                line.fd = Some(*fd);
+                line.offset = Some(*offset);
+                line.data = Some(STANDARD.encode(data));
+            }
+            Body::Gap { source, lost_kind, records, bytes } => {
+                line.source = Some(match source {
+                    GapSource::Kernel => "kernel_ringbuf",
+                    GapSource::Decode => "decode",
+                });
+                line.lost_kind = Some(kind_name(*lost_kind));
+                line.lost_records = Some(*records);
+                line.lost_bytes = Some(*bytes);
+            }
+        }
+        line
+    }
+}
+
+/// Writes one JSON line for `event`.
+pub fn write_json(out: &mut impl Write, event: &Event, clock: &WallClock) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &Line::new(event, clock))?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Device, Process};
+
+    #[test]
+    fn tty_line_has_stable_fields_and_unset_ids() {
+        let event = Event {
+            ktime_ns: 5,
+            process: Some(Process {
+                pid: 3, tgid: 3, ppid: 1, uid: 0, euid: 0, gid: 0, loginuid: None, sessionid: Some(4),
+                cgroup_id: 9, tty: None, comm: "sh".into(),
+            }),
+            body: Body::Tty { input: true, device: Some(Device { major: 136, minor: 2 }), fd: 5, offset: 0, data: b"ls\r".to_vec() },
+        };
+        let mut out = Vec::new();
+        write_json(&mut out, &event, &WallClock { realtime_minus_boot: 1_700_000_000_000_000_000 }).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["kind"], "tty_in");
+        assert_eq!(v["loginuid"], "unset");
+        assert_eq!(v["sessionid"], 4);
+        assert_eq!(v["tty"], "136:2");
+        assert_eq!(v["data"], "bHMN");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.000000005Z");
+        assert!(v.get("argv").is_none());
+    }
+}
