@@ -1,0 +1,162 @@
+//! The agent under test: the real binary, started with `--stdout`, its JSON lines collected.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The agent binary: `RECORDER_AGENT_BIN`, else the workspace's debug build.
+#[must_use]
+pub fn binary() -> PathBuf {
+    let path = std::env::var_os("RECORDER_AGENT_BIN")
+        .map_or_else(|| crate::workspace_root().join("target/debug/agent"), PathBuf::from);
+    assert!(path.exists(), "{} is missing: build it first (`cargo xtask test` does)", path.display());
+    path
+}
+
+pub struct Agent {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// What a stopped agent printed.
+pub struct Output {
+    pub events: Vec<Value>,
+    pub stderr: String,
+    pub success: bool,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Agent {
+    /// Starts the agent and returns once it reports that capture is live.
+    #[must_use]
+    pub fn start(extra: &[&str]) -> Self {
+        let mut child = Command::new(binary())
+            .arg("--stdout")
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agent");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&events);
+        let out_reader = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let line = line.expect("agent stdout is UTF-8 lines");
+                let value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let log = Arc::clone(&stderr);
+        let err_reader = std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut agent = Self { child, events, stderr, readers: vec![out_reader, err_reader] };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !agent.stderr.lock().unwrap().contains("capturing") {
+            if let Some(status) = agent.child.try_wait().expect("wait") {
+                agent.join_readers();
+                panic!("agent exited with {status} before capturing:\n{}", agent.stderr.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "agent did not start:\n{}", agent.stderr.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    /// Waits until an event matching `pred` has arrived, and returns it.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.events.lock().unwrap().iter().find(|v| pred(v)) {
+                return Some(v.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Runs `/bin/true MARKER` and waits for its exec event. Records are submitted in order,
+    /// so once a marker arrives, everything the caller did before it has been drained. A
+    /// marker can itself be lost to a full ring buffer, so a new one is sent until one lands.
+    pub fn sync(&self) {
+        for _ in 0..30 {
+            let mark = crate::marker("sync");
+            let status = Command::new("/bin/true").arg(&mark).status().expect("run /bin/true");
+            assert!(status.success());
+            let seen = self.wait_for(Duration::from_secs(2), |v| {
+                v["kind"] == "exec" && v["argv"].get(1).and_then(Value::as_str) == Some(mark.as_str())
+            });
+            if seen.is_some() {
+                return;
+            }
+        }
+        panic!("no sync marker arrived in 60 s:\n{}", self.stderr.lock().unwrap());
+    }
+
+    /// Stops the agent with SIGINT, as an operator would, and returns all it printed.
+    #[must_use]
+    pub fn stop(mut self) -> Output {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let status = self.child.wait().expect("wait agent");
+        self.join_readers();
+        let events = std::mem::take(&mut *self.events.lock().unwrap());
+        let stderr = std::mem::take(&mut *self.stderr.lock().unwrap());
+        Output { events, stderr, success: status.success() }
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            r.join().expect("reader thread");
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of `lost_records` and `lost_bytes` over the gap events for one record kind.
+#[must_use]
+pub fn lost(events: &[Value], kind: &str) -> (u64, u64) {
+    events
+        .iter()
+        .filter(|v| v["kind"] == "gap" && v["lost_kind"] == kind)
+        .fold((0, 0), |(r, b), v| {
+            (r + v["lost_records"].as_u64().unwrap_or(0), b + v["lost_bytes"].as_u64().unwrap_or(0))
+        })
+}
+
+/// Decoded `data` of a tty event.
+#[must_use]
+pub fn tty_data(event: &Value) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(event["data"].as_str().expect("tty event has data"))
+        .expect("data is base64")
+}

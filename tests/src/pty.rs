@@ -1,0 +1,72 @@
+//! Real pseudo-terminals for tests and benchmarks.
+
+use std::{
+    fs::File,
+    io::Read,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    thread::JoinHandle,
+};
+
+pub struct Pty {
+    pub master: OwnedFd,
+    /// Taken by whoever runs on the terminal; the master sees EOF once every copy is closed.
+    pub slave: Option<OwnedFd>,
+    /// N of `/dev/pts/N`: the slave is device 136:N.
+    pub number: u32,
+}
+
+impl Pty {
+    /// Opens a new pty pair in raw mode, so bytes pass through unchanged.
+    #[must_use]
+    pub fn open() -> Self {
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: out-parameters are valid; name, termios and winsize may be null.
+        let rc = unsafe {
+            libc::openpty(&raw mut master, &raw mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: openpty returned two fresh descriptors that we now own.
+        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let mut tio: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and termios.
+        unsafe {
+            libc::tcgetattr(slave.as_raw_fd(), &raw mut tio);
+            libc::cfmakeraw(&raw mut tio);
+            libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &raw const tio);
+        }
+        let mut number: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes an unsigned int.
+        let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &raw mut number) };
+        assert_eq!(rc, 0, "TIOCGPTN: {}", std::io::Error::last_os_error());
+        Self { master, slave: Some(slave), number }
+    }
+
+    /// Takes this side's slave descriptor.
+    #[must_use]
+    pub fn take_slave(&mut self) -> OwnedFd {
+        self.slave.take().expect("slave not taken yet")
+    }
+
+    /// The slave's device as the agent prints it.
+    #[must_use]
+    pub fn device(&self) -> String {
+        format!("136:{}", self.number)
+    }
+
+    /// Reads and discards everything arriving on the master until every slave end is closed,
+    /// so writers to the slave never block. Returns the byte count.
+    #[must_use]
+    pub fn drain_master(&self) -> JoinHandle<u64> {
+        let fd = self.master.try_clone().expect("dup master");
+        std::thread::spawn(move || {
+            let mut f = File::from(fd);
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            // EIO means the last slave descriptor closed.
+            while let Ok(n @ 1..) = f.read(&mut buf) {
+                total += n as u64;
+            }
+            total
+        })
+    }
+}
