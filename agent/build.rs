@@ -10,9 +10,18 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     check_prerequisites()?;
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../agent-ebpf");
-    let root = root.canonicalize().with_context(|| format!("{}", root.display()))?;
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("{}", root.display()))?;
     let root = root.to_str().context("non-UTF-8 path")?;
-    aya_build::build_ebpf([Package { name: "agent-ebpf", root_dir: root, ..Default::default() }], Toolchain::Nightly)
+    aya_build::build_ebpf(
+        [Package {
+            name: "agent-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
+        Toolchain::Nightly,
+    )
 }
 
 fn check_prerequisites() -> anyhow::Result<()> {
@@ -27,16 +36,21 @@ fn check_prerequisites() -> anyhow::Result<()> {
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
     let Some(sysroot) = sysroot else {
-        bail!("the eBPF build needs the nightly toolchain (`rustup toolchain install nightly`); {FIX}");
+        bail!(
+            "the eBPF build needs the nightly toolchain (`rustup toolchain install nightly`); {FIX}"
+        );
     };
     if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
-        bail!("the eBPF build needs nightly's rust-src (`rustup component add rust-src --toolchain nightly`); {FIX}");
+        bail!(
+            "the eBPF build needs nightly's rust-src (`rustup component add rust-src --toolchain nightly`); {FIX}"
+        );
     }
     let linker = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).any(|d| d.join("bpf-linker").is_file()))
-        .unwrap_or(false);
+        .is_some_and(|p| env::split_paths(&p).any(|d| d.join("bpf-linker").is_file()));
     if !linker {
-        bail!("the eBPF build needs bpf-linker on PATH (`cargo install bpf-linker@0.10.3 --locked`); {FIX}");
+        bail!(
+            "the eBPF build needs bpf-linker on PATH (`cargo install bpf-linker@0.10.3 --locked`); {FIX}"
+        );
     }
     Ok(())
 }

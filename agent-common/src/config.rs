@@ -18,7 +18,11 @@ pub struct CaptureConfig {
 impl CaptureConfig {
     #[must_use]
     pub const fn zeroed() -> Self {
-        Self { argv_max: 0, agent_tgid: 0, wakeup_bytes: 0 }
+        Self {
+            argv_max: 0,
+            agent_tgid: 0,
+            wakeup_bytes: 0,
+        }
     }
 }
 

@@ -75,7 +75,6 @@ kernel_layout! {
     signal_live => "signal_struct" "live.counter" 4,
     bprm_filename => "linux_binprm" "filename" 8,
     sys_enter_args => "syscall_trace_enter" "args" 0,
-    sys_exit_ret => "syscall_trace_exit" "ret" 8,
 }
 
 crate::user_pod!(KernelLayout);

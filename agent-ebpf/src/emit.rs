@@ -34,12 +34,12 @@ pub fn fill_header(h: &mut Header, kind: u32, task: Task) {
     h.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
     h.pid = pid_tgid as u32;
     h.tgid = (pid_tgid >> 32) as u32;
-    h.ppid = task.ppid().unwrap_or(0);
+    h.ppid = task.ppid();
     h.uid = uid_gid as u32;
     h.gid = (uid_gid >> 32) as u32;
     h.euid = task.euid().unwrap_or(u32::MAX);
-    h.loginuid = task.loginuid().unwrap_or(u32::MAX);
-    h.sessionid = task.sessionid().unwrap_or(u32::MAX);
+    h.loginuid = task.loginuid();
+    h.sessionid = task.sessionid();
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.tty = task.tty_dev().unwrap_or(0);
     h.cpu = unsafe { bpf_get_smp_processor_id() };

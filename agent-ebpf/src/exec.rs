@@ -2,12 +2,12 @@
 //! credentials are committed (so a setuid binary shows its new euid) and with argv read from
 //! the new image. A failed `execve`/`execveat` is reported on syscall exit with its errno,
 //! from the user pointers stashed on syscall entry (still valid: the old image survives).
+//! Syscall exit is watched through the raw `sys_exit` tracepoint: a classic `sys_exit_*`
+//! event would slow every syscall on the host.
 
 use agent_common::{
     event::kind,
-    exec::{
-        ARGV_CAP, EXEC_FIXED, ExecRecord, FAILED_ARGS_MAX, FILENAME_CAP, flags,
-    },
+    exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FAILED_ARGS_MAX, FILENAME_CAP, flags},
 };
 use aya_ebpf::{
     helpers::{
@@ -21,7 +21,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::{fill_header, submit},
-    kernel::{Task, bprm_filename, config, syscall_arg, syscall_ret},
+    kernel::{Task, bprm_filename, config, syscall_args},
 };
 
 /// A record plus `ARGV_CAP` bytes of slack: each string read of a failed exec may write up
@@ -69,7 +69,9 @@ pub fn exec_sched_process_exec(ctx: RawTracePointContext) -> i32 {
 
 fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     let old_pid: u32 = ctx.arg::<u64>(1) as u32;
-    let _ = PENDING.remove(&old_pid);
+    if !none_in_flight() {
+        let _ = take_pending(old_pid);
+    }
     let task = Task::current();
     let s = scratch()?;
     let rec = &mut s.record;
@@ -79,7 +81,11 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
 
     let filename = bprm_filename(ctx.arg::<u64>(2))?;
     let n = unsafe {
-        bpf_probe_read_kernel_str(rec.filename.as_mut_ptr().cast(), FILENAME_CAP as u32, filename.cast())
+        bpf_probe_read_kernel_str(
+            rec.filename.as_mut_ptr().cast(),
+            FILENAME_CAP as u32,
+            filename.cast(),
+        )
     };
     set_filename_len(rec, n);
 
@@ -114,8 +120,12 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
 fn set_filename_len(rec: &mut ExecRecord, copied: i64) {
     // `copied` counts the terminating NUL (negative on error); a full buffer means the name
     // was cut.
-    rec.filename_len = if copied > 0 { (copied - 1) as u32 } else { 0 };
-    if copied >= FILENAME_CAP as i64 {
+    rec.filename_len = if copied > 0 {
+        (copied - 1).unsigned_abs() as u32
+    } else {
+        0
+    };
+    if copied > 0 && copied.unsigned_abs() >= FILENAME_CAP as u64 {
         rec.flags |= flags::FILENAME_TRUNCATED;
     }
 }
@@ -140,32 +150,83 @@ pub fn exec_sys_enter_execveat(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn stash(ctx: &TracePointContext, first: usize) {
-    let (Ok(filename), Ok(argv)) = (syscall_arg(ctx, first), syscall_arg(ctx, first + 1)) else {
+    let Ok(args) = syscall_args::<3>(ctx) else {
         return;
     };
+    let (filename, argv_ptr) = if first == 0 {
+        (args[0], args[1])
+    } else {
+        (args[1], args[2])
+    };
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = PENDING.insert(&tid, &PendingExec { filename, argv }, 0);
+    if PENDING
+        .insert(
+            tid,
+            PendingExec {
+                filename,
+                argv: argv_ptr,
+            },
+            0,
+        )
+        .is_ok()
+    {
+        in_flight(1);
+    }
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_execve")]
-pub fn exec_sys_exit_execve(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx);
-    0
+/// Counts execs between syscall entry and their outcome, so the `sys_exit` program (which
+/// runs on every syscall exit on the host) can return before its hash lookup when none is in
+/// flight. An entry evicted from the LRU map leaves the count high, which only costs lookups.
+#[map(name = "EXEC_IN_FLIGHT")]
+static IN_FLIGHT: aya_ebpf::maps::Array<i64> = aya_ebpf::maps::Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn in_flight(delta: i64) {
+    if let Some(n) = IN_FLIGHT.get_ptr_mut(0) {
+        // BPF_ATOMIC add: two CPUs may start or finish execs at the same time.
+        unsafe {
+            core::arch::asm!("lock *(u64 *)({n} + 0) += {d}", n = in(reg) n, d = in(reg) delta)
+        };
+    }
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_execveat")]
-pub fn exec_sys_exit_execveat(ctx: TracePointContext) -> u32 {
-    let _ = try_exit(&ctx);
-    0
+#[inline(always)]
+fn none_in_flight() -> bool {
+    IN_FLIGHT
+        .get(0)
+        .is_none_or(|n| unsafe { core::ptr::read_volatile(n) } <= 0)
 }
 
-fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
+/// Removes a thread's pending exec, keeping the in-flight count.
+#[inline(always)]
+fn take_pending(tid: u32) -> Option<PendingExec> {
+    let pending = (unsafe { PENDING.get(tid) }).copied()?;
+    if PENDING.remove(tid).is_ok() {
+        in_flight(-1);
+    }
+    Some(pending)
+}
+
+/// Every syscall exit passes here; only a thread with an exec in flight goes past the lookup.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn exec_sys_exit(ctx: RawTracePointContext) -> i32 {
+    match try_exit(&ctx) {
+        Ok(()) => 0,
+        Err(e) => e as i32,
+    }
+}
+
+/// `sys_exit(regs, ret)`. A thread is in one syscall at a time, so the exit that follows a
+/// stashed execve entry is that execve's (a successful one already removed its entry).
+fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
+    if none_in_flight() {
+        return Ok(());
+    }
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(pending) = (unsafe { PENDING.get(&tid) }).copied() else {
+    let Some(pending) = take_pending(tid) else {
         return Ok(());
     };
-    let _ = PENDING.remove(&tid);
-    let ret = syscall_ret(ctx)?;
+    let ret = ctx.arg::<i64>(1);
     if ret >= 0 {
         return Ok(());
     }
@@ -215,7 +276,7 @@ fn read_argv_pointers(s: &mut ExecScratch, argv: u64) {
             s.record.flags |= flags::ARGV_UNREADABLE;
             break;
         }
-        off += (n as usize) & (ARGV_CAP * 2 - 1);
+        off += (n.unsigned_abs() as usize) & (ARGV_CAP * 2 - 1);
     }
     if off > bound {
         off = bound;

@@ -1,13 +1,16 @@
 //! The one accessor layer for kernel memory. Offsets come from `KERNEL_LAYOUT`, which the
 //! agent fills from the running kernel's BTF before load; no offset is written here.
+//!
+//! Two kinds of read. A [`Task`] comes from `bpf_get_current_task_btf`, a BTF-typed pointer:
+//! reads through it (and through the struct pointers loaded from it) are plain loads, which
+//! the verifier checks against the kernel's BTF at load time (it sees the read-only offsets
+//! as constants). Everything else (a `struct file` from the descriptor array, tracepoint
+//! arguments, raw tracepoint arguments) is read with `bpf_probe_read_kernel`, roughly a
+//! hundred nanoseconds per call on this machine kind, so the hot path uses as few as it can.
 
-use agent_common::{
-    config::CaptureConfig,
-    event::make_dev,
-    layout::KernelLayout,
-};
+use agent_common::{config::CaptureConfig, event::make_dev, layout::KernelLayout};
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
     programs::TracePointContext,
 };
 
@@ -31,6 +34,7 @@ macro_rules! config {
 }
 pub(crate) use config;
 
+/// A probe read, for pointers the verifier has no BTF type for.
 #[inline(always)]
 fn read<T>(base: *const u8, off: usize) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off).cast::<T>()) }.map_err(i64::from)
@@ -42,17 +46,110 @@ fn read_ptr(base: *const u8, off: usize) -> Result<*const u8, i64> {
     if p.is_null() { Err(-1) } else { Ok(p) }
 }
 
+/// A plain load through a BTF-typed pointer. The verifier rewrites loads through pointers it
+/// cannot prove valid into fault-safe ones, which read 0 from a bad address.
+#[inline(always)]
+fn load<T: Copy>(base: *const u8, off: usize) -> T {
+    unsafe { base.wrapping_add(off).cast::<T>().read() }
+}
+
+#[inline(always)]
+fn load_ptr(base: *const u8, off: usize) -> Result<*const u8, i64> {
+    let p: *const u8 = load(base, off);
+    if p.is_null() { Err(-1) } else { Ok(p) }
+}
+
+/// The current task, through its BTF-typed pointer.
 #[derive(Clone, Copy)]
 pub struct Task(*const u8);
 
 impl Task {
     #[inline(always)]
     pub fn current() -> Self {
-        Self(unsafe { bpf_get_current_task() } as *const u8)
+        Self(unsafe { bpf_get_current_task_btf() } as *const u8)
     }
 
     #[inline(always)]
-    pub fn from_ptr(p: u64) -> Self {
+    pub fn ppid(self) -> u32 {
+        load_ptr(self.0, offset!(task_real_parent)).map_or(0, |p| load(p, offset!(task_tgid)))
+    }
+
+    #[inline(always)]
+    pub fn euid(self) -> Result<u32, i64> {
+        Ok(load(
+            load_ptr(self.0, offset!(task_cred))?,
+            offset!(cred_euid),
+        ))
+    }
+
+    #[inline(always)]
+    pub fn loginuid(self) -> u32 {
+        load(self.0, offset!(task_loginuid))
+    }
+
+    #[inline(always)]
+    pub fn sessionid(self) -> u32 {
+        load(self.0, offset!(task_sessionid))
+    }
+
+    #[inline(always)]
+    pub fn exit_code(self) -> i32 {
+        load(self.0, offset!(task_exit_code))
+    }
+
+    /// True once the last thread of the group has started exiting.
+    #[inline(always)]
+    pub fn group_dead(self) -> Result<bool, i64> {
+        let live: i32 = load(
+            load_ptr(self.0, offset!(task_signal))?,
+            offset!(signal_live),
+        );
+        Ok(live == 0)
+    }
+
+    /// `dev_t` of the controlling terminal.
+    #[inline(always)]
+    pub fn tty_dev(self) -> Result<u32, i64> {
+        let tty = load_ptr(load_ptr(self.0, offset!(task_signal))?, offset!(signal_tty))?;
+        let driver = load_ptr(tty, offset!(tty_driver))?;
+        let major: u32 = load(driver, offset!(driver_major));
+        let minor_start: u32 = load(driver, offset!(driver_minor_start));
+        let index: u32 = load(tty, offset!(tty_index));
+        Ok(make_dev(major, minor_start + index))
+    }
+
+    /// User addresses of the NUL-separated argument block of the current image.
+    #[inline(always)]
+    pub fn arg_range(self) -> Result<(u64, u64), i64> {
+        let mm = load_ptr(self.0, offset!(task_mm))?;
+        Ok((
+            load(mm, offset!(mm_arg_start)),
+            load(mm, offset!(mm_arg_end)),
+        ))
+    }
+
+    /// The `struct file` behind descriptor `fd`.
+    #[inline(always)]
+    pub fn file(self, fd: u32) -> Result<File, i64> {
+        let fdt = load_ptr(load_ptr(self.0, offset!(task_files))?, offset!(files_fdt))?;
+        let max_fds: u32 = load(fdt, offset!(fdt_max_fds));
+        if fd >= max_fds {
+            return Err(-1);
+        }
+        // `fd` is `struct file **`: the verifier has no struct type for the array, so the
+        // slot is probe-read.
+        let fds: *const u8 = load(fdt, offset!(fdt_fd));
+        Ok(File(read_ptr(fds, fd as usize * 8)?))
+    }
+}
+
+/// A task from a raw tracepoint argument, which carries no BTF type.
+#[derive(Clone, Copy)]
+pub struct RawTask(*const u8);
+
+impl RawTask {
+    #[inline(always)]
+    pub fn from_arg(p: u64) -> Self {
         Self(p as *const u8)
     }
 
@@ -64,63 +161,6 @@ impl Task {
     #[inline(always)]
     pub fn tgid(self) -> Result<u32, i64> {
         read(self.0, offset!(task_tgid))
-    }
-
-    #[inline(always)]
-    pub fn ppid(self) -> Result<u32, i64> {
-        Self(read_ptr(self.0, offset!(task_real_parent))?).tgid()
-    }
-
-    #[inline(always)]
-    pub fn euid(self) -> Result<u32, i64> {
-        read(read_ptr(self.0, offset!(task_cred))?, offset!(cred_euid))
-    }
-
-    #[inline(always)]
-    pub fn loginuid(self) -> Result<u32, i64> {
-        read(self.0, offset!(task_loginuid))
-    }
-
-    #[inline(always)]
-    pub fn sessionid(self) -> Result<u32, i64> {
-        read(self.0, offset!(task_sessionid))
-    }
-
-    #[inline(always)]
-    pub fn exit_code(self) -> Result<i32, i64> {
-        read(self.0, offset!(task_exit_code))
-    }
-
-    /// True once the last thread of the group has started exiting.
-    #[inline(always)]
-    pub fn group_dead(self) -> Result<bool, i64> {
-        let live: i32 = read(read_ptr(self.0, offset!(task_signal))?, offset!(signal_live))?;
-        Ok(live == 0)
-    }
-
-    /// `dev_t` of the controlling terminal.
-    #[inline(always)]
-    pub fn tty_dev(self) -> Result<u32, i64> {
-        tty_dev(read_ptr(read_ptr(self.0, offset!(task_signal))?, offset!(signal_tty))?)
-    }
-
-    /// User addresses of the NUL-separated argument block of the current image.
-    #[inline(always)]
-    pub fn arg_range(self) -> Result<(u64, u64), i64> {
-        let mm = read_ptr(self.0, offset!(task_mm))?;
-        Ok((read(mm, offset!(mm_arg_start))?, read(mm, offset!(mm_arg_end))?))
-    }
-
-    /// The `struct file` behind descriptor `fd`.
-    #[inline(always)]
-    pub fn file(self, fd: u32) -> Result<File, i64> {
-        let fdt = read_ptr(read_ptr(self.0, offset!(task_files))?, offset!(files_fdt))?;
-        let max_fds: u32 = read(fdt, offset!(fdt_max_fds))?;
-        if fd >= max_fds {
-            return Err(-1);
-        }
-        let fds = read_ptr(fdt, offset!(fdt_fd))?;
-        Ok(File(read_ptr(fds, fd as usize * 8)?))
     }
 }
 
@@ -137,7 +177,10 @@ impl File {
     /// The `tty_struct` of an open terminal file.
     #[inline(always)]
     pub fn tty(self) -> Result<*const u8, i64> {
-        read_ptr(read_ptr(self.0, offset!(file_private_data))?, offset!(tty_file_private_tty))
+        read_ptr(
+            read_ptr(self.0, offset!(file_private_data))?,
+            offset!(tty_file_private_tty),
+        )
     }
 }
 
@@ -162,16 +205,11 @@ pub fn bprm_filename(bprm: u64) -> Result<*const u8, i64> {
     read_ptr(bprm as *const u8, offset!(bprm_filename))
 }
 
-/// Argument `n` of a `syscalls/sys_enter_*` tracepoint.
+/// The first `N` arguments of a `syscalls/sys_enter_*` tracepoint, in one read. (A tracepoint
+/// context can only be loaded from at offsets fixed in the instruction, and ours come from
+/// BTF at load time.)
 #[inline(always)]
-pub fn syscall_arg(ctx: &TracePointContext, n: usize) -> Result<u64, i64> {
-    let off = offset!(sys_enter_args) + n * 8;
-    unsafe { ctx.read_at(off) }.map_err(i64::from)
-}
-
-/// Return value at a `syscalls/sys_exit_*` tracepoint.
-#[inline(always)]
-pub fn syscall_ret(ctx: &TracePointContext) -> Result<i64, i64> {
-    let off = offset!(sys_exit_ret);
+pub fn syscall_args<const N: usize>(ctx: &TracePointContext) -> Result<[u64; N], i64> {
+    let off = offset!(sys_enter_args);
     unsafe { ctx.read_at(off) }.map_err(i64::from)
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{
     emit::{fill_header, submit},
-    kernel::Task,
+    kernel::{RawTask, Task},
 };
 
 const RECORD_SIZE: usize = core::mem::size_of::<TaskRecord>();
@@ -32,7 +32,7 @@ pub fn task_sched_process_fork(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let child = Task::from_ptr(ctx.arg::<u64>(1));
+    let child = RawTask::from_arg(ctx.arg::<u64>(1));
     let (pid, tgid) = (child.pid()?, child.tgid()?);
     if pid != tgid {
         return Ok(());
@@ -56,15 +56,16 @@ pub fn task_sched_process_exit(ctx: RawTracePointContext) -> i32 {
     }
 }
 
-fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let task = Task::from_ptr(ctx.arg::<u64>(0));
+fn try_exit(_ctx: &RawTracePointContext) -> Result<(), i64> {
+    // The exiting task is the current one.
+    let task = Task::current();
     if !task.group_dead()? {
         return Ok(());
     }
     let mut rec = blank();
     fill_header(&mut rec.header, kind::EXIT, task);
     rec.header.pid = rec.header.tgid;
-    rec.exit_code = task.exit_code()?;
+    rec.exit_code = task.exit_code();
     submit(&raw mut rec.header, RECORD_SIZE, 0);
     Ok(())
 }

@@ -9,15 +9,13 @@ use agent_common::{
     event::{dev_major, dev_minor, kind},
     layout::IoVec,
     tty::{
-        CHUNK, CONSOLE_MINOR, DEV_TTY_MINOR, MAX_STEPS, PTMX_MINOR,
-        PTY_SLAVE_MAJOR_FIRST, PTY_SLAVE_MAJOR_LAST, TTY_FIXED, TTY_MAJOR, TTYAUX_MAJOR,
-        TtyRecord,
+        CHUNK, CONSOLE_MINOR, DEV_TTY_MINOR, MAX_STEPS, PTMX_MINOR, PTY_SLAVE_MAJOR_FIRST,
+        PTY_SLAVE_MAJOR_LAST, TTY_FIXED, TTY_MAJOR, TTYAUX_MAJOR, TtyRecord,
     },
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf,
-        generated::bpf_loop,
+        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_loop,
     },
     macros::{map, tracepoint},
     maps::PerCpuArray,
@@ -26,7 +24,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::{count_loss, fill_header, submit},
-    kernel::{File, Task, config, syscall_arg, tty_dev, tty_link},
+    kernel::{File, Task, config, syscall_args, tty_dev, tty_link},
 };
 
 #[map(name = "TTY_SCRATCH")]
@@ -70,12 +68,12 @@ fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
     if tgid == config!(agent_tgid) {
         return Ok(());
     }
-    let fd = syscall_arg(ctx, 0)? as u32;
+    let [fd, buf, count] = syscall_args::<3>(ctx)?;
+    let fd = fd as u32;
     let task = Task::current();
     let Some((kind, device)) = classify(task.file(fd)?)? else {
         return Ok(());
     };
-    let (buf, count) = (syscall_arg(ctx, 1)?, syscall_arg(ctx, 2)?);
 
     let rec = scratch()?;
     fill_header(&mut rec.header, kind, task);
@@ -83,20 +81,58 @@ fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
     rec.fd = fd;
     rec.reserved = 0;
 
+    if !vectored && count <= CHUNK as u64 {
+        // Most terminal writes (keystrokes, prompts, lines) fit one record: emit it inline,
+        // without the indirect callback calls of bpf_loop.
+        let mut walk = Walk {
+            base: buf,
+            len: count,
+            next_iov: 0,
+            iovs_left: 0,
+            offset: 0,
+            kind: u64::from(kind),
+            lost: 0,
+        };
+        if count > 0 {
+            emit_chunk(rec, &mut walk);
+        }
+        return Ok(());
+    }
     if vectored && count > u64::from(UIO_MAXIOV) {
         // The kernel fails such a writev with EINVAL before writing anything.
         return Ok(());
     }
     let mut walk = if vectored {
-        Walk { base: 0, len: 0, next_iov: buf, iovs_left: count, offset: 0, kind: u64::from(kind), lost: 0 }
+        Walk {
+            base: 0,
+            len: 0,
+            next_iov: buf,
+            iovs_left: count,
+            offset: 0,
+            kind: u64::from(kind),
+            lost: 0,
+        }
     } else {
-        Walk { base: buf, len: count, next_iov: 0, iovs_left: 0, offset: 0, kind: u64::from(kind), lost: 0 }
+        Walk {
+            base: buf,
+            len: count,
+            next_iov: 0,
+            iovs_left: 0,
+            offset: 0,
+            kind: u64::from(kind),
+            lost: 0,
+        }
     };
     // bpf_loop lets the verifier check `step` until its state converges instead of once per
     // iteration, which at this length would exceed the instruction budget. Its index is the
     // only step counter: one kept in `Walk` would be tracked precisely and defeat that.
     unsafe {
-        bpf_loop(MAX_STEPS + UIO_MAXIOV, step as *mut c_void, (&raw mut walk).cast(), 0);
+        bpf_loop(
+            MAX_STEPS + UIO_MAXIOV,
+            step as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
     }
     if walk.lost > 0 {
         count_loss(kind, walk.lost.div_ceil(CHUNK as u64), walk.lost);
@@ -147,7 +183,18 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
         return 0;
     }
     let Ok(rec) = scratch() else { return 1 };
-    rec.len = if w.len > CHUNK as u64 { CHUNK as u32 } else { w.len as u32 };
+    emit_chunk(rec, w);
+    0
+}
+
+/// Emits the next chunk (at most `CHUNK` bytes; `w.len` is not 0) of the current segment.
+#[inline(always)]
+fn emit_chunk(rec: &mut TtyRecord, w: &mut Walk) {
+    rec.len = if w.len > CHUNK as u64 {
+        CHUNK as u32
+    } else {
+        w.len as u32
+    };
     // Read back through the map value so the verifier does not tie the read size to `w.len`
     // (which would make it track `w.len` precisely, step by step). The mask is the identity
     // for 1..=CHUNK and shows the verifier the bound.
@@ -163,5 +210,4 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
     w.base += n as u64;
     w.len -= n as u64;
     w.offset += n as u64;
-    0
 }

@@ -6,11 +6,21 @@ use agent_common::exec::{ARGV_CAP, ARGV_DEFAULT};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "agent", version, about = "Records every exec and terminal write on this host")]
+#[command(
+    name = "agent",
+    version,
+    about = "Records every exec and terminal write on this host"
+)]
+#[command(group = clap::ArgGroup::new("sink").required(true).args(["stdout", "discard"]))]
 pub struct Cli {
     /// Print one JSON object per event on standard output (no collector needed).
     #[arg(long)]
     pub stdout: bool,
+
+    /// Drain, decode and count events without printing them, and report the totals at exit:
+    /// measures what capture costs the host apart from any sink.
+    #[arg(long)]
+    pub discard: bool,
 
     /// argv bytes kept per exec (NUL-separated strings); longer argv is cut and flagged
     /// `argv_truncated`.

@@ -30,7 +30,10 @@ impl Device {
     /// A kernel `dev_t`; 0 means "no device".
     #[must_use]
     pub fn from_kernel(dev: u32) -> Option<Self> {
-        (dev != 0).then(|| Self { major: dev_major(dev), minor: dev_minor(dev) })
+        (dev != 0).then(|| Self {
+            major: dev_major(dev),
+            minor: dev_minor(dev),
+        })
     }
 }
 
@@ -73,7 +76,12 @@ pub enum Body {
         data: Vec<u8>,
     },
     /// Records the kernel could not deliver, counted exactly.
-    Gap { source: GapSource, lost_kind: u32, records: u64, bytes: u64 },
+    Gap {
+        source: GapSource,
+        lost_kind: u32,
+        records: u64,
+        bytes: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

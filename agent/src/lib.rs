@@ -20,8 +20,12 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{config::{CONFIG_GLOBAL, CaptureConfig}, event::EVENTS_MAP, layout::LAYOUT_GLOBAL};
-use anyhow::{Context as _, bail};
+use agent_common::{
+    config::{CONFIG_GLOBAL, CaptureConfig},
+    event::EVENTS_MAP,
+    layout::LAYOUT_GLOBAL,
+};
+use anyhow::Context as _;
 use aya::EbpfLoader;
 use tracing::{info, warn};
 
@@ -57,9 +61,6 @@ pub fn init_logging() {
 }
 
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
-    if !cli.stdout {
-        bail!("no sink given: pass --stdout to print events as JSON lines");
-    }
     platform::check_privileges()?;
     for fs in platform::ensure_mounts()? {
         info!(fs, "mounted");
@@ -97,7 +98,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         .name("reader".into())
         .spawn(move || reader.run(&tx, &STOP))?;
 
-    let mut out = BufWriter::with_capacity(1 << 20, io::stdout().lock());
+    let mut out = cli
+        .stdout
+        .then(|| BufWriter::with_capacity(1 << 20, io::stdout().lock()));
+    let mut stats = Stats::default();
     for batch in rx {
         let clock = WallClock::now();
         for record in batch.records() {
@@ -106,17 +110,59 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
                 undecodable(record.len())
             });
             table.observe(&mut event);
-            write_json(&mut out, &event, &clock)?;
+            stats.count(&event);
+            if let Some(out) = &mut out {
+                write_json(out, &event, &clock)?;
+            }
         }
         for gap in &batch.gaps {
-            warn!(kind = gap.kind_name(), ?gap.body, "kernel lost records");
-            write_json(&mut out, gap, &clock)?;
+            warn!(?gap.body, "kernel lost records");
+            stats.count(gap);
+            if let Some(out) = &mut out {
+                write_json(out, gap, &clock)?;
+            }
         }
-        out.flush()?;
+        if let Some(out) = &mut out {
+            out.flush()?;
+        }
     }
-    reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
     drop(ebpf);
+    info!(
+        events = stats.events,
+        tty_bytes = stats.tty_bytes,
+        lost_records = stats.lost_records,
+        lost_bytes = stats.lost_bytes,
+        "stopped"
+    );
     Ok(())
+}
+
+/// What the agent delivered and what it knows it lost, reported when it stops.
+#[derive(Default)]
+struct Stats {
+    events: u64,
+    tty_bytes: u64,
+    lost_records: u64,
+    lost_bytes: u64,
+}
+
+impl Stats {
+    fn count(&mut self, event: &Event) {
+        match &event.body {
+            Body::Gap { records, bytes, .. } => {
+                self.lost_records += records;
+                self.lost_bytes += bytes;
+            }
+            Body::Tty { data, .. } => {
+                self.events += 1;
+                self.tty_bytes += data.len() as u64;
+            }
+            _ => self.events += 1,
+        }
+    }
 }
 
 /// A record that arrived but could not be decoded is evidence lost, so it becomes a gap.
@@ -124,6 +170,11 @@ fn undecodable(len: usize) -> Event {
     Event {
         ktime_ns: boot_ns(),
         process: None,
-        body: Body::Gap { source: GapSource::Decode, lost_kind: 0, records: 1, bytes: len as u64 },
+        body: Body::Gap {
+            source: GapSource::Decode,
+            lost_kind: 0,
+            records: 1,
+            bytes: len as u64,
+        },
     }
 }

@@ -26,7 +26,9 @@ impl WallClock {
     pub fn now() -> Self {
         let boot = boot_ns();
         let real = clock_ns(libc::CLOCK_REALTIME);
-        Self { realtime_minus_boot: i128::from(real) - i128::from(boot) }
+        Self {
+            realtime_minus_boot: i128::from(real) - i128::from(boot),
+        }
     }
 
     #[must_use]
@@ -129,7 +131,14 @@ impl<'a> Line<'a> {
             lost_bytes: None,
         };
         match &event.body {
-            Body::Exec { filename, filename_truncated, argv, argv_truncated, argv_unreadable, result } => {
+            Body::Exec {
+                filename,
+                filename_truncated,
+                argv,
+                argv_truncated,
+                argv_unreadable,
+                result,
+            } => {
                 line.filename = Some(filename);
                 line.filename_truncated = Some(*filename_truncated);
                 line.argv = Some(argv);
@@ -138,17 +147,31 @@ impl<'a> Line<'a> {
                 line.result = Some(*result);
             }
             Body::Fork => {}
-            Body::Exit { exit_code, filename } => {
+            Body::Exit {
+                exit_code,
+                filename,
+            } => {
                 line.exit_code = Some(*exit_code);
                 line.filename = filename.as_deref();
             }
-            Body::Tty { device, fd, offset, data, .. } => {
+            Body::Tty {
+                device,
+                fd,
+                offset,
+                data,
+                ..
+            } => {
                 line.tty = device.map(|d| d.to_string());
                 line.fd = Some(*fd);
                 line.offset = Some(*offset);
                 line.data = Some(STANDARD.encode(data));
             }
-            Body::Gap { source, lost_kind, records, bytes } => {
+            Body::Gap {
+                source,
+                lost_kind,
+                records,
+                bytes,
+            } => {
                 line.source = Some(match source {
                     GapSource::Kernel => "kernel_ringbuf",
                     GapSource::Decode => "decode",
@@ -178,13 +201,38 @@ mod tests {
         let event = Event {
             ktime_ns: 5,
             process: Some(Process {
-                pid: 3, tgid: 3, ppid: 1, uid: 0, euid: 0, gid: 0, loginuid: None, sessionid: Some(4),
-                cgroup_id: 9, tty: None, comm: "sh".into(),
+                pid: 3,
+                tgid: 3,
+                ppid: 1,
+                uid: 0,
+                euid: 0,
+                gid: 0,
+                loginuid: None,
+                sessionid: Some(4),
+                cgroup_id: 9,
+                tty: None,
+                comm: "sh".into(),
             }),
-            body: Body::Tty { input: true, device: Some(Device { major: 136, minor: 2 }), fd: 5, offset: 0, data: b"ls\r".to_vec() },
+            body: Body::Tty {
+                input: true,
+                device: Some(Device {
+                    major: 136,
+                    minor: 2,
+                }),
+                fd: 5,
+                offset: 0,
+                data: b"ls\r".to_vec(),
+            },
         };
         let mut out = Vec::new();
-        write_json(&mut out, &event, &WallClock { realtime_minus_boot: 1_700_000_000_000_000_000 }).unwrap();
+        write_json(
+            &mut out,
+            &event,
+            &WallClock {
+                realtime_minus_boot: 1_700_000_000_000_000_000,
+            },
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["kind"], "tty_in");
         assert_eq!(v["loginuid"], "unset");

@@ -21,7 +21,11 @@ pub enum PlatformError {
     #[error("cannot read this process's capabilities: {0}")]
     Capabilities(io::Error),
     #[error("cannot mount {fs} at {path}: {source}")]
-    Mount { fs: &'static str, path: &'static str, source: io::Error },
+    Mount {
+        fs: &'static str,
+        path: &'static str,
+        source: io::Error,
+    },
 }
 
 /// Fails with a clear message unless the process may load tracing programs.
@@ -44,7 +48,10 @@ pub fn check_privileges() -> Result<(), PlatformError> {
 /// the filesystems it mounted.
 pub fn ensure_mounts() -> Result<Vec<&'static str>, PlatformError> {
     let mut mounted = Vec::new();
-    for (fs, path, magic) in [("tracefs", TRACEFS, TRACEFS_MAGIC), ("bpf", BPFFS, BPF_FS_MAGIC)] {
+    for (fs, path, magic) in [
+        ("tracefs", TRACEFS, TRACEFS_MAGIC),
+        ("bpf", BPFFS, BPF_FS_MAGIC),
+    ] {
         if fs_magic(path) == Some(magic) {
             continue;
         }
@@ -67,6 +74,18 @@ fn mount(fs: &str, path: &str) -> io::Result<()> {
     }
     let (src, target) = (CString::new(fs)?, CString::new(path)?);
     // SAFETY: all pointers are valid C strings for the duration of the call.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -17,7 +17,11 @@ impl ProcessTable {
     pub fn from_proc() -> Self {
         let mut images = HashMap::new();
         for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Ok(exe) = fs::read_link(entry.path().join("exe")) {
@@ -40,7 +44,9 @@ impl ProcessTable {
     /// Updates the table from `event`, and fills in what the table knows that the kernel
     /// record does not carry (the image of an exiting process).
     pub fn observe(&mut self, event: &mut Event) {
-        let Some(process) = &event.process else { return };
+        let Some(process) = &event.process else {
+            return;
+        };
         let tgid = process.tgid;
         match &mut event.body {
             Body::Fork => {
@@ -48,7 +54,11 @@ impl ProcessTable {
                     self.images.insert(tgid, image);
                 }
             }
-            Body::Exec { filename, result: 0, .. } => {
+            Body::Exec {
+                filename,
+                result: 0,
+                ..
+            } => {
                 self.images.insert(tgid, filename.clone());
             }
             Body::Exit { filename, .. } => *filename = self.images.remove(&tgid),
@@ -64,10 +74,23 @@ mod tests {
 
     fn event(tgid: u32, ppid: u32, body: Body) -> Event {
         let process = Process {
-            pid: tgid, tgid, ppid, uid: 0, euid: 0, gid: 0, loginuid: None, sessionid: None,
-            cgroup_id: 0, tty: None, comm: String::new(),
+            pid: tgid,
+            tgid,
+            ppid,
+            uid: 0,
+            euid: 0,
+            gid: 0,
+            loginuid: None,
+            sessionid: None,
+            cgroup_id: 0,
+            tty: None,
+            comm: String::new(),
         };
-        Event { ktime_ns: 0, process: Some(process), body }
+        Event {
+            ktime_ns: 0,
+            process: Some(process),
+            body,
+        }
     }
 
     #[test]
@@ -82,13 +105,30 @@ mod tests {
         table.images.insert(1, "/sbin/init".into());
         table.observe(&mut event(50, 1, Body::Fork));
         let exec = Body::Exec {
-            filename: "/bin/sleep".into(), filename_truncated: false, argv: vec![],
-            argv_truncated: false, argv_unreadable: false, result: 0,
+            filename: "/bin/sleep".into(),
+            filename_truncated: false,
+            argv: vec![],
+            argv_truncated: false,
+            argv_unreadable: false,
+            result: 0,
         };
         table.observe(&mut event(50, 1, exec));
-        let mut exit = event(50, 1, Body::Exit { exit_code: 0, filename: None });
+        let mut exit = event(
+            50,
+            1,
+            Body::Exit {
+                exit_code: 0,
+                filename: None,
+            },
+        );
         table.observe(&mut exit);
-        assert_eq!(exit.body, Body::Exit { exit_code: 0, filename: Some("/bin/sleep".into()) });
+        assert_eq!(
+            exit.body,
+            Body::Exit {
+                exit_code: 0,
+                filename: Some("/bin/sleep".into())
+            }
+        );
         assert!(!table.images.contains_key(&50));
     }
 }

@@ -38,7 +38,9 @@ pub struct Batch {
 impl Batch {
     pub fn records(&self) -> impl Iterator<Item = &[u8]> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.data[s..e])
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(s, e)| &self.data[s..e])
     }
 
     fn is_empty(&self) -> bool {
@@ -51,7 +53,10 @@ pub enum ReaderError {
     #[error("map {0} is missing from the embedded object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
 }
 
 pub struct Reader {
@@ -64,11 +69,22 @@ pub struct Reader {
 impl Reader {
     pub fn new(ebpf: &mut Ebpf, interval: Duration) -> Result<Self, ReaderError> {
         let take = |ebpf: &mut Ebpf, name| ebpf.take_map(name).ok_or(ReaderError::MissingMap(name));
-        let ring = RingBuf::try_from(take(ebpf, EVENTS_MAP)?)
-            .map_err(|source| ReaderError::Map { name: EVENTS_MAP, source })?;
-        let loss = PerCpuArray::try_from(take(ebpf, LOSS_MAP)?)
-            .map_err(|source| ReaderError::Map { name: LOSS_MAP, source })?;
-        Ok(Self { ring, loss, seen: LossCounters::default(), interval })
+        let ring =
+            RingBuf::try_from(take(ebpf, EVENTS_MAP)?).map_err(|source| ReaderError::Map {
+                name: EVENTS_MAP,
+                source,
+            })?;
+        let loss =
+            PerCpuArray::try_from(take(ebpf, LOSS_MAP)?).map_err(|source| ReaderError::Map {
+                name: LOSS_MAP,
+                source,
+            })?;
+        Ok(Self {
+            ring,
+            loss,
+            seen: LossCounters::default(),
+            interval,
+        })
     }
 
     /// Runs until `stop` is set, then drains once more so nothing submitted before the stop
@@ -99,7 +115,11 @@ impl Reader {
     }
 
     fn wait(&self) {
-        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let timeout = i32::try_from(self.interval.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd. EINTR and timeouts both just lead to a drain.
         unsafe { libc::poll(&raw mut pfd, 1, timeout) };
@@ -118,7 +138,10 @@ impl Reader {
 
     /// One gap event per record kind whose loss counters grew since the last look.
     fn gaps(&mut self) -> Result<Vec<Event>, ReaderError> {
-        let per_cpu = self.loss.get(&0, 0).map_err(|source| ReaderError::Map { name: LOSS_MAP, source })?;
+        let per_cpu = self.loss.get(&0, 0).map_err(|source| ReaderError::Map {
+            name: LOSS_MAP,
+            source,
+        })?;
         let mut total = LossCounters::default();
         for cpu in per_cpu.iter() {
             for k in 0..kind::SLOTS {
@@ -134,7 +157,12 @@ impl Reader {
                 gaps.push(Event {
                     ktime_ns: boot_ns(),
                     process: None,
-                    body: Body::Gap { source: GapSource::Kernel, lost_kind: k as u32, records, bytes },
+                    body: Body::Gap {
+                        source: GapSource::Kernel,
+                        lost_kind: k as u32,
+                        records,
+                        bytes,
+                    },
                 });
             }
         }
@@ -150,8 +178,12 @@ pub fn boot_ns() -> u64 {
 }
 
 pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid clock id and out-parameter.
     unsafe { libc::clock_gettime(clock, &raw mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // Both clocks are non-negative by definition.
+    ts.tv_sec.unsigned_abs() * 1_000_000_000 + ts.tv_nsec.unsigned_abs()
 }

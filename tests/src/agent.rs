@@ -14,10 +14,27 @@ use serde_json::Value;
 /// The agent binary: `RECORDER_AGENT_BIN`, else the workspace's debug build.
 #[must_use]
 pub fn binary() -> PathBuf {
-    let path = std::env::var_os("RECORDER_AGENT_BIN")
-        .map_or_else(|| crate::workspace_root().join("target/debug/agent"), PathBuf::from);
-    assert!(path.exists(), "{} is missing: build it first (`cargo xtask test` does)", path.display());
+    let path = std::env::var_os("RECORDER_AGENT_BIN").map_or_else(
+        || crate::workspace_root().join("target/debug/agent"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo xtask test` does)",
+        path.display()
+    );
     path
+}
+
+/// Where the agent's events go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sink {
+    /// `--stdout`, every line parsed and kept for the test.
+    Collect,
+    /// `--stdout` into /dev/null: the agent pays for encoding, nobody reads.
+    DevNull,
+    /// `--discard`: drained, decoded and counted, not encoded.
+    Discard,
 }
 
 pub struct Agent {
@@ -34,49 +51,79 @@ pub struct Output {
     pub success: bool,
 }
 
-const START_TIMEOUT: Duration = Duration::from_secs(120);
+const START_TIMEOUT: Duration = Duration::from_mins(2);
 
 impl Agent {
     /// Starts the agent and returns once it reports that capture is live.
     #[must_use]
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with(Sink::Collect, extra)
+    }
+
+    /// Starts the agent with the given sink; returns once capture is live.
+    #[must_use]
+    pub fn start_with(sink: Sink, extra: &[&str]) -> Self {
+        let collect = sink == Sink::Collect;
         let mut child = Command::new(binary())
-            .arg("--stdout")
+            .arg(if sink == Sink::Discard {
+                "--discard"
+            } else {
+                "--stdout"
+            })
             .args(extra)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
+            .stdout(if collect {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn agent");
         let events = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
-        let out = child.stdout.take().expect("stdout");
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            let sink = Arc::clone(&events);
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let line = line.expect("agent stdout is UTF-8 lines");
+                    let value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
+                    sink.lock().unwrap().push(value);
+                }
+            }));
+        }
         let err = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&events);
-        let out_reader = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let line = line.expect("agent stdout is UTF-8 lines");
-                let value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
-                sink.lock().unwrap().push(value);
-            }
-        });
         let log = Arc::clone(&stderr);
-        let err_reader = std::thread::spawn(move || {
+        readers.push(std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 let mut log = log.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
             }
-        });
-        let mut agent = Self { child, events, stderr, readers: vec![out_reader, err_reader] };
+        }));
+        let mut agent = Self {
+            child,
+            events,
+            stderr,
+            readers,
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         while !agent.stderr.lock().unwrap().contains("capturing") {
             if let Some(status) = agent.child.try_wait().expect("wait") {
                 agent.join_readers();
-                panic!("agent exited with {status} before capturing:\n{}", agent.stderr.lock().unwrap());
+                panic!(
+                    "agent exited with {status} before capturing:\n{}",
+                    agent.stderr.lock().unwrap()
+                );
             }
-            assert!(Instant::now() < deadline, "agent did not start:\n{}", agent.stderr.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start:\n{}",
+                agent.stderr.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         agent
@@ -102,16 +149,23 @@ impl Agent {
     pub fn sync(&self) {
         for _ in 0..30 {
             let mark = crate::marker("sync");
-            let status = Command::new("/bin/true").arg(&mark).status().expect("run /bin/true");
+            let status = Command::new("/bin/true")
+                .arg(&mark)
+                .status()
+                .expect("run /bin/true");
             assert!(status.success());
             let seen = self.wait_for(Duration::from_secs(2), |v| {
-                v["kind"] == "exec" && v["argv"].get(1).and_then(Value::as_str) == Some(mark.as_str())
+                v["kind"] == "exec"
+                    && v["argv"].get(1).and_then(Value::as_str) == Some(mark.as_str())
             });
             if seen.is_some() {
                 return;
             }
         }
-        panic!("no sync marker arrived in 60 s:\n{}", self.stderr.lock().unwrap());
+        panic!(
+            "no sync marker arrived in 60 s:\n{}",
+            self.stderr.lock().unwrap()
+        );
     }
 
     /// Stops the agent with SIGINT, as an operator would, and returns all it printed.
@@ -124,7 +178,11 @@ impl Agent {
         self.join_readers();
         let events = std::mem::take(&mut *self.events.lock().unwrap());
         let stderr = std::mem::take(&mut *self.stderr.lock().unwrap());
-        Output { events, stderr, success: status.success() }
+        Output {
+            events,
+            stderr,
+            success: status.success(),
+        }
     }
 
     fn join_readers(&mut self) {
@@ -141,6 +199,21 @@ impl Drop for Agent {
     }
 }
 
+impl Output {
+    /// A `key=value` total from the agent's closing `stopped` log line.
+    #[must_use]
+    pub fn total(&self, key: &str) -> Option<u64> {
+        let line = self
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains(" stopped "))?;
+        let prefix = format!("{key}=");
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix.as_str())?.parse().ok())
+    }
+}
+
 /// Sum of `lost_records` and `lost_bytes` over the gap events for one record kind.
 #[must_use]
 pub fn lost(events: &[Value], kind: &str) -> (u64, u64) {
@@ -148,7 +221,10 @@ pub fn lost(events: &[Value], kind: &str) -> (u64, u64) {
         .iter()
         .filter(|v| v["kind"] == "gap" && v["lost_kind"] == kind)
         .fold((0, 0), |(r, b), v| {
-            (r + v["lost_records"].as_u64().unwrap_or(0), b + v["lost_bytes"].as_u64().unwrap_or(0))
+            (
+                r + v["lost_records"].as_u64().unwrap_or(0),
+                b + v["lost_bytes"].as_u64().unwrap_or(0),
+            )
         })
 }
 

@@ -1,5 +1,9 @@
 //! Harness for the kernel and end-to-end tiers: runs the real agent binary, reads its JSON
 //! lines, and drives real processes on real ptys. Nothing here is mocked.
+#![expect(
+    clippy::missing_panics_doc,
+    reason = "a test harness reports failure by panicking"
+)]
 
 pub mod agent;
 pub mod pty;
@@ -12,7 +16,10 @@ use std::{
 /// Root of the workspace this crate lives in.
 #[must_use]
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
 }
 
 /// Whether a privileged test can run. Without root it is skipped with a message, except under
@@ -35,7 +42,11 @@ pub fn privileged(test: &str) -> bool {
 #[must_use]
 pub fn marker(tag: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("recorder-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "recorder-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A test pattern in which every 4 KiB block names its own index, so any captured block can

@@ -22,11 +22,18 @@ impl Pty {
         let (mut master, mut slave) = (0, 0);
         // SAFETY: out-parameters are valid; name, termios and winsize may be null.
         let rc = unsafe {
-            libc::openpty(&raw mut master, &raw mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+            libc::openpty(
+                &raw mut master,
+                &raw mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
         };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
         // SAFETY: openpty returned two fresh descriptors that we now own.
-        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
         let mut tio: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: valid fd and termios.
         unsafe {
@@ -38,7 +45,11 @@ impl Pty {
         // SAFETY: TIOCGPTN writes an unsigned int.
         let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &raw mut number) };
         assert_eq!(rc, 0, "TIOCGPTN: {}", std::io::Error::last_os_error());
-        Self { master, slave: Some(slave), number }
+        Self {
+            master,
+            slave: Some(slave),
+            number,
+        }
     }
 
     /// Takes this side's slave descriptor.

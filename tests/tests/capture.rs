@@ -22,12 +22,22 @@ use tests::{
 const WAIT: Duration = Duration::from_secs(30);
 
 fn argv_of(v: &Value) -> Vec<String> {
-    v["argv"].as_array().expect("argv array").iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+    v["argv"]
+        .as_array()
+        .expect("argv array")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn exec_with_arg(agent: &Agent, arg: &str) -> Value {
     agent
-        .wait_for(WAIT, |v| v["kind"] == "exec" && v["argv"].as_array().is_some_and(|a| a.iter().any(|x| x == arg)))
+        .wait_for(WAIT, |v| {
+            v["kind"] == "exec"
+                && v["argv"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == arg))
+        })
         .unwrap_or_else(|| panic!("no exec event carrying {arg}"))
 }
 
@@ -42,7 +52,11 @@ fn exec_argv_is_exact_within_the_bound() {
     let mut args: Vec<String> = (0..38).map(|i| format!("arg-{i}")).collect();
     args.insert(7, "x".repeat(3072));
     args.push(mark.clone());
-    let child = Command::new("/bin/echo").args(&args).stdout(Stdio::null()).spawn().expect("spawn echo");
+    let child = Command::new("/bin/echo")
+        .args(&args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn echo");
     let pid = child.id();
     let output = child.wait_with_output().expect("echo");
     assert!(output.status.success());
@@ -61,7 +75,10 @@ fn exec_argv_is_exact_within_the_bound() {
     assert_eq!(ev["comm"], "echo");
     // SAFETY: getters without preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    assert_eq!((ev["uid"].as_u64(), ev["euid"].as_u64(), ev["gid"].as_u64()), (Some(uid.into()), Some(uid.into()), Some(gid.into())));
+    assert_eq!(
+        (ev["uid"].as_u64(), ev["euid"].as_u64(), ev["gid"].as_u64()),
+        (Some(uid.into()), Some(uid.into()), Some(gid.into()))
+    );
     for field in ["time", "loginuid", "sessionid", "cgroup_id", "tty"] {
         assert!(ev.get(field).is_some(), "missing {field}: {ev}");
     }
@@ -78,7 +95,12 @@ fn exec_argv_is_truncated_and_flagged_at_the_bound() {
     let agent = Agent::start(&["--argv-max-bytes", "1024"]);
     let mark = marker("trunc");
     let long = "y".repeat(3000);
-    let status = Command::new("/bin/echo").arg(&mark).arg(&long).stdout(Stdio::null()).status().unwrap();
+    let status = Command::new("/bin/echo")
+        .arg(&mark)
+        .arg(&long)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
     assert!(status.success());
     let ev = exec_with_arg(&agent, &mark);
     assert_eq!(ev["argv_truncated"], true);
@@ -99,11 +121,17 @@ fn failed_exec_reports_errno() {
     fs::write(&dir, "not executable").unwrap();
     assert!(Command::new(&dir).status().is_err());
 
-    let ev = agent.wait_for(WAIT, |v| v["kind"] == "exec" && v["filename"] == missing.as_str()).expect("ENOENT exec");
+    let ev = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "exec" && v["filename"] == missing.as_str()
+        })
+        .expect("ENOENT exec");
     assert_eq!(ev["result"], -libc::ENOENT);
     assert_eq!(argv_of(&ev), [missing.as_str(), "a1"]);
     let path = dir.to_str().unwrap();
-    let ev = agent.wait_for(WAIT, |v| v["kind"] == "exec" && v["filename"] == path).expect("EACCES exec");
+    let ev = agent
+        .wait_for(WAIT, |v| v["kind"] == "exec" && v["filename"] == path)
+        .expect("EACCES exec");
     assert_eq!(ev["result"], -libc::EACCES);
     fs::remove_file(&dir).unwrap();
 }
@@ -116,18 +144,36 @@ fn fork_and_exit_are_reported_once_per_process() {
     }
     let agent = Agent::start(&[]);
     let mark = marker("exit");
-    let child = Command::new("/bin/sh").arg("-c").arg(format!("exit 3 # {mark}")).spawn().unwrap();
+    let child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("exit 3 # {mark}"))
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let status = child.wait_with_output().unwrap().status;
     assert_eq!(status.code(), Some(3));
-    let exit = agent.wait_for(WAIT, |v| v["kind"] == "exit" && v["pid"] == pid).expect("exit event");
+    let exit = agent
+        .wait_for(WAIT, |v| v["kind"] == "exit" && v["pid"] == pid)
+        .expect("exit event");
     assert_eq!(exit["exit_code"], 3 << 8);
     assert_eq!(exit["filename"], "/bin/sh");
     let out = agent.stop();
-    let forks = out.events.iter().filter(|v| v["kind"] == "fork" && v["pid"] == pid).count();
-    let exits = out.events.iter().filter(|v| v["kind"] == "exit" && v["pid"] == pid).count();
+    let forks = out
+        .events
+        .iter()
+        .filter(|v| v["kind"] == "fork" && v["pid"] == pid)
+        .count();
+    let exits = out
+        .events
+        .iter()
+        .filter(|v| v["kind"] == "exit" && v["pid"] == pid)
+        .count();
     assert_eq!((forks, exits), (1, 1));
-    let fork = out.events.iter().find(|v| v["kind"] == "fork" && v["pid"] == pid).unwrap();
+    let fork = out
+        .events
+        .iter()
+        .find(|v| v["kind"] == "fork" && v["pid"] == pid)
+        .unwrap();
     assert_eq!(fork["ppid"], std::process::id());
 }
 
@@ -148,7 +194,11 @@ fn write_through_pty(data: &[u8], block: usize) -> (u32, Pty) {
         .expect("spawn dd");
     let pid = child.id();
     assert!(child.wait_with_output().unwrap().status.success());
-    assert_eq!(drain.join().unwrap(), data.len() as u64, "the pty carried every byte");
+    assert_eq!(
+        drain.join().unwrap(),
+        data.len() as u64,
+        "the pty carried every byte"
+    );
     fs::remove_file(&file).unwrap();
     (pid, pty)
 }
@@ -164,12 +214,19 @@ fn pty_output_is_captured_byte_for_byte() {
     let (pid, pty) = write_through_pty(&pattern, 65536);
     agent.sync();
     let out = agent.stop();
-    let chunks: Vec<&Value> = out.events.iter().filter(|v| v["kind"] == "tty_out" && v["pid"] == pid).collect();
+    let chunks: Vec<&Value> = out
+        .events
+        .iter()
+        .filter(|v| v["kind"] == "tty_out" && v["pid"] == pid)
+        .collect();
     let (lost_records, lost_bytes) = lost(&out.events, "tty_out");
     let captured: Vec<u8> = chunks.iter().flat_map(|v| tty_data(v)).collect();
     assert_eq!(captured.len() as u64 + lost_bytes, pattern.len() as u64);
     if lost_records == 0 {
-        assert_eq!(captured, pattern, "concatenated tty_out differs from what was written");
+        assert_eq!(
+            captured, pattern,
+            "concatenated tty_out differs from what was written"
+        );
     }
     for v in &chunks {
         assert_eq!(v["tty"], pty.device());
@@ -184,24 +241,50 @@ fn ring_buffer_loss_is_counted_exactly() {
     if !privileged("ring_buffer_loss_is_counted_exactly") {
         return;
     }
-    let agent = Agent::start(&["--ring-bytes", "65536", "--drain-ms", "500", "--wakeup-bytes", "1000000000"]);
+    let agent = Agent::start(&[
+        "--ring-bytes",
+        "65536",
+        "--drain-ms",
+        "500",
+        "--wakeup-bytes",
+        "1000000000",
+    ]);
     let pattern = block_pattern(1024);
     let (pid, _pty) = write_through_pty(&pattern, 4096);
     agent.sync();
     let out = agent.stop();
     let (lost_records, lost_bytes) = lost(&out.events, "tty_out");
-    assert!(lost_records > 0, "a 64 KiB ring drained every 500 ms cannot hold 4 MiB");
+    assert!(
+        lost_records > 0,
+        "a 64 KiB ring drained every 500 ms cannot hold 4 MiB"
+    );
     let mut seen = vec![false; 1024];
-    for v in out.events.iter().filter(|v| v["kind"] == "tty_out" && v["pid"] == pid) {
+    for v in out
+        .events
+        .iter()
+        .filter(|v| v["kind"] == "tty_out" && v["pid"] == pid)
+    {
         let data = tty_data(v);
-        assert_eq!((data.len(), v["offset"].as_u64()), (4096, Some(0)), "one 4 KiB write per record");
+        assert_eq!(
+            (data.len(), v["offset"].as_u64()),
+            (4096, Some(0)),
+            "one 4 KiB write per record"
+        );
         let block: usize = std::str::from_utf8(&data[6..12]).unwrap().parse().unwrap();
-        assert_eq!(data, pattern[block * 4096..(block + 1) * 4096], "block {block} intact");
+        assert_eq!(
+            data,
+            pattern[block * 4096..(block + 1) * 4096],
+            "block {block} intact"
+        );
         assert!(!seen[block], "block {block} captured twice");
         seen[block] = true;
     }
     let missing = seen.iter().filter(|s| !**s).count() as u64;
-    assert_eq!((lost_records, lost_bytes), (missing, missing * 4096), "gaps account for exactly the missing blocks");
+    assert_eq!(
+        (lost_records, lost_bytes),
+        (missing, missing * 4096),
+        "gaps account for exactly the missing blocks"
+    );
 }
 
 /// Bytes written to a pty master are typed input of the session on its slave.
@@ -216,7 +299,10 @@ fn pty_master_writes_are_tty_input_of_that_session() {
     let mark = marker("typed");
     let slave_fd = slave.as_raw_fd();
     let mut shell = Command::new("/bin/sh");
-    shell.arg("-c").arg("read line; /bin/echo \"$line\"").stdin(Stdio::from(slave.try_clone().unwrap()));
+    shell
+        .arg("-c")
+        .arg("read line; /bin/echo \"$line\"")
+        .stdin(Stdio::from(slave.try_clone().unwrap()));
     shell.stdout(Stdio::from(slave.try_clone().unwrap()));
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
@@ -236,15 +322,23 @@ fn pty_master_writes_are_tty_input_of_that_session() {
     drop(master);
 
     let input = agent
-        .wait_for(WAIT, |v| v["kind"] == "tty_in" && tty_data(v).starts_with(mark.as_bytes()))
+        .wait_for(WAIT, |v| {
+            v["kind"] == "tty_in" && tty_data(v).starts_with(mark.as_bytes())
+        })
         .expect("typed bytes arrive as tty_in");
     assert_eq!(tty_data(&input), format!("{mark}\n").as_bytes());
     assert_eq!(input["tty"], pty.device());
     assert_eq!(input["tgid"], std::process::id());
     let echo = exec_with_arg(&agent, &mark);
-    assert_eq!(echo["tty"], pty.device(), "the session's controlling tty is the same terminal");
+    assert_eq!(
+        echo["tty"],
+        pty.device(),
+        "the session's controlling tty is the same terminal"
+    );
     let output = agent
-        .wait_for(WAIT, |v| v["kind"] == "tty_out" && v["tty"] == pty.device().as_str())
+        .wait_for(WAIT, |v| {
+            v["kind"] == "tty_out" && v["tty"] == pty.device().as_str()
+        })
         .expect("the echo is tty_out on the same terminal");
     assert_eq!(output["pid"], echo["pid"]);
     drop(pty);
@@ -260,21 +354,37 @@ fn loginuid_and_sessionid_follow_the_process() {
     let agent = Agent::start(&[]);
     let mark = marker("login");
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(format!("cat /proc/self/sessionid; /bin/true {mark}"));
+    cmd.arg("-c")
+        .arg(format!("cat /proc/self/sessionid; /bin/true {mark}"));
     // SAFETY: only open/write/close between fork and exec.
     unsafe {
         cmd.pre_exec(|| fs::write("/proc/self/loginuid", "4242"));
     }
     let out = cmd.output().expect("run with a loginuid");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let session: u64 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let session: u64 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let ev = exec_with_arg(&agent, &mark);
     assert_eq!(ev["loginuid"], 4242);
     assert_eq!(ev["sessionid"], session);
-    let mine = agent.wait_for(WAIT, |v| v["kind"] == "fork" && v["ppid"] == std::process::id()).unwrap();
+    let mine = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "fork" && v["ppid"] == std::process::id()
+        })
+        .unwrap();
     let own: String = fs::read_to_string("/proc/self/loginuid").unwrap();
     if own.trim() == "4294967295" {
-        assert_eq!(mine["loginuid"], "unset", "an unset loginuid is printed as unset");
+        assert_eq!(
+            mine["loginuid"], "unset",
+            "an unset loginuid is printed as unset"
+        );
     }
 }
 
@@ -298,7 +408,10 @@ fn cgroup_id_is_the_cgroup_of_the_process() {
     }
     assert!(cmd.status().expect("run in cgroup").success());
     let ev = exec_with_arg(&agent, &mark);
-    assert_eq!(ev["cgroup_id"].as_u64(), Some(fs::metadata(&dir).unwrap().ino()));
+    assert_eq!(
+        ev["cgroup_id"].as_u64(),
+        Some(fs::metadata(&dir).unwrap().ino())
+    );
     fs::remove_dir(&dir).unwrap();
 }
 
@@ -316,14 +429,18 @@ fn cgroup2_root() -> std::path::PathBuf {
 /// An exec storm is captured completely, or the shortfall equals the counted loss.
 #[test]
 fn exec_storm_is_complete_or_loss_is_counted() {
+    const EXECS: u64 = 10_000;
     if !privileged("exec_storm_is_complete_or_loss_is_counted") {
         return;
     }
-    const EXECS: u64 = 10_000;
     let agent = Agent::start(&[]);
     let mark = marker("storm");
     let script = format!("i=0; while [ $i -lt {EXECS} ]; do /bin/true {mark}; i=$((i+1)); done");
-    let shell = Command::new("/bin/sh").arg("-c").arg(script).spawn().unwrap();
+    let shell = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .spawn()
+        .unwrap();
     let shell_pid = shell.id();
     assert!(shell.wait_with_output().unwrap().status.success());
     agent.sync();
@@ -335,7 +452,11 @@ fn exec_storm_is_complete_or_loss_is_counted() {
         .count() as u64;
     let (lost_execs, _) = lost(&out.events, "exec");
     assert!(seen <= EXECS);
-    assert_eq!(seen + lost_execs, EXECS, "seen {seen}, counted lost {lost_execs}");
+    assert_eq!(
+        seen + lost_execs,
+        EXECS,
+        "seen {seen}, counted lost {lost_execs}"
+    );
 }
 
 /// Every program passes the verifier and attaches on this kernel; none is skipped.
@@ -346,14 +467,29 @@ fn every_program_loads_on_this_kernel() {
     }
     let out = Agent::start(&[]).stop();
     for program in [
-        "exec_sched_process_exec", "exec_sys_enter_execve", "exec_sys_exit_execve", "exec_sys_enter_execveat",
-        "exec_sys_exit_execveat", "task_sched_process_fork", "task_sched_process_exit", "tty_sys_enter_write",
+        "exec_sched_process_exec",
+        "exec_sys_enter_execve",
+        "exec_sys_enter_execveat",
+        "exec_sys_exit",
+        "task_sched_process_fork",
+        "task_sched_process_exit",
+        "tty_sys_enter_write",
         "tty_sys_enter_writev",
     ] {
         let line = format!("program=\"{program}\"");
-        assert!(out.stderr.lines().any(|l| l.contains("attached") && l.contains(&line)), "{program} not attached:\n{}", out.stderr);
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.contains("attached") && l.contains(&line)),
+            "{program} not attached:\n{}",
+            out.stderr
+        );
     }
-    assert!(out.stderr.contains("skipped=0") && !out.stderr.contains(": skipped"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("skipped=0") && !out.stderr.contains(": skipped"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Without privileges the agent says what it needs and exits non-zero.

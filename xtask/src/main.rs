@@ -1,1 +1,125 @@
-fn main() {}
+mod bench;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks: nightly rust-src, bpf-linker, Debian packages.
+    Setup,
+    /// Set up, build, and run the agent on this host, printing events as JSON lines.
+    Run {
+        /// Extra agent flags, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run every test tier (unit, kernel, end to end).
+    Test {
+        /// Extra arguments for the test binaries, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build in release mode, and run a benchmark.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Run { args } => {
+            setup::run()?;
+            cargo(&["build", "--release", "--package", "agent"])?;
+            let status = Command::new(tests::workspace_root().join("target/release/agent"))
+                .arg("--stdout")
+                .args(args)
+                .status()
+                .context("starting the agent")?;
+            if !status.success() {
+                bail!("agent exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            cargo(&["build", "--package", "agent"])?;
+            // One test at a time: the kernel tier runs real agents, and two at once would
+            // each see (and count the loss of) the other's workload.
+            let mut test = vec!["test", "--", "--test-threads=1"];
+            test.extend(args.iter().map(String::as_str));
+            test_with_summary(&test)
+        }
+        Task::Bench { which } => {
+            setup::run()?;
+            cargo(&["build", "--release", "--package", "agent"])?;
+            bench::run(&which)
+        }
+    }
+}
+
+/// Runs `cargo test`, passing its output through, and closes with one line totalling every
+/// test binary's results.
+fn test_with_summary(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(tests::workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in
+        std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("piped")))
+    {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(what)?
+                            .split_whitespace()
+                            .last()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
+}
+
+/// Runs cargo in the workspace root with the same toolchain that runs xtask.
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(tests::workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed with {status}", args.join(" "));
+    }
+    Ok(())
+}

@@ -7,16 +7,28 @@ use crate::event::Body;
 
 pub(super) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
     if bytes.len() < EXEC_FIXED {
-        return Err(DecodeError::Short { got: bytes.len(), need: EXEC_FIXED });
+        return Err(DecodeError::Short {
+            got: bytes.len(),
+            need: EXEC_FIXED,
+        });
     }
     let result: i32 = read(bytes, offset_of!(ExecRecord, result))?;
     let flag_bits: u32 = read(bytes, offset_of!(ExecRecord, flags))?;
     let filename_len: u32 = read(bytes, offset_of!(ExecRecord, filename_len))?;
     let argv_len: u32 = read(bytes, offset_of!(ExecRecord, argv_len))?;
-    let filename = slice(bytes, offset_of!(ExecRecord, filename), filename_len as usize, FILENAME_CAP, "filename")?;
+    let filename = slice(
+        bytes,
+        offset_of!(ExecRecord, filename),
+        filename_len as usize,
+        FILENAME_CAP,
+        "filename",
+    )?;
     let argv = slice(bytes, EXEC_FIXED, argv_len as usize, ARGV_CAP, "argv")?;
     if EXEC_FIXED + argv.len() != bytes.len() {
-        return Err(DecodeError::SizeMismatch { claimed: EXEC_FIXED + argv.len(), got: bytes.len() });
+        return Err(DecodeError::SizeMismatch {
+            claimed: EXEC_FIXED + argv.len(),
+            got: bytes.len(),
+        });
     }
     Ok(Body::Exec {
         filename: String::from_utf8_lossy(filename).into_owned(),
@@ -34,7 +46,10 @@ fn split_argv(block: &[u8]) -> Vec<String> {
     if block.is_empty() {
         return Vec::new();
     }
-    block.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+    block
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 #[cfg(test)]
@@ -42,7 +57,10 @@ mod tests {
     use agent_common::event::kind;
 
     use super::*;
-    use crate::decode::{decode as decode_record, tests::{raw, test_header}};
+    use crate::decode::{
+        decode as decode_record,
+        tests::{raw, test_header},
+    };
 
     fn record(argv: &[u8], flag_bits: u32) -> Vec<u8> {
         let mut rec = ExecRecord {
@@ -62,16 +80,38 @@ mod tests {
     #[test]
     fn argv_block_splits_into_strings() {
         let ev = decode_record(&record(b"foo\0-x\0\0last\0", 0)).unwrap();
-        let Body::Exec { filename, argv, result, argv_truncated, .. } = ev.body else { panic!() };
-        assert_eq!((filename.as_str(), result, argv_truncated), ("/bin/foo", -2, false));
+        let Body::Exec {
+            filename,
+            argv,
+            result,
+            argv_truncated,
+            ..
+        } = ev.body
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (filename.as_str(), result, argv_truncated),
+            ("/bin/foo", -2, false)
+        );
         assert_eq!(argv, ["foo", "-x", "", "last"]);
     }
 
     #[test]
     fn truncated_argv_keeps_its_partial_last_string() {
         let ev = decode_record(&record(b"foo\0ba", flags::ARGV_TRUNCATED)).unwrap();
-        let Body::Exec { argv, argv_truncated, .. } = ev.body else { panic!() };
-        assert_eq!((argv, argv_truncated), (vec!["foo".to_owned(), "ba".to_owned()], true));
+        let Body::Exec {
+            argv,
+            argv_truncated,
+            ..
+        } = ev.body
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (argv, argv_truncated),
+            (vec!["foo".to_owned(), "ba".to_owned()], true)
+        );
     }
 
     #[test]

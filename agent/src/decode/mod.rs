@@ -19,13 +19,20 @@ pub enum DecodeError {
     #[error("record kind {0} is unknown to this agent")]
     UnknownKind(u32),
     #[error("{field} length {len} exceeds its buffer of {cap}")]
-    Length { field: &'static str, len: usize, cap: usize },
+    Length {
+        field: &'static str,
+        len: usize,
+        cap: usize,
+    },
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let header: Header = read(bytes, 0)?;
     if header.size as usize != bytes.len() {
-        return Err(DecodeError::SizeMismatch { claimed: header.size as usize, got: bytes.len() });
+        return Err(DecodeError::SizeMismatch {
+            claimed: header.size as usize,
+            got: bytes.len(),
+        });
     }
     let process = process(&header);
     let body = match header.kind {
@@ -34,7 +41,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         kind::TTY_OUT | kind::TTY_IN => tty::decode(bytes, header.kind)?,
         other => return Err(DecodeError::UnknownKind(other)),
     };
-    Ok(Event { ktime_ns: header.ktime_ns, process: Some(process), body })
+    Ok(Event {
+        ktime_ns: header.ktime_ns,
+        process: Some(process),
+        body,
+    })
 }
 
 fn process(h: &Header) -> Process {
@@ -57,18 +68,30 @@ fn process(h: &Header) -> Process {
 fn read<T: Copy>(bytes: &[u8], offset: usize) -> Result<T, DecodeError> {
     let need = offset + size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { got: bytes.len(), need });
+        return Err(DecodeError::Short {
+            got: bytes.len(),
+            need,
+        });
     }
     // SAFETY: in bounds (checked above); T is a repr(C) integer record, valid for any bytes.
     Ok(unsafe { bytes.as_ptr().add(offset).cast::<T>().read_unaligned() })
 }
 
 /// `len` bytes at `offset`, which must lie within both the record and a `cap`-byte field.
-fn slice<'a>(bytes: &'a [u8], offset: usize, len: usize, cap: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+fn slice<'a>(
+    bytes: &'a [u8],
+    offset: usize,
+    len: usize,
+    cap: usize,
+    field: &'static str,
+) -> Result<&'a [u8], DecodeError> {
     if len > cap {
         return Err(DecodeError::Length { field, len, cap });
     }
-    bytes.get(offset..offset + len).ok_or(DecodeError::Short { got: bytes.len(), need: offset + len })
+    bytes.get(offset..offset + len).ok_or(DecodeError::Short {
+        got: bytes.len(),
+        need: offset + len,
+    })
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -80,7 +103,7 @@ fn c_string(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn header(kind: u32, size: usize) -> Header {
+    pub(super) fn test_header(kind: u32, size: usize) -> Header {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"bash");
         Header {
@@ -104,16 +127,32 @@ mod tests {
 
     pub(super) fn raw<T>(value: &T) -> Vec<u8> {
         // SAFETY: T is a repr(C) record without padding.
-        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>()) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>())
+        }
+        .to_vec()
     }
 
     #[test]
     fn header_fields_map_to_process() {
-        let rec = agent_common::task::TaskRecord { header: header(kind::FORK, 88), exit_code: 0, reserved: 0 };
+        let rec = agent_common::task::TaskRecord {
+            header: test_header(kind::FORK, 88),
+            exit_code: 0,
+            reserved: 0,
+        };
         let ev = decode(&raw(&rec)).unwrap();
         let p = ev.process.unwrap();
-        assert_eq!((p.pid, p.uid, p.euid, p.loginuid, p.sessionid), (10, 1000, 0, Some(1000), None));
-        assert_eq!(p.tty, Some(Device { major: 136, minor: 3 }));
+        assert_eq!(
+            (p.pid, p.uid, p.euid, p.loginuid, p.sessionid),
+            (10, 1000, 0, Some(1000), None)
+        );
+        assert_eq!(
+            p.tty,
+            Some(Device {
+                major: 136,
+                minor: 3
+            })
+        );
         assert_eq!(p.comm, "bash");
         assert_eq!(ev.body, crate::event::Body::Fork);
     }
@@ -121,11 +160,23 @@ mod tests {
     #[test]
     fn malformed_records_are_errors() {
         assert!(matches!(decode(&[0u8; 10]), Err(DecodeError::Short { .. })));
-        let rec = agent_common::task::TaskRecord { header: header(kind::EXIT, 99), exit_code: 0, reserved: 0 };
-        assert_eq!(decode(&raw(&rec)), Err(DecodeError::SizeMismatch { claimed: 99, got: 88 }));
-        let rec = agent_common::task::TaskRecord { header: header(77, 88), exit_code: 0, reserved: 0 };
+        let rec = agent_common::task::TaskRecord {
+            header: test_header(kind::EXIT, 99),
+            exit_code: 0,
+            reserved: 0,
+        };
+        assert_eq!(
+            decode(&raw(&rec)),
+            Err(DecodeError::SizeMismatch {
+                claimed: 99,
+                got: 88
+            })
+        );
+        let rec = agent_common::task::TaskRecord {
+            header: test_header(77, 88),
+            exit_code: 0,
+            reserved: 0,
+        };
         assert_eq!(decode(&raw(&rec)), Err(DecodeError::UnknownKind(77)));
     }
-
-    pub(super) use header as test_header;
 }

@@ -8,6 +8,9 @@ pub(super) fn decode(bytes: &[u8], kind_id: u32) -> Result<Body, DecodeError> {
     Ok(if kind_id == kind::FORK {
         Body::Fork
     } else {
-        Body::Exit { exit_code: rec.exit_code, filename: None }
+        Body::Exit {
+            exit_code: rec.exit_code,
+            filename: None,
+        }
     })
 }

@@ -15,7 +15,10 @@ pub(super) fn decode(bytes: &[u8], kind_id: u32) -> Result<Body, DecodeError> {
     let len: u32 = read(bytes, offset_of!(TtyRecord, len))?;
     let data = slice(bytes, TTY_FIXED, len as usize, CHUNK, "tty data")?;
     if TTY_FIXED + data.len() != bytes.len() {
-        return Err(DecodeError::SizeMismatch { claimed: TTY_FIXED + data.len(), got: bytes.len() });
+        return Err(DecodeError::SizeMismatch {
+            claimed: TTY_FIXED + data.len(),
+            got: bytes.len(),
+        });
     }
     Ok(Body::Tty {
         input: kind_id == kind::TTY_IN,
