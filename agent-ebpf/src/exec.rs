@@ -185,8 +185,8 @@ fn in_flight(delta: i64) {
     if let Some(n) = IN_FLIGHT.get_ptr_mut(0) {
         // BPF_ATOMIC add: two CPUs may start or finish execs at the same time.
         unsafe {
-            core::arch::asm!("lock *(u64 *)({n} + 0) += {d}", n = in(reg) n, d = in(reg) delta)
-        };
+            core::arch::asm!("lock *(u64 *)({n} + 0) += {d}", n = in(reg) n, d = in(reg) delta);
+        }
     }
 }
 

@@ -75,54 +75,29 @@ fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
         return Ok(());
     };
 
+    if vectored && count > u64::from(UIO_MAXIOV) {
+        // The kernel fails such a writev with EINVAL before writing anything.
+        return Ok(());
+    }
     let rec = scratch()?;
     fill_header(&mut rec.header, kind, task);
     rec.device = device;
     rec.fd = fd;
     rec.reserved = 0;
 
+    let mut walk = if vectored {
+        Walk::iovecs(buf, count, kind)
+    } else {
+        Walk::segment(buf, count, kind)
+    };
     if !vectored && count <= CHUNK as u64 {
         // Most terminal writes (keystrokes, prompts, lines) fit one record: emit it inline,
         // without the indirect callback calls of bpf_loop.
-        let mut walk = Walk {
-            base: buf,
-            len: count,
-            next_iov: 0,
-            iovs_left: 0,
-            offset: 0,
-            kind: u64::from(kind),
-            lost: 0,
-        };
         if count > 0 {
             emit_chunk(rec, &mut walk);
         }
         return Ok(());
     }
-    if vectored && count > u64::from(UIO_MAXIOV) {
-        // The kernel fails such a writev with EINVAL before writing anything.
-        return Ok(());
-    }
-    let mut walk = if vectored {
-        Walk {
-            base: 0,
-            len: 0,
-            next_iov: buf,
-            iovs_left: count,
-            offset: 0,
-            kind: u64::from(kind),
-            lost: 0,
-        }
-    } else {
-        Walk {
-            base: buf,
-            len: count,
-            next_iov: 0,
-            iovs_left: 0,
-            offset: 0,
-            kind: u64::from(kind),
-            lost: 0,
-        }
-    };
     // bpf_loop lets the verifier check `step` until its state converges instead of once per
     // iteration, which at this length would exceed the instruction budget. Its index is the
     // only step counter: one kept in `Walk` would be tracked precisely and defeat that.
@@ -158,6 +133,36 @@ struct Walk {
     kind: u64,
     /// Bytes past the last step that may emit, counted instead of sent.
     lost: u64,
+}
+
+impl Walk {
+    /// The bytes of a `write(fd, buf, count)`.
+    #[inline(always)]
+    fn segment(buf: u64, count: u64, kind: u32) -> Self {
+        Self {
+            base: buf,
+            len: count,
+            next_iov: 0,
+            iovs_left: 0,
+            offset: 0,
+            kind: u64::from(kind),
+            lost: 0,
+        }
+    }
+
+    /// The bytes of a `writev(fd, iov, iovcnt)`, starting before its first iovec.
+    #[inline(always)]
+    fn iovecs(iov: u64, iovcnt: u64, kind: u32) -> Self {
+        Self {
+            base: 0,
+            len: 0,
+            next_iov: iov,
+            iovs_left: iovcnt,
+            offset: 0,
+            kind: u64::from(kind),
+            lost: 0,
+        }
+    }
 }
 
 /// One `bpf_loop` step: load the next iovec, or emit one chunk; past `MAX_STEPS`, count the

@@ -3,7 +3,11 @@
 use std::{
     fs::File,
     io::Read,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::process::CommandExt as _,
+    },
+    process::Command,
     thread::JoinHandle,
 };
 
@@ -79,5 +83,18 @@ impl Pty {
             }
             total
         })
+    }
+}
+
+/// Makes `cmd` start a new session whose controlling terminal is `slave`, as a login does.
+pub fn in_new_session(cmd: &mut Command, slave: RawFd) {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::ioctl(slave, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }

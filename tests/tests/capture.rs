@@ -16,7 +16,7 @@ use serde_json::Value;
 use tests::{
     agent::{Agent, binary, lost, tty_data},
     block_pattern, marker, privileged,
-    pty::Pty,
+    pty::{Pty, in_new_session},
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -304,15 +304,7 @@ fn pty_master_writes_are_tty_input_of_that_session() {
         .arg("read line; /bin/echo \"$line\"")
         .stdin(Stdio::from(slave.try_clone().unwrap()));
     shell.stdout(Stdio::from(slave.try_clone().unwrap()));
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        shell.pre_exec(move || {
-            if libc::setsid() < 0 || libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    in_new_session(&mut shell, slave_fd);
     let child = shell.spawn().expect("spawn shell");
     drop(slave);
     let drain = pty.drain_master();
@@ -508,4 +500,123 @@ fn unprivileged_run_names_the_missing_capability() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CAP_BPF"), "{stderr}");
+}
+
+/// Runs `f` with a fresh pty's slave as a file while the master is drained, and returns the
+/// pty once every byte has come through.
+fn with_pty_slave(f: impl FnOnce(&fs::File)) -> Pty {
+    let mut pty = Pty::open();
+    let drain = pty.drain_master();
+    let slave = fs::File::from(pty.take_slave());
+    f(&slave);
+    drop(slave);
+    drain.join().unwrap();
+    pty
+}
+
+/// Concatenated `tty_out` bytes this process wrote to `pty`, checking that chunk offsets
+/// within each syscall run contiguously from 0.
+fn own_output(events: &[Value], pty: &Pty) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut expected_offset = 0u64;
+    for v in events.iter().filter(|v| {
+        v["kind"] == "tty_out"
+            && v["tgid"] == std::process::id()
+            && v["tty"] == pty.device().as_str()
+    }) {
+        let offset = v["offset"].as_u64().unwrap();
+        if offset == 0 {
+            expected_offset = 0;
+        }
+        assert_eq!(
+            offset, expected_offset,
+            "chunks of one syscall arrive in order"
+        );
+        let data = tty_data(v);
+        expected_offset += data.len() as u64;
+        out.extend(data);
+    }
+    out
+}
+
+/// writev's iovecs, empty ones included, come back as one ordered byte stream.
+#[test]
+fn writev_to_a_pty_is_captured_in_order() {
+    if !privileged("writev_to_a_pty_is_captured_in_order") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let mark = marker("writev");
+    let big = block_pattern(2);
+    let parts: [&[u8]; 4] = [mark.as_bytes(), b"", &big[..6000], b"-tail"];
+    let pty = with_pty_slave(|slave| {
+        let iov: Vec<libc::iovec> = parts
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr().cast_mut().cast(),
+                iov_len: p.len(),
+            })
+            .collect();
+        // SAFETY: the iovecs point into live buffers.
+        let n = unsafe { libc::writev(slave.as_raw_fd(), iov.as_ptr(), 4) };
+        assert_eq!(
+            usize::try_from(n).unwrap(),
+            parts.iter().map(|p| p.len()).sum::<usize>()
+        );
+    });
+    agent.sync();
+    let out = agent.stop();
+    assert_eq!(own_output(&out.events, &pty), parts.concat());
+}
+
+/// Bytes of one write beyond the per-syscall budget (4 MiB) are counted as lost, exactly.
+#[test]
+fn a_write_past_the_step_budget_is_counted_not_dropped() {
+    const BUDGET: usize = 4 << 20;
+    if !privileged("a_write_past_the_step_budget_is_counted_not_dropped") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let data = block_pattern(1280);
+    let pty = with_pty_slave(|slave| {
+        // SAFETY: valid fd and buffer; a blocking pty write returns once all is written.
+        let n = unsafe { libc::write(slave.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+        assert_eq!(usize::try_from(n).unwrap(), data.len());
+    });
+    agent.sync();
+    let out = agent.stop();
+    assert_eq!(own_output(&out.events, &pty), data[..BUDGET]);
+    assert_eq!(
+        lost(&out.events, "tty_out"),
+        (256, (data.len() - BUDGET) as u64)
+    );
+}
+
+/// Writes through /dev/tty are output on the controlling terminal behind it.
+#[test]
+fn dev_tty_writes_land_on_the_controlling_terminal() {
+    if !privileged("dev_tty_writes_land_on_the_controlling_terminal") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let mark = marker("devtty");
+    let mut pty = Pty::open();
+    let drain = pty.drain_master();
+    let slave = pty.take_slave();
+    let slave_fd = slave.as_raw_fd();
+    let mut shell = Command::new("/bin/sh");
+    shell
+        .arg("-c")
+        .arg(format!("printf {mark} > /dev/tty"))
+        .stdout(Stdio::null());
+    in_new_session(&mut shell, slave_fd);
+    assert!(shell.status().expect("run shell").success());
+    drop(slave);
+    drain.join().unwrap();
+    let ev = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "tty_out" && tty_data(v) == mark.as_bytes()
+        })
+        .expect("the /dev/tty write is captured");
+    assert_eq!(ev["tty"], pty.device());
 }
