@@ -490,13 +490,18 @@ fn unprivileged_run_names_the_missing_capability() {
     if !privileged("unprivileged_run_names_the_missing_capability") {
         return;
     }
-    let out = Command::new(binary())
+    // The checkout may sit in a directory only root can enter: run a world-readable copy.
+    let copy = std::env::temp_dir().join(marker("agent-copy"));
+    fs::copy(binary(), &copy).unwrap();
+    fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new(&copy)
         .arg("--stdout")
         .uid(65534)
         .gid(65534)
         .env("NO_COLOR", "1")
         .output()
         .expect("run agent as nobody");
+    fs::remove_file(&copy).unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CAP_BPF"), "{stderr}");
