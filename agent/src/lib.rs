@@ -1,6 +1,7 @@
 //! The host agent: loads the kernel programs, drains their records, decodes and attributes
 //! them, and hands them to a sink.
 
+pub mod attribute;
 pub mod cli;
 pub mod decode;
 pub mod event;
@@ -30,6 +31,7 @@ use aya::EbpfLoader;
 use tracing::{info, warn};
 
 use crate::{
+    attribute::Attributor,
     cli::Cli,
     event::{Body, Event, GapSource},
     output::{WallClock, write_json},
@@ -81,6 +83,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let reader = Reader::new(&mut ebpf, Duration::from_millis(cli.drain_ms))?;
     // Seeded after attaching, so a process is either in the seed or seen forking.
     let mut table = ProcessTable::from_proc();
+    let mut attributor = Attributor::new();
 
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -112,14 +115,15 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             table.observe(&mut event);
             stats.count(&event);
             if let Some(out) = &mut out {
-                write_json(out, &event, &clock)?;
+                let identity = event.process.as_ref().map(|p| attributor.identify(p));
+                write_json(out, &event, identity, &clock)?;
             }
         }
         for gap in &batch.gaps {
             warn!(?gap.body, "kernel lost records");
             stats.count(gap);
             if let Some(out) = &mut out {
-                write_json(out, gap, &clock)?;
+                write_json(out, gap, None, &clock)?;
             }
         }
         if let Some(out) = &mut out {

@@ -10,6 +10,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use serde::Serialize;
 
 use crate::{
+    attribute::Identity,
     event::{Body, Event, GapSource, kind_name},
     reader::{boot_ns, clock_ns},
 };
@@ -52,6 +53,14 @@ impl From<Option<u32>> for AuditId {
     }
 }
 
+#[derive(Serialize)]
+struct IdentityLine<'a> {
+    kind: &'static str,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
 /// Process fields are always present (null on gaps); kind-specific ones only on their kind.
 #[derive(Serialize)]
 struct Line<'a> {
@@ -68,6 +77,7 @@ struct Line<'a> {
     cgroup_id: Option<u64>,
     tty: Option<String>,
     comm: Option<&'a str>,
+    identity: Option<IdentityLine<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     filename: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,7 +109,7 @@ struct Line<'a> {
 }
 
 impl<'a> Line<'a> {
-    fn new(event: &'a Event, clock: &WallClock) -> Self {
+    fn new(event: &'a Event, identity: Option<&'a Identity>, clock: &WallClock) -> Self {
         let p = event.process.as_ref();
         let mut line = Line {
             kind: event.kind_name(),
@@ -115,6 +125,11 @@ impl<'a> Line<'a> {
             cgroup_id: p.map(|p| p.cgroup_id),
             tty: p.and_then(|p| p.tty).map(|d| d.to_string()),
             comm: p.map(|p| p.comm.as_str()),
+            identity: identity.map(|i| IdentityLine {
+                kind: i.kind.as_str(),
+                name: &i.name,
+                reason: i.reason.as_deref(),
+            }),
             filename: None,
             filename_truncated: None,
             argv: None,
@@ -185,16 +200,24 @@ impl<'a> Line<'a> {
     }
 }
 
-/// Writes one JSON line for `event`.
-pub fn write_json(out: &mut impl Write, event: &Event, clock: &WallClock) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, &Line::new(event, clock))?;
+/// Writes one JSON line for `event`, attributed to `identity` when a process made it.
+pub fn write_json(
+    out: &mut impl Write,
+    event: &Event,
+    identity: Option<&Identity>,
+    clock: &WallClock,
+) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &Line::new(event, identity, clock))?;
     out.write_all(b"\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Device, Process};
+    use crate::{
+        attribute::IdentityKind,
+        event::{Device, Process},
+    };
 
     #[test]
     fn tty_line_has_stable_fields_and_unset_ids() {
@@ -225,9 +248,15 @@ mod tests {
             },
         };
         let mut out = Vec::new();
+        let identity = Identity {
+            kind: IdentityKind::Unknown,
+            name: String::new(),
+            reason: Some("why".into()),
+        };
         write_json(
             &mut out,
             &event,
+            Some(&identity),
             &WallClock {
                 realtime_minus_boot: 1_700_000_000_000_000_000,
             },
@@ -241,5 +270,9 @@ mod tests {
         assert_eq!(v["data"], "bHMN");
         assert_eq!(v["time"], "2023-11-14T22:13:20.000000005Z");
         assert!(v.get("argv").is_none());
+        assert_eq!(
+            v["identity"],
+            serde_json::json!({"kind": "unknown", "name": "", "reason": "why"})
+        );
     }
 }

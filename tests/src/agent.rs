@@ -143,6 +143,23 @@ impl Agent {
         }
     }
 
+    /// Waits for the exec event whose argv carries `arg`.
+    #[must_use]
+    pub fn exec_with_arg(&self, arg: &str) -> Value {
+        self.wait_for(Duration::from_secs(30), |v| {
+            v["kind"] == "exec"
+                && v["argv"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == arg))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no exec event carrying {arg}:\n{}",
+                self.stderr.lock().unwrap()
+            )
+        })
+    }
+
     /// Runs `/bin/true MARKER` and waits for its exec event. Records are submitted in order,
     /// so once a marker arrives, everything the caller did before it has been drained. A
     /// marker can itself be lost to a full ring buffer, so a new one is sent until one lands.

@@ -9,7 +9,10 @@ pub mod agent;
 pub mod pty;
 
 use std::{
+    fs,
+    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
     path::PathBuf,
+    process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -65,4 +68,63 @@ pub fn block_pattern(blocks: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Where the cgroup v2 hierarchy is mounted.
+#[must_use]
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1].into())
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// A cgroup v2 directory made for one test, removed when dropped.
+pub struct TestCgroup {
+    pub dir: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `name` directly under the cgroup v2 root.
+    #[must_use]
+    pub fn create(name: &str) -> Self {
+        let dir = cgroup2_root().join(name);
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
+        Self { dir }
+    }
+
+    /// The cgroup id the kernel reports: the directory's inode number.
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        fs::metadata(&self.dir).unwrap().ino()
+    }
+
+    /// Makes `cmd` join this cgroup before it execs.
+    pub fn enter(&self, cmd: &mut Command) {
+        let procs = self.dir.join("cgroup.procs");
+        // SAFETY: only open/write/close between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || fs::write(&procs, "0"));
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// Makes `cmd` run with the given audit loginuid (`None` clears it), as `pam_loginuid` sets it
+/// at login.
+pub fn with_loginuid(cmd: &mut Command, loginuid: Option<u32>) {
+    let value = loginuid.unwrap_or(u32::MAX).to_string();
+    // SAFETY: only open/write/close between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || fs::write("/proc/self/loginuid", &value));
+    }
 }

@@ -4,19 +4,18 @@
 use std::{
     fs,
     io::Write as _,
-    os::{
-        fd::AsRawFd as _,
-        unix::{fs::MetadataExt as _, process::CommandExt as _},
-    },
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     process::{Command, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
 use tests::{
+    TestCgroup,
     agent::{Agent, binary, lost, tty_data},
     block_pattern, marker, privileged,
     pty::{Pty, in_new_session},
+    with_loginuid,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -28,17 +27,6 @@ fn argv_of(v: &Value) -> Vec<String> {
         .iter()
         .map(|a| a.as_str().unwrap().to_owned())
         .collect()
-}
-
-fn exec_with_arg(agent: &Agent, arg: &str) -> Value {
-    agent
-        .wait_for(WAIT, |v| {
-            v["kind"] == "exec"
-                && v["argv"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x == arg))
-        })
-        .unwrap_or_else(|| panic!("no exec event carrying {arg}"))
 }
 
 /// 40 args, one of them 3 KiB: argv comes back exactly, with every identity field.
@@ -61,7 +49,7 @@ fn exec_argv_is_exact_within_the_bound() {
     let output = child.wait_with_output().expect("echo");
     assert!(output.status.success());
 
-    let ev = exec_with_arg(&agent, &mark);
+    let ev = agent.exec_with_arg(&mark);
     let mut expected = vec!["/bin/echo".to_owned()];
     expected.extend(args);
     assert_eq!(expected.len(), 41);
@@ -102,7 +90,7 @@ fn exec_argv_is_truncated_and_flagged_at_the_bound() {
         .status()
         .unwrap();
     assert!(status.success());
-    let ev = exec_with_arg(&agent, &mark);
+    let ev = agent.exec_with_arg(&mark);
     assert_eq!(ev["argv_truncated"], true);
     let full = format!("/bin/echo\0{mark}\0{long}\0");
     assert_eq!(argv_of(&ev).join("\0"), full[..1024]);
@@ -321,7 +309,7 @@ fn pty_master_writes_are_tty_input_of_that_session() {
     assert_eq!(tty_data(&input), format!("{mark}\n").as_bytes());
     assert_eq!(input["tty"], pty.device());
     assert_eq!(input["tgid"], std::process::id());
-    let echo = exec_with_arg(&agent, &mark);
+    let echo = agent.exec_with_arg(&mark);
     assert_eq!(
         echo["tty"],
         pty.device(),
@@ -348,10 +336,7 @@ fn loginuid_and_sessionid_follow_the_process() {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(format!("cat /proc/self/sessionid; /bin/true {mark}"));
-    // SAFETY: only open/write/close between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| fs::write("/proc/self/loginuid", "4242"));
-    }
+    with_loginuid(&mut cmd, Some(4242));
     let out = cmd.output().expect("run with a loginuid");
     assert!(
         out.status.success(),
@@ -363,7 +348,7 @@ fn loginuid_and_sessionid_follow_the_process() {
         .trim()
         .parse()
         .unwrap();
-    let ev = exec_with_arg(&agent, &mark);
+    let ev = agent.exec_with_arg(&mark);
     assert_eq!(ev["loginuid"], 4242);
     assert_eq!(ev["sessionid"], session);
     let mine = agent
@@ -386,36 +371,15 @@ fn cgroup_id_is_the_cgroup_of_the_process() {
     if !privileged("cgroup_id_is_the_cgroup_of_the_process") {
         return;
     }
-    let root = cgroup2_root();
-    let dir = root.join(marker("cg"));
-    fs::create_dir(&dir).expect("create test cgroup");
+    let cgroup = TestCgroup::create(&marker("cg"));
     let agent = Agent::start(&[]);
     let mark = marker("cgexec");
-    let procs = dir.join("cgroup.procs");
     let mut cmd = Command::new("/bin/true");
     cmd.arg(&mark);
-    // SAFETY: only open/write/close between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || fs::write(&procs, "0"));
-    }
+    cgroup.enter(&mut cmd);
     assert!(cmd.status().expect("run in cgroup").success());
-    let ev = exec_with_arg(&agent, &mark);
-    assert_eq!(
-        ev["cgroup_id"].as_u64(),
-        Some(fs::metadata(&dir).unwrap().ino())
-    );
-    fs::remove_dir(&dir).unwrap();
-}
-
-fn cgroup2_root() -> std::path::PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| f[1].into())
-        })
-        .expect("a cgroup2 mount")
+    let ev = agent.exec_with_arg(&mark);
+    assert_eq!(ev["cgroup_id"].as_u64(), Some(cgroup.id()));
 }
 
 /// An exec storm is captured completely, or the shortfall equals the counted loss.
