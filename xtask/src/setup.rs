@@ -7,8 +7,16 @@ use anyhow::{Context as _, bail};
 /// Pinned: newer bpf-linker releases need a system LLVM this machine kind does not have.
 const BPF_LINKER_VERSION: &str = "0.10.3";
 
-/// Debian packages the test suite and benchmarks run (`dd`, `cat`, `true`, `echo`, `sh`).
-const DEBIAN_PACKAGES: &[&str] = &["coreutils", "dash"];
+/// Debian packages the test suite and benchmarks run: `dd`, `cat`, `true`, `echo` and `sh`,
+/// and a real login (sshd with PAM, the ssh client, sudo, useradd).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "coreutils",
+    "dash",
+    "openssh-server",
+    "openssh-client",
+    "sudo",
+    "passwd",
+];
 
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
