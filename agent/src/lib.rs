@@ -105,25 +105,26 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         .stdout
         .then(|| BufWriter::with_capacity(1 << 20, io::stdout().lock()));
     let mut stats = Stats::default();
+    let mut clock = WallClock::now();
     for batch in rx {
-        let clock = WallClock::now();
+        clock.follow_steps();
         for record in batch.records() {
             let mut event = decode::decode(record).unwrap_or_else(|error| {
                 warn!(%error, "undecodable kernel record");
                 undecodable(record.len())
             });
-            table.observe(&mut event);
+            let root = table.observe(&mut event);
             stats.count(&event);
             if let Some(out) = &mut out {
                 let identity = event.process.as_ref().map(|p| attributor.identify(p));
-                write_json(out, &event, identity, &clock)?;
+                write_json(out, &event, identity, root, &clock)?;
             }
         }
         for gap in &batch.gaps {
             warn!(?gap.body, "kernel lost records");
             stats.count(gap);
             if let Some(out) = &mut out {
-                write_json(out, gap, None, &clock)?;
+                write_json(out, gap, None, None, &clock)?;
             }
         }
         if let Some(out) = &mut out {

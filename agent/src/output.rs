@@ -12,15 +12,20 @@ use serde::Serialize;
 use crate::{
     attribute::Identity,
     event::{Body, Event, GapSource, kind_name},
+    proctable::SessionRoot,
     reader::{boot_ns, clock_ns},
 };
 
-/// Maps the kernel's boot-relative clock onto wall-clock time. Re-sampled per batch, so
-/// wall-clock steps (NTP) apply from the next batch on.
+/// Maps the kernel's boot-relative clock onto wall-clock time. The offset is checked once
+/// per batch but only moves when the wall clock has stepped (by more than
+/// [`STEP_NS`]): sampling the two clocks is never exact, and re-applying that jitter
+/// would give one instant (a session's start, say) a different time on every batch.
 #[derive(Clone, Copy, Debug)]
 pub struct WallClock {
     realtime_minus_boot: i128,
 }
+
+const STEP_NS: i128 = 1_000_000;
 
 impl WallClock {
     #[must_use]
@@ -29,6 +34,14 @@ impl WallClock {
         let real = clock_ns(libc::CLOCK_REALTIME);
         Self {
             realtime_minus_boot: i128::from(real) - i128::from(boot),
+        }
+    }
+
+    /// Adopts the current offset if the wall clock stepped since the last one.
+    pub fn follow_steps(&mut self) {
+        let now = Self::now();
+        if (now.realtime_minus_boot - self.realtime_minus_boot).abs() > STEP_NS {
+            *self = now;
         }
     }
 
@@ -51,6 +64,13 @@ impl From<Option<u32>> for AuditId {
     fn from(v: Option<u32>) -> Self {
         v.map_or(Self::Unset("unset"), Self::Set)
     }
+}
+
+/// The process an audit session began in, and when it started.
+#[derive(Serialize)]
+struct RootLine {
+    pid: u32,
+    start: String,
 }
 
 #[derive(Serialize)]
@@ -78,6 +98,7 @@ struct Line<'a> {
     tty: Option<String>,
     comm: Option<&'a str>,
     identity: Option<IdentityLine<'a>>,
+    session_root: Option<RootLine>,
     #[serde(skip_serializing_if = "Option::is_none")]
     filename: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -109,7 +130,12 @@ struct Line<'a> {
 }
 
 impl<'a> Line<'a> {
-    fn new(event: &'a Event, identity: Option<&'a Identity>, clock: &WallClock) -> Self {
+    fn new(
+        event: &'a Event,
+        identity: Option<&'a Identity>,
+        root: Option<SessionRoot>,
+        clock: &WallClock,
+    ) -> Self {
         let p = event.process.as_ref();
         let mut line = Line {
             kind: event.kind_name(),
@@ -129,6 +155,10 @@ impl<'a> Line<'a> {
                 kind: i.kind.as_str(),
                 name: &i.name,
                 reason: i.reason.as_deref(),
+            }),
+            session_root: root.map(|r| RootLine {
+                pid: r.pid,
+                start: clock.format(r.start_ns),
             }),
             filename: None,
             filename_truncated: None,
@@ -200,14 +230,16 @@ impl<'a> Line<'a> {
     }
 }
 
-/// Writes one JSON line for `event`, attributed to `identity` when a process made it.
+/// Writes one JSON line for `event`, attributed to `identity` and to the session begun by
+/// `root` when a process made it.
 pub fn write_json(
     out: &mut impl Write,
     event: &Event,
     identity: Option<&Identity>,
+    root: Option<SessionRoot>,
     clock: &WallClock,
 ) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, &Line::new(event, identity, clock))?;
+    serde_json::to_writer(&mut *out, &Line::new(event, identity, root, clock))?;
     out.write_all(b"\n")
 }
 
@@ -257,6 +289,10 @@ mod tests {
             &mut out,
             &event,
             Some(&identity),
+            Some(SessionRoot {
+                pid: 77,
+                start_ns: 0,
+            }),
             &WallClock {
                 realtime_minus_boot: 1_700_000_000_000_000_000,
             },
@@ -273,6 +309,18 @@ mod tests {
         assert_eq!(
             v["identity"],
             serde_json::json!({"kind": "unknown", "name": "", "reason": "why"})
+        );
+    }
+
+    #[test]
+    fn a_stepped_wall_clock_is_followed() {
+        let mut stale = WallClock {
+            realtime_minus_boot: 0,
+        };
+        stale.follow_steps();
+        assert!(
+            stale.realtime_minus_boot > STEP_NS,
+            "an offset decades off is replaced"
         );
     }
 }

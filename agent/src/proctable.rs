@@ -1,21 +1,48 @@
-//! The process table: which image each live process runs, kept from fork/exec/exit and
-//! seeded from /proc at start so processes older than the agent are known too.
+//! The process table, kept from fork/exec/exit and seeded from /proc at start so processes
+//! older than the agent are known too. It knows each process's image, parent, audit session
+//! and start time, and from them the root of every audit session: the process that began
+//! it (for a login, the one `pam_loginuid` ran in), so all activity of one login can be
+//! grouped and replayed.
 
 use std::{collections::HashMap, fs};
 
-use crate::event::{Body, Event};
+use crate::event::{Body, Event, audit_id};
+
+#[derive(Clone, Debug, Default)]
+struct Entry {
+    ppid: u32,
+    image: Option<String>,
+    sessionid: Option<u32>,
+    /// `CLOCK_BOOTTIME` nanoseconds.
+    start_ns: u64,
+}
+
+/// The process an audit session began in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionRoot {
+    pub pid: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds.
+    pub start_ns: u64,
+}
+
+/// Sessions remembered before the cache is cleared; a cleared root is found again by
+/// walking the table while its processes live.
+const ROOTS_MAX: usize = 65_536;
+/// Ancestors walked at most when looking for a session's root.
+const MAX_DEPTH: usize = 256;
 
 #[derive(Default)]
 pub struct ProcessTable {
-    images: HashMap<u32, String>,
+    procs: HashMap<u32, Entry>,
+    roots: HashMap<u32, SessionRoot>,
 }
 
 impl ProcessTable {
-    /// Every process visible in /proc now, with the path of its executable where readable
-    /// (kernel threads have none).
+    /// Every process visible in /proc now.
     #[must_use]
     pub fn from_proc() -> Self {
-        let mut images = HashMap::new();
+        let ticks_ns = 1_000_000_000 / clock_ticks_per_second();
+        let mut procs = HashMap::new();
         for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Some(pid) = entry
                 .file_name()
@@ -24,47 +51,146 @@ impl ProcessTable {
             else {
                 continue;
             };
-            if let Ok(exe) = fs::read_link(entry.path().join("exe")) {
-                images.insert(pid, exe.to_string_lossy().into_owned());
-            }
+            let dir = entry.path();
+            let Some((parent, start_ticks)) = fs::read_to_string(dir.join("stat"))
+                .ok()
+                .as_deref()
+                .and_then(parse_stat)
+            else {
+                continue;
+            };
+            let sessionid = fs::read_to_string(dir.join("sessionid"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .and_then(audit_id);
+            let image = fs::read_link(dir.join("exe"))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned());
+            procs.insert(
+                pid,
+                Entry {
+                    ppid: parent,
+                    image,
+                    sessionid,
+                    start_ns: start_ticks * ticks_ns,
+                },
+            );
         }
-        Self { images }
+        Self {
+            procs,
+            roots: HashMap::new(),
+        }
     }
 
     #[must_use]
     pub fn len(&self) -> usize {
-        self.images.len()
+        self.procs.len()
     }
 
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.images.is_empty()
+        self.procs.is_empty()
     }
 
-    /// Updates the table from `event`, and fills in what the table knows that the kernel
-    /// record does not carry (the image of an exiting process).
-    pub fn observe(&mut self, event: &mut Event) {
-        let Some(process) = &event.process else {
-            return;
-        };
-        let tgid = process.tgid;
+    /// Updates the table from `event`, fills in what the table knows that the kernel record
+    /// does not carry (the image of an exiting process), and returns the root of the event's
+    /// audit session, if it has one.
+    pub fn observe(&mut self, event: &mut Event) -> Option<SessionRoot> {
+        let process = event.process.as_ref()?;
+        let (tgid, ppid, sessionid) = (process.tgid, process.ppid, process.sessionid);
         match &mut event.body {
             Body::Fork => {
-                if let Some(image) = self.images.get(&process.ppid).cloned() {
-                    self.images.insert(tgid, image);
-                }
+                // The record carries the forking parent's credentials, so they are the
+                // parent's news as much as the child's.
+                let parent = self.procs.entry(ppid).or_default();
+                parent.sessionid = sessionid;
+                let image = parent.image.clone();
+                self.procs.insert(
+                    tgid,
+                    Entry {
+                        ppid,
+                        image,
+                        sessionid,
+                        start_ns: event.ktime_ns,
+                    },
+                );
             }
             Body::Exec {
                 filename,
                 result: 0,
                 ..
             } => {
-                self.images.insert(tgid, filename.clone());
+                let entry = self.procs.entry(tgid).or_insert_with(|| Entry {
+                    ppid,
+                    ..Entry::default()
+                });
+                entry.image = Some(filename.clone());
+                entry.sessionid = sessionid;
             }
-            Body::Exit { filename, .. } => *filename = self.images.remove(&tgid),
-            _ => {}
+            Body::Exit { filename, .. } => {
+                let root = sessionid.map(|s| self.root_of(tgid, s));
+                *filename = self.procs.remove(&tgid).and_then(|e| e.image);
+                return root;
+            }
+            _ => {
+                self.procs
+                    .entry(tgid)
+                    .or_insert_with(|| Entry {
+                        ppid,
+                        ..Entry::default()
+                    })
+                    .sessionid = sessionid;
+            }
         }
+        sessionid.map(|s| self.root_of(tgid, s))
     }
+
+    /// The session's root: from `tgid`, the furthest ancestor still in session `s`.
+    fn root_of(&mut self, tgid: u32, s: u32) -> SessionRoot {
+        if let Some(root) = self.roots.get(&s) {
+            return *root;
+        }
+        let mut pid = tgid;
+        for _ in 0..MAX_DEPTH {
+            let Some(entry) = self.procs.get(&pid) else {
+                break;
+            };
+            let parent_in_session = entry.ppid != pid
+                && self
+                    .procs
+                    .get(&entry.ppid)
+                    .is_some_and(|p| p.sessionid == Some(s));
+            if !parent_in_session {
+                break;
+            }
+            pid = entry.ppid;
+        }
+        let root = SessionRoot {
+            pid,
+            start_ns: self.procs.get(&pid).map_or(0, |e| e.start_ns),
+        };
+        if self.roots.len() >= ROOTS_MAX {
+            self.roots.clear();
+        }
+        self.roots.insert(s, root);
+        root
+    }
+}
+
+/// `(ppid, starttime in clock ticks)` from `/proc/PID/stat`; the command name may hold
+/// spaces and parentheses, so fields are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(3) ppid(4) ... starttime(22), so indices 1 and 19 here.
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1)
 }
 
 #[cfg(test)]
@@ -72,7 +198,7 @@ mod tests {
     use super::*;
     use crate::event::Process;
 
-    fn event(tgid: u32, ppid: u32, body: Body) -> Event {
+    fn event(tgid: u32, ppid: u32, sessionid: Option<u32>, ktime_ns: u64, body: Body) -> Event {
         let process = Process {
             pid: tgid,
             tgid,
@@ -81,41 +207,61 @@ mod tests {
             euid: 0,
             gid: 0,
             loginuid: None,
-            sessionid: None,
+            sessionid,
             cgroup_id: 0,
             tty: None,
             comm: String::new(),
         };
         Event {
-            ktime_ns: 0,
+            ktime_ns,
             process: Some(process),
             body,
+        }
+    }
+
+    fn exec(filename: &str) -> Body {
+        Body::Exec {
+            filename: filename.into(),
+            filename_truncated: false,
+            argv: vec![],
+            argv_truncated: false,
+            argv_unreadable: false,
+            result: 0,
         }
     }
 
     #[test]
     fn seeds_from_proc_including_this_process() {
         let table = ProcessTable::from_proc();
-        assert!(table.images.contains_key(&std::process::id()));
+        let me = &table.procs[&std::process::id()];
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert!(me.start_ns > 0 && me.image.is_some());
+    }
+
+    #[test]
+    fn stat_parsing_survives_odd_command_names() {
+        let stat = "42 (a) b (c)) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987 1 2";
+        assert_eq!(parse_stat(stat), Some((7, 987)));
+        assert_eq!(parse_stat("garbage"), None);
     }
 
     #[test]
     fn fork_exec_exit_track_the_image() {
         let mut table = ProcessTable::default();
-        table.images.insert(1, "/sbin/init".into());
-        table.observe(&mut event(50, 1, Body::Fork));
-        let exec = Body::Exec {
-            filename: "/bin/sleep".into(),
-            filename_truncated: false,
-            argv: vec![],
-            argv_truncated: false,
-            argv_unreadable: false,
-            result: 0,
-        };
-        table.observe(&mut event(50, 1, exec));
+        table.procs.insert(
+            1,
+            Entry {
+                image: Some("/sbin/init".into()),
+                ..Entry::default()
+            },
+        );
+        table.observe(&mut event(50, 1, None, 0, Body::Fork));
+        table.observe(&mut event(50, 1, None, 0, exec("/bin/sleep")));
         let mut exit = event(
             50,
             1,
+            None,
+            0,
             Body::Exit {
                 exit_code: 0,
                 filename: None,
@@ -129,6 +275,50 @@ mod tests {
                 filename: Some("/bin/sleep".into())
             }
         );
-        assert!(!table.images.contains_key(&50));
+        assert!(!table.procs.contains_key(&50));
+    }
+
+    /// sshd (no session) forks P; P sets the loginuid (session 7) and forks the shell, which
+    /// runs a command: the whole login's root is P, from P's start.
+    #[test]
+    fn a_login_session_roots_at_the_process_that_began_it() {
+        let mut table = ProcessTable::default();
+        table.procs.insert(
+            100,
+            Entry {
+                image: Some("/usr/sbin/sshd".into()),
+                ..Entry::default()
+            },
+        );
+        assert_eq!(
+            table.observe(&mut event(200, 100, None, 1_000, Body::Fork)),
+            None
+        );
+        let shell = table.observe(&mut event(300, 200, Some(7), 2_000, Body::Fork));
+        let root = SessionRoot {
+            pid: 200,
+            start_ns: 1_000,
+        };
+        assert_eq!(shell, Some(root));
+        assert_eq!(
+            table.observe(&mut event(300, 200, Some(7), 3_000, exec("/bin/sh"))),
+            Some(root)
+        );
+        assert_eq!(
+            table.observe(&mut event(400, 300, Some(7), 4_000, Body::Fork)),
+            Some(root)
+        );
+        assert_eq!(
+            table.observe(&mut event(400, 300, Some(7), 5_000, exec("/usr/bin/id"))),
+            Some(root)
+        );
+        let other = table.observe(&mut event(500, 100, Some(8), 6_000, exec("/bin/true")));
+        assert_eq!(
+            other,
+            Some(SessionRoot {
+                pid: 500,
+                start_ns: 0
+            })
+        );
     }
 }

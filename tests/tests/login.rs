@@ -243,11 +243,29 @@ fn an_ssh_login_and_its_sudo_are_attributed_to_the_user() {
         "{output}"
     );
     assert!(output.contains(&mark), "{output}");
+    let root = &sudo["session_root"];
     for v in &in_session {
         assert_eq!(v["loginuid"], uid, "{v}");
         assert_eq!(
             v["identity"], user,
             "every event of the login is the user's: {v}"
         );
+        assert_eq!(
+            &v["session_root"], root,
+            "one root for the whole login: {v}"
+        );
     }
+    let root_fork = out
+        .events
+        .iter()
+        .find(|v| v["kind"] == "fork" && v["pid"] == root["pid"])
+        .expect("the root's fork is recorded");
+    assert_eq!(
+        root_fork["comm"], "sshd",
+        "the login began in sshd, where pam_loginuid ran: {root_fork}"
+    );
+    assert!(
+        root["start"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{root}"
+    );
 }
