@@ -11,7 +11,7 @@ use clap::Parser;
     version,
     about = "Records every exec and terminal write on this host"
 )]
-#[command(group = clap::ArgGroup::new("sink").required(true).args(["stdout", "discard"]))]
+#[command(group = clap::ArgGroup::new("sink").required(true).multiple(true).args(["stdout", "discard", "spool"]))]
 pub struct Cli {
     /// Print one JSON object per event on standard output (no collector needed).
     #[arg(long)]
@@ -19,8 +19,18 @@ pub struct Cli {
 
     /// Drain, decode and count events without printing them, and report the totals at exit:
     /// measures what capture costs the host apart from any sink.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["stdout", "spool"])]
     pub discard: bool,
+
+    /// Chain every event and append it to segment files in this directory, durably, before
+    /// anything ships it. A restart continues from what the directory holds.
+    #[arg(long)]
+    pub spool: Option<PathBuf>,
+
+    /// Size bound of the spool; past it new events are refused, counted, and recorded as a
+    /// gap once there is room.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
 
     /// argv bytes kept per exec (NUL-separated strings); longer argv is cut and flagged
     /// `argv_truncated`.

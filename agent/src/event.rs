@@ -53,7 +53,8 @@ pub enum Body {
     Exec {
         filename: String,
         filename_truncated: bool,
-        argv: Vec<String>,
+        /// The argument strings as the kernel held them (not necessarily UTF-8).
+        argv: Vec<Vec<u8>>,
         argv_truncated: bool,
         argv_unreadable: bool,
         /// 0, or `-errno` of a failed exec.

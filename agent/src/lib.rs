@@ -2,18 +2,22 @@
 //! them, and hands them to a sink.
 
 pub mod attribute;
+pub mod chain;
 pub mod cli;
 pub mod decode;
 pub mod event;
 pub mod layout;
+pub mod model;
 pub mod output;
+pub mod pipeline;
 pub mod platform;
 pub mod proctable;
 pub mod reader;
 pub mod sensors;
+pub mod spool;
 
 use std::{
-    io::{self, BufWriter, Write},
+    io,
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc::sync_channel,
@@ -28,15 +32,13 @@ use agent_common::{
 };
 use anyhow::Context as _;
 use aya::EbpfLoader;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
-    attribute::Attributor,
     cli::Cli,
-    event::{Body, Event, GapSource},
-    output::{WallClock, write_json},
+    pipeline::{ChainedSpool, Pipeline},
     proctable::ProcessTable,
-    reader::{Reader, boot_ns},
+    reader::Reader,
 };
 
 /// The kernel programs, built by `build.rs` from `agent-ebpf`.
@@ -81,9 +83,15 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         .context("loading the kernel programs")?;
     let report = sensors::attach_all(&mut ebpf)?;
     let reader = Reader::new(&mut ebpf, Duration::from_millis(cli.drain_ms))?;
+    let spool = cli
+        .spool
+        .as_deref()
+        .map(|dir| ChainedSpool::open(dir, cli.spool_max_bytes))
+        .transpose()?;
     // Seeded after attaching, so a process is either in the seed or seen forking.
-    let mut table = ProcessTable::from_proc();
-    let mut attributor = Attributor::new();
+    let table = ProcessTable::from_proc();
+    let processes = table.len();
+    let mut pipeline = Pipeline::new(table, cli.stdout, spool);
 
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -92,7 +100,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     info!(
         attached = report.attached.len(),
         skipped = report.skipped.len(),
-        processes = table.len(),
+        processes,
         "capturing"
     );
 
@@ -101,85 +109,13 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         .name("reader".into())
         .spawn(move || reader.run(&tx, &STOP))?;
 
-    let mut out = cli
-        .stdout
-        .then(|| BufWriter::with_capacity(1 << 20, io::stdout().lock()));
-    let mut stats = Stats::default();
-    let mut clock = WallClock::now();
     for batch in rx {
-        clock.follow_steps();
-        for record in batch.records() {
-            let mut event = decode::decode(record).unwrap_or_else(|error| {
-                warn!(%error, "undecodable kernel record");
-                undecodable(record.len())
-            });
-            let root = table.observe(&mut event);
-            stats.count(&event);
-            if let Some(out) = &mut out {
-                let identity = event.process.as_ref().map(|p| attributor.identify(p));
-                write_json(out, &event, identity, root, &clock)?;
-            }
-        }
-        for gap in &batch.gaps {
-            warn!(?gap.body, "kernel lost records");
-            stats.count(gap);
-            if let Some(out) = &mut out {
-                write_json(out, gap, None, None, &clock)?;
-            }
-        }
-        if let Some(out) = &mut out {
-            out.flush()?;
-        }
+        pipeline.batch(&batch)?;
     }
     reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
     drop(ebpf);
-    info!(
-        events = stats.events,
-        tty_bytes = stats.tty_bytes,
-        lost_records = stats.lost_records,
-        lost_bytes = stats.lost_bytes,
-        "stopped"
-    );
+    pipeline.report();
     Ok(())
-}
-
-/// What the agent delivered and what it knows it lost, reported when it stops.
-#[derive(Default)]
-struct Stats {
-    events: u64,
-    tty_bytes: u64,
-    lost_records: u64,
-    lost_bytes: u64,
-}
-
-impl Stats {
-    fn count(&mut self, event: &Event) {
-        match &event.body {
-            Body::Gap { records, bytes, .. } => {
-                self.lost_records += records;
-                self.lost_bytes += bytes;
-            }
-            Body::Tty { data, .. } => {
-                self.events += 1;
-                self.tty_bytes += data.len() as u64;
-            }
-            _ => self.events += 1,
-        }
-    }
-}
-
-/// A record that arrived but could not be decoded is evidence lost, so it becomes a gap.
-fn undecodable(len: usize) -> Event {
-    Event {
-        ktime_ns: boot_ns(),
-        process: None,
-        body: Body::Gap {
-            source: GapSource::Decode,
-            lost_kind: 0,
-            records: 1,
-            bytes: len as u64,
-        },
-    }
 }

@@ -45,10 +45,16 @@ impl WallClock {
         }
     }
 
+    /// Nanoseconds since the Unix epoch for a `CLOCK_BOOTTIME` instant.
+    #[must_use]
+    pub fn unix_ns(&self, ktime_ns: u64) -> u64 {
+        u64::try_from(i128::from(ktime_ns) + self.realtime_minus_boot).unwrap_or(0)
+    }
+
     #[must_use]
     pub fn format(&self, ktime_ns: u64) -> String {
-        let ns = u64::try_from(i128::from(ktime_ns) + self.realtime_minus_boot).unwrap_or(0);
-        humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
+        humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(self.unix_ns(ktime_ns)))
+            .to_string()
     }
 }
 
@@ -104,7 +110,7 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     filename_truncated: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    argv: Option<&'a [String]>,
+    argv: Option<Vec<std::borrow::Cow<'a, str>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     argv_truncated: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,7 +192,7 @@ impl<'a> Line<'a> {
             } => {
                 line.filename = Some(filename);
                 line.filename_truncated = Some(*filename_truncated);
-                line.argv = Some(argv);
+                line.argv = Some(argv.iter().map(|a| String::from_utf8_lossy(a)).collect());
                 line.argv_truncated = Some(*argv_truncated);
                 line.argv_unreadable = Some(*argv_unreadable);
                 line.result = Some(*result);

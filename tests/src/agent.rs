@@ -26,6 +26,17 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// Agent flags for a ring buffer too small, and drained too rarely, to keep up with a
+/// flood: for tests that need the kernel to lose records.
+pub const LOSSY: [&str; 6] = [
+    "--ring-bytes",
+    "65536",
+    "--drain-ms",
+    "500",
+    "--wakeup-bytes",
+    "1000000000",
+];
+
 /// Where the agent's events go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sink {
@@ -187,10 +198,21 @@ impl Agent {
 
     /// Stops the agent with SIGINT, as an operator would, and returns all it printed.
     #[must_use]
-    pub fn stop(mut self) -> Output {
+    pub fn stop(self) -> Output {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid, libc::SIGINT) };
+        self.collect()
+    }
+
+    /// Kills the agent with SIGKILL, as a crash would, and returns what it printed.
+    #[must_use]
+    pub fn kill(mut self) -> Output {
+        let _ = self.child.kill();
+        self.collect()
+    }
+
+    fn collect(mut self) -> Output {
         let status = self.child.wait().expect("wait agent");
         self.join_readers();
         let events = std::mem::take(&mut *self.events.lock().unwrap());

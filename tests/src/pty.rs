@@ -56,6 +56,19 @@ impl Pty {
         }
     }
 
+    /// Opens a pty, runs `write` with its slave while the master is drained, and returns the
+    /// pty once every byte has come through.
+    #[must_use]
+    pub fn written_by(write: impl FnOnce(&File)) -> Self {
+        let mut pty = Self::open();
+        let drain = pty.drain_master();
+        let slave = File::from(pty.take_slave());
+        write(&slave);
+        drop(slave);
+        drain.join().expect("drain thread");
+        pty
+    }
+
     /// Takes this side's slave descriptor.
     #[must_use]
     pub fn take_slave(&mut self) -> OwnedFd {

@@ -12,7 +12,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     TestCgroup,
-    agent::{Agent, binary, lost, tty_data},
+    agent::{Agent, LOSSY, binary, lost, tty_data},
     block_pattern, marker, privileged,
     pty::{Pty, in_new_session},
     with_loginuid,
@@ -229,14 +229,7 @@ fn ring_buffer_loss_is_counted_exactly() {
     if !privileged("ring_buffer_loss_is_counted_exactly") {
         return;
     }
-    let agent = Agent::start(&[
-        "--ring-bytes",
-        "65536",
-        "--drain-ms",
-        "500",
-        "--wakeup-bytes",
-        "1000000000",
-    ]);
+    let agent = Agent::start(&LOSSY);
     let pattern = block_pattern(1024);
     let (pid, _pty) = write_through_pty(&pattern, 4096);
     agent.sync();
@@ -471,18 +464,6 @@ fn unprivileged_run_names_the_missing_capability() {
     assert!(stderr.contains("CAP_BPF"), "{stderr}");
 }
 
-/// Runs `f` with a fresh pty's slave as a file while the master is drained, and returns the
-/// pty once every byte has come through.
-fn with_pty_slave(f: impl FnOnce(&fs::File)) -> Pty {
-    let mut pty = Pty::open();
-    let drain = pty.drain_master();
-    let slave = fs::File::from(pty.take_slave());
-    f(&slave);
-    drop(slave);
-    drain.join().unwrap();
-    pty
-}
-
 /// Concatenated `tty_out` bytes this process wrote to `pty`, checking that chunk offsets
 /// within each syscall run contiguously from 0.
 fn own_output(events: &[Value], pty: &Pty) -> Vec<u8> {
@@ -518,7 +499,7 @@ fn writev_to_a_pty_is_captured_in_order() {
     let mark = marker("writev");
     let big = block_pattern(2);
     let parts: [&[u8]; 4] = [mark.as_bytes(), b"", &big[..6000], b"-tail"];
-    let pty = with_pty_slave(|slave| {
+    let pty = Pty::written_by(|slave| {
         let iov: Vec<libc::iovec> = parts
             .iter()
             .map(|p| libc::iovec {
@@ -547,7 +528,7 @@ fn a_write_past_the_step_budget_is_counted_not_dropped() {
     }
     let agent = Agent::start(&[]);
     let data = block_pattern(1280);
-    let pty = with_pty_slave(|slave| {
+    let pty = Pty::written_by(|slave| {
         // SAFETY: valid fd and buffer; a blocking pty write returns once all is written.
         let n = unsafe { libc::write(slave.as_raw_fd(), data.as_ptr().cast(), data.len()) };
         assert_eq!(usize::try_from(n).unwrap(), data.len());

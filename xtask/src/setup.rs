@@ -7,9 +7,11 @@ use anyhow::{Context as _, bail};
 /// Pinned: newer bpf-linker releases need a system LLVM this machine kind does not have.
 const BPF_LINKER_VERSION: &str = "0.10.3";
 
-/// Debian packages the test suite and benchmarks run: `dd`, `cat`, `true`, `echo` and `sh`,
-/// and a real login (sshd with PAM, the ssh client, sudo, useradd).
+/// Debian packages the build uses (`protoc`, for `proto/`) and the test suite and
+/// benchmarks run: `dd`, `cat`, `true`, `echo` and `sh`, and a real login (sshd with PAM,
+/// the ssh client, sudo, useradd).
 const DEBIAN_PACKAGES: &[&str] = &[
+    "protobuf-compiler",
     "coreutils",
     "dash",
     "openssh-server",

@@ -41,15 +41,12 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
 }
 
 /// Splits NUL-terminated strings; a cut-off last string (no NUL) is kept as it is.
-fn split_argv(block: &[u8]) -> Vec<String> {
+fn split_argv(block: &[u8]) -> Vec<Vec<u8>> {
     let block = block.strip_suffix(&[0]).unwrap_or(block);
     if block.is_empty() {
         return Vec::new();
     }
-    block
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+    block.split(|&b| b == 0).map(<[u8]>::to_vec).collect()
 }
 
 #[cfg(test)]
@@ -94,7 +91,7 @@ mod tests {
             (filename.as_str(), result, argv_truncated),
             ("/bin/foo", -2, false)
         );
-        assert_eq!(argv, ["foo", "-x", "", "last"]);
+        assert_eq!(argv, [&b"foo"[..], b"-x", b"", b"last"]);
     }
 
     #[test]
@@ -110,7 +107,7 @@ mod tests {
         };
         assert_eq!(
             (argv, argv_truncated),
-            (vec!["foo".to_owned(), "ba".to_owned()], true)
+            (vec![b"foo".to_vec(), b"ba".to_vec()], true)
         );
     }
 

@@ -1,0 +1,114 @@
+//! Agent events to the versioned model in `proto/`, the form that is chained, stored and
+//! shipped. Argument strings and terminal bytes stay bytes: nothing is lossily re-encoded.
+
+use proto::v1;
+
+use crate::{
+    attribute::{Identity, IdentityKind},
+    event::{Body, Event, GapSource, kind_name},
+    output::WallClock,
+    proctable::SessionRoot,
+};
+
+#[must_use]
+pub fn to_proto(
+    event: &Event,
+    identity: Option<&Identity>,
+    root: Option<SessionRoot>,
+    clock: &WallClock,
+) -> v1::Event {
+    v1::Event {
+        time_unix_nano: clock.unix_ns(event.ktime_ns),
+        process: event.process.as_ref().map(|p| v1::Process {
+            pid: p.pid,
+            tgid: p.tgid,
+            ppid: p.ppid,
+            uid: p.uid,
+            euid: p.euid,
+            gid: p.gid,
+            loginuid: p.loginuid,
+            sessionid: p.sessionid,
+            cgroup_id: p.cgroup_id,
+            tty: p.tty.map(|d| d.to_string()).unwrap_or_default(),
+            comm: p.comm.clone(),
+        }),
+        identity: identity.map(|i| v1::Identity {
+            kind: match i.kind {
+                IdentityKind::Human => v1::identity::Kind::Human,
+                IdentityKind::Service => v1::identity::Kind::Service,
+                IdentityKind::Workload => v1::identity::Kind::Workload,
+                IdentityKind::Unknown => v1::identity::Kind::Unknown,
+            }
+            .into(),
+            name: i.name.clone(),
+            reason: i.reason.clone().unwrap_or_default(),
+        }),
+        session_root: root.map(|r| v1::SessionRoot {
+            pid: r.pid,
+            start_unix_nano: clock.unix_ns(r.start_ns),
+        }),
+        body: Some(body(&event.body)),
+    }
+}
+
+fn body(body: &Body) -> v1::event::Body {
+    use v1::event::Body as B;
+    match body {
+        Body::Exec {
+            filename,
+            filename_truncated,
+            argv,
+            argv_truncated,
+            argv_unreadable,
+            result,
+        } => B::Exec(v1::Exec {
+            filename: filename.clone(),
+            argv: argv.clone(),
+            argv_truncated: *argv_truncated,
+            filename_truncated: *filename_truncated,
+            argv_unreadable: *argv_unreadable,
+            result: *result,
+        }),
+        Body::Fork => B::Fork(v1::Fork {}),
+        Body::Exit {
+            exit_code,
+            filename,
+        } => B::Exit(v1::Exit {
+            exit_code: *exit_code,
+            filename: filename.clone().unwrap_or_default(),
+        }),
+        Body::Tty {
+            input,
+            device,
+            fd,
+            offset,
+            data,
+        } => B::Tty(v1::Tty {
+            direction: if *input {
+                v1::tty::Direction::Input
+            } else {
+                v1::tty::Direction::Output
+            }
+            .into(),
+            device: device.map(|d| d.to_string()).unwrap_or_default(),
+            fd: *fd,
+            offset: *offset,
+            data: data.clone(),
+        }),
+        Body::Gap {
+            source,
+            lost_kind,
+            records,
+            bytes,
+        } => B::Gap(v1::Gap {
+            source: match source {
+                GapSource::Kernel => v1::gap::Source::KernelRingbuf,
+                GapSource::Decode => v1::gap::Source::Decode,
+            }
+            .into(),
+            lost_kind: kind_name(*lost_kind).to_owned(),
+            records: *records,
+            bytes: *bytes,
+        }),
+    }
+}

@@ -1,0 +1,299 @@
+//! The spool stage: chained events are appended to local segment files before anything
+//! ships them, so an agent or collector outage loses nothing. docs/chain.md defines the
+//! format; in short, a segment is a run of frames `[len u32 LE][crc32 u32 LE][payload]`
+//! whose payload is one serialized `ChainedEvent`.
+//!
+//! Frames are buffered and made durable together (`sync`, once per drained batch). On open,
+//! the newest segment is scanned and a torn tail (a frame cut short by a crash) is cut off;
+//! the last whole record is the previous chain's head. The spool has a size bound: past it,
+//! new events are refused and counted, and the count becomes a chained gap record once
+//! there is room again. Segments are never deleted here: that waits for the collector's
+//! acknowledgement.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, BufWriter, Read as _, Write as _},
+    path::{Path, PathBuf},
+};
+
+use prost::Message as _;
+use proto::v1::ChainedEvent;
+
+pub const FRAME_HEADER: usize = 8;
+/// A frame longer than this is corruption, not a record.
+pub const MAX_PAYLOAD: usize = 16 << 20;
+const SEGMENT_BYTES: u64 = 64 << 20;
+const SUFFIX: &str = ".seg";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("a record of {len} bytes exceeds the spool's frame limit of {MAX_PAYLOAD}")]
+    TooLarge { len: usize },
+}
+
+/// The last record found in the spool at open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub chain_id: String,
+    pub seq: u64,
+    pub hash: Vec<u8>,
+}
+
+/// What opening the spool found.
+#[derive(Debug)]
+pub struct Recovered {
+    pub head: Option<Head>,
+    /// Bytes of a torn final frame that were cut off.
+    pub torn_bytes: u64,
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    prefix: String,
+    out: BufWriter<File>,
+    path: PathBuf,
+    segment_len: u64,
+    total: u64,
+    max_bytes: u64,
+}
+
+/// The whole frames at the start of `bytes`, and how many bytes they span.
+#[must_use]
+pub fn read_frames(bytes: &[u8]) -> (Vec<ChainedEvent>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > MAX_PAYLOAD {
+            break;
+        }
+        let Some(payload) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Ok(record) = ChainedEvent::decode(payload) else {
+            break;
+        };
+        records.push(record);
+        at += FRAME_HEADER + len;
+    }
+    (records, at)
+}
+
+impl Spool {
+    /// Opens (creating) the spool in `dir`, recovers its tail, and starts a new segment for
+    /// a chain whose segments are named after `prefix` (a chronologically sortable string).
+    pub fn open(dir: &Path, prefix: &str, max_bytes: u64) -> Result<(Self, Recovered), SpoolError> {
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SpoolError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let segments = segments(dir).map_err(io_err(dir))?;
+        let mut recovered = Recovered {
+            head: None,
+            torn_bytes: 0,
+        };
+        for (i, path) in segments.iter().enumerate().rev() {
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(io_err(path))?;
+            let (records, good) = read_frames(&bytes);
+            if i == segments.len() - 1 && good < bytes.len() {
+                recovered.torn_bytes = (bytes.len() - good) as u64;
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .and_then(|f| f.set_len(good as u64))
+                    .map_err(io_err(path))?;
+            }
+            if let Some(last) = records.last() {
+                recovered.head = Some(Head {
+                    chain_id: last.chain_id.clone(),
+                    seq: last.seq,
+                    hash: last.hash.clone(),
+                });
+                break;
+            }
+        }
+        let mut total = 0;
+        for path in &segments {
+            total += fs::metadata(path).map_err(io_err(path))?.len();
+        }
+        let path = dir.join(format!("{prefix}-{:020}{SUFFIX}", 0));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let spool = Self {
+            dir: dir.to_path_buf(),
+            prefix: prefix.to_owned(),
+            out: BufWriter::with_capacity(1 << 20, file),
+            path,
+            segment_len: 0,
+            total,
+            max_bytes,
+        };
+        Ok((spool, recovered))
+    }
+
+    /// Bytes a frame holding a `ChainedEvent` of `event_len` event bytes may take, at most.
+    #[must_use]
+    pub fn frame_bound(chain_id_len: usize, event_len: usize) -> u64 {
+        (FRAME_HEADER + event_len + chain_id_len + 32 + 32) as u64
+    }
+
+    /// Whether `bound` more bytes fit under the size limit.
+    #[must_use]
+    pub fn fits(&self, bound: u64) -> bool {
+        self.total + bound <= self.max_bytes
+    }
+
+    /// Appends one record (buffered until `sync`).
+    pub fn append(&mut self, record: &ChainedEvent) -> Result<(), SpoolError> {
+        let payload = record.encode_to_vec();
+        if payload.len() > MAX_PAYLOAD {
+            return Err(SpoolError::TooLarge { len: payload.len() });
+        }
+        let frame_len = (FRAME_HEADER + payload.len()) as u64;
+        if self.segment_len > 0 && self.segment_len + frame_len > SEGMENT_BYTES {
+            self.rotate(record.seq)?;
+        }
+        let mut header = [0u8; FRAME_HEADER];
+        // Fits: payload.len() <= MAX_PAYLOAD < u32::MAX.
+        header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        header[4..].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        self.out
+            .write_all(&header)
+            .and_then(|()| self.out.write_all(&payload))
+            .map_err(|source| SpoolError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.segment_len += frame_len;
+        self.total += frame_len;
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        self.out
+            .flush()
+            .and_then(|()| self.out.get_ref().sync_data())
+            .map_err(|source| SpoolError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn rotate(&mut self, first_seq: u64) -> Result<(), SpoolError> {
+        self.sync()?;
+        let path = self
+            .dir
+            .join(format!("{}-{first_seq:020}{SUFFIX}", self.prefix));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| SpoolError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        // The new name must survive a crash too.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| SpoolError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
+        self.out = BufWriter::with_capacity(1 << 20, file);
+        self.path = path;
+        self.segment_len = 0;
+        Ok(())
+    }
+}
+
+/// Segment files in `dir`, oldest first.
+pub fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == &SUFFIX[1..]))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Chain;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("spool-test-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_head_survives() {
+        let dir = tempdir("torn");
+        let (mut spool, recovered) = Spool::open(&dir, "0001", 1 << 30).unwrap();
+        assert_eq!(recovered.head, None);
+        let mut chain = Chain::new("c1".into());
+        let records: Vec<ChainedEvent> = (0..3).map(|i| chain.link(vec![i; 10])).collect();
+        for r in &records {
+            spool.append(r).unwrap();
+        }
+        spool.sync().unwrap();
+        drop(spool);
+        let seg = segments(&dir).unwrap().pop().unwrap();
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
+        drop(f);
+
+        let (_spool, recovered) = Spool::open(&dir, "0002", 1 << 30).unwrap();
+        assert_eq!(recovered.torn_bytes, 6);
+        let last = &records[2];
+        assert_eq!(
+            recovered.head,
+            Some(Head {
+                chain_id: "c1".into(),
+                seq: 2,
+                hash: last.hash.clone()
+            })
+        );
+        let (read, good) = read_frames(&fs::read(&seg).unwrap());
+        assert_eq!(
+            (read, good as u64),
+            (records, fs::metadata(&seg).unwrap().len())
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_frame_ends_the_readable_run() {
+        let mut chain = Chain::new("c".into());
+        let payload = chain.link(b"x".to_vec()).encode_to_vec();
+        let mut bytes = Vec::new();
+        bytes.extend(u32::try_from(payload.len()).unwrap().to_le_bytes());
+        bytes.extend((crc32fast::hash(&payload) ^ 1).to_le_bytes());
+        bytes.extend(&payload);
+        assert_eq!(read_frames(&bytes), (vec![], 0));
+    }
+
+    #[test]
+    fn the_size_bound_is_reported() {
+        let dir = tempdir("bound");
+        let (spool, _) = Spool::open(&dir, "0001", 100).unwrap();
+        assert!(spool.fits(100) && !spool.fits(101));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

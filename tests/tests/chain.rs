@@ -1,0 +1,255 @@
+//! Kernel tier, chain and spool: an independent verifier, written from docs/chain.md with
+//! its own hashing, checks everything the agent spooled. Needs root; under `CI=true` a run
+//! without root fails instead of skipping.
+
+use std::{
+    fs,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use prost::Message as _;
+use proto::v1::{self, ChainedEvent, event::Body};
+use sha2::{Digest, Sha256};
+use tests::{
+    agent::{Agent, LOSSY},
+    block_pattern, marker, privileged,
+    pty::Pty,
+};
+
+/// One verified chain: its id, its events in seq order, and its last hash.
+struct Verified {
+    id: String,
+    events: Vec<v1::Event>,
+    head: Vec<u8>,
+}
+
+/// Reads every segment in name order, checks every frame's CRC, every chain's seq run and
+/// every hash, and returns the chains in the order they start.
+fn verify_spool(dir: &Path) -> Vec<Verified> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.retain(|p| p.extension().is_some_and(|e| e == "seg"));
+    paths.sort();
+    let mut chains: Vec<Verified> = Vec::new();
+    for path in paths {
+        let bytes = fs::read(&path).unwrap();
+        let mut at = 0;
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+            let payload = &bytes[at + 8..at + 8 + len];
+            assert_eq!(
+                crc32fast::hash(payload),
+                crc,
+                "CRC of the frame at {at} in {}",
+                path.display()
+            );
+            at += 8 + len;
+            let record = ChainedEvent::decode(payload).expect("a ChainedEvent");
+            if chains.last().is_none_or(|c| c.id != record.chain_id) {
+                assert_eq!(record.seq, 0, "a chain starts at seq 0");
+                chains.push(Verified {
+                    id: record.chain_id.clone(),
+                    events: Vec::new(),
+                    head: vec![0; 32],
+                });
+            }
+            let chain = chains.last_mut().unwrap();
+            assert_eq!(
+                record.seq,
+                chain.events.len() as u64,
+                "seq is contiguous in {}",
+                chain.id
+            );
+            let mut h = Sha256::new();
+            h.update(b"recorder.chain.v1\0");
+            h.update((record.chain_id.len() as u64).to_be_bytes());
+            h.update(record.chain_id.as_bytes());
+            h.update(record.seq.to_be_bytes());
+            h.update(&chain.head);
+            h.update((record.event.len() as u64).to_be_bytes());
+            h.update(&record.event);
+            assert_eq!(
+                h.finalize().to_vec(),
+                record.hash,
+                "hash of seq {} in {}",
+                record.seq,
+                chain.id
+            );
+            chain.head = record.hash;
+            chain
+                .events
+                .push(v1::Event::decode(record.event.as_slice()).expect("an Event"));
+        }
+    }
+    chains
+}
+
+fn chain_start(chain: &Verified) -> &v1::ChainStart {
+    match &chain.events[0].body {
+        Some(Body::ChainStart(start)) => start,
+        other => panic!("seq 0 of {} is not a ChainStart: {other:?}", chain.id),
+    }
+}
+
+fn has_exec_with(chain: &Verified, arg: &str) -> bool {
+    chain.events.iter().any(
+        |e| matches!(&e.body, Some(Body::Exec(x)) if x.argv.iter().any(|a| a == arg.as_bytes())),
+    )
+}
+
+fn spool_dir(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(marker(tag))
+}
+
+/// What the agent spooled verifies independently, and carries the events that happened.
+#[test]
+fn spooled_events_verify_independently() {
+    if !privileged("spooled_events_verify_independently") {
+        return;
+    }
+    let dir = spool_dir("spool");
+    let agent = Agent::start(&["--spool", dir.to_str().unwrap()]);
+    let mark = marker("chained");
+    assert!(
+        Command::new("/bin/echo")
+            .arg(&mark)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let _pty = Pty::written_by(|slave| {
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::write(slave.as_raw_fd(), mark.as_ptr().cast(), mark.len()) };
+        assert_eq!(n, mark.len().cast_signed());
+    });
+    agent.sync();
+    assert!(agent.stop().success);
+
+    let chains = verify_spool(&dir);
+    assert_eq!(chains.len(), 1);
+    let chain = &chains[0];
+    assert_eq!(
+        chain_start(chain).previous_chain_id,
+        "",
+        "a first start names no previous chain"
+    );
+    assert!(has_exec_with(chain, &mark));
+    let typed = chain
+        .events
+        .iter()
+        .any(|e| matches!(&e.body, Some(Body::Tty(t)) if t.data == mark.as_bytes()));
+    assert!(typed, "the pty write is in the chain, byte for byte");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Killed with SIGKILL in the middle of an exec burst and started again, the agent loses
+/// nothing it had spooled, and its new chain names the old chain's head.
+#[test]
+fn a_killed_agent_restarts_with_a_visible_link() {
+    if !privileged("a_killed_agent_restarts_with_a_visible_link") {
+        return;
+    }
+    let dir = spool_dir("restart");
+    let first = Agent::start(&["--spool", dir.to_str().unwrap()]);
+    let mark = marker("burst");
+    let mut burst = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "i=0; while [ $i -lt 2000 ]; do /bin/true {mark}; i=$((i+1)); done"
+        ))
+        .spawn()
+        .unwrap();
+    assert!(
+        first
+            .wait_for(Duration::from_secs(30), |v| v["argv"][1] == mark.as_str())
+            .is_some()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = first.kill();
+    let second = Agent::start(&["--spool", dir.to_str().unwrap()]);
+    assert!(burst.wait().unwrap().success());
+    let after = marker("after");
+    assert!(
+        Command::new("/bin/true")
+            .arg(&after)
+            .status()
+            .unwrap()
+            .success()
+    );
+    second.sync();
+    assert!(second.stop().success);
+
+    let chains = verify_spool(&dir);
+    assert_eq!(chains.len(), 2, "one chain per agent instance");
+    let (old, new) = (&chains[0], &chains[1]);
+    assert!(
+        has_exec_with(old, &mark),
+        "the killed agent had spooled part of the burst"
+    );
+    let start = chain_start(new);
+    assert_eq!(start.previous_chain_id, old.id);
+    assert_eq!(start.previous_seq, old.events.len() as u64 - 1);
+    assert_eq!(
+        start.previous_hash, old.head,
+        "the restart links to the last spooled record"
+    );
+    assert!(has_exec_with(new, &after));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Induced kernel loss appears in the chain as gap records whose counts equal the agent's
+/// own counters.
+#[test]
+fn kernel_loss_is_a_chained_gap_with_exact_counts() {
+    if !privileged("kernel_loss_is_a_chained_gap_with_exact_counts") {
+        return;
+    }
+    let dir = spool_dir("gaps");
+    let agent = Agent::start(&[&["--spool", dir.to_str().unwrap()][..], &LOSSY].concat());
+    let pattern = block_pattern(1024);
+    let _pty = Pty::written_by(|slave| {
+        for block in pattern.chunks(4096) {
+            // SAFETY: valid fd and buffer.
+            assert_eq!(
+                unsafe { libc::write(slave.as_raw_fd(), block.as_ptr().cast(), block.len()) },
+                4096
+            );
+        }
+    });
+    agent.sync();
+    let out = agent.stop();
+    let (records, bytes) = (
+        out.total("lost_records").unwrap(),
+        out.total("lost_bytes").unwrap(),
+    );
+    assert!(
+        records > 0,
+        "a 64 KiB ring drained every 500 ms must lose records"
+    );
+
+    let chains = verify_spool(&dir);
+    let gaps: Vec<&v1::Gap> = chains[0]
+        .events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Gap(g)) if g.source == i32::from(v1::gap::Source::KernelRingbuf) => Some(g),
+            _ => None,
+        })
+        .collect();
+    let chained = gaps
+        .iter()
+        .fold((0, 0), |(r, b), g| (r + g.records, b + g.bytes));
+    assert_eq!(
+        chained,
+        (records, bytes),
+        "chained gaps equal the kernel's counters"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
