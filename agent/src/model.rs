@@ -1,5 +1,6 @@
 //! Agent events to the versioned model in `proto/`, the form that is chained, stored and
-//! shipped. Argument strings and terminal bytes stay bytes: nothing is lossily re-encoded.
+//! shipped. Argument strings and terminal bytes stay bytes: nothing is lossily re-encoded,
+//! and the event is consumed, so its bytes move instead of being copied.
 
 use proto::v1;
 
@@ -12,14 +13,14 @@ use crate::{
 
 #[must_use]
 pub fn to_proto(
-    event: &Event,
+    event: Event,
     identity: Option<&Identity>,
     root: Option<SessionRoot>,
     clock: &WallClock,
 ) -> v1::Event {
     v1::Event {
         time_unix_nano: clock.unix_ns(event.ktime_ns),
-        process: event.process.as_ref().map(|p| v1::Process {
+        process: event.process.map(|p| v1::Process {
             pid: p.pid,
             tgid: p.tgid,
             ppid: p.ppid,
@@ -30,7 +31,7 @@ pub fn to_proto(
             sessionid: p.sessionid,
             cgroup_id: p.cgroup_id,
             tty: p.tty.map(|d| d.to_string()).unwrap_or_default(),
-            comm: p.comm.clone(),
+            comm: p.comm,
         }),
         identity: identity.map(|i| v1::Identity {
             kind: match i.kind {
@@ -47,11 +48,11 @@ pub fn to_proto(
             pid: r.pid,
             start_unix_nano: clock.unix_ns(r.start_ns),
         }),
-        body: Some(body(&event.body)),
+        body: Some(body(event.body)),
     }
 }
 
-fn body(body: &Body) -> v1::event::Body {
+fn body(body: Body) -> v1::event::Body {
     use v1::event::Body as B;
     match body {
         Body::Exec {
@@ -62,20 +63,20 @@ fn body(body: &Body) -> v1::event::Body {
             argv_unreadable,
             result,
         } => B::Exec(v1::Exec {
-            filename: filename.clone(),
-            argv: argv.clone(),
-            argv_truncated: *argv_truncated,
-            filename_truncated: *filename_truncated,
-            argv_unreadable: *argv_unreadable,
-            result: *result,
+            filename,
+            argv,
+            argv_truncated,
+            filename_truncated,
+            argv_unreadable,
+            result,
         }),
         Body::Fork => B::Fork(v1::Fork {}),
         Body::Exit {
             exit_code,
             filename,
         } => B::Exit(v1::Exit {
-            exit_code: *exit_code,
-            filename: filename.clone().unwrap_or_default(),
+            exit_code,
+            filename: filename.unwrap_or_default(),
         }),
         Body::Tty {
             input,
@@ -84,16 +85,16 @@ fn body(body: &Body) -> v1::event::Body {
             offset,
             data,
         } => B::Tty(v1::Tty {
-            direction: if *input {
+            direction: if input {
                 v1::tty::Direction::Input
             } else {
                 v1::tty::Direction::Output
             }
             .into(),
             device: device.map(|d| d.to_string()).unwrap_or_default(),
-            fd: *fd,
-            offset: *offset,
-            data: data.clone(),
+            fd,
+            offset,
+            data,
         }),
         Body::Gap {
             source,
@@ -106,9 +107,9 @@ fn body(body: &Body) -> v1::event::Body {
                 GapSource::Decode => v1::gap::Source::Decode,
             }
             .into(),
-            lost_kind: kind_name(*lost_kind).to_owned(),
-            records: *records,
-            bytes: *bytes,
+            lost_kind: kind_name(lost_kind).to_owned(),
+            records,
+            bytes,
         }),
     }
 }

@@ -46,15 +46,15 @@ impl Pipeline {
     pub fn batch(&mut self, batch: &Batch) -> anyhow::Result<()> {
         self.clock.follow_steps();
         for record in batch.records() {
-            let mut event = decode::decode(record).unwrap_or_else(|error| {
+            let event = decode::decode(record).unwrap_or_else(|error| {
                 warn!(%error, "undecodable kernel record");
                 undecodable(record.len())
             });
-            self.event(&mut event)?;
+            self.event(event)?;
         }
         for gap in &batch.gaps {
             warn!(?gap.body, "kernel lost records");
-            self.event(&mut gap.clone())?;
+            self.event(gap.clone())?;
         }
         if let Some(out) = &mut self.stdout {
             out.flush()?;
@@ -65,15 +65,15 @@ impl Pipeline {
         Ok(())
     }
 
-    fn event(&mut self, event: &mut Event) -> anyhow::Result<()> {
-        let root = self.table.observe(event);
-        self.stats.count(event);
+    fn event(&mut self, mut event: Event) -> anyhow::Result<()> {
+        let root = self.table.observe(&mut event);
+        self.stats.count(&event);
         if self.stdout.is_none() && self.spool.is_none() {
             return Ok(());
         }
         let identity = event.process.as_ref().map(|p| self.attributor.identify(p));
         if let Some(out) = &mut self.stdout {
-            write_json(out, event, identity, root, &self.clock)?;
+            write_json(out, &event, identity, root, &self.clock)?;
         }
         if let Some(spool) = &mut self.spool {
             spool.store(&to_proto(event, identity, root, &self.clock))?;

@@ -57,6 +57,8 @@ pub struct Spool {
     segment_len: u64,
     total: u64,
     max_bytes: u64,
+    /// Reused for each frame's payload.
+    payload: Vec<u8>,
 }
 
 /// The whole frames at the start of `bytes`, and how many bytes they span.
@@ -140,6 +142,7 @@ impl Spool {
             segment_len: 0,
             total,
             max_bytes,
+            payload: Vec::new(),
         };
         Ok((spool, recovered))
     }
@@ -158,7 +161,9 @@ impl Spool {
 
     /// Appends one record (buffered until `sync`).
     pub fn append(&mut self, record: &ChainedEvent) -> Result<(), SpoolError> {
-        let payload = record.encode_to_vec();
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.clear();
+        record.encode_raw(&mut payload);
         if payload.len() > MAX_PAYLOAD {
             return Err(SpoolError::TooLarge { len: payload.len() });
         }
@@ -179,14 +184,24 @@ impl Spool {
             })?;
         self.segment_len += frame_len;
         self.total += frame_len;
+        self.payload = payload;
         Ok(())
+    }
+
+    /// Hands everything appended so far to the kernel (not yet durable).
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        self.out.flush().map_err(|source| SpoolError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Makes everything appended so far durable.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        self.flush()?;
         self.out
-            .flush()
-            .and_then(|()| self.out.get_ref().sync_data())
+            .get_ref()
+            .sync_data()
             .map_err(|source| SpoolError::Io {
                 path: self.path.clone(),
                 source,

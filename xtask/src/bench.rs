@@ -23,11 +23,15 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Agent pipeline throughput: decode → attribute → model → chain → spool, one core,
+    /// against raw SHA-256 in the same run.
+    Pipeline,
 }
 
 pub fn run(which: &Which) -> anyhow::Result<()> {
     match which {
         Which::Capture { runs } => capture(*runs),
+        Which::Pipeline => crate::cargo(&["bench", "--package", "agent", "--bench", "pipeline"]),
     }
 }
 
