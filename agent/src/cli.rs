@@ -50,6 +50,15 @@ pub struct Cli {
     #[arg(long, default_value_t = 2)]
     pub drain_ms: u64,
 
+    /// Serve health counters in Prometheus text format at `http://ADDR/metrics` (for example
+    /// 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// How often to log the health counters, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub health_every: u64,
+
     /// Kernel BTF to resolve struct offsets from.
     #[arg(long, default_value = crate::layout::VMLINUX_BTF)]
     pub btf: PathBuf,

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod decode;
 pub mod event;
 pub mod layout;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod pipeline;
@@ -20,7 +21,7 @@ use std::{
     io,
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc::sync_channel,
+        mpsc::{RecvTimeoutError, sync_channel},
     },
     time::Duration,
 };
@@ -91,7 +92,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     // Seeded after attaching, so a process is either in the seed or seen forking.
     let table = ProcessTable::from_proc();
     let processes = table.len();
-    let mut pipeline = Pipeline::new(table, cli.stdout, spool);
+    let health = std::sync::Arc::new(metrics::Health::default());
+    if let Some(addr) = cli.metrics {
+        let bound = metrics::serve(addr, std::sync::Arc::clone(&health))
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        info!("metrics at http://{bound}/metrics");
+    }
+    let mut reporter = metrics::Reporter::new(Duration::from_secs(cli.health_every));
+    let mut pipeline = Pipeline::new(table, cli.stdout, spool, std::sync::Arc::clone(&health));
 
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -109,8 +117,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         .name("reader".into())
         .spawn(move || reader.run(&tx, &STOP))?;
 
-    for batch in rx {
-        pipeline.batch(&batch)?;
+    // Woken at least once a second, so health is logged even when nothing happens.
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(batch) => pipeline.batch(&batch)?,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        reporter.tick(&health);
     }
     reader
         .join()

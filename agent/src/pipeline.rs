@@ -2,7 +2,10 @@
 //! (JSON lines, and chain → spool). One batch of kernel records at a time; the spool is
 //! made durable once per batch.
 
-use std::io::{self, BufWriter, Write as _};
+use std::{
+    io::{self, BufWriter, Write as _},
+    sync::{Arc, atomic::Ordering::Relaxed},
+};
 
 use anyhow::Context as _;
 use prost::Message as _;
@@ -14,6 +17,7 @@ use crate::{
     chain::Chain,
     decode,
     event::{Body, Event, GapSource},
+    metrics::Health,
     model::to_proto,
     output::{WallClock, write_json},
     proctable::ProcessTable,
@@ -27,19 +31,24 @@ pub struct Pipeline {
     clock: WallClock,
     stdout: Option<BufWriter<io::StdoutLock<'static>>>,
     spool: Option<ChainedSpool>,
-    stats: Stats,
+    health: Arc<Health>,
 }
 
 impl Pipeline {
     #[must_use]
-    pub fn new(table: ProcessTable, stdout: bool, spool: Option<ChainedSpool>) -> Self {
+    pub fn new(
+        table: ProcessTable,
+        stdout: bool,
+        spool: Option<ChainedSpool>,
+        health: Arc<Health>,
+    ) -> Self {
         Self {
             table,
             attributor: Attributor::new(),
             clock: WallClock::now(),
             stdout: stdout.then(|| BufWriter::with_capacity(1 << 20, io::stdout().lock())),
             spool,
-            stats: Stats::default(),
+            health,
         }
     }
 
@@ -61,13 +70,17 @@ impl Pipeline {
         }
         if let Some(spool) = &mut self.spool {
             spool.sync()?;
+            self.health.spool_bytes.store(spool.spool.total(), Relaxed);
+            self.health
+                .spool_refused
+                .store(spool.refused_total, Relaxed);
         }
         Ok(())
     }
 
     fn event(&mut self, mut event: Event) -> anyhow::Result<()> {
         let root = self.table.observe(&mut event);
-        self.stats.count(&event);
+        count(&self.health, &event);
         if self.stdout.is_none() && self.spool.is_none() {
             return Ok(());
         }
@@ -83,39 +96,30 @@ impl Pipeline {
 
     /// Logs what was delivered and what is known lost.
     pub fn report(&self) {
-        let refused = self.spool.as_ref().map_or((0, 0), |s| s.refused);
+        let h = &self.health;
         info!(
-            events = self.stats.events,
-            tty_bytes = self.stats.tty_bytes,
-            lost_records = self.stats.lost_records,
-            lost_bytes = self.stats.lost_bytes,
-            spool_refused = refused.0,
+            events = h.events.load(Relaxed),
+            tty_bytes = h.tty_bytes.load(Relaxed),
+            lost_records = h.lost_records.load(Relaxed),
+            lost_bytes = h.lost_bytes.load(Relaxed),
+            spool_refused = h.spool_refused.load(Relaxed),
             "stopped"
         );
     }
 }
 
-/// What the agent delivered and what it knows it lost.
-#[derive(Default)]
-struct Stats {
-    events: u64,
-    tty_bytes: u64,
-    lost_records: u64,
-    lost_bytes: u64,
-}
-
-impl Stats {
-    fn count(&mut self, event: &Event) {
-        match &event.body {
-            Body::Gap { records, bytes, .. } => {
-                self.lost_records += records;
-                self.lost_bytes += bytes;
-            }
-            Body::Tty { data, .. } => {
-                self.events += 1;
-                self.tty_bytes += data.len() as u64;
-            }
-            _ => self.events += 1,
+fn count(health: &Health, event: &Event) {
+    match &event.body {
+        Body::Gap { records, bytes, .. } => {
+            health.lost_records.fetch_add(*records, Relaxed);
+            health.lost_bytes.fetch_add(*bytes, Relaxed);
+        }
+        Body::Tty { data, .. } => {
+            health.events.fetch_add(1, Relaxed);
+            health.tty_bytes.fetch_add(data.len() as u64, Relaxed);
+        }
+        _ => {
+            health.events.fetch_add(1, Relaxed);
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct ChainedSpool {
     spool: Spool,
     /// Events refused for lack of room (records, bytes), not yet recorded as a gap.
     refused: (u64, u64),
+    /// Events refused since start.
+    refused_total: u64,
 }
 
 impl ChainedSpool {
@@ -171,6 +177,7 @@ impl ChainedSpool {
             chain: Chain::new(chain_id),
             spool,
             refused: (0, 0),
+            refused_total: 0,
         };
         let start_record = v1::Event {
             time_unix_nano: start,
@@ -212,6 +219,7 @@ impl ChainedSpool {
         }
         if self.refused.0 > 0 || !self.try_store(event)? {
             self.refused.0 += 1;
+            self.refused_total += 1;
             self.refused.1 += event.encoded_len() as u64;
         }
         Ok(())

@@ -153,6 +153,12 @@ impl Spool {
         (FRAME_HEADER + event_len + chain_id_len + 32 + 32) as u64
     }
 
+    /// Bytes the spool holds, appended frames included.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
     /// Whether `bound` more bytes fit under the size limit.
     #[must_use]
     pub fn fits(&self, bound: u64) -> bool {
