@@ -1,7 +1,7 @@
 //! Generates the Rust types for every `.proto` file, the one way code is generated here.
 
 fn main() -> std::io::Result<()> {
-    let protos = ["recorder/v1/event.proto"];
+    let protos = ["recorder/v1/event.proto", "recorder/v1/registration.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
@@ -14,5 +14,5 @@ fn main() -> std::io::Result<()> {
             "protoc is missing: run `cargo xtask setup` (it installs Debian's protobuf-compiler)",
         ));
     }
-    prost_build::compile_protos(&protos, &["."])
+    tonic_prost_build::configure().compile_protos(&protos, &["."])
 }

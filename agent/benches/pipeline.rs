@@ -99,7 +99,7 @@ fn run(name: &'static str, record: &[u8], events: u64, payload: u64) -> Run {
     let (mut spool, _) = Spool::open(&dir, "00000000000000000001", u64::MAX).expect("spool");
     let mut chain = Chain::new("bench-host:bench-boot:1".into());
     let mut table = ProcessTable::default();
-    let mut attributor = Attributor::new();
+    let mut attributor = Attributor::new(std::sync::Arc::default());
     let clock = WallClock::now();
 
     let mut stored = Vec::with_capacity(events as usize);

@@ -1,6 +1,7 @@
-//! The attribute stage: who is behind an event. A human is known by loginuid, which
-//! survives sudo and su; a process without one is attributed to its container or systemd
-//! unit from its cgroup path; otherwise the identity is unknown, with the reason.
+//! The attribute stage: who is behind an event. A registration (see `registry`) for the
+//! event's session or cgroup wins; then a human is known by loginuid, which survives sudo
+//! and su; a process without one is attributed to its container or systemd unit from its
+//! cgroup path; otherwise the identity is unknown, with the reason.
 
 use std::{
     collections::HashMap,
@@ -11,13 +12,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::event::Process;
+use std::sync::Arc;
+
+use crate::{event::Process, registry::Registry};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdentityKind {
     Human,
     Service,
     Workload,
+    Registered,
     Unknown,
 }
 
@@ -28,6 +32,7 @@ impl IdentityKind {
             Self::Human => "human",
             Self::Service => "service",
             Self::Workload => "workload",
+            Self::Registered => "registered",
             Self::Unknown => "unknown",
         }
     }
@@ -40,6 +45,8 @@ pub struct Identity {
     pub name: String,
     /// Why the identity is unknown.
     pub reason: Option<String>,
+    /// The grant a registered identity acts under.
+    pub grant: Option<String>,
 }
 
 /// What an identity depends on: the loginuid when there is one, else the cgroup. cgroup v2
@@ -60,19 +67,33 @@ pub struct Attributor {
     cgroups: CgroupPaths,
     /// Returned, uncached, while a cgroup is not yet in the scanned tree.
     pending: Identity,
+    registry: Arc<Registry>,
+    /// The last registered identity returned.
+    registered: Identity,
 }
 
 impl Attributor {
     #[must_use]
-    pub fn new() -> Self {
+    pub fn new(registry: Arc<Registry>) -> Self {
         Self {
             cache: HashMap::new(),
             cgroups: CgroupPaths::discover(),
             pending: unknown(String::new()),
+            registry,
+            registered: unknown(String::new()),
         }
     }
 
     pub fn identify(&mut self, process: &Process) -> &Identity {
+        if let Some(registered) = self.registry.lookup(process.sessionid, process.cgroup_id) {
+            self.registered = Identity {
+                kind: IdentityKind::Registered,
+                name: registered.identity,
+                reason: None,
+                grant: registered.grant,
+            };
+            return &self.registered;
+        }
         let key = process
             .loginuid
             .map_or(Key::Cgroup(process.cgroup_id), Key::Login);
@@ -97,11 +118,7 @@ impl Attributor {
     /// the cgroup tree may still resolve.
     fn resolve(&mut self, process: &Process) -> Result<Identity, Identity> {
         if let Some(uid) = process.loginuid {
-            return Ok(Identity {
-                kind: IdentityKind::Human,
-                name: user_name(uid),
-                reason: None,
-            });
+            return Ok(named(IdentityKind::Human, user_name(uid)));
         }
         let Some(path) = self.cgroups.path(process.cgroup_id) else {
             return Err(unknown(format!(
@@ -110,18 +127,10 @@ impl Attributor {
             )));
         };
         if let Some(id) = container_id(path) {
-            return Ok(Identity {
-                kind: IdentityKind::Workload,
-                name: id.to_owned(),
-                reason: None,
-            });
+            return Ok(named(IdentityKind::Workload, id.to_owned()));
         }
         if let Some(unit) = systemd_unit(path) {
-            return Ok(Identity {
-                kind: IdentityKind::Service,
-                name: unit.to_owned(),
-                reason: None,
-            });
+            return Ok(named(IdentityKind::Service, unit.to_owned()));
         }
         Ok(unknown(format!(
             "no loginuid, and cgroup {path} names no unit or container"
@@ -129,9 +138,12 @@ impl Attributor {
     }
 }
 
-impl Default for Attributor {
-    fn default() -> Self {
-        Self::new()
+fn named(kind: IdentityKind, name: String) -> Identity {
+    Identity {
+        kind,
+        name,
+        reason: None,
+        grant: None,
     }
 }
 
@@ -140,6 +152,7 @@ fn unknown(reason: String) -> Identity {
         kind: IdentityKind::Unknown,
         name: String::new(),
         reason: Some(reason),
+        grant: None,
     }
 }
 

@@ -55,6 +55,11 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Serve the registration API (gRPC) on this Unix socket, mode 0600 so only root can
+    /// register: "audit session S, or cgroup C, acts as identity I under grant G".
+    #[arg(long, value_name = "SOCKET")]
+    pub registration: Option<PathBuf>,
+
     /// How often to log the health counters, in seconds.
     #[arg(long, default_value_t = 60)]
     pub health_every: u64,

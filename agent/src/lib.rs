@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod platform;
 pub mod proctable;
 pub mod reader;
+pub mod registry;
 pub mod sensors;
 pub mod spool;
 
@@ -99,7 +100,17 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         info!("metrics at http://{bound}/metrics");
     }
     let mut reporter = metrics::Reporter::new(Duration::from_secs(cli.health_every));
-    let mut pipeline = Pipeline::new(table, cli.stdout, spool, std::sync::Arc::clone(&health));
+    let registry = std::sync::Arc::new(registry::Registry::default());
+    if let Some(socket) = &cli.registration {
+        registry::serve(socket, std::sync::Arc::clone(&registry))?;
+    }
+    let mut pipeline = Pipeline::new(
+        table,
+        cli.stdout,
+        spool,
+        std::sync::Arc::clone(&health),
+        registry,
+    );
 
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.

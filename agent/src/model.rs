@@ -38,11 +38,13 @@ pub fn to_proto(
                 IdentityKind::Human => v1::identity::Kind::Human,
                 IdentityKind::Service => v1::identity::Kind::Service,
                 IdentityKind::Workload => v1::identity::Kind::Workload,
+                IdentityKind::Registered => v1::identity::Kind::Registered,
                 IdentityKind::Unknown => v1::identity::Kind::Unknown,
             }
             .into(),
             name: i.name.clone(),
             reason: i.reason.clone().unwrap_or_default(),
+            grant: i.grant.clone().unwrap_or_default(),
         }),
         session_root: root.map(|r| v1::SessionRoot {
             pid: r.pid,

@@ -85,6 +85,8 @@ struct IdentityLine<'a> {
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grant: Option<&'a str>,
 }
 
 /// Process fields are always present (null on gaps); kind-specific ones only on their kind.
@@ -161,6 +163,7 @@ impl<'a> Line<'a> {
                 kind: i.kind.as_str(),
                 name: &i.name,
                 reason: i.reason.as_deref(),
+                grant: i.grant.as_deref(),
             }),
             session_root: root.map(|r| RootLine {
                 pid: r.pid,
@@ -290,6 +293,7 @@ mod tests {
             kind: IdentityKind::Unknown,
             name: String::new(),
             reason: Some("why".into()),
+            grant: None,
         };
         write_json(
             &mut out,

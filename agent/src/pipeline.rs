@@ -22,6 +22,7 @@ use crate::{
     output::{WallClock, write_json},
     proctable::ProcessTable,
     reader::{Batch, boot_ns},
+    registry::Registry,
     spool::{Spool, SpoolError},
 };
 
@@ -41,10 +42,11 @@ impl Pipeline {
         stdout: bool,
         spool: Option<ChainedSpool>,
         health: Arc<Health>,
+        registry: Arc<Registry>,
     ) -> Self {
         Self {
             table,
-            attributor: Attributor::new(),
+            attributor: Attributor::new(registry),
             clock: WallClock::now(),
             stdout: stdout.then(|| BufWriter::with_capacity(1 << 20, io::stdout().lock())),
             spool,
