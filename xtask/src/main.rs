@@ -72,10 +72,7 @@ fn main() -> anyhow::Result<()> {
 /// Runs `cargo test`, passing its output through, and closes with one line totalling every
 /// test binary's results.
 fn test_with_summary(args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut child = Command::new(cargo)
-        .args(args)
-        .current_dir(tests::workspace_root())
+    let mut child = cargo_command(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running cargo test")?;
@@ -110,12 +107,16 @@ fn test_with_summary(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs cargo in the workspace root with the same toolchain that runs xtask.
+/// cargo with `args`, in the workspace root, with the same toolchain that runs xtask.
+fn cargo_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args(args).current_dir(tests::workspace_root());
+    cmd
+}
+
+/// Runs cargo in the workspace root.
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(args)
-        .current_dir(tests::workspace_root())
+    let status = cargo_command(args)
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
