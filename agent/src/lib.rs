@@ -21,6 +21,7 @@ pub mod spool;
 use std::{
     io,
     sync::{
+        Arc,
         atomic::{AtomicBool, Ordering},
         mpsc::{RecvTimeoutError, sync_channel},
     },
@@ -93,24 +94,18 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     // Seeded after attaching, so a process is either in the seed or seen forking.
     let table = ProcessTable::from_proc();
     let processes = table.len();
-    let health = std::sync::Arc::new(metrics::Health::default());
+    let health = Arc::new(metrics::Health::default());
     if let Some(addr) = cli.metrics {
-        let bound = metrics::serve(addr, std::sync::Arc::clone(&health))
+        let bound = metrics::serve(addr, Arc::clone(&health))
             .with_context(|| format!("serving metrics on {addr}"))?;
         info!("metrics at http://{bound}/metrics");
     }
     let mut reporter = metrics::Reporter::new(Duration::from_secs(cli.health_every));
-    let registry = std::sync::Arc::new(registry::Registry::default());
+    let registry = Arc::new(registry::Registry::default());
     if let Some(socket) = &cli.registration {
-        registry::serve(socket, std::sync::Arc::clone(&registry))?;
+        registry::serve(socket, Arc::clone(&registry))?;
     }
-    let mut pipeline = Pipeline::new(
-        table,
-        cli.stdout,
-        spool,
-        std::sync::Arc::clone(&health),
-        registry,
-    );
+    let mut pipeline = Pipeline::new(table, cli.stdout, spool, Arc::clone(&health), registry);
 
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -131,7 +126,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     // Woken at least once a second, so health is logged even when nothing happens.
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(batch) => pipeline.batch(&batch)?,
+            Ok(batch) => pipeline.batch(batch)?,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }

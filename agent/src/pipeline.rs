@@ -54,7 +54,7 @@ impl Pipeline {
         }
     }
 
-    pub fn batch(&mut self, batch: &Batch) -> anyhow::Result<()> {
+    pub fn batch(&mut self, batch: Batch) -> anyhow::Result<()> {
         self.clock.follow_steps();
         for record in batch.records() {
             let event = decode::decode(record).unwrap_or_else(|error| {
@@ -63,9 +63,9 @@ impl Pipeline {
             });
             self.event(event)?;
         }
-        for gap in &batch.gaps {
+        for gap in batch.gaps {
             warn!(?gap.body, "kernel lost records");
-            self.event(gap.clone())?;
+            self.event(gap)?;
         }
         if let Some(out) = &mut self.stdout {
             out.flush()?;
