@@ -1,7 +1,11 @@
 //! Generates the Rust types for every `.proto` file, the one way code is generated here.
 
 fn main() -> std::io::Result<()> {
-    let protos = ["recorder/v1/event.proto", "recorder/v1/registration.proto"];
+    let protos = [
+        "recorder/v1/event.proto",
+        "recorder/v1/registration.proto",
+        "recorder/v1/collector.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
