@@ -1,4 +1,7 @@
-//! Generated protobuf types. `recorder/v1/*.proto` is the source of truth.
+//! The recorder's external contract: protobuf types generated from `recorder/v1/*.proto`
+//! (the source of truth), and the chain hash that docs/chain.md defines.
+
+pub mod chain;
 
 #[expect(clippy::pedantic, reason = "generated code")]
 pub mod v1 {
