@@ -144,10 +144,17 @@ fn run(name: &'static str, record: &[u8], events: u64, payload: u64) -> Run {
 
 #[expect(clippy::cast_precision_loss, reason = "rates for display")]
 fn main() {
-    let runs = [
-        run("exec", &exec_record(), 300_000, 0),
-        run("tty 4 KiB", &tty_record(), 15_000, CHUNK as u64),
-    ];
+    // `cargo bench --bench pipeline -- exec` runs only the runs whose name starts so, for
+    // profiling one path at a time.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str()));
+    let mut runs = Vec::new();
+    if wanted("exec") {
+        runs.push(run("exec", &exec_record(), 300_000, 0));
+    }
+    if wanted("tty") {
+        runs.push(run("tty 4 KiB", &tty_record(), 15_000, CHUNK as u64));
+    }
     println!(
         "pipeline benchmark: decode → attribute → model → chain → spool (written, fsync not timed), one core"
     );
