@@ -146,7 +146,10 @@ fn run(name: &'static str, record: &[u8], events: u64, payload: u64) -> Run {
 fn main() {
     // `cargo bench --bench pipeline -- exec` runs only the runs whose name starts so, for
     // profiling one path at a time.
-    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str()));
     let mut runs = Vec::new();
     if wanted("exec") {

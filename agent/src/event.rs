@@ -91,6 +91,8 @@ pub enum GapSource {
     Kernel,
     /// A record arrived but did not decode.
     Decode,
+    /// The reader drained it, but the next pipeline stage had no room for its batch.
+    Pipeline,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

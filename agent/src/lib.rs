@@ -23,7 +23,6 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
-        mpsc::{RecvTimeoutError, sync_channel},
     },
     time::Duration,
 };
@@ -35,11 +34,11 @@ use agent_common::{
 };
 use anyhow::Context as _;
 use aya::EbpfLoader;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::{
     cli::Cli,
-    pipeline::{ChainedSpool, Pipeline},
+    pipeline::{ChainedSpool, Sinks},
     proctable::ProcessTable,
     reader::Reader,
 };
@@ -47,9 +46,9 @@ use crate::{
 /// The kernel programs, built by `build.rs` from `agent-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
-/// Batches in flight between the reader and the consumer. When the consumer falls behind,
-/// the reader blocks, the ring buffer fills and the kernel counts what it cannot submit:
-/// backpressure ends in exact gap records, never in silent drops.
+/// Batches in flight between the reader and the decode stage. Past it, the reader drops
+/// and counts (see `reader.rs`): up to 64 batches of at most 4 MiB absorb a sink's stall of
+/// about a second at full terminal speed.
 const BATCHES_IN_FLIGHT: usize = 64;
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -100,12 +99,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             .with_context(|| format!("serving metrics on {addr}"))?;
         info!("metrics at http://{bound}/metrics");
     }
-    let mut reporter = metrics::Reporter::new(Duration::from_secs(cli.health_every));
     let registry = Arc::new(registry::Registry::default());
     if let Some(socket) = &cli.registration {
         registry::serve(socket, Arc::clone(&registry))?;
     }
-    let mut pipeline = Pipeline::new(table, cli.stdout, spool, Arc::clone(&health), registry);
+    let sinks = Sinks {
+        stdout: cli.stdout,
+        spool,
+    };
 
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -118,24 +119,39 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         "capturing"
     );
 
-    let (tx, rx) = sync_channel(BATCHES_IN_FLIGHT);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("pipeline")
+        .enable_all()
+        .build()
+        .context("starting the pipeline runtime")?;
+    let (tx, rx) = tokio::sync::mpsc::channel(BATCHES_IN_FLIGHT);
     let reader = std::thread::Builder::new()
         .name("reader".into())
         .spawn(move || reader.run(&tx, &STOP))?;
-
-    // Woken at least once a second, so health is logged even when nothing happens.
-    loop {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(batch) => pipeline.batch(batch)?,
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+    let stages = runtime.block_on(async {
+        let mut stages = pipeline::spawn(rx, table, registry, sinks, &health);
+        let reporting = tokio::spawn(metrics::report_every(
+            Duration::from_secs(cli.health_every),
+            Arc::clone(&health),
+        ));
+        let mut result = Ok(());
+        while let Some(stage) = stages.join_next().await {
+            let outcome = stage.context("a pipeline stage panicked").and_then(|r| r);
+            if let Err(e) = outcome {
+                error!(error = format!("{e:#}"), "pipeline stage failed");
+                // The reader sees the stage hang up and stops too.
+                STOP.store(true, Ordering::Release);
+                result = result.and(Err(e));
+            }
         }
-        reporter.tick(&health);
-    }
+        reporting.abort();
+        result
+    });
     reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
     drop(ebpf);
-    pipeline.report();
-    Ok(())
+    pipeline::report(&health);
+    stages
 }

@@ -85,32 +85,18 @@ impl Health {
     }
 }
 
-/// Logs the counters every `every`, with the event rate since the previous log.
-pub struct Reporter {
-    every: Duration,
-    last: Instant,
-    last_events: u64,
-}
-
-impl Reporter {
-    #[must_use]
-    pub fn new(every: Duration) -> Self {
-        Self {
-            every,
-            last: Instant::now(),
-            last_events: 0,
-        }
-    }
-
-    /// Logs if a period has passed.
-    pub fn tick(&mut self, health: &Health) {
-        let elapsed = self.last.elapsed();
-        if elapsed < self.every {
-            return;
-        }
+/// Logs the counters every `every`, with the event rate since the previous log, until the
+/// task is dropped.
+pub async fn report_every(every: Duration, health: Arc<Health>) {
+    let mut ticks = tokio::time::interval(every);
+    // The first tick is immediate; the first log comes one period after start.
+    ticks.tick().await;
+    let (mut last, mut last_events) = (Instant::now(), 0);
+    loop {
+        ticks.tick().await;
         let events = health.events.load(Relaxed);
         #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
-        let rate = (events - self.last_events) as f64 / elapsed.as_secs_f64();
+        let rate = (events - last_events) as f64 / last.elapsed().as_secs_f64();
         info!(
             events_per_s = rate.round(),
             events,
@@ -120,7 +106,7 @@ impl Reporter {
             spool_refused = health.spool_refused.load(Relaxed),
             "health"
         );
-        (self.last, self.last_events) = (Instant::now(), events);
+        (last, last_events) = (Instant::now(), events);
     }
 }
 

@@ -107,6 +107,7 @@ fn body(body: Body) -> v1::event::Body {
             source: match source {
                 GapSource::Kernel => v1::gap::Source::KernelRingbuf,
                 GapSource::Decode => v1::gap::Source::Decode,
+                GapSource::Pipeline => v1::gap::Source::Pipeline,
             }
             .into(),
             lost_kind: kind_name(lost_kind).to_owned(),

@@ -229,6 +229,7 @@ impl<'a> Line<'a> {
                 line.source = Some(match source {
                     GapSource::Kernel => "kernel_ringbuf",
                     GapSource::Decode => "decode",
+                    GapSource::Pipeline => "pipeline",
                 });
                 line.lost_kind = Some(kind_name(*lost_kind));
                 line.lost_records = Some(*records);

@@ -1,6 +1,8 @@
-//! The stages after the reader: decode → attribute (process table, identity) → the sinks
-//! (JSON lines, and chain → spool). One batch of kernel records at a time; the spool is
-//! made durable once per batch.
+//! The stages after the reader, each a tokio task joined to the next by a bounded channel:
+//! decode → attribute (process table, identity, the model and the JSON sink) → chain and
+//! spool. Only the reader drops batches, and counts what it drops (`reader.rs`); every later
+//! stage waits for room, so a stalled stage backs up into the reader's channel, where the
+//! loss is counted and becomes a gap record. The spool is made durable once per batch.
 
 use std::{
     io::{self, BufWriter, Write as _},
@@ -10,7 +12,11 @@ use std::{
 use anyhow::Context as _;
 use prost::Message as _;
 use proto::v1;
-use tracing::{info, warn};
+use tokio::{
+    sync::mpsc::{self, Receiver, Sender},
+    task::{JoinSet, block_in_place},
+};
+use tracing::{Instrument as _, debug_span, info, info_span, warn};
 
 use crate::{
     attribute::Attributor,
@@ -26,88 +32,164 @@ use crate::{
     spool::{Spool, SpoolError},
 };
 
-pub struct Pipeline {
+/// Batches in flight between two stages after the reader.
+const STAGE_DEPTH: usize = 16;
+
+/// What the stages write to.
+pub struct Sinks {
+    /// JSON lines on standard output.
+    pub stdout: bool,
+    pub spool: Option<ChainedSpool>,
+}
+
+/// Starts the stages on the current tokio runtime, fed by `batches`. They finish, in order,
+/// once the reader hangs up and each has passed on everything it received.
+pub fn spawn(
+    batches: Receiver<Batch>,
+    table: ProcessTable,
+    registry: Arc<Registry>,
+    sinks: Sinks,
+    health: &Arc<Health>,
+) -> JoinSet<anyhow::Result<()>> {
+    let mut stages = JoinSet::new();
+    let (decoded_tx, decoded_rx) = mpsc::channel(STAGE_DEPTH);
+    stages.spawn(decode_stage(batches, decoded_tx).instrument(info_span!("decode")));
+    let model_tx = sinks.spool.map(|spool| {
+        let (tx, rx) = mpsc::channel(STAGE_DEPTH);
+        stages.spawn(spool_stage(spool, rx, Arc::clone(health)).instrument(info_span!("spool")));
+        tx
+    });
+    let attribute = Attribute {
+        table,
+        attributor: Attributor::new(registry),
+        clock: WallClock::now(),
+        stdout: sinks
+            .stdout
+            .then(|| BufWriter::with_capacity(1 << 20, io::stdout())),
+        health: Arc::clone(health),
+    };
+    stages.spawn(
+        attribute
+            .run(decoded_rx, model_tx)
+            .instrument(info_span!("attribute")),
+    );
+    stages
+}
+
+async fn decode_stage(
+    mut batches: Receiver<Batch>,
+    next: Sender<Vec<Event>>,
+) -> anyhow::Result<()> {
+    while let Some(batch) = batches.recv().await {
+        let events = {
+            let _span = debug_span!("batch", bytes = batch.len_bytes()).entered();
+            let mut events = Vec::new();
+            for record in batch.records() {
+                events.push(decode::decode(record).unwrap_or_else(|error| {
+                    warn!(%error, "undecodable kernel record");
+                    undecodable(record.len())
+                }));
+            }
+            for gap in batch.gaps {
+                warn!(?gap.body, "records lost");
+                events.push(gap);
+            }
+            events
+        };
+        if next.send(events).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+struct Attribute {
     table: ProcessTable,
     attributor: Attributor,
     clock: WallClock,
-    stdout: Option<BufWriter<io::StdoutLock<'static>>>,
-    spool: Option<ChainedSpool>,
+    stdout: Option<BufWriter<io::Stdout>>,
     health: Arc<Health>,
 }
 
-impl Pipeline {
-    #[must_use]
-    pub fn new(
-        table: ProcessTable,
-        stdout: bool,
-        spool: Option<ChainedSpool>,
-        health: Arc<Health>,
-        registry: Arc<Registry>,
-    ) -> Self {
-        Self {
-            table,
-            attributor: Attributor::new(registry),
-            clock: WallClock::now(),
-            stdout: stdout.then(|| BufWriter::with_capacity(1 << 20, io::stdout().lock())),
-            spool,
-            health,
+impl Attribute {
+    async fn run(
+        mut self,
+        mut decoded: Receiver<Vec<Event>>,
+        next: Option<Sender<Vec<v1::Event>>>,
+    ) -> anyhow::Result<()> {
+        while let Some(events) = decoded.recv().await {
+            let modelled = if self.stdout.is_some() {
+                // Standard output may be a pipe its reader has stalled: block this thread,
+                // not the runtime's other stages.
+                block_in_place(|| self.batch(events, next.is_some()))
+            } else {
+                self.batch(events, next.is_some())
+            }?;
+            if let Some(next) = &next
+                && next.send(modelled).await.is_err()
+            {
+                break;
+            }
         }
+        Ok(())
     }
 
-    pub fn batch(&mut self, batch: Batch) -> anyhow::Result<()> {
+    /// Attributes one batch, writes it as JSON when asked, and returns its model events
+    /// when a later stage wants them.
+    fn batch(&mut self, events: Vec<Event>, model: bool) -> io::Result<Vec<v1::Event>> {
+        let _span = debug_span!("batch", events = events.len()).entered();
         self.clock.follow_steps();
-        for record in batch.records() {
-            let event = decode::decode(record).unwrap_or_else(|error| {
-                warn!(%error, "undecodable kernel record");
-                undecodable(record.len())
-            });
-            self.event(event)?;
-        }
-        for gap in batch.gaps {
-            warn!(?gap.body, "kernel lost records");
-            self.event(gap)?;
+        let mut modelled = Vec::with_capacity(if model { events.len() } else { 0 });
+        for mut event in events {
+            let root = self.table.observe(&mut event);
+            count(&self.health, &event);
+            if self.stdout.is_none() && !model {
+                continue;
+            }
+            let identity = event.process.as_ref().map(|p| self.attributor.identify(p));
+            if let Some(out) = &mut self.stdout {
+                write_json(out, &event, identity, root, &self.clock)?;
+            }
+            if model {
+                modelled.push(to_proto(event, identity, root, &self.clock));
+            }
         }
         if let Some(out) = &mut self.stdout {
             out.flush()?;
         }
-        if let Some(spool) = &mut self.spool {
-            spool.sync()?;
-            self.health.spool_bytes.store(spool.spool.total(), Relaxed);
-            self.health
-                .spool_refused
-                .store(spool.refused_total, Relaxed);
-        }
-        Ok(())
+        Ok(modelled)
     }
+}
 
-    fn event(&mut self, mut event: Event) -> anyhow::Result<()> {
-        let root = self.table.observe(&mut event);
-        count(&self.health, &event);
-        if self.stdout.is_none() && self.spool.is_none() {
-            return Ok(());
-        }
-        let identity = event.process.as_ref().map(|p| self.attributor.identify(p));
-        if let Some(out) = &mut self.stdout {
-            write_json(out, &event, identity, root, &self.clock)?;
-        }
-        if let Some(spool) = &mut self.spool {
-            spool.store(&to_proto(event, identity, root, &self.clock))?;
-        }
-        Ok(())
+async fn spool_stage(
+    mut spool: ChainedSpool,
+    mut modelled: Receiver<Vec<v1::Event>>,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    while let Some(events) = modelled.recv().await {
+        block_in_place(|| {
+            let _span = debug_span!("batch", events = events.len()).entered();
+            for event in &events {
+                spool.store(event)?;
+            }
+            spool.sync()
+        })?;
+        health.spool_bytes.store(spool.spool.total(), Relaxed);
+        health.spool_refused.store(spool.refused_total, Relaxed);
     }
+    Ok(())
+}
 
-    /// Logs what was delivered and what is known lost.
-    pub fn report(&self) {
-        let h = &self.health;
-        info!(
-            events = h.events.load(Relaxed),
-            tty_bytes = h.tty_bytes.load(Relaxed),
-            lost_records = h.lost_records.load(Relaxed),
-            lost_bytes = h.lost_bytes.load(Relaxed),
-            spool_refused = h.spool_refused.load(Relaxed),
-            "stopped"
-        );
-    }
+/// Logs what was delivered and what is known lost.
+pub fn report(health: &Health) {
+    info!(
+        events = health.events.load(Relaxed),
+        tty_bytes = health.tty_bytes.load(Relaxed),
+        lost_records = health.lost_records.load(Relaxed),
+        lost_bytes = health.lost_bytes.load(Relaxed),
+        spool_refused = health.spool_refused.load(Relaxed),
+        "stopped"
+    );
 }
 
 fn count(health: &Health, event: &Event) {

@@ -1,25 +1,30 @@
-//! Drains the kernel ring buffer in batches and turns loss-counter increases into gap
-//! events. Submits normally do not wake this thread (see `emit.rs` in agent-ebpf); it polls
-//! with a short timeout and drains whatever accumulated, and the kernel forces a wakeup only
-//! when the backlog passes a threshold.
+//! The reader stage: drains the kernel ring buffer in batches and turns loss-counter
+//! increases into gap events. Submits normally do not wake this thread (see `emit.rs` in
+//! agent-ebpf); it polls with a short timeout and drains whatever accumulated, and the
+//! kernel forces a wakeup only when the backlog passes a threshold.
+//!
+//! This is the pipeline's one drop point. When the next stage's bounded channel is full,
+//! the batch is dropped here and counted by record kind; the counts travel as `Pipeline`
+//! gap events with the next batch the stage accepts. Draining on regardless keeps the ring
+//! buffer from filling, so the kernel keeps submitting the records that follow.
 
 use std::{
     os::fd::AsRawFd,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc::SyncSender,
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use agent_common::{
     event::{EVENTS_MAP, kind},
+    exec::EXEC_FIXED,
     loss::{LOSS_MAP, LossCounters},
+    tty::TTY_FIXED,
 };
 use aya::{
     Ebpf,
     maps::{MapData, MapError, PerCpuArray, RingBuf},
 };
+use tokio::sync::mpsc::{Sender, error::TrySendError};
 
 use crate::event::{Body, Event, GapSource};
 
@@ -46,6 +51,94 @@ impl Batch {
     fn is_empty(&self) -> bool {
         self.ends.is_empty() && self.gaps.is_empty()
     }
+
+    /// Bytes of kernel records held.
+    #[must_use]
+    pub fn len_bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// What the next stage had no room for, not yet reported.
+#[derive(Default)]
+struct Dropped {
+    counts: LossCounters,
+    /// Gap events that rode on dropped batches: they are counts, so they are kept.
+    gaps: Vec<Event>,
+}
+
+impl Dropped {
+    fn add(&mut self, batch: Batch) {
+        for record in batch.records() {
+            let Some(kind) = record
+                .get(..4)
+                .map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]) as usize)
+                .filter(|&k| k < kind::SLOTS)
+            else {
+                // Malformed: the decode stage would have counted it as a decode gap.
+                self.counts.records[0] += 1;
+                self.counts.bytes[0] += record.len() as u64;
+                continue;
+            };
+            self.counts.records[kind] += 1;
+            self.counts.bytes[kind] += payload_len(kind, record.len());
+        }
+        self.gaps.extend(batch.gaps);
+    }
+
+    /// Moves the counts, as `Pipeline` gap events, and the carried gaps into `batch`.
+    fn report_into(&mut self, batch: &mut Batch) {
+        let now = boot_ns();
+        for k in 0..kind::SLOTS {
+            let (records, bytes) = (self.counts.records[k], self.counts.bytes[k]);
+            if records > 0 {
+                batch.gaps.push(Event {
+                    ktime_ns: now,
+                    process: None,
+                    body: Body::Gap {
+                        source: GapSource::Pipeline,
+                        lost_kind: k as u32,
+                        records,
+                        bytes,
+                    },
+                });
+            }
+        }
+        batch.gaps.append(&mut self.gaps);
+        self.counts = LossCounters::default();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.gaps.is_empty() && self.counts.records.iter().all(|&r| r == 0)
+    }
+}
+
+/// Hands `batch` on, with the counts of earlier drops, or drops and counts it when the next
+/// stage has no room. Returns false once the next stage has hung up.
+fn offer(tx: &Sender<Batch>, mut batch: Batch, dropped: &mut Dropped) -> bool {
+    match tx.try_reserve() {
+        Ok(permit) => {
+            dropped.report_into(&mut batch);
+            permit.send(batch);
+            true
+        }
+        Err(TrySendError::Full(())) => {
+            dropped.add(batch);
+            true
+        }
+        Err(TrySendError::Closed(())) => false,
+    }
+}
+
+/// The payload bytes a record carries, counted the way the kernel's loss counters count
+/// them: argv for execs, data for terminal writes.
+fn payload_len(kind: usize, record_len: usize) -> u64 {
+    let fixed = match kind as u32 {
+        kind::EXEC => EXEC_FIXED,
+        kind::TTY_OUT | kind::TTY_IN => TTY_FIXED,
+        _ => return 0,
+    };
+    record_len.saturating_sub(fixed) as u64
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,20 +181,27 @@ impl Reader {
     }
 
     /// Runs until `stop` is set, then drains once more so nothing submitted before the stop
-    /// is left behind. Returns when the receiver hangs up, too.
-    pub fn run(mut self, tx: &SyncSender<Batch>, stop: &AtomicBool) -> Result<(), ReaderError> {
+    /// is left behind, and waits for room to report what it dropped. Returns when the
+    /// receiver hangs up, too.
+    pub fn run(mut self, tx: &Sender<Batch>, stop: &AtomicBool) -> Result<(), ReaderError> {
+        let mut dropped = Dropped::default();
         loop {
             let stopping = stop.load(Ordering::Acquire);
             if !stopping {
                 self.wait();
             }
             loop {
-                let batch = self.drain()?;
-                if batch.is_empty() {
+                let mut batch = self.drain()?;
+                if batch.is_empty() && dropped.is_empty() {
                     break;
                 }
                 let full = batch.data.len() >= BATCH_BYTES;
-                if tx.send(batch).is_err() {
+                if stopping {
+                    dropped.report_into(&mut batch);
+                    if tx.blocking_send(batch).is_err() {
+                        return Ok(());
+                    }
+                } else if !offer(tx, batch, &mut dropped) {
                     return Ok(());
                 }
                 if !full {

@@ -46,6 +46,9 @@ pub enum Sink {
     DevNull,
     /// `--discard`: drained, decoded and counted, not encoded.
     Discard,
+    /// `--stdout`, but nothing reads it until `Agent::release_stdout`: a stalled consumer,
+    /// which stalls the agent's JSON stage.
+    Stalled,
 }
 
 pub struct Agent {
@@ -53,6 +56,8 @@ pub struct Agent {
     events: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
+    /// Lets a `Sink::Stalled` agent's output be read.
+    gate: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// What a stopped agent printed.
@@ -74,7 +79,7 @@ impl Agent {
     /// Starts the agent with the given sink; returns once capture is live.
     #[must_use]
     pub fn start_with(sink: Sink, extra: &[&str]) -> Self {
-        let collect = sink == Sink::Collect;
+        let collect = matches!(sink, Sink::Collect | Sink::Stalled);
         let mut child = Command::new(binary())
             .arg(if sink == Sink::Discard {
                 "--discard"
@@ -95,9 +100,15 @@ impl Agent {
         let events = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut readers = Vec::new();
+        let (gate, opened) = std::sync::mpsc::channel::<()>();
+        let stalled = sink == Sink::Stalled;
         if let Some(out) = child.stdout.take() {
             let sink = Arc::clone(&events);
             readers.push(std::thread::spawn(move || {
+                if stalled {
+                    // Released, or the agent dropped: either way, read what it printed.
+                    let _ = opened.recv();
+                }
                 for line in BufReader::new(out).lines() {
                     let line = line.expect("agent stdout is UTF-8 lines");
                     let value = serde_json::from_str(&line)
@@ -120,6 +131,7 @@ impl Agent {
             events,
             stderr,
             readers,
+            gate: stalled.then_some(gate),
         };
         let deadline = Instant::now() + START_TIMEOUT;
         while !agent.stderr.lock().unwrap().contains("capturing") {
@@ -196,6 +208,13 @@ impl Agent {
         );
     }
 
+    /// Starts reading a `Sink::Stalled` agent's standard output.
+    pub fn release_stdout(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            gate.send(()).expect("the stdout reader waits");
+        }
+    }
+
     /// Stops the agent with SIGINT, as an operator would, and returns all it printed.
     #[must_use]
     pub fn stop(self) -> Output {
@@ -213,6 +232,7 @@ impl Agent {
     }
 
     fn collect(mut self) -> Output {
+        self.release_stdout();
         let status = self.child.wait().expect("wait agent");
         self.join_readers();
         let events = std::mem::take(&mut *self.events.lock().unwrap());
@@ -256,9 +276,15 @@ impl Output {
 /// Sum of `lost_records` and `lost_bytes` over the gap events for one record kind.
 #[must_use]
 pub fn lost(events: &[Value], kind: &str) -> (u64, u64) {
+    lost_where(events, |v| v["lost_kind"] == kind)
+}
+
+/// Sum of `lost_records` and `lost_bytes` over the gap events that `pred` accepts.
+#[must_use]
+pub fn lost_where(events: &[Value], pred: impl Fn(&Value) -> bool) -> (u64, u64) {
     events
         .iter()
-        .filter(|v| v["kind"] == "gap" && v["lost_kind"] == kind)
+        .filter(|v| v["kind"] == "gap" && pred(v))
         .fold((0, 0), |(r, b), v| {
             (
                 r + v["lost_records"].as_u64().unwrap_or(0),

@@ -14,7 +14,7 @@ use prost::Message as _;
 use proto::v1::{self, ChainedEvent, event::Body};
 use sha2::{Digest, Sha256};
 use tests::{
-    agent::{Agent, LOSSY},
+    agent::{Agent, LOSSY, Sink, lost, lost_where, tty_data},
     block_pattern, marker, privileged,
     pty::Pty,
 };
@@ -250,6 +250,78 @@ fn kernel_loss_is_a_chained_gap_with_exact_counts() {
         chained,
         (records, bytes),
         "chained gaps equal the kernel's counters"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A stalled stage (here, a `--stdout` consumer that stops reading) backs up into the
+/// reader's bounded channel. What the reader then drops becomes chained `PIPELINE` gaps whose
+/// counts equal the agent's own, and every terminal block is either delivered or counted.
+#[test]
+fn a_stalled_stage_is_a_chained_gap_with_exact_counts() {
+    if !privileged("a_stalled_stage_is_a_chained_gap_with_exact_counts") {
+        return;
+    }
+    let dir = spool_dir("stall");
+    let mut agent = Agent::start_with(Sink::Stalled, &["--spool", dir.to_str().unwrap()]);
+    let blocks = 16_384;
+    let pattern = block_pattern(blocks);
+    let pty = Pty::written_by(|slave| {
+        for block in pattern.chunks(4096) {
+            // SAFETY: valid fd and buffer.
+            assert_eq!(
+                unsafe { libc::write(slave.as_raw_fd(), block.as_ptr().cast(), block.len()) },
+                4096
+            );
+        }
+    });
+    agent.release_stdout();
+    agent.sync();
+    let out = agent.stop();
+    assert!(out.success, "agent failed:\n{}", out.stderr);
+
+    let json_pipeline = lost_where(&out.events, |v| v["source"] == "pipeline");
+    assert!(
+        json_pipeline.0 > 0,
+        "64 MiB behind a stalled consumer must overflow the pipeline:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        lost_where(&out.events, |_| true),
+        (
+            out.total("lost_records").unwrap(),
+            out.total("lost_bytes").unwrap()
+        ),
+        "gap records equal the agent's counters"
+    );
+
+    let delivered: usize = out
+        .events
+        .iter()
+        .filter(|v| {
+            v["kind"] == "tty_out" && v["tgid"] == std::process::id() && v["tty"] == pty.device()
+        })
+        .map(|v| tty_data(v).len())
+        .sum();
+    let (_, lost_bytes) = lost(&out.events, "tty_out");
+    assert_eq!(
+        delivered as u64 + lost_bytes,
+        pattern.len() as u64,
+        "every terminal byte is delivered or counted"
+    );
+
+    let chains = verify_spool(&dir);
+    let chained = chains[0]
+        .events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Gap(g)) if g.source == i32::from(v1::gap::Source::Pipeline) => Some(g),
+            _ => None,
+        })
+        .fold((0, 0), |(r, b), g| (r + g.records, b + g.bytes));
+    assert_eq!(
+        chained, json_pipeline,
+        "the chain holds the same pipeline gaps"
     );
     fs::remove_dir_all(&dir).unwrap();
 }
