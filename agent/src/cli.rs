@@ -27,6 +27,12 @@ pub struct Cli {
     #[arg(long)]
     pub spool: Option<PathBuf>,
 
+    /// Ship the spool to the collector at this URL (for example `http://127.0.0.1:7443`) over
+    /// gRPC. A segment is deleted once the collector has acknowledged all of it; while the
+    /// collector is unreachable, the spool holds everything up to its bound.
+    #[arg(long, value_name = "URL", requires = "spool", value_parser = endpoint)]
+    pub collector: Option<tonic::transport::Endpoint>,
+
     /// Size bound of the spool; past it new events are refused, counted, and recorded as a
     /// gap once there is room.
     #[arg(long, default_value_t = 1 << 30)]
@@ -76,4 +82,10 @@ fn ring_size(s: &str) -> Result<u32, String> {
     } else {
         Err(format!("{n} is not a power of two of at least 4096"))
     }
+}
+
+fn endpoint(s: &str) -> Result<tonic::transport::Endpoint, String> {
+    tonic::transport::Endpoint::from_shared(s.to_owned())
+        .map(|e| e.connect_timeout(std::time::Duration::from_secs(5)))
+        .map_err(|e| format!("{s} is not a collector URL (http://HOST:PORT): {e}"))
 }

@@ -16,6 +16,7 @@ pub mod proctable;
 pub mod reader;
 pub mod registry;
 pub mod sensors;
+pub mod ship;
 pub mod spool;
 
 use std::{
@@ -50,6 +51,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// and counts (see `reader.rs`): up to 64 batches of at most 4 MiB absorb a sink's stall of
 /// about a second at full terminal speed.
 const BATCHES_IN_FLIGHT: usize = 64;
+
+/// How long a stopping agent keeps shipping what it spooled last.
+const SHIP_GRACE: Duration = Duration::from_secs(3);
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -106,6 +110,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let sinks = Sinks {
         stdout: cli.stdout,
         spool,
+        collector: cli.collector.clone(),
     };
 
     for sig in [libc::SIGINT, libc::SIGTERM] {
@@ -130,7 +135,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         .name("reader".into())
         .spawn(move || reader.run(&tx, &STOP))?;
     let stages = runtime.block_on(async {
-        let mut stages = pipeline::spawn(rx, table, registry, sinks, &health);
+        let running = pipeline::spawn(rx, table, registry, sinks, &health);
+        let mut stages = running.stages;
         let reporting = tokio::spawn(metrics::report_every(
             Duration::from_secs(cli.health_every),
             Arc::clone(&health),
@@ -146,6 +152,12 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
         reporting.abort();
+        if let Some(mut ship) = running.ship
+            && tokio::time::timeout(SHIP_GRACE, &mut ship).await.is_err()
+        {
+            info!("the collector has not taken everything yet: the spool keeps the rest");
+            ship.abort();
+        }
         result
     });
     reader

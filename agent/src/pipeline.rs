@@ -13,9 +13,13 @@ use anyhow::Context as _;
 use prost::Message as _;
 use proto::v1;
 use tokio::{
-    sync::mpsc::{self, Receiver, Sender},
+    sync::{
+        mpsc::{self, Receiver, Sender},
+        watch,
+    },
     task::{JoinSet, block_in_place},
 };
+use tonic::transport::Endpoint;
 use tracing::{Instrument as _, debug_span, info, info_span, warn};
 
 use crate::{
@@ -29,6 +33,7 @@ use crate::{
     proctable::ProcessTable,
     reader::{Batch, boot_ns},
     registry::Registry,
+    ship::{Durable, Shipper},
     spool::{Spool, SpoolError},
 };
 
@@ -40,6 +45,15 @@ pub struct Sinks {
     /// JSON lines on standard output.
     pub stdout: bool,
     pub spool: Option<ChainedSpool>,
+    /// The collector the spool is shipped to.
+    pub collector: Option<Endpoint>,
+}
+
+/// The running stages, and the ship stage, which outlives them: it sends what they made
+/// durable until it catches up or is given up on.
+pub struct Running {
+    pub stages: JoinSet<anyhow::Result<()>>,
+    pub ship: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts the stages on the current tokio runtime, fed by `batches`. They finish, in order,
@@ -50,13 +64,27 @@ pub fn spawn(
     registry: Arc<Registry>,
     sinks: Sinks,
     health: &Arc<Health>,
-) -> JoinSet<anyhow::Result<()>> {
+) -> Running {
     let mut stages = JoinSet::new();
+    let mut ship = None;
     let (decoded_tx, decoded_rx) = mpsc::channel(STAGE_DEPTH);
     stages.spawn(decode_stage(batches, decoded_tx).instrument(info_span!("decode")));
     let model_tx = sinks.spool.map(|spool| {
         let (tx, rx) = mpsc::channel(STAGE_DEPTH);
-        stages.spawn(spool_stage(spool, rx, Arc::clone(health)).instrument(info_span!("spool")));
+        let (durable_tx, durable_rx) = watch::channel(spool.durable());
+        if let Some(endpoint) = sinks.collector {
+            let shipper = Shipper {
+                endpoint,
+                dir: spool.dir.clone(),
+                host: spool.host.clone(),
+                durable: durable_rx,
+                freed: Arc::clone(&spool.freed),
+            };
+            ship = Some(tokio::spawn(shipper.run().instrument(info_span!("ship"))));
+        }
+        stages.spawn(
+            spool_stage(spool, rx, durable_tx, Arc::clone(health)).instrument(info_span!("spool")),
+        );
         tx
     });
     let attribute = Attribute {
@@ -73,7 +101,7 @@ pub fn spawn(
             .run(decoded_rx, model_tx)
             .instrument(info_span!("attribute")),
     );
-    stages
+    Running { stages, ship }
 }
 
 async fn decode_stage(
@@ -164,16 +192,19 @@ impl Attribute {
 async fn spool_stage(
     mut spool: ChainedSpool,
     mut modelled: Receiver<Vec<v1::Event>>,
+    durable: watch::Sender<Durable>,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
     while let Some(events) = modelled.recv().await {
         block_in_place(|| {
             let _span = debug_span!("batch", events = events.len()).entered();
+            spool.spool.forget(spool.freed.swap(0, Relaxed));
             for event in &events {
                 spool.store(event)?;
             }
             spool.sync()
         })?;
+        durable.send_replace(spool.durable());
         health.spool_bytes.store(spool.spool.total(), Relaxed);
         health.spool_refused.store(spool.refused_total, Relaxed);
     }
@@ -228,6 +259,10 @@ fn undecodable(len: usize) -> Event {
 pub struct ChainedSpool {
     chain: Chain,
     spool: Spool,
+    dir: std::path::PathBuf,
+    host: String,
+    /// Bytes of segments the ship stage deleted, not yet taken off the spool's total.
+    freed: Arc<std::sync::atomic::AtomicU64>,
     /// Events refused for lack of room (records, bytes), not yet recorded as a gap.
     refused: (u64, u64),
     /// Events refused since start.
@@ -260,6 +295,9 @@ impl ChainedSpool {
         let mut this = Self {
             chain: Chain::new(chain_id),
             spool,
+            dir: dir.to_path_buf(),
+            host: host.clone(),
+            freed: Arc::default(),
             refused: (0, 0),
             refused_total: 0,
         };
@@ -324,6 +362,15 @@ impl ChainedSpool {
 
     fn sync(&mut self) -> Result<(), SpoolError> {
         self.spool.sync()
+    }
+
+    /// How far the spool is durable, after a `sync`.
+    fn durable(&self) -> Durable {
+        let (segment, len) = self.spool.position();
+        Durable {
+            segment: segment.to_path_buf(),
+            len,
+        }
     }
 }
 

@@ -159,6 +159,17 @@ impl Spool {
         self.total
     }
 
+    /// The segment being appended to, and the bytes appended to it.
+    #[must_use]
+    pub fn position(&self) -> (&Path, u64) {
+        (&self.path, self.segment_len)
+    }
+
+    /// Takes segments that were deleted once a collector acknowledged them off the total.
+    pub fn forget(&mut self, bytes: u64) {
+        self.total = self.total.saturating_sub(bytes);
+    }
+
     /// Whether `bound` more bytes fit under the size limit.
     #[must_use]
     pub fn fits(&self, bound: u64) -> bool {

@@ -1,0 +1,374 @@
+//! The ship stage: sends what the spool holds durably to the collector over the Ingest
+//! stream, and deletes a spool segment once the collector has acknowledged all of it.
+//!
+//! Every connection starts with a Hello naming the chains in the spool; the collector's
+//! Welcome says how much of each it holds, and shipping resumes right after that. Records the
+//! collector already holds are skipped, never trusted to a second copy: the collector acks a
+//! resend of stored records again, so a lost ack costs a resend, not evidence. When the
+//! collector is unreachable the stage retries with exponential backoff while the spool keeps
+//! filling up to its bound.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{self, Read as _, Seek as _, SeekFrom},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use proto::v1::{
+    AgentMessage, ChainedEvent, Checkpoint, CollectorMessage, EventBatch, Hello,
+    agent_message::Msg, collector_message, ingest_client::IngestClient,
+};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Endpoint;
+use tracing::{info, warn};
+
+use crate::spool::{self, FRAME_HEADER, read_frames};
+
+/// Bytes of frames read from the spool per batch sent.
+const BATCH_BYTES: usize = 1 << 20;
+/// Batches sent ahead of the collector's acks.
+const IN_FLIGHT: usize = 8;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How far the spool is durable: the segment being appended to, and its synced length.
+/// Segments before it are sealed and wholly durable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Durable {
+    pub segment: PathBuf,
+    pub len: u64,
+}
+
+pub struct Shipper {
+    pub endpoint: Endpoint,
+    pub dir: PathBuf,
+    pub host: String,
+    pub durable: watch::Receiver<Durable>,
+    /// Bytes of segments deleted after their ack, for the spool's size bound.
+    pub freed: Arc<AtomicU64>,
+}
+
+/// What the collector holds, and which read segments can go once it holds all of them.
+#[derive(Default)]
+struct Ledger {
+    /// Highest seq the collector holds durably, by chain.
+    acked: HashMap<String, u64>,
+    /// Sealed segments read to their end: chain, last seq, bytes.
+    read: Vec<(PathBuf, String, u64, u64)>,
+    /// Hash of the last record sent, by chain and seq, for checkpoints.
+    sent: HashMap<String, (u64, Vec<u8>)>,
+}
+
+impl Ledger {
+    /// Deletes the read segments the collector holds entirely; returns the bytes freed.
+    fn trim(&mut self) -> u64 {
+        let acked = &self.acked;
+        let mut freed = 0;
+        self.read.retain(|(path, chain, last, bytes)| {
+            if acked.get(chain).is_none_or(|a| a < last) {
+                return true;
+            }
+            match std::fs::remove_file(path) {
+                Ok(()) => {
+                    freed += bytes;
+                    false
+                }
+                Err(error) => {
+                    warn!(%error, segment = %path.display(), "cannot delete an acknowledged segment");
+                    true
+                }
+            }
+        });
+        freed
+    }
+}
+
+impl Shipper {
+    /// Ships until the spool stage ends, reconnecting with backoff whenever the collector is
+    /// unreachable or ends the stream.
+    pub async fn run(mut self) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.connection().await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(error = format!("{e:#}"), retry_in = ?backoff, "shipping to the collector");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            if self.durable.has_changed().is_err() {
+                return;
+            }
+        }
+    }
+
+    /// One connection: Hello, Welcome, then records out and acks in until either side ends.
+    /// `Ok` only when the spool stage has ended and everything durable was sent.
+    async fn connection(&mut self) -> anyhow::Result<()> {
+        let channel = self
+            .endpoint
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", self.endpoint.uri()))?;
+        let mut client = IngestClient::new(channel);
+        let chains = chains_in(&self.dir)?;
+        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        tx.send(AgentMessage {
+            msg: Some(Msg::Hello(Hello {
+                host: self.host.clone(),
+                chain_ids: chains.clone(),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+            })),
+        })
+        .await?;
+        let mut inbound = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .context("opening the ingest stream")?
+            .into_inner();
+        let Some(CollectorMessage {
+            msg: Some(collector_message::Msg::Welcome(welcome)),
+        }) = inbound.message().await?
+        else {
+            bail!("the collector did not answer Hello with Welcome");
+        };
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let mut next = HashMap::new();
+        for head in welcome.heads {
+            if head.next_seq > 0 {
+                lock(&ledger)
+                    .acked
+                    .insert(head.chain_id.clone(), head.next_seq - 1);
+            }
+            next.insert(head.chain_id, head.next_seq);
+        }
+        info!(endpoint = %self.endpoint.uri(), chains = chains.len(), "shipping to the collector");
+
+        let mut sender = tokio::spawn(send(
+            self.dir.clone(),
+            self.durable.clone(),
+            next,
+            Arc::clone(&ledger),
+            Arc::clone(&self.freed),
+            tx.clone(),
+        ));
+        loop {
+            tokio::select! {
+                sent = &mut sender => {
+                    return sent.context("the spool reader panicked")?;
+                }
+                message = inbound.message() => {
+                    let Some(message) = message.context("the collector ended the stream")? else {
+                        sender.abort();
+                        bail!("the collector closed the stream");
+                    };
+                    if let Some(collector_message::Msg::Ack(ack)) = message.msg {
+                        self.acked(&ledger, &tx, ack.chain_id, ack.seq).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records an ack, trims what it covers, and answers with a checkpoint of the acked head.
+    async fn acked(
+        &self,
+        ledger: &Mutex<Ledger>,
+        tx: &mpsc::Sender<AgentMessage>,
+        chain: String,
+        seq: u64,
+    ) {
+        let checkpoint = {
+            let mut ledger = lock(ledger);
+            ledger.acked.insert(chain.clone(), seq);
+            self.freed.fetch_add(ledger.trim(), Relaxed);
+            ledger
+                .sent
+                .get(&chain)
+                .filter(|(sent, _)| *sent == seq)
+                .map(|(_, hash)| hash.clone())
+        };
+        if let Some(head_hash) = checkpoint {
+            let checkpoint = Checkpoint {
+                chain_id: chain,
+                size: seq + 1,
+                head_hash,
+                time_unix_nano: crate::output::WallClock::now().unix_ns(crate::reader::boot_ns()),
+            };
+            // A closed stream ends this connection through its inbound side.
+            let _ = tx
+                .send(AgentMessage {
+                    msg: Some(Msg::Checkpoint(checkpoint)),
+                })
+                .await;
+        }
+    }
+}
+
+fn lock(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
+    ledger.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Sends every durable record the collector lacks, oldest segment first, then follows the
+/// spool as it grows. Returns when the spool stage has ended and all it made durable is
+/// sent.
+async fn send(
+    dir: PathBuf,
+    mut durable: watch::Receiver<Durable>,
+    next: HashMap<String, u64>,
+    ledger: Arc<Mutex<Ledger>>,
+    freed: Arc<AtomicU64>,
+    tx: mpsc::Sender<AgentMessage>,
+) -> anyhow::Result<()> {
+    let mut cursor = Cursor::default();
+    loop {
+        let limit = durable.borrow_and_update().clone();
+        let read = tokio::task::block_in_place(|| cursor.read(&dir, &limit))?;
+        match read {
+            Read::Records(records) => {
+                let Some(last) = records.last() else { continue };
+                let chain_id = last.chain_id.clone();
+                let from = next.get(&chain_id).copied().unwrap_or(0);
+                let (last_seq, last_hash) = (last.seq, last.hash.clone());
+                let events: Vec<ChainedEvent> = records
+                    .into_iter()
+                    .filter(|r| r.seq >= from)
+                    .map(|r| ChainedEvent {
+                        chain_id: String::new(),
+                        ..r
+                    })
+                    .collect();
+                if events.is_empty() {
+                    continue;
+                }
+                lock(&ledger)
+                    .sent
+                    .insert(chain_id.clone(), (last_seq, last_hash));
+                tx.send(AgentMessage {
+                    msg: Some(Msg::Batch(EventBatch { chain_id, events })),
+                })
+                .await
+                .context("the ingest stream closed")?;
+            }
+            Read::SegmentDone(path, chain, last_seq, bytes) => {
+                let mut ledger = lock(&ledger);
+                ledger.read.push((path, chain, last_seq, bytes));
+                freed.fetch_add(ledger.trim(), Relaxed);
+            }
+            // An error means the spool stage has ended and its last sync was seen.
+            Read::CaughtUp => {
+                if durable.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// A read position in the spool.
+#[derive(Default)]
+struct Cursor {
+    segment: Option<PathBuf>,
+    offset: u64,
+    /// Chain and seq of the last record read from `segment`.
+    last: Option<(String, u64)>,
+}
+
+enum Read {
+    Records(Vec<ChainedEvent>),
+    /// A sealed segment was read to its end: its path, chain, last seq and size.
+    SegmentDone(PathBuf, String, u64, u64),
+    /// Everything durable has been read.
+    CaughtUp,
+}
+
+impl Cursor {
+    fn read(&mut self, dir: &Path, durable: &Durable) -> anyhow::Result<Read> {
+        let segments = spool::segments(dir).context("listing the spool")?;
+        let Some(segment) = self.segment.clone().or_else(|| segments.first().cloned()) else {
+            return Ok(Read::CaughtUp);
+        };
+        let active = segment == durable.segment;
+        let end = if active {
+            durable.len
+        } else {
+            std::fs::metadata(&segment)
+                .with_context(|| format!("reading {}", segment.display()))?
+                .len()
+        };
+        if self.offset < end {
+            let bytes = read_at(&segment, self.offset, end)
+                .with_context(|| format!("reading {}", segment.display()))?;
+            let (records, used) = read_frames(&bytes);
+            if used == 0 {
+                bail!(
+                    "{} is corrupt at byte {}: a frame does not check",
+                    segment.display(),
+                    self.offset
+                );
+            }
+            self.segment = Some(segment);
+            self.offset += used as u64;
+            self.last = records.last().map(|r| (r.chain_id.clone(), r.seq));
+            return Ok(Read::Records(records));
+        }
+        if active {
+            self.segment = Some(segment);
+            return Ok(Read::CaughtUp);
+        }
+        // A sealed segment, read to its end: move on to the one after it, once there is one.
+        let Some(following) = segments.iter().find(|s| **s > segment).cloned() else {
+            self.segment = Some(segment);
+            return Ok(Read::CaughtUp);
+        };
+        self.segment = Some(following);
+        self.offset = 0;
+        Ok(match self.last.take() {
+            Some((chain, seq)) => Read::SegmentDone(segment, chain, seq, end),
+            None => Read::Records(Vec::new()),
+        })
+    }
+}
+
+/// Whole frames from `offset`, at most `BATCH_BYTES` of them unless one frame is larger.
+fn read_at(path: &Path, offset: u64, end: u64) -> io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let available = usize::try_from(end - offset).unwrap_or(usize::MAX);
+    let mut header = [0u8; FRAME_HEADER];
+    file.read_exact(&mut header)?;
+    let first =
+        FRAME_HEADER + u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let want = available.min(BATCH_BYTES.max(first));
+    let mut bytes = Vec::with_capacity(want);
+    bytes.extend_from_slice(&header);
+    file.take((want - FRAME_HEADER) as u64)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The chains the spool holds records of, oldest first, from each segment's first record.
+fn chains_in(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut chains: Vec<String> = Vec::new();
+    for segment in spool::segments(dir).context("listing the spool")? {
+        let bytes = match read_at(&segment, 0, std::fs::metadata(&segment)?.len()) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", segment.display())),
+        };
+        if let Some(first) = read_frames(&bytes).0.into_iter().next()
+            && chains.last() != Some(&first.chain_id)
+        {
+            chains.push(first.chain_id);
+        }
+    }
+    Ok(chains)
+}
