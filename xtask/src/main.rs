@@ -1,7 +1,8 @@
 mod bench;
+mod run;
 mod setup;
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -17,12 +18,33 @@ struct Cli {
 enum Task {
     /// Install what a fresh machine lacks: nightly rust-src, bpf-linker, Debian packages.
     Setup,
-    /// Set up, build, and run the agent on this host, printing events as JSON lines.
+    /// Set up, build, and run the collector on the embedded store and the agent on this
+    /// host, connected. Stop both with Ctrl-C.
     Run {
+        /// Where the collector listens (the operator tools' default is this address).
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: String,
+        /// The collector's SQLite store.
+        #[arg(long, default_value = "/var/lib/recorder/collector.db")]
+        store: PathBuf,
+        /// The agent's spool.
+        #[arg(long, default_value = "/var/spool/recorder")]
+        spool: PathBuf,
         /// Extra agent flags, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Follow stored events live: `tail [--since 10m] [--host H] [--identity I] [--session S]
+    /// [--kind K] [--json]`.
+    Tail(Operator),
+    /// Stored events in a time window: `search [--since 1h] [filters] [--json]`.
+    Search(Operator),
+    /// List login sessions and who is behind them: `sessions [--host H] [--json]`.
+    Sessions(Operator),
+    /// Play a session's terminal output back: `replay SESSION [--speed N]`.
+    Replay(Operator),
+    /// Recompute every stored chain; non-zero exit on any failure: `verify [--host H]`.
+    Verify(Operator),
     /// Set up, build, and run every test tier (unit, kernel, end to end).
     Test {
         /// Extra arguments for the test binaries, after `--`.
@@ -36,22 +58,56 @@ enum Task {
     },
 }
 
+/// Arguments for the operators' client (`operator/`), passed through as they are; its
+/// `--collector URL` (default `http://127.0.0.1:7443`) says which collector to ask.
+#[derive(clap::Args)]
+struct Operator {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
+    let task = Cli::parse().task;
+    let operator = |name: &str, op: Operator| -> anyhow::Result<()> {
+        setup::run()?;
+        let mut args = vec![
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "operator",
+            "--",
+            name,
+        ];
+        args.extend(op.args.iter().map(String::as_str));
+        cargo(&args)
+    };
+    match task {
         Task::Setup => setup::run(),
-        Task::Run { args } => {
+        Task::Run {
+            listen,
+            store,
+            spool,
+            args,
+        } => {
             setup::run()?;
-            cargo(&["build", "--release", "--package", "agent"])?;
-            let status = Command::new(tests::workspace_root().join("target/release/agent"))
-                .arg("--stdout")
-                .args(args)
-                .status()
-                .context("starting the agent")?;
-            if !status.success() {
-                bail!("agent exited with {status}");
-            }
-            Ok(())
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "agent",
+                "--package",
+                "collector",
+                "--package",
+                "operator",
+            ])?;
+            run::main_job(&listen, &store, &spool, &args)
         }
+        Task::Tail(op) => operator("tail", op),
+        Task::Search(op) => operator("search", op),
+        Task::Sessions(op) => operator("sessions", op),
+        Task::Replay(op) => operator("replay", op),
+        Task::Verify(op) => operator("verify", op),
         Task::Test { args } => {
             setup::run()?;
             cargo(&["build", "--package", "agent"])?;

@@ -1,0 +1,5 @@
+use clap::Parser as _;
+
+fn main() -> anyhow::Result<()> {
+    operator::run(operator::cli::Cli::parse())
+}

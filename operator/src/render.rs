@@ -1,0 +1,248 @@
+//! How stored events read: one line of text for people, one JSON object for programs.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use proto::v1::{
+    Event, Identity, Session, StoredEvent, event::Body, identity::Kind, tty::Direction,
+};
+use serde_json::{Value, json};
+
+/// Longest terminal text shown on one line.
+const TEXT_MAX: usize = 160;
+
+#[must_use]
+pub fn kind(event: &Event) -> &'static str {
+    match &event.body {
+        Some(Body::Exec(_)) => "exec",
+        Some(Body::Fork(_)) => "fork",
+        Some(Body::Exit(_)) => "exit",
+        Some(Body::Tty(t)) if t.direction() == Direction::Input => "tty_in",
+        Some(Body::Tty(_)) => "tty_out",
+        Some(Body::Gap(_)) => "gap",
+        Some(Body::ChainStart(_)) => "chain_start",
+        Some(Body::Alert(_)) => "alert",
+        None => "unknown",
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+#[must_use]
+pub fn time(unix_nano: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_nano);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn identity_kind(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Human => "human",
+        Kind::Service => "service",
+        Kind::Workload => "workload",
+        Kind::Registered => "registered",
+        Kind::Unknown | Kind::Unspecified => "unknown",
+    }
+}
+
+fn identity_json(i: &Identity) -> Value {
+    json!({
+        "kind": identity_kind(i.kind()),
+        "name": i.name,
+        "grant": i.grant,
+        "reason": i.reason,
+    })
+}
+
+/// `name(kind)[grant G]`, or `-` without an identity.
+#[must_use]
+pub fn identity(identity: Option<&Identity>) -> String {
+    let Some(i) = identity else {
+        return "-".into();
+    };
+    let kind = identity_kind(i.kind());
+    let mut s = if i.name.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{}({kind})", i.name)
+    };
+    if !i.grant.is_empty() {
+        let _ = write!(s, "[grant {}]", i.grant);
+    }
+    s
+}
+
+/// The argument strings joined as a shell would show them.
+fn command_line(argv: &[Vec<u8>]) -> String {
+    argv.iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Terminal bytes as one printable line: control characters escaped, cut at `TEXT_MAX`.
+fn printable(data: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(data).escape_debug().collect();
+    if text.chars().count() > TEXT_MAX {
+        let cut: String = text.chars().take(TEXT_MAX).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
+}
+
+/// What happened, in a few words.
+#[must_use]
+pub fn detail(event: &Event) -> String {
+    match &event.body {
+        Some(Body::Exec(x)) => {
+            let mut s = command_line(&x.argv);
+            if x.result != 0 {
+                let _ = write!(s, "  (failed: {})", x.result);
+            }
+            s
+        }
+        Some(Body::Exit(x)) => format!("status {} {}", x.exit_code, x.filename),
+        Some(Body::Tty(t)) => printable(&t.data),
+        Some(Body::Gap(g)) => format!(
+            "LOST {} {} records, {} bytes ({})",
+            g.records,
+            g.lost_kind,
+            g.bytes,
+            g.source().as_str_name()
+        ),
+        Some(Body::ChainStart(c)) => format!(
+            "chain start; previous {} at seq {}",
+            if c.previous_chain_id.is_empty() {
+                "none"
+            } else {
+                &c.previous_chain_id
+            },
+            c.previous_seq
+        ),
+        Some(Body::Alert(a)) => format!("ALERT {}: {}", a.kind, a.message),
+        Some(Body::Fork(_)) | None => String::new(),
+    }
+}
+
+/// `time host identity session kind detail`.
+#[must_use]
+pub fn line(stored: &StoredEvent) -> String {
+    let Some(event) = &stored.event else {
+        return format!(
+            "{} {} seq {}: no event",
+            stored.host, stored.chain_id, stored.seq
+        );
+    };
+    let session = if stored.session.is_empty() {
+        "-"
+    } else {
+        &stored.session
+    };
+    let who = event
+        .process
+        .as_ref()
+        .map(|p| format!(" pid {} uid {} euid {}", p.pid, p.uid, p.euid))
+        .unwrap_or_default();
+    format!(
+        "{} {} {} {} {}{} {}",
+        time(event.time_unix_nano),
+        stored.host,
+        identity(event.identity.as_ref()),
+        session,
+        kind(event),
+        who,
+        detail(event)
+    )
+}
+
+/// Every field an operator or program may want, with bytes as base64 and, for terminal
+/// data and argv, also as lossy text.
+#[must_use]
+pub fn json(stored: &StoredEvent) -> Value {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let mut v = json!({
+        "host": stored.host,
+        "chain_id": stored.chain_id,
+        "seq": stored.seq,
+        "session": stored.session,
+    });
+    let Some(event) = &stored.event else {
+        return v;
+    };
+    v["kind"] = kind(event).into();
+    v["time"] = time(event.time_unix_nano).into();
+    v["time_unix_nano"] = event.time_unix_nano.into();
+    if let Some(i) = &event.identity {
+        v["identity"] = identity_json(i);
+    }
+    if let Some(p) = &event.process {
+        let audit = |x: Option<u32>| x.map_or(Value::from("unset"), Value::from);
+        v["process"] = json!({
+            "pid": p.pid, "tgid": p.tgid, "ppid": p.ppid, "uid": p.uid, "euid": p.euid,
+            "gid": p.gid, "loginuid": audit(p.loginuid), "sessionid": audit(p.sessionid),
+            "cgroup_id": p.cgroup_id, "tty": p.tty, "comm": p.comm,
+        });
+    }
+    match &event.body {
+        Some(Body::Exec(x)) => {
+            v["filename"] = x.filename.clone().into();
+            v["argv"] = x
+                .argv
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .into();
+            v["result"] = x.result.into();
+        }
+        Some(Body::Tty(t)) => {
+            v["device"] = t.device.clone().into();
+            v["data"] = b64(&t.data).into();
+            v["text"] = String::from_utf8_lossy(&t.data).into_owned().into();
+        }
+        Some(Body::Exit(x)) => {
+            v["exit_code"] = x.exit_code.into();
+            v["filename"] = x.filename.clone().into();
+        }
+        Some(Body::Gap(g)) => {
+            v["source"] = g.source().as_str_name().to_lowercase().into();
+            v["lost_kind"] = g.lost_kind.clone().into();
+            v["lost_records"] = g.records.into();
+            v["lost_bytes"] = g.bytes.into();
+        }
+        Some(Body::Alert(a)) => {
+            v["alert"] =
+                json!({"kind": a.kind, "chain_id": a.chain_id, "seq": a.seq, "message": a.message});
+        }
+        Some(Body::ChainStart(c)) => {
+            v["previous_chain_id"] = c.previous_chain_id.clone().into();
+            v["previous_seq"] = c.previous_seq.into();
+        }
+        Some(Body::Fork(_)) | None => {}
+    }
+    v
+}
+
+#[must_use]
+pub fn session_line(s: &Session) -> String {
+    format!(
+        "{:<44} {:<24} root pid {:<7} {} → {}  {} events, {} execs, {} tty bytes",
+        s.key,
+        identity(s.identity.as_ref()),
+        s.root_pid,
+        time(s.first_unix_nano),
+        time(s.last_unix_nano),
+        s.events,
+        s.execs,
+        s.tty_bytes
+    )
+}
+
+#[must_use]
+pub fn session_json(s: &Session) -> Value {
+    json!({
+        "key": s.key, "host": s.host, "sessionid": s.sessionid, "root_pid": s.root_pid,
+        "root_start_unix_nano": s.root_start_unix_nano,
+        "identity": s.identity.as_ref().map(identity_json),
+        "first": time(s.first_unix_nano), "last": time(s.last_unix_nano),
+        "events": s.events, "execs": s.execs, "tty_bytes": s.tty_bytes,
+    })
+}
