@@ -46,6 +46,8 @@ pub enum Sink {
     DevNull,
     /// `--discard`: drained, decoded and counted, not encoded.
     Discard,
+    /// Neither: the caller names the sink (`--spool`, with or without `--collector`).
+    Spool,
     /// `--stdout`, but nothing reads it until `Agent::release_stdout`: a stalled consumer,
     /// which stalls the agent's JSON stage.
     Stalled,
@@ -80,12 +82,13 @@ impl Agent {
     #[must_use]
     pub fn start_with(sink: Sink, extra: &[&str]) -> Self {
         let collect = matches!(sink, Sink::Collect | Sink::Stalled);
+        let sink_flag = match sink {
+            Sink::Discard => Some("--discard"),
+            Sink::Spool => None,
+            Sink::Collect | Sink::DevNull | Sink::Stalled => Some("--stdout"),
+        };
         let mut child = Command::new(binary())
-            .arg(if sink == Sink::Discard {
-                "--discard"
-            } else {
-                "--stdout"
-            })
+            .args(sink_flag)
             .args(extra)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")

@@ -110,7 +110,15 @@ fn main() -> anyhow::Result<()> {
         Task::Verify(op) => operator("verify", op),
         Task::Test { args } => {
             setup::run()?;
-            cargo(&["build", "--package", "agent"])?;
+            cargo(&[
+                "build",
+                "--package",
+                "agent",
+                "--package",
+                "collector",
+                "--package",
+                "operator",
+            ])?;
             // One test at a time: the kernel tier runs real agents, and two at once would
             // each see (and count the loss of) the other's workload.
             let mut test = vec!["test", "--", "--test-threads=1"];

@@ -20,10 +20,23 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "passwd",
 ];
 
+/// PyPI packages the end-to-end tier uses: a Python client generated from `proto/`.
+const PYTHON_PACKAGES: &[&str] = &["grpcio", "grpcio-tools"];
+
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
-    debian_packages()
+    debian_packages()?;
+    python_packages()
+}
+
+fn python_packages() -> anyhow::Result<()> {
+    if output("python3", &["-c", "import grpc, grpc_tools"]).is_some() {
+        return Ok(());
+    }
+    let mut args = vec!["-m", "pip", "install", "--quiet"];
+    args.extend(PYTHON_PACKAGES);
+    run_step("Python packages", "python3", &args)
 }
 
 fn output(program: &str, args: &[&str]) -> Option<String> {

@@ -1,0 +1,349 @@
+//! End-to-end tier: the real agent ships to a real collector process, and operators read it
+//! back with the real client (`recorder`, which `cargo xtask tail|replay|sessions|verify`
+//! run) and with a Python client generated from `proto/`. Needs root; under `CI=true` a run
+//! without root fails instead of skipping.
+
+use std::{
+    fs,
+    io::Write as _,
+    net::{SocketAddr, TcpListener},
+    os::fd::AsRawFd as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{
+    agent::{Agent, Sink},
+    collector::{Collector, scratch_dir},
+    marker, operator, privileged,
+    pty::{Pty, in_new_session},
+    with_loginuid, workspace_root,
+};
+
+/// A loopback address no one listens on, so a collector can be restarted on the same one.
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// An agent spooling to `dir` and shipping to `url`.
+fn shipping_agent(dir: &Path, url: &str) -> Agent {
+    Agent::start_with(
+        Sink::Spool,
+        &["--spool", dir.to_str().unwrap(), "--collector", url],
+    )
+}
+
+/// An interactive shell on a fresh pty, in an audit session of its own (loginuid 4242), as
+/// a login starts one. The pty is raw, so the master reads exactly what was written to the
+/// slave.
+struct Shell {
+    child: Child,
+    pty: Pty,
+}
+
+impl Shell {
+    fn start() -> Self {
+        let mut pty = Pty::open();
+        let slave = pty.take_slave();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.env("PS1", "$ ")
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()));
+        in_new_session(&mut cmd, slave.as_raw_fd());
+        with_loginuid(&mut cmd, Some(4242));
+        let child = cmd.spawn().expect("start a shell");
+        drop(slave);
+        Self { child, pty }
+    }
+
+    /// Types `line` and a newline, as a person at the keyboard would.
+    fn type_line(&self, line: &str) {
+        let mut master = fs::File::from(self.pty.master.try_clone().unwrap());
+        master.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    fn sessionid(&self) -> u32 {
+        fs::read_to_string(format!("/proc/{}/sessionid", self.child.id()))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn argv_has(v: &Value, arg: &str) -> bool {
+    v["kind"] == "exec"
+        && v["argv"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == arg))
+}
+
+/// Waits for the session of audit session `sessionid` to be listed, and returns its key.
+fn session_key(url: &str, sessionid: u32) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sessions = operator::json_lines(url, &["sessions", "--json"]);
+        if let Some(s) = sessions.iter().find(|s| s["sessionid"] == sessionid) {
+            return s["key"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "session {sessionid} not listed: {sessions:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until `search` finds an exec carrying `arg`.
+fn wait_for_exec(url: &str, arg: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let found = operator::json_lines(
+            url,
+            &["search", "--json", "--kind", "exec", "--since", "1h"],
+        );
+        if let Some(v) = found.into_iter().find(|v| argv_has(v, arg)) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "no stored exec carrying {arg}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A command typed in a pty session is in `tail --json` within a second, with its identity;
+/// `replay` of the session gives back its output bytes in order; `verify` passes.
+#[test]
+fn a_typed_command_is_tailed_replayed_and_verified() {
+    if !privileged("a_typed_command_is_tailed_replayed_and_verified") {
+        return;
+    }
+    let dir = scratch_dir("e2e");
+    let collector = Collector::start(&dir.join("store.db"));
+    let url = collector.url();
+    let agent = shipping_agent(&dir.join("spool"), &url);
+    let tail = operator::Tail::start(&url, &["--kind", "exec"]);
+    let shell = Shell::start();
+    let drain = shell.pty.drain_master();
+    // The tail is live once it shows an exec that happened after it started.
+    let ready = marker("ready");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "tail never showed a live event");
+        Command::new("/bin/true").arg(&ready).status().unwrap();
+        if let Ok(v) = tail.lines.recv_timeout(Duration::from_secs(1))
+            && argv_has(&v, &ready)
+        {
+            break;
+        }
+    }
+
+    let typed = marker("typed");
+    let start = Instant::now();
+    shell.type_line(&format!("/bin/echo {typed}"));
+    let event = loop {
+        let v = tail
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the typed command reached the tail");
+        if argv_has(&v, &typed) {
+            break v;
+        }
+    };
+    let latency = start.elapsed();
+    assert!(
+        latency < Duration::from_secs(1),
+        "typed command took {latency:?} to reach the tail"
+    );
+    assert_eq!(event["identity"]["kind"], "human");
+    assert_eq!(event["process"]["loginuid"], 4242);
+    assert_eq!(event["process"]["sessionid"], shell.sessionid());
+    assert!(!event["session"].as_str().unwrap().is_empty());
+
+    // Output of known shape, then the end of the session.
+    shell.type_line("i=0; while [ $i -lt 50 ]; do echo line $i of the session; i=$((i+1)); done");
+    let done = marker("done");
+    shell.type_line(&format!("/bin/echo {done}; exit"));
+    let key = session_key(&url, shell.sessionid());
+    drain.join().unwrap();
+    // Records are submitted in order: once an exec started after the shell's end is stored,
+    // so is everything the session wrote.
+    let after = marker("after");
+    Command::new("/bin/true").arg(&after).status().unwrap();
+    wait_for_exec(&url, &after, Duration::from_secs(20));
+
+    let replay = operator::run(&url, &["replay", &key, "--speed", "0"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let text = String::from_utf8(replay.stdout).unwrap();
+    let expected: String = (0..50)
+        .map(|i| format!("line {i} of the session\n"))
+        .collect();
+    assert!(
+        text.contains(&expected),
+        "replay holds the session's output in order:\n{text}"
+    );
+    assert!(text.contains(&format!("{typed}\n")) && text.ends_with(&format!("{done}\n")));
+
+    let verify = operator::run(&url, &["verify"]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    drop(agent.stop());
+    drop(collector);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With the collector down for 30 s while sessions run, the agent spools; once it is back,
+/// every event reaches the store, the chain is contiguous and `verify` passes.
+#[test]
+fn a_collector_outage_loses_nothing() {
+    if !privileged("a_collector_outage_loses_nothing") {
+        return;
+    }
+    let dir = scratch_dir("outage");
+    let addr = free_addr();
+    let store = dir.join("store.db");
+    let collector = Collector::start_at(&store, addr);
+    let url = collector.url();
+    let agent = shipping_agent(&dir.join("spool"), &url);
+    let before = marker("before");
+    Command::new("/bin/true").arg(&before).status().unwrap();
+    wait_for_exec(&url, &before, Duration::from_secs(20));
+    drop(collector.stop());
+
+    let during = marker("during");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut issued = 0;
+    while Instant::now() < deadline {
+        Command::new("/bin/true")
+            .arg(format!("{during}-{issued}"))
+            .status()
+            .unwrap();
+        issued += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let collector = Collector::start_at(&store, addr);
+    let last = format!("{during}-{}", issued - 1);
+    wait_for_exec(&url, &last, Duration::from_secs(60));
+    let stored = operator::json_lines(
+        &url,
+        &[
+            "search", "--json", "--kind", "exec", "--since", "1h", "--limit", "100000",
+        ],
+    );
+    for i in 0..issued {
+        let arg = format!("{during}-{i}");
+        assert!(
+            stored.iter().any(|v| argv_has(v, &arg)),
+            "exec {arg} issued during the outage is stored"
+        );
+    }
+    let verdicts = operator::json_lines(&url, &["verify", "--json"]);
+    assert!(!verdicts.is_empty());
+    for v in &verdicts {
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    drop(agent.stop());
+    drop(collector);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The Python client, generated from `proto/` by grpcio-tools, as a Python shop would.
+const PY_CLIENT: &str = r#"
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import grpc
+from recorder.v1 import collector_pb2 as c, collector_pb2_grpc as g
+
+addr, mark = sys.argv[2], sys.argv[3]
+query = g.QueryStub(grpc.insecure_channel(addr))
+since = time.time_ns() - 3600 * 10**9
+found = {"search": False, "tail": False}
+page = query.Search(c.SearchRequest(filter=c.Filter(kinds=["exec"]), since_unix_nano=since, limit=10000))
+for stored in page.events:
+    if mark.encode() in stored.event.exec.argv:
+        found["search"] = True
+        found["identity"] = stored.event.identity.name
+for stored in query.Tail(c.TailRequest(filter=c.Filter(kinds=["exec"]), since_unix_nano=since), timeout=20):
+    if mark.encode() in stored.event.exec.argv:
+        found["tail"] = True
+        break
+print(json.dumps(found))
+"#;
+
+/// The contract is usable outside Rust: a Python client generated from `proto/` with
+/// grpcio-tools searches and tails the collector.
+#[test]
+fn a_python_client_generated_from_the_protos_tails_and_searches() {
+    if !privileged("a_python_client_generated_from_the_protos_tails_and_searches") {
+        return;
+    }
+    let dir = scratch_dir("python");
+    let collector = Collector::start(&dir.join("store.db"));
+    let url = collector.url();
+    let agent = shipping_agent(&dir.join("spool"), &url);
+    let mark = marker("python");
+    Command::new("/bin/true").arg(&mark).status().unwrap();
+    wait_for_exec(&url, &mark, Duration::from_secs(20));
+
+    let generated = dir.join("py");
+    fs::create_dir_all(&generated).unwrap();
+    let protos: Vec<String> = fs::read_dir(workspace_root().join("proto/recorder/v1"))
+        .unwrap()
+        .map(|e| format!("recorder/v1/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    let out = Command::new("python3")
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(workspace_root().join("proto"))
+        .arg(format!("--python_out={}", generated.display()))
+        .arg(format!("--grpc_python_out={}", generated.display()))
+        .args(&protos)
+        .output()
+        .expect("python3 with grpcio-tools (`cargo xtask setup` installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = dir.join("client.py");
+    fs::write(&script, PY_CLIENT).unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&generated)
+        .arg(collector.addr.to_string())
+        .arg(&mark)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found["search"], true, "{found}");
+    assert_eq!(found["tail"], true, "{found}");
+    assert!(found["identity"].is_string());
+    drop(agent.stop());
+    drop(collector);
+    fs::remove_dir_all(&dir).unwrap();
+}
