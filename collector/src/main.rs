@@ -1,3 +1,5 @@
+use std::io::IsTerminal as _;
+
 use anyhow::Context as _;
 use clap::Parser as _;
 use collector::cli::Cli;
@@ -6,6 +8,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

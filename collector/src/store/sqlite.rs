@@ -268,9 +268,17 @@ fn verify_chain(conn: &Connection, chain: &ChainRow) -> rusqlite::Result<ChainVe
     }
     verdict.records = expected;
     if expected < expected_size {
+        let claims = match (
+            chain.next_seq == expected_size,
+            checkpoint == Some(expected_size),
+        ) {
+            (true, true) => "the recorded head and the last checkpoint claim",
+            (true, false) => "the recorded head claims",
+            _ => "the last checkpoint claims",
+        };
         verdict.first_bad_seq = Some(expected);
         verdict.reason = format!(
-            "{expected} records stored, but the recorded head or last checkpoint claims {expected_size}: records are missing from the tail"
+            "{expected} records stored, but {claims} {expected_size}: records are missing from the tail"
         );
     } else if expected == chain.next_seq && chain.head_hash != prev {
         verdict.first_bad_seq = Some(expected.saturating_sub(1));
