@@ -1,5 +1,5 @@
 //! The collector under test: the real binary on a loopback port of its own, with its own
-//! SQLite file, stopped and restarted on the same store.
+//! `SQLite` file, stopped and restarted on the same store.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -44,7 +44,7 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Starts the collector on `127.0.0.1:0` with the SQLite file `store`, and waits until it
+    /// Starts the collector on `127.0.0.1:0` with the `SQLite` file `store`, and waits until it
     /// says where it listens.
     #[must_use]
     pub fn start(store: &Path) -> Self {
@@ -111,6 +111,7 @@ impl Collector {
 
     /// Kills it (as a crash would: durability must not depend on a clean stop) and returns
     /// what it logged.
+    #[must_use = "the log tells why a test failed"]
     pub fn stop(mut self) -> String {
         self.halt();
         self.stderr()

@@ -1,8 +1,8 @@
-//! Collector tier: the real collector binary with a real SQLite store, driven by a real gRPC
+//! Collector tier: the real collector binary with a real `SQLite` store, driven by a real gRPC
 //! client that ships chains built as an agent builds them (`proto::chain::chain_hash` over
 //! serialized `recorder.v1.Event`s). No root needed.
 
-use std::{io::Write as _, path::Path, time::Duration};
+use std::{fmt::Write as _, io::Write as _, path::Path, time::Duration};
 
 use prost::Message as _;
 use proto::{
@@ -47,8 +47,8 @@ fn process(pid: u32, s: (u32, &str, u64)) -> Process {
 
 /// Event `n` of a test chain: exec and tty events, alternating between two sessions.
 fn event(n: u64) -> Event {
-    let s = if n % 3 == 0 { BOB } else { ALICE };
-    let body = if n % 2 == 0 {
+    let s = if n.is_multiple_of(3) { BOB } else { ALICE };
+    let body = if n.is_multiple_of(2) {
         Body::Exec(Exec {
             filename: "/usr/bin/systemctl".into(),
             argv: vec![
@@ -258,6 +258,79 @@ fn seqs(events: &[StoredEvent]) -> Vec<u64> {
     events.iter().map(|e| e.seq).collect()
 }
 
+/// Sessions groups the events of `event(1..3000)` under their two sessions.
+async fn check_sessions(collector: &Collector) {
+    let sessions = query(collector)
+        .await
+        .sessions(SessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    for (s, members) in [
+        (
+            ALICE,
+            (1..3000).filter(|n| n % 3 != 0).collect::<Vec<u64>>(),
+        ),
+        (BOB, (1..3000).filter(|n| n % 3 == 0).collect()),
+    ] {
+        let found = sessions
+            .iter()
+            .find(|x| x.key == session_key(s))
+            .unwrap_or_else(|| panic!("session {} in {sessions:?}", session_key(s)));
+        assert_eq!(found.host, HOST);
+        assert_eq!(found.sessionid, s.0);
+        assert_eq!(found.root_pid, 4000 + s.0);
+        assert_eq!(found.root_start_unix_nano, s.2);
+        assert_eq!(found.identity.as_ref().unwrap().name, s.1);
+        assert_eq!(found.events, members.len() as u64);
+        assert_eq!(
+            found.execs,
+            members.iter().filter(|n| *n % 2 == 0).count() as u64
+        );
+        let tty_bytes: usize = members
+            .iter()
+            .filter(|n| *n % 2 == 1)
+            .map(|n| format!("line {n}\n").len())
+            .sum();
+        assert_eq!(found.tty_bytes, tty_bytes as u64);
+        assert_eq!(found.first_unix_nano, T0 + members[0] * 1_000);
+        assert_eq!(found.last_unix_nano, T0 + members.last().unwrap() * 1_000);
+    }
+}
+
+/// Replay returns the tty output of a session, in time order.
+async fn check_replay(collector: &Collector) {
+    let mut replay = query(collector)
+        .await
+        .replay(ReplayRequest {
+            session: session_key(ALICE),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    let mut times = Vec::new();
+    while let Some(e) = replay.message().await.unwrap() {
+        let event = e.event.unwrap();
+        times.push(event.time_unix_nano);
+        let Some(Body::Tty(tty)) = event.body else {
+            panic!("replay returned {event:?}")
+        };
+        text.push_str(std::str::from_utf8(&tty.data).unwrap());
+    }
+    let expected: String =
+        (1..3000)
+            .filter(|n| n % 3 != 0 && n % 2 == 1)
+            .fold(String::new(), |mut s, n| {
+                writeln!(s, "line {n}").unwrap();
+                s
+            });
+    assert_eq!(text, expected);
+    assert!(times.is_sorted());
+}
+
 /// 3,000 records in batches of 500: each batch is acknowledged at its own last seq and never
 /// beyond what was sent, and every query returns what the filters select.
 #[tokio::test]
@@ -274,8 +347,8 @@ async fn a_valid_chain_is_acknowledged_and_queryable() {
     for start in (500..3000).step_by(500) {
         agent.send(chain.batch(start..start + 500)).await;
     }
-    for start in (500..3000).step_by(500) {
-        assert_eq!(agent.ack().await.unwrap(), start as u64 + 499);
+    for start in (500..3000u64).step_by(500) {
+        assert_eq!(agent.ack().await.unwrap(), start + 499);
     }
 
     let all = search_all(&collector, chain_filter(), 700).await;
@@ -365,69 +438,8 @@ async fn a_valid_chain_is_acknowledged_and_queryable() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
 
-    let sessions = query(&collector)
-        .await
-        .sessions(SessionsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
-    assert_eq!(sessions.len(), 2, "{sessions:?}");
-    for (s, members) in [
-        (
-            ALICE,
-            (1..3000).filter(|n| n % 3 != 0).collect::<Vec<u64>>(),
-        ),
-        (BOB, (1..3000).filter(|n| n % 3 == 0).collect()),
-    ] {
-        let found = sessions
-            .iter()
-            .find(|x| x.key == session_key(s))
-            .unwrap_or_else(|| panic!("session {} in {sessions:?}", session_key(s)));
-        assert_eq!(found.host, HOST);
-        assert_eq!(found.sessionid, s.0);
-        assert_eq!(found.root_pid, 4000 + s.0);
-        assert_eq!(found.root_start_unix_nano, s.2);
-        assert_eq!(found.identity.as_ref().unwrap().name, s.1);
-        assert_eq!(found.events, members.len() as u64);
-        assert_eq!(
-            found.execs,
-            members.iter().filter(|n| *n % 2 == 0).count() as u64
-        );
-        let tty_bytes: usize = members
-            .iter()
-            .filter(|n| *n % 2 == 1)
-            .map(|n| format!("line {n}\n").len())
-            .sum();
-        assert_eq!(found.tty_bytes, tty_bytes as u64);
-        assert_eq!(found.first_unix_nano, T0 + members[0] * 1_000);
-        assert_eq!(found.last_unix_nano, T0 + members.last().unwrap() * 1_000);
-    }
-
-    let mut replay = query(&collector)
-        .await
-        .replay(ReplayRequest {
-            session: session_key(ALICE),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut text = String::new();
-    let mut times = Vec::new();
-    while let Some(e) = replay.message().await.unwrap() {
-        let event = e.event.unwrap();
-        times.push(event.time_unix_nano);
-        let Some(Body::Tty(tty)) = event.body else {
-            panic!("replay returned {event:?}")
-        };
-        text.push_str(std::str::from_utf8(&tty.data).unwrap());
-    }
-    let expected: String = (1..3000)
-        .filter(|n| n % 3 != 0 && n % 2 == 1)
-        .map(|n| format!("line {n}\n"))
-        .collect();
-    assert_eq!(text, expected);
-    assert!(times.is_sorted());
+    check_sessions(&collector).await;
+    check_replay(&collector).await;
 
     let verdict = verify(&collector, &chain.id).await;
     assert!(verdict.ok, "{verdict:?}");
@@ -443,6 +455,11 @@ async fn tail_returns_history_then_live_events_once() {
     let chain = Chain::new("host-a:boot:2", 130);
     let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
     assert_eq!(agent.ship(chain.batch(0..100)).await.unwrap(), 99);
+    // Stored last but older than the Tail's start time: history leaves it out, and it must
+    // not come back as a live event either.
+    let older = Chain::new("host-a:boot:2-older", 10);
+    let (mut other, _) = Agent::connect(&collector, &[older.id.as_str()]).await;
+    assert_eq!(other.ship(older.batch(0..10)).await.unwrap(), 9);
 
     let mut client = query(&collector).await;
     let mut from_50 = client
@@ -478,6 +495,7 @@ async fn tail_returns_history_then_live_events_once() {
             .expect("tail delivers within 10 s")
             .unwrap()
             .unwrap();
+        assert_eq!(e.chain_id, chain.id);
         got.push(e.seq);
     }
     assert_eq!(got, (50..130).collect::<Vec<_>>());
@@ -815,7 +833,7 @@ async fn verify_finds_tampering_with_the_store() {
     assert!(verify(&collector, &chain.id).await.ok);
 }
 
-/// A store file that is not SQLite stops the collector at start with a clear message.
+/// A store file that is not `SQLite` stops the collector at start with a clear message.
 #[test]
 fn a_corrupt_store_stops_the_collector_with_a_clear_error() {
     let dir = scratch_dir("collector-corrupt");
