@@ -6,6 +6,7 @@
 )]
 
 pub mod agent;
+pub mod collector;
 pub mod operator;
 pub mod pty;
 

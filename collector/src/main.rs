@@ -1,0 +1,28 @@
+use std::io::IsTerminal as _;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use collector::cli::Cli;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let store = collector::store::open(&cli.store)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind(cli.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", cli.listen))?;
+            tracing::info!(store = %cli.store, "listening on {}", listener.local_addr()?);
+            collector::serve(listener, store).await?;
+            Ok(())
+        })
+}

@@ -1,0 +1,419 @@
+//! The one writer: ingest streams hand it verified batches, it checks each against the chain
+//! heads it keeps (so continuity is judged against exactly what it commits), commits
+//! everything queued in one transaction, and only then replies. After each commit it tells
+//! tailers how far the store reaches.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use prost::Message as _;
+use proto::{
+    chain::{GENESIS, chain_hash},
+    v1::{Alert, ChainStart, Event, event::Body},
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tonic::Status;
+
+use crate::store::{
+    Append, COLLECTOR_CHAIN, ChainState, CheckpointRow, Commit, Conflict, Record, Store, StoreError,
+};
+
+/// Requests queued for the writer; senders wait when it is this far behind.
+const QUEUE: usize = 256;
+/// A group commit takes at most this many records, so one commit's latency stays bounded.
+const GROUP_RECORDS: usize = 100_000;
+
+/// Records of one chain, contiguous, each hash already checked against the one before it.
+/// Only the first record's link to the stored head is left for the writer.
+#[derive(Debug)]
+pub struct Batch {
+    pub host: String,
+    pub chain_id: String,
+    pub records: Vec<Record>,
+}
+
+#[derive(Debug)]
+pub struct CheckpointRequest {
+    pub host: String,
+    pub chain_id: String,
+    pub size: u64,
+    pub head_hash: Vec<u8>,
+    pub time_unix_nano: u64,
+}
+
+type Reply = oneshot::Sender<Result<u64, Status>>;
+
+enum Request {
+    Batch(Batch, Reply),
+    Checkpoint(CheckpointRequest, Reply),
+}
+
+/// The ingest side's handle on the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+fn gone() -> Status {
+    Status::unavailable("the collector's writer has stopped")
+}
+
+/// A request in the writer's queue: resolves once it is durable, or refused.
+pub struct Pending(oneshot::Receiver<Result<u64, Status>>);
+
+impl Pending {
+    /// The seq to acknowledge (for a checkpoint, its size).
+    pub async fn wait(self) -> Result<u64, Status> {
+        self.0.await.map_err(|_| gone())?
+    }
+}
+
+impl WriterHandle {
+    /// Queues a batch; waits only while the queue is full.
+    pub async fn append(&self, batch: Batch) -> Result<Pending, Status> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Batch(batch, reply))
+            .await
+            .map_err(|_| gone())?;
+        Ok(Pending(rx))
+    }
+
+    pub async fn checkpoint(&self, checkpoint: CheckpointRequest) -> Result<Pending, Status> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Checkpoint(checkpoint, reply))
+            .await
+            .map_err(|_| gone())?;
+        Ok(Pending(rx))
+    }
+}
+
+/// Starts the writer on the blocking pool. `live` receives the highest stored row id after
+/// each commit.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    live: broadcast::Sender<i64>,
+) -> Result<WriterHandle, StoreError> {
+    let heads = store
+        .chains()?
+        .into_iter()
+        .map(|c| (c.chain_id.clone(), c))
+        .collect();
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let writer = Writer {
+        store,
+        heads,
+        rx,
+        live,
+    };
+    tokio::task::spawn_blocking(move || writer.run());
+    Ok(WriterHandle { tx })
+}
+
+struct Writer {
+    store: Arc<dyn Store>,
+    /// Every chain's committed head.
+    heads: HashMap<String, ChainState>,
+    rx: mpsc::Receiver<Request>,
+    live: broadcast::Sender<i64>,
+}
+
+/// One group commit in the making.
+#[derive(Default)]
+struct Group {
+    commit: Commit,
+    /// Heads as they will be once `commit` is durable.
+    heads: HashMap<String, ChainState>,
+    replies: Vec<(Reply, Result<u64, Status>)>,
+    records: usize,
+}
+
+/// A request that must wait for the group before it to be committed: it reads records that
+/// are not yet in the store.
+struct Later(Request);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut pending = None;
+        while let Some(first) = pending.take().or_else(|| self.rx.blocking_recv()) {
+            let mut group = Group::default();
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                if let Err(Later(request)) = self.apply(&mut group, request) {
+                    pending = Some(request);
+                    break;
+                }
+                if group.records < GROUP_RECORDS {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            self.flush(group);
+        }
+        tracing::debug!("writer stopped: every ingest stream has closed");
+    }
+
+    fn flush(&mut self, group: Group) {
+        if group.commit.is_empty() {
+            for (reply, result) in group.replies {
+                let _ = reply.send(result);
+            }
+            return;
+        }
+        match self.store.commit(&group.commit) {
+            Ok(last_row) => {
+                self.heads.extend(group.heads);
+                for (reply, result) in group.replies {
+                    let _ = reply.send(result);
+                }
+                // No tailer listening is not an error.
+                let _ = self.live.send(last_row);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; nothing of this group is acknowledged");
+                for (reply, _) in group.replies {
+                    let _ = reply.send(Err(Status::internal(format!("store commit failed: {e}"))));
+                }
+            }
+        }
+    }
+
+    fn head(&self, group: &Group, chain_id: &str) -> Option<ChainState> {
+        group
+            .heads
+            .get(chain_id)
+            .or_else(|| self.heads.get(chain_id))
+            .cloned()
+    }
+
+    /// Whether checking `seq` of `chain_id` against the store would need records this group
+    /// has not committed yet.
+    fn needs_commit(&self, group: &Group, chain_id: &str, seq: u64) -> bool {
+        group.heads.contains_key(chain_id)
+            && self.head(group, chain_id).is_some_and(|h| seq < h.next_seq)
+    }
+
+    fn apply(&mut self, group: &mut Group, request: Request) -> Result<(), Later> {
+        match request {
+            Request::Batch(batch, reply) => {
+                let first = batch.records.first().map_or(0, |r| r.seq);
+                if self.needs_commit(group, &batch.chain_id, first) {
+                    return Err(Later(Request::Batch(batch, reply)));
+                }
+                let result = self.append(group, batch);
+                group.replies.push((reply, result));
+            }
+            Request::Checkpoint(checkpoint, reply) => {
+                if self.needs_commit(group, &checkpoint.chain_id, checkpoint.size) {
+                    return Err(Later(Request::Checkpoint(checkpoint, reply)));
+                }
+                let result = self.checkpoint(group, checkpoint);
+                group.replies.push((reply, result));
+            }
+        }
+        Ok(())
+    }
+
+    fn stored_hash(&self, chain_id: &str, seq: u64) -> Result<Vec<u8>, Status> {
+        self.store
+            .hash_at(chain_id, seq)
+            .map_err(|e| Status::internal(format!("store read failed: {e}")))?
+            .ok_or_else(|| Status::internal(format!("stored chain {chain_id} lacks seq {seq}")))
+    }
+
+    fn append(&self, group: &mut Group, mut batch: Batch) -> Result<u64, Status> {
+        let (Some(first), Some(last)) = (batch.records.first(), batch.records.last()) else {
+            return Err(Status::invalid_argument("empty batch"));
+        };
+        let (first, last) = (first.seq, last.seq);
+        let mut head = self.head(group, &batch.chain_id).unwrap_or(ChainState {
+            chain_id: batch.chain_id.clone(),
+            host: batch.host.clone(),
+            next_seq: 0,
+            head_hash: GENESIS,
+        });
+        if head.host != batch.host {
+            return Err(Status::invalid_argument(format!(
+                "chain {} belongs to host {:?}, not {:?}",
+                batch.chain_id, head.host, batch.host
+            )));
+        }
+        if first > head.next_seq {
+            return Err(Status::failed_precondition(format!(
+                "seq {first} does not continue chain {}: the collector holds seq 0 to {} (next_seq {})",
+                batch.chain_id,
+                head.next_seq.saturating_sub(1),
+                head.next_seq
+            )));
+        }
+        let overlap = usize::try_from(head.next_seq.min(last + 1) - first).unwrap_or(usize::MAX);
+        if overlap > 0 {
+            self.check_resend(group, &batch, overlap)?;
+        } else {
+            let r = &batch.records[0];
+            if chain_hash(&batch.chain_id, r.seq, &head.head_hash, &r.event) != r.hash {
+                return Err(Status::invalid_argument(format!(
+                    "the hash of seq {} of chain {} does not recompute over the stored head",
+                    r.seq, batch.chain_id
+                )));
+            }
+        }
+        let records: Vec<Record> = batch.records.drain(overlap..).collect();
+        if let Some(new_last) = records.last() {
+            head.next_seq = new_last.seq + 1;
+            head.head_hash = new_last.hash;
+            group.records += records.len();
+            group.heads.insert(batch.chain_id.clone(), head);
+            group.commit.appends.push(Append {
+                chain_id: batch.chain_id,
+                chain_host: batch.host,
+                records,
+            });
+        }
+        Ok(last)
+    }
+
+    /// The first `overlap` records are already stored. The batch's hashes link to each other,
+    /// so when the last overlapping one matches the store, all of them do.
+    fn check_resend(&self, group: &mut Group, batch: &Batch, overlap: usize) -> Result<(), Status> {
+        let chain_id = &batch.chain_id;
+        let matches = |r: &Record| -> Result<Option<Vec<u8>>, Status> {
+            let stored = self.stored_hash(chain_id, r.seq)?;
+            Ok((stored != r.hash).then_some(stored))
+        };
+        if matches(&batch.records[overlap - 1])?.is_none() {
+            return Ok(());
+        }
+        for r in &batch.records[..overlap] {
+            if let Some(stored_hash) = matches(r)? {
+                let message = format!(
+                    "fork: host {:?} resent seq {} of chain {chain_id} with a different hash; the stored chain is kept",
+                    batch.host, r.seq
+                );
+                tracing::error!(host = %batch.host, chain = %chain_id, seq = r.seq, "{message}");
+                group.commit.conflicts.push(Conflict {
+                    chain_id: chain_id.clone(),
+                    seq: r.seq,
+                    event: r.event.clone(),
+                    hash: r.hash.to_vec(),
+                    stored_hash,
+                    received_unix_nano: now(),
+                });
+                self.raise(
+                    group,
+                    Alert {
+                        kind: "fork".into(),
+                        host: batch.host.clone(),
+                        chain_id: chain_id.clone(),
+                        seq: r.seq,
+                        message: message.clone(),
+                    },
+                );
+                return Err(Status::already_exists(message));
+            }
+        }
+        Err(Status::internal(
+            "resend differs from the store, yet no record does",
+        ))
+    }
+
+    /// Chains an alert into the collector's own chain, which starts like any other.
+    fn raise(&self, group: &mut Group, alert: Alert) {
+        let mut head = self.head(group, COLLECTOR_CHAIN).unwrap_or(ChainState {
+            chain_id: COLLECTOR_CHAIN.into(),
+            host: COLLECTOR_CHAIN.into(),
+            next_seq: 0,
+            head_hash: GENESIS,
+        });
+        let time = now();
+        let mut bodies = Vec::new();
+        if head.next_seq == 0 {
+            bodies.push((
+                "chain_start",
+                COLLECTOR_CHAIN.to_owned(),
+                Body::ChainStart(ChainStart {
+                    host: COLLECTOR_CHAIN.into(),
+                    ..ChainStart::default()
+                }),
+            ));
+        }
+        bodies.push(("alert", alert.host.clone(), Body::Alert(alert)));
+        let mut records = Vec::new();
+        for (kind, host, body) in bodies {
+            let event = Event {
+                time_unix_nano: time,
+                body: Some(body),
+                ..Event::default()
+            }
+            .encode_to_vec();
+            let hash = chain_hash(COLLECTOR_CHAIN, head.next_seq, &head.head_hash, &event);
+            records.push(Record {
+                seq: head.next_seq,
+                host,
+                time_unix_nano: time,
+                kind,
+                session: String::new(),
+                sessionid: None,
+                identity_kind: 0,
+                identity_name: String::new(),
+                tty_bytes: 0,
+                event,
+                hash,
+            });
+            head.next_seq += 1;
+            head.head_hash = hash;
+        }
+        group.heads.insert(COLLECTOR_CHAIN.into(), head);
+        group.commit.appends.push(Append {
+            chain_id: COLLECTOR_CHAIN.into(),
+            chain_host: COLLECTOR_CHAIN.into(),
+            records,
+        });
+    }
+
+    fn checkpoint(&self, group: &mut Group, c: CheckpointRequest) -> Result<u64, Status> {
+        let head = self.head(group, &c.chain_id).ok_or_else(|| {
+            Status::failed_precondition(format!("checkpoint of unknown chain {}", c.chain_id))
+        })?;
+        if head.host != c.host {
+            return Err(Status::invalid_argument(format!(
+                "chain {} belongs to host {:?}, not {:?}",
+                c.chain_id, head.host, c.host
+            )));
+        }
+        if c.size > head.next_seq {
+            return Err(Status::failed_precondition(format!(
+                "checkpoint of chain {} claims {} records; the collector holds {}",
+                c.chain_id, c.size, head.next_seq
+            )));
+        }
+        let stored = match c.size {
+            0 => Vec::new(),
+            n if n == head.next_seq => head.head_hash.to_vec(),
+            n => self.stored_hash(&c.chain_id, n - 1)?,
+        };
+        if stored != c.head_hash {
+            return Err(Status::invalid_argument(format!(
+                "checkpoint of chain {} at size {}: its head hash differs from the stored record",
+                c.chain_id, c.size
+            )));
+        }
+        group.commit.checkpoints.push(CheckpointRow {
+            chain_id: c.chain_id,
+            size: c.size,
+            head_hash: c.head_hash,
+            time_unix_nano: c.time_unix_nano,
+            received_unix_nano: now(),
+        });
+        Ok(c.size)
+    }
+}

@@ -1,0 +1,163 @@
+//! The collector under test: the real binary on a loopback port of its own, with its own
+//! `SQLite` file, stopped and restarted on the same store.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// The collector binary: `RECORDER_COLLECTOR_BIN`, else the workspace's debug build.
+#[must_use]
+pub fn binary() -> PathBuf {
+    let path = std::env::var_os("RECORDER_COLLECTOR_BIN").map_or_else(
+        || crate::workspace_root().join("target/debug/collector"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build -p collector`)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh directory under the system temp dir, for one test's store files.
+#[must_use]
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(crate::marker(tag));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub struct Collector {
+    child: Child,
+    /// The address it bound, as it logged it.
+    pub addr: SocketAddr,
+    pub store: PathBuf,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Collector {
+    /// Starts the collector on `127.0.0.1:0` with the `SQLite` file `store`, and waits until it
+    /// says where it listens.
+    #[must_use]
+    pub fn start(store: &Path) -> Self {
+        let mut child = Command::new(binary())
+            .args(["--listen", "127.0.0.1:0", "--store"])
+            .arg(format!("sqlite://{}", store.display()))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the collector");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let log = Arc::clone(&stderr);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = addr_tx.send(addr.parse::<SocketAddr>());
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addr)) => addr,
+            other => {
+                let _ = child.kill();
+                let _ = reader.join();
+                panic!(
+                    "the collector did not say where it listens ({other:?}); stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Self {
+            child,
+            addr,
+            store: store.to_path_buf(),
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    /// The gRPC endpoint.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// What it logged so far.
+    #[must_use]
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Kills it (as a crash would: durability must not depend on a clean stop) and returns
+    /// what it logged.
+    #[must_use = "the log tells why a test failed"]
+    pub fn stop(mut self) -> String {
+        self.halt();
+        self.stderr()
+    }
+
+    /// Stops it and starts it again on the same store.
+    #[must_use]
+    pub fn restart(self) -> Self {
+        let store = self.store.clone();
+        drop(self.stop());
+        Self::start(&store)
+    }
+
+    fn halt(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Runs the collector on `store` expecting it to exit by itself (within 30 s).
+#[must_use]
+pub fn run_to_exit(store: &Path) -> Output {
+    let mut child = Command::new(binary())
+        .args(["--listen", "127.0.0.1:0", "--store"])
+        .arg(format!("sqlite://{}", store.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the collector");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}

@@ -1,0 +1,853 @@
+//! Collector tier: the real collector binary with a real `SQLite` store, driven by a real gRPC
+//! client that ships chains built as an agent builds them (`proto::chain::chain_hash` over
+//! serialized `recorder.v1.Event`s). No root needed.
+
+use std::{fmt::Write as _, io::Write as _, path::Path, time::Duration};
+
+use prost::Message as _;
+use proto::{
+    chain::{GENESIS, chain_hash},
+    v1::{
+        AgentMessage, ChainStart, ChainVerdict, ChainedEvent, Checkpoint, CollectorMessage, Event,
+        EventBatch, Exec, Filter, Hello, Identity, Process, ReplayRequest, SearchRequest,
+        SessionRoot, SessionsRequest, StoredEvent, TailRequest, Tty, VerifyRequest, Welcome,
+        agent_message::Msg, collector_message, event::Body, identity::Kind,
+        ingest_client::IngestClient, query_client::QueryClient,
+    },
+};
+use tests::collector::{Collector, run_to_exit, scratch_dir};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming, transport::Channel};
+
+const HOST: &str = "host-a";
+const T0: u64 = 1_800_000_000_000_000_000;
+/// Sessions of the test chains: (audit session id, identity, root start).
+const ALICE: (u32, &str, u64) = (7, "alice", T0 - 5_000);
+const BOB: (u32, &str, u64) = (8, "bob", T0 - 9_000);
+
+fn session_key(s: (u32, &str, u64)) -> String {
+    format!("{HOST}:{}:{}", s.0, s.2)
+}
+
+fn process(pid: u32, s: (u32, &str, u64)) -> Process {
+    Process {
+        pid,
+        tgid: pid,
+        ppid: 1,
+        uid: 0,
+        euid: 0,
+        loginuid: Some(1000 + s.0),
+        sessionid: Some(s.0),
+        tty: "136:3".into(),
+        comm: "bash".into(),
+        ..Process::default()
+    }
+}
+
+/// Event `n` of a test chain: exec and tty events, alternating between two sessions.
+fn event(n: u64) -> Event {
+    let s = if n.is_multiple_of(3) { BOB } else { ALICE };
+    let body = if n.is_multiple_of(2) {
+        Body::Exec(Exec {
+            filename: "/usr/bin/systemctl".into(),
+            argv: vec![
+                b"systemctl".to_vec(),
+                b"restart".to_vec(),
+                format!("svc-{n}").into_bytes(),
+            ],
+            ..Exec::default()
+        })
+    } else {
+        Body::Tty(Tty {
+            direction: 1,
+            device: "136:3".into(),
+            fd: 1,
+            offset: 0,
+            data: format!("line {n}\n").into_bytes(),
+        })
+    };
+    Event {
+        time_unix_nano: T0 + n * 1_000,
+        process: Some(process(4000 + s.0, s)),
+        identity: Some(Identity {
+            kind: Kind::Human.into(),
+            name: s.1.into(),
+            ..Identity::default()
+        }),
+        session_root: Some(SessionRoot {
+            pid: 4000 + s.0,
+            start_unix_nano: s.2,
+        }),
+        body: Some(body),
+    }
+}
+
+/// A chain as an agent makes it: record 0 is its `ChainStart`, then `event(1..)`.
+struct Chain {
+    id: String,
+    records: Vec<ChainedEvent>,
+}
+
+impl Chain {
+    fn new(id: &str, len: u64) -> Self {
+        let mut chain = Self {
+            id: id.into(),
+            records: Vec::new(),
+        };
+        for n in 0..len {
+            chain.push(&if n == 0 {
+                Event {
+                    time_unix_nano: T0,
+                    body: Some(Body::ChainStart(ChainStart {
+                        host: HOST.into(),
+                        boot_id: "boot".into(),
+                        ..ChainStart::default()
+                    })),
+                    ..Event::default()
+                }
+            } else {
+                event(n)
+            });
+        }
+        chain
+    }
+
+    fn push(&mut self, event: &Event) {
+        let seq = self.records.len() as u64;
+        let prev = self
+            .records
+            .last()
+            .map_or(GENESIS, |r| r.hash.clone().try_into().unwrap());
+        let bytes = event.encode_to_vec();
+        let hash = chain_hash(&self.id, seq, &prev, &bytes);
+        self.records.push(ChainedEvent {
+            chain_id: String::new(),
+            seq,
+            event: bytes,
+            hash: hash.to_vec(),
+        });
+    }
+
+    fn batch(&self, range: std::ops::Range<usize>) -> EventBatch {
+        EventBatch {
+            chain_id: self.id.clone(),
+            events: self.records[range].to_vec(),
+        }
+    }
+
+    fn head(&self, len: usize) -> Vec<u8> {
+        self.records[len - 1].hash.clone()
+    }
+}
+
+/// One agent stream.
+struct Agent {
+    tx: mpsc::Sender<AgentMessage>,
+    rx: Streaming<CollectorMessage>,
+}
+
+impl Agent {
+    async fn connect(collector: &Collector, chain_ids: &[&str]) -> (Self, Welcome) {
+        let (tx, out) = mpsc::channel(64);
+        tx.send(AgentMessage {
+            msg: Some(Msg::Hello(Hello {
+                host: HOST.into(),
+                chain_ids: chain_ids.iter().map(|s| (*s).to_owned()).collect(),
+                agent_version: "test".into(),
+            })),
+        })
+        .await
+        .unwrap();
+        let mut client = IngestClient::connect(collector.url()).await.unwrap();
+        let mut rx = client
+            .stream(ReceiverStream::new(out))
+            .await
+            .unwrap()
+            .into_inner();
+        let welcome = match rx.message().await.unwrap() {
+            Some(CollectorMessage {
+                msg: Some(collector_message::Msg::Welcome(w)),
+            }) => w,
+            other => panic!("expected Welcome, got {other:?}"),
+        };
+        (Self { tx, rx }, welcome)
+    }
+
+    async fn send(&self, batch: EventBatch) {
+        self.tx
+            .send(AgentMessage {
+                msg: Some(Msg::Batch(batch)),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The next ack's seq, or the status that ended the stream.
+    async fn ack(&mut self) -> Result<u64, Status> {
+        let next = tokio::time::timeout(Duration::from_secs(30), self.rx.message())
+            .await
+            .expect("an answer within 30 s")?;
+        match next {
+            Some(CollectorMessage {
+                msg: Some(collector_message::Msg::Ack(ack)),
+            }) => Ok(ack.seq),
+            other => panic!("expected Ack, got {other:?}"),
+        }
+    }
+
+    /// Sends one batch and returns its answer.
+    async fn ship(&mut self, batch: EventBatch) -> Result<u64, Status> {
+        self.send(batch).await;
+        self.ack().await
+    }
+}
+
+async fn query(collector: &Collector) -> QueryClient<Channel> {
+    QueryClient::connect(collector.url()).await.unwrap()
+}
+
+/// Every stored event matching `filter`, through all pages of `limit`.
+async fn search_all(collector: &Collector, filter: Filter, limit: u32) -> Vec<StoredEvent> {
+    let mut client = query(collector).await;
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .search(SearchRequest {
+                filter: Some(filter.clone()),
+                limit,
+                page_token,
+                ..SearchRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.events.len() <= limit as usize);
+        out.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+fn chain_filter() -> Filter {
+    Filter {
+        host: HOST.into(),
+        ..Filter::default()
+    }
+}
+
+async fn verify(collector: &Collector, chain_id: &str) -> ChainVerdict {
+    let mut verdicts = query(collector)
+        .await
+        .verify(VerifyRequest {
+            chain_id: chain_id.into(),
+            ..VerifyRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .chains;
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    verdicts.remove(0)
+}
+
+fn seqs(events: &[StoredEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+/// Sessions groups the events of `event(1..3000)` under their two sessions.
+async fn check_sessions(collector: &Collector) {
+    let sessions = query(collector)
+        .await
+        .sessions(SessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    for (s, members) in [
+        (
+            ALICE,
+            (1..3000).filter(|n| n % 3 != 0).collect::<Vec<u64>>(),
+        ),
+        (BOB, (1..3000).filter(|n| n % 3 == 0).collect()),
+    ] {
+        let found = sessions
+            .iter()
+            .find(|x| x.key == session_key(s))
+            .unwrap_or_else(|| panic!("session {} in {sessions:?}", session_key(s)));
+        assert_eq!(found.host, HOST);
+        assert_eq!(found.sessionid, s.0);
+        assert_eq!(found.root_pid, 4000 + s.0);
+        assert_eq!(found.root_start_unix_nano, s.2);
+        assert_eq!(found.identity.as_ref().unwrap().name, s.1);
+        assert_eq!(found.events, members.len() as u64);
+        assert_eq!(
+            found.execs,
+            members.iter().filter(|n| *n % 2 == 0).count() as u64
+        );
+        let tty_bytes: usize = members
+            .iter()
+            .filter(|n| *n % 2 == 1)
+            .map(|n| format!("line {n}\n").len())
+            .sum();
+        assert_eq!(found.tty_bytes, tty_bytes as u64);
+        assert_eq!(found.first_unix_nano, T0 + members[0] * 1_000);
+        assert_eq!(found.last_unix_nano, T0 + members.last().unwrap() * 1_000);
+    }
+}
+
+/// Replay returns the tty output of a session, in time order.
+async fn check_replay(collector: &Collector) {
+    let mut replay = query(collector)
+        .await
+        .replay(ReplayRequest {
+            session: session_key(ALICE),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    let mut times = Vec::new();
+    while let Some(e) = replay.message().await.unwrap() {
+        let event = e.event.unwrap();
+        times.push(event.time_unix_nano);
+        let Some(Body::Tty(tty)) = event.body else {
+            panic!("replay returned {event:?}")
+        };
+        text.push_str(std::str::from_utf8(&tty.data).unwrap());
+    }
+    let expected: String =
+        (1..3000)
+            .filter(|n| n % 3 != 0 && n % 2 == 1)
+            .fold(String::new(), |mut s, n| {
+                writeln!(s, "line {n}").unwrap();
+                s
+            });
+    assert_eq!(text, expected);
+    assert!(times.is_sorted());
+}
+
+/// 3,000 records in batches of 500: each batch is acknowledged at its own last seq and never
+/// beyond what was sent, and every query returns what the filters select.
+#[tokio::test]
+async fn a_valid_chain_is_acknowledged_and_queryable() {
+    let dir = scratch_dir("collector-valid");
+    let collector = Collector::start(&dir.join("c.db"));
+    let chain = Chain::new("host-a:boot:1", 3000);
+    let (mut agent, welcome) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    assert_eq!(welcome.heads[0].next_seq, 0);
+    assert!(welcome.heads[0].head_hash.is_empty());
+
+    assert_eq!(agent.ship(chain.batch(0..500)).await.unwrap(), 499);
+    // Pipelined: the acks come in order, one per batch, each at the batch's last seq.
+    for start in (500..3000).step_by(500) {
+        agent.send(chain.batch(start..start + 500)).await;
+    }
+    for start in (500..3000u64).step_by(500) {
+        assert_eq!(agent.ack().await.unwrap(), start + 499);
+    }
+
+    let all = search_all(&collector, chain_filter(), 700).await;
+    assert_eq!(
+        seqs(&all),
+        (0..3000).collect::<Vec<_>>(),
+        "oldest first, no repeats"
+    );
+    for (stored, sent) in all.iter().zip(&chain.records) {
+        assert_eq!(stored.hash, sent.hash);
+        assert_eq!(stored.event.as_ref().unwrap().encode_to_vec(), sent.event);
+        assert_eq!(stored.chain_id, chain.id);
+    }
+
+    let alice_execs = search_all(
+        &collector,
+        Filter {
+            identity: "alice".into(),
+            kinds: vec!["exec".into()],
+            ..Filter::default()
+        },
+        1000,
+    )
+    .await;
+    let expected: Vec<u64> = (1..3000).filter(|n| n % 3 != 0 && n % 2 == 0).collect();
+    assert_eq!(seqs(&alice_execs), expected);
+    assert!(alice_execs.iter().all(|e| e.session == session_key(ALICE)));
+
+    let bob_by_id = search_all(
+        &collector,
+        Filter {
+            session: BOB.0.to_string(),
+            ..Filter::default()
+        },
+        1000,
+    )
+    .await;
+    let bob_by_key = search_all(
+        &collector,
+        Filter {
+            session: session_key(BOB),
+            ..Filter::default()
+        },
+        1000,
+    )
+    .await;
+    assert_eq!(
+        seqs(&bob_by_id),
+        (1..3000).filter(|n| n % 3 == 0).collect::<Vec<_>>()
+    );
+    assert_eq!(seqs(&bob_by_id), seqs(&bob_by_key));
+
+    let elsewhere = search_all(
+        &collector,
+        Filter {
+            host: "host-b".into(),
+            ..Filter::default()
+        },
+        1000,
+    )
+    .await;
+    assert!(elsewhere.is_empty());
+
+    let window = query(&collector)
+        .await
+        .search(SearchRequest {
+            since_unix_nano: T0 + 100 * 1_000,
+            until_unix_nano: T0 + 200 * 1_000,
+            ..SearchRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seqs(&window.events), (100..200).collect::<Vec<_>>());
+    assert!(window.next_page_token.is_empty());
+
+    let refused = query(&collector)
+        .await
+        .search(SearchRequest {
+            filter: Some(Filter {
+                kinds: vec!["nonsense".into()],
+                ..Filter::default()
+            }),
+            ..SearchRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+
+    check_sessions(&collector).await;
+    check_replay(&collector).await;
+
+    let verdict = verify(&collector, &chain.id).await;
+    assert!(verdict.ok, "{verdict:?}");
+    assert_eq!(verdict.records, 3000);
+}
+
+/// A Tail from a past time returns the stored history from then, then live events, each
+/// once; a Tail without a time returns only what is stored after it began.
+#[tokio::test]
+async fn tail_returns_history_then_live_events_once() {
+    let dir = scratch_dir("collector-tail");
+    let collector = Collector::start(&dir.join("c.db"));
+    let chain = Chain::new("host-a:boot:2", 130);
+    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..100)).await.unwrap(), 99);
+    // Stored last but older than the Tail's start time: history leaves it out, and it must
+    // not come back as a live event either.
+    let older = Chain::new("host-a:boot:2-older", 10);
+    let (mut other, _) = Agent::connect(&collector, &[older.id.as_str()]).await;
+    assert_eq!(other.ship(older.batch(0..10)).await.unwrap(), 9);
+
+    let mut client = query(&collector).await;
+    let mut from_50 = client
+        .tail(TailRequest {
+            filter: Some(chain_filter()),
+            since_unix_nano: T0 + 50 * 1_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut from_now = client
+        .tail(TailRequest {
+            filter: Some(chain_filter()),
+            since_unix_nano: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Live events arrive while the history is still being read.
+    agent.send(chain.batch(100..110)).await;
+    assert_eq!(agent.ack().await.unwrap(), 109);
+    for start in (110..130).step_by(5) {
+        assert_eq!(
+            agent.ship(chain.batch(start..start + 5)).await.unwrap(),
+            start as u64 + 4
+        );
+    }
+
+    let mut got = Vec::new();
+    while got.len() < 80 {
+        let e = tokio::time::timeout(Duration::from_secs(10), from_50.message())
+            .await
+            .expect("tail delivers within 10 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.chain_id, chain.id);
+        got.push(e.seq);
+    }
+    assert_eq!(got, (50..130).collect::<Vec<_>>());
+    let mut live = Vec::new();
+    while live.len() < 30 {
+        live.push(from_now.message().await.unwrap().unwrap().seq);
+    }
+    assert_eq!(live, (100..130).collect::<Vec<_>>());
+    // Nothing more: a duplicate would show up here.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), from_50.message())
+            .await
+            .is_err()
+    );
+}
+
+/// A resend of stored records is acknowledged again and stored once; a stored seq resent with
+/// a different hash is a fork: refused, kept as evidence, and raised as an alert.
+#[tokio::test]
+async fn a_resend_is_acknowledged_and_a_fork_raises_an_alert() {
+    let dir = scratch_dir("collector-fork");
+    let collector = Collector::start(&dir.join("c.db"));
+    let chain = Chain::new("host-a:boot:3", 120);
+    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..100)).await.unwrap(), 99);
+    assert_eq!(agent.ship(chain.batch(50..100)).await.unwrap(), 99);
+    assert_eq!(agent.ship(chain.batch(80..120)).await.unwrap(), 119);
+    let stored = search_all(&collector, chain_filter(), 1000).await;
+    assert_eq!(seqs(&stored), (0..120).collect::<Vec<_>>());
+
+    // Seq 60 again, with other bytes, hashed correctly over the stored seq 59.
+    let mut forked = event(60);
+    forked.time_unix_nano += 1;
+    let bytes = forked.encode_to_vec();
+    let prev: [u8; 32] = chain.records[59].hash.clone().try_into().unwrap();
+    let fork = ChainedEvent {
+        chain_id: String::new(),
+        seq: 60,
+        hash: chain_hash(&chain.id, 60, &prev, &bytes).to_vec(),
+        event: bytes,
+    };
+    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let refused = agent
+        .ship(EventBatch {
+            chain_id: chain.id.clone(),
+            events: vec![fork],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused}");
+    assert!(refused.message().contains("fork"), "{refused}");
+
+    let after: Vec<StoredEvent> = search_all(&collector, chain_filter(), 1000)
+        .await
+        .into_iter()
+        .filter(|e| e.chain_id == chain.id)
+        .collect();
+    assert_eq!(after, stored, "the stored chain is untouched");
+    assert!(verify(&collector, &chain.id).await.ok);
+
+    let alert_filter = Filter {
+        kinds: vec!["alert".into()],
+        ..Filter::default()
+    };
+    let alerts = search_all(&collector, alert_filter.clone(), 10).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let Some(Body::Alert(alert)) = alerts[0].event.clone().unwrap().body else {
+        panic!("not an alert: {:?}", alerts[0]);
+    };
+    assert_eq!(
+        (
+            alert.kind.as_str(),
+            alert.host.as_str(),
+            alert.chain_id.as_str(),
+            alert.seq
+        ),
+        ("fork", HOST, chain.id.as_str(), 60)
+    );
+    let mut tail = query(&collector)
+        .await
+        .tail(TailRequest {
+            filter: Some(alert_filter),
+            since_unix_nano: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tail.message().await.unwrap().unwrap(), alerts[0]);
+    // The alert is chained evidence too.
+    assert!(verify(&collector, &alerts[0].chain_id).await.ok);
+    assert!(
+        collector.stderr().contains("ERROR") && collector.stderr().contains("fork"),
+        "{}",
+        collector.stderr()
+    );
+}
+
+/// A hash that does not recompute, a gap, and fields out of bounds are each refused with the
+/// documented status, and nothing of the refused batch is stored.
+#[tokio::test]
+async fn bad_batches_are_refused_and_store_nothing() {
+    let dir = scratch_dir("collector-bad");
+    let collector = Collector::start(&dir.join("c.db"));
+    let chain = Chain::new("host-a:boot:4", 40);
+    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..10)).await.unwrap(), 9);
+
+    let mut bad = chain.batch(10..20);
+    bad.events[5].hash[0] ^= 1;
+    let refused = agent.ship(bad).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+    assert!(
+        refused.message().contains("does not recompute"),
+        "{refused}"
+    );
+
+    // The first record of a batch links to the stored head.
+    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let mut bad = chain.batch(10..20);
+    bad.events[0].event = event(999).encode_to_vec();
+    let refused = agent.ship(bad).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+
+    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let refused = agent.ship(chain.batch(12..20)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused}");
+
+    for (batch, needle) in [
+        (
+            EventBatch {
+                chain_id: "x".repeat(300),
+                events: chain.records[10..11].to_vec(),
+            },
+            "chain_id",
+        ),
+        (
+            EventBatch {
+                chain_id: chain.id.clone(),
+                events: Vec::new(),
+            },
+            "batch",
+        ),
+        (
+            EventBatch {
+                chain_id: chain.id.clone(),
+                events: vec![ChainedEvent {
+                    hash: vec![0; 5],
+                    ..chain.records[10].clone()
+                }],
+            },
+            "32",
+        ),
+    ] {
+        let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+        let refused = agent.ship(batch).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+        assert!(refused.message().contains(needle), "{refused}");
+    }
+
+    assert_eq!(
+        seqs(&search_all(&collector, chain_filter(), 1000).await),
+        (0..10).collect::<Vec<_>>()
+    );
+    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(10..40)).await.unwrap(), 39);
+    assert!(verify(&collector, &chain.id).await.ok);
+}
+
+/// Bytes that are not HTTP/2 and a 100 MB message each end only their own connection.
+#[tokio::test]
+async fn garbage_and_oversized_messages_leave_the_collector_serving() {
+    let dir = scratch_dir("collector-garbage");
+    let mut collector = Collector::start(&dir.join("c.db"));
+    let chain = Chain::new("host-a:boot:5", 60);
+    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..30)).await.unwrap(), 29);
+
+    let mut raw = std::net::TcpStream::connect(collector.addr).unwrap();
+    let garbage: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    // The collector may close the connection before reading it all.
+    let _ = raw.write_all(&garbage);
+    drop(raw);
+
+    let mut huge = chain.batch(30..31);
+    huge.events[0].event = vec![b'x'; 100 << 20];
+    let refused = agent.ship(huge).await.unwrap_err();
+    assert!(
+        matches!(refused.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{refused}"
+    );
+    assert!(
+        refused.message().contains("message length too large")
+            || refused.message().contains("size"),
+        "{refused}"
+    );
+
+    assert!(collector.running());
+    let (mut agent, welcome) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    assert_eq!(welcome.heads[0].next_seq, 30);
+    assert_eq!(agent.ship(chain.batch(30..60)).await.unwrap(), 59);
+    assert_eq!(
+        seqs(&search_all(&collector, chain_filter(), 1000).await),
+        (0..60).collect::<Vec<_>>()
+    );
+    assert!(verify(&collector, &chain.id).await.ok);
+}
+
+/// After a crash and restart, the Welcome names the stored head of each chain, and the agent
+/// resumes from there.
+#[tokio::test]
+async fn a_restarted_collector_welcomes_with_the_stored_heads() {
+    let dir = scratch_dir("collector-restart");
+    let collector = Collector::start(&dir.join("c.db"));
+    let chain = Chain::new("host-a:boot:6", 300);
+    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..200)).await.unwrap(), 199);
+    drop(agent);
+
+    let collector = collector.restart();
+    let (mut agent, welcome) =
+        Agent::connect(&collector, &[chain.id.as_str(), "host-a:boot:7"]).await;
+    assert_eq!(welcome.heads.len(), 2);
+    assert_eq!(welcome.heads[0].chain_id, chain.id);
+    assert_eq!(welcome.heads[0].next_seq, 200);
+    assert_eq!(welcome.heads[0].head_hash, chain.head(200));
+    assert_eq!(welcome.heads[1].next_seq, 0);
+    assert!(welcome.heads[1].head_hash.is_empty());
+
+    // The agent resumes at the head the Welcome named.
+    let next = usize::try_from(welcome.heads[0].next_seq).unwrap();
+    assert_eq!(agent.ship(chain.batch(next..300)).await.unwrap(), 299);
+    let verdict = verify(&collector, &chain.id).await;
+    assert!(verdict.ok, "{verdict:?}");
+    assert_eq!(verdict.records, 300);
+}
+
+/// A store of 1,000 records with a checkpoint at 1,000, stopped, for tampering.
+async fn stored_chain(dir: &Path, chain: &Chain) -> std::path::PathBuf {
+    let path = dir.join("pristine.db");
+    let collector = Collector::start(&path);
+    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..1000)).await.unwrap(), 999);
+    agent
+        .tx
+        .send(AgentMessage {
+            msg: Some(Msg::Checkpoint(Checkpoint {
+                chain_id: chain.id.clone(),
+                size: 1000,
+                head_hash: chain.head(1000),
+                time_unix_nano: T0,
+            })),
+        })
+        .await
+        .unwrap();
+    // A batch after the checkpoint: its ack means the checkpoint before it is stored too.
+    assert_eq!(agent.ship(chain.batch(999..1000)).await.unwrap(), 999);
+    assert!(verify(&collector, &chain.id).await.ok);
+    drop(collector.stop());
+    path
+}
+
+/// Copies the store (with its WAL) to a fresh file and applies `sql` to it.
+fn tampered(pristine: &Path, name: &str, sql: &str) -> std::path::PathBuf {
+    let copy = pristine.with_file_name(name);
+    for suffix in ["", "-wal", "-shm"] {
+        let from = format!("{}{suffix}", pristine.display());
+        if Path::new(&from).exists() {
+            std::fs::copy(&from, format!("{}{suffix}", copy.display())).unwrap();
+        }
+    }
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    conn.execute_batch(sql).unwrap();
+    copy
+}
+
+/// Verify finds each kind of tampering with the stored rows, and names the first bad seq.
+#[tokio::test]
+async fn verify_finds_tampering_with_the_store() {
+    let dir = scratch_dir("collector-tamper");
+    let chain = Chain::new("host-a:boot:8", 1000);
+    let pristine = stored_chain(&dir, &chain).await;
+    let rows = "(SELECT id FROM chains WHERE chain_id = 'host-a:boot:8')";
+    let cases = [
+        (
+            "edited.db",
+            format!("UPDATE events SET event = X'0801' WHERE chain = {rows} AND seq = 500;"),
+            500,
+            "does not recompute",
+        ),
+        (
+            "deleted.db",
+            format!("DELETE FROM events WHERE chain = {rows} AND seq = 300;"),
+            300,
+            "missing",
+        ),
+        (
+            "swapped.db",
+            format!(
+                "UPDATE events SET seq = -1 WHERE chain = {rows} AND seq = 400;
+                 UPDATE events SET seq = 400 WHERE chain = {rows} AND seq = 600;
+                 UPDATE events SET seq = 600 WHERE chain = {rows} AND seq = -1;"
+            ),
+            400,
+            "reordered",
+        ),
+        (
+            "truncated.db",
+            format!("DELETE FROM events WHERE chain = {rows} AND seq >= 900;"),
+            900,
+            "tail",
+        ),
+        // The head in the chains table rewritten to match: the checkpoint still tells.
+        (
+            "truncated-head.db",
+            format!(
+                "DELETE FROM events WHERE chain = {rows} AND seq >= 900;
+                 UPDATE chains SET next_seq = 900, head_hash = (SELECT hash FROM events
+                   WHERE chain = {rows} AND seq = 899) WHERE id = {rows};"
+            ),
+            900,
+            "checkpoint",
+        ),
+    ];
+    for (name, sql, bad_seq, reason) in cases {
+        let collector = Collector::start(&tampered(&pristine, name, &sql));
+        let verdict = verify(&collector, &chain.id).await;
+        assert!(!verdict.ok, "{name}: {verdict:?}");
+        assert_eq!(verdict.first_bad_seq, Some(bad_seq), "{name}: {verdict:?}");
+        assert!(verdict.reason.contains(reason), "{name}: {verdict:?}");
+        assert_eq!(verdict.expected_size, 1000, "{name}: {verdict:?}");
+    }
+    let collector = Collector::start(&pristine);
+    assert!(verify(&collector, &chain.id).await.ok);
+}
+
+/// A store file that is not `SQLite` stops the collector at start with a clear message.
+#[test]
+fn a_corrupt_store_stops_the_collector_with_a_clear_error() {
+    let dir = scratch_dir("collector-corrupt");
+    let path = dir.join("c.db");
+    std::fs::write(
+        &path,
+        b"this is not a database, just some bytes ".repeat(200),
+    )
+    .unwrap();
+    let out = run_to_exit(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a database"), "{stderr}");
+    assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
