@@ -48,8 +48,17 @@ impl Collector {
     /// says where it listens.
     #[must_use]
     pub fn start(store: &Path) -> Self {
+        Self::start_at(store, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Starts the collector on `addr` with the SQLite file `store`, and waits until it says
+    /// where it listens: an agent pointed at a fixed address finds it again after a restart.
+    #[must_use]
+    pub fn start_at(store: &Path, addr: SocketAddr) -> Self {
         let mut child = Command::new(binary())
-            .args(["--listen", "127.0.0.1:0", "--store"])
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--store")
             .arg(format!("sqlite://{}", store.display()))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -191,9 +191,11 @@ fn a_typed_command_is_tailed_replayed_and_verified() {
         String::from_utf8_lossy(&replay.stderr)
     );
     let text = String::from_utf8(replay.stdout).unwrap();
-    let expected: String = (0..50)
-        .map(|i| format!("line {i} of the session\n"))
-        .collect();
+    let expected = (0..50).fold(String::new(), |mut s, i| {
+        use std::fmt::Write as _;
+        let _ = writeln!(s, "line {i} of the session");
+        s
+    });
     assert!(
         text.contains(&expected),
         "replay holds the session's output in order:\n{text}"
@@ -244,7 +246,7 @@ fn a_collector_outage_loses_nothing() {
 
     let collector = Collector::start_at(&store, addr);
     let last = format!("{during}-{}", issued - 1);
-    wait_for_exec(&url, &last, Duration::from_secs(60));
+    wait_for_exec(&url, &last, Duration::from_mins(1));
     let stored = operator::json_lines(
         &url,
         &[
