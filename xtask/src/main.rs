@@ -91,16 +91,7 @@ fn main() -> anyhow::Result<()> {
             args,
         } => {
             setup::run()?;
-            cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "agent",
-                "--package",
-                "collector",
-                "--package",
-                "operator",
-            ])?;
+            build_binaries(&["--release"])?;
             run::main_job(&listen, &store, &spool, &args)
         }
         Task::Tail(op) => operator("tail", op),
@@ -110,15 +101,7 @@ fn main() -> anyhow::Result<()> {
         Task::Verify(op) => operator("verify", op),
         Task::Test { args } => {
             setup::run()?;
-            cargo(&[
-                "build",
-                "--package",
-                "agent",
-                "--package",
-                "collector",
-                "--package",
-                "operator",
-            ])?;
+            build_binaries(&[])?;
             // One test at a time: the kernel tier runs real agents, and two at once would
             // each see (and count the loss of) the other's workload.
             let mut test = vec!["test", "--", "--test-threads=1"];
@@ -127,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Bench { which } => {
             setup::run()?;
-            cargo(&["build", "--release", "--package", "agent"])?;
+            build_binaries(&["--release"])?;
             bench::run(&which)
         }
     }
@@ -176,6 +159,21 @@ fn cargo_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.args(args).current_dir(tests::workspace_root());
     cmd
+}
+
+/// Builds the three binaries: agent, collector and the operators' client.
+fn build_binaries(profile: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["build"];
+    args.extend(profile);
+    args.extend([
+        "--package",
+        "agent",
+        "--package",
+        "collector",
+        "--package",
+        "operator",
+    ]);
+    cargo(&args)
 }
 
 /// Runs cargo in the workspace root.

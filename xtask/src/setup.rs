@@ -20,7 +20,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "passwd",
 ];
 
-/// PyPI packages the end-to-end tier uses: a Python client generated from `proto/`.
+/// Python packages the end-to-end tier uses: a Python client generated from `proto/`.
 const PYTHON_PACKAGES: &[&str] = &["grpcio", "grpcio-tools"];
 
 pub fn run() -> anyhow::Result<()> {
