@@ -828,6 +828,14 @@ async fn verify_finds_tampering_with_the_store() {
         assert_eq!(verdict.first_bad_seq, Some(bad_seq), "{name}: {verdict:?}");
         assert!(verdict.reason.contains(reason), "{name}: {verdict:?}");
         assert_eq!(verdict.expected_size, 1000, "{name}: {verdict:?}");
+        // What an operator runs (`cargo xtask verify`): it names the seq and exits non-zero.
+        let cli = tests::operator::run(&collector.url(), &["verify"]);
+        let printed = String::from_utf8_lossy(&cli.stdout);
+        assert!(!cli.status.success(), "{name}: verify exited 0:\n{printed}");
+        assert!(
+            printed.contains(&format!("FAIL  {HOST} {} at seq {bad_seq}:", chain.id)),
+            "{name}: {printed}"
+        );
     }
     let collector = Collector::start(&pristine);
     assert!(verify(&collector, &chain.id).await.ok);
