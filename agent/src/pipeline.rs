@@ -267,6 +267,8 @@ pub struct ChainedSpool {
     refused: (u64, u64),
     /// Events refused since start.
     refused_total: u64,
+    /// Reused for each event's serialized bytes.
+    scratch: Vec<u8>,
 }
 
 impl ChainedSpool {
@@ -300,6 +302,7 @@ impl ChainedSpool {
             freed: Arc::default(),
             refused: (0, 0),
             refused_total: 0,
+            scratch: Vec::new(),
         };
         let start_record = v1::Event {
             time_unix_nano: start,
@@ -348,14 +351,15 @@ impl ChainedSpool {
     }
 
     fn try_store(&mut self, event: &v1::Event) -> Result<bool, SpoolError> {
-        let bytes = event.encode_to_vec();
-        if !self
-            .spool
-            .fits(Spool::frame_bound(self.chain.id().len(), bytes.len()))
-        {
+        self.scratch.clear();
+        event.encode_raw(&mut self.scratch);
+        if !self.spool.fits(Spool::frame_bound(
+            self.chain.id().len(),
+            self.scratch.len(),
+        )) {
             return Ok(false);
         }
-        let record = self.chain.link(bytes);
+        let record = self.chain.link(&self.scratch);
         self.spool.append(&record)?;
         Ok(true)
     }

@@ -19,6 +19,8 @@ use std::{
 use prost::Message as _;
 use proto::v1::ChainedEvent;
 
+use crate::chain::Link;
+
 pub const FRAME_HEADER: usize = 8;
 /// A frame longer than this is corruption, not a record.
 pub const MAX_PAYLOAD: usize = 16 << 20;
@@ -177,10 +179,10 @@ impl Spool {
     }
 
     /// Appends one record (buffered until `sync`).
-    pub fn append(&mut self, record: &ChainedEvent) -> Result<(), SpoolError> {
+    pub fn append(&mut self, record: &Link<'_>) -> Result<(), SpoolError> {
         let mut payload = std::mem::take(&mut self.payload);
         payload.clear();
-        record.encode_raw(&mut payload);
+        record.encode(&mut payload);
         if payload.len() > MAX_PAYLOAD {
             return Err(SpoolError::TooLarge { len: payload.len() });
         }
@@ -280,9 +282,12 @@ mod tests {
         let (mut spool, recovered) = Spool::open(&dir, "0001", 1 << 30).unwrap();
         assert_eq!(recovered.head, None);
         let mut chain = Chain::new("c1".into());
-        let records: Vec<ChainedEvent> = (0..3).map(|i| chain.link(vec![i; 10])).collect();
-        for r in &records {
-            spool.append(r).unwrap();
+        let mut records = Vec::new();
+        for i in 0..3 {
+            let event = [i; 10];
+            let link = chain.link(&event);
+            spool.append(&link).unwrap();
+            records.push(link.to_owned());
         }
         spool.sync().unwrap();
         drop(spool);
@@ -313,7 +318,7 @@ mod tests {
     #[test]
     fn a_corrupt_frame_ends_the_readable_run() {
         let mut chain = Chain::new("c".into());
-        let payload = chain.link(b"x".to_vec()).encode_to_vec();
+        let payload = chain.link(b"x").to_owned().encode_to_vec();
         let mut bytes = Vec::new();
         bytes.extend(u32::try_from(payload.len()).unwrap().to_le_bytes());
         bytes.extend((crc32fast::hash(&payload) ^ 1).to_le_bytes());
