@@ -322,9 +322,16 @@ fn record(host: &str, seq: u64, bytes: Vec<u8>, hash: [u8; 32]) -> Result<Record
             }
             ("chain_start", 0)
         }
+        Some(Body::Violation(_)) => ("violation", 0),
+        Some(Body::Kill(_)) => ("kill", 0),
         Some(Body::Alert(_)) => {
             return Err(Status::invalid_argument(format!(
                 "seq {seq} is an alert: only the collector raises alerts"
+            )));
+        }
+        Some(Body::GrantChange(_)) => {
+            return Err(Status::invalid_argument(format!(
+                "seq {seq} is a grant change: only the collector records those"
             )));
         }
         None => return Err(Status::invalid_argument(format!("seq {seq} has no body"))),

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 use proto::v1::{
-    Event, Identity, Session, StoredEvent, event::Body, identity::Kind, tty::Direction,
+    Event, Grant, Identity, Session, StoredEvent, event::Body, identity::Kind, tty::Direction,
 };
 use serde_json::{Value, json};
 
@@ -22,6 +22,9 @@ pub fn kind(event: &Event) -> &'static str {
         Some(Body::Gap(_)) => "gap",
         Some(Body::ChainStart(_)) => "chain_start",
         Some(Body::Alert(_)) => "alert",
+        Some(Body::Violation(_)) => "violation",
+        Some(Body::Kill(_)) => "kill",
+        Some(Body::GrantChange(_)) => "grant_change",
         None => "unknown",
     }
 }
@@ -119,6 +122,27 @@ pub fn detail(event: &Event) -> String {
             c.previous_seq
         ),
         Some(Body::Alert(a)) => format!("ALERT {}: {}", a.kind, a.message),
+        Some(Body::Violation(v)) => format!("VIOLATION {} ({}): {}", v.rule, v.action, v.detail),
+        Some(Body::Kill(k)) => format!(
+            "KILLED by {} pids {:?}: {} {}",
+            k.by,
+            k.pids,
+            k.reason,
+            if k.grant_id.is_empty() {
+                String::new()
+            } else {
+                format!("grant {}", k.grant_id)
+            }
+        ),
+        Some(Body::GrantChange(c)) => c.grant.as_ref().map_or_else(String::new, |g| {
+            format!(
+                "GRANT {} {} for {} by {}",
+                c.action,
+                g.id,
+                g.identity.as_ref().map_or("", |i| i.name.as_str()),
+                c.actor
+            )
+        }),
         Some(Body::Fork(_)) | None => String::new(),
     }
 }
@@ -216,6 +240,20 @@ pub fn json(stored: &StoredEvent) -> Value {
             v["previous_chain_id"] = c.previous_chain_id.clone().into();
             v["previous_seq"] = c.previous_seq.into();
         }
+        Some(Body::Violation(x)) => {
+            v["violation"] = json!({"rule": x.rule, "action": x.action, "detail": x.detail});
+        }
+        Some(Body::Kill(k)) => {
+            v["kill"] = json!({
+                "grant_id": k.grant_id, "reason": k.reason, "sessionid": k.sessionid,
+                "cgroup_id": k.cgroup_id, "pids": k.pids, "by": k.by,
+            });
+        }
+        Some(Body::GrantChange(c)) => {
+            v["grant_change"] = json!({
+                "action": c.action, "actor": c.actor, "grant": c.grant.as_ref().map(grant_json),
+            });
+        }
         Some(Body::Fork(_)) | None => {}
     }
     v
@@ -244,5 +282,22 @@ pub fn session_json(s: &Session) -> Value {
         "identity": s.identity.as_ref().map(identity_json),
         "first": time(s.first_unix_nano), "last": time(s.last_unix_nano),
         "events": s.events, "execs": s.execs, "tty_bytes": s.tty_bytes,
+    })
+}
+
+#[must_use]
+pub fn grant_json(g: &Grant) -> Value {
+    json!({
+        "id": g.id,
+        "identity": g.identity.as_ref().map(|i| json!({
+            "kind": i.kind().as_str_name().to_lowercase(), "name": i.name,
+        })),
+        "hosts": g.hosts,
+        "not_before": time(g.not_before_unix_nano),
+        "expires_at": time(g.expires_at_unix_nano),
+        "revoked_at": (g.revoked_unix_nano != 0).then(|| time(g.revoked_unix_nano)),
+        "reason": g.reason,
+        "approver": g.approver,
+        "on_expiry": g.on_expiry().as_str_name().to_lowercase(),
     })
 }
