@@ -7,6 +7,8 @@ pub mod kind {
     pub const EXIT: u32 = 3;
     pub const TTY_OUT: u32 = 4;
     pub const TTY_IN: u32 = 5;
+    /// The kernel killed a task of a denied session or cgroup.
+    pub const KILL: u32 = 6;
     /// One past the largest kind id; sizes per-kind counter arrays.
     pub const SLOTS: usize = 8;
 }

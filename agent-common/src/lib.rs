@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod config;
+pub mod enforce;
 pub mod event;
 pub mod exec;
 pub mod layout;

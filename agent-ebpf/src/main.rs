@@ -13,6 +13,7 @@
 )]
 
 mod emit;
+mod enforce;
 mod exec;
 mod kernel;
 mod task;

@@ -66,6 +66,16 @@ pub struct Cli {
     #[arg(long, value_name = "SOCKET")]
     pub registration: Option<PathBuf>,
 
+    /// Fail closed: once the grant view from the collector is older than this (for example
+    /// 10m), privileged activity is a violation whatever grants the cache holds. The
+    /// collector refreshes the view every 30 s while connected.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub fail_closed_after: Option<std::time::Duration>,
+
+    /// With --fail-closed-after: kill the session of such activity, not only record it.
+    #[arg(long, requires = "fail_closed_after")]
+    pub fail_closed_kill: bool,
+
     /// How often to log the health counters, in seconds.
     #[arg(long, default_value_t = 60)]
     pub health_every: u64,

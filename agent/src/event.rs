@@ -83,6 +83,75 @@ pub enum Body {
         records: u64,
         bytes: u64,
     },
+    /// Activity the policy says needs a grant, done without one.
+    Violation {
+        rule: &'static str,
+        /// "alert" or "kill".
+        action: &'static str,
+        detail: String,
+    },
+    Kill(Kill),
+}
+
+/// What an enforcement action is aimed at: a human's audit session, or the cgroup of a
+/// non-human identity (or of a process with no audit session).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum Target {
+    Session(u32),
+    Cgroup(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Killer {
+    /// The agent, from userspace.
+    Agent,
+    /// The kernel, at the task's next syscall.
+    Kernel,
+}
+
+impl Killer {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Kernel => "kernel",
+        }
+    }
+}
+
+/// Tasks sent SIGKILL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kill {
+    pub by: Killer,
+    /// The deny entry that caused it; the enforce stage knows its grant and reason.
+    pub cause: u32,
+    /// Empty for a violation.
+    pub grant_id: String,
+    /// "expired", "revoked", "violation"; empty until the enforce stage resolves `cause`.
+    pub reason: &'static str,
+    pub target: Option<Target>,
+    pub pids: Vec<u32>,
+}
+
+impl Kill {
+    #[must_use]
+    pub fn sessionid(&self) -> Option<u32> {
+        match self.target {
+            Some(Target::Session(id)) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// 0 unless a cgroup was the target.
+    #[must_use]
+    pub fn cgroup_id(&self) -> u64 {
+        match self.target {
+            Some(Target::Cgroup(id)) => id,
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +183,8 @@ impl Event {
             Body::Tty { input: false, .. } => "tty_out",
             Body::Tty { input: true, .. } => "tty_in",
             Body::Gap { .. } => "gap",
+            Body::Violation { .. } => "violation",
+            Body::Kill(_) => "kill",
         }
     }
 }
@@ -127,6 +198,7 @@ pub fn kind_name(kind_id: u32) -> &'static str {
         kind::EXIT => "exit",
         kind::TTY_OUT => "tty_out",
         kind::TTY_IN => "tty_in",
+        kind::KILL => "kill",
         _ => "unknown",
     }
 }

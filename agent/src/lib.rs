@@ -5,6 +5,7 @@ pub mod attribute;
 pub mod chain;
 pub mod cli;
 pub mod decode;
+pub mod enforce;
 pub mod event;
 pub mod layout;
 pub mod metrics;
@@ -107,10 +108,20 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Some(socket) = &cli.registration {
         registry::serve(socket, Arc::clone(&registry))?;
     }
+    let enforcer = enforce::Enforcer::new(
+        pipeline::host_id(),
+        cli.spool.as_deref(),
+        Some(enforce::DenyMaps::take(&mut ebpf)?),
+        cli.fail_closed_after.map(|after| enforce::FailClosed {
+            after,
+            kill: cli.fail_closed_kill,
+        }),
+    );
     let sinks = Sinks {
         stdout: cli.stdout,
         spool,
         collector: cli.collector.clone(),
+        enforcer: Some(Arc::new(std::sync::Mutex::new(enforcer))),
     };
 
     for sig in [libc::SIGINT, libc::SIGTERM] {

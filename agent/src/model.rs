@@ -34,14 +34,7 @@ pub fn to_proto(
             comm: p.comm,
         }),
         identity: identity.map(|i| v1::Identity {
-            kind: match i.kind {
-                IdentityKind::Human => v1::identity::Kind::Human,
-                IdentityKind::Service => v1::identity::Kind::Service,
-                IdentityKind::Workload => v1::identity::Kind::Workload,
-                IdentityKind::Registered => v1::identity::Kind::Registered,
-                IdentityKind::Unknown => v1::identity::Kind::Unknown,
-            }
-            .into(),
+            kind: proto_kind(i.kind).into(),
             name: i.name.clone(),
             reason: i.reason.clone().unwrap_or_default(),
             grant: i.grant.clone().unwrap_or_default(),
@@ -51,6 +44,17 @@ pub fn to_proto(
             start_unix_nano: clock.unix_ns(r.start_ns),
         }),
         body: Some(body(event.body)),
+    }
+}
+
+#[must_use]
+pub fn proto_kind(kind: IdentityKind) -> v1::identity::Kind {
+    match kind {
+        IdentityKind::Human => v1::identity::Kind::Human,
+        IdentityKind::Service => v1::identity::Kind::Service,
+        IdentityKind::Workload => v1::identity::Kind::Workload,
+        IdentityKind::Registered => v1::identity::Kind::Registered,
+        IdentityKind::Unknown => v1::identity::Kind::Unknown,
     }
 }
 
@@ -113,6 +117,23 @@ fn body(body: Body) -> v1::event::Body {
             lost_kind: kind_name(lost_kind).to_owned(),
             records,
             bytes,
+        }),
+        Body::Violation {
+            rule,
+            action,
+            detail,
+        } => B::Violation(v1::Violation {
+            rule: rule.to_owned(),
+            action: action.to_owned(),
+            detail,
+        }),
+        Body::Kill(kill) => B::Kill(v1::Kill {
+            reason: kill.reason.to_owned(),
+            sessionid: kill.sessionid(),
+            cgroup_id: kill.cgroup_id(),
+            by: kill.by.as_str().to_owned(),
+            grant_id: kill.grant_id,
+            pids: kill.pids,
         }),
     }
 }

@@ -135,6 +135,27 @@ struct Line<'a> {
     lost_records: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     lost_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    violation: Option<ViolationLine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kill: Option<KillLine<'a>>,
+}
+
+#[derive(Serialize)]
+struct ViolationLine<'a> {
+    rule: &'static str,
+    action: &'static str,
+    detail: &'a str,
+}
+
+#[derive(Serialize)]
+struct KillLine<'a> {
+    grant_id: &'a str,
+    reason: &'static str,
+    sessionid: Option<u32>,
+    cgroup_id: u64,
+    pids: &'a [u32],
+    by: &'static str,
 }
 
 impl<'a> Line<'a> {
@@ -183,8 +204,16 @@ impl<'a> Line<'a> {
             lost_kind: None,
             lost_records: None,
             lost_bytes: None,
+            violation: None,
+            kill: None,
         };
-        match &event.body {
+        line.body(&event.body);
+        line
+    }
+
+    /// The fields of the event's kind.
+    fn body(&mut self, body: &'a Body) {
+        match body {
             Body::Exec {
                 filename,
                 filename_truncated,
@@ -193,20 +222,20 @@ impl<'a> Line<'a> {
                 argv_unreadable,
                 result,
             } => {
-                line.filename = Some(filename);
-                line.filename_truncated = Some(*filename_truncated);
-                line.argv = Some(argv.iter().map(|a| String::from_utf8_lossy(a)).collect());
-                line.argv_truncated = Some(*argv_truncated);
-                line.argv_unreadable = Some(*argv_unreadable);
-                line.result = Some(*result);
+                self.filename = Some(filename);
+                self.filename_truncated = Some(*filename_truncated);
+                self.argv = Some(argv.iter().map(|a| String::from_utf8_lossy(a)).collect());
+                self.argv_truncated = Some(*argv_truncated);
+                self.argv_unreadable = Some(*argv_unreadable);
+                self.result = Some(*result);
             }
             Body::Fork => {}
             Body::Exit {
                 exit_code,
                 filename,
             } => {
-                line.exit_code = Some(*exit_code);
-                line.filename = filename.as_deref();
+                self.exit_code = Some(*exit_code);
+                self.filename = filename.as_deref();
             }
             Body::Tty {
                 device,
@@ -215,10 +244,10 @@ impl<'a> Line<'a> {
                 data,
                 ..
             } => {
-                line.tty = device.map(|d| d.to_string());
-                line.fd = Some(*fd);
-                line.offset = Some(*offset);
-                line.data = Some(STANDARD.encode(data));
+                self.tty = device.map(|d| d.to_string());
+                self.fd = Some(*fd);
+                self.offset = Some(*offset);
+                self.data = Some(STANDARD.encode(data));
             }
             Body::Gap {
                 source,
@@ -226,17 +255,37 @@ impl<'a> Line<'a> {
                 records,
                 bytes,
             } => {
-                line.source = Some(match source {
+                self.source = Some(match source {
                     GapSource::Kernel => "kernel_ringbuf",
                     GapSource::Decode => "decode",
                     GapSource::Pipeline => "pipeline",
                 });
-                line.lost_kind = Some(kind_name(*lost_kind));
-                line.lost_records = Some(*records);
-                line.lost_bytes = Some(*bytes);
+                self.lost_kind = Some(kind_name(*lost_kind));
+                self.lost_records = Some(*records);
+                self.lost_bytes = Some(*bytes);
+            }
+            Body::Violation {
+                rule,
+                action,
+                detail,
+            } => {
+                self.violation = Some(ViolationLine {
+                    rule,
+                    action,
+                    detail,
+                });
+            }
+            Body::Kill(kill) => {
+                self.kill = Some(KillLine {
+                    grant_id: &kill.grant_id,
+                    reason: kill.reason,
+                    sessionid: kill.sessionid(),
+                    cgroup_id: kill.cgroup_id(),
+                    pids: &kill.pids,
+                    by: kill.by.as_str(),
+                });
             }
         }
-        line
     }
 }
 

@@ -23,9 +23,10 @@ use tonic::transport::Endpoint;
 use tracing::{Instrument as _, debug_span, info, info_span, warn};
 
 use crate::{
-    attribute::Attributor,
+    attribute::{Attributor, Identity},
     chain::Chain,
     decode,
+    enforce::{self, Judgement},
     event::{Body, Event, GapSource},
     metrics::Health,
     model::to_proto,
@@ -47,6 +48,8 @@ pub struct Sinks {
     pub spool: Option<ChainedSpool>,
     /// The collector the spool is shipped to.
     pub collector: Option<Endpoint>,
+    /// Grants and policy: judged against events, enforced on the expiry clock.
+    pub enforcer: Option<enforce::Shared>,
 }
 
 /// The running stages, and the ship stage, which outlives them: it sends what they made
@@ -68,6 +71,17 @@ pub fn spawn(
     let mut stages = JoinSet::new();
     let mut ship = None;
     let (decoded_tx, decoded_rx) = mpsc::channel(STAGE_DEPTH);
+    let (views_tx, views_rx) = watch::channel(None);
+    if let Some(enforcer) = &sinks.enforcer {
+        let clock = enforce::clock(Arc::clone(enforcer), views_rx, decoded_tx.downgrade());
+        stages.spawn(
+            async {
+                clock.await;
+                Ok(())
+            }
+            .instrument(info_span!("enforce")),
+        );
+    }
     stages.spawn(decode_stage(batches, decoded_tx).instrument(info_span!("decode")));
     let model_tx = sinks.spool.map(|spool| {
         let (tx, rx) = mpsc::channel(STAGE_DEPTH);
@@ -79,6 +93,7 @@ pub fn spawn(
                 host: spool.host.clone(),
                 durable: durable_rx,
                 freed: Arc::clone(&spool.freed),
+                grants: views_tx,
             };
             ship = Some(tokio::spawn(shipper.run().instrument(info_span!("ship"))));
         }
@@ -95,6 +110,7 @@ pub fn spawn(
             .stdout
             .then(|| BufWriter::with_capacity(1 << 20, io::stdout())),
         health: Arc::clone(health),
+        enforcer: sinks.enforcer,
     };
     stages.spawn(
         attribute
@@ -137,6 +153,7 @@ struct Attribute {
     clock: WallClock,
     stdout: Option<BufWriter<io::Stdout>>,
     health: Arc<Health>,
+    enforcer: Option<enforce::Shared>,
 }
 
 impl Attribute {
@@ -168,18 +185,46 @@ impl Attribute {
         let _span = debug_span!("batch", events = events.len()).entered();
         self.clock.follow_steps();
         let mut modelled = Vec::with_capacity(if model { events.len() } else { 0 });
-        for mut event in events {
+        let mut queue = std::collections::VecDeque::from(events);
+        while let Some(mut event) = queue.pop_front() {
             let root = self.table.observe(&mut event);
             count(&self.health, &event);
             if self.stdout.is_none() && !model {
                 continue;
             }
             let identity = event.process.as_ref().map(|p| self.attributor.identify(p));
+            let mut judgement = Judgement::default();
+            if let Some(enforcer) = &self.enforcer
+                && matches!(
+                    event.body,
+                    Body::Exec { .. } | Body::Tty { .. } | Body::Kill(_)
+                )
+            {
+                let mut enforcer = enforce::lock(enforcer);
+                if let Body::Kill(kill) = &mut event.body {
+                    enforcer.resolve(kill);
+                }
+                judgement = enforcer.judge(&event, identity, self.clock.unix_ns(event.ktime_ns));
+            }
+            let granted;
+            let identity = match (judgement.grant, identity) {
+                (Some(grant), Some(i)) => {
+                    granted = Identity {
+                        grant: Some(grant),
+                        ..i.clone()
+                    };
+                    Some(&granted)
+                }
+                (_, identity) => identity,
+            };
             if let Some(out) = &mut self.stdout {
                 write_json(out, &event, identity, root, &self.clock)?;
             }
             if model {
                 modelled.push(to_proto(event, identity, root, &self.clock));
+            }
+            for (i, follow) in judgement.follow.into_iter().enumerate() {
+                queue.insert(i, follow);
             }
         }
         if let Some(out) = &mut self.stdout {
@@ -379,7 +424,7 @@ impl ChainedSpool {
 }
 
 /// This host's stable id: systemd's machine id, else the host name.
-fn host_id() -> String {
+pub(crate) fn host_id() -> String {
     std::fs::read_to_string("/etc/machine-id")
         .ok()
         .map(|s| s.trim().to_owned())

@@ -84,6 +84,10 @@ pub const SENSORS: &[Sensor] = &[
             tp("tty_sys_enter_writev", "syscalls", "sys_enter_writev"),
         ],
     },
+    Sensor {
+        name: "enforce",
+        programs: &[raw("enforce_sys_enter", "raw_syscalls", "sys_enter")],
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

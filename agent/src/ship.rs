@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use proto::v1::{
-    AgentMessage, ChainedEvent, Checkpoint, CollectorMessage, EventBatch, Hello,
+    AgentMessage, ChainedEvent, Checkpoint, CollectorMessage, EventBatch, GrantView, Hello,
     agent_message::Msg, collector_message, ingest_client::IngestClient,
 };
 use tokio::sync::{mpsc, watch};
@@ -53,6 +53,8 @@ pub struct Shipper {
     pub durable: watch::Receiver<Durable>,
     /// Bytes of segments deleted after their ack, for the spool's size bound.
     pub freed: Arc<AtomicU64>,
+    /// Where the grant views the collector pushes go (to the enforce stage).
+    pub grants: watch::Sender<Option<GrantView>>,
 }
 
 /// What the collector holds, and which read segments can go once it holds all of them.
@@ -170,8 +172,14 @@ impl Shipper {
                         sender.abort();
                         bail!("the collector closed the stream");
                     };
-                    if let Some(collector_message::Msg::Ack(ack)) = message.msg {
-                        self.acked(&ledger, &tx, ack.chain_id, ack.seq).await;
+                    match message.msg {
+                        Some(collector_message::Msg::Ack(ack)) => {
+                            self.acked(&ledger, &tx, ack.chain_id, ack.seq).await;
+                        }
+                        Some(collector_message::Msg::Grants(view)) => {
+                            self.grants.send_replace(Some(view));
+                        }
+                        Some(collector_message::Msg::Welcome(_)) | None => {}
                     }
                 }
             }

@@ -176,7 +176,11 @@ async fn main() {
     let store = collector::store::open(&url).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(collector::serve(listener, Arc::clone(&store)));
+    tokio::spawn(collector::serve(
+        listener,
+        Arc::clone(&store),
+        collector::policy::default_policy(),
+    ));
 
     let single = chain("bench:single:0", EVENTS);
     let event_bytes: usize = single.iter().map(|r| r.event.len()).sum();

@@ -1,18 +1,23 @@
 //! Command line.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
 
-/// Collector of the privileged-activity recorder: verifies and stores agents' chains, and
-/// serves queries over them.
+/// Collector of the privileged-activity recorder: verifies and stores agents' chains, serves
+/// queries over them, and keeps the just-in-time grants agents enforce.
 #[derive(Debug, Parser)]
 #[command(version)]
 pub struct Cli {
-    /// Address the gRPC services (Ingest and Query) listen on; port 0 picks a free one.
+    /// Address the gRPC services (Ingest, Query and Grants) listen on; port 0 picks a free
+    /// one.
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub listen: SocketAddr,
     /// Where evidence is stored: `sqlite://PATH`.
     #[arg(long, default_value = "sqlite:///var/lib/recorder/collector.db")]
     pub store: String,
+    /// The policy agents enforce, a JSON file (docs/grants.md). Without it: mode alert, a
+    /// human's exec as root needs a grant, no guarded identities.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
 }

@@ -1,8 +1,10 @@
 //! The Ingest service: checks what each agent stream sends against the contract
 //! (collector.proto, docs/chain.md), hands verified batches to the writer, and acknowledges
-//! each one once the writer reports it durable.
+//! each one once the writer reports it durable. It also keeps each agent's view of its
+//! host's grants fresh: a `GrantView` after Welcome, at every grant change, and every
+//! `VIEW_REFRESH`.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use prost::Message as _;
 use proto::{
@@ -12,11 +14,12 @@ use proto::{
         agent_message::Msg, collector_message, event::Body, ingest_server::Ingest,
     },
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    grants::Views,
     store::{COLLECTOR_CHAIN, Record, Store, blocking},
     writer::{Batch, CheckpointRequest, Pending, WriterHandle},
 };
@@ -35,16 +38,24 @@ pub const MAX_HELLO_CHAINS: usize = 4096;
 /// Batches a stream may have in the writer's queue before it waits for their acks; they are
 /// what lets one agent's batches share a commit.
 const IN_FLIGHT: usize = 16;
+/// A stream is sent a fresh `GrantView` at least this often, even when nothing changed:
+/// agents count their view's staleness from its `issued_unix_nano`.
+pub const VIEW_REFRESH: Duration = Duration::from_secs(30);
 
 pub struct IngestService {
     store: Arc<dyn Store>,
     writer: WriterHandle,
+    views: Views,
 }
 
 impl IngestService {
     #[must_use]
-    pub fn new(store: Arc<dyn Store>, writer: WriterHandle) -> Self {
-        Self { store, writer }
+    pub fn new(store: Arc<dyn Store>, writer: WriterHandle, views: Views) -> Self {
+        Self {
+            store,
+            writer,
+            views,
+        }
     }
 }
 
@@ -71,21 +82,74 @@ impl Ingest for IngestService {
         let inbound = request.into_inner();
         let (out, rx) = mpsc::channel(IN_FLIGHT * 2);
         let (steps, steps_rx) = mpsc::channel(IN_FLIGHT);
+        // Dropped when the acks end, which ends the grant views too: the stream closes once
+        // the agent's side has and every ack is out.
+        let (acks_done, acks_ended) = oneshot::channel();
         tokio::spawn(read(
             inbound,
-            Arc::clone(&self.store),
-            self.writer.clone(),
-            out.clone(),
-            steps,
+            Reader {
+                store: Arc::clone(&self.store),
+                writer: self.writer.clone(),
+                views: self.views.clone(),
+                out: out.clone(),
+                steps,
+                acks_ended,
+            },
         ));
-        tokio::spawn(acknowledge(steps_rx, out, peer));
+        tokio::spawn(acknowledge(steps_rx, out, peer, acks_done));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
+/// What the reading side of one stream works with.
+struct Reader {
+    store: Arc<dyn Store>,
+    writer: WriterHandle,
+    views: Views,
+    out: mpsc::Sender<Reply>,
+    steps: mpsc::Sender<Step>,
+    acks_ended: oneshot::Receiver<()>,
+}
+
+/// Sends `host`'s grant view now, again at each grant change, and every `VIEW_REFRESH`, until
+/// `acks_ended`.
+async fn push_views(
+    views: Views,
+    host: String,
+    out: mpsc::Sender<Reply>,
+    mut acks_ended: oneshot::Receiver<()>,
+) {
+    let mut changed = views.subscribe();
+    let mut refresh = tokio::time::interval(VIEW_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut acks_ended => return,
+            _ = refresh.tick() => {}
+            changed = changed.changed() => if changed.is_err() { return },
+        }
+        refresh.reset();
+        let reply = views.view(&host).await.map(|view| CollectorMessage {
+            msg: Some(collector_message::Msg::Grants(view)),
+        });
+        if let Err(status) = &reply {
+            tracing::error!(%host, message = status.message(), "cannot make the grant view; ending the stream");
+        }
+        let failed = reply.is_err();
+        if out.send(reply).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 /// Sends acks in order as the writer reports batches durable; the first failure ends the
-/// stream.
-async fn acknowledge(mut steps: mpsc::Receiver<Step>, out: mpsc::Sender<Reply>, peer: String) {
+/// stream. `_done` is dropped when it returns.
+async fn acknowledge(
+    mut steps: mpsc::Receiver<Step>,
+    out: mpsc::Sender<Reply>,
+    peer: String,
+    _done: oneshot::Sender<()>,
+) {
     while let Some(step) = steps.recv().await {
         let reply = match step {
             Step::Ack(chain_id, pending) => pending.wait().await.map(|seq| CollectorMessage {
@@ -108,13 +172,15 @@ async fn acknowledge(mut steps: mpsc::Receiver<Step>, out: mpsc::Sender<Reply>, 
 }
 
 /// Reads the agent's messages: Hello first, then batches and checkpoints.
-async fn read(
-    mut inbound: Streaming<AgentMessage>,
-    store: Arc<dyn Store>,
-    writer: WriterHandle,
-    out: mpsc::Sender<Reply>,
-    steps: mpsc::Sender<Step>,
-) {
+async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
+    let Reader {
+        store,
+        writer,
+        views,
+        out,
+        steps,
+        acks_ended,
+    } = reader;
     let fail = async |status| {
         let _ = steps.send(Step::Fail(status)).await;
     };
@@ -136,6 +202,7 @@ async fn read(
     if out.send(Ok(welcome)).await.is_err() {
         return;
     }
+    tokio::spawn(push_views(views, hello.host.clone(), out, acks_ended));
     loop {
         let step = match inbound.message().await {
             Ok(None) => return,
@@ -356,6 +423,7 @@ fn record(host: &str, seq: u64, bytes: Vec<u8>, hash: [u8; 32]) -> Result<Record
         sessionid,
         identity_kind: identity.kind,
         identity_name: identity.name,
+        grant: identity.grant,
         tty_bytes,
         event: bytes,
         hash,

@@ -13,6 +13,10 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let policy = match &cli.policy {
+        Some(path) => collector::policy::load(path)?,
+        None => collector::policy::default_policy(),
+    };
     let store = collector::store::open(&cli.store)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -21,8 +25,14 @@ fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(cli.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", cli.listen))?;
+            tracing::info!(
+                mode = ?policy.mode(),
+                root_exec = policy.root_exec,
+                guarded = policy.guarded.len(),
+                "policy"
+            );
             tracing::info!(store = %cli.store, "listening on {}", listener.local_addr()?);
-            collector::serve(listener, store).await?;
+            collector::serve(listener, store, policy).await?;
             Ok(())
         })
 }

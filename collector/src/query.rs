@@ -13,7 +13,18 @@ use tonic::{Request, Response, Status};
 use crate::store::{Cursor, EventFilter, SessionMatch, Store, blocking};
 
 /// The kinds a filter may name.
-const KINDS: [&str; 7] = ["exec", "fork", "exit", "tty", "gap", "chain_start", "alert"];
+const KINDS: [&str; 10] = [
+    "exec",
+    "fork",
+    "exit",
+    "tty",
+    "gap",
+    "chain_start",
+    "alert",
+    "violation",
+    "kill",
+    "grant_change",
+];
 const DEFAULT_LIMIT: u32 = 1000;
 const MAX_LIMIT: u32 = 10_000;
 /// Rows read from the store at a time by streaming calls.

@@ -1,7 +1,9 @@
 //! The one writer: ingest streams hand it verified batches, it checks each against the chain
 //! heads it keeps (so continuity is judged against exactly what it commits), commits
 //! everything queued in one transaction, and only then replies. After each commit it tells
-//! tailers how far the store reaches.
+//! tailers how far the store reaches. Grant changes go through it too: each is chained into
+//! the collector's own chain in the same transaction as the grant it changes, and applied to
+//! the grant as the commits before it left it, so two changes to one grant never race.
 
 use std::{
     collections::HashMap,
@@ -12,13 +14,17 @@ use std::{
 use prost::Message as _;
 use proto::{
     chain::{GENESIS, chain_hash},
-    v1::{Alert, ChainStart, Event, event::Body},
+    v1::{Alert, ChainStart, Event, Grant, GrantChange, event::Body},
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::Status;
 
-use crate::store::{
-    Append, COLLECTOR_CHAIN, ChainState, CheckpointRow, Commit, Conflict, Record, Store, StoreError,
+use crate::{
+    grants,
+    store::{
+        Append, COLLECTOR_CHAIN, ChainState, CheckpointRow, Commit, Conflict, Record, Store,
+        StoreError,
+    },
 };
 
 /// Requests queued for the writer; senders wait when it is this far behind.
@@ -44,11 +50,46 @@ pub struct CheckpointRequest {
     pub time_unix_nano: u64,
 }
 
+/// A change an operator asked for. `Create` carries the whole new grant; the others name the
+/// grant they change.
+#[derive(Debug)]
+pub enum GrantOp {
+    Create(Box<Grant>),
+    Revoke { id: String },
+    Extend { id: String, nanos: u64 },
+}
+
 type Reply = oneshot::Sender<Result<u64, Status>>;
+type GrantReply = oneshot::Sender<Result<Grant, Status>>;
 
 enum Request {
     Batch(Batch, Reply),
     Checkpoint(CheckpointRequest, Reply),
+    Grant {
+        op: GrantOp,
+        actor: String,
+        reply: GrantReply,
+    },
+}
+
+/// An answer owed once the group it belongs to is committed (or has failed).
+enum Outcome {
+    Seq(Reply, Result<u64, Status>),
+    Grant(GrantReply, Result<Grant, Status>),
+}
+
+impl Outcome {
+    /// Sends the answer; when the commit failed, the failure instead.
+    fn send(self, failure: Option<&Status>) {
+        match self {
+            Self::Seq(reply, result) => {
+                let _ = reply.send(failure.map_or(result, |f| Err(f.clone())));
+            }
+            Self::Grant(reply, result) => {
+                let _ = reply.send(failure.map_or(result, |f| Err(f.clone())));
+            }
+        }
+    }
 }
 
 /// The ingest side's handle on the writer.
@@ -90,13 +131,25 @@ impl WriterHandle {
             .map_err(|_| gone())?;
         Ok(Pending(rx))
     }
+
+    /// Applies a grant change and waits until it and its `GrantChange` record are durable;
+    /// returns the grant as it now is.
+    pub async fn change_grant(&self, op: GrantOp, actor: String) -> Result<Grant, Status> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Grant { op, actor, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
 }
 
 /// Starts the writer on the blocking pool. `live` receives the highest stored row id after
-/// each commit.
+/// each commit; `grants_changed` is marked after each commit that changed a grant.
 pub fn spawn(
     store: Arc<dyn Store>,
     live: broadcast::Sender<i64>,
+    grants_changed: watch::Sender<()>,
 ) -> Result<WriterHandle, StoreError> {
     let heads = store
         .chains()?
@@ -109,6 +162,7 @@ pub fn spawn(
         heads,
         rx,
         live,
+        grants_changed,
     };
     tokio::task::spawn_blocking(move || writer.run());
     Ok(WriterHandle { tx })
@@ -120,6 +174,7 @@ struct Writer {
     heads: HashMap<String, ChainState>,
     rx: mpsc::Receiver<Request>,
     live: broadcast::Sender<i64>,
+    grants_changed: watch::Sender<()>,
 }
 
 /// One group commit in the making.
@@ -128,8 +183,17 @@ struct Group {
     commit: Commit,
     /// Heads as they will be once `commit` is durable.
     heads: HashMap<String, ChainState>,
-    replies: Vec<(Reply, Result<u64, Status>)>,
+    replies: Vec<Outcome>,
     records: usize,
+}
+
+/// An event the collector chains into its own chain, and the columns it is found by.
+struct Own {
+    kind: &'static str,
+    host: String,
+    identity_kind: i32,
+    identity_name: String,
+    body: Body,
 }
 
 /// A request that must wait for the group before it to be committed: it reads records that
@@ -164,24 +228,30 @@ impl Writer {
 
     fn flush(&mut self, group: Group) {
         if group.commit.is_empty() {
-            for (reply, result) in group.replies {
-                let _ = reply.send(result);
+            for outcome in group.replies {
+                outcome.send(None);
             }
             return;
         }
         match self.store.commit(&group.commit) {
             Ok(last_row) => {
                 self.heads.extend(group.heads);
-                for (reply, result) in group.replies {
-                    let _ = reply.send(result);
+                // Before the replies: once an operator's change returns, every agent stream
+                // has been told to send a fresh view.
+                if !group.commit.grants.is_empty() {
+                    self.grants_changed.send_replace(());
+                }
+                for outcome in group.replies {
+                    outcome.send(None);
                 }
                 // No tailer listening is not an error.
                 let _ = self.live.send(last_row);
             }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed; nothing of this group is acknowledged");
-                for (reply, _) in group.replies {
-                    let _ = reply.send(Err(Status::internal(format!("store commit failed: {e}"))));
+                let failure = Status::internal(format!("store commit failed: {e}"));
+                for outcome in group.replies {
+                    outcome.send(Some(&failure));
                 }
             }
         }
@@ -210,14 +280,18 @@ impl Writer {
                     return Err(Later(Request::Batch(batch, reply)));
                 }
                 let result = self.append(group, batch);
-                group.replies.push((reply, result));
+                group.replies.push(Outcome::Seq(reply, result));
             }
             Request::Checkpoint(checkpoint, reply) => {
                 if self.needs_commit(group, &checkpoint.chain_id, checkpoint.size) {
                     return Err(Later(Request::Checkpoint(checkpoint, reply)));
                 }
                 let result = self.checkpoint(group, checkpoint);
-                group.replies.push((reply, result));
+                group.replies.push(Outcome::Seq(reply, result));
+            }
+            Request::Grant { op, actor, reply } => {
+                let result = self.change_grant(group, op, actor);
+                group.replies.push(Outcome::Grant(reply, result));
             }
         }
         Ok(())
@@ -308,14 +382,20 @@ impl Writer {
                     stored_hash,
                     received_unix_nano: now(),
                 });
-                self.raise(
+                self.chain_own(
                     group,
-                    Alert {
-                        kind: "fork".into(),
+                    Own {
+                        kind: "alert",
                         host: batch.host.clone(),
-                        chain_id: chain_id.clone(),
-                        seq: r.seq,
-                        message: message.clone(),
+                        identity_kind: 0,
+                        identity_name: String::new(),
+                        body: Body::Alert(Alert {
+                            kind: "fork".into(),
+                            host: batch.host.clone(),
+                            chain_id: chain_id.clone(),
+                            seq: r.seq,
+                            message: message.clone(),
+                        }),
                     },
                 );
                 return Err(Status::already_exists(message));
@@ -326,8 +406,83 @@ impl Writer {
         ))
     }
 
-    /// Chains an alert into the collector's own chain, which starts like any other.
-    fn raise(&self, group: &mut Group, alert: Alert) {
+    /// The grant as committed, or as a change earlier in this group left it.
+    fn current_grant(&self, group: &Group, id: &str) -> Result<Option<Grant>, Status> {
+        if let Some(g) = group.commit.grants.iter().rev().find(|g| g.id == id) {
+            return Ok(Some(g.clone()));
+        }
+        self.store
+            .grant(id)
+            .map_err(|e| Status::internal(format!("store read failed: {e}")))
+    }
+
+    /// Applies a grant change to the group: the grant as it becomes, and its `GrantChange`
+    /// record in the collector's chain.
+    fn change_grant(&self, group: &mut Group, op: GrantOp, actor: String) -> Result<Grant, Status> {
+        let time = now();
+        let live = |id: &str| -> Result<Grant, Status> {
+            let grant = self
+                .current_grant(group, id)?
+                .ok_or_else(|| Status::not_found(format!("no grant has the id {id:?}")))?;
+            match grants::ended(&grant, time) {
+                Some(why) => Err(Status::failed_precondition(format!(
+                    "grant {id} has already ended: {why}"
+                ))),
+                None => Ok(grant),
+            }
+        };
+        let (action, grant) = match op {
+            GrantOp::Create(grant) => {
+                if self.current_grant(group, &grant.id)?.is_some() {
+                    return Err(Status::already_exists(format!(
+                        "a grant with the id {} exists already",
+                        grant.id
+                    )));
+                }
+                ("create", *grant)
+            }
+            GrantOp::Revoke { id } => {
+                let mut grant = live(&id)?;
+                grant.revoked_unix_nano = time;
+                ("revoke", grant)
+            }
+            GrantOp::Extend { id, nanos } => {
+                let mut grant = live(&id)?;
+                grant.expires_at_unix_nano = grant
+                    .expires_at_unix_nano
+                    .checked_add(nanos)
+                    .filter(|t| *t <= grants::MAX_TIME)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "extending grant {id} by {nanos} ns would take it past the year 2262"
+                        ))
+                    })?;
+                ("extend", grant)
+            }
+        };
+        let selector = grant.identity.clone().unwrap_or_default();
+        tracing::info!(grant = %grant.id, action, %actor, identity = %selector.name, "grant changed");
+        self.chain_own(
+            group,
+            Own {
+                kind: "grant_change",
+                host: COLLECTOR_CHAIN.into(),
+                // So that a search by identity finds the changes to its grants.
+                identity_kind: selector.kind,
+                identity_name: selector.name,
+                body: Body::GrantChange(GrantChange {
+                    action: action.into(),
+                    grant: Some(grant.clone()),
+                    actor,
+                }),
+            },
+        );
+        group.commit.grants.push(grant.clone());
+        Ok(grant)
+    }
+
+    /// Chains an event of the collector's own into its chain, which starts like any other.
+    fn chain_own(&self, group: &mut Group, own: Own) {
         let mut head = self.head(group, COLLECTOR_CHAIN).unwrap_or(ChainState {
             chain_id: COLLECTOR_CHAIN.into(),
             host: COLLECTOR_CHAIN.into(),
@@ -335,20 +490,29 @@ impl Writer {
             head_hash: GENESIS,
         });
         let time = now();
-        let mut bodies = Vec::new();
+        let mut owns = Vec::new();
         if head.next_seq == 0 {
-            bodies.push((
-                "chain_start",
-                COLLECTOR_CHAIN.to_owned(),
-                Body::ChainStart(ChainStart {
+            owns.push(Own {
+                kind: "chain_start",
+                host: COLLECTOR_CHAIN.to_owned(),
+                identity_kind: 0,
+                identity_name: String::new(),
+                body: Body::ChainStart(ChainStart {
                     host: COLLECTOR_CHAIN.into(),
                     ..ChainStart::default()
                 }),
-            ));
+            });
         }
-        bodies.push(("alert", alert.host.clone(), Body::Alert(alert)));
+        owns.push(own);
         let mut records = Vec::new();
-        for (kind, host, body) in bodies {
+        for Own {
+            kind,
+            host,
+            identity_kind,
+            identity_name,
+            body,
+        } in owns
+        {
             let event = Event {
                 time_unix_nano: time,
                 body: Some(body),
@@ -363,8 +527,9 @@ impl Writer {
                 kind,
                 session: String::new(),
                 sessionid: None,
-                identity_kind: 0,
-                identity_name: String::new(),
+                identity_kind,
+                identity_name,
+                grant: String::new(),
                 tty_bytes: 0,
                 event,
                 hash,

@@ -1,7 +1,9 @@
-//! The operators' client of the collector's Query service: `tail`, `search`, `sessions`,
-//! `replay` and `verify`, as readable text or JSON lines. `cargo xtask` runs it.
+//! The operators' client of the collector: `tail`, `search`, `sessions`, `replay` and
+//! `verify` over its Query service, `grant` and `review` over its Grants service, as readable
+//! text or JSON lines. `cargo xtask` runs it.
 
 pub mod cli;
+pub mod grant;
 pub mod render;
 
 use std::{
@@ -12,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use proto::v1::{
     ReplayRequest, SearchRequest, SessionsRequest, StoredEvent, TailRequest, VerifyRequest,
-    event::Body, query_client::QueryClient, tty::Direction,
+    event::Body, grants_client::GrantsClient, query_client::QueryClient, tty::Direction,
 };
 use tonic::transport::Channel;
 
@@ -25,15 +27,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .block_on(command(cli))
 }
 
-async fn connect(url: &str) -> anyhow::Result<QueryClient<Channel>> {
+async fn connect(url: &str) -> anyhow::Result<Channel> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("{url} is not a collector URL (http://HOST:PORT)"))?
         .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint
+    endpoint
         .connect()
         .await
-        .with_context(|| format!("cannot reach the collector at {url}"))?;
-    Ok(QueryClient::new(channel).max_decoding_message_size(64 << 20))
+        .with_context(|| format!("cannot reach the collector at {url}"))
 }
 
 /// Unix nanoseconds `ago` before now.
@@ -45,8 +46,13 @@ fn since(ago: Duration) -> u64 {
     u64::try_from(now.as_nanos()).unwrap_or(u64::MAX)
 }
 
+fn now() -> u64 {
+    since(Duration::ZERO)
+}
+
 async fn command(cli: Cli) -> anyhow::Result<()> {
-    let mut client = connect(&cli.collector).await?;
+    let channel = connect(&cli.collector).await?;
+    let mut client = QueryClient::new(channel.clone()).max_decoding_message_size(64 << 20);
     let mut out = io::stdout().lock();
     match cli.command {
         Command::Tail {
@@ -125,6 +131,13 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
         } => replay(&mut client, session, speed, max_wait, &mut out).await,
         Command::Verify { host, chain, json } => {
             verify(&mut client, host, chain, json, &mut out).await
+        }
+        Command::Grant { command } => {
+            grant::grant(GrantsClient::new(channel), command, &mut out).await
+        }
+        Command::Review { since: ago, json } => {
+            let client = GrantsClient::new(channel).max_decoding_message_size(64 << 20);
+            grant::review(client, ago, json, &mut out).await
         }
     }
 }

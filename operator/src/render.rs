@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 use proto::v1::{
-    Event, Grant, Identity, Session, StoredEvent, event::Body, identity::Kind, tty::Direction,
+    Event, Grant, Identity, IdentityReview, IdentitySelector, Session, StoredEvent, event::Body,
+    identity::Kind, tty::Direction,
 };
 use serde_json::{Value, json};
 
@@ -295,9 +296,133 @@ pub fn grant_json(g: &Grant) -> Value {
         "hosts": g.hosts,
         "not_before": time(g.not_before_unix_nano),
         "expires_at": time(g.expires_at_unix_nano),
+        "not_before_unix_nano": g.not_before_unix_nano,
+        "expires_at_unix_nano": g.expires_at_unix_nano,
         "revoked_at": (g.revoked_unix_nano != 0).then(|| time(g.revoked_unix_nano)),
         "reason": g.reason,
         "approver": g.approver,
         "on_expiry": g.on_expiry().as_str_name().to_lowercase(),
+    })
+}
+
+/// A span of nanoseconds to the second, for example `1h 30m`.
+fn span(nanos: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(nanos / 1_000_000_000)).to_string()
+}
+
+/// `name(kind)`.
+fn selector(s: Option<&IdentitySelector>) -> String {
+    s.map_or_else(
+        || "-".to_owned(),
+        |s| format!("{}({})", s.name, identity_kind(s.kind())),
+    )
+}
+
+/// Where the grant stands at `now`.
+fn grant_state(g: &Grant, now: u64) -> String {
+    if g.revoked_unix_nano != 0 && g.revoked_unix_nano <= g.expires_at_unix_nano {
+        format!("revoked {}", time(g.revoked_unix_nano))
+    } else if g.expires_at_unix_nano <= now {
+        "expired".into()
+    } else if g.not_before_unix_nano > now {
+        "pending".into()
+    } else {
+        format!("live, {} left", span(g.expires_at_unix_nano - now))
+    }
+}
+
+/// `ID identity hosts from → to state on-expiry reason approver`: the id first.
+#[must_use]
+pub fn grant_line(g: &Grant, now: u64) -> String {
+    let hosts = if g.hosts.is_empty() {
+        "every host".to_owned()
+    } else {
+        g.hosts.join(",")
+    };
+    format!(
+        "{}  {}  on {}  {} → {}  {}  on expiry {}  reason {:?}  approver {:?}",
+        g.id,
+        selector(g.identity.as_ref()),
+        hosts,
+        time(g.not_before_unix_nano),
+        time(g.expires_at_unix_nano),
+        grant_state(g, now),
+        g.on_expiry().as_str_name().to_lowercase(),
+        g.reason,
+        g.approver,
+    )
+}
+
+/// An identity's review as a few lines: totals, one line per grant and per recent
+/// violation, and the grants to revoke with why.
+#[must_use]
+pub fn review_text(r: &IdentityReview, now: u64) -> String {
+    let never_used = r.grants.iter().filter(|u| u.events == 0).count();
+    let mut s = format!(
+        "{}: {} grants, held {} in all, {never_used} never used; {} violations\n",
+        selector(r.identity.as_ref()),
+        r.grants.len(),
+        span(r.granted_nanos),
+        r.violations,
+    );
+    for u in &r.grants {
+        let Some(g) = &u.grant else { continue };
+        let _ = write!(
+            s,
+            "  grant {}  {} → {}  {}  {} events",
+            g.id,
+            time(g.not_before_unix_nano),
+            time(g.expires_at_unix_nano),
+            grant_state(g, now),
+            u.events
+        );
+        if u.events > 0 {
+            let _ = write!(
+                s,
+                ", used {} → {}",
+                time(u.first_use_unix_nano),
+                time(u.last_use_unix_nano)
+            );
+        }
+        s.push('\n');
+    }
+    for v in &r.recent_violations {
+        let _ = writeln!(s, "  violation {}", line(v));
+    }
+    let to_revoke: Vec<String> = r
+        .grants
+        .iter()
+        .filter(|u| !u.revoke_because.is_empty())
+        .filter_map(|u| Some(format!("{} ({})", u.grant.as_ref()?.id, u.revoke_because)))
+        .collect();
+    if !to_revoke.is_empty() {
+        let _ = writeln!(s, "  to revoke: {}", to_revoke.join("; "));
+    }
+    s
+}
+
+#[must_use]
+pub fn review_json(r: &IdentityReview) -> Value {
+    let use_time = |t: u64| (t != 0).then(|| time(t));
+    let id = |u: &proto::v1::GrantUse| u.grant.as_ref().map(|g| g.id.clone());
+    json!({
+        "identity": r.identity.as_ref().map(|i| json!({
+            "kind": identity_kind(i.kind()), "name": i.name,
+        })),
+        "granted_nanos": r.granted_nanos,
+        "granted": span(r.granted_nanos),
+        "grants": r.grants.iter().map(|u| json!({
+            "grant": u.grant.as_ref().map(grant_json),
+            "events": u.events,
+            "first_use": use_time(u.first_use_unix_nano),
+            "last_use": use_time(u.last_use_unix_nano),
+            "revoke_because": u.revoke_because,
+        })).collect::<Vec<_>>(),
+        "never_used": r.grants.iter().filter(|u| u.events == 0).filter_map(id).collect::<Vec<_>>(),
+        "violations": r.violations,
+        "recent_violations": r.recent_violations.iter().map(json).collect::<Vec<_>>(),
+        "to_revoke": r.grants.iter().filter(|u| !u.revoke_because.is_empty())
+            .map(|u| json!({"id": id(u), "because": u.revoke_because}))
+            .collect::<Vec<_>>(),
     })
 }

@@ -155,6 +155,31 @@ impl Agent {
         agent
     }
 
+    /// Waits until the agent has logged a line containing `text`.
+    #[must_use]
+    pub fn wait_for_log(&self, timeout: Duration, text: &str) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr.lock().unwrap().contains(text) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Everything the agent has printed, so far, that matches `pred`.
+    #[must_use]
+    pub fn events_where(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| pred(v))
+            .cloned()
+            .collect()
+    }
+
     /// Waits until an event matching `pred` has arrived, and returns it.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + timeout;

@@ -55,11 +55,19 @@ impl Collector {
     /// where it listens: an agent pointed at a fixed address finds it again after a restart.
     #[must_use]
     pub fn start_at(store: &Path, addr: SocketAddr) -> Self {
+        Self::start_with(store, addr, &[])
+    }
+
+    /// Starts the collector on `addr` with the SQLite file `store` and `extra` flags (a
+    /// `--policy FILE`, say).
+    #[must_use]
+    pub fn start_with(store: &Path, addr: SocketAddr, extra: &[&str]) -> Self {
         let mut child = Command::new(binary())
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--store")
             .arg(format!("sqlite://{}", store.display()))
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -152,9 +160,17 @@ impl Drop for Collector {
 /// Runs the collector on `store` expecting it to exit by itself (within 30 s).
 #[must_use]
 pub fn run_to_exit(store: &Path) -> Output {
+    run_to_exit_with(store, &[])
+}
+
+/// Runs the collector on `store` with `extra` flags, expecting it to exit by itself (within
+/// 30 s).
+#[must_use]
+pub fn run_to_exit_with(store: &Path, extra: &[&str]) -> Output {
     let mut child = Command::new(binary())
         .args(["--listen", "127.0.0.1:0", "--store"])
         .arg(format!("sqlite://{}", store.display()))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod collector;
 pub mod operator;
 pub mod pty;
+pub mod ssh;
 
 use std::{
     fs,

@@ -2,23 +2,22 @@
 //! client that ships chains built as an agent builds them (`proto::chain::chain_hash` over
 //! serialized `recorder.v1.Event`s). No root needed.
 
+mod common;
+
 use std::{fmt::Write as _, io::Write as _, path::Path, time::Duration};
 
+use common::{Agent, Chain, query, search_all, verify};
 use prost::Message as _;
 use proto::{
-    chain::{GENESIS, chain_hash},
+    chain::chain_hash,
     v1::{
-        AgentMessage, ChainStart, ChainVerdict, ChainedEvent, Checkpoint, CollectorMessage, Event,
-        EventBatch, Exec, Filter, Hello, Identity, Process, ReplayRequest, SearchRequest,
-        SessionRoot, SessionsRequest, StoredEvent, TailRequest, Tty, VerifyRequest, Welcome,
-        agent_message::Msg, collector_message, event::Body, identity::Kind,
-        ingest_client::IngestClient, query_client::QueryClient,
+        ChainedEvent, Checkpoint, Event, EventBatch, Exec, Filter, Identity, Process,
+        ReplayRequest, SearchRequest, SessionRoot, SessionsRequest, StoredEvent, TailRequest, Tty,
+        event::Body, identity::Kind,
     },
 };
 use tests::collector::{Collector, run_to_exit, scratch_dir};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Status, Streaming, transport::Channel};
+use tonic::Code;
 
 const HOST: &str = "host-a";
 const T0: u64 = 1_800_000_000_000_000_000;
@@ -83,153 +82,13 @@ fn event(n: u64) -> Event {
     }
 }
 
-/// A chain as an agent makes it: record 0 is its `ChainStart`, then `event(1..)`.
-struct Chain {
-    id: String,
-    records: Vec<ChainedEvent>,
-}
-
-impl Chain {
-    fn new(id: &str, len: u64) -> Self {
-        let mut chain = Self {
-            id: id.into(),
-            records: Vec::new(),
-        };
-        for n in 0..len {
-            chain.push(&if n == 0 {
-                Event {
-                    time_unix_nano: T0,
-                    body: Some(Body::ChainStart(ChainStart {
-                        host: HOST.into(),
-                        boot_id: "boot".into(),
-                        ..ChainStart::default()
-                    })),
-                    ..Event::default()
-                }
-            } else {
-                event(n)
-            });
-        }
-        chain
+/// A chain as an agent makes it: record 0 is its `ChainStart`, then `event(1..len)`.
+fn test_chain(id: &str, len: u64) -> Chain {
+    let mut chain = Chain::start(id, HOST, T0);
+    for n in 1..len {
+        chain.push(&event(n));
     }
-
-    fn push(&mut self, event: &Event) {
-        let seq = self.records.len() as u64;
-        let prev = self
-            .records
-            .last()
-            .map_or(GENESIS, |r| r.hash.clone().try_into().unwrap());
-        let bytes = event.encode_to_vec();
-        let hash = chain_hash(&self.id, seq, &prev, &bytes);
-        self.records.push(ChainedEvent {
-            chain_id: String::new(),
-            seq,
-            event: bytes,
-            hash: hash.to_vec(),
-        });
-    }
-
-    fn batch(&self, range: std::ops::Range<usize>) -> EventBatch {
-        EventBatch {
-            chain_id: self.id.clone(),
-            events: self.records[range].to_vec(),
-        }
-    }
-
-    fn head(&self, len: usize) -> Vec<u8> {
-        self.records[len - 1].hash.clone()
-    }
-}
-
-/// One agent stream.
-struct Agent {
-    tx: mpsc::Sender<AgentMessage>,
-    rx: Streaming<CollectorMessage>,
-}
-
-impl Agent {
-    async fn connect(collector: &Collector, chain_ids: &[&str]) -> (Self, Welcome) {
-        let (tx, out) = mpsc::channel(64);
-        tx.send(AgentMessage {
-            msg: Some(Msg::Hello(Hello {
-                host: HOST.into(),
-                chain_ids: chain_ids.iter().map(|s| (*s).to_owned()).collect(),
-                agent_version: "test".into(),
-            })),
-        })
-        .await
-        .unwrap();
-        let mut client = IngestClient::connect(collector.url()).await.unwrap();
-        let mut rx = client
-            .stream(ReceiverStream::new(out))
-            .await
-            .unwrap()
-            .into_inner();
-        let welcome = match rx.message().await.unwrap() {
-            Some(CollectorMessage {
-                msg: Some(collector_message::Msg::Welcome(w)),
-            }) => w,
-            other => panic!("expected Welcome, got {other:?}"),
-        };
-        (Self { tx, rx }, welcome)
-    }
-
-    async fn send(&self, batch: EventBatch) {
-        self.tx
-            .send(AgentMessage {
-                msg: Some(Msg::Batch(batch)),
-            })
-            .await
-            .unwrap();
-    }
-
-    /// The next ack's seq, or the status that ended the stream.
-    async fn ack(&mut self) -> Result<u64, Status> {
-        let next = tokio::time::timeout(Duration::from_secs(30), self.rx.message())
-            .await
-            .expect("an answer within 30 s")?;
-        match next {
-            Some(CollectorMessage {
-                msg: Some(collector_message::Msg::Ack(ack)),
-            }) => Ok(ack.seq),
-            other => panic!("expected Ack, got {other:?}"),
-        }
-    }
-
-    /// Sends one batch and returns its answer.
-    async fn ship(&mut self, batch: EventBatch) -> Result<u64, Status> {
-        self.send(batch).await;
-        self.ack().await
-    }
-}
-
-async fn query(collector: &Collector) -> QueryClient<Channel> {
-    QueryClient::connect(collector.url()).await.unwrap()
-}
-
-/// Every stored event matching `filter`, through all pages of `limit`.
-async fn search_all(collector: &Collector, filter: Filter, limit: u32) -> Vec<StoredEvent> {
-    let mut client = query(collector).await;
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .search(SearchRequest {
-                filter: Some(filter.clone()),
-                limit,
-                page_token,
-                ..SearchRequest::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(page.events.len() <= limit as usize);
-        out.extend(page.events);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        page_token = page.next_page_token;
-    }
+    chain
 }
 
 fn chain_filter() -> Filter {
@@ -237,21 +96,6 @@ fn chain_filter() -> Filter {
         host: HOST.into(),
         ..Filter::default()
     }
-}
-
-async fn verify(collector: &Collector, chain_id: &str) -> ChainVerdict {
-    let mut verdicts = query(collector)
-        .await
-        .verify(VerifyRequest {
-            chain_id: chain_id.into(),
-            ..VerifyRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .chains;
-    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
-    verdicts.remove(0)
 }
 
 fn seqs(events: &[StoredEvent]) -> Vec<u64> {
@@ -337,8 +181,8 @@ async fn check_replay(collector: &Collector) {
 async fn a_valid_chain_is_acknowledged_and_queryable() {
     let dir = scratch_dir("collector-valid");
     let collector = Collector::start(&dir.join("c.db"));
-    let chain = Chain::new("host-a:boot:1", 3000);
-    let (mut agent, welcome) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let chain = test_chain("host-a:boot:1", 3000);
+    let (mut agent, welcome) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     assert_eq!(welcome.heads[0].next_seq, 0);
     assert!(welcome.heads[0].head_hash.is_empty());
 
@@ -452,13 +296,13 @@ async fn a_valid_chain_is_acknowledged_and_queryable() {
 async fn tail_returns_history_then_live_events_once() {
     let dir = scratch_dir("collector-tail");
     let collector = Collector::start(&dir.join("c.db"));
-    let chain = Chain::new("host-a:boot:2", 130);
-    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let chain = test_chain("host-a:boot:2", 130);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     assert_eq!(agent.ship(chain.batch(0..100)).await.unwrap(), 99);
     // Stored last but older than the Tail's start time: history leaves it out, and it must
     // not come back as a live event either.
-    let older = Chain::new("host-a:boot:2-older", 10);
-    let (mut other, _) = Agent::connect(&collector, &[older.id.as_str()]).await;
+    let older = test_chain("host-a:boot:2-older", 10);
+    let (mut other, _) = Agent::connect(&collector, HOST, &[older.id.as_str()]).await;
     assert_eq!(other.ship(older.batch(0..10)).await.unwrap(), 9);
 
     let mut client = query(&collector).await;
@@ -518,8 +362,8 @@ async fn tail_returns_history_then_live_events_once() {
 async fn a_resend_is_acknowledged_and_a_fork_raises_an_alert() {
     let dir = scratch_dir("collector-fork");
     let collector = Collector::start(&dir.join("c.db"));
-    let chain = Chain::new("host-a:boot:3", 120);
-    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let chain = test_chain("host-a:boot:3", 120);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     assert_eq!(agent.ship(chain.batch(0..100)).await.unwrap(), 99);
     assert_eq!(agent.ship(chain.batch(50..100)).await.unwrap(), 99);
     assert_eq!(agent.ship(chain.batch(80..120)).await.unwrap(), 119);
@@ -537,7 +381,7 @@ async fn a_resend_is_acknowledged_and_a_fork_raises_an_alert() {
         hash: chain_hash(&chain.id, 60, &prev, &bytes).to_vec(),
         event: bytes,
     };
-    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     let refused = agent
         .ship(EventBatch {
             chain_id: chain.id.clone(),
@@ -599,8 +443,8 @@ async fn a_resend_is_acknowledged_and_a_fork_raises_an_alert() {
 async fn bad_batches_are_refused_and_store_nothing() {
     let dir = scratch_dir("collector-bad");
     let collector = Collector::start(&dir.join("c.db"));
-    let chain = Chain::new("host-a:boot:4", 40);
-    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let chain = test_chain("host-a:boot:4", 40);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     assert_eq!(agent.ship(chain.batch(0..10)).await.unwrap(), 9);
 
     let mut bad = chain.batch(10..20);
@@ -613,13 +457,13 @@ async fn bad_batches_are_refused_and_store_nothing() {
     );
 
     // The first record of a batch links to the stored head.
-    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     let mut bad = chain.batch(10..20);
     bad.events[0].event = event(999).encode_to_vec();
     let refused = agent.ship(bad).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
 
-    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     let refused = agent.ship(chain.batch(12..20)).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused}");
 
@@ -649,7 +493,7 @@ async fn bad_batches_are_refused_and_store_nothing() {
             "32",
         ),
     ] {
-        let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+        let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
         let refused = agent.ship(batch).await.unwrap_err();
         assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
         assert!(refused.message().contains(needle), "{refused}");
@@ -659,7 +503,7 @@ async fn bad_batches_are_refused_and_store_nothing() {
         seqs(&search_all(&collector, chain_filter(), 1000).await),
         (0..10).collect::<Vec<_>>()
     );
-    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     assert_eq!(agent.ship(chain.batch(10..40)).await.unwrap(), 39);
     assert!(verify(&collector, &chain.id).await.ok);
 }
@@ -669,8 +513,8 @@ async fn bad_batches_are_refused_and_store_nothing() {
 async fn garbage_and_oversized_messages_leave_the_collector_serving() {
     let dir = scratch_dir("collector-garbage");
     let mut collector = Collector::start(&dir.join("c.db"));
-    let chain = Chain::new("host-a:boot:5", 60);
-    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let chain = test_chain("host-a:boot:5", 60);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     assert_eq!(agent.ship(chain.batch(0..30)).await.unwrap(), 29);
 
     let mut raw = std::net::TcpStream::connect(collector.addr).unwrap();
@@ -695,7 +539,7 @@ async fn garbage_and_oversized_messages_leave_the_collector_serving() {
     );
 
     assert!(collector.running());
-    let (mut agent, welcome) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let (mut agent, welcome) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     assert_eq!(welcome.heads[0].next_seq, 30);
     assert_eq!(agent.ship(chain.batch(30..60)).await.unwrap(), 59);
     assert_eq!(
@@ -711,14 +555,14 @@ async fn garbage_and_oversized_messages_leave_the_collector_serving() {
 async fn a_restarted_collector_welcomes_with_the_stored_heads() {
     let dir = scratch_dir("collector-restart");
     let collector = Collector::start(&dir.join("c.db"));
-    let chain = Chain::new("host-a:boot:6", 300);
-    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let chain = test_chain("host-a:boot:6", 300);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     assert_eq!(agent.ship(chain.batch(0..200)).await.unwrap(), 199);
     drop(agent);
 
     let collector = collector.restart();
     let (mut agent, welcome) =
-        Agent::connect(&collector, &[chain.id.as_str(), "host-a:boot:7"]).await;
+        Agent::connect(&collector, HOST, &[chain.id.as_str(), "host-a:boot:7"]).await;
     assert_eq!(welcome.heads.len(), 2);
     assert_eq!(welcome.heads[0].chain_id, chain.id);
     assert_eq!(welcome.heads[0].next_seq, 200);
@@ -738,20 +582,16 @@ async fn a_restarted_collector_welcomes_with_the_stored_heads() {
 async fn stored_chain(dir: &Path, chain: &Chain) -> std::path::PathBuf {
     let path = dir.join("pristine.db");
     let collector = Collector::start(&path);
-    let (mut agent, _) = Agent::connect(&collector, &[chain.id.as_str()]).await;
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     assert_eq!(agent.ship(chain.batch(0..1000)).await.unwrap(), 999);
     agent
-        .tx
-        .send(AgentMessage {
-            msg: Some(Msg::Checkpoint(Checkpoint {
-                chain_id: chain.id.clone(),
-                size: 1000,
-                head_hash: chain.head(1000),
-                time_unix_nano: T0,
-            })),
+        .checkpoint(Checkpoint {
+            chain_id: chain.id.clone(),
+            size: 1000,
+            head_hash: chain.head(1000),
+            time_unix_nano: T0,
         })
-        .await
-        .unwrap();
+        .await;
     // A batch after the checkpoint: its ack means the checkpoint before it is stored too.
     assert_eq!(agent.ship(chain.batch(999..1000)).await.unwrap(), 999);
     assert!(verify(&collector, &chain.id).await.ok);
@@ -777,7 +617,7 @@ fn tampered(pristine: &Path, name: &str, sql: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn verify_finds_tampering_with_the_store() {
     let dir = scratch_dir("collector-tamper");
-    let chain = Chain::new("host-a:boot:8", 1000);
+    let chain = test_chain("host-a:boot:8", 1000);
     let pristine = stored_chain(&dir, &chain).await;
     let rows = "(SELECT id FROM chains WHERE chain_id = 'host-a:boot:8')";
     let cases = [

@@ -1,165 +1,17 @@
 //! End-to-end tier: a real SSH login through sshd and PAM (`pam_loginuid`), and sudo inside
 //! it. Needs root; under `CI=true` a run without root fails instead of skipping.
 
-use std::{
-    fs,
-    net::{TcpListener, TcpStream},
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
-
 use serde_json::{Value, json};
 use tests::{
     agent::{Agent, tty_data},
     marker, privileged,
+    ssh::{Sshd, User},
 };
 
 const USER: &str = "recorder-login";
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The test account: a shell, a home, no password (`*`, not locked, so key login works),
-/// and a sudo rule for `id` only.
-fn ensure_user() -> u32 {
-    if Command::new("id")
-        .arg("-u")
-        .arg(USER)
-        .output()
-        .unwrap()
-        .status
-        .code()
-        != Some(0)
-    {
-        run(Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", USER]));
-    }
-    run(Command::new("usermod").args(["--password", "*", USER]));
-    fs::write(
-        format!("/etc/sudoers.d/{USER}"),
-        format!("{USER} ALL=(root) NOPASSWD: /usr/bin/id\n"),
-    )
-    .unwrap();
-    fs::set_permissions(
-        format!("/etc/sudoers.d/{USER}"),
-        fs::Permissions::from_mode(0o440),
-    )
-    .unwrap();
-    let out = Command::new("id").arg("-u").arg(USER).output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// An sshd of our own on 127.0.0.1, killed when dropped.
-struct Sshd {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Sshd {
-    fn start(client_key: &Path) -> Self {
-        let dir = std::env::temp_dir().join(marker("sshd"));
-        fs::create_dir_all(&dir).unwrap();
-        fs::create_dir_all("/run/sshd").unwrap();
-        let host_key = dir.join("host_key");
-        run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&host_key));
-        let home = PathBuf::from(format!("/home/{USER}"));
-        let ssh_dir = home.join(".ssh");
-        fs::create_dir_all(&ssh_dir).unwrap();
-        fs::copy(
-            client_key.with_extension("pub"),
-            ssh_dir.join("authorized_keys"),
-        )
-        .unwrap();
-        run(Command::new("chown")
-            .args(["-R", &format!("{USER}:{USER}")])
-            .arg(&ssh_dir));
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("sshd_config");
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nUsePAM yes\nPidFile {}\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
-                 AuthorizedKeysFile .ssh/authorized_keys\nStrictModes no\n",
-                host_key.display(),
-                dir.join("sshd.pid").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port, dir }
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn ids(v: &Value) -> (u64, u64) {
     (v["uid"].as_u64().unwrap(), v["euid"].as_u64().unwrap())
-}
-
-/// Logs in as the test user with a forced pty, runs `command`, and returns what it printed.
-fn ssh_login(key: &Path, port: u16, command: &str) -> String {
-    let out = Command::new("ssh")
-        .arg("-tt")
-        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
-        .args([
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-i",
-        ])
-        .arg(key)
-        .args([
-            "-p",
-            &port.to_string(),
-            &format!("{USER}@127.0.0.1"),
-            command,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ssh");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "ssh failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
 }
 
 /// `ssh -tt user@127.0.0.1 'id; sudo -n id'`: every exec and tty record of that login is
@@ -169,25 +21,19 @@ fn an_ssh_login_and_its_sudo_are_attributed_to_the_user() {
     if !privileged("an_ssh_login_and_its_sudo_are_attributed_to_the_user") {
         return;
     }
-    let uid = ensure_user();
-    let keys = std::env::temp_dir().join(marker("client"));
-    fs::create_dir_all(&keys).unwrap();
-    let key = keys.join("id_ed25519");
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key));
-    let sshd = Sshd::start(&key);
+    let account = User::ensure(USER);
+    let uid = account.uid;
+    let sshd = Sshd::start();
     let agent = Agent::start(&[]);
     let mark = marker("login");
-    let text = ssh_login(&key, sshd.port, &format!("id; sudo -n id; echo {mark}"));
+    let text = account.login(&sshd, &format!("id; sudo -n id; echo {mark}"));
     assert!(
         text.contains(&format!("uid={uid}({USER})")) && text.contains("uid=0(root)"),
         "{text}"
     );
     agent.sync();
     let out = agent.stop();
-    fs::remove_dir_all(&keys).unwrap();
-    fs::remove_file(format!("/etc/sudoers.d/{USER}")).unwrap();
+    drop(account);
 
     let user = json!({"kind": "human", "name": USER});
     let client = out

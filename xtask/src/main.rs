@@ -45,6 +45,13 @@ enum Task {
     Replay(Operator),
     /// Recompute every stored chain; non-zero exit on any failure: `verify [--host H]`.
     Verify(Operator),
+    /// Just-in-time grants: `grant create (--user U | --unit U | --container C | --identity I)
+    /// [--host H] --ttl 30m [--on-expiry kill|alert] --reason R`, `grant list [--all]`,
+    /// `grant revoke ID`, `grant extend ID --by 15m`.
+    Grant(Operator),
+    /// Per identity: grants held, grants never used, violations, grants to revoke:
+    /// `review [--since 7d] [--json]`.
+    Review(Operator),
     /// Set up, build, and run every test tier (unit, kernel, end to end).
     Test {
         /// Extra arguments for the test binaries, after `--`.
@@ -99,6 +106,8 @@ fn main() -> anyhow::Result<()> {
         Task::Sessions(op) => operator("sessions", op),
         Task::Replay(op) => operator("replay", op),
         Task::Verify(op) => operator("verify", op),
+        Task::Grant(op) => operator("grant", op),
+        Task::Review(op) => operator("review", op),
         Task::Test { args } => {
             setup::run()?;
             build_binaries(&[])?;

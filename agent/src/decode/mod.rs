@@ -2,6 +2,7 @@
 //! record is checked against the bytes actually received; a malformed record is an error,
 //! never a panic or an out-of-bounds read.
 
+mod enforce;
 mod exec;
 mod task;
 mod tty;
@@ -39,6 +40,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         kind::EXEC => exec::decode(bytes)?,
         kind::FORK | kind::EXIT => task::decode(bytes, header.kind)?,
         kind::TTY_OUT | kind::TTY_IN => tty::decode(bytes, header.kind)?,
+        kind::KILL => enforce::decode(bytes)?,
         other => return Err(DecodeError::UnknownKind(other)),
     };
     Ok(Event {

@@ -1,13 +1,13 @@
-//! The store: the one interface the ingest writer and the query service use, so a
-//! `PostgreSQL` backend can sit beside the `SQLite` one. Calls block; async callers run them on the blocking
-//! pool.
+//! The store: the one interface the ingest writer, the query service and the grants service
+//! use, so a `PostgreSQL` backend can sit beside the `SQLite` one. Calls block; async callers
+//! run them on the blocking pool.
 
 pub mod sqlite;
 
-use proto::v1::{ChainVerdict, Session, StoredEvent};
+use proto::v1::{ChainVerdict, Grant, Session, StoredEvent};
 
-/// The chain that holds the collector's own alerts, so they are chained evidence too. Agents'
-/// chain ids are `HOST:BOOT_ID:START`, so this one cannot collide.
+/// The chain that holds the collector's own alerts and grant changes, so they are chained
+/// evidence too. Agents' chain ids are `HOST:BOOT_ID:START`, so this one cannot collide.
 pub const COLLECTOR_CHAIN: &str = "collector";
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,8 @@ pub struct Record {
     pub sessionid: Option<u32>,
     pub identity_kind: i32,
     pub identity_name: String,
+    /// The grant the activity is covered by (`Identity.grant`); empty outside any.
+    pub grant: String,
     pub tty_bytes: u64,
     pub event: Vec<u8>,
     pub hash: [u8; 32],
@@ -88,13 +90,39 @@ pub struct Commit {
     pub appends: Vec<Append>,
     pub checkpoints: Vec<CheckpointRow>,
     pub conflicts: Vec<Conflict>,
+    /// Grants as they are after a change, in the order of the changes; each replaces the
+    /// stored grant of its id. Their `GrantChange` events are among `appends`, so a grant
+    /// never changes without its record.
+    pub grants: Vec<Grant>,
 }
 
 impl Commit {
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.appends.is_empty() && self.checkpoints.is_empty() && self.conflicts.is_empty()
+        self.appends.is_empty()
+            && self.checkpoints.is_empty()
+            && self.conflicts.is_empty()
+            && self.grants.is_empty()
     }
+}
+
+/// How a grant was used: the events recorded under it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrantUsage {
+    pub events: u64,
+    /// Times of the first and last of them; 0 without any.
+    pub first_unix_nano: u64,
+    pub last_unix_nano: u64,
+}
+
+/// The violation events of one identity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Violations {
+    pub identity_kind: i32,
+    pub identity_name: String,
+    pub count: u64,
+    /// The newest few, newest first.
+    pub newest: Vec<StoredEvent>,
 }
 
 /// Which session a filter selects.
@@ -152,6 +180,19 @@ pub trait Store: Send + Sync + 'static {
     fn sessions(&self, host: &str, since_unix_nano: u64) -> Result<Vec<Session>, StoreError>;
     /// Recomputes the chains of `host` (empty: all), or one chain.
     fn verify(&self, host: &str, chain_id: &str) -> Result<Vec<ChainVerdict>, StoreError>;
+    /// Every grant whose end (`crate::grants::end`) is later than `ended_after`, oldest
+    /// first.
+    fn grants(&self, ended_after: u64) -> Result<Vec<Grant>, StoreError>;
+    fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;
+    /// The events recorded under grant `id`.
+    fn grant_usage(&self, id: &str) -> Result<GrantUsage, StoreError>;
+    /// Violation events from `since_unix_nano` on, per identity, each with its `newest` most
+    /// recent ones.
+    fn violations(
+        &self,
+        since_unix_nano: u64,
+        newest: usize,
+    ) -> Result<Vec<Violations>, StoreError>;
 }
 
 /// Opens the store a `--store` URL names.

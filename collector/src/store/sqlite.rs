@@ -7,11 +7,18 @@ use std::sync::{Mutex, PoisonError};
 use prost::Message as _;
 use proto::{
     chain::{GENESIS, chain_hash},
-    v1::{ChainVerdict, Event, Identity, Session, StoredEvent},
+    v1::{ChainVerdict, Event, Grant, Identity, Session, StoredEvent},
 };
-use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter, types::Value};
+use rusqlite::{
+    Connection, OptionalExtension as _, params, params_from_iter,
+    types::{Type, Value},
+};
 
-use super::{ChainState, Commit, Cursor, EventFilter, SessionMatch, Store, StoreError};
+use super::{
+    ChainState, Commit, Cursor, EventFilter, GrantUsage, SessionMatch, Store, StoreError,
+    Violations,
+};
+use crate::grants;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS chains (
@@ -34,7 +41,8 @@ CREATE TABLE IF NOT EXISTS events (
     identity_name TEXT NOT NULL,
     tty_bytes INTEGER NOT NULL,
     event BLOB NOT NULL,
-    hash BLOB NOT NULL
+    hash BLOB NOT NULL,
+    grant_id TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_chain_seq ON events(chain, seq);
 CREATE INDEX IF NOT EXISTS events_time ON events(time);
@@ -57,6 +65,21 @@ CREATE TABLE IF NOT EXISTS conflicts (
     stored_hash BLOB NOT NULL,
     received INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY,
+    created INTEGER NOT NULL,
+    ends INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS grants_ends ON grants(ends);
+";
+
+/// Indexes over columns a store made before grants gains only in `migrate`, so they are
+/// made after it.
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS events_grant ON events(grant_id, time) WHERE grant_id != '';
+CREATE INDEX IF NOT EXISTS events_violations ON events(identity_kind, identity_name, time)
+    WHERE kind = 'violation';
 ";
 
 /// The columns a `StoredEvent` is made of, in this order.
@@ -106,7 +129,7 @@ impl Sqlite {
             std::fs::create_dir_all(dir).map_err(|e| failed(Box::new(e)))?;
         }
         let writer = connect(path)
-            .and_then(|c| c.execute_batch(SCHEMA).map(|()| c))
+            .and_then(|mut c| migrate(&mut c).map(|()| c))
             .map_err(|e| failed(Box::new(e)))?;
         Ok(Self {
             path: path.to_owned(),
@@ -132,6 +155,28 @@ impl Sqlite {
             .push(conn);
         Ok(out?)
     }
+}
+
+/// Creates what is missing: a new store whole, and in a store made before grants the
+/// `events.grant_id` column (empty for the events stored then) and the grants table.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute_batch(SCHEMA)?;
+    let has_grant: bool = tx.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('events') WHERE name = 'grant_id'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_grant {
+        tx.execute_batch("ALTER TABLE events ADD COLUMN grant_id TEXT NOT NULL DEFAULT ''")?;
+    }
+    tx.execute_batch(INDEXES)?;
+    tx.commit()
+}
+
+fn decode_grant(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Grant> {
+    Grant::decode(row.get_ref(column)?.as_blob()?)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, Type::Blob, Box::new(e)))
 }
 
 /// Appends the filter's conditions (each preceded by AND) and their arguments.
@@ -329,8 +374,8 @@ impl Store for Sqlite {
             )?;
             let mut event = tx.prepare_cached(
                 "INSERT INTO events (chain, seq, host, time, kind, session, sessionid, \
-                 identity_kind, identity_name, tty_bytes, event, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 identity_kind, identity_name, tty_bytes, event, hash, grant_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for append in &commit.appends {
                 let Some(last) = append.records.last() else {
@@ -359,6 +404,7 @@ impl Store for Sqlite {
                         int(r.tty_bytes),
                         r.event,
                         &r.hash[..],
+                        r.grant,
                     ])?;
                 }
             }
@@ -387,6 +433,18 @@ impl Store for Sqlite {
                     c.hash,
                     c.stored_hash,
                     int(c.received_unix_nano)
+                ])?;
+            }
+            let mut grant = tx.prepare_cached(
+                "INSERT INTO grants (id, created, ends, body) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (id) DO UPDATE SET ends = excluded.ends, body = excluded.body",
+            )?;
+            for g in &commit.grants {
+                grant.execute(params![
+                    g.id,
+                    int(g.created_unix_nano),
+                    int(grants::end(g)),
+                    g.encode_to_vec()
                 ])?;
             }
         }
@@ -486,5 +544,193 @@ impl Store for Sqlite {
                 .collect::<rusqlite::Result<_>>()?;
             chains.iter().map(|c| verify_chain(conn, c)).collect()
         })
+    }
+
+    fn grants(&self, ended_after: u64) -> Result<Vec<Grant>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT body FROM grants WHERE ends > ?1 ORDER BY created, id")?
+                .query_map([int(ended_after)], |r| decode_grant(r, 0))?
+                .collect()
+        })
+    }
+
+    fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT body FROM grants WHERE id = ?1")?
+                .query_row([id], |r| decode_grant(r, 0))
+                .optional()
+        })
+    }
+
+    fn grant_usage(&self, id: &str) -> Result<GrantUsage, StoreError> {
+        self.read(|conn| {
+            // The second term lets SQLite use the partial index `events_grant`.
+            conn.prepare_cached(
+                "SELECT COUNT(*), COALESCE(MIN(time), 0), COALESCE(MAX(time), 0) FROM events \
+                 WHERE grant_id = ?1 AND grant_id != ''",
+            )?
+            .query_row([id], |r| {
+                Ok(GrantUsage {
+                    events: uint(r.get(0)?),
+                    first_unix_nano: uint(r.get(1)?),
+                    last_unix_nano: uint(r.get(2)?),
+                })
+            })
+        })
+    }
+
+    fn violations(
+        &self,
+        since_unix_nano: u64,
+        newest: usize,
+    ) -> Result<Vec<Violations>, StoreError> {
+        self.read(|conn| {
+            let mut per_identity: Vec<Violations> = conn
+                .prepare_cached(
+                    "SELECT identity_kind, identity_name, COUNT(*) FROM events \
+                     WHERE kind = 'violation' AND time >= ?1 \
+                     GROUP BY identity_kind, identity_name ORDER BY identity_kind, identity_name",
+                )?
+                .query_map([int(since_unix_nano)], |r| {
+                    Ok(Violations {
+                        identity_kind: r.get(0)?,
+                        identity_name: r.get(1)?,
+                        count: uint(r.get(2)?),
+                        newest: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let sql = format!(
+                "{STORED_COLUMNS} e.kind = 'violation' AND e.identity_kind = ?1 \
+                 AND e.identity_name = ?2 AND e.time >= ?3 ORDER BY e.time DESC, e.id DESC LIMIT ?4"
+            );
+            for v in &mut per_identity {
+                let args = [
+                    Value::Integer(i64::from(v.identity_kind)),
+                    Value::Text(v.identity_name.clone()),
+                    Value::Integer(int(since_unix_nano)),
+                    Value::Integer(int(newest as u64)),
+                ];
+                v.newest = query_stored(conn, &sql, &args)?
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .collect();
+            }
+            Ok(per_identity)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Append, Record};
+
+    /// A record of chain `c` continuing from `prev`.
+    fn record(seq: u64, prev: &[u8; 32], kind: &'static str, event: &Event, grant: &str) -> Record {
+        let bytes = event.encode_to_vec();
+        Record {
+            seq,
+            host: "h".into(),
+            time_unix_nano: event.time_unix_nano,
+            kind,
+            session: String::new(),
+            sessionid: None,
+            identity_kind: 1,
+            identity_name: "alice".into(),
+            grant: grant.into(),
+            tty_bytes: 0,
+            hash: chain_hash("c", seq, prev, &bytes),
+            event: bytes,
+        }
+    }
+
+    /// A store made before grants (no `events.grant_id`, no `grants` table) opens, keeps
+    /// verifying, and records grant use from then on.
+    #[test]
+    fn a_store_from_before_grants_opens_and_records_grant_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let path = path.to_str().unwrap();
+        let start = Event {
+            time_unix_nano: 10,
+            ..Event::default()
+        };
+        let first = record(0, &GENESIS, "chain_start", &start, "");
+        {
+            let old = Connection::open(path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE chains (id INTEGER PRIMARY KEY, chain_id TEXT NOT NULL UNIQUE,
+                    host TEXT NOT NULL, next_seq INTEGER NOT NULL, head_hash BLOB NOT NULL);
+                 CREATE TABLE events (id INTEGER PRIMARY KEY,
+                    chain INTEGER NOT NULL REFERENCES chains(id), seq INTEGER NOT NULL,
+                    host TEXT NOT NULL, time INTEGER NOT NULL, kind TEXT NOT NULL,
+                    session TEXT NOT NULL, sessionid INTEGER, identity_kind INTEGER NOT NULL,
+                    identity_name TEXT NOT NULL, tty_bytes INTEGER NOT NULL,
+                    event BLOB NOT NULL, hash BLOB NOT NULL);",
+            )
+            .unwrap();
+            old.execute(
+                "INSERT INTO chains VALUES (1, 'c', 'h', 1, ?1)",
+                [&first.hash[..]],
+            )
+            .unwrap();
+            old.execute(
+                "INSERT INTO events VALUES (1, 1, 0, 'h', 10, 'chain_start', '', NULL, 1, \
+                 'alice', 0, ?1, ?2)",
+                params![first.event, &first.hash[..]],
+            )
+            .unwrap();
+        }
+
+        let store = Sqlite::open(path).unwrap();
+        assert_eq!(store.chains().unwrap()[0].next_seq, 1);
+        let used = Event {
+            time_unix_nano: 20,
+            ..Event::default()
+        };
+        let second = record(1, &first.hash, "exec", &used, "g-1");
+        store
+            .commit(&Commit {
+                appends: vec![Append {
+                    chain_id: "c".into(),
+                    chain_host: "h".into(),
+                    records: vec![second],
+                }],
+                grants: vec![Grant {
+                    id: "g-1".into(),
+                    expires_at_unix_nano: 100,
+                    ..Grant::default()
+                }],
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(
+            store.grant_usage("g-1").unwrap(),
+            GrantUsage {
+                events: 1,
+                first_unix_nano: 20,
+                last_unix_nano: 20
+            }
+        );
+        assert_eq!(
+            store.grant_usage("").unwrap().events,
+            0,
+            "no grant is not a grant"
+        );
+        assert_eq!(store.grants(99).unwrap().len(), 1);
+        assert!(store.grants(100).unwrap().is_empty(), "ended by then");
+        let verdicts = store.verify("", "").unwrap();
+        assert!(verdicts[0].ok && verdicts[0].records == 2, "{verdicts:?}");
+        drop(store);
+        // And it opens again, as a store made now does.
+        assert_eq!(
+            Sqlite::open(path)
+                .unwrap()
+                .grant_usage("g-1")
+                .unwrap()
+                .events,
+            1
+        );
     }
 }

@@ -6,50 +6,15 @@ use std::{
     io::Write as _,
     os::fd::AsRawFd as _,
     process::Command,
-    sync::mpsc::RecvTimeoutError,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
-
-use clap::Subcommand;
 use tests::{
     agent::{Agent, Sink},
-    collector::{Collector, scratch_dir},
-    operator::Tail,
     pty::Pty,
 };
 
-#[derive(Subcommand)]
-pub enum Which {
-    /// Kernel capture cost: an exec loop and pty floods of 64-byte and 4 KiB writes.
-    Capture {
-        /// Runs per workload and mode; the median is reported.
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-    },
-    /// Agent pipeline throughput: decode → attribute → model → chain → spool, one core,
-    /// against raw SHA-256 in the same run.
-    Pipeline,
-    /// Collector: durable ingest and verify speed against the raw chain hash in the same run,
-    /// then latency from a kernel event to `tail` through a real agent and collector.
-    Collector {
-        /// Execs timed end to end; p50 and p99 are reported.
-        #[arg(long, default_value_t = 200)]
-        trials: usize,
-    },
-}
-
-pub fn run(which: &Which) -> anyhow::Result<()> {
-    match which {
-        Which::Capture { runs } => capture(*runs),
-        Which::Pipeline => crate::cargo(&["bench", "--package", "agent", "--bench", "pipeline"]),
-        Which::Collector { trials } => {
-            crate::cargo(&["bench", "--package", "collector", "--bench", "ingest"])?;
-            latency(*trials)
-        }
-    }
-}
+use super::{median, require_root};
 
 struct Workload {
     name: &'static str,
@@ -137,13 +102,8 @@ impl Totals {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 #[expect(clippy::cast_precision_loss, reason = "rates for display")]
-fn capture(runs: usize) -> anyhow::Result<()> {
+pub fn run(runs: usize) -> anyhow::Result<()> {
     require_root("capture")?;
     let release = tests::workspace_root().join("target/release/agent");
     // SAFETY: set before any thread that reads the environment exists.
@@ -204,97 +164,5 @@ fn capture(runs: usize) -> anyhow::Result<()> {
             )?;
         }
     }
-    Ok(())
-}
-
-/// Runs `/bin/true MARK` `trials` times, one at a time, through a release agent shipping to
-/// a release collector, and times each from the exec's kernel timestamp to the moment
-/// `tail --json` prints it.
-fn latency(trials: usize) -> anyhow::Result<()> {
-    require_root("latency")?;
-    let release = tests::workspace_root().join("target/release");
-    for (var, bin) in [
-        ("RECORDER_AGENT_BIN", "agent"),
-        ("RECORDER_COLLECTOR_BIN", "collector"),
-        ("RECORDER_OPERATOR_BIN", "recorder"),
-    ] {
-        // SAFETY: set before any thread that reads the environment exists.
-        unsafe { std::env::set_var(var, release.join(bin)) };
-    }
-    let dir = scratch_dir("bench-latency");
-    let collector = Collector::start(&dir.join("store.db"));
-    let url = collector.url();
-    let spool = dir.join("spool");
-    let agent = Agent::start_with(
-        Sink::Spool,
-        &["--spool", spool.to_str().unwrap(), "--collector", &url],
-    );
-    let tail = Tail::start(&url, &["--kind", "exec"]);
-    let mark = tests::marker("latency");
-    // Until the tail is live, an exec may come before it subscribed: repeat the first one.
-    let warm = format!("{mark}-warm");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while exec_to_tail(&tail, &warm, Duration::from_millis(500))?.is_none() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "tail did not go live within 30 s"
-        );
-    }
-    let mut latencies = Vec::with_capacity(trials);
-    for i in 0..trials {
-        let arg = format!("{mark}-{i}");
-        let line = exec_to_tail(&tail, &arg, Duration::from_secs(10))?
-            .with_context(|| format!("exec {arg} did not reach tail within 10 s"))?;
-        let printed = SystemTime::now().duration_since(UNIX_EPOCH)?;
-        let at = line["time_unix_nano"].as_u64().context("time_unix_nano")?;
-        latencies.push(printed.saturating_sub(Duration::from_nanos(at)));
-    }
-    drop(tail);
-    let stopped = agent.stop();
-    anyhow::ensure!(stopped.success, "agent failed:\n{}", stopped.stderr);
-    drop(collector);
-    latencies.sort();
-    let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
-    println!(
-        "end-to-end latency, kernel exec to `tail --json` line, {trials} execs one at a time: \
-         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        pct(50).as_secs_f64() * 1e3,
-        pct(99).as_secs_f64() * 1e3,
-        latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
-    );
-    Ok(())
-}
-
-/// Runs `/bin/true arg` and returns its exec as `tail` prints it, if it does `within`.
-fn exec_to_tail(
-    tail: &Tail,
-    arg: &str,
-    within: Duration,
-) -> anyhow::Result<Option<serde_json::Value>> {
-    let deadline = Instant::now() + within;
-    Command::new("/bin/true").arg(arg).status()?;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tail.lines.recv_timeout(left) {
-            Ok(v)
-                if v["argv"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x == arg)) =>
-            {
-                return Ok(Some(v));
-            }
-            Ok(_) => {}
-            Err(RecvTimeoutError::Timeout) => return Ok(None),
-            Err(RecvTimeoutError::Disconnected) => anyhow::bail!("tail ended"),
-        }
-    }
-}
-
-fn require_root(bench: &str) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    anyhow::ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "the {bench} benchmark loads kernel programs: run it as root"
-    );
     Ok(())
 }

@@ -1,0 +1,221 @@
+//! What the collector-tier test binaries share: chains built as an agent builds them
+//! (`proto::chain::chain_hash` over serialized `recorder.v1.Event`s), an ingest stream that
+//! speaks as an agent, and Query helpers.
+#![allow(dead_code, reason = "each test binary uses a part of it")]
+
+use std::{collections::VecDeque, time::Duration};
+
+use prost::Message as _;
+use proto::{
+    chain::{GENESIS, chain_hash},
+    v1::{
+        AgentMessage, ChainStart, ChainVerdict, ChainedEvent, Checkpoint, CollectorMessage, Event,
+        EventBatch, Filter, GrantView, Hello, SearchRequest, StoredEvent, VerifyRequest, Welcome,
+        agent_message::Msg, collector_message, event::Body, ingest_client::IngestClient,
+        query_client::QueryClient,
+    },
+};
+use tests::collector::Collector;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming, transport::Channel};
+
+/// A chain as an agent makes it: record 0 is its `ChainStart`.
+pub struct Chain {
+    pub id: String,
+    pub records: Vec<ChainedEvent>,
+}
+
+impl Chain {
+    /// A chain of `host` holding only its `ChainStart`, made at `time`.
+    pub fn start(id: &str, host: &str, time: u64) -> Self {
+        let mut chain = Self {
+            id: id.into(),
+            records: Vec::new(),
+        };
+        chain.push(&Event {
+            time_unix_nano: time,
+            body: Some(Body::ChainStart(ChainStart {
+                host: host.into(),
+                boot_id: "boot".into(),
+                ..ChainStart::default()
+            })),
+            ..Event::default()
+        });
+        chain
+    }
+
+    pub fn push(&mut self, event: &Event) {
+        let seq = self.records.len() as u64;
+        let prev = self
+            .records
+            .last()
+            .map_or(GENESIS, |r| r.hash.clone().try_into().unwrap());
+        let bytes = event.encode_to_vec();
+        let hash = chain_hash(&self.id, seq, &prev, &bytes);
+        self.records.push(ChainedEvent {
+            chain_id: String::new(),
+            seq,
+            event: bytes,
+            hash: hash.to_vec(),
+        });
+    }
+
+    pub fn batch(&self, range: std::ops::Range<usize>) -> EventBatch {
+        EventBatch {
+            chain_id: self.id.clone(),
+            events: self.records[range].to_vec(),
+        }
+    }
+
+    pub fn head(&self, len: usize) -> Vec<u8> {
+        self.records[len - 1].hash.clone()
+    }
+}
+
+/// One agent stream.
+pub struct Agent {
+    tx: mpsc::Sender<AgentMessage>,
+    rx: Streaming<CollectorMessage>,
+    /// Grant views that arrived while an ack was awaited.
+    views: VecDeque<GrantView>,
+}
+
+impl Agent {
+    /// Says Hello as `host`, naming `chain_ids`, and returns the Welcome.
+    pub async fn connect(collector: &Collector, host: &str, chain_ids: &[&str]) -> (Self, Welcome) {
+        let (tx, out) = mpsc::channel(64);
+        tx.send(AgentMessage {
+            msg: Some(Msg::Hello(Hello {
+                host: host.into(),
+                chain_ids: chain_ids.iter().map(|s| (*s).to_owned()).collect(),
+                agent_version: "test".into(),
+            })),
+        })
+        .await
+        .unwrap();
+        let mut client = IngestClient::connect(collector.url()).await.unwrap();
+        let mut rx = client
+            .stream(ReceiverStream::new(out))
+            .await
+            .unwrap()
+            .into_inner();
+        let welcome = match rx.message().await.unwrap() {
+            Some(CollectorMessage {
+                msg: Some(collector_message::Msg::Welcome(w)),
+            }) => w,
+            other => panic!("expected Welcome, got {other:?}"),
+        };
+        (
+            Self {
+                tx,
+                rx,
+                views: VecDeque::new(),
+            },
+            welcome,
+        )
+    }
+
+    pub async fn send(&self, batch: EventBatch) {
+        self.tx
+            .send(AgentMessage {
+                msg: Some(Msg::Batch(batch)),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn checkpoint(&self, checkpoint: Checkpoint) {
+        self.tx
+            .send(AgentMessage {
+                msg: Some(Msg::Checkpoint(checkpoint)),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The collector's next message, or the status that ended the stream.
+    async fn next(&mut self) -> Result<collector_message::Msg, Status> {
+        let next = tokio::time::timeout(Duration::from_secs(30), self.rx.message())
+            .await
+            .expect("an answer within 30 s")?;
+        next.and_then(|m| m.msg)
+            .ok_or_else(|| Status::unknown("the stream ended without a status"))
+    }
+
+    /// The next ack's seq, or the status that ended the stream. Grant views on the way are
+    /// kept for `grant_view`.
+    pub async fn ack(&mut self) -> Result<u64, Status> {
+        loop {
+            match self.next().await? {
+                collector_message::Msg::Ack(ack) => return Ok(ack.seq),
+                collector_message::Msg::Grants(view) => self.views.push_back(view),
+                other @ collector_message::Msg::Welcome(_) => {
+                    panic!("expected Ack, got {other:?}")
+                }
+            }
+        }
+    }
+
+    /// Sends one batch and returns its answer.
+    pub async fn ship(&mut self, batch: EventBatch) -> Result<u64, Status> {
+        self.send(batch).await;
+        self.ack().await
+    }
+
+    /// The next grant view the collector sent.
+    pub async fn grant_view(&mut self) -> GrantView {
+        if let Some(view) = self.views.pop_front() {
+            return view;
+        }
+        match self.next().await {
+            Ok(collector_message::Msg::Grants(view)) => view,
+            other => panic!("expected a GrantView, got {other:?}"),
+        }
+    }
+}
+
+pub async fn query(collector: &Collector) -> QueryClient<Channel> {
+    QueryClient::connect(collector.url()).await.unwrap()
+}
+
+/// Every stored event matching `filter`, through all pages of `limit`.
+pub async fn search_all(collector: &Collector, filter: Filter, limit: u32) -> Vec<StoredEvent> {
+    let mut client = query(collector).await;
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .search(SearchRequest {
+                filter: Some(filter.clone()),
+                limit,
+                page_token,
+                ..SearchRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.events.len() <= limit as usize);
+        out.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The verdict on one stored chain.
+pub async fn verify(collector: &Collector, chain_id: &str) -> ChainVerdict {
+    let mut verdicts = query(collector)
+        .await
+        .verify(VerifyRequest {
+            chain_id: chain_id.into(),
+            ..VerifyRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .chains;
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    verdicts.remove(0)
+}

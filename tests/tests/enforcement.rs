@@ -1,0 +1,491 @@
+//! End-to-end tier for just-in-time grants: real SSH logins on loopback, a real collector
+//! holding the grants, the real agent enforcing them in the kernel and from userspace, and
+//! the operators' client creating and revoking them. Needs root; under `CI=true` a run
+//! without root fails instead of skipping.
+
+use std::{
+    fs,
+    net::{SocketAddr, TcpListener},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+use tests::{
+    TestCgroup,
+    agent::Agent,
+    collector::{Collector, scratch_dir},
+    marker, operator, privileged,
+    ssh::{Sshd, User},
+};
+
+const USER: &str = "recorder-grant";
+/// How long after a grant's end its processes may still live.
+const DEATH_WITHIN: Duration = Duration::from_secs(1);
+
+/// A collector (with an optional policy file) and an agent shipping to it.
+struct Rig {
+    addr: SocketAddr,
+    collector: Option<Collector>,
+    agent: Agent,
+}
+
+impl Rig {
+    fn start(policy: Option<&str>) -> Self {
+        let dir = scratch_dir("enforce");
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let policy_file = dir.join("policy.json");
+        let mut extra = Vec::new();
+        if let Some(policy) = policy {
+            fs::write(&policy_file, policy).unwrap();
+            extra = vec!["--policy", policy_file.to_str().unwrap()];
+        }
+        let collector = Collector::start_with(&dir.join("store.db"), addr, &extra);
+        let url = collector.url();
+        let spool = dir.join("spool");
+        let agent = Agent::start(&["--spool", spool.to_str().unwrap(), "--collector", &url]);
+        assert!(
+            agent.wait_for_log(Duration::from_secs(20), "grant view adopted"),
+            "the agent never got the collector's grant view"
+        );
+        Self {
+            addr,
+            collector: Some(collector),
+            agent,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `recorder grant create ARGS --json`, once the agent holds the new grant.
+    fn grant(&self, args: &[&str]) -> Grant {
+        let mut all = vec!["grant", "create"];
+        all.extend(args);
+        all.push("--json");
+        let lines = operator::json_lines(&self.url(), &all);
+        let grant = lines.into_iter().next().expect("the new grant");
+        let id = grant["id"].as_str().expect("an id").to_owned();
+        assert!(
+            self.agent
+                .wait_for_log(Duration::from_secs(10), &format!("\"{id}\"")),
+            "the agent never got grant {id}"
+        );
+        Grant {
+            expires: UNIX_EPOCH
+                + Duration::from_nanos(grant["expires_at_unix_nano"].as_u64().unwrap()),
+            id,
+        }
+    }
+
+    /// The agent's first exec matching `pred`, within 10 s.
+    fn exec(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.agent
+            .wait_for(Duration::from_secs(10), |v| v["kind"] == "exec" && pred(v))
+            .unwrap_or_else(|| panic!("no exec of {what}"))
+    }
+}
+
+struct Grant {
+    id: String,
+    expires: SystemTime,
+}
+
+/// Whether `pid` still runs (a zombie has died: it only waits to be reaped).
+fn alive(pid: u64) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+/// Processes of audit session `session` now.
+fn session_pids(session: u64) -> Vec<u64> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/sessionid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                == Some(session)
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+/// Waits until every one of `pids` is dead, and says how long after `since` that was; panics
+/// if any lives `DEATH_WITHIN` past it.
+fn all_die(pids: &[u64], since: SystemTime) -> Duration {
+    let deadline = since + DEATH_WITHIN;
+    loop {
+        let living: Vec<u64> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if living.is_empty() {
+            return SystemTime::now()
+                .duration_since(since)
+                .unwrap_or(Duration::ZERO);
+        }
+        assert!(
+            SystemTime::now() < deadline,
+            "{living:?} of {pids:?} still alive {DEATH_WITHIN:?} after the grant ended"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn argv_is(v: &Value, argv: &[&str]) -> bool {
+    v["argv"]
+        .as_array()
+        .is_some_and(|a| a.len() == argv.len() && a.iter().zip(argv).all(|(x, y)| x == y))
+}
+
+/// A login that runs `sudo -n id`, leaves `sleep 1000` running in the background and waits
+/// on it: what a grant's end must kill.
+struct Session {
+    ssh: Child,
+    id: u64,
+    pids: Vec<u64>,
+    sudo: Value,
+}
+
+impl Session {
+    fn start(rig: &Rig, user: &User, sshd: &Sshd) -> Self {
+        let mark = marker("session");
+        let ssh = user
+            .ssh(
+                sshd,
+                &format!("sudo -n id; sleep 1000 & /bin/echo {mark}; wait"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sleep = rig.exec("the background sleep", |v| {
+            argv_is(v, &["sleep", "1000"]) && v["loginuid"] == user.uid
+        });
+        let id = sleep["sessionid"].as_u64().expect("a login session");
+        let sudo = rig.exec("sudo", |v| {
+            v["comm"] == "sudo" && v["sessionid"].as_u64() == Some(id)
+        });
+        // Every process of the login once the shell waits: it printed the mark after forking
+        // the sleep, so the echo's exec is the last one to wait for.
+        rig.exec("the mark", |v| {
+            v["sessionid"].as_u64() == Some(id)
+                && v["argv"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == mark.as_str()))
+        });
+        let pids = session_pids(id);
+        assert!(
+            pids.contains(&sleep["pid"].as_u64().unwrap()),
+            "{pids:?} lacks the sleep: {sleep}"
+        );
+        Self {
+            ssh,
+            id,
+            pids,
+            sudo,
+        }
+    }
+
+    fn kill_event(&self, rig: &Rig, grant: &str) -> Value {
+        rig.agent
+            .wait_for(Duration::from_secs(10), |v| {
+                v["kind"] == "kill"
+                    && v["kill"]["grant_id"] == grant
+                    && v["kill"]["sessionid"].as_u64() == Some(self.id)
+            })
+            .unwrap_or_else(|| panic!("no kill event for grant {grant}"))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.ssh.kill();
+        let _ = self.ssh.wait();
+    }
+}
+
+fn violations_of(rig: &Rig, session: u64) -> Vec<Value> {
+    rig.agent
+        .events_where(|v| v["kind"] == "violation" && v["sessionid"].as_u64() == Some(session))
+}
+
+/// During the grant sudo is recorded under it, with no violation; at its end the shell, its
+/// children and the background sleep all die within a second, and the chain holds the kill.
+#[test]
+fn a_grant_covers_sudo_and_its_expiry_kills_the_session() {
+    if !privileged("a_grant_covers_sudo_and_its_expiry_kills_the_session") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+    let rig = Rig::start(None);
+    let grant = rig.grant(&[
+        "--user",
+        USER,
+        "--ttl",
+        "6s",
+        "--on-expiry",
+        "kill",
+        "--reason",
+        "CHG-1",
+    ]);
+    let session = Session::start(&rig, &user, &sshd);
+    assert_eq!(
+        session.sudo["identity"]["grant"], grant.id,
+        "sudo is recorded under the grant: {}",
+        session.sudo
+    );
+    assert!(violations_of(&rig, session.id).is_empty());
+    let took = all_die(&session.pids, grant.expires);
+    let kill = session.kill_event(&rig, &grant.id);
+    assert_eq!(kill["kill"]["reason"], "expired", "{kill}");
+    let killed: Vec<u64> = kill["kill"]["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert!(
+        session.pids.iter().all(|p| killed.contains(p)),
+        "the kill event names every process of the session: {kill} vs {:?}",
+        session.pids
+    );
+    eprintln!("expiry to death: {took:?}");
+    let url = rig.url();
+    let stored = operator::json_lines(&url, &["search", "--json", "--kind", "kill"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stored = stored;
+    while !stored.iter().any(|v| v["kill"]["grant_id"] == grant.id) {
+        assert!(
+            Instant::now() < deadline,
+            "the collector stored no kill: {stored:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        stored = operator::json_lines(&url, &["search", "--json", "--kind", "kill"]);
+    }
+    let verify = operator::run(&url, &["verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+/// The collector is stopped before the grant ends: the agent's own clock still kills on time.
+#[test]
+fn the_kill_happens_on_time_with_the_collector_down() {
+    if !privileged("the_kill_happens_on_time_with_the_collector_down") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+    let mut rig = Rig::start(None);
+    let grant = rig.grant(&[
+        "--user",
+        USER,
+        "--ttl",
+        "6s",
+        "--on-expiry",
+        "kill",
+        "--reason",
+        "CHG-2",
+    ]);
+    let session = Session::start(&rig, &user, &sshd);
+    drop(rig.collector.take().unwrap().stop());
+    assert!(
+        SystemTime::now() < grant.expires,
+        "the collector stopped before the expiry"
+    );
+    all_die(&session.pids, grant.expires);
+    let kill = session.kill_event(&rig, &grant.id);
+    assert_eq!(kill["kill"]["reason"], "expired", "{kill}");
+}
+
+/// Revoking a live grant from the operators' client kills its session within a second.
+#[test]
+fn revoking_a_live_grant_kills_its_session_within_a_second() {
+    if !privileged("revoking_a_live_grant_kills_its_session_within_a_second") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+    let rig = Rig::start(None);
+    let grant = rig.grant(&[
+        "--user",
+        USER,
+        "--ttl",
+        "10m",
+        "--on-expiry",
+        "kill",
+        "--reason",
+        "CHG-3",
+    ]);
+    let session = Session::start(&rig, &user, &sshd);
+    assert_eq!(session.sudo["identity"]["grant"], grant.id);
+    let revoked = SystemTime::now();
+    let out = operator::run(
+        &rig.url(),
+        &["grant", "revoke", &grant.id, "--reason", "done"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    all_die(&session.pids, revoked);
+    let kill = session.kill_event(&rig, &grant.id);
+    assert_eq!(kill["kill"]["reason"], "revoked", "{kill}");
+}
+
+/// Without a grant, sudo is a violation: recorded in alert mode (the default), killed in
+/// kill mode. Review then lists the activity outside any grant, and a grant never used.
+#[test]
+fn sudo_without_a_grant_is_a_violation_and_kill_mode_kills_it() {
+    if !privileged("sudo_without_a_grant_is_a_violation_and_kill_mode_kills_it") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+
+    let rig = Rig::start(None);
+    let unused = rig.grant(&[
+        "--unit",
+        "recorder-unused.service",
+        "--ttl",
+        "1h",
+        "--reason",
+        "CHG-4",
+    ]);
+    let text = user.login(&sshd, "sudo -n id");
+    assert!(
+        text.contains("uid=0(root)"),
+        "alert mode lets it run: {text}"
+    );
+    let sudo = rig.exec("sudo", |v| v["comm"] == "sudo" && v["loginuid"] == user.uid);
+    let session = sudo["sessionid"].as_u64().unwrap();
+    let violation = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "violation" && v["sessionid"].as_u64() == Some(session)
+        })
+        .expect("a violation");
+    assert_eq!(violation["violation"]["rule"], "root_exec", "{violation}");
+    assert_eq!(violation["violation"]["action"], "alert", "{violation}");
+    assert_eq!(violation["identity"]["name"], USER, "{violation}");
+    let url = rig.url();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let review = loop {
+        let review = operator::json_lines(&url, &["review", "--json"]);
+        let text = serde_json::to_string(&review).unwrap();
+        if text.contains(&unused.id) && text.contains(USER) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "review lacks them: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(review.contains("never used"), "{review}");
+    drop(rig);
+
+    let rig = Rig::start(Some(
+        r#"{"mode": "kill", "root_exec": true, "guarded": []}"#,
+    ));
+    let session = Session::start_violating(&rig, &user, &sshd);
+    let violation = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "violation" && v["sessionid"].as_u64() == Some(session.0)
+        })
+        .expect("a violation");
+    assert_eq!(violation["violation"]["action"], "kill", "{violation}");
+    let kill = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "kill" && v["kill"]["sessionid"].as_u64() == Some(session.0)
+        })
+        .expect("a kill");
+    assert_eq!(kill["kill"]["reason"], "violation", "{kill}");
+    let deadline = Instant::now() + DEATH_WITHIN;
+    while !session_pids(session.0).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the violating session lives on: {:?}",
+            session_pids(session.0)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Session {
+    /// A login that runs `sudo -n id` and then sleeps; returns its audit session id, and the
+    /// ssh client.
+    fn start_violating(rig: &Rig, user: &User, sshd: &Sshd) -> (u64, Child) {
+        let ssh = user
+            .ssh(sshd, "sudo -n id; sleep 1000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sudo = rig.exec("sudo", |v| v["comm"] == "sudo" && v["loginuid"] == user.uid);
+        (sudo["sessionid"].as_u64().unwrap(), ssh)
+    }
+}
+
+/// A non-human identity, a cgroup named like a systemd unit, under a grant that expires:
+/// its processes are killed.
+#[test]
+fn a_unit_with_an_expired_grant_has_its_processes_killed() {
+    if !privileged("a_unit_with_an_expired_grant_has_its_processes_killed") {
+        return;
+    }
+    let rig = Rig::start(None);
+    let unit = format!("{}.service", marker("unit"));
+    let cgroup = TestCgroup::create(&unit);
+    let grant = rig.grant(&[
+        "--unit",
+        &unit,
+        "--ttl",
+        "4s",
+        "--on-expiry",
+        "kill",
+        "--reason",
+        "CHG-5",
+    ]);
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "sleep 1000 & sleep 1000"]);
+    cgroup.enter(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let sleep = rig.exec("the unit's sleep", |v| {
+        argv_is(v, &["sleep", "1000"]) && v["cgroup_id"] == cgroup.id()
+    });
+    assert_eq!(sleep["identity"]["kind"], "service", "{sleep}");
+    assert_eq!(sleep["identity"]["grant"], grant.id, "{sleep}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let procs = loop {
+        let procs: Vec<u64> = fs::read_to_string(cgroup.dir.join("cgroup.procs"))
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        if procs.len() == 3 {
+            break procs;
+        }
+        assert!(Instant::now() < deadline, "sh and two sleeps: {procs:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    all_die(&procs, grant.expires);
+    let _ = child.wait();
+    let kill = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "kill" && v["kill"]["grant_id"] == grant.id
+        })
+        .expect("a kill event");
+    assert_eq!(kill["kill"]["cgroup_id"], cgroup.id(), "{kill}");
+}

@@ -1,0 +1,87 @@
+//! `cargo xtask bench collector`, its end-to-end part: from a kernel event to the operator's
+//! `tail`, through a real agent and collector.
+
+use std::{
+    process::Command,
+    sync::mpsc::RecvTimeoutError,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use tests::{
+    agent::{Agent, Sink},
+    collector::{Collector, scratch_dir},
+    operator::Tail,
+};
+
+use super::{percentile_line, require_root, use_release_binaries};
+
+/// Runs `/bin/true MARK` `trials` times, one at a time, through a release agent shipping to
+/// a release collector, and times each from the exec's kernel timestamp to the moment
+/// `tail --json` prints it.
+pub fn latency(trials: usize) -> anyhow::Result<()> {
+    require_root("latency")?;
+    use_release_binaries();
+    let dir = scratch_dir("bench-latency");
+    let collector = Collector::start(&dir.join("store.db"));
+    let url = collector.url();
+    let spool = dir.join("spool");
+    let agent = Agent::start_with(
+        Sink::Spool,
+        &["--spool", spool.to_str().unwrap(), "--collector", &url],
+    );
+    let tail = Tail::start(&url, &["--kind", "exec"]);
+    let mark = tests::marker("latency");
+    // Until the tail is live, an exec may come before it subscribed: repeat the first one.
+    let warm = format!("{mark}-warm");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exec_to_tail(&tail, &warm, Duration::from_millis(500))?.is_none() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "tail did not go live within 30 s"
+        );
+    }
+    let mut latencies = Vec::with_capacity(trials);
+    for i in 0..trials {
+        let arg = format!("{mark}-{i}");
+        let line = exec_to_tail(&tail, &arg, Duration::from_secs(10))?
+            .with_context(|| format!("exec {arg} did not reach tail within 10 s"))?;
+        let printed = SystemTime::now().duration_since(UNIX_EPOCH)?;
+        let at = line["time_unix_nano"].as_u64().context("time_unix_nano")?;
+        latencies.push(printed.saturating_sub(Duration::from_nanos(at)));
+    }
+    drop(tail);
+    let stopped = agent.stop();
+    anyhow::ensure!(stopped.success, "agent failed:\n{}", stopped.stderr);
+    drop(collector);
+    println!(
+        "end-to-end latency, kernel exec to `tail --json` line, {trials} execs one at a time: {}",
+        percentile_line(latencies)
+    );
+    Ok(())
+}
+
+/// Runs `/bin/true arg` and returns its exec as `tail` prints it, if it does `within`.
+fn exec_to_tail(
+    tail: &Tail,
+    arg: &str,
+    within: Duration,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let deadline = Instant::now() + within;
+    Command::new("/bin/true").arg(arg).status()?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tail.lines.recv_timeout(left) {
+            Ok(v)
+                if v["argv"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == arg)) =>
+            {
+                return Ok(Some(v));
+            }
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => return Ok(None),
+            Err(RecvTimeoutError::Disconnected) => anyhow::bail!("tail ended"),
+        }
+    }
+}

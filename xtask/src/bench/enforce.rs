@@ -1,0 +1,189 @@
+//! `cargo xtask bench enforce`: how soon after a grant's end its processes are dead, and
+//! what the kernel's deny check costs every syscall on the host.
+//!
+//! Latency: `trials` unit-named cgroups, each running a `sleep` under its own grant with
+//! `on_expiry: kill`, the expiries 150 ms apart so the kills do not overlap; each is timed
+//! from its grant's `expires_at` to the moment its process is gone.
+//!
+//! Cost: a loop of `getppid` syscalls, timed with no agent, with the agent attached and its
+//! deny maps empty (the check reads one flag), and with them populated (after the latency
+//! run: the check looks the caller's session and cgroup up). Runs alternate so drift in
+//! this shared machine's speed lands on every side.
+
+use std::{
+    fs,
+    process::{Child, Command},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use tests::{
+    TestCgroup,
+    agent::Agent,
+    collector::{Collector, scratch_dir},
+    marker, operator,
+};
+
+use super::{median, percentile_line, require_root, use_release_binaries};
+
+const SYSCALLS: u32 = 2_000_000;
+const RUNS: usize = 5;
+/// Time between two grants' expiries.
+const SPACING: Duration = Duration::from_millis(150);
+
+pub fn run(trials: usize) -> anyhow::Result<()> {
+    require_root("enforce")?;
+    use_release_binaries();
+    let detached: Vec<Duration> = (0..RUNS).map(|_| syscall_loop()).collect();
+    let dir = scratch_dir("bench-enforce");
+    let collector = Collector::start(&dir.join("store.db"));
+    let url = collector.url();
+    let spool = dir.join("spool");
+    let agent = Agent::start(&["--spool", spool.to_str().unwrap(), "--collector", &url]);
+    anyhow::ensure!(
+        agent.wait_for_log(Duration::from_secs(20), "grant view adopted"),
+        "the agent never got a grant view"
+    );
+    let (mut empty, mut detached_again) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        empty.push(syscall_loop());
+    }
+    let latencies = expiry_to_death(&agent, &url, trials)?;
+    let mut populated = Vec::new();
+    for _ in 0..RUNS {
+        populated.push(syscall_loop());
+    }
+    let stopped = agent.stop();
+    anyhow::ensure!(stopped.success, "agent failed:\n{}", stopped.stderr);
+    for _ in 0..RUNS {
+        detached_again.push(syscall_loop());
+    }
+    drop(collector);
+
+    println!(
+        "grant expiry to death of its process, {trials} grants: {}",
+        percentile_line(latencies)
+    );
+    let per_call = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(SYSCALLS);
+    let base = per_call(median(detached.into_iter().chain(detached_again).collect()));
+    let (empty, populated) = (per_call(median(empty)), per_call(median(populated)));
+    println!(
+        "getppid, {SYSCALLS} calls, median of {RUNS}: no agent {base:.1} ns/call; \
+         agent, deny maps empty {empty:.1} ns/call (+{:.1}); \
+         agent, deny maps populated {populated:.1} ns/call (+{:.1}); \
+         the populated check costs {:.1} ns more per syscall ({:.2}× the empty one's cost)",
+        empty - base,
+        populated - base,
+        populated - empty,
+        (populated - base) / (empty - base).max(f64::MIN_POSITIVE),
+    );
+    Ok(())
+}
+
+fn syscall_loop() -> Duration {
+    let start = Instant::now();
+    for _ in 0..SYSCALLS {
+        // SAFETY: no arguments, no side effects.
+        std::hint::black_box(unsafe { libc::getppid() });
+    }
+    start.elapsed()
+}
+
+/// One process under a grant that will end.
+struct Trial {
+    cgroup: TestCgroup,
+    child: Child,
+    expires: SystemTime,
+}
+
+fn expiry_to_death(agent: &Agent, url: &str, trials: usize) -> anyhow::Result<Vec<Duration>> {
+    // Far enough ahead to set every trial up before the first expiry.
+    let first = Duration::from_secs(3) + Duration::from_millis(60) * u32::try_from(trials)?;
+    let mut running = Vec::with_capacity(trials);
+    for i in 0..trials {
+        let unit = format!("{}.service", marker("bench-unit"));
+        let ttl = first + SPACING * u32::try_from(i)?;
+        let out = operator::run(
+            url,
+            &[
+                "grant",
+                "create",
+                "--unit",
+                &unit,
+                "--ttl",
+                &format!("{}ms", ttl.as_millis()),
+                "--on-expiry",
+                "kill",
+                "--reason",
+                "bench",
+                "--json",
+            ],
+        );
+        anyhow::ensure!(
+            out.status.success(),
+            "grant create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let grant: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let id = grant["id"].as_str().context("grant id")?.to_owned();
+        let expires = UNIX_EPOCH
+            + Duration::from_nanos(grant["expires_at_unix_nano"].as_u64().context("expiry")?);
+        anyhow::ensure!(
+            agent.wait_for_log(Duration::from_secs(10), &format!("\"{id}\"")),
+            "the agent never got grant {id}"
+        );
+        let cgroup = TestCgroup::create(&unit);
+        let mut cmd = Command::new("/bin/sleep");
+        cmd.arg("1000");
+        cgroup.enter(&mut cmd);
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        agent
+            .wait_for(Duration::from_secs(10), |v| {
+                v["kind"] == "exec" && v["pid"] == pid && v["identity"]["grant"] == id
+            })
+            .with_context(|| format!("the sleep of {unit} was not seen under {id}"))?;
+        running.push(Trial {
+            cgroup,
+            child,
+            expires,
+        });
+    }
+    anyhow::ensure!(
+        SystemTime::now() < running[0].expires,
+        "setting up took past the first expiry: raise its lead"
+    );
+    let mut latencies = Vec::with_capacity(trials);
+    for mut trial in running {
+        let deadline = Instant::now()
+            + trial
+                .expires
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+            + Duration::from_secs(10);
+        let pid = trial.child.id();
+        loop {
+            // The child is ours: it stays a zombie until we reap it, so read its state.
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat
+                .rsplit_once(") ")
+                .is_none_or(|(_, rest)| rest.starts_with('Z'))
+            {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "pid {pid} outlived its grant by 10 s"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        latencies.push(
+            SystemTime::now()
+                .duration_since(trial.expires)
+                .unwrap_or_default(),
+        );
+        trial.child.wait()?;
+        drop(trial.cgroup);
+    }
+    Ok(latencies)
+}

@@ -1,0 +1,88 @@
+//! `cargo xtask bench ...`: benchmarks that print figures, each against a baseline run in
+//! the same session.
+
+mod capture;
+mod collector;
+mod enforce;
+
+use std::time::Duration;
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum Which {
+    /// Kernel capture cost: an exec loop and pty floods of 64-byte and 4 KiB writes.
+    Capture {
+        /// Runs per workload and mode; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Agent pipeline throughput: decode → attribute → model → chain → spool, one core,
+    /// against raw SHA-256 in the same run.
+    Pipeline,
+    /// Collector: durable ingest and verify speed against the raw chain hash in the same run,
+    /// then latency from a kernel event to `tail` through a real agent and collector.
+    Collector {
+        /// Execs timed end to end; p50 and p99 are reported.
+        #[arg(long, default_value_t = 200)]
+        trials: usize,
+    },
+    /// Enforcement: expiry-to-death latency of grants with `on_expiry: kill`, and the cost of
+    /// the kernel's deny check per syscall against the same agent with the map empty.
+    Enforce {
+        /// Grants that expire; p50 and p99 of their expiry-to-death latency are reported.
+        #[arg(long, default_value_t = 50)]
+        trials: usize,
+    },
+}
+
+pub fn run(which: &Which) -> anyhow::Result<()> {
+    match which {
+        Which::Capture { runs } => capture::run(*runs),
+        Which::Pipeline => crate::cargo(&["bench", "--package", "agent", "--bench", "pipeline"]),
+        Which::Enforce { trials } => enforce::run(*trials),
+        Which::Collector { trials } => {
+            crate::cargo(&["bench", "--package", "collector", "--bench", "ingest"])?;
+            collector::latency(*trials)
+        }
+    }
+}
+
+pub(super) fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+pub(super) fn require_root(bench: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    anyhow::ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "the {bench} benchmark loads kernel programs: run it as root"
+    );
+    Ok(())
+}
+
+/// Points the harness at the release binaries.
+pub(super) fn use_release_binaries() {
+    let release = tests::workspace_root().join("target/release");
+    for (var, bin) in [
+        ("RECORDER_AGENT_BIN", "agent"),
+        ("RECORDER_COLLECTOR_BIN", "collector"),
+        ("RECORDER_OPERATOR_BIN", "recorder"),
+    ] {
+        // SAFETY: set before any thread that reads the environment exists.
+        unsafe { std::env::set_var(var, release.join(bin)) };
+    }
+}
+
+/// `p50 …, p99 …, max …` of `samples`, in milliseconds.
+pub(super) fn percentile_line(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let pct = |p: usize| samples[(samples.len() * p / 100).min(samples.len() - 1)];
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(50).as_secs_f64() * 1e3,
+        pct(99).as_secs_f64() * 1e3,
+        samples.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+    )
+}
