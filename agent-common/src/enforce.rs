@@ -7,9 +7,6 @@ use crate::event::Header;
 pub const DENY_SESSIONS_MAP: &str = "DENY_SESSIONS";
 /// `u64` cgroup id → [`Deny`].
 pub const DENY_CGROUPS_MAP: &str = "DENY_CGROUPS";
-/// One `u32`: non-zero once either deny map holds an entry. Until then the syscall hook
-/// returns after this one lookup, which the verifier inlines.
-pub const DENY_ARMED_MAP: &str = "DENY_ARMED";
 /// Entries per deny map. Session ids and cgroup ids are not reused within a boot, so an
 /// entry can stay for as long as the agent runs; the maps are LRU so the oldest go first.
 pub const DENY_MAX: u32 = 16_384;

@@ -14,7 +14,7 @@ use agent_common::{
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, generated::bpf_send_signal},
     macros::{map, raw_tracepoint},
-    maps::{Array, LruHashMap},
+    maps::LruHashMap,
     programs::RawTracePointContext,
 };
 
@@ -25,25 +25,16 @@ use crate::{
 
 const SIGKILL: u32 = 9;
 
-#[map(name = "DENY_ARMED")]
-static ARMED: Array<u32> = Array::with_max_entries(1, 0);
-
 #[map(name = "DENY_SESSIONS")]
 static SESSIONS: LruHashMap<u32, Deny> = LruHashMap::with_max_entries(DENY_MAX, 0);
 
 #[map(name = "DENY_CGROUPS")]
 static CGROUPS: LruHashMap<u64, Deny> = LruHashMap::with_max_entries(DENY_MAX, 0);
 
-/// Every syscall entry on the host passes here; until the agent denies something, only the
-/// armed flag is read.
+/// Every syscall entry on the host passes here once the agent has attached it, which it
+/// does at its first deny.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn enforce_sys_enter(_ctx: RawTracePointContext) -> i32 {
-    if ARMED
-        .get(0)
-        .is_none_or(|armed| unsafe { core::ptr::read_volatile(armed) } == 0)
-    {
-        return 0;
-    }
     let task = Task::current();
     let Some(deny) = denied(task) else {
         return 0;
@@ -66,10 +57,10 @@ pub fn enforce_sys_enter(_ctx: RawTracePointContext) -> i32 {
 fn denied(task: Task) -> Option<Deny> {
     let session = task.sessionid();
     if session != AUDIT_UNSET
-        && let Some(deny) = unsafe { SESSIONS.get(&session) }
+        && let Some(deny) = unsafe { SESSIONS.get(session) }
     {
         return Some(*deny);
     }
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    unsafe { CGROUPS.get(&cgroup) }.copied()
+    unsafe { CGROUPS.get(cgroup) }.copied()
 }

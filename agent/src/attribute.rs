@@ -120,7 +120,7 @@ impl Attributor {
         if let Some(uid) = process.loginuid {
             return Ok(named(IdentityKind::Human, user_name(uid)));
         }
-        let Some(path) = self.cgroups.path(process.cgroup_id) else {
+        let Some(path) = self.cgroups.path(process.cgroup_id, process.tgid) else {
             return Err(unknown(format!(
                 "no loginuid, and cgroup {} is not in the cgroup v2 tree",
                 process.cgroup_id
@@ -223,13 +223,27 @@ impl CgroupPaths {
         }
     }
 
-    fn path(&mut self, id: u64) -> Option<&str> {
+    /// The path of cgroup `id`, which process `pid` was in: read from the process first (a
+    /// cgroup made a moment ago is found at once), else from a rescan of the tree.
+    fn path(&mut self, id: u64, pid: u32) -> Option<&str> {
+        if !self.paths.contains_key(&id)
+            && let Some(path) = self.of_process(id, pid)
+        {
+            self.paths.insert(id, path);
+        }
         if !self.paths.contains_key(&id)
             && self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_INTERVAL)
         {
             self.rescan();
         }
         self.paths.get(&id).map(String::as_str)
+    }
+
+    /// The cgroup v2 path of process `pid`, if it is still cgroup `id` (the process may
+    /// have moved or gone since the event).
+    fn of_process(&self, id: u64, pid: u32) -> Option<String> {
+        let (path, ino) = cgroup_of(self.root.as_deref()?, pid)?;
+        (ino == id).then_some(path)
     }
 
     fn rescan(&mut self) {
@@ -253,6 +267,15 @@ impl CgroupPaths {
             }
         }
     }
+}
+
+/// Process `pid`'s cgroup v2 path (from `/proc/PID/cgroup`) and id, under the hierarchy
+/// mounted at `root`.
+pub(crate) fn cgroup_of(root: &Path, pid: u32) -> Option<(String, u64)> {
+    let procs = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = procs.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let meta = fs::metadata(root.join(path.trim_start_matches('/'))).ok()?;
+    Some((path.to_owned(), meta.ino()))
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
@@ -318,6 +341,6 @@ mod tests {
         let mut paths = CgroupPaths::discover();
         let root = paths.root.clone().expect("a cgroup2 mount");
         let ino = fs::metadata(&root).unwrap().ino();
-        assert_eq!(paths.path(ino), Some("/"));
+        assert_eq!(paths.path(ino, 0), Some("/"));
     }
 }

@@ -3,32 +3,34 @@
 //! and acted on by the agent's own clock. Activity that needs a grant and has none is a
 //! violation; a grant that ends with `on_expiry: kill`, or a violation in kill mode, puts
 //! the session (or the cgroup of a non-human identity) in the kernel's deny maps
-//! (`agent-ebpf/src/enforce.rs`) and kills its live processes from here. Every kill is an
+//! (`agent-ebpf/src/enforce.rs`, attached at the first such entry) and kills its live
+//! processes from here. Every kill is an
 //! event in the chain.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     fs,
     io::Write as _,
-    os::{fd::FromRawFd as _, unix::fs::MetadataExt as _},
+    os::fd::FromRawFd as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use agent_common::enforce::{DENY_ARMED_MAP, DENY_CGROUPS_MAP, DENY_SESSIONS_MAP, Deny};
+use agent_common::enforce::{DENY_CGROUPS_MAP, DENY_SESSIONS_MAP, Deny};
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use prost::Message as _;
 use proto::v1::{Grant, GrantView, grant::OnExpiry, policy::Mode};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::{
-    attribute::{Identity, IdentityKind, cgroup2_mount},
+    attribute::{Identity, IdentityKind, cgroup_of, cgroup2_mount},
     event::{Body, Event, Kill, Killer, Process, Target},
     model::proto_kind,
     reader::boot_ns,
+    sensors,
 };
 
 const VIEW_FILE: &str = "grants.pb";
@@ -50,29 +52,39 @@ pub struct FailClosed {
     pub kill: bool,
 }
 
-/// The kernel's deny maps.
-pub struct DenyMaps {
-    armed: Array<MapData, u32>,
+/// The kernel side: the loaded programs, the deny maps, and whether the enforcement
+/// program is attached yet.
+pub struct Kernel {
+    ebpf: aya::Ebpf,
+    attached: bool,
     sessions: BpfHashMap<MapData, u32, Deny>,
     cgroups: BpfHashMap<MapData, u64, Deny>,
 }
 
-impl DenyMaps {
-    pub fn take(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+impl Kernel {
+    /// Takes the deny maps out of `ebpf` and loads the enforcement program; holds `ebpf`, and
+    /// so every attached program, for as long as enforcement runs.
+    pub fn new(mut ebpf: aya::Ebpf) -> anyhow::Result<Self> {
+        sensors::load_enforcement(&mut ebpf)?;
         Ok(Self {
-            armed: Array::try_from(take_map(ebpf, DENY_ARMED_MAP)?)?,
-            sessions: BpfHashMap::try_from(take_map(ebpf, DENY_SESSIONS_MAP)?)?,
-            cgroups: BpfHashMap::try_from(take_map(ebpf, DENY_CGROUPS_MAP)?)?,
+            sessions: BpfHashMap::try_from(take_map(&mut ebpf, DENY_SESSIONS_MAP)?)?,
+            cgroups: BpfHashMap::try_from(take_map(&mut ebpf, DENY_CGROUPS_MAP)?)?,
+            ebpf,
+            attached: false,
         })
     }
 
-    fn deny(&mut self, target: Target, cause: u32) -> Result<(), aya::maps::MapError> {
+    fn deny(&mut self, target: Target, cause: u32) -> anyhow::Result<()> {
         let deny = Deny { cause };
         match target {
             Target::Session(id) => self.sessions.insert(id, deny, 0)?,
             Target::Cgroup(id) => self.cgroups.insert(id, deny, 0)?,
         }
-        self.armed.set(0, 1, 0)
+        if !self.attached {
+            sensors::attach_enforcement(&mut self.ebpf)?;
+            self.attached = true;
+        }
+        Ok(())
     }
 
     /// Lets a cgroup act again: a new grant covers the identity behind it.
@@ -111,7 +123,7 @@ pub struct Enforcer {
     usage: HashMap<String, BTreeSet<Target>>,
     ended: HashSet<String>,
     causes: Vec<Cause>,
-    maps: Option<DenyMaps>,
+    kernel: Option<Kernel>,
     cgroup_root: Option<PathBuf>,
 }
 
@@ -121,7 +133,7 @@ impl Enforcer {
     pub fn new(
         host: String,
         cache: Option<&Path>,
-        maps: Option<DenyMaps>,
+        kernel: Option<Kernel>,
         fail_closed: Option<FailClosed>,
     ) -> Self {
         let view = cache.and_then(|dir| {
@@ -150,7 +162,7 @@ impl Enforcer {
             usage,
             ended: HashSet::new(),
             causes: Vec::new(),
-            maps,
+            kernel,
             cgroup_root: cgroup2_mount(),
         }
     }
@@ -169,11 +181,11 @@ impl Enforcer {
         }
         for grant in &view.grants {
             if is_active(grant, now)
-                && let Some(maps) = &mut self.maps
+                && let Some(kernel) = &mut self.kernel
             {
                 for target in self.usage.get(&grant.id).into_iter().flatten() {
                     if let Target::Cgroup(id) = target {
-                        maps.allow(*id);
+                        kernel.allow(*id);
                     }
                 }
             }
@@ -321,10 +333,14 @@ impl Enforcer {
     /// Denies `target` in the kernel, then kills its live processes.
     fn kill(&mut self, target: Target, grant_id: String, reason: &'static str) -> Event {
         let cause = u32::try_from(self.causes.len()).unwrap_or(u32::MAX);
-        if let Some(maps) = &mut self.maps
-            && let Err(e) = maps.deny(target, cause)
+        if let Some(kernel) = &mut self.kernel
+            && let Err(e) = kernel.deny(target, cause)
         {
-            warn!(error = %e, ?target, "cannot add to the kernel's deny map");
+            warn!(
+                error = format!("{e:#}"),
+                ?target,
+                "cannot deny in the kernel; killing from here only"
+            );
         }
         let pids = kill_live(target, self.cgroup_root.as_deref());
         info!(?target, grant = grant_id, reason, ?pids, "killed");
@@ -462,18 +478,9 @@ fn belongs(pid: u32, target: Target, cgroup_root: Option<&Path>) -> bool {
                 .and_then(|s| s.trim().parse::<u32>().ok())
                 == Some(session)
         }
-        Target::Cgroup(id) => {
-            let Some(root) = cgroup_root else {
-                return false;
-            };
-            fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .ok()
-                .and_then(|s| {
-                    let path = s.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
-                    fs::metadata(root.join(path.trim_start_matches('/'))).ok()
-                })
-                .is_some_and(|m| m.ino() == id)
-        }
+        Target::Cgroup(id) => cgroup_root
+            .and_then(|root| cgroup_of(root, pid))
+            .is_some_and(|(_, ino)| ino == id),
     }
 }
 

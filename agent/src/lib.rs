@@ -111,7 +111,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let enforcer = enforce::Enforcer::new(
         pipeline::host_id(),
         cli.spool.as_deref(),
-        Some(enforce::DenyMaps::take(&mut ebpf)?),
+        Some(enforce::Kernel::new(ebpf)?),
         cli.fail_closed_after.map(|after| enforce::FailClosed {
             after,
             kill: cli.fail_closed_kill,
@@ -174,7 +174,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
-    drop(ebpf);
     pipeline::report(&health);
     stages
 }

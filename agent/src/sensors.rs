@@ -84,11 +84,13 @@ pub const SENSORS: &[Sensor] = &[
             tp("tty_sys_enter_writev", "syscalls", "sys_enter_writev"),
         ],
     },
-    Sensor {
-        name: "enforce",
-        programs: &[raw("enforce_sys_enter", "raw_syscalls", "sys_enter")],
-    },
 ];
+
+/// Kills tasks of denied sessions at their next syscall. Loaded at start, so a kernel that
+/// refuses it says so at once, but attached only when something is first denied: a
+/// `raw_syscalls` program costs every syscall on the host, and most hosts never kill.
+pub const ENFORCE: Program = raw("enforce_sys_enter", "raw_syscalls", ENFORCE_EVENT);
+const ENFORCE_EVENT: &str = "sys_enter";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SensorError {
@@ -120,6 +122,37 @@ fn cannot_run(program: &Program) -> Option<String> {
     }) = program.hook;
     let dir = Path::new(TRACEFS).join("events").join(category).join(event);
     (!dir.exists()).then(|| format!("this kernel has no tracepoint {category}/{event}"))
+}
+
+/// Loads [`ENFORCE`] without attaching it.
+pub fn load_enforcement(ebpf: &mut Ebpf) -> Result<(), SensorError> {
+    raw_program(ebpf, &ENFORCE)?.load().map_err(enforce_error)
+}
+
+/// Attaches [`ENFORCE`], loaded before.
+pub fn attach_enforcement(ebpf: &mut Ebpf) -> Result<(), SensorError> {
+    raw_program(ebpf, &ENFORCE)?
+        .attach(ENFORCE_EVENT)
+        .map(|_| info!(program = ENFORCE.name, "attached"))
+        .map_err(enforce_error)
+}
+
+fn raw_program<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &Program,
+) -> Result<&'a mut RawTracePoint, SensorError> {
+    ebpf.program_mut(program.name)
+        .ok_or(SensorError::Missing(program.name))?
+        .try_into()
+        .map_err(enforce_error)
+}
+
+fn enforce_error(source: ProgramError) -> SensorError {
+    SensorError::Program {
+        sensor: "enforce",
+        name: ENFORCE.name,
+        source,
+    }
 }
 
 /// Loads and attaches every program this kernel can run. A program the kernel lacks is

@@ -14,16 +14,7 @@ use serde_json::Value;
 /// The agent binary: `RECORDER_AGENT_BIN`, else the workspace's debug build.
 #[must_use]
 pub fn binary() -> PathBuf {
-    let path = std::env::var_os("RECORDER_AGENT_BIN").map_or_else(
-        || crate::workspace_root().join("target/debug/agent"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo xtask test` does)",
-        path.display()
-    );
-    path
+    crate::binary("RECORDER_AGENT_BIN", "agent")
 }
 
 /// Agent flags for a ring buffer too small, and drained too rarely, to keep up with a

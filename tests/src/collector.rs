@@ -14,16 +14,7 @@ use std::{
 /// The collector binary: `RECORDER_COLLECTOR_BIN`, else the workspace's debug build.
 #[must_use]
 pub fn binary() -> PathBuf {
-    let path = std::env::var_os("RECORDER_COLLECTOR_BIN").map_or_else(
-        || crate::workspace_root().join("target/debug/collector"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo build -p collector`)",
-        path.display()
-    );
-    path
+    crate::binary("RECORDER_COLLECTOR_BIN", "collector")
 }
 
 /// A fresh directory under the system temp dir, for one test's store files.

@@ -28,6 +28,21 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A binary of the workspace: the path in `var`, else the debug build of `name`.
+#[must_use]
+pub fn binary(var: &str, name: &str) -> PathBuf {
+    let path = std::env::var_os(var).map_or_else(
+        || workspace_root().join("target/debug").join(name),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
 /// Whether a privileged test can run. Without root it is skipped with a message, except under
 /// `CI=true`, where a privileged test that cannot run is a failure.
 #[must_use]
@@ -117,8 +132,15 @@ impl TestCgroup {
 }
 
 impl Drop for TestCgroup {
+    /// Kills whatever a failed test left in it, so the directory can go.
     fn drop(&mut self) {
-        let _ = fs::remove_dir(&self.dir);
+        let _ = fs::write(self.dir.join("cgroup.kill"), "1");
+        for _ in 0..100 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
 

@@ -13,16 +13,7 @@ use serde_json::Value;
 /// The client binary: `RECORDER_OPERATOR_BIN`, else the workspace's debug build.
 #[must_use]
 pub fn binary() -> PathBuf {
-    let path = std::env::var_os("RECORDER_OPERATOR_BIN").map_or_else(
-        || crate::workspace_root().join("target/debug/recorder"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo xtask test` does)",
-        path.display()
-    );
-    path
+    crate::binary("RECORDER_OPERATOR_BIN", "recorder")
 }
 
 /// Runs one command against the collector at `url` to completion.

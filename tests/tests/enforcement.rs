@@ -156,23 +156,19 @@ struct Session {
 impl Session {
     fn start(rig: &Rig, user: &User, sshd: &Sshd) -> Self {
         let mark = marker("session");
-        let ssh = user
-            .ssh(
-                sshd,
-                &format!("sudo -n id; sleep 1000 & /bin/echo {mark}; wait"),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut session = Self::spawn(user.ssh(
+            sshd,
+            &format!("sudo -n id; sleep 1000 & /bin/echo {mark}; wait"),
+        ));
         let sleep = rig.exec("the background sleep", |v| {
             argv_is(v, &["sleep", "1000"]) && v["loginuid"] == user.uid
         });
-        let id = sleep["sessionid"].as_u64().expect("a login session");
-        let sudo = rig.exec("sudo", |v| {
+        session.id = sleep["sessionid"].as_u64().expect("a login session");
+        let id = session.id;
+        session.sudo = rig.exec("sudo", |v| {
             v["comm"] == "sudo" && v["sessionid"].as_u64() == Some(id)
         });
-        // Every process of the login once the shell waits: it printed the mark after forking
+        // Every process of the login once the shell waits: it ran the echo after forking
         // the sleep, so the echo's exec is the last one to wait for.
         rig.exec("the mark", |v| {
             v["sessionid"].as_u64() == Some(id)
@@ -180,16 +176,34 @@ impl Session {
                     .as_array()
                     .is_some_and(|a| a.iter().any(|x| x == mark.as_str()))
         });
-        let pids = session_pids(id);
+        session.pids = session_pids(id);
         assert!(
-            pids.contains(&sleep["pid"].as_u64().unwrap()),
-            "{pids:?} lacks the sleep: {sleep}"
+            session.pids.contains(&sleep["pid"].as_u64().unwrap()),
+            "{:?} lacks the sleep: {sleep}",
+            session.pids
         );
+        session
+    }
+
+    /// A login that runs `sudo -n id` and then sleeps.
+    fn start_violating(rig: &Rig, user: &User, sshd: &Sshd) -> Self {
+        let mut session = Self::spawn(user.ssh(sshd, "sudo -n id; sleep 1000"));
+        session.sudo = rig.exec("sudo", |v| v["comm"] == "sudo" && v["loginuid"] == user.uid);
+        session.id = session.sudo["sessionid"].as_u64().unwrap();
+        session
+    }
+
+    /// Owns the ssh client from the start, so a failing test does not leave it behind.
+    fn spawn(mut ssh: Command) -> Self {
         Self {
-            ssh,
-            id,
-            pids,
-            sudo,
+            ssh: ssh
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+            id: 0,
+            pids: Vec::new(),
+            sudo: Value::Null,
         }
     }
 
@@ -400,40 +414,25 @@ fn sudo_without_a_grant_is_a_violation_and_kill_mode_kills_it() {
     let violation = rig
         .agent
         .wait_for(Duration::from_secs(10), |v| {
-            v["kind"] == "violation" && v["sessionid"].as_u64() == Some(session.0)
+            v["kind"] == "violation" && v["sessionid"].as_u64() == Some(session.id)
         })
         .expect("a violation");
     assert_eq!(violation["violation"]["action"], "kill", "{violation}");
     let kill = rig
         .agent
         .wait_for(Duration::from_secs(10), |v| {
-            v["kind"] == "kill" && v["kill"]["sessionid"].as_u64() == Some(session.0)
+            v["kind"] == "kill" && v["kill"]["sessionid"].as_u64() == Some(session.id)
         })
         .expect("a kill");
     assert_eq!(kill["kill"]["reason"], "violation", "{kill}");
     let deadline = Instant::now() + DEATH_WITHIN;
-    while !session_pids(session.0).is_empty() {
+    while !session_pids(session.id).is_empty() {
         assert!(
             Instant::now() < deadline,
             "the violating session lives on: {:?}",
-            session_pids(session.0)
+            session_pids(session.id)
         );
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-impl Session {
-    /// A login that runs `sudo -n id` and then sleeps; returns its audit session id, and the
-    /// ssh client.
-    fn start_violating(rig: &Rig, user: &User, sshd: &Sshd) -> (u64, Child) {
-        let ssh = user
-            .ssh(sshd, "sudo -n id; sleep 1000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let sudo = rig.exec("sudo", |v| v["comm"] == "sudo" && v["loginuid"] == user.uid);
-        (sudo["sessionid"].as_u64().unwrap(), ssh)
     }
 }
 
@@ -488,4 +487,25 @@ fn a_unit_with_an_expired_grant_has_its_processes_killed() {
         })
         .expect("a kill event");
     assert_eq!(kill["kill"]["cgroup_id"], cgroup.id(), "{kill}");
+
+    // The cgroup stays denied in the kernel: a process that joins it later is killed at its
+    // next syscall, before it can exec, with nothing in userspace looking.
+    let mut late = Command::new("/bin/sleep");
+    late.arg("1000");
+    cgroup.enter(&mut late);
+    let status = late.spawn().unwrap().wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{status}"
+    );
+    let by_kernel = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "kill" && v["kill"]["by"] == "kernel"
+        })
+        .expect("the kernel's kill is recorded");
+    assert_eq!(by_kernel["kill"]["grant_id"], grant.id, "{by_kernel}");
+    assert_eq!(by_kernel["kill"]["reason"], "expired", "{by_kernel}");
+    assert_eq!(by_kernel["cgroup_id"], cgroup.id(), "{by_kernel}");
 }

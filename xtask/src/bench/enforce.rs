@@ -12,7 +12,7 @@
 
 use std::{
     fs,
-    process::{Child, Command},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -34,30 +34,31 @@ const SPACING: Duration = Duration::from_millis(150);
 pub fn run(trials: usize) -> anyhow::Result<()> {
     require_root("enforce")?;
     use_release_binaries();
-    let detached: Vec<Duration> = (0..RUNS).map(|_| syscall_loop()).collect();
     let dir = scratch_dir("bench-enforce");
     let collector = Collector::start(&dir.join("store.db"));
     let url = collector.url();
     let spool = dir.join("spool");
-    let agent = Agent::start(&["--spool", spool.to_str().unwrap(), "--collector", &url]);
-    anyhow::ensure!(
-        agent.wait_for_log(Duration::from_secs(20), "grant view adopted"),
-        "the agent never got a grant view"
-    );
-    let (mut empty, mut detached_again) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
-        empty.push(syscall_loop());
-    }
+    let start_agent = || -> anyhow::Result<Agent> {
+        let agent = Agent::start(&["--spool", spool.to_str().unwrap(), "--collector", &url]);
+        anyhow::ensure!(
+            agent.wait_for_log(Duration::from_secs(20), "grant view adopted"),
+            "the agent never got a grant view"
+        );
+        Ok(agent)
+    };
+    let (mut detached, mut empty, mut populated) = (Vec::new(), Vec::new(), Vec::new());
+    // Empty maps before and after the populated phase, and no agent around both: drift in
+    // this machine's speed lands on every side.
+    detached.extend((0..RUNS).map(|_| syscall_loop()));
+    let agent = start_agent()?;
+    empty.extend((0..RUNS).map(|_| syscall_loop()));
     let latencies = expiry_to_death(&agent, &url, trials)?;
-    let mut populated = Vec::new();
-    for _ in 0..RUNS {
-        populated.push(syscall_loop());
-    }
-    let stopped = agent.stop();
-    anyhow::ensure!(stopped.success, "agent failed:\n{}", stopped.stderr);
-    for _ in 0..RUNS {
-        detached_again.push(syscall_loop());
-    }
+    populated.extend((0..RUNS).map(|_| syscall_loop()));
+    stop(agent)?;
+    detached.extend((0..RUNS).map(|_| syscall_loop()));
+    let agent = start_agent()?;
+    empty.extend((0..RUNS).map(|_| syscall_loop()));
+    stop(agent)?;
     drop(collector);
 
     println!(
@@ -65,18 +66,24 @@ pub fn run(trials: usize) -> anyhow::Result<()> {
         percentile_line(latencies)
     );
     let per_call = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(SYSCALLS);
-    let base = per_call(median(detached.into_iter().chain(detached_again).collect()));
+    let base = per_call(median(detached));
     let (empty, populated) = (per_call(median(empty)), per_call(median(populated)));
     println!(
-        "getppid, {SYSCALLS} calls, median of {RUNS}: no agent {base:.1} ns/call; \
+        "getppid, {SYSCALLS} calls, medians: no agent {base:.1} ns/call; \
          agent, deny maps empty {empty:.1} ns/call (+{:.1}); \
          agent, deny maps populated {populated:.1} ns/call (+{:.1}); \
-         the populated check costs {:.1} ns more per syscall ({:.2}× the empty one's cost)",
+         the populated check costs {:+.1} ns per syscall ({:.2}× the agent's cost with the maps empty)",
         empty - base,
         populated - base,
         populated - empty,
         (populated - base) / (empty - base).max(f64::MIN_POSITIVE),
     );
+    Ok(())
+}
+
+fn stop(agent: Agent) -> anyhow::Result<()> {
+    let stopped = agent.stop();
+    anyhow::ensure!(stopped.success, "agent failed:\n{}", stopped.stderr);
     Ok(())
 }
 
@@ -89,11 +96,19 @@ fn syscall_loop() -> Duration {
     start.elapsed()
 }
 
-/// One process under a grant that will end.
+/// One process under a grant that will end; killed if the benchmark fails first.
 struct Trial {
-    cgroup: TestCgroup,
     child: Child,
+    /// Removed when dropped, after the child is gone (fields drop after `Drop::drop`).
+    _cgroup: TestCgroup,
     expires: SystemTime,
+}
+
+impl Drop for Trial {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn expiry_to_death(agent: &Agent, url: &str, trials: usize) -> anyhow::Result<Vec<Duration>> {
@@ -134,20 +149,23 @@ fn expiry_to_death(agent: &Agent, url: &str, trials: usize) -> anyhow::Result<Ve
         );
         let cgroup = TestCgroup::create(&unit);
         let mut cmd = Command::new("/bin/sleep");
-        cmd.arg("1000");
+        cmd.arg("1000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         cgroup.enter(&mut cmd);
-        let child = cmd.spawn()?;
-        let pid = child.id();
+        let trial = Trial {
+            child: cmd.spawn()?,
+            _cgroup: cgroup,
+            expires,
+        };
+        let pid = trial.child.id();
+        running.push(trial);
         agent
             .wait_for(Duration::from_secs(10), |v| {
                 v["kind"] == "exec" && v["pid"] == pid && v["identity"]["grant"] == id
             })
             .with_context(|| format!("the sleep of {unit} was not seen under {id}"))?;
-        running.push(Trial {
-            cgroup,
-            child,
-            expires,
-        });
     }
     anyhow::ensure!(
         SystemTime::now() < running[0].expires,
@@ -183,7 +201,6 @@ fn expiry_to_death(agent: &Agent, url: &str, trials: usize) -> anyhow::Result<Ve
                 .unwrap_or_default(),
         );
         trial.child.wait()?;
-        drop(trial.cgroup);
     }
     Ok(latencies)
 }
