@@ -21,7 +21,10 @@ use agent_common::enforce::{DENY_CGROUPS_MAP, DENY_SESSIONS_MAP, Deny};
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use prost::Message as _;
-use proto::v1::{Grant, GrantView, grant::OnExpiry, policy::Mode};
+use proto::{
+    grant::{applies_on, end, is_live, revoked_first},
+    v1::{Grant, GrantView, grant::OnExpiry, policy::Mode},
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -173,14 +176,14 @@ impl Enforcer {
     pub fn update(&mut self, mut view: GrantView, now: u64) {
         if let Some(old) = self.view.take() {
             for mut grant in old.grants {
-                if end_ns(&grant) > now && !view.grants.iter().any(|g| g.id == grant.id) {
+                if end(&grant) > now && !view.grants.iter().any(|g| g.id == grant.id) {
                     grant.revoked_unix_nano = now;
                     view.grants.push(grant);
                 }
             }
         }
         for grant in &view.grants {
-            if is_active(grant, now)
+            if is_live(grant, now)
                 && let Some(kernel) = &mut self.kernel
             {
                 for target in self.usage.get(&grant.id).into_iter().flatten() {
@@ -286,14 +289,16 @@ impl Enforcer {
         let ended: Vec<(String, bool, &'static str)> = view
             .grants
             .iter()
-            .filter(|g| !self.ended.contains(&g.id) && end_ns(g) <= now)
+            .filter(|g| !self.ended.contains(&g.id) && end(g) <= now)
             .map(|g| {
-                let revoked =
-                    g.revoked_unix_nano != 0 && g.revoked_unix_nano < g.expires_at_unix_nano;
                 (
                     g.id.clone(),
                     g.on_expiry() == OnExpiry::Kill,
-                    if revoked { "revoked" } else { "expired" },
+                    if revoked_first(g) {
+                        "revoked"
+                    } else {
+                        "expired"
+                    },
                 )
             })
             .collect();
@@ -326,7 +331,7 @@ impl Enforcer {
             .grants
             .iter()
             .filter(|g| !self.ended.contains(&g.id))
-            .map(end_ns)
+            .map(end)
             .min()
     }
 
@@ -367,8 +372,8 @@ impl Enforcer {
     fn covering(&self, identity: &Identity, now: u64) -> Option<&Grant> {
         let kind = i32::from(proto_kind(identity.kind));
         self.view.as_ref()?.grants.iter().find(|g| {
-            is_active(g, now)
-                && (g.hosts.is_empty() || g.hosts.contains(&self.host))
+            is_live(g, now)
+                && applies_on(g, &self.host)
                 && g.identity
                     .as_ref()
                     .is_some_and(|s| s.kind == kind && s.name == identity.name)
@@ -404,17 +409,6 @@ fn human_root(process: &Process, identity: &Identity) -> bool {
 
 fn policy_kills(policy: Option<&proto::v1::Policy>) -> bool {
     policy.is_some_and(|p| p.mode() == Mode::Kill)
-}
-
-fn end_ns(g: &Grant) -> u64 {
-    match g.revoked_unix_nano {
-        0 => g.expires_at_unix_nano,
-        revoked => revoked.min(g.expires_at_unix_nano),
-    }
-}
-
-fn is_active(g: &Grant, now: u64) -> bool {
-    g.not_before_unix_nano <= now && now < end_ns(g)
 }
 
 /// A human is held to account by audit session; anything else by its cgroup.

@@ -9,10 +9,13 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use proto::v1::{
-    CreateGrantRequest, ExtendGrantRequest, Grant, GrantUse, GrantView, IdentityReview,
-    IdentitySelector, ListGrantsRequest, ListGrantsResponse, Policy, ReviewRequest, ReviewResponse,
-    RevokeGrantRequest, grant::OnExpiry, grants_server, identity::Kind,
+use proto::{
+    grant::{applies_on, end, revoked_first},
+    v1::{
+        CreateGrantRequest, ExtendGrantRequest, Grant, GrantUse, GrantView, IdentityReview,
+        IdentitySelector, ListGrantsRequest, ListGrantsResponse, Policy, ReviewRequest,
+        ReviewResponse, RevokeGrantRequest, grant::OnExpiry, grants_server, identity::Kind,
+    },
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -55,22 +58,12 @@ fn rfc3339(unix_nano: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(unix_nano)).to_string()
 }
 
-/// When the grant ends: its expiry, or its revocation when that came first.
-#[must_use]
-pub fn end(grant: &Grant) -> u64 {
-    match grant.revoked_unix_nano {
-        0 => grant.expires_at_unix_nano,
-        revoked => revoked.min(grant.expires_at_unix_nano),
-    }
-}
-
 /// Why the grant is over at `now`, or `None` while it is not.
 #[must_use]
 pub fn ended(grant: &Grant, now: u64) -> Option<String> {
     if end(grant) > now {
         None
-    } else if grant.revoked_unix_nano != 0 && grant.revoked_unix_nano <= grant.expires_at_unix_nano
-    {
+    } else if revoked_first(grant) {
         Some(format!(
             "it was revoked at {}",
             rfc3339(grant.revoked_unix_nano)
@@ -81,11 +74,6 @@ pub fn ended(grant: &Grant, now: u64) -> Option<String> {
             rfc3339(grant.expires_at_unix_nano)
         ))
     }
-}
-
-/// Whether the grant applies on `host`.
-fn applies_on(grant: &Grant, host: &str) -> bool {
-    grant.hosts.is_empty() || grant.hosts.iter().any(|h| h == host)
 }
 
 fn bounded(what: &str, value: &str, max: usize) -> Result<(), Status> {
@@ -309,10 +297,8 @@ impl grants_server::Grants for GrantsService {
         bounded("reason", &reason, MAX_REASON_BYTES)?;
         let grant = self
             .writer
-            .change_grant(GrantOp::Revoke { id }, actor.clone())
+            .change_grant(GrantOp::Revoke { id, reason }, actor)
             .await?;
-        // GrantChange has no field for it: the log keeps the reason.
-        tracing::info!(grant = %grant.id, %actor, %reason, "grant revoked");
         Ok(Response::new(grant))
     }
 

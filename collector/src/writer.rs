@@ -55,7 +55,7 @@ pub struct CheckpointRequest {
 #[derive(Debug)]
 pub enum GrantOp {
     Create(Box<Grant>),
-    Revoke { id: String },
+    Revoke { id: String, reason: String },
     Extend { id: String, nanos: u64 },
 }
 
@@ -431,7 +431,7 @@ impl Writer {
                 None => Ok(grant),
             }
         };
-        let (action, grant) = match op {
+        let (action, grant, reason) = match op {
             GrantOp::Create(grant) => {
                 if self.current_grant(group, &grant.id)?.is_some() {
                     return Err(Status::already_exists(format!(
@@ -439,12 +439,12 @@ impl Writer {
                         grant.id
                     )));
                 }
-                ("create", *grant)
+                ("create", *grant, String::new())
             }
-            GrantOp::Revoke { id } => {
+            GrantOp::Revoke { id, reason } => {
                 let mut grant = live(&id)?;
                 grant.revoked_unix_nano = time;
-                ("revoke", grant)
+                ("revoke", grant, reason)
             }
             GrantOp::Extend { id, nanos } => {
                 let mut grant = live(&id)?;
@@ -457,7 +457,7 @@ impl Writer {
                             "extending grant {id} by {nanos} ns would take it past the year 2262"
                         ))
                     })?;
-                ("extend", grant)
+                ("extend", grant, String::new())
             }
         };
         let selector = grant.identity.clone().unwrap_or_default();
@@ -474,6 +474,7 @@ impl Writer {
                     action: action.into(),
                     grant: Some(grant.clone()),
                     actor,
+                    reason,
                 }),
             },
         );

@@ -252,7 +252,8 @@ pub fn json(stored: &StoredEvent) -> Value {
         }
         Some(Body::GrantChange(c)) => {
             v["grant_change"] = json!({
-                "action": c.action, "actor": c.actor, "grant": c.grant.as_ref().map(grant_json),
+                "action": c.action, "actor": c.actor, "reason": c.reason,
+                "grant": c.grant.as_ref().map(grant_json),
             });
         }
         Some(Body::Fork(_)) | None => {}

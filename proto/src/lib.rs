@@ -2,6 +2,7 @@
 //! (the source of truth), and the chain hash that docs/chain.md defines.
 
 pub mod chain;
+pub mod grant;
 
 #[expect(clippy::pedantic, reason = "generated code")]
 pub mod v1 {

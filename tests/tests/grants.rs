@@ -112,8 +112,9 @@ async fn stored_grants(collector: &Collector) -> BTreeMap<String, Grant> {
         .collect()
 }
 
-/// The `GrantChange` records of the collector's chain, in order: (action, actor, grant).
-async fn grant_changes(collector: &Collector) -> Vec<(String, String, Grant)> {
+/// The `GrantChange` records of the collector's chain, in order: (action, actor, grant,
+/// reason).
+async fn grant_changes(collector: &Collector) -> Vec<(String, String, Grant, String)> {
     let filter = Filter {
         kinds: vec!["grant_change".into()],
         ..Filter::default()
@@ -126,7 +127,12 @@ async fn grant_changes(collector: &Collector) -> Vec<(String, String, Grant)> {
             let Some(Body::GrantChange(change)) = stored.event.unwrap().body else {
                 panic!("not a grant change")
             };
-            (change.action, change.actor, change.grant.unwrap())
+            (
+                change.action,
+                change.actor,
+                change.grant.unwrap(),
+                change.reason,
+            )
         })
         .collect()
 }
@@ -208,7 +214,7 @@ async fn grants_are_created_listed_extended_and_revoked_through_the_cli() {
     let changes = grant_changes(&collector).await;
     let summary: Vec<(&str, &str, &str)> = changes
         .iter()
-        .map(|(action, actor, g)| (action.as_str(), g.id.as_str(), actor.as_str()))
+        .map(|(action, actor, g, _)| (action.as_str(), g.id.as_str(), actor.as_str()))
         .collect();
     assert_eq!(
         summary,
@@ -225,6 +231,7 @@ async fn grants_are_created_listed_extended_and_revoked_through_the_cli() {
         "each change records the grant after it"
     );
     assert_eq!(changes[3].2.revoked_unix_nano, revoked_at);
+    assert_eq!(changes[3].3, "done", "a revocation records why");
     let by_identity = search_all(
         &collector,
         Filter {

@@ -180,7 +180,7 @@ pub trait Store: Send + Sync + 'static {
     fn sessions(&self, host: &str, since_unix_nano: u64) -> Result<Vec<Session>, StoreError>;
     /// Recomputes the chains of `host` (empty: all), or one chain.
     fn verify(&self, host: &str, chain_id: &str) -> Result<Vec<ChainVerdict>, StoreError>;
-    /// Every grant whose end (`crate::grants::end`) is later than `ended_after`, oldest
+    /// Every grant whose end (`proto::grant::end`) is later than `ended_after`, oldest
     /// first.
     fn grants(&self, ended_after: u64) -> Result<Vec<Grant>, StoreError>;
     fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;

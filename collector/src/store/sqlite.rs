@@ -18,7 +18,6 @@ use super::{
     ChainState, Commit, Cursor, EventFilter, GrantUsage, SessionMatch, Store, StoreError,
     Violations,
 };
-use crate::grants;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS chains (
@@ -443,7 +442,7 @@ impl Store for Sqlite {
                 grant.execute(params![
                     g.id,
                     int(g.created_unix_nano),
-                    int(grants::end(g)),
+                    int(proto::grant::end(g)),
                     g.encode_to_vec()
                 ])?;
             }
