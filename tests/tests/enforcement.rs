@@ -82,6 +82,13 @@ impl Rig {
         }
     }
 
+    /// A grant for `selector` (`--user U`, `--unit U`) lasting `ttl`, with `on_expiry: kill`.
+    fn kill_grant(&self, selector: &[&str], ttl: &str) -> Grant {
+        let mut args = selector.to_vec();
+        args.extend(["--ttl", ttl, "--on-expiry", "kill", "--reason", "CHG-1"]);
+        self.grant(&args)
+    }
+
     /// The agent's first exec matching `pred`, within 10 s.
     fn exec(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         self.agent
@@ -240,16 +247,7 @@ fn a_grant_covers_sudo_and_its_expiry_kills_the_session() {
     let user = User::ensure(USER);
     let sshd = Sshd::start();
     let rig = Rig::start(None);
-    let grant = rig.grant(&[
-        "--user",
-        USER,
-        "--ttl",
-        "6s",
-        "--on-expiry",
-        "kill",
-        "--reason",
-        "CHG-1",
-    ]);
+    let grant = rig.kill_grant(&["--user", USER], "6s");
     let session = Session::start(&rig, &user, &sshd);
     assert_eq!(
         session.sudo["identity"]["grant"], grant.id,
@@ -301,16 +299,7 @@ fn the_kill_happens_on_time_with_the_collector_down() {
     let user = User::ensure(USER);
     let sshd = Sshd::start();
     let mut rig = Rig::start(None);
-    let grant = rig.grant(&[
-        "--user",
-        USER,
-        "--ttl",
-        "6s",
-        "--on-expiry",
-        "kill",
-        "--reason",
-        "CHG-2",
-    ]);
+    let grant = rig.kill_grant(&["--user", USER], "6s");
     let session = Session::start(&rig, &user, &sshd);
     drop(rig.collector.take().unwrap().stop());
     assert!(
@@ -331,16 +320,7 @@ fn revoking_a_live_grant_kills_its_session_within_a_second() {
     let user = User::ensure(USER);
     let sshd = Sshd::start();
     let rig = Rig::start(None);
-    let grant = rig.grant(&[
-        "--user",
-        USER,
-        "--ttl",
-        "10m",
-        "--on-expiry",
-        "kill",
-        "--reason",
-        "CHG-3",
-    ]);
+    let grant = rig.kill_grant(&["--user", USER], "10m");
     let session = Session::start(&rig, &user, &sshd);
     assert_eq!(session.sudo["identity"]["grant"], grant.id);
     let revoked = SystemTime::now();
@@ -446,16 +426,7 @@ fn a_unit_with_an_expired_grant_has_its_processes_killed() {
     let rig = Rig::start(None);
     let unit = format!("{}.service", marker("unit"));
     let cgroup = TestCgroup::create(&unit);
-    let grant = rig.grant(&[
-        "--unit",
-        &unit,
-        "--ttl",
-        "4s",
-        "--on-expiry",
-        "kill",
-        "--reason",
-        "CHG-5",
-    ]);
+    let grant = rig.kill_grant(&["--unit", &unit], "4s");
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", "sleep 1000 & sleep 1000"]);
     cgroup.enter(&mut cmd);
