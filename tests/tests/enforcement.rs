@@ -32,6 +32,11 @@ struct Rig {
 
 impl Rig {
     fn start(policy: Option<&str>) -> Self {
+        Self::start_with(policy, &[])
+    }
+
+    /// With extra agent flags.
+    fn start_with(policy: Option<&str>, agent_flags: &[&str]) -> Self {
         let dir = scratch_dir("enforce");
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -46,7 +51,9 @@ impl Rig {
         let collector = Collector::start_with(&dir.join("store.db"), addr, &extra);
         let url = collector.url();
         let spool = dir.join("spool");
-        let agent = Agent::start(&["--spool", spool.to_str().unwrap(), "--collector", &url]);
+        let mut flags = vec!["--spool", spool.to_str().unwrap(), "--collector", &url];
+        flags.extend(agent_flags);
+        let agent = Agent::start(&flags);
         assert!(
             agent.wait_for_log(Duration::from_secs(20), "grant view adopted"),
             "the agent never got the collector's grant view"
@@ -194,8 +201,15 @@ impl Session {
 
     /// A login that runs `sudo -n id` and then sleeps.
     fn start_violating(rig: &Rig, user: &User, sshd: &Sshd) -> Self {
+        let is_sudo = |v: &Value| v["comm"] == "sudo" && v["loginuid"] == user.uid;
+        let earlier: Vec<Value> = rig
+            .agent
+            .events_where(|v| v["kind"] == "exec" && is_sudo(v))
+            .iter()
+            .map(|v| v["sessionid"].clone())
+            .collect();
         let mut session = Self::spawn(user.ssh(sshd, "sudo -n id; sleep 1000"));
-        session.sudo = rig.exec("sudo", |v| v["comm"] == "sudo" && v["loginuid"] == user.uid);
+        session.sudo = rig.exec("sudo", |v| is_sudo(v) && !earlier.contains(&v["sessionid"]));
         session.id = session.sudo["sessionid"].as_u64().unwrap();
         session
     }
@@ -412,6 +426,53 @@ fn sudo_without_a_grant_is_a_violation_and_kill_mode_kills_it() {
             "the violating session lives on: {:?}",
             session_pids(session.id)
         );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Fail closed: once the agent's grant view is older than `--fail-closed-after` (here the
+/// collector is gone), a cached grant no longer covers sudo, which is a `stale_grants`
+/// violation and, with `--fail-closed-kill`, killed.
+#[test]
+fn a_stale_grant_view_fails_closed() {
+    if !privileged("a_stale_grant_view_fails_closed") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+    let mut rig = Rig::start_with(None, &["--fail-closed-after", "2s", "--fail-closed-kill"]);
+    let grant = rig.kill_grant(&["--user", USER], "10m");
+    let covered = user.login(&sshd, "sudo -n id");
+    assert!(covered.contains("uid=0(root)"), "{covered}");
+    let sudo = rig.exec("covered sudo", |v| {
+        v["comm"] == "sudo" && v["loginuid"] == user.uid
+    });
+    assert_eq!(
+        sudo["identity"]["grant"], grant.id,
+        "a fresh view's grant covers: {sudo}"
+    );
+    drop(rig.collector.take().unwrap().stop());
+    std::thread::sleep(Duration::from_secs(3));
+    let session = Session::start_violating(&rig, &user, &sshd);
+    let violation = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "violation" && v["sessionid"].as_u64() == Some(session.id)
+        })
+        .expect("a violation");
+    assert_eq!(
+        violation["violation"]["rule"], "stale_grants",
+        "{violation}"
+    );
+    assert_eq!(violation["violation"]["action"], "kill", "{violation}");
+    assert!(
+        session.sudo["identity"]["grant"].is_null(),
+        "a stale view covers nothing: {}",
+        session.sudo
+    );
+    let deadline = Instant::now() + DEATH_WITHIN;
+    while !session_pids(session.id).is_empty() {
+        assert!(Instant::now() < deadline, "the session lives on");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
