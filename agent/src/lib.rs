@@ -121,7 +121,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         stdout: cli.stdout,
         spool,
         collector: cli.collector.clone(),
-        enforcer: Some(Arc::new(std::sync::Mutex::new(enforcer))),
+        enforcer: Arc::new(std::sync::Mutex::new(enforcer)),
     };
 
     for sig in [libc::SIGINT, libc::SIGTERM] {

@@ -49,7 +49,7 @@ pub struct Sinks {
     /// The collector the spool is shipped to.
     pub collector: Option<Endpoint>,
     /// Grants and policy: judged against events, enforced on the expiry clock.
-    pub enforcer: Option<enforce::Shared>,
+    pub enforcer: enforce::Shared,
 }
 
 /// The running stages, and the ship stage, which outlives them: it sends what they made
@@ -72,16 +72,18 @@ pub fn spawn(
     let mut ship = None;
     let (decoded_tx, decoded_rx) = mpsc::channel(STAGE_DEPTH);
     let (views_tx, views_rx) = watch::channel(None);
-    if let Some(enforcer) = &sinks.enforcer {
-        let clock = enforce::clock(Arc::clone(enforcer), views_rx, decoded_tx.downgrade());
-        stages.spawn(
-            async {
-                clock.await;
-                Ok(())
-            }
-            .instrument(info_span!("enforce")),
-        );
-    }
+    let clock = enforce::clock(
+        Arc::clone(&sinks.enforcer),
+        views_rx,
+        decoded_tx.downgrade(),
+    );
+    stages.spawn(
+        async {
+            clock.await;
+            Ok(())
+        }
+        .instrument(info_span!("enforce")),
+    );
     stages.spawn(decode_stage(batches, decoded_tx).instrument(info_span!("decode")));
     let model_tx = sinks.spool.map(|spool| {
         let (tx, rx) = mpsc::channel(STAGE_DEPTH);
@@ -153,7 +155,7 @@ struct Attribute {
     clock: WallClock,
     stdout: Option<BufWriter<io::Stdout>>,
     health: Arc<Health>,
-    enforcer: Option<enforce::Shared>,
+    enforcer: enforce::Shared,
 }
 
 impl Attribute {
@@ -194,13 +196,11 @@ impl Attribute {
             }
             let identity = event.process.as_ref().map(|p| self.attributor.identify(p));
             let mut judgement = Judgement::default();
-            if let Some(enforcer) = &self.enforcer
-                && matches!(
-                    event.body,
-                    Body::Exec { .. } | Body::Tty { .. } | Body::Kill(_)
-                )
-            {
-                let mut enforcer = enforce::lock(enforcer);
+            if matches!(
+                event.body,
+                Body::Exec { .. } | Body::Tty { .. } | Body::Kill(_)
+            ) {
+                let mut enforcer = enforce::lock(&self.enforcer);
                 if let Body::Kill(kill) = &mut event.body {
                     enforcer.resolve(kill);
                 }
