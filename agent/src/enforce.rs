@@ -4,8 +4,7 @@
 //! violation; a grant that ends with `on_expiry: kill`, or a violation in kill mode, puts
 //! the session (or the cgroup of a non-human identity) in the kernel's deny maps
 //! (`agent-ebpf/src/enforce.rs`, attached at the first such entry) and kills its live
-//! processes from here. Every kill is an
-//! event in the chain.
+//! processes from here. Every kill is an event in the chain.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -14,7 +13,7 @@ use std::{
     os::fd::FromRawFd as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use agent_common::enforce::{DENY_CGROUPS_MAP, DENY_SESSIONS_MAP, Deny};
@@ -23,7 +22,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use prost::Message as _;
 use proto::{
     grant::{applies_on, end, is_live, revoked_first},
-    v1::{Grant, GrantView, grant::OnExpiry, policy::Mode},
+    v1::{Grant, GrantView, IdentitySelector, grant::OnExpiry, policy::Mode},
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -32,7 +31,7 @@ use crate::{
     attribute::{Identity, IdentityKind, cgroup_of, cgroup2_mount},
     event::{Body, Event, Kill, Killer, Process, Target},
     model::proto_kind,
-    reader::boot_ns,
+    reader::{boot_ns, clock_ns},
     sensors,
 };
 
@@ -88,11 +87,6 @@ impl Kernel {
             self.attached = true;
         }
         Ok(())
-    }
-
-    /// Lets a cgroup act again: a new grant covers the identity behind it.
-    fn allow(&mut self, cgroup: u64) {
-        let _ = self.cgroups.remove(&cgroup);
     }
 }
 
@@ -182,17 +176,6 @@ impl Enforcer {
                 }
             }
         }
-        for grant in &view.grants {
-            if is_live(grant, now)
-                && let Some(kernel) = &mut self.kernel
-            {
-                for target in self.usage.get(&grant.id).into_iter().flatten() {
-                    if let Target::Cgroup(id) = target {
-                        kernel.allow(*id);
-                    }
-                }
-            }
-        }
         let ids: Vec<&str> = view.grants.iter().map(|g| g.id.as_str()).collect();
         info!(grants = ?ids, "grant view adopted");
         if let Some(dir) = &self.cache
@@ -234,9 +217,7 @@ impl Enforcer {
         let needs = |p: &proto::v1::Policy| {
             let root_exec = p.root_exec && exec && human_root(process, identity);
             let guarded = identity.kind != IdentityKind::Human
-                && p.guarded.iter().any(|s| {
-                    s.kind == i32::from(proto_kind(identity.kind)) && s.name == identity.name
-                });
+                && p.guarded.iter().any(|s| selects(s, identity));
             (root_exec, guarded)
         };
         let (rule, kill) = match (policy.map(needs), stale) {
@@ -303,6 +284,7 @@ impl Enforcer {
             })
             .collect();
         let mut events = Vec::new();
+        let any_ended = !ended.is_empty();
         for (id, kill, reason) in ended {
             self.ended.insert(id.clone());
             let targets = self.usage.remove(&id).unwrap_or_default();
@@ -318,6 +300,8 @@ impl Enforcer {
                     events.push(self.kill(target, id.clone(), reason));
                 }
             }
+        }
+        if any_ended {
             self.save_usage();
         }
         events
@@ -370,13 +354,10 @@ impl Enforcer {
 
     /// The active grant for `identity` on this host at `now`.
     fn covering(&self, identity: &Identity, now: u64) -> Option<&Grant> {
-        let kind = i32::from(proto_kind(identity.kind));
         self.view.as_ref()?.grants.iter().find(|g| {
             is_live(g, now)
                 && applies_on(g, &self.host)
-                && g.identity
-                    .as_ref()
-                    .is_some_and(|s| s.kind == kind && s.name == identity.name)
+                && g.identity.as_ref().is_some_and(|s| selects(s, identity))
         })
     }
 
@@ -397,6 +378,11 @@ impl Enforcer {
             warn!(error = %e, "cannot save where grants were used");
         }
     }
+}
+
+/// Whether a grant's or the policy's selector names `identity`.
+fn selects(selector: &IdentitySelector, identity: &Identity) -> bool {
+    selector.kind == i32::from(proto_kind(identity.kind)) && selector.name == identity.name
 }
 
 /// A human acting as root: a setuid-root exec (sudo, su, pkexec) or anything in a root
@@ -433,21 +419,12 @@ fn detail(body: &Body) -> String {
         ),
         _ => String::new(),
     };
-    if text.len() > DETAIL_MAX {
-        let mut cut = DETAIL_MAX;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
+    text.truncate(text.floor_char_boundary(DETAIL_MAX));
     text
 }
 
-#[must_use]
-pub fn now_unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+fn now_unix_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
 }
 
 /// Writes `path` so that a crash leaves the old or the new contents, never a mix.

@@ -5,11 +5,7 @@
 //! the collector's own chain in the same transaction as the grant it changes, and applied to
 //! the grant as the commits before it left it, so two changes to one grant never race.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use prost::Message as _;
 use proto::{
@@ -20,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::Status;
 
 use crate::{
-    grants,
+    grants::{self, now},
     store::{
         Append, COLLECTOR_CHAIN, ChainState, CheckpointRow, Commit, Conflict, Record, Store,
         StoreError,
@@ -199,12 +195,6 @@ struct Own {
 /// A request that must wait for the group before it to be committed: it reads records that
 /// are not yet in the store.
 struct Later(Request);
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
 
 impl Writer {
     fn run(mut self) {

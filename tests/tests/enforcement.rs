@@ -246,6 +246,28 @@ impl Drop for Session {
     }
 }
 
+/// The violation the agent records in audit session `session`, within 10 s.
+fn violation_in(rig: &Rig, session: u64) -> Value {
+    rig.agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "violation" && v["sessionid"].as_u64() == Some(session)
+        })
+        .unwrap_or_else(|| panic!("no violation in session {session}"))
+}
+
+/// Waits, at most `DEATH_WITHIN`, until audit session `session` has no live process.
+fn session_ends(session: u64) {
+    let deadline = Instant::now() + DEATH_WITHIN;
+    while !session_pids(session).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the session lives on: {:?}",
+            session_pids(session)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn violations_of(rig: &Rig, session: u64) -> Vec<Value> {
     rig.agent
         .events_where(|v| v["kind"] == "violation" && v["sessionid"].as_u64() == Some(session))
@@ -378,12 +400,7 @@ fn sudo_without_a_grant_is_a_violation_and_kill_mode_kills_it() {
     );
     let sudo = rig.exec("sudo", |v| v["comm"] == "sudo" && v["loginuid"] == user.uid);
     let session = sudo["sessionid"].as_u64().unwrap();
-    let violation = rig
-        .agent
-        .wait_for(Duration::from_secs(10), |v| {
-            v["kind"] == "violation" && v["sessionid"].as_u64() == Some(session)
-        })
-        .expect("a violation");
+    let violation = violation_in(&rig, session);
     assert_eq!(violation["violation"]["rule"], "root_exec", "{violation}");
     assert_eq!(violation["violation"]["action"], "alert", "{violation}");
     assert_eq!(violation["identity"]["name"], USER, "{violation}");
@@ -405,12 +422,7 @@ fn sudo_without_a_grant_is_a_violation_and_kill_mode_kills_it() {
         r#"{"mode": "kill", "root_exec": true, "guarded": []}"#,
     ));
     let session = Session::start_violating(&rig, &user, &sshd);
-    let violation = rig
-        .agent
-        .wait_for(Duration::from_secs(10), |v| {
-            v["kind"] == "violation" && v["sessionid"].as_u64() == Some(session.id)
-        })
-        .expect("a violation");
+    let violation = violation_in(&rig, session.id);
     assert_eq!(violation["violation"]["action"], "kill", "{violation}");
     let kill = rig
         .agent
@@ -419,15 +431,7 @@ fn sudo_without_a_grant_is_a_violation_and_kill_mode_kills_it() {
         })
         .expect("a kill");
     assert_eq!(kill["kill"]["reason"], "violation", "{kill}");
-    let deadline = Instant::now() + DEATH_WITHIN;
-    while !session_pids(session.id).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the violating session lives on: {:?}",
-            session_pids(session.id)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    session_ends(session.id);
 }
 
 /// Fail closed: once the agent's grant view is older than `--fail-closed-after` (here the
@@ -454,12 +458,7 @@ fn a_stale_grant_view_fails_closed() {
     drop(rig.collector.take().unwrap().stop());
     std::thread::sleep(Duration::from_secs(3));
     let session = Session::start_violating(&rig, &user, &sshd);
-    let violation = rig
-        .agent
-        .wait_for(Duration::from_secs(10), |v| {
-            v["kind"] == "violation" && v["sessionid"].as_u64() == Some(session.id)
-        })
-        .expect("a violation");
+    let violation = violation_in(&rig, session.id);
     assert_eq!(
         violation["violation"]["rule"], "stale_grants",
         "{violation}"
@@ -470,11 +469,7 @@ fn a_stale_grant_view_fails_closed() {
         "a stale view covers nothing: {}",
         session.sudo
     );
-    let deadline = Instant::now() + DEATH_WITHIN;
-    while !session_pids(session.id).is_empty() {
-        assert!(Instant::now() < deadline, "the session lives on");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    session_ends(session.id);
 }
 
 /// A non-human identity, a cgroup named like a systemd unit, under a grant that expires:
