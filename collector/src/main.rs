@@ -3,6 +3,7 @@ use std::io::IsTerminal as _;
 use anyhow::Context as _;
 use clap::Parser as _;
 use collector::cli::Cli;
+use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -32,7 +33,14 @@ fn main() -> anyhow::Result<()> {
                 "policy"
             );
             tracing::info!(store = %cli.store, "listening on {}", listener.local_addr()?);
-            collector::serve(listener, store, policy).await?;
+            let mut terminate = signal(SignalKind::terminate())?;
+            tokio::select! {
+                served = collector::serve(listener, store, policy) => served?,
+                // What is not yet committed is not yet acknowledged either: agents resend it
+                // to the next collector, so stopping here loses nothing.
+                _ = tokio::signal::ctrl_c() => tracing::info!("stopping on SIGINT"),
+                _ = terminate.recv() => tracing::info!("stopping on SIGTERM"),
+            }
             Ok(())
         })
 }

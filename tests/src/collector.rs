@@ -125,6 +125,20 @@ impl Collector {
         self.stderr()
     }
 
+    /// Sends it SIGTERM, as a service manager stops it, and returns how it exited and what
+    /// it logged.
+    #[must_use]
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.stderr())
+    }
+
     /// Stops it and starts it again on the same store.
     #[must_use]
     pub fn restart(self) -> Self {

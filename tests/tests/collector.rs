@@ -549,6 +549,24 @@ async fn garbage_and_oversized_messages_leave_the_collector_serving() {
     assert!(verify(&collector, &chain.id).await.ok);
 }
 
+/// SIGTERM (a service manager's stop, or `cargo xtask run`'s) stops the collector cleanly:
+/// exit status 0, and what it acknowledged is still there for the next one.
+#[tokio::test]
+async fn sigterm_stops_the_collector_cleanly() {
+    let dir = scratch_dir("collector-sigterm");
+    let store = dir.join("c.db");
+    let collector = Collector::start(&store);
+    let chain = test_chain("host-a:boot:9", 20);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..20)).await.unwrap(), 19);
+    let (status, log) = collector.terminate();
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(log.contains("stopping on SIGTERM"), "{log}");
+    let collector = Collector::start(&store);
+    assert!(verify(&collector, &chain.id).await.ok);
+    assert_eq!(verify(&collector, &chain.id).await.records, 20);
+}
+
 /// After a crash and restart, the Welcome names the stored head of each chain, and the agent
 /// resumes from there.
 #[tokio::test]
