@@ -1,26 +1,36 @@
-//! `cargo xtask bench pipeline`: events per second through decode → attribute → model →
-//! chain → spool on one core, for exec-sized records and 4 KiB terminal chunks, against raw
-//! SHA-256 over the same stored bytes measured in the same run. Timed up to handing the
-//! frames to the kernel; the fsync is outside the timing, and each run stays within one
-//! segment (64 MiB) so no rotation syncs either.
+//! `cargo xtask bench pipeline`: events per second through the agent's stages as they run
+//! (decode → attribute → judge → encode → chain and spool), on one core, for exec-sized
+//! records and 4 KiB terminal chunks, against raw SHA-256 over the same stored bytes
+//! measured in the same run. Each stage's own `process` is called, batch by batch as the
+//! reader hands them on; the judge holds a grant that covers the events and a policy, so
+//! coverage is looked up for every one. Timed up to handing the frames to the kernel: the
+//! fsync is outside the timing, and each run stays within one segment (64 MiB) so no
+//! rotation syncs either.
 
-use std::{hint::black_box, time::Instant};
+use std::{hint::black_box, sync::Arc, time::Instant};
 
 use agent::{
-    attribute::Attributor,
-    chain::{Chain, chain_hash},
-    decode::decode,
-    model::to_proto,
-    output::WallClock,
-    proctable::ProcessTable,
-    spool::Spool,
+    capture::{decode, reader::Batch},
+    enforce::{
+        judge::Judge,
+        rules::{Rules, View},
+    },
+    evidence::{Evidence, encode::Encode},
+    identity::{attribute::Attribute, proctable::ProcessTable},
+    sinks::metrics::Health,
 };
 use agent_common::{
     event::{Header, kind, make_dev},
     exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP},
     tty::{CHUNK, TTY_FIXED, TtyRecord},
 };
-use prost::Message as _;
+use proto::{
+    chain::chain_hash,
+    v1::{Grant, GrantView, IdentitySelector, Policy, policy::Mode},
+};
+
+/// Records per batch, about what the reader drains per tick under load.
+const BATCH: usize = 1024;
 
 fn header(kind: u32, size: usize) -> Header {
     let mut comm = [0u8; 16];
@@ -28,7 +38,7 @@ fn header(kind: u32, size: usize) -> Header {
     Header {
         kind,
         size: size as u32,
-        ktime_ns: 1_000_000_000,
+        ktime_ns: agent::clock::boot_ns(),
         pid: 4242,
         tgid: 4242,
         ppid: 4000,
@@ -83,6 +93,41 @@ fn tty_record() -> Vec<u8> {
     bytes_of(&rec, TTY_FIXED + CHUNK)
 }
 
+/// A view whose one grant covers whoever `record` is attributed to, in alert mode.
+fn covering_view(attribute: &mut Attribute, record: &[u8]) -> View {
+    let mut batch = Batch::default();
+    batch.push_record(record);
+    let events = decode::process(batch, &Health::default()).events;
+    let identity = attribute.process(events)[0]
+        .identity
+        .clone()
+        .expect("an identity");
+    let grant = Grant {
+        id: "g-bench".into(),
+        identity: Some(IdentitySelector {
+            kind: identity.kind.into(),
+            name: identity.name.clone(),
+        }),
+        not_before_unix_nano: 0,
+        expires_at_unix_nano: u64::MAX / 2,
+        ..Grant::default()
+    };
+    let policy = Policy {
+        mode: Mode::Alert.into(),
+        root_exec: true,
+        guarded: Vec::new(),
+    };
+    View::adopt(
+        None,
+        GrantView {
+            grants: vec![grant],
+            policy: Some(policy),
+            issued_unix_nano: proto::time::now_unix_nano(),
+        },
+        0,
+    )
+}
+
 struct Run {
     name: &'static str,
     events: u64,
@@ -96,30 +141,45 @@ fn run(name: &'static str, record: &[u8], events: u64, payload: u64) -> Run {
     let dir = std::env::temp_dir()
         .join(format!("bench-pipeline-{}-{name}", std::process::id()).replace(' ', "-"));
     let _ = std::fs::remove_dir_all(&dir);
-    let (mut spool, _) = Spool::open(&dir, "00000000000000000001", u64::MAX).expect("spool");
-    let mut chain = Chain::new("bench-host:bench-boot:1".into());
-    let mut table = ProcessTable::default();
-    let mut attributor = Attributor::new(std::sync::Arc::default());
-    let clock = WallClock::now();
+    let health = Health::default();
+    let mut attribute = Attribute::new(ProcessTable::default(), Arc::default());
+    let view = covering_view(&mut attribute, record);
+    let rules = Rules {
+        host: "bench-host".into(),
+        fail_closed: None,
+    };
+    let mut judge = Judge::new(rules, Some(Arc::new(view)));
+    let mut encode = Encode::default();
+    let mut evidence = Evidence::open(&dir, u64::MAX).expect("spool");
+    let before = evidence.spool_bytes();
 
-    let mut stored = Vec::with_capacity(events as usize);
-    let mut scratch = Vec::new();
+    let batches: Vec<Batch> = (0..events.div_ceil(BATCH as u64))
+        .map(|b| {
+            let mut batch = Batch::default();
+            let n = (events - b * BATCH as u64).min(BATCH as u64);
+            for _ in 0..n {
+                batch.push_record(record);
+            }
+            batch
+        })
+        .collect();
     let start = Instant::now();
-    for _ in 0..events {
-        let mut event = decode(record).expect("decodes");
-        let root = table.observe(&mut event);
-        let identity = event.process.as_ref().map(|p| attributor.identify(p));
-        scratch.clear();
-        to_proto(event, identity, root, &clock).encode_raw(&mut scratch);
-        spool.append(&chain.link(&scratch)).expect("append");
-        stored.push(scratch.len());
+    let mut covered = 0;
+    for batch in batches {
+        let decoded = decode::process(batch, &health);
+        let (judged, _actions) = judge.process(attribute.process(decoded.events));
+        covered += judged.iter().filter(|a| a.grant.is_some()).count();
+        evidence
+            .append(&encode.process(judged))
+            .expect("append");
     }
-    spool.flush().expect("flush");
     let pipeline_s = start.elapsed().as_secs_f64();
-    spool.sync().expect("sync");
+    evidence.sync().expect("sync");
+    assert_eq!(covered as u64, events, "the grant covers every event");
+    let stored_bytes = evidence.spool_bytes() - before;
 
-    // The same number of events and stored bytes, hashed and nothing else.
-    let event_bytes = vec![7u8; stored[0]];
+    // The same number of events and bytes per event, hashed and nothing else.
+    let event_bytes = vec![7u8; usize::try_from(stored_bytes / events).expect("fits")];
     let start = Instant::now();
     let mut prev = [0u8; 32];
     for seq in 0..events {
@@ -136,7 +196,7 @@ fn run(name: &'static str, record: &[u8], events: u64, payload: u64) -> Run {
     Run {
         name,
         events,
-        stored_bytes: stored.iter().sum::<usize>() as u64,
+        stored_bytes,
         payload_bytes: payload * events,
         pipeline_s,
         hash_s,
@@ -160,7 +220,7 @@ fn main() {
         runs.push(run("tty 4 KiB", &tty_record(), 15_000, CHUNK as u64));
     }
     println!(
-        "pipeline benchmark: decode → attribute → model → chain → spool (written, fsync not timed), one core"
+        "pipeline benchmark: decode → attribute → judge → encode → chain → spool (written, fsync not timed), one core"
     );
     println!(
         "{:<10} {:>10} {:>12} {:>14} {:>14} {:>12} {:>14}",

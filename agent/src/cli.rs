@@ -81,7 +81,7 @@ pub struct Cli {
     pub health_every: u64,
 
     /// Kernel BTF to resolve struct offsets from.
-    #[arg(long, default_value = crate::layout::VMLINUX_BTF)]
+    #[arg(long, default_value = crate::capture::layout::VMLINUX_BTF)]
     pub btf: PathBuf,
 }
 

@@ -1,27 +1,19 @@
-//! The host agent: loads the kernel programs, drains their records, decodes and attributes
-//! them, and hands them to a sink.
+//! The host agent: loads the kernel programs, drains their records, and runs them through
+//! the stages of the data path (`pipeline` wires them): capture → identity → enforce →
+//! evidence, with sinks beside.
 
-pub mod attribute;
-pub mod chain;
+pub mod capture;
 pub mod cli;
-pub mod decode;
+pub mod clock;
 pub mod enforce;
-pub mod event;
-pub mod layout;
-pub mod metrics;
-pub mod model;
-pub mod output;
+pub mod evidence;
+pub mod host;
+pub mod identity;
 pub mod pipeline;
-pub mod platform;
-pub mod proctable;
-pub mod reader;
-pub mod registry;
-pub mod sensors;
-pub mod ship;
-pub mod spool;
+pub mod sinks;
 
 use std::{
-    io,
+    io::{self, IsTerminal as _},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -36,35 +28,40 @@ use agent_common::{
 };
 use anyhow::Context as _;
 use aya::EbpfLoader;
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
 use crate::{
+    capture::{
+        platform,
+        reader::Reader,
+        sensors::{Programs, Report},
+    },
     cli::Cli,
-    pipeline::{ChainedSpool, Sinks},
-    proctable::ProcessTable,
-    reader::Reader,
+    enforce::{Enforcer, Kernel, cache::Cache, rules::{FailClosed, Rules}},
+    evidence::Evidence,
+    identity::{attribute::Attribute, proctable::ProcessTable, registry::Registry},
+    pipeline::Sinks,
+    sinks::{metrics, stdout::Stdout},
 };
 
 /// The kernel programs, built by `build.rs` from `agent-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
 /// Batches in flight between the reader and the decode stage. Past it, the reader drops
-/// and counts (see `reader.rs`): up to 64 batches of at most 4 MiB absorb a sink's stall of
-/// about a second at full terminal speed.
+/// and counts (see `capture::reader`): up to 64 batches of at most 4 MiB absorb a sink's
+/// stall of about a second at full terminal speed.
 const BATCHES_IN_FLIGHT: usize = 64;
 
 /// How long a stopping agent keeps shipping what it spooled last.
 const SHIP_GRACE: Duration = Duration::from_secs(3);
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn request_stop(_: libc::c_int) {
-    STOP.store(true, Ordering::Release);
-}
-
+/// Logs to standard error, in colour only on a terminal (a file or the journal gets plain
+/// text).
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -72,28 +69,12 @@ pub fn init_logging() {
 }
 
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
-    platform::check_privileges()?;
-    for fs in platform::ensure_mounts()? {
-        info!(fs, "mounted");
-    }
-    let layout = layout::resolve(&cli.btf)?;
-    let config = CaptureConfig {
-        argv_max: cli.argv_max_bytes,
-        agent_tgid: std::process::id(),
-        wakeup_bytes: cli.wakeup_bytes.unwrap_or(u64::from(cli.ring_bytes) / 8),
-    };
-    let mut ebpf = EbpfLoader::new()
-        .override_global(LAYOUT_GLOBAL, &layout, true)
-        .override_global(CONFIG_GLOBAL, &config, true)
-        .map_max_entries(EVENTS_MAP, cli.ring_bytes)
-        .load(EBPF_OBJECT)
-        .context("loading the kernel programs")?;
-    let report = sensors::attach_all(&mut ebpf)?;
-    let reader = Reader::new(&mut ebpf, Duration::from_millis(cli.drain_ms))?;
-    let spool = cli
+    let (programs, report, reader) = load(cli)?;
+    let host = host::host_id();
+    let evidence = cli
         .spool
         .as_deref()
-        .map(|dir| ChainedSpool::open(dir, cli.spool_max_bytes))
+        .map(|dir| Evidence::open(dir, cli.spool_max_bytes))
         .transpose()?;
     // Seeded after attaching, so a process is either in the seed or seen forking.
     let table = ProcessTable::from_proc();
@@ -104,36 +85,26 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             .with_context(|| format!("serving metrics on {addr}"))?;
         info!("metrics at http://{bound}/metrics");
     }
-    let registry = Arc::new(registry::Registry::default());
+    let registry = Arc::new(Registry::default());
     if let Some(socket) = &cli.registration {
-        registry::serve(socket, Arc::clone(&registry))?;
+        identity::registry::serve(socket, Arc::clone(&registry))?;
     }
-    let enforcer = enforce::Enforcer::new(
-        pipeline::host_id(),
-        cli.spool.as_deref(),
-        Some(enforce::Kernel::new(ebpf)?),
-        cli.fail_closed_after.map(|after| enforce::FailClosed {
+    let enforcer = Enforcer::new(
+        cli.spool.as_deref().map(Cache::new),
+        Some(Kernel::new(Arc::clone(&programs))?),
+    );
+    let rules = Rules {
+        host: host.clone(),
+        fail_closed: cli.fail_closed_after.map(|after| FailClosed {
             after,
             kill: cli.fail_closed_kill,
         }),
-    );
-    let sinks = Sinks {
-        stdout: cli.stdout,
-        spool,
-        collector: cli.collector.clone(),
-        enforcer: Arc::new(std::sync::Mutex::new(enforcer)),
     };
-
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, request_stop as *const () as libc::sighandler_t) };
-    }
-    info!(
-        attached = report.attached.len(),
-        skipped = report.skipped.len(),
-        processes,
-        "capturing"
-    );
+    let sinks = Sinks {
+        stdout: cli.stdout.then(|| Stdout::new(host)),
+        evidence,
+        collector: cli.collector.clone(),
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -141,39 +112,120 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the pipeline runtime")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let _context = runtime.enter();
+        stop_on_signals(Arc::clone(&stop))?;
+    }
+    info!(
+        attached = report.attached.len(),
+        skipped = report.skipped.len(),
+        processes,
+        "capturing"
+    );
+    notify_ready("capturing");
+
     let (tx, rx) = tokio::sync::mpsc::channel(BATCHES_IN_FLIGHT);
-    let reader = std::thread::Builder::new()
-        .name("reader".into())
-        .spawn(move || reader.run(&tx, &STOP))?;
-    let stages = runtime.block_on(async {
-        let running = pipeline::spawn(rx, table, registry, sinks, &health);
-        let mut stages = running.stages;
-        let reporting = tokio::spawn(metrics::report_every(
-            Duration::from_secs(cli.health_every),
-            Arc::clone(&health),
-        ));
-        let mut result = Ok(());
-        while let Some(stage) = stages.join_next().await {
-            let outcome = stage.context("a pipeline stage panicked").and_then(|r| r);
-            if let Err(e) = outcome {
-                error!(error = format!("{e:#}"), "pipeline stage failed");
-                // The reader sees the stage hang up and stops too.
-                STOP.store(true, Ordering::Release);
-                result = result.and(Err(e));
-            }
-        }
-        reporting.abort();
-        if let Some(mut ship) = running.ship
-            && tokio::time::timeout(SHIP_GRACE, &mut ship).await.is_err()
-        {
-            info!("the collector has not taken everything yet: the spool keeps the rest");
-            ship.abort();
-        }
-        result
-    });
+    let reader = {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || reader.run(&tx, &stop))?
+    };
+    let attribute = Attribute::new(table, registry);
+    let running = {
+        let _context = runtime.enter();
+        pipeline::spawn(rx, attribute, rules, enforcer, sinks, &health)
+    };
+    let stages = runtime.block_on(join(running, &stop, &health, cli.health_every));
     reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
-    pipeline::report(&health);
+    health.log_totals();
+    drop(programs);
     stages
+}
+
+/// Checks the host, loads the kernel programs with this kernel's struct offsets, attaches
+/// the sensors, and takes the ring buffer for the reader.
+fn load(cli: &Cli) -> anyhow::Result<(Arc<Programs>, Report, Reader)> {
+    platform::check_privileges()?;
+    for fs in platform::ensure_mounts()? {
+        info!(fs, "mounted");
+    }
+    let layout = capture::layout::resolve(&cli.btf)?;
+    let config = CaptureConfig {
+        argv_max: cli.argv_max_bytes,
+        agent_tgid: std::process::id(),
+        wakeup_bytes: cli.wakeup_bytes.unwrap_or(u64::from(cli.ring_bytes) / 8),
+    };
+    let ebpf = EbpfLoader::new()
+        .override_global(LAYOUT_GLOBAL, &layout, true)
+        .override_global(CONFIG_GLOBAL, &config, true)
+        .map_max_entries(EVENTS_MAP, cli.ring_bytes)
+        .load(EBPF_OBJECT)
+        .context("loading the kernel programs")?;
+    let (programs, report) = Programs::start(ebpf)?;
+    let reader = Reader::new(&programs, Duration::from_millis(cli.drain_ms))?;
+    Ok((Arc::new(programs), report, reader))
+}
+
+/// Waits for the stages to finish (the reader's stop ends them in order), stopping the
+/// reader when one fails, then gives the ship stage its grace.
+async fn join(
+    running: pipeline::Running,
+    stop: &AtomicBool,
+    health: &Arc<metrics::Health>,
+    health_every: u64,
+) -> anyhow::Result<()> {
+    let mut stages = running.stages;
+    let reporting = tokio::spawn(metrics::report_every(
+        Duration::from_secs(health_every),
+        Arc::clone(health),
+    ));
+    let mut result = Ok(());
+    while let Some(stage) = stages.join_next().await {
+        let outcome = stage.context("a pipeline stage panicked").and_then(|r| r);
+        if let Err(e) = outcome {
+            error!(error = format!("{e:#}"), "pipeline stage failed");
+            // The reader sees the stage hang up and stops too.
+            stop.store(true, Ordering::Release);
+            result = result.and(Err(e));
+        }
+    }
+    reporting.abort();
+    if let Some(mut ship) = running.ship
+        && tokio::time::timeout(SHIP_GRACE, &mut ship).await.is_err()
+    {
+        info!("the collector has not taken everything yet: the spool keeps the rest");
+        ship.abort();
+    }
+    result
+}
+
+/// Sets `stop` at SIGINT or SIGTERM: the reader drains what the kernel submitted, and the
+/// stages finish in order.
+fn stop_on_signals(stop: Arc<AtomicBool>) -> io::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => info!("stopping on SIGINT"),
+            _ = terminate.recv() => info!("stopping on SIGTERM"),
+        }
+        stop.store(true, Ordering::Release);
+    });
+    Ok(())
+}
+
+/// Tells a service manager (or a test, or the main job) that the agent is ready, through
+/// the `sd_notify` protocol when `NOTIFY_SOCKET` is set.
+fn notify_ready(status: &str) {
+    let ready = [
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(status),
+    ];
+    if let Err(error) = sd_notify::notify(&ready) {
+        tracing::warn!(%error, "cannot notify readiness");
+    }
 }

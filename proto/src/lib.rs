@@ -1,8 +1,15 @@
 //! The recorder's external contract: protobuf types generated from `recorder/v1/*.proto`
-//! (the source of truth), and the chain hash that docs/chain.md defines.
+//! (the source of truth), and the vocabulary every side shares, each with one owner here:
+//! the chain hash and builder, event kinds, identity kinds, session keys, grant rules, time
+//! formats and the JSON form of an event.
 
 pub mod chain;
 pub mod grant;
+pub mod identity;
+pub mod json;
+pub mod kind;
+pub mod session;
+pub mod time;
 
 #[expect(clippy::pedantic, reason = "generated code")]
 pub mod v1 {

@@ -1,7 +1,7 @@
 use agent_common::{event::kind, task::TaskRecord};
 
 use super::{DecodeError, read};
-use crate::event::Body;
+use crate::capture::event::Body;
 
 pub(super) fn decode(bytes: &[u8], kind_id: u32) -> Result<Body, DecodeError> {
     let rec: TaskRecord = read(bytes, 0)?;

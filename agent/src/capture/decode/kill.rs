@@ -2,7 +2,7 @@ use agent_common::enforce::KillRecord;
 use tracing::warn;
 
 use super::{DecodeError, read};
-use crate::event::{Body, Kill, Killer};
+use crate::capture::event::{Body, Kill, Killer};
 
 pub(super) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
     let rec: KillRecord = read(bytes, 0)?;

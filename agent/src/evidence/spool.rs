@@ -19,7 +19,7 @@ use std::{
 use prost::Message as _;
 use proto::v1::ChainedEvent;
 
-use crate::chain::Link;
+use super::chain::Link;
 
 pub const FRAME_HEADER: usize = 8;
 /// A frame longer than this is corruption, not a record.
@@ -33,6 +33,14 @@ pub enum SpoolError {
     Io { path: PathBuf, source: io::Error },
     #[error("a record of {len} bytes exceeds the spool's frame limit of {MAX_PAYLOAD}")]
     TooLarge { len: usize },
+}
+
+/// How far the spool is durable: the segment being appended to, and its synced length.
+/// Segments before it are sealed and wholly durable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Durable {
+    pub segment: PathBuf,
+    pub len: u64,
 }
 
 /// The last record found in the spool at open.
@@ -161,15 +169,23 @@ impl Spool {
         self.total
     }
 
-    /// The segment being appended to, and the bytes appended to it.
+    /// How far the spool is durable, after a `sync`.
     #[must_use]
-    pub fn position(&self) -> (&Path, u64) {
-        (&self.path, self.segment_len)
+    pub fn durable(&self) -> Durable {
+        Durable {
+            segment: self.path.clone(),
+            len: self.segment_len,
+        }
     }
 
-    /// Takes segments that were deleted once a collector acknowledged them off the total.
-    pub fn forget(&mut self, bytes: u64) {
+    /// Deletes a sealed segment of `bytes` bytes that a collector holds entirely.
+    pub fn remove(&mut self, segment: &Path, bytes: u64) -> Result<(), SpoolError> {
+        fs::remove_file(segment).map_err(|source| SpoolError::Io {
+            path: segment.to_path_buf(),
+            source,
+        })?;
         self.total = self.total.saturating_sub(bytes);
+        Ok(())
     }
 
     /// Whether `bound` more bytes fit under the size limit.
@@ -268,7 +284,7 @@ pub fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::Chain;
+    use crate::evidence::chain::Chain;
 
     fn tempdir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("spool-test-{tag}-{}", std::process::id()));

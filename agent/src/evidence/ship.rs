@@ -13,23 +13,23 @@ use std::{
     fs::File,
     io::{self, Read as _, Seek as _, SeekFrom},
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use proto::v1::{
-    AgentMessage, ChainedEvent, Checkpoint, CollectorMessage, EventBatch, GrantView, Hello,
-    agent_message::Msg, collector_message, ingest_client::IngestClient,
+    AgentMessage, ChainedEvent, CollectorMessage, EventBatch, Hello, agent_message::Msg,
+    collector_message, ingest_client::IngestClient,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
-use crate::spool::{self, FRAME_HEADER, read_frames};
+use super::{
+    control::{Control, Ledger, Trims},
+    spool::{self, Durable, FRAME_HEADER, read_frames},
+};
 
 /// Bytes of frames read from the spool per batch sent.
 const BATCH_BYTES: usize = 1 << 20;
@@ -38,58 +38,12 @@ const IN_FLIGHT: usize = 8;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// How far the spool is durable: the segment being appended to, and its synced length.
-/// Segments before it are sealed and wholly durable.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Durable {
-    pub segment: PathBuf,
-    pub len: u64,
-}
-
 pub struct Shipper {
     pub endpoint: Endpoint,
     pub dir: PathBuf,
     pub host: String,
     pub durable: watch::Receiver<Durable>,
-    /// Bytes of segments deleted after their ack, for the spool's size bound.
-    pub freed: Arc<AtomicU64>,
-    /// Where the grant views the collector pushes go (to the enforce stage).
-    pub grants: watch::Sender<Option<GrantView>>,
-}
-
-/// What the collector holds, and which read segments can go once it holds all of them.
-#[derive(Default)]
-struct Ledger {
-    /// Highest seq the collector holds durably, by chain.
-    acked: HashMap<String, u64>,
-    /// Sealed segments read to their end: chain, last seq, bytes.
-    read: Vec<(PathBuf, String, u64, u64)>,
-    /// Hash of the last record sent, by chain and seq, for checkpoints.
-    sent: HashMap<String, (u64, Vec<u8>)>,
-}
-
-impl Ledger {
-    /// Deletes the read segments the collector holds entirely; returns the bytes freed.
-    fn trim(&mut self) -> u64 {
-        let acked = &self.acked;
-        let mut freed = 0;
-        self.read.retain(|(path, chain, last, bytes)| {
-            if acked.get(chain).is_none_or(|a| a < last) {
-                return true;
-            }
-            match std::fs::remove_file(path) {
-                Ok(()) => {
-                    freed += bytes;
-                    false
-                }
-                Err(error) => {
-                    warn!(%error, segment = %path.display(), "cannot delete an acknowledged segment");
-                    true
-                }
-            }
-        });
-        freed
-    }
+    pub control: Control,
 }
 
 impl Shipper {
@@ -142,13 +96,11 @@ impl Shipper {
         else {
             bail!("the collector did not answer Hello with Welcome");
         };
-        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let ledger = Arc::new(Ledger::default());
         let mut next = HashMap::new();
         for head in welcome.heads {
             if head.next_seq > 0 {
-                lock(&ledger)
-                    .acked
-                    .insert(head.chain_id.clone(), head.next_seq - 1);
+                ledger.acked(head.chain_id.clone(), head.next_seq - 1, &self.control.trims);
             }
             next.insert(head.chain_id, head.next_seq);
         }
@@ -159,7 +111,7 @@ impl Shipper {
             self.durable.clone(),
             next,
             Arc::clone(&ledger),
-            Arc::clone(&self.freed),
+            self.control.trims.clone(),
             tx.clone(),
         ));
         loop {
@@ -172,57 +124,18 @@ impl Shipper {
                         sender.abort();
                         bail!("the collector closed the stream");
                     };
-                    match message.msg {
-                        Some(collector_message::Msg::Ack(ack)) => {
-                            self.acked(&ledger, &tx, ack.chain_id, ack.seq).await;
-                        }
-                        Some(collector_message::Msg::Grants(view)) => {
-                            self.grants.send_replace(Some(view));
-                        }
-                        Some(collector_message::Msg::Welcome(_)) | None => {}
+                    if let Some(checkpoint) = self.control.receive(message, &ledger) {
+                        // A closed stream ends this connection through its inbound side.
+                        let _ = tx
+                            .send(AgentMessage {
+                                msg: Some(Msg::Checkpoint(checkpoint)),
+                            })
+                            .await;
                     }
                 }
             }
         }
     }
-
-    /// Records an ack, trims what it covers, and answers with a checkpoint of the acked head.
-    async fn acked(
-        &self,
-        ledger: &Mutex<Ledger>,
-        tx: &mpsc::Sender<AgentMessage>,
-        chain: String,
-        seq: u64,
-    ) {
-        let checkpoint = {
-            let mut ledger = lock(ledger);
-            ledger.acked.insert(chain.clone(), seq);
-            self.freed.fetch_add(ledger.trim(), Relaxed);
-            ledger
-                .sent
-                .get(&chain)
-                .filter(|(sent, _)| *sent == seq)
-                .map(|(_, hash)| hash.clone())
-        };
-        if let Some(head_hash) = checkpoint {
-            let checkpoint = Checkpoint {
-                chain_id: chain,
-                size: seq + 1,
-                head_hash,
-                time_unix_nano: crate::output::WallClock::now().unix_ns(crate::reader::boot_ns()),
-            };
-            // A closed stream ends this connection through its inbound side.
-            let _ = tx
-                .send(AgentMessage {
-                    msg: Some(Msg::Checkpoint(checkpoint)),
-                })
-                .await;
-        }
-    }
-}
-
-fn lock(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
-    ledger.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Sends every durable record the collector lacks, oldest segment first, then follows the
@@ -232,8 +145,8 @@ async fn send(
     dir: PathBuf,
     mut durable: watch::Receiver<Durable>,
     next: HashMap<String, u64>,
-    ledger: Arc<Mutex<Ledger>>,
-    freed: Arc<AtomicU64>,
+    ledger: Arc<Ledger>,
+    trims: Trims,
     tx: mpsc::Sender<AgentMessage>,
 ) -> anyhow::Result<()> {
     let mut cursor = Cursor::default();
@@ -257,9 +170,7 @@ async fn send(
                 if events.is_empty() {
                     continue;
                 }
-                lock(&ledger)
-                    .sent
-                    .insert(chain_id.clone(), (last_seq, last_hash));
+                ledger.sent(chain_id.clone(), last_seq, last_hash);
                 tx.send(AgentMessage {
                     msg: Some(Msg::Batch(EventBatch { chain_id, events })),
                 })
@@ -267,9 +178,7 @@ async fn send(
                 .context("the ingest stream closed")?;
             }
             Read::SegmentDone(path, chain, last_seq, bytes) => {
-                let mut ledger = lock(&ledger);
-                ledger.read.push((path, chain, last_seq, bytes));
-                freed.fetch_add(ledger.trim(), Relaxed);
+                ledger.segment_read(path, chain, last_seq, bytes, &trims);
             }
             // An error means the spool stage has ended and its last sync was seen.
             Read::CaughtUp => {

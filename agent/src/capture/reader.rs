@@ -20,13 +20,14 @@ use agent_common::{
     loss::{LOSS_MAP, LossCounters},
     tty::TTY_FIXED,
 };
-use aya::{
-    Ebpf,
-    maps::{MapData, MapError, PerCpuArray, RingBuf},
-};
+use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
 use tokio::sync::mpsc::{Sender, error::TrySendError};
 
-use crate::event::{Body, Event, GapSource};
+use super::{
+    event::{Body, Event, GapSource},
+    sensors::Programs,
+};
+use crate::clock::boot_ns;
 
 /// Batches are handed on once they reach this many bytes, so one stalled drain cannot
 /// build an unbounded buffer.
@@ -50,6 +51,19 @@ impl Batch {
 
     fn is_empty(&self) -> bool {
         self.ends.is_empty() && self.gaps.is_empty()
+    }
+
+    /// Kernel records held.
+    #[must_use]
+    pub fn len_records(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Appends one record as the kernel submitted it (the reader's drain, and benchmarks
+    /// that feed the stages records of their own).
+    pub fn push_record(&mut self, record: &[u8]) {
+        self.data.extend_from_slice(record);
+        self.ends.push(self.data.len());
     }
 
     /// Bytes of kernel records held.
@@ -160,18 +174,16 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(ebpf: &mut Ebpf, interval: Duration) -> Result<Self, ReaderError> {
-        let take = |ebpf: &mut Ebpf, name| ebpf.take_map(name).ok_or(ReaderError::MissingMap(name));
-        let ring =
-            RingBuf::try_from(take(ebpf, EVENTS_MAP)?).map_err(|source| ReaderError::Map {
-                name: EVENTS_MAP,
-                source,
-            })?;
-        let loss =
-            PerCpuArray::try_from(take(ebpf, LOSS_MAP)?).map_err(|source| ReaderError::Map {
-                name: LOSS_MAP,
-                source,
-            })?;
+    pub fn new(programs: &Programs, interval: Duration) -> Result<Self, ReaderError> {
+        let take = |name| programs.take_map(name).ok_or(ReaderError::MissingMap(name));
+        let ring = RingBuf::try_from(take(EVENTS_MAP)?).map_err(|source| ReaderError::Map {
+            name: EVENTS_MAP,
+            source,
+        })?;
+        let loss = PerCpuArray::try_from(take(LOSS_MAP)?).map_err(|source| ReaderError::Map {
+            name: LOSS_MAP,
+            source,
+        })?;
         Ok(Self {
             ring,
             loss,
@@ -229,8 +241,7 @@ impl Reader {
         let mut batch = Batch::default();
         while batch.data.len() < BATCH_BYTES {
             let Some(item) = self.ring.next() else { break };
-            batch.data.extend_from_slice(&item);
-            batch.ends.push(batch.data.len());
+            batch.push_record(&item);
         }
         batch.gaps = self.gaps()?;
         Ok(batch)
@@ -269,21 +280,4 @@ impl Reader {
         self.seen = total;
         Ok(gaps)
     }
-}
-
-/// `CLOCK_BOOTTIME` now, in the kernel records' time base.
-#[must_use]
-pub fn boot_ns() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME)
-}
-
-pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out-parameter.
-    unsafe { libc::clock_gettime(clock, &raw mut ts) };
-    // Both clocks are non-negative by definition.
-    ts.tv_sec.unsigned_abs() * 1_000_000_000 + ts.tv_nsec.unsigned_abs()
 }

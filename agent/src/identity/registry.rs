@@ -14,34 +14,30 @@ use std::{
 
 use anyhow::Context as _;
 use proto::v1::{
-    RegisterRequest, RegisterResponse,
+    RegisterRequest, RegisterResponse, identity::Kind,
     register_request::Scope,
     registration_server::{Registration, RegistrationServer},
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use super::attribute::Identity;
+
 /// Longest identity or grant name accepted.
 const NAME_MAX: usize = 256;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Registered {
-    pub identity: String,
-    pub grant: Option<String>,
-}
 
 #[derive(Default)]
 pub struct Registry {
     /// Set once anything is registered, so the common case costs no lock.
     any: AtomicBool,
-    sessions: RwLock<HashMap<u32, Registered>>,
-    cgroups: RwLock<HashMap<u64, Registered>>,
+    sessions: RwLock<HashMap<u32, Arc<Identity>>>,
+    cgroups: RwLock<HashMap<u64, Arc<Identity>>>,
 }
 
 impl Registry {
     /// The registration for a session (which wins) or a cgroup.
     #[must_use]
-    pub fn lookup(&self, sessionid: Option<u32>, cgroup_id: u64) -> Option<Registered> {
+    pub fn lookup(&self, sessionid: Option<u32>, cgroup_id: u64) -> Option<Arc<Identity>> {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
@@ -49,7 +45,7 @@ impl Registry {
         by_session.or_else(|| self.cgroups.read().ok()?.get(&cgroup_id).cloned())
     }
 
-    fn register(&self, scope: Scope, registered: Registered) {
+    fn register(&self, scope: Scope, registered: Arc<Identity>) {
         match scope {
             Scope::Sessionid(s) => self
                 .sessions
@@ -94,9 +90,13 @@ impl Registration for Service {
             )));
         }
         info!(?scope, identity, grant, "registered");
-        let grant = (!grant.is_empty()).then_some(grant);
-        self.registry
-            .register(scope, Registered { identity, grant });
+        let registered = Identity {
+            kind: Kind::Registered,
+            name: identity,
+            reason: None,
+            grant: (!grant.is_empty()).then_some(grant),
+        };
+        self.registry.register(scope, Arc::new(registered));
         Ok(Response::new(RegisterResponse {}))
     }
 }

@@ -6,7 +6,7 @@ use agent_common::{
 };
 
 use super::{DecodeError, read, slice};
-use crate::event::{Body, Device};
+use crate::capture::event::{Body, Device};
 
 pub(super) fn decode(bytes: &[u8], kind_id: u32) -> Result<Body, DecodeError> {
     let device: u32 = read(bytes, offset_of!(TtyRecord, device))?;

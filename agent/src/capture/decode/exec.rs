@@ -3,7 +3,7 @@ use std::mem::offset_of;
 use agent_common::exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, flags};
 
 use super::{DecodeError, read, slice};
-use crate::event::Body;
+use crate::capture::event::Body;
 
 pub(super) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
     if bytes.len() < EXEC_FIXED {
@@ -54,7 +54,7 @@ mod tests {
     use agent_common::event::kind;
 
     use super::*;
-    use crate::decode::{
+    use crate::capture::decode::{
         decode as decode_record,
         tests::{raw, test_header},
     };

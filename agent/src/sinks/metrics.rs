@@ -71,6 +71,18 @@ impl Health {
         ]
     }
 
+    /// Logs what was delivered and what is known lost, at the end.
+    pub fn log_totals(&self) {
+        info!(
+            events = self.events.load(Relaxed),
+            tty_bytes = self.tty_bytes.load(Relaxed),
+            lost_records = self.lost_records.load(Relaxed),
+            lost_bytes = self.lost_bytes.load(Relaxed),
+            spool_refused = self.spool_refused.load(Relaxed),
+            "stopped"
+        );
+    }
+
     /// The Prometheus text exposition of every counter.
     #[must_use]
     pub fn exposition(&self) -> String {

@@ -1,7 +1,9 @@
-//! The agent's typed event model. Raw kernel records become these in `decode` and nothing
-//! outside the agent ever sees a raw record.
+//! Typed events: what the kernel records say, decoded. Raw records become these in
+//! `decode`, and nothing outside the agent ever sees a raw record; `evidence::encode` turns
+//! them into the versioned model of `proto/`.
 
 use agent_common::event::{AUDIT_UNSET, dev_major, dev_minor, kind};
+use proto::kind::Kind;
 
 /// Who acted, as the kernel reported it for this record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,32 +175,16 @@ pub struct Event {
     pub body: Body,
 }
 
-impl Event {
-    #[must_use]
-    pub fn kind_name(&self) -> &'static str {
-        match &self.body {
-            Body::Exec { .. } => "exec",
-            Body::Fork => "fork",
-            Body::Exit { .. } => "exit",
-            Body::Tty { input: false, .. } => "tty_out",
-            Body::Tty { input: true, .. } => "tty_in",
-            Body::Gap { .. } => "gap",
-            Body::Violation { .. } => "violation",
-            Body::Kill(_) => "kill",
-        }
-    }
-}
-
-/// Stable name of a kernel record kind, as used in output.
+/// The name of a kernel record kind, as gap records name what was lost.
 #[must_use]
-pub fn kind_name(kind_id: u32) -> &'static str {
+pub fn lost_kind_name(kind_id: u32) -> &'static str {
     match kind_id {
-        kind::EXEC => "exec",
-        kind::FORK => "fork",
-        kind::EXIT => "exit",
-        kind::TTY_OUT => "tty_out",
-        kind::TTY_IN => "tty_in",
-        kind::KILL => "kill",
+        kind::EXEC => Kind::Exec.name(),
+        kind::FORK => Kind::Fork.name(),
+        kind::EXIT => Kind::Exit.name(),
+        kind::TTY_OUT => Kind::TtyOut.name(),
+        kind::TTY_IN => Kind::TtyIn.name(),
+        kind::KILL => Kind::Kill.name(),
         _ => "unknown",
     }
 }

@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, fs};
 
-use crate::event::{Body, Event, audit_id};
+use crate::capture::event::{Body, Event, audit_id};
 
 #[derive(Clone, Debug, Default)]
 struct Entry {
@@ -196,7 +196,7 @@ fn clock_ticks_per_second() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Process;
+    use crate::capture::event::Process;
 
     fn event(tgid: u32, ppid: u32, sessionid: Option<u32>, ktime_ns: u64, body: Body) -> Event {
         let process = Process {

@@ -1,15 +1,90 @@
-//! Raw kernel records to [`Event`]s: one unmarshal module per sensor. Every length in a
-//! record is checked against the bytes actually received; a malformed record is an error,
-//! never a panic or an out-of-bounds read.
+//! The decode stage: raw kernel records to [`Event`]s, one unmarshal module per sensor.
+//! Every length in a record is checked against the bytes actually received; a malformed
+//! record is a `decode` gap, never a panic or an out-of-bounds read. Kernel kill records
+//! leave the pipeline here for the enforcer, which alone knows what caused them.
 
-mod enforce;
 mod exec;
+mod kill;
 mod task;
 mod tty;
 
-use agent_common::event::{Header, kind};
+use std::sync::atomic::Ordering::Relaxed;
 
-use crate::event::{Device, Event, Process, audit_id};
+use agent_common::event::{Header, kind};
+use tracing::{debug_span, warn};
+
+use super::{
+    event::{Body, Device, Event, GapSource, Process, audit_id},
+    reader::Batch,
+};
+use crate::{clock::boot_ns, sinks::metrics::Health};
+
+/// One batch, decoded.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// In the order the kernel submitted them, then the batch's gaps.
+    pub events: Vec<Event>,
+    /// Tasks the kernel killed, for the enforcer to name the grant and reason of.
+    pub kills: Vec<Event>,
+}
+
+/// Decodes a drained batch and counts what it holds in `health`.
+#[must_use]
+pub fn process(batch: Batch, health: &Health) -> Decoded {
+    let _span = debug_span!("batch", bytes = batch.len_bytes()).entered();
+    let mut out = Decoded {
+        events: Vec::with_capacity(batch.len_records() + batch.gaps.len()),
+        kills: Vec::new(),
+    };
+    for record in batch.records() {
+        let event = decode(record).unwrap_or_else(|error| {
+            warn!(%error, "undecodable kernel record");
+            undecodable(record.len())
+        });
+        count(health, &event);
+        if matches!(event.body, Body::Kill(_)) {
+            out.kills.push(event);
+        } else {
+            out.events.push(event);
+        }
+    }
+    for gap in batch.gaps {
+        warn!(?gap.body, "records lost");
+        count(health, &gap);
+        out.events.push(gap);
+    }
+    out
+}
+
+fn count(health: &Health, event: &Event) {
+    match &event.body {
+        Body::Gap { records, bytes, .. } => {
+            health.lost_records.fetch_add(*records, Relaxed);
+            health.lost_bytes.fetch_add(*bytes, Relaxed);
+        }
+        Body::Tty { data, .. } => {
+            health.events.fetch_add(1, Relaxed);
+            health.tty_bytes.fetch_add(data.len() as u64, Relaxed);
+        }
+        _ => {
+            health.events.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// A record that arrived but could not be decoded is evidence lost, so it becomes a gap.
+fn undecodable(len: usize) -> Event {
+    Event {
+        ktime_ns: boot_ns(),
+        process: None,
+        body: Body::Gap {
+            source: GapSource::Decode,
+            lost_kind: 0,
+            records: 1,
+            bytes: len as u64,
+        },
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -27,7 +102,7 @@ pub enum DecodeError {
     },
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let header: Header = read(bytes, 0)?;
     if header.size as usize != bytes.len() {
         return Err(DecodeError::SizeMismatch {
@@ -35,12 +110,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             got: bytes.len(),
         });
     }
-    let process = process(&header);
+    let process = process_of(&header);
     let body = match header.kind {
         kind::EXEC => exec::decode(bytes)?,
         kind::FORK | kind::EXIT => task::decode(bytes, header.kind)?,
         kind::TTY_OUT | kind::TTY_IN => tty::decode(bytes, header.kind)?,
-        kind::KILL => enforce::decode(bytes)?,
+        kind::KILL => kill::decode(bytes)?,
         other => return Err(DecodeError::UnknownKind(other)),
     };
     Ok(Event {
@@ -50,7 +125,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     })
 }
 
-fn process(h: &Header) -> Process {
+fn process_of(h: &Header) -> Process {
     Process {
         pid: h.pid,
         tgid: h.tgid,
@@ -156,7 +231,7 @@ mod tests {
             })
         );
         assert_eq!(p.comm, "bash");
-        assert_eq!(ev.body, crate::event::Body::Fork);
+        assert_eq!(ev.body, Body::Fork);
     }
 
     #[test]

@@ -1,23 +1,47 @@
-//! Agent events to the versioned model in `proto/`, the form that is chained, stored and
-//! shipped. Argument strings and terminal bytes stay bytes: nothing is lossily re-encoded,
-//! and the event is consumed, so its bytes move instead of being copied.
+//! The encode stage: attributed events to the versioned model in `proto/`, the form that is
+//! chained, stored and shipped. Argument strings and terminal bytes stay bytes: nothing is
+//! lossily re-encoded, and each event is consumed, so its bytes move instead of being
+//! copied.
 
 use proto::v1;
+use tracing::debug_span;
 
 use crate::{
-    attribute::{Identity, IdentityKind},
-    event::{Body, Event, GapSource, kind_name},
-    output::WallClock,
-    proctable::SessionRoot,
+    capture::event::{Body, GapSource, lost_kind_name},
+    clock::WallClock,
+    identity::attribute::Attributed,
 };
 
+/// The stage: it owns the mapping of kernel time to wall-clock time.
+pub struct Encode {
+    clock: WallClock,
+}
+
+impl Default for Encode {
+    fn default() -> Self {
+        Self {
+            clock: WallClock::now(),
+        }
+    }
+}
+
+impl Encode {
+    pub fn process(&mut self, batch: Vec<Attributed>) -> Vec<v1::Event> {
+        let _span = debug_span!("batch", events = batch.len()).entered();
+        self.clock.follow_steps();
+        batch.into_iter().map(|a| encode(a, &self.clock)).collect()
+    }
+}
+
+/// One event in the versioned model, its time mapped through `clock`.
 #[must_use]
-pub fn to_proto(
-    event: Event,
-    identity: Option<&Identity>,
-    root: Option<SessionRoot>,
-    clock: &WallClock,
-) -> v1::Event {
+pub fn encode(item: Attributed, clock: &WallClock) -> v1::Event {
+    let Attributed {
+        event,
+        identity,
+        root,
+        grant,
+    } = item;
     v1::Event {
         time_unix_nano: clock.unix_ns(event.ktime_ns),
         process: event.process.map(|p| v1::Process {
@@ -34,27 +58,20 @@ pub fn to_proto(
             comm: p.comm,
         }),
         identity: identity.map(|i| v1::Identity {
-            kind: proto_kind(i.kind).into(),
+            kind: i.kind.into(),
             name: i.name.clone(),
             reason: i.reason.clone().unwrap_or_default(),
-            grant: i.grant.clone().unwrap_or_default(),
+            grant: i
+                .grant
+                .clone()
+                .or_else(|| grant.map(|g| g.to_string()))
+                .unwrap_or_default(),
         }),
         session_root: root.map(|r| v1::SessionRoot {
             pid: r.pid,
             start_unix_nano: clock.unix_ns(r.start_ns),
         }),
         body: Some(body(event.body)),
-    }
-}
-
-#[must_use]
-pub fn proto_kind(kind: IdentityKind) -> v1::identity::Kind {
-    match kind {
-        IdentityKind::Human => v1::identity::Kind::Human,
-        IdentityKind::Service => v1::identity::Kind::Service,
-        IdentityKind::Workload => v1::identity::Kind::Workload,
-        IdentityKind::Registered => v1::identity::Kind::Registered,
-        IdentityKind::Unknown => v1::identity::Kind::Unknown,
     }
 }
 
@@ -114,7 +131,7 @@ fn body(body: Body) -> v1::event::Body {
                 GapSource::Pipeline => v1::gap::Source::Pipeline,
             }
             .into(),
-            lost_kind: kind_name(lost_kind).to_owned(),
+            lost_kind: lost_kind_name(lost_kind).to_owned(),
             records,
             bytes,
         }),

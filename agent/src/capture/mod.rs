@@ -1,0 +1,10 @@
+//! Capture: what the host must provide, the kernel programs and their lifecycle, the
+//! struct offsets they read (from BTF), the reader that drains them, and the decode stage
+//! that turns their records into typed events.
+
+pub mod decode;
+pub mod event;
+pub mod layout;
+pub mod platform;
+pub mod reader;
+pub mod sensors;

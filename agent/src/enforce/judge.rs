@@ -1,0 +1,214 @@
+//! The judge stage: each exec and terminal event is judged against the grants and policy in
+//! force. A covered event carries its grant; an uncovered privileged one is followed in the
+//! chain by a violation. What must happen beyond the record (a session to kill, a grant's
+//! first use to remember) leaves as an [`Action`] for the enforcer, which acts off the event
+//! path.
+
+use std::{collections::HashSet, sync::Arc};
+
+use tracing::debug_span;
+
+use super::rules::{Rules, View, target_of};
+use crate::{
+    capture::event::{Body, Event, Target},
+    clock::WallClock,
+    identity::attribute::Attributed,
+};
+
+/// Reported (grant, target) pairs and kill targets remembered before the sets are cleared;
+/// clearing costs a repeat report, not a lost one.
+const REMEMBERED_MAX: usize = 65_536;
+
+/// What the enforcer is asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `target` acted under `grant`: it is what the grant's end kills.
+    Used { grant: Arc<str>, target: Target },
+    /// A violation in kill mode.
+    Kill {
+        target: Target,
+        reason: &'static str,
+    },
+}
+
+pub struct Judge {
+    rules: Rules,
+    view: Option<Arc<View>>,
+    clock: WallClock,
+    used: HashSet<(Arc<str>, Target)>,
+    killing: HashSet<Target>,
+}
+
+impl Judge {
+    #[must_use]
+    pub fn new(rules: Rules, view: Option<Arc<View>>) -> Self {
+        Self {
+            rules,
+            view,
+            clock: WallClock::now(),
+            used: HashSet::new(),
+            killing: HashSet::new(),
+        }
+    }
+
+    /// Judges from now on by `view`, the enforcer's latest.
+    pub fn adopt(&mut self, view: Option<Arc<View>>) {
+        self.view = view;
+    }
+
+    /// Judges one batch. Returns it with covered events marked and violations placed right
+    /// after the events they are about, and what the enforcer must do.
+    pub fn process(&mut self, batch: Vec<Attributed>) -> (Vec<Attributed>, Vec<Action>) {
+        let _span = debug_span!("batch", events = batch.len()).entered();
+        self.clock.follow_steps();
+        let mut out = Vec::with_capacity(batch.len());
+        let mut actions = Vec::new();
+        for mut item in batch {
+            let (Some(process), Some(identity)) = (&item.event.process, &item.identity) else {
+                out.push(item);
+                continue;
+            };
+            if !matches!(item.event.body, Body::Exec { .. } | Body::Tty { .. }) {
+                out.push(item);
+                continue;
+            }
+            let now = self.clock.unix_ns(item.event.ktime_ns);
+            let verdict = self.rules.judge(
+                self.view.as_deref(),
+                process,
+                identity,
+                &item.event.body,
+                now,
+            );
+            let target = target_of(process, identity);
+            if let Some(grant) = &verdict.grant
+                && remember(&mut self.used, (Arc::clone(grant), target))
+            {
+                actions.push(Action::Used {
+                    grant: Arc::clone(grant),
+                    target,
+                });
+            }
+            item.grant = verdict.grant;
+            let Some(violation) = verdict.violation else {
+                out.push(item);
+                continue;
+            };
+            if violation.kill && remember(&mut self.killing, target) {
+                actions.push(Action::Kill {
+                    target,
+                    reason: "violation",
+                });
+            }
+            let follow = Attributed {
+                event: Event {
+                    ktime_ns: item.event.ktime_ns,
+                    process: item.event.process.clone(),
+                    body: Body::Violation {
+                        rule: violation.rule,
+                        action: if violation.kill { "kill" } else { "alert" },
+                        detail: violation.detail,
+                    },
+                },
+                identity: item.identity.clone(),
+                root: item.root,
+                grant: None,
+            };
+            out.push(item);
+            out.push(follow);
+        }
+        (out, actions)
+    }
+}
+
+/// Inserts `value`; true when it was not there yet.
+fn remember<T: std::hash::Hash + Eq>(set: &mut HashSet<T>, value: T) -> bool {
+    if set.len() >= REMEMBERED_MAX {
+        set.clear();
+    }
+    set.insert(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::v1::{grant::OnExpiry, policy::Mode};
+
+    use super::*;
+    use crate::{
+        capture::event::Event,
+        enforce::rules::tests::{HOST, SESSION, alice, grant, sudo, view},
+    };
+
+    fn item(euid: u32, ktime_ns: u64) -> Attributed {
+        let (process, body) = sudo(euid);
+        Attributed {
+            event: Event {
+                ktime_ns,
+                process: Some(process),
+                body,
+            },
+            identity: Some(Arc::new(alice())),
+            root: None,
+            grant: None,
+        }
+    }
+
+    fn judge(mode: Mode, grants: Vec<proto::v1::Grant>) -> Judge {
+        // Grants from the distant past to the distant future, so the wall clock is inside.
+        let grants = grants
+            .into_iter()
+            .map(|g| proto::v1::Grant {
+                not_before_unix_nano: 0,
+                expires_at_unix_nano: u64::MAX / 2,
+                ..g
+            })
+            .collect();
+        let rules = Rules {
+            host: HOST.into(),
+            fail_closed: None,
+        };
+        Judge::new(
+            rules,
+            Some(Arc::new(View::adopt(None, view(grants, mode), 0))),
+        )
+    }
+
+    #[test]
+    fn a_violation_follows_its_event_and_kill_mode_asks_for_one_kill() {
+        let mut j = judge(Mode::Kill, Vec::new());
+        let now = crate::clock::boot_ns();
+        let (out, actions) = j.process(vec![item(0, now), item(1000, now), item(0, now)]);
+        let kinds: Vec<&str> = out
+            .iter()
+            .map(|a| match &a.event.body {
+                Body::Violation { action, .. } => action,
+                _ => "event",
+            })
+            .collect();
+        assert_eq!(kinds, ["event", "kill", "event", "event", "kill"]);
+        assert_eq!(
+            actions,
+            [Action::Kill {
+                target: Target::Session(SESSION),
+                reason: "violation"
+            }],
+            "one kill per target"
+        );
+    }
+
+    #[test]
+    fn a_covered_event_carries_its_grant_and_reports_its_first_use() {
+        let mut j = judge(Mode::Alert, vec![grant("g-1", &[], OnExpiry::Kill)]);
+        let now = crate::clock::boot_ns();
+        let (out, actions) = j.process(vec![item(0, now), item(0, now)]);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|a| a.grant.as_deref() == Some("g-1")));
+        assert_eq!(
+            actions,
+            [Action::Used {
+                grant: "g-1".into(),
+                target: Target::Session(SESSION)
+            }]
+        );
+    }
+}

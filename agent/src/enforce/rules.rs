@@ -1,0 +1,395 @@
+//! The rules, pure: an event, who is behind it, and the grants and policy in force give a
+//! verdict. No file, map or process is touched here; the judge stage turns verdicts into
+//! events and actions.
+
+use std::{sync::Arc, time::Duration};
+
+use proto::{
+    grant::{covers, end},
+    identity::selects,
+    v1::{Grant, GrantView, Policy, identity::Kind, policy::Mode},
+};
+
+use crate::{
+    capture::event::{Body, Process, Target},
+    identity::attribute::Identity,
+};
+
+/// Longest command line a violation repeats.
+const DETAIL_MAX: usize = 256;
+
+/// Staleness rule: with no fresh grant view, privileged activity is judged as if no grant
+/// covered it.
+#[derive(Clone, Copy, Debug)]
+pub struct FailClosed {
+    pub after: Duration,
+    pub kill: bool,
+}
+
+/// The grants and policy the agent holds: the collector's last view, with the grant ids
+/// shared so a covered event does not copy its grant's id.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub grants: Vec<(Arc<str>, Grant)>,
+    pub policy: Option<Policy>,
+    /// When the collector made it: staleness counts from here.
+    pub issued_unix_nano: u64,
+}
+
+impl View {
+    /// Adopts `new` from the collector at `now`. A grant that was in `old` and is missing
+    /// from `new`, before its end, is taken as revoked now: losing sight of a grant must not
+    /// extend it.
+    #[must_use]
+    pub fn adopt(old: Option<&Self>, mut new: GrantView, now: u64) -> Self {
+        if let Some(old) = old {
+            for (id, grant) in &old.grants {
+                if end(grant) > now && !new.grants.iter().any(|g| *g.id == **id) {
+                    new.grants.push(Grant {
+                        revoked_unix_nano: now,
+                        ..grant.clone()
+                    });
+                }
+            }
+        }
+        Self {
+            grants: new
+                .grants
+                .into_iter()
+                .map(|g| (Arc::from(g.id.as_str()), g))
+                .collect(),
+            policy: new.policy,
+            issued_unix_nano: new.issued_unix_nano,
+        }
+    }
+
+    /// The form it is cached in.
+    #[must_use]
+    pub fn to_proto(&self) -> GrantView {
+        GrantView {
+            grants: self.grants.iter().map(|(_, g)| g.clone()).collect(),
+            policy: self.policy.clone(),
+            issued_unix_nano: self.issued_unix_nano,
+        }
+    }
+}
+
+/// Activity that needs a grant and has none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// `root_exec`, `guarded_identity`, `stale_grants`.
+    pub rule: &'static str,
+    pub kill: bool,
+    pub detail: String,
+}
+
+/// What the rules say of one event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// The grant covering it.
+    pub grant: Option<Arc<str>>,
+    pub violation: Option<Violation>,
+}
+
+/// The rules of this host.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub host: String,
+    pub fail_closed: Option<FailClosed>,
+}
+
+impl Rules {
+    /// Judges an event of `process`, attributed to `identity`, at wall-clock `now`. Only
+    /// execs and terminal activity are judged.
+    #[must_use]
+    pub fn judge(
+        &self,
+        view: Option<&View>,
+        process: &Process,
+        identity: &Identity,
+        body: &Body,
+        now: u64,
+    ) -> Verdict {
+        let exec = matches!(body, Body::Exec { .. });
+        if !exec && !matches!(body, Body::Tty { .. }) {
+            return Verdict::default();
+        }
+        let stale = self.stale(view, now);
+        if stale.is_none()
+            && let Some((id, _)) = view.and_then(|v| {
+                v.grants
+                    .iter()
+                    .find(|(_, g)| covers(g, identity.kind, &identity.name, &self.host, now))
+            })
+        {
+            return Verdict {
+                grant: Some(Arc::clone(id)),
+                violation: None,
+            };
+        }
+        if identity.grant.is_some() {
+            // A registration vouches for the session.
+            return Verdict::default();
+        }
+        let policy = view.and_then(|v| v.policy.as_ref());
+        let needs = |p: &Policy| {
+            let root_exec = p.root_exec && exec && human_root(process, identity);
+            let guarded = identity.kind != Kind::Human
+                && p.guarded
+                    .iter()
+                    .any(|s| selects(s, identity.kind, &identity.name));
+            (root_exec, guarded)
+        };
+        let kills = policy.is_some_and(|p| p.mode() == Mode::Kill);
+        let (rule, kill) = match (policy.map(needs), stale) {
+            (Some((true, _)), None) => ("root_exec", kills),
+            (Some((_, true)), None) => ("guarded_identity", kills),
+            // Past the staleness limit no cached grant counts: the view may be missing a
+            // revocation.
+            (Some((true, _) | (_, true)), Some(fail)) => ("stale_grants", fail.kill),
+            // No policy was ever received: root activity of humans is what fails closed.
+            (None, Some(fail)) if exec && human_root(process, identity) => {
+                ("stale_grants", fail.kill)
+            }
+            _ => return Verdict::default(),
+        };
+        Verdict {
+            grant: None,
+            violation: Some(Violation {
+                rule,
+                kill,
+                detail: detail(body),
+            }),
+        }
+    }
+
+    /// The fail-closed rule, when the grant view is older than its limit (or was never had).
+    fn stale(&self, view: Option<&View>, now: u64) -> Option<FailClosed> {
+        let fail = self.fail_closed?;
+        let issued = view.map_or(0, |v| v.issued_unix_nano);
+        let limit = u64::try_from(fail.after.as_nanos()).unwrap_or(u64::MAX);
+        (now.saturating_sub(issued) > limit).then_some(fail)
+    }
+}
+
+/// A human is held to account by audit session; anything else by its cgroup.
+#[must_use]
+pub fn target_of(process: &Process, identity: &Identity) -> Target {
+    match (identity.kind, process.sessionid) {
+        (Kind::Human, Some(session)) => Target::Session(session),
+        _ => Target::Cgroup(process.cgroup_id),
+    }
+}
+
+/// A human acting as root: a setuid-root exec (sudo, su, pkexec) or anything in a root
+/// login. Root's own work inside a user's login (PAM modules, the motd scripts) is not.
+fn human_root(process: &Process, identity: &Identity) -> bool {
+    identity.kind == Kind::Human
+        && process.euid == 0
+        && (process.uid != 0 || process.loginuid == Some(0))
+}
+
+fn detail(body: &Body) -> String {
+    let mut text = match body {
+        Body::Exec { argv, .. } => argv
+            .iter()
+            .map(|a| String::from_utf8_lossy(a))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Body::Tty { input, data, .. } => format!(
+            "{} bytes of terminal {}",
+            data.len(),
+            if *input { "input" } else { "output" }
+        ),
+        _ => String::new(),
+    };
+    text.truncate(text.floor_char_boundary(DETAIL_MAX));
+    text
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use proto::v1::{IdentitySelector, grant::OnExpiry};
+
+    use super::*;
+
+    pub const HOST: &str = "host-a";
+    pub const T0: u64 = 1_800_000_000_000_000_000;
+    pub const SEC: u64 = 1_000_000_000;
+    /// An audit session no process on the host has, so kills find nothing to kill.
+    pub const SESSION: u32 = u32::MAX - 7;
+
+    pub fn alice() -> Identity {
+        Identity {
+            kind: Kind::Human,
+            name: "alice".into(),
+            reason: None,
+            grant: None,
+        }
+    }
+
+    pub fn sudo(euid: u32) -> (Process, Body) {
+        (
+            Process {
+                pid: 10,
+                tgid: 10,
+                ppid: 1,
+                uid: 1000,
+                euid,
+                gid: 1000,
+                loginuid: Some(1000),
+                sessionid: Some(SESSION),
+                cgroup_id: 77,
+                tty: None,
+                comm: "sudo".into(),
+            },
+            Body::Exec {
+                filename: "/usr/bin/sudo".into(),
+                filename_truncated: false,
+                argv: vec![b"sudo".to_vec(), b"-n".to_vec(), b"id".to_vec()],
+                argv_truncated: false,
+                argv_unreadable: false,
+                result: 0,
+            },
+        )
+    }
+
+    pub fn grant(id: &str, hosts: &[&str], on_expiry: OnExpiry) -> Grant {
+        Grant {
+            id: id.into(),
+            identity: Some(IdentitySelector {
+                kind: Kind::Human.into(),
+                name: "alice".into(),
+            }),
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            not_before_unix_nano: T0,
+            expires_at_unix_nano: T0 + 10 * SEC,
+            on_expiry: on_expiry.into(),
+            ..Grant::default()
+        }
+    }
+
+    pub fn view(grants: Vec<Grant>, mode: Mode) -> GrantView {
+        GrantView {
+            grants,
+            policy: Some(Policy {
+                mode: mode.into(),
+                root_exec: true,
+                guarded: Vec::new(),
+            }),
+            issued_unix_nano: T0,
+        }
+    }
+
+    fn rules(fail_closed: Option<FailClosed>) -> Rules {
+        Rules {
+            host: HOST.into(),
+            fail_closed,
+        }
+    }
+
+    fn judge(rules: &Rules, view: Option<&View>, euid: u32, who: &Identity, now: u64) -> Verdict {
+        let (process, body) = sudo(euid);
+        rules.judge(view, &process, who, &body, now)
+    }
+
+    #[test]
+    fn root_exec_without_a_grant_is_a_violation() {
+        let r = rules(None);
+        let v = View::adopt(None, view(Vec::new(), Mode::Alert), T0);
+        let verdict = judge(&r, Some(&v), 0, &alice(), T0 + SEC);
+        assert_eq!(
+            verdict,
+            Verdict {
+                grant: None,
+                violation: Some(Violation {
+                    rule: "root_exec",
+                    kill: false,
+                    detail: "sudo -n id".into()
+                })
+            }
+        );
+        assert_eq!(
+            judge(&r, Some(&v), 1000, &alice(), T0 + SEC),
+            Verdict::default(),
+            "an unprivileged exec needs no grant"
+        );
+        let killing = View::adopt(None, view(Vec::new(), Mode::Kill), T0);
+        assert!(
+            judge(&r, Some(&killing), 0, &alice(), T0 + SEC)
+                .violation
+                .unwrap()
+                .kill
+        );
+    }
+
+    #[test]
+    fn a_grant_covers_its_identity_on_its_hosts_while_active() {
+        let r = rules(None);
+        let v = View::adopt(
+            None,
+            view(
+                vec![
+                    grant("g-other-host", &["host-b"], OnExpiry::Kill),
+                    grant("g-1", &[HOST], OnExpiry::Kill),
+                ],
+                Mode::Alert,
+            ),
+            T0,
+        );
+        let covered = judge(&r, Some(&v), 0, &alice(), T0 + SEC);
+        assert_eq!(covered.grant.as_deref(), Some("g-1"));
+        assert!(covered.violation.is_none());
+        let before = judge(&r, Some(&v), 0, &alice(), T0 - 1);
+        assert!(before.grant.is_none() && before.violation.is_some(), "not before not_before");
+        let bob = Identity {
+            name: "bob".into(),
+            ..alice()
+        };
+        assert!(judge(&r, Some(&v), 0, &bob, T0 + SEC).grant.is_none());
+    }
+
+    #[test]
+    fn a_grant_missing_from_a_new_view_is_revoked_now() {
+        let old = View::adopt(
+            None,
+            view(vec![grant("g-1", &[], OnExpiry::Kill)], Mode::Alert),
+            T0,
+        );
+        let new = View::adopt(Some(&old), view(Vec::new(), Mode::Alert), T0 + 2 * SEC);
+        assert_eq!(new.grants.len(), 1);
+        assert_eq!(new.grants[0].1.revoked_unix_nano, T0 + 2 * SEC);
+        let gone = View::adopt(Some(&new), view(Vec::new(), Mode::Alert), T0 + 3 * SEC);
+        assert!(gone.grants.is_empty(), "an ended grant is not carried on");
+    }
+
+    #[test]
+    fn a_stale_view_fails_closed() {
+        let fail = FailClosed {
+            after: Duration::from_mins(1),
+            kill: false,
+        };
+        let r = rules(Some(fail));
+        let never = judge(&r, None, 0, &alice(), T0);
+        assert_eq!(never.violation.unwrap().rule, "stale_grants", "no view at all");
+        let v = View::adopt(
+            None,
+            view(
+                vec![Grant {
+                    expires_at_unix_nano: T0 + 3600 * SEC,
+                    ..grant("g-1", &[], OnExpiry::Kill)
+                }],
+                Mode::Alert,
+            ),
+            T0,
+        );
+        assert_eq!(
+            judge(&r, Some(&v), 0, &alice(), T0 + SEC).grant.as_deref(),
+            Some("g-1"),
+            "a fresh view's grant covers"
+        );
+        let late = judge(&r, Some(&v), 0, &alice(), T0 + 61 * SEC);
+        assert!(late.grant.is_none());
+        assert_eq!(late.violation.unwrap().rule, "stale_grants");
+    }
+}

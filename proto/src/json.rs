@@ -1,0 +1,461 @@
+//! The one JSON form of an event (docs/events.md), written by `agent --stdout` and by the
+//! operators' `--json` output alike: flat process fields, `null` where an event has no
+//! process, identity and session root as objects, then the fields of the event's kind.
+//! Bytes are base64; argv strings are lossy UTF-8 (the exact bytes stay in the chain).
+
+use std::{borrow::Cow, io};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use serde::Serialize;
+
+use crate::{
+    kind::Kind,
+    session,
+    time::rfc3339_nanos,
+    v1::{Event, Grant, event::Body},
+};
+
+/// Where an event sits, when the writer knows: the host it came from, and for a stored
+/// event its place in its chain.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Context<'a> {
+    pub host: Option<&'a str>,
+    pub chain_id: Option<&'a str>,
+    pub seq: Option<u64>,
+    pub hash: Option<&'a [u8]>,
+}
+
+/// Writes one JSON object for `event` and a newline.
+pub fn write_line(out: &mut impl io::Write, event: &Event, context: Context<'_>) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &Line::new(event, context))?;
+    out.write_all(b"\n")
+}
+
+/// The JSON object for `event`, as a value.
+#[must_use]
+pub fn value(event: &Event, context: Context<'_>) -> serde_json::Value {
+    serde_json::to_value(Line::new(event, context)).unwrap_or(serde_json::Value::Null)
+}
+
+/// The JSON object for a grant.
+#[must_use]
+pub fn grant(grant: &Grant) -> serde_json::Value {
+    serde_json::to_value(GrantLine::new(grant)).unwrap_or(serde_json::Value::Null)
+}
+
+/// An audit id: a number, or "unset" where the kernel has none.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AuditId {
+    Set(u32),
+    Unset(&'static str),
+}
+
+fn audit(v: Option<u32>) -> AuditId {
+    v.map_or(AuditId::Unset("unset"), AuditId::Set)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn skip_empty(s: &&str) -> bool {
+    s.is_empty()
+}
+
+#[derive(Serialize)]
+struct IdentityLine<'a> {
+    kind: &'static str,
+    name: &'a str,
+    #[serde(skip_serializing_if = "skip_empty")]
+    reason: &'a str,
+    #[serde(skip_serializing_if = "skip_empty")]
+    grant: &'a str,
+}
+
+#[derive(Serialize)]
+struct RootLine {
+    pid: u32,
+    start: String,
+    start_unix_nano: u64,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    kind: &'static str,
+    time: String,
+    time_unix_nano: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chain_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<String>,
+    /// The session key, where the host and the session's root are known.
+    session: Option<String>,
+    pid: Option<u32>,
+    tgid: Option<u32>,
+    ppid: Option<u32>,
+    uid: Option<u32>,
+    euid: Option<u32>,
+    gid: Option<u32>,
+    loginuid: Option<AuditId>,
+    sessionid: Option<AuditId>,
+    cgroup_id: Option<u64>,
+    /// The controlling terminal; on terminal events, the terminal the bytes belong to.
+    tty: Option<&'a str>,
+    comm: Option<&'a str>,
+    identity: Option<IdentityLine<'a>>,
+    session_root: Option<RootLine>,
+    #[serde(flatten)]
+    body: BodyLine<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BodyLine<'a> {
+    Exec {
+        filename: &'a str,
+        filename_truncated: bool,
+        argv: Vec<Cow<'a, str>>,
+        argv_truncated: bool,
+        argv_unreadable: bool,
+        result: i32,
+    },
+    Exit {
+        exit_code: i32,
+        filename: &'a str,
+    },
+    Tty {
+        fd: u32,
+        offset: u64,
+        data: String,
+    },
+    Gap {
+        source: String,
+        lost_kind: &'a str,
+        lost_records: u64,
+        lost_bytes: u64,
+    },
+    ChainStart {
+        chain_start: ChainStartLine<'a>,
+    },
+    Alert {
+        alert: AlertLine<'a>,
+    },
+    Violation {
+        violation: ViolationLine<'a>,
+    },
+    Kill {
+        kill: KillLine<'a>,
+    },
+    GrantChange {
+        grant_change: GrantChangeLine<'a>,
+    },
+    None {},
+}
+
+#[derive(Serialize)]
+struct ChainStartLine<'a> {
+    host: &'a str,
+    boot_id: &'a str,
+    previous_chain_id: &'a str,
+    previous_seq: u64,
+    previous_hash: String,
+}
+
+#[derive(Serialize)]
+struct AlertLine<'a> {
+    kind: &'a str,
+    host: &'a str,
+    chain_id: &'a str,
+    seq: u64,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct ViolationLine<'a> {
+    rule: &'a str,
+    action: &'a str,
+    detail: &'a str,
+}
+
+#[derive(Serialize)]
+struct KillLine<'a> {
+    grant_id: &'a str,
+    reason: &'a str,
+    sessionid: Option<u32>,
+    cgroup_id: u64,
+    pids: &'a [u32],
+    by: &'a str,
+}
+
+#[derive(Serialize)]
+struct GrantChangeLine<'a> {
+    action: &'a str,
+    actor: &'a str,
+    reason: &'a str,
+    grant: Option<GrantLine<'a>>,
+}
+
+#[derive(Serialize)]
+struct SelectorLine<'a> {
+    kind: &'static str,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct GrantLine<'a> {
+    id: &'a str,
+    identity: Option<SelectorLine<'a>>,
+    hosts: &'a [String],
+    not_before: String,
+    expires_at: String,
+    not_before_unix_nano: u64,
+    expires_at_unix_nano: u64,
+    revoked_at: Option<String>,
+    reason: &'a str,
+    approver: &'a str,
+    on_expiry: String,
+}
+
+impl<'a> GrantLine<'a> {
+    fn new(g: &'a Grant) -> Self {
+        Self {
+            id: &g.id,
+            identity: g.identity.as_ref().map(|i| SelectorLine {
+                kind: i.kind().name(),
+                name: &i.name,
+            }),
+            hosts: &g.hosts,
+            not_before: rfc3339_nanos(g.not_before_unix_nano),
+            expires_at: rfc3339_nanos(g.expires_at_unix_nano),
+            not_before_unix_nano: g.not_before_unix_nano,
+            expires_at_unix_nano: g.expires_at_unix_nano,
+            revoked_at: (g.revoked_unix_nano != 0).then(|| rfc3339_nanos(g.revoked_unix_nano)),
+            reason: &g.reason,
+            approver: &g.approver,
+            on_expiry: g.on_expiry().as_str_name().to_lowercase(),
+        }
+    }
+}
+
+impl<'a> Line<'a> {
+    fn new(event: &'a Event, context: Context<'a>) -> Self {
+        let p = event.process.as_ref();
+        let session = match (context.host, p.and_then(|p| p.sessionid), &event.session_root) {
+            (Some(host), Some(sessionid), Some(root)) => Some(
+                session::Key {
+                    host: host.to_owned(),
+                    sessionid,
+                    start_unix_nano: root.start_unix_nano,
+                }
+                .to_string(),
+            ),
+            _ => None,
+        };
+        let mut tty = p.map(|p| p.tty.as_str()).filter(|t| !t.is_empty());
+        if let Some(Body::Tty(t)) = &event.body {
+            tty = Some(t.device.as_str()).filter(|t| !t.is_empty());
+        }
+        Self {
+            kind: Kind::of(event).map_or("unknown", Kind::name),
+            time: rfc3339_nanos(event.time_unix_nano),
+            time_unix_nano: event.time_unix_nano,
+            host: context.host,
+            chain_id: context.chain_id,
+            seq: context.seq,
+            hash: context.hash.map(hex),
+            session,
+            pid: p.map(|p| p.pid),
+            tgid: p.map(|p| p.tgid),
+            ppid: p.map(|p| p.ppid),
+            uid: p.map(|p| p.uid),
+            euid: p.map(|p| p.euid),
+            gid: p.map(|p| p.gid),
+            loginuid: p.map(|p| audit(p.loginuid)),
+            sessionid: p.map(|p| audit(p.sessionid)),
+            cgroup_id: p.map(|p| p.cgroup_id),
+            tty,
+            comm: p.map(|p| p.comm.as_str()),
+            identity: event.identity.as_ref().map(|i| IdentityLine {
+                kind: i.kind().name(),
+                name: &i.name,
+                reason: &i.reason,
+                grant: &i.grant,
+            }),
+            session_root: event.session_root.as_ref().map(|r| RootLine {
+                pid: r.pid,
+                start: rfc3339_nanos(r.start_unix_nano),
+                start_unix_nano: r.start_unix_nano,
+            }),
+            body: BodyLine::new(event.body.as_ref()),
+        }
+    }
+}
+
+impl<'a> BodyLine<'a> {
+    fn new(body: Option<&'a Body>) -> Self {
+        match body {
+            Some(Body::Exec(x)) => Self::Exec {
+                filename: &x.filename,
+                filename_truncated: x.filename_truncated,
+                argv: x.argv.iter().map(|a| String::from_utf8_lossy(a)).collect(),
+                argv_truncated: x.argv_truncated,
+                argv_unreadable: x.argv_unreadable,
+                result: x.result,
+            },
+            Some(Body::Exit(x)) => Self::Exit {
+                exit_code: x.exit_code,
+                filename: &x.filename,
+            },
+            Some(Body::Tty(t)) => Self::Tty {
+                fd: t.fd,
+                offset: t.offset,
+                data: STANDARD.encode(&t.data),
+            },
+            Some(Body::Gap(g)) => Self::Gap {
+                source: g.source().as_str_name().to_lowercase(),
+                lost_kind: &g.lost_kind,
+                lost_records: g.records,
+                lost_bytes: g.bytes,
+            },
+            Some(Body::ChainStart(c)) => Self::ChainStart {
+                chain_start: ChainStartLine {
+                    host: &c.host,
+                    boot_id: &c.boot_id,
+                    previous_chain_id: &c.previous_chain_id,
+                    previous_seq: c.previous_seq,
+                    previous_hash: hex(&c.previous_hash),
+                },
+            },
+            Some(Body::Alert(a)) => Self::Alert {
+                alert: AlertLine {
+                    kind: &a.kind,
+                    host: &a.host,
+                    chain_id: &a.chain_id,
+                    seq: a.seq,
+                    message: &a.message,
+                },
+            },
+            Some(Body::Violation(v)) => Self::Violation {
+                violation: ViolationLine {
+                    rule: &v.rule,
+                    action: &v.action,
+                    detail: &v.detail,
+                },
+            },
+            Some(Body::Kill(k)) => Self::Kill {
+                kill: KillLine {
+                    grant_id: &k.grant_id,
+                    reason: &k.reason,
+                    sessionid: k.sessionid,
+                    cgroup_id: k.cgroup_id,
+                    pids: &k.pids,
+                    by: &k.by,
+                },
+            },
+            Some(Body::GrantChange(c)) => Self::GrantChange {
+                grant_change: GrantChangeLine {
+                    action: &c.action,
+                    actor: &c.actor,
+                    reason: &c.reason,
+                    grant: c.grant.as_ref().map(GrantLine::new),
+                },
+            },
+            Some(Body::Fork(_)) | None => Self::None {},
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{Identity, Process, SessionRoot, Tty, identity, tty::Direction};
+
+    #[test]
+    fn a_terminal_event_has_the_documented_fields() {
+        let event = Event {
+            time_unix_nano: 1_700_000_000_000_000_005,
+            process: Some(Process {
+                pid: 3,
+                tgid: 3,
+                ppid: 1,
+                loginuid: None,
+                sessionid: Some(4),
+                cgroup_id: 9,
+                tty: "136:9".into(),
+                comm: "sh".into(),
+                ..Process::default()
+            }),
+            identity: Some(Identity {
+                kind: identity::Kind::Unknown.into(),
+                reason: "why".into(),
+                ..Identity::default()
+            }),
+            session_root: Some(SessionRoot {
+                pid: 77,
+                start_unix_nano: 5,
+            }),
+            body: Some(Body::Tty(Tty {
+                direction: Direction::Input.into(),
+                device: "136:2".into(),
+                fd: 5,
+                offset: 0,
+                data: b"ls\r".to_vec(),
+            })),
+        };
+        let v = value(
+            &event,
+            Context {
+                host: Some("h"),
+                ..Context::default()
+            },
+        );
+        assert_eq!(v["kind"], "tty_in");
+        assert_eq!(v["loginuid"], "unset");
+        assert_eq!(v["sessionid"], 4);
+        assert_eq!(v["tty"], "136:2", "the terminal the bytes belong to");
+        assert_eq!(v["data"], "bHMN");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.000000005Z");
+        assert_eq!(v["session"], "h:4:5");
+        assert_eq!(v["session_root"]["pid"], 77);
+        assert!(v.get("argv").is_none() && v.get("chain_id").is_none());
+        assert_eq!(
+            v["identity"],
+            serde_json::json!({"kind": "unknown", "name": "", "reason": "why"})
+        );
+    }
+
+    #[test]
+    fn a_gap_has_null_process_fields() {
+        let event = Event {
+            time_unix_nano: 1,
+            body: Some(Body::Gap(crate::v1::Gap {
+                source: crate::v1::gap::Source::KernelRingbuf.into(),
+                lost_kind: "tty_out".into(),
+                records: 2,
+                bytes: 3,
+            })),
+            ..Event::default()
+        };
+        let v = value(&event, Context::default());
+        assert_eq!(v["kind"], "gap");
+        assert!(v["pid"].is_null() && v["identity"].is_null() && v["session"].is_null());
+        assert_eq!(
+            (&v["source"], &v["lost_kind"], &v["lost_records"], &v["lost_bytes"]),
+            (
+                &"kernel_ringbuf".into(),
+                &"tty_out".into(),
+                &2.into(),
+                &3.into()
+            )
+        );
+    }
+}
