@@ -169,9 +169,7 @@ fn run(name: &'static str, record: &[u8], events: u64, payload: u64) -> Run {
         let decoded = decode::process(batch, &health);
         let (judged, _actions) = judge.process(attribute.process(decoded.events));
         covered += judged.iter().filter(|a| a.grant.is_some()).count();
-        evidence
-            .append(&encode.process(judged))
-            .expect("append");
+        evidence.append(&encode.process(judged)).expect("append");
     }
     let pipeline_s = start.elapsed().as_secs_f64();
     evidence.sync().expect("sync");

@@ -80,6 +80,10 @@ pub struct Cli {
     #[arg(long, default_value_t = 60)]
     pub health_every: u64,
 
+    /// The host-wide lock that keeps a second agent from starting beside this one.
+    #[arg(long, default_value = crate::host::LOCK_FILE)]
+    pub lock_file: PathBuf,
+
     /// Kernel BTF to resolve struct offsets from.
     #[arg(long, default_value = crate::capture::layout::VMLINUX_BTF)]
     pub btf: PathBuf,

@@ -25,3 +25,52 @@ pub fn boot_id() -> anyhow::Result<String> {
         .trim()
         .to_owned())
 }
+
+/// Where the one agent of this host holds its lock.
+pub const LOCK_FILE: &str = "/run/recorder/agent.lock";
+
+/// Held for as long as this agent runs: a second agent on the host would double every
+/// record, fight over the deny maps, and claim to be the host too.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: std::fs::File,
+}
+
+/// Takes the host's agent lock, or fails naming the pid that holds it.
+pub fn lock_instance(path: &std::path::Path) -> anyhow::Result<InstanceLock> {
+    use std::{
+        io::{Read as _, Seek as _, Write as _},
+        os::{fd::AsRawFd as _, unix::fs::DirBuilderExt as _},
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: a valid descriptor; the lock goes with it when the process ends.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        anyhow::bail!(
+            "another agent already runs on this host (pid {}, holding {}): one agent per host, \
+             or every record would be doubled and enforcement fought over",
+            if holder.is_empty() { "unknown" } else { holder },
+            path.display()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    file.sync_all()?;
+    Ok(InstanceLock { _file: file })
+}

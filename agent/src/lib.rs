@@ -38,7 +38,11 @@ use crate::{
         sensors::{Programs, Report},
     },
     cli::Cli,
-    enforce::{Enforcer, Kernel, cache::Cache, rules::{FailClosed, Rules}},
+    enforce::{
+        Enforcer, Kernel,
+        cache::Cache,
+        rules::{FailClosed, Rules},
+    },
     evidence::Evidence,
     identity::{attribute::Attribute, proctable::ProcessTable, registry::Registry},
     pipeline::Sinks,
@@ -52,6 +56,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// and counts (see `capture::reader`): up to 64 batches of at most 4 MiB absorb a sink's
 /// stall of about a second at full terminal speed.
 const BATCHES_IN_FLIGHT: usize = 64;
+
+/// Batches of the agent's own events (kills, registrations) in flight to the chain.
+const AGENT_EVENTS_IN_FLIGHT: usize = 64;
 
 /// How long a stopping agent keeps shipping what it spooled last.
 const SHIP_GRACE: Duration = Duration::from_secs(3);
@@ -69,6 +76,8 @@ pub fn init_logging() {
 }
 
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
+    platform::check_privileges()?;
+    let _lock = host::lock_instance(&cli.lock_file)?;
     let (programs, report, reader) = load(cli)?;
     let host = host::host_id();
     let evidence = cli
@@ -85,14 +94,22 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             .with_context(|| format!("serving metrics on {addr}"))?;
         info!("metrics at http://{bound}/metrics");
     }
-    let registry = Arc::new(Registry::default());
-    if let Some(socket) = &cli.registration {
-        identity::registry::serve(socket, Arc::clone(&registry))?;
-    }
     let enforcer = Enforcer::new(
         cli.spool.as_deref().map(Cache::new),
         Some(Kernel::new(Arc::clone(&programs))?),
     );
+    let (view, _) = tokio::sync::watch::channel(enforcer.view());
+    let agent_events = tokio::sync::mpsc::channel(AGENT_EVENTS_IN_FLIGHT);
+    let registry = Arc::new(Registry::open(cli.spool.as_deref(), &host::boot_id()?));
+    if let Some(socket) = &cli.registration {
+        let service = identity::registry::Service::new(
+            Arc::clone(&registry),
+            host.clone(),
+            view.subscribe(),
+            agent_events.0.clone(),
+        );
+        identity::registry::serve(socket, service)?;
+    }
     let rules = Rules {
         host: host.clone(),
         fail_closed: cli.fail_closed_after.map(|after| FailClosed {
@@ -123,7 +140,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         processes,
         "capturing"
     );
-    notify_ready("capturing");
+    sinks::notify::ready("capturing");
 
     let (tx, rx) = tokio::sync::mpsc::channel(BATCHES_IN_FLIGHT);
     let reader = {
@@ -132,10 +149,16 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             .name("reader".into())
             .spawn(move || reader.run(&tx, &stop))?
     };
-    let attribute = Attribute::new(table, registry);
+    let parts = pipeline::Parts {
+        attribute: Attribute::new(table, registry),
+        rules,
+        enforcer,
+        view,
+        agent_events,
+    };
     let running = {
         let _context = runtime.enter();
-        pipeline::spawn(rx, attribute, rules, enforcer, sinks, &health)
+        pipeline::spawn(rx, parts, sinks, &health)
     };
     let stages = runtime.block_on(join(running, &stop, &health, cli.health_every));
     reader
@@ -149,7 +172,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
 /// Checks the host, loads the kernel programs with this kernel's struct offsets, attaches
 /// the sensors, and takes the ring buffer for the reader.
 fn load(cli: &Cli) -> anyhow::Result<(Arc<Programs>, Report, Reader)> {
-    platform::check_privileges()?;
     for fs in platform::ensure_mounts()? {
         info!(fs, "mounted");
     }
@@ -216,16 +238,4 @@ fn stop_on_signals(stop: Arc<AtomicBool>) -> io::Result<()> {
         stop.store(true, Ordering::Release);
     });
     Ok(())
-}
-
-/// Tells a service manager (or a test, or the main job) that the agent is ready, through
-/// the `sd_notify` protocol when `NOTIFY_SOCKET` is set.
-fn notify_ready(status: &str) {
-    let ready = [
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(status),
-    ];
-    if let Err(error) = sd_notify::notify(&ready) {
-        tracing::warn!(%error, "cannot notify readiness");
-    }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use proto::v1;
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     task::{JoinHandle, JoinSet, block_in_place},
 };
 use tonic::transport::Endpoint;
@@ -27,7 +27,11 @@ use tracing::info_span;
 
 use crate::{
     capture::{decode, event::Event, reader::Batch},
-    enforce::{Enforcer, Inputs, Outputs, judge::Judge, rules::Rules},
+    enforce::{
+        Enforcer, Inputs, Outputs,
+        judge::Judge,
+        rules::{Rules, View},
+    },
     evidence::{Evidence, control::Control, encode::Encode, ship::Shipper},
     identity::attribute::Attribute,
     sinks::{metrics::Health, stdout::Stdout},
@@ -51,31 +55,55 @@ pub struct Running {
     pub ship: Option<JoinHandle<()>>,
 }
 
+/// What the stages are made of, besides the kernel's batches.
+pub struct Parts {
+    pub attribute: Attribute,
+    pub rules: Rules,
+    pub enforcer: Enforcer,
+    /// The view the enforcer publishes to the judge (and the registration API).
+    pub view: watch::Sender<Option<Arc<View>>>,
+    /// Events the agent itself makes (kills, registrations), to be chained; the sender is
+    /// shared with the registration API.
+    pub agent_events: (mpsc::Sender<Vec<v1::Event>>, mpsc::Receiver<Vec<v1::Event>>),
+}
+
 /// Starts the stages on the current tokio runtime, fed by `batches`. They finish, in order,
 /// once the reader hangs up and each has passed on everything it received.
 pub fn spawn(
     batches: mpsc::Receiver<Batch>,
-    attribute: Attribute,
-    rules: Rules,
-    enforcer: Enforcer,
+    parts: Parts,
     sinks: Sinks,
     health: &Arc<Health>,
 ) -> Running {
+    let Parts {
+        attribute,
+        rules,
+        enforcer,
+        view: view_tx,
+        agent_events: (agent_events_tx, agent_events_rx),
+    } = parts;
     let mut stages = JoinSet::new();
     let (kills_tx, kills_rx) = mpsc::unbounded_channel();
     if sinks.stdout.is_none() && sinks.evidence.is_none() {
-        drop(kills_rx);
+        drop((
+            kills_rx,
+            enforcer,
+            agent_events_rx,
+            attribute,
+            rules,
+            view_tx,
+        ));
         stages.spawn(
-            decode_stage(batches, Arc::clone(health), None, kills_tx).instrument(info_span!("decode")),
+            decode_stage(batches, Arc::clone(health), None, kills_tx)
+                .instrument(info_span!("decode")),
         );
         return Running { stages, ship: None };
     }
     let (decoded_tx, decoded_rx) = mpsc::channel(STAGE_DEPTH);
     let (modelled_tx, modelled_rx) = mpsc::channel(STAGE_DEPTH);
-    let (enforced_tx, enforced_rx) = mpsc::channel(STAGE_DEPTH);
     let (actions_tx, actions_rx) = mpsc::unbounded_channel();
     let (views_tx, views_rx) = watch::channel(None);
-    let (view_tx, view_rx) = watch::channel(enforcer.view());
+    let view_rx = view_tx.subscribe();
     let (trims_tx, trims_rx) = mpsc::unbounded_channel();
 
     stages.spawn(
@@ -84,8 +112,15 @@ pub fn spawn(
     );
     let judge = Judge::new(rules, enforcer.view());
     stages.spawn(
-        attribute_stage(decoded_rx, attribute, judge, view_rx, actions_tx, modelled_tx)
-            .instrument(info_span!("attribute")),
+        attribute_stage(
+            decoded_rx,
+            attribute,
+            judge,
+            view_rx,
+            actions_tx,
+            modelled_tx,
+        )
+        .instrument(info_span!("attribute")),
     );
     let inputs = Inputs {
         views: views_rx,
@@ -94,11 +129,13 @@ pub fn spawn(
     };
     let outputs = Outputs {
         view: view_tx,
-        events: enforced_tx,
+        events: agent_events_tx,
     };
+    let (enforcer_done, enforcer_done_rx) = oneshot::channel();
     stages.spawn(
         async move {
             enforcer.run(inputs, outputs).await;
+            let _ = enforcer_done.send(());
             Ok(())
         }
         .instrument(info_span!("enforce")),
@@ -129,7 +166,7 @@ pub fn spawn(
     };
     stages.spawn(
         evidence
-            .run(modelled_rx, enforced_rx, trims_rx)
+            .run(modelled_rx, agent_events_rx, enforcer_done_rx, trims_rx)
             .instrument(info_span!("evidence")),
     );
     Running { stages, ship }
@@ -161,7 +198,7 @@ async fn attribute_stage(
     mut decoded: mpsc::Receiver<Vec<Event>>,
     mut attribute: Attribute,
     mut judge: Judge,
-    mut view: watch::Receiver<Option<Arc<crate::enforce::rules::View>>>,
+    mut view: watch::Receiver<Option<Arc<View>>>,
     actions: mpsc::UnboundedSender<Vec<crate::enforce::judge::Action>>,
     next: mpsc::Sender<Vec<v1::Event>>,
 ) -> anyhow::Result<()> {
@@ -182,8 +219,9 @@ async fn attribute_stage(
     Ok(())
 }
 
-/// Where the pipeline's events and the enforcer's meet: written to standard output when
-/// asked, then chained and made durable.
+/// Where the pipeline's events and those the agent makes itself (the enforcer's kills, the
+/// registrations) meet: written to standard output when asked, then chained and made
+/// durable.
 struct EvidenceStage {
     stdout: Option<Stdout>,
     evidence: Option<Evidence>,
@@ -195,12 +233,14 @@ impl EvidenceStage {
     async fn run(
         mut self,
         mut modelled: mpsc::Receiver<Vec<v1::Event>>,
-        mut enforced: mpsc::Receiver<Vec<v1::Event>>,
+        mut own: mpsc::Receiver<Vec<v1::Event>>,
+        mut enforcer_done: oneshot::Receiver<()>,
         mut trims: mpsc::UnboundedReceiver<crate::evidence::control::Trim>,
     ) -> anyhow::Result<()> {
         self.gauges();
-        let (mut pipeline_open, mut enforcer_open) = (true, true);
-        while pipeline_open || enforcer_open {
+        let mut pipeline_open = true;
+        let mut enforcer_running = true;
+        while pipeline_open || enforcer_running {
             let events = tokio::select! {
                 events = modelled.recv(), if pipeline_open => {
                     let Some(events) = events else {
@@ -209,12 +249,10 @@ impl EvidenceStage {
                     };
                     events
                 }
-                events = enforced.recv(), if enforcer_open => {
-                    let Some(events) = events else {
-                        enforcer_open = false;
-                        continue;
-                    };
-                    events
+                Some(events) = own.recv() => events,
+                _ = &mut enforcer_done, if enforcer_running => {
+                    enforcer_running = false;
+                    continue;
                 }
                 Some(trim) = trims.recv() => {
                     if let Some(evidence) = &mut self.evidence {
@@ -226,6 +264,10 @@ impl EvidenceStage {
             };
             // Standard output may be a pipe its reader has stalled, and the spool syncs:
             // block this thread, not the runtime's other stages.
+            block_in_place(|| self.write(&events))?;
+        }
+        // The enforcer's last kills, and registrations made while stopping.
+        while let Ok(events) = own.try_recv() {
             block_in_place(|| self.write(&events))?;
         }
         Ok(())

@@ -35,19 +35,8 @@ pub enum Command {
         json: bool,
     },
     /// Stored events in a time window, oldest first.
-    Search {
-        #[command(flatten)]
-        filter: FilterArgs,
-        /// How far back the window starts.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
-        since: Duration,
-        /// At most this many events.
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
-        #[arg(long)]
-        json: bool,
-    },
-    /// List login sessions and the identities behind them.
+    Search(Search),
+    /// List login sessions, who is behind them, and the terminals each one used.
     Sessions {
         #[arg(long)]
         host: Option<String>,
@@ -57,17 +46,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Play a session's terminal output back with its original timing.
-    Replay {
-        /// A session key, as `sessions` lists it.
-        session: String,
-        /// Play this many times faster (0: no waiting at all).
-        #[arg(long, default_value_t = 1.0)]
-        speed: f64,
-        /// Longest pause between two writes, in seconds, whatever the recording says.
-        #[arg(long, default_value_t = 5.0)]
-        max_wait: f64,
-    },
+    /// Play a session's terminal back with its original timing: the login terminal, as the
+    /// user saw it, unless told otherwise.
+    Replay(Replay),
     /// Recompute every stored chain; exits non-zero if any fails.
     Verify {
         #[arg(long)]
@@ -147,6 +128,78 @@ pub enum GrantCommand {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct Search {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// How far back the window starts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    pub since: Duration,
+    /// At most this many events; when more match, standard error says how to go on.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub limit: u64,
+    /// Continue where an earlier search with the same filters stopped.
+    #[arg(long)]
+    pub page_token: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Replay {
+    /// A session key, as `sessions` lists it.
+    pub session: String,
+    /// Play this terminal (`major:minor`, as `sessions --json` lists them: sudo's own pty,
+    /// a tmux pane) instead of the login terminal.
+    #[arg(long, conflicts_with = "all_ttys")]
+    pub tty: Option<String>,
+    /// Every terminal of the session, interleaved in time (output shown by an inner
+    /// terminal and again by the login terminal then appears twice).
+    #[arg(long)]
+    pub all_ttys: bool,
+    /// Show typed input too, inline, escaped and marked `⟦typed: …⟧`; it is never played as
+    /// output.
+    #[arg(long)]
+    pub input: bool,
+    /// Play this many times faster; 0 plays without waiting.
+    #[arg(long, default_value = "1", value_parser = Speed::parse)]
+    pub speed: Speed,
+    /// Longest pause between two writes, in seconds, whatever the recording says.
+    #[arg(long, default_value = "5", value_parser = max_wait)]
+    pub max_wait: Duration,
+}
+
+/// A replay speed: finite and not negative; 0 means no waiting.
+#[derive(Clone, Copy, Debug)]
+pub struct Speed(f64);
+
+impl Speed {
+    fn parse(s: &str) -> Result<Self, String> {
+        let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+        if !v.is_finite() || v < 0.0 || (v > 0.0 && v < 1e-6) || v > 1e6 {
+            return Err(format!(
+                "{s} is not a speed: give 0 (no waiting) or a factor from 0.000001 to 1000000"
+            ));
+        }
+        Ok(Self(v))
+    }
+
+    /// The factor, or `None` to play without waiting.
+    #[must_use]
+    pub fn get(self) -> Option<f64> {
+        (self.0 > 0.0).then_some(self.0)
+    }
+}
+
+/// The longest pause a replay makes: 0 to a day.
+fn max_wait(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
+        return Err(format!("{s} is not a pause: give 0 to 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
 /// Whose activity a grant covers: exactly one of these.
 #[derive(Clone, Debug, Args)]
 #[group(required = true, multiple = false)]
@@ -202,10 +255,17 @@ pub struct FilterArgs {
     /// A session key from `sessions`, or an audit session id.
     #[arg(long)]
     pub session: Option<String>,
-    /// Event kinds: `exec`, `fork`, `exit`, `tty`, `gap`, `chain_start`, `alert`,
-    /// `violation`, `kill`, `grant_change` (repeatable).
-    #[arg(long = "kind")]
+    /// Event kinds: `exec`, `fork`, `exit`, `tty_out`, `tty_in` (`tty` for both), `gap`,
+    /// `chain_start`, `alert`, `violation`, `kill`, `grant_change` (repeatable).
+    #[arg(long = "kind", value_parser = kind)]
     pub kinds: Vec<String>,
+}
+
+/// A kind filter word, checked here so a typo fails before any request.
+fn kind(word: &str) -> Result<String, String> {
+    proto::kind::Kind::parse_filter(word)
+        .map(|_| word.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 impl FilterArgs {

@@ -12,8 +12,9 @@ use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
 
 use crate::{
     cli::{self, GrantCommand},
-    now, render, since,
+    render,
 };
+use proto::time::{ago as since, now_unix_nano as now};
 
 /// The person at the keyboard, as `sudo` leaves it: `$SUDO_USER`, else `$USER`.
 fn user() -> Option<String> {

@@ -1,90 +1,61 @@
-//! How stored events read: one line of text for people, one JSON object for programs.
+//! How stored events read: one line of text for people, one JSON object for programs (the
+//! schema every part of the system writes, `proto::json`). Text output escapes control
+//! characters in everything that came from a host (argv, terminal text, host and chain ids,
+//! identity names), so a crafted argument cannot move the cursor, clear the screen or forge
+//! a line on an operator's terminal.
 
-use std::fmt::Write as _;
+use std::{borrow::Cow, fmt::Write as _};
 
-use base64::Engine as _;
-use proto::v1::{
-    Event, Grant, Identity, IdentityReview, IdentitySelector, Session, StoredEvent, event::Body,
-    identity::Kind, tty::Direction,
+use proto::{
+    grant::{State, state},
+    identity::label,
+    json,
+    kind::Kind,
+    time::rfc3339_millis as time,
+    v1::{
+        ChainVerdict, Event, Grant, IdentityReview, IdentitySelector, Session, StoredEvent,
+        event::Body,
+    },
 };
 use serde_json::{Value, json};
 
 /// Longest terminal text shown on one line.
 const TEXT_MAX: usize = 160;
 
+/// `s` with control characters (C0, DEL, C1: escape sequences, carriage returns, bells)
+/// written as escapes; everything printable, non-ASCII included, as it is.
 #[must_use]
-pub fn kind(event: &Event) -> &'static str {
-    match &event.body {
-        Some(Body::Exec(_)) => "exec",
-        Some(Body::Fork(_)) => "fork",
-        Some(Body::Exit(_)) => "exit",
-        Some(Body::Tty(t)) if t.direction() == Direction::Input => "tty_in",
-        Some(Body::Tty(_)) => "tty_out",
-        Some(Body::Gap(_)) => "gap",
-        Some(Body::ChainStart(_)) => "chain_start",
-        Some(Body::Alert(_)) => "alert",
-        Some(Body::Violation(_)) => "violation",
-        Some(Body::Kill(_)) => "kill",
-        Some(Body::GrantChange(_)) => "grant_change",
-        None => "unknown",
+pub fn escape(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
     }
+    Cow::Owned(s.chars().fold(String::new(), |mut out, c| {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        out
+    }))
 }
 
-/// RFC 3339 UTC with milliseconds.
+/// Bytes as escaped text (invalid UTF-8 replaced).
 #[must_use]
-pub fn time(unix_nano: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_nano);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn identity_kind(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Human => "human",
-        Kind::Service => "service",
-        Kind::Workload => "workload",
-        Kind::Registered => "registered",
-        Kind::Unknown | Kind::Unspecified => "unknown",
-    }
-}
-
-fn identity_json(i: &Identity) -> Value {
-    json!({
-        "kind": identity_kind(i.kind()),
-        "name": i.name,
-        "grant": i.grant,
-        "reason": i.reason,
-    })
-}
-
-/// `name(kind)[grant G]`, or `-` without an identity.
-#[must_use]
-pub fn identity(identity: Option<&Identity>) -> String {
-    let Some(i) = identity else {
-        return "-".into();
-    };
-    let kind = identity_kind(i.kind());
-    let mut s = if i.name.is_empty() {
-        kind.to_owned()
-    } else {
-        format!("{}({kind})", i.name)
-    };
-    if !i.grant.is_empty() {
-        let _ = write!(s, "[grant {}]", i.grant);
-    }
-    s
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    escape(&String::from_utf8_lossy(bytes)).into_owned()
 }
 
 /// The argument strings joined as a shell would show them.
 fn command_line(argv: &[Vec<u8>]) -> String {
     argv.iter()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .map(|a| escape_bytes(a))
         .collect::<Vec<_>>()
         .join(" ")
 }
 
 /// Terminal bytes as one printable line: control characters escaped, cut at `TEXT_MAX`.
 fn printable(data: &[u8]) -> String {
-    let text: String = String::from_utf8_lossy(data).escape_debug().collect();
+    let text = escape_bytes(data);
     if text.chars().count() > TEXT_MAX {
         let cut: String = text.chars().take(TEXT_MAX).collect();
         format!("{cut}…")
@@ -94,8 +65,7 @@ fn printable(data: &[u8]) -> String {
 }
 
 /// What happened, in a few words.
-#[must_use]
-pub fn detail(event: &Event) -> String {
+fn detail(event: &Event) -> String {
     match &event.body {
         Some(Body::Exec(x)) => {
             let mut s = command_line(&x.argv);
@@ -104,63 +74,70 @@ pub fn detail(event: &Event) -> String {
             }
             s
         }
-        Some(Body::Exit(x)) => format!("status {} {}", x.exit_code, x.filename),
+        Some(Body::Exit(x)) => format!("status {} {}", x.exit_code, escape(&x.filename)),
         Some(Body::Tty(t)) => printable(&t.data),
         Some(Body::Gap(g)) => format!(
             "LOST {} {} records, {} bytes ({})",
             g.records,
-            g.lost_kind,
+            escape(&g.lost_kind),
             g.bytes,
             g.source().as_str_name()
         ),
         Some(Body::ChainStart(c)) => format!(
             "chain start; previous {} at seq {}",
             if c.previous_chain_id.is_empty() {
-                "none"
+                Cow::Borrowed("none")
             } else {
-                &c.previous_chain_id
+                escape(&c.previous_chain_id)
             },
             c.previous_seq
         ),
-        Some(Body::Alert(a)) => format!("ALERT {}: {}", a.kind, a.message),
-        Some(Body::Violation(v)) => format!("VIOLATION {} ({}): {}", v.rule, v.action, v.detail),
+        Some(Body::Alert(a)) => format!("ALERT {}: {}", escape(&a.kind), escape(&a.message)),
+        Some(Body::Violation(v)) => format!(
+            "VIOLATION {} ({}): {}",
+            escape(&v.rule),
+            escape(&v.action),
+            escape(&v.detail)
+        ),
         Some(Body::Kill(k)) => format!(
             "KILLED by {} pids {:?}: {} {}",
-            k.by,
+            escape(&k.by),
             k.pids,
-            k.reason,
+            escape(&k.reason),
             if k.grant_id.is_empty() {
                 String::new()
             } else {
-                format!("grant {}", k.grant_id)
+                format!("grant {}", escape(&k.grant_id))
             }
         ),
         Some(Body::GrantChange(c)) => c.grant.as_ref().map_or_else(String::new, |g| {
             format!(
                 "GRANT {} {} for {} by {}",
-                c.action,
-                g.id,
-                g.identity.as_ref().map_or("", |i| i.name.as_str()),
-                c.actor
+                escape(&c.action),
+                escape(&g.id),
+                escape(g.identity.as_ref().map_or("", |i| i.name.as_str())),
+                escape(&c.actor)
             )
         }),
         Some(Body::Fork(_)) | None => String::new(),
     }
 }
 
-/// `time host identity session kind detail`.
+/// `time host identity session kind [pid uid euid] detail`.
 #[must_use]
 pub fn line(stored: &StoredEvent) -> String {
     let Some(event) = &stored.event else {
         return format!(
             "{} {} seq {}: no event",
-            stored.host, stored.chain_id, stored.seq
+            escape(&stored.host),
+            escape(&stored.chain_id),
+            stored.seq
         );
     };
     let session = if stored.session.is_empty() {
-        "-"
+        Cow::Borrowed("-")
     } else {
-        &stored.session
+        escape(&stored.session)
     };
     let who = event
         .process
@@ -170,109 +147,68 @@ pub fn line(stored: &StoredEvent) -> String {
     format!(
         "{} {} {} {} {}{} {}",
         time(event.time_unix_nano),
-        stored.host,
-        identity(event.identity.as_ref()),
+        escape(&stored.host),
+        event
+            .identity
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |i| escape(&label(i)).into_owned()),
         session,
-        kind(event),
+        Kind::of(event).map_or("unknown", Kind::name),
         who,
         detail(event)
     )
 }
 
-/// Every field an operator or program may want, with bytes as base64 and, for terminal
-/// data and argv, also as lossy text.
+/// The event in the one JSON schema, with where it is stored.
 #[must_use]
 pub fn json(stored: &StoredEvent) -> Value {
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let mut v = json!({
-        "host": stored.host,
-        "chain_id": stored.chain_id,
-        "seq": stored.seq,
-        "session": stored.session,
-    });
     let Some(event) = &stored.event else {
-        return v;
-    };
-    v["kind"] = kind(event).into();
-    v["time"] = time(event.time_unix_nano).into();
-    v["time_unix_nano"] = event.time_unix_nano.into();
-    if let Some(i) = &event.identity {
-        v["identity"] = identity_json(i);
-    }
-    if let Some(p) = &event.process {
-        let audit = |x: Option<u32>| x.map_or(Value::from("unset"), Value::from);
-        v["process"] = json!({
-            "pid": p.pid, "tgid": p.tgid, "ppid": p.ppid, "uid": p.uid, "euid": p.euid,
-            "gid": p.gid, "loginuid": audit(p.loginuid), "sessionid": audit(p.sessionid),
-            "cgroup_id": p.cgroup_id, "tty": p.tty, "comm": p.comm,
+        return json!({
+            "kind": "unknown", "host": stored.host, "chain_id": stored.chain_id,
+            "seq": stored.seq, "session": stored.session,
         });
-    }
-    match &event.body {
-        Some(Body::Exec(x)) => {
-            v["filename"] = x.filename.clone().into();
-            v["argv"] = x
-                .argv
-                .iter()
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-                .into();
-            v["result"] = x.result.into();
-        }
-        Some(Body::Tty(t)) => {
-            v["device"] = t.device.clone().into();
-            v["data"] = b64(&t.data).into();
-            v["text"] = String::from_utf8_lossy(&t.data).into_owned().into();
-        }
-        Some(Body::Exit(x)) => {
-            v["exit_code"] = x.exit_code.into();
-            v["filename"] = x.filename.clone().into();
-        }
-        Some(Body::Gap(g)) => {
-            v["source"] = g.source().as_str_name().to_lowercase().into();
-            v["lost_kind"] = g.lost_kind.clone().into();
-            v["lost_records"] = g.records.into();
-            v["lost_bytes"] = g.bytes.into();
-        }
-        Some(Body::Alert(a)) => {
-            v["alert"] =
-                json!({"kind": a.kind, "chain_id": a.chain_id, "seq": a.seq, "message": a.message});
-        }
-        Some(Body::ChainStart(c)) => {
-            v["previous_chain_id"] = c.previous_chain_id.clone().into();
-            v["previous_seq"] = c.previous_seq.into();
-        }
-        Some(Body::Violation(x)) => {
-            v["violation"] = json!({"rule": x.rule, "action": x.action, "detail": x.detail});
-        }
-        Some(Body::Kill(k)) => {
-            v["kill"] = json!({
-                "grant_id": k.grant_id, "reason": k.reason, "sessionid": k.sessionid,
-                "cgroup_id": k.cgroup_id, "pids": k.pids, "by": k.by,
-            });
-        }
-        Some(Body::GrantChange(c)) => {
-            v["grant_change"] = json!({
-                "action": c.action, "actor": c.actor, "reason": c.reason,
-                "grant": c.grant.as_ref().map(grant_json),
-            });
-        }
-        Some(Body::Fork(_)) | None => {}
-    }
-    v
+    };
+    json::value(
+        event,
+        json::Context {
+            host: Some(&stored.host),
+            chain_id: Some(&stored.chain_id),
+            seq: Some(stored.seq),
+            hash: Some(&stored.hash),
+        },
+    )
 }
 
 #[must_use]
 pub fn session_line(s: &Session) -> String {
+    let inner: Vec<&str> = s
+        .terminals
+        .iter()
+        .map(|t| t.device.as_str())
+        .filter(|d| *d != s.login_tty)
+        .collect();
     format!(
-        "{:<44} {:<24} root pid {:<7} {} → {}  {} events, {} execs, {} tty bytes",
-        s.key,
-        identity(s.identity.as_ref()),
+        "{:<44} {:<24} root pid {:<7} {} → {}  {} events, {} execs, {} tty bytes  tty {}{}",
+        escape(&s.key),
+        s.identity
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |i| escape(&label(i)).into_owned()),
         s.root_pid,
         time(s.first_unix_nano),
         time(s.last_unix_nano),
         s.events,
         s.execs,
-        s.tty_bytes
+        s.tty_bytes,
+        if s.login_tty.is_empty() {
+            "-"
+        } else {
+            &s.login_tty
+        },
+        if inner.is_empty() {
+            String::new()
+        } else {
+            format!(" (inner {})", escape(&inner.join(",")))
+        }
     )
 }
 
@@ -281,29 +217,52 @@ pub fn session_json(s: &Session) -> Value {
     json!({
         "key": s.key, "host": s.host, "sessionid": s.sessionid, "root_pid": s.root_pid,
         "root_start_unix_nano": s.root_start_unix_nano,
-        "identity": s.identity.as_ref().map(identity_json),
+        "identity": s.identity.as_ref().map(|i| json!({
+            "kind": i.kind().name(), "name": i.name, "reason": i.reason, "grant": i.grant,
+        })),
         "first": time(s.first_unix_nano), "last": time(s.last_unix_nano),
         "events": s.events, "execs": s.execs, "tty_bytes": s.tty_bytes,
+        "login_tty": s.login_tty,
+        "terminals": s.terminals.iter().map(|t| json!({
+            "device": t.device,
+            "first": time(t.first_unix_nano), "last": time(t.last_unix_nano),
+            "output_bytes": t.output_bytes, "input_bytes": t.input_bytes,
+            "opened_by": (t.opened_by_pid != 0).then(|| json!({
+                "pid": t.opened_by_pid, "comm": t.opened_by_comm,
+            })),
+        })).collect::<Vec<_>>(),
     })
 }
 
 #[must_use]
-pub fn grant_json(g: &Grant) -> Value {
+pub fn verdict_json(c: &ChainVerdict) -> Value {
     json!({
-        "id": g.id,
-        "identity": g.identity.as_ref().map(|i| json!({
-            "kind": i.kind().as_str_name().to_lowercase(), "name": i.name,
-        })),
-        "hosts": g.hosts,
-        "not_before": time(g.not_before_unix_nano),
-        "expires_at": time(g.expires_at_unix_nano),
-        "not_before_unix_nano": g.not_before_unix_nano,
-        "expires_at_unix_nano": g.expires_at_unix_nano,
-        "revoked_at": (g.revoked_unix_nano != 0).then(|| time(g.revoked_unix_nano)),
-        "reason": g.reason,
-        "approver": g.approver,
-        "on_expiry": g.on_expiry().as_str_name().to_lowercase(),
+        "host": c.host, "chain_id": c.chain_id, "ok": c.ok,
+        "records": c.records, "first_bad_seq": c.first_bad_seq,
+        "reason": c.reason, "expected_size": c.expected_size,
     })
+}
+
+#[must_use]
+pub fn verdict_line(c: &ChainVerdict) -> String {
+    if c.ok {
+        format!(
+            "ok    {} {}  {} records",
+            escape(&c.host),
+            escape(&c.chain_id),
+            c.records
+        )
+    } else {
+        let at = c
+            .first_bad_seq
+            .map_or_else(String::new, |s| format!(" at seq {s}"));
+        format!(
+            "FAIL  {} {}{at}: {}",
+            escape(&c.host),
+            escape(&c.chain_id),
+            escape(&c.reason)
+        )
+    }
 }
 
 /// A span of nanoseconds to the second, for example `1h 30m`.
@@ -315,20 +274,17 @@ fn span(nanos: u64) -> String {
 fn selector(s: Option<&IdentitySelector>) -> String {
     s.map_or_else(
         || "-".to_owned(),
-        |s| format!("{}({})", s.name, identity_kind(s.kind())),
+        |s| format!("{}({})", escape(&s.name), s.kind().name()),
     )
 }
 
 /// Where the grant stands at `now`.
 fn grant_state(g: &Grant, now: u64) -> String {
-    if g.revoked_unix_nano != 0 && g.revoked_unix_nano <= g.expires_at_unix_nano {
-        format!("revoked {}", time(g.revoked_unix_nano))
-    } else if g.expires_at_unix_nano <= now {
-        "expired".into()
-    } else if g.not_before_unix_nano > now {
-        "pending".into()
-    } else {
-        format!("live, {} left", span(g.expires_at_unix_nano - now))
+    match state(g, now) {
+        State::Revoked(at) => format!("revoked {}", time(at)),
+        State::Expired => "expired".into(),
+        State::Pending => "pending".into(),
+        State::Live(left) => format!("live, {} left", span(left)),
     }
 }
 
@@ -338,11 +294,11 @@ pub fn grant_line(g: &Grant, now: u64) -> String {
     let hosts = if g.hosts.is_empty() {
         "every host".to_owned()
     } else {
-        g.hosts.join(",")
+        escape(&g.hosts.join(",")).into_owned()
     };
     format!(
         "{}  {}  on {}  {} → {}  {}  on expiry {}  reason {:?}  approver {:?}",
-        g.id,
+        escape(&g.id),
         selector(g.identity.as_ref()),
         hosts,
         time(g.not_before_unix_nano),
@@ -352,6 +308,11 @@ pub fn grant_line(g: &Grant, now: u64) -> String {
         g.reason,
         g.approver,
     )
+}
+
+#[must_use]
+pub fn grant_json(g: &Grant) -> Value {
+    json::grant(g)
 }
 
 /// An identity's review as a few lines: totals, one line per grant and per recent
@@ -371,7 +332,7 @@ pub fn review_text(r: &IdentityReview, now: u64) -> String {
         let _ = write!(
             s,
             "  grant {}  {} → {}  {}  {} events",
-            g.id,
+            escape(&g.id),
             time(g.not_before_unix_nano),
             time(g.expires_at_unix_nano),
             grant_state(g, now),
@@ -394,7 +355,13 @@ pub fn review_text(r: &IdentityReview, now: u64) -> String {
         .grants
         .iter()
         .filter(|u| !u.revoke_because.is_empty())
-        .filter_map(|u| Some(format!("{} ({})", u.grant.as_ref()?.id, u.revoke_because)))
+        .filter_map(|u| {
+            Some(format!(
+                "{} ({})",
+                escape(&u.grant.as_ref()?.id),
+                escape(&u.revoke_because)
+            ))
+        })
         .collect();
     if !to_revoke.is_empty() {
         let _ = writeln!(s, "  to revoke: {}", to_revoke.join("; "));
@@ -408,7 +375,7 @@ pub fn review_json(r: &IdentityReview) -> Value {
     let id = |u: &proto::v1::GrantUse| u.grant.as_ref().map(|g| g.id.clone());
     json!({
         "identity": r.identity.as_ref().map(|i| json!({
-            "kind": identity_kind(i.kind()), "name": i.name,
+            "kind": i.kind().name(), "name": i.name,
         })),
         "granted_nanos": r.granted_nanos,
         "granted": span(r.granted_nanos),
@@ -426,4 +393,31 @@ pub fn review_json(r: &IdentityReview) -> Value {
             .map(|u| json!({"id": id(u), "because": u.revoke_because}))
             .collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::v1::Exec;
+
+    #[test]
+    fn control_characters_from_a_host_are_escaped_in_text() {
+        let stored = StoredEvent {
+            host: "h\u{1b}[2J".into(),
+            chain_id: "c".into(),
+            event: Some(Event {
+                body: Some(Body::Exec(Exec {
+                    argv: vec![b"echo".to_vec(), b"\x1b[2J\rforged\x07".to_vec()],
+                    ..Exec::default()
+                })),
+                ..Event::default()
+            }),
+            ..StoredEvent::default()
+        };
+        let text = line(&stored);
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.contains(r"echo \u{1b}[2J\rforged\u{7}"), "{text}");
+        assert!(text.contains(r"h\u{1b}[2J"), "{text}");
+        assert_eq!(escape("plain ünïcode"), "plain ünïcode");
+    }
 }

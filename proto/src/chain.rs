@@ -101,8 +101,16 @@ mod tests {
         assert_eq!((s0, s1, chain.next_seq(), chain.head()), (0, 1, 2, b));
         assert_eq!(a, chain_hash("host:boot:1", 0, &GENESIS, b"first"));
         assert_eq!(b, chain_hash("host:boot:1", 1, &a, b"second"));
-        assert_ne!(b, chain_hash("host:boot:2", 1, &a, b"second"), "the id is bound");
-        assert_ne!(b, chain_hash("host:boot:1", 2, &a, b"second"), "the seq is bound");
+        assert_ne!(
+            b,
+            chain_hash("host:boot:2", 1, &a, b"second"),
+            "the id is bound"
+        );
+        assert_ne!(
+            b,
+            chain_hash("host:boot:1", 2, &a, b"second"),
+            "the seq is bound"
+        );
         let mut resumed = Chain::resume("host:boot:1".into(), 1, a);
         assert_eq!(resumed.link(b"second"), (1, b));
     }

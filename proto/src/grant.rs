@@ -90,7 +90,10 @@ mod tests {
         assert_eq!(state(&grant(H, 10 * H, 0), 0), State::Pending);
         assert_eq!(state(&grant(0, 10 * H, 0), 9 * H), State::Live(H));
         assert_eq!(state(&grant(0, 10 * H, 0), 10 * H), State::Expired);
-        assert_eq!(state(&grant(0, 10 * H, 4 * H), 5 * H), State::Revoked(4 * H));
+        assert_eq!(
+            state(&grant(0, 10 * H, 4 * H), 5 * H),
+            State::Revoked(4 * H)
+        );
         assert_eq!(state(&grant(0, 10 * H, 12 * H), 11 * H), State::Expired);
     }
 }

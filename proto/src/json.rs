@@ -158,6 +158,12 @@ enum BodyLine<'a> {
     GrantChange {
         grant_change: GrantChangeLine<'a>,
     },
+    Registration {
+        registration: RegistrationLine<'a>,
+    },
+    Access {
+        access: AccessLine<'a>,
+    },
     None {},
 }
 
@@ -205,6 +211,24 @@ struct GrantChangeLine<'a> {
 }
 
 #[derive(Serialize)]
+struct RegistrationLine<'a> {
+    sessionid: Option<u32>,
+    cgroup_id: u64,
+    identity: &'a str,
+    grant: &'a str,
+    peer_pid: u32,
+    peer_uid: u32,
+}
+
+#[derive(Serialize)]
+struct AccessLine<'a> {
+    actor: &'a str,
+    role: &'a str,
+    method: &'a str,
+    detail: &'a str,
+}
+
+#[derive(Serialize)]
 struct SelectorLine<'a> {
     kind: &'static str,
     name: &'a str,
@@ -249,7 +273,11 @@ impl<'a> GrantLine<'a> {
 impl<'a> Line<'a> {
     fn new(event: &'a Event, context: Context<'a>) -> Self {
         let p = event.process.as_ref();
-        let session = match (context.host, p.and_then(|p| p.sessionid), &event.session_root) {
+        let session = match (
+            context.host,
+            p.and_then(|p| p.sessionid),
+            &event.session_root,
+        ) {
             (Some(host), Some(sessionid), Some(root)) => Some(
                 session::Key {
                     host: host.to_owned(),
@@ -369,6 +397,24 @@ impl<'a> BodyLine<'a> {
                     grant: c.grant.as_ref().map(GrantLine::new),
                 },
             },
+            Some(Body::Registration(r)) => Self::Registration {
+                registration: RegistrationLine {
+                    sessionid: r.sessionid,
+                    cgroup_id: r.cgroup_id,
+                    identity: &r.identity,
+                    grant: &r.grant,
+                    peer_pid: r.peer_pid,
+                    peer_uid: r.peer_uid,
+                },
+            },
+            Some(Body::Access(a)) => Self::Access {
+                access: AccessLine {
+                    actor: &a.actor,
+                    role: &a.role,
+                    method: &a.method,
+                    detail: &a.detail,
+                },
+            },
             Some(Body::Fork(_)) | None => Self::None {},
         }
     }
@@ -449,7 +495,12 @@ mod tests {
         assert_eq!(v["kind"], "gap");
         assert!(v["pid"].is_null() && v["identity"].is_null() && v["session"].is_null());
         assert_eq!(
-            (&v["source"], &v["lost_kind"], &v["lost_records"], &v["lost_bytes"]),
+            (
+                &v["source"],
+                &v["lost_kind"],
+                &v["lost_records"],
+                &v["lost_bytes"]
+            ),
             (
                 &"kernel_ringbuf".into(),
                 &"tty_out".into(),

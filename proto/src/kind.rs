@@ -17,10 +17,12 @@ pub enum Kind {
     Violation,
     Kill,
     GrantChange,
+    Registration,
+    Access,
 }
 
 impl Kind {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::Exec,
         Self::Fork,
         Self::Exit,
@@ -32,6 +34,8 @@ impl Kind {
         Self::Violation,
         Self::Kill,
         Self::GrantChange,
+        Self::Registration,
+        Self::Access,
     ];
 
     #[must_use]
@@ -48,6 +52,8 @@ impl Kind {
             Self::Violation => "violation",
             Self::Kill => "kill",
             Self::GrantChange => "grant_change",
+            Self::Registration => "registration",
+            Self::Access => "access",
         }
     }
 
@@ -71,6 +77,8 @@ impl Kind {
             Body::Violation(_) => Self::Violation,
             Body::Kill(_) => Self::Kill,
             Body::GrantChange(_) => Self::GrantChange,
+            Body::Registration(_) => Self::Registration,
+            Body::Access(_) => Self::Access,
         })
     }
 
@@ -101,7 +109,11 @@ pub struct UnknownKind(pub String);
 
 impl std::fmt::Display for UnknownKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "unknown kind {:?}; kinds are tty (both directions)", self.0)?;
+        write!(
+            f,
+            "unknown kind {:?}; kinds are tty (both directions)",
+            self.0
+        )?;
         for k in Kind::ALL {
             write!(f, ", {k}")?;
         }

@@ -13,7 +13,11 @@ pub struct Key {
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.host, self.sessionid, self.start_unix_nano)
+        write!(
+            f,
+            "{}:{}:{}",
+            self.host, self.sessionid, self.start_unix_nano
+        )
     }
 }
 

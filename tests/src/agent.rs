@@ -11,6 +11,8 @@ use std::{
 
 use serde_json::Value;
 
+use crate::notify::Notify;
+
 /// The agent binary: `RECORDER_AGENT_BIN`, else the workspace's debug build.
 #[must_use]
 pub fn binary() -> PathBuf {
@@ -46,6 +48,7 @@ pub enum Sink {
 
 pub struct Agent {
     child: Child,
+    notify: Notify,
     events: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
@@ -63,7 +66,8 @@ pub struct Output {
 const START_TIMEOUT: Duration = Duration::from_mins(2);
 
 impl Agent {
-    /// Starts the agent and returns once it reports that capture is live.
+    /// Starts the agent and returns once it reports, as a service manager would see it,
+    /// that capture is live.
     #[must_use]
     pub fn start(extra: &[&str]) -> Self {
         Self::start_with(Sink::Collect, extra)
@@ -78,7 +82,10 @@ impl Agent {
             Sink::Spool => None,
             Sink::Collect | Sink::DevNull | Sink::Stalled => Some("--stdout"),
         };
-        let mut child = Command::new(binary())
+        let notify = Notify::new();
+        let mut cmd = Command::new(binary());
+        notify.pass_to(&mut cmd);
+        let mut child = cmd
             .args(sink_flag)
             .args(extra)
             .env("NO_COLOR", "1")
@@ -122,41 +129,35 @@ impl Agent {
         }));
         let mut agent = Self {
             child,
+            notify,
             events,
             stderr,
             readers,
             gate: stalled.then_some(gate),
         };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !agent.stderr.lock().unwrap().contains("capturing") {
-            if let Some(status) = agent.child.try_wait().expect("wait") {
-                agent.join_readers();
-                panic!(
-                    "agent exited with {status} before capturing:\n{}",
-                    agent.stderr.lock().unwrap()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not start:\n{}",
+        if let Err(why) = agent.notify.wait_ready(&mut agent.child, START_TIMEOUT) {
+            let _ = agent.child.kill();
+            let _ = agent.child.wait();
+            agent.join_readers();
+            panic!(
+                "the agent did not start: {why}:\n{}",
                 agent.stderr.lock().unwrap()
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
         agent
     }
 
-    /// Waits until the agent has logged a line containing `text`.
+    /// Waits until the agent has reported a status (`sd_notify` `STATUS=`) holding `text`:
+    /// for example the id of a grant it has adopted.
     #[must_use]
-    pub fn wait_for_log(&self, timeout: Duration, text: &str) -> bool {
-        let deadline = Instant::now() + timeout;
-        while !self.stderr.lock().unwrap().contains(text) {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
+    pub fn wait_for_status(&self, timeout: Duration, text: &str) -> bool {
+        self.notify.wait_status(timeout, text)
+    }
+
+    /// What the agent has logged so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Everything the agent has printed, so far, that matches `pred`.

@@ -6,10 +6,12 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
+
+use crate::{Scratch, notify::Notify};
 
 /// The collector binary: `RECORDER_COLLECTOR_BIN`, else the workspace's debug build.
 #[must_use]
@@ -17,16 +19,16 @@ pub fn binary() -> PathBuf {
     crate::binary("RECORDER_COLLECTOR_BIN", "collector")
 }
 
-/// A fresh directory under the system temp dir, for one test's store files.
+/// A fresh directory under the system temp dir, for one test's store files; removed when
+/// the test passes.
 #[must_use]
-pub fn scratch_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(crate::marker(tag));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+pub fn scratch_dir(tag: &str) -> Scratch {
+    Scratch::new(tag)
 }
 
 pub struct Collector {
     child: Child,
+    _notify: Notify,
     /// The address it bound, as it logged it.
     pub addr: SocketAddr,
     pub store: PathBuf,
@@ -50,10 +52,13 @@ impl Collector {
     }
 
     /// Starts the collector on `addr` with the SQLite file `store` and `extra` flags (a
-    /// `--policy FILE`, say).
+    /// `--policy FILE`, say), and waits until it says it is ready and where it listens.
     #[must_use]
     pub fn start_with(store: &Path, addr: SocketAddr, extra: &[&str]) -> Self {
-        let mut child = Command::new(binary())
+        let notify = Notify::new();
+        let mut cmd = Command::new(binary());
+        notify.pass_to(&mut cmd);
+        let mut child = cmd
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--store")
@@ -66,33 +71,41 @@ impl Collector {
             .spawn()
             .expect("start the collector");
         let stderr = Arc::new(Mutex::new(String::new()));
-        let (addr_tx, addr_rx) = mpsc::channel();
         let pipe = child.stderr.take().unwrap();
         let log = Arc::clone(&stderr);
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = addr_tx.send(addr.parse::<SocketAddr>());
-                }
                 let mut log = log.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
             }
         });
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(addr)) => addr,
-            other => {
+        let listening = notify
+            .wait_ready(&mut child, Duration::from_secs(30))
+            .and_then(|statuses| {
+                statuses
+                    .iter()
+                    .find_map(|s| s.strip_prefix("listening on ")?.split_whitespace().next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+                    .ok_or_else(|| {
+                        format!("its status does not say where it listens: {statuses:?}")
+                    })
+            });
+        let addr = match listening {
+            Ok(addr) => addr,
+            Err(why) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 let _ = reader.join();
                 panic!(
-                    "the collector did not say where it listens ({other:?}); stderr:\n{}",
+                    "the collector did not start: {why}; stderr:\n{}",
                     stderr.lock().unwrap()
                 );
             }
         };
         Self {
             child,
+            _notify: notify,
             addr,
             store: store.to_path_buf(),
             stderr,

@@ -7,6 +7,9 @@
 
 pub mod agent;
 pub mod collector;
+#[cfg(feature = "grpc")]
+pub mod grpc;
+pub mod notify;
 pub mod operator;
 pub mod pty;
 pub mod ssh;
@@ -57,6 +60,49 @@ pub fn privileged(test: &str) -> bool {
     );
     eprintln!("skipping {test}: needs root");
     false
+}
+
+/// A directory of one test's own under the system temp dir, removed when dropped unless the
+/// test is failing (what a failed test leaves is what tells why).
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    #[must_use]
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(marker(tag));
+        fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("create scratch dir {}: {e}", dir.display()));
+        Self(dir)
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for the failure", self.0.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// A string no other process on the host will use, to find one test's events.

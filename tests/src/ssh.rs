@@ -22,7 +22,7 @@ pub fn run(cmd: &mut Command) {
 }
 
 /// A test account: a shell, a home, no password (`*`, not locked, so key login works), a
-/// sudo rule for `id` only, and a key pair to log in with. The sudo rule and the key go
+/// sudo rule for `id` and `whoami` only, and a key pair to log in with. The sudo rule and the key go
 /// when it drops.
 pub struct User {
     pub name: String,
@@ -45,7 +45,15 @@ impl User {
         }
         run(Command::new("usermod").args(["--password", "*", name]));
         let rule = format!("/etc/sudoers.d/{name}");
-        fs::write(&rule, format!("{name} ALL=(root) NOPASSWD: /usr/bin/id\n")).unwrap();
+        // `use_pty` (Debian's default): sudo runs the command on a pty of its own and relays
+        // its output to the login terminal, which is what replay must not show twice.
+        fs::write(
+            &rule,
+            format!(
+                "Defaults:{name} use_pty\n{name} ALL=(root) NOPASSWD: /usr/bin/id, /usr/bin/whoami\n"
+            ),
+        )
+        .unwrap();
         fs::set_permissions(&rule, fs::Permissions::from_mode(0o440)).unwrap();
         let out = Command::new("id").arg("-u").arg(name).output().unwrap();
         let uid = String::from_utf8(out.stdout)

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    TestCgroup,
+    Scratch, TestCgroup,
     agent::{Agent, LOSSY, binary, lost, tty_data},
     block_pattern, marker, privileged,
     pty::{Pty, in_new_session},
@@ -105,7 +105,8 @@ fn failed_exec_reports_errno() {
     let agent = Agent::start(&[]);
     let missing = format!("/nonexistent/{}", marker("enoent"));
     assert!(Command::new(&missing).arg("a1").status().is_err());
-    let dir = std::env::temp_dir().join(marker("eacces"));
+    let scratch = Scratch::new("eacces");
+    let dir = scratch.join("not-executable");
     fs::write(&dir, "not executable").unwrap();
     assert!(Command::new(&dir).status().is_err());
 
@@ -121,7 +122,6 @@ fn failed_exec_reports_errno() {
         .wait_for(WAIT, |v| v["kind"] == "exec" && v["filename"] == path)
         .expect("EACCES exec");
     assert_eq!(ev["result"], -libc::EACCES);
-    fs::remove_file(&dir).unwrap();
 }
 
 /// Fork and exit keep the process table: the exit names the image that ran.
@@ -170,7 +170,8 @@ fn fork_and_exit_are_reported_once_per_process() {
 fn write_through_pty(data: &[u8], block: usize) -> (u32, Pty) {
     let mut pty = Pty::open();
     let drain = pty.drain_master();
-    let file = std::env::temp_dir().join(marker("pattern"));
+    let scratch = Scratch::new("pattern");
+    let file = scratch.join("pattern");
     fs::write(&file, data).unwrap();
     let slave = pty.take_slave();
     let child = Command::new("dd")
@@ -187,7 +188,6 @@ fn write_through_pty(data: &[u8], block: usize) -> (u32, Pty) {
         data.len() as u64,
         "the pty carried every byte"
     );
-    fs::remove_file(&file).unwrap();
     (pid, pty)
 }
 
@@ -448,7 +448,8 @@ fn unprivileged_run_names_the_missing_capability() {
         return;
     }
     // The checkout may sit in a directory only root can enter: run a world-readable copy.
-    let copy = std::env::temp_dir().join(marker("agent-copy"));
+    let scratch = Scratch::new("agent-copy");
+    let copy = scratch.join("agent");
     fs::copy(binary(), &copy).unwrap();
     fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = Command::new(&copy)
@@ -458,7 +459,6 @@ fn unprivileged_run_names_the_missing_capability() {
         .env("NO_COLOR", "1")
         .output()
         .expect("run agent as nobody");
-    fs::remove_file(&copy).unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CAP_BPF"), "{stderr}");

@@ -14,6 +14,7 @@ use prost::Message as _;
 use proto::v1::{self, ChainedEvent, event::Body};
 use sha2::{Digest, Sha256};
 use tests::{
+    Scratch,
     agent::{Agent, LOSSY, Sink, lost, lost_where, tty_data},
     block_pattern, marker, privileged,
     pty::Pty,
@@ -103,8 +104,8 @@ fn has_exec_with(chain: &Verified, arg: &str) -> bool {
     )
 }
 
-fn spool_dir(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(marker(tag))
+fn spool_dir(tag: &str) -> Scratch {
+    Scratch::new(tag)
 }
 
 /// What the agent spooled verifies independently, and carries the events that happened.
@@ -146,7 +147,6 @@ fn spooled_events_verify_independently() {
         .iter()
         .any(|e| matches!(&e.body, Some(Body::Tty(t)) if t.data == mark.as_bytes()));
     assert!(typed, "the pty write is in the chain, byte for byte");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Killed with SIGKILL in the middle of an exec burst and started again, the agent loses
@@ -201,7 +201,6 @@ fn a_killed_agent_restarts_with_a_visible_link() {
         "the restart links to the last spooled record"
     );
     assert!(has_exec_with(new, &after));
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Induced kernel loss appears in the chain as gap records whose counts equal the agent's
@@ -251,7 +250,6 @@ fn kernel_loss_is_a_chained_gap_with_exact_counts() {
         (records, bytes),
         "chained gaps equal the kernel's counters"
     );
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A stalled stage (here, a `--stdout` consumer that stops reading) backs up into the
@@ -323,5 +321,4 @@ fn a_stalled_stage_is_a_chained_gap_with_exact_counts() {
         chained, json_pipeline,
         "the chain holds the same pipeline gaps"
     );
-    fs::remove_dir_all(&dir).unwrap();
 }

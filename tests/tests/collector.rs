@@ -2,11 +2,8 @@
 //! client that ships chains built as an agent builds them (`proto::chain::chain_hash` over
 //! serialized `recorder.v1.Event`s). No root needed.
 
-mod common;
-
 use std::{fmt::Write as _, io::Write as _, path::Path, time::Duration};
 
-use common::{Agent, Chain, query, search_all, verify};
 use prost::Message as _;
 use proto::{
     chain::chain_hash,
@@ -17,6 +14,7 @@ use proto::{
     },
 };
 use tests::collector::{Collector, run_to_exit, scratch_dir};
+use tests::grpc::{Agent, Chain, query, search_all, verify};
 use tonic::Code;
 
 const HOST: &str = "host-a";

@@ -107,15 +107,45 @@ fn session_key(url: &str, sessionid: u32) -> String {
     }
 }
 
-/// Waits until `search` finds an exec carrying `arg`.
+/// An audit login uid of this test process's own, so its marker execs are found by identity
+/// (`uid:N`) however many other execs the host makes meanwhile.
+fn marker_uid() -> u32 {
+    3_000_000_000 + std::process::id() % 1_000_000
+}
+
+/// Runs `/bin/true ARG` under `marker_uid()`.
+fn mark(arg: &str) {
+    let mut cmd = Command::new("/bin/true");
+    cmd.arg(arg);
+    with_loginuid(&mut cmd, Some(marker_uid()));
+    assert!(cmd.status().unwrap().success());
+}
+
+/// Every stored exec of `marker_uid()` from the last hour.
+fn marked_execs(url: &str) -> Vec<Value> {
+    let identity = format!("uid:{}", marker_uid());
+    operator::json_lines(
+        url,
+        &[
+            "search",
+            "--json",
+            "--kind",
+            "exec",
+            "--since",
+            "1h",
+            "--identity",
+            &identity,
+            "--limit",
+            "100000",
+        ],
+    )
+}
+
+/// Waits until `search` finds an exec of `marker_uid()` carrying `arg`.
 fn wait_for_exec(url: &str, arg: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let found = operator::json_lines(
-            url,
-            &["search", "--json", "--kind", "exec", "--since", "1h"],
-        );
-        if let Some(v) = found.into_iter().find(|v| argv_has(v, arg)) {
+        if let Some(v) = marked_execs(url).into_iter().find(|v| argv_has(v, arg)) {
             return v;
         }
         assert!(Instant::now() < deadline, "no stored exec carrying {arg}");
@@ -168,8 +198,8 @@ fn a_typed_command_is_tailed_replayed_and_verified() {
         "typed command took {latency:?} to reach the tail"
     );
     assert_eq!(event["identity"]["kind"], "human");
-    assert_eq!(event["process"]["loginuid"], 4242);
-    assert_eq!(event["process"]["sessionid"], shell.sessionid());
+    assert_eq!(event["loginuid"], 4242);
+    assert_eq!(event["sessionid"], shell.sessionid());
     assert!(!event["session"].as_str().unwrap().is_empty());
 
     // Output of known shape, then the end of the session.
@@ -181,7 +211,7 @@ fn a_typed_command_is_tailed_replayed_and_verified() {
     // Records are submitted in order: once an exec started after the shell's end is stored,
     // so is everything the session wrote.
     let after = marker("after");
-    Command::new("/bin/true").arg(&after).status().unwrap();
+    mark(&after);
     wait_for_exec(&url, &after, Duration::from_secs(20));
 
     let replay = operator::run(&url, &["replay", &key, "--speed", "0"]);
@@ -211,7 +241,6 @@ fn a_typed_command_is_tailed_replayed_and_verified() {
     );
     drop(agent.stop());
     drop(collector);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// With the collector down for 30 s while sessions run, the agent spools; once it is back,
@@ -228,7 +257,7 @@ fn a_collector_outage_loses_nothing() {
     let url = collector.url();
     let agent = shipping_agent(&dir.join("spool"), &url);
     let before = marker("before");
-    Command::new("/bin/true").arg(&before).status().unwrap();
+    mark(&before);
     wait_for_exec(&url, &before, Duration::from_secs(20));
     drop(collector.stop());
 
@@ -236,10 +265,7 @@ fn a_collector_outage_loses_nothing() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut issued = 0;
     while Instant::now() < deadline {
-        Command::new("/bin/true")
-            .arg(format!("{during}-{issued}"))
-            .status()
-            .unwrap();
+        mark(&format!("{during}-{issued}"));
         issued += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -247,12 +273,7 @@ fn a_collector_outage_loses_nothing() {
     let collector = Collector::start_at(&store, addr);
     let last = format!("{during}-{}", issued - 1);
     wait_for_exec(&url, &last, Duration::from_mins(1));
-    let stored = operator::json_lines(
-        &url,
-        &[
-            "search", "--json", "--kind", "exec", "--since", "1h", "--limit", "100000",
-        ],
-    );
+    let stored = marked_execs(&url);
     for i in 0..issued {
         let arg = format!("{during}-{i}");
         assert!(
@@ -267,7 +288,6 @@ fn a_collector_outage_loses_nothing() {
     }
     drop(agent.stop());
     drop(collector);
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The Python client, generated from `proto/` by grpcio-tools, as a Python shop would.
@@ -277,16 +297,17 @@ sys.path.insert(0, sys.argv[1])
 import grpc
 from recorder.v1 import collector_pb2 as c, collector_pb2_grpc as g
 
-addr, mark = sys.argv[2], sys.argv[3]
+addr, mark, identity = sys.argv[2], sys.argv[3], sys.argv[4]
 query = g.QueryStub(grpc.insecure_channel(addr))
 since = time.time_ns() - 3600 * 10**9
 found = {"search": False, "tail": False}
-page = query.Search(c.SearchRequest(filter=c.Filter(kinds=["exec"]), since_unix_nano=since, limit=10000))
+mine = c.Filter(kinds=["exec"], identity=identity)
+page = query.Search(c.SearchRequest(filter=mine, since_unix_nano=since, limit=10000))
 for stored in page.events:
     if mark.encode() in stored.event.exec.argv:
         found["search"] = True
         found["identity"] = stored.event.identity.name
-for stored in query.Tail(c.TailRequest(filter=c.Filter(kinds=["exec"]), since_unix_nano=since), timeout=20):
+for stored in query.Tail(c.TailRequest(filter=mine, since_unix_nano=since), timeout=20):
     if mark.encode() in stored.event.exec.argv:
         found["tail"] = True
         break
@@ -304,9 +325,9 @@ fn a_python_client_generated_from_the_protos_tails_and_searches() {
     let collector = Collector::start(&dir.join("store.db"));
     let url = collector.url();
     let agent = shipping_agent(&dir.join("spool"), &url);
-    let mark = marker("python");
-    Command::new("/bin/true").arg(&mark).status().unwrap();
-    wait_for_exec(&url, &mark, Duration::from_secs(20));
+    let python = marker("python");
+    mark(&python);
+    wait_for_exec(&url, &python, Duration::from_secs(20));
 
     let generated = dir.join("py");
     fs::create_dir_all(&generated).unwrap();
@@ -333,7 +354,8 @@ fn a_python_client_generated_from_the_protos_tails_and_searches() {
         .arg(&script)
         .arg(&generated)
         .arg(collector.addr.to_string())
-        .arg(&mark)
+        .arg(&python)
+        .arg(format!("uid:{}", marker_uid()))
         .output()
         .unwrap();
     assert!(
@@ -347,5 +369,4 @@ fn a_python_client_generated_from_the_protos_tails_and_searches() {
     assert!(found["identity"].is_string());
     drop(agent.stop());
     drop(collector);
-    fs::remove_dir_all(&dir).unwrap();
 }

@@ -25,6 +25,7 @@ const DEATH_WITHIN: Duration = Duration::from_secs(1);
 
 /// A collector (with an optional policy file) and an agent shipping to it.
 struct Rig {
+    _dir: tests::Scratch,
     addr: SocketAddr,
     collector: Option<Collector>,
     agent: Agent,
@@ -55,10 +56,11 @@ impl Rig {
         flags.extend(agent_flags);
         let agent = Agent::start(&flags);
         assert!(
-            agent.wait_for_log(Duration::from_secs(20), "grant view adopted"),
+            agent.wait_for_status(Duration::from_secs(20), "grant view adopted"),
             "the agent never got the collector's grant view"
         );
         Self {
+            _dir: dir,
             addr,
             collector: Some(collector),
             agent,
@@ -79,7 +81,7 @@ impl Rig {
         let id = grant["id"].as_str().expect("an id").to_owned();
         assert!(
             self.agent
-                .wait_for_log(Duration::from_secs(10), &format!("\"{id}\"")),
+                .wait_for_status(Duration::from_secs(10), &format!(" {id}")),
             "the agent never got grant {id}"
         );
         Grant {

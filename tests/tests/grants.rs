@@ -1,8 +1,6 @@
 //! Just-in-time grants, collector side: the real collector binary and the real `recorder`
 //! client, with an ingest stream that speaks as an agent. No root needed.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -10,7 +8,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use common::{Agent, Chain, search_all, verify};
 use proto::v1::{
     CreateGrantRequest, Event, Exec, Filter, Grant, GrantView, Identity, IdentitySelector,
     ListGrantsRequest, Policy, Process, SessionRoot, Violation, event::Body, grant::OnExpiry,
@@ -18,6 +15,7 @@ use proto::v1::{
 };
 use serde_json::Value;
 use tests::collector::{Collector, run_to_exit_with, scratch_dir};
+use tests::grpc::{Agent, Chain, search_all, verify};
 use tonic::Code;
 
 const MINUTE: u64 = 60_000_000_000;

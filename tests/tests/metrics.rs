@@ -36,7 +36,7 @@ fn health_counters_are_served_for_prometheus() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = std::env::temp_dir().join(marker("metrics-spool"));
+    let dir = tests::Scratch::new("metrics-spool");
     let addr = format!("127.0.0.1:{port}");
     let agent = Agent::start(&["--metrics", &addr, "--spool", dir.to_str().unwrap()]);
     let mark = marker("counted");
@@ -65,5 +65,4 @@ fn health_counters_are_served_for_prometheus() {
     assert!(get(port, "/other").starts_with("HTTP/1.1 404"));
     let out = agent.stop();
     assert!(out.success);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

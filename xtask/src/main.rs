@@ -30,6 +30,10 @@ enum Task {
         /// The agent's spool.
         #[arg(long, default_value = "/var/spool/recorder")]
         spool: PathBuf,
+        /// Run the binaries in this directory as they are, instead of setting up and building
+        /// release ones.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
         /// Extra agent flags, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -95,11 +99,23 @@ fn main() -> anyhow::Result<()> {
             listen,
             store,
             spool,
+            bin_dir,
             args,
         } => {
-            setup::run()?;
-            build_binaries(&["--release"])?;
-            run::main_job(&listen, &store, &spool, &args)
+            let bin_dir = if let Some(dir) = bin_dir {
+                dir
+            } else {
+                setup::run()?;
+                build_binaries(&["--release"])?;
+                tests::workspace_root().join("target/release")
+            };
+            run::main_job(&run::MainJob {
+                bin_dir,
+                listen: &listen,
+                store: &store,
+                spool: &spool,
+                agent_args: &args,
+            })
         }
         Task::Tail(op) => operator("tail", op),
         Task::Search(op) => operator("search", op),
@@ -111,9 +127,10 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => {
             setup::run()?;
             build_binaries(&[])?;
-            // One test at a time: the kernel tier runs real agents, and two at once would
-            // each see (and count the loss of) the other's workload.
-            let mut test = vec!["test", "--", "--test-threads=1"];
+            // Every tier runs even when one fails, and the job still fails. One test at a
+            // time: the kernel tier runs real agents, and two at once would each see (and
+            // count the loss of) the other's workload; one agent per host is the rule anyway.
+            let mut test = vec!["test", "--no-fail-fast", "--", "--test-threads=1"];
             test.extend(args.iter().map(String::as_str));
             test_with_summary(&test)
         }

@@ -1,78 +1,173 @@
 //! `cargo xtask run`: the main job. The collector on the embedded store and the agent on
-//! this host, connected; both stop on Ctrl-C (the terminal signals the whole group).
+//! this host, connected. Each is declared started only once it says so itself (the
+//! `sd_notify` protocol, as under systemd); if either fails to start, or exits later, the
+//! other is stopped and the job fails saying which and why. Ctrl-C (the terminal signals
+//! the whole group) stops both, and the job exits once both have stopped.
 
 use std::{
-    path::Path,
-    process::{Child, Command},
-    time::{Duration, Instant},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
+use tests::notify::Notify;
 
-/// How long the collector may take to listen.
-const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the collector may take to listen, and the agent to load its programs.
+const COLLECTOR_START: Duration = Duration::from_secs(30);
+const AGENT_START: Duration = Duration::from_mins(2);
 
-pub fn main_job(
-    listen: &str,
-    store: &Path,
-    spool: &Path,
-    agent_args: &[String],
-) -> anyhow::Result<()> {
-    let release = tests::workspace_root().join("target/release");
-    if let Some(dir) = store.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut collector = Command::new(release.join("collector"))
-        .args(["--listen", listen])
-        .arg("--store")
-        .arg(format!("sqlite://{}", store.display()))
-        .spawn()
-        .context("starting the collector")?;
-    wait_for_listener(listen, &mut collector)?;
-    let url = format!("http://{listen}");
-    eprintln!(
-        "collector: listening on {listen}, storing in {}\n\
-         agent: spooling to {} and shipping to {url}\n\
-         in another terminal: `cargo xtask tail` to follow, `cargo xtask sessions`, \
-         `cargo xtask replay SESSION`, `cargo xtask verify`; Ctrl-C here stops both",
-        store.display(),
-        spool.display()
-    );
-    let mut agent = Command::new(release.join("agent"))
-        .arg("--spool")
-        .arg(spool)
-        .args(["--collector", &url])
-        .args(agent_args)
-        .spawn()
-        .context("starting the agent")?;
-    let agent_status = agent.wait()?;
-    // The agent has shipped what it could; the collector stops with the same Ctrl-C, or here
-    // when the agent failed on its own.
-    if collector.try_wait()?.is_none() {
-        let pid = libc::pid_t::try_from(collector.id()).context("collector pid")?;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-    let collector_status = collector.wait()?;
-    if !agent_status.success() {
-        bail!("agent exited with {agent_status}");
-    }
-    if !collector_status.success() {
-        bail!("collector exited with {collector_status}");
-    }
-    Ok(())
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn interrupted(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Release);
 }
 
-fn wait_for_listener(listen: &str, collector: &mut Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + LISTEN_TIMEOUT;
-    while std::net::TcpStream::connect(listen).is_err() {
-        if let Some(status) = collector.try_wait()? {
-            bail!("the collector exited with {status} before listening on {listen}");
+pub struct MainJob<'a> {
+    pub bin_dir: PathBuf,
+    pub listen: &'a str,
+    pub store: &'a Path,
+    pub spool: &'a Path,
+    pub agent_args: &'a [String],
+}
+
+/// A component of the job.
+struct Component {
+    name: &'static str,
+    child: Child,
+    _notify: Notify,
+}
+
+impl Component {
+    fn start(
+        name: &'static str,
+        mut cmd: Command,
+        timeout: Duration,
+    ) -> anyhow::Result<(Self, Vec<String>)> {
+        let notify = Notify::new();
+        notify.pass_to(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start the {name}"))?;
+        match notify.wait_ready(&mut child, timeout) {
+            Ok(statuses) => Ok((
+                Self {
+                    name,
+                    child,
+                    _notify: notify,
+                },
+                statuses,
+            )),
+            Err(why) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the {name} did not start: {why} (its own error is above)")
+            }
         }
-        if Instant::now() > deadline {
-            bail!("the collector did not listen on {listen} within {LISTEN_TIMEOUT:?}");
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, signal) };
         }
-        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// Stops it (SIGTERM unless it has already gone) and waits for it.
+    fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        if self.child.try_wait()?.is_none() {
+            self.signal(libc::SIGTERM);
+        }
+        Ok(self.child.wait()?)
+    }
+}
+
+pub fn main_job(job: &MainJob<'_>) -> anyhow::Result<()> {
+    // Ctrl-C reaches the components too (one process group); the job itself stays to see
+    // them stop.
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, interrupted as *const () as libc::sighandler_t) };
+    }
+    if let Some(dir) = job.store.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut cmd = Command::new(job.bin_dir.join("collector"));
+    cmd.args(["--listen", job.listen])
+        .arg("--store")
+        .arg(format!("sqlite://{}", job.store.display()));
+    let (collector, statuses) = Component::start("collector", cmd, COLLECTOR_START)?;
+    let listening = statuses
+        .iter()
+        .find_map(|s| s.strip_prefix("listening on "))
+        .unwrap_or(job.listen)
+        .to_owned();
+    eprintln!("main job: collector ready, listening on {listening}");
+    let url = format!("http://{listening}");
+    let mut cmd = Command::new(job.bin_dir.join("agent"));
+    cmd.arg("--spool")
+        .arg(job.spool)
+        .args(["--collector", &url])
+        .args(job.agent_args);
+    let agent = match Component::start("agent", cmd, AGENT_START) {
+        Ok((agent, _)) => agent,
+        Err(e) => {
+            let status = collector.stop()?;
+            eprintln!("main job: stopped the collector ({status})");
+            return Err(e);
+        }
+    };
+    eprintln!(
+        "main job: agent ready, capturing\n\
+         \n  store    {} (SQLite)\n  spool    {}\n  address  {url}\n\n\
+         Try in another terminal: `cargo xtask tail` (every exec and terminal line, live).\n\
+         Ctrl-C here stops both.",
+        job.store.display(),
+        job.spool.display()
+    );
+    supervise(collector, agent)
+}
+
+/// Waits for Ctrl-C or for a component to exit; either way stops both and says how each
+/// ended.
+fn supervise(mut collector: Component, mut agent: Component) -> anyhow::Result<()> {
+    let failed = loop {
+        if INTERRUPTED.load(Ordering::Acquire) {
+            break None;
+        }
+        if let Some(status) = collector.exited()? {
+            break Some((collector.name, status));
+        }
+        if let Some(status) = agent.exited()? {
+            break Some((agent.name, status));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if let Some((name, status)) = failed {
+        eprintln!("main job: the {name} exited ({status}) while running; stopping the rest");
+    } else {
+        eprintln!("main job: stopping");
+        // A signal sent to the job alone (not its group) still reaches the components.
+        collector.signal(libc::SIGINT);
+        agent.signal(libc::SIGINT);
+    }
+    // The agent first: it ships what it can while the collector still runs.
+    let agent_status = agent.stop()?;
+    let collector_status = collector.stop()?;
+    eprintln!("main job: agent {agent_status}, collector {collector_status}");
+    if let Some((name, status)) = failed {
+        bail!("the {name} exited unexpectedly ({status})");
+    }
+    if !agent_status.success() {
+        bail!("the agent stopped with {agent_status}");
+    }
+    if !collector_status.success() {
+        bail!("the collector stopped with {collector_status}");
     }
     Ok(())
 }

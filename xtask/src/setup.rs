@@ -8,8 +8,8 @@ use anyhow::{Context as _, bail};
 const BPF_LINKER_VERSION: &str = "0.10.3";
 
 /// Debian packages the build uses (`protoc`, for `proto/`) and the test suite and
-/// benchmarks run: `dd`, `cat`, `true`, `echo` and `sh`, and a real login (sshd with PAM,
-/// the ssh client, sudo, useradd).
+/// benchmarks run: `dd`, `cat`, `true`, `echo` and `sh`, a real login (sshd with PAM, the
+/// ssh client, sudo, useradd), and tmux (a program with terminals of its own).
 const DEBIAN_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "coreutils",
@@ -18,6 +18,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssh-client",
     "sudo",
     "passwd",
+    "tmux",
 ];
 
 /// Python packages the end-to-end tier uses: a Python client generated from `proto/`.

@@ -1,12 +1,11 @@
 //! The enforcer's durable state, in the spool directory: the last grant view (so grants hold
 //! through restarts and collector outages) and where each grant was used (so its end kills
-//! what used it, even after a restart). Written atomically: a crash leaves the old or the
-//! new contents, never a mix.
+//! what used it, even after a restart). Written atomically, mode 0600: a crash leaves the
+//! old or the new contents, never a mix.
 
 use std::{
     collections::{BTreeSet, HashMap},
     fs,
-    io::Write as _,
     path::{Path, PathBuf},
 };
 
@@ -14,7 +13,7 @@ use prost::Message as _;
 use proto::v1::GrantView;
 use tracing::{info, warn};
 
-use crate::capture::event::Target;
+use crate::{capture::event::Target, evidence::write_private};
 
 const VIEW_FILE: &str = "grants.pb";
 const USAGE_FILE: &str = "grant-usage.json";
@@ -41,7 +40,10 @@ impl Cache {
         let view = GrantView::decode(bytes.as_slice())
             .inspect_err(|e| warn!(error = %e, "the cached grant view is unreadable; ignoring it"))
             .ok()?;
-        info!(grants = view.grants.len(), "grant view loaded from the cache");
+        info!(
+            grants = view.grants.len(),
+            "grant view loaded from the cache"
+        );
         Some(view)
     }
 
@@ -54,7 +56,7 @@ impl Cache {
     }
 
     pub fn save_view(&self, view: &GrantView) {
-        if let Err(e) = write_atomic(&self.dir.join(VIEW_FILE), &view.encode_to_vec()) {
+        if let Err(e) = write_private(&self.dir.join(VIEW_FILE), &view.encode_to_vec()) {
             warn!(error = %e, "cannot cache the grant view");
         }
     }
@@ -62,22 +64,9 @@ impl Cache {
     pub fn save_usage(&self, usage: &Usage) {
         let written = serde_json::to_vec(usage)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| write_atomic(&self.dir.join(USAGE_FILE), &bytes));
+            .and_then(|bytes| write_private(&self.dir.join(USAGE_FILE), &bytes));
         if let Err(e) = written {
             warn!(error = %e, "cannot save where grants were used");
         }
     }
-}
-
-/// Writes `path` so that a crash leaves the old or the new contents, never a mix.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

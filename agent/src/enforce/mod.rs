@@ -146,6 +146,7 @@ impl Enforcer {
         let view = View::adopt(self.view.as_deref(), view, proto::time::now_unix_nano());
         let ids: Vec<&str> = view.grants.iter().map(|(id, _)| &**id).collect();
         info!(grants = ?ids, "grant view adopted");
+        crate::sinks::notify::grants(ids.iter().copied());
         if let Some(cache) = &self.cache {
             block_in_place(|| cache.save_view(&view.to_proto()));
         }
@@ -155,7 +156,12 @@ impl Enforcer {
     fn act(&mut self, action: Action) -> Option<v1::Event> {
         match action {
             Action::Used { grant, target } => {
-                if !self.usage.entry(grant.to_string()).or_default().insert(target) {
+                if !self
+                    .usage
+                    .entry(grant.to_string())
+                    .or_default()
+                    .insert(target)
+                {
                     return None;
                 }
                 if let Some(cache) = &self.cache {

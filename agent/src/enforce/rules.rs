@@ -341,7 +341,10 @@ pub(crate) mod tests {
         assert_eq!(covered.grant.as_deref(), Some("g-1"));
         assert!(covered.violation.is_none());
         let before = judge(&r, Some(&v), 0, &alice(), T0 - 1);
-        assert!(before.grant.is_none() && before.violation.is_some(), "not before not_before");
+        assert!(
+            before.grant.is_none() && before.violation.is_some(),
+            "not before not_before"
+        );
         let bob = Identity {
             name: "bob".into(),
             ..alice()
@@ -371,7 +374,11 @@ pub(crate) mod tests {
         };
         let r = rules(Some(fail));
         let never = judge(&r, None, 0, &alice(), T0);
-        assert_eq!(never.violation.unwrap().rule, "stale_grants", "no view at all");
+        assert_eq!(
+            never.violation.unwrap().rule,
+            "stale_grants",
+            "no view at all"
+        );
         let v = View::adopt(
             None,
             view(

@@ -9,7 +9,12 @@ pub mod encode;
 pub mod ship;
 pub mod spool;
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs,
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
 
 use prost::Message as _;
 use proto::v1;
@@ -24,6 +29,35 @@ use crate::{
     clock::{WallClock, boot_ns},
     host,
 };
+
+/// Creates `dir` as a directory only its owner can enter (0700), narrowing an existing one:
+/// the spool and the state next to it are evidence.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// Writes `path` (mode 0600) so that a crash leaves the old or the new contents, never a
+/// mix.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
 
 /// This agent instance's chain, stored in the spool. The first record (seq 0) is a
 /// `ChainStart` naming the head of whatever chain the spool held, so a restart is always
@@ -45,6 +79,7 @@ impl Evidence {
     /// Opens the spool in `dir`, bounded to `max_bytes`, and starts this instance's chain.
     pub fn open(dir: &Path, max_bytes: u64) -> anyhow::Result<Self> {
         let (host, boot_id) = (host::host_id(), host::boot_id()?);
+        private_dir(dir)?;
         let start = WallClock::now().unix_ns(boot_ns());
         let chain_id = format!("{host}:{boot_id}:{start}");
         let (spool, recovered) = Spool::open(dir, &format!("{start:020}"), max_bytes)?;

@@ -100,7 +100,11 @@ impl Shipper {
         let mut next = HashMap::new();
         for head in welcome.heads {
             if head.next_seq > 0 {
-                ledger.acked(head.chain_id.clone(), head.next_seq - 1, &self.control.trims);
+                ledger.acked(
+                    head.chain_id.clone(),
+                    head.next_seq - 1,
+                    &self.control.trims,
+                );
             }
             next.insert(head.chain_id, head.next_seq);
         }

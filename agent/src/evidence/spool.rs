@@ -13,6 +13,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, BufWriter, Read as _, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -142,6 +143,7 @@ impl Spool {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io_err(&path))?;
         let spool = Self {
@@ -251,6 +253,7 @@ impl Spool {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|source| SpoolError::Io {
                 path: path.clone(),

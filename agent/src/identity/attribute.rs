@@ -274,5 +274,4 @@ mod tests {
         assert_eq!(user_name(0), "root");
         assert_eq!(user_name(4_000_000_000), "uid:4000000000");
     }
-
 }

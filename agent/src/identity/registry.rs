@@ -1,10 +1,15 @@
 //! The local registration API: a broker, PAM hook or CI runner says "audit session S, or
 //! cgroup C, acts as identity I under grant G", and every later event of that session or
-//! cgroup carries it. Served over gRPC on a Unix socket that only root can reach.
+//! cgroup carries it. Served over gRPC on a Unix socket only root can reach: the socket is
+//! made in a private directory and moved into place, so it is never reachable by others,
+//! and each request's peer must be root (`SO_PEERCRED`). A registration naming a grant is
+//! taken only while that grant is live for the registered identity on this host. Each one
+//! is chained (a `registration` event) and kept in the state directory, so it holds
+//! across agent restarts within the boot it was made in.
 
 use std::{
     collections::HashMap,
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{
         Arc, PoisonError, RwLock,
@@ -13,18 +18,38 @@ use std::{
 };
 
 use anyhow::Context as _;
-use proto::v1::{
-    RegisterRequest, RegisterResponse, identity::Kind,
-    register_request::Scope,
-    registration_server::{Registration, RegistrationServer},
+use proto::{
+    grant::covers,
+    v1::{
+        self, RegisterRequest, RegisterResponse,
+        identity::Kind,
+        register_request::Scope,
+        registration_server::{Registration, RegistrationServer},
+    },
 };
-use tonic::{Request, Response, Status};
-use tracing::info;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
+use tracing::{info, warn};
 
 use super::attribute::Identity;
+use crate::{enforce::rules::View, evidence::write_private};
 
 /// Longest identity or grant name accepted.
 const NAME_MAX: usize = 256;
+/// Registrations kept at most; past it the oldest boot's are long gone and new ones are
+/// refused with `RESOURCE_EXHAUSTED`.
+const REGISTRATIONS_MAX: usize = 65_536;
+const FILE: &str = "registrations.json";
+
+/// What is kept on disk: registrations of the boot they were made in (audit session ids
+/// restart with every boot).
+#[derive(Default, Serialize, Deserialize)]
+struct Saved {
+    boot_id: String,
+    sessions: HashMap<u32, (String, Option<String>)>,
+    cgroups: HashMap<u64, (String, Option<String>)>,
+}
 
 #[derive(Default)]
 pub struct Registry {
@@ -32,9 +57,57 @@ pub struct Registry {
     any: AtomicBool,
     sessions: RwLock<HashMap<u32, Arc<Identity>>>,
     cgroups: RwLock<HashMap<u64, Arc<Identity>>>,
+    /// Where registrations are kept, and this boot's id.
+    state: Option<(PathBuf, String)>,
+}
+
+fn registered(name: String, grant: Option<String>) -> Arc<Identity> {
+    Arc::new(Identity {
+        kind: Kind::Registered,
+        name,
+        reason: None,
+        grant,
+    })
 }
 
 impl Registry {
+    /// A registry kept in `dir` (the spool), starting from what it holds for this boot.
+    #[must_use]
+    pub fn open(dir: Option<&Path>, boot_id: &str) -> Self {
+        let mut registry = Self {
+            state: dir.map(|d| (d.join(FILE), boot_id.to_owned())),
+            ..Self::default()
+        };
+        let Some((path, _)) = &registry.state else {
+            return registry;
+        };
+        let saved: Option<Saved> = std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        if let Some(saved) = saved.filter(|s| s.boot_id == boot_id) {
+            let count = saved.sessions.len() + saved.cgroups.len();
+            *registry
+                .sessions
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner) = saved
+                .sessions
+                .into_iter()
+                .map(|(k, (n, g))| (k, registered(n, g)))
+                .collect();
+            *registry
+                .cgroups
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner) = saved
+                .cgroups
+                .into_iter()
+                .map(|(k, (n, g))| (k, registered(n, g)))
+                .collect();
+            registry.any.store(count > 0, Ordering::Release);
+            info!(registrations = count, "registrations of this boot restored");
+        }
+        registry
+    }
+
     /// The registration for a session (which wins) or a cgroup.
     #[must_use]
     pub fn lookup(&self, sessionid: Option<u32>, cgroup_id: u64) -> Option<Arc<Identity>> {
@@ -45,25 +118,63 @@ impl Registry {
         by_session.or_else(|| self.cgroups.read().ok()?.get(&cgroup_id).cloned())
     }
 
-    fn register(&self, scope: Scope, registered: Arc<Identity>) {
+    fn register(&self, scope: Scope, identity: Arc<Identity>) -> Result<(), Status> {
+        let mut sessions = self
+            .sessions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut cgroups = self.cgroups.write().unwrap_or_else(PoisonError::into_inner);
+        if sessions.len() + cgroups.len() >= REGISTRATIONS_MAX {
+            return Err(Status::resource_exhausted(format!(
+                "the agent holds {REGISTRATIONS_MAX} registrations already"
+            )));
+        }
         match scope {
-            Scope::Sessionid(s) => self
-                .sessions
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(s, registered),
-            Scope::CgroupId(c) => self
-                .cgroups
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(c, registered),
+            Scope::Sessionid(s) => sessions.insert(s, identity),
+            Scope::CgroupId(c) => cgroups.insert(c, identity),
         };
         self.any.store(true, Ordering::Release);
+        if let Some((path, boot_id)) = &self.state {
+            let plain = |i: &Arc<Identity>| (i.name.clone(), i.grant.clone());
+            let saved = Saved {
+                boot_id: boot_id.clone(),
+                sessions: sessions.iter().map(|(k, i)| (*k, plain(i))).collect(),
+                cgroups: cgroups.iter().map(|(k, i)| (*k, plain(i))).collect(),
+            };
+            let written = serde_json::to_vec(&saved)
+                .map_err(std::io::Error::other)
+                .and_then(|bytes| write_private(path, &bytes));
+            if let Err(error) = written {
+                warn!(%error, "cannot keep the registrations");
+            }
+        }
+        Ok(())
     }
 }
 
-struct Service {
+/// What a registration is checked against, and where its record goes.
+pub struct Service {
     registry: Arc<Registry>,
+    host: String,
+    view: watch::Receiver<Option<Arc<View>>>,
+    events: mpsc::Sender<Vec<v1::Event>>,
+}
+
+impl Service {
+    #[must_use]
+    pub fn new(
+        registry: Arc<Registry>,
+        host: String,
+        view: watch::Receiver<Option<Arc<View>>>,
+        events: mpsc::Sender<Vec<v1::Event>>,
+    ) -> Self {
+        Self {
+            registry,
+            host,
+            view,
+            events,
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -72,6 +183,16 @@ impl Registration for Service {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        let peer = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred);
+        let Some(peer) = peer.filter(|p| p.uid() == 0) else {
+            warn!(peer = ?peer, "registration refused: the peer is not root");
+            return Err(Status::permission_denied(
+                "only root may register sessions and cgroups",
+            ));
+        };
         let RegisterRequest {
             scope,
             identity,
@@ -89,28 +210,75 @@ impl Registration for Service {
                 "grant must be at most {NAME_MAX} bytes"
             )));
         }
-        info!(?scope, identity, grant, "registered");
-        let registered = Identity {
-            kind: Kind::Registered,
-            name: identity,
-            reason: None,
-            grant: (!grant.is_empty()).then_some(grant),
+        if !grant.is_empty() {
+            let now = proto::time::now_unix_nano();
+            let view = self.view.borrow().clone();
+            let live = view.as_ref().is_some_and(|v| {
+                v.grants.iter().any(|(id, g)| {
+                    **id == *grant && covers(g, Kind::Registered, &identity, &self.host, now)
+                })
+            });
+            if !live {
+                warn!(identity, grant, "registration refused: no such live grant");
+                return Err(Status::failed_precondition(format!(
+                    "grant {grant:?} is not live for the registered identity {identity:?} on \
+                     this host"
+                )));
+            }
+        }
+        info!(?scope, identity, grant, pid = ?peer.pid(), "registered");
+        let record = v1::Event {
+            time_unix_nano: proto::time::now_unix_nano(),
+            body: Some(v1::event::Body::Registration(v1::Registered {
+                sessionid: match scope {
+                    Scope::Sessionid(s) => Some(s),
+                    Scope::CgroupId(_) => None,
+                },
+                cgroup_id: match scope {
+                    Scope::CgroupId(c) => c,
+                    Scope::Sessionid(_) => 0,
+                },
+                identity: identity.clone(),
+                grant: grant.clone(),
+                peer_pid: peer.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+                peer_uid: peer.uid(),
+            })),
+            ..v1::Event::default()
         };
-        self.registry.register(scope, Arc::new(registered));
+        self.registry.register(
+            scope,
+            registered(identity, (!grant.is_empty()).then_some(grant)),
+        )?;
+        // Chained after it takes effect: the events it attributes follow it or race it, and
+        // both orders are evidence of the same registration.
+        let _ = self.events.send(vec![record]).await;
         Ok(Response::new(RegisterResponse {}))
     }
 }
 
-/// Binds `socket` (mode 0600: root only) and serves the registration API on a thread of its
-/// own. A stale socket from an earlier run is replaced.
-pub fn serve(socket: &Path, registry: Arc<Registry>) -> anyhow::Result<()> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(socket);
-    let listener = std::os::unix::net::UnixListener::bind(socket)
-        .with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+/// Binds `socket` and serves the registration API on a thread of its own. The socket is
+/// bound in a private directory next to it (mode 0700), made 0600 there, and renamed into
+/// place: no moment exists at which another user could reach it. A stale socket from an
+/// earlier run is replaced.
+pub fn serve(socket: &Path, service: Service) -> anyhow::Result<()> {
+    let dir = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let private = dir.join(format!(".registration-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let staged = private.join("socket");
+    let listener = std::os::unix::net::UnixListener::bind(&staged)
+        .with_context(|| format!("binding {}", staged.display()))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&staged, socket)
+        .with_context(|| format!("moving the socket to {}", socket.display()))?;
+    let _ = std::fs::remove_dir(&private);
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -125,7 +293,7 @@ pub fn serve(socket: &Path, registry: Arc<Registry>) -> anyhow::Result<()> {
         .spawn(move || {
             runtime.block_on(async move {
                 let served = tonic::transport::Server::builder()
-                    .add_service(RegistrationServer::new(Service { registry }))
+                    .add_service(RegistrationServer::new(service))
                     .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
                     .await;
                 if let Err(error) = served {

@@ -41,7 +41,7 @@ pub fn run(trials: usize) -> anyhow::Result<()> {
     let start_agent = || -> anyhow::Result<Agent> {
         let agent = Agent::start(&["--spool", spool.to_str().unwrap(), "--collector", &url]);
         anyhow::ensure!(
-            agent.wait_for_log(Duration::from_secs(20), "grant view adopted"),
+            agent.wait_for_status(Duration::from_secs(20), "grant view adopted"),
             "the agent never got a grant view"
         );
         Ok(agent)
@@ -144,7 +144,7 @@ fn expiry_to_death(agent: &Agent, url: &str, trials: usize) -> anyhow::Result<Ve
         let expires = UNIX_EPOCH
             + Duration::from_nanos(grant["expires_at_unix_nano"].as_u64().context("expiry")?);
         anyhow::ensure!(
-            agent.wait_for_log(Duration::from_secs(10), &format!("\"{id}\"")),
+            agent.wait_for_status(Duration::from_secs(10), &format!(" {id}")),
             "the agent never got grant {id}"
         );
         let cgroup = TestCgroup::create(&unit);

@@ -1,13 +1,14 @@
-//! What the collector-tier test binaries share: chains built as an agent builds them
-//! (`proto::chain::chain_hash` over serialized `recorder.v1.Event`s), an ingest stream that
-//! speaks as an agent, and Query helpers.
-#![allow(dead_code, reason = "each test binary uses a part of it")]
+//! What the collector-tier tests share: chains built as an agent builds them
+//! (`proto::chain::Chain` over serialized `recorder.v1.Event`s), an ingest stream that
+//! speaks as an agent, and Query helpers. Behind the `grpc` feature, so `cargo xtask`, which
+//! builds this crate before setup has installed `protoc`, does without it.
 
 use std::{collections::VecDeque, time::Duration};
 
+use crate::collector::Collector;
 use prost::Message as _;
 use proto::{
-    chain::{GENESIS, chain_hash},
+    chain,
     v1::{
         AgentMessage, ChainStart, ChainVerdict, ChainedEvent, Checkpoint, CollectorMessage, Event,
         EventBatch, Filter, GrantView, Hello, SearchRequest, StoredEvent, VerifyRequest, Welcome,
@@ -15,7 +16,6 @@ use proto::{
         query_client::QueryClient,
     },
 };
-use tests::collector::Collector;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming, transport::Channel};
@@ -24,14 +24,17 @@ use tonic::{Status, Streaming, transport::Channel};
 pub struct Chain {
     pub id: String,
     pub records: Vec<ChainedEvent>,
+    builder: chain::Chain,
 }
 
 impl Chain {
     /// A chain of `host` holding only its `ChainStart`, made at `time`.
+    #[must_use]
     pub fn start(id: &str, host: &str, time: u64) -> Self {
         let mut chain = Self {
             id: id.into(),
             records: Vec::new(),
+            builder: chain::Chain::new(id.into()),
         };
         chain.push(&Event {
             time_unix_nano: time,
@@ -46,13 +49,8 @@ impl Chain {
     }
 
     pub fn push(&mut self, event: &Event) {
-        let seq = self.records.len() as u64;
-        let prev = self
-            .records
-            .last()
-            .map_or(GENESIS, |r| r.hash.clone().try_into().unwrap());
         let bytes = event.encode_to_vec();
-        let hash = chain_hash(&self.id, seq, &prev, &bytes);
+        let (seq, hash) = self.builder.link(&bytes);
         self.records.push(ChainedEvent {
             chain_id: String::new(),
             seq,
@@ -61,6 +59,7 @@ impl Chain {
         });
     }
 
+    #[must_use]
     pub fn batch(&self, range: std::ops::Range<usize>) -> EventBatch {
         EventBatch {
             chain_id: self.id.clone(),
@@ -68,6 +67,7 @@ impl Chain {
         }
     }
 
+    #[must_use]
     pub fn head(&self, len: usize) -> Vec<u8> {
         self.records[len - 1].hash.clone()
     }

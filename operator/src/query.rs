@@ -1,0 +1,152 @@
+//! `tail`, `search`, `sessions` and `verify`: reads of the stored evidence.
+
+use std::{io, time::Duration};
+
+use anyhow::bail;
+use proto::{
+    time::ago,
+    v1::{
+        SearchRequest, SessionsRequest, StoredEvent, TailRequest, VerifyRequest,
+        query_client::QueryClient,
+    },
+};
+use tonic::transport::Channel;
+
+use crate::{
+    cli::{FilterArgs, Search},
+    render,
+};
+
+/// The most events one Search page carries.
+const PAGE_MAX: usize = 10_000;
+
+fn print(out: &mut impl io::Write, stored: &StoredEvent, json: bool) -> io::Result<()> {
+    if json {
+        writeln!(out, "{}", render::json(stored))
+    } else {
+        writeln!(out, "{}", render::line(stored))
+    }
+}
+
+pub async fn tail(
+    client: &mut QueryClient<Channel>,
+    filter: &FilterArgs,
+    since: Option<Duration>,
+    json: bool,
+    out: &mut impl io::Write,
+) -> anyhow::Result<()> {
+    let mut stream = client
+        .tail(TailRequest {
+            filter: Some(filter.to_proto()),
+            since_unix_nano: since.map_or(0, ago),
+        })
+        .await?
+        .into_inner();
+    while let Some(stored) = stream.message().await? {
+        print(out, &stored, json)?;
+        out.flush()?;
+    }
+    bail!("the collector ended the tail");
+}
+
+/// Prints up to `--limit` events, page by page. When more match, says so on standard error
+/// with the token that continues from there: a truncated answer is never silent.
+pub async fn search(
+    client: &mut QueryClient<Channel>,
+    search: Search,
+    out: &mut impl io::Write,
+) -> anyhow::Result<()> {
+    let mut token = search.page_token.unwrap_or_default();
+    let limit = usize::try_from(search.limit).unwrap_or(usize::MAX);
+    let mut shown = 0;
+    let since = ago(search.since);
+    loop {
+        let want = (limit - shown).min(PAGE_MAX);
+        let page = client
+            .search(SearchRequest {
+                filter: Some(search.filter.to_proto()),
+                since_unix_nano: since,
+                until_unix_nano: 0,
+                limit: u32::try_from(want).unwrap_or(u32::MAX),
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        for stored in &page.events {
+            print(out, stored, search.json)?;
+        }
+        shown += page.events.len();
+        if page.next_page_token.is_empty() || page.events.is_empty() {
+            return Ok(());
+        }
+        if shown >= limit {
+            out.flush()?;
+            eprintln!(
+                "more events match: these are the first {shown}; continue with \
+                 `--page-token {}` (same filters), or raise --limit",
+                page.next_page_token
+            );
+            return Ok(());
+        }
+        token = page.next_page_token;
+    }
+}
+
+pub async fn sessions(
+    client: &mut QueryClient<Channel>,
+    host: Option<String>,
+    since: Option<Duration>,
+    json: bool,
+    out: &mut impl io::Write,
+) -> anyhow::Result<()> {
+    let sessions = client
+        .sessions(SessionsRequest {
+            host: host.unwrap_or_default(),
+            since_unix_nano: since.map_or(0, ago),
+        })
+        .await?
+        .into_inner()
+        .sessions;
+    for s in &sessions {
+        if json {
+            writeln!(out, "{}", render::session_json(s))?;
+        } else {
+            writeln!(out, "{}", render::session_line(s))?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints a verdict per chain; fails when any chain does.
+pub async fn verify(
+    client: &mut QueryClient<Channel>,
+    host: Option<String>,
+    chain: Option<String>,
+    json: bool,
+    out: &mut impl io::Write,
+) -> anyhow::Result<()> {
+    let chains = client
+        .verify(VerifyRequest {
+            host: host.unwrap_or_default(),
+            chain_id: chain.unwrap_or_default(),
+        })
+        .await?
+        .into_inner()
+        .chains;
+    let mut failed = 0;
+    for c in &chains {
+        if json {
+            writeln!(out, "{}", render::verdict_json(c))?;
+        } else {
+            writeln!(out, "{}", render::verdict_line(c))?;
+        }
+        failed += usize::from(!c.ok);
+    }
+    if failed > 0 {
+        bail!("{failed} of {} chains failed verification", chains.len());
+    }
+    if chains.is_empty() {
+        eprintln!("no chains stored");
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `replay`: a session's terminal as the user saw it. One terminal by default (the login
+//! terminal: sudo, tmux and `script` run inner terminals whose output the login terminal
+//! shows again), with the recorded timing to the nanosecond, divided by `--speed`, and idle
+//! stretches capped at `--max-wait`. Typed input is never played as output; `--input` shows
+//! it inline, escaped and marked.
+
+use std::{
+    io,
+    time::{Duration, Instant},
+};
+
+use proto::v1::{ReplayRequest, event::Body, query_client::QueryClient, tty::Direction};
+use tonic::transport::Channel;
+
+use crate::{cli::Replay, render::escape_bytes};
+
+pub async fn play(
+    client: &mut QueryClient<Channel>,
+    replay: Replay,
+    out: &mut impl io::Write,
+) -> anyhow::Result<()> {
+    let mut stream = client
+        .replay(ReplayRequest {
+            session: replay.session,
+            tty: replay.tty.unwrap_or_default(),
+            all_ttys: replay.all_ttys,
+            input: replay.input,
+        })
+        .await?
+        .into_inner();
+    let start = Instant::now();
+    // Where the replay stands on the recording's own clock, scaled and capped.
+    let mut played = Duration::ZERO;
+    let mut previous: Option<u64> = None;
+    while let Some(stored) = stream.message().await? {
+        let Some(event) = stored.event else { continue };
+        let Some(Body::Tty(tty)) = &event.body else {
+            continue;
+        };
+        if let Some(prev) = previous
+            && let Some(speed) = replay.speed.get()
+        {
+            let gap = Duration::from_nanos(event.time_unix_nano.saturating_sub(prev));
+            played += gap.div_f64(speed).min(replay.max_wait);
+            if let Some(wait) = played.checked_sub(start.elapsed()) {
+                out.flush()?;
+                tokio::time::sleep(wait).await;
+            }
+        }
+        previous = Some(event.time_unix_nano);
+        if tty.direction() == Direction::Input {
+            write!(out, "\u{27e6}typed: {}\u{27e7}", escape_bytes(&tty.data))?;
+        } else {
+            out.write_all(&tty.data)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
