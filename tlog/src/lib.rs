@@ -9,9 +9,15 @@
 //!
 //! # Formats
 //!
-//! Everything here is byte-exact to the specifications named; the C2SP texts followed are
-//! those of c2sp.org as of mid-2026 (signed-note v1, tlog-checkpoint v1, tlog-cosignature,
-//! tlog-witness, tlog-proof v1, tlog-policy).
+//! Everything here is byte-exact to the specifications named. The C2SP texts followed are
+//! those of the C2SP repository's main branch of July 2026: signed-note (as tagged v1.0.0,
+//! plus wording), tlog-checkpoint (v1.0.0 plus the ML-DSA recommendation, not used here),
+//! tlog-cosignature (the Ed25519 `cosignature/v1` type is as tagged v1.0.1), tlog-witness
+//! (later than the v1.0.0 tag: a same-size checkpoint with another root is now 422, not 409),
+//! tlog-proof (`@v1`, untagged) and tlog-policy (untagged). RFC 9162's own text was not at
+//! hand: its §2.1 algorithms are implemented as that RFC gives them and checked against the
+//! RFC 6962 definitions (PATH, PROOF, MTH) recomputed independently, and against the
+//! Certificate Transparency sample-tree values.
 //!
 //! - **Merkle tree** (RFC 6962 §2.1, RFC 9162 §2.1.1): leaf hash `SHA-256(0x00 || entry)`
 //!   with the entry the 32-byte record hash; node hash `SHA-256(0x01 || left || right)`; the
@@ -19,8 +25,9 @@
 //!   two below `n`. See [`merkle`].
 //! - **Inclusion and consistency proofs** (RFC 9162 §2.1.3, §2.1.4): lists of hashes,
 //!   generated per §2.1.3.1/§2.1.4.1 and verified with the algorithms of §2.1.3.2/§2.1.4.2.
-//!   RFC 9162 defines consistency only for `0 < old < new`; as tlog-witness has it, an old
-//!   size of zero takes an empty proof, as do equal sizes (whose roots must then be equal).
+//!   RFC 9162's verification is for `0 < old < new`; the edges are as tlog-witness has them:
+//!   an old size of zero takes an empty proof (and the empty tree's root), as do equal sizes
+//!   (whose roots must then be equal).
 //!   See [`proof`].
 //! - **Signed note** (c2sp.org/signed-note): UTF-8 text ending in `\n`, with no control
 //!   characters but `\n`; a blank line; one or more lines `— <key name> <base64(key ID ||
@@ -35,7 +42,10 @@
 //!   `PRIVATE+KEY+<name>+<hex key ID>+<base64(type || 32-byte seed)>`: *not in C2SP*; this is
 //!   the form of Go's `golang.org/x/mod/sumdb/note`, which C2SP's note format comes from, used
 //!   here as is for type 0x01 and with type byte 0x04 for witness keys (the project's own
-//!   extension). Seeds come from the operating system's random source. See [`keys`].
+//!   extension). Seeds come from the operating system's random source. Signatures are
+//!   checked with RFC 8032's strict rules (`ed25519-dalek`'s `verify_strict`: canonical
+//!   encodings, no small-order key or R), which C2SP does not spell out; honest signers
+//!   never produce what they refuse. See [`keys`].
 //! - **Checkpoint** (c2sp.org/tlog-checkpoint): the note text `<origin>\n<size>\n<base64
 //!   root>\n` then any extension lines, each non-empty and `\n`-terminated; the size is
 //!   decimal without leading zeros (`0` for the empty tree); the root is 32 bytes. This
