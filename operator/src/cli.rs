@@ -1,6 +1,6 @@
 //! Command-line settings of the operators' client.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use proto::v1::{IdentitySelector, identity::Kind};
@@ -62,6 +62,11 @@ pub enum Command {
     Grant {
         #[command(subcommand)]
         command: GrantCommand,
+    },
+    /// The deployment's CA and its certificates, made here, offline (docs/pki.md).
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
     },
     /// Per identity: the grants it held and for how long, grants never used, violations
     /// (privileged activity outside any grant), and the grants to revoke and why.
@@ -126,6 +131,88 @@ pub enum GrantCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create a CA in DIR: `ca.pem`, and `ca.key` (mode 0600, in a 0700 directory).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate signed by a CA made with `pki init`.
+    #[command(subcommand)]
+    Issue(Issue),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Issue {
+    /// For a collector: the names and addresses its clients dial.
+    Collector {
+        /// The CA's directory.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// A DNS name clients dial (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// An IP address clients dial (repeatable).
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Writes OUT.pem and OUT.key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// For an operator, with their role.
+    Operator {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// For the agent of one host, for sites that run their own PKI (agents otherwise make
+    /// their key themselves and join with a token).
+    Agent {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The host id (`/etc/machine-id`).
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// What an operator may do: each role may do what the ones before it may.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Role {
+    /// Read the evidence: tail, search, sessions, replay, verify, review, grant list.
+    Auditor,
+    /// Also create, approve, extend and revoke grants.
+    Approver,
+    /// Also manage join tokens and hosts.
+    Admin,
+}
+
+impl From<Role> for pki::Role {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Auditor => Self::Auditor,
+            Role::Approver => Self::Approver,
+            Role::Admin => Self::Admin,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 
 pub mod cli;
 mod grant;
+mod pki;
 mod query;
 mod render;
 mod replay;
@@ -18,6 +19,9 @@ use tonic::transport::Channel;
 use crate::cli::{Cli, Command};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Pki { command } = cli.command {
+        return pki::run(command);
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -59,5 +63,6 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             let client = GrantsClient::new(channel).max_decoding_message_size(64 << 20);
             grant::review(client, since, json, &mut out).await
         }
+        Command::Pki { .. } => unreachable!("handled before connecting"),
     }
 }

@@ -119,6 +119,28 @@ fn detail(event: &Event) -> String {
                 escape(&c.actor)
             )
         }),
+        Some(Body::Registration(r)) => format!(
+            "REGISTERED {} as {}{} by pid {} uid {}",
+            r.sessionid.map_or_else(
+                || format!("cgroup {}", r.cgroup_id),
+                |s| format!("session {s}")
+            ),
+            escape(&r.identity),
+            if r.grant.is_empty() {
+                String::new()
+            } else {
+                format!(" under grant {}", escape(&r.grant))
+            },
+            r.peer_pid,
+            r.peer_uid
+        ),
+        Some(Body::Access(a)) => format!(
+            "ACCESS {} by {} ({}): {}",
+            escape(&a.method),
+            escape(&a.actor),
+            escape(&a.role),
+            escape(&a.detail)
+        ),
         Some(Body::Fork(_)) | None => String::new(),
     }
 }
