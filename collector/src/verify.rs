@@ -4,6 +4,8 @@
 //! backend is checked by this one implementation and no backend can be lenient about its
 //! own tampering.
 
+use std::ops::ControlFlow;
+
 use proto::{chain::GENESIS, chain::chain_hash, v1::ChainVerdict};
 
 use crate::store::{ChainRow, ChainState, Store, StoreError};
@@ -27,6 +29,62 @@ pub(crate) fn verify(
         .collect()
 }
 
+/// Where a walk along a chain's stored records stands.
+struct Walk<'a> {
+    chain_id: &'a str,
+    /// The seq the next record must have: records before it all verified.
+    expected: u64,
+    /// The hash of the last verified record.
+    prev: [u8; 32],
+    prev_row: i64,
+    /// A record whose hash did not recompute (seq, row), waiting for the row after it to
+    /// tell edited bytes from a changed seq.
+    bad: Option<(u64, i64)>,
+    /// The first bad seq and why, once known.
+    failure: Option<(u64, String)>,
+}
+
+impl Walk<'_> {
+    fn step(&mut self, record: ChainRow<'_>) -> ControlFlow<()> {
+        if let Some((seq, row)) = self.bad {
+            self.failure = Some(self.bad_hash(seq, row, Some(record.row)));
+            return ControlFlow::Break(());
+        }
+        if record.seq != self.expected {
+            let reason = format!(
+                "seq {} is missing (the next stored seq is {})",
+                self.expected, record.seq
+            );
+            self.failure = Some((self.expected, reason));
+            return ControlFlow::Break(());
+        }
+        let hash = chain_hash(self.chain_id, record.seq, &self.prev, record.event);
+        if hash[..] == *record.hash {
+            self.prev = hash;
+            self.prev_row = record.row;
+            self.expected += 1;
+        } else {
+            self.bad = Some((record.seq, record.row));
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Why the hash of `seq`, stored at `row`, did not recompute. Within a chain, storage
+    /// order is seq order: a row stored out of place had its seq changed, which is a
+    /// different tampering from edited bytes.
+    fn bad_hash(&self, seq: u64, row: i64, next_row: Option<i64>) -> (u64, String) {
+        let reordered = row < self.prev_row || next_row.is_some_and(|n| n < row);
+        let reason = if reordered {
+            format!(
+                "seq {seq} is reordered: the record stored there belongs elsewhere in the chain"
+            )
+        } else {
+            format!("the hash of seq {seq} does not recompute from its stored bytes")
+        };
+        (seq, reason)
+    }
+}
+
 fn verify_chain(
     store: &dyn Store,
     chain: &ChainState,
@@ -43,61 +101,37 @@ fn verify_chain(
         reason: String::new(),
         expected_size,
     };
-    let fail = |mut verdict: ChainVerdict, seq: u64, reason: String| {
-        verdict.records = seq + 1;
-        verdict.first_bad_seq = Some(seq);
-        verdict.reason = reason;
-        Ok(verdict)
+    let mut walk = Walk {
+        chain_id: &chain.chain_id,
+        expected: 0,
+        prev: GENESIS,
+        prev_row: i64::MIN,
+        bad: None,
+        failure: None,
     };
-    let mut expected = 0u64;
-    let mut prev = GENESIS;
-    let mut prev_row = i64::MIN;
     loop {
-        let rows = store.chain_rows(&chain.chain_id, expected, page)?;
-        let last_page = rows.len() < page;
-        let mut rows = rows.into_iter().peekable();
-        while let Some(ChainRow {
-            row,
-            seq,
-            event,
-            hash,
-        }) = rows.next()
-        {
-            if seq != expected {
-                let reason = format!("seq {expected} is missing (the next stored seq is {seq})");
-                return fail(verdict, expected, reason);
-            }
-            let recomputed = chain_hash(&chain.chain_id, seq, &prev, &event);
-            if recomputed[..] != hash[..] {
-                // Within a chain, storage order is seq order: a row stored out of place had
-                // its seq changed, which is a different tampering from edited bytes.
-                let next_row = match rows.peek() {
-                    Some(next) => Some(next.row),
-                    None => store
-                        .chain_rows(&chain.chain_id, seq + 1, 1)?
-                        .first()
-                        .map(|next| next.row),
-                };
-                let reordered = row < prev_row || next_row.is_some_and(|n| n < row);
-                let reason = if reordered {
-                    format!(
-                        "seq {seq} is reordered: the record stored there belongs elsewhere in the chain"
-                    )
-                } else {
-                    format!("the hash of seq {seq} does not recompute from its stored bytes")
-                };
-                return fail(verdict, seq, reason);
-            }
-            prev = recomputed;
-            prev_row = row;
-            expected += 1;
-        }
-        if last_page {
+        let from = walk.bad.map_or(walk.expected, |(seq, _)| seq + 1);
+        let mut read = 0;
+        store.chain_rows(&chain.chain_id, from, page, &mut |record| {
+            read += 1;
+            walk.step(record)
+        })?;
+        if walk.failure.is_some() || read < page {
             break;
         }
     }
-    verdict.records = expected;
-    if expected < expected_size {
+    if let (None, Some((seq, row))) = (&walk.failure, walk.bad) {
+        walk.failure = Some(walk.bad_hash(seq, row, None));
+    }
+    if let Some((seq, reason)) = walk.failure {
+        verdict.records = seq + 1;
+        verdict.first_bad_seq = Some(seq);
+        verdict.reason = reason;
+        return Ok(verdict);
+    }
+    let stored = walk.expected;
+    verdict.records = stored;
+    if stored < expected_size {
         let claims = match (
             chain.next_seq == expected_size,
             checkpoint == Some(expected_size),
@@ -106,12 +140,12 @@ fn verify_chain(
             (true, false) => "the recorded head claims",
             _ => "the last checkpoint claims",
         };
-        verdict.first_bad_seq = Some(expected);
+        verdict.first_bad_seq = Some(stored);
         verdict.reason = format!(
-            "{expected} records stored, but {claims} {expected_size}: records are missing from the tail"
+            "{stored} records stored, but {claims} {expected_size}: records are missing from the tail"
         );
-    } else if expected == chain.next_seq && chain.head_hash != prev {
-        verdict.first_bad_seq = Some(expected.saturating_sub(1));
+    } else if stored == chain.next_seq && chain.head_hash != walk.prev {
+        verdict.first_bad_seq = Some(stored.saturating_sub(1));
         "the last record's hash differs from the recorded head".clone_into(&mut verdict.reason);
     } else {
         verdict.ok = true;

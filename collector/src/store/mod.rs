@@ -5,7 +5,7 @@
 
 pub mod sqlite;
 
-use std::sync::Arc;
+use std::{ops::ControlFlow, sync::Arc};
 
 use proto::{
     kind::Kind,
@@ -128,14 +128,15 @@ impl Commit {
     }
 }
 
-/// One stored record as the verifier reads it: exactly what is stored, nothing derived.
-#[derive(Clone, Debug)]
-pub struct ChainRow {
+/// One stored record as the verifier reads it: exactly what is stored, nothing derived, and
+/// borrowed from the backend, so reading a chain copies nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct ChainRow<'a> {
     /// Its row id: storage order, which within a chain is seq order.
     pub row: i64,
     pub seq: u64,
-    pub event: Vec<u8>,
-    pub hash: Vec<u8>,
+    pub event: &'a [u8],
+    pub hash: &'a [u8],
 }
 
 /// How a grant was used: the events recorded under it.
@@ -257,13 +258,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(Cursor, StoredEvent)>, StoreError>;
     /// The sessions `query` selects, by their first event in the window.
     fn sessions(&self, query: &SessionQuery) -> Result<Vec<SessionRow>, StoreError>;
-    /// Up to `limit` stored records of `chain_id` from seq `from_seq` on, in seq order.
+    /// Hands `each` up to `limit` stored records of `chain_id` from seq `from_seq` on, in
+    /// seq order, until it breaks. A page at a time, so no read holds the store for a whole
+    /// chain.
     fn chain_rows(
         &self,
         chain_id: &str,
         from_seq: u64,
         limit: usize,
-    ) -> Result<Vec<ChainRow>, StoreError>;
+        each: &mut dyn FnMut(ChainRow<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
     /// The size the chain's latest checkpoint claims, if it has one.
     fn last_checkpoint(&self, chain_id: &str) -> Result<Option<u64>, StoreError>;
     /// Every grant whose end (`proto::grant::end`) is later than `ended_after`, oldest

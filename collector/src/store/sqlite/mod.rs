@@ -6,7 +6,10 @@ mod schema;
 mod sessions;
 mod sql;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::{
+    ops::ControlFlow,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use prost::Message as _;
 use proto::{
@@ -249,21 +252,26 @@ impl Store for Sqlite {
         chain_id: &str,
         from_seq: u64,
         limit: usize,
-    ) -> Result<Vec<ChainRow>, StoreError> {
+        each: &mut dyn FnMut(ChainRow<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
         self.read(|conn| {
-            conn.prepare_cached(
+            let mut stmt = conn.prepare_cached(
                 "SELECT e.id, e.seq, e.event, e.hash FROM events e JOIN chains c ON c.id = e.chain \
                  WHERE c.chain_id = ?1 AND e.seq >= ?2 ORDER BY e.seq LIMIT ?3",
-            )?
-            .query_map(params![chain_id, int(from_seq), int(limit as u64)], |r| {
-                Ok(ChainRow {
+            )?;
+            let mut rows = stmt.query(params![chain_id, int(from_seq), int(limit as u64)])?;
+            while let Some(r) = rows.next()? {
+                let row = ChainRow {
                     row: r.get(0)?,
                     seq: uint(r.get(1)?),
-                    event: r.get(2)?,
-                    hash: r.get(3)?,
-                })
-            })?
-            .collect()
+                    event: r.get_ref(2)?.as_blob()?,
+                    hash: r.get_ref(3)?.as_blob()?,
+                };
+                if each(row).is_break() {
+                    break;
+                }
+            }
+            Ok(())
         })
     }
 
