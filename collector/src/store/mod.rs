@@ -196,7 +196,9 @@ pub struct SessionQuery {
     pub since_unix_nano: u64,
 }
 
-/// One session's columns, aggregated over its events from the query's `since` on.
+/// One session's columns, aggregated over its events from the query's `since` on; its first
+/// event and login terminal are those of all its events, whatever the window, as they name
+/// the session itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionRow {
     pub key: String,
