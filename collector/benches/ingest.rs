@@ -173,7 +173,7 @@ fn per_sec(n: u64, d: Duration) -> f64 {
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let store = collector::store::open(&url).unwrap();
+    let store = collector::open_store(&url).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(collector::serve(

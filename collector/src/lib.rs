@@ -1,15 +1,27 @@
 //! The collector: receives agents' chains over gRPC, verifies and stores them, serves
-//! queries over the stored evidence, and keeps the just-in-time grants agents enforce. One
-//! module per stage: ingest (checks each stream, pushes grant views), writer (group commit),
-//! store (`SQLite` today), query, grants (the operators' service), policy.
+//! queries over the stored evidence, and keeps the just-in-time grants agents enforce.
+//!
+//! One module per stage, and data flows one way: `ingest` checks each agent stream and
+//! hands batches to the `writer`, the one committer to the `store`; `grants` decides grant
+//! changes and hands them to the writer as closures; `query` reads the store, and `verify`
+//! checks stored chains above the `Store` trait. Domain errors (`error`) become gRPC
+//! statuses only at the RPC edges (`ingest`, `grants::service`, `query`). This file wires
+//! them together and nothing else.
 
 pub mod cli;
-pub mod grants;
-pub mod ingest;
+mod error;
+mod grants;
+mod ingest;
 pub mod policy;
-pub mod query;
+mod query;
 pub mod store;
-pub mod writer;
+mod verify;
+mod writer;
+
+#[cfg(test)]
+mod layout;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 
@@ -23,7 +35,7 @@ use tokio::{
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
-    grants::{GrantsService, Views},
+    grants::{service::GrantsService, views::Views},
     ingest::IngestService,
     query::QueryService,
     store::Store,
@@ -35,6 +47,14 @@ pub enum Error {
     Store(#[from] store::StoreError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+}
+
+/// Opens the store a `--store` URL names.
+pub fn open_store(url: &str) -> Result<Arc<dyn Store>, store::StoreError> {
+    match url.strip_prefix("sqlite://") {
+        Some(path) if !path.is_empty() => Ok(Arc::new(store::sqlite::Sqlite::open(path)?)),
+        _ => Err(store::StoreError::Url(url.to_owned())),
+    }
 }
 
 /// Commits a tailer may fall behind by before it rereads from the store.

@@ -3,12 +3,14 @@ use std::io::IsTerminal as _;
 use anyhow::Context as _;
 use clap::Parser as _;
 use collector::cli::Cli;
+use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a journal or a test's log.
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -18,7 +20,7 @@ fn main() -> anyhow::Result<()> {
         Some(path) => collector::policy::load(path)?,
         None => collector::policy::default_policy(),
     };
-    let store = collector::store::open(&cli.store)?;
+    let store = collector::open_store(&cli.store)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -32,7 +34,9 @@ fn main() -> anyhow::Result<()> {
                 guarded = policy.guarded.len(),
                 "policy"
             );
-            tracing::info!(store = %cli.store, "listening on {}", listener.local_addr()?);
+            let listening = format!("listening on {}", listener.local_addr()?);
+            tracing::info!(store = %cli.store, "{listening}");
+            notify_ready(&listening);
             let mut terminate = signal(SignalKind::terminate())?;
             tokio::select! {
                 served = collector::serve(listener, store, policy) => served?,
@@ -43,4 +47,14 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         })
+}
+
+/// Tells a service manager (or a test, or the main job) that the collector is ready: its
+/// store is open and its listener bound, so connections from now on are served. Through the
+/// `sd_notify` protocol, when `NOTIFY_SOCKET` is set; a collector that cannot say so still
+/// serves.
+fn notify_ready(status: &str) {
+    if let Err(error) = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]) {
+        tracing::warn!(%error, "cannot notify readiness");
+    }
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use proto::v1::{IdentitySelector, Policy, identity::Kind, policy::Mode};
 use serde::Deserialize;
 
+use crate::grants::rules::check_selector;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("cannot read the policy file {path}: {source}")]
@@ -53,17 +55,9 @@ enum FileMode {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Guarded {
-    kind: GuardedKind,
+    /// An identity kind's name (`proto::identity`), as every side spells it.
+    kind: String,
     name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum GuardedKind {
-    Human,
-    Service,
-    Workload,
-    Registered,
 }
 
 /// Without `--policy`: activity without a grant raises alerts, and a human's exec as root
@@ -88,21 +82,22 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         source,
     })?;
     let mut guarded = Vec::with_capacity(file.guarded.len());
+    let invalid = |message: String| PolicyError::Invalid {
+        path: path.to_owned(),
+        message: format!("guarded: {message}"),
+    };
     for g in file.guarded {
+        let kind = Kind::from_name(&g.kind).ok_or_else(|| {
+            invalid(format!(
+                "identity kind {:?} is not one a grant can name: human, service, workload or registered",
+                g.kind
+            ))
+        })?;
         let selector = IdentitySelector {
-            kind: match g.kind {
-                GuardedKind::Human => Kind::Human,
-                GuardedKind::Service => Kind::Service,
-                GuardedKind::Workload => Kind::Workload,
-                GuardedKind::Registered => Kind::Registered,
-            }
-            .into(),
+            kind: kind.into(),
             name: g.name,
         };
-        crate::grants::check_selector(Some(&selector)).map_err(|status| PolicyError::Invalid {
-            path: path.to_owned(),
-            message: format!("guarded: {}", status.message()),
-        })?;
+        check_selector(Some(&selector)).map_err(|e| invalid(e.to_string()))?;
         guarded.push(selector);
     }
     Ok(Policy {
@@ -161,7 +156,7 @@ mod tests {
             (r#"{"guarded": [{"kind": "service", "name": ""}]}"#, "empty"),
             (
                 r#"{"guarded": [{"kind": "unknown", "name": "x"}]}"#,
-                "unknown variant",
+                "identity kind \"unknown\"",
             ),
             ("{", "EOF"),
         ] {

@@ -1,22 +1,28 @@
-//! The one writer: ingest streams hand it verified batches, it checks each against the chain
+//! The one writer: ingest streams hand it checked batches, it checks each against the chain
 //! heads it keeps (so continuity is judged against exactly what it commits), commits
 //! everything queued in one transaction, and only then replies. After each commit it tells
-//! tailers how far the store reaches. Grant changes go through it too: each is chained into
-//! the collector's own chain in the same transaction as the grant it changes, and applied to
-//! the grant as the commits before it left it, so two changes to one grant never race.
+//! tailers how far the store reaches.
+//!
+//! Grant changes go through it too, so two changes to one grant never race: each is applied
+//! to the grant as the commits before it left it, and chained into the collector's own chain
+//! in the same transaction as the grant it changes. The writer does not know the grant
+//! rules: a change reaches it as a closure (`Decide`) that the grants service made from
+//! them, which it calls with the grant as it stands. Grants depend on the writer, never the
+//! other way.
 
 use std::{collections::HashMap, sync::Arc};
 
 use prost::Message as _;
 use proto::{
-    chain::{GENESIS, chain_hash},
+    chain::{Chain, chain_hash},
+    kind::Kind,
+    time::now_unix_nano,
     v1::{Alert, ChainStart, Event, Grant, GrantChange, event::Body},
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tonic::Status;
 
 use crate::{
-    grants::{self, now},
+    error::{GrantError, IngestError},
     store::{
         Append, COLLECTOR_CHAIN, ChainState, CheckpointRow, Commit, Conflict, Record, Store,
         StoreError,
@@ -31,14 +37,14 @@ const GROUP_RECORDS: usize = 100_000;
 /// Records of one chain, contiguous, each hash already checked against the one before it.
 /// Only the first record's link to the stored head is left for the writer.
 #[derive(Debug)]
-pub struct Batch {
+pub(crate) struct Batch {
     pub host: String,
     pub chain_id: String,
     pub records: Vec<Record>,
 }
 
 #[derive(Debug)]
-pub struct CheckpointRequest {
+pub(crate) struct CheckpointRequest {
     pub host: String,
     pub chain_id: String,
     pub size: u64,
@@ -46,103 +52,99 @@ pub struct CheckpointRequest {
     pub time_unix_nano: u64,
 }
 
-/// A change an operator asked for. `Create` carries the whole new grant; the others name the
-/// grant they change.
-#[derive(Debug)]
-pub enum GrantOp {
-    Create(Box<Grant>),
-    Revoke { id: String, reason: String },
-    Extend { id: String, nanos: u64 },
-}
+/// Decides a grant change from the grant as it stands (`None`: no grant has the id) and the
+/// time: the change to record, its `grant` being the grant as it becomes; or why not.
+pub(crate) type Decide =
+    Box<dyn FnOnce(Option<Grant>, u64) -> Result<GrantChange, GrantError> + Send>;
 
-type Reply = oneshot::Sender<Result<u64, Status>>;
-type GrantReply = oneshot::Sender<Result<Grant, Status>>;
+type Reply = oneshot::Sender<Result<u64, IngestError>>;
+type GrantReply = oneshot::Sender<Result<GrantChange, GrantError>>;
 
 enum Request {
     Batch(Batch, Reply),
     Checkpoint(CheckpointRequest, Reply),
     Grant {
-        op: GrantOp,
-        actor: String,
+        id: String,
+        decide: Decide,
         reply: GrantReply,
     },
 }
 
 /// An answer owed once the group it belongs to is committed (or has failed).
 enum Outcome {
-    Seq(Reply, Result<u64, Status>),
-    Grant(GrantReply, Result<Grant, Status>),
+    Seq(Reply, Result<u64, IngestError>),
+    Grant(GrantReply, Result<GrantChange, GrantError>),
 }
 
 impl Outcome {
     /// Sends the answer; when the commit failed, the failure instead.
-    fn send(self, failure: Option<&Status>) {
+    fn send(self, failure: Option<&StoreError>) {
         match self {
             Self::Seq(reply, result) => {
-                let _ = reply.send(failure.map_or(result, |f| Err(f.clone())));
+                let _ = reply.send(failure.map_or(result, |f| Err(f.clone().into())));
             }
             Self::Grant(reply, result) => {
-                let _ = reply.send(failure.map_or(result, |f| Err(f.clone())));
+                let _ = reply.send(failure.map_or(result, |f| Err(f.clone().into())));
             }
         }
     }
 }
 
-/// The ingest side's handle on the writer.
+/// A handle on the writer, for ingest streams and the grants service.
 #[derive(Clone)]
-pub struct WriterHandle {
+pub(crate) struct WriterHandle {
     tx: mpsc::Sender<Request>,
 }
 
-fn gone() -> Status {
-    Status::unavailable("the collector's writer has stopped")
-}
-
 /// A request in the writer's queue: resolves once it is durable, or refused.
-pub struct Pending(oneshot::Receiver<Result<u64, Status>>);
+pub(crate) struct Pending(oneshot::Receiver<Result<u64, IngestError>>);
 
 impl Pending {
     /// The seq to acknowledge (for a checkpoint, its size).
-    pub async fn wait(self) -> Result<u64, Status> {
-        self.0.await.map_err(|_| gone())?
+    pub async fn wait(self) -> Result<u64, IngestError> {
+        self.0.await.map_err(|_| IngestError::Unavailable)?
     }
 }
 
 impl WriterHandle {
     /// Queues a batch; waits only while the queue is full.
-    pub async fn append(&self, batch: Batch) -> Result<Pending, Status> {
+    pub async fn append(&self, batch: Batch) -> Result<Pending, IngestError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Batch(batch, reply))
             .await
-            .map_err(|_| gone())?;
+            .map_err(|_| IngestError::Unavailable)?;
         Ok(Pending(rx))
     }
 
-    pub async fn checkpoint(&self, checkpoint: CheckpointRequest) -> Result<Pending, Status> {
+    pub async fn checkpoint(&self, checkpoint: CheckpointRequest) -> Result<Pending, IngestError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Checkpoint(checkpoint, reply))
             .await
-            .map_err(|_| gone())?;
+            .map_err(|_| IngestError::Unavailable)?;
         Ok(Pending(rx))
     }
 
-    /// Applies a grant change and waits until it and its `GrantChange` record are durable;
-    /// returns the grant as it now is.
-    pub async fn change_grant(&self, op: GrantOp, actor: String) -> Result<Grant, Status> {
+    /// Changes grant `id` as `decide` says, and waits until the grant and its `GrantChange`
+    /// record are durable; returns that record.
+    pub async fn change_grant(
+        &self,
+        id: String,
+        decide: Decide,
+    ) -> Result<GrantChange, GrantError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Grant { op, actor, reply })
+            .send(Request::Grant { id, decide, reply })
             .await
-            .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+            .map_err(|_| GrantError::Unavailable)?;
+        rx.await.map_err(|_| GrantError::Unavailable)?
     }
 }
 
 /// Starts the writer on the blocking pool. `live` receives the highest stored row id after
 /// each commit; `grants_changed` is marked after each commit that changed a grant.
-pub fn spawn(
+pub(crate) fn spawn(
     store: Arc<dyn Store>,
     live: broadcast::Sender<i64>,
     grants_changed: watch::Sender<()>,
@@ -185,7 +187,7 @@ struct Group {
 
 /// An event the collector chains into its own chain, and the columns it is found by.
 struct Own {
-    kind: &'static str,
+    kind: Kind,
     host: String,
     identity_kind: i32,
     identity_name: String,
@@ -239,9 +241,8 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed; nothing of this group is acknowledged");
-                let failure = Status::internal(format!("store commit failed: {e}"));
                 for outcome in group.replies {
-                    outcome.send(Some(&failure));
+                    outcome.send(Some(&e));
                 }
             }
         }
@@ -279,40 +280,39 @@ impl Writer {
                 let result = self.checkpoint(group, checkpoint);
                 group.replies.push(Outcome::Seq(reply, result));
             }
-            Request::Grant { op, actor, reply } => {
-                let result = self.change_grant(group, op, actor);
+            Request::Grant { id, decide, reply } => {
+                let result = self.change_grant(group, &id, decide);
                 group.replies.push(Outcome::Grant(reply, result));
             }
         }
         Ok(())
     }
 
-    fn stored_hash(&self, chain_id: &str, seq: u64) -> Result<Vec<u8>, Status> {
-        self.store
-            .hash_at(chain_id, seq)
-            .map_err(|e| Status::internal(format!("store read failed: {e}")))?
-            .ok_or_else(|| Status::internal(format!("stored chain {chain_id} lacks seq {seq}")))
+    fn stored_hash(&self, chain_id: &str, seq: u64) -> Result<Vec<u8>, IngestError> {
+        self.store.hash_at(chain_id, seq)?.ok_or_else(|| {
+            IngestError::Internal(format!("stored chain {chain_id} lacks seq {seq}"))
+        })
     }
 
-    fn append(&self, group: &mut Group, mut batch: Batch) -> Result<u64, Status> {
+    fn append(&self, group: &mut Group, mut batch: Batch) -> Result<u64, IngestError> {
         let (Some(first), Some(last)) = (batch.records.first(), batch.records.last()) else {
-            return Err(Status::invalid_argument("empty batch"));
+            return Err(IngestError::Invalid("empty batch".into()));
         };
         let (first, last) = (first.seq, last.seq);
         let mut head = self.head(group, &batch.chain_id).unwrap_or(ChainState {
             chain_id: batch.chain_id.clone(),
             host: batch.host.clone(),
             next_seq: 0,
-            head_hash: GENESIS,
+            head_hash: proto::chain::GENESIS,
         });
         if head.host != batch.host {
-            return Err(Status::invalid_argument(format!(
+            return Err(IngestError::Invalid(format!(
                 "chain {} belongs to host {:?}, not {:?}",
                 batch.chain_id, head.host, batch.host
             )));
         }
         if first > head.next_seq {
-            return Err(Status::failed_precondition(format!(
+            return Err(IngestError::Gap(format!(
                 "seq {first} does not continue chain {}: the collector holds seq 0 to {} (next_seq {})",
                 batch.chain_id,
                 head.next_seq.saturating_sub(1),
@@ -325,7 +325,7 @@ impl Writer {
         } else {
             let r = &batch.records[0];
             if chain_hash(&batch.chain_id, r.seq, &head.head_hash, &r.event) != r.hash {
-                return Err(Status::invalid_argument(format!(
+                return Err(IngestError::Invalid(format!(
                     "the hash of seq {} of chain {} does not recompute over the stored head",
                     r.seq, batch.chain_id
                 )));
@@ -348,17 +348,22 @@ impl Writer {
 
     /// The first `overlap` records are already stored. The batch's hashes link to each other,
     /// so when the last overlapping one matches the store, all of them do.
-    fn check_resend(&self, group: &mut Group, batch: &Batch, overlap: usize) -> Result<(), Status> {
+    fn check_resend(
+        &self,
+        group: &mut Group,
+        batch: &Batch,
+        overlap: usize,
+    ) -> Result<(), IngestError> {
         let chain_id = &batch.chain_id;
-        let matches = |r: &Record| -> Result<Option<Vec<u8>>, Status> {
+        let differs = |r: &Record| -> Result<Option<Vec<u8>>, IngestError> {
             let stored = self.stored_hash(chain_id, r.seq)?;
             Ok((stored != r.hash).then_some(stored))
         };
-        if matches(&batch.records[overlap - 1])?.is_none() {
+        if differs(&batch.records[overlap - 1])?.is_none() {
             return Ok(());
         }
         for r in &batch.records[..overlap] {
-            if let Some(stored_hash) = matches(r)? {
+            if let Some(stored_hash) = differs(r)? {
                 let message = format!(
                     "fork: host {:?} resent seq {} of chain {chain_id} with a different hash; the stored chain is kept",
                     batch.host, r.seq
@@ -370,12 +375,12 @@ impl Writer {
                     event: r.event.clone(),
                     hash: r.hash.to_vec(),
                     stored_hash,
-                    received_unix_nano: now(),
+                    received_unix_nano: now_unix_nano(),
                 });
                 self.chain_own(
                     group,
                     Own {
-                        kind: "alert",
+                        kind: Kind::Alert,
                         host: batch.host.clone(),
                         identity_kind: 0,
                         identity_name: String::new(),
@@ -388,103 +393,63 @@ impl Writer {
                         }),
                     },
                 );
-                return Err(Status::already_exists(message));
+                return Err(IngestError::Fork(message));
             }
         }
-        Err(Status::internal(
-            "resend differs from the store, yet no record does",
+        Err(IngestError::Internal(
+            "resend differs from the store, yet no record does".into(),
         ))
     }
 
     /// The grant as committed, or as a change earlier in this group left it.
-    fn current_grant(&self, group: &Group, id: &str) -> Result<Option<Grant>, Status> {
-        if let Some(g) = group.commit.grants.iter().rev().find(|g| g.id == id) {
-            return Ok(Some(g.clone()));
+    fn current_grant(&self, group: &Group, id: &str) -> Result<Option<Grant>, StoreError> {
+        match group.commit.grants.iter().rev().find(|g| g.id == id) {
+            Some(g) => Ok(Some(g.clone())),
+            None => self.store.grant(id),
         }
-        self.store
-            .grant(id)
-            .map_err(|e| Status::internal(format!("store read failed: {e}")))
     }
 
     /// Applies a grant change to the group: the grant as it becomes, and its `GrantChange`
     /// record in the collector's chain.
-    fn change_grant(&self, group: &mut Group, op: GrantOp, actor: String) -> Result<Grant, Status> {
-        let time = now();
-        let live = |id: &str| -> Result<Grant, Status> {
-            let grant = self
-                .current_grant(group, id)?
-                .ok_or_else(|| Status::not_found(format!("no grant has the id {id:?}")))?;
-            match grants::ended(&grant, time) {
-                Some(why) => Err(Status::failed_precondition(format!(
-                    "grant {id} has already ended: {why}"
-                ))),
-                None => Ok(grant),
-            }
-        };
-        let (action, grant, reason) = match op {
-            GrantOp::Create(grant) => {
-                if self.current_grant(group, &grant.id)?.is_some() {
-                    return Err(Status::already_exists(format!(
-                        "a grant with the id {} exists already",
-                        grant.id
-                    )));
-                }
-                ("create", *grant, String::new())
-            }
-            GrantOp::Revoke { id, reason } => {
-                let mut grant = live(&id)?;
-                grant.revoked_unix_nano = time;
-                ("revoke", grant, reason)
-            }
-            GrantOp::Extend { id, nanos } => {
-                let mut grant = live(&id)?;
-                grant.expires_at_unix_nano = grant
-                    .expires_at_unix_nano
-                    .checked_add(nanos)
-                    .filter(|t| *t <= grants::MAX_TIME)
-                    .ok_or_else(|| {
-                        Status::invalid_argument(format!(
-                            "extending grant {id} by {nanos} ns would take it past the year 2262"
-                        ))
-                    })?;
-                ("extend", grant, String::new())
-            }
-        };
-        let selector = grant.identity.clone().unwrap_or_default();
-        tracing::info!(grant = %grant.id, action, %actor, identity = %selector.name, "grant changed");
+    fn change_grant(
+        &self,
+        group: &mut Group,
+        id: &str,
+        decide: Decide,
+    ) -> Result<GrantChange, GrantError> {
+        let change = decide(self.current_grant(group, id)?, now_unix_nano())?;
+        let selector = change
+            .grant
+            .as_ref()
+            .and_then(|g| g.identity.clone())
+            .unwrap_or_default();
+        tracing::info!(grant = %id, action = %change.action, actor = %change.actor, identity = %selector.name, "grant changed");
         self.chain_own(
             group,
             Own {
-                kind: "grant_change",
+                kind: Kind::GrantChange,
                 host: COLLECTOR_CHAIN.into(),
                 // So that a search by identity finds the changes to its grants.
                 identity_kind: selector.kind,
                 identity_name: selector.name,
-                body: Body::GrantChange(GrantChange {
-                    action: action.into(),
-                    grant: Some(grant.clone()),
-                    actor,
-                    reason,
-                }),
+                body: Body::GrantChange(change.clone()),
             },
         );
-        group.commit.grants.push(grant.clone());
-        Ok(grant)
+        group.commit.grants.extend(change.grant.clone());
+        Ok(change)
     }
 
     /// Chains an event of the collector's own into its chain, which starts like any other.
     fn chain_own(&self, group: &mut Group, own: Own) {
-        let mut head = self.head(group, COLLECTOR_CHAIN).unwrap_or(ChainState {
-            chain_id: COLLECTOR_CHAIN.into(),
-            host: COLLECTOR_CHAIN.into(),
-            next_seq: 0,
-            head_hash: GENESIS,
-        });
-        let time = now();
-        let mut owns = Vec::new();
-        if head.next_seq == 0 {
+        let mut chain = match self.head(group, COLLECTOR_CHAIN) {
+            Some(head) => Chain::resume(head.chain_id, head.next_seq, head.head_hash),
+            None => Chain::new(COLLECTOR_CHAIN.into()),
+        };
+        let time = now_unix_nano();
+        let mut owns = Vec::with_capacity(2);
+        if chain.next_seq() == 0 {
             owns.push(Own {
-                kind: "chain_start",
+                kind: Kind::ChainStart,
                 host: COLLECTOR_CHAIN.to_owned(),
                 identity_kind: 0,
                 identity_name: String::new(),
@@ -495,40 +460,42 @@ impl Writer {
             });
         }
         owns.push(own);
-        let mut records = Vec::new();
-        for Own {
-            kind,
-            host,
-            identity_kind,
-            identity_name,
-            body,
-        } in owns
-        {
-            let event = Event {
-                time_unix_nano: time,
-                body: Some(body),
-                ..Event::default()
-            }
-            .encode_to_vec();
-            let hash = chain_hash(COLLECTOR_CHAIN, head.next_seq, &head.head_hash, &event);
-            records.push(Record {
-                seq: head.next_seq,
-                host,
-                time_unix_nano: time,
-                kind,
-                session: String::new(),
-                sessionid: None,
-                identity_kind,
-                identity_name,
-                grant: String::new(),
-                tty_bytes: 0,
-                event,
-                hash,
-            });
-            head.next_seq += 1;
-            head.head_hash = hash;
-        }
-        group.heads.insert(COLLECTOR_CHAIN.into(), head);
+        let records = owns
+            .into_iter()
+            .map(|own| {
+                let event = Event {
+                    time_unix_nano: time,
+                    body: Some(own.body),
+                    ..Event::default()
+                }
+                .encode_to_vec();
+                let (seq, hash) = chain.link(&event);
+                Record {
+                    seq,
+                    host: own.host,
+                    time_unix_nano: time,
+                    kind: own.kind,
+                    session: String::new(),
+                    sessionid: None,
+                    tty: String::new(),
+                    identity_kind: own.identity_kind,
+                    identity_name: own.identity_name,
+                    grant: String::new(),
+                    tty_bytes: 0,
+                    event,
+                    hash,
+                }
+            })
+            .collect();
+        group.heads.insert(
+            COLLECTOR_CHAIN.into(),
+            ChainState {
+                chain_id: COLLECTOR_CHAIN.into(),
+                host: COLLECTOR_CHAIN.into(),
+                next_seq: chain.next_seq(),
+                head_hash: chain.head(),
+            },
+        );
         group.commit.appends.push(Append {
             chain_id: COLLECTOR_CHAIN.into(),
             chain_host: COLLECTOR_CHAIN.into(),
@@ -536,18 +503,18 @@ impl Writer {
         });
     }
 
-    fn checkpoint(&self, group: &mut Group, c: CheckpointRequest) -> Result<u64, Status> {
+    fn checkpoint(&self, group: &mut Group, c: CheckpointRequest) -> Result<u64, IngestError> {
         let head = self.head(group, &c.chain_id).ok_or_else(|| {
-            Status::failed_precondition(format!("checkpoint of unknown chain {}", c.chain_id))
+            IngestError::Gap(format!("checkpoint of unknown chain {}", c.chain_id))
         })?;
         if head.host != c.host {
-            return Err(Status::invalid_argument(format!(
+            return Err(IngestError::Invalid(format!(
                 "chain {} belongs to host {:?}, not {:?}",
                 c.chain_id, head.host, c.host
             )));
         }
         if c.size > head.next_seq {
-            return Err(Status::failed_precondition(format!(
+            return Err(IngestError::Gap(format!(
                 "checkpoint of chain {} claims {} records; the collector holds {}",
                 c.chain_id, c.size, head.next_seq
             )));
@@ -558,7 +525,7 @@ impl Writer {
             n => self.stored_hash(&c.chain_id, n - 1)?,
         };
         if stored != c.head_hash {
-            return Err(Status::invalid_argument(format!(
+            return Err(IngestError::Invalid(format!(
                 "checkpoint of chain {} at size {}: its head hash differs from the stored record",
                 c.chain_id, c.size
             )));
@@ -568,8 +535,68 @@ impl Writer {
             size: c.size,
             head_hash: c.head_hash,
             time_unix_nano: c.time_unix_nano,
-            received_unix_nano: now(),
+            received_unix_nano: now_unix_nano(),
         });
         Ok(c.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::Sqlite;
+
+    fn grant_change(action: &str, grant: Grant) -> GrantChange {
+        GrantChange {
+            action: action.into(),
+            grant: Some(grant),
+            actor: "test".into(),
+            reason: String::new(),
+        }
+    }
+
+    /// The writer applies whatever rule it is handed to the grant as committed or as the
+    /// change before it in the same group left it, records each change in its own chain, and
+    /// records nothing of a refusal.
+    #[tokio::test]
+    async fn grant_changes_are_decided_against_the_grant_as_it_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store: Arc<dyn Store> = Arc::new(Sqlite::open(path.to_str().unwrap()).unwrap());
+        let (live, _) = broadcast::channel(4);
+        let (changed, told) = watch::channel(());
+        let writer = spawn(Arc::clone(&store), live, changed).unwrap();
+        let new = Grant {
+            id: "g-1".into(),
+            expires_at_unix_nano: u64::MAX >> 1,
+            ..Grant::default()
+        };
+        let create: Decide = Box::new(move |current, _| {
+            assert_eq!(current, None);
+            Ok(grant_change("create", new))
+        });
+        let revoke: Decide = Box::new(|current, now| {
+            let mut grant = current.expect("the create before it");
+            grant.revoked_unix_nano = now;
+            Ok(grant_change("revoke", grant))
+        });
+        let refuse: Decide = Box::new(|_, _| Err(GrantError::Ended("no".into())));
+        let (created, revoked, refused) = tokio::join!(
+            writer.change_grant("g-1".into(), create),
+            writer.change_grant("g-1".into(), revoke),
+            writer.change_grant("g-1".into(), refuse),
+        );
+        assert_eq!(created.unwrap().action, "create");
+        let revoked = revoked.unwrap().grant.unwrap();
+        assert_ne!(revoked.revoked_unix_nano, 0);
+        assert!(matches!(refused, Err(GrantError::Ended(_))));
+        assert_eq!(store.grant("g-1").unwrap(), Some(revoked));
+        assert!(told.has_changed().unwrap(), "agents' views are refreshed");
+        let verdicts = crate::verify::verify(store.as_ref(), "", COLLECTOR_CHAIN).unwrap();
+        assert!(verdicts[0].ok, "{verdicts:?}");
+        assert_eq!(
+            verdicts[0].records, 3,
+            "chain start, create, revoke: not the refusal"
+        );
     }
 }

@@ -148,6 +148,7 @@ async fn check_replay(collector: &Collector) {
         .await
         .replay(ReplayRequest {
             session: session_key(ALICE),
+            ..ReplayRequest::default()
         })
         .await
         .unwrap()

@@ -1,16 +1,23 @@
-//! The store: the one interface the ingest writer, the query service and the grants service
-//! use, so a `PostgreSQL` backend can sit beside the `SQLite` one. Calls block; async callers
-//! run them on the blocking pool.
+//! The store: storage only, behind the one interface the writer, the query service, the
+//! grants service and the chain verifier use, so a PostgreSQL backend can sit beside the
+//! SQLite one without copying any of their rules. Calls block; async callers run them on the
+//! blocking pool (`blocking`).
 
 pub mod sqlite;
 
-use proto::v1::{ChainVerdict, Grant, Session, StoredEvent};
+use std::{ops::ControlFlow, sync::Arc};
+
+use proto::{
+    kind::Kind,
+    v1::{Event, Grant, StoredEvent, event::Body},
+};
 
 /// The chain that holds the collector's own alerts and grant changes, so they are chained
 /// evidence too. Agents' chain ids are `HOST:BOOT_ID:START`, so this one cannot collide.
 pub const COLLECTOR_CHAIN: &str = "collector";
 
-#[derive(Debug, thiserror::Error)]
+/// A storage failure. Cloneable, so one failed group commit can answer every request in it.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("unsupported store {0:?}: expected sqlite://PATH")]
     Url(String),
@@ -18,10 +25,10 @@ pub enum StoreError {
     Open {
         path: String,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
     #[error("store: {0}")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
 /// Where a stored chain stands.
@@ -42,17 +49,32 @@ pub struct Record {
     /// The host the record is about: its chain's host, or for an alert the host it concerns.
     pub host: String,
     pub time_unix_nano: u64,
-    pub kind: &'static str,
-    /// `HOST:SESSIONID:ROOT_START`, empty outside an audit session.
+    pub kind: Kind,
+    /// `HOST:SESSIONID:ROOT_START` (`proto::session::Key`), empty outside an audit session.
     pub session: String,
     pub sessionid: Option<u32>,
+    /// The terminal (`major:minor`): a tty event's device, otherwise the process's
+    /// controlling terminal; empty when there is none. Sessions and Replay tell a session's
+    /// terminals apart by it.
+    pub tty: String,
     pub identity_kind: i32,
     pub identity_name: String,
     /// The grant the activity is covered by (`Identity.grant`); empty outside any.
     pub grant: String,
+    /// Bytes of terminal data, for tty events.
     pub tty_bytes: u64,
     pub event: Vec<u8>,
     pub hash: [u8; 32],
+}
+
+/// The terminal `event` is on, as `Record::tty` keeps it: a tty event's device, otherwise its
+/// process's controlling terminal; empty when there is none.
+#[must_use]
+pub fn terminal(event: &Event) -> &str {
+    match &event.body {
+        Some(Body::Tty(tty)) => &tty.device,
+        _ => event.process.as_ref().map_or("", |p| p.tty.as_str()),
+    }
 }
 
 /// Records that continue one chain.
@@ -106,6 +128,17 @@ impl Commit {
     }
 }
 
+/// One stored record as the verifier reads it: exactly what is stored, nothing derived, and
+/// borrowed from the backend, so reading a chain copies nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct ChainRow<'a> {
+    /// Its row id: storage order, which within a chain is seq order.
+    pub row: i64,
+    pub seq: u64,
+    pub event: &'a [u8],
+    pub hash: &'a [u8],
+}
+
 /// How a grant was used: the events recorded under it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GrantUsage {
@@ -125,7 +158,7 @@ pub struct Violations {
     pub newest: Vec<StoredEvent>,
 }
 
-/// Which session a filter selects.
+/// Which session a filter selects: by its key as stored, or by its audit session id.
 #[derive(Clone, Debug)]
 pub enum SessionMatch {
     Key(String),
@@ -138,7 +171,10 @@ pub struct EventFilter {
     pub host: Option<String>,
     pub identity: Option<String>,
     pub session: Option<SessionMatch>,
-    pub kinds: Vec<String>,
+    /// Any of these kinds.
+    pub kinds: Vec<Kind>,
+    /// The terminal (`Record::tty`).
+    pub tty: Option<String>,
     pub since_unix_nano: u64,
     /// 0: no upper bound.
     pub until_unix_nano: u64,
@@ -151,8 +187,54 @@ pub struct Cursor {
     pub row: i64,
 }
 
+/// Which sessions `Store::sessions` summarizes: those with events from `since_unix_nano`
+/// on, of `host` (empty: any) or the one of `key`.
+#[derive(Clone, Debug, Default)]
+pub struct SessionQuery {
+    pub host: String,
+    pub key: Option<String>,
+    pub since_unix_nano: u64,
+}
+
+/// One session's columns, aggregated over its events from the query's `since` on; its first
+/// event and login terminal are those of all its events, whatever the window, as they name
+/// the session itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionRow {
+    pub key: String,
+    pub host: String,
+    pub first_unix_nano: u64,
+    pub last_unix_nano: u64,
+    pub events: u64,
+    pub execs: u64,
+    pub tty_bytes: u64,
+    /// The bytes of the session's first event (by time, then row): it names the session's
+    /// root and identity.
+    pub first_event: Vec<u8>,
+    /// The `tty` of the session's first event (by time, then row) that has one.
+    pub login_tty: String,
+    /// Every terminal with tty events, by first use.
+    pub terminals: Vec<TerminalRow>,
+}
+
+/// One terminal of a session: its tty events from the query's `since` on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TerminalRow {
+    pub device: String,
+    pub first_unix_nano: u64,
+    pub last_unix_nano: u64,
+    pub output_bytes: u64,
+    pub input_bytes: u64,
+    /// The bytes of its first `tty_in` event, whose process holds the master side; `None`
+    /// when nothing was typed.
+    pub first_input: Option<Vec<u8>>,
+}
+
+/// Storage: it keeps what it is given and reads it back by columns. The rules (what a chain
+/// must be, what a grant change may do, what a session key means) live above it, once for
+/// every backend.
 pub trait Store: Send + Sync + 'static {
-    /// Every stored chain, for the writer to continue from.
+    /// Every stored chain, in the order each was first stored.
     fn chains(&self) -> Result<Vec<ChainState>, StoreError>;
     /// The stored hash of one record.
     fn hash_at(&self, chain_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
@@ -176,10 +258,20 @@ pub trait Store: Send + Sync + 'static {
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<(Cursor, StoredEvent)>, StoreError>;
-    /// Sessions with events since the given time, oldest first.
-    fn sessions(&self, host: &str, since_unix_nano: u64) -> Result<Vec<Session>, StoreError>;
-    /// Recomputes the chains of `host` (empty: all), or one chain.
-    fn verify(&self, host: &str, chain_id: &str) -> Result<Vec<ChainVerdict>, StoreError>;
+    /// The sessions `query` selects, by their first event in the window.
+    fn sessions(&self, query: &SessionQuery) -> Result<Vec<SessionRow>, StoreError>;
+    /// Hands `each` up to `limit` stored records of `chain_id` from seq `from_seq` on, in
+    /// seq order, until it breaks. A page at a time, so no read holds the store for a whole
+    /// chain.
+    fn chain_rows(
+        &self,
+        chain_id: &str,
+        from_seq: u64,
+        limit: usize,
+        each: &mut dyn FnMut(ChainRow<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+    /// The size the chain's latest checkpoint claims, if it has one.
+    fn last_checkpoint(&self, chain_id: &str) -> Result<Option<u64>, StoreError>;
     /// Every grant whose end (`proto::grant::end`) is later than `ended_after`, oldest
     /// first.
     fn grants(&self, ended_after: u64) -> Result<Vec<Grant>, StoreError>;
@@ -195,24 +287,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Violations>, StoreError>;
 }
 
-/// Opens the store a `--store` URL names.
-pub fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    match url.strip_prefix("sqlite://") {
-        Some(path) if !path.is_empty() => Ok(std::sync::Arc::new(sqlite::Sqlite::open(path)?)),
-        _ => Err(StoreError::Url(url.to_owned())),
-    }
-}
-
-/// Runs a store call on the blocking pool; a store failure is the collector's, not the
-/// caller's.
-pub async fn blocking<T: Send + 'static>(
+/// Runs a store call on the blocking pool. A call that panicked is a store failure too.
+pub(crate) async fn blocking<T: Send + 'static>(
     call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, tonic::Status> {
-    tokio::task::spawn_blocking(call)
+) -> Result<T, StoreError> {
+    let result = tokio::task::spawn_blocking(call)
         .await
-        .map_err(|e| tonic::Status::internal(format!("store call failed: {e}")))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "store call failed");
-            tonic::Status::internal(e.to_string())
-        })
+        .map_err(|e| StoreError::Backend(Arc::new(e)))
+        .flatten();
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "store call failed");
+    }
+    result
 }

@@ -1,0 +1,190 @@
+//! Pure checks of what an agent stream sends, against the contract (collector.proto,
+//! docs/chain.md): bounds, contiguous seqs, each hash against the one before it, and each
+//! event decoded for the columns queries use. Only a batch's link to the stored head is left
+//! for the writer, which holds the heads.
+
+use prost::Message as _;
+use proto::{
+    chain::chain_hash,
+    kind::Kind,
+    session::Key,
+    v1::{Event, EventBatch, Hello, event::Body},
+};
+
+use crate::{
+    error::IngestError,
+    store::{COLLECTOR_CHAIN, Record, terminal},
+    writer::Batch,
+};
+
+/// Records in one batch.
+pub(crate) const MAX_BATCH_EVENTS: usize = 10_000;
+/// Serialized bytes of one event.
+pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
+/// Bytes of a chain id or host id.
+pub(crate) const MAX_ID_BYTES: usize = 256;
+/// Chains named in one Hello.
+pub(crate) const MAX_HELLO_CHAINS: usize = 4096;
+
+fn invalid(message: String) -> IngestError {
+    IngestError::Invalid(message)
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), IngestError> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(invalid(format!(
+            "{what} must be 1 to {MAX_ID_BYTES} bytes, not {}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a Hello's host and chain ids.
+pub(crate) fn hello(hello: &Hello) -> Result<(), IngestError> {
+    check_id("host", &hello.host)?;
+    if hello.chain_ids.len() > MAX_HELLO_CHAINS {
+        return Err(invalid(format!(
+            "Hello names {} chains; at most {MAX_HELLO_CHAINS}",
+            hello.chain_ids.len()
+        )));
+    }
+    hello
+        .chain_ids
+        .iter()
+        .try_for_each(|id| check_id("chain_id", id))
+}
+
+/// Checks a batch of the agent that said Hello as `host`, and makes its records.
+pub(crate) fn batch(host: &str, batch: EventBatch) -> Result<Batch, IngestError> {
+    let chain_id = batch.chain_id;
+    check_id("chain_id", &chain_id)?;
+    if chain_id == COLLECTOR_CHAIN {
+        return Err(invalid(format!(
+            "chain id {COLLECTOR_CHAIN:?} is the collector's own"
+        )));
+    }
+    let count = batch.events.len();
+    if count == 0 || count > MAX_BATCH_EVENTS {
+        return Err(invalid(format!(
+            "a batch holds 1 to {MAX_BATCH_EVENTS} events, not {count}"
+        )));
+    }
+    let first = batch.events[0].seq;
+    if first
+        .checked_add(count as u64)
+        .is_none_or(|end| end > i64::MAX as u64)
+    {
+        return Err(invalid(format!("seq {first} is out of range")));
+    }
+    let mut records = Vec::with_capacity(count);
+    let mut prev: Option<[u8; 32]> = None;
+    for (i, ce) in batch.events.into_iter().enumerate() {
+        let seq = first + i as u64;
+        if ce.seq != seq {
+            return Err(invalid(format!(
+                "batch of chain {chain_id} is not contiguous: seq {} where {seq} belongs",
+                ce.seq
+            )));
+        }
+        if !ce.chain_id.is_empty() && ce.chain_id != chain_id {
+            return Err(invalid(format!(
+                "seq {seq} names chain {:?} inside a batch of chain {chain_id}",
+                ce.chain_id
+            )));
+        }
+        if ce.event.len() > MAX_EVENT_BYTES {
+            return Err(invalid(format!(
+                "seq {seq} is {} bytes; an event is at most {MAX_EVENT_BYTES}",
+                ce.event.len()
+            )));
+        }
+        let hash: [u8; 32] = ce.hash.as_slice().try_into().map_err(|_| {
+            invalid(format!(
+                "the hash of seq {seq} is {} bytes, not 32",
+                ce.hash.len()
+            ))
+        })?;
+        if let Some(prev) = prev
+            && chain_hash(&chain_id, seq, &prev, &ce.event) != hash
+        {
+            return Err(invalid(format!(
+                "the hash of seq {seq} of chain {chain_id} does not recompute"
+            )));
+        }
+        prev = Some(hash);
+        records.push(record(host, seq, ce.event, hash)?);
+    }
+    Ok(Batch {
+        host: host.to_owned(),
+        chain_id,
+        records,
+    })
+}
+
+/// Decodes an event for the columns it is found by, refusing what an agent may not send.
+fn record(host: &str, seq: u64, bytes: Vec<u8>, hash: [u8; 32]) -> Result<Record, IngestError> {
+    let event = Event::decode(bytes.as_slice())
+        .map_err(|e| invalid(format!("seq {seq} is not a recorder.v1.Event: {e}")))?;
+    if event.time_unix_nano > i64::MAX as u64 {
+        return Err(invalid(format!("seq {seq}: time out of range")));
+    }
+    let Some(kind) = Kind::of(&event) else {
+        return Err(invalid(format!("seq {seq} has no body")));
+    };
+    match &event.body {
+        Some(Body::ChainStart(start)) if start.host != host => {
+            return Err(invalid(format!(
+                "seq {seq} starts a chain of host {:?}, but this agent said Hello as {host:?}",
+                start.host
+            )));
+        }
+        Some(Body::Alert(_)) => {
+            return Err(invalid(format!(
+                "seq {seq} is an alert: only the collector raises alerts"
+            )));
+        }
+        Some(Body::GrantChange(_)) => {
+            return Err(invalid(format!(
+                "seq {seq} is a grant change: only the collector records those"
+            )));
+        }
+        _ => {}
+    }
+    if seq == 0 && kind != Kind::ChainStart {
+        return Err(invalid(format!(
+            "seq 0 is {kind}: a chain begins with chain_start"
+        )));
+    }
+    let tty_bytes = match &event.body {
+        Some(Body::Tty(t)) => t.data.len() as u64,
+        _ => 0,
+    };
+    let sessionid = event.process.as_ref().and_then(|p| p.sessionid);
+    let session = match (sessionid, &event.session_root) {
+        (Some(sessionid), Some(root)) => Key {
+            host: host.to_owned(),
+            sessionid,
+            start_unix_nano: root.start_unix_nano,
+        }
+        .to_string(),
+        _ => String::new(),
+    };
+    let tty = terminal(&event).to_owned();
+    let identity = event.identity.unwrap_or_default();
+    Ok(Record {
+        seq,
+        host: host.to_owned(),
+        time_unix_nano: event.time_unix_nano,
+        kind,
+        session,
+        sessionid,
+        tty,
+        identity_kind: identity.kind,
+        identity_name: identity.name,
+        grant: identity.grant,
+        tty_bytes,
+        event: bytes,
+        hash,
+    })
+}

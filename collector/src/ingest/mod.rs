@@ -1,0 +1,282 @@
+//! The Ingest service, the RPC edge agents stream their chains to: it checks what each
+//! stream sends (`check`), hands checked batches to the writer, and acknowledges each one
+//! once the writer reports it durable. It also keeps each agent's view of its host's grants
+//! fresh: a `GrantView` after Welcome, at every grant change, and every `VIEW_REFRESH`.
+
+pub(crate) mod check;
+
+use std::{sync::Arc, time::Duration};
+
+use proto::v1::{
+    Ack, AgentMessage, ChainHead, CollectorMessage, Hello, Welcome, agent_message::Msg,
+    collector_message, ingest_server::Ingest,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    error::IngestError,
+    grants::views::Views,
+    store::{Store, blocking},
+    writer::{CheckpointRequest, Pending, WriterHandle},
+};
+
+/// The largest message a stream may send; a larger one ends the stream with tonic's
+/// `OUT_OF_RANGE` status. Agents size their batches below it.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 8 << 20;
+/// Batches a stream may have in the writer's queue before it waits for their acks; they are
+/// what lets one agent's batches share a commit.
+const IN_FLIGHT: usize = 16;
+/// A stream is sent a fresh `GrantView` at least this often, even when nothing changed:
+/// agents count their view's staleness from its `issued_unix_nano`.
+const VIEW_REFRESH: Duration = Duration::from_secs(30);
+
+/// The statuses of collector.proto's Ingest contract.
+impl From<IngestError> for Status {
+    fn from(e: IngestError) -> Self {
+        let message = e.to_string();
+        match e {
+            IngestError::Invalid(_) => Self::invalid_argument(message),
+            IngestError::Gap(_) => Self::failed_precondition(message),
+            IngestError::Fork(_) => Self::already_exists(message),
+            IngestError::Internal(_) | IngestError::Store(_) => Self::internal(message),
+            IngestError::Unavailable => Self::unavailable(message),
+        }
+    }
+}
+
+pub(crate) struct IngestService {
+    store: Arc<dyn Store>,
+    writer: WriterHandle,
+    views: Views,
+}
+
+impl IngestService {
+    pub(crate) fn new(store: Arc<dyn Store>, writer: WriterHandle, views: Views) -> Self {
+        Self {
+            store,
+            writer,
+            views,
+        }
+    }
+}
+
+type Reply = Result<CollectorMessage, Status>;
+
+/// What the stream owes the agent, in the order its messages came.
+enum Step {
+    Ack(String, Pending),
+    Checkpoint(Pending),
+    Fail(Status),
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamStream = ReceiverStream<Reply>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let inbound = request.into_inner();
+        let (out, rx) = mpsc::channel(IN_FLIGHT * 2);
+        let (steps, steps_rx) = mpsc::channel(IN_FLIGHT);
+        // Dropped when the acks end, which ends the grant views too: the stream closes once
+        // the agent's side has and every ack is out.
+        let (acks_done, acks_ended) = oneshot::channel();
+        tokio::spawn(read(
+            inbound,
+            Reader {
+                store: Arc::clone(&self.store),
+                writer: self.writer.clone(),
+                views: self.views.clone(),
+                out: out.clone(),
+                steps,
+                acks_ended,
+            },
+        ));
+        tokio::spawn(acknowledge(steps_rx, out, peer, acks_done));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// What the reading side of one stream works with.
+struct Reader {
+    store: Arc<dyn Store>,
+    writer: WriterHandle,
+    views: Views,
+    out: mpsc::Sender<Reply>,
+    steps: mpsc::Sender<Step>,
+    acks_ended: oneshot::Receiver<()>,
+}
+
+/// Sends `host`'s grant view now, again at each grant change, and every `VIEW_REFRESH`, until
+/// `acks_ended`.
+async fn push_views(
+    views: Views,
+    host: String,
+    out: mpsc::Sender<Reply>,
+    mut acks_ended: oneshot::Receiver<()>,
+) {
+    let mut changed = views.subscribe();
+    let mut refresh = tokio::time::interval(VIEW_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut acks_ended => return,
+            _ = refresh.tick() => {}
+            changed = changed.changed() => if changed.is_err() { return },
+        }
+        refresh.reset();
+        let reply = match views.view(&host).await {
+            Ok(view) => Ok(CollectorMessage {
+                msg: Some(collector_message::Msg::Grants(view)),
+            }),
+            Err(e) => {
+                tracing::error!(%host, error = %e, "cannot make the grant view; ending the stream");
+                Err(IngestError::from(e).into())
+            }
+        };
+        let failed = reply.is_err();
+        if out.send(reply).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Sends acks in order as the writer reports batches durable; the first failure ends the
+/// stream. `_done` is dropped when it returns.
+async fn acknowledge(
+    mut steps: mpsc::Receiver<Step>,
+    out: mpsc::Sender<Reply>,
+    peer: String,
+    _done: oneshot::Sender<()>,
+) {
+    while let Some(step) = steps.recv().await {
+        let reply = match step {
+            Step::Ack(chain_id, pending) => pending
+                .wait()
+                .await
+                .map(|seq| CollectorMessage {
+                    msg: Some(collector_message::Msg::Ack(Ack { chain_id, seq })),
+                })
+                .map_err(Status::from),
+            Step::Checkpoint(pending) => match pending.wait().await {
+                Ok(_) => continue,
+                Err(e) => Err(e.into()),
+            },
+            Step::Fail(status) => Err(status),
+        };
+        if let Err(status) = &reply {
+            tracing::warn!(%peer, code = ?status.code(), message = status.message(), "ingest stream refused");
+        }
+        let failed = reply.is_err();
+        if out.send(reply).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// What one message of the stream after its Hello asks of the writer.
+async fn step(writer: &WriterHandle, host: &str, msg: Msg) -> Result<Step, IngestError> {
+    match msg {
+        Msg::Hello(_) => Err(IngestError::Invalid("Hello sent twice".into())),
+        Msg::Batch(batch) => {
+            let chain_id = batch.chain_id.clone();
+            let host = host.to_owned();
+            let batch = tokio::task::spawn_blocking(move || check::batch(&host, batch))
+                .await
+                .map_err(|e| IngestError::Internal(format!("batch check failed: {e}")))??;
+            Ok(Step::Ack(chain_id, writer.append(batch).await?))
+        }
+        Msg::Checkpoint(c) => {
+            let request = CheckpointRequest {
+                host: host.to_owned(),
+                chain_id: c.chain_id,
+                size: c.size,
+                head_hash: c.head_hash,
+                time_unix_nano: c.time_unix_nano,
+            };
+            Ok(Step::Checkpoint(writer.checkpoint(request).await?))
+        }
+    }
+}
+
+/// Reads the agent's messages: Hello first, then batches and checkpoints.
+async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
+    let Reader {
+        store,
+        writer,
+        views,
+        out,
+        steps,
+        acks_ended,
+    } = reader;
+    let fail = async |status| {
+        let _ = steps.send(Step::Fail(status)).await;
+    };
+    let hello = match inbound.message().await {
+        Ok(Some(AgentMessage {
+            msg: Some(Msg::Hello(hello)),
+        })) => hello,
+        Ok(None) => return,
+        Ok(Some(_)) => {
+            return fail(Status::invalid_argument("the first message must be Hello")).await;
+        }
+        Err(status) => return fail(status).await,
+    };
+    let welcome = match welcome(&store, &hello).await {
+        Ok(w) => w,
+        Err(e) => return fail(e.into()).await,
+    };
+    tracing::info!(host = %hello.host, version = %hello.agent_version, chains = hello.chain_ids.len(), "agent connected");
+    if out.send(Ok(welcome)).await.is_err() {
+        return;
+    }
+    tokio::spawn(push_views(views, hello.host.clone(), out, acks_ended));
+    loop {
+        let step = match inbound.message().await {
+            Ok(None) => return,
+            Err(status) => Step::Fail(status),
+            Ok(Some(AgentMessage { msg: None })) => {
+                Step::Fail(Status::invalid_argument("empty message"))
+            }
+            Ok(Some(AgentMessage { msg: Some(msg) })) => step(&writer, &hello.host, msg)
+                .await
+                .unwrap_or_else(|e| Step::Fail(e.into())),
+        };
+        let failed = matches!(step, Step::Fail(_));
+        if steps.send(step).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Checks the Hello, and answers where each chain it names stands in the store.
+async fn welcome(store: &Arc<dyn Store>, hello: &Hello) -> Result<CollectorMessage, IngestError> {
+    check::hello(hello)?;
+    let store = Arc::clone(store);
+    let chains = blocking(move || store.chains()).await?;
+    let heads = hello
+        .chain_ids
+        .iter()
+        .map(|id| {
+            let stored = chains.iter().find(|c| c.chain_id == *id);
+            ChainHead {
+                chain_id: id.clone(),
+                next_seq: stored.map_or(0, |c| c.next_seq),
+                head_hash: stored
+                    .filter(|c| c.next_seq > 0)
+                    .map(|c| c.head_hash.to_vec())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    Ok(CollectorMessage {
+        msg: Some(collector_message::Msg::Welcome(Welcome { heads })),
+    })
+}

@@ -1,0 +1,227 @@
+//! The Query service, the RPC edge operators read the store through. Filter semantics are
+//! collector.proto's (`filter`); Sessions and Replay are assembled in `sessions`; Verify is
+//! the store-independent chain verifier (`crate::verify`).
+
+mod filter;
+mod sessions;
+
+use std::sync::Arc;
+
+use proto::v1::{
+    ReplayRequest, SearchRequest, SearchResponse, SessionsRequest, SessionsResponse, StoredEvent,
+    TailRequest, VerifyRequest, VerifyResponse, query_server::Query,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    error::QueryError,
+    store::{Cursor, EventFilter, Store, blocking},
+    verify::verify,
+};
+
+const DEFAULT_LIMIT: u32 = 1000;
+const MAX_LIMIT: u32 = 10_000;
+/// Rows read from the store at a time by streaming calls.
+const PAGE: usize = 1000;
+
+/// The statuses of collector.proto's Query contract.
+impl From<QueryError> for Status {
+    fn from(e: QueryError) -> Self {
+        let message = e.to_string();
+        match e {
+            QueryError::Invalid(_) => Self::invalid_argument(message),
+            QueryError::NotFound(_) => Self::not_found(message),
+            QueryError::Store(_) => Self::internal(message),
+        }
+    }
+}
+
+/// A store call on the blocking pool, its failure as the status clients see.
+async fn read<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, Status> {
+    Ok(blocking(call).await.map_err(QueryError::from)?)
+}
+
+pub(crate) struct QueryService {
+    store: Arc<dyn Store>,
+    live: broadcast::Sender<i64>,
+}
+
+impl QueryService {
+    /// `live` is the writer's: it carries the highest stored row id after each commit.
+    pub(crate) fn new(store: Arc<dyn Store>, live: broadcast::Sender<i64>) -> Self {
+        Self { store, live }
+    }
+}
+
+/// Streams every event `filter` selects, oldest first, read from the store a page at a time.
+fn stream_search(
+    store: Arc<dyn Store>,
+    filter: EventFilter,
+) -> ReceiverStream<Result<StoredEvent, Status>> {
+    let (tx, rx) = mpsc::channel(PAGE);
+    tokio::spawn(async move {
+        let mut after = Cursor::default();
+        loop {
+            let (store, f) = (Arc::clone(&store), filter.clone());
+            let rows = match read(move || store.search(&f, after, PAGE)).await {
+                Ok(rows) => rows,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let done = rows.len() < PAGE;
+            for (cursor, event) in rows {
+                after = cursor;
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            if done {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+#[tonic::async_trait]
+impl Query for QueryService {
+    type TailStream = ReceiverStream<Result<StoredEvent, Status>>;
+    type ReplayStream = ReceiverStream<Result<StoredEvent, Status>>;
+
+    async fn tail(
+        &self,
+        request: Request<TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        let request = request.into_inner();
+        let mut filter = filter::event_filter(request.filter)?;
+        // Subscribed before reading how far the store reaches: every commit after that
+        // point is announced, so the switch from history to live misses nothing.
+        let mut commits = self.live.subscribe();
+        let store = Arc::clone(&self.store);
+        let reach = read(move || store.last_row()).await?;
+        let (tx, rx) = mpsc::channel(PAGE);
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move {
+            let mut cursor = 0;
+            let mut up_to = reach;
+            filter.since_unix_nano = request.since_unix_nano;
+            if request.since_unix_nano == 0 {
+                cursor = reach;
+            }
+            loop {
+                loop {
+                    let (store, f) = (Arc::clone(&store), filter.clone());
+                    let rows = match read(move || store.after_row(&f, cursor, up_to, PAGE)).await {
+                        Ok(rows) => rows,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    };
+                    let done = rows.len() < PAGE;
+                    for (row, event) in rows {
+                        cursor = row;
+                        if tx.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if done {
+                        break;
+                    }
+                }
+                // History (rows up to `reach`) is out; from here on every row is live,
+                // whatever its time.
+                cursor = cursor.max(up_to);
+                filter.since_unix_nano = 0;
+                tokio::select! {
+                    () = tx.closed() => return,
+                    commit = commits.recv() => match commit {
+                        Ok(row) => up_to = row,
+                        // A tailer that fell behind reads what it missed from the store.
+                        Err(broadcast::error::RecvError::Lagged(_)) => up_to = i64::MAX,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
+        let request = request.into_inner();
+        let mut filter = filter::event_filter(request.filter)?;
+        filter.since_unix_nano = request.since_unix_nano;
+        filter.until_unix_nano = request.until_unix_nano;
+        let limit = match request.limit {
+            0 => DEFAULT_LIMIT,
+            n => n.min(MAX_LIMIT),
+        } as usize;
+        let after = filter::parse_token(&request.page_token)?;
+        let store = Arc::clone(&self.store);
+        let mut rows = read(move || store.search(&filter, after, limit + 1)).await?;
+        let next_page_token = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last()
+                .map(|(c, _)| filter::page_token(*c))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(SearchResponse {
+            events: rows.into_iter().map(|(_, e)| e).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn sessions(
+        &self,
+        request: Request<SessionsRequest>,
+    ) -> Result<Response<SessionsResponse>, Status> {
+        let SessionsRequest {
+            host,
+            since_unix_nano,
+        } = request.into_inner();
+        let store = Arc::clone(&self.store);
+        let sessions =
+            read(move || sessions::sessions(store.as_ref(), host, since_unix_nano)).await?;
+        Ok(Response::new(SessionsResponse { sessions }))
+    }
+
+    async fn replay(
+        &self,
+        request: Request<ReplayRequest>,
+    ) -> Result<Response<Self::ReplayStream>, Status> {
+        let request = request.into_inner();
+        let store = Arc::clone(&self.store);
+        let filter =
+            tokio::task::spawn_blocking(move || sessions::replay_filter(store.as_ref(), request))
+                .await
+                .map_err(|e| Status::internal(format!("replay failed: {e}")))??;
+        Ok(Response::new(stream_search(
+            Arc::clone(&self.store),
+            filter,
+        )))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<VerifyRequest>,
+    ) -> Result<Response<VerifyResponse>, Status> {
+        let VerifyRequest { host, chain_id } = request.into_inner();
+        let store = Arc::clone(&self.store);
+        let chains = read(move || verify(store.as_ref(), &host, &chain_id)).await?;
+        for c in chains.iter().filter(|c| !c.ok) {
+            tracing::error!(host = %c.host, chain = %c.chain_id, first_bad_seq = ?c.first_bad_seq, reason = %c.reason, "stored chain fails verification");
+        }
+        Ok(Response::new(VerifyResponse { chains }))
+    }
+}

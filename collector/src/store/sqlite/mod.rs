@@ -1,0 +1,364 @@
+//! The SQLite backend: WAL with `synchronous=FULL`, so a commit that returned survives a
+//! power cut. One connection writes (the writer task's); readers take pooled connections and
+//! see committed data only.
+
+mod schema;
+mod sessions;
+mod sql;
+
+use std::{
+    ops::ControlFlow,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use prost::Message as _;
+use proto::{
+    chain::GENESIS,
+    v1::{Grant, StoredEvent},
+};
+use rusqlite::{Connection, OptionalExtension as _, params, types::Value};
+
+use self::sql::{STORED_COLUMNS, decode_grant, filter_sql, int, query_stored, uint};
+use super::{
+    ChainRow, ChainState, Commit, Cursor, EventFilter, GrantUsage, SessionQuery, SessionRow, Store,
+    StoreError, Violations,
+};
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Backend(Arc::new(e))
+    }
+}
+
+pub struct Sqlite {
+    path: String,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn connect(path: &str) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Reading the journal mode is the first access to the file: a file that is not SQLite
+    // fails here, before anything is written to it.
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl Sqlite {
+    /// Opens the store at `path`, creating it, or bringing one made by an older collector to
+    /// this one's schema.
+    pub fn open(path: &str) -> Result<Self, StoreError> {
+        let failed = |source: Arc<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = std::path::Path::new(path).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| failed(Arc::new(e)))?;
+        }
+        let mut writer = connect(path).map_err(|e| failed(Arc::new(e)))?;
+        schema::migrate(&mut writer).map_err(|e| failed(Arc::new(e)))?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let pooled = self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => connect(&self.path)?,
+        };
+        let out = f(&conn);
+        self.readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+        Ok(out?)
+    }
+}
+
+impl Store for Sqlite {
+    fn chains(&self) -> Result<Vec<ChainState>, StoreError> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT chain_id, host, next_seq, head_hash FROM chains ORDER BY id")?;
+            stmt.query_map([], |r| {
+                let head: Vec<u8> = r.get(3)?;
+                Ok(ChainState {
+                    chain_id: r.get(0)?,
+                    host: r.get(1)?,
+                    next_seq: uint(r.get(2)?),
+                    head_hash: head.try_into().unwrap_or(GENESIS),
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn hash_at(&self, chain_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT e.hash FROM events e JOIN chains c ON c.id = e.chain \
+                 WHERE c.chain_id = ?1 AND e.seq = ?2",
+            )?
+            .query_row(params![chain_id, int(seq)], |r| r.get(0))
+            .optional()
+        })
+    }
+
+    fn commit(&self, commit: &Commit) -> Result<i64, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn.transaction()?;
+        {
+            let mut chain = tx.prepare_cached(
+                "INSERT INTO chains (chain_id, host, next_seq, head_hash) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (chain_id) DO UPDATE SET next_seq = excluded.next_seq, \
+                 head_hash = excluded.head_hash RETURNING id",
+            )?;
+            let mut event = tx.prepare_cached(
+                "INSERT INTO events (chain, seq, host, time, kind, session, sessionid, \
+                 identity_kind, identity_name, tty_bytes, event, hash, grant_id, tty) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?;
+            for append in &commit.appends {
+                let Some(last) = append.records.last() else {
+                    continue;
+                };
+                let id: i64 = chain.query_row(
+                    params![
+                        append.chain_id,
+                        append.chain_host,
+                        int(last.seq + 1),
+                        &last.hash[..]
+                    ],
+                    |r| r.get(0),
+                )?;
+                for r in &append.records {
+                    event.execute(params![
+                        id,
+                        int(r.seq),
+                        r.host,
+                        int(r.time_unix_nano),
+                        r.kind.name(),
+                        r.session,
+                        r.sessionid,
+                        r.identity_kind,
+                        r.identity_name,
+                        int(r.tty_bytes),
+                        r.event,
+                        &r.hash[..],
+                        r.grant,
+                        r.tty,
+                    ])?;
+                }
+            }
+            let mut checkpoint = tx.prepare_cached(
+                "INSERT INTO checkpoints (chain, size, head_hash, time, received) \
+                 SELECT id, ?2, ?3, ?4, ?5 FROM chains WHERE chain_id = ?1",
+            )?;
+            for c in &commit.checkpoints {
+                checkpoint.execute(params![
+                    c.chain_id,
+                    int(c.size),
+                    c.head_hash,
+                    int(c.time_unix_nano),
+                    int(c.received_unix_nano)
+                ])?;
+            }
+            let mut conflict = tx.prepare_cached(
+                "INSERT INTO conflicts (chain, seq, event, hash, stored_hash, received) \
+                 SELECT id, ?2, ?3, ?4, ?5, ?6 FROM chains WHERE chain_id = ?1",
+            )?;
+            for c in &commit.conflicts {
+                conflict.execute(params![
+                    c.chain_id,
+                    int(c.seq),
+                    c.event,
+                    c.hash,
+                    c.stored_hash,
+                    int(c.received_unix_nano)
+                ])?;
+            }
+            let mut grant = tx.prepare_cached(
+                "INSERT INTO grants (id, created, ends, body) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (id) DO UPDATE SET ends = excluded.ends, body = excluded.body",
+            )?;
+            for g in &commit.grants {
+                grant.execute(params![
+                    g.id,
+                    int(g.created_unix_nano),
+                    int(proto::grant::end(g)),
+                    g.encode_to_vec()
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+    }
+
+    fn last_row(&self) -> Result<i64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))
+        })
+    }
+
+    fn after_row(
+        &self,
+        filter: &EventFilter,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, StoredEvent)>, StoreError> {
+        let mut sql = format!("{STORED_COLUMNS} e.id > ? AND e.id <= ?");
+        let mut args = vec![Value::Integer(after), Value::Integer(up_to)];
+        filter_sql(filter, &mut sql, &mut args);
+        sql.push_str(" ORDER BY e.id LIMIT ?");
+        args.push(Value::Integer(int(limit as u64)));
+        let rows = self.read(|conn| query_stored(conn, &sql, &args))?;
+        Ok(rows.into_iter().map(|(c, e)| (c.row, e)).collect())
+    }
+
+    fn search(
+        &self,
+        filter: &EventFilter,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Vec<(Cursor, StoredEvent)>, StoreError> {
+        let mut sql = format!("{STORED_COLUMNS} (e.time > ? OR (e.time = ? AND e.id > ?))");
+        let time = Value::Integer(int(after.time_unix_nano));
+        let mut args = vec![time.clone(), time, Value::Integer(after.row)];
+        filter_sql(filter, &mut sql, &mut args);
+        sql.push_str(" ORDER BY e.time, e.id LIMIT ?");
+        args.push(Value::Integer(int(limit as u64)));
+        self.read(|conn| query_stored(conn, &sql, &args))
+    }
+
+    fn sessions(&self, query: &SessionQuery) -> Result<Vec<SessionRow>, StoreError> {
+        self.read(|conn| sessions::sessions(conn, query))
+    }
+
+    fn chain_rows(
+        &self,
+        chain_id: &str,
+        from_seq: u64,
+        limit: usize,
+        each: &mut dyn FnMut(ChainRow<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.id, e.seq, e.event, e.hash FROM events e JOIN chains c ON c.id = e.chain \
+                 WHERE c.chain_id = ?1 AND e.seq >= ?2 ORDER BY e.seq LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![chain_id, int(from_seq), int(limit as u64)])?;
+            while let Some(r) = rows.next()? {
+                let row = ChainRow {
+                    row: r.get(0)?,
+                    seq: uint(r.get(1)?),
+                    event: r.get_ref(2)?.as_blob()?,
+                    hash: r.get_ref(3)?.as_blob()?,
+                };
+                if each(row).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn last_checkpoint(&self, chain_id: &str) -> Result<Option<u64>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT k.size FROM checkpoints k JOIN chains c ON c.id = k.chain \
+                 WHERE c.chain_id = ?1 ORDER BY k.id DESC LIMIT 1",
+            )?
+            .query_row([chain_id], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|size| size.map(uint))
+        })
+    }
+
+    fn grants(&self, ended_after: u64) -> Result<Vec<Grant>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT body FROM grants WHERE ends > ?1 ORDER BY created, id")?
+                .query_map([int(ended_after)], |r| decode_grant(r, 0))?
+                .collect()
+        })
+    }
+
+    fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT body FROM grants WHERE id = ?1")?
+                .query_row([id], |r| decode_grant(r, 0))
+                .optional()
+        })
+    }
+
+    fn grant_usage(&self, id: &str) -> Result<GrantUsage, StoreError> {
+        self.read(|conn| {
+            // The second term lets SQLite use the partial index `events_grant`.
+            conn.prepare_cached(
+                "SELECT COUNT(*), COALESCE(MIN(time), 0), COALESCE(MAX(time), 0) FROM events \
+                 WHERE grant_id = ?1 AND grant_id != ''",
+            )?
+            .query_row([id], |r| {
+                Ok(GrantUsage {
+                    events: uint(r.get(0)?),
+                    first_unix_nano: uint(r.get(1)?),
+                    last_unix_nano: uint(r.get(2)?),
+                })
+            })
+        })
+    }
+
+    fn violations(
+        &self,
+        since_unix_nano: u64,
+        newest: usize,
+    ) -> Result<Vec<Violations>, StoreError> {
+        self.read(|conn| {
+            // `kind = 'violation'` as the partial index `events_violations` spells it.
+            let mut per_identity: Vec<Violations> = conn
+                .prepare_cached(
+                    "SELECT identity_kind, identity_name, COUNT(*) FROM events \
+                     WHERE kind = 'violation' AND time >= ?1 \
+                     GROUP BY identity_kind, identity_name ORDER BY identity_kind, identity_name",
+                )?
+                .query_map([int(since_unix_nano)], |r| {
+                    Ok(Violations {
+                        identity_kind: r.get(0)?,
+                        identity_name: r.get(1)?,
+                        count: uint(r.get(2)?),
+                        newest: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let sql = format!(
+                "{STORED_COLUMNS} e.kind = 'violation' AND e.identity_kind = ?1 \
+                 AND e.identity_name = ?2 AND e.time >= ?3 ORDER BY e.time DESC, e.id DESC LIMIT ?4"
+            );
+            for v in &mut per_identity {
+                let args = [
+                    Value::Integer(i64::from(v.identity_kind)),
+                    Value::Text(v.identity_name.clone()),
+                    Value::Integer(int(since_unix_nano)),
+                    Value::Integer(int(newest as u64)),
+                ];
+                v.newest = query_stored(conn, &sql, &args)?
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .collect();
+            }
+            Ok(per_identity)
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! The SQL every part of the backend shares: integer conversions, the filter conditions, and
+//! reading stored events back.
+
+use prost::Message as _;
+use proto::v1::{Event, Grant, StoredEvent};
+use rusqlite::{
+    Connection, params_from_iter,
+    types::{Type, Value},
+};
+
+use crate::store::{Cursor, EventFilter, SessionMatch};
+
+/// The columns a `StoredEvent` is made of, in this order.
+pub(super) const STORED_COLUMNS: &str = "SELECT e.id, e.time, e.host, c.chain_id, e.seq, e.session, e.event, e.hash \
+     FROM events e JOIN chains c ON c.id = e.chain WHERE ";
+
+/// Values are bounded at ingest to what SQLite's signed integers hold.
+pub(super) fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(super) fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(super) fn decode_grant(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Grant> {
+    Grant::decode(row.get_ref(column)?.as_blob()?)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, Type::Blob, Box::new(e)))
+}
+
+/// Appends the filter's conditions (each preceded by AND) and their arguments.
+pub(super) fn filter_sql(f: &EventFilter, sql: &mut String, args: &mut Vec<Value>) {
+    let mut equals = |column: &str, value: Value| {
+        sql.push_str(" AND e.");
+        sql.push_str(column);
+        sql.push_str(" = ?");
+        args.push(value);
+    };
+    if let Some(host) = &f.host {
+        equals("host", Value::Text(host.clone()));
+    }
+    if let Some(identity) = &f.identity {
+        equals("identity_name", Value::Text(identity.clone()));
+    }
+    match &f.session {
+        Some(SessionMatch::Key(key)) => equals("session", Value::Text(key.clone())),
+        Some(SessionMatch::Id(id)) => equals("sessionid", Value::Integer(i64::from(*id))),
+        None => {}
+    }
+    if let Some(tty) = &f.tty {
+        equals("tty", Value::Text(tty.clone()));
+    }
+    if !f.kinds.is_empty() {
+        sql.push_str(" AND e.kind IN (");
+        for (i, kind) in f.kinds.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ",?" });
+            args.push(Value::Text(kind.name().to_owned()));
+        }
+        sql.push(')');
+    }
+    if f.since_unix_nano > 0 {
+        sql.push_str(" AND e.time >= ?");
+        args.push(Value::Integer(int(f.since_unix_nano)));
+    }
+    if f.until_unix_nano > 0 {
+        sql.push_str(" AND e.time < ?");
+        args.push(Value::Integer(int(f.until_unix_nano)));
+    }
+}
+
+/// Reads a row of `STORED_COLUMNS`. A stored event that no longer decodes (the file was
+/// edited) is returned without its body rather than hiding the row.
+fn stored_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Cursor, StoredEvent)> {
+    let cursor = Cursor {
+        row: row.get(0)?,
+        time_unix_nano: uint(row.get(1)?),
+    };
+    let bytes = row.get_ref(6)?.as_blob()?;
+    Ok((
+        cursor,
+        StoredEvent {
+            host: row.get(2)?,
+            chain_id: row.get(3)?,
+            seq: uint(row.get(4)?),
+            session: row.get(5)?,
+            event: Event::decode(bytes).ok(),
+            hash: row.get(7)?,
+        },
+    ))
+}
+
+pub(super) fn query_stored(
+    conn: &Connection,
+    sql: &str,
+    args: &[Value],
+) -> rusqlite::Result<Vec<(Cursor, StoredEvent)>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    stmt.query_map(params_from_iter(args), stored_event)?
+        .collect()
+}

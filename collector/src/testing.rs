@@ -1,0 +1,102 @@
+//! What unit tests share: a SQLite store in a directory of its own, chains ingested into it
+//! as an agent's would be (checked by `ingest::check`, committed whole), and raw access to
+//! its file, as someone tampering with it would have.
+
+use std::path::PathBuf;
+
+use prost::Message as _;
+use proto::{
+    chain::Chain,
+    v1::{ChainStart, ChainedEvent, Event, EventBatch, event::Body},
+};
+
+use crate::{
+    ingest::check,
+    store::{Append, CheckpointRow, Commit, Store, sqlite::Sqlite},
+};
+
+pub(crate) struct TestStore {
+    dir: tempfile::TempDir,
+    pub store: Sqlite,
+}
+
+pub(crate) fn store() -> TestStore {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Sqlite::open(dir.path().join("c.db").to_str().unwrap()).unwrap();
+    TestStore { dir, store }
+}
+
+impl TestStore {
+    pub(crate) fn path(&self) -> PathBuf {
+        self.dir.path().join("c.db")
+    }
+
+    /// Stores a new chain of `host`: its `ChainStart` at time 1, then `events`. Returns the
+    /// chain's records' hashes.
+    pub(crate) fn ingest(&self, chain_id: &str, host: &str, events: &[Event]) -> Vec<[u8; 32]> {
+        let start = Event {
+            time_unix_nano: 1,
+            body: Some(Body::ChainStart(ChainStart {
+                host: host.into(),
+                ..ChainStart::default()
+            })),
+            ..Event::default()
+        };
+        let mut chain = Chain::new(chain_id.into());
+        let mut hashes = Vec::new();
+        let events = std::iter::once(&start)
+            .chain(events)
+            .map(|e| {
+                let event = e.encode_to_vec();
+                let (seq, hash) = chain.link(&event);
+                hashes.push(hash);
+                ChainedEvent {
+                    chain_id: String::new(),
+                    seq,
+                    event,
+                    hash: hash.to_vec(),
+                }
+            })
+            .collect();
+        let batch = EventBatch {
+            chain_id: chain_id.into(),
+            events,
+        };
+        let batch = check::batch(host, batch).unwrap();
+        self.store
+            .commit(&Commit {
+                appends: vec![Append {
+                    chain_id: batch.chain_id,
+                    chain_host: batch.host,
+                    records: batch.records,
+                }],
+                ..Commit::default()
+            })
+            .unwrap();
+        hashes
+    }
+
+    /// Stores an agent's checkpoint of `chain_id` at `size`.
+    pub(crate) fn checkpoint(&self, chain_id: &str, size: u64, head_hash: [u8; 32]) {
+        self.store
+            .commit(&Commit {
+                checkpoints: vec![CheckpointRow {
+                    chain_id: chain_id.into(),
+                    size,
+                    head_hash: head_hash.to_vec(),
+                    time_unix_nano: 1,
+                    received_unix_nano: 1,
+                }],
+                ..Commit::default()
+            })
+            .unwrap();
+    }
+
+    /// Runs `sql` on the store's file through a connection of its own.
+    pub(crate) fn sql(&self, sql: &str) {
+        rusqlite::Connection::open(self.path())
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+    }
+}
