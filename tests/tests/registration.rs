@@ -110,6 +110,21 @@ impl Waiting {
     }
 }
 
+fn refuses_malformed_requests(socket: &Path) {
+    let refused = register(socket, None, "deploy-bot", "").unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    let refused = register(socket, Some(Scope::Sessionid(1)), "", "").unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    let refused = register(
+        socket,
+        Some(Scope::Sessionid(1)),
+        "deploy-bot",
+        "g-0000000000000000",
+    )
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+}
+
 /// Registering a session as deploy-bot under a live grant for deploy-bot makes that
 /// session's later events carry both, and the registration itself is chained; a grant that
 /// is not live for it is refused, as are a non-root peer and malformed requests; the socket
@@ -139,18 +154,7 @@ fn a_registered_session_carries_its_identity_and_grant() {
     );
     assert!(agent.wait_for_status(Duration::from_secs(20), "grant view adopted"));
 
-    let refused = register(&socket, None, "deploy-bot", "").unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
-    let refused = register(&socket, Some(Scope::Sessionid(1)), "", "").unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
-    let refused = register(
-        &socket,
-        Some(Scope::Sessionid(1)),
-        "deploy-bot",
-        "g-0000000000000000",
-    )
-    .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    refuses_malformed_requests(&socket);
 
     // A grant for deploy-bot, and one for someone else.
     let create = |who: &str| -> String {
@@ -231,9 +235,14 @@ fn a_registered_session_carries_its_identity_and_grant() {
         json!({"kind": "registered", "name": "ci-runner"})
     );
     assert!(agent.stop().success);
+    all_private(&spool);
+}
+
+/// The directory is 0700 and every file in it 0600.
+fn all_private(dir: &Path) {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&spool), 0o700, "the spool is private");
-    for entry in std::fs::read_dir(&spool).unwrap() {
+    assert_eq!(mode(dir), 0o700, "{} is private", dir.display());
+    for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         assert_eq!(mode(&path), 0o600, "{} is private", path.display());
     }

@@ -149,6 +149,11 @@ fn record(host: &str, seq: u64, bytes: Vec<u8>, hash: [u8; 32]) -> Result<Record
                 "seq {seq} is a grant change: only the collector records those"
             )));
         }
+        Some(Body::Access(_)) => {
+            return Err(invalid(format!(
+                "seq {seq} is an access record: only the collector records reads"
+            )));
+        }
         _ => {}
     }
     if seq == 0 && kind != Kind::ChainStart {
