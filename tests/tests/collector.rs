@@ -716,3 +716,87 @@ fn a_corrupt_store_stops_the_collector_with_a_clear_error() {
     assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A terminal event of ALICE's session at `T0 + at_ms` milliseconds.
+fn tty(at_ms: u64, device: &str, input: bool, data: &str) -> Event {
+    Event {
+        time_unix_nano: T0 + at_ms * 1_000_000,
+        body: Some(Body::Tty(Tty {
+            direction: if input { 2 } else { 1 },
+            device: device.into(),
+            fd: 1,
+            offset: 0,
+            data: data.as_bytes().to_vec(),
+        })),
+        ..event(1)
+    }
+}
+
+/// The operators' `replay` (the real binary): the login terminal by default, an inner one
+/// on request, typed input only with `--input` and marked apart, idle stretches capped by
+/// `--max-wait`, and flags that make no sense refused before anything is asked.
+#[tokio::test]
+async fn replay_plays_one_terminal_and_marks_input() {
+    let dir = scratch_dir("collector-replay");
+    let collector = Collector::start(&dir.join("c.db"));
+    let mut chain = Chain::start("host-a:boot:replay", HOST, T0);
+    for event in [
+        tty(0, "136:3", false, "$ "),
+        tty(1, "136:3", true, "sudo id\r"),
+        tty(2, "136:4", false, "uid=0(root)\n"),
+        tty(3, "136:3", false, "uid=0(root)\r\n"),
+        tty(2_003, "136:3", false, "$ "),
+    ] {
+        chain.push(&event);
+    }
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..6)).await.unwrap(), 5);
+    let url = collector.url();
+    let key = session_key(ALICE);
+    let replay = |args: &[&str]| {
+        let mut all = vec!["replay", key.as_str()];
+        all.extend(args);
+        let out = tests::operator::run(&url, &all);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, login, _) = replay(&["--speed", "0"]);
+    assert!(ok);
+    assert_eq!(
+        login, "$ uid=0(root)\r\n$ ",
+        "the login terminal, output only"
+    );
+    let (_, inner, _) = replay(&["--speed", "0", "--tty", "136:4"]);
+    assert_eq!(inner, "uid=0(root)\n");
+    let (_, typed, _) = replay(&["--speed", "0", "--input"]);
+    assert_eq!(
+        typed,
+        "$ \u{27e6}typed: sudo id\\r\u{27e7}uid=0(root)\r\n$ "
+    );
+    let (_, all, _) = replay(&["--speed", "0", "--all-ttys"]);
+    assert_eq!(all, "$ uid=0(root)\nuid=0(root)\r\n$ ");
+
+    // The recording's 2 s pause is capped at 0.3 s.
+    let started = std::time::Instant::now();
+    let (ok, _, _) = replay(&["--max-wait", "0.3"]);
+    let took = started.elapsed();
+    assert!(
+        ok && took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+
+    for bad in [
+        ["--speed", "1e-300"],
+        ["--speed", "-1"],
+        ["--speed", "NaN"],
+        ["--max-wait", "inf"],
+        ["--max-wait", "-1"],
+    ] {
+        let (ok, _, stderr) = replay(&bad);
+        assert!(!ok, "{bad:?}");
+        assert!(stderr.contains(bad[1]), "{bad:?}: {stderr}");
+    }
+}

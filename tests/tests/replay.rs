@@ -1,9 +1,10 @@
 //! Replay plays a session's terminal once, as the user saw it. A real ssh login (sshd, PAM)
-//! runs `sudo whoami` (Debian's sudo, `use_pty`: the command gets a pty of its own, whose
-//! output sudo relays to the login terminal) and a command inside tmux (a pane is a pty of
-//! its own, drawn again on the login terminal by the tmux client). Every one of those bytes
-//! is recorded twice, once per terminal; replay must show each line once. Needs root; under
-//! `CI=true` a run without root fails instead of skipping.
+//! runs tmux, and in its pane `sudo whoami` (Debian's sudo, `use_pty`: the command gets a pty
+//! of its own, whose output sudo relays to its terminal) and a command. Three terminals are
+//! live at once: whoami writes `root` to sudo's pty, sudo relays it to the pane, and the
+//! tmux client draws the pane on the login terminal. Every one of those bytes is recorded
+//! once per terminal; replay must show each line once, as the login terminal showed it.
+//! Needs root; under `CI=true` a run without root fails instead of skipping.
 
 use std::{
     process::Command,
@@ -99,8 +100,8 @@ fn replay_shows_each_line_of_sudo_and_tmux_once() {
     let done = marker("done");
     let socket = marker("tmux");
     let command = format!(
-        "sudo -n whoami; TERM=xterm tmux -f /dev/null -L {socket} new-session \
-         '/bin/echo {inner}; sleep 0.5'; /bin/echo {done}"
+        "TERM=xterm tmux -f /dev/null -L {socket} new-session \
+         'sudo -n whoami; /bin/echo {inner}; sleep 0.5'; /bin/echo {done}"
     );
     let out = account.ssh(&sshd, &command).output().expect("run ssh");
     assert!(
@@ -139,26 +140,21 @@ fn replay_shows_each_line_of_sudo_and_tmux_once() {
         .find(|s| s["key"] == key.as_str())
         .unwrap_or_else(|| panic!("{key} in {sessions:?}"));
     let login_tty = session["login_tty"].as_str().unwrap().to_owned();
-    let terminals = session["terminals"].as_array().unwrap();
-    assert!(
-        terminals.len() >= 3,
-        "the login terminal, sudo's and the tmux pane: {session}"
-    );
-    assert_eq!(terminals[0]["device"], login_tty.as_str(), "{session}");
+    let terminals: Vec<String> = session["terminals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["device"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(
-        terminals[0]["opened_by"]["comm"], "sshd",
-        "sshd holds the login terminal's master: {session}"
+        terminals.len(),
+        3,
+        "the login terminal, the tmux pane and sudo's: {session}"
     );
-    let by = |comm: &str| {
-        terminals
-            .iter()
-            .find(|t| t["opened_by"]["comm"] == comm)
-            .unwrap_or_else(|| panic!("a terminal held by {comm}: {session}"))["device"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    let sudo_tty = by("sudo");
+    assert_eq!(
+        terminals[0], login_tty,
+        "the login terminal first: {session}"
+    );
 
     // The login terminal, as the user saw it: each line once, byte for byte.
     let played = replay(&url, &[&key]);
@@ -172,17 +168,25 @@ fn replay_shows_each_line_of_sudo_and_tmux_once() {
     assert_eq!(count(&played, "root"), 1);
     assert_eq!(count(&played, &inner), count(&seen, &inner));
 
-    // sudo's own terminal: what whoami wrote, as it wrote it.
-    let inner_tty = replay(&url, &[&key, "--tty", &sudo_tty]);
-    assert_eq!(
-        inner_tty,
-        b"root\n",
-        "{}",
-        String::from_utf8_lossy(&inner_tty)
+    // The inner terminals, each as it was written: sudo's holds what whoami wrote, the pane
+    // what sudo relayed and what the command printed.
+    let inner_ttys: Vec<Vec<u8>> = terminals[1..]
+        .iter()
+        .map(|tty| replay(&url, &[&key, "--tty", tty]))
+        .collect();
+    assert!(
+        inner_ttys.iter().any(|t| t == b"root\n"),
+        "sudo's terminal holds whoami's bytes: {inner_ttys:?}"
     );
-    // Every terminal interleaved, on request: the relayed line is there twice.
+    assert!(
+        inner_ttys
+            .iter()
+            .any(|t| count(t, "root\r\n") == 1 && count(t, &inner) == 1),
+        "the pane holds the relayed line and the command's: {inner_ttys:?}"
+    );
+    // Every terminal interleaved, on request: the line is there once per terminal.
     let everything = replay(&url, &[&key, "--all-ttys"]);
-    assert_eq!(count(&everything, "root"), 2);
+    assert_eq!(count(&everything, "root"), 3);
     // A terminal the session never used is refused, naming those it did use.
     let out = operator::run(&url, &["replay", &key, "--tty", "136:4095"]);
     assert!(!out.status.success());
