@@ -28,6 +28,7 @@ use agent_common::{
 };
 use anyhow::Context as _;
 use aya::EbpfLoader;
+use proto::v1::identity::Kind;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
@@ -102,10 +103,19 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let agent_events = tokio::sync::mpsc::channel(AGENT_EVENTS_IN_FLIGHT);
     let registry = Arc::new(Registry::open(cli.spool.as_deref(), &host::boot_id()?));
     if let Some(socket) = &cli.registration {
+        let (views, host) = (view.subscribe(), host.clone());
+        let grant_is_live = Box::new(move |grant: &str, identity: &str| {
+            let now = proto::time::now_unix_nano();
+            views.borrow().as_ref().is_some_and(|v| {
+                v.grants.iter().any(|(id, g)| {
+                    **id == *grant
+                        && proto::grant::covers(g, Kind::Registered, identity, &host, now)
+                })
+            })
+        });
         let service = identity::registry::Service::new(
             Arc::clone(&registry),
-            host.clone(),
-            view.subscribe(),
+            grant_is_live,
             agent_events.0.clone(),
         );
         identity::registry::serve(socket, service)?;

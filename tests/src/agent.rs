@@ -73,6 +73,19 @@ impl Agent {
         Self::start_with(Sink::Collect, extra)
     }
 
+    /// Starts an agent spooling to `spool` and shipping to the collector at `url`.
+    #[must_use]
+    pub fn shipping(spool: &std::path::Path, url: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--spool",
+            spool.to_str().expect("UTF-8 path"),
+            "--collector",
+            url,
+        ];
+        args.extend(extra);
+        Self::start_with(Sink::Spool, &args)
+    }
+
     /// Starts the agent with the given sink; returns once capture is live.
     #[must_use]
     pub fn start_with(sink: Sink, extra: &[&str]) -> Self {

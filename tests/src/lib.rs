@@ -190,6 +190,23 @@ impl Drop for TestCgroup {
     }
 }
 
+/// An audit login uid of this test process's own (`uid:N` names it, as no account has it),
+/// so its marker execs are found by identity however many other execs the host makes.
+#[must_use]
+pub fn marker_uid() -> u32 {
+    3_000_000_000 + std::process::id() % 1_000_000
+}
+
+/// Runs `/bin/true ARG` under `marker_uid()`, and returns the identity to find it by.
+#[must_use]
+pub fn mark(arg: &str) -> String {
+    let mut cmd = Command::new("/bin/true");
+    cmd.arg(arg);
+    with_loginuid(&mut cmd, Some(marker_uid()));
+    assert!(cmd.status().unwrap().success());
+    format!("uid:{}", marker_uid())
+}
+
 /// Makes `cmd` run with the given audit loginuid (`None` clears it), as `pam_loginuid` sets it
 /// at login.
 pub fn with_loginuid(cmd: &mut Command, loginuid: Option<u32>) {

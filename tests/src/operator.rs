@@ -8,6 +8,8 @@ use std::{
     sync::mpsc::{Receiver, channel},
 };
 
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 
 /// The client binary: `RECORDER_OPERATOR_BIN`, else the workspace's debug build.
@@ -40,6 +42,55 @@ pub fn json_lines(url: &str, args: &[&str]) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
         .collect()
+}
+
+/// Whether an exec event's argv holds `arg`.
+#[must_use]
+pub fn argv_has(event: &Value, arg: &str) -> bool {
+    event["kind"] == "exec"
+        && event["argv"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == arg))
+}
+
+/// Every stored exec of `identity` from the last hour.
+#[must_use]
+pub fn execs_of(url: &str, identity: &str) -> Vec<Value> {
+    json_lines(
+        url,
+        &[
+            "search",
+            "--json",
+            "--kind",
+            "exec",
+            "--since",
+            "1h",
+            "--identity",
+            identity,
+            "--limit",
+            "100000",
+        ],
+    )
+}
+
+/// Waits until the collector at `url` stores an exec of `identity` carrying `arg`, and
+/// returns it. Searching by identity makes it independent of whatever else the host runs.
+#[must_use]
+pub fn stored_exec(url: &str, identity: &str, arg: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = execs_of(url, identity)
+            .into_iter()
+            .find(|v| argv_has(v, arg))
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stored exec of {identity} carrying {arg}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A running `tail --json`, its lines arriving on `lines`.

@@ -8,16 +8,15 @@ use std::{
     io::Write as _,
     net::{SocketAddr, TcpListener},
     os::fd::AsRawFd as _,
-    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use tests::{
-    agent::{Agent, Sink},
+    agent::Agent,
     collector::{Collector, scratch_dir},
-    marker, operator, privileged,
+    mark, marker, marker_uid, operator, privileged,
     pty::{Pty, in_new_session},
     with_loginuid, workspace_root,
 };
@@ -28,14 +27,6 @@ fn free_addr() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
-}
-
-/// An agent spooling to `dir` and shipping to `url`.
-fn shipping_agent(dir: &Path, url: &str) -> Agent {
-    Agent::start_with(
-        Sink::Spool,
-        &["--spool", dir.to_str().unwrap(), "--collector", url],
-    )
 }
 
 /// An interactive shell on a fresh pty, in an audit session of its own (loginuid 4242), as
@@ -84,13 +75,6 @@ impl Drop for Shell {
     }
 }
 
-fn argv_has(v: &Value, arg: &str) -> bool {
-    v["kind"] == "exec"
-        && v["argv"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|x| x == arg))
-}
-
 /// Waits for the session of audit session `sessionid` to be listed, and returns its key.
 fn session_key(url: &str, sessionid: u32) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -107,50 +91,9 @@ fn session_key(url: &str, sessionid: u32) -> String {
     }
 }
 
-/// An audit login uid of this test process's own, so its marker execs are found by identity
-/// (`uid:N`) however many other execs the host makes meanwhile.
-fn marker_uid() -> u32 {
-    3_000_000_000 + std::process::id() % 1_000_000
-}
-
-/// Runs `/bin/true ARG` under `marker_uid()`.
-fn mark(arg: &str) {
-    let mut cmd = Command::new("/bin/true");
-    cmd.arg(arg);
-    with_loginuid(&mut cmd, Some(marker_uid()));
-    assert!(cmd.status().unwrap().success());
-}
-
-/// Every stored exec of `marker_uid()` from the last hour.
-fn marked_execs(url: &str) -> Vec<Value> {
-    let identity = format!("uid:{}", marker_uid());
-    operator::json_lines(
-        url,
-        &[
-            "search",
-            "--json",
-            "--kind",
-            "exec",
-            "--since",
-            "1h",
-            "--identity",
-            &identity,
-            "--limit",
-            "100000",
-        ],
-    )
-}
-
-/// Waits until `search` finds an exec of `marker_uid()` carrying `arg`.
+/// Waits until `search` finds an exec of this test's marker uid carrying `arg`.
 fn wait_for_exec(url: &str, arg: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = marked_execs(url).into_iter().find(|v| argv_has(v, arg)) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "no stored exec carrying {arg}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    operator::stored_exec(url, &format!("uid:{}", marker_uid()), arg, within)
 }
 
 /// A command typed in a pty session is in `tail --json` within a second, with its identity;
@@ -163,7 +106,7 @@ fn a_typed_command_is_tailed_replayed_and_verified() {
     let dir = scratch_dir("e2e");
     let collector = Collector::start(&dir.join("store.db"));
     let url = collector.url();
-    let agent = shipping_agent(&dir.join("spool"), &url);
+    let agent = Agent::shipping(&dir.join("spool"), &url, &[]);
     let tail = operator::Tail::start(&url, &["--kind", "exec"]);
     let shell = Shell::start();
     let drain = shell.pty.drain_master();
@@ -174,7 +117,7 @@ fn a_typed_command_is_tailed_replayed_and_verified() {
         assert!(Instant::now() < deadline, "tail never showed a live event");
         Command::new("/bin/true").arg(&ready).status().unwrap();
         if let Ok(v) = tail.lines.recv_timeout(Duration::from_secs(1))
-            && argv_has(&v, &ready)
+            && operator::argv_has(&v, &ready)
         {
             break;
         }
@@ -188,7 +131,7 @@ fn a_typed_command_is_tailed_replayed_and_verified() {
             .lines
             .recv_timeout(Duration::from_secs(10))
             .expect("the typed command reached the tail");
-        if argv_has(&v, &typed) {
+        if operator::argv_has(&v, &typed) {
             break v;
         }
     };
@@ -211,7 +154,7 @@ fn a_typed_command_is_tailed_replayed_and_verified() {
     // Records are submitted in order: once an exec started after the shell's end is stored,
     // so is everything the session wrote.
     let after = marker("after");
-    mark(&after);
+    let _ = mark(&after);
     wait_for_exec(&url, &after, Duration::from_secs(20));
 
     let replay = operator::run(&url, &["replay", &key, "--speed", "0"]);
@@ -255,9 +198,9 @@ fn a_collector_outage_loses_nothing() {
     let store = dir.join("store.db");
     let collector = Collector::start_at(&store, addr);
     let url = collector.url();
-    let agent = shipping_agent(&dir.join("spool"), &url);
+    let agent = Agent::shipping(&dir.join("spool"), &url, &[]);
     let before = marker("before");
-    mark(&before);
+    let _ = mark(&before);
     wait_for_exec(&url, &before, Duration::from_secs(20));
     drop(collector.stop());
 
@@ -265,7 +208,7 @@ fn a_collector_outage_loses_nothing() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut issued = 0;
     while Instant::now() < deadline {
-        mark(&format!("{during}-{issued}"));
+        let _ = mark(&format!("{during}-{issued}"));
         issued += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -273,11 +216,11 @@ fn a_collector_outage_loses_nothing() {
     let collector = Collector::start_at(&store, addr);
     let last = format!("{during}-{}", issued - 1);
     wait_for_exec(&url, &last, Duration::from_mins(1));
-    let stored = marked_execs(&url);
+    let stored = operator::execs_of(&url, &format!("uid:{}", marker_uid()));
     for i in 0..issued {
         let arg = format!("{during}-{i}");
         assert!(
-            stored.iter().any(|v| argv_has(v, &arg)),
+            stored.iter().any(|v| operator::argv_has(v, &arg)),
             "exec {arg} issued during the outage is stored"
         );
     }
@@ -324,9 +267,9 @@ fn a_python_client_generated_from_the_protos_tails_and_searches() {
     let dir = scratch_dir("python");
     let collector = Collector::start(&dir.join("store.db"));
     let url = collector.url();
-    let agent = shipping_agent(&dir.join("spool"), &url);
+    let agent = Agent::shipping(&dir.join("spool"), &url, &[]);
     let python = marker("python");
-    mark(&python);
+    let _ = mark(&python);
     wait_for_exec(&url, &python, Duration::from_secs(20));
 
     let generated = dir.join("py");

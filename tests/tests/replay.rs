@@ -6,52 +6,17 @@
 //! once per terminal; replay must show each line once, as the login terminal showed it.
 //! Needs root; under `CI=true` a run without root fails instead of skipping.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use serde_json::Value;
 use tests::{
     Scratch,
-    agent::{Agent, Sink},
+    agent::Agent,
     collector::Collector,
-    marker, operator, privileged,
+    mark, marker, operator, privileged,
     ssh::{Sshd, User},
-    with_loginuid,
 };
 
 const USER: &str = "recorder-replay";
-
-/// Waits until the collector stores an exec carrying `arg` whose identity is `identity`,
-/// and returns it.
-fn stored_exec(url: &str, identity: &str, arg: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let found = operator::json_lines(
-            url,
-            &[
-                "search",
-                "--json",
-                "--kind",
-                "exec",
-                "--since",
-                "1h",
-                "--identity",
-                identity,
-            ],
-        );
-        if let Some(v) = found.into_iter().find(|v| {
-            v["argv"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x == arg))
-        }) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "no stored exec carrying {arg}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn replay(url: &str, args: &[&str]) -> Vec<u8> {
     let mut all = vec!["replay"];
@@ -90,11 +55,7 @@ fn replay_shows_each_line_of_sudo_and_tmux_once() {
     let dir = Scratch::new("replay");
     let collector = Collector::start(&dir.join("store.db"));
     let url = collector.url();
-    let spool = dir.join("spool");
-    let agent = Agent::start_with(
-        Sink::Spool,
-        &["--spool", spool.to_str().unwrap(), "--collector", &url],
-    );
+    let agent = Agent::shipping(&dir.join("spool"), &url, &[]);
 
     let inner = marker("in-tmux");
     let done = marker("done");
@@ -125,13 +86,10 @@ fn replay_shows_each_line_of_sudo_and_tmux_once() {
     // Records are submitted in order: once an exec made after the login ended is stored,
     // so is everything the login wrote.
     let after = marker("after");
-    let uid = 3_100_000_000 + std::process::id() % 1_000_000;
-    let mut cmd = Command::new("/bin/true");
-    cmd.arg(&after);
-    with_loginuid(&mut cmd, Some(uid));
-    assert!(cmd.status().unwrap().success());
-    let echo = stored_exec(&url, USER, &done);
-    stored_exec(&url, &format!("uid:{uid}"), &after);
+    let marked = mark(&after);
+    let within = Duration::from_secs(30);
+    let echo = operator::stored_exec(&url, USER, &done, within);
+    let _ = operator::stored_exec(&url, &marked, &after, within);
     let key = echo["session"].as_str().expect("a session key").to_owned();
 
     let sessions = operator::json_lines(&url, &["sessions", "--json"]);

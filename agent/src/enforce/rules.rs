@@ -12,7 +12,7 @@ use proto::{
 
 use crate::{
     capture::event::{Body, Process, Target},
-    identity::attribute::Identity,
+    identity::Identity,
 };
 
 /// Longest command line a violation repeats.

@@ -10,22 +10,12 @@ use proto::v1::identity::Kind;
 use tracing::debug_span;
 
 use super::{
+    Identity,
     cgroup::CgroupPaths,
     proctable::{ProcessTable, SessionRoot},
     registry::Registry,
 };
 use crate::capture::event::{Event, Process};
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    pub kind: Kind,
-    /// User name, unit name or container id; empty when unknown.
-    pub name: String,
-    /// Why the identity is unknown.
-    pub reason: Option<String>,
-    /// The grant a registered identity acts under.
-    pub grant: Option<String>,
-}
 
 /// An event and who is behind it.
 #[derive(Clone, Debug)]

@@ -6,3 +6,17 @@ pub mod attribute;
 pub mod cgroup;
 pub mod proctable;
 pub mod registry;
+
+use proto::v1::identity::Kind;
+
+/// Who is behind an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub kind: Kind,
+    /// User name, unit name or container id; empty when unknown.
+    pub name: String,
+    /// Why the identity is unknown.
+    pub reason: Option<String>,
+    /// The grant a registered identity acts under.
+    pub grant: Option<String>,
+}

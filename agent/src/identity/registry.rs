@@ -18,22 +18,19 @@ use std::{
 };
 
 use anyhow::Context as _;
-use proto::{
-    grant::covers,
-    v1::{
-        self, RegisterRequest, RegisterResponse,
-        identity::Kind,
-        register_request::Scope,
-        registration_server::{Registration, RegistrationServer},
-    },
+use proto::v1::{
+    self, RegisterRequest, RegisterResponse,
+    identity::Kind,
+    register_request::Scope,
+    registration_server::{Registration, RegistrationServer},
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
 use tracing::{info, warn};
 
-use super::attribute::Identity;
-use crate::{enforce::rules::View, evidence::write_private};
+use super::Identity;
+use crate::evidence::write_private;
 
 /// Longest identity or grant name accepted.
 const NAME_MAX: usize = 256;
@@ -152,11 +149,14 @@ impl Registry {
     }
 }
 
+/// Whether grant `.0` is live now for the registered identity `.1` on this host: the
+/// enforcer's view answers it, and the registry needs to know nothing of grants.
+pub type GrantIsLive = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// What a registration is checked against, and where its record goes.
 pub struct Service {
     registry: Arc<Registry>,
-    host: String,
-    view: watch::Receiver<Option<Arc<View>>>,
+    grant_is_live: GrantIsLive,
     events: mpsc::Sender<Vec<v1::Event>>,
 }
 
@@ -164,14 +164,12 @@ impl Service {
     #[must_use]
     pub fn new(
         registry: Arc<Registry>,
-        host: String,
-        view: watch::Receiver<Option<Arc<View>>>,
+        grant_is_live: GrantIsLive,
         events: mpsc::Sender<Vec<v1::Event>>,
     ) -> Self {
         Self {
             registry,
-            host,
-            view,
+            grant_is_live,
             events,
         }
     }
@@ -210,21 +208,11 @@ impl Registration for Service {
                 "grant must be at most {NAME_MAX} bytes"
             )));
         }
-        if !grant.is_empty() {
-            let now = proto::time::now_unix_nano();
-            let view = self.view.borrow().clone();
-            let live = view.as_ref().is_some_and(|v| {
-                v.grants.iter().any(|(id, g)| {
-                    **id == *grant && covers(g, Kind::Registered, &identity, &self.host, now)
-                })
-            });
-            if !live {
-                warn!(identity, grant, "registration refused: no such live grant");
-                return Err(Status::failed_precondition(format!(
-                    "grant {grant:?} is not live for the registered identity {identity:?} on \
-                     this host"
-                )));
-            }
+        if !grant.is_empty() && !(self.grant_is_live)(&grant, &identity) {
+            warn!(identity, grant, "registration refused: no such live grant");
+            return Err(Status::failed_precondition(format!(
+                "grant {grant:?} is not live for the registered identity {identity:?} on this host"
+            )));
         }
         info!(?scope, identity, grant, pid = ?peer.pid(), "registered");
         let record = v1::Event {

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use tests::{
-    agent::{Agent, Sink},
+    agent::Agent,
     collector::{Collector, scratch_dir},
     operator::Tail,
 };
@@ -25,11 +25,7 @@ pub fn latency(trials: usize) -> anyhow::Result<()> {
     let dir = scratch_dir("bench-latency");
     let collector = Collector::start(&dir.join("store.db"));
     let url = collector.url();
-    let spool = dir.join("spool");
-    let agent = Agent::start_with(
-        Sink::Spool,
-        &["--spool", spool.to_str().unwrap(), "--collector", &url],
-    );
+    let agent = Agent::shipping(&dir.join("spool"), &url, &[]);
     let tail = Tail::start(&url, &["--kind", "exec"]);
     let mark = tests::marker("latency");
     // Until the tail is live, an exec may come before it subscribed: repeat the first one.
