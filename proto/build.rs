@@ -6,6 +6,7 @@ fn main() -> std::io::Result<()> {
         "recorder/v1/registration.proto",
         "recorder/v1/collector.proto",
         "recorder/v1/grants.proto",
+        "recorder/v1/admin.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

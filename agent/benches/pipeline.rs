@@ -116,6 +116,7 @@ fn covering_view(attribute: &mut Attribute, record: &[u8]) -> View {
         mode: Mode::Alert.into(),
         root_exec: true,
         guarded: Vec::new(),
+        require_approval: false,
     };
     View::adopt(
         None,

@@ -11,6 +11,7 @@ use clap::Parser;
     version,
     about = "Records every exec and terminal write on this host"
 )]
+#[expect(clippy::struct_excessive_bools, reason = "command-line switches")]
 #[command(group = clap::ArgGroup::new("sink").required(true).multiple(true).args(["stdout", "discard", "spool"]))]
 pub struct Cli {
     /// Print one JSON object per event on standard output (no collector needed).
@@ -27,11 +28,29 @@ pub struct Cli {
     #[arg(long)]
     pub spool: Option<PathBuf>,
 
-    /// Ship the spool to the collector at this URL (for example `http://127.0.0.1:7443`) over
-    /// gRPC. A segment is deleted once the collector has acknowledged all of it; while the
-    /// collector is unreachable, the spool holds everything up to its bound.
-    #[arg(long, value_name = "URL", requires = "spool", value_parser = endpoint)]
-    pub collector: Option<tonic::transport::Endpoint>,
+    /// Ship the spool to the collector at this URL (`https://HOST:PORT`) over gRPC with
+    /// mutual TLS. A segment is deleted once the collector has acknowledged all of it; while
+    /// the collector is unreachable, the spool holds everything up to its bound.
+    #[arg(long, value_name = "URL", requires = "spool", value_parser = collector_url)]
+    pub collector: Option<String>,
+
+    /// This host's certificates: `ca.pem`, `agent.pem`, `agent.key` (made by `--join`).
+    #[arg(long, default_value = "/var/lib/recorder/pki")]
+    pub pki_dir: PathBuf,
+
+    /// Join the deployment with this single-use token (`recorder token create`): the key is
+    /// made here, and the collector signs a certificate for this host. Needs `--ca`.
+    #[arg(long, value_name = "TOKEN", requires_all = ["ca", "collector"])]
+    pub join: Option<String>,
+
+    /// The deployment's CA certificate, to trust the collector by when joining.
+    #[arg(long, value_name = "FILE", requires = "join")]
+    pub ca: Option<PathBuf>,
+
+    /// Ship over plaintext `http://`, with no certificates: for a collector on loopback
+    /// started with `--insecure-plaintext`, never across a network.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
 
     /// Size bound of the spool; past it new events are refused, counted, and recorded as a
     /// gap once there is room.
@@ -98,8 +117,8 @@ fn ring_size(s: &str) -> Result<u32, String> {
     }
 }
 
-fn endpoint(s: &str) -> Result<tonic::transport::Endpoint, String> {
+fn collector_url(s: &str) -> Result<String, String> {
     tonic::transport::Endpoint::from_shared(s.to_owned())
-        .map(|e| e.connect_timeout(std::time::Duration::from_secs(5)))
-        .map_err(|e| format!("{s} is not a collector URL (http://HOST:PORT): {e}"))
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{s} is not a collector URL (https://HOST:PORT): {e}"))
 }

@@ -89,12 +89,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     // Seeded after attaching, so a process is either in the seed or seen forking.
     let table = ProcessTable::from_proc();
     let processes = table.len();
-    let health = Arc::new(metrics::Health::default());
-    if let Some(addr) = cli.metrics {
-        let bound = metrics::serve(addr, Arc::clone(&health))
-            .with_context(|| format!("serving metrics on {addr}"))?;
-        info!("metrics at http://{bound}/metrics");
-    }
+    let health = serve_metrics(cli)?;
     let enforcer = Enforcer::new(
         cli.spool.as_deref().map(Cache::new),
         Some(Kernel::new(Arc::clone(&programs))?),
@@ -127,10 +122,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             kill: cli.fail_closed_kill,
         }),
     };
+    let collector = link(cli)?;
     let sinks = Sinks {
-        stdout: cli.stdout.then(|| Stdout::new(host)),
+        stdout: cli.stdout.then(|| Stdout::new(host.clone())),
         evidence,
-        collector: cli.collector.clone(),
+        collector: collector.clone(),
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -143,6 +139,13 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     {
         let _context = runtime.enter();
         stop_on_signals(Arc::clone(&stop))?;
+    }
+    if let Some(link) = &collector {
+        runtime.block_on(evidence::link::ensure_enrolled(
+            link,
+            &host,
+            cli.join.as_deref().zip(cli.ca.as_deref()),
+        ))?;
     }
     info!(
         attached = report.attached.len(),
@@ -177,6 +180,40 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     health.log_totals();
     drop(programs);
     stages
+}
+
+/// The health counters, served when `--metrics` asks.
+fn serve_metrics(cli: &Cli) -> anyhow::Result<Arc<metrics::Health>> {
+    let health = Arc::new(metrics::Health::default());
+    if let Some(addr) = cli.metrics {
+        let bound = metrics::serve(addr, Arc::clone(&health))
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        info!("metrics at http://{bound}/metrics");
+    }
+    Ok(health)
+}
+
+/// Where the evidence is shipped: mutual TLS to an `https://` collector, plaintext only when
+/// asked for in so many words.
+fn link(cli: &Cli) -> anyhow::Result<Option<evidence::link::Link>> {
+    let Some(url) = &cli.collector else {
+        return Ok(None);
+    };
+    let plaintext = url.starts_with("http://");
+    anyhow::ensure!(
+        plaintext == cli.insecure_plaintext,
+        "{url}: {}",
+        if plaintext {
+            "http:// would send the evidence unencrypted to whoever answers: use https:// (with \
+             --pki-dir), or --insecure-plaintext for a collector on loopback"
+        } else {
+            "--insecure-plaintext needs an http:// URL"
+        }
+    );
+    Ok(Some(evidence::link::Link {
+        url: url.clone(),
+        pki_dir: (!plaintext).then(|| cli.pki_dir.clone()),
+    }))
 }
 
 /// Checks the host, loads the kernel programs with this kernel's struct offsets, attaches

@@ -21,7 +21,6 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
     task::{JoinHandle, JoinSet, block_in_place},
 };
-use tonic::transport::Endpoint;
 use tracing::Instrument as _;
 use tracing::info_span;
 
@@ -32,7 +31,13 @@ use crate::{
         judge::Judge,
         rules::{Rules, View},
     },
-    evidence::{Evidence, control::Control, encode::Encode, ship::Shipper},
+    evidence::{
+        Evidence,
+        control::Control,
+        encode::Encode,
+        link::{self, Link},
+        ship::Shipper,
+    },
     identity::attribute::Attribute,
     sinks::{metrics::Health, stdout::Stdout},
 };
@@ -45,7 +50,7 @@ pub struct Sinks {
     pub stdout: Option<Stdout>,
     pub evidence: Option<Evidence>,
     /// The collector the evidence is shipped to.
-    pub collector: Option<Endpoint>,
+    pub collector: Option<Link>,
 }
 
 /// The running stages, and the ship stage, which outlives them: it sends what they made
@@ -143,9 +148,10 @@ pub fn spawn(
     let mut ship = None;
     let durable = sinks.evidence.as_ref().map(|evidence| {
         let (durable_tx, durable_rx) = watch::channel(evidence.durable());
-        if let Some(endpoint) = sinks.collector {
+        if let Some(link) = sinks.collector {
+            tokio::spawn(link::renew_in_time(link.clone()).instrument(info_span!("renew")));
             let shipper = Shipper {
-                endpoint,
+                link,
                 dir: evidence.dir().to_path_buf(),
                 host: evidence.host().to_owned(),
                 durable: durable_rx,

@@ -180,6 +180,7 @@ async fn main() {
         listener,
         Arc::clone(&store),
         collector::policy::default_policy(),
+        collector::Transport::InsecurePlaintext,
     ));
 
     let single = chain("bench:single:0", EVENTS);

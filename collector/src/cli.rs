@@ -20,4 +20,12 @@ pub struct Cli {
     /// human's exec as root needs a grant, no guarded identities.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// The collector's certificates (docs/pki.md): `ca.pem`, `collector.pem`,
+    /// `collector.key`, and `ca.key` to sign the certificates of hosts that enroll.
+    #[arg(long, default_value = "/var/lib/recorder/pki")]
+    pub pki_dir: PathBuf,
+    /// Serve without TLS: anyone who reaches the port may read and write everything. Only
+    /// for a collector listening on loopback, which is refused otherwise.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
 }

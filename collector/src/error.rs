@@ -36,9 +36,13 @@ pub(crate) enum GrantError {
     /// A create with an id that is taken.
     #[error("{0}")]
     Exists(String),
-    /// A revoke or an extend of a grant that has ended.
+    /// A revoke or an extend of a grant that has ended, an approval of one that needs none,
+    /// a create the policy refuses.
     #[error("{0}")]
     Ended(String),
+    /// The caller may not: an approver approving their own request.
+    #[error("{0}")]
+    Denied(String),
     #[error("cannot read /dev/urandom for a grant id: {0}")]
     Random(#[source] std::io::Error),
     #[error(transparent)]
@@ -56,4 +60,21 @@ pub(crate) enum QueryError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why an administrative call (tokens, hosts, enrollment) is refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    /// A join token that is unknown, used, expired or for another host.
+    #[error("{0}")]
+    Token(String),
+    /// Issuing or signing failed: the CA, the CSR.
+    #[error("{0}")]
+    Pki(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the collector's writer has stopped")]
+    Unavailable,
 }

@@ -283,7 +283,7 @@ fn data_flows_one_way() {
 
 #[test]
 fn grpc_appears_only_at_the_rpc_edges() {
-    let edges = ["", "ingest", "grants::service", "query"];
+    let edges = ["", "admin", "auth", "ingest", "grants::service", "query"];
     for (module, code) in modules() {
         if code.contains("tonic") || code.contains("Status") {
             assert!(edges.contains(&module.as_str()), "{module} speaks gRPC");

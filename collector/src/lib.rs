@@ -8,6 +8,8 @@
 //! statuses only at the RPC edges (`ingest`, `grants::service`, `query`). This file wires
 //! them together and nothing else.
 
+mod admin;
+mod auth;
 pub mod cli;
 mod error;
 mod grants;
@@ -23,18 +25,21 @@ mod layout;
 #[cfg(test)]
 mod testing;
 
-use std::sync::Arc;
+use std::{path::Path, sync::Arc};
 
+use pki::{Ca, ClientCert, HandshakeFailure, TlsAcceptor, plaintext_incoming};
 use proto::v1::{
-    Policy, grants_server::GrantsServer, ingest_server::IngestServer, query_server::QueryServer,
+    Policy, admin_server::AdminServer, enrollment_server::EnrollmentServer,
+    grants_server::GrantsServer, ingest_server::IngestServer, query_server::QueryServer,
 };
 use tokio::{
     net::TcpListener,
-    sync::{broadcast, watch},
+    sync::{broadcast, mpsc, watch},
 };
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
+    admin::{AdminService, EnrollmentService, Hosts},
+    auth::{Gate, Revoked},
     grants::{service::GrantsService, views::Views},
     ingest::IngestService,
     query::QueryService,
@@ -47,6 +52,8 @@ pub enum Error {
     Store(#[from] store::StoreError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Pki(#[from] pki::PkiError),
 }
 
 /// Opens the store a `--store` URL names.
@@ -57,24 +64,96 @@ pub fn open_store(url: &str) -> Result<Arc<dyn Store>, store::StoreError> {
     }
 }
 
+/// How clients reach the collector.
+pub enum Transport {
+    /// Mutual TLS under the deployment's CA (docs/pki.md). The CA's key, when the collector
+    /// has it, signs the certificates of enrolling hosts.
+    Tls {
+        ca_pem: String,
+        cert_pem: String,
+        key_pem: String,
+        ca: Option<Box<Ca>>,
+    },
+    /// No TLS, no identities: for a collector on loopback only, started so on purpose.
+    InsecurePlaintext,
+}
+
+impl Transport {
+    /// The collector's PKI directory: `ca.pem`, `collector.pem`, `collector.key`, and
+    /// `ca.key` when it enrolls hosts.
+    pub fn from_dir(dir: &Path) -> Result<Self, pki::PkiError> {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).map_err(|e| pki::PkiError::File {
+                path: dir.join(name).display().to_string(),
+                message: e.to_string(),
+            })
+        };
+        let ca = if dir.join("ca.key").exists() {
+            Some(Box::new(Ca::load(dir)?))
+        } else {
+            None
+        };
+        Ok(Self::Tls {
+            ca_pem: read("ca.pem")?,
+            cert_pem: read("collector.pem")?,
+            key_pem: read("collector.key")?,
+            ca,
+        })
+    }
+}
+
+/// Handshake failures queued for recording; past it they are logged and dropped.
+const FAILURES_QUEUE: usize = 256;
+
 /// Commits a tailer may fall behind by before it rereads from the store.
 const LIVE_BACKLOG: usize = 1024;
 
-/// Serves Ingest, Query and Grants on `listener` until the server fails; agents are sent
-/// `policy`.
+/// Serves Ingest, Query, Grants, Admin and Enrollment on `listener` until the server fails;
+/// agents are sent `policy`.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
     policy: Policy,
+    transport: Transport,
 ) -> Result<(), Error> {
     let (live, _) = broadcast::channel(LIVE_BACKLOG);
     let (grants_changed, _) = watch::channel(());
     let writer = writer::spawn(Arc::clone(&store), live.clone(), grants_changed.clone())?;
+    let gate = Gate::new(writer.clone());
+    let revoked = Revoked::new(store.revoked_hosts()?.into_iter().map(|r| r.host));
+    let require_approval = policy.require_approval;
     let views = Views::new(Arc::clone(&store), policy, grants_changed);
+    let (incoming, ca) = match transport {
+        Transport::Tls {
+            ca_pem,
+            cert_pem,
+            key_pem,
+            ca,
+        } => {
+            let (failures, failed) = mpsc::channel(FAILURES_QUEUE);
+            tokio::spawn(record_failures(failed, gate.clone()));
+            // Optional at the handshake, so a host can enroll with a token; every call but
+            // that one requires a certificate (`auth::caller`).
+            let acceptor =
+                TlsAcceptor::with_client_cert(&ca_pem, &cert_pem, &key_pem, ClientCert::Optional)?
+                    .report_failures(failures);
+            (acceptor.incoming(listener), ca.map(|ca| Arc::new(*ca)))
+        }
+        Transport::InsecurePlaintext => (plaintext_incoming(listener), None),
+    };
+    let hosts = Hosts {
+        store: Arc::clone(&store),
+        writer: writer.clone(),
+        gate: gate.clone(),
+        revoked: revoked.clone(),
+        ca,
+    };
     let ingest = IngestServer::new(IngestService::new(
         Arc::clone(&store),
         writer.clone(),
         views,
+        gate.clone(),
+        revoked,
     ))
     .max_decoding_message_size(ingest::MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
@@ -82,9 +161,38 @@ pub async fn serve(
         .add_service(GrantsServer::new(GrantsService::new(
             Arc::clone(&store),
             writer,
+            gate.clone(),
+            require_approval,
         )))
-        .add_service(QueryServer::new(QueryService::new(store, live)))
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .add_service(QueryServer::new(QueryService::new(store, live, gate)))
+        .add_service(EnrollmentServer::new(EnrollmentService(hosts.clone())))
+        .add_service(AdminServer::new(AdminService(hosts)))
+        .serve_with_incoming(incoming)
         .await?;
     Ok(())
+}
+
+/// Chains every refused handshake in which a certificate was presented (another CA,
+/// expired, no identity); the others (no certificate, not TLS at all) are logged.
+async fn record_failures(mut failed: mpsc::Receiver<HandshakeFailure>, gate: Gate) {
+    while let Some(failure) = failed.recv().await {
+        let Some(offered) = &failure.offered else {
+            tracing::info!(remote = %failure.remote_addr, error = %failure.error, "TLS handshake refused");
+            continue;
+        };
+        let who = match &offered.peer {
+            Ok(peer) => peer.to_string(),
+            Err(_) => format!("certificate {:?}", offered.subject),
+        };
+        let host = match &offered.peer {
+            Ok(pki::Peer::Agent { host }) => host.as_str(),
+            _ => "",
+        };
+        gate.refused(
+            &format!("{who} from {}", failure.remote_addr),
+            host,
+            &format!("TLS handshake refused: {}", failure.error),
+        )
+        .await;
+    }
 }

@@ -2,7 +2,7 @@ use std::io::IsTerminal as _;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use collector::cli::Cli;
+use collector::{Transport, cli::Cli};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -19,6 +19,24 @@ fn main() -> anyhow::Result<()> {
     let policy = match &cli.policy {
         Some(path) => collector::policy::load(path)?,
         None => collector::policy::default_policy(),
+    };
+    let transport = if cli.insecure_plaintext {
+        anyhow::ensure!(
+            cli.listen.ip().is_loopback(),
+            "--insecure-plaintext serves without TLS or identities, so only on a loopback \
+             address, not {}",
+            cli.listen
+        );
+        tracing::warn!("serving without TLS: any local process may read and change everything");
+        Transport::InsecurePlaintext
+    } else {
+        Transport::from_dir(&cli.pki_dir).with_context(|| {
+            format!(
+                "loading the collector's certificates from {} (recorder pki init / issue \
+                 collector; or --insecure-plaintext on loopback)",
+                cli.pki_dir.display()
+            )
+        })?
     };
     let store = collector::open_store(&cli.store)?;
     tokio::runtime::Builder::new_multi_thread()
@@ -39,7 +57,7 @@ fn main() -> anyhow::Result<()> {
             notify_ready(&listening);
             let mut terminate = signal(SignalKind::terminate())?;
             tokio::select! {
-                served = collector::serve(listener, store, policy) => served?,
+                served = collector::serve(listener, store, policy, transport) => served?,
                 // What is not yet committed is not yet acknowledged either: agents resend it
                 // to the next collector, so stopping here loses nothing.
                 _ = tokio::signal::ctrl_c() => tracing::info!("stopping on SIGINT"),

@@ -38,6 +38,9 @@ struct PolicyFile {
     root_exec: bool,
     #[serde(default)]
     guarded: Vec<Guarded>,
+    /// Every grant needs two people: direct creation is refused.
+    #[serde(default)]
+    require_approval: bool,
 }
 
 fn yes() -> bool {
@@ -68,6 +71,7 @@ pub fn default_policy() -> Policy {
         mode: Mode::Alert.into(),
         root_exec: true,
         guarded: Vec::new(),
+        require_approval: false,
     }
 }
 
@@ -108,6 +112,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         .into(),
         root_exec: file.root_exec,
         guarded,
+        require_approval: file.require_approval,
     })
 }
 

@@ -17,15 +17,15 @@ use proto::{
     chain::{Chain, chain_hash},
     kind::Kind,
     time::now_unix_nano,
-    v1::{Alert, ChainStart, Event, Grant, GrantChange, event::Body},
+    v1::{AdminAct, Alert, ChainStart, Event, Grant, GrantChange, event::Body},
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{
-    error::{GrantError, IngestError},
+    error::{AdminError, GrantError, IngestError},
     store::{
-        Append, COLLECTOR_CHAIN, ChainState, CheckpointRow, Commit, Conflict, Record, Store,
-        StoreError,
+        Append, COLLECTOR_CHAIN, ChainState, CheckpointRow, Commit, Conflict, Record, RevokedHost,
+        Store, StoreError, TokenRow,
     },
 };
 
@@ -57,8 +57,23 @@ pub(crate) struct CheckpointRequest {
 pub(crate) type Decide =
     Box<dyn FnOnce(Option<Grant>, u64) -> Result<GrantChange, GrantError> + Send>;
 
+/// An administrative change, decided like a grant change: from the join token it concerns
+/// as it stands (when it concerns one) and the time. The writer applies what it returns and
+/// chains its act; it knows none of the rules.
+pub(crate) type DecideAdmin =
+    Box<dyn FnOnce(Option<TokenRow>, u64) -> Result<AdminChange, AdminError> + Send>;
+
+/// What an administrative change writes.
+#[derive(Debug, Default)]
+pub(crate) struct AdminChange {
+    pub token: Option<TokenRow>,
+    pub revoked: Option<RevokedHost>,
+    pub act: AdminAct,
+}
+
 type Reply = oneshot::Sender<Result<u64, IngestError>>;
 type GrantReply = oneshot::Sender<Result<GrantChange, GrantError>>;
+type AdminReply = oneshot::Sender<Result<AdminAct, AdminError>>;
 
 enum Request {
     Batch(Batch, Reply),
@@ -68,12 +83,20 @@ enum Request {
         decide: Decide,
         reply: GrantReply,
     },
+    Admin {
+        token: Option<[u8; 32]>,
+        decide: DecideAdmin,
+        reply: AdminReply,
+    },
+    /// An event of the collector's own (an alert, a read of the evidence) to chain.
+    Own(Box<Own>, Reply),
 }
 
 /// An answer owed once the group it belongs to is committed (or has failed).
 enum Outcome {
     Seq(Reply, Result<u64, IngestError>),
     Grant(GrantReply, Result<GrantChange, GrantError>),
+    Admin(AdminReply, Result<AdminAct, AdminError>),
 }
 
 impl Outcome {
@@ -84,6 +107,9 @@ impl Outcome {
                 let _ = reply.send(failure.map_or(result, |f| Err(f.clone().into())));
             }
             Self::Grant(reply, result) => {
+                let _ = reply.send(failure.map_or(result, |f| Err(f.clone().into())));
+            }
+            Self::Admin(reply, result) => {
                 let _ = reply.send(failure.map_or(result, |f| Err(f.clone().into())));
             }
         }
@@ -142,6 +168,37 @@ impl WriterHandle {
     }
 }
 
+impl WriterHandle {
+    /// Chains an event of the collector's own, and waits until it is durable.
+    pub async fn record(&self, own: Own) -> Result<(), IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Own(Box::new(own), reply))
+            .await
+            .map_err(|_| IngestError::Unavailable)?;
+        rx.await.map_err(|_| IngestError::Unavailable)?.map(|_| ())
+    }
+
+    /// Applies an administrative change as `decide` says (given the join token of hash
+    /// `token` as it stands), and waits until it and its act are durable.
+    pub async fn admin(
+        &self,
+        token: Option<[u8; 32]>,
+        decide: DecideAdmin,
+    ) -> Result<AdminAct, AdminError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Admin {
+                token,
+                decide,
+                reply,
+            })
+            .await
+            .map_err(|_| AdminError::Unavailable)?;
+        rx.await.map_err(|_| AdminError::Unavailable)?
+    }
+}
+
 /// Starts the writer on the blocking pool. `live` receives the highest stored row id after
 /// each commit; `grants_changed` is marked after each commit that changed a grant.
 pub(crate) fn spawn(
@@ -186,12 +243,41 @@ struct Group {
 }
 
 /// An event the collector chains into its own chain, and the columns it is found by.
-struct Own {
+#[derive(Debug)]
+pub(crate) struct Own {
     kind: Kind,
     host: String,
     identity_kind: i32,
     identity_name: String,
     body: Body,
+}
+
+impl Own {
+    /// An alert about `host` (empty: none in particular).
+    pub(crate) fn alert(host: &str, body: Body) -> Self {
+        Self {
+            kind: Kind::Alert,
+            host: if host.is_empty() {
+                COLLECTOR_CHAIN.into()
+            } else {
+                host.into()
+            },
+            identity_kind: 0,
+            identity_name: String::new(),
+            body,
+        }
+    }
+
+    /// A read of the evidence by the operator `actor`: found by their name.
+    pub(crate) fn access(actor: &str, body: Body) -> Self {
+        Self {
+            kind: Kind::Access,
+            host: COLLECTOR_CHAIN.into(),
+            identity_kind: 0,
+            identity_name: actor.into(),
+            body,
+        }
+    }
 }
 
 /// A request that must wait for the group before it to be committed: it reads records that
@@ -283,6 +369,18 @@ impl Writer {
             Request::Grant { id, decide, reply } => {
                 let result = self.change_grant(group, &id, decide);
                 group.replies.push(Outcome::Grant(reply, result));
+            }
+            Request::Admin {
+                token,
+                decide,
+                reply,
+            } => {
+                let result = self.change_admin(group, token, decide);
+                group.replies.push(Outcome::Admin(reply, result));
+            }
+            Request::Own(own, reply) => {
+                self.chain_own(group, *own);
+                group.replies.push(Outcome::Seq(reply, Ok(0)));
             }
         }
         Ok(())
@@ -437,6 +535,46 @@ impl Writer {
         );
         group.commit.grants.extend(change.grant.clone());
         Ok(change)
+    }
+
+    /// The join token of `hash` as committed, or as a change earlier in this group left it.
+    fn current_token(
+        &self,
+        group: &Group,
+        hash: &[u8; 32],
+    ) -> Result<Option<TokenRow>, StoreError> {
+        match group.commit.tokens.iter().rev().find(|t| t.hash == *hash) {
+            Some(t) => Ok(Some(t.clone())),
+            None => self.store.token(hash),
+        }
+    }
+
+    /// Applies an administrative change to the group, and chains its act.
+    fn change_admin(
+        &self,
+        group: &mut Group,
+        token: Option<[u8; 32]>,
+        decide: DecideAdmin,
+    ) -> Result<AdminAct, AdminError> {
+        let current = match token {
+            Some(hash) => self.current_token(group, &hash)?,
+            None => None,
+        };
+        let change = decide(current, now_unix_nano())?;
+        tracing::info!(action = %change.act.action, host = %change.act.host, actor = %change.act.actor, "administration");
+        self.chain_own(
+            group,
+            Own {
+                kind: Kind::Admin,
+                host: change.act.host.clone(),
+                identity_kind: 0,
+                identity_name: change.act.actor.clone(),
+                body: Body::Admin(change.act.clone()),
+            },
+        );
+        group.commit.tokens.extend(change.token);
+        group.commit.revoked_hosts.extend(change.revoked);
+        Ok(change.act)
     }
 
     /// Chains an event of the collector's own into its chain, which starts like any other.

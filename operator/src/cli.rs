@@ -12,9 +12,27 @@ use proto::v1::{IdentitySelector, identity::Kind};
     about = "Reads the collector's evidence and manages just-in-time grants"
 )]
 pub struct Cli {
-    /// The collector's URL.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:7443")]
+    /// The collector's URL: `https://` (mutual TLS, as the certificate below), or `http://`
+    /// for a collector serving plaintext on loopback.
+    #[arg(long, global = true, default_value = "https://127.0.0.1:7443")]
     pub collector: String,
+
+    /// Where the operator's certificate is: `ca.pem`, `operator.pem`, `operator.key`
+    /// (`cargo xtask run` makes them for the local operator).
+    #[arg(long, global = true, default_value = "/var/lib/recorder/pki")]
+    pub pki_dir: PathBuf,
+
+    /// The operator's certificate, instead of the one in `--pki-dir`.
+    #[arg(long, global = true, requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// Its key.
+    #[arg(long, global = true, requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// The CA to check the collector by, instead of the one in `--pki-dir`.
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -63,6 +81,16 @@ pub enum Command {
         #[command(subcommand)]
         command: GrantCommand,
     },
+    /// Join tokens, with which hosts enroll (admin).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The deployment's hosts (admin).
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
     /// The deployment's CA and its certificates, made here, offline (docs/pki.md).
     Pki {
         #[command(subcommand)]
@@ -81,26 +109,59 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum GrantCommand {
-    /// Let an identity do privileged activity for a while. Prints the grant, its id first.
+pub enum TokenCommand {
+    /// A single-use join token for one host; prints it once (the collector keeps its hash).
     Create {
-        #[command(flatten)]
-        identity: Selector,
-        /// A host id it applies on (repeatable); without one, every host.
-        #[arg(long = "host")]
-        hosts: Vec<String>,
-        /// How long it lasts from now (for example 30m, 2h).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// The host id it enrolls (`/etc/machine-id` of the host).
+        #[arg(long)]
+        host: String,
+        /// How long it may be used.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
         ttl: Duration,
-        /// What the agent does to the identity's sessions when the grant ends.
-        #[arg(long, value_enum, default_value_t = OnExpiry::Alert)]
-        on_expiry: OnExpiry,
-        /// The ticket or reason it is asked for.
-        #[arg(long)]
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Refuse the host's certificates from now on.
+    Revoke {
+        host: String,
+        #[arg(long, default_value = "")]
         reason: String,
-        /// Who approved it [default: `$SUDO_USER`, else `$USER`].
-        #[arg(long)]
-        approver: Option<String>,
+    },
+}
+
+/// What a new grant asks for.
+#[derive(Clone, Debug, Args)]
+pub struct NewGrant {
+    #[command(flatten)]
+    pub identity: Selector,
+    /// A host id it applies on (repeatable); without one, every host.
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    /// How long it lasts from its start (for example 30m, 2h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// What the agent does to the identity's sessions when the grant ends.
+    #[arg(long, value_enum, default_value_t = OnExpiry::Alert)]
+    pub on_expiry: OnExpiry,
+    /// The ticket or reason it is asked for.
+    #[arg(long)]
+    pub reason: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// Let an identity do privileged activity for a while, approved by you. Prints the
+    /// grant, its id first. Refused when the policy requires a second person.
+    Create(NewGrant),
+    /// Ask for a grant for someone else to approve; it covers nothing until then.
+    Request(NewGrant),
+    /// Approve a grant someone else requested.
+    Approve {
+        id: String,
         #[arg(long)]
         json: bool,
     },

@@ -1,40 +1,26 @@
-//! `grant create|list|revoke|extend` and `review`: the collector's Grants service. Every
-//! change names who asked (`x-recorder-actor`), which the collector records with it.
+//! `grant create|request|approve|list|revoke|extend` and `review`: the collector's Grants
+//! service. Who asks is the operator's certificate; the collector records it with every
+//! change.
 
 use std::{io, time::Duration};
 
 use anyhow::anyhow;
-use proto::v1::{
-    CreateGrantRequest, ExtendGrantRequest, Grant, ListGrantsRequest, ReviewRequest,
-    RevokeGrantRequest, grant::OnExpiry, grants_client::GrantsClient,
+use proto::{
+    time::{ago as since, now_unix_nano as now},
+    v1::{
+        ApproveRequest, CreateGrantRequest, ExtendGrantRequest, Grant, ListGrantsRequest,
+        ReviewRequest, RevokeGrantRequest, grant::OnExpiry, grants_client::GrantsClient,
+    },
 };
-use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
+use tonic::{Status, transport::Channel};
 
 use crate::{
-    cli::{self, GrantCommand},
+    cli::{self, GrantCommand, NewGrant},
     render,
 };
-use proto::time::{ago as since, now_unix_nano as now};
-
-/// The person at the keyboard, as `sudo` leaves it: `$SUDO_USER`, else `$USER`.
-fn user() -> Option<String> {
-    ["SUDO_USER", "USER"]
-        .into_iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-}
-
-/// A request that names who asks.
-fn request<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    let actor = user()
-        .and_then(|u| MetadataValue::try_from(u).ok())
-        .unwrap_or_else(|| MetadataValue::from_static("unknown"));
-    request.metadata_mut().insert("x-recorder-actor", actor);
-    request
-}
 
 /// The collector's refusal in its own words.
-fn refused(status: &Status) -> anyhow::Error {
+pub fn refused(status: &Status) -> anyhow::Error {
     anyhow!(
         "the collector refused: {} ({:?})",
         status.message(),
@@ -54,39 +40,33 @@ fn print(out: &mut impl io::Write, grant: &Grant, json: bool) -> io::Result<()> 
     }
 }
 
+fn create_request(new: &NewGrant) -> CreateGrantRequest {
+    let on_expiry = match new.on_expiry {
+        cli::OnExpiry::Alert => OnExpiry::Alert,
+        cli::OnExpiry::Kill => OnExpiry::Kill,
+    };
+    CreateGrantRequest {
+        identity: Some(new.identity.to_proto()),
+        hosts: new.hosts.clone(),
+        not_before_unix_nano: 0,
+        ttl_millis: millis(new.ttl),
+        reason: new.reason.clone(),
+        on_expiry: on_expiry.into(),
+    }
+}
+
 pub async fn grant(
     mut client: GrantsClient<Channel>,
     command: GrantCommand,
     out: &mut impl io::Write,
 ) -> anyhow::Result<()> {
     let (grant, json) = match command {
-        GrantCommand::Create {
-            identity,
-            hosts,
-            ttl,
-            on_expiry,
-            reason,
-            approver,
-            json,
-        } => {
-            let on_expiry = match on_expiry {
-                cli::OnExpiry::Alert => OnExpiry::Alert,
-                cli::OnExpiry::Kill => OnExpiry::Kill,
-            };
-            let create = CreateGrantRequest {
-                identity: Some(identity.to_proto()),
-                hosts,
-                not_before_unix_nano: 0,
-                ttl_millis: millis(ttl),
-                reason,
-                approver: approver.or_else(user).unwrap_or_default(),
-                on_expiry: on_expiry.into(),
-            };
-            (client.create(request(create)).await, json)
-        }
+        GrantCommand::Create(new) => (client.create(create_request(&new)).await, new.json),
+        GrantCommand::Request(new) => (client.request(create_request(&new)).await, new.json),
+        GrantCommand::Approve { id, json } => (client.approve(ApproveRequest { id }).await, json),
         GrantCommand::List { all, json } => {
             let grants = client
-                .list(request(ListGrantsRequest { include_ended: all }))
+                .list(ListGrantsRequest { include_ended: all })
                 .await
                 .map_err(|s| refused(&s))?
                 .into_inner()
@@ -99,18 +79,15 @@ pub async fn grant(
             }
             return Ok(());
         }
-        GrantCommand::Revoke { id, reason, json } => (
-            client
-                .revoke(request(RevokeGrantRequest { id, reason }))
-                .await,
-            json,
-        ),
+        GrantCommand::Revoke { id, reason, json } => {
+            (client.revoke(RevokeGrantRequest { id, reason }).await, json)
+        }
         GrantCommand::Extend { id, by, json } => (
             client
-                .extend(request(ExtendGrantRequest {
+                .extend(ExtendGrantRequest {
                     id,
                     extend_millis: millis(by),
-                }))
+                })
                 .await,
             json,
         ),
@@ -126,9 +103,9 @@ pub async fn review(
     out: &mut impl io::Write,
 ) -> anyhow::Result<()> {
     let identities = client
-        .review(request(ReviewRequest {
+        .review(ReviewRequest {
             since_unix_nano: since(ago),
-        }))
+        })
         .await
         .map_err(|s| refused(&s))?
         .into_inner()

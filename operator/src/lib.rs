@@ -3,24 +3,28 @@
 //! Grants service (`grant`), as readable text or JSON lines (`render`). `cargo xtask` runs
 //! it.
 
+mod admin;
+mod certs;
 pub mod cli;
 mod grant;
-mod pki;
 mod query;
 mod render;
 mod replay;
 
-use std::{io, time::Duration};
+use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use proto::v1::{grants_client::GrantsClient, query_client::QueryClient};
+use pki::ClientIdentity;
+use proto::v1::{
+    admin_client::AdminClient, grants_client::GrantsClient, query_client::QueryClient,
+};
 use tonic::transport::Channel;
 
 use crate::cli::{Cli, Command};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Pki { command } = cli.command {
-        return pki::run(command);
+        return certs::run(command);
     }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -28,18 +32,37 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .block_on(command(cli))
 }
 
-async fn connect(url: &str) -> anyhow::Result<Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("{url} is not a collector URL (http://HOST:PORT)"))?
-        .connect_timeout(Duration::from_secs(5));
+/// A channel to the collector: mutual TLS with the operator's certificate for `https://`,
+/// plaintext for `http://` (a collector on loopback started so on purpose).
+async fn connect(cli: &Cli) -> anyhow::Result<Channel> {
+    let url = &cli.collector;
+    let endpoint = if url.starts_with("https://") {
+        let file = |given: &Option<PathBuf>, name: &str| {
+            given.clone().unwrap_or_else(|| cli.pki_dir.join(name))
+        };
+        let identity = ClientIdentity::load(
+            &file(&cli.ca, "ca.pem"),
+            &file(&cli.cert, "operator.pem"),
+            &file(&cli.key, "operator.key"),
+        )
+        .context(
+            "loading the operator's certificate (--pki-dir, or --cert/--key/--ca; `recorder pki \
+             issue operator` makes one)",
+        )?;
+        pki::endpoint(url, &identity, None)?
+    } else {
+        tonic::transport::Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("{url} is not a collector URL (https://HOST:PORT)"))?
+    };
     endpoint
+        .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .with_context(|| format!("cannot reach the collector at {url}"))
 }
 
 async fn command(cli: Cli) -> anyhow::Result<()> {
-    let channel = connect(&cli.collector).await?;
+    let channel = connect(&cli).await?;
     let mut client = QueryClient::new(channel.clone()).max_decoding_message_size(64 << 20);
     let mut out = io::stdout().lock();
     match cli.command {
@@ -63,6 +86,10 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             let client = GrantsClient::new(channel).max_decoding_message_size(64 << 20);
             grant::review(client, since, json, &mut out).await
         }
+        Command::Token { command } => {
+            admin::token(AdminClient::new(channel), command, &mut out).await
+        }
+        Command::Host { command } => admin::host(AdminClient::new(channel), command).await,
         Command::Pki { .. } => unreachable!("handled before connecting"),
     }
 }

@@ -141,6 +141,13 @@ fn detail(event: &Event) -> String {
             escape(&a.role),
             escape(&a.detail)
         ),
+        Some(Body::Admin(a)) => format!(
+            "ADMIN {} {} by {}: {}",
+            escape(&a.action),
+            escape(&a.host),
+            escape(&a.actor),
+            escape(&a.detail)
+        ),
         Some(Body::Fork(_)) | None => String::new(),
     }
 }
@@ -303,6 +310,7 @@ fn selector(s: Option<&IdentitySelector>) -> String {
 /// Where the grant stands at `now`.
 fn grant_state(g: &Grant, now: u64) -> String {
     match state(g, now) {
+        State::Requested => format!("requested by {}, awaiting approval", escape(&g.requester)),
         State::Revoked(at) => format!("revoked {}", time(at)),
         State::Expired => "expired".into(),
         State::Pending => "pending".into(),
@@ -319,7 +327,7 @@ pub fn grant_line(g: &Grant, now: u64) -> String {
         escape(&g.hosts.join(",")).into_owned()
     };
     format!(
-        "{}  {}  on {}  {} → {}  {}  on expiry {}  reason {:?}  approver {:?}",
+        "{}  {}  on {}  {} → {}  {}  on expiry {}  reason {:?}  requester {:?}  approver {:?}",
         escape(&g.id),
         selector(g.identity.as_ref()),
         hosts,
@@ -328,6 +336,7 @@ pub fn grant_line(g: &Grant, now: u64) -> String {
         grant_state(g, now),
         g.on_expiry().as_str_name().to_lowercase(),
         g.reason,
+        g.requester,
         g.approver,
     )
 }

@@ -1,4 +1,4 @@
-//! Who a certificate speaks for (IDENTITY.md): one `urn:recorder:` URI in its subject
+//! Who a certificate speaks for (docs/pki.md): one `urn:recorder:` URI in its subject
 //! alternative names. The URI, not the common name, is the identity: it has one spelling, so
 //! the collector and an offline checker read the same peer from the same bytes.
 
@@ -434,4 +434,20 @@ mod tests {
             SystemTime::UNIX_EPOCH - Duration::from_secs(1)
         );
     }
+}
+
+/// This host's id, as its agent's certificate and chains name it: systemd's machine id,
+/// else the host name.
+#[must_use]
+pub fn host_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown-host".into())
 }

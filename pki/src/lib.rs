@@ -1,4 +1,4 @@
-//! The recorder's trust (IDENTITY.md): one CA; certificates that name an agent's host, an
+//! The recorder's trust (docs/pki.md): one CA; certificates that name an agent's host, an
 //! operator and their role, or a collector; enrollment of agents by CSR and join token; and
 //! mutual TLS for tonic, with the server side reporting every refused handshake so the
 //! collector can raise an `auth_failure` alert for it.
@@ -22,10 +22,10 @@ pub use rustls;
 pub use agent::{AgentKey, ed25519_public_key_from_pkcs8_pem, ed25519_seed_from_pkcs8_pem};
 pub use ca::{Ca, Issued, Validity, create_private_dir};
 pub use client::{ClientIdentity, endpoint};
-pub use identity::{CertInfo, MAX_NAME_LEN, OfferedCert, Peer, Role, check_name};
+pub use identity::{CertInfo, MAX_NAME_LEN, OfferedCert, Peer, Role, check_name, host_id};
 pub use server::{
-    Conn, ConnInfo, DEFAULT_HANDSHAKE_TIMEOUT, HandshakeError, HandshakeFailure, Incoming,
-    TlsAcceptor, plaintext_incoming, server_config,
+    ClientCert, Conn, ConnInfo, DEFAULT_HANDSHAKE_TIMEOUT, HandshakeError, HandshakeFailure,
+    Incoming, TlsAcceptor, plaintext_incoming, server_config,
 };
 pub use token::{TOKEN_PREFIX, Token, token_hash};
 

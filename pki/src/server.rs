@@ -50,13 +50,24 @@ const MAX_HANDSHAKES: usize = 1024;
 /// Established connections not yet taken by the server.
 const QUEUE: usize = 64;
 
+/// Whether a client must present a certificate to finish its handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCert {
+    Required,
+    /// A client may connect without one (a host enrolling with a join token): whoever
+    /// serves then refuses every call of such a connection that needs an identity. A
+    /// certificate that is presented must still verify.
+    Optional,
+}
+
 /// The rustls configuration of a collector: its certificate chain and key, and client
-/// certificates required, chaining to a CA of `ca_pem` (more than one during a CA
-/// change). ALPN h2 only. Refuses a server certificate that is not a collector's.
+/// certificates chaining to a CA of `ca_pem` (more than one during a CA change), required
+/// or optional. ALPN h2 only. Refuses a server certificate that is not a collector's.
 pub fn server_config(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
+    client_cert: ClientCert,
 ) -> Result<Arc<ServerConfig>, PkiError> {
     let info = CertInfo::from_pem(cert_pem)?;
     if !matches!(info.peer, Peer::Collector { .. }) {
@@ -72,9 +83,12 @@ pub fn server_config(
             .add(ca)
             .map_err(|e| PkiError::Certificate(format!("CA certificate: {e}")))?;
     }
-    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| PkiError::Tls(e.to_string()))?;
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let builder = match client_cert {
+        ClientCert::Required => builder,
+        ClientCert::Optional => builder.allow_unauthenticated(),
+    };
+    let inner = builder.build().map_err(|e| PkiError::Tls(e.to_string()))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| PkiError::Key(format!("no PEM private key: {e}")))?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -151,13 +165,15 @@ impl ClientCertVerifier for RecordOffered {
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub remote_addr: SocketAddr,
-    /// The client's verified certificate; `None` only on the plaintext (insecure mode)
-    /// listener.
+    /// The client's verified certificate; `None` on the plaintext (insecure mode) listener,
+    /// and on a TLS connection made without one where certificates are optional.
     pub cert: Option<Arc<CertInfo>>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
 }
 
 impl ConnInfo {
-    /// The verified peer; `None` only in insecure mode.
+    /// The verified peer; `None` in insecure mode and without a certificate.
     #[must_use]
     pub fn peer(&self) -> Option<&Peer> {
         self.cert.as_deref().map(|c| &c.peer)
@@ -292,8 +308,18 @@ pub struct TlsAcceptor {
 impl TlsAcceptor {
     /// An acceptor with the collector's CA, certificate and key, PEM ([`server_config`]).
     pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<TlsAcceptor, PkiError> {
+        TlsAcceptor::with_client_cert(ca_pem, cert_pem, key_pem, ClientCert::Required)
+    }
+
+    /// An acceptor whose clients may connect without a certificate ([`ClientCert`]).
+    pub fn with_client_cert(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        client_cert: ClientCert,
+    ) -> Result<TlsAcceptor, PkiError> {
         Ok(TlsAcceptor {
-            acceptor: server_config(ca_pem, cert_pem, key_pem)?.into(),
+            acceptor: server_config(ca_pem, cert_pem, key_pem, client_cert)?.into(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             failures: None,
         })
@@ -363,6 +389,7 @@ pub fn plaintext_incoming(listener: TcpListener) -> Incoming {
                 info: ConnInfo {
                     remote_addr,
                     cert: None,
+                    tls: false,
                 },
             };
             if tx.send(conn).await.is_err() {
@@ -410,7 +437,7 @@ async fn handshake(
                 Err(_) => HandshakeError::Timeout(timeout),
                 Ok(Err(e)) => HandshakeError::from(e),
                 Ok(Ok(tls)) => {
-                    // The verifier required and checked a certificate: there is a leaf.
+                    // A leaf is there unless the verifier let the client go without one.
                     let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
                     match leaf.map(|der| CertInfo::from_der(der)) {
                         Some(Ok(cert)) => {
@@ -419,13 +446,21 @@ async fn handshake(
                                 info: ConnInfo {
                                     remote_addr,
                                     cert: Some(Arc::new(cert)),
+                                    tls: true,
                                 },
                             });
                         }
                         Some(Err(e)) => HandshakeError::Identity(e),
-                        None => HandshakeError::Identity(PkiError::Identity(
-                            "no client certificate".into(),
-                        )),
+                        None => {
+                            return Ok(Conn {
+                                io: Io::Tls(Box::new(tls)),
+                                info: ConnInfo {
+                                    remote_addr,
+                                    cert: None,
+                                    tls: true,
+                                },
+                            });
+                        }
                     }
                 }
             };

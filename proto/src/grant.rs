@@ -19,10 +19,10 @@ pub fn revoked_first(grant: &Grant) -> bool {
     grant.revoked_unix_nano != 0 && grant.revoked_unix_nano <= grant.expires_at_unix_nano
 }
 
-/// Whether it is live at `now`: begun and not ended.
+/// Whether it is live at `now`: approved, begun and not ended.
 #[must_use]
 pub fn is_live(grant: &Grant, now: u64) -> bool {
-    grant.not_before_unix_nano <= now && now < end(grant)
+    !grant.pending && grant.not_before_unix_nano <= now && now < end(grant)
 }
 
 /// Whether it applies on `host`: it names no hosts, or names this one.
@@ -45,6 +45,9 @@ pub fn covers(grant: &Grant, kind: Kind, name: &str, host: &str, now: u64) -> bo
 /// Where a grant stands at a moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
+    /// Asked for, not yet approved.
+    Requested,
+    /// Approved, not yet begun.
     Pending,
     /// Live, with this many nanoseconds left.
     Live(u64),
@@ -57,6 +60,8 @@ pub enum State {
 pub fn state(grant: &Grant, now: u64) -> State {
     if revoked_first(grant) && grant.revoked_unix_nano <= now {
         State::Revoked(grant.revoked_unix_nano)
+    } else if grant.pending && end(grant) > now {
+        State::Requested
     } else if end(grant) <= now {
         State::Expired
     } else if grant.not_before_unix_nano > now {

@@ -119,6 +119,10 @@ struct Line<'a> {
 
 #[derive(Serialize)]
 #[serde(untagged)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made for one line and written at once: boxing would cost an allocation per event"
+)]
 enum BodyLine<'a> {
     Exec {
         filename: &'a str,
@@ -163,6 +167,9 @@ enum BodyLine<'a> {
     },
     Access {
         access: AccessLine<'a>,
+    },
+    Admin {
+        admin: AdminLine<'a>,
     },
     None {},
 }
@@ -229,6 +236,14 @@ struct AccessLine<'a> {
 }
 
 #[derive(Serialize)]
+struct AdminLine<'a> {
+    action: &'a str,
+    host: &'a str,
+    actor: &'a str,
+    detail: &'a str,
+}
+
+#[derive(Serialize)]
 struct SelectorLine<'a> {
     kind: &'static str,
     name: &'a str,
@@ -245,7 +260,10 @@ struct GrantLine<'a> {
     expires_at_unix_nano: u64,
     revoked_at: Option<String>,
     reason: &'a str,
+    requester: &'a str,
+    requested_at: Option<String>,
     approver: &'a str,
+    pending: bool,
     on_expiry: String,
 }
 
@@ -264,7 +282,11 @@ impl<'a> GrantLine<'a> {
             expires_at_unix_nano: g.expires_at_unix_nano,
             revoked_at: (g.revoked_unix_nano != 0).then(|| rfc3339_nanos(g.revoked_unix_nano)),
             reason: &g.reason,
+            requester: &g.requester,
+            requested_at: (g.requested_unix_nano != 0)
+                .then(|| rfc3339_nanos(g.requested_unix_nano)),
             approver: &g.approver,
+            pending: g.pending,
             on_expiry: g.on_expiry().as_str_name().to_lowercase(),
         }
     }
@@ -412,6 +434,14 @@ impl<'a> BodyLine<'a> {
                     actor: &a.actor,
                     role: &a.role,
                     method: &a.method,
+                    detail: &a.detail,
+                },
+            },
+            Some(Body::Admin(a)) => Self::Admin {
+                admin: AdminLine {
+                    action: &a.action,
+                    host: &a.host,
+                    actor: &a.actor,
                     detail: &a.detail,
                 },
             },

@@ -19,10 +19,11 @@ pub enum Kind {
     GrantChange,
     Registration,
     Access,
+    Admin,
 }
 
 impl Kind {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Exec,
         Self::Fork,
         Self::Exit,
@@ -36,6 +37,7 @@ impl Kind {
         Self::GrantChange,
         Self::Registration,
         Self::Access,
+        Self::Admin,
     ];
 
     #[must_use]
@@ -54,6 +56,7 @@ impl Kind {
             Self::GrantChange => "grant_change",
             Self::Registration => "registration",
             Self::Access => "access",
+            Self::Admin => "admin",
         }
     }
 
@@ -79,6 +82,7 @@ impl Kind {
             Body::GrantChange(_) => Self::GrantChange,
             Body::Registration(_) => Self::Registration,
             Body::Access(_) => Self::Access,
+            Body::Admin(_) => Self::Admin,
         })
     }
 

@@ -306,6 +306,30 @@ impl Output {
     }
 }
 
+/// The flags of an agent spooling to `spool` and shipping to the collector at `url`: with
+/// this host's certificate from that collector's test PKI, or plaintext when it has none.
+#[must_use]
+pub fn shipping_args(spool: &std::path::Path, url: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--spool",
+        spool.to_str().expect("UTF-8 path"),
+        "--collector",
+        url,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    match crate::pki::of(url) {
+        Some(pki) => {
+            args.push("--pki-dir".into());
+            args.push(pki.agent(&pki::host_id()).to_str().unwrap().to_owned());
+        }
+        None => args.push("--insecure-plaintext".into()),
+    }
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
 /// Sum of `lost_records` and `lost_bytes` over the gap events for one record kind.
 #[must_use]
 pub fn lost(events: &[Value], kind: &str) -> (u64, u64) {

@@ -11,7 +11,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Scratch, notify::Notify};
+use crate::{
+    Scratch,
+    notify::Notify,
+    pki::{self, TestPki},
+};
+
+/// The PKI of the collector of each store: a restart on the same store keeps it, so the
+/// certificates its agents and operators hold stay good.
+fn pki_of_store(store: &Path) -> Arc<TestPki> {
+    static STORES: std::sync::OnceLock<Mutex<std::collections::HashMap<PathBuf, Arc<TestPki>>>> =
+        std::sync::OnceLock::new();
+    let mut stores = STORES.get_or_init(Mutex::default).lock().unwrap();
+    Arc::clone(
+        stores
+            .entry(store.to_path_buf())
+            .or_insert_with(TestPki::new),
+    )
+}
 
 /// The collector binary: `RECORDER_COLLECTOR_BIN`, else the workspace's debug build.
 #[must_use]
@@ -29,6 +46,8 @@ pub fn scratch_dir(tag: &str) -> Scratch {
 pub struct Collector {
     child: Child,
     _notify: Notify,
+    /// Its CA and certificates; `None` when it serves plaintext (`--insecure-plaintext`).
+    pub pki: Option<Arc<TestPki>>,
     /// The address it bound, as it logged it.
     pub addr: SocketAddr,
     pub store: PathBuf,
@@ -52,12 +71,18 @@ impl Collector {
     }
 
     /// Starts the collector on `addr` with the SQLite file `store` and `extra` flags (a
-    /// `--policy FILE`, say), and waits until it says it is ready and where it listens.
+    /// `--policy FILE`, say), and waits until it says it is ready and where it listens. It
+    /// serves mutual TLS with a CA of the store's own, unless `extra` says
+    /// `--insecure-plaintext`.
     #[must_use]
     pub fn start_with(store: &Path, addr: SocketAddr, extra: &[&str]) -> Self {
         let notify = Notify::new();
         let mut cmd = Command::new(binary());
         notify.pass_to(&mut cmd);
+        let pki = (!extra.contains(&"--insecure-plaintext")).then(|| pki_of_store(store));
+        if let Some(pki) = &pki {
+            cmd.arg("--pki-dir").arg(pki.collector_dir());
+        }
         let mut child = cmd
             .arg("--listen")
             .arg(addr.to_string())
@@ -103,20 +128,26 @@ impl Collector {
                 );
             }
         };
-        Self {
+        let collector = Self {
             child,
             _notify: notify,
+            pki,
             addr,
             store: store.to_path_buf(),
             stderr,
             reader: Some(reader),
+        };
+        if let Some(pki) = &collector.pki {
+            pki::register(&collector.url(), pki);
         }
+        collector
     }
 
-    /// The gRPC endpoint.
+    /// The gRPC endpoint: `https://` unless it serves plaintext.
     #[must_use]
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Whether the process is still running.
@@ -152,7 +183,7 @@ impl Collector {
         (status, self.stderr())
     }
 
-    /// Stops it and starts it again on the same store.
+    /// Stops it and starts it again on the same store (and PKI).
     #[must_use]
     pub fn restart(self) -> Self {
         let store = self.store.clone();
@@ -188,6 +219,8 @@ pub fn run_to_exit_with(store: &Path, extra: &[&str]) -> Output {
     let mut child = Command::new(binary())
         .args(["--listen", "127.0.0.1:0", "--store"])
         .arg(format!("sqlite://{}", store.display()))
+        .arg("--pki-dir")
+        .arg(pki_of_store(store).collector_dir())
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

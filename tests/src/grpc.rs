@@ -6,6 +6,7 @@
 use std::{collections::VecDeque, time::Duration};
 
 use crate::collector::Collector;
+use pki::{ClientIdentity, Role};
 use prost::Message as _;
 use proto::{
     chain,
@@ -74,6 +75,7 @@ impl Chain {
 }
 
 /// One agent stream.
+#[derive(Debug)]
 pub struct Agent {
     tx: mpsc::Sender<AgentMessage>,
     rx: Streaming<CollectorMessage>,
@@ -82,6 +84,35 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Connects as `who` and says `hello`: the Welcome, or the status that refused it.
+    pub async fn try_connect(
+        collector: &Collector,
+        who: As<'_>,
+        hello: Hello,
+    ) -> Result<(Self, Welcome), Status> {
+        let (tx, out) = mpsc::channel(64);
+        tx.send(AgentMessage {
+            msg: Some(Msg::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let mut client = IngestClient::new(channel(collector, who).await);
+        let mut rx = client.stream(ReceiverStream::new(out)).await?.into_inner();
+        match rx.message().await? {
+            Some(CollectorMessage {
+                msg: Some(collector_message::Msg::Welcome(w)),
+            }) => Ok((
+                Self {
+                    tx,
+                    rx,
+                    views: VecDeque::new(),
+                },
+                w,
+            )),
+            other => Err(Status::unknown(format!("expected Welcome, got {other:?}"))),
+        }
+    }
+
     /// Says Hello as `host`, naming `chain_ids`, and returns the Welcome.
     pub async fn connect(collector: &Collector, host: &str, chain_ids: &[&str]) -> (Self, Welcome) {
         let (tx, out) = mpsc::channel(64);
@@ -94,7 +125,7 @@ impl Agent {
         })
         .await
         .unwrap();
-        let mut client = IngestClient::connect(collector.url()).await.unwrap();
+        let mut client = IngestClient::new(channel(collector, As::Agent(host)).await);
         let mut rx = client
             .stream(ReceiverStream::new(out))
             .await
@@ -175,8 +206,44 @@ impl Agent {
     }
 }
 
+/// Whom a test's gRPC client speaks as.
+#[derive(Clone, Copy, Debug)]
+pub enum As<'a> {
+    /// The agent of this host.
+    Agent(&'a str),
+    Operator(&'a str, Role),
+}
+
+/// A channel to `collector` presenting `who`'s certificate from the collector's test PKI
+/// (plaintext when it serves plaintext).
+pub async fn channel(collector: &Collector, who: As<'_>) -> Channel {
+    let Some(pki) = &collector.pki else {
+        return tonic::transport::Endpoint::from_shared(collector.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    };
+    let (dir, name) = match who {
+        As::Agent(host) => (pki.agent(host), "agent"),
+        As::Operator(operator, role) => (pki.operator(operator, role), "operator"),
+    };
+    let identity = ClientIdentity::load(
+        &dir.join("ca.pem"),
+        &dir.join(format!("{name}.pem")),
+        &dir.join(format!("{name}.key")),
+    )
+    .unwrap();
+    pki::endpoint(&collector.url(), &identity, None)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// The Query service, as an admin operator.
 pub async fn query(collector: &Collector) -> QueryClient<Channel> {
-    QueryClient::connect(collector.url()).await.unwrap()
+    QueryClient::new(channel(collector, As::Operator("test-admin", Role::Admin)).await)
 }
 
 /// Every stored event matching `filter`, through all pages of `limit`.

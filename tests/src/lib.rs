@@ -11,6 +11,7 @@ pub mod collector;
 pub mod grpc;
 pub mod notify;
 pub mod operator;
+pub mod pki;
 pub mod pty;
 pub mod ssh;
 

@@ -18,11 +18,30 @@ pub fn binary() -> PathBuf {
     crate::binary("RECORDER_OPERATOR_BIN", "recorder")
 }
 
+/// The operators' client pointed at `url`, as the harness's admin operator when the
+/// collector there has a test PKI.
+fn command(url: &str, pki_dir: Option<PathBuf>) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.args(["--collector", url]);
+    if let Some(dir) = pki_dir.or_else(|| crate::pki::of(url).map(|p| p.admin())) {
+        cmd.arg("--pki-dir").arg(dir);
+    }
+    cmd
+}
+
 /// Runs one command against the collector at `url` to completion.
 #[must_use]
 pub fn run(url: &str, args: &[&str]) -> Output {
-    Command::new(binary())
-        .args(["--collector", url])
+    command(url, None)
+        .args(args)
+        .output()
+        .expect("run the operator client")
+}
+
+/// Runs one command as the operator whose certificates are in `pki_dir`.
+#[must_use]
+pub fn run_as(url: &str, pki_dir: &std::path::Path, args: &[&str]) -> Output {
+    command(url, Some(pki_dir.to_path_buf()))
         .args(args)
         .output()
         .expect("run the operator client")
@@ -102,8 +121,8 @@ pub struct Tail {
 impl Tail {
     #[must_use]
     pub fn start(url: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(binary())
-            .args(["--collector", url, "tail", "--json"])
+        let mut child = command(url, None)
+            .args(["tail", "--json"])
             .args(args)
             .stdout(Stdio::piped())
             .spawn()

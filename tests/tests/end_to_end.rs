@@ -240,8 +240,17 @@ sys.path.insert(0, sys.argv[1])
 import grpc
 from recorder.v1 import collector_pb2 as c, collector_pb2_grpc as g
 
-addr, mark, identity = sys.argv[2], sys.argv[3], sys.argv[4]
-query = g.QueryStub(grpc.insecure_channel(addr))
+addr, mark, identity, pki = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+def read(name):
+    with open(f"{pki}/{name}", "rb") as f:
+        return f.read()
+# Mutual TLS with an auditor's certificate, as any operator connects.
+credentials = grpc.ssl_channel_credentials(
+    root_certificates=read("ca.pem"),
+    private_key=read("operator.key"),
+    certificate_chain=read("operator.pem"),
+)
+query = g.QueryStub(grpc.secure_channel(addr, credentials))
 since = time.time_ns() - 3600 * 10**9
 found = {"search": False, "tail": False}
 mine = c.Filter(kinds=["exec"], identity=identity)
@@ -258,7 +267,7 @@ print(json.dumps(found))
 "#;
 
 /// The contract is usable outside Rust: a Python client generated from `proto/` with
-/// grpcio-tools searches and tails the collector.
+/// grpcio-tools searches and tails the collector, over mutual TLS as an auditor.
 #[test]
 fn a_python_client_generated_from_the_protos_tails_and_searches() {
     if !privileged("a_python_client_generated_from_the_protos_tails_and_searches") {
@@ -299,6 +308,13 @@ fn a_python_client_generated_from_the_protos_tails_and_searches() {
         .arg(collector.addr.to_string())
         .arg(&python)
         .arg(format!("uid:{}", marker_uid()))
+        .arg(
+            collector
+                .pki
+                .as_ref()
+                .unwrap()
+                .operator("py-auditor", pki::Role::Auditor),
+        )
         .output()
         .unwrap();
     assert!(

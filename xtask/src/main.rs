@@ -1,4 +1,5 @@
 mod bench;
+mod pki;
 mod run;
 mod setup;
 
@@ -30,6 +31,10 @@ enum Task {
         /// The agent's spool.
         #[arg(long, default_value = "/var/spool/recorder")]
         spool: PathBuf,
+        /// The local PKI (made on first start): the CA, and the collector's, the agent's and
+        /// the local operator's certificates.
+        #[arg(long, default_value = "/var/lib/recorder/pki")]
+        pki_dir: PathBuf,
         /// Run the binaries in this directory as they are, instead of setting up and building
         /// release ones.
         #[arg(long)]
@@ -99,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             store,
             spool,
+            pki_dir,
             bin_dir,
             args,
         } => {
@@ -114,6 +120,7 @@ fn main() -> anyhow::Result<()> {
                 listen: &listen,
                 store: &store,
                 spool: &spool,
+                pki_dir: &pki_dir,
                 agent_args: &args,
             })
         }

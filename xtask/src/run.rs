@@ -29,6 +29,8 @@ pub struct MainJob<'a> {
     pub listen: &'a str,
     pub store: &'a Path,
     pub spool: &'a Path,
+    /// The local PKI: made on first start.
+    pub pki_dir: &'a Path,
     pub agent_args: &'a [String],
 }
 
@@ -97,22 +99,31 @@ pub fn main_job(job: &MainJob<'_>) -> anyhow::Result<()> {
     if let Some(dir) = job.store.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let listen: std::net::SocketAddr = job
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {} is not an address and port", job.listen))?;
+    crate::pki::ensure(job.pki_dir, listen.ip())?;
     let mut cmd = Command::new(job.bin_dir.join("collector"));
     cmd.args(["--listen", job.listen])
         .arg("--store")
-        .arg(format!("sqlite://{}", job.store.display()));
+        .arg(format!("sqlite://{}", job.store.display()))
+        .arg("--pki-dir")
+        .arg(job.pki_dir);
     let (collector, statuses) = Component::start("collector", cmd, COLLECTOR_START)?;
     let listening = statuses
         .iter()
         .find_map(|s| s.strip_prefix("listening on "))
         .unwrap_or(job.listen)
         .to_owned();
-    eprintln!("main job: collector ready, listening on {listening}");
-    let url = format!("http://{listening}");
+    eprintln!("main job: collector ready, listening on {listening} (mutual TLS)");
+    let url = format!("https://{listening}");
     let mut cmd = Command::new(job.bin_dir.join("agent"));
     cmd.arg("--spool")
         .arg(job.spool)
         .args(["--collector", &url])
+        .arg("--pki-dir")
+        .arg(job.pki_dir)
         .args(job.agent_args);
     let agent = match Component::start("agent", cmd, AGENT_START) {
         Ok((agent, _)) => agent,
@@ -124,11 +135,13 @@ pub fn main_job(job: &MainJob<'_>) -> anyhow::Result<()> {
     };
     eprintln!(
         "main job: agent ready, capturing\n\
-         \n  store    {} (SQLite)\n  spool    {}\n  address  {url}\n\n\
+         \n  store    {} (SQLite)\n  spool    {}\n  address  {url}\n  pki      {} (you are \
+         its admin operator)\n\n\
          Try in another terminal: `cargo xtask tail` (every exec and terminal line, live).\n\
          Ctrl-C here stops both.",
         job.store.display(),
-        job.spool.display()
+        job.spool.display(),
+        job.pki_dir.display()
     );
     supervise(collector, agent)
 }

@@ -276,6 +276,7 @@ pub(crate) mod tests {
                 mode: mode.into(),
                 root_exec: true,
                 guarded: Vec::new(),
+                require_approval: false,
             }),
             issued_unix_nano: T0,
         }

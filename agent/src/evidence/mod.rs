@@ -1,11 +1,12 @@
 //! Evidence: events in the versioned model (`encode`), chained (`chain`), appended durably
-//! to the host's spool (`spool`), shipped to the collector (`ship`), and what the collector
-//! says back (`control`). The [`Evidence`] stage is the one place events are ordered: the
+//! to the host's spool (`spool`), shipped to the collector (`ship`, over the mutual-TLS
+//! `link`), and what the collector says back (`control`). The [`Evidence`] stage is the one place events are ordered: the
 //! pipeline's and the enforcer's meet here.
 
 pub mod chain;
 pub mod control;
 pub mod encode;
+pub mod link;
 pub mod ship;
 pub mod spool;
 

@@ -23,11 +23,11 @@ use proto::v1::{
     collector_message, ingest_client::IngestClient,
 };
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 use super::{
     control::{Control, Ledger, Trims},
+    link::Link,
     spool::{self, Durable, FRAME_HEADER, read_frames},
 };
 
@@ -39,7 +39,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub struct Shipper {
-    pub endpoint: Endpoint,
+    pub link: Link,
     pub dir: PathBuf,
     pub host: String,
     pub durable: watch::Receiver<Durable>,
@@ -70,10 +70,11 @@ impl Shipper {
     /// `Ok` only when the spool stage has ended and everything durable was sent.
     async fn connection(&mut self) -> anyhow::Result<()> {
         let channel = self
-            .endpoint
+            .link
+            .endpoint()?
             .connect()
             .await
-            .with_context(|| format!("connecting to {}", self.endpoint.uri()))?;
+            .with_context(|| format!("connecting to {}", self.link.url))?;
         let mut client = IngestClient::new(channel);
         let chains = chains_in(&self.dir)?;
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
@@ -108,7 +109,7 @@ impl Shipper {
             }
             next.insert(head.chain_id, head.next_seq);
         }
-        info!(endpoint = %self.endpoint.uri(), chains = chains.len(), "shipping to the collector");
+        info!(collector = %self.link.url, chains = chains.len(), "shipping to the collector");
 
         let mut sender = tokio::spawn(send(
             self.dir.clone(),

@@ -65,11 +65,15 @@ pub(crate) fn check_selector(selector: Option<&IdentitySelector>) -> Result<(), 
     named("identity name", &selector.name)
 }
 
-/// The grant a Create asks for, checked, with the id `id`, created at `now`.
+/// The grant a Create or a Request asks for, checked, with the id `id`, asked for by
+/// `requester` at `now`. A `pending` one waits for an approver; otherwise its requester is
+/// its approver too.
 pub(crate) fn new_grant(
     request: CreateGrantRequest,
     id: String,
     now: u64,
+    requester: &str,
+    pending: bool,
 ) -> Result<Grant, GrantError> {
     check_selector(request.identity.as_ref())?;
     if request.hosts.len() > MAX_HOSTS {
@@ -82,7 +86,6 @@ pub(crate) fn new_grant(
         named("host", host)?;
     }
     bounded("reason", &request.reason, MAX_REASON_BYTES)?;
-    bounded("approver", &request.approver, MAX_NAME_BYTES)?;
     let Ok(on_expiry @ (OnExpiry::Alert | OnExpiry::Kill)) = OnExpiry::try_from(request.on_expiry)
     else {
         return Err(invalid(format!(
@@ -95,6 +98,12 @@ pub(crate) fn new_grant(
     }
     let not_before = match request.not_before_unix_nano {
         0 => now,
+        t if t < now => {
+            return Err(invalid(format!(
+                "not_before {} is in the past: a grant cannot be backdated",
+                rfc3339_millis(t)
+            )));
+        }
         t => t,
     };
     let expires = request
@@ -121,10 +130,17 @@ pub(crate) fn new_grant(
         not_before_unix_nano: not_before,
         expires_at_unix_nano: expires,
         reason: request.reason,
-        approver: request.approver,
+        approver: if pending {
+            String::new()
+        } else {
+            requester.to_owned()
+        },
         on_expiry: on_expiry.into(),
         created_unix_nano: now,
         revoked_unix_nano: 0,
+        requester: requester.to_owned(),
+        requested_unix_nano: now,
+        pending,
     })
 }
 
@@ -132,9 +148,19 @@ pub(crate) fn new_grant(
 /// others name the grant they change.
 #[derive(Debug)]
 pub(crate) enum Op {
+    /// A new grant: effective, or pending (a request).
     Create(Box<Grant>),
-    Revoke { id: String, reason: String },
-    Extend { id: String, nanos: u64 },
+    Approve {
+        id: String,
+    },
+    Revoke {
+        id: String,
+        reason: String,
+    },
+    Extend {
+        id: String,
+        nanos: u64,
+    },
 }
 
 impl Op {
@@ -155,11 +181,16 @@ impl Op {
         Ok(Self::Extend { id, nanos })
     }
 
+    pub(crate) fn approve(id: String) -> Result<Self, GrantError> {
+        named("grant id", &id)?;
+        Ok(Self::Approve { id })
+    }
+
     /// The id of the grant it makes or changes.
     pub(crate) fn id(&self) -> &str {
         match self {
             Self::Create(grant) => &grant.id,
-            Self::Revoke { id, .. } | Self::Extend { id, .. } => id,
+            Self::Approve { id } | Self::Revoke { id, .. } | Self::Extend { id, .. } => id,
         }
     }
 
@@ -179,7 +210,33 @@ impl Op {
                         grant.id
                     )));
                 }
-                ("create", *grant, String::new())
+                let action = if grant.pending { "request" } else { "create" };
+                (action, *grant, String::new())
+            }
+            Self::Approve { id } => {
+                let mut grant = live(&id, current, now)?;
+                if !grant.pending {
+                    return Err(GrantError::Ended(format!(
+                        "grant {id} is not waiting for approval: {} approved it",
+                        grant.approver
+                    )));
+                }
+                if grant.requester == actor {
+                    return Err(GrantError::Denied(format!(
+                        "{actor} asked for grant {id}: someone else must approve it"
+                    )));
+                }
+                // Its duration counts from the approval when that comes after the start
+                // asked for: waiting for an approver does not use the grant up.
+                if grant.not_before_unix_nano < now {
+                    let duration = grant.expires_at_unix_nano - grant.not_before_unix_nano;
+                    grant.not_before_unix_nano = now;
+                    grant.expires_at_unix_nano = now.saturating_add(duration).min(MAX_TIME);
+                }
+                grant.pending = false;
+                grant.approver.clone_from(&actor);
+                grant.created_unix_nano = now;
+                ("approve", grant, String::new())
             }
             Self::Revoke { id, reason } => {
                 let mut grant = live(&id, current, now)?;
@@ -215,7 +272,7 @@ fn live(id: &str, current: Option<Grant>, now: u64) -> Result<Grant, GrantError>
     let grant =
         current.ok_or_else(|| GrantError::NotFound(format!("no grant has the id {id:?}")))?;
     let why = match state(&grant, now) {
-        State::Pending | State::Live(_) => return Ok(grant),
+        State::Requested | State::Pending | State::Live(_) => return Ok(grant),
         State::Revoked(at) => format!("it was revoked at {}", rfc3339_millis(at)),
         State::Expired => format!(
             "it expired at {}",
@@ -335,6 +392,48 @@ mod tests {
     }
 
     #[test]
+    fn a_request_waits_for_someone_else_and_counts_from_the_approval() {
+        let request = Grant {
+            pending: true,
+            requester: "ann".into(),
+            requested_unix_nano: H,
+            ..grant(H, 2 * H, 0)
+        };
+        let Err(GrantError::Denied(why)) =
+            Op::approve("g-1".into())
+                .unwrap()
+                .apply(Some(request.clone()), H, "ann".into())
+        else {
+            panic!("the requester approved her own request")
+        };
+        assert_eq!(why, "ann asked for grant g-1: someone else must approve it");
+        let approved = Op::approve("g-1".into())
+            .unwrap()
+            .apply(Some(request.clone()), 3 * H / 2, "bob".into())
+            .unwrap();
+        assert_eq!(approved.action, "approve");
+        let g = approved.grant.unwrap();
+        assert!(!g.pending);
+        assert_eq!((g.requester.as_str(), g.approver.as_str()), ("ann", "bob"));
+        assert_eq!(
+            (
+                g.not_before_unix_nano,
+                g.expires_at_unix_nano,
+                g.created_unix_nano
+            ),
+            (3 * H / 2, 5 * H / 2, 3 * H / 2),
+            "the hour asked for, from the approval on"
+        );
+        let Err(GrantError::Ended(_)) =
+            Op::approve("g-1".into())
+                .unwrap()
+                .apply(Some(g), 2 * H, "carl".into())
+        else {
+            panic!("approved twice")
+        };
+    }
+
+    #[test]
     fn revoke_and_extend_check_what_they_are_asked() {
         assert!(
             matches!(Op::revoke(" ".into(), String::new()), Err(GrantError::Invalid(m)) if m.contains("grant id"))
@@ -363,11 +462,20 @@ mod tests {
             reason: "CHG-1".into(),
             ..CreateGrantRequest::default()
         };
-        let g = new_grant(good.clone(), "g-1".into(), now).unwrap();
+        let g = new_grant(good.clone(), "g-1".into(), now, "ann", false).unwrap();
         assert_eq!(g.id, "g-1");
         assert_eq!(g.not_before_unix_nano, now);
         assert_eq!(g.expires_at_unix_nano, now + 60_000_000_000);
         assert_eq!(g.created_unix_nano, now);
+        assert_eq!(
+            (g.requester.as_str(), g.approver.as_str(), g.pending),
+            ("ann", "ann", false)
+        );
+        let r = new_grant(good.clone(), "g-2".into(), now, "ann", true).unwrap();
+        assert_eq!(
+            (r.requester.as_str(), r.approver.as_str(), r.pending),
+            ("ann", "", true)
+        );
         let bad = [
             (
                 CreateGrantRequest {
@@ -415,7 +523,7 @@ mod tests {
                     not_before_unix_nano: now - 2 * H,
                     ..good.clone()
                 },
-                "before it is created",
+                "cannot be backdated",
             ),
             (
                 CreateGrantRequest {
@@ -440,7 +548,9 @@ mod tests {
             ),
         ];
         for (request, needle) in bad {
-            let Err(GrantError::Invalid(refused)) = new_grant(request, "g-1".into(), now) else {
+            let Err(GrantError::Invalid(refused)) =
+                new_grant(request, "g-1".into(), now, "ann", false)
+            else {
                 panic!("{needle}: accepted")
             };
             assert!(refused.contains(needle), "{needle}: {refused}");

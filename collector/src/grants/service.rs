@@ -1,30 +1,30 @@
-//! The Grants service, the RPC edge operators change grants through: it reads who asks,
-//! checks the request by the grant rules, and hands the change to the writer as a closure
-//! over those rules, so it is decided against the grant exactly as committed.
+//! The Grants service, the RPC edge operators change grants through: it lets the caller in
+//! by role (the actor of every change is the caller's certificate), checks the request by
+//! the grant rules, and hands the change to the writer as a closure over those rules, so it
+//! is decided against the grant exactly as committed.
 
 use std::{io::Read as _, sync::Arc};
 
+use pki::Role;
 use proto::{
     time::now_unix_nano,
     v1::{
-        CreateGrantRequest, ExtendGrantRequest, Grant, ListGrantsRequest, ListGrantsResponse,
-        ReviewRequest, ReviewResponse, RevokeGrantRequest, grants_server,
+        ApproveRequest, CreateGrantRequest, ExtendGrantRequest, Grant, ListGrantsRequest,
+        ListGrantsResponse, ReviewRequest, ReviewResponse, RevokeGrantRequest, grants_server,
     },
 };
 use tonic::{Request, Response, Status};
 
 use super::{
     review::review,
-    rules::{self, MAX_NAME_BYTES, Op},
+    rules::{self, Op},
 };
 use crate::{
+    auth::{Caller, Gate},
     error::GrantError,
     store::{Store, blocking},
     writer::WriterHandle,
 };
-
-/// The request header that says who asks for a change.
-const ACTOR_HEADER: &str = "x-recorder-actor";
 
 /// The statuses of grants.proto's Grants contract.
 impl From<GrantError> for Status {
@@ -35,6 +35,7 @@ impl From<GrantError> for Status {
             GrantError::NotFound(_) => Self::not_found(message),
             GrantError::Exists(_) => Self::already_exists(message),
             GrantError::Ended(_) => Self::failed_precondition(message),
+            GrantError::Denied(_) => Self::permission_denied(message),
             GrantError::Random(_) | GrantError::Store(_) => Self::internal(message),
             GrantError::Unavailable => Self::unavailable(message),
         }
@@ -44,25 +45,58 @@ impl From<GrantError> for Status {
 pub(crate) struct GrantsService {
     store: Arc<dyn Store>,
     writer: WriterHandle,
+    gate: Gate,
+    /// The policy's `require_approval`: every grant needs two people.
+    require_approval: bool,
 }
 
 impl GrantsService {
-    pub(crate) fn new(store: Arc<dyn Store>, writer: WriterHandle) -> Self {
-        Self { store, writer }
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        writer: WriterHandle,
+        gate: Gate,
+        require_approval: bool,
+    ) -> Self {
+        Self {
+            store,
+            writer,
+            gate,
+            require_approval,
+        }
     }
 
-    /// Has the writer apply `op`, asked by `actor`; returns the grant as it becomes.
-    async fn change(&self, op: Op, actor: String) -> Result<Response<Grant>, Status> {
+    /// Has the writer apply `op` for `caller`; returns the grant as it becomes. A refusal
+    /// of what the caller may not do is chained.
+    async fn change(&self, op: Op, caller: &Caller) -> Result<Response<Grant>, Status> {
         let id = op.id().to_owned();
+        let actor = caller.name();
         let change = self
             .writer
             .change_grant(
                 id,
                 Box::new(move |current, now| op.apply(current, now, actor)),
             )
-            .await?;
-        // `Op::apply` always records the grant it leaves.
-        Ok(Response::new(change.grant.unwrap_or_default()))
+            .await;
+        match change {
+            // `Op::apply` always records the grant it leaves.
+            Ok(change) => Ok(Response::new(change.grant.unwrap_or_default())),
+            Err(e @ GrantError::Denied(_)) => {
+                self.gate.refused(&caller.name(), "", &e.to_string()).await;
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A new grant for `caller`: effective, or `pending` an approval.
+    async fn make(
+        &self,
+        request: CreateGrantRequest,
+        caller: &Caller,
+        pending: bool,
+    ) -> Result<Response<Grant>, Status> {
+        let grant = rules::new_grant(request, new_id()?, now_unix_nano(), &caller.name(), pending)?;
+        self.change(Op::Create(Box::new(grant)), caller).await
     }
 }
 
@@ -75,41 +109,64 @@ fn new_id() -> Result<String, GrantError> {
     Ok(format!("g-{:016x}", u64::from_be_bytes(bytes)))
 }
 
-/// Who asks, from the request's `x-recorder-actor` header; "unknown" without one.
-fn actor<T>(request: &Request<T>) -> Result<String, GrantError> {
-    let Some(value) = request.metadata().get(ACTOR_HEADER) else {
-        return Ok("unknown".into());
-    };
-    let actor = value
-        .to_str()
-        .map_err(|_| GrantError::Invalid(format!("{ACTOR_HEADER} is not printable ASCII")))?;
-    if actor.trim().is_empty() {
-        return Ok("unknown".into());
-    }
-    rules::bounded(ACTOR_HEADER, actor, MAX_NAME_BYTES)?;
-    Ok(actor.to_owned())
-}
-
 #[tonic::async_trait]
 impl grants_server::Grants for GrantsService {
     async fn create(
         &self,
         request: Request<CreateGrantRequest>,
     ) -> Result<Response<Grant>, Status> {
-        let actor = actor(&request)?;
-        let grant = rules::new_grant(request.into_inner(), new_id()?, now_unix_nano())?;
-        self.change(Op::Create(Box::new(grant)), actor).await
+        let caller = self
+            .gate
+            .operator(&request, Role::Approver, "creating a grant")
+            .await?;
+        if self.require_approval {
+            return Err(GrantError::Ended(
+                "the policy requires every grant to be approved by a second person: use \
+                 `grant request`, and have someone else `grant approve` it"
+                    .into(),
+            )
+            .into());
+        }
+        self.make(request.into_inner(), &caller, false).await
+    }
+
+    async fn request(
+        &self,
+        request: Request<CreateGrantRequest>,
+    ) -> Result<Response<Grant>, Status> {
+        let caller = self
+            .gate
+            .operator(&request, Role::Approver, "requesting a grant")
+            .await?;
+        self.make(request.into_inner(), &caller, true).await
+    }
+
+    async fn approve(&self, request: Request<ApproveRequest>) -> Result<Response<Grant>, Status> {
+        let caller = self
+            .gate
+            .operator(&request, Role::Approver, "approving a grant")
+            .await?;
+        self.change(Op::approve(request.into_inner().id)?, &caller)
+            .await
     }
 
     async fn list(
         &self,
         request: Request<ListGrantsRequest>,
     ) -> Result<Response<ListGrantsResponse>, Status> {
-        let ended_after = if request.into_inner().include_ended {
-            0
-        } else {
-            now_unix_nano()
-        };
+        let caller = self
+            .gate
+            .operator(&request, Role::Auditor, "listing grants")
+            .await?;
+        let include_ended = request.into_inner().include_ended;
+        self.gate
+            .read(
+                &caller,
+                "ListGrants",
+                format!("include_ended={include_ended}"),
+            )
+            .await?;
+        let ended_after = if include_ended { 0 } else { now_unix_nano() };
         let store = Arc::clone(&self.store);
         let grants = blocking(move || store.grants(ended_after))
             .await
@@ -121,25 +178,38 @@ impl grants_server::Grants for GrantsService {
         &self,
         request: Request<RevokeGrantRequest>,
     ) -> Result<Response<Grant>, Status> {
-        let actor = actor(&request)?;
+        let caller = self
+            .gate
+            .operator(&request, Role::Approver, "revoking a grant")
+            .await?;
         let RevokeGrantRequest { id, reason } = request.into_inner();
-        self.change(Op::revoke(id, reason)?, actor).await
+        self.change(Op::revoke(id, reason)?, &caller).await
     }
 
     async fn extend(
         &self,
         request: Request<ExtendGrantRequest>,
     ) -> Result<Response<Grant>, Status> {
-        let actor = actor(&request)?;
+        let caller = self
+            .gate
+            .operator(&request, Role::Approver, "extending a grant")
+            .await?;
         let ExtendGrantRequest { id, extend_millis } = request.into_inner();
-        self.change(Op::extend(id, extend_millis)?, actor).await
+        self.change(Op::extend(id, extend_millis)?, &caller).await
     }
 
     async fn review(
         &self,
         request: Request<ReviewRequest>,
     ) -> Result<Response<ReviewResponse>, Status> {
+        let caller = self
+            .gate
+            .operator(&request, Role::Auditor, "reviewing grants")
+            .await?;
         let since = request.into_inner().since_unix_nano;
+        self.gate
+            .read(&caller, "Review", format!("since={since}"))
+            .await?;
         let store = Arc::clone(&self.store);
         let identities = blocking(move || review(store.as_ref(), since, now_unix_nano()))
             .await

@@ -47,7 +47,8 @@ impl Views {
         let grants = blocking(move || store.grants(since))
             .await?
             .into_iter()
-            .filter(|g| applies_on(g, host))
+            // A request is nothing to enforce until it is approved.
+            .filter(|g| !g.pending && applies_on(g, host))
             .collect();
         Ok(GrantView {
             grants,

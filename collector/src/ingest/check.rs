@@ -40,6 +40,11 @@ fn check_id(what: &str, id: &str) -> Result<(), IngestError> {
     Ok(())
 }
 
+/// Whether an id is out of bounds (the checks refuse it, saying so).
+pub(crate) fn malformed_id(id: &str) -> bool {
+    check_id("id", id).is_err()
+}
+
 /// Checks a Hello's host and chain ids.
 pub(crate) fn hello(hello: &Hello) -> Result<(), IngestError> {
     check_id("host", &hello.host)?;

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    auth::{Caller, Gate, Revoked},
     error::IngestError,
     grants::views::Views,
     store::{Store, blocking},
@@ -50,15 +51,64 @@ pub(crate) struct IngestService {
     store: Arc<dyn Store>,
     writer: WriterHandle,
     views: Views,
+    gate: Gate,
+    revoked: Revoked,
 }
 
 impl IngestService {
-    pub(crate) fn new(store: Arc<dyn Store>, writer: WriterHandle, views: Views) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        writer: WriterHandle,
+        views: Views,
+        gate: Gate,
+        revoked: Revoked,
+    ) -> Self {
         Self {
             store,
             writer,
             views,
+            gate,
+            revoked,
         }
+    }
+}
+
+/// Whom a stream speaks for: the one host an agent's certificate names (`None`: the
+/// collector runs without TLS, and takes the Hello's word).
+#[derive(Clone)]
+struct Speaker {
+    caller: Caller,
+    host: Option<String>,
+    gate: Gate,
+    revoked: Revoked,
+}
+
+impl Speaker {
+    /// Refuses what the certificate does not allow: speaking for another host, or for a
+    /// revoked one. Each refusal is chained.
+    async fn may_speak_for(&self, host: &str, what: &str) -> Result<(), Status> {
+        let why = if self.revoked.contains(host) {
+            format!("host {host} is revoked")
+        } else if self.host.as_deref().is_some_and(|own| own != host) {
+            format!(
+                "its certificate is for host {}, and it sent {what} of host {host}",
+                self.host.as_deref().unwrap_or_default()
+            )
+        } else {
+            return Ok(());
+        };
+        self.gate.refused(&self.caller.name(), host, &why).await;
+        Err(Status::permission_denied(why))
+    }
+
+    /// A chain id names its host first (`HOST:BOOT_ID:START`). One that is malformed is
+    /// left for the batch's checks to refuse, with their reason.
+    async fn may_ship_chain(&self, chain_id: &str) -> Result<(), Status> {
+        if check::malformed_id(chain_id) {
+            return Ok(());
+        }
+        let host = chain_id.rsplitn(3, ':').nth(2).unwrap_or_default();
+        self.may_speak_for(host, &format!("chain {chain_id}")).await
     }
 }
 
@@ -79,9 +129,23 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let peer = crate::auth::remote(&request);
+        let caller = crate::auth::identify(&request)?;
+        let host = match &caller {
+            Caller::Agent { host } => Some(host.clone()),
+            Caller::Insecure => None,
+            Caller::Operator { .. } => {
+                let why = "only agents ship evidence";
+                self.gate.refused(&caller.name(), "", why).await;
+                return Err(Status::permission_denied(why));
+            }
+        };
+        let speaker = Speaker {
+            caller,
+            host,
+            gate: self.gate.clone(),
+            revoked: self.revoked.clone(),
+        };
         let inbound = request.into_inner();
         let (out, rx) = mpsc::channel(IN_FLIGHT * 2);
         let (steps, steps_rx) = mpsc::channel(IN_FLIGHT);
@@ -94,6 +158,7 @@ impl Ingest for IngestService {
                 store: Arc::clone(&self.store),
                 writer: self.writer.clone(),
                 views: self.views.clone(),
+                speaker,
                 out: out.clone(),
                 steps,
                 acks_ended,
@@ -109,6 +174,7 @@ struct Reader {
     store: Arc<dyn Store>,
     writer: WriterHandle,
     views: Views,
+    speaker: Speaker,
     out: mpsc::Sender<Reply>,
     steps: mpsc::Sender<Step>,
     acks_ended: oneshot::Receiver<()>,
@@ -181,8 +247,26 @@ async fn acknowledge(
     }
 }
 
-/// What one message of the stream after its Hello asks of the writer.
-async fn step(writer: &WriterHandle, host: &str, msg: Msg) -> Result<Step, IngestError> {
+/// What one message of the stream after its Hello asks of the writer, once the speaker may
+/// send it.
+async fn step(
+    writer: &WriterHandle,
+    speaker: &Speaker,
+    host: &str,
+    msg: Msg,
+) -> Result<Step, Status> {
+    let chain_id = match &msg {
+        Msg::Batch(b) => Some(&b.chain_id),
+        Msg::Checkpoint(c) => Some(&c.chain_id),
+        Msg::Hello(_) => None,
+    };
+    if let Some(chain_id) = chain_id {
+        speaker.may_ship_chain(chain_id).await?;
+    }
+    Ok(step_checked(writer, host, msg).await?)
+}
+
+async fn step_checked(writer: &WriterHandle, host: &str, msg: Msg) -> Result<Step, IngestError> {
     match msg {
         Msg::Hello(_) => Err(IngestError::Invalid("Hello sent twice".into())),
         Msg::Batch(batch) => {
@@ -212,6 +296,7 @@ async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
         store,
         writer,
         views,
+        speaker,
         out,
         steps,
         acks_ended,
@@ -229,6 +314,17 @@ async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
         }
         Err(status) => return fail(status).await,
     };
+    if let Err(e) = check::hello(&hello) {
+        return fail(e.into()).await;
+    }
+    if let Err(status) = speaker.may_speak_for(&hello.host, "a Hello").await {
+        return fail(status).await;
+    }
+    for chain_id in &hello.chain_ids {
+        if let Err(status) = speaker.may_ship_chain(chain_id).await {
+            return fail(status).await;
+        }
+    }
     let welcome = match welcome(&store, &hello).await {
         Ok(w) => w,
         Err(e) => return fail(e.into()).await,
@@ -245,9 +341,9 @@ async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
             Ok(Some(AgentMessage { msg: None })) => {
                 Step::Fail(Status::invalid_argument("empty message"))
             }
-            Ok(Some(AgentMessage { msg: Some(msg) })) => step(&writer, &hello.host, msg)
+            Ok(Some(AgentMessage { msg: Some(msg) })) => step(&writer, &speaker, &hello.host, msg)
                 .await
-                .unwrap_or_else(|e| Step::Fail(e.into())),
+                .unwrap_or_else(Step::Fail),
         };
         let failed = matches!(step, Step::Fail(_));
         if steps.send(step).await.is_err() || failed {

@@ -5,17 +5,19 @@
 mod filter;
 mod sessions;
 
-use std::sync::Arc;
+use std::{fmt::Write as _, sync::Arc};
 
+use pki::Role;
 use proto::v1::{
-    ReplayRequest, SearchRequest, SearchResponse, SessionsRequest, SessionsResponse, StoredEvent,
-    TailRequest, VerifyRequest, VerifyResponse, query_server::Query,
+    Filter, ReplayRequest, SearchRequest, SearchResponse, SessionsRequest, SessionsResponse,
+    StoredEvent, TailRequest, VerifyRequest, VerifyResponse, query_server::Query,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth::{Caller, Gate},
     error::QueryError,
     store::{Cursor, EventFilter, Store, blocking},
     verify::verify,
@@ -48,13 +50,54 @@ async fn read<T: Send + 'static>(
 pub(crate) struct QueryService {
     store: Arc<dyn Store>,
     live: broadcast::Sender<i64>,
+    gate: Gate,
 }
 
 impl QueryService {
     /// `live` is the writer's: it carries the highest stored row id after each commit.
-    pub(crate) fn new(store: Arc<dyn Store>, live: broadcast::Sender<i64>) -> Self {
-        Self { store, live }
+    pub(crate) fn new(store: Arc<dyn Store>, live: broadcast::Sender<i64>, gate: Gate) -> Self {
+        Self { store, live, gate }
     }
+
+    /// Lets an auditor (or above) in, and chains the read before anything is read.
+    async fn reader<T>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+        detail: String,
+    ) -> Result<Caller, Status> {
+        let caller = self
+            .gate
+            .operator(request, Role::Auditor, &format!("{method} of the evidence"))
+            .await?;
+        self.gate.read(&caller, method, detail).await?;
+        Ok(caller)
+    }
+}
+
+/// Longest description of a request an access record keeps.
+const DETAIL_MAX: usize = 512;
+
+/// What a filter asks for, in a few words, for the access record.
+fn describe(filter: Option<&Filter>, rest: &str) -> String {
+    let mut text = String::new();
+    if let Some(f) = filter {
+        for (name, value) in [
+            ("host", &f.host),
+            ("identity", &f.identity),
+            ("session", &f.session),
+        ] {
+            if !value.is_empty() {
+                let _ = write!(text, "{name}={value} ");
+            }
+        }
+        if !f.kinds.is_empty() {
+            let _ = write!(text, "kinds={} ", f.kinds.join(","));
+        }
+    }
+    text.push_str(rest);
+    text.truncate(text.floor_char_boundary(DETAIL_MAX));
+    text
 }
 
 /// Streams every event `filter` selects, oldest first, read from the store a page at a time.
@@ -98,6 +141,11 @@ impl Query for QueryService {
         &self,
         request: Request<TailRequest>,
     ) -> Result<Response<Self::TailStream>, Status> {
+        let detail = describe(
+            request.get_ref().filter.as_ref(),
+            &format!("since={}", request.get_ref().since_unix_nano),
+        );
+        self.reader(&request, "Tail", detail).await?;
         let request = request.into_inner();
         let mut filter = filter::event_filter(request.filter)?;
         // Subscribed before reading how far the store reaches: every commit after that
@@ -157,6 +205,15 @@ impl Query for QueryService {
         &self,
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
+        let r = request.get_ref();
+        let detail = describe(
+            r.filter.as_ref(),
+            &format!(
+                "since={} until={} limit={} page_token={}",
+                r.since_unix_nano, r.until_unix_nano, r.limit, r.page_token
+            ),
+        );
+        self.reader(&request, "Search", detail).await?;
         let request = request.into_inner();
         let mut filter = filter::event_filter(request.filter)?;
         filter.since_unix_nano = request.since_unix_nano;
@@ -186,6 +243,12 @@ impl Query for QueryService {
         &self,
         request: Request<SessionsRequest>,
     ) -> Result<Response<SessionsResponse>, Status> {
+        let r = request.get_ref();
+        let detail = describe(
+            None,
+            &format!("host={} since={}", r.host, r.since_unix_nano),
+        );
+        self.reader(&request, "Sessions", detail).await?;
         let SessionsRequest {
             host,
             since_unix_nano,
@@ -200,6 +263,15 @@ impl Query for QueryService {
         &self,
         request: Request<ReplayRequest>,
     ) -> Result<Response<Self::ReplayStream>, Status> {
+        let r = request.get_ref();
+        let detail = describe(
+            None,
+            &format!(
+                "session={} tty={} all_ttys={} input={}",
+                r.session, r.tty, r.all_ttys, r.input
+            ),
+        );
+        self.reader(&request, "Replay", detail).await?;
         let request = request.into_inner();
         let store = Arc::clone(&self.store);
         let filter =
@@ -216,6 +288,9 @@ impl Query for QueryService {
         &self,
         request: Request<VerifyRequest>,
     ) -> Result<Response<VerifyResponse>, Status> {
+        let r = request.get_ref();
+        let detail = describe(None, &format!("host={} chain={}", r.host, r.chain_id));
+        self.reader(&request, "Verify", detail).await?;
         let VerifyRequest { host, chain_id } = request.into_inner();
         let store = Arc::clone(&self.store);
         let chains = read(move || verify(store.as_ref(), &host, &chain_id)).await?;

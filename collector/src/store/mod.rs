@@ -106,6 +106,30 @@ pub struct CheckpointRow {
     pub received_unix_nano: u64,
 }
 
+/// A join token (docs/pki.md): only its hash is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRow {
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// The host it enrolls.
+    pub host: String,
+    pub created_unix_nano: u64,
+    pub expires_unix_nano: u64,
+    /// Who made it.
+    pub creator: String,
+    /// When it was used; 0 while it has not been.
+    pub used_unix_nano: u64,
+}
+
+/// A host whose certificates are refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedHost {
+    pub host: String,
+    pub time_unix_nano: u64,
+    pub actor: String,
+    pub reason: String,
+}
+
 /// Everything one group commit writes, in one transaction.
 #[derive(Debug, Default)]
 pub struct Commit {
@@ -116,6 +140,10 @@ pub struct Commit {
     /// stored grant of its id. Their `GrantChange` events are among `appends`, so a grant
     /// never changes without its record.
     pub grants: Vec<Grant>,
+    /// Join tokens as they are after a change (made, used); each replaces the stored one of
+    /// its hash. Their `AdminAct` events are among `appends`.
+    pub tokens: Vec<TokenRow>,
+    pub revoked_hosts: Vec<RevokedHost>,
 }
 
 impl Commit {
@@ -125,6 +153,8 @@ impl Commit {
             && self.checkpoints.is_empty()
             && self.conflicts.is_empty()
             && self.grants.is_empty()
+            && self.tokens.is_empty()
+            && self.revoked_hosts.is_empty()
     }
 }
 
@@ -285,6 +315,10 @@ pub trait Store: Send + Sync + 'static {
         since_unix_nano: u64,
         newest: usize,
     ) -> Result<Vec<Violations>, StoreError>;
+    /// The join token whose hash is `hash`.
+    fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError>;
+    /// Every revoked host.
+    fn revoked_hosts(&self) -> Result<Vec<RevokedHost>, StoreError>;
 }
 
 /// Runs a store call on the blocking pool. A call that panicked is a store failure too.

@@ -20,8 +20,8 @@ use rusqlite::{Connection, OptionalExtension as _, params, types::Value};
 
 use self::sql::{STORED_COLUMNS, decode_grant, filter_sql, int, query_stored, uint};
 use super::{
-    ChainRow, ChainState, Commit, Cursor, EventFilter, GrantUsage, SessionQuery, SessionRow, Store,
-    StoreError, Violations,
+    ChainRow, ChainState, Commit, Cursor, EventFilter, GrantUsage, RevokedHost, SessionQuery,
+    SessionRow, Store, StoreError, TokenRow, Violations,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -46,6 +46,27 @@ fn connect(path: &str) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Makes the store's file, and its directory when missing, private (0600 in 0700): it holds
+/// every keystroke recorded. SQLite gives its journal files the mode of the main file.
+fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 impl Sqlite {
     /// Opens the store at `path`, creating it, or bringing one made by an older collector to
     /// this one's schema.
@@ -54,11 +75,7 @@ impl Sqlite {
             path: path.to_owned(),
             source,
         };
-        if let Some(dir) = std::path::Path::new(path).parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(|e| failed(Arc::new(e)))?;
-        }
+        private_file(std::path::Path::new(path)).map_err(|e| failed(Arc::new(e)))?;
         let mut writer = connect(path).map_err(|e| failed(Arc::new(e)))?;
         schema::migrate(&mut writer).map_err(|e| failed(Arc::new(e)))?;
         Ok(Self {
@@ -85,6 +102,33 @@ impl Sqlite {
             .push(conn);
         Ok(out?)
     }
+}
+
+/// The join tokens and revoked hosts of a commit, in its transaction.
+fn commit_trust(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> rusqlite::Result<()> {
+    let mut token = tx.prepare_cached(
+        "INSERT INTO tokens (hash, host, created, expires, creator, used) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (hash) DO UPDATE SET used = excluded.used",
+    )?;
+    for t in &commit.tokens {
+        token.execute(params![
+            &t.hash[..],
+            t.host,
+            int(t.created_unix_nano),
+            int(t.expires_unix_nano),
+            t.creator,
+            int(t.used_unix_nano)
+        ])?;
+    }
+    let mut revoked = tx.prepare_cached(
+        "INSERT INTO revoked_hosts (host, time, actor, reason) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (host) DO NOTHING",
+    )?;
+    for r in &commit.revoked_hosts {
+        revoked.execute(params![r.host, int(r.time_unix_nano), r.actor, r.reason])?;
+    }
+    Ok(())
 }
 
 impl Store for Sqlite {
@@ -202,6 +246,7 @@ impl Store for Sqlite {
                 ])?;
             }
         }
+        commit_trust(&tx, commit)?;
         tx.commit()?;
         Ok(conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
     }
@@ -359,6 +404,41 @@ impl Store for Sqlite {
                     .collect();
             }
             Ok(per_identity)
+        })
+    }
+
+    fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT host, created, expires, creator, used FROM tokens WHERE hash = ?1",
+                [&hash[..]],
+                |r| {
+                    Ok(TokenRow {
+                        hash: *hash,
+                        host: r.get(0)?,
+                        created_unix_nano: uint(r.get(1)?),
+                        expires_unix_nano: uint(r.get(2)?),
+                        creator: r.get(3)?,
+                        used_unix_nano: uint(r.get(4)?),
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    fn revoked_hosts(&self) -> Result<Vec<RevokedHost>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT host, time, actor, reason FROM revoked_hosts")?
+                .query_map([], |r| {
+                    Ok(RevokedHost {
+                        host: r.get(0)?,
+                        time_unix_nano: uint(r.get(1)?),
+                        actor: r.get(2)?,
+                        reason: r.get(3)?,
+                    })
+                })?
+                .collect()
         })
     }
 }

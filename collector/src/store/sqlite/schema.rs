@@ -7,13 +7,14 @@
 //! - 1: `kind` is `proto::kind::Kind::name()` (`tty_out`, `tty_in`), and `tty` names each
 //!   event's terminal (`store::terminal`), both re-derived from the stored bytes of older
 //!   events.
+//! - 2: join tokens (their hashes) and revoked hosts.
 
 use prost::Message as _;
 use proto::{kind::Kind, v1::Event};
 use rusqlite::{Connection, Transaction, params};
 
 /// The schema this collector reads and writes.
-pub(super) const VERSION: i64 = 1;
+pub(super) const VERSION: i64 = 2;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS chains (
@@ -65,6 +66,24 @@ CREATE TABLE IF NOT EXISTS grants (
 );
 ";
 
+/// What version 2 adds.
+const TRUST: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    hash BLOB PRIMARY KEY,
+    host TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    creator TEXT NOT NULL,
+    used INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revoked_hosts (
+    host TEXT PRIMARY KEY,
+    time INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+";
+
 /// Made after the columns an older store gains, which some of them cover. Each one slows
 /// ingest, so the partial ones cover only the few rows their queries read.
 const INDEXES: &str = "
@@ -102,6 +121,11 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
         add_column(&tx, "tty", "TEXT NOT NULL DEFAULT ''")?;
         derive_kind_and_tty(&tx)?;
         tx.execute_batch(INDEXES)?;
+    }
+    if version < 2 {
+        tx.execute_batch(TRUST)?;
+    }
+    if version < VERSION {
         tx.pragma_update(None, "user_version", VERSION)?;
     }
     Ok(tx.commit()?)

@@ -1,0 +1,157 @@
+//! The agent's link to its collector: mutual TLS with the host's certificate (docs/pki.md),
+//! joining with a single-use token when the host has none yet, and renewing the
+//! certificate over the authenticated channel before it expires. The key is made here and
+//! never leaves the host; it also signs the host's checkpoints.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, bail};
+use pki::{AgentKey, CertInfo, ClientIdentity};
+use proto::v1::{EnrollRequest, RenewRequest, enrollment_client::EnrollmentClient};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tracing::{info, warn};
+
+use super::write_private;
+
+const CA: &str = "ca.pem";
+const CERT: &str = "agent.pem";
+const KEY: &str = "agent.key";
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the certificate's remaining life is looked at.
+const RENEW_CHECK: Duration = Duration::from_hours(1);
+
+/// Where and how the agent ships.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub url: String,
+    /// The agent's certificates (`ca.pem`, `agent.pem`, `agent.key`); `None` for a
+    /// collector that serves plaintext on loopback, on purpose.
+    pub pki_dir: Option<PathBuf>,
+}
+
+impl Link {
+    /// The collector's endpoint, with this host's identity as it is on disk now (so a
+    /// renewed certificate is used from the next connection on).
+    pub fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        let Some(dir) = &self.pki_dir else {
+            return Ok(Endpoint::from_shared(self.url.clone())?.connect_timeout(CONNECT_TIMEOUT));
+        };
+        let identity = ClientIdentity::load(&dir.join(CA), &dir.join(CERT), &dir.join(KEY))
+            .with_context(|| format!("loading this host's certificate from {}", dir.display()))?;
+        Ok(pki::endpoint(&self.url, &identity, None)?.connect_timeout(CONNECT_TIMEOUT))
+    }
+}
+
+/// Checks that the host has a certificate for `host`, enrolling with `join` (a token, and
+/// the CA to trust) when it has none. Fails, saying what to do, when it has neither.
+pub async fn ensure_enrolled(
+    link: &Link,
+    host: &str,
+    join: Option<(&str, &Path)>,
+) -> anyhow::Result<()> {
+    let Some(dir) = &link.pki_dir else {
+        return Ok(());
+    };
+    if dir.join(CERT).exists() && dir.join(KEY).exists() {
+        let info = CertInfo::from_pem(&std::fs::read_to_string(dir.join(CERT))?)?;
+        if info.peer
+            != (pki::Peer::Agent {
+                host: host.to_owned(),
+            })
+        {
+            bail!(
+                "{} is {}, but this host is {host}",
+                dir.join(CERT).display(),
+                info.peer
+            );
+        }
+        return Ok(());
+    }
+    let Some((token, ca)) = join else {
+        bail!(
+            "this host has no certificate in {}: join with `--join TOKEN --ca ca.pem` (an admin \
+             makes the token with `recorder token create --host {host}`)",
+            dir.display()
+        );
+    };
+    pki::create_private_dir(dir)?;
+    let ca_pem =
+        std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
+    let key = AgentKey::generate()?;
+    write_private(&dir.join(KEY), key.key_pem.as_bytes())?;
+    pki::install_crypto_provider();
+    // No certificate yet: the collector's is checked against the CA, ours is the token.
+    let endpoint = Endpoint::from_shared(link.url.clone())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {} to enroll", link.url))?;
+    let answer = EnrollmentClient::new(channel)
+        .enroll(EnrollRequest {
+            token: token.to_owned(),
+            csr_pem: key.csr_pem,
+            host: host.to_owned(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("the collector refused to enroll this host: {}", s.message()))?
+        .into_inner();
+    if answer.host != host {
+        bail!(
+            "the token enrolls host {}, but this host is {host}",
+            answer.host
+        );
+    }
+    write_private(&dir.join(CA), ca_pem.as_bytes())?;
+    write_private(&dir.join(CERT), answer.cert_pem.as_bytes())?;
+    info!(host, dir = %dir.display(), "enrolled");
+    Ok(())
+}
+
+/// Renews the certificate when a third of its life is left, for as long as the agent runs.
+pub async fn renew_in_time(link: Link) {
+    let Some(dir) = link.pki_dir.clone() else {
+        return;
+    };
+    loop {
+        match renew_if_due(&link, &dir).await {
+            Ok(true) => info!("certificate renewed"),
+            Ok(false) => {}
+            Err(error) => warn!(
+                error = format!("{error:#}"),
+                "cannot renew the certificate yet"
+            ),
+        }
+        tokio::time::sleep(RENEW_CHECK).await;
+    }
+}
+
+async fn renew_if_due(link: &Link, dir: &Path) -> anyhow::Result<bool> {
+    let info = CertInfo::from_pem(&std::fs::read_to_string(dir.join(CERT))?)?;
+    let life = info
+        .not_after
+        .duration_since(info.not_before)
+        .unwrap_or_default();
+    let left = info
+        .not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    if left > life / 3 {
+        return Ok(false);
+    }
+    let key = std::fs::read_to_string(dir.join(KEY))?;
+    let csr_pem = AgentKey::csr_for_key(&key)?;
+    let channel = link.endpoint()?.connect().await?;
+    let answer = EnrollmentClient::new(channel)
+        .renew(RenewRequest { csr_pem })
+        .await
+        .map_err(|s| anyhow::anyhow!("the collector refused: {}", s.message()))?
+        .into_inner();
+    write_private(&dir.join(CERT), answer.cert_pem.as_bytes())?;
+    Ok(true)
+}

@@ -1,0 +1,50 @@
+//! `token create` and `host revoke`: the collector's Admin service (role admin).
+
+use std::io;
+
+use proto::{
+    time::rfc3339_millis,
+    v1::{CreateTokenRequest, RevokeHostRequest, admin_client::AdminClient},
+};
+use tonic::transport::Channel;
+
+use crate::{
+    cli::{HostCommand, TokenCommand},
+    grant::refused,
+};
+
+pub async fn token(
+    mut client: AdminClient<Channel>,
+    command: TokenCommand,
+    out: &mut impl io::Write,
+) -> anyhow::Result<()> {
+    let TokenCommand::Create { host, ttl } = command;
+    let made = client
+        .create_token(CreateTokenRequest {
+            host: host.clone(),
+            ttl_millis: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        })
+        .await
+        .map_err(|s| refused(&s))?
+        .into_inner();
+    writeln!(out, "{}", made.token)?;
+    eprintln!(
+        "single use, for host {host} until {}: on the host, `agent --join TOKEN --ca ca.pem \
+         --collector URL ...`",
+        rfc3339_millis(made.expires_unix_nano)
+    );
+    Ok(())
+}
+
+pub async fn host(mut client: AdminClient<Channel>, command: HostCommand) -> anyhow::Result<()> {
+    let HostCommand::Revoke { host, reason } = command;
+    client
+        .revoke_host(RevokeHostRequest {
+            host: host.clone(),
+            reason,
+        })
+        .await
+        .map_err(|s| refused(&s))?;
+    eprintln!("host {host} revoked: its certificates are refused from now on");
+    Ok(())
+}
