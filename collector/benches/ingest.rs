@@ -2,15 +2,19 @@
 //! collector (gRPC over loopback TCP, `SQLite` with `synchronous=FULL`), against the raw chain
 //! hash measured in the same run: the one cost neither can avoid.
 //!
-//! Prints, for exec-sized events: events/s acknowledged durable with one agent stream and with
-//! several, and events/s a Verify call recomputes on its one core, each as a ratio to
-//! `chain_hash` alone over the same records.
+//! Two collectors run side by side on stores of their own: one over mutual TLS, as deployed
+//! (docs/pki.md), and one in plaintext, the baseline for what TLS costs. Prints, for
+//! exec-sized events: events/s acknowledged durable with one agent stream and with several,
+//! over each transport, and the ratio TLS/plaintext; the time from dialling to the
+//! collector's `Welcome` for a new agent connection over each; and events/s a Verify call
+//! recomputes on its one core, as a ratio to `chain_hash` alone over the same records.
 
 use std::{
-    sync::Arc,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
+use pki::{Ca, ClientIdentity, Role, Validity};
 use prost::Message as _;
 use proto::{
     chain::{GENESIS, chain_hash},
@@ -21,15 +25,20 @@ use proto::{
     },
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
+use tonic::transport::{Channel, Endpoint};
 
 const HOST: &str = "bench-host";
 /// Records per chain in the ingest runs.
-const EVENTS: u64 = 400_000;
+const EVENTS: u64 = 200_000;
 /// Records per batch, as the agent sends about 1 MiB at a time.
 const BATCH: usize = 2_000;
 /// Agent streams in the concurrent run.
 const STREAMS: usize = 4;
+/// Ingest runs over each transport, alternating.
+const ROUNDS: usize = 4;
+/// New agent connections timed per transport.
+const CONNECTIONS: usize = 200;
 
 /// An exec event as the agent makes one for a command in a login session.
 fn exec_event(n: u64) -> Event {
@@ -110,8 +119,92 @@ fn hash_only(id: &str, records: &[ChainedEvent]) -> Duration {
     start.elapsed()
 }
 
+/// One collector under test, and how a client reaches it.
+struct Target {
+    name: String,
+    url: String,
+    /// The agent's and the operator's identities; none in plaintext.
+    agent: Option<ClientIdentity>,
+    admin: Option<ClientIdentity>,
+}
+
+impl Target {
+    /// A collector on a store of its own in `dir`: mutual TLS under `tls`, else plaintext.
+    async fn start(kind: &str, round: usize, dir: &std::path::Path, tls: Option<&Ca>) -> Self {
+        let name = format!("{kind}-{round}");
+        let store = collector::open_store(&format!(
+            "sqlite://{}",
+            dir.join(format!("{name}.db")).display()
+        ))
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let validity = Validity::from_now(Duration::from_hours(1));
+        let (transport, url, agent, admin) = match tls {
+            Some(ca) => {
+                let server = ca
+                    .issue_collector("bench", &[], &[IpAddr::from([127, 0, 0, 1])], validity)
+                    .unwrap();
+                let client = |issued: pki::Issued| ClientIdentity {
+                    ca_pem: ca.cert_pem().to_owned(),
+                    cert_pem: issued.cert_pem,
+                    key_pem: issued.key_pem,
+                };
+                (
+                    collector::Transport::Tls {
+                        ca_pem: ca.cert_pem().to_owned(),
+                        cert_pem: server.cert_pem,
+                        key_pem: server.key_pem,
+                        ca: None,
+                    },
+                    format!("https://{addr}"),
+                    Some(client(ca.issue_agent(HOST, validity).unwrap())),
+                    Some(client(
+                        ca.issue_operator("bench", Role::Admin, validity).unwrap(),
+                    )),
+                )
+            }
+            None => (
+                collector::Transport::InsecurePlaintext,
+                format!("http://{addr}"),
+                None,
+                None,
+            ),
+        };
+        tokio::spawn(collector::serve(
+            listener,
+            store,
+            collector::policy::default_policy(),
+            transport,
+        ));
+        Self {
+            name,
+            url,
+            agent,
+            admin,
+        }
+    }
+
+    fn endpoint(&self, identity: Option<&ClientIdentity>) -> Endpoint {
+        match identity {
+            Some(identity) => pki::endpoint(&self.url, identity, None).unwrap(),
+            None => Endpoint::from_shared(self.url.clone()).unwrap(),
+        }
+    }
+
+    /// A new connection as the agent.
+    async fn agent_channel(&self) -> Channel {
+        self.endpoint(self.agent.as_ref()).connect().await.unwrap()
+    }
+
+    /// A new connection as the operator.
+    async fn admin_channel(&self) -> Channel {
+        self.endpoint(self.admin.as_ref()).connect().await.unwrap()
+    }
+}
+
 /// Ships `records` over one Ingest stream and waits for the ack of the last one.
-async fn ship(url: String, id: String, records: Vec<ChainedEvent>) -> Duration {
+async fn ship(channel: Channel, id: String, records: Vec<ChainedEvent>) -> Duration {
     let last = records.last().unwrap().seq;
     let (tx, out) = mpsc::channel(32);
     tx.send(AgentMessage {
@@ -123,10 +216,7 @@ async fn ship(url: String, id: String, records: Vec<ChainedEvent>) -> Duration {
     })
     .await
     .unwrap();
-    let mut client = IngestClient::connect(url)
-        .await
-        .unwrap()
-        .max_encoding_message_size(usize::MAX);
+    let mut client = IngestClient::new(channel).max_encoding_message_size(usize::MAX);
     let start = Instant::now();
     let mut rx = client
         .stream(ReceiverStream::new(out))
@@ -164,28 +254,115 @@ async fn ship(url: String, id: String, records: Vec<ChainedEvent>) -> Duration {
     elapsed
 }
 
+/// Dials, says `Hello` as the host and waits for `Welcome`, `CONNECTIONS` times: what a
+/// new agent connection costs before its first batch. Sorted.
+async fn connections(target: &Target) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let start = Instant::now();
+        let mut client = IngestClient::new(target.agent_channel().await);
+        let hello = AgentMessage {
+            msg: Some(Msg::Hello(Hello {
+                host: HOST.into(),
+                chain_ids: Vec::new(),
+                agent_version: "bench".into(),
+            })),
+        };
+        let mut rx = client
+            .stream(tokio_stream::iter([hello]).chain(tokio_stream::pending()))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = rx.message().await.unwrap().expect("a reply to Hello");
+        assert!(
+            matches!(first.msg, Some(collector_message::Msg::Welcome(_))),
+            "{first:?}"
+        );
+        times.push(start.elapsed());
+    }
+    times.sort_unstable();
+    times
+}
+
+/// Ships one chain, then `STREAMS` at once, to `target`: events/s of each.
+async fn ingest(target: &Target) -> (f64, f64) {
+    let id = format!("{HOST}:{}-single:0", target.name);
+    let single = chain(&id, EVENTS);
+    let one = ship(target.agent_channel().await, id, single).await;
+    let chains: Vec<(String, Vec<ChainedEvent>)> = (0..STREAMS)
+        .map(|i| {
+            let id = format!("{HOST}:{}-multi{i}:0", target.name);
+            let records = chain(&id, EVENTS);
+            (id, records)
+        })
+        .collect();
+    let mut channels = Vec::new();
+    for _ in 0..STREAMS {
+        channels.push(target.agent_channel().await);
+    }
+    let start = Instant::now();
+    let streams: Vec<_> = chains
+        .into_iter()
+        .zip(channels)
+        .map(|((id, records), channel)| tokio::spawn(ship(channel, id, records)))
+        .collect();
+    for s in streams {
+        s.await.unwrap();
+    }
+    let many = start.elapsed();
+    (per_sec(EVENTS, one), per_sec(EVENTS * STREAMS as u64, many))
+}
+
 #[expect(clippy::cast_precision_loss, reason = "rates for display")]
 fn per_sec(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// Median and range of a few runs' rates.
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(rates: impl Iterator<Item = f64>) -> Self {
+        let mut rates: Vec<f64> = rates.collect();
+        rates.sort_by(f64::total_cmp);
+        let mid = rates.len() / 2;
+        let median = if rates.len().is_multiple_of(2) {
+            f64::midpoint(rates[mid - 1], rates[mid])
+        } else {
+            rates[mid]
+        };
+        Self {
+            median,
+            min: rates[0],
+            max: rates[rates.len() - 1],
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} [{:.0}–{:.0}]", self.median, self.min, self.max)
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    pki::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let store = collector::open_store(&url).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(collector::serve(
-        listener,
-        Arc::clone(&store),
-        collector::policy::default_policy(),
-        collector::Transport::InsecurePlaintext,
-    ));
+    let ca = Ca::init(&dir.path().join("ca")).unwrap();
 
-    let single = chain("bench:single:0", EVENTS);
-    let event_bytes: usize = single.iter().map(|r| r.event.len()).sum();
-    let hashing = hash_only("bench:single:0", &single);
+    let sample = chain(&format!("{HOST}:sample:0"), EVENTS);
+    let event_bytes: usize = sample.iter().map(|r| r.event.len()).sum();
+    let hashing = hash_only(&format!("{HOST}:sample:0"), &sample);
+    drop(sample);
     let hash_rate = per_sec(EVENTS, hashing);
     println!(
         "collector ingest: {EVENTS} exec-sized events per chain ({} B each on average), batches of {BATCH}",
@@ -193,37 +370,55 @@ async fn main() {
     );
     println!("  chain_hash alone (baseline): {hash_rate:>10.0} events/s on one core");
 
-    let one = ship(endpoint.clone(), "bench:single:0".into(), single).await;
-    let rate = per_sec(EVENTS, one);
-    println!(
-        "  durable ingest, 1 stream:    {rate:>10.0} events/s  ({:.1}× the baseline's time)",
-        hash_rate / rate
-    );
-
-    let chains: Vec<(String, Vec<ChainedEvent>)> = (0..STREAMS)
-        .map(|i| {
-            let id = format!("bench:multi:{i}");
-            let records = chain(&id, EVENTS);
-            (id, records)
-        })
-        .collect();
-    let start = Instant::now();
-    let streams: Vec<_> = chains
-        .into_iter()
-        .map(|(id, records)| tokio::spawn(ship(endpoint.clone(), id, records)))
-        .collect();
-    for s in streams {
-        s.await.unwrap();
+    // Pairs in alternating order (plaintext first, then TLS first), each run on a new store
+    // (a store's size slows its inserts): drift in this machine's speed lands on both sides.
+    let (mut plain_runs, mut tls_runs) = (Vec::new(), Vec::new());
+    let (mut plain, mut tls) = (None, None);
+    for round in 0..ROUNDS {
+        for tls_now in [round % 2 == 1, round % 2 == 0] {
+            let name = if tls_now { "mtls" } else { "plaintext" };
+            let target = Target::start(name, round, dir.path(), tls_now.then_some(&ca)).await;
+            let rates = ingest(&target).await;
+            if tls_now {
+                tls_runs.push(rates);
+                tls = Some(target);
+            } else {
+                plain_runs.push(rates);
+                plain = Some(target);
+            }
+        }
     }
-    let many = start.elapsed();
-    let total = EVENTS * STREAMS as u64;
-    let rate = per_sec(total, many);
+    let (plain, tls) = (plain.expect("a plaintext run"), tls.expect("a TLS run"));
+    for (what, pick) in [
+        (
+            "1 stream:".to_owned(),
+            (|r: &(f64, f64)| r.0) as fn(&(f64, f64)) -> f64,
+        ),
+        (format!("{STREAMS} streams:"), |r: &(f64, f64)| r.1),
+    ] {
+        let p = Spread::of(plain_runs.iter().map(pick));
+        let t = Spread::of(tls_runs.iter().map(pick));
+        println!(
+            "  durable ingest, {what:<11} plaintext {p} events/s ({:.1}× the baseline's time); mutual TLS {t} events/s: TLS/plaintext {:.3}",
+            hash_rate / p.median,
+            t.median / p.median,
+        );
+    }
+
+    let plain_dial = connections(&plain).await;
+    let tls_dial = connections(&tls).await;
+    let median = |t: &[Duration]| t[t.len() / 2];
+    let p99 = |t: &[Duration]| t[t.len() * 99 / 100];
     println!(
-        "  durable ingest, {STREAMS} streams:   {rate:>10.0} events/s  ({:.1}× the baseline's time)",
-        hash_rate / rate
+        "  new agent connection, dial to Welcome ({CONNECTIONS} each): plaintext median {:.0} µs (p99 {:.0}), mutual TLS median {:.0} µs (p99 {:.0}): the handshake adds {:.0} µs",
+        micros(median(&plain_dial)),
+        micros(p99(&plain_dial)),
+        micros(median(&tls_dial)),
+        micros(p99(&tls_dial)),
+        micros(median(&tls_dial)) - micros(median(&plain_dial)),
     );
 
-    let mut query = QueryClient::connect(endpoint).await.unwrap();
+    let mut query = QueryClient::new(tls.admin_channel().await);
     let start = Instant::now();
     let verdicts = query
         .verify(VerifyRequest::default())
@@ -232,16 +427,21 @@ async fn main() {
         .into_inner()
         .chains;
     let verifying = start.elapsed();
-    let checked: u64 = verdicts.iter().map(|v| v.records).sum();
+    let host_chains: Vec<_> = verdicts.iter().filter(|v| v.host == HOST).collect();
+    let checked: u64 = host_chains.iter().map(|v| v.records).sum();
     assert!(
         verdicts.iter().all(|v| v.ok),
         "every chain verifies: {verdicts:?}"
     );
-    assert_eq!(checked, total + EVENTS, "verify read every record");
+    assert_eq!(
+        checked,
+        EVENTS + EVENTS * STREAMS as u64,
+        "verify read every record"
+    );
     let rate = per_sec(checked, verifying);
     println!(
         "  verify, one core:            {rate:>10.0} events/s  ({:.1}× the baseline's time; {} chains)",
         hash_rate / rate,
-        verdicts.len()
+        host_chains.len()
     );
 }

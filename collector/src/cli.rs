@@ -9,7 +9,7 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(version)]
 pub struct Cli {
-    /// Address the gRPC services (Ingest, Query and Grants) listen on; port 0 picks a free
+    /// Address the gRPC services (Ingest, Query, Grants, Admin and Enrollment) listen on; port 0 picks a free
     /// one.
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub listen: SocketAddr,

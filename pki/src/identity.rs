@@ -299,6 +299,22 @@ fn clip(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
+/// This host's id, as its agent's certificate and chains name it: systemd's machine id,
+/// else the host name.
+#[must_use]
+pub fn host_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,20 +450,4 @@ mod tests {
             SystemTime::UNIX_EPOCH - Duration::from_secs(1)
         );
     }
-}
-
-/// This host's id, as its agent's certificate and chains name it: systemd's machine id,
-/// else the host name.
-#[must_use]
-pub fn host_id() -> String {
-    std::fs::read_to_string("/etc/machine-id")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown-host".into())
 }

@@ -76,14 +76,15 @@ impl Agent {
     /// Starts an agent spooling to `spool` and shipping to the collector at `url`.
     #[must_use]
     pub fn shipping(spool: &std::path::Path, url: &str, extra: &[&str]) -> Self {
-        let mut args = vec![
-            "--spool",
-            spool.to_str().expect("UTF-8 path"),
-            "--collector",
-            url,
-        ];
-        args.extend(extra);
-        Self::start_with(Sink::Spool, &args)
+        Self::shipping_with(Sink::Spool, spool, url, extra)
+    }
+
+    /// Like [`Agent::shipping`], with events also going to `sink`.
+    #[must_use]
+    pub fn shipping_with(sink: Sink, spool: &std::path::Path, url: &str, extra: &[&str]) -> Self {
+        let args = shipping_args(spool, url, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_with(sink, &args)
     }
 
     /// Starts the agent with the given sink; returns once capture is live.
@@ -309,7 +310,7 @@ impl Output {
 /// The flags of an agent spooling to `spool` and shipping to the collector at `url`: with
 /// this host's certificate from that collector's test PKI, or plaintext when it has none.
 #[must_use]
-pub fn shipping_args(spool: &std::path::Path, url: &str, extra: &[&str]) -> Vec<String> {
+fn shipping_args(spool: &std::path::Path, url: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--spool",
         spool.to_str().expect("UTF-8 path"),

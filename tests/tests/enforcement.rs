@@ -5,7 +5,7 @@
 
 use std::{
     fs,
-    net::{SocketAddr, TcpListener},
+    net::TcpListener,
     process::{Child, Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -13,7 +13,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     TestCgroup,
-    agent::Agent,
+    agent::{Agent, Sink},
     collector::{Collector, scratch_dir},
     marker, operator, privileged,
     ssh::{Sshd, User},
@@ -26,7 +26,7 @@ const DEATH_WITHIN: Duration = Duration::from_secs(1);
 /// A collector (with an optional policy file) and an agent shipping to it.
 struct Rig {
     _dir: tests::Scratch,
-    addr: SocketAddr,
+    url: String,
     collector: Option<Collector>,
     agent: Agent,
 }
@@ -52,23 +52,21 @@ impl Rig {
         let collector = Collector::start_with(&dir.join("store.db"), addr, &extra);
         let url = collector.url();
         let spool = dir.join("spool");
-        let mut flags = vec!["--spool", spool.to_str().unwrap(), "--collector", &url];
-        flags.extend(agent_flags);
-        let agent = Agent::start(&flags);
+        let agent = Agent::shipping_with(Sink::Collect, &spool, &url, agent_flags);
         assert!(
             agent.wait_for_status(Duration::from_secs(20), "grant view adopted"),
             "the agent never got the collector's grant view"
         );
         Self {
             _dir: dir,
-            addr,
+            url,
             collector: Some(collector),
             agent,
         }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.url.clone()
     }
 
     /// `recorder grant create ARGS --json`, once the agent holds the new grant.

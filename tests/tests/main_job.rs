@@ -21,7 +21,7 @@ use tests::{Scratch, operator, privileged};
 struct Job {
     child: Child,
     log: Arc<Mutex<String>>,
-    _dir: Scratch,
+    dir: Scratch,
     addr: SocketAddr,
 }
 
@@ -45,6 +45,8 @@ impl Job {
             .arg(dir.join("store.db"))
             .arg("--spool")
             .arg(dir.join("spool"))
+            .arg("--pki-dir")
+            .arg(dir.join("pki"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -63,7 +65,7 @@ impl Job {
         Self {
             child,
             log,
-            _dir: dir,
+            dir,
             addr,
         }
     }
@@ -134,12 +136,19 @@ impl Job {
 }
 
 impl Drop for Job {
+    /// Kills whatever of the job a failing test left, and waits until all of it is gone:
+    /// the next test's agent would otherwise find the host's agent lock still held.
     fn drop(&mut self) {
-        if self.child.try_wait().unwrap().is_none() {
-            let pgid = libc::pid_t::try_from(self.child.id()).unwrap();
-            // SAFETY: as in `interrupt_group`; a failing test leaves nothing behind.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = self.child.wait();
+        let pgid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: as in `interrupt_group`.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.child.wait();
+        for _ in 0..500 {
+            // SAFETY: signal 0 only asks whether the group still has members.
+            if unsafe { libc::kill(-pgid, 0) } != 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
@@ -150,9 +159,25 @@ fn started(addr: SocketAddr) -> Job {
     job
 }
 
-/// The chains the job's collector holds.
-fn chains(job: &Job) -> Vec<Value> {
-    operator::json_lines(&format!("http://{}", job.addr), &["verify", "--json"])
+/// The chains the job's collector holds, asked as the job's local admin operator.
+fn host_chains(job: &Job) -> Vec<Value> {
+    let out = operator::run_as(
+        &format!("https://{}", job.addr),
+        &job.dir.join("pki"),
+        &["verify", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        // The collector's own chain records the operators' reads; only hosts' chains here.
+        .filter(|chain| chain["host"] != "collector")
+        .collect()
 }
 
 #[test]
@@ -203,7 +228,7 @@ fn a_second_main_job_is_refused_and_the_first_keeps_running() {
 
     assert!(first.child.try_wait().unwrap().is_none(), "{}", first.log());
     assert_eq!(first.components().len(), 2, "{:?}", first.components());
-    let chains = chains(&first);
+    let chains = host_chains(&first);
     assert_eq!(chains.len(), 1, "one agent, one chain: {chains:?}");
     first.interrupt_group();
     assert!(first.exits_within(Duration::from_secs(30)).success());

@@ -16,7 +16,10 @@ use proto::v1::{
 };
 use serde_json::{Value, json};
 use tests::{
-    TestCgroup, agent::Agent, collector::Collector, marker, operator, privileged, with_loginuid,
+    TestCgroup,
+    agent::{Agent, Sink},
+    collector::Collector,
+    marker, operator, privileged, with_loginuid,
 };
 
 /// Calls Register over the Unix socket, as a broker would.
@@ -139,15 +142,15 @@ fn a_registered_session_carries_its_identity_and_grant() {
     let url = collector.url();
     let socket: PathBuf = dir.join("run/agent.sock");
     let spool = dir.join("spool");
-    let flags = [
-        "--registration",
-        socket.to_str().unwrap(),
-        "--spool",
-        spool.to_str().unwrap(),
-        "--collector",
-        &url,
-    ];
-    let agent = Agent::start(&flags);
+    let start = || {
+        Agent::shipping_with(
+            Sink::Collect,
+            &spool,
+            &url,
+            &["--registration", socket.to_str().unwrap()],
+        )
+    };
+    let agent = start();
     assert_eq!(
         std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
         0o600
@@ -229,7 +232,7 @@ fn a_registered_session_carries_its_identity_and_grant() {
     assert!(agent.stop().success);
 
     // Kept in the state directory: the restarted agent still knows it.
-    let agent = Agent::start(&flags);
+    let agent = start();
     assert_eq!(
         in_cgroup(&agent),
         json!({"kind": "registered", "name": "ci-runner"})

@@ -240,9 +240,39 @@ async fn operators_may_do_what_their_role_allows_and_every_read_is_recorded() {
     );
     let (ok, _, why) = run(&ann, &["search", "--kind", "exec", "--identity", "nobody"]);
     assert!(ok, "{why}");
-    let access = operator::json_lines(
-        &url,
-        &["search", "--json", "--kind", "access", "--since", "1h"],
+    // Every other read an auditor may make; a replay of a session that does not exist is
+    // still a read of the evidence, and recorded before it fails.
+    for read in [
+        &["sessions"][..],
+        &["replay", "h:1:2:3", "--speed", "0"],
+        &["verify"],
+        &["review"],
+        &["grant", "list"],
+    ] {
+        let (ok, _, why) = run(&ann, read);
+        assert!(ok || read[0] == "replay", "{read:?}: {why}");
+    }
+    let tail = operator::Tail::start(&url, &["--since", "1m"]);
+    let access = wait_for_access(&url, "test-admin", "Tail");
+    drop(tail);
+    let mut read_by_ann: Vec<&str> = access
+        .iter()
+        .filter(|v| v["access"]["actor"] == "ann")
+        .map(|v| v["access"]["method"].as_str().unwrap())
+        .collect();
+    read_by_ann.sort_unstable();
+    read_by_ann.dedup();
+    assert_eq!(
+        read_by_ann,
+        [
+            "ListGrants",
+            "Replay",
+            "Review",
+            "Search",
+            "Sessions",
+            "Verify"
+        ],
+        "each of ann's reads is recorded"
     );
     let by_ann = access
         .iter()
@@ -283,6 +313,28 @@ async fn operators_may_do_what_their_role_allows_and_every_read_is_recorded() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+}
+
+/// The access events stored so far, once one shows `actor` calling `method`.
+fn wait_for_access(url: &str, actor: &str, method: &str) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let access = operator::json_lines(
+            url,
+            &["search", "--json", "--kind", "access", "--since", "1h"],
+        );
+        if access
+            .iter()
+            .any(|v| v["access"]["actor"] == actor && v["access"]["method"] == method)
+        {
+            return access;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {method} by {actor} recorded: {access:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A grant can never be backdated (only a gRPC client can ask for a start in the past).

@@ -449,10 +449,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn create_checks_what_it_is_asked() {
-        let now = 100 * H;
-        let good = CreateGrantRequest {
+    fn good_request() -> CreateGrantRequest {
+        CreateGrantRequest {
             identity: Some(IdentitySelector {
                 kind: Kind::Human.into(),
                 name: "alice".into(),
@@ -461,7 +459,13 @@ mod tests {
             on_expiry: OnExpiry::Kill.into(),
             reason: "CHG-1".into(),
             ..CreateGrantRequest::default()
-        };
+        }
+    }
+
+    #[test]
+    fn create_grants_what_it_is_asked() {
+        let now = 100 * H;
+        let good = good_request();
         let g = new_grant(good.clone(), "g-1".into(), now, "ann", false).unwrap();
         assert_eq!(g.id, "g-1");
         assert_eq!(g.not_before_unix_nano, now);
@@ -476,6 +480,12 @@ mod tests {
             (r.requester.as_str(), r.approver.as_str(), r.pending),
             ("ann", "", true)
         );
+    }
+
+    #[test]
+    fn create_refuses_bad_requests() {
+        let now = 100 * H;
+        let good = good_request();
         let bad = [
             (
                 CreateGrantRequest {

@@ -19,7 +19,7 @@ use std::{
 use anyhow::Context as _;
 use tests::{
     TestCgroup,
-    agent::Agent,
+    agent::{Agent, Sink},
     collector::{Collector, scratch_dir},
     marker, operator,
 };
@@ -39,7 +39,7 @@ pub fn run(trials: usize) -> anyhow::Result<()> {
     let url = collector.url();
     let spool = dir.join("spool");
     let start_agent = || -> anyhow::Result<Agent> {
-        let agent = Agent::start(&["--spool", spool.to_str().unwrap(), "--collector", &url]);
+        let agent = Agent::shipping_with(Sink::Collect, &spool, &url, &[]);
         anyhow::ensure!(
             agent.wait_for_status(Duration::from_secs(20), "grant view adopted"),
             "the agent never got a grant view"
