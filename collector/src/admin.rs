@@ -11,8 +11,8 @@ use proto::{
     time::{now_unix_nano, rfc3339_millis},
     v1::{
         AdminAct, CreateTokenRequest, CreateTokenResponse, EnrollRequest, EnrollResponse,
-        RenewRequest, RevokeHostRequest, RevokeHostResponse, admin_server::Admin,
-        enrollment_server::Enrollment,
+        HoldRequest, HoldResponse, RenewRequest, RevokeHostRequest, RevokeHostResponse,
+        admin_server::Admin, enrollment_server::Enrollment,
     },
 };
 use tonic::{Request, Response, Status};
@@ -251,6 +251,11 @@ pub(crate) struct AdminService(pub Hosts);
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    // TODO(issue 11)
+    async fn hold(&self, _request: Request<HoldRequest>) -> Result<Response<HoldResponse>, Status> {
+        Err(Status::unimplemented("issue 11"))
+    }
+
     async fn create_token(
         &self,
         request: Request<CreateTokenRequest>,

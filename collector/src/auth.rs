@@ -90,6 +90,9 @@ pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, AuthError> {
         (Some(Peer::Collector { name }), _) => Err(AuthError::Denied(format!(
             "collector {name}'s certificate is for serving, not for calling"
         ))),
+        (Some(Peer::Witness { name }), _) => Err(AuthError::Denied(format!(
+            "witness {name}'s certificate is for signing, not for calling"
+        ))),
         (None, false) => Ok(Caller::Insecure),
         (None, true) => Err(AuthError::NoCertificate),
     }

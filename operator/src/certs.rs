@@ -37,6 +37,16 @@ pub fn run(command: PkiCommand) -> anyhow::Result<()> {
                     let issued = ca.issue_collector(&name, &dns, &ips, validity(days))?;
                     (ca_dir, out, issued)
                 }
+                Issue::Witness {
+                    ca_dir,
+                    name,
+                    days,
+                    out,
+                } => {
+                    let ca = load(&ca_dir)?;
+                    let issued = ca.issue_witness(&name, validity(days))?;
+                    (ca_dir, out, issued)
+                }
                 Issue::Operator {
                     ca_dir,
                     name,

@@ -227,6 +227,20 @@ pub enum Issue {
         #[arg(long)]
         out: PathBuf,
     },
+    /// For a collector's witness key, which cosigns hosts' checkpoints and signs its own
+    /// log (docs/evidence.md): `witness.pem` and `witness.key` beside its certificate.
+    Witness {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The collector's name.
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Writes OUT.pem and OUT.key.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// For an operator, with their role.
     Operator {
         #[arg(long)]

@@ -148,8 +148,16 @@ fn detail(event: &Event) -> String {
             escape(&a.actor),
             escape(&a.detail)
         ),
+        Some(Body::Receipt(r)) => format!("RECEIPT {}", note_head(&r.note)),
+        Some(Body::Prune(p)) => format!("PRUNE {}", note_head(&p.note)),
         Some(Body::Fork(_)) | None => String::new(),
     }
+}
+
+/// A signed note's text before its signatures, on one line, escaped.
+fn note_head(note: &str) -> Cow<'_, str> {
+    let text = note.split("\n\n").next().unwrap_or_default();
+    escape(text.trim_end())
 }
 
 /// `time host identity session kind [pid uid euid] detail`.

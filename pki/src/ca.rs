@@ -33,6 +33,10 @@ const CERT_FILE: &str = "ca.pem";
 /// re-enrolling everything.
 const CA_VALIDITY: Duration = Duration::from_hours(10 * 365 * 24);
 
+/// The extended key usage of a witness certificate: id-kp-documentSigning (RFC 9336), the
+/// purpose closest to signing checkpoints and the only one it has.
+const WITNESS_EKU: [u64; 9] = [1, 3, 6, 1, 5, 5, 7, 3, 36];
+
 /// 9999-12-31T23:59:59Z, the last time an X.509 certificate can name.
 const LAST_X509_SECOND: u64 = 253_402_300_799;
 
@@ -232,6 +236,21 @@ impl Ca {
             &agent_cn(host),
             Vec::new(),
             ExtendedKeyUsagePurpose::ClientAuth,
+            validity,
+            &PKCS_ED25519,
+        )
+    }
+
+    /// A collector's witness certificate, with a new Ed25519 key: the key cosigns hosts'
+    /// checkpoints and signs the collector's own log (docs/evidence.md). Its extended key
+    /// usage is neither client nor server authentication: it is never a party to a
+    /// connection.
+    pub fn issue_witness(&self, name: &str, validity: Validity) -> Result<Issued, PkiError> {
+        self.issue_new_key(
+            &Peer::Witness { name: name.into() },
+            &format!("recorder witness {name}"),
+            Vec::new(),
+            ExtendedKeyUsagePurpose::Other(WITNESS_EKU.to_vec()),
             validity,
             &PKCS_ED25519,
         )

@@ -73,6 +73,9 @@ pub enum Peer {
     Operator { name: String, role: Role },
     /// A collector.
     Collector { name: String },
+    /// A collector's witness key: it cosigns hosts' checkpoints and signs the collector's
+    /// own log. Never a party to a connection.
+    Witness { name: String },
 }
 
 impl Peer {
@@ -83,6 +86,7 @@ impl Peer {
             Peer::Agent { host } => format!("{PREFIX}agent:host:{host}"),
             Peer::Operator { name, role } => format!("{PREFIX}operator:{role}:{name}"),
             Peer::Collector { name } => format!("{PREFIX}collector:{name}"),
+            Peer::Witness { name } => format!("{PREFIX}witness:{name}"),
         }
     }
 
@@ -101,6 +105,9 @@ impl Peer {
             ["collector", name] => Peer::Collector {
                 name: (*name).to_owned(),
             },
+            ["witness", name] => Peer::Witness {
+                name: (*name).to_owned(),
+            },
             _ => return Err(bad()),
         };
         check_name(peer.name())?;
@@ -111,9 +118,10 @@ impl Peer {
     #[must_use]
     pub fn name(&self) -> &str {
         match self {
-            Peer::Agent { host: name } | Peer::Operator { name, .. } | Peer::Collector { name } => {
-                name
-            }
+            Peer::Agent { host: name }
+            | Peer::Operator { name, .. }
+            | Peer::Collector { name }
+            | Peer::Witness { name } => name,
         }
     }
 

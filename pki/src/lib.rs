@@ -8,6 +8,7 @@
 mod agent;
 mod ca;
 mod client;
+mod evidence;
 mod identity;
 mod server;
 mod token;
@@ -22,6 +23,7 @@ pub use rustls;
 pub use agent::{AgentKey, ed25519_public_key_from_pkcs8_pem, ed25519_seed_from_pkcs8_pem};
 pub use ca::{Ca, Issued, Validity, create_private_dir};
 pub use client::{ClientIdentity, endpoint};
+pub use evidence::{collector_log, deployment_id, host_log, verify_cert, witness_key};
 pub use identity::{CertInfo, MAX_NAME_LEN, OfferedCert, Peer, Role, check_name, host_id};
 pub use server::{
     ClientCert, Conn, ConnInfo, DEFAULT_HANDSHAKE_TIMEOUT, HandshakeError, HandshakeFailure,

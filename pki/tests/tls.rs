@@ -13,8 +13,9 @@ use pki::{
     TlsAcceptor, Validity,
 };
 use proto::v1::{
-    ChainVerdict, ReplayRequest, SearchRequest, SearchResponse, SessionsRequest, SessionsResponse,
-    StoredEvent, TailRequest, VerifyRequest, VerifyResponse,
+    ChainVerdict, EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, ReplayRequest,
+    SearchRequest, SearchResponse, SessionsRequest, SessionsResponse, StoredEvent, TailRequest,
+    VerifyRequest, VerifyResponse,
     query_client::QueryClient,
     query_server::{Query, QueryServer},
 };
@@ -42,6 +43,22 @@ type Events = Pin<Box<dyn Stream<Item = Result<StoredEvent, Status>> + Send>>;
 impl Query for Echo {
     type TailStream = Events;
     type ReplayStream = Events;
+    type EvidenceStream = Pin<Box<dyn Stream<Item = Result<EvidenceItem, Status>> + Send>>;
+    type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportChunk, Status>> + Send>>;
+
+    async fn evidence(
+        &self,
+        _: Request<EvidenceRequest>,
+    ) -> Result<Response<Self::EvidenceStream>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+
+    async fn export(
+        &self,
+        _: Request<ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        Err(Status::unimplemented("test"))
+    }
 
     async fn tail(&self, _: Request<TailRequest>) -> Result<Response<Events>, Status> {
         Err(Status::unimplemented("test"))
@@ -79,6 +96,7 @@ impl Query for Echo {
                 chain_id: info.remote_addr.to_string(),
                 ..ChainVerdict::default()
             }],
+            ..VerifyResponse::default()
         }))
     }
 }

@@ -171,6 +171,12 @@ enum BodyLine<'a> {
     Admin {
         admin: AdminLine<'a>,
     },
+    Receipt {
+        receipt: NoteLine<'a>,
+    },
+    Prune {
+        prune: NoteLine<'a>,
+    },
     None {},
 }
 
@@ -233,6 +239,12 @@ struct AccessLine<'a> {
     role: &'a str,
     method: &'a str,
     detail: &'a str,
+}
+
+/// A signed note, verbatim (docs/evidence.md).
+#[derive(Serialize)]
+struct NoteLine<'a> {
+    note: &'a str,
 }
 
 #[derive(Serialize)]
@@ -444,6 +456,12 @@ impl<'a> BodyLine<'a> {
                     actor: &a.actor,
                     detail: &a.detail,
                 },
+            },
+            Some(Body::Receipt(r)) => Self::Receipt {
+                receipt: NoteLine { note: &r.note },
+            },
+            Some(Body::Prune(p)) => Self::Prune {
+                prune: NoteLine { note: &p.note },
             },
             Some(Body::Fork(_)) | None => Self::None {},
         }

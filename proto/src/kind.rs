@@ -20,10 +20,12 @@ pub enum Kind {
     Registration,
     Access,
     Admin,
+    Receipt,
+    Prune,
 }
 
 impl Kind {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 16] = [
         Self::Exec,
         Self::Fork,
         Self::Exit,
@@ -38,6 +40,8 @@ impl Kind {
         Self::Registration,
         Self::Access,
         Self::Admin,
+        Self::Receipt,
+        Self::Prune,
     ];
 
     #[must_use]
@@ -57,6 +61,8 @@ impl Kind {
             Self::Registration => "registration",
             Self::Access => "access",
             Self::Admin => "admin",
+            Self::Receipt => "receipt",
+            Self::Prune => "prune",
         }
     }
 
@@ -83,6 +89,8 @@ impl Kind {
             Body::Registration(_) => Self::Registration,
             Body::Access(_) => Self::Access,
             Body::Admin(_) => Self::Admin,
+            Body::Receipt(_) => Self::Receipt,
+            Body::Prune(_) => Self::Prune,
         })
     }
 

@@ -53,6 +53,10 @@ impl TestPki {
             )
             .expect("the collector's certificate");
         write(&collector, "collector", &issued);
+        let witness = ca
+            .issue_witness("test", Validity::from_now(LIFETIME))
+            .expect("the collector's witness certificate");
+        write(&collector, "witness", &witness);
         Arc::new(Self {
             dir,
             ca,

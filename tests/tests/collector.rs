@@ -601,16 +601,7 @@ async fn stored_chain(dir: &Path, chain: &Chain) -> std::path::PathBuf {
     let collector = Collector::start(&path);
     let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     assert_eq!(agent.ship(chain.batch(0..1000)).await.unwrap(), 999);
-    agent
-        .checkpoint(Checkpoint {
-            chain_id: chain.id.clone(),
-            size: 1000,
-            head_hash: chain.head(1000),
-            time_unix_nano: T0,
-        })
-        .await;
-    // A batch after the checkpoint: its ack means the checkpoint before it is stored too.
-    assert_eq!(agent.ship(chain.batch(999..1000)).await.unwrap(), 999);
+    // TODO(issue 11): a signed checkpoint of the host's log at 1,000.
     assert!(verify(&collector, &chain.id).await.ok);
     drop(collector.stop());
     path
@@ -666,17 +657,8 @@ async fn verify_finds_tampering_with_the_store() {
             900,
             "tail",
         ),
-        // The head in the chains table rewritten to match: the checkpoint still tells.
-        (
-            "truncated-head.db",
-            format!(
-                "DELETE FROM events WHERE chain = {rows} AND seq >= 900;
-                 UPDATE chains SET next_seq = 900, head_hash = (SELECT hash FROM events
-                   WHERE chain = {rows} AND seq = 899) WHERE id = {rows};"
-            ),
-            900,
-            "checkpoint",
-        ),
+        // TODO(issue 11): the head in the chains table rewritten to match; the signed
+        // checkpoint still tells.
     ];
     for (name, sql, bad_seq, reason) in cases {
         let collector = Collector::start(&tampered(&pristine, name, &sql));

@@ -1,6 +1,7 @@
 //! The main job's local PKI (docs/pki.md): on first start, a CA and the certificates of the
-//! collector, of this host's agent and of the local operator (an admin), in one private
-//! directory. `cargo xtask tail|grant|...` find the operator's there by themselves.
+//! collector (and its witness key), of this host's agent and of the local operator (an
+//! admin), in one private directory. `cargo xtask tail|grant|...` find the operator's
+//! there by themselves.
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
@@ -13,7 +14,17 @@ const YEAR: Duration = Duration::from_hours(365 * 24);
 /// `localhost`, 127.0.0.1 and `listen_ip`.
 pub fn ensure(dir: &Path, listen_ip: IpAddr) -> anyhow::Result<()> {
     if dir.join("ca.pem").exists() {
-        for file in ["collector.pem", "agent.pem", "operator.pem"] {
+        if !dir.join("witness.pem").exists() && dir.join("collector.pem").exists() {
+            // A local PKI made before collectors had a witness key.
+            let ca =
+                Ca::load(dir).with_context(|| format!("loading the CA in {}", dir.display()))?;
+            write(
+                dir,
+                "witness",
+                &ca.issue_witness("local", Validity::from_now(YEAR))?,
+            )?;
+        }
+        for file in ["collector.pem", "witness.pem", "agent.pem", "operator.pem"] {
             anyhow::ensure!(
                 dir.join(file).exists(),
                 "{} holds a CA but no {file}: move it away to start afresh",
@@ -33,6 +44,7 @@ pub fn ensure(dir: &Path, listen_ip: IpAddr) -> anyhow::Result<()> {
         "collector",
         &ca.issue_collector("local", &["localhost".into()], &ips, validity())?,
     )?;
+    write(dir, "witness", &ca.issue_witness("local", validity())?)?;
     write(dir, "agent", &ca.issue_agent(&pki::host_id(), validity())?)?;
     write(
         dir,
@@ -40,8 +52,8 @@ pub fn ensure(dir: &Path, listen_ip: IpAddr) -> anyhow::Result<()> {
         &ca.issue_operator("admin", Role::Admin, validity())?,
     )?;
     eprintln!(
-        "main job: made a local PKI in {} (a CA; the collector's, this host's agent's and \
-         the local operator's certificates)",
+        "main job: made a local PKI in {} (a CA; the collector's, its witness key's, this \
+         host's agent's and the local operator's certificates)",
         dir.display()
     );
     Ok(())

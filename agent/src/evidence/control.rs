@@ -34,14 +34,10 @@ impl Control {
     /// acknowledged head, when that head is the last record sent.
     pub fn receive(&self, message: CollectorMessage, ledger: &Ledger) -> Option<Checkpoint> {
         match message.msg? {
+            // TODO(issue 11): signed checkpoints.
             Msg::Ack(ack) => {
-                let head_hash = ledger.acked(ack.chain_id.clone(), ack.seq, &self.trims)?;
-                Some(Checkpoint {
-                    chain_id: ack.chain_id,
-                    size: ack.seq + 1,
-                    head_hash,
-                    time_unix_nano: WallClock::now().unix_now(),
-                })
+                ledger.acked(ack.chain_id, ack.seq, &self.trims);
+                None
             }
             Msg::Grants(view) => {
                 self.views.send_replace(Some(view));

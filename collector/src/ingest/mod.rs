@@ -228,7 +228,11 @@ async fn acknowledge(
                 .wait()
                 .await
                 .map(|seq| CollectorMessage {
-                    msg: Some(collector_message::Msg::Ack(Ack { chain_id, seq })),
+                    msg: Some(collector_message::Msg::Ack(Ack {
+                        chain_id,
+                        seq,
+                        checkpoint: None,
+                    })),
                 })
                 .map_err(Status::from),
             Step::Checkpoint(pending) => match pending.wait().await {
@@ -257,8 +261,7 @@ async fn step(
 ) -> Result<Step, Status> {
     let chain_id = match &msg {
         Msg::Batch(b) => Some(&b.chain_id),
-        Msg::Checkpoint(c) => Some(&c.chain_id),
-        Msg::Hello(_) => None,
+        Msg::Checkpoint(_) | Msg::Hello(_) => None,
     };
     if let Some(chain_id) = chain_id {
         speaker.may_ship_chain(chain_id).await?;
@@ -277,16 +280,10 @@ async fn step_checked(writer: &WriterHandle, host: &str, msg: Msg) -> Result<Ste
                 .map_err(|e| IngestError::Internal(format!("batch check failed: {e}")))??;
             Ok(Step::Ack(chain_id, writer.append(batch).await?))
         }
-        Msg::Checkpoint(c) => {
-            let request = CheckpointRequest {
-                host: host.to_owned(),
-                chain_id: c.chain_id,
-                size: c.size,
-                head_hash: c.head_hash,
-                time_unix_nano: c.time_unix_nano,
-            };
-            Ok(Step::Checkpoint(writer.checkpoint(request).await?))
-        }
+        // TODO(issue 11): the witness.
+        Msg::Checkpoint(_) => Err(IngestError::Invalid(
+            "signed checkpoints are not taken yet".into(),
+        )),
     }
 }
 
@@ -373,6 +370,9 @@ async fn welcome(store: &Arc<dyn Store>, hello: &Hello) -> Result<CollectorMessa
         })
         .collect();
     Ok(CollectorMessage {
-        msg: Some(collector_message::Msg::Welcome(Welcome { heads })),
+        msg: Some(collector_message::Msg::Welcome(Welcome {
+            heads,
+            log: None,
+        })),
     })
 }

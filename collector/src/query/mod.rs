@@ -9,8 +9,9 @@ use std::{fmt::Write as _, sync::Arc};
 
 use pki::Role;
 use proto::v1::{
-    Filter, ReplayRequest, SearchRequest, SearchResponse, SessionsRequest, SessionsResponse,
-    StoredEvent, TailRequest, VerifyRequest, VerifyResponse, query_server::Query,
+    EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, Filter, ReplayRequest,
+    SearchRequest, SearchResponse, SessionsRequest, SessionsResponse, StoredEvent, TailRequest,
+    VerifyRequest, VerifyResponse, query_server::Query,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -297,6 +298,30 @@ impl Query for QueryService {
         for c in chains.iter().filter(|c| !c.ok) {
             tracing::error!(host = %c.host, chain = %c.chain_id, first_bad_seq = ?c.first_bad_seq, reason = %c.reason, "stored chain fails verification");
         }
-        Ok(Response::new(VerifyResponse { chains }))
+        let ok = chains.iter().all(|c| c.ok);
+        Ok(Response::new(VerifyResponse {
+            chains,
+            logs: Vec::new(),
+            findings: Vec::new(),
+            ok,
+        }))
+    }
+
+    // TODO(issue 11)
+    type EvidenceStream = ReceiverStream<Result<EvidenceItem, Status>>;
+    type ExportStream = ReceiverStream<Result<ExportChunk, Status>>;
+
+    async fn evidence(
+        &self,
+        _request: Request<EvidenceRequest>,
+    ) -> Result<Response<Self::EvidenceStream>, Status> {
+        Err(Status::unimplemented("issue 11"))
+    }
+
+    async fn export(
+        &self,
+        _request: Request<ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        Err(Status::unimplemented("issue 11"))
     }
 }
