@@ -32,11 +32,17 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A binary of the workspace: the path in `var`, else the debug build of `name`.
+/// A binary of the workspace: the path in `var`, else the debug build of `name` (in
+/// `CARGO_TARGET_DIR` when that is set, as cargo builds there).
 #[must_use]
 pub fn binary(var: &str, name: &str) -> PathBuf {
     let path = std::env::var_os(var).map_or_else(
-        || workspace_root().join("target/debug").join(name),
+        || {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+                .join("debug")
+                .join(name)
+        },
         PathBuf::from,
     );
     assert!(
