@@ -5,6 +5,10 @@ use std::path::PathBuf;
 use agent_common::exec::{ARGV_CAP, ARGV_DEFAULT};
 use clap::Parser;
 
+/// The settings file read unless `--config` names another (docs/deploy.md): TOML whose keys
+/// are these flags' long names.
+pub const CONFIG: &str = "/etc/recorder/agent.toml";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "agent",

@@ -6,6 +6,10 @@ use clap::Parser;
 
 /// Collector of the privileged-activity recorder: verifies and stores agents' chains, serves
 /// queries over them, and keeps the just-in-time grants agents enforce.
+/// The settings file read unless `--config` names another (docs/deploy.md): TOML whose keys
+/// are these flags' long names.
+pub const CONFIG: &str = "/etc/recorder/collector.toml";
+
 #[derive(Debug, Parser)]
 #[command(version)]
 pub struct Cli {

@@ -1,13 +1,14 @@
 use std::io::IsTerminal as _;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use collector::{Transport, cli::Cli};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let Some(cli) = settings::daemon::<Cli>(std::path::Path::new(collector::cli::CONFIG))? else {
+        return Ok(());
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in a journal or a test's log.

@@ -19,6 +19,15 @@ pub fn binary() -> PathBuf {
     crate::binary("RECORDER_AGENT_BIN", "agent")
 }
 
+/// A command running the agent with no settings file: a test's flags are all its settings,
+/// whatever the machine's /etc/recorder holds.
+#[must_use]
+pub fn command() -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.args(["--config", "/dev/null"]);
+    cmd
+}
+
 /// Agent flags for a ring buffer too small, and drained too rarely, to keep up with a
 /// flood: for tests that need the kernel to lose records.
 pub const LOSSY: [&str; 6] = [
@@ -97,7 +106,7 @@ impl Agent {
             Sink::Collect | Sink::DevNull | Sink::Stalled => Some("--stdout"),
         };
         let notify = Notify::new();
-        let mut cmd = Command::new(binary());
+        let mut cmd = command();
         notify.pass_to(&mut cmd);
         let mut child = cmd
             .args(sink_flag)

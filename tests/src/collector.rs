@@ -36,6 +36,15 @@ pub fn binary() -> PathBuf {
     crate::binary("RECORDER_COLLECTOR_BIN", "collector")
 }
 
+/// A command running the collector with no settings file: a test's flags are all its settings,
+/// whatever the machine's /etc/recorder holds.
+#[must_use]
+pub fn command() -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.args(["--config", "/dev/null"]);
+    cmd
+}
+
 /// A fresh directory under the system temp dir, for one test's store files; removed when
 /// the test passes.
 #[must_use]
@@ -77,7 +86,7 @@ impl Collector {
     #[must_use]
     pub fn start_with(store: &Path, addr: SocketAddr, extra: &[&str]) -> Self {
         let notify = Notify::new();
-        let mut cmd = Command::new(binary());
+        let mut cmd = command();
         notify.pass_to(&mut cmd);
         let pki = (!extra.contains(&"--insecure-plaintext")).then(|| pki_of_store(store));
         if let Some(pki) = &pki {
@@ -216,7 +225,7 @@ pub fn run_to_exit(store: &Path) -> Output {
 /// 30 s).
 #[must_use]
 pub fn run_to_exit_with(store: &Path, extra: &[&str]) -> Output {
-    let mut child = Command::new(binary())
+    let mut child = command()
         .args(["--listen", "127.0.0.1:0", "--store"])
         .arg(format!("sqlite://{}", store.display()))
         .arg("--pki-dir")

@@ -582,7 +582,7 @@ fn an_enrolled_agent_ships_and_a_forged_hello_changes_nothing() {
     let _ = operator::stored_exec(&url, &identity, &before, Duration::from_secs(30));
 
     // The token is spent: a second host cannot use it.
-    let mut again = Command::new(tests::agent::binary());
+    let mut again = tests::agent::command();
     again
         .args([
             "--spool",
