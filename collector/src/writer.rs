@@ -143,6 +143,10 @@ impl WriterHandle {
         Ok(Pending(rx))
     }
 
+    #[expect(
+        dead_code,
+        reason = "TODO(issue 11): the witness takes checkpoints again"
+    )]
     pub async fn checkpoint(&self, checkpoint: CheckpointRequest) -> Result<Pending, IngestError> {
         let (reply, rx) = oneshot::channel();
         self.tx

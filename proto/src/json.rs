@@ -363,7 +363,10 @@ impl<'a> Line<'a> {
 }
 
 impl<'a> BodyLine<'a> {
-    #[expect(clippy::too_many_lines, reason = "one arm per event body, each a plain mapping")]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one arm per event body, each a plain mapping"
+    )]
     fn new(body: Option<&'a Body>) -> Self {
         match body {
             Some(Body::Exec(x)) => Self::Exec {

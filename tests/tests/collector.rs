@@ -8,9 +8,9 @@ use prost::Message as _;
 use proto::{
     chain::chain_hash,
     v1::{
-        ChainedEvent, Checkpoint, Event, EventBatch, Exec, Filter, Identity, Process,
-        ReplayRequest, SearchRequest, SessionRoot, SessionsRequest, StoredEvent, TailRequest, Tty,
-        event::Body, identity::Kind,
+        ChainedEvent, Event, EventBatch, Exec, Filter, Identity, Process, ReplayRequest,
+        SearchRequest, SessionRoot, SessionsRequest, StoredEvent, TailRequest, Tty, event::Body,
+        identity::Kind,
     },
 };
 use tests::collector::{Collector, run_to_exit, scratch_dir};

@@ -5,7 +5,7 @@
 //! real TLS, real agents; the agent parts need root (under `CI=true` a run without root
 //! fails instead of skipping).
 
-use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command, time::Duration};
+use std::{os::unix::fs::PermissionsExt as _, path::Path, time::Duration};
 
 use pki::{AgentKey, Role, Validity};
 use proto::v1::{
@@ -240,40 +240,7 @@ async fn operators_may_do_what_their_role_allows_and_every_read_is_recorded() {
     );
     let (ok, _, why) = run(&ann, &["search", "--kind", "exec", "--identity", "nobody"]);
     assert!(ok, "{why}");
-    // Every other read an auditor may make; a replay of a session that does not exist is
-    // still a read of the evidence, and recorded before it fails.
-    for read in [
-        &["sessions"][..],
-        &["replay", "h:1:2:3", "--speed", "0"],
-        &["verify"],
-        &["review"],
-        &["grant", "list"],
-    ] {
-        let (ok, _, why) = run(&ann, read);
-        assert!(ok || read[0] == "replay", "{read:?}: {why}");
-    }
-    let tail = operator::Tail::start(&url, &["--since", "1m"]);
-    let access = wait_for_access(&url, "test-admin", "Tail");
-    drop(tail);
-    let mut read_by_ann: Vec<&str> = access
-        .iter()
-        .filter(|v| v["access"]["actor"] == "ann")
-        .map(|v| v["access"]["method"].as_str().unwrap())
-        .collect();
-    read_by_ann.sort_unstable();
-    read_by_ann.dedup();
-    assert_eq!(
-        read_by_ann,
-        [
-            "ListGrants",
-            "Replay",
-            "Review",
-            "Search",
-            "Sessions",
-            "Verify"
-        ],
-        "each of ann's reads is recorded"
-    );
+    let access = every_read_is_recorded(&url, &ann);
     let by_ann = access
         .iter()
         .find(|v| v["access"]["actor"] == "ann" && v["access"]["method"] == "Search")
@@ -313,6 +280,54 @@ async fn operators_may_do_what_their_role_allows_and_every_read_is_recorded() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+}
+
+/// Runs every other read an auditor may make as `auditor` (whose search ran before), and a
+/// tail as the harness's admin; checks each is an `access` event naming its reader, and
+/// returns the access events stored.
+fn every_read_is_recorded(url: &str, auditor: &Path) -> Vec<Value> {
+    let run = |args: &[&str]| {
+        let out = operator::run_as(url, auditor, args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Every other read an auditor may make; a replay of a session that does not exist is
+    // still a read of the evidence, and recorded before it fails.
+    for read in [
+        &["sessions"][..],
+        &["replay", "h:1:2:3", "--speed", "0"],
+        &["verify"],
+        &["review"],
+        &["grant", "list"],
+    ] {
+        let (ok, why) = run(read);
+        assert!(ok || read[0] == "replay", "{read:?}: {why}");
+    }
+    let tail = operator::Tail::start(url, &["--since", "1m"]);
+    let access = wait_for_access(url, "test-admin", "Tail");
+    drop(tail);
+    let mut read_by_ann: Vec<&str> = access
+        .iter()
+        .filter(|v| v["access"]["actor"] == "ann")
+        .map(|v| v["access"]["method"].as_str().unwrap())
+        .collect();
+    read_by_ann.sort_unstable();
+    read_by_ann.dedup();
+    assert_eq!(
+        read_by_ann,
+        [
+            "ListGrants",
+            "Replay",
+            "Review",
+            "Search",
+            "Sessions",
+            "Verify"
+        ],
+        "each of ann's reads is recorded"
+    );
+    access
 }
 
 /// The access events stored so far, once one shows `actor` calling `method`.

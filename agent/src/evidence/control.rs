@@ -11,8 +11,6 @@ use std::{
 use proto::v1::{Checkpoint, CollectorMessage, GrantView, collector_message::Msg};
 use tokio::sync::{mpsc, watch};
 
-use crate::clock::WallClock;
-
 /// A sealed spool segment the collector holds entirely.
 #[derive(Debug)]
 pub struct Trim {

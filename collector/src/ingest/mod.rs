@@ -20,7 +20,7 @@ use crate::{
     error::IngestError,
     grants::views::Views,
     store::{Store, blocking},
-    writer::{CheckpointRequest, Pending, WriterHandle},
+    writer::{Pending, WriterHandle},
 };
 
 /// The largest message a stream may send; a larger one ends the stream with tonic's
@@ -117,6 +117,10 @@ type Reply = Result<CollectorMessage, Status>;
 /// What the stream owes the agent, in the order its messages came.
 enum Step {
     Ack(String, Pending),
+    #[expect(
+        dead_code,
+        reason = "TODO(issue 11): the witness answers checkpoints again"
+    )]
     Checkpoint(Pending),
     Fail(Status),
 }
