@@ -48,9 +48,8 @@ pub enum Command {
         /// Start this far back in stored history (for example 10m, 2h) before following.
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<Duration>,
-        /// One JSON object per line instead of readable text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Stored events in a time window, oldest first.
     Search(Search),
@@ -303,8 +302,39 @@ pub struct Search {
     /// Continue where an earlier search with the same filters stopped.
     #[arg(long)]
     pub page_token: Option<String>,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// How `tail` and `search` print each event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A line of text for people: time host identity session kind detail.
+    #[default]
+    Text,
+    /// One JSON object per event, in the schema of docs/events.md.
+    Json,
+    /// One OCSF 1.8.0 event per line, for SIEMs (docs/siem.md); a kill of several processes
+    /// is one line per process.
+    Ocsf,
+}
+
+/// `--format`, with `--json`, which scripts written before it use, as its alias.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct Output {
+    /// How each event is printed.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    /// The same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+}
+
+impl Output {
+    #[must_use]
+    pub fn format(self) -> Format {
+        if self.json { Format::Json } else { self.format }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,12 +1,13 @@
 //! The operators' client of the collector: `tail`, `search`, `sessions`, `replay` and
 //! `verify` over its Query service (`query`, `replay`), `grant` and `review` over its
-//! Grants service (`grant`), as readable text or JSON lines (`render`). `cargo xtask` runs
-//! it.
+//! Grants service (`grant`), as readable text or JSON lines (`render`), and events as OCSF
+//! for SIEMs (`ocsf`). `cargo xtask` runs it.
 
 mod admin;
 mod certs;
 pub mod cli;
 mod grant;
+mod ocsf;
 mod query;
 mod render;
 mod replay;
@@ -69,8 +70,8 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
         Command::Tail {
             filter,
             since,
-            json,
-        } => query::tail(&mut client, &filter, since, json, &mut out).await,
+            output,
+        } => query::tail(&mut client, &filter, since, output.format(), &mut out).await,
         Command::Search(search) => query::search(&mut client, search, &mut out).await,
         Command::Sessions { host, since, json } => {
             query::sessions(&mut client, host, since, json, &mut out).await

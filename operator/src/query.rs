@@ -13,18 +13,20 @@ use proto::{
 use tonic::transport::Channel;
 
 use crate::{
-    cli::{FilterArgs, Search},
-    render,
+    cli::{FilterArgs, Format, Search},
+    ocsf, render,
 };
 
 /// The most events one Search page carries.
 const PAGE_MAX: usize = 10_000;
 
-fn print(out: &mut impl io::Write, stored: &StoredEvent, json: bool) -> io::Result<()> {
-    if json {
-        writeln!(out, "{}", render::json(stored))
-    } else {
-        writeln!(out, "{}", render::line(stored))
+fn print(out: &mut impl io::Write, stored: &StoredEvent, format: Format) -> io::Result<()> {
+    match format {
+        Format::Text => writeln!(out, "{}", render::line(stored)),
+        Format::Json => writeln!(out, "{}", render::json(stored)),
+        Format::Ocsf => ocsf::lines(stored)
+            .iter()
+            .try_for_each(|line| writeln!(out, "{line}")),
     }
 }
 
@@ -32,7 +34,7 @@ pub async fn tail(
     client: &mut QueryClient<Channel>,
     filter: &FilterArgs,
     since: Option<Duration>,
-    json: bool,
+    format: Format,
     out: &mut impl io::Write,
 ) -> anyhow::Result<()> {
     let mut stream = client
@@ -43,7 +45,7 @@ pub async fn tail(
         .await?
         .into_inner();
     while let Some(stored) = stream.message().await? {
-        print(out, &stored, json)?;
+        print(out, &stored, format)?;
         out.flush()?;
     }
     bail!("the collector ended the tail");
@@ -60,6 +62,7 @@ pub async fn search(
     let limit = usize::try_from(search.limit).unwrap_or(usize::MAX);
     let mut shown = 0;
     let since = ago(search.since);
+    let format = search.output.format();
     loop {
         let want = (limit - shown).min(PAGE_MAX);
         let page = client
@@ -73,7 +76,7 @@ pub async fn search(
             .await?
             .into_inner();
         for stored in &page.events {
-            print(out, stored, search.json)?;
+            print(out, stored, format)?;
         }
         shown += page.events.len();
         if page.next_page_token.is_empty() || page.events.is_empty() {

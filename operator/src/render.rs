@@ -64,8 +64,8 @@ fn printable(data: &[u8]) -> String {
     }
 }
 
-/// What happened, in a few words.
-fn detail(event: &Event) -> String {
+/// What happened, in a few words, control characters escaped.
+pub(crate) fn detail(event: &Event) -> String {
     match &event.body {
         Some(Body::Exec(x)) => {
             let mut s = command_line(&x.argv);

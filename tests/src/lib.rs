@@ -10,6 +10,7 @@ pub mod collector;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 pub mod notify;
+pub mod ocsf;
 pub mod operator;
 pub mod pki;
 pub mod pty;

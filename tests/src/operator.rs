@@ -112,17 +112,28 @@ pub fn stored_exec(url: &str, identity: &str, arg: &str, within: Duration) -> Va
     }
 }
 
-/// A running `tail --json`, its lines arriving on `lines`.
+/// A running `tail` printing JSON lines, its lines arriving on `lines`.
 pub struct Tail {
     child: Child,
     pub lines: Receiver<Value>,
 }
 
 impl Tail {
+    /// `tail --json ARGS`.
     #[must_use]
     pub fn start(url: &str, args: &[&str]) -> Self {
+        Self::spawn(url, &["tail", "--json"], args)
+    }
+
+    /// `tail --format FORMAT ARGS`, for a format of JSON lines (`json`, `ocsf`).
+    #[must_use]
+    pub fn start_format(url: &str, format: &str, args: &[&str]) -> Self {
+        Self::spawn(url, &["tail", "--format", format], args)
+    }
+
+    fn spawn(url: &str, tail: &[&str], args: &[&str]) -> Self {
         let mut child = command(url, None)
-            .args(["tail", "--json"])
+            .args(tail)
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
