@@ -36,6 +36,7 @@ use crate::{
         control::Control,
         encode::Encode,
         link::{self, Link},
+        log::Receipts,
         ship::Shipper,
     },
     identity::attribute::Attribute,
@@ -134,7 +135,7 @@ pub fn spawn(
     };
     let outputs = Outputs {
         view: view_tx,
-        events: agent_events_tx,
+        events: agent_events_tx.clone(),
     };
     let (enforcer_done, enforcer_done_rx) = oneshot::channel();
     stages.spawn(
@@ -158,6 +159,8 @@ pub fn spawn(
                 control: Control {
                     views: views_tx,
                     trims: trims_tx,
+                    receipts: Arc::new(Receipts::open(evidence.dir())),
+                    events: agent_events_tx.clone(),
                 },
             };
             ship = Some(tokio::spawn(shipper.run().instrument(info_span!("ship"))));

@@ -145,6 +145,7 @@ impl Target {
                 let server = ca
                     .issue_collector("bench", &[], &[IpAddr::from([127, 0, 0, 1])], validity)
                     .unwrap();
+                let witness = ca.issue_witness("bench", validity).unwrap();
                 let client = |issued: pki::Issued| ClientIdentity {
                     ca_pem: ca.cert_pem().to_owned(),
                     cert_pem: issued.cert_pem,
@@ -156,6 +157,14 @@ impl Target {
                         cert_pem: server.cert_pem,
                         key_pem: server.key_pem,
                         ca: None,
+                        witness: std::sync::Arc::new(
+                            collector::witness::Witness::from_pem(
+                                ca.cert_pem(),
+                                &witness.cert_pem,
+                                &witness.key_pem,
+                            )
+                            .unwrap(),
+                        ),
                     },
                     format!("https://{addr}"),
                     Some(client(ca.issue_agent(HOST, validity).unwrap())),

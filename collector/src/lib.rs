@@ -18,6 +18,7 @@ pub mod policy;
 mod query;
 pub mod store;
 mod verify;
+pub mod witness;
 mod writer;
 
 #[cfg(test)]
@@ -54,6 +55,8 @@ pub enum Error {
     Serve(#[from] tonic::transport::Error),
     #[error("{0}")]
     Pki(#[from] pki::PkiError),
+    #[error("the witness key: {0}")]
+    Witness(#[from] witness::WitnessError),
 }
 
 /// Opens the store a `--store` URL names.
@@ -73,15 +76,17 @@ pub enum Transport {
         cert_pem: String,
         key_pem: String,
         ca: Option<Box<Ca>>,
+        /// Its key cosigns hosts' checkpoints.
+        witness: Arc<witness::Witness>,
     },
     /// No TLS, no identities: for a collector on loopback only, started so on purpose.
     InsecurePlaintext,
 }
 
 impl Transport {
-    /// The collector's PKI directory: `ca.pem`, `collector.pem`, `collector.key`, and
-    /// `ca.key` when it enrolls hosts.
-    pub fn from_dir(dir: &Path) -> Result<Self, pki::PkiError> {
+    /// The collector's PKI directory: `ca.pem`, `collector.pem`, `collector.key`,
+    /// `witness.pem` and `witness.key`, and `ca.key` when it enrolls hosts.
+    pub fn from_dir(dir: &Path) -> Result<Self, Error> {
         let read = |name: &str| {
             std::fs::read_to_string(dir.join(name)).map_err(|e| pki::PkiError::File {
                 path: dir.join(name).display().to_string(),
@@ -93,11 +98,14 @@ impl Transport {
         } else {
             None
         };
+        let ca_pem = read("ca.pem")?;
+        let witness = Arc::new(witness::Witness::load(dir, &ca_pem)?);
         Ok(Self::Tls {
-            ca_pem: read("ca.pem")?,
+            ca_pem,
             cert_pem: read("collector.pem")?,
             key_pem: read("collector.key")?,
             ca,
+            witness,
         })
     }
 }
@@ -116,9 +124,18 @@ pub async fn serve(
     policy: Policy,
     transport: Transport,
 ) -> Result<(), Error> {
+    let witness = match &transport {
+        Transport::Tls { witness, .. } => Some(Arc::clone(witness)),
+        Transport::InsecurePlaintext => None,
+    };
     let (live, _) = broadcast::channel(LIVE_BACKLOG);
     let (grants_changed, _) = watch::channel(());
-    let writer = writer::spawn(Arc::clone(&store), live.clone(), grants_changed.clone())?;
+    let writer = writer::spawn(
+        Arc::clone(&store),
+        witness.clone(),
+        live.clone(),
+        grants_changed.clone(),
+    )?;
     let gate = Gate::new(writer.clone());
     let revoked = Revoked::new(store.revoked_hosts()?.into_iter().map(|r| r.host));
     let require_approval = policy.require_approval;
@@ -129,6 +146,7 @@ pub async fn serve(
             cert_pem,
             key_pem,
             ca,
+            ..
         } => {
             let (failures, failed) = mpsc::channel(FAILURES_QUEUE);
             tokio::spawn(record_failures(failed, gate.clone()));
@@ -150,6 +168,7 @@ pub async fn serve(
     };
     let ingest = IngestServer::new(IngestService::new(
         Arc::clone(&store),
+        witness.clone(),
         writer.clone(),
         views,
         gate.clone(),
@@ -164,7 +183,9 @@ pub async fn serve(
             gate.clone(),
             require_approval,
         )))
-        .add_service(QueryServer::new(QueryService::new(store, live, gate)))
+        .add_service(QueryServer::new(QueryService::new(
+            store, live, gate, witness,
+        )))
         .add_service(EnrollmentServer::new(EnrollmentService(hosts.clone())))
         .add_service(AdminServer::new(AdminService(hosts)))
         .serve_with_incoming(incoming)

@@ -12,7 +12,7 @@ use proto::{
 
 use crate::{
     ingest::check,
-    store::{Append, CheckpointRow, Commit, Store, sqlite::Sqlite},
+    store::{Append, Commit, Store, sqlite::Sqlite},
 };
 
 pub(crate) struct TestStore {
@@ -76,19 +76,15 @@ impl TestStore {
         hashes
     }
 
-    /// Stores an agent's checkpoint of `chain_id` at `size`.
+    /// Stores a checkpoint of `chain_id` at `size`, as collectors before host logs did.
     pub(crate) fn checkpoint(&self, chain_id: &str, size: u64, head_hash: [u8; 32]) {
-        self.store
-            .commit(&Commit {
-                checkpoints: vec![CheckpointRow {
-                    chain_id: chain_id.into(),
-                    size,
-                    head_hash: head_hash.to_vec(),
-                    time_unix_nano: 1,
-                    received_unix_nano: 1,
-                }],
-                ..Commit::default()
-            })
+        rusqlite::Connection::open(self.path())
+            .unwrap()
+            .execute(
+                "INSERT INTO checkpoints (chain, size, head_hash, time, received) \
+                 SELECT id, ?2, ?3, 1, 1 FROM chains WHERE chain_id = ?1",
+                rusqlite::params![chain_id, size, &head_hash[..]],
+            )
             .unwrap();
     }
 

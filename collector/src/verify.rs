@@ -1,33 +1,348 @@
-//! Chain verification (docs/chain.md) of what the store holds: continuity, every hash
-//! recomputed from the stored bytes, and the size against the recorded head and the last
-//! checkpoint. It sits above the `Store` trait and reads rows a page at a time, so every
-//! backend is checked by this one implementation and no backend can be lenient about its
-//! own tampering.
+//! Verification of what the store holds (docs/chain.md, docs/evidence.md): each chain's
+//! continuity, every hash recomputed from the stored bytes, and the size against the
+//! recorded head; every stored column against what the record's bytes say; the `grants`
+//! table against the chained grant changes; and each host's log: the host's signature and
+//! the collector's cosignature of every stored checkpoint, its root recomputed from the
+//! stored bytes, and the leaves stored against the size it attests. It sits above the
+//! `Store` trait and reads rows a page at a time, so every backend is checked by this one
+//! implementation and no backend can be lenient about its own tampering.
 
-use std::ops::ControlFlow;
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::ControlFlow,
+    time::{Duration, SystemTime},
+};
 
-use proto::{chain::GENESIS, chain::chain_hash, v1::ChainVerdict};
+use prost::Message as _;
+use proto::{
+    chain::GENESIS,
+    chain::chain_hash,
+    kind::Kind,
+    v1::{ChainVerdict, Event, Finding, Grant, LogVerdict, event::Body},
+};
+use tlog::CompactRange;
 
-use crate::store::{ChainRow, ChainState, Store, StoreError};
+use crate::{
+    ingest::check,
+    store::{COLLECTOR_CHAIN, ChainRow, ChainState, LogCheckpoint, Store, StoreError},
+    witness::Witness,
+};
 
-/// Records read at a time: bounds memory whatever a chain's length.
-const PAGE: usize = 10_000;
+/// Everything verify found.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    pub chains: Vec<ChainVerdict>,
+    pub logs: Vec<LogVerdict>,
+    pub findings: Vec<Finding>,
+}
 
-/// The verdict on each chain of `host` (empty: all), or on the one chain `chain_id`, in the
-/// order the chains were first stored.
-pub(crate) fn verify(
+impl Report {
+    pub(crate) fn ok(&self) -> bool {
+        self.chains.iter().all(|c| c.ok)
+            && self.logs.iter().all(|l| l.ok)
+            && self.findings.is_empty()
+    }
+}
+
+/// Checks the chains of `host` (empty: all), or the one chain `chain_id`, the columns of
+/// their records, and, with a witness, the logs of those hosts. The `grants` table is
+/// checked whenever the collector's chain is.
+pub(crate) fn verify_all(
     store: &dyn Store,
+    witness: Option<&Witness>,
     host: &str,
     chain_id: &str,
-) -> Result<Vec<ChainVerdict>, StoreError> {
-    store
-        .chains()?
+) -> Result<Report, StoreError> {
+    let mut report = Report::default();
+    let chains = store.chains()?;
+    let mut grants = Grants::default();
+    for chain in chains
         .iter()
         .filter(|c| host.is_empty() || c.host == host)
         .filter(|c| chain_id.is_empty() || c.chain_id == chain_id)
-        .map(|c| verify_chain(store, c, PAGE))
-        .collect()
+    {
+        let collector = chain.chain_id == COLLECTOR_CHAIN;
+        let mut derive = |row: &ChainRow<'_>| {
+            if collector {
+                grants.replay(row, &mut report.findings);
+            } else {
+                check_columns(&chain.host, &chain.chain_id, row, &mut report.findings);
+            }
+        };
+        report
+            .chains
+            .push(verify_chain(store, chain, PAGE, &mut derive)?);
+        if collector {
+            grants.compare(store, &mut report.findings)?;
+        }
+    }
+    if let (Some(witness), true) = (witness, chain_id.is_empty()) {
+        let mut hosts: Vec<String> = store.logs()?.into_iter().map(|l| l.host).collect();
+        hosts.extend(store.checkpointed_hosts()?);
+        hosts.sort();
+        hosts.dedup();
+        for h in hosts.iter().filter(|h| host.is_empty() || **h == host) {
+            report
+                .logs
+                .push(verify_log(store, witness, h, &mut report.findings)?);
+        }
+    }
+    Ok(report)
 }
+
+/// A stored column that differs from what the record's bytes say.
+fn check_columns(host: &str, chain_id: &str, row: &ChainRow<'_>, findings: &mut Vec<Finding>) {
+    let hash = row.hash.try_into().unwrap_or([0; 32]);
+    let subject = format!("chain {chain_id} seq {}", row.seq);
+    let derived = match check::record(host, row.seq, row.event.to_vec(), hash) {
+        Ok(derived) => derived,
+        Err(e) => {
+            findings.push(Finding {
+                subject,
+                reason: format!("its bytes are not a record an agent may send: {e}"),
+            });
+            return;
+        }
+    };
+    let derived = derived.columns();
+    if derived != row.columns {
+        findings.push(Finding {
+            subject,
+            reason: format!(
+                "its stored columns differ from what its bytes say: stored {:?}, derived {:?}",
+                row.columns, derived
+            ),
+        });
+    }
+}
+
+/// The grants as the collector's chained grant changes leave them.
+#[derive(Default)]
+struct Grants {
+    replayed: BTreeMap<String, Grant>,
+}
+
+impl Grants {
+    fn replay(&mut self, row: &ChainRow<'_>, findings: &mut Vec<Finding>) {
+        let Ok(event) = Event::decode(row.event) else {
+            findings.push(Finding {
+                subject: format!("chain {COLLECTOR_CHAIN} seq {}", row.seq),
+                reason: "its bytes are not a recorder.v1.Event".into(),
+            });
+            return;
+        };
+        let kind = Kind::of(&event).map_or("", Kind::name);
+        if kind != row.columns.kind {
+            findings.push(Finding {
+                subject: format!("chain {COLLECTOR_CHAIN} seq {}", row.seq),
+                reason: format!(
+                    "its stored kind is {:?}, its bytes say {kind:?}",
+                    row.columns.kind
+                ),
+            });
+        }
+        if let Some(Body::GrantChange(change)) = event.body
+            && let Some(grant) = change.grant
+        {
+            self.replayed.insert(grant.id.clone(), grant);
+        }
+    }
+
+    /// The `grants` table must be exactly what the changes give.
+    fn compare(&self, store: &dyn Store, findings: &mut Vec<Finding>) -> Result<(), StoreError> {
+        let stored: BTreeMap<String, Grant> = store
+            .grants(0)?
+            .into_iter()
+            .map(|g| (g.id.clone(), g))
+            .collect();
+        for (id, grant) in &stored {
+            if self.replayed.get(id) != Some(grant) {
+                findings.push(Finding {
+                    subject: format!("grant {id}"),
+                    reason: "the grants table differs from its chained grant changes".into(),
+                });
+            }
+        }
+        for id in self.replayed.keys().filter(|id| !stored.contains_key(*id)) {
+            findings.push(Finding {
+                subject: format!("grant {id}"),
+                reason: "chained grant changes make it, but the grants table lacks it".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A stored checkpoint's host signature (by the key of a host certificate of the CA, valid
+/// when it was cosigned) and the collector's cosignature: its size and root.
+fn check_checkpoint(
+    witness: &Witness,
+    host: &str,
+    checkpoint: &LogCheckpoint,
+) -> Result<(u64, tlog::Hash), String> {
+    let info = pki::verify_cert(&witness.ca_pem, &checkpoint.cert_pem, None)
+        .map_err(|e| format!("its host certificate: {e}"))?;
+    if info.peer
+        != (pki::Peer::Agent {
+            host: host.to_owned(),
+        })
+    {
+        return Err(format!("signed by {}, not by host {host}", info.peer));
+    }
+    let signed = witness.open(host, &info, &checkpoint.note)?;
+    let time = witness
+        .cosigner
+        .verifier()
+        .verify_in_note(&signed.note, &signed.checkpoint)
+        .map_err(|e| format!("the collector's cosignature: {e}"))?;
+    pki::verify_cert(
+        &witness.ca_pem,
+        &checkpoint.cert_pem,
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(time)),
+    )
+    .map_err(|e| format!("its host certificate: {e}"))?;
+    Ok((signed.checkpoint.size(), *signed.checkpoint.root()))
+}
+
+/// Host `host`'s log: every stored checkpoint's signatures, its root against the leaves
+/// recomputed from the stored bytes, and the leaves stored against the size attested.
+fn verify_log(
+    store: &dyn Store,
+    witness: &Witness,
+    host: &str,
+    findings: &mut Vec<Finding>,
+) -> Result<LogVerdict, StoreError> {
+    let mut verdict = LogVerdict {
+        origin: witness.origin(host),
+        host: host.to_owned(),
+        ..LogVerdict::default()
+    };
+    let mut failures = Vec::new();
+    // Root by size, from the checkpoints whose signatures hold.
+    let mut roots: BTreeMap<u64, tlog::Hash> = BTreeMap::new();
+    for checkpoint in store.log_checkpoints(host)? {
+        verdict.checkpoints += 1;
+        match check_checkpoint(witness, host, &checkpoint) {
+            Ok((size, root)) => {
+                if (size, root) != (checkpoint.size, checkpoint.root) {
+                    findings.push(Finding {
+                        subject: format!("host {host} checkpoint of size {}", checkpoint.size),
+                        reason: format!(
+                            "its size and root columns differ from its signed note (size {size})"
+                        ),
+                    });
+                }
+                if roots.insert(size, root).is_some_and(|other| other != root) {
+                    failures.push(format!("two signed roots for size {size}"));
+                }
+                verdict.attested_size = verdict.attested_size.max(size);
+            }
+            Err(why) => failures.push(format!("the checkpoint of size {}: {why}", checkpoint.size)),
+        }
+    }
+    let walk = walk_leaves(store, host, &roots)?;
+    verdict.leaves = walk.range.size();
+    failures.extend(walk.failure);
+    if walk.range.size() < verdict.attested_size {
+        failures.push(format!(
+            "stored {}, attested {}: leaves are missing from the log's tail",
+            walk.range.size(),
+            verdict.attested_size
+        ));
+    }
+    if let Some(row) = store.log(host)?
+        && (row.size != walk.range.size() || row.frontier != walk.range.to_bytes())
+    {
+        findings.push(Finding {
+            subject: format!("host {host} log"),
+            reason: format!(
+                "the logs table says {} leaves with another tree; the stored records give {}",
+                row.size,
+                walk.range.size()
+            ),
+        });
+    }
+    verdict.ok = failures.is_empty();
+    verdict.reason = failures.join("; ");
+    Ok(verdict)
+}
+
+/// The leaves of a log, recomputed from the stored bytes.
+struct LeafWalk {
+    range: CompactRange,
+    failure: Option<String>,
+}
+
+fn walk_leaves(
+    store: &dyn Store,
+    host: &str,
+    roots: &BTreeMap<u64, tlog::Hash>,
+) -> Result<LeafWalk, StoreError> {
+    let mut walk = LeafWalk {
+        range: CompactRange::new(),
+        failure: None,
+    };
+    if roots.get(&0).is_some_and(|r| *r != tlog::EMPTY_ROOT) {
+        walk.failure = Some("the checkpoint of size 0 does not have the empty root".into());
+    }
+    // Each chain's last record in the log so far, recomputed: the next one links to it.
+    let mut heads: HashMap<String, (u64, [u8; 32])> = HashMap::new();
+    let mut lookups = Vec::new();
+    loop {
+        let before = walk.range.size();
+        store.log_leaves(host, before, PAGE, &mut |leaf| {
+            if leaf.log_index != walk.range.size() {
+                walk.failure = Some(format!(
+                    "leaf {} is missing (the next stored is {})",
+                    walk.range.size(),
+                    leaf.log_index
+                ));
+                return ControlFlow::Break(());
+            }
+            let prev = match heads.get(leaf.chain_id) {
+                Some((seq, hash)) if seq + 1 == leaf.seq => *hash,
+                _ if leaf.seq == 0 => GENESIS,
+                // The record before it predates the log: its stored hash, looked up below.
+                _ => {
+                    lookups.push((leaf.chain_id.to_owned(), leaf.seq));
+                    return ControlFlow::Break(());
+                }
+            };
+            let hash = chain_hash(leaf.chain_id, leaf.seq, &prev, leaf.event);
+            heads.insert(leaf.chain_id.to_owned(), (leaf.seq, hash));
+            let _ = walk.range.append(tlog::leaf_hash(&hash));
+            if let Some(root) = roots.get(&walk.range.size())
+                && *root != walk.range.root()
+            {
+                walk.failure = Some(format!(
+                    "the stored records do not give the signed root of size {}: a record among the first {} was changed",
+                    walk.range.size(),
+                    walk.range.size()
+                ));
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        })?;
+        if walk.failure.is_some() {
+            break;
+        }
+        if let Some((chain, seq)) = lookups.pop() {
+            let prev = store
+                .hash_at(&chain, seq - 1)?
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .unwrap_or(GENESIS);
+            heads.insert(chain, (seq - 1, prev));
+            continue;
+        }
+        if walk.range.size() == before {
+            break;
+        }
+    }
+    Ok(walk)
+}
+
+/// Records read at a time: bounds memory whatever a chain's length.
+const PAGE: usize = 10_000;
 
 /// Where a walk along a chain's stored records stands.
 struct Walk<'a> {
@@ -45,7 +360,11 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    fn step(&mut self, record: ChainRow<'_>) -> ControlFlow<()> {
+    fn step(
+        &mut self,
+        record: ChainRow<'_>,
+        derive: &mut dyn FnMut(&ChainRow<'_>),
+    ) -> ControlFlow<()> {
         if let Some((seq, row)) = self.bad {
             self.failure = Some(self.bad_hash(seq, row, Some(record.row)));
             return ControlFlow::Break(());
@@ -60,6 +379,7 @@ impl Walk<'_> {
         }
         let hash = chain_hash(self.chain_id, record.seq, &self.prev, record.event);
         if hash[..] == *record.hash {
+            derive(&record);
             self.prev = hash;
             self.prev_row = record.row;
             self.expected += 1;
@@ -85,10 +405,12 @@ impl Walk<'_> {
     }
 }
 
+/// The verdict on one chain; `derive` is shown each record whose hash verifies.
 fn verify_chain(
     store: &dyn Store,
     chain: &ChainState,
     page: usize,
+    derive: &mut dyn FnMut(&ChainRow<'_>),
 ) -> Result<ChainVerdict, StoreError> {
     let checkpoint = store.last_checkpoint(&chain.chain_id)?;
     let expected_size = chain.next_seq.max(checkpoint.unwrap_or(0));
@@ -114,7 +436,7 @@ fn verify_chain(
         let mut read = 0;
         store.chain_rows(&chain.chain_id, from, page, &mut |record| {
             read += 1;
-            walk.step(record)
+            walk.step(record, derive)
         })?;
         if walk.failure.is_some() || read < page {
             break;
@@ -184,7 +506,7 @@ mod tests {
     fn verdict(store: &TestStore, page: usize) -> ChainVerdict {
         let chains = store.store.chains().unwrap();
         let chain = chains.iter().find(|c| c.chain_id == CHAIN).unwrap();
-        verify_chain(&store.store, chain, page).unwrap()
+        verify_chain(&store.store, chain, page, &mut |_| {}).unwrap()
     }
 
     const ROWS: &str = "(SELECT id FROM chains WHERE chain_id = 'h:boot:1')";
@@ -197,9 +519,14 @@ mod tests {
             assert!(v.ok, "{page}: {v:?}");
             assert_eq!((v.records, v.expected_size), (10, 10), "{page}");
         }
-        let all = verify(&store.store, "h", "").unwrap();
+        let all = verify_all(&store.store, None, "h", "").unwrap().chains;
         assert_eq!(all.len(), 1);
-        assert!(verify(&store.store, "other-host", "").unwrap().is_empty());
+        assert!(
+            verify_all(&store.store, None, "other-host", "")
+                .unwrap()
+                .chains
+                .is_empty()
+        );
     }
 
     #[test]

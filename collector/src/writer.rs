@@ -21,12 +21,16 @@ use proto::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use proto::v1::CheckpointAck;
+use tlog::{CompactRange, Evidence, SignedCheckpoint, Verdict, WitnessState};
+
 use crate::{
     error::{AdminError, GrantError, IngestError},
     store::{
-        Append, COLLECTOR_CHAIN, ChainState, CheckpointRow, Commit, Conflict, Record, RevokedHost,
-        Store, StoreError, TokenRow,
+        Append, COLLECTOR_CHAIN, ChainState, Commit, Conflict, ForkRow, LogCheckpoint, LogRow,
+        Record, RevokedHost, Store, StoreError, TokenRow,
     },
+    witness::Witness,
 };
 
 /// Requests queued for the writer; senders wait when it is this far behind.
@@ -43,13 +47,60 @@ pub(crate) struct Batch {
     pub records: Vec<Record>,
 }
 
+/// A host's checkpoint, its signature checked against the key of the host's certificate.
 #[derive(Debug)]
 pub(crate) struct CheckpointRequest {
     pub host: String,
-    pub chain_id: String,
-    pub size: u64,
-    pub head_hash: Vec<u8>,
-    pub time_unix_nano: u64,
+    pub checkpoint: SignedCheckpoint,
+    /// The size the agent last heard cosigned.
+    pub old_size: u64,
+    /// The host's certificate (PEM), kept with what its key signed.
+    pub cert_pem: String,
+}
+
+/// A host's log as the writer keeps it: every leaf stored (as a compact range) and the last
+/// checkpoint cosigned.
+#[derive(Clone, Debug, Default)]
+struct HostLog {
+    range: CompactRange,
+    cosigned: Option<WitnessState>,
+    cosigned_note: String,
+}
+
+impl HostLog {
+    fn from_row(row: &LogRow) -> Result<Self, StoreError> {
+        let range = CompactRange::from_bytes(&row.frontier).map_err(|e| {
+            StoreError::Backend(std::sync::Arc::new(std::io::Error::other(format!(
+                "the stored log of host {} is damaged: {e}",
+                row.host
+            ))))
+        })?;
+        Ok(Self {
+            range,
+            cosigned: (row.cosigned_size > 0 || !row.cosigned_note.is_empty()).then_some(
+                WitnessState {
+                    size: row.cosigned_size,
+                    root: row.cosigned_root,
+                },
+            ),
+            cosigned_note: row.cosigned_note.clone(),
+        })
+    }
+
+    fn row(&self, host: &str) -> LogRow {
+        let cosigned = self.cosigned.unwrap_or(WitnessState {
+            size: 0,
+            root: tlog::EMPTY_ROOT,
+        });
+        LogRow {
+            host: host.to_owned(),
+            size: self.range.size(),
+            frontier: self.range.to_bytes(),
+            cosigned_size: cosigned.size,
+            cosigned_root: cosigned.root,
+            cosigned_note: self.cosigned_note.clone(),
+        }
+    }
 }
 
 /// Decides a grant change from the grant as it stands (`None`: no grant has the id) and the
@@ -72,12 +123,13 @@ pub(crate) struct AdminChange {
 }
 
 type Reply = oneshot::Sender<Result<u64, IngestError>>;
+type CheckpointReply = oneshot::Sender<Result<CheckpointAck, IngestError>>;
 type GrantReply = oneshot::Sender<Result<GrantChange, GrantError>>;
 type AdminReply = oneshot::Sender<Result<AdminAct, AdminError>>;
 
 enum Request {
     Batch(Batch, Reply),
-    Checkpoint(CheckpointRequest, Reply),
+    Checkpoint(Box<CheckpointRequest>, CheckpointReply),
     Grant {
         id: String,
         decide: Decide,
@@ -95,6 +147,7 @@ enum Request {
 /// An answer owed once the group it belongs to is committed (or has failed).
 enum Outcome {
     Seq(Reply, Result<u64, IngestError>),
+    Checkpoint(CheckpointReply, Result<CheckpointAck, IngestError>),
     Grant(GrantReply, Result<GrantChange, GrantError>),
     Admin(AdminReply, Result<AdminAct, AdminError>),
 }
@@ -104,6 +157,9 @@ impl Outcome {
     fn send(self, failure: Option<&StoreError>) {
         match self {
             Self::Seq(reply, result) => {
+                let _ = reply.send(failure.map_or(result, |f| Err(f.clone().into())));
+            }
+            Self::Checkpoint(reply, result) => {
                 let _ = reply.send(failure.map_or(result, |f| Err(f.clone().into())));
             }
             Self::Grant(reply, result) => {
@@ -132,6 +188,16 @@ impl Pending {
     }
 }
 
+/// A checkpoint in the writer's queue: resolves once the witness decided and, when it
+/// cosigned, once the cosigned note is durable.
+pub(crate) struct PendingCheckpoint(oneshot::Receiver<Result<CheckpointAck, IngestError>>);
+
+impl PendingCheckpoint {
+    pub async fn wait(self) -> Result<CheckpointAck, IngestError> {
+        self.0.await.map_err(|_| IngestError::Unavailable)?
+    }
+}
+
 impl WriterHandle {
     /// Queues a batch; waits only while the queue is full.
     pub async fn append(&self, batch: Batch) -> Result<Pending, IngestError> {
@@ -143,17 +209,18 @@ impl WriterHandle {
         Ok(Pending(rx))
     }
 
-    #[expect(
-        dead_code,
-        reason = "TODO(issue 11): the witness takes checkpoints again"
-    )]
-    pub async fn checkpoint(&self, checkpoint: CheckpointRequest) -> Result<Pending, IngestError> {
+    /// Queues a host's checkpoint for the witness's decision; waits only while the queue is
+    /// full.
+    pub async fn checkpoint(
+        &self,
+        checkpoint: CheckpointRequest,
+    ) -> Result<PendingCheckpoint, IngestError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Checkpoint(checkpoint, reply))
+            .send(Request::Checkpoint(Box::new(checkpoint), reply))
             .await
             .map_err(|_| IngestError::Unavailable)?;
-        Ok(Pending(rx))
+        Ok(PendingCheckpoint(rx))
     }
 
     /// Changes grant `id` as `decide` says, and waits until the grant and its `GrantChange`
@@ -207,6 +274,7 @@ impl WriterHandle {
 /// each commit; `grants_changed` is marked after each commit that changed a grant.
 pub(crate) fn spawn(
     store: Arc<dyn Store>,
+    witness: Option<Arc<Witness>>,
     live: broadcast::Sender<i64>,
     grants_changed: watch::Sender<()>,
 ) -> Result<WriterHandle, StoreError> {
@@ -215,10 +283,17 @@ pub(crate) fn spawn(
         .into_iter()
         .map(|c| (c.chain_id.clone(), c))
         .collect();
+    let logs = store
+        .logs()?
+        .iter()
+        .map(|row| Ok((row.host.clone(), HostLog::from_row(row)?)))
+        .collect::<Result<_, StoreError>>()?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let writer = Writer {
         store,
+        witness,
         heads,
+        logs,
         rx,
         live,
         grants_changed,
@@ -229,8 +304,12 @@ pub(crate) fn spawn(
 
 struct Writer {
     store: Arc<dyn Store>,
+    /// `None` without TLS: no checkpoint is cosigned.
+    witness: Option<Arc<Witness>>,
     /// Every chain's committed head.
     heads: HashMap<String, ChainState>,
+    /// Every host's committed log.
+    logs: HashMap<String, HostLog>,
     rx: mpsc::Receiver<Request>,
     live: broadcast::Sender<i64>,
     grants_changed: watch::Sender<()>,
@@ -242,6 +321,8 @@ struct Group {
     commit: Commit,
     /// Heads as they will be once `commit` is durable.
     heads: HashMap<String, ChainState>,
+    /// Hosts' logs as they will be once `commit` is durable.
+    logs: HashMap<String, HostLog>,
     replies: Vec<Outcome>,
     records: usize,
 }
@@ -308,7 +389,8 @@ impl Writer {
         tracing::debug!("writer stopped: every ingest stream has closed");
     }
 
-    fn flush(&mut self, group: Group) {
+    fn flush(&mut self, mut group: Group) {
+        group.commit.logs = group.logs.iter().map(|(h, l)| l.row(h)).collect();
         if group.commit.is_empty() {
             for outcome in group.replies {
                 outcome.send(None);
@@ -318,6 +400,7 @@ impl Writer {
         match self.store.commit(&group.commit) {
             Ok(last_row) => {
                 self.heads.extend(group.heads);
+                self.logs.extend(group.logs);
                 // Before the replies: once an operator's change returns, every agent stream
                 // has been told to send a fresh view.
                 if !group.commit.grants.is_empty() {
@@ -364,11 +447,18 @@ impl Writer {
                 group.replies.push(Outcome::Seq(reply, result));
             }
             Request::Checkpoint(checkpoint, reply) => {
-                if self.needs_commit(group, &checkpoint.chain_id, checkpoint.size) {
+                // A root below the log's size is read from the store, so it must hold every
+                // leaf this group adds first.
+                let size = checkpoint.checkpoint.checkpoint.size();
+                if group
+                    .logs
+                    .get(&checkpoint.host)
+                    .is_some_and(|l| size < l.range.size())
+                {
                     return Err(Later(Request::Checkpoint(checkpoint, reply)));
                 }
-                let result = self.checkpoint(group, checkpoint);
-                group.replies.push(Outcome::Seq(reply, result));
+                let result = self.checkpoint(group, *checkpoint);
+                group.replies.push(Outcome::Checkpoint(reply, result));
             }
             Request::Grant { id, decide, reply } => {
                 let result = self.change_grant(group, &id, decide);
@@ -433,7 +523,10 @@ impl Writer {
                 )));
             }
         }
-        let records: Vec<Record> = batch.records.drain(overlap..).collect();
+        let mut records: Vec<Record> = batch.records.drain(overlap..).collect();
+        if !records.is_empty() {
+            self.add_leaves(group, &batch.host, &mut records)?;
+        }
         if let Some(new_last) = records.last() {
             head.next_seq = new_last.seq + 1;
             head.head_hash = new_last.hash;
@@ -626,6 +719,7 @@ impl Writer {
                     tty_bytes: 0,
                     event,
                     hash,
+                    log_index: None,
                 }
             })
             .collect();
@@ -645,41 +739,174 @@ impl Writer {
         });
     }
 
-    fn checkpoint(&self, group: &mut Group, c: CheckpointRequest) -> Result<u64, IngestError> {
-        let head = self.head(group, &c.chain_id).ok_or_else(|| {
-            IngestError::Gap(format!("checkpoint of unknown chain {}", c.chain_id))
-        })?;
-        if head.host != c.host {
-            return Err(IngestError::Invalid(format!(
-                "chain {} belongs to host {:?}, not {:?}",
-                c.chain_id, head.host, c.host
-            )));
+    /// The host's log as committed, or as this group leaves it.
+    fn log(&self, group: &Group, host: &str) -> HostLog {
+        group
+            .logs
+            .get(host)
+            .or_else(|| self.logs.get(host))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Makes `records` the next leaves of `host`'s log, in order.
+    fn add_leaves(
+        &self,
+        group: &mut Group,
+        host: &str,
+        records: &mut [Record],
+    ) -> Result<(), IngestError> {
+        let mut log = self.log(group, host);
+        for r in records {
+            r.log_index = Some(log.range.size());
+            log.range
+                .append(tlog::leaf_hash(&r.hash))
+                .map_err(|e| IngestError::Invalid(format!("host {host}'s log: {e}")))?;
         }
-        if c.size > head.next_seq {
-            return Err(IngestError::Gap(format!(
-                "checkpoint of chain {} claims {} records; the collector holds {}",
-                c.chain_id, c.size, head.next_seq
-            )));
+        group.logs.insert(host.to_owned(), log);
+        Ok(())
+    }
+
+    /// The root of the first `size` leaves of `host`'s log, from the store.
+    fn stored_root(&self, host: &str, size: u64) -> Result<tlog::Hash, IngestError> {
+        let mut range = CompactRange::new();
+        let mut failure = None;
+        while range.size() < size && failure.is_none() {
+            let before = range.size();
+            let want = usize::try_from(size - before)
+                .unwrap_or(usize::MAX)
+                .min(10_000);
+            self.store.log_leaves(host, before, want, &mut |leaf| {
+                let hash: Option<[u8; 32]> = leaf.hash.try_into().ok();
+                match hash {
+                    Some(hash) if leaf.log_index == range.size() => {
+                        let _ = range.append(tlog::leaf_hash(&hash));
+                        std::ops::ControlFlow::Continue(())
+                    }
+                    _ => {
+                        failure = Some(leaf.log_index);
+                        std::ops::ControlFlow::Break(())
+                    }
+                }
+            })?;
+            if range.size() == before && failure.is_none() {
+                failure = Some(before);
+            }
         }
-        let stored = match c.size {
-            0 => Vec::new(),
-            n if n == head.next_seq => head.head_hash.to_vec(),
-            n => self.stored_hash(&c.chain_id, n - 1)?,
+        match failure {
+            Some(index) => Err(IngestError::Internal(format!(
+                "the store lacks leaf {index} of host {host}'s log"
+            ))),
+            None => Ok(range.root()),
+        }
+    }
+
+    /// The witness's decision on a host's checkpoint (docs/evidence.md, "The collector as
+    /// witness"), against the leaves stored for its log.
+    fn checkpoint(
+        &self,
+        group: &mut Group,
+        c: CheckpointRequest,
+    ) -> Result<CheckpointAck, IngestError> {
+        let Some(witness) = &self.witness else {
+            return Err(IngestError::Invalid(
+                "this collector serves without TLS: it has no witness key and cosigns nothing"
+                    .into(),
+            ));
         };
-        if stored != c.head_hash {
-            return Err(IngestError::Invalid(format!(
-                "checkpoint of chain {} at size {}: its head hash differs from the stored record",
-                c.chain_id, c.size
+        let mut log = self.log(group, &c.host);
+        let checkpoint = &c.checkpoint.checkpoint;
+        let (size, stored) = (checkpoint.size(), log.range.size());
+        if size > stored {
+            return Err(IngestError::Gap(format!(
+                "a checkpoint of size {size}, but the collector holds {stored} leaves of host {}'s log",
+                c.host
             )));
         }
-        group.commit.checkpoints.push(CheckpointRow {
-            chain_id: c.chain_id,
-            size: c.size,
-            head_hash: c.head_hash,
-            time_unix_nano: c.time_unix_nano,
+        let recomputed = if size == stored {
+            log.range.root()
+        } else {
+            self.stored_root(&c.host, size)?
+        };
+        let verdict = tlog::decide(
+            log.cosigned.as_ref(),
+            c.old_size,
+            checkpoint,
+            Evidence::Recomputed(recomputed),
+        );
+        let why = match verdict {
+            Verdict::Accept { state } => {
+                let time = now_unix_nano() / 1_000_000_000;
+                let mut note = c.checkpoint.note.clone();
+                tlog::add_cosignature(&mut note, &witness.cosigner, checkpoint, time)
+                    .map_err(|e| IngestError::Internal(format!("cannot cosign: {e}")))?;
+                let text = note.to_text();
+                log.cosigned = Some(state);
+                log.cosigned_note.clone_from(&text);
+                group.logs.insert(c.host.clone(), log);
+                group.commit.log_checkpoints.push(LogCheckpoint {
+                    host: c.host,
+                    size,
+                    root: state.root,
+                    note: text.clone(),
+                    cert_pem: c.cert_pem,
+                    received_unix_nano: now_unix_nano(),
+                });
+                return Ok(CheckpointAck {
+                    size,
+                    cosigned: text,
+                    refused: String::new(),
+                    cosigned_size: size,
+                });
+            }
+            Verdict::Conflict { current_size } => {
+                return Ok(CheckpointAck {
+                    size,
+                    cosigned: String::new(),
+                    refused: format!(
+                        "old size {} is not the size last cosigned for this log, {current_size}",
+                        c.old_size
+                    ),
+                    cosigned_size: current_size,
+                });
+            }
+            Verdict::Invalid(tlog::Invalid::RootMismatch { .. }) => format!(
+                "host {}'s checkpoint of size {size} has a root its {size} stored leaves do not give",
+                c.host
+            ),
+            Verdict::Fork { .. } => format!(
+                "host {} signed a second root for size {size}, which the collector cosigned with another",
+                c.host
+            ),
+            Verdict::Invalid(invalid) => {
+                return Err(IngestError::Invalid(format!(
+                    "checkpoint refused: {invalid}"
+                )));
+            }
+        };
+        tracing::error!(host = %c.host, size, "{why}");
+        group.commit.forks.push(ForkRow {
+            host: c.host.clone(),
+            size,
+            note: c.checkpoint.note.to_text(),
             received_unix_nano: now_unix_nano(),
         });
-        Ok(c.size)
+        self.chain_own(
+            group,
+            Own::alert(
+                &c.host,
+                Body::Alert(Alert {
+                    kind: "checkpoint_fork".into(),
+                    host: c.host.clone(),
+                    chain_id: String::new(),
+                    seq: size,
+                    message: why.clone(),
+                }),
+            ),
+        );
+        Err(IngestError::Fork(format!(
+            "{why}; the checkpoint is kept as evidence"
+        )))
     }
 }
 
@@ -707,7 +934,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(Sqlite::open(path.to_str().unwrap()).unwrap());
         let (live, _) = broadcast::channel(4);
         let (changed, told) = watch::channel(());
-        let writer = spawn(Arc::clone(&store), live, changed).unwrap();
+        let writer = spawn(Arc::clone(&store), None, live, changed).unwrap();
         let new = Grant {
             id: "g-1".into(),
             expires_at_unix_nano: u64::MAX >> 1,
@@ -734,7 +961,9 @@ mod tests {
         assert!(matches!(refused, Err(GrantError::Ended(_))));
         assert_eq!(store.grant("g-1").unwrap(), Some(revoked));
         assert!(told.has_changed().unwrap(), "agents' views are refreshed");
-        let verdicts = crate::verify::verify(store.as_ref(), "", COLLECTOR_CHAIN).unwrap();
+        let verdicts = crate::verify::verify_all(store.as_ref(), None, "", COLLECTOR_CHAIN)
+            .unwrap()
+            .chains;
         assert!(verdicts[0].ok, "{verdicts:?}");
         assert_eq!(
             verdicts[0].records, 3,

@@ -120,7 +120,7 @@ pub async fn sessions(
     Ok(())
 }
 
-/// Prints a verdict per chain; fails when any chain does.
+/// Prints a verdict per chain and per log, and every finding; fails when anything does.
 pub async fn verify(
     client: &mut QueryClient<Channel>,
     host: Option<String>,
@@ -128,16 +128,16 @@ pub async fn verify(
     json: bool,
     out: &mut impl io::Write,
 ) -> anyhow::Result<()> {
-    let chains = client
+    let report = client
         .verify(VerifyRequest {
             host: host.unwrap_or_default(),
             chain_id: chain.unwrap_or_default(),
         })
         .await?
-        .into_inner()
-        .chains;
+        .into_inner();
+    let chains = &report.chains;
     let mut failed = 0;
-    for c in &chains {
+    for c in chains {
         if json {
             writeln!(out, "{}", render::verdict_json(c))?;
         } else {
@@ -145,8 +145,29 @@ pub async fn verify(
         }
         failed += usize::from(!c.ok);
     }
-    if failed > 0 {
-        bail!("{failed} of {} chains failed verification", chains.len());
+    let mut logs_failed = 0;
+    for l in &report.logs {
+        if json {
+            writeln!(out, "{}", render::log_verdict_json(l))?;
+        } else {
+            writeln!(out, "{}", render::log_verdict_line(l))?;
+        }
+        logs_failed += usize::from(!l.ok);
+    }
+    for f in &report.findings {
+        if json {
+            writeln!(out, "{}", render::finding_json(f))?;
+        } else {
+            writeln!(out, "{}", render::finding_line(f))?;
+        }
+    }
+    if failed + logs_failed > 0 || !report.findings.is_empty() || !report.ok {
+        bail!(
+            "verification failed: {failed} of {} chains, {logs_failed} of {} logs, {} findings",
+            chains.len(),
+            report.logs.len(),
+            report.findings.len()
+        );
     }
     if chains.is_empty() {
         eprintln!("no chains stored");

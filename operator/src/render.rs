@@ -13,8 +13,8 @@ use proto::{
     kind::Kind,
     time::rfc3339_millis as time,
     v1::{
-        ChainVerdict, Event, Grant, IdentityReview, IdentitySelector, Session, StoredEvent,
-        event::Body,
+        ChainVerdict, Event, Finding, Grant, IdentityReview, IdentitySelector, LogVerdict, Session,
+        StoredEvent, event::Body,
     },
 };
 use serde_json::{Value, json};
@@ -300,6 +300,40 @@ pub fn verdict_line(c: &ChainVerdict) -> String {
             escape(&c.reason)
         )
     }
+}
+
+#[must_use]
+pub fn log_verdict_json(l: &LogVerdict) -> Value {
+    json!({
+        "log": l.origin, "host": l.host, "ok": l.ok, "leaves": l.leaves,
+        "pruned": l.pruned, "checkpoints": l.checkpoints,
+        "attested_size": l.attested_size, "reason": l.reason,
+    })
+}
+
+#[must_use]
+pub fn log_verdict_line(l: &LogVerdict) -> String {
+    if l.ok {
+        format!(
+            "ok    log {}  {} leaves, {} signed checkpoints, attested {}",
+            escape(&l.origin),
+            l.leaves,
+            l.checkpoints,
+            l.attested_size
+        )
+    } else {
+        format!("FAIL  log {}: {}", escape(&l.origin), escape(&l.reason))
+    }
+}
+
+#[must_use]
+pub fn finding_json(f: &Finding) -> Value {
+    json!({ "finding": f.subject, "reason": f.reason })
+}
+
+#[must_use]
+pub fn finding_line(f: &Finding) -> String {
+    format!("FAIL  {}: {}", escape(&f.subject), escape(&f.reason))
 }
 
 /// A span of nanoseconds to the second, for example `1h 30m`.

@@ -174,6 +174,8 @@ pub struct CertInfo {
     /// The subject's Ed25519 public key, when it has one (an agent's): it verifies the host's
     /// signed checkpoints.
     pub ed25519_public_key: Option<[u8; 32]>,
+    /// The certificate itself (DER), so what it vouched for can be checked again later.
+    pub der: Vec<u8>,
 }
 
 impl CertInfo {
@@ -188,6 +190,7 @@ impl CertInfo {
             not_before: system_time(cert.validity().not_before.timestamp())?,
             not_after: system_time(cert.validity().not_after.timestamp())?,
             ed25519_public_key: ed25519_key(&cert),
+            der: der.to_vec(),
         })
     }
 
@@ -195,6 +198,26 @@ impl CertInfo {
     pub fn from_pem(pem: &str) -> Result<CertInfo, PkiError> {
         CertInfo::from_der(&crate::cert_der_from_pem(pem)?)
     }
+
+    /// The certificate as PEM.
+    #[must_use]
+    pub fn pem(&self) -> String {
+        pem_of_der(&self.der)
+    }
+}
+
+/// A DER certificate as PEM (RFC 7468): base64 in lines of 64.
+#[must_use]
+pub fn pem_of_der(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
 }
 
 /// What a refused client's certificate said, as far as it can be read: it chained to

@@ -19,15 +19,27 @@ use crate::{
 
 /// The PKI of the collector of each store: a restart on the same store keeps it, so the
 /// certificates its agents and operators hold stay good.
+type Stores = Mutex<std::collections::HashMap<PathBuf, Arc<TestPki>>>;
+
+fn stores() -> &'static Stores {
+    static STORES: std::sync::OnceLock<Stores> = std::sync::OnceLock::new();
+    STORES.get_or_init(Mutex::default)
+}
+
 fn pki_of_store(store: &Path) -> Arc<TestPki> {
-    static STORES: std::sync::OnceLock<Mutex<std::collections::HashMap<PathBuf, Arc<TestPki>>>> =
-        std::sync::OnceLock::new();
-    let mut stores = STORES.get_or_init(Mutex::default).lock().unwrap();
+    let mut stores = stores().lock().unwrap();
     Arc::clone(
         stores
             .entry(store.to_path_buf())
             .or_insert_with(TestPki::new),
     )
+}
+
+/// A collector of the store `copy` serves with the CA and keys of `store`'s: a copy of a
+/// store is the same deployment's evidence.
+pub fn same_pki(store: &Path, copy: &Path) {
+    let pki = pki_of_store(store);
+    stores().lock().unwrap().insert(copy.to_path_buf(), pki);
 }
 
 /// The collector binary: `RECORDER_COLLECTOR_BIN`, else the workspace's debug build.

@@ -11,10 +11,10 @@ use prost::Message as _;
 use proto::{
     chain,
     v1::{
-        AgentMessage, ChainStart, ChainVerdict, ChainedEvent, Checkpoint, CollectorMessage, Event,
-        EventBatch, Filter, GrantView, Hello, SearchRequest, StoredEvent, VerifyRequest, Welcome,
-        agent_message::Msg, collector_message, event::Body, ingest_client::IngestClient,
-        query_client::QueryClient,
+        AgentMessage, ChainStart, ChainVerdict, ChainedEvent, Checkpoint, CheckpointAck,
+        CollectorMessage, Event, EventBatch, Filter, GrantView, Hello, SearchRequest, StoredEvent,
+        VerifyRequest, VerifyResponse, Welcome, agent_message::Msg, collector_message, event::Body,
+        ingest_client::IngestClient, query_client::QueryClient,
     },
 };
 use tokio::sync::mpsc;
@@ -188,6 +188,24 @@ impl Agent {
         }
     }
 
+    /// The answer to the next checkpoint, or the status that ended the stream. Acks of
+    /// batches and grant views on the way are passed over.
+    pub async fn checkpoint_ack(&mut self) -> Result<CheckpointAck, Status> {
+        loop {
+            match self.next().await? {
+                collector_message::Msg::Ack(ack) => {
+                    if let Some(answer) = ack.checkpoint {
+                        return Ok(answer);
+                    }
+                }
+                collector_message::Msg::Grants(view) => self.views.push_back(view),
+                other @ collector_message::Msg::Welcome(_) => {
+                    panic!("expected Ack, got {other:?}")
+                }
+            }
+        }
+    }
+
     /// Sends one batch and returns its answer.
     pub async fn ship(&mut self, batch: EventBatch) -> Result<u64, Status> {
         self.send(batch).await;
@@ -269,6 +287,16 @@ pub async fn search_all(collector: &Collector, filter: Filter, limit: u32) -> Ve
         }
         page_token = page.next_page_token;
     }
+}
+
+/// Everything verify checks: every chain, every host's log, and what it found.
+pub async fn verify_all(collector: &Collector) -> VerifyResponse {
+    query(collector)
+        .await
+        .verify(VerifyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// The verdict on one stored chain.

@@ -595,13 +595,13 @@ async fn a_restarted_collector_welcomes_with_the_stored_heads() {
     assert_eq!(verdict.records, 300);
 }
 
-/// A store of 1,000 records with a checkpoint at 1,000, stopped, for tampering.
+/// A store of 1,000 records, stopped, for tampering with its chain (tests/tests/evidence.rs
+/// tampers with a signed log).
 async fn stored_chain(dir: &Path, chain: &Chain) -> std::path::PathBuf {
     let path = dir.join("pristine.db");
     let collector = Collector::start(&path);
     let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     assert_eq!(agent.ship(chain.batch(0..1000)).await.unwrap(), 999);
-    // TODO(issue 11): a signed checkpoint of the host's log at 1,000.
     assert!(verify(&collector, &chain.id).await.ok);
     drop(collector.stop());
     path
@@ -657,8 +657,6 @@ async fn verify_finds_tampering_with_the_store() {
             900,
             "tail",
         ),
-        // TODO(issue 11): the head in the chains table rewritten to match; the signed
-        // checkpoint still tells.
     ];
     for (name, sql, bad_seq, reason) in cases {
         let collector = Collector::start(&tampered(&pristine, name, &sql));

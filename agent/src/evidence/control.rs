@@ -1,6 +1,7 @@
 //! The inbound half of the ingest stream: what the collector tells this agent. Acks say
 //! how much of each chain it holds durably, which decides the spool segments that can go
-//! (deleted by the evidence stage, which owns the spool); grant views go to the enforcer.
+//! (deleted by the evidence stage, which owns the spool); cosigned checkpoints become
+//! receipts; grant views go to the enforcer.
 
 use std::{
     collections::HashMap,
@@ -8,8 +9,13 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use proto::v1::{Checkpoint, CollectorMessage, GrantView, collector_message::Msg};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use proto::v1::{self, CollectorMessage, GrantView, collector_message::Msg};
 use tokio::sync::{mpsc, watch};
+
+use super::log::Receipts;
 
 /// A sealed spool segment the collector holds entirely.
 #[derive(Debug)]
@@ -25,24 +31,63 @@ pub type Trims = mpsc::UnboundedSender<Trim>;
 pub struct Control {
     pub views: watch::Sender<Option<GrantView>>,
     pub trims: Trims,
+    pub receipts: Arc<Receipts>,
+    /// Events to chain: receipts, and alerts about the collector.
+    pub events: mpsc::Sender<Vec<v1::Event>>,
 }
 
 impl Control {
-    /// Takes one message of the collector's. An ack is answered with a checkpoint of the
-    /// acknowledged head, when that head is the last record sent.
-    pub fn receive(&self, message: CollectorMessage, ledger: &Ledger) -> Option<Checkpoint> {
-        match message.msg? {
-            // TODO(issue 11): signed checkpoints.
-            Msg::Ack(ack) => {
-                ledger.acked(ack.chain_id, ack.seq, &self.trims);
-                None
-            }
-            Msg::Grants(view) => {
+    /// Takes one message of the collector's. Fails when a cosigned checkpoint does not
+    /// verify: this collector's word cannot be kept.
+    pub async fn receive(
+        &self,
+        message: CollectorMessage,
+        ledger: &Ledger,
+        signer: Option<&tlog::Signer>,
+    ) -> anyhow::Result<()> {
+        match message.msg {
+            Some(Msg::Ack(ack)) => match ack.checkpoint {
+                Some(answer) => {
+                    let signer = signer.context("a checkpoint answer, but none was sent")?;
+                    if let Some(receipt) = self.receipts.answer(signer, &answer)? {
+                        self.chain(receipt).await;
+                    }
+                }
+                None => ledger.acked(ack.chain_id, ack.seq, &self.trims),
+            },
+            Some(Msg::Grants(view)) => {
                 self.views.send_replace(Some(view));
-                None
             }
-            Msg::Welcome(_) => None,
+            Some(Msg::Welcome(_)) | None => {}
         }
+        Ok(())
+    }
+
+    /// The collector holds fewer leaves of this host's log than a checkpoint it cosigned:
+    /// it was rolled back (a restored backup, a replaced database). Chained as an alert;
+    /// the spool is trimmed only as far as the collector holds now.
+    pub async fn rollback(&self, host: &str, holds: u64, cosigned: u64) {
+        let message = format!(
+            "the collector holds {holds} leaves of this host's log, but cosigned a checkpoint of {cosigned}: it was rolled back"
+        );
+        tracing::error!(holds, cosigned, "{message}");
+        self.chain(v1::Event {
+            time_unix_nano: proto::time::now_unix_nano(),
+            body: Some(v1::event::Body::Alert(v1::Alert {
+                kind: "collector_rollback".into(),
+                host: host.to_owned(),
+                chain_id: String::new(),
+                seq: cosigned,
+                message,
+            })),
+            ..v1::Event::default()
+        })
+        .await;
+    }
+
+    async fn chain(&self, event: v1::Event) {
+        // The evidence stage has ended once the agent stops.
+        let _ = self.events.send(vec![event]).await;
     }
 }
 
@@ -65,8 +110,6 @@ struct Inner {
     /// Highest seq the collector holds durably, by chain.
     acked: HashMap<String, u64>,
     read: Vec<Read>,
-    /// Hash of the last record sent, by chain and seq, for checkpoints.
-    sent: HashMap<String, (u64, Vec<u8>)>,
 }
 
 impl Ledger {
@@ -74,18 +117,11 @@ impl Ledger {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The collector holds `chain` up to `seq`: returns the hash sent at `seq`, when it was
-    /// the last record sent, for a checkpoint of the acked head.
-    pub fn acked(&self, chain: String, seq: u64, trims: &Trims) -> Option<Vec<u8>> {
+    /// The collector holds `chain` up to `seq`.
+    pub fn acked(&self, chain: String, seq: u64, trims: &Trims) {
         let mut inner = self.lock();
-        let head = inner
-            .sent
-            .get(&chain)
-            .filter(|(sent, _)| *sent == seq)
-            .map(|(_, hash)| hash.clone());
         inner.acked.insert(chain, seq);
         inner.trim(trims);
-        head
     }
 
     /// A sealed segment was read to its end.
@@ -105,11 +141,6 @@ impl Ledger {
             bytes,
         });
         inner.trim(trims);
-    }
-
-    /// The last record sent of `chain`.
-    pub fn sent(&self, chain: String, seq: u64, hash: Vec<u8>) {
-        self.lock().sent.insert(chain, (seq, hash));
     }
 }
 

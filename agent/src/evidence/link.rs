@@ -46,6 +46,36 @@ impl Link {
     }
 }
 
+/// What signs this host's checkpoints: the enrolled key, under the log name its CA gives.
+pub struct SigningIdentity {
+    pub signer: tlog::Signer,
+    pub ca_pem: String,
+    /// The deployment id of the CA.
+    pub deployment: String,
+}
+
+impl Link {
+    /// The host's checkpoint signer, from the key on disk; `None` without TLS.
+    pub fn signing_identity(&self, host: &str) -> anyhow::Result<Option<SigningIdentity>> {
+        let Some(dir) = &self.pki_dir else {
+            return Ok(None);
+        };
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .with_context(|| format!("reading {}", dir.join(name).display()))
+        };
+        let ca_pem = read(CA)?;
+        let deployment = pki::deployment_id(&ca_pem)?;
+        let seed = pki::ed25519_seed_from_pkcs8_pem(&read(KEY)?)?;
+        let signer = tlog::Signer::from_seed(&pki::host_log(&deployment, host), seed)?;
+        Ok(Some(SigningIdentity {
+            signer,
+            ca_pem,
+            deployment,
+        }))
+    }
+}
+
 /// Checks that the host has a certificate for `host`, enrolling with `join` (a token, and
 /// the CA to trust) when it has none. Fails, saying what to do, when it has neither.
 pub async fn ensure_enrolled(

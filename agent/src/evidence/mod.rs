@@ -7,6 +7,7 @@ pub mod chain;
 pub mod control;
 pub mod encode;
 pub mod link;
+pub mod log;
 pub mod ship;
 pub mod spool;
 

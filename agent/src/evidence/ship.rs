@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use super::{
     control::{Control, Ledger, Trims},
     link::Link,
+    log::HostLog,
     spool::{self, Durable, FRAME_HEADER, read_frames},
 };
 
@@ -36,6 +37,10 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Batches sent ahead of the collector's acks.
 const IN_FLIGHT: usize = 8;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Checkpoints are signed at most this often while records flow.
+const CHECKPOINT_BUSY: Duration = Duration::from_secs(1);
+/// And at least this often when none do, so that "nothing happened" is attested too.
+const CHECKPOINT_IDLE: Duration = Duration::from_mins(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub struct Shipper {
@@ -98,6 +103,37 @@ impl Shipper {
             bail!("the collector did not answer Hello with Welcome");
         };
         let ledger = Arc::new(Ledger::default());
+        let identity = self.link.signing_identity(&self.host)?;
+        let log = match &identity {
+            Some(identity) => {
+                let state = welcome
+                    .log
+                    .as_ref()
+                    .context("the collector sent no log state: it predates signed checkpoints")?;
+                if state.origin != identity.signer.name() {
+                    bail!(
+                        "the collector names this host's log {:?}, not {:?}: another deployment's CA?",
+                        state.origin,
+                        identity.signer.name()
+                    );
+                }
+                if let Some(largest) =
+                    self.control
+                        .receipts
+                        .welcome(&identity.ca_pem, &identity.deployment, state)?
+                {
+                    self.control.rollback(&self.host, state.size, largest).await;
+                }
+                Some(HostLog::open(
+                    &self.dir,
+                    &chains,
+                    identity.signer.clone(),
+                    &welcome,
+                    Arc::clone(&self.control.receipts),
+                )?)
+            }
+            None => None,
+        };
         let mut next = HashMap::new();
         for head in welcome.heads {
             if head.next_seq > 0 {
@@ -112,13 +148,17 @@ impl Shipper {
         info!(collector = %self.link.url, chains = chains.len(), "shipping to the collector");
 
         let mut sender = tokio::spawn(send(
-            self.dir.clone(),
-            self.durable.clone(),
-            next,
+            Reading {
+                dir: self.dir.clone(),
+                durable: self.durable.clone(),
+                next,
+                log,
+            },
             Arc::clone(&ledger),
             self.control.trims.clone(),
             tx.clone(),
         ));
+        let signer = identity.map(|i| i.signer);
         loop {
             tokio::select! {
                 sent = &mut sender => {
@@ -129,41 +169,69 @@ impl Shipper {
                         sender.abort();
                         bail!("the collector closed the stream");
                     };
-                    if let Some(checkpoint) = self.control.receive(message, &ledger) {
-                        // A closed stream ends this connection through its inbound side.
-                        let _ = tx
-                            .send(AgentMessage {
-                                msg: Some(Msg::Checkpoint(checkpoint)),
-                            })
-                            .await;
-                    }
+                    self.control.receive(message, &ledger, signer.as_ref()).await?;
                 }
             }
         }
     }
 }
 
-/// Sends every durable record the collector lacks, oldest segment first, then follows the
-/// spool as it grows. Returns when the spool stage has ended and all it made durable is
-/// sent.
-async fn send(
+/// What the sending side of one connection reads: the spool, how far it is durable, the
+/// first seq of each chain the collector lacks, and the host's log (`None` without TLS).
+struct Reading {
     dir: PathBuf,
-    mut durable: watch::Receiver<Durable>,
+    durable: watch::Receiver<Durable>,
     next: HashMap<String, u64>,
+    log: Option<HostLog>,
+}
+
+/// Sends every durable record the collector lacks, oldest segment first, then follows the
+/// spool as it grows, with a signed checkpoint of the host's log after the records it
+/// covers. Returns when the spool stage has ended and all it made durable is sent.
+async fn send(
+    reading: Reading,
     ledger: Arc<Ledger>,
     trims: Trims,
     tx: mpsc::Sender<AgentMessage>,
 ) -> anyhow::Result<()> {
+    let Reading {
+        dir,
+        mut durable,
+        next,
+        mut log,
+    } = reading;
     let mut cursor = Cursor::default();
+    // The first checkpoint is due at once: it tells the collector where the log stands.
+    let mut last_checkpoint: Option<tokio::time::Instant> = None;
+    let mut grown = false;
+    let checkpoint = async |log: &mut Option<HostLog>, again: bool| -> anyhow::Result<()> {
+        let Some(checkpoint) = log
+            .as_mut()
+            .map(|l| l.checkpoint(again))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(());
+        };
+        tx.send(AgentMessage {
+            msg: Some(Msg::Checkpoint(checkpoint)),
+        })
+        .await
+        .context("the ingest stream closed")
+    };
     loop {
         let limit = durable.borrow_and_update().clone();
         let read = tokio::task::block_in_place(|| cursor.read(&dir, &limit))?;
         match read {
             Read::Records(records) => {
                 let Some(last) = records.last() else { continue };
+                if let Some(log) = &mut log {
+                    for r in &records {
+                        log.read(&r.chain_id, r.seq, &r.hash)?;
+                    }
+                }
                 let chain_id = last.chain_id.clone();
                 let from = next.get(&chain_id).copied().unwrap_or(0);
-                let (last_seq, last_hash) = (last.seq, last.hash.clone());
                 let events: Vec<ChainedEvent> = records
                     .into_iter()
                     .filter(|r| r.seq >= from)
@@ -172,23 +240,52 @@ async fn send(
                         ..r
                     })
                     .collect();
+                grown = true;
                 if events.is_empty() {
                     continue;
                 }
-                ledger.sent(chain_id.clone(), last_seq, last_hash);
                 tx.send(AgentMessage {
                     msg: Some(Msg::Batch(EventBatch { chain_id, events })),
                 })
                 .await
                 .context("the ingest stream closed")?;
+                if last_checkpoint.is_none_or(|t| t.elapsed() >= CHECKPOINT_BUSY) {
+                    checkpoint(&mut log, false).await?;
+                    last_checkpoint = Some(tokio::time::Instant::now());
+                    grown = false;
+                }
             }
             Read::SegmentDone(path, chain, last_seq, bytes) => {
+                // Durable before the segment can go: every deleted record is in the state.
+                if let Some(log) = &log {
+                    tokio::task::block_in_place(|| log.save())?;
+                }
                 ledger.segment_read(path, chain, last_seq, bytes, &trims);
             }
             // An error means the spool stage has ended and its last sync was seen.
             Read::CaughtUp => {
-                if durable.changed().await.is_err() {
-                    return Ok(());
+                if log.is_none() {
+                    if durable.changed().await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                let wait = if grown {
+                    CHECKPOINT_BUSY
+                } else {
+                    CHECKPOINT_IDLE
+                };
+                let due = last_checkpoint.map_or_else(tokio::time::Instant::now, |t| t + wait);
+                tokio::select! {
+                    changed = durable.changed() => if changed.is_err() {
+                        checkpoint(&mut log, false).await?;
+                        return Ok(());
+                    },
+                    () = tokio::time::sleep_until(due) => {
+                        checkpoint(&mut log, !grown).await?;
+                        last_checkpoint = Some(tokio::time::Instant::now());
+                        grown = false;
+                    }
                 }
             }
         }

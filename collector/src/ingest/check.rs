@@ -128,7 +128,13 @@ pub(crate) fn batch(host: &str, batch: EventBatch) -> Result<Batch, IngestError>
 }
 
 /// Decodes an event for the columns it is found by, refusing what an agent may not send.
-fn record(host: &str, seq: u64, bytes: Vec<u8>, hash: [u8; 32]) -> Result<Record, IngestError> {
+/// Verify derives the stored columns again with it.
+pub(crate) fn record(
+    host: &str,
+    seq: u64,
+    bytes: Vec<u8>,
+    hash: [u8; 32],
+) -> Result<Record, IngestError> {
     let event = Event::decode(bytes.as_slice())
         .map_err(|e| invalid(format!("seq {seq} is not a recorder.v1.Event: {e}")))?;
     if event.time_unix_nano > i64::MAX as u64 {
@@ -144,9 +150,10 @@ fn record(host: &str, seq: u64, bytes: Vec<u8>, hash: [u8; 32]) -> Result<Record
                 start.host
             )));
         }
-        Some(Body::Alert(_)) => {
+        // An agent raises one alert only: about the collector itself.
+        Some(Body::Alert(alert)) if alert.kind != "collector_rollback" => {
             return Err(invalid(format!(
-                "seq {seq} is an alert: only the collector raises alerts"
+                "seq {seq} is an alert: only the collector raises alerts, but collector_rollback"
             )));
         }
         Some(Body::GrantChange(_)) => {
@@ -196,5 +203,6 @@ fn record(host: &str, seq: u64, bytes: Vec<u8>, hash: [u8; 32]) -> Result<Record
         tty_bytes,
         event: bytes,
         hash,
+        log_index: None,
     })
 }

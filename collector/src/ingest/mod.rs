@@ -7,9 +7,10 @@ pub(crate) mod check;
 
 use std::{sync::Arc, time::Duration};
 
+use pki::{CertInfo, ConnInfo};
 use proto::v1::{
-    Ack, AgentMessage, ChainHead, CollectorMessage, Hello, Welcome, agent_message::Msg,
-    collector_message, ingest_server::Ingest,
+    Ack, AgentMessage, ChainHead, Checkpoint, CollectorMessage, Hello, LogState, Welcome,
+    agent_message::Msg, collector_message, ingest_server::Ingest,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,7 +21,8 @@ use crate::{
     error::IngestError,
     grants::views::Views,
     store::{Store, blocking},
-    writer::{Pending, WriterHandle},
+    witness::Witness,
+    writer::{CheckpointRequest, Pending, PendingCheckpoint, WriterHandle},
 };
 
 /// The largest message a stream may send; a larger one ends the stream with tonic's
@@ -49,6 +51,7 @@ impl From<IngestError> for Status {
 
 pub(crate) struct IngestService {
     store: Arc<dyn Store>,
+    witness: Option<Arc<Witness>>,
     writer: WriterHandle,
     views: Views,
     gate: Gate,
@@ -58,6 +61,7 @@ pub(crate) struct IngestService {
 impl IngestService {
     pub(crate) fn new(
         store: Arc<dyn Store>,
+        witness: Option<Arc<Witness>>,
         writer: WriterHandle,
         views: Views,
         gate: Gate,
@@ -65,6 +69,7 @@ impl IngestService {
     ) -> Self {
         Self {
             store,
+            witness,
             writer,
             views,
             gate,
@@ -79,6 +84,8 @@ impl IngestService {
 struct Speaker {
     caller: Caller,
     host: Option<String>,
+    /// The agent's certificate on this connection: its key signs the host's checkpoints.
+    cert: Option<Arc<CertInfo>>,
     gate: Gate,
     revoked: Revoked,
 }
@@ -117,11 +124,7 @@ type Reply = Result<CollectorMessage, Status>;
 /// What the stream owes the agent, in the order its messages came.
 enum Step {
     Ack(String, Pending),
-    #[expect(
-        dead_code,
-        reason = "TODO(issue 11): the witness answers checkpoints again"
-    )]
-    Checkpoint(Pending),
+    Checkpoint(PendingCheckpoint),
     Fail(Status),
 }
 
@@ -144,9 +147,14 @@ impl Ingest for IngestService {
                 return Err(Status::permission_denied(why));
             }
         };
+        let cert = request
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|i| i.cert.clone());
         let speaker = Speaker {
             caller,
             host,
+            cert,
             gate: self.gate.clone(),
             revoked: self.revoked.clone(),
         };
@@ -160,6 +168,7 @@ impl Ingest for IngestService {
             inbound,
             Reader {
                 store: Arc::clone(&self.store),
+                witness: self.witness.clone(),
                 writer: self.writer.clone(),
                 views: self.views.clone(),
                 speaker,
@@ -176,6 +185,7 @@ impl Ingest for IngestService {
 /// What the reading side of one stream works with.
 struct Reader {
     store: Arc<dyn Store>,
+    witness: Option<Arc<Witness>>,
     writer: WriterHandle,
     views: Views,
     speaker: Speaker,
@@ -239,10 +249,17 @@ async fn acknowledge(
                     })),
                 })
                 .map_err(Status::from),
-            Step::Checkpoint(pending) => match pending.wait().await {
-                Ok(_) => continue,
-                Err(e) => Err(e.into()),
-            },
+            Step::Checkpoint(pending) => pending
+                .wait()
+                .await
+                .map(|answer| CollectorMessage {
+                    msg: Some(collector_message::Msg::Ack(Ack {
+                        chain_id: String::new(),
+                        seq: 0,
+                        checkpoint: Some(answer),
+                    })),
+                })
+                .map_err(Status::from),
             Step::Fail(status) => Err(status),
         };
         if let Err(status) = &reply {
@@ -259,6 +276,7 @@ async fn acknowledge(
 /// send it.
 async fn step(
     writer: &WriterHandle,
+    witness: Option<&Witness>,
     speaker: &Speaker,
     host: &str,
     msg: Msg,
@@ -270,7 +288,45 @@ async fn step(
     if let Some(chain_id) = chain_id {
         speaker.may_ship_chain(chain_id).await?;
     }
+    if let Msg::Checkpoint(checkpoint) = msg {
+        return Ok(Step::Checkpoint(
+            witness_checkpoint(writer, witness, speaker, host, checkpoint).await?,
+        ));
+    }
     Ok(step_checked(writer, host, msg).await?)
+}
+
+/// Checks a checkpoint's signature against the key of the host's certificate on this
+/// connection, and hands it to the writer for the witness's decision.
+async fn witness_checkpoint(
+    writer: &WriterHandle,
+    witness: Option<&Witness>,
+    speaker: &Speaker,
+    host: &str,
+    checkpoint: Checkpoint,
+) -> Result<PendingCheckpoint, IngestError> {
+    let (Some(witness), Some(cert)) = (witness, &speaker.cert) else {
+        return Err(IngestError::Invalid(
+            "this collector serves without TLS: it has no witness key and cosigns nothing".into(),
+        ));
+    };
+    if checkpoint.note.len() > tlog::MAX_NOTE_BYTES {
+        return Err(IngestError::Invalid(format!(
+            "a checkpoint note is at most {} bytes",
+            tlog::MAX_NOTE_BYTES
+        )));
+    }
+    let signed = witness
+        .open(host, cert, &checkpoint.note)
+        .map_err(|e| IngestError::Invalid(format!("checkpoint refused: {e}")))?;
+    writer
+        .checkpoint(CheckpointRequest {
+            host: host.to_owned(),
+            checkpoint: signed,
+            old_size: checkpoint.old_size,
+            cert_pem: cert.pem(),
+        })
+        .await
 }
 
 async fn step_checked(writer: &WriterHandle, host: &str, msg: Msg) -> Result<Step, IngestError> {
@@ -284,9 +340,8 @@ async fn step_checked(writer: &WriterHandle, host: &str, msg: Msg) -> Result<Ste
                 .map_err(|e| IngestError::Internal(format!("batch check failed: {e}")))??;
             Ok(Step::Ack(chain_id, writer.append(batch).await?))
         }
-        // TODO(issue 11): the witness.
-        Msg::Checkpoint(_) => Err(IngestError::Invalid(
-            "signed checkpoints are not taken yet".into(),
+        Msg::Checkpoint(_) => Err(IngestError::Internal(
+            "a checkpoint reached the batch path".into(),
         )),
     }
 }
@@ -295,6 +350,7 @@ async fn step_checked(writer: &WriterHandle, host: &str, msg: Msg) -> Result<Ste
 async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
     let Reader {
         store,
+        witness,
         writer,
         views,
         speaker,
@@ -326,7 +382,7 @@ async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
             return fail(status).await;
         }
     }
-    let welcome = match welcome(&store, &hello).await {
+    let welcome = match welcome(&store, witness.as_deref(), &hello).await {
         Ok(w) => w,
         Err(e) => return fail(e.into()).await,
     };
@@ -342,9 +398,11 @@ async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
             Ok(Some(AgentMessage { msg: None })) => {
                 Step::Fail(Status::invalid_argument("empty message"))
             }
-            Ok(Some(AgentMessage { msg: Some(msg) })) => step(&writer, &speaker, &hello.host, msg)
-                .await
-                .unwrap_or_else(Step::Fail),
+            Ok(Some(AgentMessage { msg: Some(msg) })) => {
+                step(&writer, witness.as_deref(), &speaker, &hello.host, msg)
+                    .await
+                    .unwrap_or_else(Step::Fail)
+            }
         };
         let failed = matches!(step, Step::Fail(_));
         if steps.send(step).await.is_err() || failed {
@@ -354,8 +412,20 @@ async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
 }
 
 /// Checks the Hello, and answers where each chain it names stands in the store.
-async fn welcome(store: &Arc<dyn Store>, hello: &Hello) -> Result<CollectorMessage, IngestError> {
+async fn welcome(
+    store: &Arc<dyn Store>,
+    witness: Option<&Witness>,
+    hello: &Hello,
+) -> Result<CollectorMessage, IngestError> {
     check::hello(hello)?;
+    let log = match witness {
+        Some(witness) => {
+            let (store, host) = (Arc::clone(store), hello.host.clone());
+            let row = blocking(move || store.log(&host)).await?;
+            Some(log_state(witness, &hello.host, row)?)
+        }
+        None => None,
+    };
     let store = Arc::clone(store);
     let chains = blocking(move || store.chains()).await?;
     let heads = hello
@@ -374,9 +444,31 @@ async fn welcome(store: &Arc<dyn Store>, hello: &Hello) -> Result<CollectorMessa
         })
         .collect();
     Ok(CollectorMessage {
-        msg: Some(collector_message::Msg::Welcome(Welcome {
-            heads,
-            log: None,
-        })),
+        msg: Some(collector_message::Msg::Welcome(Welcome { heads, log })),
+    })
+}
+
+/// The host's log as Welcome tells it: its size, compact range and last cosigned note.
+fn log_state(
+    witness: &Witness,
+    host: &str,
+    row: Option<crate::store::LogRow>,
+) -> Result<LogState, IngestError> {
+    let (size, frontier, cosigned) = match row {
+        Some(row) => {
+            let range = tlog::CompactRange::from_bytes(&row.frontier).map_err(|e| {
+                IngestError::Internal(format!("the stored log of host {host} is damaged: {e}"))
+            })?;
+            let frontier = range.frontier().iter().map(|h| h.to_vec()).collect();
+            (row.size, frontier, row.cosigned_note)
+        }
+        None => (0, Vec::new(), String::new()),
+    };
+    Ok(LogState {
+        origin: witness.origin(host),
+        size,
+        frontier,
+        cosigned,
+        witness_cert_pem: witness.cert_pem.clone(),
     })
 }

@@ -21,7 +21,8 @@ use crate::{
     auth::{Caller, Gate},
     error::QueryError,
     store::{Cursor, EventFilter, Store, blocking},
-    verify::verify,
+    verify::verify_all,
+    witness::Witness,
 };
 
 const DEFAULT_LIMIT: u32 = 1000;
@@ -52,12 +53,24 @@ pub(crate) struct QueryService {
     store: Arc<dyn Store>,
     live: broadcast::Sender<i64>,
     gate: Gate,
+    /// Verify checks hosts' logs with it; `None` without TLS.
+    witness: Option<Arc<Witness>>,
 }
 
 impl QueryService {
     /// `live` is the writer's: it carries the highest stored row id after each commit.
-    pub(crate) fn new(store: Arc<dyn Store>, live: broadcast::Sender<i64>, gate: Gate) -> Self {
-        Self { store, live, gate }
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        live: broadcast::Sender<i64>,
+        gate: Gate,
+        witness: Option<Arc<Witness>>,
+    ) -> Self {
+        Self {
+            store,
+            live,
+            gate,
+            witness,
+        }
     }
 
     /// Lets an auditor (or above) in, and chains the read before anything is read.
@@ -293,16 +306,23 @@ impl Query for QueryService {
         let detail = describe(None, &format!("host={} chain={}", r.host, r.chain_id));
         self.reader(&request, "Verify", detail).await?;
         let VerifyRequest { host, chain_id } = request.into_inner();
-        let store = Arc::clone(&self.store);
-        let chains = read(move || verify(store.as_ref(), &host, &chain_id)).await?;
-        for c in chains.iter().filter(|c| !c.ok) {
+        let (store, witness) = (Arc::clone(&self.store), self.witness.clone());
+        let report =
+            read(move || verify_all(store.as_ref(), witness.as_deref(), &host, &chain_id)).await?;
+        for c in report.chains.iter().filter(|c| !c.ok) {
             tracing::error!(host = %c.host, chain = %c.chain_id, first_bad_seq = ?c.first_bad_seq, reason = %c.reason, "stored chain fails verification");
         }
-        let ok = chains.iter().all(|c| c.ok);
+        for l in report.logs.iter().filter(|l| !l.ok) {
+            tracing::error!(host = %l.host, reason = %l.reason, "stored log fails verification");
+        }
+        for f in &report.findings {
+            tracing::error!(subject = %f.subject, reason = %f.reason, "verification finding");
+        }
+        let ok = report.ok();
         Ok(Response::new(VerifyResponse {
-            chains,
-            logs: Vec::new(),
-            findings: Vec::new(),
+            chains: report.chains,
+            logs: report.logs,
+            findings: report.findings,
             ok,
         }))
     }

@@ -65,6 +65,9 @@ pub struct Record {
     pub tty_bytes: u64,
     pub event: Vec<u8>,
     pub hash: [u8; 32],
+    /// Its leaf index in its host's log (docs/evidence.md); `None` for the collector's own
+    /// records. The writer assigns it.
+    pub log_index: Option<u64>,
 }
 
 /// The terminal `event` is on, as `Record::tty` keeps it: a tty event's device, otherwise its
@@ -97,13 +100,52 @@ pub struct Conflict {
     pub received_unix_nano: u64,
 }
 
-#[derive(Debug)]
-pub struct CheckpointRow {
-    pub chain_id: String,
+/// A host's log as the writer leaves it after a commit: its leaves (as a compact range) and
+/// the last checkpoint it cosigned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRow {
+    pub host: String,
     pub size: u64,
-    pub head_hash: Vec<u8>,
-    pub time_unix_nano: u64,
+    /// The compact range of the `size` leaves (`tlog::CompactRange::to_bytes`).
+    pub frontier: Vec<u8>,
+    /// The last checkpoint cosigned: its size, root and note with both signatures; 0, the
+    /// empty root and "" before the first.
+    pub cosigned_size: u64,
+    pub cosigned_root: [u8; 32],
+    pub cosigned_note: String,
+}
+
+/// A host's checkpoint as the collector cosigned it, and the host certificate whose key
+/// signed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogCheckpoint {
+    pub host: String,
+    pub size: u64,
+    pub root: [u8; 32],
+    /// The note, with the host's signature and the collector's cosignature.
+    pub note: String,
+    pub cert_pem: String,
     pub received_unix_nano: u64,
+}
+
+/// A signed checkpoint that contradicts the stored log: kept as evidence, never cosigned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForkRow {
+    pub host: String,
+    pub size: u64,
+    pub note: String,
+    pub received_unix_nano: u64,
+}
+
+/// One leaf of a host's log as stored: the record it is, exactly as stored.
+#[derive(Clone, Copy, Debug)]
+pub struct LeafRow<'a> {
+    pub log_index: u64,
+    pub row: i64,
+    pub chain_id: &'a str,
+    pub seq: u64,
+    pub event: &'a [u8],
+    pub hash: &'a [u8],
 }
 
 /// A join token (docs/pki.md): only its hash is kept.
@@ -134,7 +176,6 @@ pub struct RevokedHost {
 #[derive(Debug, Default)]
 pub struct Commit {
     pub appends: Vec<Append>,
-    pub checkpoints: Vec<CheckpointRow>,
     pub conflicts: Vec<Conflict>,
     /// Grants as they are after a change, in the order of the changes; each replaces the
     /// stored grant of its id. Their `GrantChange` events are among `appends`, so a grant
@@ -144,17 +185,23 @@ pub struct Commit {
     /// its hash. Their `AdminAct` events are among `appends`.
     pub tokens: Vec<TokenRow>,
     pub revoked_hosts: Vec<RevokedHost>,
+    /// Hosts' logs as they are after the commit; each replaces the stored one of its host.
+    pub logs: Vec<LogRow>,
+    pub log_checkpoints: Vec<LogCheckpoint>,
+    pub forks: Vec<ForkRow>,
 }
 
 impl Commit {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.appends.is_empty()
-            && self.checkpoints.is_empty()
             && self.conflicts.is_empty()
             && self.grants.is_empty()
             && self.tokens.is_empty()
             && self.revoked_hosts.is_empty()
+            && self.logs.is_empty()
+            && self.log_checkpoints.is_empty()
+            && self.forks.is_empty()
     }
 }
 
@@ -167,6 +214,42 @@ pub struct ChainRow<'a> {
     pub seq: u64,
     pub event: &'a [u8],
     pub hash: &'a [u8],
+    /// The columns stored beside the bytes, which verify derives again from them.
+    pub columns: Columns<'a>,
+}
+
+/// The columns queries find a record by, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Columns<'a> {
+    pub host: &'a str,
+    pub time_unix_nano: u64,
+    pub kind: &'a str,
+    pub session: &'a str,
+    pub sessionid: Option<u32>,
+    pub tty: &'a str,
+    pub identity_kind: i32,
+    pub identity_name: &'a str,
+    pub grant: &'a str,
+    pub tty_bytes: u64,
+}
+
+impl Record {
+    /// Its columns, as stored.
+    #[must_use]
+    pub fn columns(&self) -> Columns<'_> {
+        Columns {
+            host: &self.host,
+            time_unix_nano: self.time_unix_nano,
+            kind: self.kind.name(),
+            session: &self.session,
+            sessionid: self.sessionid,
+            tty: &self.tty,
+            identity_kind: self.identity_kind,
+            identity_name: &self.identity_name,
+            grant: &self.grant,
+            tty_bytes: self.tty_bytes,
+        }
+    }
 }
 
 /// How a grant was used: the events recorded under it.
@@ -300,7 +383,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         each: &mut dyn FnMut(ChainRow<'_>) -> ControlFlow<()>,
     ) -> Result<(), StoreError>;
-    /// The size the chain's latest checkpoint claims, if it has one.
+    /// The size the chain's latest checkpoint claims, if it has one: checkpoints of single
+    /// chains, as collectors before host logs stored them.
     fn last_checkpoint(&self, chain_id: &str) -> Result<Option<u64>, StoreError>;
     /// Every grant whose end (`proto::grant::end`) is later than `ended_after`, oldest
     /// first.
@@ -319,6 +403,23 @@ pub trait Store: Send + Sync + 'static {
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError>;
     /// Every revoked host.
     fn revoked_hosts(&self) -> Result<Vec<RevokedHost>, StoreError>;
+    /// Every host's log.
+    fn logs(&self) -> Result<Vec<LogRow>, StoreError>;
+    /// One host's log.
+    fn log(&self, host: &str) -> Result<Option<LogRow>, StoreError>;
+    /// Hands `each` up to `limit` leaves of `host`'s log from index `from` on, in index
+    /// order, until it breaks.
+    fn log_leaves(
+        &self,
+        host: &str,
+        from: u64,
+        limit: usize,
+        each: &mut dyn FnMut(LeafRow<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+    /// Every cosigned checkpoint of `host`'s log, in the order they were cosigned.
+    fn log_checkpoints(&self, host: &str) -> Result<Vec<LogCheckpoint>, StoreError>;
+    /// Every host with a cosigned checkpoint, whatever the `logs` table says.
+    fn checkpointed_hosts(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// Runs a store call on the blocking pool. A call that panicked is a store failure too.

@@ -19,9 +19,11 @@ use proto::{
 use rusqlite::{Connection, OptionalExtension as _, params, types::Value};
 
 use self::sql::{STORED_COLUMNS, decode_grant, filter_sql, int, query_stored, uint};
+use sha2::Digest as _;
+
 use super::{
-    ChainRow, ChainState, Commit, Cursor, EventFilter, GrantUsage, RevokedHost, SessionQuery,
-    SessionRow, Store, StoreError, TokenRow, Violations,
+    ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow, LogCheckpoint,
+    LogRow, RevokedHost, SessionQuery, SessionRow, Store, StoreError, TokenRow, Violations,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -131,6 +133,73 @@ fn commit_trust(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> rusqlite::Re
     Ok(())
 }
 
+/// The hosts' logs, cosigned checkpoints and forks of a commit, in its transaction.
+fn commit_logs(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> rusqlite::Result<()> {
+    let mut log = tx.prepare_cached(
+        "INSERT INTO logs (host, size, frontier, cosigned_size, cosigned_root, cosigned_note) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (host) DO UPDATE SET size = excluded.size, \
+         frontier = excluded.frontier, cosigned_size = excluded.cosigned_size, \
+         cosigned_root = excluded.cosigned_root, cosigned_note = excluded.cosigned_note",
+    )?;
+    for l in &commit.logs {
+        log.execute(params![
+            l.host,
+            int(l.size),
+            l.frontier,
+            int(l.cosigned_size),
+            &l.cosigned_root[..],
+            l.cosigned_note
+        ])?;
+    }
+    let mut cert = tx.prepare_cached("INSERT OR IGNORE INTO certs (hash, pem) VALUES (?1, ?2)")?;
+    let mut checkpoint = tx.prepare_cached(
+        "INSERT INTO log_checkpoints (host, size, root, note, cert, received) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for c in &commit.log_checkpoints {
+        let hash = sha2::Sha256::digest(c.cert_pem.as_bytes()).to_vec();
+        cert.execute(params![hash, c.cert_pem])?;
+        checkpoint.execute(params![
+            c.host,
+            int(c.size),
+            &c.root[..],
+            c.note,
+            hash,
+            int(c.received_unix_nano)
+        ])?;
+    }
+    let mut fork = tx.prepare_cached(
+        "INSERT INTO checkpoint_forks (host, size, note, received) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for f in &commit.forks {
+        fork.execute(params![
+            f.host,
+            int(f.size),
+            f.note,
+            int(f.received_unix_nano)
+        ])?;
+    }
+    Ok(())
+}
+
+const LOG_COLUMNS: &str =
+    "SELECT host, size, frontier, cosigned_size, cosigned_root, cosigned_note FROM logs";
+
+fn log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogRow> {
+    Ok(LogRow {
+        host: r.get(0)?,
+        size: uint(r.get(1)?),
+        frontier: r.get(2)?,
+        cosigned_size: uint(r.get(3)?),
+        cosigned_root: hash32(r.get(4)?),
+        cosigned_note: r.get(5)?,
+    })
+}
+
+fn hash32(bytes: Vec<u8>) -> [u8; 32] {
+    bytes.try_into().unwrap_or([0; 32])
+}
+
 impl Store for Sqlite {
     fn chains(&self) -> Result<Vec<ChainState>, StoreError> {
         self.read(|conn| {
@@ -171,8 +240,8 @@ impl Store for Sqlite {
             )?;
             let mut event = tx.prepare_cached(
                 "INSERT INTO events (chain, seq, host, time, kind, session, sessionid, \
-                 identity_kind, identity_name, tty_bytes, event, hash, grant_id, tty) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 identity_kind, identity_name, tty_bytes, event, hash, grant_id, tty, log_index) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
             for append in &commit.appends {
                 let Some(last) = append.records.last() else {
@@ -203,21 +272,9 @@ impl Store for Sqlite {
                         &r.hash[..],
                         r.grant,
                         r.tty,
+                        r.log_index.map(int),
                     ])?;
                 }
-            }
-            let mut checkpoint = tx.prepare_cached(
-                "INSERT INTO checkpoints (chain, size, head_hash, time, received) \
-                 SELECT id, ?2, ?3, ?4, ?5 FROM chains WHERE chain_id = ?1",
-            )?;
-            for c in &commit.checkpoints {
-                checkpoint.execute(params![
-                    c.chain_id,
-                    int(c.size),
-                    c.head_hash,
-                    int(c.time_unix_nano),
-                    int(c.received_unix_nano)
-                ])?;
             }
             let mut conflict = tx.prepare_cached(
                 "INSERT INTO conflicts (chain, seq, event, hash, stored_hash, received) \
@@ -247,6 +304,7 @@ impl Store for Sqlite {
             }
         }
         commit_trust(&tx, commit)?;
+        commit_logs(&tx, commit)?;
         tx.commit()?;
         Ok(conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
     }
@@ -301,7 +359,9 @@ impl Store for Sqlite {
     ) -> Result<(), StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT e.id, e.seq, e.event, e.hash FROM events e JOIN chains c ON c.id = e.chain \
+                "SELECT e.id, e.seq, e.event, e.hash, e.host, e.time, e.kind, e.session, \
+                 e.sessionid, e.tty, e.identity_kind, e.identity_name, e.grant_id, e.tty_bytes \
+                 FROM events e JOIN chains c ON c.id = e.chain \
                  WHERE c.chain_id = ?1 AND e.seq >= ?2 ORDER BY e.seq LIMIT ?3",
             )?;
             let mut rows = stmt.query(params![chain_id, int(from_seq), int(limit as u64)])?;
@@ -311,6 +371,18 @@ impl Store for Sqlite {
                     seq: uint(r.get(1)?),
                     event: r.get_ref(2)?.as_blob()?,
                     hash: r.get_ref(3)?.as_blob()?,
+                    columns: Columns {
+                        host: r.get_ref(4)?.as_str()?,
+                        time_unix_nano: uint(r.get(5)?),
+                        kind: r.get_ref(6)?.as_str()?,
+                        session: r.get_ref(7)?.as_str()?,
+                        sessionid: r.get(8)?,
+                        tty: r.get_ref(9)?.as_str()?,
+                        identity_kind: r.get(10)?,
+                        identity_name: r.get_ref(11)?.as_str()?,
+                        grant: r.get_ref(12)?.as_str()?,
+                        tty_bytes: uint(r.get(13)?),
+                    },
                 };
                 if each(row).is_break() {
                     break;
@@ -424,6 +496,82 @@ impl Store for Sqlite {
                 },
             )
             .optional()
+        })
+    }
+
+    fn logs(&self) -> Result<Vec<LogRow>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(&format!("{LOG_COLUMNS} ORDER BY host"))?
+                .query_map([], log_row)?
+                .collect()
+        })
+    }
+
+    fn log(&self, host: &str) -> Result<Option<LogRow>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(&format!("{LOG_COLUMNS} WHERE host = ?1"))?
+                .query_row([host], log_row)
+                .optional()
+        })
+    }
+
+    fn log_leaves(
+        &self,
+        host: &str,
+        from: u64,
+        limit: usize,
+        each: &mut dyn FnMut(LeafRow<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.log_index, e.id, c.chain_id, e.seq, e.event, e.hash FROM events e \
+                 JOIN chains c ON c.id = e.chain \
+                 WHERE e.host = ?1 AND e.log_index >= ?2 ORDER BY e.log_index LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![host, int(from), int(limit as u64)])?;
+            while let Some(r) = rows.next()? {
+                let leaf = LeafRow {
+                    log_index: uint(r.get(0)?),
+                    row: r.get(1)?,
+                    chain_id: r.get_ref(2)?.as_str()?,
+                    seq: uint(r.get(3)?),
+                    event: r.get_ref(4)?.as_blob()?,
+                    hash: r.get_ref(5)?.as_blob()?,
+                };
+                if each(leaf).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn log_checkpoints(&self, host: &str) -> Result<Vec<LogCheckpoint>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT k.size, k.root, k.note, COALESCE(c.pem, ''), k.received \
+                 FROM log_checkpoints k LEFT JOIN certs c ON c.hash = k.cert \
+                 WHERE k.host = ?1 ORDER BY k.id",
+            )?
+            .query_map([host], |r| {
+                Ok(LogCheckpoint {
+                    host: host.to_owned(),
+                    size: uint(r.get(0)?),
+                    root: hash32(r.get(1)?),
+                    note: r.get(2)?,
+                    cert_pem: r.get(3)?,
+                    received_unix_nano: uint(r.get(4)?),
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn checkpointed_hosts(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT DISTINCT host FROM log_checkpoints ORDER BY host")?
+                .query_map([], |r| r.get(0))?
+                .collect()
         })
     }
 

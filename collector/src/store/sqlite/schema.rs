@@ -8,13 +8,16 @@
 //!   event's terminal (`store::terminal`), both re-derived from the stored bytes of older
 //!   events.
 //! - 2: join tokens (their hashes) and revoked hosts.
+//! - 3: hosts' logs (docs/evidence.md): each agent record's `log_index`, each host's log
+//!   state, its cosigned checkpoints with the certificates whose keys signed them, and the
+//!   checkpoints refused as forks. Records stored before are in no log.
 
 use prost::Message as _;
 use proto::{kind::Kind, v1::Event};
 use rusqlite::{Connection, Transaction, params};
 
 /// The schema this collector reads and writes.
-pub(super) const VERSION: i64 = 2;
+pub(super) const VERSION: i64 = 3;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS chains (
@@ -84,6 +87,39 @@ CREATE TABLE IF NOT EXISTS revoked_hosts (
 );
 ";
 
+/// What version 3 adds.
+const LOGS: &str = "
+CREATE TABLE IF NOT EXISTS logs (
+    host TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    frontier BLOB NOT NULL,
+    cosigned_size INTEGER NOT NULL,
+    cosigned_root BLOB NOT NULL,
+    cosigned_note TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certs (
+    hash BLOB PRIMARY KEY,
+    pem TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log_checkpoints (
+    id INTEGER PRIMARY KEY,
+    host TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    note TEXT NOT NULL,
+    cert BLOB NOT NULL REFERENCES certs(hash),
+    received INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_checkpoints_host ON log_checkpoints(host, id);
+CREATE TABLE IF NOT EXISTS checkpoint_forks (
+    id INTEGER PRIMARY KEY,
+    host TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    note TEXT NOT NULL,
+    received INTEGER NOT NULL
+);
+";
+
 /// Made after the columns an older store gains, which some of them cover. Each one slows
 /// ingest, so the partial ones cover only the few rows their queries read.
 const INDEXES: &str = "
@@ -124,6 +160,15 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     if version < 2 {
         tx.execute_batch(TRUST)?;
+    }
+    if version < 3 {
+        add_column(&tx, "log_index", "INTEGER")?;
+        tx.execute_batch(LOGS)?;
+        // An agent record's host is its chain's host, so (host, log_index) names a leaf.
+        tx.execute_batch(
+            "CREATE UNIQUE INDEX IF NOT EXISTS events_log ON events(host, log_index) \
+             WHERE log_index IS NOT NULL;",
+        )?;
     }
     if version < VERSION {
         tx.pragma_update(None, "user_version", VERSION)?;
@@ -353,7 +398,9 @@ mod tests {
             ..by_kinds(tty)
         };
         assert_eq!(seqs(&store, &on_inner), [2, 3]);
-        let verdicts = crate::verify::verify(&store, "", "").unwrap();
+        let verdicts = crate::verify::verify_all(&store, None, "", "")
+            .unwrap()
+            .chains;
         assert!(verdicts[0].ok, "no hashed byte changed: {verdicts:?}");
         drop(store);
         // Opened again, it is not migrated again.
@@ -417,6 +464,7 @@ mod tests {
             tty_bytes: 0,
             event: used,
             hash,
+            log_index: None,
         };
         store
             .commit(&Commit {
@@ -448,7 +496,9 @@ mod tests {
         );
         assert_eq!(store.grants(99).unwrap().len(), 1);
         assert!(store.grants(100).unwrap().is_empty(), "ended by then");
-        let verdicts = crate::verify::verify(&store, "", "").unwrap();
+        let verdicts = crate::verify::verify_all(&store, None, "", "")
+            .unwrap()
+            .chains;
         assert!(verdicts[0].ok && verdicts[0].records == 2, "{verdicts:?}");
         drop(store);
         // And it opens again, as a store made now does.

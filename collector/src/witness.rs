@@ -1,0 +1,110 @@
+//! The collector as witness of its hosts' logs (docs/evidence.md): its cosigning key, the
+//! names it signs under, and the check of a host's signed checkpoint against the key of the
+//! certificate the host connected with. Whether to cosign is decided by the writer, against
+//! the leaves it stored; this module only knows keys and notes.
+
+use std::path::Path;
+
+use pki::{CertInfo, Peer, PkiError};
+use tlog::{Cosigner, SignedCheckpoint, Verifier};
+
+/// The witness key certificate and key in the collector's PKI directory.
+const CERT: &str = "witness.pem";
+const KEY: &str = "witness.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("{path}: {message}")]
+    Key { path: String, message: String },
+}
+
+/// The collector's witness identity.
+pub struct Witness {
+    /// The deployment id of the CA (`pki::deployment_id`).
+    pub deployment: String,
+    pub cosigner: Cosigner,
+    /// The witness certificate, PEM: agents check cosignatures against it.
+    pub cert_pem: String,
+    /// The deployment's CA certificate, PEM: verify checks the certificates of every
+    /// signature against it.
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for Witness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Witness")
+            .field("cosigner", &self.cosigner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Witness {
+    /// Loads `witness.pem` and `witness.key` from `dir`, checked against the CA of `ca_pem`.
+    pub fn load(dir: &Path, ca_pem: &str) -> Result<Self, WitnessError> {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).map_err(|e| WitnessError::Key {
+                path: dir.join(name).display().to_string(),
+                message: format!(
+                    "{e} (every collector cosigns with a witness key: recorder pki issue witness)"
+                ),
+            })
+        };
+        Self::from_pem(ca_pem, &read(CERT)?, &read(KEY)?).map_err(|e| match e {
+            WitnessError::Key { message, .. } => WitnessError::Key {
+                path: dir.join(CERT).display().to_string(),
+                message,
+            },
+            other @ WitnessError::Pki(_) => other,
+        })
+    }
+
+    /// The witness of the certificate `cert_pem` (issued by the CA of `ca_pem`) and its key
+    /// (PKCS#8 PEM).
+    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, WitnessError> {
+        let bad = |message: String| WitnessError::Key {
+            path: CERT.into(),
+            message,
+        };
+        let info = pki::verify_cert(ca_pem, cert_pem, None)?;
+        let Peer::Witness { name } = &info.peer else {
+            return Err(bad(format!("{} is not a witness certificate", info.peer)));
+        };
+        let deployment = pki::deployment_id(ca_pem)?;
+        let seed = pki::ed25519_seed_from_pkcs8_pem(key_pem)?;
+        let cosigner = Cosigner::from_seed(&pki::witness_key(&deployment, name), seed)
+            .map_err(|e| bad(e.to_string()))?;
+        if Some(*cosigner.verifier().public_key()) != info.ed25519_public_key {
+            return Err(bad(format!("{KEY} is not the key of the certificate")));
+        }
+        Ok(Self {
+            deployment,
+            cosigner,
+            cert_pem: cert_pem.to_owned(),
+            ca_pem: ca_pem.to_owned(),
+        })
+    }
+
+    /// The origin of `host`'s log.
+    #[must_use]
+    pub fn origin(&self, host: &str) -> String {
+        pki::host_log(&self.deployment, host)
+    }
+
+    /// Opens a checkpoint note of `host`'s log, signed with the key of `cert`, the host's
+    /// certificate on this connection.
+    pub fn open(
+        &self,
+        host: &str,
+        cert: &CertInfo,
+        note: &str,
+    ) -> Result<SignedCheckpoint, String> {
+        let key = cert
+            .ed25519_public_key
+            .ok_or("the host's certificate holds no Ed25519 key")?;
+        let verifier =
+            Verifier::from_public_key(&self.origin(host), &key).map_err(|e| e.to_string())?;
+        tlog::open_checkpoint(note.as_bytes(), &verifier).map_err(|e| e.to_string())
+    }
+}

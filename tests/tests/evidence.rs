@@ -1,0 +1,479 @@
+//! Trust II at the collector tier (docs/evidence.md): a real collector process, over mutual
+//! TLS, witnesses a host's signed checkpoints, and its verify catches what a database admin
+//! can do to the store: every attack here must be found.
+
+use std::{path::Path, path::PathBuf};
+
+use proto::{
+    chain::chain_hash,
+    v1::{Checkpoint, Event, Exec, Filter, LogVerdict, Process, VerifyResponse, event::Body},
+};
+use tests::collector::{Collector, same_pki, scratch_dir};
+use tests::grpc::{Agent, Chain, search_all, verify_all};
+use tlog::{CompactRange, CosignatureVerifier, Signer};
+use tonic::Code;
+
+const HOST: &str = "host-e";
+const T0: u64 = 1_800_000_000_000_000_000;
+
+fn exec(n: u64) -> Event {
+    Event {
+        time_unix_nano: T0 + n,
+        process: Some(Process {
+            pid: 1000 + u32::try_from(n).unwrap(),
+            ..Process::default()
+        }),
+        body: Some(Body::Exec(Exec {
+            filename: "/usr/bin/true".into(),
+            argv: vec![format!("true {n}").into_bytes()],
+            ..Exec::default()
+        })),
+        ..Event::default()
+    }
+}
+
+fn test_chain(id: &str, len: u64) -> Chain {
+    let mut chain = Chain::start(id, HOST, T0);
+    for n in 1..len {
+        chain.push(&exec(n));
+    }
+    chain
+}
+
+/// The host's agent as far as its log goes: its enrolled key, under its log's name, and the
+/// leaves it has appended.
+struct HostLog {
+    signer: Signer,
+    range: CompactRange,
+}
+
+impl HostLog {
+    fn of(collector: &Collector, host: &str) -> Self {
+        let dir = collector.pki.as_ref().unwrap().agent(host);
+        let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+        let key = std::fs::read_to_string(dir.join("agent.key")).unwrap();
+        let name = pki::host_log(&pki::deployment_id(&ca).unwrap(), host);
+        let seed = pki::ed25519_seed_from_pkcs8_pem(&key).unwrap();
+        Self {
+            signer: Signer::from_seed(&name, seed).unwrap(),
+            range: CompactRange::new(),
+        }
+    }
+
+    fn append(&mut self, chain: &Chain, range: std::ops::Range<usize>) {
+        for r in &chain.records[range] {
+            let hash: [u8; 32] = r.hash.as_slice().try_into().unwrap();
+            self.range.append(tlog::leaf_hash(&hash)).unwrap();
+        }
+    }
+
+    /// A signed checkpoint of the leaves appended, extending `old_size`.
+    fn checkpoint(&self, old_size: u64) -> Checkpoint {
+        self.checkpoint_of(self.range.size(), self.range.root(), old_size)
+    }
+
+    fn checkpoint_of(&self, size: u64, root: tlog::Hash, old_size: u64) -> Checkpoint {
+        let body = tlog::Checkpoint::new(self.signer.name(), size, root).unwrap();
+        Checkpoint {
+            note: tlog::sign_checkpoint(&self.signer, &body)
+                .unwrap()
+                .to_text(),
+            old_size,
+        }
+    }
+}
+
+/// The witness key the collector's Welcome names, checked against the CA.
+fn witness_of(collector: &Collector, welcome: &proto::v1::Welcome) -> CosignatureVerifier {
+    let ca = std::fs::read_to_string(collector.pki.as_ref().unwrap().ca_pem()).unwrap();
+    let log = welcome
+        .log
+        .as_ref()
+        .expect("the Welcome names the host's log");
+    let info = pki::verify_cert(&ca, &log.witness_cert_pem, None).unwrap();
+    let pki::Peer::Witness { name } = &info.peer else {
+        panic!("{}", info.peer)
+    };
+    let name = pki::witness_key(&pki::deployment_id(&ca).unwrap(), name);
+    CosignatureVerifier::from_public_key(&name, &info.ed25519_public_key.unwrap()).unwrap()
+}
+
+fn log_of<'a>(report: &'a VerifyResponse, host: &str) -> &'a LogVerdict {
+    report
+        .logs
+        .iter()
+        .find(|l| l.host == host)
+        .unwrap_or_else(|| panic!("no verdict on {host}'s log: {report:?}"))
+}
+
+/// The collector cosigns a host's checkpoint whose root its stored leaves give, after the
+/// records it covers; the cosignature verifies under the witness certificate of the
+/// Welcome; verify checks both signatures and the root.
+#[tokio::test]
+async fn a_host_checkpoint_is_cosigned_and_verified() {
+    let dir = scratch_dir("evidence-cosign");
+    let collector = Collector::start(&dir.join("c.db"));
+    let chain = test_chain("host-e:boot:1", 100);
+    let (mut agent, welcome) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    let witness = witness_of(&collector, &welcome);
+    let state = welcome.log.as_ref().unwrap();
+    assert_eq!((state.size, state.cosigned.as_str()), (0, ""));
+    let mut log = HostLog::of(&collector, HOST);
+    assert_eq!(state.origin, log.signer.name());
+
+    assert_eq!(agent.ship(chain.batch(0..100)).await.unwrap(), 99);
+    log.append(&chain, 0..100);
+    agent.checkpoint(log.checkpoint(0)).await;
+    let answer = agent.checkpoint_ack().await.unwrap();
+    assert_eq!((answer.size, answer.cosigned_size), (100, 100));
+    assert!(answer.refused.is_empty(), "{answer:?}");
+    let signed = tlog::open_checkpoint(answer.cosigned.as_bytes(), &log.signer.verifier()).unwrap();
+    witness
+        .verify_in_note(&signed.note, &signed.checkpoint)
+        .expect("the collector's cosignature verifies");
+
+    // The next checkpoint must extend the cosigned one; an idle one of the same size is
+    // cosigned again, with a fresh timestamp.
+    agent.checkpoint(log.checkpoint(0)).await;
+    let refused = agent.checkpoint_ack().await.unwrap();
+    assert!(refused.cosigned.is_empty());
+    assert_eq!(refused.cosigned_size, 100, "{refused:?}");
+    assert!(refused.refused.contains("100"), "{refused:?}");
+    agent.checkpoint(log.checkpoint(100)).await;
+    assert!(!agent.checkpoint_ack().await.unwrap().cosigned.is_empty());
+
+    let report = verify_all(&collector).await;
+    assert!(report.ok, "{report:?}");
+    let verdict = log_of(&report, HOST);
+    assert_eq!(
+        (verdict.leaves, verdict.attested_size, verdict.checkpoints),
+        (100, 100, 2)
+    );
+
+    // A reconnecting agent is told where its log stands.
+    drop(agent);
+    let (_, welcome) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    let state = welcome.log.unwrap();
+    assert_eq!(state.size, 100);
+    let frontier: Vec<[u8; 32]> = state
+        .frontier
+        .iter()
+        .map(|h| h.as_slice().try_into().unwrap())
+        .collect();
+    assert_eq!(
+        CompactRange::from_frontier(100, &frontier).unwrap().root(),
+        log.range.root()
+    );
+    assert!(
+        state
+            .cosigned
+            .starts_with(&format!("{}\n100\n", log.signer.name()))
+    );
+}
+
+/// The witness rules, each attacked: another host's key, a size the collector does not
+/// hold, a root its leaves do not give (a fork, kept and alerted), a second root for a
+/// cosigned size, and an old spool replayed from a copied host.
+#[tokio::test]
+async fn the_witness_refuses_what_the_rules_refuse() {
+    let dir = scratch_dir("evidence-witness");
+    let collector = Collector::start(&dir.join("c.db"));
+    let chain = test_chain("host-e:boot:2", 50);
+    let mut log = HostLog::of(&collector, HOST);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    agent.ship(chain.batch(0..50)).await.unwrap();
+    log.append(&chain, 0..50);
+
+    // Signed by another host's key, under this host's log name.
+    let other = HostLog::of(&collector, "host-other");
+    let forged = Signer::from_seed(log.signer.name(), other.signer.seed()).unwrap();
+    let forged = HostLog {
+        signer: forged,
+        range: log.range.clone(),
+    };
+    agent.checkpoint(forged.checkpoint(0)).await;
+    let status = agent.checkpoint_ack().await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // More leaves than stored.
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    agent
+        .checkpoint(log.checkpoint_of(51, log.range.root(), 0))
+        .await;
+    let status = agent.checkpoint_ack().await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("holds 50"), "{status:?}");
+
+    // A root the stored leaves do not give: a fork.
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    agent.checkpoint(log.checkpoint_of(50, [7; 32], 0)).await;
+    let status = agent.checkpoint_ack().await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+
+    // The honest one is cosigned; then a second root for its size is a fork too.
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    agent.checkpoint(log.checkpoint(0)).await;
+    assert!(!agent.checkpoint_ack().await.unwrap().cosigned.is_empty());
+    agent.checkpoint(log.checkpoint_of(50, [9; 32], 50)).await;
+    let status = agent.checkpoint_ack().await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+
+    // A copied host replaying its old spool: a checkpoint below the cosigned size.
+    let mut old = HostLog::of(&collector, HOST);
+    old.append(&chain, 0..30);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(
+        agent.ship(chain.batch(0..30)).await.unwrap(),
+        29,
+        "a resend is acked"
+    );
+    agent.checkpoint(old.checkpoint(50)).await;
+    let status = agent.checkpoint_ack().await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // Both forks are kept and alerted; the forged and refused ones changed nothing.
+    let alerts = search_all(
+        &collector,
+        Filter {
+            kinds: vec!["alert".into()],
+            ..Filter::default()
+        },
+        100,
+    )
+    .await;
+    let forks = alerts
+        .iter()
+        .filter(|a| matches!(&a.event.as_ref().unwrap().body, Some(Body::Alert(x)) if x.kind == "checkpoint_fork"))
+        .count();
+    assert_eq!(forks, 2, "{alerts:?}");
+    drop(collector.stop());
+    let conn = rusqlite::Connection::open(dir.join("c.db")).unwrap();
+    let kept: i64 = conn
+        .query_row("SELECT COUNT(*) FROM checkpoint_forks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 2);
+    let cosigned: Vec<i64> = conn
+        .prepare("SELECT size FROM log_checkpoints")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(cosigned, [50]);
+}
+
+/// A stopped store of 1,000 records of one chain with a cosigned checkpoint at 1,000.
+async fn stored_log(dir: &Path, chain: &Chain) -> PathBuf {
+    let path = dir.join("pristine.db");
+    let collector = Collector::start(&path);
+    let mut log = HostLog::of(&collector, HOST);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..1000)).await.unwrap(), 999);
+    log.append(chain, 0..1000);
+    agent.checkpoint(log.checkpoint(0)).await;
+    assert!(!agent.checkpoint_ack().await.unwrap().cosigned.is_empty());
+    let grant = tests::operator::run(
+        &collector.url(),
+        &[
+            "grant", "create", "--user", "alice", "--ttl", "1h", "--reason", "CHG-1",
+        ],
+    );
+    assert!(grant.status.success(), "{grant:?}");
+    let report = verify_all(&collector).await;
+    assert!(report.ok, "{report:?}");
+    drop(collector.stop());
+    path
+}
+
+/// Copies the store (with its WAL) to a fresh file served with the same PKI, and lets
+/// `tamper` at it.
+fn tampered(pristine: &Path, name: &str, tamper: impl FnOnce(&rusqlite::Connection)) -> PathBuf {
+    let copy = pristine.with_file_name(name);
+    for suffix in ["", "-wal", "-shm"] {
+        let from = format!("{}{suffix}", pristine.display());
+        if Path::new(&from).exists() {
+            std::fs::copy(&from, format!("{}{suffix}", copy.display())).unwrap();
+        }
+    }
+    same_pki(pristine, &copy);
+    tamper(&rusqlite::Connection::open(&copy).unwrap());
+    copy
+}
+
+const ROWS: &str = "(SELECT id FROM chains WHERE chain_id = 'host-e:boot:3')";
+
+fn event_at(conn: &rusqlite::Connection, seq: u64) -> Vec<u8> {
+    conn.query_row(
+        &format!("SELECT event FROM events WHERE chain = {ROWS} AND seq = ?1"),
+        [seq],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Rewrites seq 500 and recomputes every hash from there, as docs/chain.md says, with the
+/// head to match: a chain that verifies on its own.
+fn rewrite_from_500(conn: &rusqlite::Connection) {
+    let mut prev: [u8; 32] = conn
+        .query_row(
+            &format!("SELECT hash FROM events WHERE chain = {ROWS} AND seq = 499"),
+            [],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+    for seq in 500..1000 {
+        let mut event = event_at(conn, seq);
+        if seq == 500 {
+            event = prost::Message::encode_to_vec(&exec(123_456));
+        }
+        let hash = chain_hash("host-e:boot:3", seq, &prev, &event);
+        conn.execute(
+            &format!("UPDATE events SET event = ?1, hash = ?2 WHERE chain = {ROWS} AND seq = ?3"),
+            rusqlite::params![event, &hash[..], seq],
+        )
+        .unwrap();
+        prev = hash;
+    }
+    conn.execute(
+        &format!("UPDATE chains SET head_hash = ?1 WHERE id = {ROWS}"),
+        [&prev[..]],
+    )
+    .unwrap();
+}
+
+/// Makes the stored grant end a day later, in both its columns and its body.
+fn extend_the_grant(conn: &rusqlite::Connection) {
+    conn.execute_batch("UPDATE grants SET ends = ends + 86400000000000;")
+        .unwrap();
+    let mut body: Vec<u8> = conn
+        .query_row("SELECT body FROM grants", [], |r| r.get(0))
+        .unwrap();
+    let mut grant: proto::v1::Grant = prost::Message::decode(body.as_slice()).unwrap();
+    grant.expires_at_unix_nano += 86_400_000_000_000;
+    body = prost::Message::encode_to_vec(&grant);
+    conn.execute("UPDATE grants SET body = ?1", [body]).unwrap();
+}
+
+/// What a database admin can do to the store, and what verify says of it: each is found,
+/// by the chain, the log or a finding, naming what is at fault.
+#[tokio::test]
+async fn verify_finds_what_an_admin_does_to_the_store() {
+    let dir = scratch_dir("evidence-tamper");
+    let chain = test_chain("host-e:boot:3", 1000);
+    let pristine = stored_log(&dir, &chain).await;
+    let root_mismatch = "do not give the signed root of size 1000";
+
+    // One flipped byte: the chain names its seq, and the root no longer matches.
+    let copy = tampered(&pristine, "flipped.db", |conn| {
+        let mut event = event_at(conn, 500);
+        event[5] ^= 0x01;
+        conn.execute(
+            &format!("UPDATE events SET event = ?1 WHERE chain = {ROWS} AND seq = 500"),
+            [event],
+        )
+        .unwrap();
+    });
+    let report = verify_all(&Collector::start(&copy)).await;
+    assert!(!report.ok);
+    assert_eq!(report.chains[0].first_bad_seq, Some(500), "{report:?}");
+    assert!(
+        log_of(&report, HOST).reason.contains(root_mismatch),
+        "{report:?}"
+    );
+
+    // The last 100 records deleted, and the chains table made to match: the signed
+    // checkpoint still tells.
+    let copy = tampered(&pristine, "truncated.db", |conn| {
+        conn.execute_batch(&format!(
+            "DELETE FROM events WHERE chain = {ROWS} AND seq >= 900;
+             UPDATE chains SET next_seq = 900, head_hash = (SELECT hash FROM events
+               WHERE chain = {ROWS} AND seq = 899) WHERE id = {ROWS};"
+        ))
+        .unwrap();
+    });
+    let report = verify_all(&Collector::start(&copy)).await;
+    assert!(
+        report.chains[0].ok,
+        "the chain alone is consistent: {report:?}"
+    );
+    let log = log_of(&report, HOST);
+    assert!(
+        !log.ok && log.reason.contains("stored 900, attested 1000"),
+        "{log:?}"
+    );
+    assert!(!report.ok);
+
+    // A record rewritten and every hash after it recomputed as docs/chain.md says: the
+    // chain verifies, the host's signature over the root does not.
+    let copy = tampered(&pristine, "rewritten.db", rewrite_from_500);
+    let report = verify_all(&Collector::start(&copy)).await;
+    assert!(report.chains[0].ok, "{report:?}");
+    assert!(
+        log_of(&report, HOST).reason.contains(root_mismatch),
+        "{report:?}"
+    );
+    assert!(!report.ok);
+
+    // The whole chain deleted.
+    let copy = tampered(&pristine, "deleted.db", |conn| {
+        conn.execute_batch(&format!(
+            "DELETE FROM events WHERE chain = {ROWS}; DELETE FROM chains WHERE id = {ROWS};"
+        ))
+        .unwrap();
+    });
+    let report = verify_all(&Collector::start(&copy)).await;
+    assert!(report.chains.iter().all(|c| c.chain_id != chain.id));
+    let log = log_of(&report, HOST);
+    assert!(
+        !log.ok && log.reason.contains("stored 0, attested 1000"),
+        "{log:?}"
+    );
+
+    // A derived column changed: the kind (hiding a record from kind searches) and the
+    // identity name.
+    for (name, set) in [
+        ("kind.db", "kind = 'fork'"),
+        ("identity.db", "identity_name = 'mallory'"),
+    ] {
+        let copy = tampered(&pristine, name, |conn| {
+            conn.execute_batch(&format!(
+                "UPDATE events SET {set} WHERE chain = {ROWS} AND seq = 10;"
+            ))
+            .unwrap();
+        });
+        let report = verify_all(&Collector::start(&copy)).await;
+        assert!(!report.ok, "{name}");
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.subject == format!("chain {} seq 10", chain.id)),
+            "{name}: {report:?}"
+        );
+    }
+
+    // A grant row edited to last longer.
+    let copy = tampered(&pristine, "grant.db", extend_the_grant);
+    let report = verify_all(&Collector::start(&copy)).await;
+    assert!(!report.ok);
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.subject.starts_with("grant ")
+                && f.reason.contains("differs from its chained grant changes")),
+        "{report:?}"
+    );
+
+    // And the operator's command fails on it, naming the log.
+    let collector = Collector::start(&copy);
+    let cli = tests::operator::run(&collector.url(), &["verify"]);
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    assert!(!cli.status.success(), "{printed}");
+    assert!(printed.contains("FAIL  grant "), "{printed}");
+
+    let report = verify_all(&Collector::start(&pristine)).await;
+    assert!(report.ok, "{report:?}");
+}
