@@ -21,8 +21,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tmux",
 ];
 
-/// Python packages the end-to-end tier uses: a Python client generated from `proto/`.
-const PYTHON_PACKAGES: &[&str] = &["grpcio", "grpcio-tools"];
+/// Python packages the tests use: a Python client generated from `proto/` (the end-to-end
+/// tier), and X.509 and Ed25519 for the independent bundle verifier (`tests/verify_bundle.py`).
+const PYTHON_PACKAGES: &[&str] = &["grpcio", "grpcio-tools", "cryptography"];
 
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
@@ -32,7 +33,7 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 fn python_packages() -> anyhow::Result<()> {
-    if output("python3", &["-c", "import grpc, grpc_tools"]).is_some() {
+    if output("python3", &["-c", "import grpc, grpc_tools, cryptography"]).is_some() {
         return Ok(());
     }
     let mut args = vec!["-m", "pip", "install", "--quiet"];
