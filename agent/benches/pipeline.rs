@@ -5,7 +5,8 @@
 //! reader hands them on; the judge holds a grant that covers the events and a policy, so
 //! coverage is looked up for every one. Timed up to handing the frames to the kernel: the
 //! fsync is outside the timing, and each run stays within one segment (64 MiB) so no
-//! rotation syncs either.
+//! rotation syncs either. The host log's work (docs/evidence.md), done by the ship stage
+//! per record read, is timed on the same number of records and added.
 
 use std::{hint::black_box, sync::Arc, time::Instant};
 
@@ -136,6 +137,9 @@ struct Run {
     payload_bytes: u64,
     pipeline_s: f64,
     hash_s: f64,
+    /// The ship stage's log work on the same number of records: a leaf hash and a compact
+    /// range append each (docs/evidence.md).
+    merkle_s: f64,
 }
 
 fn run(name: &'static str, record: &[u8], events: u64, payload: u64) -> Run {
@@ -191,6 +195,16 @@ fn run(name: &'static str, record: &[u8], events: u64, payload: u64) -> Run {
     }
     black_box(prev);
     let hash_s = start.elapsed().as_secs_f64();
+    let mut log = tlog::CompactRange::new();
+    let start = Instant::now();
+    let mut record_hash = [0u8; 32];
+    for seq in 0..events {
+        record_hash[..8].copy_from_slice(&seq.to_le_bytes());
+        log.append(tlog::leaf_hash(black_box(&record_hash)))
+            .expect("room");
+    }
+    black_box(log.root());
+    let merkle_s = start.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&dir).expect("clean up");
     Run {
         name,
@@ -199,7 +213,19 @@ fn run(name: &'static str, record: &[u8], events: u64, payload: u64) -> Run {
         payload_bytes: payload * events,
         pipeline_s,
         hash_s,
+        merkle_s,
     }
+}
+
+/// Microseconds to sign one checkpoint: the agent signs at most one a second.
+fn checkpoint_sign_us() -> f64 {
+    let signer = tlog::Signer::from_seed("bench/recorder/host/h", [7; 32]).expect("a key");
+    let body = tlog::Checkpoint::new(signer.name(), 1_000_000, [1; 32]).expect("a checkpoint");
+    let start = Instant::now();
+    for _ in 0..1000 {
+        black_box(tlog::sign_checkpoint(&signer, black_box(&body)).expect("signed"));
+    }
+    start.elapsed().as_secs_f64() * 1e6 / 1000.0
 }
 
 #[expect(clippy::cast_precision_loss, reason = "rates for display")]
@@ -219,28 +245,37 @@ fn main() {
         runs.push(run("tty 4 KiB", &tty_record(), 15_000, CHUNK as u64));
     }
     println!(
-        "pipeline benchmark: decode → attribute → judge → encode → chain → spool (written, fsync not timed), one core"
+        "pipeline benchmark: decode → attribute → judge → encode → chain → spool (written, fsync not timed), one core; \
+         +log: the host log's leaf hash and compact range append per record"
     );
     println!(
-        "{:<10} {:>10} {:>12} {:>14} {:>14} {:>12} {:>14}",
+        "{:<10} {:>10} {:>12} {:>14} {:>14} {:>14} {:>12} {:>14} {:>16}",
         "events",
         "count",
         "stored B/ev",
         "pipeline ev/s",
+        "+log ev/s",
         "payload MB/s",
         "sha256 ev/s",
-        "pipeline/sha"
+        "pipeline/sha",
+        "chain+log/chain"
     );
     for r in runs {
         println!(
-            "{:<10} {:>10} {:>12} {:>14.0} {:>14.1} {:>12.0} {:>13.2}x",
+            "{:<10} {:>10} {:>12} {:>14.0} {:>14.0} {:>14.1} {:>12.0} {:>13.2}x {:>15.2}x",
             r.name,
             r.events,
             r.stored_bytes / r.events,
             r.events as f64 / r.pipeline_s,
+            r.events as f64 / (r.pipeline_s + r.merkle_s),
             r.payload_bytes as f64 / r.pipeline_s / 1e6,
             r.events as f64 / r.hash_s,
             r.pipeline_s / r.hash_s,
+            (r.hash_s + r.merkle_s) / r.hash_s,
         );
     }
+    println!(
+        "checkpoint: {:.1} µs to sign (at most one a second)",
+        checkpoint_sign_us()
+    );
 }

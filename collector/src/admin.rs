@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth::{Caller, Gate, Revoked, remote},
     error::AdminError,
-    store::{RevokedHost, Store, TokenRow, blocking},
+    store::{HoldRow, RevokedHost, Store, TokenRow, blocking},
     writer::{AdminChange, WriterHandle},
 };
 
@@ -187,6 +187,7 @@ impl Enrollment for EnrollmentService {
                     Ok(AdminChange {
                         token,
                         revoked: None,
+                        hold: None,
                         act: AdminAct {
                             action: "host_enrolled".into(),
                             host: host.clone(),
@@ -251,9 +252,47 @@ pub(crate) struct AdminService(pub Hosts);
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    // TODO(issue 11)
-    async fn hold(&self, _request: Request<HoldRequest>) -> Result<Response<HoldResponse>, Status> {
-        Err(Status::unimplemented("issue 11"))
+    /// A legal hold: the session's records are never pruned (docs/evidence.md,
+    /// "Retention"). Chained as an `admin` act `hold`.
+    async fn hold(&self, request: Request<HoldRequest>) -> Result<Response<HoldResponse>, Status> {
+        let caller = self
+            .0
+            .gate
+            .operator(&request, Role::Admin, "holding a session")
+            .await?;
+        let HoldRequest {
+            session,
+            mut reason,
+        } = request.into_inner();
+        let key: proto::session::Key = session
+            .parse()
+            .map_err(|e| AdminError::Invalid(format!("session {session:?}: {e}")))?;
+        reason.truncate(reason.floor_char_boundary(REASON_MAX));
+        let actor = caller.name();
+        self.0
+            .writer
+            .admin(
+                None,
+                Box::new(move |_, now| {
+                    Ok(AdminChange {
+                        hold: Some(HoldRow {
+                            session: session.clone(),
+                            time_unix_nano: now,
+                            actor: actor.clone(),
+                            reason: reason.clone(),
+                        }),
+                        act: AdminAct {
+                            action: "hold".into(),
+                            host: key.host,
+                            actor,
+                            detail: format!("{session} {reason}"),
+                        },
+                        ..AdminChange::default()
+                    })
+                }),
+            )
+            .await?;
+        Ok(Response::new(HoldResponse {}))
     }
 
     async fn create_token(
@@ -302,6 +341,7 @@ impl Admin for AdminService {
                             used_unix_nano: 0,
                         }),
                         revoked: None,
+                        hold: None,
                         act: AdminAct {
                             action: "token_created".into(),
                             host,
@@ -345,6 +385,7 @@ impl Admin for AdminService {
                             actor: actor.clone(),
                             reason: reason.clone(),
                         }),
+                        hold: None,
                         act: AdminAct {
                             action: "host_revoked".into(),
                             host,

@@ -1,6 +1,6 @@
 //! Command line.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
@@ -32,4 +32,21 @@ pub struct Cli {
     /// for a collector listening on loopback, which is refused otherwise.
     #[arg(long)]
     pub insecure_plaintext: bool,
+    /// Delete records older than this (for example 90d), a prefix of each host's log at a
+    /// time, each deletion first chained as a signed prune record (docs/evidence.md,
+    /// "Retention"). Without it nothing is ever deleted.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retain: Option<Duration>,
+    /// One host's own limit, `HOST=DURATION`; repeatable.
+    #[arg(long = "retain-host", value_parser = host_limit)]
+    pub retain_host: Vec<(String, Duration)>,
+}
+
+fn host_limit(text: &str) -> Result<(String, Duration), String> {
+    let (host, limit) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected HOST=DURATION, for example db1=30d"))?;
+    pki::check_name(host).map_err(|e| format!("{host:?}: {e}"))?;
+    let limit = humantime::parse_duration(limit).map_err(|e| format!("{limit:?}: {e}"))?;
+    Ok((host.to_owned(), limit))
 }

@@ -15,7 +15,9 @@ mod error;
 mod grants;
 mod ingest;
 pub mod policy;
+mod prune;
 mod query;
+mod retention;
 pub mod store;
 mod verify;
 pub mod witness;
@@ -38,6 +40,7 @@ use tokio::{
     sync::{broadcast, mpsc, watch},
 };
 
+pub use crate::retention::Retention;
 use crate::{
     admin::{AdminService, EnrollmentService, Hosts},
     auth::{Gate, Revoked},
@@ -123,6 +126,7 @@ pub async fn serve(
     store: Arc<dyn Store>,
     policy: Policy,
     transport: Transport,
+    retention: Retention,
 ) -> Result<(), Error> {
     let witness = match &transport {
         Transport::Tls { witness, .. } => Some(Arc::clone(witness)),
@@ -136,6 +140,11 @@ pub async fn serve(
         live.clone(),
         grants_changed.clone(),
     )?;
+    tokio::spawn(retention::run(
+        retention,
+        Arc::clone(&store),
+        writer.clone(),
+    ));
     let gate = Gate::new(writer.clone());
     let revoked = Revoked::new(store.revoked_hosts()?.into_iter().map(|r| r.host));
     let require_approval = policy.require_approval;

@@ -40,6 +40,10 @@ fn main() -> anyhow::Result<()> {
         })?
     };
     let store = collector::open_store(&cli.store)?;
+    let retention = collector::Retention {
+        default: cli.retain,
+        per_host: cli.retain_host.into_iter().collect(),
+    };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -58,7 +62,7 @@ fn main() -> anyhow::Result<()> {
             notify_ready(&listening);
             let mut terminate = signal(SignalKind::terminate())?;
             tokio::select! {
-                served = collector::serve(listener, store, policy, transport) => served?,
+                served = collector::serve(listener, store, policy, transport, retention) => served?,
                 // What is not yet committed is not yet acknowledged either: agents resend it
                 // to the next collector, so stopping here loses nothing.
                 _ = tokio::signal::ctrl_c() => tracing::info!("stopping on SIGINT"),

@@ -24,6 +24,7 @@ use tlog::CompactRange;
 
 use crate::{
     ingest::check,
+    prune::{Cut, PruneNote},
     store::{COLLECTOR_CHAIN, ChainRow, ChainState, LogCheckpoint, Store, StoreError},
     witness::Witness,
 };
@@ -54,6 +55,14 @@ pub(crate) fn verify_all(
     chain_id: &str,
 ) -> Result<Report, StoreError> {
     let mut report = Report::default();
+    let prunes = match witness {
+        Some(witness) => read_prunes(store, witness, &mut report.findings)?,
+        None => HashMap::new(),
+    };
+    let cuts: HashMap<&str, &Cut> = prunes
+        .values()
+        .flat_map(|p| p.cuts.iter().map(|(chain, cut)| (chain.as_str(), cut)))
+        .collect();
     let chains = store.chains()?;
     let mut grants = Grants::default();
     for chain in chains
@@ -69,9 +78,10 @@ pub(crate) fn verify_all(
                 check_columns(&chain.host, &chain.chain_id, row, &mut report.findings);
             }
         };
+        let cut = cuts.get(chain.chain_id.as_str()).copied();
         report
             .chains
-            .push(verify_chain(store, chain, PAGE, &mut derive)?);
+            .push(verify_chain(store, chain, PAGE, cut, &mut derive)?);
         if collector {
             grants.compare(store, &mut report.findings)?;
         }
@@ -82,9 +92,10 @@ pub(crate) fn verify_all(
         hosts.sort();
         hosts.dedup();
         for h in hosts.iter().filter(|h| host.is_empty() || **h == host) {
+            let prune = prunes.get(h);
             report
                 .logs
-                .push(verify_log(store, witness, h, &mut report.findings)?);
+                .push(verify_log(store, witness, h, prune, &mut report.findings)?);
         }
     }
     Ok(report)
@@ -173,6 +184,93 @@ impl Grants {
     }
 }
 
+/// What the valid prune records of one host's log say: the latest one's range and
+/// frontier, and where each chain they cut resumes.
+pub(crate) struct HostPrune {
+    end: u64,
+    frontier: Vec<tlog::Hash>,
+    checkpoint: (u64, tlog::Hash),
+    pub cuts: HashMap<String, Cut>,
+}
+
+/// The prune records chained in the collector's chain whose signature (the collector's log
+/// key) holds, by host. One that does not verify is a finding, and covers nothing.
+pub(crate) fn read_prunes(
+    store: &dyn Store,
+    witness: &Witness,
+    findings: &mut Vec<Finding>,
+) -> Result<HashMap<String, HostPrune>, StoreError> {
+    let verifier = witness.log_signer().map(|s| s.verifier()).ok();
+    let prefix = witness.origin("");
+    let mut notes = Vec::new();
+    let mut from = 0;
+    loop {
+        let mut read = 0;
+        store.chain_rows(COLLECTOR_CHAIN, from, PAGE, &mut |row| {
+            read += 1;
+            from = row.seq + 1;
+            if row.columns.kind == Kind::Prune.name()
+                && let Ok(Event {
+                    body: Some(Body::Prune(prune)),
+                    ..
+                }) = Event::decode(row.event)
+            {
+                notes.push((row.seq, prune.note));
+            }
+            ControlFlow::Continue(())
+        })?;
+        if read < PAGE {
+            break;
+        }
+    }
+    let mut prunes: HashMap<String, HostPrune> = HashMap::new();
+    for (seq, text) in notes {
+        let opened = verifier
+            .as_ref()
+            .ok_or_else(|| "the collector has no log key".to_owned())
+            .and_then(|verifier| {
+                let note = tlog::Note::parse(text.as_bytes()).map_err(|e| e.to_string())?;
+                note.verify(verifier).map_err(|e| e.to_string())?;
+                PruneNote::parse_body(note.text())
+            });
+        let note = match opened {
+            Ok(note) => note,
+            Err(why) => {
+                findings.push(Finding {
+                    subject: format!("chain {COLLECTOR_CHAIN} seq {seq}"),
+                    reason: format!("a prune record that does not verify: {why}"),
+                });
+                continue;
+            }
+        };
+        let Some(host) = note.log.strip_prefix(&prefix) else {
+            findings.push(Finding {
+                subject: format!("chain {COLLECTOR_CHAIN} seq {seq}"),
+                reason: format!(
+                    "a prune record of {}, not a host of this deployment",
+                    note.log
+                ),
+            });
+            continue;
+        };
+        let entry = prunes.entry(host.to_owned()).or_insert_with(|| HostPrune {
+            end: 0,
+            frontier: Vec::new(),
+            checkpoint: (0, tlog::EMPTY_ROOT),
+            cuts: HashMap::new(),
+        });
+        if note.end > entry.end {
+            entry.end = note.end;
+            entry.frontier = note.frontier;
+            entry.checkpoint = note.checkpoint;
+        }
+        for cut in note.cuts {
+            entry.cuts.insert(cut.chain_id.clone(), cut);
+        }
+    }
+    Ok(prunes)
+}
+
 /// A stored checkpoint's host signature (by the key of a host certificate of the CA, valid
 /// when it was cosigned) and the collector's cosignature: its size and root.
 fn check_checkpoint(
@@ -210,6 +308,7 @@ fn verify_log(
     store: &dyn Store,
     witness: &Witness,
     host: &str,
+    prune: Option<&HostPrune>,
     findings: &mut Vec<Finding>,
 ) -> Result<LogVerdict, StoreError> {
     let mut verdict = LogVerdict {
@@ -240,8 +339,18 @@ fn verify_log(
             Err(why) => failures.push(format!("the checkpoint of size {}: {why}", checkpoint.size)),
         }
     }
-    let walk = walk_leaves(store, host, &roots)?;
-    verdict.leaves = walk.range.size();
+    if let Some(prune) = prune {
+        verdict.pruned = prune.end;
+        if roots.get(&prune.checkpoint.0) != Some(&prune.checkpoint.1) {
+            failures.push(format!(
+                "the prune record of leaves 0 to {} names a checkpoint of size {} that no \
+                 stored, signed checkpoint matches",
+                prune.end, prune.checkpoint.0
+            ));
+        }
+    }
+    let walk = walk_leaves(store, host, &roots, prune, findings)?;
+    verdict.leaves = walk.range.size() - verdict.pruned;
     failures.extend(walk.failure);
     if walk.range.size() < verdict.attested_size {
         failures.push(format!(
@@ -267,6 +376,86 @@ fn verify_log(
     Ok(verdict)
 }
 
+/// The links between a host's chains (docs/evidence.md, "Verify"): each chain's
+/// `ChainStart` must name the record before it in the log, as an agent's restart does.
+#[derive(Default)]
+struct Links {
+    /// The last leaf walked: its chain, seq and recomputed hash.
+    last: Option<(String, u64, [u8; 32])>,
+    /// Records a `ChainStart` named, and the chain that did.
+    named: HashMap<(String, u64), String>,
+}
+
+impl Links {
+    /// Checks the `ChainStart` of `chain_id`, given where each chain stands in the log.
+    fn check(
+        &mut self,
+        chain_id: &str,
+        event: &[u8],
+        heads: &HashMap<String, (u64, [u8; 32])>,
+        findings: &mut Vec<Finding>,
+    ) {
+        let subject = format!("chain {chain_id} seq 0");
+        let Ok(Some(Body::ChainStart(start))) = Event::decode(event).map(|e| e.body) else {
+            findings.push(Finding {
+                subject,
+                reason: "a chain's first record is not a chain_start".into(),
+            });
+            return;
+        };
+        let Some((last_chain, last_seq, last_hash)) = &self.last else {
+            // The log's first record: what came before is outside the log.
+            return;
+        };
+        let named = heads.get(&start.previous_chain_id);
+        let reason = if start.previous_chain_id.is_empty() {
+            Some(format!(
+                "it names no chain before it, but the log holds chain {last_chain} to seq \
+                 {last_seq} before it: the host's spool was wiped"
+            ))
+        } else if let Some((held, _)) = named.filter(|(held, _)| start.previous_seq < *held) {
+            Some(format!(
+                "it names seq {} of chain {}, which the log holds to seq {held}: the host \
+                 restarted from an older copy of its spool (a restored snapshot)",
+                start.previous_seq, start.previous_chain_id
+            ))
+        } else if start.previous_chain_id != *last_chain || start.previous_seq != *last_seq {
+            Some(format!(
+                "it names seq {} of chain {} as the record before it, but the record before \
+                 it in the log is seq {last_seq} of chain {last_chain}",
+                start.previous_seq, start.previous_chain_id
+            ))
+        } else if start.previous_hash != last_hash[..] {
+            Some(format!(
+                "it names seq {last_seq} of chain {last_chain} with another hash than the log's"
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            findings.push(Finding {
+                subject: subject.clone(),
+                reason,
+            });
+        }
+        if !start.previous_chain_id.is_empty()
+            && let Some(other) = self.named.insert(
+                (start.previous_chain_id.clone(), start.previous_seq),
+                chain_id.to_owned(),
+            )
+        {
+            findings.push(Finding {
+                subject,
+                reason: format!(
+                    "chain {other} names the same record before it (seq {} of chain {}): two \
+                     hosts run from one spool (a cloned host)",
+                    start.previous_seq, start.previous_chain_id
+                ),
+            });
+        }
+    }
+}
+
 /// The leaves of a log, recomputed from the stored bytes.
 struct LeafWalk {
     range: CompactRange,
@@ -277,16 +466,49 @@ fn walk_leaves(
     store: &dyn Store,
     host: &str,
     roots: &BTreeMap<u64, tlog::Hash>,
+    prune: Option<&HostPrune>,
+    findings: &mut Vec<Finding>,
 ) -> Result<LeafWalk, StoreError> {
+    // The pruned leaves are their compact range: the roots of the rest still compute.
+    let range = match prune {
+        Some(p) => match CompactRange::from_frontier(p.end, &p.frontier) {
+            Ok(range) => range,
+            Err(e) => {
+                return Ok(LeafWalk {
+                    range: CompactRange::new(),
+                    failure: Some(format!("the prune record's frontier: {e}")),
+                });
+            }
+        },
+        None => CompactRange::new(),
+    };
     let mut walk = LeafWalk {
-        range: CompactRange::new(),
+        range,
         failure: None,
     };
+    if let Some(root) = roots.get(&walk.range.size())
+        && walk.range.size() > 0
+        && *root != walk.range.root()
+    {
+        walk.failure = Some(format!(
+            "the prune record's frontier does not give the signed root of size {}",
+            walk.range.size()
+        ));
+    }
     if roots.get(&0).is_some_and(|r| *r != tlog::EMPTY_ROOT) {
         walk.failure = Some("the checkpoint of size 0 does not have the empty root".into());
     }
     // Each chain's last record in the log so far, recomputed: the next one links to it.
-    let mut heads: HashMap<String, (u64, [u8; 32])> = HashMap::new();
+    let mut heads: HashMap<String, (u64, [u8; 32])> = prune
+        .map(|p| {
+            p.cuts
+                .iter()
+                .filter(|(_, c)| c.first_kept > 0)
+                .map(|(chain, c)| (chain.clone(), (c.first_kept - 1, c.prev)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut links = Links::default();
     let mut lookups = Vec::new();
     loop {
         let before = walk.range.size();
@@ -309,6 +531,10 @@ fn walk_leaves(
                 }
             };
             let hash = chain_hash(leaf.chain_id, leaf.seq, &prev, leaf.event);
+            if leaf.seq == 0 {
+                links.check(leaf.chain_id, leaf.event, &heads, findings);
+            }
+            links.last = Some((leaf.chain_id.to_owned(), leaf.seq, hash));
             heads.insert(leaf.chain_id.to_owned(), (leaf.seq, hash));
             let _ = walk.range.append(tlog::leaf_hash(&hash));
             if let Some(root) = roots.get(&walk.range.size())
@@ -405,11 +631,13 @@ impl Walk<'_> {
     }
 }
 
-/// The verdict on one chain; `derive` is shown each record whose hash verifies.
+/// The verdict on one chain; `derive` is shown each record whose hash verifies. A chain
+/// cut by a valid prune record starts where the cut says.
 fn verify_chain(
     store: &dyn Store,
     chain: &ChainState,
     page: usize,
+    cut: Option<&Cut>,
     derive: &mut dyn FnMut(&ChainRow<'_>),
 ) -> Result<ChainVerdict, StoreError> {
     let checkpoint = store.last_checkpoint(&chain.chain_id)?;
@@ -425,8 +653,8 @@ fn verify_chain(
     };
     let mut walk = Walk {
         chain_id: &chain.chain_id,
-        expected: 0,
-        prev: GENESIS,
+        expected: cut.map_or(0, |c| c.first_kept),
+        prev: cut.map_or(GENESIS, |c| c.prev),
         prev_row: i64::MIN,
         bad: None,
         failure: None,
@@ -506,7 +734,7 @@ mod tests {
     fn verdict(store: &TestStore, page: usize) -> ChainVerdict {
         let chains = store.store.chains().unwrap();
         let chain = chains.iter().find(|c| c.chain_id == CHAIN).unwrap();
-        verify_chain(&store.store, chain, page, &mut |_| {}).unwrap()
+        verify_chain(&store.store, chain, page, None, &mut |_| {}).unwrap()
     }
 
     const ROWS: &str = "(SELECT id FROM chains WHERE chain_id = 'h:boot:1')";

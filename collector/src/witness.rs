@@ -24,6 +24,8 @@ pub enum WitnessError {
 pub struct Witness {
     /// The deployment id of the CA (`pki::deployment_id`).
     pub deployment: String,
+    /// The collector's name, as its witness certificate says.
+    pub name: String,
     pub cosigner: Cosigner,
     /// The witness certificate, PEM: agents check cosignatures against it.
     pub cert_pem: String,
@@ -79,11 +81,21 @@ impl Witness {
             return Err(bad(format!("{KEY} is not the key of the certificate")));
         }
         Ok(Self {
+            name: name.clone(),
             deployment,
             cosigner,
             cert_pem: cert_pem.to_owned(),
             ca_pem: ca_pem.to_owned(),
         })
+    }
+
+    /// The key of the collector's own log (docs/evidence.md): the witness key's seed as a
+    /// plain Ed25519 note key under the log's name. It signs prune records.
+    pub fn log_signer(&self) -> Result<tlog::Signer, tlog::KeyError> {
+        tlog::Signer::from_seed(
+            &pki::collector_log(&self.deployment, &self.name),
+            self.cosigner.seed(),
+        )
     }
 
     /// The origin of `host`'s log.

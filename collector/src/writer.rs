@@ -26,9 +26,10 @@ use tlog::{CompactRange, Evidence, SignedCheckpoint, Verdict, WitnessState};
 
 use crate::{
     error::{AdminError, GrantError, IngestError},
+    prune::{Cut, PruneNote},
     store::{
-        Append, COLLECTOR_CHAIN, ChainState, Commit, Conflict, ForkRow, LogCheckpoint, LogRow,
-        Record, RevokedHost, Store, StoreError, TokenRow,
+        Append, COLLECTOR_CHAIN, ChainState, Commit, Conflict, ForkRow, HoldRow, LogCheckpoint,
+        LogRow, PruneRow, Record, RevokedHost, Store, StoreError, TokenRow,
     },
     witness::Witness,
 };
@@ -119,6 +120,7 @@ pub(crate) type DecideAdmin =
 pub(crate) struct AdminChange {
     pub token: Option<TokenRow>,
     pub revoked: Option<RevokedHost>,
+    pub hold: Option<HoldRow>,
     pub act: AdminAct,
 }
 
@@ -142,6 +144,12 @@ enum Request {
     },
     /// An event of the collector's own (an alert, a read of the evidence) to chain.
     Own(Box<Own>, Reply),
+    /// Retention: prune `host`'s log of what is older than the cutoff.
+    Prune {
+        host: String,
+        cutoff_unix_nano: u64,
+        reply: Reply,
+    },
 }
 
 /// An answer owed once the group it belongs to is committed (or has failed).
@@ -240,6 +248,21 @@ impl WriterHandle {
 }
 
 impl WriterHandle {
+    /// Prunes `host`'s log of the records older than `cutoff_unix_nano` (docs/evidence.md,
+    /// "Retention"), and waits until it is durable; returns the log's first kept leaf.
+    pub async fn prune(&self, host: String, cutoff_unix_nano: u64) -> Result<u64, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Prune {
+                host,
+                cutoff_unix_nano,
+                reply,
+            })
+            .await
+            .map_err(|_| IngestError::Unavailable)?;
+        rx.await.map_err(|_| IngestError::Unavailable)?
+    }
+
     /// Chains an event of the collector's own, and waits until it is durable.
     pub async fn record(&self, own: Own) -> Result<(), IngestError> {
         let (reply, rx) = oneshot::channel();
@@ -476,6 +499,23 @@ impl Writer {
                 self.chain_own(group, *own);
                 group.replies.push(Outcome::Seq(reply, Ok(0)));
             }
+            Request::Prune {
+                host,
+                cutoff_unix_nano,
+                reply,
+            } => {
+                // It reads the leaves it deletes from the store, and one prune per group
+                // keeps each reading the last one's result.
+                if group.logs.contains_key(&host) || !group.commit.prunes.is_empty() {
+                    return Err(Later(Request::Prune {
+                        host,
+                        cutoff_unix_nano,
+                        reply,
+                    }));
+                }
+                let result = self.prune(group, &host, cutoff_unix_nano);
+                group.replies.push(Outcome::Seq(reply, result));
+            }
         }
         Ok(())
     }
@@ -671,6 +711,7 @@ impl Writer {
         );
         group.commit.tokens.extend(change.token);
         group.commit.revoked_hosts.extend(change.revoked);
+        group.commit.holds.extend(change.hold);
         Ok(change.act)
     }
 
@@ -767,13 +808,19 @@ impl Writer {
         Ok(())
     }
 
-    /// The root of the first `size` leaves of `host`'s log, from the store.
-    fn stored_root(&self, host: &str, size: u64) -> Result<tlog::Hash, IngestError> {
-        let mut range = CompactRange::new();
+    /// Extends `range`, the compact range of `host`'s first `range.size()` leaves, with the
+    /// stored leaves up to `end`, showing `each` every leaf on the way.
+    fn extend_from_store(
+        &self,
+        host: &str,
+        mut range: CompactRange,
+        end: u64,
+        each: &mut dyn FnMut(&crate::store::LeafRow<'_>, [u8; 32]),
+    ) -> Result<CompactRange, IngestError> {
         let mut failure = None;
-        while range.size() < size && failure.is_none() {
+        while range.size() < end && failure.is_none() {
             let before = range.size();
-            let want = usize::try_from(size - before)
+            let want = usize::try_from(end - before)
                 .unwrap_or(usize::MAX)
                 .min(10_000);
             self.store.log_leaves(host, before, want, &mut |leaf| {
@@ -781,10 +828,11 @@ impl Writer {
                 match hash {
                     Some(hash) if leaf.log_index == range.size() => {
                         let _ = range.append(tlog::leaf_hash(&hash));
+                        each(&leaf, hash);
                         std::ops::ControlFlow::Continue(())
                     }
                     _ => {
-                        failure = Some(leaf.log_index);
+                        failure = Some(range.size());
                         std::ops::ControlFlow::Break(())
                     }
                 }
@@ -797,8 +845,107 @@ impl Writer {
             Some(index) => Err(IngestError::Internal(format!(
                 "the store lacks leaf {index} of host {host}'s log"
             ))),
-            None => Ok(range.root()),
+            None => Ok(range),
         }
+    }
+
+    /// The compact range of the leaves of `host`'s log that were pruned.
+    fn pruned(&self, host: &str) -> Result<CompactRange, IngestError> {
+        match self.store.prune(host)? {
+            Some(p) => CompactRange::from_bytes(&p.frontier).map_err(|e| {
+                IngestError::Internal(format!("the stored prune of host {host}: {e}"))
+            }),
+            None => Ok(CompactRange::new()),
+        }
+    }
+
+    /// The root of the first `size` leaves of `host`'s log, from the store.
+    fn stored_root(&self, host: &str, size: u64) -> Result<tlog::Hash, IngestError> {
+        let pruned = self.pruned(host)?;
+        if size < pruned.size() {
+            return Err(IngestError::Invalid(format!(
+                "a checkpoint of size {size}, but leaves 0 to {} of host {host}'s log are pruned",
+                pruned.size()
+            )));
+        }
+        Ok(self
+            .extend_from_store(host, pruned, size, &mut |_, _| {})?
+            .root())
+    }
+
+    /// Deletes the leaves of `host`'s log older than the cutoff, up to the first kept one
+    /// and never past the last cosigned checkpoint, by chaining a signed prune record in the
+    /// same transaction. Returns the log's first kept leaf.
+    fn prune(&self, group: &mut Group, host: &str, cutoff: u64) -> Result<u64, IngestError> {
+        let Some(witness) = &self.witness else {
+            return Err(IngestError::Invalid(
+                "this collector serves without TLS: it keeps no signed logs to prune".into(),
+            ));
+        };
+        let log = self.log(group, host);
+        let Some(cosigned) = log.cosigned else {
+            return Ok(0);
+        };
+        let pruned = self.pruned(host)?;
+        let start = pruned.size();
+        let end = self
+            .store
+            .first_kept(host, start, cutoff)?
+            .unwrap_or(log.range.size())
+            .min(cosigned.size);
+        if end <= start {
+            return Ok(start);
+        }
+        let mut cuts: std::collections::BTreeMap<String, (u64, [u8; 32])> =
+            std::collections::BTreeMap::new();
+        let range = self.extend_from_store(host, pruned, end, &mut |leaf, hash| {
+            cuts.insert(leaf.chain_id.to_owned(), (leaf.seq, hash));
+        })?;
+        let note = PruneNote {
+            log: witness.origin(host),
+            end,
+            frontier: range.frontier().to_vec(),
+            cuts: cuts
+                .into_iter()
+                .map(|(chain_id, (seq, prev))| Cut {
+                    chain_id,
+                    first_kept: seq + 1,
+                    prev,
+                })
+                .collect(),
+            checkpoint: (cosigned.size, cosigned.root),
+        };
+        let key = witness
+            .log_signer()
+            .map_err(|e| IngestError::Internal(format!("the collector's log key: {e}")))?;
+        let mut signed = tlog::Note::new(note.to_body())
+            .map_err(|e| IngestError::Internal(format!("a prune note: {e}")))?;
+        signed
+            .sign(&key)
+            .map_err(|e| IngestError::Internal(format!("signing a prune note: {e}")))?;
+        tracing::info!(
+            host,
+            end,
+            "pruned the log's leaves older than the retention limit"
+        );
+        self.chain_own(
+            group,
+            Own {
+                kind: Kind::Prune,
+                host: host.to_owned(),
+                identity_kind: 0,
+                identity_name: String::new(),
+                body: Body::Prune(proto::v1::Prune {
+                    note: signed.to_text(),
+                }),
+            },
+        );
+        group.commit.prunes.push(PruneRow {
+            host: host.to_owned(),
+            end,
+            frontier: range.to_bytes(),
+        });
+        Ok(end)
     }
 
     /// The witness's decision on a host's checkpoint (docs/evidence.md, "The collector as

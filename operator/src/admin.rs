@@ -4,7 +4,7 @@ use std::io;
 
 use proto::{
     time::rfc3339_millis,
-    v1::{CreateTokenRequest, RevokeHostRequest, admin_client::AdminClient},
+    v1::{CreateTokenRequest, HoldRequest, RevokeHostRequest, admin_client::AdminClient},
 };
 use tonic::transport::Channel;
 
@@ -33,6 +33,23 @@ pub async fn token(
          --collector URL ...`",
         rfc3339_millis(made.expires_unix_nano)
     );
+    Ok(())
+}
+
+/// Puts session `session` on legal hold: retention never prunes its records.
+pub async fn hold(
+    mut client: AdminClient<Channel>,
+    session: String,
+    reason: String,
+) -> anyhow::Result<()> {
+    client
+        .hold(HoldRequest {
+            session: session.clone(),
+            reason,
+        })
+        .await
+        .map_err(|s| refused(&s))?;
+    eprintln!("session {session} is on hold: retention keeps its records");
     Ok(())
 }
 

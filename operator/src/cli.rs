@@ -75,6 +75,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a session's evidence bundle: its records, each with a proof of inclusion in
+    /// its host's signed and witnessed log, for offline verification (docs/evidence.md).
+    Export {
+        /// A session key from `sessions`.
+        #[arg(long)]
+        session: String,
+        /// The file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Exempt a session from pruning (a legal hold, admin); chained at the collector.
+    Hold {
+        /// A session key from `sessions`.
+        session: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Check an evidence bundle offline, trusting only the CA certificate (`--ca`, else
+    /// `ca.pem` in `--pki-dir`); exits non-zero if anything in it fails.
+    VerifyBundle {
+        /// The bundle file.
+        file: PathBuf,
+    },
     /// Just-in-time grants: create, list, revoke, extend.
     Grant {
         #[command(subcommand)]

@@ -1,11 +1,13 @@
 //! The operators' client of the collector: `tail`, `search`, `sessions`, `replay` and
-//! `verify` over its Query service (`query`, `replay`), `grant` and `review` over its
+//! `verify` over its Query service (`query`, `replay`), `export` and the offline
+//! `verify-bundle` (`evidence`), `grant` and `review` over its
 //! Grants service (`grant`), as readable text or JSON lines (`render`), and events as OCSF
 //! for SIEMs (`ocsf`). `cargo xtask` runs it.
 
 mod admin;
 mod certs;
 pub mod cli;
+mod evidence;
 mod grant;
 mod ocsf;
 mod query;
@@ -24,8 +26,13 @@ use tonic::transport::Channel;
 use crate::cli::{Cli, Command};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Pki { command } = cli.command {
-        return certs::run(command);
+    match cli.command {
+        Command::Pki { command } => return certs::run(command),
+        Command::VerifyBundle { file } => {
+            let ca = cli.ca.unwrap_or_else(|| cli.pki_dir.join("ca.pem"));
+            return evidence::verify_bundle(&file, &ca, &mut io::stdout().lock());
+        }
+        _ => {}
     }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -91,6 +98,14 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             admin::token(AdminClient::new(channel), command, &mut out).await
         }
         Command::Host { command } => admin::host(AdminClient::new(channel), command).await,
-        Command::Pki { .. } => unreachable!("handled before connecting"),
+        Command::Hold { session, reason } => {
+            admin::hold(AdminClient::new(channel), session, reason).await
+        }
+        Command::Export { session, output } => {
+            evidence::export(&mut client, session, &output, &mut out).await
+        }
+        Command::Pki { .. } | Command::VerifyBundle { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
 }

@@ -32,6 +32,13 @@ impl Chain {
     /// A chain of `host` holding only its `ChainStart`, made at `time`.
     #[must_use]
     pub fn start(id: &str, host: &str, time: u64) -> Self {
+        Self::start_after(id, host, time, None)
+    }
+
+    /// A chain of `host` whose `ChainStart` names `previous` (its chain and record count)
+    /// as the head of the spool it started on, as a restarted agent's does.
+    #[must_use]
+    pub fn start_after(id: &str, host: &str, time: u64, previous: Option<(&Chain, usize)>) -> Self {
         let mut chain = Self {
             id: id.into(),
             records: Vec::new(),
@@ -42,7 +49,9 @@ impl Chain {
             body: Some(Body::ChainStart(ChainStart {
                 host: host.into(),
                 boot_id: "boot".into(),
-                ..ChainStart::default()
+                previous_chain_id: previous.map(|(c, _)| c.id.clone()).unwrap_or_default(),
+                previous_seq: previous.map_or(0, |(_, len)| len as u64 - 1),
+                previous_hash: previous.map(|(c, len)| c.head(len)).unwrap_or_default(),
             })),
             ..Event::default()
         });

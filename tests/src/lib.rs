@@ -14,6 +14,7 @@ pub mod ocsf;
 pub mod operator;
 pub mod pki;
 pub mod pty;
+pub mod python;
 pub mod ssh;
 
 use std::{

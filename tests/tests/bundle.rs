@@ -4,65 +4,12 @@
 //! python3 and its `cryptography` and `grpcio-tools` packages the Python half is skipped,
 //! except under `CI=true`, where that is a failure.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::{Command, Output},
-    time::SystemTime,
+use std::{fs, time::SystemTime};
+
+use tests::{
+    collector::scratch_dir,
+    python::{generate_protos, python_ready, python_verify},
 };
-
-use tests::{collector::scratch_dir, workspace_root};
-
-/// Whether the Python verifier can run here.
-fn python_ready() -> bool {
-    let ready = Command::new("python3")
-        .args(["-c", "import cryptography, grpc_tools"])
-        .output()
-        .is_ok_and(|out| out.status.success());
-    assert!(
-        ready || std::env::var("CI").as_deref() != Ok("true"),
-        "python3 with cryptography and grpcio-tools is missing (`cargo xtask setup` installs them) and CI=true forbids skipping"
-    );
-    if !ready {
-        eprintln!(
-            "skipping the Python verifier: python3 with cryptography and grpcio-tools is missing"
-        );
-    }
-    ready
-}
-
-/// The Python classes of `proto/`, generated into `dir`.
-fn generate_protos(dir: &Path) -> PathBuf {
-    let out = dir.join("py");
-    fs::create_dir_all(&out).unwrap();
-    let protos: Vec<String> = fs::read_dir(workspace_root().join("proto/recorder/v1"))
-        .unwrap()
-        .map(|e| format!("recorder/v1/{}", e.unwrap().file_name().to_string_lossy()))
-        .collect();
-    let run = Command::new("python3")
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(workspace_root().join("proto"))
-        .arg(format!("--python_out={}", out.display()))
-        .args(&protos)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
-}
-
-fn python_verify(bundle: &Path, ca: &Path, protos: &Path) -> Output {
-    Command::new("python3")
-        .arg(workspace_root().join("tests/verify_bundle.py"))
-        .arg(bundle)
-        .arg(ca)
-        .arg(protos)
-        .output()
-        .unwrap()
-}
 
 /// Where `needle` first occurs in `haystack` after `from`, plus `offset`.
 fn position(haystack: &[u8], from: usize, needle: &str, offset: usize) -> usize {

@@ -329,3 +329,108 @@ fn a_python_client_generated_from_the_protos_tails_and_searches() {
     drop(agent.stop());
     drop(collector);
 }
+
+/// Copies a stopped collector's store (with its WAL) from `from` to `to`, replacing it.
+fn copy_store(from: &std::path::Path, to: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let (src, dst) = (
+            format!("{}{suffix}", from.display()),
+            format!("{}{suffix}", to.display()),
+        );
+        let _ = fs::remove_file(&dst);
+        if std::path::Path::new(&src).exists() {
+            fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// The largest size among the cosigned checkpoints the agent keeps as receipts.
+fn largest_receipt(spool: &std::path::Path) -> u64 {
+    fs::read_to_string(spool.join("receipts"))
+        .unwrap_or_default()
+        .split("\n\n\n")
+        .filter_map(|note| note.lines().nth(1)?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits until the agent holds a receipt of more than `size` leaves.
+fn wait_for_receipt_above(spool: &std::path::Path, size: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let largest = largest_receipt(spool);
+        if largest > size {
+            return largest;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no receipt above {size} (largest {largest})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A collector whose database is restored from an older backup while the agent keeps
+/// running: the agent, holding a receipt the restored collector no longer backs, chains a
+/// `collector_rollback` alert, and ships again what the backup lacks from its spool, which
+/// was never trimmed past what the collector held.
+#[test]
+fn a_restored_collector_database_is_told_by_the_agent() {
+    if !privileged("a_restored_collector_database_is_told_by_the_agent") {
+        return;
+    }
+    let dir = scratch_dir("rollback");
+    let addr = free_addr();
+    let (store, backup, spool) = (
+        dir.join("store.db"),
+        dir.join("backup.db"),
+        dir.join("spool"),
+    );
+    let collector = Collector::start_at(&store, addr);
+    let url = collector.url();
+    let agent = Agent::shipping(&spool, &url, &[]);
+    let before = marker("before-backup");
+    let _ = mark(&before);
+    wait_for_exec(&url, &before, Duration::from_secs(20));
+    let backed_up = wait_for_receipt_above(&spool, 0);
+    drop(collector.stop());
+    copy_store(&store, &backup);
+
+    let collector = Collector::start_at(&store, addr);
+    let after = marker("after-backup");
+    let _ = mark(&after);
+    wait_for_exec(&url, &after, Duration::from_secs(30));
+    let cosigned = wait_for_receipt_above(&spool, backed_up + 1);
+    drop(collector.stop());
+    copy_store(&backup, &store);
+
+    let collector = Collector::start_at(&store, addr);
+    // The spool still held what the backup lacks: it is shipped again.
+    wait_for_exec(&url, &after, Duration::from_mins(1));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alert = loop {
+        let alerts = operator::json_lines(&url, &["search", "--kind", "alert", "--json"]);
+        if let Some(a) = alerts
+            .iter()
+            .find(|a| a.to_string().contains("collector_rollback"))
+        {
+            break a.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no collector_rollback alert: {alerts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(alert.to_string().contains("rolled back"), "{alert}");
+    // The log the agent signs from here on is the restored collector's plus what it
+    // resent: the collector cosigns it, and verify passes.
+    let resumed = wait_for_receipt_above(&spool, cosigned);
+    assert!(resumed > cosigned);
+    let verdicts = operator::json_lines(&url, &["verify", "--json"]);
+    for v in &verdicts {
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    drop(agent.stop());
+    drop(collector);
+}

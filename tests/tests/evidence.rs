@@ -10,6 +10,7 @@ use proto::{
 };
 use tests::collector::{Collector, same_pki, scratch_dir};
 use tests::grpc::{Agent, Chain, search_all, verify_all};
+use tests::python::{generate_protos, python_ready, python_verify};
 use tlog::{CompactRange, CosignatureVerifier, Signer};
 use tonic::Code;
 
@@ -476,4 +477,274 @@ async fn verify_finds_what_an_admin_does_to_the_store() {
 
     let report = verify_all(&Collector::start(&pristine)).await;
     assert!(report.ok, "{report:?}");
+}
+
+/// An event of audit session 7, whose root started at `T0 - 5_000`.
+fn in_session(n: u64) -> Event {
+    let mut event = exec(n);
+    event.process.as_mut().unwrap().sessionid = Some(7);
+    event.session_root = Some(proto::v1::SessionRoot {
+        pid: 900,
+        start_unix_nano: T0 - 5_000,
+    });
+    event
+}
+
+/// `recorder export` writes a session's bundle, which `recorder verify-bundle` checks with
+/// no collector, trusting only the CA; one flipped byte anywhere fails it.
+#[tokio::test]
+async fn an_exported_session_verifies_offline_and_a_flipped_byte_does_not() {
+    let dir = scratch_dir("evidence-export");
+    let collector = Collector::start(&dir.join("c.db"));
+    let mut chain = Chain::start("host-e:boot:4", HOST, T0);
+    for n in 1..300 {
+        chain.push(&if n % 3 == 0 { in_session(n) } else { exec(n) });
+    }
+    let mut log = HostLog::of(&collector, HOST);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    agent.ship(chain.batch(0..300)).await.unwrap();
+    log.append(&chain, 0..300);
+    agent.checkpoint(log.checkpoint(0)).await;
+    assert!(!agent.checkpoint_ack().await.unwrap().cosigned.is_empty());
+
+    let key = format!("{HOST}:7:{}", T0 - 5_000);
+    let file = dir.join("session.bundle");
+    let url = collector.url();
+    let export = tests::operator::run(
+        &url,
+        &["export", "--session", &key, "-o", file.to_str().unwrap()],
+    );
+    assert!(export.status.success(), "{export:?}");
+    assert!(
+        String::from_utf8_lossy(&export.stdout).contains("99 records"),
+        "{export:?}"
+    );
+    let ca = collector.pki.as_ref().unwrap().ca_pem();
+    let ca = ca.to_str().unwrap();
+    let verify = |path: &Path| {
+        tests::operator::run(&url, &["verify-bundle", path.to_str().unwrap(), "--ca", ca])
+    };
+    let checked = verify(&file);
+    assert!(checked.status.success(), "{checked:?}");
+    assert!(
+        String::from_utf8_lossy(&checked.stdout).contains("99 records"),
+        "{checked:?}"
+    );
+    // And by the independent verifier, written from docs/evidence.md alone.
+    let python = python_ready().then(|| generate_protos(&dir));
+    if let Some(protos) = &python {
+        let out = python_verify(&file, Path::new(ca), protos);
+        assert!(out.status.success(), "{out:?}");
+    }
+    // The export itself is chained: it is a read of the evidence.
+    let reads = search_all(
+        &collector,
+        Filter {
+            kinds: vec!["access".into()],
+            ..Filter::default()
+        },
+        100,
+    )
+    .await;
+    assert!(
+        reads.iter().any(|r| format!("{r:?}").contains("Export")),
+        "{reads:?}"
+    );
+
+    let bytes = std::fs::read(&file).unwrap();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let at =
+        |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle}")) + needle.len() + 4;
+    for (what, offset) in [
+        ("an event", at("\"event\":\"")),
+        ("a proof hash", at("index ")),
+        ("a certificate", at("BEGIN CERTIFICATE-----\\n")),
+        ("the policy", at("\"policy\":\"log ")),
+    ] {
+        let mut flipped = bytes.clone();
+        flipped[offset] = if flipped[offset] == b'A' { b'B' } else { b'A' };
+        let path = dir.join("flipped.bundle");
+        std::fs::write(&path, &flipped).unwrap();
+        let refused = verify(&path);
+        assert!(!refused.status.success(), "{what}: {refused:?}");
+        if let Some(protos) = &python {
+            let out = python_verify(&path, Path::new(ca), protos);
+            assert!(!out.status.success(), "python, {what}: {out:?}");
+        }
+    }
+}
+
+/// The links between a host's chains: a restart names the record before it in the log; a
+/// wiped spool names none, a restored snapshot an older record, and a cloned host the same
+/// record as another chain. Each is a finding naming the chain.
+#[tokio::test]
+async fn verify_checks_the_links_between_a_hosts_chains() {
+    let dir = scratch_dir("evidence-links");
+    let collector = Collector::start(&dir.join("c.db"));
+    let first = test_chain("host-e:boot:10", 20);
+    let restarted = Chain::start_after("host-e:boot:11", HOST, T0 + 100, Some((&first, 20)));
+    let ids = [first.id.as_str(), restarted.id.as_str()];
+    let (mut agent, _) = Agent::connect(&collector, HOST, &ids).await;
+    agent.ship(first.batch(0..20)).await.unwrap();
+    agent.ship(restarted.batch(0..1)).await.unwrap();
+    let report = verify_all(&collector).await;
+    assert!(report.ok, "a restart links: {report:?}");
+
+    let cases = [
+        (
+            "wiped",
+            Chain::start("host-e:boot:12", HOST, T0 + 200),
+            "spool was wiped",
+        ),
+        (
+            "snapshot",
+            Chain::start_after("host-e:boot:13", HOST, T0 + 300, Some((&first, 10))),
+            "restored snapshot",
+        ),
+        (
+            "clone",
+            Chain::start_after("host-e:boot:14", HOST, T0 + 400, Some((&first, 20))),
+            "cloned host",
+        ),
+    ];
+    for (what, chain, reason) in cases {
+        let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+        agent.ship(chain.batch(0..1)).await.unwrap();
+        let report = verify_all(&collector).await;
+        assert!(!report.ok, "{what}: {report:?}");
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.subject == format!("chain {} seq 0", chain.id)
+                    && f.reason.contains(reason)),
+            "{what}: {report:?}"
+        );
+    }
+}
+
+/// An exec at `time`, in audit session `session` (whose root started at `T0`) if any.
+fn exec_at(n: u64, time: u64, session: Option<u32>) -> Event {
+    let mut event = exec(n);
+    event.time_unix_nano = time;
+    if let Some(id) = session {
+        event.process.as_mut().unwrap().sessionid = Some(id);
+        event.session_root = Some(proto::v1::SessionRoot {
+            pid: 900,
+            start_unix_nano: T0,
+        });
+    }
+    event
+}
+
+/// `--retain` deletes the records older than the limit, a prefix of the host's log, only
+/// after chaining a signed prune record, and never past a session on hold: verify still
+/// passes, and bundles of kept sessions still verify offline. Deleting records without a
+/// prune record fails verify.
+#[tokio::test]
+async fn retention_prunes_with_a_signed_record_and_keeps_what_is_held() {
+    let dir = scratch_dir("evidence-retain");
+    let (store, addr) = (dir.join("c.db"), free_addr());
+    let collector = Collector::start_at(&store, addr);
+    let now = proto::time::now_unix_nano();
+    let old = now - 2 * 3_600_000_000_000;
+    let mut chain = Chain::start("host-e:boot:20", HOST, old);
+    for n in 1..1000 {
+        let (time, session) = match n {
+            ..400 => (old, (n % 10 == 0).then_some(8)),
+            400..600 => (old, (n % 7 == 0).then_some(9)),
+            _ => (now, (n % 5 == 0).then_some(10)),
+        };
+        chain.push(&exec_at(n, time, session));
+    }
+    let mut log = HostLog::of(&collector, HOST);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    agent.ship(chain.batch(0..1000)).await.unwrap();
+    log.append(&chain, 0..1000);
+    agent.checkpoint(log.checkpoint(0)).await;
+    assert!(!agent.checkpoint_ack().await.unwrap().cosigned.is_empty());
+    drop(agent);
+    let url = collector.url();
+    let session = |id: u32| format!("{HOST}:{id}:{T0}");
+    let held = tests::operator::run(&url, &["hold", &session(9), "--reason", "case 42"]);
+    assert!(held.status.success(), "{held:?}");
+    drop(collector.stop());
+
+    // Restarted with a limit of an hour: the old records go, up to the first held one
+    // (seq 406, session 9's first record).
+    let collector = Collector::start_with(&store, addr, &["--retain", "1h"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let report = loop {
+        let report = verify_all(&collector).await;
+        if log_of(&report, HOST).pruned > 0 || std::time::Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(report.ok, "{report:?}");
+    let verdict = log_of(&report, HOST);
+    assert_eq!((verdict.pruned, verdict.leaves), (406, 594), "{verdict:?}");
+    let chain_verdict = report
+        .chains
+        .iter()
+        .find(|c| c.chain_id == chain.id)
+        .unwrap();
+    assert!(chain_verdict.ok, "{chain_verdict:?}");
+
+    // Bundles of the kept sessions verify offline: the held one and a recent one.
+    let ca = collector.pki.as_ref().unwrap().ca_pem();
+    for id in [9, 10] {
+        let file = dir.join(format!("session-{id}.bundle"));
+        let export = tests::operator::run(
+            &url,
+            &[
+                "export",
+                "--session",
+                &session(id),
+                "-o",
+                file.to_str().unwrap(),
+            ],
+        );
+        assert!(export.status.success(), "{export:?}");
+        let checked = tests::operator::run(
+            &url,
+            &[
+                "verify-bundle",
+                file.to_str().unwrap(),
+                "--ca",
+                ca.to_str().unwrap(),
+            ],
+        );
+        assert!(checked.status.success(), "session {id}: {checked:?}");
+    }
+    drop(collector.stop());
+    let conn = rusqlite::Connection::open(&store).unwrap();
+    let (left, prunes): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM events WHERE host = 'host-e' AND log_index < 406), \
+             (SELECT COUNT(*) FROM events WHERE kind = 'prune')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((left, prunes), (0, 1));
+
+    // Old rows deleted with no prune record for them: verify fails.
+    let copy = tampered(&store, "unpruned.db", |conn| {
+        conn.execute_batch("DELETE FROM events WHERE host = 'host-e' AND log_index < 420;")
+            .unwrap();
+    });
+    let report = verify_all(&Collector::start(&copy)).await;
+    assert!(!report.ok);
+    assert!(
+        log_of(&report, HOST).reason.contains("leaf 406 is missing"),
+        "{report:?}"
+    );
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }

@@ -175,7 +175,9 @@ fn host_chains(job: &Job) -> Vec<Value> {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        // The collector's own chain records the operators' reads; only hosts' chains here.
+        // The collector's own chain records the operators' reads, and hosts' logs have
+        // verdicts of their own; only hosts' chains here.
+        .filter(|v| v.get("chain_id").is_some())
         .filter(|chain| chain["host"] != "collector")
         .collect()
 }

@@ -52,8 +52,15 @@ enum Task {
     Sessions(Operator),
     /// Play a session's terminal output back: `replay SESSION [--speed N]`.
     Replay(Operator),
-    /// Recompute every stored chain; non-zero exit on any failure: `verify [--host H]`.
+    /// Check everything stored (chains, hosts' signed logs, columns, grants); non-zero exit
+    /// on any failure: `verify [--host H]`.
     Verify(Operator),
+    /// A session's evidence bundle, for offline checking: `export --session KEY -o FILE`.
+    Export(Operator),
+    /// Check an evidence bundle with no network: `verify-bundle FILE [--ca ca.pem]`.
+    VerifyBundle(Operator),
+    /// Exempt a session from retention (a legal hold): `hold KEY [--reason R]`.
+    Hold(Operator),
     /// Just-in-time grants: `grant create (--user U | --unit U | --container C | --identity I)
     /// [--host H] --ttl 30m [--on-expiry kill|alert] --reason R`, `grant list [--all]`,
     /// `grant revoke ID`, `grant extend ID --by 15m`.
@@ -129,6 +136,9 @@ fn main() -> anyhow::Result<()> {
         Task::Sessions(op) => operator("sessions", op),
         Task::Replay(op) => operator("replay", op),
         Task::Verify(op) => operator("verify", op),
+        Task::Export(op) => operator("export", op),
+        Task::VerifyBundle(op) => operator("verify-bundle", op),
+        Task::Hold(op) => operator("hold", op),
         Task::Grant(op) => operator("grant", op),
         Task::Review(op) => operator("review", op),
         Task::Test { args } => {

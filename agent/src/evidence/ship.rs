@@ -6,7 +6,12 @@
 //! collector already holds are skipped, never trusted to a second copy: the collector acks a
 //! resend of stored records again, so a lost ack costs a resend, not evidence. When the
 //! collector is unreachable the stage retries with exponential backoff while the spool keeps
-//! filling up to its bound.
+//! filling up to its bound. The Welcome's heads count as acknowledged only once each is seen
+//! to be this host's own record; a head that is not ends the connection.
+//!
+//! With TLS the stage also keeps the host's Merkle log (`log`): every record read is a leaf,
+//! and a signed checkpoint follows the records it covers, at most every second while records
+//! flow and every minute when none do.
 
 use std::{
     collections::HashMap,
@@ -135,13 +140,10 @@ impl Shipper {
             None => None,
         };
         let mut next = HashMap::new();
+        let mut heads = HashMap::new();
         for head in welcome.heads {
             if head.next_seq > 0 {
-                ledger.acked(
-                    head.chain_id.clone(),
-                    head.next_seq - 1,
-                    &self.control.trims,
-                );
+                heads.insert(head.chain_id.clone(), (head.next_seq - 1, head.head_hash));
             }
             next.insert(head.chain_id, head.next_seq);
         }
@@ -152,6 +154,7 @@ impl Shipper {
                 dir: self.dir.clone(),
                 durable: self.durable.clone(),
                 next,
+                heads,
                 log,
             },
             Arc::clone(&ledger),
@@ -182,6 +185,8 @@ struct Reading {
     dir: PathBuf,
     durable: watch::Receiver<Durable>,
     next: HashMap<String, u64>,
+    /// The collector's last record of each chain it holds: its seq and hash.
+    heads: HashMap<String, (u64, Vec<u8>)>,
     log: Option<HostLog>,
 }
 
@@ -198,6 +203,7 @@ async fn send(
         dir,
         mut durable,
         next,
+        heads,
         mut log,
     } = reading;
     let mut cursor = Cursor::default();
@@ -230,6 +236,7 @@ async fn send(
                         log.read(&r.chain_id, r.seq, &r.hash)?;
                     }
                 }
+                check_heads(&records, &heads, &ledger, &trims)?;
                 let chain_id = last.chain_id.clone();
                 let from = next.get(&chain_id).copied().unwrap_or(0);
                 let events: Vec<ChainedEvent> = records
@@ -290,6 +297,32 @@ async fn send(
             }
         }
     }
+}
+
+/// Checks the collector's heads against the records read. A collector whose head is not
+/// this host's record at that seq holds another history: nothing more goes to it, and
+/// nothing it acknowledged is trimmed. What it holds counts as acknowledged only once its
+/// head is seen to be this host's own record.
+fn check_heads(
+    records: &[ChainedEvent],
+    heads: &HashMap<String, (u64, Vec<u8>)>,
+    ledger: &Ledger,
+    trims: &Trims,
+) -> anyhow::Result<()> {
+    for r in records {
+        let Some((seq, hash)) = heads.get(&r.chain_id).filter(|(seq, _)| *seq == r.seq) else {
+            continue;
+        };
+        if *hash != r.hash {
+            bail!(
+                "the collector's head of chain {} at seq {seq} is not this host's record: it \
+                 holds another history",
+                r.chain_id
+            );
+        }
+        ledger.acked(r.chain_id.clone(), r.seq, trims);
+    }
+    Ok(())
 }
 
 /// A read position in the spool.

@@ -2,6 +2,7 @@
 //! collector.proto's (`filter`); Sessions and Replay are assembled in `sessions`; Verify is
 //! the store-independent chain verifier (`crate::verify`).
 
+mod export;
 mod filter;
 mod sessions;
 
@@ -29,6 +30,8 @@ const DEFAULT_LIMIT: u32 = 1000;
 const MAX_LIMIT: u32 = 10_000;
 /// Rows read from the store at a time by streaming calls.
 const PAGE: usize = 1000;
+/// Bytes of a bundle file per Export message.
+const EXPORT_CHUNK: usize = 1 << 20;
 
 /// The statuses of collector.proto's Query contract.
 impl From<QueryError> for Status {
@@ -327,7 +330,7 @@ impl Query for QueryService {
         }))
     }
 
-    // TODO(issue 11)
+    // TODO(issue 11): `recorder verify --local` reads the raw evidence here.
     type EvidenceStream = ReceiverStream<Result<EvidenceItem, Status>>;
     type ExportStream = ReceiverStream<Result<ExportChunk, Status>>;
 
@@ -340,8 +343,34 @@ impl Query for QueryService {
 
     async fn export(
         &self,
-        _request: Request<ExportRequest>,
+        request: Request<ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
-        Err(Status::unimplemented("issue 11"))
+        let detail = describe(None, &format!("session={}", request.get_ref().session));
+        self.reader(&request, "Export", detail).await?;
+        let Some(witness) = self.witness.clone() else {
+            return Err(Status::failed_precondition(
+                "this collector serves without TLS: it keeps no signed logs to export",
+            ));
+        };
+        let key = request.into_inner().session;
+        let store = Arc::clone(&self.store);
+        let now = proto::time::now_unix_nano();
+        let file = tokio::task::spawn_blocking(move || {
+            export::bundle(store.as_ref(), &witness, &key, now)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("export failed: {e}")))??;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for chunk in file.chunks(EXPORT_CHUNK) {
+                let chunk = ExportChunk {
+                    data: chunk.to_vec(),
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

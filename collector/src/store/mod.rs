@@ -137,6 +137,25 @@ pub struct ForkRow {
     pub received_unix_nano: u64,
 }
 
+/// How far a host's log is pruned: leaves `0 .. end` are deleted, and `frontier` is their
+/// compact range (`tlog::CompactRange::to_bytes`), from which the roots of the rest are
+/// still computed. A convenience for exports: verify trusts only the signed prune records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PruneRow {
+    pub host: String,
+    pub end: u64,
+    pub frontier: Vec<u8>,
+}
+
+/// A session exempt from pruning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldRow {
+    pub session: String,
+    pub time_unix_nano: u64,
+    pub actor: String,
+    pub reason: String,
+}
+
 /// One leaf of a host's log as stored: the record it is, exactly as stored.
 #[derive(Clone, Copy, Debug)]
 pub struct LeafRow<'a> {
@@ -189,6 +208,10 @@ pub struct Commit {
     pub logs: Vec<LogRow>,
     pub log_checkpoints: Vec<LogCheckpoint>,
     pub forks: Vec<ForkRow>,
+    /// Logs pruned: their leaves before `end` are deleted, in the transaction that chains
+    /// the prune record.
+    pub prunes: Vec<PruneRow>,
+    pub holds: Vec<HoldRow>,
 }
 
 impl Commit {
@@ -202,6 +225,8 @@ impl Commit {
             && self.logs.is_empty()
             && self.log_checkpoints.is_empty()
             && self.forks.is_empty()
+            && self.prunes.is_empty()
+            && self.holds.is_empty()
     }
 }
 
@@ -250,6 +275,16 @@ impl Record {
             tty_bytes: self.tty_bytes,
         }
     }
+}
+
+/// A record of a session, as an evidence bundle carries it.
+#[derive(Clone, Debug)]
+pub struct SessionLeaf {
+    pub chain_id: String,
+    pub seq: u64,
+    pub log_index: u64,
+    pub event: Vec<u8>,
+    pub hash: Vec<u8>,
 }
 
 /// How a grant was used: the events recorded under it.
@@ -418,6 +453,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Every cosigned checkpoint of `host`'s log, in the order they were cosigned.
     fn log_checkpoints(&self, host: &str) -> Result<Vec<LogCheckpoint>, StoreError>;
+    /// How far `host`'s log is pruned.
+    fn prune(&self, host: &str) -> Result<Option<PruneRow>, StoreError>;
+    /// The first leaf of `host`'s log from `from` on that retention keeps: stored at or
+    /// after `cutoff_unix_nano`, or of a held session. `None` when every one is older.
+    fn first_kept(
+        &self,
+        host: &str,
+        from: u64,
+        cutoff_unix_nano: u64,
+    ) -> Result<Option<u64>, StoreError>;
+    /// The records of session `key` that are leaves of a log, in log order.
+    fn session_leaves(&self, key: &str) -> Result<Vec<SessionLeaf>, StoreError>;
     /// Every host with a cosigned checkpoint, whatever the `logs` table says.
     fn checkpointed_hosts(&self) -> Result<Vec<String>, StoreError>;
 }

@@ -23,7 +23,8 @@ use sha2::Digest as _;
 
 use super::{
     ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow, LogCheckpoint,
-    LogRow, RevokedHost, SessionQuery, SessionRow, Store, StoreError, TokenRow, Violations,
+    LogRow, PruneRow, RevokedHost, SessionLeaf, SessionQuery, SessionRow, Store, StoreError,
+    TokenRow, Violations,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -167,6 +168,24 @@ fn commit_logs(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> rusqlite::Res
             hash,
             int(c.received_unix_nano)
         ])?;
+    }
+    let mut prune = tx.prepare_cached(
+        "INSERT INTO prunes (host, end_index, frontier) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (host) DO UPDATE SET end_index = excluded.end_index, \
+         frontier = excluded.frontier",
+    )?;
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM events WHERE host = ?1 AND log_index IS NOT NULL AND log_index < ?2",
+    )?;
+    for p in &commit.prunes {
+        delete.execute(params![p.host, int(p.end)])?;
+        prune.execute(params![p.host, int(p.end), p.frontier])?;
+    }
+    let mut hold = tx.prepare_cached(
+        "INSERT OR IGNORE INTO holds (session, time, actor, reason) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for h in &commit.holds {
+        hold.execute(params![h.session, int(h.time_unix_nano), h.actor, h.reason])?;
     }
     let mut fork = tx.prepare_cached(
         "INSERT INTO checkpoint_forks (host, size, note, received) VALUES (?1, ?2, ?3, ?4)",
@@ -561,6 +580,60 @@ impl Store for Sqlite {
                     note: r.get(2)?,
                     cert_pem: r.get(3)?,
                     received_unix_nano: uint(r.get(4)?),
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn prune(&self, host: &str) -> Result<Option<PruneRow>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT end_index, frontier FROM prunes WHERE host = ?1")?
+                .query_row([host], |r| {
+                    Ok(PruneRow {
+                        host: host.to_owned(),
+                        end: uint(r.get(0)?),
+                        frontier: r.get(1)?,
+                    })
+                })
+                .optional()
+        })
+    }
+
+    fn first_kept(
+        &self,
+        host: &str,
+        from: u64,
+        cutoff_unix_nano: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT log_index FROM events WHERE host = ?1 AND log_index >= ?2 \
+                 AND (time >= ?3 OR session IN (SELECT session FROM holds)) \
+                 ORDER BY log_index LIMIT 1",
+            )?
+            .query_row(params![host, int(from), int(cutoff_unix_nano)], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|i| i.map(uint))
+        })
+    }
+
+    fn session_leaves(&self, key: &str) -> Result<Vec<SessionLeaf>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT c.chain_id, e.seq, e.log_index, e.event, e.hash FROM events e \
+                 JOIN chains c ON c.id = e.chain \
+                 WHERE e.session = ?1 AND e.log_index IS NOT NULL ORDER BY e.log_index",
+            )?
+            .query_map([key], |r| {
+                Ok(SessionLeaf {
+                    chain_id: r.get(0)?,
+                    seq: uint(r.get(1)?),
+                    log_index: uint(r.get(2)?),
+                    event: r.get(3)?,
+                    hash: r.get(4)?,
                 })
             })?
             .collect()

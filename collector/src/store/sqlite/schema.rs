@@ -10,7 +10,8 @@
 //! - 2: join tokens (their hashes) and revoked hosts.
 //! - 3: hosts' logs (docs/evidence.md): each agent record's `log_index`, each host's log
 //!   state, its cosigned checkpoints with the certificates whose keys signed them, and the
-//!   checkpoints refused as forks. Records stored before are in no log.
+//!   checkpoints refused as forks, how far each log is pruned, and sessions on legal hold.
+//!   Records stored before are in no log.
 
 use prost::Message as _;
 use proto::{kind::Kind, v1::Event};
@@ -111,6 +112,17 @@ CREATE TABLE IF NOT EXISTS log_checkpoints (
     received INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS log_checkpoints_host ON log_checkpoints(host, id);
+CREATE TABLE IF NOT EXISTS prunes (
+    host TEXT PRIMARY KEY,
+    end_index INTEGER NOT NULL,
+    frontier BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS holds (
+    session TEXT PRIMARY KEY,
+    time INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoint_forks (
     id INTEGER PRIMARY KEY,
     host TEXT NOT NULL,
