@@ -368,3 +368,31 @@ pub fn tty_data(event: &Value) -> Vec<u8> {
         .decode(event["data"].as_str().expect("tty event has data"))
         .expect("data is base64")
 }
+
+/// The largest size among the cosigned checkpoints the agent with spool `spool` keeps as
+/// receipts (docs/evidence.md, "Receipts"); 0 without any.
+#[must_use]
+pub fn largest_receipt(spool: &std::path::Path) -> u64 {
+    std::fs::read_to_string(spool.join("receipts"))
+        .unwrap_or_default()
+        .split("\n\n\n")
+        .filter_map(|note| note.lines().nth(1)?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits up to `within` for a receipt of more than `size` leaves; its size, or `None`.
+#[must_use]
+pub fn receipt_above(spool: &std::path::Path, size: u64, within: Duration) -> Option<u64> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let largest = largest_receipt(spool);
+        if largest > size {
+            return Some(largest);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

@@ -14,7 +14,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    agent::Agent,
+    agent::{Agent, receipt_above},
     collector::{Collector, scratch_dir},
     mark, marker, marker_uid, operator, privileged,
     pty::{Pty, in_new_session},
@@ -344,32 +344,6 @@ fn copy_store(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// The largest size among the cosigned checkpoints the agent keeps as receipts.
-fn largest_receipt(spool: &std::path::Path) -> u64 {
-    fs::read_to_string(spool.join("receipts"))
-        .unwrap_or_default()
-        .split("\n\n\n")
-        .filter_map(|note| note.lines().nth(1)?.parse().ok())
-        .max()
-        .unwrap_or(0)
-}
-
-/// Waits until the agent holds a receipt of more than `size` leaves.
-fn wait_for_receipt_above(spool: &std::path::Path, size: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let largest = largest_receipt(spool);
-        if largest > size {
-            return largest;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no receipt above {size} (largest {largest})"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A collector whose database is restored from an older backup while the agent keeps
 /// running: the agent, holding a receipt the restored collector no longer backs, chains a
 /// `collector_rollback` alert, and ships again what the backup lacks from its spool, which
@@ -392,7 +366,7 @@ fn a_restored_collector_database_is_told_by_the_agent() {
     let before = marker("before-backup");
     let _ = mark(&before);
     wait_for_exec(&url, &before, Duration::from_secs(20));
-    let backed_up = wait_for_receipt_above(&spool, 0);
+    let backed_up = receipt_above(&spool, 0, Duration::from_secs(30)).expect("a receipt");
     drop(collector.stop());
     copy_store(&store, &backup);
 
@@ -400,7 +374,8 @@ fn a_restored_collector_database_is_told_by_the_agent() {
     let after = marker("after-backup");
     let _ = mark(&after);
     wait_for_exec(&url, &after, Duration::from_secs(30));
-    let cosigned = wait_for_receipt_above(&spool, backed_up + 1);
+    let cosigned =
+        receipt_above(&spool, backed_up + 1, Duration::from_secs(30)).expect("a later receipt");
     drop(collector.stop());
     copy_store(&backup, &store);
 
@@ -425,7 +400,8 @@ fn a_restored_collector_database_is_told_by_the_agent() {
     assert!(alert.to_string().contains("rolled back"), "{alert}");
     // The log the agent signs from here on is the restored collector's plus what it
     // resent: the collector cosigns it, and verify passes.
-    let resumed = wait_for_receipt_above(&spool, cosigned);
+    let resumed = receipt_above(&spool, cosigned, Duration::from_secs(30))
+        .expect("a receipt after the rollback");
     assert!(resumed > cosigned);
     let verdicts = operator::json_lines(&url, &["verify", "--json"]);
     for v in &verdicts {

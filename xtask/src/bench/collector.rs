@@ -1,5 +1,6 @@
 //! `cargo xtask bench collector`, its end-to-end part: from a kernel event to the operator's
-//! `tail`, through a real agent and collector.
+//! `tail`, and to a receipt at the agent covering it (a checkpoint the collector cosigned),
+//! through a real agent and collector.
 
 use std::{
     process::Command,
@@ -9,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use tests::{
-    agent::Agent,
+    agent::{Agent, receipt_above},
     collector::{Collector, scratch_dir},
     operator::Tail,
 };
@@ -46,6 +47,7 @@ pub fn latency(trials: usize) -> anyhow::Result<()> {
         let at = line["time_unix_nano"].as_u64().context("time_unix_nano")?;
         latencies.push(printed.saturating_sub(Duration::from_nanos(at)));
     }
+    let receipts = exec_to_receipt(&tail, &url, &dir.join("spool"), &mark, trials.min(40))?;
     drop(tail);
     let stopped = agent.stop();
     anyhow::ensure!(stopped.success, "agent failed:\n{}", stopped.stderr);
@@ -54,7 +56,42 @@ pub fn latency(trials: usize) -> anyhow::Result<()> {
         "end-to-end latency, kernel exec to `tail --json` line, {trials} execs one at a time: {}",
         percentile_line(latencies)
     );
+    println!(
+        "receipt latency, kernel exec to a cosigned checkpoint covering it at the agent, {} execs one at a time: {}",
+        receipts.len(),
+        percentile_line(receipts)
+    );
     Ok(())
+}
+
+/// For each of `trials` execs: the time from its kernel timestamp until the agent holds a
+/// receipt of at least as many leaves as the host's log had once the exec was stored, which
+/// therefore covers it (an upper bound: the log may have grown past it meanwhile).
+fn exec_to_receipt(
+    tail: &Tail,
+    url: &str,
+    spool: &std::path::Path,
+    mark: &str,
+    trials: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::with_capacity(trials);
+    for i in 0..trials {
+        let arg = format!("{mark}-receipt-{i}");
+        let line = exec_to_tail(tail, &arg, Duration::from_secs(10))?
+            .with_context(|| format!("exec {arg} did not reach tail within 10 s"))?;
+        let at = Duration::from_nanos(line["time_unix_nano"].as_u64().context("time_unix_nano")?);
+        // The bench's collector holds this host's log only.
+        let leaves = tests::operator::json_lines(url, &["verify", "--json"])
+            .iter()
+            .find_map(|v| v["leaves"].as_u64().zip(v["pruned"].as_u64()))
+            .map(|(leaves, pruned)| leaves + pruned)
+            .context("verify names no log of this host")?;
+        receipt_above(spool, leaves - 1, Duration::from_secs(10))
+            .with_context(|| format!("no receipt of {leaves} leaves within 10 s"))?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+        latencies.push(now.saturating_sub(at));
+    }
+    Ok(latencies)
 }
 
 /// Runs `/bin/true arg` and returns its exec as `tail` prints it, if it does `within`.
