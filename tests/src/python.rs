@@ -28,7 +28,7 @@ pub fn python_ready() -> bool {
     ready
 }
 
-/// The Python classes of `proto/`, generated into `dir`.
+/// The Python classes and gRPC stubs of `proto/`, generated into `dir/py`.
 #[must_use]
 pub fn generate_protos(dir: &Path) -> PathBuf {
     let out = dir.join("py");
@@ -41,6 +41,7 @@ pub fn generate_protos(dir: &Path) -> PathBuf {
         .args(["-m", "grpc_tools.protoc", "-I"])
         .arg(workspace_root().join("proto"))
         .arg(format!("--python_out={}", out.display()))
+        .arg(format!("--grpc_python_out={}", out.display()))
         .args(&protos)
         .output()
         .unwrap();

@@ -281,25 +281,7 @@ fn a_python_client_generated_from_the_protos_tails_and_searches() {
     let _ = mark(&python);
     wait_for_exec(&url, &python, Duration::from_secs(20));
 
-    let generated = dir.join("py");
-    fs::create_dir_all(&generated).unwrap();
-    let protos: Vec<String> = fs::read_dir(workspace_root().join("proto/recorder/v1"))
-        .unwrap()
-        .map(|e| format!("recorder/v1/{}", e.unwrap().file_name().to_string_lossy()))
-        .collect();
-    let out = Command::new("python3")
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(workspace_root().join("proto"))
-        .arg(format!("--python_out={}", generated.display()))
-        .arg(format!("--grpc_python_out={}", generated.display()))
-        .args(&protos)
-        .output()
-        .expect("python3 with grpcio-tools (`cargo xtask setup` installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let generated = tests::python::generate_protos(&dir);
     let script = dir.join("client.py");
     fs::write(&script, PY_CLIENT).unwrap();
     let out = Command::new("python3")
