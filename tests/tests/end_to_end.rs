@@ -18,7 +18,7 @@ use tests::{
     collector::{Collector, scratch_dir},
     mark, marker, marker_uid, operator, privileged,
     pty::{Pty, in_new_session},
-    with_loginuid, workspace_root,
+    with_loginuid,
 };
 
 /// A loopback address no one listens on, so a collector can be restarted on the same one.
