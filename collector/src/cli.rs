@@ -28,6 +28,11 @@ pub struct Cli {
     /// `collector.key`, and `ca.key` to sign the certificates of hosts that enroll.
     #[arg(long, default_value = "/var/lib/recorder/pki")]
     pub pki_dir: PathBuf,
+    /// Where the collector keeps the latest signed checkpoint of its own log, outside the
+    /// database (docs/evidence.md, "The collector's log"): a database restored to an older
+    /// state then disagrees with it.
+    #[arg(long, default_value = "/var/lib/recorder/collector-state")]
+    pub state_dir: PathBuf,
     /// Serve without TLS: anyone who reaches the port may read and write everything. Only
     /// for a collector listening on loopback, which is refused otherwise.
     #[arg(long)]

@@ -88,8 +88,9 @@ pub enum Transport {
 
 impl Transport {
     /// The collector's PKI directory: `ca.pem`, `collector.pem`, `collector.key`,
-    /// `witness.pem` and `witness.key`, and `ca.key` when it enrolls hosts.
-    pub fn from_dir(dir: &Path) -> Result<Self, Error> {
+    /// `witness.pem` and `witness.key`, and `ca.key` when it enrolls hosts. The latest
+    /// checkpoint of the collector's own log is kept in `state_dir`.
+    pub fn from_dir(dir: &Path, state_dir: &Path) -> Result<Self, Error> {
         let read = |name: &str| {
             std::fs::read_to_string(dir.join(name)).map_err(|e| pki::PkiError::File {
                 path: dir.join(name).display().to_string(),
@@ -102,7 +103,8 @@ impl Transport {
             None
         };
         let ca_pem = read("ca.pem")?;
-        let witness = Arc::new(witness::Witness::load(dir, &ca_pem)?);
+        let witness =
+            Arc::new(witness::Witness::load(dir, &ca_pem)?.keep_checkpoint_in(state_dir)?);
         Ok(Self::Tls {
             ca_pem,
             cert_pem: read("collector.pem")?,

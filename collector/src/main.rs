@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         tracing::warn!("serving without TLS: any local process may read and change everything");
         Transport::InsecurePlaintext
     } else {
-        Transport::from_dir(&cli.pki_dir).with_context(|| {
+        Transport::from_dir(&cli.pki_dir, &cli.state_dir).with_context(|| {
             format!(
                 "loading the collector's certificates from {} (recorder pki init / issue \
                  collector; or --insecure-plaintext on loopback)",

@@ -86,6 +86,17 @@ pub(crate) fn verify_all(
             grants.compare(store, &mut report.findings)?;
         }
     }
+    if let Some(why) = witness
+        .filter(|_| chain_id.is_empty())
+        .map(|w| w.own_log_disagreement(store))
+        .transpose()?
+        .flatten()
+    {
+        report.findings.push(Finding {
+            subject: format!("chain {COLLECTOR_CHAIN}"),
+            reason: why,
+        });
+    }
     if let (Some(witness), true) = (witness, chain_id.is_empty()) {
         let mut hosts: Vec<String> = store.logs()?.into_iter().map(|l| l.host).collect();
         hosts.extend(store.checkpointed_hosts()?);

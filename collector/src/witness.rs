@@ -11,6 +11,8 @@ use tlog::{Cosigner, SignedCheckpoint, Verifier};
 /// The witness key certificate and key in the collector's PKI directory.
 const CERT: &str = "witness.pem";
 const KEY: &str = "witness.key";
+/// The collector's own log's latest checkpoint, in the state directory.
+const OWN_CHECKPOINT: &str = "collector-log.checkpoint";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WitnessError {
@@ -32,6 +34,9 @@ pub struct Witness {
     /// The deployment's CA certificate, PEM: verify checks the certificates of every
     /// signature against it.
     pub ca_pem: String,
+    /// Where the latest signed checkpoint of the collector's own log is kept, outside the
+    /// database (`--state-dir`); `None`: it is not kept.
+    pub own_checkpoint: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Witness {
@@ -86,6 +91,7 @@ impl Witness {
             cosigner,
             cert_pem: cert_pem.to_owned(),
             ca_pem: ca_pem.to_owned(),
+            own_checkpoint: None,
         })
     }
 
@@ -96,6 +102,61 @@ impl Witness {
             &pki::collector_log(&self.deployment, &self.name),
             self.cosigner.seed(),
         )
+    }
+
+    /// Keeps the collector's own log's latest checkpoint in `dir` (created 0700).
+    pub fn keep_checkpoint_in(mut self, dir: &Path) -> Result<Self, WitnessError> {
+        pki::create_private_dir(dir)?;
+        self.own_checkpoint = Some(dir.join(OWN_CHECKPOINT));
+        Ok(self)
+    }
+
+    /// The origin of the collector's own log.
+    #[must_use]
+    pub fn own_origin(&self) -> String {
+        pki::collector_log(&self.deployment, &self.name)
+    }
+
+    /// Whether the collector's chain in `store` disagrees with the checkpoint of it kept
+    /// outside the database: why, if it does (a database restored to an older state, or its
+    /// chain cut short). Nothing kept yet is no disagreement.
+    pub(crate) fn own_log_disagreement(
+        &self,
+        store: &dyn crate::store::Store,
+    ) -> Result<Option<String>, crate::store::StoreError> {
+        let Some(path) = &self.own_checkpoint else {
+            return Ok(None);
+        };
+        let text = match std::fs::read(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Ok(Some(format!("cannot read {}: {e}", path.display()))),
+        };
+        let verifier = match self.log_signer() {
+            Ok(key) => key.verifier(),
+            Err(e) => return Ok(Some(format!("the collector's log key: {e}"))),
+        };
+        let checkpoint = match tlog::open_checkpoint(&text, &verifier) {
+            Ok(signed) => signed.checkpoint,
+            Err(e) => return Ok(Some(format!("{} does not verify: {e}", path.display()))),
+        };
+        let size = checkpoint.size();
+        let range = own_log(store, size)?;
+        Ok(if range.size() < size {
+            Some(format!(
+                "the collector's chain holds {} records, but the checkpoint of its log it \
+                 signed and kept outside the database attests {size}: the database was \
+                 restored to an older state or the chain cut short",
+                range.size()
+            ))
+        } else if range.root() != *checkpoint.root() {
+            Some(format!(
+                "the collector's chain does not give the root of the checkpoint of size \
+                 {size} it signed and kept outside the database: its records were rewritten"
+            ))
+        } else {
+            None
+        })
     }
 
     /// The origin of `host`'s log.
@@ -119,4 +180,32 @@ impl Witness {
             Verifier::from_public_key(&self.origin(host), &key).map_err(|e| e.to_string())?;
         tlog::open_checkpoint(note.as_bytes(), &verifier).map_err(|e| e.to_string())
     }
+}
+
+/// The collector's own log as its stored chain gives it: the leaves of its first `size`
+/// records (fewer when it holds fewer), from their stored hashes.
+pub(crate) fn own_log(
+    store: &dyn crate::store::Store,
+    size: u64,
+) -> Result<tlog::CompactRange, crate::store::StoreError> {
+    let mut range = tlog::CompactRange::new();
+    while range.size() < size {
+        let before = range.size();
+        let want = usize::try_from(size - before)
+            .unwrap_or(usize::MAX)
+            .min(10_000);
+        store.chain_rows(crate::store::COLLECTOR_CHAIN, before, want, &mut |row| {
+            match <[u8; 32]>::try_from(row.hash) {
+                Ok(hash) if row.seq == range.size() => {
+                    let _ = range.append(tlog::leaf_hash(&hash));
+                    std::ops::ControlFlow::Continue(())
+                }
+                _ => std::ops::ControlFlow::Break(()),
+            }
+        })?;
+        if range.size() - before < want as u64 {
+            break;
+        }
+    }
+    Ok(range)
 }

@@ -38,6 +38,8 @@ use crate::{
 const QUEUE: usize = 256;
 /// A group commit takes at most this many records, so one commit's latency stays bounded.
 const GROUP_RECORDS: usize = 100_000;
+/// The collector's own log is signed at most this often.
+const OWN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Records of one chain, contiguous, each hash already checked against the one before it.
 /// Only the first record's link to the stored head is left for the writer.
@@ -311,12 +313,21 @@ pub(crate) fn spawn(
         .iter()
         .map(|row| Ok((row.host.clone(), HostLog::from_row(row)?)))
         .collect::<Result<_, StoreError>>()?;
+    let own = crate::witness::own_log(store.as_ref(), u64::MAX)?;
+    // A kept checkpoint the database does not hold is evidence: it is never overwritten.
+    let own_frozen = match &witness {
+        Some(witness) => witness.own_log_disagreement(store.as_ref())?,
+        None => None,
+    };
     let (tx, rx) = mpsc::channel(QUEUE);
     let writer = Writer {
         store,
         witness,
         heads,
         logs,
+        own,
+        own_signed: None,
+        own_frozen,
         rx,
         live,
         grants_changed,
@@ -333,6 +344,12 @@ struct Writer {
     heads: HashMap<String, ChainState>,
     /// Every host's committed log.
     logs: HashMap<String, HostLog>,
+    /// The collector's own log: its chain's committed record hashes.
+    own: CompactRange,
+    /// When its checkpoint was last signed, and its size then.
+    own_signed: Option<(std::time::Instant, u64)>,
+    /// Why the kept checkpoint disagrees with the database, when it does.
+    own_frozen: Option<String>,
     rx: mpsc::Receiver<Request>,
     live: broadcast::Sender<i64>,
     grants_changed: watch::Sender<()>,
@@ -394,6 +411,24 @@ struct Later(Request);
 
 impl Writer {
     fn run(mut self) {
+        if let Some(why) = self.own_frozen.clone() {
+            tracing::error!("{why}; the kept checkpoint is left as it is");
+            let mut group = Group::default();
+            self.chain_own(
+                &mut group,
+                Own::alert(
+                    "",
+                    Body::Alert(Alert {
+                        kind: "store_rollback".into(),
+                        host: String::new(),
+                        chain_id: COLLECTOR_CHAIN.into(),
+                        seq: self.own.size(),
+                        message: why,
+                    }),
+                ),
+            );
+            self.flush(group);
+        }
         let mut pending = None;
         while let Some(first) = pending.take().or_else(|| self.rx.blocking_recv()) {
             let mut group = Group::default();
@@ -424,6 +459,17 @@ impl Writer {
             Ok(last_row) => {
                 self.heads.extend(group.heads);
                 self.logs.extend(group.logs);
+                for append in group
+                    .commit
+                    .appends
+                    .iter()
+                    .filter(|a| a.chain_id == COLLECTOR_CHAIN)
+                {
+                    for r in &append.records {
+                        let _ = self.own.append(tlog::leaf_hash(&r.hash));
+                    }
+                }
+                self.sign_own();
                 // Before the replies: once an operator's change returns, every agent stream
                 // has been told to send a fresh view.
                 if !group.commit.grants.is_empty() {
@@ -778,6 +824,44 @@ impl Writer {
             chain_host: COLLECTOR_CHAIN.into(),
             records,
         });
+    }
+
+    /// Signs a checkpoint of the collector's own log, at most once a second, and keeps it
+    /// outside the database (docs/evidence.md, "The collector's log").
+    fn sign_own(&mut self) {
+        let Some(witness) = &self.witness else {
+            return;
+        };
+        let Some(path) = &witness.own_checkpoint else {
+            return;
+        };
+        if self.own_frozen.is_some() {
+            return;
+        }
+        let size = self.own.size();
+        if self
+            .own_signed
+            .is_some_and(|(at, signed)| signed == size || at.elapsed() < OWN_EVERY)
+        {
+            return;
+        }
+        let signed = witness
+            .log_signer()
+            .map_err(|e| e.to_string())
+            .and_then(|key| {
+                let body = tlog::Checkpoint::new(&witness.own_origin(), size, self.own.root())
+                    .map_err(|e| e.to_string())?;
+                tlog::sign_checkpoint(&key, &body).map_err(|e| e.to_string())
+            })
+            .and_then(|note| {
+                pki::replace_private(path, note.to_text().as_bytes()).map_err(|e| e.to_string())
+            });
+        match signed {
+            Ok(()) => self.own_signed = Some((std::time::Instant::now(), size)),
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "cannot keep the collector log's checkpoint");
+            }
+        }
     }
 
     /// The host's log as committed, or as this group leaves it.

@@ -82,6 +82,28 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
         .map_err(|e| PkiError::file(path, e))
 }
 
+/// Replaces a private file (mode 0600) so that a crash leaves the old or the new contents,
+/// never a mix: written beside it, synced, renamed over it, and the directory synced.
+pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| PkiError::file(path, e))
+}
+
 /// Reads a file into a string, naming the file in the error.
 fn read_to_string(path: &Path) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(|e| PkiError::file(path, e))

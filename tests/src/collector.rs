@@ -103,6 +103,8 @@ impl Collector {
         let pki = (!extra.contains(&"--insecure-plaintext")).then(|| pki_of_store(store));
         if let Some(pki) = &pki {
             cmd.arg("--pki-dir").arg(pki.collector_dir());
+            // The checkpoint of its own log, kept outside the database, goes with the store.
+            cmd.arg("--state-dir").arg(store.with_extension("state"));
         }
         let mut child = cmd
             .arg("--listen")

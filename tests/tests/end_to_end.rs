@@ -358,6 +358,9 @@ fn a_restored_collector_database_is_told_by_the_agent() {
     wait_for_exec(&url, &after, Duration::from_secs(30));
     let cosigned =
         receipt_above(&spool, backed_up + 1, Duration::from_secs(30)).expect("a later receipt");
+    // A read, a second on, is chained: the collector signs its own log after it.
+    std::thread::sleep(Duration::from_millis(1100));
+    let _ = operator::json_lines(&url, &["sessions", "--json"]);
     drop(collector.stop());
     copy_store(&backup, &store);
 
@@ -385,10 +388,25 @@ fn a_restored_collector_database_is_told_by_the_agent() {
     let resumed = receipt_above(&spool, cosigned, Duration::from_secs(30))
         .expect("a receipt after the rollback");
     assert!(resumed > cosigned);
-    let verdicts = operator::json_lines(&url, &["verify", "--json"]);
-    for v in &verdicts {
+    // The chains and the host's log verify; the collector's own chain is told to be older
+    // than the checkpoint of it the collector kept outside the database.
+    let out = operator::run(&url, &["verify", "--json"]);
+    assert!(!out.status.success(), "a restored database fails verify");
+    let verdicts: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for v in verdicts.iter().filter(|v| v.get("ok").is_some()) {
         assert_eq!(v["ok"], true, "{v}");
     }
+    assert!(
+        verdicts.iter().any(|v| v["finding"] == "chain collector"
+            && v["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("restored to an older state"))),
+        "{verdicts:?}"
+    );
     drop(agent.stop());
     drop(collector);
 }

@@ -748,3 +748,101 @@ fn free_addr() -> std::net::SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// Copies a stopped collector's store (with its WAL) over `to`.
+fn restore(from: &Path, to: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let (src, dst) = (
+            format!("{}{suffix}", from.display()),
+            format!("{}{suffix}", to.display()),
+        );
+        let _ = std::fs::remove_file(&dst);
+        if Path::new(&src).exists() {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// Makes grants one after another, more than a second apart, so that the collector signs
+/// a checkpoint of its own log after the last.
+fn grants(url: &str, n: usize) {
+    for i in 0..n {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let made = tests::operator::run(
+            url,
+            &[
+                "grant",
+                "create",
+                "--user",
+                &format!("u{i}"),
+                "--ttl",
+                "1h",
+                "--reason",
+                "x",
+            ],
+        );
+        assert!(made.status.success(), "{made:?}");
+    }
+}
+
+/// The collector keeps the latest signed checkpoint of its own log outside the database. A
+/// database restored to an older copy disagrees with it: verify says so, the collector
+/// chains a `store_rollback` alert, and the kept checkpoint is not overwritten.
+#[tokio::test]
+async fn a_restored_database_disagrees_with_the_collectors_own_checkpoint() {
+    let dir = scratch_dir("evidence-own-log");
+    let (store, backup, addr) = (dir.join("c.db"), dir.join("backup.db"), free_addr());
+    let kept = dir.join("c.state/collector-log.checkpoint");
+    let collector = Collector::start_at(&store, addr);
+    let url = collector.url();
+    grants(&url, 2);
+    drop(collector.stop());
+    restore(&store, &backup);
+    let signed_before = std::fs::read_to_string(&kept).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&kept).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+
+    let collector = Collector::start_at(&store, addr);
+    assert!(verify_all(&collector).await.ok, "an untouched store agrees");
+    grants(&url, 2);
+    drop(collector.stop());
+    let signed_after = std::fs::read_to_string(&kept).unwrap();
+    assert_ne!(signed_before, signed_after, "the later commits were signed");
+
+    restore(&backup, &store);
+    let collector = Collector::start_at(&store, addr);
+    let report = verify_all(&collector).await;
+    assert!(!report.ok);
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.subject == "chain collector"
+                && f.reason.contains("restored to an older state")),
+        "{report:?}"
+    );
+    let alerts = search_all(
+        &collector,
+        Filter {
+            kinds: vec!["alert".into()],
+            ..Filter::default()
+        },
+        100,
+    )
+    .await;
+    assert!(
+        alerts
+            .iter()
+            .any(|a| format!("{a:?}").contains("store_rollback")),
+        "{alerts:?}"
+    );
+    drop(collector.stop());
+    assert_eq!(
+        std::fs::read_to_string(&kept).unwrap(),
+        signed_after,
+        "the kept checkpoint is left as it was"
+    );
+}

@@ -109,7 +109,10 @@ pub fn main_job(job: &MainJob<'_>) -> anyhow::Result<()> {
         .arg("--store")
         .arg(format!("sqlite://{}", job.store.display()))
         .arg("--pki-dir")
-        .arg(job.pki_dir);
+        .arg(job.pki_dir)
+        // Beside its store: the checkpoint of its own log, kept outside the database.
+        .arg("--state-dir")
+        .arg(job.store.with_extension("state"));
     let (collector, statuses) = Component::start("collector", cmd, COLLECTOR_START)?;
     let listening = statuses
         .iter()

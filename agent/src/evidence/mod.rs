@@ -13,8 +13,7 @@ pub mod spool;
 
 use std::{
     fs,
-    io::Write as _,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -45,20 +44,7 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
 /// Writes `path` (mode 0600) so that a crash leaves the old or the new contents, never a
 /// mix.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    pki::replace_private(path, bytes).map_err(std::io::Error::other)
 }
 
 /// This agent instance's chain, stored in the spool. The first record (seq 0) is a
