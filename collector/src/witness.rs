@@ -152,7 +152,8 @@ impl Witness {
         } else if range.root() != *checkpoint.root() {
             Some(format!(
                 "the collector's chain does not give the root of the checkpoint of size \
-                 {size} it signed and kept outside the database: its records were rewritten"
+                 {size} it signed and kept outside the database: the database was restored \
+                 to an older state and has gone on since, or its records were rewritten"
             ))
         } else {
             None
