@@ -102,6 +102,20 @@ pub(crate) fn verify_all(
         hosts.extend(store.checkpointed_hosts()?);
         hosts.sort();
         hosts.dedup();
+        for h in grants
+            .logs_started
+            .iter()
+            .filter(|h| host.is_empty() || **h == host)
+        {
+            if hosts.binary_search(h).is_err() {
+                report.findings.push(Finding {
+                    subject: format!("host {h}"),
+                    reason: "the collector's chain says it cosigned this host's log, but the \
+                             store holds none of it: the host was deleted"
+                        .into(),
+                });
+            }
+        }
         for h in hosts.iter().filter(|h| host.is_empty() || **h == host) {
             let prune = prunes.get(h);
             report
@@ -138,10 +152,12 @@ fn check_columns(host: &str, chain_id: &str, row: &ChainRow<'_>, findings: &mut 
     }
 }
 
-/// The grants as the collector's chained grant changes leave them.
+/// The grants as the collector's chained grant changes leave them, and the hosts whose
+/// logs the chain says it started.
 #[derive(Default)]
 struct Grants {
     replayed: BTreeMap<String, Grant>,
+    logs_started: Vec<String>,
 }
 
 impl Grants {
@@ -163,10 +179,16 @@ impl Grants {
                 ),
             });
         }
-        if let Some(Body::GrantChange(change)) = event.body
-            && let Some(grant) = change.grant
-        {
-            self.replayed.insert(grant.id.clone(), grant);
+        match event.body {
+            Some(Body::GrantChange(change)) => {
+                if let Some(grant) = change.grant {
+                    self.replayed.insert(grant.id.clone(), grant);
+                }
+            }
+            Some(Body::Admin(act)) if act.action == "log_started" => {
+                self.logs_started.push(act.host);
+            }
+            _ => {}
         }
     }
 

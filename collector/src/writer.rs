@@ -1032,6 +1032,27 @@ impl Writer {
         Ok(end)
     }
 
+    /// Chains that the collector cosigned `host`'s log for the first time: the collector's
+    /// chain then says which hosts have logs, so a host deleted whole from the store is
+    /// still missed by verify.
+    fn chain_log_started(&self, group: &mut Group, witness: &Witness, host: &str) {
+        self.chain_own(
+            group,
+            Own {
+                kind: Kind::Admin,
+                host: host.to_owned(),
+                identity_kind: 0,
+                identity_name: String::new(),
+                body: Body::Admin(AdminAct {
+                    action: "log_started".into(),
+                    host: host.to_owned(),
+                    actor: witness.own_origin(),
+                    detail: witness.origin(host),
+                }),
+            },
+        );
+    }
+
     /// The witness's decision on a host's checkpoint (docs/evidence.md, "The collector as
     /// witness"), against the leaves stored for its log.
     fn checkpoint(
@@ -1072,6 +1093,9 @@ impl Writer {
                 tlog::add_cosignature(&mut note, &witness.cosigner, checkpoint, time)
                     .map_err(|e| IngestError::Internal(format!("cannot cosign: {e}")))?;
                 let text = note.to_text();
+                if log.cosigned.is_none() {
+                    self.chain_log_started(group, witness, &c.host);
+                }
                 log.cosigned = Some(state);
                 log.cosigned_note.clone_from(&text);
                 group.logs.insert(c.host.clone(), log);
@@ -1115,6 +1139,11 @@ impl Writer {
                 )));
             }
         };
+        Err(self.fork(group, &c, size, &why))
+    }
+
+    /// A checkpoint that contradicts the stored log: kept, alerted, refused.
+    fn fork(&self, group: &mut Group, c: &CheckpointRequest, size: u64, why: &str) -> IngestError {
         tracing::error!(host = %c.host, size, "{why}");
         group.commit.forks.push(ForkRow {
             host: c.host.clone(),
@@ -1131,13 +1160,11 @@ impl Writer {
                     host: c.host.clone(),
                     chain_id: String::new(),
                     seq: size,
-                    message: why.clone(),
+                    message: why.to_owned(),
                 }),
             ),
         );
-        Err(IngestError::Fork(format!(
-            "{why}; the checkpoint is kept as evidence"
-        )))
+        IngestError::Fork(format!("{why}; the checkpoint is kept as evidence"))
     }
 }
 

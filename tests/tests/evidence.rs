@@ -417,21 +417,6 @@ async fn verify_finds_what_an_admin_does_to_the_store() {
     );
     assert!(!report.ok);
 
-    // The whole chain deleted.
-    let copy = tampered(&pristine, "deleted.db", |conn| {
-        conn.execute_batch(&format!(
-            "DELETE FROM events WHERE chain = {ROWS}; DELETE FROM chains WHERE id = {ROWS};"
-        ))
-        .unwrap();
-    });
-    let report = verify_all(&Collector::start(&copy)).await;
-    assert!(report.chains.iter().all(|c| c.chain_id != chain.id));
-    let log = log_of(&report, HOST);
-    assert!(
-        !log.ok && log.reason.contains("stored 0, attested 1000"),
-        "{log:?}"
-    );
-
     // A derived column changed: the kind (hiding a record from kind searches) and the
     // identity name.
     for (name, set) in [
@@ -477,6 +462,49 @@ async fn verify_finds_what_an_admin_does_to_the_store() {
 
     let report = verify_all(&Collector::start(&pristine)).await;
     assert!(report.ok, "{report:?}");
+}
+
+/// Whole chains and whole hosts deleted from the store are found: by the host's signed
+/// log, and, when that is deleted too, by the collector's chain.
+#[tokio::test]
+async fn verify_finds_deleted_chains_and_hosts() {
+    let dir = scratch_dir("evidence-deleted");
+    let chain = test_chain("host-e:boot:3", 1000);
+    let pristine = stored_log(&dir, &chain).await;
+    // The whole chain deleted.
+    let copy = tampered(&pristine, "deleted.db", |conn| {
+        conn.execute_batch(&format!(
+            "DELETE FROM events WHERE chain = {ROWS}; DELETE FROM chains WHERE id = {ROWS};"
+        ))
+        .unwrap();
+    });
+    let report = verify_all(&Collector::start(&copy)).await;
+    assert!(report.chains.iter().all(|c| c.chain_id != chain.id));
+    let log = log_of(&report, HOST);
+    assert!(
+        !log.ok && log.reason.contains("stored 0, attested 1000"),
+        "{log:?}"
+    );
+
+    // The host deleted whole: its records, chains, log and checkpoints. The collector's
+    // chain still says it cosigned the host's log.
+    let copy = tampered(&pristine, "host.db", |conn| {
+        conn.execute_batch(
+            "DELETE FROM events WHERE host = 'host-e' AND log_index IS NOT NULL;
+             DELETE FROM chains WHERE host = 'host-e'; DELETE FROM logs;
+             DELETE FROM log_checkpoints;",
+        )
+        .unwrap();
+    });
+    let report = verify_all(&Collector::start(&copy)).await;
+    assert!(report.logs.is_empty(), "{report:?}");
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.subject == format!("host {HOST}") && f.reason.contains("deleted")),
+        "{report:?}"
+    );
 }
 
 /// An event of audit session 7, whose root started at `T0 - 5_000`.
