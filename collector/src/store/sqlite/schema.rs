@@ -10,15 +10,15 @@
 //! - 2: join tokens (their hashes) and revoked hosts.
 //! - 3: hosts' logs (docs/evidence.md): each agent record's `log_index`, each host's log
 //!   state, its cosigned checkpoints with the certificates whose keys signed them, and the
-//!   checkpoints refused as forks, how far each log is pruned, and sessions on legal hold.
-//!   Records stored before are in no log.
+//!   checkpoints refused as forks. Records stored before are in no log.
+//! - 4: how far each log is pruned, and sessions on legal hold.
 
 use prost::Message as _;
 use proto::{kind::Kind, v1::Event};
 use rusqlite::{Connection, Transaction, params};
 
 /// The schema this collector reads and writes.
-pub(super) const VERSION: i64 = 3;
+pub(super) const VERSION: i64 = 4;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS chains (
@@ -112,6 +112,17 @@ CREATE TABLE IF NOT EXISTS log_checkpoints (
     received INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS log_checkpoints_host ON log_checkpoints(host, id);
+CREATE TABLE IF NOT EXISTS checkpoint_forks (
+    id INTEGER PRIMARY KEY,
+    host TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    note TEXT NOT NULL,
+    received INTEGER NOT NULL
+);
+";
+
+/// What version 4 adds.
+const RETENTION: &str = "
 CREATE TABLE IF NOT EXISTS prunes (
     host TEXT PRIMARY KEY,
     end_index INTEGER NOT NULL,
@@ -122,13 +133,6 @@ CREATE TABLE IF NOT EXISTS holds (
     time INTEGER NOT NULL,
     actor TEXT NOT NULL,
     reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS checkpoint_forks (
-    id INTEGER PRIMARY KEY,
-    host TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    note TEXT NOT NULL,
-    received INTEGER NOT NULL
 );
 ";
 
@@ -181,6 +185,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
             "CREATE UNIQUE INDEX IF NOT EXISTS events_log ON events(host, log_index) \
              WHERE log_index IS NOT NULL;",
         )?;
+    }
+    if version < 4 {
+        tx.execute_batch(RETENTION)?;
     }
     if version < VERSION {
         tx.pragma_update(None, "user_version", VERSION)?;
@@ -418,6 +425,22 @@ mod tests {
         // Opened again, it is not migrated again.
         let store = Sqlite::open(path.to_str().unwrap()).unwrap();
         assert_eq!(kinds_and_ttys(&store), expected);
+    }
+
+    /// A store of version 3, before retention, gains its tables and keeps its logs.
+    #[test]
+    fn a_store_before_retention_gains_its_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        drop(Sqlite::open(path.to_str().unwrap()).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE prunes; DROP TABLE holds; PRAGMA user_version = 3;")
+            .unwrap();
+        let store = Sqlite::open(path.to_str().unwrap()).unwrap();
+        assert_eq!(store.prune("h").unwrap(), None);
+        assert_eq!(store.first_kept("h", 0, 0).unwrap(), None);
+        assert!(store.logs().unwrap().is_empty());
     }
 
     #[test]
