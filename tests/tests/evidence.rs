@@ -99,6 +99,15 @@ fn witness_of(collector: &Collector, welcome: &proto::v1::Welcome) -> Cosignatur
     CosignatureVerifier::from_public_key(&name, &info.ed25519_public_key.unwrap()).unwrap()
 }
 
+/// The stored events of `kind`.
+async fn of_kind(collector: &Collector, kind: &str) -> Vec<proto::v1::StoredEvent> {
+    let filter = Filter {
+        kinds: vec![kind.into()],
+        ..Filter::default()
+    };
+    search_all(collector, filter, 100).await
+}
+
 fn log_of<'a>(report: &'a VerifyResponse, host: &str) -> &'a LogVerdict {
     report
         .logs
@@ -233,15 +242,7 @@ async fn the_witness_refuses_what_the_rules_refuse() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
     // Both forks are kept and alerted; the forged and refused ones changed nothing.
-    let alerts = search_all(
-        &collector,
-        Filter {
-            kinds: vec!["alert".into()],
-            ..Filter::default()
-        },
-        100,
-    )
-    .await;
+    let alerts = of_kind(&collector, "alert").await;
     let forks = alerts
         .iter()
         .filter(|a| matches!(&a.event.as_ref().unwrap().body, Some(Body::Alert(x)) if x.kind == "checkpoint_fork"))
@@ -565,15 +566,7 @@ async fn an_exported_session_verifies_offline_and_a_flipped_byte_does_not() {
         assert!(out.status.success(), "{out:?}");
     }
     // The export itself is chained: it is a read of the evidence.
-    let reads = search_all(
-        &collector,
-        Filter {
-            kinds: vec!["access".into()],
-            ..Filter::default()
-        },
-        100,
-    )
-    .await;
+    let reads = of_kind(&collector, "access").await;
     assert!(
         reads.iter().any(|r| format!("{r:?}").contains("Export")),
         "{reads:?}"
@@ -852,15 +845,7 @@ async fn a_restored_database_disagrees_with_the_collectors_own_checkpoint() {
                 && f.reason.contains("restored to an older state")),
         "{report:?}"
     );
-    let alerts = search_all(
-        &collector,
-        Filter {
-            kinds: vec!["alert".into()],
-            ..Filter::default()
-        },
-        100,
-    )
-    .await;
+    let alerts = of_kind(&collector, "alert").await;
     assert!(
         alerts
             .iter()
