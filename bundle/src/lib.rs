@@ -234,12 +234,10 @@ pub fn policy(host_keys: &[Verifier], witnesses: &[CosignatureVerifier]) -> Stri
     lines.concat()
 }
 
-/// A certificate of the bundle, checked against the CA.
+/// A certificate of the bundle, checked against the CA, and its Ed25519 key.
 struct Cert {
-    peer: Peer,
+    info: pki::CertInfo,
     key: [u8; 32],
-    not_before: SystemTime,
-    not_after: SystemTime,
 }
 
 /// Checks a bundle file against the trusted CA (docs/evidence.md, checks 1 to 5), with no
@@ -338,12 +336,7 @@ fn certificates(bundle: &Bundle, ca_pem: &str) -> Result<Vec<Cert>, BundleError>
         let key = info
             .ed25519_public_key
             .ok_or_else(|| bad(format!("{} holds no Ed25519 key", info.peer)))?;
-        certs.push(Cert {
-            peer: info.peer,
-            key,
-            not_before: info.not_before,
-            not_after: info.not_after,
-        });
+        certs.push(Cert { info, key });
     }
     Ok(certs)
 }
@@ -368,7 +361,7 @@ fn check_policy(
             ))
         } else if !certs
             .iter()
-            .any(|c| matches!(c.peer, Peer::Agent { .. }) && c.key == *key.public_key())
+            .any(|c| matches!(c.info.peer, Peer::Agent { .. }) && c.key == *key.public_key())
         {
             Some("the log key is not the key of an agent certificate of the bundle".into())
         } else {
@@ -381,7 +374,7 @@ fn check_policy(
     for witness in policy.witnesses() {
         line += 1;
         let key = &witness.verifier;
-        let certified = certs.iter().any(|c| match &c.peer {
+        let certified = certs.iter().any(|c| match &c.info.peer {
             Peer::Witness { name } => {
                 key.name() == pki::witness_key(deployment, name) && c.key == *key.public_key()
             }
@@ -518,7 +511,7 @@ impl Context<'_> {
                 Err(e) => return Err(RecordError::Checkpoint(e.into())),
             };
             self.valid_at(key.name(), time, |c| {
-                matches!(&c.peer, Peer::Witness { name } if pki::witness_key(self.deployment, name) == key.name())
+                matches!(&c.info.peer, Peer::Witness { name } if pki::witness_key(self.deployment, name) == key.name())
                     && c.key == *key.public_key()
             })?;
             first = Some(first.map_or(time, |first| first.min(time)));
@@ -534,7 +527,7 @@ impl Context<'_> {
                 .any(|line| line.name() == key.name() && line.key_id() == key.key_id())
             {
                 self.valid_at(key.name(), time, |c| {
-                    matches!(c.peer, Peer::Agent { .. }) && c.key == *key.public_key()
+                    matches!(c.info.peer, Peer::Agent { .. }) && c.key == *key.public_key()
                 })?;
             }
         }
@@ -553,7 +546,7 @@ impl Context<'_> {
         let valid = at.is_some_and(|at| {
             self.certs
                 .iter()
-                .any(|c| holds(c) && c.not_before <= at && at <= c.not_after)
+                .any(|c| holds(c) && c.info.valid_at(at).is_ok())
         });
         if valid {
             Ok(())

@@ -310,28 +310,34 @@ fn check_checkpoint(
     witness: &Witness,
     host: &str,
     checkpoint: &LogCheckpoint,
+    certs: &mut HashMap<String, Result<pki::CertInfo, String>>,
 ) -> Result<(u64, tlog::Hash), String> {
-    let info = pki::verify_cert(&witness.ca_pem, &checkpoint.cert_pem, None)
-        .map_err(|e| format!("its host certificate: {e}"))?;
-    if info.peer
-        != (pki::Peer::Agent {
-            host: host.to_owned(),
+    // A host signs with one certificate for many checkpoints: each is checked against the
+    // CA once.
+    let info = certs
+        .entry(checkpoint.cert_pem.clone())
+        .or_insert_with(|| {
+            let info = pki::verify_cert(&witness.ca_pem, &checkpoint.cert_pem, None)
+                .map_err(|e| format!("its host certificate: {e}"))?;
+            if info.peer
+                != (pki::Peer::Agent {
+                    host: host.to_owned(),
+                })
+            {
+                return Err(format!("signed by {}, not by host {host}", info.peer));
+            }
+            Ok(info)
         })
-    {
-        return Err(format!("signed by {}, not by host {host}", info.peer));
-    }
-    let signed = witness.open(host, &info, &checkpoint.note)?;
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let signed = witness.open(host, info, &checkpoint.note)?;
     let time = witness
         .cosigner
         .verifier()
         .verify_in_note(&signed.note, &signed.checkpoint)
         .map_err(|e| format!("the collector's cosignature: {e}"))?;
-    pki::verify_cert(
-        &witness.ca_pem,
-        &checkpoint.cert_pem,
-        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(time)),
-    )
-    .map_err(|e| format!("its host certificate: {e}"))?;
+    info.valid_at(SystemTime::UNIX_EPOCH + Duration::from_secs(time))
+        .map_err(|e| format!("its host certificate: {e}"))?;
     Ok((signed.checkpoint.size(), *signed.checkpoint.root()))
 }
 
@@ -352,9 +358,10 @@ fn verify_log(
     let mut failures = Vec::new();
     // Root by size, from the checkpoints whose signatures hold.
     let mut roots: BTreeMap<u64, tlog::Hash> = BTreeMap::new();
+    let mut certs = HashMap::new();
     for checkpoint in store.log_checkpoints(host)? {
         verdict.checkpoints += 1;
-        match check_checkpoint(witness, host, &checkpoint) {
+        match check_checkpoint(witness, host, &checkpoint, &mut certs) {
             Ok((size, root)) => {
                 if (size, root) != (checkpoint.size, checkpoint.root) {
                     findings.push(Finding {

@@ -62,17 +62,26 @@ pub fn verify_cert(
         return Err(PkiError::Certificate("a CA certificate, not a leaf".into()));
     }
     let info = CertInfo::from_der(&der)?;
-    if let Some(at) = at
-        && (at < info.not_before || at > info.not_after)
-    {
-        return Err(PkiError::Certificate(format!(
-            "{} was not valid at that time (valid {} to {})",
-            info.peer,
-            unix(info.not_before),
-            unix(info.not_after)
-        )));
+    if let Some(at) = at {
+        info.valid_at(at)?;
     }
     Ok(info)
+}
+
+impl CertInfo {
+    /// Whether the certificate was valid at `at`: what it signed then still stands after it
+    /// has expired.
+    pub fn valid_at(&self, at: SystemTime) -> Result<(), PkiError> {
+        if at < self.not_before || at > self.not_after {
+            return Err(PkiError::Certificate(format!(
+                "{} was not valid at that time (valid {} to {})",
+                self.peer,
+                unix(self.not_before),
+                unix(self.not_after)
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
