@@ -78,7 +78,13 @@ impl HostLog {
             Ok(bytes) => {
                 let state: State = serde_json::from_slice(&bytes)
                     .with_context(|| format!("reading {}", path.display()))?;
-                let range = range_of(state.size, &state.frontier)
+                let frontier = state
+                    .frontier
+                    .iter()
+                    .map(|h| STANDARD.decode(h))
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let range = range_of(state.size, &frontier)
                     .with_context(|| format!("reading {}", path.display()))?;
                 let covered = match chains.iter().position(|c| *c == state.chain_id) {
                     Some(chain) => Covered::UpTo {
@@ -91,10 +97,11 @@ impl HostLog {
                 (range, Some((state.chain_id, state.seq)), covered)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let log = welcome.log.clone().unwrap_or_default();
-                let frontier: Vec<String> =
-                    log.frontier.iter().map(|h| STANDARD.encode(h)).collect();
-                let range = range_of(log.size, &frontier).context("the collector's log state")?;
+                let (size, frontier) = welcome
+                    .log
+                    .as_ref()
+                    .map_or((0, &[][..]), |l| (l.size, l.frontier.as_slice()));
+                let range = range_of(size, frontier).context("the collector's log state")?;
                 let held = welcome
                     .heads
                     .iter()
@@ -175,13 +182,11 @@ impl HostLog {
     }
 }
 
-fn range_of(size: u64, frontier: &[String]) -> anyhow::Result<CompactRange> {
+/// The compact range of `size` leaves from its frontier hashes, largest subtree first.
+fn range_of(size: u64, frontier: &[Vec<u8>]) -> anyhow::Result<CompactRange> {
     let hashes = frontier
         .iter()
-        .map(|h| {
-            let bytes = STANDARD.decode(h)?;
-            <[u8; 32]>::try_from(bytes.as_slice()).context("a hash is not 32 bytes")
-        })
+        .map(|h| <[u8; 32]>::try_from(h.as_slice()).context("a hash is not 32 bytes"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(CompactRange::from_frontier(size, &hashes)?)
 }
