@@ -71,9 +71,10 @@ fn replay_shows_each_line_of_sudo_and_tmux_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     let seen = out.stdout;
-    assert_eq!(
-        count(&seen, "root"),
-        1,
+    // tmux may repaint its window (a busy host, a status refresh), so the client can see a
+    // line more than once; what replay must match is what the client saw.
+    assert!(
+        count(&seen, "root") >= 1,
         "{}",
         String::from_utf8_lossy(&seen)
     );
@@ -123,7 +124,7 @@ fn replay_shows_each_line_of_sudo_and_tmux_once() {
         String::from_utf8_lossy(&played),
         String::from_utf8_lossy(&seen)
     );
-    assert_eq!(count(&played, "root"), 1);
+    assert_eq!(count(&played, "root"), count(&seen, "root"));
     assert_eq!(count(&played, &inner), count(&seen, &inner));
 
     // The inner terminals, each as it was written: sudo's holds what whoami wrote, the pane
