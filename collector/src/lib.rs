@@ -15,7 +15,6 @@ mod error;
 mod grants;
 mod ingest;
 pub mod policy;
-mod prune;
 mod query;
 mod retention;
 pub mod store;

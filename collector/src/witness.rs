@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use pki::{CertInfo, Peer, PkiError};
-use tlog::{Cosigner, SignedCheckpoint, Verifier};
+use tlog::{Cosigner, SignedCheckpoint};
 
 /// The witness key certificate and key in the collector's PKI directory.
 const CERT: &str = "witness.pem";
@@ -117,6 +117,30 @@ impl Witness {
         pki::collector_log(&self.deployment, &self.name)
     }
 
+    /// The keys verify checks evidence with: the CA, and this collector's own.
+    #[must_use]
+    pub fn trust(&self) -> verifier::Trust {
+        verifier::Trust {
+            ca_pem: self.ca_pem.clone(),
+            deployment: self.deployment.clone(),
+            witness: self.cosigner.verifier(),
+            log: self.log_signer().map(|s| s.verifier()).ok(),
+        }
+    }
+
+    /// The latest signed checkpoint of the collector's own log kept outside the database,
+    /// if one is.
+    pub(crate) fn kept_checkpoint(&self) -> Result<Option<Vec<u8>>, String> {
+        let Some(path) = &self.own_checkpoint else {
+            return Ok(None);
+        };
+        match std::fs::read(path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
     /// Whether the collector's chain in `store` disagrees with the checkpoint of it kept
     /// outside the database: why, if it does (a database restored to an older state, or its
     /// chain cut short). Nothing kept yet is no disagreement.
@@ -124,40 +148,13 @@ impl Witness {
         &self,
         store: &dyn crate::store::Store,
     ) -> Result<Option<String>, crate::store::StoreError> {
-        let Some(path) = &self.own_checkpoint else {
-            return Ok(None);
-        };
-        let text = match std::fs::read(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Ok(Some(format!("cannot read {}: {e}", path.display()))),
-        };
-        let verifier = match self.log_signer() {
-            Ok(key) => key.verifier(),
-            Err(e) => return Ok(Some(format!("the collector's log key: {e}"))),
-        };
-        let checkpoint = match tlog::open_checkpoint(&text, &verifier) {
-            Ok(signed) => signed.checkpoint,
-            Err(e) => return Ok(Some(format!("{} does not verify: {e}", path.display()))),
-        };
-        let size = checkpoint.size();
-        let range = own_log(store, size)?;
-        Ok(if range.size() < size {
-            Some(format!(
-                "the collector's chain holds {} records, but the checkpoint of its log it \
-                 signed and kept outside the database attests {size}: the database was \
-                 restored to an older state or the chain cut short",
-                range.size()
-            ))
-        } else if range.root() != *checkpoint.root() {
-            Some(format!(
-                "the collector's chain does not give the root of the checkpoint of size \
-                 {size} it signed and kept outside the database: the database was restored \
-                 to an older state and has gone on since, or its records were rewritten"
-            ))
-        } else {
-            None
-        })
+        match self.kept_checkpoint() {
+            Ok(Some(text)) => {
+                verifier::own_log_disagreement(&text, &self.trust(), |size| own_log(store, size))
+            }
+            Ok(None) => Ok(None),
+            Err(why) => Ok(Some(why)),
+        }
     }
 
     /// The origin of `host`'s log.
@@ -174,12 +171,7 @@ impl Witness {
         cert: &CertInfo,
         note: &str,
     ) -> Result<SignedCheckpoint, String> {
-        let key = cert
-            .ed25519_public_key
-            .ok_or("the host's certificate holds no Ed25519 key")?;
-        let verifier =
-            Verifier::from_public_key(&self.origin(host), &key).map_err(|e| e.to_string())?;
-        tlog::open_checkpoint(note.as_bytes(), &verifier).map_err(|e| e.to_string())
+        verifier::open_checkpoint(&self.origin(host), cert, note)
     }
 }
 

@@ -24,9 +24,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use proto::v1::CheckpointAck;
 use tlog::{CompactRange, Evidence, SignedCheckpoint, Verdict, WitnessState};
 
+use verifier::prune::{Cut, PruneNote};
+
 use crate::{
     error::{AdminError, GrantError, IngestError},
-    prune::{Cut, PruneNote},
     store::{
         Append, COLLECTOR_CHAIN, ChainState, Commit, Conflict, ForkRow, HoldRow, LogCheckpoint,
         LogRow, PruneRow, Record, RevokedHost, Store, StoreError, TokenRow,

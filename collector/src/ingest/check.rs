@@ -3,17 +3,14 @@
 //! event decoded for the columns queries use. Only a batch's link to the stored head is left
 //! for the writer, which holds the heads.
 
-use prost::Message as _;
 use proto::{
     chain::chain_hash,
-    kind::Kind,
-    session::Key,
-    v1::{Event, EventBatch, Hello, event::Body},
+    v1::{EventBatch, Hello},
 };
 
 use crate::{
     error::IngestError,
-    store::{COLLECTOR_CHAIN, Record, terminal},
+    store::{COLLECTOR_CHAIN, Record},
     writer::Batch,
 };
 
@@ -127,80 +124,27 @@ pub(crate) fn batch(host: &str, batch: EventBatch) -> Result<Batch, IngestError>
     })
 }
 
-/// Decodes an event for the columns it is found by, refusing what an agent may not send.
-/// Verify derives the stored columns again with it.
+/// Decodes an event for the columns it is found by, refusing what an agent may not send
+/// (`verifier::columns::derive`, which verify derives the stored columns again with).
 pub(crate) fn record(
     host: &str,
     seq: u64,
     bytes: Vec<u8>,
     hash: [u8; 32],
 ) -> Result<Record, IngestError> {
-    let event = Event::decode(bytes.as_slice())
-        .map_err(|e| invalid(format!("seq {seq} is not a recorder.v1.Event: {e}")))?;
-    if event.time_unix_nano > i64::MAX as u64 {
-        return Err(invalid(format!("seq {seq}: time out of range")));
-    }
-    let Some(kind) = Kind::of(&event) else {
-        return Err(invalid(format!("seq {seq} has no body")));
-    };
-    match &event.body {
-        Some(Body::ChainStart(start)) if start.host != host => {
-            return Err(invalid(format!(
-                "seq {seq} starts a chain of host {:?}, but this agent said Hello as {host:?}",
-                start.host
-            )));
-        }
-        // An agent raises one alert only: about the collector itself.
-        Some(Body::Alert(alert)) if alert.kind != "collector_rollback" => {
-            return Err(invalid(format!(
-                "seq {seq} is an alert: only the collector raises alerts, but collector_rollback"
-            )));
-        }
-        Some(Body::GrantChange(_)) => {
-            return Err(invalid(format!(
-                "seq {seq} is a grant change: only the collector records those"
-            )));
-        }
-        Some(Body::Access(_)) => {
-            return Err(invalid(format!(
-                "seq {seq} is an access record: only the collector records reads"
-            )));
-        }
-        _ => {}
-    }
-    if seq == 0 && kind != Kind::ChainStart {
-        return Err(invalid(format!(
-            "seq 0 is {kind}: a chain begins with chain_start"
-        )));
-    }
-    let tty_bytes = match &event.body {
-        Some(Body::Tty(t)) => t.data.len() as u64,
-        _ => 0,
-    };
-    let sessionid = event.process.as_ref().and_then(|p| p.sessionid);
-    let session = match (sessionid, &event.session_root) {
-        (Some(sessionid), Some(root)) => Key {
-            host: host.to_owned(),
-            sessionid,
-            start_unix_nano: root.start_unix_nano,
-        }
-        .to_string(),
-        _ => String::new(),
-    };
-    let tty = terminal(&event).to_owned();
-    let identity = event.identity.unwrap_or_default();
+    let derived = verifier::columns::derive(host, seq, &bytes).map_err(invalid)?;
     Ok(Record {
         seq,
-        host: host.to_owned(),
-        time_unix_nano: event.time_unix_nano,
-        kind,
-        session,
-        sessionid,
-        tty,
-        identity_kind: identity.kind,
-        identity_name: identity.name,
-        grant: identity.grant,
-        tty_bytes,
+        host: derived.host,
+        time_unix_nano: derived.time_unix_nano,
+        kind: derived.kind,
+        session: derived.session,
+        sessionid: derived.sessionid,
+        tty: derived.tty,
+        identity_kind: derived.identity_kind,
+        identity_name: derived.identity_name,
+        grant: derived.grant,
+        tty_bytes: derived.tty_bytes,
         event: bytes,
         hash,
         log_index: None,

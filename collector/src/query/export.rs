@@ -70,7 +70,8 @@ pub(crate) fn bundle(
     let mut known = subtree_roots(store, &host, checkpoint.size, &pruned, &needed.0)?;
     // The hash before a record whose predecessor was pruned is where its prune record
     // says the chain resumes.
-    let cuts = crate::verify::read_prunes(store, witness, &mut Vec::new())?
+    let cuts = crate::verify::read_prunes(store, &witness.trust(), &mut Vec::new())?
+        .by_host
         .remove(&host)
         .map(|p| p.cuts)
         .unwrap_or_default();

@@ -9,12 +9,12 @@ use std::{ops::ControlFlow, sync::Arc};
 
 use proto::{
     kind::Kind,
-    v1::{Event, Grant, StoredEvent, event::Body},
+    v1::{Grant, StoredEvent},
 };
 
-/// The chain that holds the collector's own alerts and grant changes, so they are chained
-/// evidence too. Agents' chain ids are `HOST:BOOT_ID:START`, so this one cannot collide.
-pub const COLLECTOR_CHAIN: &str = "collector";
+// The types verify reads rows as are the shared verifier's, so the store hands them over
+// without a copy.
+pub use verifier::{COLLECTOR_CHAIN, ChainRow, Columns, columns::terminal};
 
 /// A storage failure. Cloneable, so one failed group commit can answer every request in it.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -68,16 +68,6 @@ pub struct Record {
     /// Its leaf index in its host's log (docs/evidence.md); `None` for the collector's own
     /// records. The writer assigns it.
     pub log_index: Option<u64>,
-}
-
-/// The terminal `event` is on, as `Record::tty` keeps it: a tty event's device, otherwise its
-/// process's controlling terminal; empty when there is none.
-#[must_use]
-pub fn terminal(event: &Event) -> &str {
-    match &event.body {
-        Some(Body::Tty(tty)) => &tty.device,
-        _ => event.process.as_ref().map_or("", |p| p.tty.as_str()),
-    }
 }
 
 /// Records that continue one chain.
@@ -165,6 +155,8 @@ pub struct LeafRow<'a> {
     pub seq: u64,
     pub event: &'a [u8],
     pub hash: &'a [u8],
+    /// The columns stored beside the bytes.
+    pub columns: Columns<'a>,
 }
 
 /// A join token (docs/pki.md): only its hash is kept.
@@ -228,34 +220,6 @@ impl Commit {
             && self.prunes.is_empty()
             && self.holds.is_empty()
     }
-}
-
-/// One stored record as the verifier reads it: exactly what is stored, nothing derived, and
-/// borrowed from the backend, so reading a chain copies nothing.
-#[derive(Clone, Copy, Debug)]
-pub struct ChainRow<'a> {
-    /// Its row id: storage order, which within a chain is seq order.
-    pub row: i64,
-    pub seq: u64,
-    pub event: &'a [u8],
-    pub hash: &'a [u8],
-    /// The columns stored beside the bytes, which verify derives again from them.
-    pub columns: Columns<'a>,
-}
-
-/// The columns queries find a record by, as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Columns<'a> {
-    pub host: &'a str,
-    pub time_unix_nano: u64,
-    pub kind: &'a str,
-    pub session: &'a str,
-    pub sessionid: Option<u32>,
-    pub tty: &'a str,
-    pub identity_kind: i32,
-    pub identity_name: &'a str,
-    pub grant: &'a str,
-    pub tty_bytes: u64,
 }
 
 impl Record {

@@ -27,6 +27,24 @@ use super::{
     TokenRow, Violations,
 };
 
+/// The stored columns of an events row, read from column `at` on in the order
+/// `host, time, kind, session, sessionid, tty, identity_kind, identity_name, grant_id,
+/// tty_bytes`.
+fn columns<'r>(r: &'r rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Columns<'r>> {
+    Ok(Columns {
+        host: r.get_ref(at)?.as_str()?,
+        time_unix_nano: uint(r.get(at + 1)?),
+        kind: r.get_ref(at + 2)?.as_str()?,
+        session: r.get_ref(at + 3)?.as_str()?,
+        sessionid: r.get(at + 4)?,
+        tty: r.get_ref(at + 5)?.as_str()?,
+        identity_kind: r.get(at + 6)?,
+        identity_name: r.get_ref(at + 7)?.as_str()?,
+        grant: r.get_ref(at + 8)?.as_str()?,
+        tty_bytes: uint(r.get(at + 9)?),
+    })
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         Self::Backend(Arc::new(e))
@@ -390,18 +408,7 @@ impl Store for Sqlite {
                     seq: uint(r.get(1)?),
                     event: r.get_ref(2)?.as_blob()?,
                     hash: r.get_ref(3)?.as_blob()?,
-                    columns: Columns {
-                        host: r.get_ref(4)?.as_str()?,
-                        time_unix_nano: uint(r.get(5)?),
-                        kind: r.get_ref(6)?.as_str()?,
-                        session: r.get_ref(7)?.as_str()?,
-                        sessionid: r.get(8)?,
-                        tty: r.get_ref(9)?.as_str()?,
-                        identity_kind: r.get(10)?,
-                        identity_name: r.get_ref(11)?.as_str()?,
-                        grant: r.get_ref(12)?.as_str()?,
-                        tty_bytes: uint(r.get(13)?),
-                    },
+                    columns: columns(r, 4)?,
                 };
                 if each(row).is_break() {
                     break;
@@ -543,8 +550,9 @@ impl Store for Sqlite {
     ) -> Result<(), StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT e.log_index, e.id, c.chain_id, e.seq, e.event, e.hash FROM events e \
-                 JOIN chains c ON c.id = e.chain \
+                "SELECT e.log_index, e.id, c.chain_id, e.seq, e.event, e.hash, e.host, e.time, \
+                 e.kind, e.session, e.sessionid, e.tty, e.identity_kind, e.identity_name, \
+                 e.grant_id, e.tty_bytes FROM events e JOIN chains c ON c.id = e.chain \
                  WHERE e.host = ?1 AND e.log_index >= ?2 ORDER BY e.log_index LIMIT ?3",
             )?;
             let mut rows = stmt.query(params![host, int(from), int(limit as u64)])?;
@@ -556,6 +564,7 @@ impl Store for Sqlite {
                     seq: uint(r.get(3)?),
                     event: r.get_ref(4)?.as_blob()?,
                     hash: r.get_ref(5)?.as_blob()?,
+                    columns: columns(r, 6)?,
                 };
                 if each(leaf).is_break() {
                     break;

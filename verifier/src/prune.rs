@@ -1,25 +1,34 @@
 //! Retention's prune records (docs/evidence.md, "Retention"): the signed note that says
 //! which leaves of a host's log were deleted, with the compact range that keeps the roots of
 //! the rest computable, where each cut chain resumes, and the cosigned checkpoint that still
-//! covers what remains. The writer makes them; verify reads them back from the collector's
-//! chain and accepts missing leaves only where one covers them.
+//! covers what remains. The collector's writer makes them; verify reads them back and
+//! accepts missing leaves only where one covers them.
+
+use std::collections::HashMap;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
+use prost::Message as _;
+use proto::{
+    kind::Kind,
+    v1::{Event, Finding, event::Body},
+};
 use tlog::Hash;
+
+use crate::Trust;
 
 const HEADER: &str = "recorder.prune.v1";
 
 /// Where a chain cut by a prune resumes: its first kept seq and the hash of the record
 /// before it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Cut {
+pub struct Cut {
     pub chain_id: String,
     pub first_kept: u64,
     pub prev: [u8; 32],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PruneNote {
+pub struct PruneNote {
     /// The log's origin.
     pub log: String,
     /// Leaves `0 .. end` are deleted.
@@ -32,7 +41,8 @@ pub(crate) struct PruneNote {
 }
 
 impl PruneNote {
-    pub(crate) fn to_body(&self) -> String {
+    #[must_use]
+    pub fn to_body(&self) -> String {
         use std::fmt::Write as _;
         let mut body = format!("{HEADER}\nlog {}\nleaves 0 {}\n", self.log, self.end);
         for hash in &self.frontier {
@@ -57,7 +67,7 @@ impl PruneNote {
     }
 
     /// Reads a note's text; every line must be as `to_body` writes it.
-    pub(crate) fn parse_body(text: &str) -> Result<Self, String> {
+    pub fn parse_body(text: &str) -> Result<Self, String> {
         let mut lines = text.lines();
         if lines.next() != Some(HEADER) {
             return Err(format!("not a {HEADER} note"));
@@ -103,6 +113,99 @@ impl PruneNote {
         }
         note.checkpoint = checkpoint.ok_or("no checkpoint line")?;
         Ok(note)
+    }
+}
+
+/// The note of a prune record, if the stored record (of kind `kind`) is one.
+#[must_use]
+pub fn note_of(kind: &str, event: &[u8]) -> Option<String> {
+    if kind != Kind::Prune.name() {
+        return None;
+    }
+    match Event::decode(event) {
+        Ok(Event {
+            body: Some(Body::Prune(prune)),
+            ..
+        }) => Some(prune.note),
+        _ => None,
+    }
+}
+
+/// What the valid prune records of one host's log say: the latest one's range and
+/// frontier, and where each chain they cut resumes.
+#[derive(Clone, Debug)]
+pub struct HostPrune {
+    pub end: u64,
+    pub frontier: Vec<Hash>,
+    pub checkpoint: (u64, Hash),
+    pub cuts: HashMap<String, Cut>,
+}
+
+/// The prune records whose signature (the collector's log key) holds, by host.
+#[derive(Debug, Default)]
+pub struct Prunes {
+    pub by_host: HashMap<String, HostPrune>,
+}
+
+impl Prunes {
+    /// Adds the signed prune note `text`, chained at `subject`. One that does not verify
+    /// is a finding, and covers nothing.
+    pub fn add(&mut self, trust: &Trust, subject: &str, text: &str, findings: &mut Vec<Finding>) {
+        match open(trust, text) {
+            Ok((host, note)) => self.insert(host, note),
+            Err(why) => findings.push(Finding {
+                subject: subject.to_owned(),
+                reason: why,
+            }),
+        }
+    }
+
+    fn insert(&mut self, host: String, note: PruneNote) {
+        let entry = self.by_host.entry(host).or_insert_with(|| HostPrune {
+            end: 0,
+            frontier: Vec::new(),
+            checkpoint: (0, tlog::EMPTY_ROOT),
+            cuts: HashMap::new(),
+        });
+        if note.end > entry.end {
+            entry.end = note.end;
+            entry.frontier = note.frontier;
+            entry.checkpoint = note.checkpoint;
+        }
+        for cut in note.cuts {
+            entry.cuts.insert(cut.chain_id.clone(), cut);
+        }
+    }
+
+    /// Where each chain cut by a prune resumes.
+    #[must_use]
+    pub fn cuts(&self) -> HashMap<&str, &Cut> {
+        self.by_host
+            .values()
+            .flat_map(|p| p.cuts.iter().map(|(chain, cut)| (chain.as_str(), cut)))
+            .collect()
+    }
+}
+
+/// The host a signed prune note is of, and what it says.
+fn open(trust: &Trust, text: &str) -> Result<(String, PruneNote), String> {
+    let opened = trust
+        .log
+        .as_ref()
+        .ok_or_else(|| "the collector has no log key".to_owned())
+        .and_then(|verifier| {
+            let note = tlog::Note::parse(text.as_bytes()).map_err(|e| e.to_string())?;
+            note.verify(verifier).map_err(|e| e.to_string())?;
+            PruneNote::parse_body(note.text())
+        })
+        .map_err(|why| format!("a prune record that does not verify: {why}"))?;
+    let prefix = trust.origin("");
+    match opened.log.strip_prefix(&prefix) {
+        Some(host) => Ok((host.to_owned(), opened)),
+        None => Err(format!(
+            "a prune record of {}, not a host of this deployment",
+            opened.log
+        )),
     }
 }
 

@@ -1,0 +1,170 @@
+//! The columns queries find a record by, derived from its bytes: at ingest, to store them,
+//! and at verify, to compare what is stored with what the bytes say. Setting `kind = 'fork'`
+//! on a violation would otherwise hide it from review, and nothing would notice.
+
+use prost::Message as _;
+use proto::{
+    kind::Kind,
+    session::Key,
+    v1::{Event, Finding, event::Body},
+};
+
+use crate::ChainRow;
+
+/// The columns queries find a record by, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Columns<'a> {
+    pub host: &'a str,
+    pub time_unix_nano: u64,
+    pub kind: &'a str,
+    pub session: &'a str,
+    pub sessionid: Option<u32>,
+    pub tty: &'a str,
+    pub identity_kind: i32,
+    pub identity_name: &'a str,
+    pub grant: &'a str,
+    pub tty_bytes: u64,
+}
+
+/// A record's columns as its bytes give them.
+#[derive(Clone, Debug)]
+pub struct Derived {
+    /// The host the record is about: its chain's host.
+    pub host: String,
+    pub time_unix_nano: u64,
+    pub kind: Kind,
+    /// `HOST:SESSIONID:ROOT_START` (`proto::session::Key`), empty outside an audit session.
+    pub session: String,
+    pub sessionid: Option<u32>,
+    /// The terminal (`major:minor`, [`terminal`]).
+    pub tty: String,
+    pub identity_kind: i32,
+    pub identity_name: String,
+    /// The grant the activity is covered by (`Identity.grant`); empty outside any.
+    pub grant: String,
+    /// Bytes of terminal data, for tty events.
+    pub tty_bytes: u64,
+}
+
+impl Derived {
+    #[must_use]
+    pub fn columns(&self) -> Columns<'_> {
+        Columns {
+            host: &self.host,
+            time_unix_nano: self.time_unix_nano,
+            kind: self.kind.name(),
+            session: &self.session,
+            sessionid: self.sessionid,
+            tty: &self.tty,
+            identity_kind: self.identity_kind,
+            identity_name: &self.identity_name,
+            grant: &self.grant,
+            tty_bytes: self.tty_bytes,
+        }
+    }
+}
+
+/// The terminal `event` is on: a tty event's device, otherwise its process's controlling
+/// terminal; empty when there is none.
+#[must_use]
+pub fn terminal(event: &Event) -> &str {
+    match &event.body {
+        Some(Body::Tty(tty)) => &tty.device,
+        _ => event.process.as_ref().map_or("", |p| p.tty.as_str()),
+    }
+}
+
+/// Decodes record `seq` of an agent of `host` for its columns, refusing what an agent may
+/// not send.
+pub fn derive(host: &str, seq: u64, bytes: &[u8]) -> Result<Derived, String> {
+    let event =
+        Event::decode(bytes).map_err(|e| format!("seq {seq} is not a recorder.v1.Event: {e}"))?;
+    if event.time_unix_nano > i64::MAX as u64 {
+        return Err(format!("seq {seq}: time out of range"));
+    }
+    let Some(kind) = Kind::of(&event) else {
+        return Err(format!("seq {seq} has no body"));
+    };
+    match &event.body {
+        Some(Body::ChainStart(start)) if start.host != host => {
+            return Err(format!(
+                "seq {seq} starts a chain of host {:?}, but this agent said Hello as {host:?}",
+                start.host
+            ));
+        }
+        // An agent raises one alert only: about the collector itself.
+        Some(Body::Alert(alert)) if alert.kind != "collector_rollback" => {
+            return Err(format!(
+                "seq {seq} is an alert: only the collector raises alerts, but collector_rollback"
+            ));
+        }
+        Some(Body::GrantChange(_)) => {
+            return Err(format!(
+                "seq {seq} is a grant change: only the collector records those"
+            ));
+        }
+        Some(Body::Access(_)) => {
+            return Err(format!(
+                "seq {seq} is an access record: only the collector records reads"
+            ));
+        }
+        _ => {}
+    }
+    if seq == 0 && kind != Kind::ChainStart {
+        return Err(format!("seq 0 is {kind}: a chain begins with chain_start"));
+    }
+    let tty_bytes = match &event.body {
+        Some(Body::Tty(t)) => t.data.len() as u64,
+        _ => 0,
+    };
+    let sessionid = event.process.as_ref().and_then(|p| p.sessionid);
+    let session = match (sessionid, &event.session_root) {
+        (Some(sessionid), Some(root)) => Key {
+            host: host.to_owned(),
+            sessionid,
+            start_unix_nano: root.start_unix_nano,
+        }
+        .to_string(),
+        _ => String::new(),
+    };
+    let tty = terminal(&event).to_owned();
+    let identity = event.identity.unwrap_or_default();
+    Ok(Derived {
+        host: host.to_owned(),
+        time_unix_nano: event.time_unix_nano,
+        kind,
+        session,
+        sessionid,
+        tty,
+        identity_kind: identity.kind,
+        identity_name: identity.name,
+        grant: identity.grant,
+        tty_bytes,
+    })
+}
+
+/// A finding when record `row` of chain `chain_id` (an agent's of `host`) has stored
+/// columns that differ from what its bytes say, or bytes no agent may send.
+pub fn check(host: &str, chain_id: &str, row: &ChainRow<'_>, findings: &mut Vec<Finding>) {
+    let subject = format!("chain {chain_id} seq {}", row.seq);
+    let derived = match derive(host, row.seq, row.event) {
+        Ok(derived) => derived,
+        Err(e) => {
+            findings.push(Finding {
+                subject,
+                reason: format!("its bytes are not a record an agent may send: {e}"),
+            });
+            return;
+        }
+    };
+    let derived = derived.columns();
+    if derived != row.columns {
+        findings.push(Finding {
+            subject,
+            reason: format!(
+                "its stored columns differ from what its bytes say: stored {:?}, derived {:?}",
+                row.columns, derived
+            ),
+        });
+    }
+}
