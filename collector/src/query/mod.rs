@@ -1,7 +1,9 @@
 //! The Query service, the RPC edge operators read the store through. Filter semantics are
 //! collector.proto's (`filter`); Sessions and Replay are assembled in `sessions`; Verify is
-//! the store-independent chain verifier (`crate::verify`).
+//! the store-independent chain verifier (`crate::verify`); Evidence streams what a client
+//! needs to run the same checks itself (`evidence`).
 
+mod evidence;
 mod export;
 mod filter;
 mod sessions;
@@ -330,15 +332,26 @@ impl Query for QueryService {
         }))
     }
 
-    // TODO(issue 11): `recorder verify --local` reads the raw evidence here.
     type EvidenceStream = ReceiverStream<Result<EvidenceItem, Status>>;
     type ExportStream = ReceiverStream<Result<ExportChunk, Status>>;
 
     async fn evidence(
         &self,
-        _request: Request<EvidenceRequest>,
+        request: Request<EvidenceRequest>,
     ) -> Result<Response<Self::EvidenceStream>, Status> {
-        Err(Status::unimplemented("issue 11"))
+        let detail = describe(None, &format!("host={}", request.get_ref().host));
+        self.reader(&request, "Evidence", detail).await?;
+        let Some(witness) = self.witness.clone() else {
+            return Err(Status::failed_precondition(
+                "this collector serves without TLS: it keeps no signed logs to check",
+            ));
+        };
+        let host = request.into_inner().host;
+        Ok(Response::new(evidence::stream(
+            Arc::clone(&self.store),
+            witness,
+            host,
+        )))
     }
 
     async fn export(

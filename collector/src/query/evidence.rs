@@ -1,0 +1,313 @@
+//! Evidence (collector.proto, `Query.Evidence`): everything stored that a client needs to
+//! run verify's checks itself, trusting only the CA (`recorder verify --local`): per host
+//! log, its checkpoints and the certificates that signed them, its prune records, its chains
+//! as the `chains` table says they stand, and its records with their stored columns in log
+//! order; then the collector's own chain, the checkpoint of it kept outside the database,
+//! and the `grants` table. Nothing here is checked: the client is not to trust this
+//! collector's word, so it is given what is stored, as stored. Records are read a page at
+//! a time, so a stream holds one page whatever the store's size.
+
+use std::{ops::ControlFlow, sync::Arc};
+
+use proto::v1::{
+    EvidenceItem, LogStart, RawRecord, StoredChain, StoredCheckpoint, evidence_item::Item,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::{PAGE, read};
+use crate::{
+    store::{COLLECTOR_CHAIN, Columns, Store, StoreError},
+    witness::Witness,
+};
+
+type Sender = mpsc::Sender<Result<EvidenceItem, Status>>;
+
+/// The evidence of `host` (empty: every host, then the collector's own log; "collector":
+/// that log alone), as the stream the client reads.
+pub(crate) fn stream(
+    store: Arc<dyn Store>,
+    witness: Arc<Witness>,
+    host: String,
+) -> ReceiverStream<Result<EvidenceItem, Status>> {
+    let (tx, rx) = mpsc::channel(PAGE);
+    tokio::spawn(async move {
+        if let Err(status) = send_all(&store, &witness, host, &tx).await {
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// The client went away: nothing more to send.
+struct Gone;
+
+async fn send(tx: &Sender, items: Vec<Item>) -> Result<(), Gone> {
+    for item in items {
+        let item = EvidenceItem { item: Some(item) };
+        tx.send(Ok(item)).await.map_err(|_| Gone)?;
+    }
+    Ok(())
+}
+
+async fn send_all(
+    store: &Arc<dyn Store>,
+    witness: &Arc<Witness>,
+    host: String,
+    tx: &Sender,
+) -> Result<(), Status> {
+    let certificate = Item::CollectorCertificatePem(witness.cert_pem.clone());
+    if send(tx, vec![certificate]).await.is_err() {
+        return Ok(());
+    }
+    let all = host.is_empty();
+    let hosts = match host.as_str() {
+        "" => {
+            let store = Arc::clone(store);
+            read(move || hosts(store.as_ref())).await?
+        }
+        COLLECTOR_CHAIN => Vec::new(),
+        _ => vec![host.clone()],
+    };
+    if !hosts.is_empty() {
+        let notes = {
+            let store = Arc::clone(store);
+            read(move || crate::verify::prune_notes(store.as_ref())).await?
+        };
+        for host in hosts {
+            let (s, w) = (Arc::clone(store), Arc::clone(witness));
+            let notes = notes.iter().map(|(_, note)| note.clone()).collect();
+            let header = read(move || log_header(s.as_ref(), &w, &host, notes)).await?;
+            let host = header.host.clone();
+            if send(tx, header.items).await.is_err() {
+                return Ok(());
+            }
+            let mut from = 0;
+            loop {
+                let (s, h) = (Arc::clone(store), host.clone());
+                let page = read(move || leaves(s.as_ref(), &h, from)).await?;
+                let done = page.len() < PAGE;
+                from = page.last().map_or(from, |r| r.log_index + 1);
+                if send(tx, page.into_iter().map(Item::Record).collect())
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+    }
+    if all || host == COLLECTOR_CHAIN {
+        let (s, w) = (Arc::clone(store), Arc::clone(witness));
+        let header = read(move || own_header(s.as_ref(), &w)).await?;
+        if send(tx, header).await.is_err() {
+            return Ok(());
+        }
+        let mut from = 0;
+        loop {
+            let s = Arc::clone(store);
+            let page = read(move || own_records(s.as_ref(), from)).await?;
+            let done = page.len() < PAGE;
+            from = page.last().map_or(from, |r| r.seq + 1);
+            if send(tx, page.into_iter().map(Item::Record).collect())
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every host the store holds anything of: a log, a checkpoint or a chain.
+fn hosts(store: &dyn Store) -> Result<Vec<String>, StoreError> {
+    let mut hosts: Vec<String> = store.logs()?.into_iter().map(|l| l.host).collect();
+    hosts.extend(store.checkpointed_hosts()?);
+    hosts.extend(
+        store
+            .chains()?
+            .into_iter()
+            .filter(|c| c.chain_id != COLLECTOR_CHAIN)
+            .map(|c| c.host),
+    );
+    hosts.sort();
+    hosts.dedup();
+    Ok(hosts)
+}
+
+/// The items of a host's log before its records.
+struct Header {
+    host: String,
+    items: Vec<Item>,
+}
+
+/// `host`'s log, its prune records (among `notes`, every one of the collector's chain),
+/// the certificates that signed its checkpoints, its checkpoints and its chains.
+fn log_header(
+    store: &dyn Store,
+    witness: &Witness,
+    host: &str,
+    notes: Vec<String>,
+) -> Result<Header, StoreError> {
+    let origin = witness.origin(host);
+    let row = store.log(host)?;
+    let first_index = store.prune(host)?.map_or(0, |p| p.end);
+    let mut items = vec![Item::Log(LogStart {
+        origin: origin.clone(),
+        host: host.to_owned(),
+        leaves: row
+            .as_ref()
+            .map_or(0, |r| r.size.saturating_sub(first_index)),
+        first_index,
+        frontier: row.map(|r| r.frontier),
+    })];
+    // The client checks each note's signature and log itself; this only saves it the
+    // notes of other hosts.
+    let of_log = |note: &String| {
+        tlog::Note::parse(note.as_bytes())
+            .ok()
+            .and_then(|n| verifier::prune::PruneNote::parse_body(n.text()).ok())
+            .is_some_and(|n| n.log == origin)
+    };
+    items.extend(notes.into_iter().filter(of_log).map(Item::PruneNote));
+    let checkpoints = store.log_checkpoints(host)?;
+    let mut certs: Vec<&str> = Vec::new();
+    let mut stored = Vec::with_capacity(checkpoints.len());
+    for c in &checkpoints {
+        let index = certs
+            .iter()
+            .position(|p| *p == c.cert_pem)
+            .unwrap_or_else(|| {
+                certs.push(&c.cert_pem);
+                certs.len() - 1
+            });
+        stored.push(Item::Checkpoint(StoredCheckpoint {
+            note: c.note.clone(),
+            certificate: u32::try_from(index).unwrap_or(u32::MAX),
+            size: c.size,
+            root: c.root.to_vec(),
+        }));
+    }
+    items.extend(certs.iter().map(|p| Item::CertificatePem((*p).to_owned())));
+    items.extend(stored);
+    for chain in store.chains()?.into_iter().filter(|c| c.host == host) {
+        if chain.chain_id == COLLECTOR_CHAIN {
+            continue;
+        }
+        items.push(stored_chain(store, chain)?);
+    }
+    Ok(Header {
+        host: host.to_owned(),
+        items,
+    })
+}
+
+fn stored_chain(store: &dyn Store, chain: crate::store::ChainState) -> Result<Item, StoreError> {
+    Ok(Item::Chain(StoredChain {
+        checkpoint_size: store.last_checkpoint(&chain.chain_id)?,
+        chain_id: chain.chain_id,
+        host: chain.host,
+        next_seq: chain.next_seq,
+        head_hash: chain.head_hash.to_vec(),
+    }))
+}
+
+/// A record as stored.
+fn raw(
+    chain_id: &str,
+    seq: u64,
+    log_index: u64,
+    event: &[u8],
+    hash: &[u8],
+    c: Columns<'_>,
+) -> RawRecord {
+    RawRecord {
+        chain_id: chain_id.to_owned(),
+        seq,
+        log_index,
+        event: event.to_vec(),
+        hash: hash.to_vec(),
+        host: c.host.to_owned(),
+        kind: c.kind.to_owned(),
+        session: c.session.to_owned(),
+        tty: c.tty.to_owned(),
+        identity_kind: c.identity_kind,
+        identity_name: c.identity_name.to_owned(),
+        grant: c.grant.to_owned(),
+        time_unix_nano: c.time_unix_nano,
+        tty_bytes: c.tty_bytes,
+        sessionid: c.sessionid,
+    }
+}
+
+/// A page of `host`'s leaves from log index `from` on.
+fn leaves(store: &dyn Store, host: &str, from: u64) -> Result<Vec<RawRecord>, StoreError> {
+    let mut page = Vec::with_capacity(PAGE);
+    store.log_leaves(host, from, PAGE, &mut |leaf| {
+        page.push(raw(
+            leaf.chain_id,
+            leaf.seq,
+            leaf.log_index,
+            leaf.event,
+            leaf.hash,
+            leaf.columns,
+        ));
+        ControlFlow::Continue(())
+    })?;
+    Ok(page)
+}
+
+/// The collector's own log, the checkpoint of it kept outside the database, its chain
+/// and the `grants` table.
+fn own_header(store: &dyn Store, witness: &Witness) -> Result<Vec<Item>, StoreError> {
+    let chain = store
+        .chains()?
+        .into_iter()
+        .find(|c| c.chain_id == COLLECTOR_CHAIN);
+    let mut items = vec![Item::Log(LogStart {
+        origin: witness.own_origin(),
+        host: COLLECTOR_CHAIN.into(),
+        leaves: chain.as_ref().map_or(0, |c| c.next_seq),
+        first_index: 0,
+        frontier: None,
+    })];
+    // An unreadable one is the collector's own problem, which its verify reports; the
+    // client checks what it is given.
+    if let Ok(Some(text)) = witness.kept_checkpoint() {
+        items.push(Item::Checkpoint(StoredCheckpoint {
+            note: String::from_utf8_lossy(&text).into_owned(),
+            ..StoredCheckpoint::default()
+        }));
+    }
+    if let Some(chain) = chain {
+        items.push(stored_chain(store, chain)?);
+    }
+    items.extend(store.grants(0)?.into_iter().map(Item::Grant));
+    Ok(items)
+}
+
+/// A page of the collector's chain from seq `from` on; a record's leaf index in the
+/// collector's own log is its seq.
+fn own_records(store: &dyn Store, from: u64) -> Result<Vec<RawRecord>, StoreError> {
+    let mut page = Vec::with_capacity(PAGE);
+    store.chain_rows(COLLECTOR_CHAIN, from, PAGE, &mut |row| {
+        page.push(raw(
+            COLLECTOR_CHAIN,
+            row.seq,
+            row.seq,
+            row.event,
+            row.hash,
+            row.columns,
+        ));
+        ControlFlow::Continue(())
+    })?;
+    Ok(page)
+}
