@@ -66,14 +66,24 @@ pub enum Command {
     /// Play a session's terminal back with its original timing: the login terminal, as the
     /// user saw it, unless told otherwise.
     Replay(Replay),
-    /// Recompute every stored chain; exits non-zero if any fails.
+    /// Check everything stored: chains, hosts' signed logs, columns, grants; exits
+    /// non-zero if anything fails. The collector checks and says so, or, with `--local`,
+    /// this client checks the raw evidence itself.
     Verify {
         #[arg(long)]
         host: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "local")]
         chain: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Fetch the stored records, checkpoints, certificates and prune records and check
+        /// them here, trusting only the CA certificate, not the collector's verdict.
+        #[arg(long)]
+        local: bool,
+        /// The CA certificate `--local` trusts; default: the one the connection is checked
+        /// with (`--ca`, else `ca.pem` in `--pki-dir`).
+        #[arg(long, requires = "local")]
+        trust: Option<PathBuf>,
     },
     /// Write a session's evidence bundle: its records, each with a proof of inclusion in
     /// its host's signed and witnessed log, for offline verification (docs/evidence.md).

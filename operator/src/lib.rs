@@ -1,5 +1,6 @@
 //! The operators' client of the collector: `tail`, `search`, `sessions`, `replay` and
-//! `verify` over its Query service (`query`, `replay`), `export` and the offline
+//! `verify` over its Query service (`query`, `replay`), `verify --local`, which checks the
+//! stored evidence itself (`local`), `export` and the offline
 //! `verify-bundle` (`evidence`), `grant` and `review` over its
 //! Grants service (`grant`), as readable text or JSON lines (`render`), and events as OCSF
 //! for SIEMs (`ocsf`). `cargo xtask` runs it.
@@ -9,6 +10,7 @@ mod certs;
 pub mod cli;
 mod evidence;
 mod grant;
+mod local;
 mod ocsf;
 mod query;
 mod render;
@@ -84,9 +86,23 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             query::sessions(&mut client, host, since, json, &mut out).await
         }
         Command::Replay(replay) => replay::play(&mut client, replay, &mut out).await,
-        Command::Verify { host, chain, json } => {
-            query::verify(&mut client, host, chain, json, &mut out).await
+        Command::Verify {
+            host,
+            json,
+            local: true,
+            trust,
+            ..
+        } => {
+            let ca = trust
+                .or_else(|| cli.ca.clone())
+                .unwrap_or_else(|| cli.pki_dir.join("ca.pem"));
+            let ca_pem = std::fs::read_to_string(&ca)
+                .with_context(|| format!("reading the CA certificate {}", ca.display()))?;
+            local::verify(&mut client, host, &ca_pem, json, &mut out).await
         }
+        Command::Verify {
+            host, chain, json, ..
+        } => query::verify(&mut client, host, chain, json, &mut out).await,
         Command::Grant { command } => {
             grant::grant(GrantsClient::new(channel), command, &mut out).await
         }

@@ -6,7 +6,7 @@ use anyhow::bail;
 use proto::{
     time::ago,
     v1::{
-        SearchRequest, SessionsRequest, StoredEvent, TailRequest, VerifyRequest,
+        SearchRequest, SessionsRequest, StoredEvent, TailRequest, VerifyRequest, VerifyResponse,
         query_client::QueryClient,
     },
 };
@@ -120,7 +120,8 @@ pub async fn sessions(
     Ok(())
 }
 
-/// Prints a verdict per chain and per log, and every finding; fails when anything does.
+/// Prints the collector's verdict per chain and per log, and every finding; fails when
+/// anything does.
 pub async fn verify(
     client: &mut QueryClient<Channel>,
     host: Option<String>,
@@ -135,6 +136,15 @@ pub async fn verify(
         })
         .await?
         .into_inner();
+    print_report(&report, json, out)
+}
+
+/// Prints a verdict per chain and per log, and every finding; fails when anything does.
+pub fn print_report(
+    report: &VerifyResponse,
+    json: bool,
+    out: &mut impl io::Write,
+) -> anyhow::Result<()> {
     let chains = &report.chains;
     let mut failed = 0;
     for c in chains {

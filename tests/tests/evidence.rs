@@ -116,6 +116,20 @@ fn log_of<'a>(report: &'a VerifyResponse, host: &str) -> &'a LogVerdict {
         .unwrap_or_else(|| panic!("no verdict on {host}'s log: {report:?}"))
 }
 
+/// `recorder verify --local` (with `extra` arguments) against `collector`: whether it
+/// passed, and what it printed.
+fn verify_local(collector: &Collector, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["verify", "--local"];
+    args.extend_from_slice(extra);
+    let out = tests::operator::run(&collector.url(), &args);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), printed)
+}
+
 /// The collector cosigns a host's checkpoint whose root its stored leaves give, after the
 /// records it covers; the cosignature verifies under the witness certificate of the
 /// Welcome; verify checks both signatures and the root.
@@ -610,6 +624,8 @@ async fn verify_checks_the_links_between_a_hosts_chains() {
     agent.ship(restarted.batch(0..1)).await.unwrap();
     let report = verify_all(&collector).await;
     assert!(report.ok, "a restart links: {report:?}");
+    let (ok, printed) = verify_local(&collector, &[]);
+    assert!(ok, "a restart links: {printed}");
 
     let cases = [
         (
@@ -640,6 +656,13 @@ async fn verify_checks_the_links_between_a_hosts_chains() {
                 .any(|f| f.subject == format!("chain {} seq 0", chain.id)
                     && f.reason.contains(reason)),
             "{what}: {report:?}"
+        );
+        let (ok, printed) = verify_local(&collector, &[]);
+        assert!(!ok, "{what}: {printed}");
+        assert!(
+            printed.contains(&format!("FAIL  chain {} seq 0: ", chain.id))
+                && printed.contains(reason),
+            "{what}: {printed}"
         );
     }
 }
@@ -705,6 +728,10 @@ async fn retention_prunes_with_a_signed_record_and_keeps_what_is_held() {
     assert!(report.ok, "{report:?}");
     let verdict = log_of(&report, HOST);
     assert_eq!((verdict.pruned, verdict.leaves), (406, 594), "{verdict:?}");
+    // The client, given the signed prune record, accepts the missing leaves too.
+    let (ok, printed) = verify_local(&collector, &[]);
+    assert!(ok, "{printed}");
+    assert!(printed.contains("594 leaves"), "{printed}");
     let chain_verdict = report
         .chains
         .iter()
@@ -755,12 +782,15 @@ async fn retention_prunes_with_a_signed_record_and_keeps_what_is_held() {
         conn.execute_batch("DELETE FROM events WHERE host = 'host-e' AND log_index < 420;")
             .unwrap();
     });
-    let report = verify_all(&Collector::start(&copy)).await;
+    let collector = Collector::start(&copy);
+    let report = verify_all(&collector).await;
     assert!(!report.ok);
     assert!(
         log_of(&report, HOST).reason.contains("leaf 406 is missing"),
         "{report:?}"
     );
+    let (ok, printed) = verify_local(&collector, &[]);
+    assert!(!ok && printed.contains("leaf 406 is missing"), "{printed}");
 }
 
 fn free_addr() -> std::net::SocketAddr {
@@ -828,6 +858,8 @@ async fn a_restored_database_disagrees_with_the_collectors_own_checkpoint() {
 
     let collector = Collector::start_at(&store, addr);
     assert!(verify_all(&collector).await.ok, "an untouched store agrees");
+    let (ok, printed) = verify_local(&collector, &[]);
+    assert!(ok, "an untouched store agrees: {printed}");
     grants(&url, 2);
     drop(collector.stop());
     let signed_after = std::fs::read_to_string(&kept).unwrap();
@@ -845,6 +877,14 @@ async fn a_restored_database_disagrees_with_the_collectors_own_checkpoint() {
                 && f.reason.contains("restored to an older state")),
         "{report:?}"
     );
+    // The client checks the kept checkpoint, which the collector's log key signed, itself.
+    let (ok, printed) = verify_local(&collector, &[]);
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains("FAIL  chain collector: ")
+            && printed.contains("restored to an older state"),
+        "{printed}"
+    );
     let alerts = of_kind(&collector, "alert").await;
     assert!(
         alerts
@@ -857,5 +897,180 @@ async fn a_restored_database_disagrees_with_the_collectors_own_checkpoint() {
         std::fs::read_to_string(&kept).unwrap(),
         signed_after,
         "the kept checkpoint is left as it was"
+    );
+}
+
+/// Flips one character of the host's signature in every stored checkpoint note.
+fn forge_checkpoint_signatures(conn: &rusqlite::Connection) {
+    let notes: Vec<(i64, String)> = conn
+        .prepare("SELECT rowid, note FROM log_checkpoints")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (row, note) in notes {
+        // The first signature line: "— NAME BASE64"; a character in its middle.
+        let line = note.find("\n\u{2014} ").unwrap() + 1;
+        let at = line + note[line..].find('\n').unwrap() - 10;
+        let mut bytes = note.into_bytes();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        let note = String::from_utf8(bytes).unwrap();
+        conn.execute(
+            "UPDATE log_checkpoints SET note = ?1 WHERE rowid = ?2",
+            rusqlite::params![note, row],
+        )
+        .unwrap();
+    }
+}
+
+/// `recorder verify --local` runs verify's checks on the client, over the raw records,
+/// chains, checkpoints, certificates and grants the collector streams, trusting only the CA
+/// certificate: it passes on an untouched store, and given another CA than the
+/// deployment's, it fails.
+#[tokio::test]
+async fn verify_local_passes_on_an_untouched_store_under_its_ca_only() {
+    let dir = scratch_dir("evidence-local");
+    let chain = test_chain("host-e:boot:3", 1000);
+    let pristine = stored_log(&dir, &chain).await;
+
+    let collector = Collector::start(&pristine);
+    let (ok, printed) = verify_local(&collector, &[]);
+    assert!(ok, "{printed}");
+    assert!(
+        printed.contains(&format!("ok    {HOST} {}  1000 records", chain.id))
+            && printed.contains("1000 leaves, 1 signed checkpoints, attested 1000")
+            && printed.contains("ok    collector collector"),
+        "{printed}"
+    );
+    let (ok, printed) = verify_local(&collector, &["--host", HOST]);
+    assert!(ok, "{printed}");
+    // The read of the evidence is itself chained.
+    let reads = of_kind(&collector, "access").await;
+    assert!(
+        reads.iter().any(|r| format!("{r:?}").contains("Evidence")),
+        "{reads:?}"
+    );
+
+    // Another CA than the deployment's: nothing the collector sends chains to it.
+    let other = tests::pki::TestPki::new();
+    let other_ca = other.ca_pem();
+    let (ok, printed) = verify_local(&collector, &["--trust", other_ca.to_str().unwrap()]);
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains("cannot be checked against this CA"),
+        "{printed}"
+    );
+}
+
+/// A way to tamper with a stopped store.
+type Tamper = Box<dyn Fn(&rusqlite::Connection)>;
+
+/// What a database admin can do to the store of `stored_log`, and what `verify --local`
+/// must print of each.
+fn tamperings(chain_id: &str) -> Vec<(&'static str, Tamper, Vec<String>)> {
+    let row_of = |seq: u64| format!("chain {chain_id} seq {seq}");
+    vec![
+        (
+            "flipped.db",
+            Box::new(|conn| {
+                let mut event = event_at(conn, 500);
+                event[5] ^= 0x01;
+                conn.execute(
+                    &format!("UPDATE events SET event = ?1 WHERE chain = {ROWS} AND seq = 500"),
+                    [event],
+                )
+                .unwrap();
+            }),
+            vec![
+                format!("{chain_id} at seq 500: the hash of seq 500 does not recompute"),
+                "do not give the signed root of size 1000".into(),
+            ],
+        ),
+        (
+            "truncated.db",
+            Box::new(|conn| {
+                conn.execute_batch(&format!(
+                    "DELETE FROM events WHERE chain = {ROWS} AND seq >= 900;
+                     UPDATE chains SET next_seq = 900, head_hash = (SELECT hash FROM events
+                       WHERE chain = {ROWS} AND seq = 899) WHERE id = {ROWS};"
+                ))
+                .unwrap();
+            }),
+            vec!["stored 900, attested 1000".into()],
+        ),
+        (
+            "kind.db",
+            Box::new(|conn| {
+                conn.execute_batch(&format!(
+                    "UPDATE events SET kind = 'fork' WHERE chain = {ROWS} AND seq = 10;"
+                ))
+                .unwrap();
+            }),
+            vec![format!(
+                "{}: its stored columns differ from what its bytes say",
+                row_of(10)
+            )],
+        ),
+        (
+            "grant.db",
+            Box::new(extend_the_grant),
+            vec!["differs from its chained grant changes".into()],
+        ),
+        (
+            "forged.db",
+            Box::new(forge_checkpoint_signatures),
+            vec!["the checkpoint of size 1000:".into()],
+        ),
+        (
+            "rewritten.db",
+            Box::new(rewrite_from_500),
+            vec!["do not give the signed root of size 1000".into()],
+        ),
+        (
+            "deleted.db",
+            Box::new(|conn| {
+                conn.execute_batch(&format!(
+                    "DELETE FROM events WHERE chain = {ROWS}; DELETE FROM chains WHERE id = {ROWS};"
+                ))
+                .unwrap();
+            }),
+            vec!["stored 0, attested 1000".into()],
+        ),
+    ]
+}
+
+/// Each tampering of the store fails `recorder verify --local`, naming the fault, with the
+/// collector serving the tampered store: the client finds it from the raw evidence, with no
+/// verdict of the collector's involved.
+#[tokio::test]
+async fn verify_local_finds_what_an_admin_does_to_the_store() {
+    let dir = scratch_dir("evidence-local-tamper");
+    let chain = test_chain("host-e:boot:3", 1000);
+    let pristine = stored_log(&dir, &chain).await;
+    for (name, tamper, faults) in tamperings(&chain.id) {
+        let copy = tampered(&pristine, name, tamper);
+        let collector = Collector::start(&copy);
+        let (ok, printed) = verify_local(&collector, &[]);
+        assert!(!ok, "{name}: {printed}");
+        for fault in faults {
+            assert!(printed.contains(&fault), "{name}: {fault:?} in {printed}");
+        }
+    }
+
+    // The host deleted whole: the collector's chain, checked here, still names it.
+    let copy = tampered(&pristine, "host.db", |conn| {
+        conn.execute_batch(
+            "DELETE FROM events WHERE host = 'host-e' AND log_index IS NOT NULL;
+             DELETE FROM chains WHERE host = 'host-e'; DELETE FROM logs;
+             DELETE FROM log_checkpoints;",
+        )
+        .unwrap();
+    });
+    let (ok, printed) = verify_local(&Collector::start(&copy), &[]);
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains(&format!("FAIL  host {HOST}: the collector's chain says")),
+        "{printed}"
     );
 }

@@ -1,0 +1,442 @@
+//! `verify --local`: the checks of the collector's verify (the `verifier` crate), run here
+//! over what the collector stores, as its `Evidence` stream gives it, trusting only the CA
+//! certificate: every key is taken from a certificate that chains to it, and nothing the
+//! collector says about its own evidence is believed.
+
+use std::{collections::HashMap, convert::Infallible, io};
+
+use anyhow::{Context as _, anyhow, bail};
+use proto::{
+    chain::GENESIS,
+    v1::{
+        EvidenceRequest, Grant, LogStart, RawRecord, StoredChain, StoredCheckpoint, VerifyResponse,
+        evidence_item::Item, query_client::QueryClient,
+    },
+};
+use tonic::transport::Channel;
+use verifier::{
+    COLLECTOR_CHAIN, ChainRow, Columns, Head, Report, Trust, Walk, columns,
+    grants::Grants,
+    log::{Checkpoint, LogCheck, Next},
+    prune::{self, Prunes},
+};
+
+/// Checks the evidence of `host` (every host, then the collector's own log, without one)
+/// against the CA certificate `ca_pem`, and prints the verdicts as `verify` does.
+pub async fn verify(
+    client: &mut QueryClient<Channel>,
+    host: Option<String>,
+    ca_pem: &str,
+    json: bool,
+    out: &mut impl io::Write,
+) -> anyhow::Result<()> {
+    let host = host.unwrap_or_default();
+    let mut stream = client
+        .evidence(EvidenceRequest { host: host.clone() })
+        .await
+        .map_err(|s| anyhow!("the collector refused the evidence: {}", s.message()))?
+        .into_inner();
+    let first = stream.message().await?.and_then(|i| i.item);
+    let Some(Item::CollectorCertificatePem(pem)) = first else {
+        bail!("the collector's evidence does not begin with its certificate");
+    };
+    let trust = Trust::from_witness_cert(ca_pem, &pem)
+        .map_err(|e| anyhow!(e))
+        .context("the collector's evidence cannot be checked against this CA")?;
+    let mut local = Local::new(&trust, host);
+    while let Some(item) = stream.message().await? {
+        let item = item
+            .item
+            .ok_or_else(|| anyhow!("an evidence item of a kind this client does not know"))?;
+        local.take(item)?;
+    }
+    let report = local.finish();
+    let ok = report.ok();
+    let response = VerifyResponse {
+        chains: report.chains,
+        logs: report.logs,
+        findings: report.findings,
+        ok,
+    };
+    crate::query::print_report(&response, json, out)
+}
+
+/// The checks of the stream so far.
+struct Local<'t> {
+    trust: &'t Trust,
+    /// The host asked for; empty: every one.
+    host: String,
+    report: Report,
+    /// The hosts whose logs were given, sorted at the end.
+    hosts: Vec<String>,
+    log: Option<Log<'t>>,
+    /// The prune notes the host logs were given, by host, to be found in the collector's
+    /// chain.
+    given_prunes: Vec<(String, String)>,
+    /// What the collector's chain says, once it was given.
+    own: Option<Own>,
+}
+
+/// The log being read.
+enum Log<'t> {
+    Host(Box<HostLog<'t>>),
+    Own(Box<Own>),
+}
+
+/// A host's log: its prune records and certificates come first, then its checkpoints,
+/// chains and records.
+struct HostLog<'t> {
+    start: LogStart,
+    prunes: Prunes,
+    certificates: Vec<String>,
+    check: Option<LogCheck<'t>>,
+    chains: ChainWalks,
+}
+
+/// The chains of a log being walked, in the order they were met.
+#[derive(Default)]
+struct ChainWalks {
+    order: Vec<String>,
+    walks: HashMap<String, (Head, Walk)>,
+}
+
+impl ChainWalks {
+    fn head(&mut self, chain: StoredChain, prunes: &Prunes) -> anyhow::Result<()> {
+        let head = Head {
+            head_hash: chain.head_hash.as_slice().try_into().unwrap_or(
+                if chain.head_hash.is_empty() {
+                    GENESIS
+                } else {
+                    [0xff; 32]
+                },
+            ),
+            chain_id: chain.chain_id,
+            host: chain.host,
+            next_seq: chain.next_seq,
+            checkpoint: chain.checkpoint_size,
+        };
+        let cut = prunes.cuts().get(head.chain_id.as_str()).copied().cloned();
+        let walk = Walk::new(&head.chain_id, cut.as_ref());
+        self.order.push(head.chain_id.clone());
+        if self
+            .walks
+            .insert(head.chain_id.clone(), (head, walk))
+            .is_some()
+        {
+            bail!("the evidence names one chain twice");
+        }
+        Ok(())
+    }
+
+    /// The walk of `chain_id`, and whether its chain was given.
+    fn walk(&mut self, chain_id: &str, host: &str, prunes: &Prunes) -> (&mut Walk, &Head, bool) {
+        let known = self.walks.contains_key(chain_id);
+        if !known {
+            let cut = prunes.cuts().get(chain_id).copied().cloned();
+            let head = Head {
+                chain_id: chain_id.to_owned(),
+                host: host.to_owned(),
+                next_seq: 0,
+                head_hash: GENESIS,
+                checkpoint: None,
+            };
+            self.order.push(chain_id.to_owned());
+            self.walks.insert(
+                chain_id.to_owned(),
+                (head, Walk::new(chain_id, cut.as_ref())),
+            );
+        }
+        let (head, walk) = self.walks.get_mut(chain_id).expect("just inserted");
+        (walk, head, known)
+    }
+
+    fn verdicts(mut self, report: &mut Report) {
+        for id in self.order {
+            if let Some((head, walk)) = self.walks.remove(&id) {
+                report.chains.push(walk.verdict(&head));
+            }
+        }
+    }
+}
+
+/// The collector's own log: its chain, the checkpoint of it kept outside its database,
+/// the `grants` table.
+struct Own {
+    chains: ChainWalks,
+    grants: Grants,
+    rows: Vec<Grant>,
+    /// The kept checkpoint and the size it attests, with the leaves of that many records.
+    kept: Option<(String, u64)>,
+    range: tlog::CompactRange,
+    /// The prune records chained, with their seqs.
+    prunes: Vec<(u64, String)>,
+}
+
+/// The stored columns of a record.
+fn stored_columns(r: &RawRecord) -> Columns<'_> {
+    Columns {
+        host: &r.host,
+        time_unix_nano: r.time_unix_nano,
+        kind: &r.kind,
+        session: &r.session,
+        sessionid: r.sessionid,
+        tty: &r.tty,
+        identity_kind: r.identity_kind,
+        identity_name: &r.identity_name,
+        grant: &r.grant,
+        tty_bytes: r.tty_bytes,
+    }
+}
+
+fn row(r: &RawRecord) -> ChainRow<'_> {
+    ChainRow {
+        row: i64::try_from(r.log_index).unwrap_or(i64::MAX),
+        seq: r.seq,
+        event: &r.event,
+        hash: &r.hash,
+        columns: stored_columns(r),
+    }
+}
+
+impl<'t> Local<'t> {
+    fn new(trust: &'t Trust, host: String) -> Self {
+        Self {
+            trust,
+            host,
+            report: Report::default(),
+            hosts: Vec::new(),
+            log: None,
+            given_prunes: Vec::new(),
+            own: None,
+        }
+    }
+
+    fn take(&mut self, item: Item) -> anyhow::Result<()> {
+        if let Item::Log(start) = item {
+            self.end_log();
+            self.log = Some(if start.host == COLLECTOR_CHAIN {
+                Log::Own(Box::new(Own {
+                    chains: ChainWalks::default(),
+                    grants: Grants::default(),
+                    rows: Vec::new(),
+                    kept: None,
+                    range: tlog::CompactRange::new(),
+                    prunes: Vec::new(),
+                }))
+            } else {
+                self.hosts.push(start.host.clone());
+                Log::Host(Box::new(HostLog {
+                    start,
+                    prunes: Prunes::default(),
+                    certificates: Vec::new(),
+                    check: None,
+                    chains: ChainWalks::default(),
+                }))
+            });
+            return Ok(());
+        }
+        let trust = self.trust;
+        let findings = &mut self.report.findings;
+        match (&mut self.log, item) {
+            (Some(Log::Host(log)), item) => log.take(trust, item, findings, &mut self.given_prunes),
+            (Some(Log::Own(own)), item) => own.take(item, findings),
+            (None, _) => bail!("the collector's evidence gives items outside any log"),
+        }
+    }
+
+    fn end_log(&mut self) {
+        match self.log.take() {
+            Some(Log::Host(log)) => log.finish(self.trust, &mut self.report),
+            Some(Log::Own(own)) => self.own = Some(*own),
+            None => {}
+        }
+    }
+
+    fn finish(mut self) -> Report {
+        self.end_log();
+        let mut report = self.report;
+        if !self.host.is_empty() && self.host != COLLECTOR_CHAIN && !self.hosts.contains(&self.host)
+        {
+            report.findings.push(proto::v1::Finding {
+                subject: format!("host {}", self.host),
+                reason: "the collector's evidence holds no log of it".into(),
+            });
+        }
+        let Some(own) = self.own else {
+            return report;
+        };
+        own.chains.verdicts(&mut report);
+        own.grants.compare(own.rows, &mut report.findings);
+        if let Some((text, _)) = &own.kept
+            && let Ok(Some(why)) =
+                verifier::own_log_disagreement(text.as_bytes(), self.trust, |_| {
+                    Ok::<_, Infallible>(own.range.clone())
+                })
+        {
+            report.findings.push(proto::v1::Finding {
+                subject: format!("chain {COLLECTOR_CHAIN}"),
+                reason: why,
+            });
+        }
+        let mut hosts = self.hosts;
+        hosts.sort();
+        hosts.dedup();
+        own.grants
+            .deleted_hosts(&hosts, &self.host, &mut report.findings);
+        // Each prune record a host's log was given must be chained; each chained one that
+        // no log was given is checked too, as verify checks every one.
+        let chained: Vec<&str> = own.prunes.iter().map(|(_, n)| n.as_str()).collect();
+        for (host, note) in &self.given_prunes {
+            if !chained.contains(&note.as_str()) {
+                report.findings.push(proto::v1::Finding {
+                    subject: format!("host {host}"),
+                    reason: "a prune record of its log that the collector's chain does not hold"
+                        .into(),
+                });
+            }
+        }
+        let mut scratch = Prunes::default();
+        for (seq, note) in &own.prunes {
+            if !self.given_prunes.iter().any(|(_, n)| n == note) {
+                let subject = format!("chain {COLLECTOR_CHAIN} seq {seq}");
+                scratch.add(self.trust, &subject, note, &mut report.findings);
+            }
+        }
+        report
+    }
+}
+
+impl<'t> HostLog<'t> {
+    /// The log's check, begun once its prune records were all given.
+    fn check(&mut self, trust: &'t Trust) -> &mut LogCheck<'t> {
+        let (host, prunes) = (&self.start.host, &self.prunes);
+        self.check
+            .get_or_insert_with(|| LogCheck::new(trust, host, prunes.by_host.get(host).cloned()))
+    }
+
+    fn take(
+        &mut self,
+        trust: &'t Trust,
+        item: Item,
+        findings: &mut Vec<proto::v1::Finding>,
+        given: &mut Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
+        let host = self.start.host.clone();
+        match item {
+            Item::PruneNote(note) if self.check.is_none() => {
+                let subject = format!("host {host} prune record");
+                self.prunes.add(trust, &subject, &note, findings);
+                if self.prunes.by_host.keys().any(|h| *h != host) {
+                    self.prunes.by_host.retain(|h, _| *h == host);
+                    findings.push(proto::v1::Finding {
+                        subject,
+                        reason: "a prune record of another host's log".into(),
+                    });
+                }
+                given.push((host, note));
+            }
+            Item::CertificatePem(pem) if self.check.is_none() => self.certificates.push(pem),
+            Item::Checkpoint(StoredCheckpoint {
+                note,
+                certificate,
+                size,
+                root,
+            }) => {
+                let cert_pem = self
+                    .certificates
+                    .get(certificate as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                let root = root.as_slice().try_into().unwrap_or([0; 32]);
+                let checkpoint = Checkpoint {
+                    size,
+                    root,
+                    note: &note,
+                    cert_pem: &cert_pem,
+                };
+                self.check(trust).checkpoint(checkpoint, findings);
+            }
+            Item::Chain(chain) => {
+                self.check(trust);
+                let prunes = &self.prunes;
+                self.chains.head(chain, prunes)?;
+            }
+            Item::Record(r) => self.record(trust, &r, findings),
+            _ => bail!("the collector's evidence of host {host} is out of order"),
+        }
+        Ok(())
+    }
+
+    /// A record: a leaf of the log, and the next record of its chain.
+    fn record(&mut self, trust: &'t Trust, r: &RawRecord, findings: &mut Vec<proto::v1::Finding>) {
+        let log = self.check(trust);
+        // The record before a chain's first leaf predates the log: this stream holds only
+        // the log, so it is taken as not stored.
+        while let Next::NeedPrev { chain_id, seq } =
+            log.leaf(r.log_index, &r.chain_id, r.seq, &r.event, findings)
+        {
+            log.prev_found(chain_id, seq, None);
+        }
+        let host = self.start.host.clone();
+        let (walk, head, known) = self.chains.walk(&r.chain_id, &host, &self.prunes);
+        if !known {
+            findings.push(proto::v1::Finding {
+                subject: format!("chain {}", r.chain_id),
+                reason: "records of it are in the log, but the chains table lacks it".into(),
+            });
+        }
+        let chain_host = head.host.clone();
+        let _ = walk.step(row(r), &mut |row| {
+            columns::check(&chain_host, &r.chain_id, row, findings);
+        });
+    }
+
+    fn finish(mut self, trust: &'t Trust, report: &mut Report) {
+        self.check(trust);
+        let check = self.check.take().expect("just begun");
+        let row = self
+            .start
+            .frontier
+            .as_deref()
+            .map(|f| (self.start.first_index + self.start.leaves, f));
+        let verdict = check.finish(row, &mut report.findings);
+        self.chains.verdicts(report);
+        report.logs.push(verdict);
+    }
+}
+
+impl Own {
+    fn take(&mut self, item: Item, findings: &mut Vec<proto::v1::Finding>) -> anyhow::Result<()> {
+        match item {
+            Item::Checkpoint(c) => {
+                // Its size says how many leaves to keep; its signature is checked at the end.
+                let size = tlog::Note::parse(c.note.as_bytes())
+                    .ok()
+                    .and_then(|n| tlog::Checkpoint::parse_body(n.text()).ok())
+                    .map_or(0, |c| c.size());
+                self.kept = Some((c.note, size));
+            }
+            Item::Chain(chain) => self.chains.head(chain, &Prunes::default())?,
+            Item::Grant(grant) => self.rows.push(grant),
+            Item::Record(r) => {
+                let kept = self.kept.as_ref().map_or(0, |(_, size)| *size);
+                if self.range.size() < kept
+                    && r.seq == self.range.size()
+                    && let Ok(hash) = <[u8; 32]>::try_from(r.hash.as_slice())
+                {
+                    let _ = self.range.append(tlog::leaf_hash(&hash));
+                }
+                if let Some(note) = prune::note_of(&r.kind, &r.event) {
+                    self.prunes.push((r.seq, note));
+                }
+                let (walk, _, _) =
+                    self.chains
+                        .walk(COLLECTOR_CHAIN, COLLECTOR_CHAIN, &Prunes::default());
+                let grants = &mut self.grants;
+                let _ = walk.step(row(&r), &mut |row| grants.replay(row, findings));
+            }
+            _ => bail!("the collector's evidence of its own log is out of order"),
+        }
+        Ok(())
+    }
+}
