@@ -7,128 +7,20 @@
 //! collector's word, so it is given what is stored, as stored. Records are read a page at
 //! a time, so a stream holds one page whatever the store's size.
 
-use std::{ops::ControlFlow, sync::Arc};
+use std::ops::ControlFlow;
 
-use proto::v1::{
-    EvidenceItem, LogStart, RawRecord, StoredChain, StoredCheckpoint, evidence_item::Item,
-};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
+use proto::v1::{LogStart, RawRecord, StoredChain, StoredCheckpoint, evidence_item::Item};
 
-use super::{PAGE, read};
 use crate::{
     store::{COLLECTOR_CHAIN, Columns, Store, StoreError},
     witness::Witness,
 };
 
-type Sender = mpsc::Sender<Result<EvidenceItem, Status>>;
-
-/// The evidence of `host` (empty: every host, then the collector's own log; "collector":
-/// that log alone), as the stream the client reads.
-pub(crate) fn stream(
-    store: Arc<dyn Store>,
-    witness: Arc<Witness>,
-    host: String,
-) -> ReceiverStream<Result<EvidenceItem, Status>> {
-    let (tx, rx) = mpsc::channel(PAGE);
-    tokio::spawn(async move {
-        if let Err(status) = send_all(&store, &witness, host, &tx).await {
-            let _ = tx.send(Err(status)).await;
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
-/// The client went away: nothing more to send.
-struct Gone;
-
-async fn send(tx: &Sender, items: Vec<Item>) -> Result<(), Gone> {
-    for item in items {
-        let item = EvidenceItem { item: Some(item) };
-        tx.send(Ok(item)).await.map_err(|_| Gone)?;
-    }
-    Ok(())
-}
-
-async fn send_all(
-    store: &Arc<dyn Store>,
-    witness: &Arc<Witness>,
-    host: String,
-    tx: &Sender,
-) -> Result<(), Status> {
-    let certificate = Item::CollectorCertificatePem(witness.cert_pem.clone());
-    if send(tx, vec![certificate]).await.is_err() {
-        return Ok(());
-    }
-    let all = host.is_empty();
-    let hosts = match host.as_str() {
-        "" => {
-            let store = Arc::clone(store);
-            read(move || hosts(store.as_ref())).await?
-        }
-        COLLECTOR_CHAIN => Vec::new(),
-        _ => vec![host.clone()],
-    };
-    if !hosts.is_empty() {
-        let notes = {
-            let store = Arc::clone(store);
-            read(move || crate::verify::prune_notes(store.as_ref())).await?
-        };
-        for host in hosts {
-            let (s, w) = (Arc::clone(store), Arc::clone(witness));
-            let notes = notes.iter().map(|(_, note)| note.clone()).collect();
-            let header = read(move || log_header(s.as_ref(), &w, &host, notes)).await?;
-            let host = header.host.clone();
-            if send(tx, header.items).await.is_err() {
-                return Ok(());
-            }
-            let mut from = 0;
-            loop {
-                let (s, h) = (Arc::clone(store), host.clone());
-                let page = read(move || leaves(s.as_ref(), &h, from)).await?;
-                let done = page.len() < PAGE;
-                from = page.last().map_or(from, |r| r.log_index + 1);
-                if send(tx, page.into_iter().map(Item::Record).collect())
-                    .await
-                    .is_err()
-                {
-                    return Ok(());
-                }
-                if done {
-                    break;
-                }
-            }
-        }
-    }
-    if all || host == COLLECTOR_CHAIN {
-        let (s, w) = (Arc::clone(store), Arc::clone(witness));
-        let header = read(move || own_header(s.as_ref(), &w)).await?;
-        if send(tx, header).await.is_err() {
-            return Ok(());
-        }
-        let mut from = 0;
-        loop {
-            let s = Arc::clone(store);
-            let page = read(move || own_records(s.as_ref(), from)).await?;
-            let done = page.len() < PAGE;
-            from = page.last().map_or(from, |r| r.seq + 1);
-            if send(tx, page.into_iter().map(Item::Record).collect())
-                .await
-                .is_err()
-            {
-                return Ok(());
-            }
-            if done {
-                break;
-            }
-        }
-    }
-    Ok(())
-}
+/// Records read at a time, each page one item per record.
+pub(super) const PAGE: usize = 1000;
 
 /// Every host the store holds anything of: a log, a checkpoint or a chain.
-fn hosts(store: &dyn Store) -> Result<Vec<String>, StoreError> {
+pub(super) fn hosts(store: &dyn Store) -> Result<Vec<String>, StoreError> {
     let mut hosts: Vec<String> = store.logs()?.into_iter().map(|l| l.host).collect();
     hosts.extend(store.checkpointed_hosts()?);
     hosts.extend(
@@ -143,20 +35,14 @@ fn hosts(store: &dyn Store) -> Result<Vec<String>, StoreError> {
     Ok(hosts)
 }
 
-/// The items of a host's log before its records.
-struct Header {
-    host: String,
-    items: Vec<Item>,
-}
-
 /// `host`'s log, its prune records (among `notes`, every one of the collector's chain),
 /// the certificates that signed its checkpoints, its checkpoints and its chains.
-fn log_header(
+pub(super) fn log_header(
     store: &dyn Store,
     witness: &Witness,
     host: &str,
     notes: Vec<String>,
-) -> Result<Header, StoreError> {
+) -> Result<Vec<Item>, StoreError> {
     let origin = witness.origin(host);
     let row = store.log(host)?;
     let first_index = store.prune(host)?.map_or(0, |p| p.end);
@@ -204,10 +90,7 @@ fn log_header(
         }
         items.push(stored_chain(store, chain)?);
     }
-    Ok(Header {
-        host: host.to_owned(),
-        items,
-    })
+    Ok(items)
 }
 
 fn stored_chain(store: &dyn Store, chain: crate::store::ChainState) -> Result<Item, StoreError> {
@@ -248,26 +131,9 @@ fn raw(
     }
 }
 
-/// A page of `host`'s leaves from log index `from` on.
-fn leaves(store: &dyn Store, host: &str, from: u64) -> Result<Vec<RawRecord>, StoreError> {
-    let mut page = Vec::with_capacity(PAGE);
-    store.log_leaves(host, from, PAGE, &mut |leaf| {
-        page.push(raw(
-            leaf.chain_id,
-            leaf.seq,
-            leaf.log_index,
-            leaf.event,
-            leaf.hash,
-            leaf.columns,
-        ));
-        ControlFlow::Continue(())
-    })?;
-    Ok(page)
-}
-
 /// The collector's own log, the checkpoint of it kept outside the database, its chain
 /// and the `grants` table.
-fn own_header(store: &dyn Store, witness: &Witness) -> Result<Vec<Item>, StoreError> {
+pub(super) fn own_header(store: &dyn Store, witness: &Witness) -> Result<Vec<Item>, StoreError> {
     let chain = store
         .chains()?
         .into_iter()
@@ -294,20 +160,48 @@ fn own_header(store: &dyn Store, witness: &Witness) -> Result<Vec<Item>, StoreEr
     Ok(items)
 }
 
-/// A page of the collector's chain from seq `from` on; a record's leaf index in the
-/// collector's own log is its seq.
-fn own_records(store: &dyn Store, from: u64) -> Result<Vec<RawRecord>, StoreError> {
+/// Whose records to read.
+#[derive(Clone)]
+pub(super) enum Records {
+    /// A host's log's, in log order.
+    Log(String),
+    /// The collector's chain's, in seq order: a record's leaf index in the collector's own
+    /// log is its seq.
+    Own,
+}
+
+/// A page of the records of `which` from `from` on (a log index, or a seq of the
+/// collector's chain), and where the page after it starts.
+pub(super) fn records(
+    store: &dyn Store,
+    which: &Records,
+    from: u64,
+) -> Result<(Vec<RawRecord>, u64), StoreError> {
     let mut page = Vec::with_capacity(PAGE);
-    store.chain_rows(COLLECTOR_CHAIN, from, PAGE, &mut |row| {
-        page.push(raw(
-            COLLECTOR_CHAIN,
-            row.seq,
-            row.seq,
-            row.event,
-            row.hash,
-            row.columns,
-        ));
-        ControlFlow::Continue(())
-    })?;
-    Ok(page)
+    match which {
+        Records::Log(host) => store.log_leaves(host, from, PAGE, &mut |leaf| {
+            page.push(raw(
+                leaf.chain_id,
+                leaf.seq,
+                leaf.log_index,
+                leaf.event,
+                leaf.hash,
+                leaf.columns,
+            ));
+            ControlFlow::Continue(())
+        })?,
+        Records::Own => store.chain_rows(COLLECTOR_CHAIN, from, PAGE, &mut |row| {
+            page.push(raw(
+                COLLECTOR_CHAIN,
+                row.seq,
+                row.seq,
+                row.event,
+                row.hash,
+                row.columns,
+            ));
+            ControlFlow::Continue(())
+        })?,
+    }
+    let next = page.last().map_or(from, |r| r.log_index + 1);
+    Ok((page, next))
 }

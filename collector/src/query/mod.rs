@@ -14,7 +14,7 @@ use pki::Role;
 use proto::v1::{
     EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, Filter, ReplayRequest,
     SearchRequest, SearchResponse, SessionsRequest, SessionsResponse, StoredEvent, TailRequest,
-    VerifyRequest, VerifyResponse, query_server::Query,
+    VerifyRequest, VerifyResponse, evidence_item::Item, query_server::Query,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth::{Caller, Gate},
     error::QueryError,
-    store::{Cursor, EventFilter, Store, blocking},
+    store::{COLLECTOR_CHAIN, Cursor, EventFilter, Store, blocking},
     verify::verify_all,
     witness::Witness,
 };
@@ -149,6 +149,106 @@ fn stream_search(
         }
     });
     ReceiverStream::new(rx)
+}
+
+type EvidenceSender = mpsc::Sender<Result<EvidenceItem, Status>>;
+
+/// Why an evidence stream ends before its end.
+enum Ended {
+    /// The client went away: nothing more to send.
+    Gone,
+    Failed(Status),
+}
+
+impl From<Status> for Ended {
+    fn from(status: Status) -> Self {
+        Self::Failed(status)
+    }
+}
+
+/// The evidence of `host` (empty: every host, then the collector's own log; "collector":
+/// that log alone), as the stream the client reads.
+fn stream_evidence(
+    store: Arc<dyn Store>,
+    witness: Arc<Witness>,
+    host: String,
+) -> ReceiverStream<Result<EvidenceItem, Status>> {
+    let (tx, rx) = mpsc::channel(evidence::PAGE);
+    tokio::spawn(async move {
+        if let Err(Ended::Failed(status)) = send_evidence(&store, &witness, host, &tx).await {
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn send(tx: &EvidenceSender, items: Vec<Item>) -> Result<(), Ended> {
+    for item in items {
+        let item = EvidenceItem { item: Some(item) };
+        tx.send(Ok(item)).await.map_err(|_| Ended::Gone)?;
+    }
+    Ok(())
+}
+
+/// In the order of collector.proto's `EvidenceItem`.
+async fn send_evidence(
+    store: &Arc<dyn Store>,
+    witness: &Arc<Witness>,
+    host: String,
+    tx: &EvidenceSender,
+) -> Result<(), Ended> {
+    send(
+        tx,
+        vec![Item::CollectorCertificatePem(witness.cert_pem.clone())],
+    )
+    .await?;
+    let hosts = match host.as_str() {
+        "" => {
+            let store = Arc::clone(store);
+            read(move || evidence::hosts(store.as_ref())).await?
+        }
+        COLLECTOR_CHAIN => Vec::new(),
+        _ => vec![host.clone()],
+    };
+    if !hosts.is_empty() {
+        let notes = {
+            let store = Arc::clone(store);
+            read(move || crate::verify::prune_notes(store.as_ref())).await?
+        };
+        for host in hosts {
+            let (s, w, h) = (Arc::clone(store), Arc::clone(witness), host.clone());
+            let notes = notes.iter().map(|(_, note)| note.clone()).collect();
+            let header = read(move || evidence::log_header(s.as_ref(), &w, &h, notes)).await?;
+            send(tx, header).await?;
+            send_records(store, tx, evidence::Records::Log(host)).await?;
+        }
+    }
+    if host.is_empty() || host == COLLECTOR_CHAIN {
+        let (s, w) = (Arc::clone(store), Arc::clone(witness));
+        let header = read(move || evidence::own_header(s.as_ref(), &w)).await?;
+        send(tx, header).await?;
+        send_records(store, tx, evidence::Records::Own).await?;
+    }
+    Ok(())
+}
+
+/// Every record of `which`, read a page at a time.
+async fn send_records(
+    store: &Arc<dyn Store>,
+    tx: &EvidenceSender,
+    which: evidence::Records,
+) -> Result<(), Ended> {
+    let mut from = 0;
+    loop {
+        let (s, w) = (Arc::clone(store), which.clone());
+        let (page, next) = read(move || evidence::records(s.as_ref(), &w, from)).await?;
+        let done = page.len() < evidence::PAGE;
+        send(tx, page.into_iter().map(Item::Record).collect()).await?;
+        if done {
+            return Ok(());
+        }
+        from = next;
+    }
 }
 
 #[tonic::async_trait]
@@ -347,7 +447,7 @@ impl Query for QueryService {
             ));
         };
         let host = request.into_inner().host;
-        Ok(Response::new(evidence::stream(
+        Ok(Response::new(stream_evidence(
             Arc::clone(&self.store),
             witness,
             host,
