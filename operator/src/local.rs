@@ -103,13 +103,8 @@ struct ChainWalks {
 impl ChainWalks {
     fn head(&mut self, chain: StoredChain, prunes: &Prunes) -> anyhow::Result<()> {
         let head = Head {
-            head_hash: chain.head_hash.as_slice().try_into().unwrap_or(
-                if chain.head_hash.is_empty() {
-                    GENESIS
-                } else {
-                    [0xff; 32]
-                },
-            ),
+            // As the store reads a head hash that is not 32 bytes: as the empty chain's.
+            head_hash: chain.head_hash.as_slice().try_into().unwrap_or(GENESIS),
             chain_id: chain.chain_id,
             host: chain.host,
             next_seq: chain.next_seq,
@@ -235,12 +230,11 @@ impl<'t> Local<'t> {
             });
             return Ok(());
         }
-        let trust = self.trust;
         let findings = &mut self.report.findings;
-        match (&mut self.log, item) {
-            (Some(Log::Host(log)), item) => log.take(trust, item, findings, &mut self.given_prunes),
-            (Some(Log::Own(own)), item) => own.take(item, findings),
-            (None, _) => bail!("the collector's evidence gives items outside any log"),
+        match &mut self.log {
+            Some(Log::Host(log)) => log.take(self.trust, item, findings, &mut self.given_prunes),
+            Some(Log::Own(own)) => own.take(item, findings),
+            None => bail!("the collector's evidence gives items outside any log"),
         }
     }
 

@@ -42,19 +42,9 @@ pub(super) fn log_header(
     witness: &Witness,
     host: &str,
     notes: Vec<String>,
-) -> Result<Vec<Item>, StoreError> {
+) -> Result<(Vec<Item>, u64), StoreError> {
     let origin = witness.origin(host);
-    let row = store.log(host)?;
     let first_index = store.prune(host)?.map_or(0, |p| p.end);
-    let mut items = vec![Item::Log(LogStart {
-        origin: origin.clone(),
-        host: host.to_owned(),
-        leaves: row
-            .as_ref()
-            .map_or(0, |r| r.size.saturating_sub(first_index)),
-        first_index,
-        frontier: row.map(|r| r.frontier),
-    })];
     // The client checks each note's signature and log itself; this only saves it the
     // notes of other hosts.
     let of_log = |note: &String| {
@@ -63,7 +53,15 @@ pub(super) fn log_header(
             .and_then(|n| verifier::prune::PruneNote::parse_body(n.text()).ok())
             .is_some_and(|n| n.log == origin)
     };
-    items.extend(notes.into_iter().filter(of_log).map(Item::PruneNote));
+    let prunes: Vec<Item> = notes
+        .into_iter()
+        .filter(of_log)
+        .map(Item::PruneNote)
+        .collect();
+    // Agents go on shipping while this is read. A commit writes a log's leaves, row and
+    // checkpoints at once, so reading the checkpoints and chains before the row, and
+    // records only up to the row's size, gives a client no checkpoint or head beyond the
+    // records it is sent, and no record beyond the row.
     let checkpoints = store.log_checkpoints(host)?;
     let mut certs: Vec<&str> = Vec::new();
     let mut stored = Vec::with_capacity(checkpoints.len());
@@ -82,15 +80,28 @@ pub(super) fn log_header(
             root: c.root.to_vec(),
         }));
     }
+    let mut chains = Vec::new();
+    for chain in store.chains()?.into_iter().filter(|c| c.host == host) {
+        if chain.chain_id != COLLECTOR_CHAIN {
+            chains.push(stored_chain(store, chain)?);
+        }
+    }
+    let row = store.log(host)?;
+    let end = row.as_ref().map_or(u64::MAX, |r| r.size);
+    let mut items = vec![Item::Log(LogStart {
+        origin: origin.clone(),
+        host: host.to_owned(),
+        leaves: row
+            .as_ref()
+            .map_or(0, |r| r.size.saturating_sub(first_index)),
+        first_index,
+        frontier: row.map(|r| r.frontier),
+    })];
+    items.extend(prunes);
     items.extend(certs.iter().map(|p| Item::CertificatePem((*p).to_owned())));
     items.extend(stored);
-    for chain in store.chains()?.into_iter().filter(|c| c.host == host) {
-        if chain.chain_id == COLLECTOR_CHAIN {
-            continue;
-        }
-        items.push(stored_chain(store, chain)?);
-    }
-    Ok(items)
+    items.extend(chains);
+    Ok((items, end))
 }
 
 fn stored_chain(store: &dyn Store, chain: crate::store::ChainState) -> Result<Item, StoreError> {
@@ -131,17 +142,39 @@ fn raw(
     }
 }
 
+/// Times the collector's chain and the `grants` table are read again when a commit came
+/// between them.
+const SNAPSHOT_TRIES: usize = 10;
+
 /// The collector's own log, the checkpoint of it kept outside the database, its chain
-/// and the `grants` table.
-pub(super) fn own_header(store: &dyn Store, witness: &Witness) -> Result<Vec<Item>, StoreError> {
-    let chain = store
-        .chains()?
-        .into_iter()
-        .find(|c| c.chain_id == COLLECTOR_CHAIN);
+/// and the `grants` table, and how many of its records go with them.
+pub(super) fn own_header(
+    store: &dyn Store,
+    witness: &Witness,
+) -> Result<(Vec<Item>, u64), StoreError> {
+    let own = || -> Result<_, StoreError> {
+        Ok(store
+            .chains()?
+            .into_iter()
+            .find(|c| c.chain_id == COLLECTOR_CHAIN))
+    };
+    // Every grant change is chained in the commit that writes its row: a chain that stands
+    // where it stood before the rows were read gives exactly their changes.
+    let mut chain = own()?;
+    let mut grants = store.grants(0)?;
+    for _ in 0..SNAPSHOT_TRIES {
+        let after = own()?;
+        if after == chain {
+            break;
+        }
+        chain = after;
+        grants = store.grants(0)?;
+    }
+    let end = chain.as_ref().map_or(0, |c| c.next_seq);
     let mut items = vec![Item::Log(LogStart {
         origin: witness.own_origin(),
         host: COLLECTOR_CHAIN.into(),
-        leaves: chain.as_ref().map_or(0, |c| c.next_seq),
+        leaves: end,
         first_index: 0,
         frontier: None,
     })];
@@ -156,18 +189,18 @@ pub(super) fn own_header(store: &dyn Store, witness: &Witness) -> Result<Vec<Ite
     if let Some(chain) = chain {
         items.push(stored_chain(store, chain)?);
     }
-    items.extend(store.grants(0)?.into_iter().map(Item::Grant));
-    Ok(items)
+    items.extend(grants.into_iter().map(Item::Grant));
+    Ok((items, end))
 }
 
-/// Whose records to read.
+/// Whose records to read, and where they end.
 #[derive(Clone)]
 pub(super) enum Records {
-    /// A host's log's, in log order.
-    Log(String),
-    /// The collector's chain's, in seq order: a record's leaf index in the collector's own
-    /// log is its seq.
-    Own,
+    /// A host's log's, in log order, below log index `end`.
+    Log { host: String, end: u64 },
+    /// The collector's chain's, in seq order, below seq `end`: a record's leaf index in the
+    /// collector's own log is its seq.
+    Own { end: u64 },
 }
 
 /// A page of the records of `which` from `from` on (a log index, or a seq of the
@@ -179,7 +212,10 @@ pub(super) fn records(
 ) -> Result<(Vec<RawRecord>, u64), StoreError> {
     let mut page = Vec::with_capacity(PAGE);
     match which {
-        Records::Log(host) => store.log_leaves(host, from, PAGE, &mut |leaf| {
+        Records::Log { host, end } => store.log_leaves(host, from, PAGE, &mut |leaf| {
+            if leaf.log_index >= *end {
+                return ControlFlow::Break(());
+            }
             page.push(raw(
                 leaf.chain_id,
                 leaf.seq,
@@ -190,7 +226,10 @@ pub(super) fn records(
             ));
             ControlFlow::Continue(())
         })?,
-        Records::Own => store.chain_rows(COLLECTOR_CHAIN, from, PAGE, &mut |row| {
+        Records::Own { end } => store.chain_rows(COLLECTOR_CHAIN, from, PAGE, &mut |row| {
+            if row.seq >= *end {
+                return ControlFlow::Break(());
+            }
             page.push(raw(
                 COLLECTOR_CHAIN,
                 row.seq,

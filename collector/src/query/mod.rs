@@ -218,16 +218,17 @@ async fn send_evidence(
         for host in hosts {
             let (s, w, h) = (Arc::clone(store), Arc::clone(witness), host.clone());
             let notes = notes.iter().map(|(_, note)| note.clone()).collect();
-            let header = read(move || evidence::log_header(s.as_ref(), &w, &h, notes)).await?;
+            let (header, end) =
+                read(move || evidence::log_header(s.as_ref(), &w, &h, notes)).await?;
             send(tx, header).await?;
-            send_records(store, tx, evidence::Records::Log(host)).await?;
+            send_records(store, tx, evidence::Records::Log { host, end }).await?;
         }
     }
     if host.is_empty() || host == COLLECTOR_CHAIN {
         let (s, w) = (Arc::clone(store), Arc::clone(witness));
-        let header = read(move || evidence::own_header(s.as_ref(), &w)).await?;
+        let (header, end) = read(move || evidence::own_header(s.as_ref(), &w)).await?;
         send(tx, header).await?;
-        send_records(store, tx, evidence::Records::Own).await?;
+        send_records(store, tx, evidence::Records::Own { end }).await?;
     }
     Ok(())
 }
