@@ -53,7 +53,8 @@ enum Task {
     /// Play a session's terminal output back: `replay SESSION [--speed N]`.
     Replay(Operator),
     /// Check everything stored (chains, hosts' signed logs, columns, grants); non-zero exit
-    /// on any failure: `verify [--host H]`.
+    /// on any failure: `verify [--host H]`, or, checked here trusting only the CA,
+    /// `verify --local [--host H]`.
     Verify(Operator),
     /// A session's evidence bundle, for offline checking: `export --session KEY -o FILE`.
     Export(Operator),
