@@ -351,6 +351,8 @@ impl<'t> HostLog<'t> {
                 self.check(trust).checkpoint(checkpoint, findings);
             }
             Item::Chain(chain) => {
+                // Chains come after the checkpoints: no prune record or certificate may
+                // follow, so the check begins here even for a log without checkpoints.
                 self.check(trust);
                 let prunes = &self.prunes;
                 self.chains.head(chain, prunes)?;

@@ -1074,3 +1074,67 @@ async fn verify_local_finds_what_an_admin_does_to_the_store() {
         "{printed}"
     );
 }
+
+/// `verify --local` while an agent ships and checkpoints and grants change: what it is sent
+/// is one state of each log and of the grants, so a store that grows during the read gives
+/// no false finding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_local_holds_while_the_store_grows() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let dir = scratch_dir("evidence-local-live");
+    let collector = Collector::start(&dir.join("c.db"));
+    let chain = test_chain("host-e:boot:30", 30_000);
+    let mut log = HostLog::of(&collector, HOST);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    let busy = Arc::new(AtomicBool::new(true));
+    // Until the agent is done, one operator makes grants while another checks.
+    let (url, still) = (collector.url(), Arc::clone(&busy));
+    let granting = tokio::task::spawn_blocking(move || {
+        let mut made = 0;
+        while still.load(Ordering::SeqCst) {
+            let user = format!("u{made}");
+            let args = [
+                "grant", "create", "--user", &user, "--ttl", "1h", "--reason", "x",
+            ];
+            let out = tests::operator::run(&url, &args);
+            assert!(out.status.success(), "{out:?}");
+            made += 1;
+        }
+        made
+    });
+    let (url, still) = (collector.url(), Arc::clone(&busy));
+    let checking = tokio::task::spawn_blocking(move || {
+        let mut runs = Vec::new();
+        while still.load(Ordering::SeqCst) || runs.len() < 2 {
+            let out = tests::operator::run(&url, &["verify", "--local"]);
+            let printed = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            runs.push((out.status.success(), printed));
+        }
+        runs
+    });
+    let mut old = 0;
+    for lo in (0..30_000).step_by(500) {
+        agent.ship(chain.batch(lo..lo + 500)).await.unwrap();
+        log.append(&chain, lo..lo + 500);
+        agent.checkpoint(log.checkpoint(old)).await;
+        assert!(!agent.checkpoint_ack().await.unwrap().cosigned.is_empty());
+        old = log.range.size();
+    }
+    busy.store(false, Ordering::SeqCst);
+    let grants = granting.await.unwrap();
+    let runs = checking.await.unwrap();
+    for (ok, printed) in &runs {
+        assert!(ok, "{printed}");
+    }
+    eprintln!(
+        "{} runs of verify --local while shipping and making {grants} grants",
+        runs.len()
+    );
+}
