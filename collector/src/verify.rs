@@ -11,7 +11,7 @@
 
 use std::ops::ControlFlow;
 
-use proto::v1::{ChainVerdict, Finding, LogVerdict};
+use proto::v1::{ChainVerdict, Finding, Grant, LogVerdict};
 use verifier::{
     Head, Report, Trust, Walk, columns,
     grants::Grants,
@@ -49,6 +49,15 @@ pub(crate) fn verify_all(
             .filter(|c| chain_id.is_empty() || c.chain_id == chain_id)
         {
             let collector = chain.chain_id == COLLECTOR_CHAIN;
+            // The collector's chain is walked as far as the grants table read with it.
+            let (chain, rows, end) = if collector {
+                let (state, rows) = grants_snapshot(store)?;
+                let state = state.unwrap_or_else(|| chain.clone());
+                let end = state.next_seq;
+                (state, Some(rows), end)
+            } else {
+                (chain.clone(), None, u64::MAX)
+            };
             let mut derive = |row: &ChainRow<'_>| {
                 if collector {
                     grants.replay(row, &mut report.findings);
@@ -57,11 +66,10 @@ pub(crate) fn verify_all(
                 }
             };
             let cut = cuts.get(chain.chain_id.as_str()).copied();
-            report
-                .chains
-                .push(verify_chain(store, chain, PAGE, cut, &mut derive)?);
-            if collector {
-                grants.compare(store.grants(0)?, &mut report.findings);
+            let verdict = verify_chain(store, &chain, PAGE, cut, end, &mut derive)?;
+            report.chains.push(verdict);
+            if let Some(rows) = rows {
+                grants.compare(rows, &mut report.findings);
             }
         }
     }
@@ -90,6 +98,35 @@ pub(crate) fn verify_all(
         }
     }
     Ok(report)
+}
+
+/// Times the collector's chain and the `grants` table are read again when a commit came
+/// between them.
+const SNAPSHOT_TRIES: usize = 10;
+
+/// The collector's chain as it stands, and the `grants` table with it. Every grant change
+/// is chained in the commit that writes its row, so rows read while the chain stood still
+/// are exactly what its records up to its head give, however busy the collector is.
+pub(crate) fn grants_snapshot(
+    store: &dyn Store,
+) -> Result<(Option<ChainState>, Vec<Grant>), StoreError> {
+    let own = || -> Result<_, StoreError> {
+        Ok(store
+            .chains()?
+            .into_iter()
+            .find(|c| c.chain_id == COLLECTOR_CHAIN))
+    };
+    let mut chain = own()?;
+    let mut grants = store.grants(0)?;
+    for _ in 0..SNAPSHOT_TRIES {
+        let after = own()?;
+        if after == chain {
+            break;
+        }
+        chain = after;
+        grants = store.grants(0)?;
+    }
+    Ok((chain, grants))
 }
 
 /// The prune records chained in the collector's chain whose signature (the collector's log
@@ -146,23 +183,33 @@ fn verify_log(
         };
         log.checkpoint(checkpoint, findings);
     }
+    // A commit writes a log's leaves, row and checkpoints at once: with the row read after
+    // the checkpoints and the leaves walked up to its size, a log that grows meanwhile is
+    // checked as it stood.
+    let row = store.log(host)?;
+    let end = row.as_ref().map_or(u64::MAX, |r| r.size);
     // The record before a chain's first leaf predates the log: its stored hash is looked
     // up between pages.
     let mut lookup = None;
     loop {
         let before = log.next_index();
-        store.log_leaves(host, before, PAGE, &mut |leaf| match log.leaf(
-            leaf.log_index,
-            leaf.chain_id,
-            leaf.seq,
-            leaf.event,
-            findings,
-        ) {
-            Next::Continue => ControlFlow::Continue(()),
-            Next::Stop => ControlFlow::Break(()),
-            Next::NeedPrev { chain_id, seq } => {
-                lookup = Some((chain_id, seq));
-                ControlFlow::Break(())
+        store.log_leaves(host, before, PAGE, &mut |leaf| {
+            if leaf.log_index >= end {
+                return ControlFlow::Break(());
+            }
+            match log.leaf(
+                leaf.log_index,
+                leaf.chain_id,
+                leaf.seq,
+                leaf.event,
+                findings,
+            ) {
+                Next::Continue => ControlFlow::Continue(()),
+                Next::Stop => ControlFlow::Break(()),
+                Next::NeedPrev { chain_id, seq } => {
+                    lookup = Some((chain_id, seq));
+                    ControlFlow::Break(())
+                }
             }
         })?;
         if log.failed() {
@@ -179,7 +226,6 @@ fn verify_log(
             break;
         }
     }
-    let row = store.log(host)?;
     let row = row.as_ref().map(|r| (r.size, r.frontier.as_slice()));
     Ok(log.finish(row, findings))
 }
@@ -198,24 +244,29 @@ fn head(store: &dyn Store, chain: &ChainState) -> Result<Head, StoreError> {
     })
 }
 
-/// The verdict on one chain; `derive` is shown each record whose hash verifies. A chain
-/// cut by a valid prune record starts where the cut says.
+/// The verdict on one chain, walked up to seq `end`; `derive` is shown each record whose
+/// hash verifies. A chain cut by a valid prune record starts where the cut says.
 fn verify_chain(
     store: &dyn Store,
     chain: &ChainState,
     page: usize,
     cut: Option<&Cut>,
+    end: u64,
     derive: &mut dyn FnMut(&ChainRow<'_>),
 ) -> Result<ChainVerdict, StoreError> {
     let head = head(store, chain)?;
     let mut walk = Walk::new(&chain.chain_id, cut);
     loop {
-        let mut read = 0;
+        let (mut read, mut ended) = (0, false);
         store.chain_rows(&chain.chain_id, walk.next_seq(), page, &mut |record| {
+            if record.seq >= end {
+                ended = true;
+                return ControlFlow::Break(());
+            }
             read += 1;
             walk.step(record, derive)
         })?;
-        if walk.failed() || read < page {
+        if walk.failed() || ended || read < page {
             break;
         }
     }
@@ -253,7 +304,7 @@ mod tests {
     fn verdict(store: &TestStore, page: usize) -> ChainVerdict {
         let chains = store.store.chains().unwrap();
         let chain = chains.iter().find(|c| c.chain_id == CHAIN).unwrap();
-        verify_chain(&store.store, chain, page, None, &mut |_| {}).unwrap()
+        verify_chain(&store.store, chain, page, None, u64::MAX, &mut |_| {}).unwrap()
     }
 
     const ROWS: &str = "(SELECT id FROM chains WHERE chain_id = 'h:boot:1')";

@@ -1075,11 +1075,11 @@ async fn verify_local_finds_what_an_admin_does_to_the_store() {
     );
 }
 
-/// `verify --local` while an agent ships and checkpoints and grants change: what it is sent
-/// is one state of each log and of the grants, so a store that grows during the read gives
-/// no false finding.
+/// `verify` and `verify --local` while an agent ships and checkpoints and grants change:
+/// each checks one state of each log and of the grants, so a store that grows during the
+/// read gives no false finding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_local_holds_while_the_store_grows() {
+async fn verify_holds_while_the_store_grows() {
     use std::sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -1108,8 +1108,13 @@ async fn verify_local_holds_while_the_store_grows() {
     let (url, still) = (collector.url(), Arc::clone(&busy));
     let checking = tokio::task::spawn_blocking(move || {
         let mut runs = Vec::new();
-        while still.load(Ordering::SeqCst) || runs.len() < 2 {
-            let out = tests::operator::run(&url, &["verify", "--local"]);
+        while still.load(Ordering::SeqCst) || runs.len() < 4 {
+            let args: &[&str] = if runs.len() % 2 == 0 {
+                &["verify", "--local"]
+            } else {
+                &["verify"]
+            };
+            let out = tests::operator::run(&url, args);
             let printed = format!(
                 "{}{}",
                 String::from_utf8_lossy(&out.stdout),
@@ -1134,7 +1139,7 @@ async fn verify_local_holds_while_the_store_grows() {
         assert!(ok, "{printed}");
     }
     eprintln!(
-        "{} runs of verify --local while shipping and making {grants} grants",
+        "{} runs of verify and verify --local while shipping and making {grants} grants",
         runs.len()
     );
 }

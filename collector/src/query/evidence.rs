@@ -142,34 +142,14 @@ fn raw(
     }
 }
 
-/// Times the collector's chain and the `grants` table are read again when a commit came
-/// between them.
-const SNAPSHOT_TRIES: usize = 10;
-
 /// The collector's own log, the checkpoint of it kept outside the database, its chain
 /// and the `grants` table, and how many of its records go with them.
 pub(super) fn own_header(
     store: &dyn Store,
     witness: &Witness,
 ) -> Result<(Vec<Item>, u64), StoreError> {
-    let own = || -> Result<_, StoreError> {
-        Ok(store
-            .chains()?
-            .into_iter()
-            .find(|c| c.chain_id == COLLECTOR_CHAIN))
-    };
-    // Every grant change is chained in the commit that writes its row: a chain that stands
-    // where it stood before the rows were read gives exactly their changes.
-    let mut chain = own()?;
-    let mut grants = store.grants(0)?;
-    for _ in 0..SNAPSHOT_TRIES {
-        let after = own()?;
-        if after == chain {
-            break;
-        }
-        chain = after;
-        grants = store.grants(0)?;
-    }
+    // The records of the chain up to where it stood when the grants were read.
+    let (chain, grants) = crate::verify::grants_snapshot(store)?;
     let end = chain.as_ref().map_or(0, |c| c.next_seq);
     let mut items = vec![Item::Log(LogStart {
         origin: witness.own_origin(),
