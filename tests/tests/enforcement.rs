@@ -294,17 +294,31 @@ fn a_grant_covers_sudo_and_its_expiry_kills_the_session() {
     let took = all_die(&session.pids, grant.expires);
     let kill = session.kill_event(&rig, &grant.id);
     assert_eq!(kill["kill"]["reason"], "expired", "{kill}");
-    let killed: Vec<u64> = kill["kill"]["pids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect();
-    assert!(
-        session.pids.iter().all(|p| killed.contains(p)),
-        "the kill event names every process of the session: {kill} vs {:?}",
-        session.pids
-    );
+    // The kernel kills at the deadline too, so a process may be in the kernel's kill
+    // records rather than the agent's: together they name every one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let killed: Vec<u64> = rig
+            .agent
+            .events_where(|v| {
+                v["kind"] == "kill"
+                    && v["kill"]["grant_id"] == grant.id
+                    && v["kill"]["sessionid"].as_u64() == Some(session.id)
+            })
+            .iter()
+            .flat_map(|k| k["kill"]["pids"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p.as_u64())
+            .collect();
+        if session.pids.iter().all(|p| killed.contains(p)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the kill events name every process of the session: {killed:?} vs {:?}",
+            session.pids
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     eprintln!("expiry to death: {took:?}");
     let url = rig.url();
     let stored = operator::json_lines(&url, &["search", "--json", "--kind", "kill"]);
@@ -535,4 +549,147 @@ fn a_unit_with_an_expired_grant_has_its_processes_killed() {
     assert_eq!(by_kernel["kill"]["grant_id"], grant.id, "{by_kernel}");
     assert_eq!(by_kernel["kill"]["reason"], "expired", "{by_kernel}");
     assert_eq!(by_kernel["cgroup_id"], cgroup.id(), "{by_kernel}");
+}
+
+/// The agent is killed (`kill -9`) with 6 s left on a kill-mode grant: the kernel and the
+/// reaper still kill the whole session, the background sleep included, within a second of
+/// the end. The next agent adopts the pinned program instead of attaching a second one, and
+/// chains the kills made while it was down.
+#[test]
+fn a_killed_agent_still_kills_at_expiry() {
+    if !privileged("a_killed_agent_still_kills_at_expiry") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+    let rig = Rig::start(None);
+    let grant = rig.kill_grant(&["--user", USER], "6s");
+    let session = Session::start(&rig, &user, &sshd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rig.agent.log().contains("deadline armed in the kernel") {
+        assert!(
+            Instant::now() < deadline,
+            "no deadline armed:\n{}",
+            rig.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Rig {
+        _dir: dir,
+        url,
+        collector: _collector,
+        agent,
+    } = rig;
+    let killed = agent.kill_leaving_enforcement();
+    assert!(
+        SystemTime::now() < grant.expires,
+        "the agent died before the expiry:\n{}",
+        killed.stderr
+    );
+    let took = all_die(&session.pids, grant.expires);
+    eprintln!("expiry to death with the agent dead: {took:?}");
+    let agent = Agent::shipping_with(Sink::Collect, &dir.join("spool"), &url, &[]);
+    let kill = agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "kill"
+                && v["kill"]["grant_id"] == grant.id
+                && v["kill"]["sessionid"].as_u64() == Some(session.id)
+        })
+        .unwrap_or_else(|| panic!("no kill chained by the next agent:\n{}", agent.log()));
+    assert!(
+        ["kernel", "reaper"].contains(&kill["kill"]["by"].as_str().unwrap_or("")),
+        "{kill}"
+    );
+    assert_eq!(kill["kill"]["reason"], "expired", "{kill}");
+    let log = agent.log();
+    assert!(
+        log.contains("adopted the pinned enforcement program") && !log.contains("attached, pinned"),
+        "the next agent adopts the pinned program, attaching nothing twice:\n{log}"
+    );
+}
+
+/// Steps the wall clock by `secs` (`date -s` does the same), and steps it back on drop.
+struct ClockStep(i64);
+
+impl ClockStep {
+    fn by(secs: i64) -> Self {
+        step_clock(secs);
+        Self(secs)
+    }
+}
+
+impl Drop for ClockStep {
+    fn drop(&mut self) {
+        step_clock(-self.0);
+    }
+}
+
+fn step_clock(secs: i64) {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and out-parameter; setting the clock needs CAP_SYS_TIME,
+    // which a privileged test has.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut now);
+        now.tv_sec += secs;
+        assert_eq!(
+            libc::clock_settime(libc::CLOCK_REALTIME, &raw const now),
+            0,
+            "cannot step the clock: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The wall clock stepped forward an hour during a kill-mode grant kills nothing early;
+/// stepped back an hour, it delays nothing: the session dies within a second of the real
+/// end, counted on a clock no one can step.
+#[test]
+fn a_stepped_wall_clock_moves_no_deadline() {
+    if !privileged("a_stepped_wall_clock_moves_no_deadline") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+    let rig = Rig::start(None);
+    let grant = rig.kill_grant(&["--user", USER], "8s");
+    let ends = Instant::now()
+        + grant
+            .expires
+            .duration_since(SystemTime::now())
+            .expect("the grant has time left");
+    let session = Session::start(&rig, &user, &sshd);
+    {
+        let _forward = ClockStep::by(3600);
+        std::thread::sleep(Duration::from_millis(1500));
+        let dead: Vec<u64> = session
+            .pids
+            .iter()
+            .copied()
+            .filter(|p| !alive(*p))
+            .collect();
+        assert!(
+            dead.is_empty(),
+            "killed early with the clock an hour ahead: {dead:?}"
+        );
+    }
+    let _back = ClockStep::by(-3600);
+    assert!(Instant::now() < ends, "the test ran past the grant's end");
+    loop {
+        let living: Vec<u64> = session.pids.iter().copied().filter(|p| alive(*p)).collect();
+        if living.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < ends + DEATH_WITHIN,
+            "{living:?} still alive {DEATH_WITHIN:?} after the real end, the clock an hour behind"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let late = Instant::now().saturating_duration_since(ends);
+    eprintln!("real end to death, the clock an hour behind: {late:?}");
+    let kill = session.kill_event(&rig, &grant.id);
+    assert_eq!(kill["kill"]["reason"], "expired", "{kill}");
 }

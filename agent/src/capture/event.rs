@@ -111,6 +111,8 @@ pub enum Killer {
     Agent,
     /// The kernel, at the task's next syscall.
     Kernel,
+    /// The reaper, from userspace, while no agent ran.
+    Reaper,
 }
 
 impl Killer {
@@ -119,6 +121,7 @@ impl Killer {
         match self {
             Self::Agent => "agent",
             Self::Kernel => "kernel",
+            Self::Reaper => "reaper",
         }
     }
 }

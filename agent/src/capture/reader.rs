@@ -15,6 +15,7 @@ use std::{
 };
 
 use agent_common::{
+    enforce::KILLS_MAP,
     event::{EVENTS_MAP, kind},
     exec::EXEC_FIXED,
     loss::{LOSS_MAP, LossCounters},
@@ -168,6 +169,9 @@ pub enum ReaderError {
 
 pub struct Reader {
     ring: RingBuf<MapData>,
+    /// The enforcement program's ring: pinned, so it also holds the kills made while no
+    /// agent ran. Kills wake no one; each drain looks here too.
+    kills: RingBuf<MapData>,
     loss: PerCpuArray<MapData, LossCounters>,
     seen: LossCounters,
     interval: Duration,
@@ -180,12 +184,17 @@ impl Reader {
             name: EVENTS_MAP,
             source,
         })?;
+        let kills = RingBuf::try_from(take(KILLS_MAP)?).map_err(|source| ReaderError::Map {
+            name: KILLS_MAP,
+            source,
+        })?;
         let loss = PerCpuArray::try_from(take(LOSS_MAP)?).map_err(|source| ReaderError::Map {
             name: LOSS_MAP,
             source,
         })?;
         Ok(Self {
             ring,
+            kills,
             loss,
             seen: LossCounters::default(),
             interval,
@@ -239,6 +248,9 @@ impl Reader {
 
     fn drain(&mut self) -> Result<Batch, ReaderError> {
         let mut batch = Batch::default();
+        while let Some(item) = self.kills.next() {
+            batch.push_record(&item);
+        }
         while batch.data.len() < BATCH_BYTES {
             let Some(item) = self.ring.next() else { break };
             batch.push_record(&item);

@@ -72,7 +72,11 @@ impl Judge {
                 out.push(item);
                 continue;
             }
-            let now = self.clock.unix_ns(item.event.ktime_ns);
+            let ktime = item.event.ktime_ns;
+            let now = self
+                .view
+                .as_deref()
+                .map_or_else(|| self.clock.unix_ns(ktime), |v| v.at(ktime));
             let verdict = self.rules.judge(
                 self.view.as_deref(),
                 process,
