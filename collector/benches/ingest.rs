@@ -186,6 +186,7 @@ impl Target {
             collector::policy::default_policy(),
             transport,
             collector::Retention::default(),
+            std::time::Duration::from_secs(30),
         ));
         Self {
             name,

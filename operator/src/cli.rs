@@ -66,6 +66,12 @@ pub enum Command {
     /// Play a session's terminal back with its original timing: the login terminal, as the
     /// user saw it, unless told otherwise.
     Replay(Replay),
+    /// Every host the collector knows: live or silent, its last contact, agent version and
+    /// newest chain.
+    Hosts {
+        #[arg(long)]
+        json: bool,
+    },
     /// Recompute every stored chain; exits non-zero if any fails.
     Verify {
         #[arg(long)]

@@ -44,10 +44,11 @@ impl Rig {
             .local_addr()
             .unwrap();
         let policy_file = dir.join("policy.json");
-        let mut extra = Vec::new();
+        // A killed agent's host is reported silent within the tests' patience.
+        let mut extra = vec!["--silent-after", "3s"];
         if let Some(policy) = policy {
             fs::write(&policy_file, policy).unwrap();
-            extra = vec!["--policy", policy_file.to_str().unwrap()];
+            extra.extend(["--policy", policy_file.to_str().unwrap()]);
         }
         let collector = Collector::start_with(&dir.join("store.db"), addr, &extra);
         let url = collector.url();
@@ -588,6 +589,21 @@ fn a_killed_agent_still_kills_at_expiry() {
     );
     let took = all_die(&session.pids, grant.expires);
     eprintln!("expiry to death with the agent dead: {took:?}");
+    let host = session.sudo["host"].as_str().expect("a host").to_owned();
+    let silent = wait_for_alert(&url, "host_silent", &host);
+    assert!(
+        silent["alert"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nothing heard")),
+        "{silent}"
+    );
+    let hosts = operator::json_lines(&url, &["hosts", "--json"]);
+    let status = hosts.iter().find(|h| h["host"] == host.as_str());
+    assert_eq!(
+        status.map(|h| &h["state"]),
+        Some(&Value::from("silent")),
+        "{hosts:?}"
+    );
     let agent = Agent::shipping_with(Sink::Collect, &dir.join("spool"), &url, &[]);
     let kill = agent
         .wait_for(Duration::from_secs(10), |v| {
@@ -601,11 +617,35 @@ fn a_killed_agent_still_kills_at_expiry() {
         "{kill}"
     );
     assert_eq!(kill["kill"]["reason"], "expired", "{kill}");
+    wait_for_alert(&url, "host_back", &host);
+    let hosts = operator::json_lines(&url, &["hosts", "--json"]);
+    let status = hosts
+        .iter()
+        .find(|h| h["host"] == host.as_str())
+        .expect("the host");
+    assert_eq!(status["state"], "live", "{status}");
+    assert!(status["head"]["next_seq"].as_u64() > Some(0), "{status}");
     let log = agent.log();
     assert!(
         log.contains("adopted the pinned enforcement program") && !log.contains("attached, pinned"),
         "the next agent adopts the pinned program, attaching nothing twice:\n{log}"
     );
+}
+
+/// The collector's alert of `kind` about `host`, within 15 s.
+fn wait_for_alert(url: &str, kind: &str, host: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let alerts = operator::json_lines(url, &["search", "--json", "--kind", "alert"]);
+        if let Some(alert) = alerts
+            .into_iter()
+            .find(|a| a["alert"]["kind"] == kind && a["alert"]["host"] == host)
+        {
+            return alert;
+        }
+        assert!(Instant::now() < deadline, "no {kind} alert for host {host}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Steps the wall clock by `secs` (`date -s` does the same), and steps it back on drop.

@@ -10,9 +10,9 @@ use std::{fmt::Write as _, sync::Arc};
 
 use pki::Role;
 use proto::v1::{
-    EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, Filter, ReplayRequest,
-    SearchRequest, SearchResponse, SessionsRequest, SessionsResponse, StoredEvent, TailRequest,
-    VerifyRequest, VerifyResponse, query_server::Query,
+    ChainHead, EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, Filter, HostsRequest,
+    HostsResponse, ReplayRequest, SearchRequest, SearchResponse, SessionsRequest, SessionsResponse,
+    StoredEvent, TailRequest, VerifyRequest, VerifyResponse, query_server::Query,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth::{Caller, Gate},
     error::QueryError,
+    liveness::Liveness,
     store::{Cursor, EventFilter, Store, blocking},
     verify::verify_all,
     witness::Witness,
@@ -58,6 +59,7 @@ pub(crate) struct QueryService {
     gate: Gate,
     /// Verify checks hosts' logs with it; `None` without TLS.
     witness: Option<Arc<Witness>>,
+    liveness: Arc<Liveness>,
 }
 
 impl QueryService {
@@ -67,12 +69,14 @@ impl QueryService {
         live: broadcast::Sender<i64>,
         gate: Gate,
         witness: Option<Arc<Witness>>,
+        liveness: Arc<Liveness>,
     ) -> Self {
         Self {
             store,
             live,
             gate,
             witness,
+            liveness,
         }
     }
 
@@ -328,6 +332,28 @@ impl Query for QueryService {
             findings: report.findings,
             ok,
         }))
+    }
+
+    async fn hosts(
+        &self,
+        request: Request<HostsRequest>,
+    ) -> Result<Response<HostsResponse>, Status> {
+        self.reader(&request, "Hosts", String::new()).await?;
+        let store = Arc::clone(&self.store);
+        let chains = read(move || store.chains()).await?;
+        let hosts = self.liveness.statuses(|host| {
+            // The store lists chains in the order they began: a host's last is its newest.
+            chains
+                .iter()
+                .rev()
+                .find(|c| c.host == host)
+                .map(|c| ChainHead {
+                    chain_id: c.chain_id.clone(),
+                    next_seq: c.next_seq,
+                    head_hash: c.head_hash.to_vec(),
+                })
+        });
+        Ok(Response::new(HostsResponse { hosts }))
     }
 
     // TODO(issue 11): `recorder verify --local` reads the raw evidence here.
