@@ -733,3 +733,68 @@ fn a_stepped_wall_clock_moves_no_deadline() {
     let kill = session.kill_event(&rig, &grant.id);
     assert_eq!(kill["kill"]["reason"], "expired", "{kill}");
 }
+
+/// `sudo -i` during an alert-mode grant: the root shell runs with uid 0, yet it is the
+/// human acting as root. Covered while the grant lasts; once it has ended, each command the
+/// shell runs is a violation.
+#[test]
+fn a_root_shell_stays_judged_after_its_grant_ends() {
+    if !privileged("a_root_shell_stays_judged_after_its_grant_ends") {
+        return;
+    }
+    const ROOT_USER: &str = "recorder-rootsh";
+    let user = User::ensure_with(ROOT_USER, "ALL");
+    let sshd = Sshd::start();
+    let rig = Rig::start(None);
+    let grant = rig.grant(&["--user", ROOT_USER, "--ttl", "3s", "--reason", "CHG-9"]);
+    let (during, after) = (marker("during"), marker("after"));
+    let script = std::env::temp_dir().join(marker("rootsh"));
+    fs::write(
+        &script,
+        format!("/bin/echo {during}\nsleep 5\n/bin/echo {after}\n"),
+    )
+    .unwrap();
+    let mut perms = fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(&script, perms).unwrap();
+    let text = user.login(&sshd, &format!("sudo -n -i {}", script.to_str().unwrap()));
+    assert!(
+        text.contains(&after),
+        "the root shell ran to its end: {text}"
+    );
+    let echo = |mark: &str| {
+        rig.exec(mark, |v| {
+            v["comm"] == "echo"
+                && v["argv"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == mark))
+        })
+    };
+    let (covered, late) = (echo(&during), echo(&after));
+    for e in [&covered, &late] {
+        assert_eq!(e["uid"], 0, "the root shell's own command: {e}");
+        assert_eq!(e["elevated"], true, "{e}");
+    }
+    assert_eq!(covered["identity"]["grant"], grant.id, "{covered}");
+    let session = late["sessionid"].as_u64().unwrap();
+    let violation = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "violation"
+                && v["sessionid"].as_u64() == Some(session)
+                && v["violation"]["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(after.as_str()))
+        })
+        .unwrap_or_else(|| panic!("no violation for the root shell's command after the grant"));
+    assert_eq!(violation["violation"]["rule"], "root_exec", "{violation}");
+    assert!(
+        !violations_of(&rig, session)
+            .iter()
+            .any(|v| v["violation"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(during.as_str()))),
+        "nothing during the grant is a violation"
+    );
+    let _ = fs::remove_file(&script);
+}

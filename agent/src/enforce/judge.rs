@@ -81,6 +81,7 @@ impl Judge {
                 self.view.as_deref(),
                 process,
                 identity,
+                item.elevated,
                 &item.event.body,
                 now,
             );
@@ -117,6 +118,7 @@ impl Judge {
                 identity: item.identity.clone(),
                 root: item.root,
                 grant: None,
+                elevated: item.elevated,
             };
             out.push(item);
             out.push(follow);
@@ -154,6 +156,7 @@ mod tests {
             identity: Some(Arc::new(alice())),
             root: None,
             grant: None,
+            elevated: false,
         }
     }
 

@@ -136,6 +136,7 @@ impl Rules {
         view: Option<&View>,
         process: &Process,
         identity: &Identity,
+        elevated: bool,
         body: &Body,
         now: u64,
     ) -> Verdict {
@@ -162,7 +163,7 @@ impl Rules {
         }
         let policy = view.and_then(|v| v.policy.as_ref());
         let needs = |p: &Policy| {
-            let root_exec = p.root_exec && exec && human_root(process, identity);
+            let root_exec = p.root_exec && exec && human_root(process, identity, elevated);
             let guarded = identity.kind != Kind::Human
                 && p.guarded
                     .iter()
@@ -177,7 +178,7 @@ impl Rules {
             // revocation.
             (Some((true, _) | (_, true)), Some(fail)) => ("stale_grants", fail.kill),
             // No policy was ever received: root activity of humans is what fails closed.
-            (None, Some(fail)) if exec && human_root(process, identity) => {
+            (None, Some(fail)) if exec && human_root(process, identity, elevated) => {
                 ("stale_grants", fail.kill)
             }
             _ => return Verdict::default(),
@@ -210,12 +211,14 @@ pub fn target_of(process: &Process, identity: &Identity) -> Target {
     }
 }
 
-/// A human acting as root: a setuid-root exec (sudo, su, pkexec) or anything in a root
-/// login. Root's own work inside a user's login (PAM modules, the motd scripts) is not.
-fn human_root(process: &Process, identity: &Identity) -> bool {
+/// A human acting as root: a setuid-root exec (sudo, su, pkexec), anything `elevated` by
+/// one (the `sudo -i` or `su -` shell and what it runs, though their uid is 0), or anything
+/// in a root login. Root's own work inside a user's login (PAM modules, the motd scripts)
+/// is not.
+fn human_root(process: &Process, identity: &Identity, elevated: bool) -> bool {
     identity.kind == Kind::Human
         && process.euid == 0
-        && (process.uid != 0 || process.loginuid == Some(0))
+        && (process.uid != 0 || process.loginuid == Some(0) || elevated)
 }
 
 fn detail(body: &Body) -> String {
@@ -320,7 +323,7 @@ pub(crate) mod tests {
 
     fn judge(rules: &Rules, view: Option<&View>, euid: u32, who: &Identity, now: u64) -> Verdict {
         let (process, body) = sudo(euid);
-        rules.judge(view, &process, who, &body, now)
+        rules.judge(view, &process, who, false, &body, now)
     }
 
     #[test]
@@ -411,6 +414,22 @@ pub(crate) mod tests {
         assert_eq!(v.at(0), T0 - 1_000);
         assert_eq!(v.boot_at(T0 + 10 * SEC), 1_000 + 10 * SEC);
         assert_eq!(v.boot_at(T0 - SEC), 1_000, "already passed: at once");
+    }
+
+    /// A `sudo -i` shell runs with uid 0: only its elevation says a human acts as root.
+    #[test]
+    fn an_elevated_root_shell_is_judged_as_the_human_acting_as_root() {
+        let r = rules(None);
+        let v = View::adopt(None, view(Vec::new(), Mode::Alert), T0);
+        let (mut process, body) = sudo(0);
+        process.uid = 0;
+        let plain = r.judge(Some(&v), &process, &alice(), false, &body, T0 + SEC);
+        assert!(
+            plain.violation.is_none(),
+            "root's own work in a login is not"
+        );
+        let elevated = r.judge(Some(&v), &process, &alice(), true, &body, T0 + SEC);
+        assert_eq!(elevated.violation.map(|v| v.rule), Some("root_exec"));
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub fn encode(item: Attributed, clock: &WallClock) -> v1::Event {
         identity,
         root,
         grant,
+        elevated,
     } = item;
     v1::Event {
         time_unix_nano: clock.unix_ns(event.ktime_ns),
@@ -56,6 +57,7 @@ pub fn encode(item: Attributed, clock: &WallClock) -> v1::Event {
             cgroup_id: p.cgroup_id,
             tty: p.tty.map(|d| d.to_string()).unwrap_or_default(),
             comm: p.comm,
+            elevated,
         }),
         identity: identity.map(|i| v1::Identity {
             kind: i.kind.into(),

@@ -28,6 +28,8 @@ pub struct Attributed {
     /// The grant the judge found covering the event (a registration's own grant is in
     /// `identity`).
     pub grant: Option<Arc<str>>,
+    /// Its process is, or descends from, a setuid-root exec in its login session.
+    pub elevated: bool,
 }
 
 impl Attributed {
@@ -39,6 +41,7 @@ impl Attributed {
             identity: None,
             root: None,
             grant: None,
+            elevated: false,
         }
     }
 }
@@ -66,11 +69,16 @@ impl Attribute {
             .map(|mut event| {
                 let root = self.table.observe(&mut event);
                 let identity = event.process.as_ref().map(|p| self.attributor.identify(p));
+                let elevated = event
+                    .process
+                    .as_ref()
+                    .is_some_and(|p| self.table.elevated(p.tgid));
                 Attributed {
                     event,
                     identity,
                     root,
                     grant: None,
+                    elevated,
                 }
             })
             .collect()

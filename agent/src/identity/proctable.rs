@@ -15,6 +15,8 @@ struct Entry {
     sessionid: Option<u32>,
     /// `CLOCK_BOOTTIME` nanoseconds.
     start_ns: u64,
+    /// It is, or descends from, a setuid-root exec in a login session.
+    elevated: bool,
 }
 
 /// The process an audit session began in.
@@ -66,6 +68,14 @@ impl ProcessTable {
             let image = fs::read_link(dir.join("exe"))
                 .ok()
                 .map(|p| p.to_string_lossy().into_owned());
+            // Seen before its exec was: a setuid-root image is told by its real and
+            // effective uids now.
+            let elevated = sessionid.is_some()
+                && fs::read_to_string(dir.join("status"))
+                    .ok()
+                    .as_deref()
+                    .and_then(parse_uids)
+                    .is_some_and(|(real, effective)| effective == 0 && real != 0);
             procs.insert(
                 pid,
                 Entry {
@@ -73,8 +83,20 @@ impl ProcessTable {
                     image,
                     sessionid,
                     start_ns: start_ticks * ticks_ns,
+                    elevated,
                 },
             );
+        }
+        // What such a process started before the agent did is elevated too.
+        let inherited: Vec<u32> = procs
+            .iter()
+            .filter(|(pid, e)| !e.elevated && elevated_ancestor(&procs, **pid))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in inherited {
+            if let Some(entry) = procs.get_mut(&pid) {
+                entry.elevated = true;
+            }
         }
         Self {
             procs,
@@ -104,7 +126,7 @@ impl ProcessTable {
                 // parent's news as much as the child's.
                 let parent = self.procs.entry(ppid).or_default();
                 parent.sessionid = sessionid;
-                let image = parent.image.clone();
+                let (image, elevated) = (parent.image.clone(), parent.elevated);
                 self.procs.insert(
                     tgid,
                     Entry {
@@ -112,6 +134,7 @@ impl ProcessTable {
                         image,
                         sessionid,
                         start_ns: event.ktime_ns,
+                        elevated,
                     },
                 );
             }
@@ -126,6 +149,11 @@ impl ProcessTable {
                 });
                 entry.image = Some(filename.clone());
                 entry.sessionid = sessionid;
+                // The exec record carries the credentials the new image runs with: a real
+                // user gaining euid 0 is a setuid-root program (sudo, su, pkexec). It and
+                // everything it starts act as root for the human behind the session,
+                // whatever uid they later set.
+                entry.elevated |= sessionid.is_some() && process.euid == 0 && process.uid != 0;
             }
             Body::Exit { filename, .. } => {
                 let root = sessionid.map(|s| self.root_of(tgid, s));
@@ -143,6 +171,12 @@ impl ProcessTable {
             }
         }
         sessionid.map(|s| self.root_of(tgid, s))
+    }
+
+    /// Whether process `tgid` is, or descends from, a setuid-root exec in a login session.
+    #[must_use]
+    pub fn elevated(&self, tgid: u32) -> bool {
+        self.procs.get(&tgid).is_some_and(|e| e.elevated)
     }
 
     /// The session's root: from `tgid`, the furthest ancestor still in session `s`.
@@ -175,6 +209,39 @@ impl ProcessTable {
         self.roots.insert(s, root);
         root
     }
+}
+
+/// Whether an ancestor of `pid` in its session is elevated.
+fn elevated_ancestor(procs: &HashMap<u32, Entry>, pid: u32) -> bool {
+    let Some(session) = procs.get(&pid).and_then(|e| e.sessionid) else {
+        return false;
+    };
+    let mut at = pid;
+    for _ in 0..MAX_DEPTH {
+        let Some(parent) = procs
+            .get(&at)
+            .map(|e| e.ppid)
+            .filter(|p| *p != at)
+            .and_then(|p| Some((p, procs.get(&p)?)))
+        else {
+            return false;
+        };
+        if parent.1.sessionid != Some(session) {
+            return false;
+        }
+        if parent.1.elevated {
+            return true;
+        }
+        at = parent.0;
+    }
+    false
+}
+
+/// `(real, effective)` uids from `/proc/PID/status`.
+fn parse_uids(status: &str) -> Option<(u32, u32)> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(str::parse::<u32>);
+    Some((ids.next()?.ok()?, ids.next()?.ok()?))
 }
 
 /// `(ppid, starttime in clock ticks)` from `/proc/PID/stat`; the command name may hold
@@ -243,6 +310,51 @@ mod tests {
         let stat = "42 (a) b (c)) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987 1 2";
         assert_eq!(parse_stat(stat), Some((7, 987)));
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_setuid_root_exec_elevates_what_it_starts_in_its_session() {
+        let mut table = ProcessTable::default();
+        let as_user = |mut e: Event, uid, euid| {
+            let p = e.process.as_mut().unwrap();
+            (p.uid, p.euid) = (uid, euid);
+            e
+        };
+        // alice's shell (uid 1000) forks and execs sudo: euid 0, uid 1000.
+        table.observe(&mut as_user(
+            event(10, 1, Some(7), 0, Body::Fork),
+            1000,
+            1000,
+        ));
+        table.observe(&mut as_user(
+            event(20, 10, Some(7), 0, Body::Fork),
+            1000,
+            1000,
+        ));
+        assert!(!table.elevated(20));
+        table.observe(&mut as_user(
+            event(20, 10, Some(7), 0, exec("/usr/bin/sudo")),
+            1000,
+            0,
+        ));
+        assert!(table.elevated(20), "sudo itself");
+        // sudo -i: a root shell (uid 0) and what it runs.
+        table.observe(&mut event(30, 20, Some(7), 0, Body::Fork));
+        table.observe(&mut event(30, 20, Some(7), 0, exec("/bin/bash")));
+        table.observe(&mut event(40, 30, Some(7), 0, Body::Fork));
+        table.observe(&mut event(40, 30, Some(7), 0, exec("/usr/bin/id")));
+        assert!(
+            table.elevated(30) && table.elevated(40),
+            "the root shell and its child"
+        );
+        assert!(!table.elevated(10), "the user's own shell is not");
+        // Root's own work outside any login session (a daemon running setuid) is not.
+        table.observe(&mut as_user(
+            event(60, 1, None, 0, exec("/usr/bin/passwd")),
+            1000,
+            0,
+        ));
+        assert!(!table.elevated(60));
     }
 
     #[test]
