@@ -20,6 +20,8 @@ use tests::{
 };
 
 const USER: &str = "recorder-grant";
+/// A user who may run anything through sudo, for a root shell.
+const ROOT_USER: &str = "recorder-rootsh";
 /// How long after a grant's end its processes may still live.
 const DEATH_WITHIN: Duration = Duration::from_secs(1);
 
@@ -742,7 +744,6 @@ fn a_root_shell_stays_judged_after_its_grant_ends() {
     if !privileged("a_root_shell_stays_judged_after_its_grant_ends") {
         return;
     }
-    const ROOT_USER: &str = "recorder-rootsh";
     let user = User::ensure_with(ROOT_USER, "ALL");
     let sshd = Sshd::start();
     let rig = Rig::start(None);
