@@ -20,6 +20,8 @@ use tests::{
 };
 
 const USER: &str = "recorder-grant";
+/// The loginuid a process of a session writes to leave it.
+const ESCAPED_LOGINUID: &str = "4242";
 /// A user who may run anything through sudo, for a root shell.
 const ROOT_USER: &str = "recorder-rootsh";
 /// How long after a grant's end its processes may still live.
@@ -798,4 +800,63 @@ fn a_root_shell_stays_judged_after_its_grant_ends() {
         "nothing during the grant is a violation"
     );
     let _ = fs::remove_file(&script);
+}
+
+/// A process of a session under a kill-mode grant writes its loginuid, which gives it a new
+/// audit session: it is still attributed to, and dies with, the session it was born in,
+/// and the change is chained.
+#[test]
+fn a_process_that_writes_its_loginuid_still_dies_at_expiry() {
+    if !privileged("a_process_that_writes_its_loginuid_still_dies_at_expiry") {
+        return;
+    }
+    let user = User::ensure_with(ROOT_USER, "ALL");
+    let sshd = Sshd::start();
+    let rig = Rig::start(None);
+    let grant = rig.kill_grant(&["--user", ROOT_USER], "6s");
+    let mark = marker("escape");
+    let mut ssh = Session::spawn(user.ssh(
+        &sshd,
+        &format!(
+            "sudo -n sh -c 'echo {ESCAPED_LOGINUID} > /proc/self/loginuid && exec sleep 1001' & \
+             sleep 1000 & sleep 1; /bin/echo {mark}; wait"
+        ),
+    ));
+    let change = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "alert" && v["alert"]["kind"] == "loginuid_change"
+        })
+        .unwrap_or_else(|| panic!("no loginuid_change chained:\n{}", rig.agent.log()));
+    assert_eq!(
+        change["loginuid"],
+        ESCAPED_LOGINUID.parse::<u64>().unwrap(),
+        "{change}"
+    );
+    let escaped = rig.exec("the escaped sleep", |v| argv_is(v, &["sleep", "1001"]));
+    let born = escaped["sessionid"].as_u64().expect("a session");
+    assert_eq!(
+        escaped["loginuid"], user.uid,
+        "attributed as born: {escaped}"
+    );
+    assert_eq!(escaped["identity"]["name"], ROOT_USER, "{escaped}");
+    assert_ne!(change["sessionid"].as_u64(), Some(born), "{change}");
+    rig.exec("the mark", |v| {
+        v["argv"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == mark.as_str()))
+    });
+    let escaped_pid = escaped["pid"].as_u64().unwrap();
+    let mut pids = session_pids(born);
+    pids.push(escaped_pid);
+    assert!(alive(escaped_pid), "the escaped sleep runs");
+    assert!(
+        fs::read_to_string(format!("/proc/{escaped_pid}/loginuid"))
+            .is_ok_and(|l| l.trim() == ESCAPED_LOGINUID),
+        "it did change its loginuid"
+    );
+    let took = all_die(&pids, grant.expires);
+    eprintln!("expiry to death, the loginuid rewritten: {took:?}");
+    ssh.id = born;
+    drop(ssh);
 }

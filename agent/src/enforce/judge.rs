@@ -29,6 +29,9 @@ pub enum Action {
         target: Target,
         reason: &'static str,
     },
+    /// A process of session `born` moved itself to session `alias` (a loginuid write):
+    /// whatever ends `born` ends `alias` too.
+    Alias { born: Target, alias: Target },
 }
 
 pub struct Judge {
@@ -64,6 +67,17 @@ impl Judge {
         let mut out = Vec::with_capacity(batch.len());
         let mut actions = Vec::new();
         for mut item in batch {
+            if let Body::LoginuidChange {
+                born_session,
+                session: Some(session),
+                ..
+            } = item.event.body
+            {
+                actions.push(Action::Alias {
+                    born: Target::Session(born_session),
+                    alias: Target::Session(session),
+                });
+            }
             let (Some(process), Some(identity)) = (&item.event.process, &item.identity) else {
                 out.push(item);
                 continue;

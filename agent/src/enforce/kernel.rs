@@ -132,6 +132,12 @@ impl Kernel {
         })
     }
 
+    /// The entry the kernel holds for `target`, if any.
+    #[must_use]
+    pub fn get(&self, target: Target) -> Option<Deny> {
+        self.maps.get(target)
+    }
+
     /// The deadline the kernel holds for `target`, if any.
     #[must_use]
     pub fn deadline(&self, target: Target) -> Option<u64> {

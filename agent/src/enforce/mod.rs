@@ -75,6 +75,8 @@ pub struct Enforcer {
     causes: Vec<Cause>,
     /// The deadline written for each target whose kill-mode grant is still running.
     armed: HashMap<Target, u64>,
+    /// Sessions a process moved to by writing its loginuid, by the session it was born in.
+    aliases: HashMap<Target, Vec<Target>>,
     cache: Option<Cache>,
     kernel: Option<Kernel>,
     reaper: Option<Reaper>,
@@ -109,6 +111,7 @@ impl Enforcer {
             expiry: Expiry::default(),
             causes,
             armed: HashMap::new(),
+            aliases: HashMap::new(),
             cache,
             kernel,
             reaper,
@@ -264,6 +267,41 @@ impl Enforcer {
         }
     }
 
+    /// Makes `alias` share `born`'s fate: the grants `born` used, its deadline, and its
+    /// death if that has come.
+    fn alias(&mut self, born: Target, alias: Target) -> Option<v1::Event> {
+        let aliases = self.aliases.entry(born).or_default();
+        if aliases.contains(&alias) {
+            return None;
+        }
+        aliases.push(alias);
+        info!(
+            ?born,
+            ?alias,
+            "a process left its session: enforced as the one it was born in"
+        );
+        for targets in self.usage.values_mut() {
+            if targets.contains(&born) {
+                targets.insert(alias);
+            }
+        }
+        if let Some(cache) = &self.cache {
+            block_in_place(|| cache.save_usage(&self.usage));
+        }
+        self.arm(alias);
+        let now = boot_ns();
+        let passed = self
+            .kernel
+            .as_ref()
+            .and_then(|k| k.get(born))
+            .filter(|deny| deny.deadline_ns <= now)?;
+        let cause = self.causes.get(passed.cause as usize).cloned();
+        let (grant, reason) = cause.map_or((String::new(), "violation"), |c| {
+            (c.grant_id, cache::reason(&c.reason))
+        });
+        Some(self.kill(alias, grant, reason))
+    }
+
     /// A new cause id, kept durably.
     fn cause(&mut self, grant_id: String, reason: &'static str, target: Target) -> u32 {
         let cause = u32::try_from(self.causes.len()).unwrap_or(u32::MAX);
@@ -304,6 +342,7 @@ impl Enforcer {
                 killing.then(|| self.kill(target, grant.to_string(), "expired"))
             }
             Action::Kill { target, reason } => Some(self.kill(target, String::new(), reason)),
+            Action::Alias { born, alias } => self.alias(born, alias),
         }
     }
 
@@ -352,7 +391,22 @@ impl Enforcer {
                 "cannot deny in the kernel; killing from here only"
             );
         }
-        let pids = block_in_place(|| kill::kill_live(target, self.cgroup_root.as_deref()));
+        let mut pids = block_in_place(|| kill::kill_live(target, self.cgroup_root.as_deref()));
+        // The sessions its processes moved to die with it.
+        for alias in self.aliases.get(&target).cloned().unwrap_or_default() {
+            if let Some(kernel) = &mut self.kernel
+                && let Err(e) = kernel.deny(alias, Deny::new(cause, 0))
+            {
+                warn!(
+                    error = format!("{e:#}"),
+                    ?alias,
+                    "cannot deny in the kernel"
+                );
+            }
+            pids.extend(block_in_place(|| {
+                kill::kill_live(alias, self.cgroup_root.as_deref())
+            }));
+        }
         info!(?target, grant = grant_id, reason, ?pids, "killed");
         self.encode(Event {
             ktime_ns: boot_ns(),

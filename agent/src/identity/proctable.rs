@@ -13,6 +13,7 @@ struct Entry {
     ppid: u32,
     image: Option<String>,
     sessionid: Option<u32>,
+    loginuid: Option<u32>,
     /// `CLOCK_BOOTTIME` nanoseconds.
     start_ns: u64,
     /// It is, or descends from, a setuid-root exec in a login session.
@@ -37,6 +38,8 @@ const MAX_DEPTH: usize = 256;
 pub struct ProcessTable {
     procs: HashMap<u32, Entry>,
     roots: HashMap<u32, SessionRoot>,
+    /// Audit sessions made by a loginuid write inside a login, to the session it was in.
+    aliases: HashMap<u32, u32>,
 }
 
 impl ProcessTable {
@@ -61,10 +64,13 @@ impl ProcessTable {
             else {
                 continue;
             };
-            let sessionid = fs::read_to_string(dir.join("sessionid"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .and_then(audit_id);
+            let audit = |file| {
+                fs::read_to_string(dir.join(file))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .and_then(audit_id)
+            };
+            let (sessionid, loginuid) = (audit("sessionid"), audit("loginuid"));
             let image = fs::read_link(dir.join("exe"))
                 .ok()
                 .map(|p| p.to_string_lossy().into_owned());
@@ -82,6 +88,7 @@ impl ProcessTable {
                     ppid: parent,
                     image,
                     sessionid,
+                    loginuid,
                     start_ns: start_ticks * ticks_ns,
                     elevated,
                 },
@@ -101,6 +108,7 @@ impl ProcessTable {
         Self {
             procs,
             roots: HashMap::new(),
+            aliases: HashMap::new(),
         }
     }
 
@@ -120,12 +128,14 @@ impl ProcessTable {
     pub fn observe(&mut self, event: &mut Event) -> Option<SessionRoot> {
         let process = event.process.as_ref()?;
         let (tgid, ppid, sessionid) = (process.tgid, process.ppid, process.sessionid);
+        let loginuid = process.loginuid;
         match &mut event.body {
             Body::Fork => {
                 // The record carries the forking parent's credentials, so they are the
                 // parent's news as much as the child's.
                 let parent = self.procs.entry(ppid).or_default();
                 parent.sessionid = sessionid;
+                parent.loginuid = loginuid;
                 let (image, elevated) = (parent.image.clone(), parent.elevated);
                 self.procs.insert(
                     tgid,
@@ -133,6 +143,7 @@ impl ProcessTable {
                         ppid,
                         image,
                         sessionid,
+                        loginuid,
                         start_ns: event.ktime_ns,
                         elevated,
                     },
@@ -149,6 +160,7 @@ impl ProcessTable {
                 });
                 entry.image = Some(filename.clone());
                 entry.sessionid = sessionid;
+                entry.loginuid = loginuid;
                 // The exec record carries the credentials the new image runs with: a real
                 // user gaining euid 0 is a setuid-root program (sudo, su, pkexec). It and
                 // everything it starts act as root for the human behind the session,
@@ -171,6 +183,49 @@ impl ProcessTable {
             }
         }
         sessionid.map(|s| self.root_of(tgid, s))
+    }
+
+    /// Keeps a process in the login session it was born in. A process whose record names
+    /// another audit session than the one the table knows it by has written its loginuid:
+    /// the record is given back the session and loginuid it was born with (so it stays
+    /// attributed to, and enforced as, that session), and the change is returned, once per
+    /// new session. A process that gains its first session (`pam_loginuid` at a login)
+    /// changes nothing here.
+    pub fn keep_birth_session(&mut self, event: &mut Event) -> Option<Body> {
+        let process = event.process.as_mut()?;
+        // A fork record carries the forking parent's credentials.
+        let subject = if matches!(event.body, Body::Fork) {
+            process.ppid
+        } else {
+            process.tgid
+        };
+        let entry = self.procs.get(&subject)?;
+        let born = entry.sessionid?;
+        let born_session = self.aliases.get(&born).copied().unwrap_or(born);
+        if process.sessionid == Some(born) {
+            return None;
+        }
+        let change = Body::LoginuidChange {
+            born_loginuid: entry.loginuid,
+            born_session,
+            loginuid: process.loginuid,
+            session: process.sessionid,
+        };
+        process.sessionid = Some(born);
+        process.loginuid = entry.loginuid;
+        let Body::LoginuidChange {
+            session: Some(new), ..
+        } = change
+        else {
+            return Some(change);
+        };
+        if self.aliases.len() >= ROOTS_MAX {
+            self.aliases.clear();
+        }
+        self.aliases
+            .insert(new, born_session)
+            .is_none()
+            .then_some(change)
     }
 
     /// Whether process `tgid` is, or descends from, a setuid-root exec in a login session.
@@ -355,6 +410,41 @@ mod tests {
             0,
         ));
         assert!(!table.elevated(60));
+    }
+
+    #[test]
+    fn a_process_keeps_the_session_it_was_born_in() {
+        let mut table = ProcessTable::default();
+        let with = |mut e: Event, loginuid| {
+            e.process.as_mut().unwrap().loginuid = loginuid;
+            e
+        };
+        table.observe(&mut with(event(10, 1, Some(7), 0, Body::Fork), Some(1000)));
+        // Its first session, from pam_loginuid at a login, is no change.
+        let mut login = with(event(5, 1, None, 0, Body::Fork), None);
+        table.observe(&mut login);
+        let mut first = with(event(5, 1, Some(8), 0, exec("/bin/sh")), Some(1000));
+        assert_eq!(table.keep_birth_session(&mut first), None);
+        // A loginuid write: session 7 becomes 9, loginuid 1000 becomes 4242.
+        let mut moved = with(event(10, 1, Some(9), 0, exec("/bin/sleep")), Some(4242));
+        assert_eq!(
+            table.keep_birth_session(&mut moved),
+            Some(Body::LoginuidChange {
+                born_loginuid: Some(1000),
+                born_session: 7,
+                loginuid: Some(4242),
+                session: Some(9),
+            })
+        );
+        let p = moved.process.as_ref().unwrap();
+        assert_eq!((p.sessionid, p.loginuid), (Some(7), Some(1000)));
+        table.observe(&mut moved);
+        // Reported once; its children are born in session 7 too.
+        let mut again = with(event(10, 1, Some(9), 0, exec("/bin/true")), Some(4242));
+        assert_eq!(table.keep_birth_session(&mut again), None);
+        let mut child = with(event(11, 10, Some(9), 0, Body::Fork), Some(4242));
+        assert_eq!(table.keep_birth_session(&mut child), None);
+        assert_eq!(child.process.unwrap().sessionid, Some(7));
     }
 
     #[test]

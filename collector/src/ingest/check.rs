@@ -25,6 +25,9 @@ pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
 pub(crate) const MAX_ID_BYTES: usize = 256;
 /// Chains named in one Hello.
 pub(crate) const MAX_HELLO_CHAINS: usize = 4096;
+/// The alerts an agent may chain: a collector that lost what it acknowledged, and a process
+/// of a login session that changed its loginuid (docs/grants.md).
+const AGENT_ALERTS: [&str; 2] = ["collector_rollback", "loginuid_change"];
 
 fn invalid(message: String) -> IngestError {
     IngestError::Invalid(message)
@@ -150,10 +153,12 @@ pub(crate) fn record(
                 start.host
             )));
         }
-        // An agent raises one alert only: about the collector itself.
-        Some(Body::Alert(alert)) if alert.kind != "collector_rollback" => {
+        // An agent raises two alerts only: about the collector itself, and about a process
+        // that changed its audit session.
+        Some(Body::Alert(alert)) if !AGENT_ALERTS.contains(&alert.kind.as_str()) => {
             return Err(invalid(format!(
-                "seq {seq} is an alert: only the collector raises alerts, but collector_rollback"
+                "seq {seq} is an alert: only the collector raises alerts, but {}",
+                AGENT_ALERTS.join(" and ")
             )));
         }
         Some(Body::GrantChange(_)) => {
