@@ -66,12 +66,14 @@ pub struct Cli {
     #[arg(long, default_value_t = ARGV_DEFAULT, value_parser = clap::value_parser!(u32).range(64..=ARGV_CAP as i64))]
     pub argv_max_bytes: u32,
 
-    /// Size of the kernel ring buffer, a power of two of at least one page.
+    /// Size of the kernel ring buffer of terminal records, a power of two of at least one
+    /// page. Exec, fork and exit records have a ring of their own, which a terminal flood
+    /// cannot fill.
     #[arg(long, default_value_t = 16 << 20, value_parser = ring_size)]
     pub ring_bytes: u32,
 
-    /// Unread bytes in the ring buffer above which the kernel wakes the reader at once
-    /// [default: an eighth of the ring].
+    /// Unread bytes in a ring buffer above which the kernel wakes the reader at once
+    /// [default: an eighth of the terminal ring].
     #[arg(long)]
     pub wakeup_bytes: Option<u64>,
 

@@ -860,3 +860,48 @@ fn a_process_that_writes_its_loginuid_still_dies_at_expiry() {
     ssh.id = born;
     drop(ssh);
 }
+
+/// A terminal flood at full speed fills a small terminal ring, then the session runs sudo
+/// with no grant under a kill-mode policy: exec records have a ring of their own, so the
+/// sudo is recorded and judged, the session dies, and the terminal records lost are counted
+/// in gaps.
+#[test]
+fn a_terminal_flood_cannot_hide_an_exec() {
+    if !privileged("a_terminal_flood_cannot_hide_an_exec") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+    let rig = Rig::start_with(
+        Some(r#"{"mode": "kill", "root_exec": true, "guarded": []}"#),
+        &tests::agent::LOSSY,
+    );
+    let line = "0123456789".repeat(6);
+    let mut session = Session::spawn(user.ssh(
+        &sshd,
+        &format!("(while :; do echo {line}; done) & sleep 1; sudo -n id; sleep 1000"),
+    ));
+    let sudo = rig.exec("sudo during the flood", |v| {
+        v["comm"] == "sudo" && v["loginuid"] == user.uid
+    });
+    session.id = sudo["sessionid"].as_u64().unwrap();
+    let violation = violation_in(&rig, session.id);
+    assert_eq!(violation["violation"]["action"], "kill", "{violation}");
+    let kill = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "kill" && v["kill"]["sessionid"].as_u64() == Some(session.id)
+        })
+        .expect("a kill");
+    assert_eq!(kill["kill"]["reason"], "violation", "{kill}");
+    session_ends(session.id);
+    let lost = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "gap"
+                && v["lost_kind"] == "tty_out"
+                && v["lost_records"].as_u64() > Some(0)
+        })
+        .unwrap_or_else(|| panic!("the flood lost no terminal record: is the ring small?"));
+    eprintln!("terminal records lost to the flood: {lost}");
+}
