@@ -506,6 +506,15 @@ fn a_unit_with_an_expired_grant_has_its_processes_killed() {
     cmd.args(["-c", "sleep 1000 & sleep 1000"]);
     cgroup.enter(&mut cmd);
     let mut child = cmd.spawn().unwrap();
+    // A cgroup nested in the unit's (as a container runtime makes) is killed with it.
+    let nested = tests::TestCgroup {
+        dir: cgroup.dir.join("nested"),
+    };
+    fs::create_dir(&nested.dir).unwrap();
+    let mut inner = Command::new("/bin/sleep");
+    inner.arg("1002");
+    nested.enter(&mut inner);
+    let mut inner = inner.spawn().unwrap();
     let sleep = rig.exec("the unit's sleep", |v| {
         argv_is(v, &["sleep", "1000"]) && v["cgroup_id"] == cgroup.id()
     });
@@ -524,8 +533,11 @@ fn a_unit_with_an_expired_grant_has_its_processes_killed() {
         assert!(Instant::now() < deadline, "sh and two sleeps: {procs:?}");
         std::thread::sleep(Duration::from_millis(20));
     };
+    let mut procs = procs;
+    procs.push(u64::from(inner.id()));
     all_die(&procs, grant.expires);
     let _ = child.wait();
+    let _ = inner.wait();
     let kill = rig
         .agent
         .wait_for(Duration::from_secs(10), |v| {
