@@ -13,8 +13,14 @@ pub mod kind {
     pub const SLOTS: usize = 8;
 }
 
-/// Name of the ring buffer all sensors submit to.
+/// Name of the ring buffer terminal records are submitted to.
 pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the ring buffer exec, fork and exit records are submitted to: a ring of their
+/// own, so that a terminal flood can never crowd out the exec that judging and enforcement
+/// depend on.
+pub const CONTROL_MAP: &str = "CONTROL";
+/// Bytes of [`CONTROL_MAP`]: about 1,000 execs of the largest argv, or 40,000 forks.
+pub const CONTROL_BYTES: u32 = 4 << 20;
 
 pub const COMM_LEN: usize = 16;
 

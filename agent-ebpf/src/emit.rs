@@ -2,7 +2,7 @@
 //! buffer and the loss counters.
 
 use agent_common::{
-    event::{Header, kind},
+    event::{CONTROL_BYTES, Header, kind},
     loss::LossCounters,
 };
 use aya_ebpf::{
@@ -17,9 +17,13 @@ use aya_ebpf::{
 
 use crate::kernel::{Task, config};
 
-/// Default size; the agent sets the real one at load time.
+/// Terminal records. Default size; the agent sets the real one at load time.
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// Exec, fork and exit records, apart from the terminal's (`agent_common::event::CONTROL_MAP`).
+#[map(name = "CONTROL")]
+static CONTROL: RingBuf = RingBuf::with_byte_size(CONTROL_BYTES, 0);
 
 #[map(name = "LOSS")]
 static LOSS: PerCpuArray<LossCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -55,13 +59,18 @@ pub fn submit(record: *mut Header, size: usize, payload: u64) {
     let h = unsafe { &mut *record };
     let kind = h.kind;
     h.size = size as u32;
-    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= config!(wakeup_bytes) {
+    let ring = if kind == kind::TTY_OUT || kind == kind::TTY_IN {
+        &EVENTS
+    } else {
+        &CONTROL
+    };
+    let flags = if ring.query(u64::from(BPF_RB_AVAIL_DATA)) >= config!(wakeup_bytes) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     let bytes = unsafe { core::slice::from_raw_parts(record.cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(bytes, u64::from(flags)).is_err() {
+    if ring.output::<[u8]>(bytes, u64::from(flags)).is_err() {
         count_loss(kind, 1, payload);
     }
 }

@@ -16,7 +16,7 @@ pub const CONFIG: &str = "/etc/recorder/agent.toml";
     about = "Records every exec and terminal write on this host"
 )]
 #[expect(clippy::struct_excessive_bools, reason = "command-line switches")]
-#[command(group = clap::ArgGroup::new("sink").required(true).multiple(true).args(["stdout", "discard", "spool"]))]
+#[command(group = clap::ArgGroup::new("mode").required(true).multiple(true).args(["stdout", "discard", "spool", "uninstall", "reaper"]))]
 pub struct Cli {
     /// Print one JSON object per event on standard output (no collector needed).
     #[arg(long)]
@@ -66,12 +66,14 @@ pub struct Cli {
     #[arg(long, default_value_t = ARGV_DEFAULT, value_parser = clap::value_parser!(u32).range(64..=ARGV_CAP as i64))]
     pub argv_max_bytes: u32,
 
-    /// Size of the kernel ring buffer, a power of two of at least one page.
+    /// Size of the kernel ring buffer of terminal records, a power of two of at least one
+    /// page. Exec, fork and exit records have a ring of their own, which a terminal flood
+    /// cannot fill.
     #[arg(long, default_value_t = 16 << 20, value_parser = ring_size)]
     pub ring_bytes: u32,
 
-    /// Unread bytes in the ring buffer above which the kernel wakes the reader at once
-    /// [default: an eighth of the ring].
+    /// Unread bytes in a ring buffer above which the kernel wakes the reader at once
+    /// [default: an eighth of the terminal ring].
     #[arg(long)]
     pub wakeup_bytes: Option<u64>,
 
@@ -106,6 +108,22 @@ pub struct Cli {
     /// The host-wide lock that keeps a second agent from starting beside this one.
     #[arg(long, default_value = crate::host::LOCK_FILE)]
     pub lock_file: PathBuf,
+
+    /// Where in bpffs enforcement is pinned: the deny maps and the enforcement program's
+    /// link outlive the agent there, so deadlines hold while it is down or restarting.
+    #[arg(long, default_value = "/sys/fs/bpf/recorder")]
+    pub bpf_dir: PathBuf,
+
+    /// Remove what the agent pinned in --bpf-dir (the enforcement program detaches, the
+    /// deny maps go, the reaper exits), then exit. Only for taking the agent off a host:
+    /// until an agent runs again, nothing enforces grants here.
+    #[arg(long, conflicts_with_all = ["stdout", "discard", "collector", "reaper"])]
+    pub uninstall: bool,
+
+    /// Run as the reaper the agent starts: kill the idle tasks of denied sessions while no
+    /// agent runs (docs/grants.md). Not for use by hand.
+    #[arg(long, hide = true, conflicts_with_all = ["stdout", "discard", "collector"])]
+    pub reaper: bool,
 
     /// Kernel BTF to resolve struct offsets from.
     #[arg(long, default_value = crate::capture::layout::VMLINUX_BTF)]

@@ -18,6 +18,8 @@ pub fn boot_id() -> anyhow::Result<String> {
 /// Where the one agent of this host holds its lock.
 pub const LOCK_FILE: &str = "/run/recorder/agent.lock";
 
+const LOCK_TRIES: usize = 10;
+
 /// Held for as long as this agent runs: a second agent on the host would double every
 /// record, fight over the deny maps, and claim to be the host too.
 #[derive(Debug)]
@@ -45,8 +47,17 @@ pub fn lock_instance(path: &std::path::Path) -> anyhow::Result<InstanceLock> {
         .truncate(false)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: a valid descriptor; the lock goes with it when the process ends.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // The reaper tests this lock by taking it shared for an instant: a few tries ride over
+    // that.
+    let taken = (0..LOCK_TRIES).any(|_| {
+        // SAFETY: a valid descriptor; the lock goes with it when the process ends.
+        let ok = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        ok
+    });
+    if !taken {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         let holder = holder.trim();

@@ -78,8 +78,29 @@ pub fn init_logging() {
 
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     platform::check_privileges()?;
+    let pins = enforce::pin_dir(&cli.bpf_dir);
+    let sweeper = enforce::reaper::Reaper {
+        pins: pins.clone(),
+        agent_lock: cli.lock_file.clone(),
+        spool: cli.spool.clone(),
+    };
+    if cli.reaper {
+        return sweeper.run();
+    }
+    if cli.uninstall {
+        return uninstall(&pins);
+    }
+    record(cli, &pins, sweeper)
+}
+
+/// The agent proper: capture, attribute, enforce, chain and ship until stopped.
+fn record(
+    cli: &Cli,
+    pins: &std::path::Path,
+    sweeper: enforce::reaper::Reaper,
+) -> anyhow::Result<()> {
     let _lock = host::lock_instance(&cli.lock_file)?;
-    let (programs, report, reader) = load(cli)?;
+    let (programs, report, reader) = load(cli, pins)?;
     let host = host::host_id();
     let evidence = cli
         .spool
@@ -92,7 +113,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let health = serve_metrics(cli)?;
     let enforcer = Enforcer::new(
         cli.spool.as_deref().map(Cache::new),
-        Some(Kernel::new(Arc::clone(&programs))?),
+        Some(Kernel::new(Arc::clone(&programs), pins)?),
+        Some(sweeper),
     );
     let (view, _) = tokio::sync::watch::channel(enforcer.view());
     let agent_events = tokio::sync::mpsc::channel(AGENT_EVENTS_IN_FLIGHT);
@@ -100,8 +122,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Some(socket) = &cli.registration {
         let (views, host) = (view.subscribe(), host.clone());
         let grant_is_live = Box::new(move |grant: &str, identity: &str| {
-            let now = proto::time::now_unix_nano();
             views.borrow().as_ref().is_some_and(|v| {
+                let now = v.at(clock::boot_ns());
                 v.grants.iter().any(|(id, g)| {
                     **id == *grant
                         && proto::grant::covers(g, Kind::Registered, identity, &host, now)
@@ -182,6 +204,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     stages
 }
 
+/// `--uninstall`: what the agent pinned goes, and enforcement with it.
+fn uninstall(pins: &std::path::Path) -> anyhow::Result<()> {
+    for path in enforce::uninstall(pins)? {
+        info!(path = %path.display(), "unpinned");
+    }
+    Ok(())
+}
+
 /// The health counters, served when `--metrics` asks.
 fn serve_metrics(cli: &Cli) -> anyhow::Result<Arc<metrics::Health>> {
     let health = Arc::new(metrics::Health::default());
@@ -218,10 +248,11 @@ fn link(cli: &Cli) -> anyhow::Result<Option<evidence::link::Link>> {
 
 /// Checks the host, loads the kernel programs with this kernel's struct offsets, attaches
 /// the sensors, and takes the ring buffer for the reader.
-fn load(cli: &Cli) -> anyhow::Result<(Arc<Programs>, Report, Reader)> {
+fn load(cli: &Cli, pins: &std::path::Path) -> anyhow::Result<(Arc<Programs>, Report, Reader)> {
     for fs in platform::ensure_mounts()? {
         info!(fs, "mounted");
     }
+    std::fs::create_dir_all(pins).with_context(|| format!("creating {}", pins.display()))?;
     let layout = capture::layout::resolve(&cli.btf)?;
     let config = CaptureConfig {
         argv_max: cli.argv_max_bytes,
@@ -232,6 +263,7 @@ fn load(cli: &Cli) -> anyhow::Result<(Arc<Programs>, Report, Reader)> {
         .override_global(LAYOUT_GLOBAL, &layout, true)
         .override_global(CONFIG_GLOBAL, &config, true)
         .map_max_entries(EVENTS_MAP, cli.ring_bytes)
+        .default_map_pin_directory(pins)
         .load(EBPF_OBJECT)
         .context("loading the kernel programs")?;
     let (programs, report) = Programs::start(ebpf)?;

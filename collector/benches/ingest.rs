@@ -56,6 +56,7 @@ fn exec_event(n: u64) -> Event {
             cgroup_id: 4242,
             tty: "136:3".into(),
             comm: "systemctl".into(),
+            elevated: true,
         }),
         identity: Some(Identity {
             kind: Kind::Human.into(),
@@ -186,6 +187,7 @@ impl Target {
             collector::policy::default_policy(),
             transport,
             collector::Retention::default(),
+            std::time::Duration::from_secs(30),
         ));
         Self {
             name,

@@ -45,6 +45,20 @@ pub struct Cli {
     /// One host's own limit, `HOST=DURATION`; repeatable.
     #[arg(long = "retain-host", value_parser = host_limit)]
     pub retain_host: Vec<(String, Duration)>,
+    /// A host not heard from for this long (agents send a heartbeat every 5 s) is silent: a
+    /// `host_silent` alert is chained, and `host_back` when it speaks again.
+    #[arg(long, default_value = "30s", value_parser = silence)]
+    pub silent_after: Duration,
+}
+
+fn silence(text: &str) -> Result<Duration, String> {
+    let limit = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if limit < Duration::from_secs(1) {
+        return Err(format!(
+            "{text:?}: at least 1s (silence is looked for once a second)"
+        ));
+    }
+    Ok(limit)
 }
 
 fn host_limit(text: &str) -> Result<(String, Duration), String> {

@@ -14,6 +14,7 @@ pub mod cli;
 mod error;
 mod grants;
 mod ingest;
+mod liveness;
 pub mod policy;
 mod query;
 mod retention;
@@ -128,6 +129,7 @@ pub async fn serve(
     policy: Policy,
     transport: Transport,
     retention: Retention,
+    silent_after: std::time::Duration,
 ) -> Result<(), Error> {
     let witness = match &transport {
         Transport::Tls { witness, .. } => Some(Arc::clone(witness)),
@@ -146,6 +148,13 @@ pub async fn serve(
         Arc::clone(&store),
         writer.clone(),
     ));
+    let known = store
+        .chains()?
+        .into_iter()
+        .filter(|c| c.chain_id != store::COLLECTOR_CHAIN)
+        .map(|c| c.host);
+    let liveness = Arc::new(liveness::Liveness::new(known, silent_after));
+    tokio::spawn(liveness::watch(Arc::clone(&liveness), writer.clone()));
     let gate = Gate::new(writer.clone());
     let revoked = Revoked::new(store.revoked_hosts()?.into_iter().map(|r| r.host));
     let require_approval = policy.require_approval;
@@ -183,6 +192,7 @@ pub async fn serve(
         views,
         gate.clone(),
         revoked,
+        Arc::clone(&liveness),
     ))
     .max_decoding_message_size(ingest::MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
@@ -194,7 +204,7 @@ pub async fn serve(
             require_approval,
         )))
         .add_service(QueryServer::new(QueryService::new(
-            store, live, gate, witness,
+            store, live, gate, witness, liveness,
         )))
         .add_service(EnrollmentServer::new(EnrollmentService(hosts.clone())))
         .add_service(AdminServer::new(AdminService(hosts)))

@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
             notify_ready(&listening);
             let mut terminate = signal(SignalKind::terminate())?;
             tokio::select! {
-                served = collector::serve(listener, store, policy, transport, retention) => served?,
+                served = collector::serve(listener, store, policy, transport, retention, cli.silent_after) => served?,
                 // What is not yet committed is not yet acknowledged either: agents resend it
                 // to the next collector, so stopping here loses nothing.
                 _ = tokio::signal::ctrl_c() => tracing::info!("stopping on SIGINT"),

@@ -66,6 +66,12 @@ pub enum Command {
     /// Play a session's terminal back with its original timing: the login terminal, as the
     /// user saw it, unless told otherwise.
     Replay(Replay),
+    /// Every host the collector knows: live or silent, its last contact, agent version and
+    /// newest chain.
+    Hosts {
+        #[arg(long)]
+        json: bool,
+    },
     /// Check everything stored: chains, hosts' signed logs, columns, grants; exits
     /// non-zero if anything fails. The collector checks and says so, or, with `--local`,
     /// this client checks the raw evidence itself.

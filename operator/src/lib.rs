@@ -86,6 +86,7 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             query::sessions(&mut client, host, since, json, &mut out).await
         }
         Command::Replay(replay) => replay::play(&mut client, replay, &mut out).await,
+        Command::Hosts { json } => query::hosts(&mut client, json, &mut out).await,
         Command::Verify {
             host,
             json,

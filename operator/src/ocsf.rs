@@ -662,6 +662,7 @@ mod tests {
             cgroup_id: 5012,
             tty: "136:0".into(),
             comm: "sudo".into(),
+            elevated: true,
         }
     }
 

@@ -6,8 +6,8 @@ use anyhow::bail;
 use proto::{
     time::ago,
     v1::{
-        SearchRequest, SessionsRequest, StoredEvent, TailRequest, VerifyRequest, VerifyResponse,
-        query_client::QueryClient,
+        HostsRequest, SearchRequest, SessionsRequest, StoredEvent, TailRequest, VerifyRequest,
+        VerifyResponse, query_client::QueryClient,
     },
 };
 use tonic::transport::Channel;
@@ -115,6 +115,22 @@ pub async fn sessions(
             writeln!(out, "{}", render::session_json(s))?;
         } else {
             writeln!(out, "{}", render::session_line(s))?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn hosts(
+    client: &mut QueryClient<Channel>,
+    json: bool,
+    out: &mut impl io::Write,
+) -> anyhow::Result<()> {
+    let hosts = client.hosts(HostsRequest {}).await?.into_inner().hosts;
+    for h in &hosts {
+        if json {
+            writeln!(out, "{}", render::host_json(h))?;
+        } else {
+            writeln!(out, "{}", render::host_line(h))?;
         }
     }
     Ok(())

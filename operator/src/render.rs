@@ -13,8 +13,8 @@ use proto::{
     kind::Kind,
     time::rfc3339_millis as time,
     v1::{
-        ChainVerdict, Event, Finding, Grant, IdentityReview, IdentitySelector, LogVerdict, Session,
-        StoredEvent, event::Body,
+        ChainVerdict, Event, Finding, Grant, HostStatus, IdentityReview, IdentitySelector,
+        LogVerdict, Session, StoredEvent, event::Body,
     },
 };
 use serde_json::{Value, json};
@@ -268,6 +268,42 @@ pub fn session_json(s: &Session) -> Value {
                 "pid": t.opened_by_pid, "comm": t.opened_by_comm,
             })),
         })).collect::<Vec<_>>(),
+    })
+}
+
+/// `3d1219c7…  live    last contact 2026-12-02T15:00:00Z  agent 0.1.0  1 stream  chain … 1234 records`
+#[must_use]
+pub fn host_line(h: &HostStatus) -> String {
+    let contact = if h.last_contact_unix_nano == 0 {
+        "not since the collector started".to_owned()
+    } else {
+        time(h.last_contact_unix_nano)
+    };
+    let head = h.head.as_ref().map_or_else(
+        || "no chain".to_owned(),
+        |c| format!("chain {} {} records", escape(&c.chain_id), c.next_seq),
+    );
+    format!(
+        "{:<34} {:<7} last contact {contact}  agent {}  {} streams  {head}",
+        escape(&h.host),
+        h.state,
+        if h.agent_version.is_empty() {
+            "-".into()
+        } else {
+            escape(&h.agent_version)
+        },
+        h.streams,
+    )
+}
+
+#[must_use]
+pub fn host_json(h: &HostStatus) -> Value {
+    json!({
+        "host": h.host, "state": h.state,
+        "last_contact": (h.last_contact_unix_nano != 0).then(|| time(h.last_contact_unix_nano)),
+        "last_contact_unix_nano": h.last_contact_unix_nano,
+        "agent_version": h.agent_version, "streams": h.streams,
+        "head": h.head.as_ref().map(|c| json!({"chain_id": c.chain_id, "next_seq": c.next_seq})),
     })
 }
 

@@ -13,9 +13,9 @@ use pki::{
     TlsAcceptor, Validity,
 };
 use proto::v1::{
-    ChainVerdict, EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, ReplayRequest,
-    SearchRequest, SearchResponse, SessionsRequest, SessionsResponse, StoredEvent, TailRequest,
-    VerifyRequest, VerifyResponse,
+    ChainVerdict, EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, HostsRequest,
+    HostsResponse, ReplayRequest, SearchRequest, SearchResponse, SessionsRequest, SessionsResponse,
+    StoredEvent, TailRequest, VerifyRequest, VerifyResponse,
     query_client::QueryClient,
     query_server::{Query, QueryServer},
 };
@@ -50,6 +50,10 @@ impl Query for Echo {
         &self,
         _: Request<EvidenceRequest>,
     ) -> Result<Response<Self::EvidenceStream>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+
+    async fn hosts(&self, _: Request<HostsRequest>) -> Result<Response<HostsResponse>, Status> {
         Err(Status::unimplemented("test"))
     }
 

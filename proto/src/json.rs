@@ -111,6 +111,9 @@ struct Line<'a> {
     /// The controlling terminal; on terminal events, the terminal the bytes belong to.
     tty: Option<&'a str>,
     comm: Option<&'a str>,
+    /// Present, true, only on a process of a human acting as root (`Process.elevated`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    elevated: Option<bool>,
     identity: Option<IdentityLine<'a>>,
     session_root: Option<RootLine>,
     #[serde(flatten)]
@@ -346,6 +349,7 @@ impl<'a> Line<'a> {
             cgroup_id: p.map(|p| p.cgroup_id),
             tty,
             comm: p.map(|p| p.comm.as_str()),
+            elevated: p.and_then(|p| p.elevated.then_some(true)),
             identity: event.identity.as_ref().map(|i| IdentityLine {
                 kind: i.kind().name(),
                 name: &i.name,

@@ -63,6 +63,8 @@ pub struct Agent {
     readers: Vec<JoinHandle<()>>,
     /// Lets a `Sink::Stalled` agent's output be read.
     gate: Option<std::sync::mpsc::Sender<()>>,
+    /// Whether stopping it leaves its pinned enforcement for the next agent.
+    keep_pins: bool,
 }
 
 /// What a stopped agent printed.
@@ -157,6 +159,7 @@ impl Agent {
             stderr,
             readers,
             gate: stalled.then_some(gate),
+            keep_pins: false,
         };
         if let Err(why) = agent.notify.wait_ready(&mut agent.child, START_TIMEOUT) {
             let _ = agent.child.kill();
@@ -274,9 +277,18 @@ impl Agent {
         self.collect()
     }
 
+    /// Kills the agent with SIGKILL and leaves what it pinned in the kernel (its deny maps
+    /// and enforcement program) in place, as a crash does; the next agent adopts them.
+    #[must_use]
+    pub fn kill_leaving_enforcement(mut self) -> Output {
+        self.keep_pins = true;
+        self.kill()
+    }
+
     fn collect(mut self) -> Output {
         self.release_stdout();
         let status = self.child.wait().expect("wait agent");
+        self.uninstall();
         self.join_readers();
         let events = std::mem::take(&mut *self.events.lock().unwrap());
         let stderr = std::mem::take(&mut *self.stderr.lock().unwrap());
@@ -294,10 +306,30 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Removes what the agent pinned, so the next test starts with nothing attached,
+    /// unless the test keeps it for the next agent.
+    fn uninstall(&mut self) {
+        if std::mem::replace(&mut self.keep_pins, true) {
+            return;
+        }
+        let status = command()
+            .arg("--uninstall")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        // Not an assertion: this also runs while a failing test unwinds.
+        if !status.as_ref().is_ok_and(std::process::ExitStatus::success) {
+            eprintln!("agent --uninstall failed: {status:?}");
+        }
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.uninstall();
     }
 }
 

@@ -31,8 +31,15 @@ pub struct User {
 }
 
 impl User {
+    /// A user who may `sudo` `/usr/bin/id` and `/usr/bin/whoami` only.
     #[must_use]
     pub fn ensure(name: &str) -> Self {
+        Self::ensure_with(name, "/usr/bin/id, /usr/bin/whoami")
+    }
+
+    /// A user who may `sudo` `commands` (a sudoers command list, `ALL` for a root shell).
+    #[must_use]
+    pub fn ensure_with(name: &str, commands: &str) -> Self {
         let exists = Command::new("id")
             .arg("-u")
             .arg(name)
@@ -49,9 +56,7 @@ impl User {
         // its output to the login terminal, which is what replay must not show twice.
         fs::write(
             &rule,
-            format!(
-                "Defaults:{name} use_pty\n{name} ALL=(root) NOPASSWD: /usr/bin/id, /usr/bin/whoami\n"
-            ),
+            format!("Defaults:{name} use_pty\n{name} ALL=(root) NOPASSWD: {commands}\n"),
         )
         .unwrap();
         fs::set_permissions(&rule, fs::Permissions::from_mode(0o440)).unwrap();

@@ -20,6 +20,10 @@ use tests::{
 };
 
 const USER: &str = "recorder-grant";
+/// The loginuid a process of a session writes to leave it.
+const ESCAPED_LOGINUID: &str = "4242";
+/// A user who may run anything through sudo, for a root shell.
+const ROOT_USER: &str = "recorder-rootsh";
 /// How long after a grant's end its processes may still live.
 const DEATH_WITHIN: Duration = Duration::from_secs(1);
 
@@ -44,10 +48,11 @@ impl Rig {
             .local_addr()
             .unwrap();
         let policy_file = dir.join("policy.json");
-        let mut extra = Vec::new();
+        // A killed agent's host is reported silent within the tests' patience.
+        let mut extra = vec!["--silent-after", "3s"];
         if let Some(policy) = policy {
             fs::write(&policy_file, policy).unwrap();
-            extra = vec!["--policy", policy_file.to_str().unwrap()];
+            extra.extend(["--policy", policy_file.to_str().unwrap()]);
         }
         let collector = Collector::start_with(&dir.join("store.db"), addr, &extra);
         let url = collector.url();
@@ -294,17 +299,31 @@ fn a_grant_covers_sudo_and_its_expiry_kills_the_session() {
     let took = all_die(&session.pids, grant.expires);
     let kill = session.kill_event(&rig, &grant.id);
     assert_eq!(kill["kill"]["reason"], "expired", "{kill}");
-    let killed: Vec<u64> = kill["kill"]["pids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect();
-    assert!(
-        session.pids.iter().all(|p| killed.contains(p)),
-        "the kill event names every process of the session: {kill} vs {:?}",
-        session.pids
-    );
+    // The kernel kills at the deadline too, so a process may be in the kernel's kill
+    // records rather than the agent's: together they name every one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let killed: Vec<u64> = rig
+            .agent
+            .events_where(|v| {
+                v["kind"] == "kill"
+                    && v["kill"]["grant_id"] == grant.id
+                    && v["kill"]["sessionid"].as_u64() == Some(session.id)
+            })
+            .iter()
+            .flat_map(|k| k["kill"]["pids"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p.as_u64())
+            .collect();
+        if session.pids.iter().all(|p| killed.contains(p)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the kill events name every process of the session: {killed:?} vs {:?}",
+            session.pids
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     eprintln!("expiry to death: {took:?}");
     let url = rig.url();
     let stored = operator::json_lines(&url, &["search", "--json", "--kind", "kill"]);
@@ -487,6 +506,15 @@ fn a_unit_with_an_expired_grant_has_its_processes_killed() {
     cmd.args(["-c", "sleep 1000 & sleep 1000"]);
     cgroup.enter(&mut cmd);
     let mut child = cmd.spawn().unwrap();
+    // A cgroup nested in the unit's (as a container runtime makes) is killed with it.
+    let nested = tests::TestCgroup {
+        dir: cgroup.dir.join("nested"),
+    };
+    fs::create_dir(&nested.dir).unwrap();
+    let mut inner = Command::new("/bin/sleep");
+    inner.arg("1002");
+    nested.enter(&mut inner);
+    let mut inner = inner.spawn().unwrap();
     let sleep = rig.exec("the unit's sleep", |v| {
         argv_is(v, &["sleep", "1000"]) && v["cgroup_id"] == cgroup.id()
     });
@@ -505,8 +533,11 @@ fn a_unit_with_an_expired_grant_has_its_processes_killed() {
         assert!(Instant::now() < deadline, "sh and two sleeps: {procs:?}");
         std::thread::sleep(Duration::from_millis(20));
     };
+    let mut procs = procs;
+    procs.push(u64::from(inner.id()));
     all_die(&procs, grant.expires);
     let _ = child.wait();
+    let _ = inner.wait();
     let kill = rig
         .agent
         .wait_for(Duration::from_secs(10), |v| {
@@ -535,4 +566,354 @@ fn a_unit_with_an_expired_grant_has_its_processes_killed() {
     assert_eq!(by_kernel["kill"]["grant_id"], grant.id, "{by_kernel}");
     assert_eq!(by_kernel["kill"]["reason"], "expired", "{by_kernel}");
     assert_eq!(by_kernel["cgroup_id"], cgroup.id(), "{by_kernel}");
+}
+
+/// The agent is killed (`kill -9`) with 6 s left on a kill-mode grant: the kernel and the
+/// reaper still kill the whole session, the background sleep included, within a second of
+/// the end. The next agent adopts the pinned program instead of attaching a second one, and
+/// chains the kills made while it was down.
+#[test]
+fn a_killed_agent_still_kills_at_expiry() {
+    if !privileged("a_killed_agent_still_kills_at_expiry") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+    let rig = Rig::start(None);
+    let grant = rig.kill_grant(&["--user", USER], "6s");
+    let session = Session::start(&rig, &user, &sshd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rig.agent.log().contains("deadline armed in the kernel") {
+        assert!(
+            Instant::now() < deadline,
+            "no deadline armed:\n{}",
+            rig.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Rig {
+        _dir: dir,
+        url,
+        collector: _collector,
+        agent,
+    } = rig;
+    let killed = agent.kill_leaving_enforcement();
+    assert!(
+        SystemTime::now() < grant.expires,
+        "the agent died before the expiry:\n{}",
+        killed.stderr
+    );
+    let took = all_die(&session.pids, grant.expires);
+    eprintln!("expiry to death with the agent dead: {took:?}");
+    let host = session.sudo["host"].as_str().expect("a host").to_owned();
+    let silent = wait_for_alert(&url, "host_silent", &host);
+    assert!(
+        silent["alert"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nothing heard")),
+        "{silent}"
+    );
+    let hosts = operator::json_lines(&url, &["hosts", "--json"]);
+    let status = hosts.iter().find(|h| h["host"] == host.as_str());
+    assert_eq!(
+        status.map(|h| &h["state"]),
+        Some(&Value::from("silent")),
+        "{hosts:?}"
+    );
+    let agent = Agent::shipping_with(Sink::Collect, &dir.join("spool"), &url, &[]);
+    let kill = agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "kill"
+                && v["kill"]["grant_id"] == grant.id
+                && v["kill"]["sessionid"].as_u64() == Some(session.id)
+        })
+        .unwrap_or_else(|| panic!("no kill chained by the next agent:\n{}", agent.log()));
+    assert!(
+        ["kernel", "reaper"].contains(&kill["kill"]["by"].as_str().unwrap_or("")),
+        "{kill}"
+    );
+    assert_eq!(kill["kill"]["reason"], "expired", "{kill}");
+    wait_for_alert(&url, "host_back", &host);
+    let hosts = operator::json_lines(&url, &["hosts", "--json"]);
+    let status = hosts
+        .iter()
+        .find(|h| h["host"] == host.as_str())
+        .expect("the host");
+    assert_eq!(status["state"], "live", "{status}");
+    assert!(status["head"]["next_seq"].as_u64() > Some(0), "{status}");
+    let log = agent.log();
+    assert!(
+        log.contains("adopted the pinned enforcement program") && !log.contains("attached, pinned"),
+        "the next agent adopts the pinned program, attaching nothing twice:\n{log}"
+    );
+}
+
+/// The collector's alert of `kind` about `host`, within 15 s.
+fn wait_for_alert(url: &str, kind: &str, host: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let alerts = operator::json_lines(url, &["search", "--json", "--kind", "alert"]);
+        if let Some(alert) = alerts
+            .into_iter()
+            .find(|a| a["alert"]["kind"] == kind && a["alert"]["host"] == host)
+        {
+            return alert;
+        }
+        assert!(Instant::now() < deadline, "no {kind} alert for host {host}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Steps the wall clock by `secs` (`date -s` does the same), and steps it back on drop.
+struct ClockStep(i64);
+
+impl ClockStep {
+    fn by(secs: i64) -> Self {
+        step_clock(secs);
+        Self(secs)
+    }
+}
+
+impl Drop for ClockStep {
+    fn drop(&mut self) {
+        step_clock(-self.0);
+    }
+}
+
+fn step_clock(secs: i64) {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and out-parameter; setting the clock needs CAP_SYS_TIME,
+    // which a privileged test has.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut now);
+        now.tv_sec += secs;
+        assert_eq!(
+            libc::clock_settime(libc::CLOCK_REALTIME, &raw const now),
+            0,
+            "cannot step the clock: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The wall clock stepped forward an hour during a kill-mode grant kills nothing early;
+/// stepped back an hour, it delays nothing: the session dies within a second of the real
+/// end, counted on a clock no one can step.
+#[test]
+fn a_stepped_wall_clock_moves_no_deadline() {
+    if !privileged("a_stepped_wall_clock_moves_no_deadline") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+    let rig = Rig::start(None);
+    let grant = rig.kill_grant(&["--user", USER], "8s");
+    let ends = Instant::now()
+        + grant
+            .expires
+            .duration_since(SystemTime::now())
+            .expect("the grant has time left");
+    let session = Session::start(&rig, &user, &sshd);
+    {
+        let _forward = ClockStep::by(3600);
+        std::thread::sleep(Duration::from_millis(1500));
+        let dead: Vec<u64> = session
+            .pids
+            .iter()
+            .copied()
+            .filter(|p| !alive(*p))
+            .collect();
+        assert!(
+            dead.is_empty(),
+            "killed early with the clock an hour ahead: {dead:?}"
+        );
+    }
+    let _back = ClockStep::by(-3600);
+    assert!(Instant::now() < ends, "the test ran past the grant's end");
+    loop {
+        let living: Vec<u64> = session.pids.iter().copied().filter(|p| alive(*p)).collect();
+        if living.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < ends + DEATH_WITHIN,
+            "{living:?} still alive {DEATH_WITHIN:?} after the real end, the clock an hour behind"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let late = Instant::now().saturating_duration_since(ends);
+    eprintln!("real end to death, the clock an hour behind: {late:?}");
+    let kill = session.kill_event(&rig, &grant.id);
+    assert_eq!(kill["kill"]["reason"], "expired", "{kill}");
+}
+
+/// `sudo -i` during an alert-mode grant: the root shell runs with uid 0, yet it is the
+/// human acting as root. Covered while the grant lasts; once it has ended, each command the
+/// shell runs is a violation.
+#[test]
+fn a_root_shell_stays_judged_after_its_grant_ends() {
+    if !privileged("a_root_shell_stays_judged_after_its_grant_ends") {
+        return;
+    }
+    let user = User::ensure_with(ROOT_USER, "ALL");
+    let sshd = Sshd::start();
+    let rig = Rig::start(None);
+    let grant = rig.grant(&["--user", ROOT_USER, "--ttl", "3s", "--reason", "CHG-9"]);
+    let (during, after) = (marker("during"), marker("after"));
+    let script = std::env::temp_dir().join(marker("rootsh"));
+    fs::write(
+        &script,
+        format!("/bin/echo {during}\nsleep 5\n/bin/echo {after}\n"),
+    )
+    .unwrap();
+    let mut perms = fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(&script, perms).unwrap();
+    let text = user.login(&sshd, &format!("sudo -n -i {}", script.to_str().unwrap()));
+    assert!(
+        text.contains(&after),
+        "the root shell ran to its end: {text}"
+    );
+    let echo = |mark: &str| {
+        rig.exec(mark, |v| {
+            v["comm"] == "echo"
+                && v["argv"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == mark))
+        })
+    };
+    let (covered, late) = (echo(&during), echo(&after));
+    for e in [&covered, &late] {
+        assert_eq!(e["uid"], 0, "the root shell's own command: {e}");
+        assert_eq!(e["elevated"], true, "{e}");
+    }
+    assert_eq!(covered["identity"]["grant"], grant.id, "{covered}");
+    let session = late["sessionid"].as_u64().unwrap();
+    let violation = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "violation"
+                && v["sessionid"].as_u64() == Some(session)
+                && v["violation"]["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(after.as_str()))
+        })
+        .unwrap_or_else(|| panic!("no violation for the root shell's command after the grant"));
+    assert_eq!(violation["violation"]["rule"], "root_exec", "{violation}");
+    assert!(
+        !violations_of(&rig, session)
+            .iter()
+            .any(|v| v["violation"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(during.as_str()))),
+        "nothing during the grant is a violation"
+    );
+    let _ = fs::remove_file(&script);
+}
+
+/// A process of a session under a kill-mode grant writes its loginuid, which gives it a new
+/// audit session: it is still attributed to, and dies with, the session it was born in,
+/// and the change is chained.
+#[test]
+fn a_process_that_writes_its_loginuid_still_dies_at_expiry() {
+    if !privileged("a_process_that_writes_its_loginuid_still_dies_at_expiry") {
+        return;
+    }
+    let user = User::ensure_with(ROOT_USER, "ALL");
+    let sshd = Sshd::start();
+    let rig = Rig::start(None);
+    let grant = rig.kill_grant(&["--user", ROOT_USER], "6s");
+    let mark = marker("escape");
+    let mut ssh = Session::spawn(user.ssh(
+        &sshd,
+        &format!(
+            "sudo -n sh -c 'echo {ESCAPED_LOGINUID} > /proc/self/loginuid && exec sleep 1001' & \
+             sleep 1000 & sleep 1; /bin/echo {mark}; wait"
+        ),
+    ));
+    let change = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "alert" && v["alert"]["kind"] == "loginuid_change"
+        })
+        .unwrap_or_else(|| panic!("no loginuid_change chained:\n{}", rig.agent.log()));
+    assert_eq!(
+        change["loginuid"],
+        ESCAPED_LOGINUID.parse::<u64>().unwrap(),
+        "{change}"
+    );
+    let escaped = rig.exec("the escaped sleep", |v| argv_is(v, &["sleep", "1001"]));
+    let born = escaped["sessionid"].as_u64().expect("a session");
+    assert_eq!(
+        escaped["loginuid"], user.uid,
+        "attributed as born: {escaped}"
+    );
+    assert_eq!(escaped["identity"]["name"], ROOT_USER, "{escaped}");
+    assert_ne!(change["sessionid"].as_u64(), Some(born), "{change}");
+    rig.exec("the mark", |v| {
+        v["argv"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == mark.as_str()))
+    });
+    let escaped_pid = escaped["pid"].as_u64().unwrap();
+    let mut pids = session_pids(born);
+    pids.push(escaped_pid);
+    assert!(alive(escaped_pid), "the escaped sleep runs");
+    assert!(
+        fs::read_to_string(format!("/proc/{escaped_pid}/loginuid"))
+            .is_ok_and(|l| l.trim() == ESCAPED_LOGINUID),
+        "it did change its loginuid"
+    );
+    let took = all_die(&pids, grant.expires);
+    eprintln!("expiry to death, the loginuid rewritten: {took:?}");
+    ssh.id = born;
+    drop(ssh);
+}
+
+/// A terminal flood at full speed fills a small terminal ring, then the session runs sudo
+/// with no grant under a kill-mode policy: exec records have a ring of their own, so the
+/// sudo is recorded and judged, the session dies, and the terminal records lost are counted
+/// in gaps.
+#[test]
+fn a_terminal_flood_cannot_hide_an_exec() {
+    if !privileged("a_terminal_flood_cannot_hide_an_exec") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+    let rig = Rig::start_with(
+        Some(r#"{"mode": "kill", "root_exec": true, "guarded": []}"#),
+        &tests::agent::LOSSY,
+    );
+    let line = "0123456789".repeat(6);
+    let mut session = Session::spawn(user.ssh(
+        &sshd,
+        &format!("(while :; do echo {line}; done) & sleep 1; sudo -n id; sleep 1000"),
+    ));
+    let sudo = rig.exec("sudo during the flood", |v| {
+        v["comm"] == "sudo" && v["loginuid"] == user.uid
+    });
+    session.id = sudo["sessionid"].as_u64().unwrap();
+    let violation = violation_in(&rig, session.id);
+    assert_eq!(violation["violation"]["action"], "kill", "{violation}");
+    let kill = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "kill" && v["kill"]["sessionid"].as_u64() == Some(session.id)
+        })
+        .expect("a kill");
+    assert_eq!(kill["kill"]["reason"], "violation", "{kill}");
+    session_ends(session.id);
+    let lost = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "gap"
+                && v["lost_kind"] == "tty_out"
+                && v["lost_records"].as_u64() > Some(0)
+        })
+        .unwrap_or_else(|| panic!("the flood lost no terminal record: is the ring small?"));
+    eprintln!("terminal records lost to the flood: {lost}");
 }

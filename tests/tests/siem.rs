@@ -57,6 +57,7 @@ fn alice(pid: u32, comm: &str) -> Process {
         cgroup_id: 5012,
         tty: "136:0".into(),
         comm: comm.into(),
+        elevated: false,
     }
 }
 

@@ -11,6 +11,10 @@ use proto::{
 
 use crate::ChainRow;
 
+/// The alerts an agent may chain: a collector that lost what it acknowledged, and a process
+/// of a login session that changed its loginuid (docs/grants.md).
+const AGENT_ALERTS: [&str; 2] = ["collector_rollback", "loginuid_change"];
+
 /// The columns queries find a record by, as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Columns<'a> {
@@ -92,10 +96,12 @@ pub fn derive(host: &str, seq: u64, bytes: &[u8]) -> Result<Derived, String> {
                 start.host
             ));
         }
-        // An agent raises one alert only: about the collector itself.
-        Some(Body::Alert(alert)) if alert.kind != "collector_rollback" => {
+        // An agent raises two alerts only: about the collector itself, and about a process
+        // that changed its audit session.
+        Some(Body::Alert(alert)) if !AGENT_ALERTS.contains(&alert.kind.as_str()) => {
             return Err(format!(
-                "seq {seq} is an alert: only the collector raises alerts, but collector_rollback"
+                "seq {seq} is an alert: only the collector raises alerts, but {}",
+                AGENT_ALERTS.join(" and ")
             ));
         }
         Some(Body::GrantChange(_)) => {

@@ -52,6 +52,9 @@ enum Task {
     Sessions(Operator),
     /// Play a session's terminal output back: `replay SESSION [--speed N]`.
     Replay(Operator),
+    /// The hosts: live or silent, last contact, agent version, newest chain:
+    /// `hosts [--json]`.
+    Hosts(Operator),
     /// Check everything stored (chains, hosts' signed logs, columns, grants); non-zero exit
     /// on any failure: `verify [--host H]`, or, checked here trusting only the CA,
     /// `verify --local [--host H]`.
@@ -140,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         Task::Export(op) => operator("export", op),
         Task::VerifyBundle(op) => operator("verify-bundle", op),
         Task::Hold(op) => operator("hold", op),
+        Task::Hosts(op) => operator("hosts", op),
         Task::Grant(op) => operator("grant", op),
         Task::Review(op) => operator("review", op),
         Task::Test { args } => {

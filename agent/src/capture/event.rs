@@ -93,6 +93,14 @@ pub enum Body {
         detail: String,
     },
     Kill(Kill),
+    /// A process of a login session wrote its loginuid, which gave it a new audit session.
+    /// It stays attributed to, and enforced as, the session it was born in.
+    LoginuidChange {
+        born_loginuid: Option<u32>,
+        born_session: u32,
+        loginuid: Option<u32>,
+        session: Option<u32>,
+    },
 }
 
 /// What an enforcement action is aimed at: a human's audit session, or the cgroup of a
@@ -111,6 +119,8 @@ pub enum Killer {
     Agent,
     /// The kernel, at the task's next syscall.
     Kernel,
+    /// The reaper, from userspace, while no agent ran.
+    Reaper,
 }
 
 impl Killer {
@@ -119,6 +129,7 @@ impl Killer {
         match self {
             Self::Agent => "agent",
             Self::Kernel => "kernel",
+            Self::Reaper => "reaper",
         }
     }
 }

@@ -15,7 +15,8 @@ use std::{
 };
 
 use agent_common::{
-    event::{EVENTS_MAP, kind},
+    enforce::KILLS_MAP,
+    event::{CONTROL_MAP, EVENTS_MAP, kind},
     exec::EXEC_FIXED,
     loss::{LOSS_MAP, LossCounters},
     tty::TTY_FIXED,
@@ -168,6 +169,12 @@ pub enum ReaderError {
 
 pub struct Reader {
     ring: RingBuf<MapData>,
+    /// Exec, fork and exit records: drained before the terminal's, so a process's exec is
+    /// handed on before the output it makes.
+    control: RingBuf<MapData>,
+    /// The enforcement program's ring: pinned, so it also holds the kills made while no
+    /// agent ran. Each kill wakes the reader.
+    kills: RingBuf<MapData>,
     loss: PerCpuArray<MapData, LossCounters>,
     seen: LossCounters,
     interval: Duration,
@@ -180,12 +187,22 @@ impl Reader {
             name: EVENTS_MAP,
             source,
         })?;
+        let control = RingBuf::try_from(take(CONTROL_MAP)?).map_err(|source| ReaderError::Map {
+            name: CONTROL_MAP,
+            source,
+        })?;
+        let kills = RingBuf::try_from(take(KILLS_MAP)?).map_err(|source| ReaderError::Map {
+            name: KILLS_MAP,
+            source,
+        })?;
         let loss = PerCpuArray::try_from(take(LOSS_MAP)?).map_err(|source| ReaderError::Map {
             name: LOSS_MAP,
             source,
         })?;
         Ok(Self {
             ring,
+            control,
+            kills,
             loss,
             seen: LossCounters::default(),
             interval,
@@ -227,18 +244,32 @@ impl Reader {
     }
 
     fn wait(&self) {
-        let mut pfd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
+        let pollfd = |fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
         };
+        let mut fds = [
+            pollfd(self.ring.as_raw_fd()),
+            pollfd(self.control.as_raw_fd()),
+            pollfd(self.kills.as_raw_fd()),
+        ];
         let timeout = i32::try_from(self.interval.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd. EINTR and timeouts both just lead to a drain.
-        unsafe { libc::poll(&raw mut pfd, 1, timeout) };
+        // SAFETY: valid pollfds, their count. EINTR and timeouts both just lead to a drain.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
     }
 
     fn drain(&mut self) -> Result<Batch, ReaderError> {
         let mut batch = Batch::default();
+        while let Some(item) = self.kills.next() {
+            batch.push_record(&item);
+        }
+        while batch.data.len() < BATCH_BYTES {
+            let Some(item) = self.control.next() else {
+                break;
+            };
+            batch.push_record(&item);
+        }
         while batch.data.len() < BATCH_BYTES {
             let Some(item) = self.ring.next() else { break };
             batch.push_record(&item);

@@ -12,7 +12,7 @@ use std::{
 use aya::{
     Ebpf,
     maps::Map,
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint, links::FdLink},
 };
 use tracing::{info, warn};
 
@@ -74,8 +74,8 @@ const fn raw(name: &'static str, category: &'static str, event: &'static str) ->
     }
 }
 
-/// Kills tasks of denied sessions and cgroups at their next syscall
-/// (`agent-ebpf/src/enforce.rs`), once the enforcer first denies one.
+/// Kills tasks of denied sessions and cgroups at their next syscall past their deadline
+/// (`agent-ebpf/src/enforce.rs`), once the enforcer first denies one; its link is pinned.
 pub const ENFORCE: Sensor = Sensor {
     name: "enforce",
     programs: &[raw("enforce_sys_enter", "raw_syscalls", "sys_enter")],
@@ -127,6 +127,8 @@ pub enum SensorError {
     },
     #[error("the {0} sensor cannot run: {1}")]
     Unavailable(&'static str, String),
+    #[error("the {0} sensor's link cannot be pinned: {1}")]
+    Pin(&'static str, String),
 }
 
 /// What starting the sensors did.
@@ -187,15 +189,36 @@ impl Programs {
         ))
     }
 
-    /// Attaches an on-demand sensor loaded by [`Programs::start`].
-    pub fn attach(&self, sensor: &Sensor) -> Result<(), SensorError> {
+    /// Attaches an on-demand sensor of one raw tracepoint program, loaded by
+    /// [`Programs::start`], through a link pinned at `pin`: it stays attached when this
+    /// agent exits, until the link is unpinned (`agent --uninstall`).
+    pub fn attach_pinned(&self, sensor: &Sensor, pin: &Path) -> Result<(), SensorError> {
         if let Some(reason) = sensor.programs.iter().find_map(Program::cannot_run) {
             return Err(SensorError::Unavailable(sensor.name, reason));
         }
+        let [program] = sensor.programs else {
+            return Err(SensorError::Unavailable(
+                sensor.name,
+                "only a sensor of one program can be pinned".into(),
+            ));
+        };
+        let Hook::Raw { name, .. } = program.hook else {
+            return Err(SensorError::Unavailable(
+                sensor.name,
+                "only a raw tracepoint is pinned".into(),
+            ));
+        };
         let mut ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
-        for program in sensor.programs {
-            attach(&mut ebpf, sensor, program)?;
-        }
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut(program.name)
+            .ok_or(SensorError::Missing(program.name))?
+            .try_into()
+            .map_err(wrap(sensor, program))?;
+        let id = prog.attach(name).map_err(wrap(sensor, program))?;
+        let link = FdLink::from(prog.take_link(id).map_err(wrap(sensor, program))?);
+        link.pin(pin)
+            .map_err(|e| SensorError::Pin(sensor.name, e.to_string()))?;
+        info!(sensor = sensor.name, program = program.name, pin = %pin.display(), "attached, pinned");
         Ok(())
     }
 

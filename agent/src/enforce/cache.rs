@@ -1,6 +1,7 @@
 //! The enforcer's durable state, in the spool directory: the last grant view (so grants hold
-//! through restarts and collector outages) and where each grant was used (so its end kills
-//! what used it, even after a restart). Written atomically, mode 0600: a crash leaves the
+//! through restarts and collector outages), where each grant was used (so its end kills
+//! what used it, even after a restart), and why each kernel deny entry exists (the entries
+//! outlive the agent, and a kill made while it was down must still name its grant). Written atomically, mode 0600: a crash leaves the
 //! old or the new contents, never a mix.
 
 use std::{
@@ -17,6 +18,27 @@ use crate::{capture::event::Target, evidence::write_private};
 
 const VIEW_FILE: &str = "grants.pb";
 const USAGE_FILE: &str = "grant-usage.json";
+const CAUSES_FILE: &str = "deny-causes.json";
+
+/// Why a kernel deny entry exists: its cause id is the index in the list.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Cause {
+    pub grant_id: String,
+    /// "expired", "revoked" or "violation".
+    pub reason: String,
+    pub target: Target,
+}
+
+/// The reason as the chain spells it; a cache edited to say something else says so.
+#[must_use]
+pub fn reason(text: &str) -> &'static str {
+    match text {
+        "expired" => "expired",
+        "revoked" => "revoked",
+        "violation" => "violation",
+        _ => "unknown",
+    }
+}
 
 /// Where each grant was used: what to kill when it ends.
 pub type Usage = HashMap<String, BTreeSet<Target>>;
@@ -53,6 +75,23 @@ impl Cache {
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()
+    }
+
+    #[must_use]
+    pub fn causes(&self) -> Vec<Cause> {
+        fs::read(self.dir.join(CAUSES_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save_causes(&self, causes: &[Cause]) {
+        let written = serde_json::to_vec(causes)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_private(&self.dir.join(CAUSES_FILE), &bytes));
+        if let Err(e) = written {
+            warn!(error = %e, "cannot save why the kernel denies what it denies");
+        }
     }
 
     pub fn save_view(&self, view: &GrantView) {

@@ -1,5 +1,6 @@
-//! Which grants have ended, by this host's clock: each grant ends once, at its expiry or
-//! its revocation, whichever came first.
+//! Which grants have ended, on the view's timeline (`View::at`): a grant ends once per
+//! end, at its expiry or its revocation, whichever came first. An extension gives it a new
+//! end, which ends it again.
 
 use std::collections::HashSet;
 
@@ -22,7 +23,8 @@ pub struct Ended {
 
 #[derive(Default)]
 pub struct Expiry {
-    ended: HashSet<String>,
+    /// Grant ids with the end they ended at.
+    ended: HashSet<(String, u64)>,
 }
 
 impl Expiry {
@@ -30,8 +32,7 @@ impl Expiry {
     pub fn due(&mut self, view: &View, now: u64) -> Vec<Ended> {
         let mut due = Vec::new();
         for (id, g) in &view.grants {
-            if end(g) <= now && !self.ended.contains(&**id) {
-                self.ended.insert(id.to_string());
+            if end(g) <= now && self.ended.insert((id.to_string(), end(g))) {
                 due.push(Ended {
                     id: id.to_string(),
                     kill: g.on_expiry() == OnExpiry::Kill,
@@ -51,15 +52,16 @@ impl Expiry {
     pub fn next_end(&self, view: &View) -> Option<u64> {
         view.grants
             .iter()
-            .filter(|(id, _)| !self.ended.contains(&**id))
-            .map(|(_, g)| end(g))
+            .map(|(id, g)| (id, end(g)))
+            .filter(|(id, end)| !self.ended.contains(&(id.to_string(), *end)))
+            .map(|(_, end)| end)
             .min()
     }
 
-    /// Whether grant `id` has ended.
+    /// Whether grant `id` has ended at `end`.
     #[must_use]
-    pub fn has_ended(&self, id: &str) -> bool {
-        self.ended.contains(id)
+    pub fn has_ended(&self, id: &str, end: u64) -> bool {
+        self.ended.contains(&(id.to_owned(), end))
     }
 }
 
@@ -90,6 +92,19 @@ mod tests {
         );
         assert!(e.due(&v, T0 + 20 * SEC).is_empty(), "a grant ends once");
         assert_eq!(e.next_end(&v), None);
+        let mut extended = view(vec![grant("g-1", &[], OnExpiry::Kill)], Mode::Alert);
+        extended.grants[0].expires_at_unix_nano += 30 * SEC;
+        let extended = View::adopt(Some(&v), extended, T0);
+        assert!(
+            e.due(&extended, T0 + 20 * SEC).is_empty(),
+            "extended past now"
+        );
+        assert_eq!(e.next_end(&extended), Some(T0 + 40 * SEC));
+        assert_eq!(
+            e.due(&extended, T0 + 40 * SEC).len(),
+            1,
+            "and ends at its new end"
+        );
         let revoked = View::adopt(Some(&v), view(Vec::new(), Mode::Alert), T0 + SEC);
         let mut e = Expiry::default();
         assert_eq!(e.due(&revoked, T0 + SEC)[0].reason, "revoked");

@@ -29,6 +29,9 @@ pub enum Action {
         target: Target,
         reason: &'static str,
     },
+    /// A process of session `born` moved itself to session `alias` (a loginuid write):
+    /// whatever ends `born` ends `alias` too.
+    Alias { born: Target, alias: Target },
 }
 
 pub struct Judge {
@@ -64,6 +67,17 @@ impl Judge {
         let mut out = Vec::with_capacity(batch.len());
         let mut actions = Vec::new();
         for mut item in batch {
+            if let Body::LoginuidChange {
+                born_session,
+                session: Some(session),
+                ..
+            } = item.event.body
+            {
+                actions.push(Action::Alias {
+                    born: Target::Session(born_session),
+                    alias: Target::Session(session),
+                });
+            }
             let (Some(process), Some(identity)) = (&item.event.process, &item.identity) else {
                 out.push(item);
                 continue;
@@ -72,11 +86,16 @@ impl Judge {
                 out.push(item);
                 continue;
             }
-            let now = self.clock.unix_ns(item.event.ktime_ns);
+            let ktime = item.event.ktime_ns;
+            let now = self
+                .view
+                .as_deref()
+                .map_or_else(|| self.clock.unix_ns(ktime), |v| v.at(ktime));
             let verdict = self.rules.judge(
                 self.view.as_deref(),
                 process,
                 identity,
+                item.elevated,
                 &item.event.body,
                 now,
             );
@@ -113,6 +132,7 @@ impl Judge {
                 identity: item.identity.clone(),
                 root: item.root,
                 grant: None,
+                elevated: item.elevated,
             };
             out.push(item);
             out.push(follow);
@@ -150,6 +170,7 @@ mod tests {
             identity: Some(Arc::new(alice())),
             root: None,
             grant: None,
+            elevated: false,
         }
     }
 

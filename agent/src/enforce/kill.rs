@@ -8,7 +8,10 @@ use std::{
     path::Path,
 };
 
-use crate::{capture::event::Target, identity::cgroup::cgroup_of};
+use crate::{
+    capture::event::Target,
+    identity::cgroup::{cgroup_dir, cgroup_of, subtree_pids},
+};
 
 /// Passes over /proc per kill: the second and third catch children forked during the one
 /// before (the kernel's deny map catches them too, at their first syscall).
@@ -29,11 +32,38 @@ fn belongs(pid: u32, target: Target, cgroup_root: Option<&Path>) -> bool {
     }
 }
 
-/// SIGKILLs every live process of `target` but this agent, and returns their pids. Each
-/// process is pinned by a pidfd before it is checked, so a pid recycled between the check
-/// and the signal cannot be hit.
+/// SIGKILLs every live process of `target` but this agent, and returns their pids. A
+/// cgroup is killed whole through `cgroup.kill`, its nested cgroups with it, which no fork
+/// can race; where the kernel lacks it, or this agent is inside, processes are killed one
+/// by one. Each is pinned by a pidfd before it is checked, so a pid recycled between the
+/// check and the signal cannot be hit.
 #[must_use]
 pub fn kill_live(target: Target, cgroup_root: Option<&Path>) -> Vec<u32> {
+    if let Target::Cgroup(id) = target
+        && let Some(killed) = cgroup_root.and_then(|root| kill_cgroup(root, id))
+    {
+        return killed;
+    }
+    kill_each(target, cgroup_root)
+}
+
+/// Writes `cgroup.kill` of cgroup `id`, returning the processes it held; `None` when that
+/// cannot be done.
+fn kill_cgroup(root: &Path, id: u64) -> Option<Vec<u32>> {
+    let dir = cgroup_dir(root, id)?;
+    let kill = dir.join("cgroup.kill");
+    if !kill.exists() {
+        return None;
+    }
+    let pids = subtree_pids(&dir);
+    if pids.contains(&std::process::id()) {
+        return None;
+    }
+    fs::write(&kill, "1").ok()?;
+    Some(pids)
+}
+
+fn kill_each(target: Target, cgroup_root: Option<&Path>) -> Vec<u32> {
     let me = std::process::id();
     let mut killed = Vec::new();
     for _ in 0..KILL_PASSES {

@@ -2,28 +2,41 @@
 //! places violations in the chain; everything that acts on the host happens here, in the
 //! enforcer, a task of its own off the event path: it adopts each grant view the collector
 //! sends (cached durably by `cache`, so grants hold through restarts and outages), ends
-//! grants on time by this host's clock (`expiry`), denies sessions and cgroups in the
-//! kernel (`kernel`) and kills their live processes (`kill`). Every kill, the kernel's
-//! included, is an event in the chain.
+//! grants on time on the view's monotonic timeline (`expiry`), writes each used kill-mode
+//! grant's end into the kernel's pinned deny maps as a boot-clock deadline (`kernel`), so
+//! the kernel kills at it even with the agent dead, and kills live processes (`kill`, and
+//! the `reaper` while no agent runs). Every kill, the kernel's and the reaper's included,
+//! is an event in the chain.
 
 pub mod cache;
 mod expiry;
 pub mod judge;
 mod kernel;
 mod kill;
+pub mod reaper;
 pub mod rules;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
-use proto::v1::{self, GrantView, grant::OnExpiry};
+use agent_common::enforce::Deny;
+use proto::{
+    grant::end,
+    v1::{self, GrantView, grant::OnExpiry},
+};
 use tokio::{
     sync::{mpsc, watch},
     task::block_in_place,
 };
 use tracing::{info, warn};
 
-pub use self::kernel::Kernel;
-use self::{cache::Cache, cache::Usage, expiry::Expiry, judge::Action, rules::View};
+pub use self::kernel::{Kernel, pin_dir, uninstall};
+use self::{
+    cache::{Cache, Cause, Usage},
+    expiry::Expiry,
+    judge::Action,
+    reaper::Reaper,
+    rules::View,
+};
 use crate::{
     capture::event::{Body, Event, Kill, Killer, Target},
     clock::{WallClock, boot_ns},
@@ -31,16 +44,8 @@ use crate::{
     identity::{attribute::Attributed, cgroup::cgroup2_mount},
 };
 
-/// The expiry clock looks at least this often, so a wall-clock step cannot hide an expiry
-/// for long.
+/// The expiry sweep looks at least this often.
 const TICK: Duration = Duration::from_secs(1);
-
-/// Why a deny entry exists, by the cause id the kernel's kill records carry.
-struct Cause {
-    grant_id: String,
-    reason: &'static str,
-    target: Target,
-}
 
 /// What the enforcer listens to.
 pub struct Inputs {
@@ -65,31 +70,77 @@ pub struct Enforcer {
     view: Option<Arc<View>>,
     usage: Usage,
     expiry: Expiry,
+    /// Why each deny entry exists, by the cause id the kernel's kill records carry; kept
+    /// in the cache, since the entries outlive this agent.
     causes: Vec<Cause>,
+    /// The deadline written for each target whose kill-mode grant is still running.
+    armed: HashMap<Target, u64>,
+    /// Sessions a process moved to by writing its loginuid, by the session it was born in.
+    aliases: HashMap<Target, Vec<Target>>,
     cache: Option<Cache>,
     kernel: Option<Kernel>,
+    reaper: Option<Reaper>,
     cgroup_root: Option<PathBuf>,
+    /// Kills made while no agent ran, to chain first.
+    pending: Vec<v1::Event>,
 }
 
 impl Enforcer {
-    /// Starts from what `cache` holds, if anything.
+    /// Starts from what `cache` holds, if anything, and the kills a reaper recorded.
     #[must_use]
-    pub fn new(cache: Option<Cache>, kernel: Option<Kernel>) -> Self {
-        let now = proto::time::now_unix_nano();
+    pub fn new(cache: Option<Cache>, kernel: Option<Kernel>, reaper: Option<Reaper>) -> Self {
+        // A cached view arrived before this agent started: its arrival on the boot clock
+        // is inferred once, from the wall clock.
+        let received = boot_ns().saturating_sub(
+            proto::time::now_unix_nano().saturating_sub(
+                cache
+                    .as_ref()
+                    .and_then(Cache::view)
+                    .map_or(0, |v| v.issued_unix_nano),
+            ),
+        );
         let view = cache
             .as_ref()
             .and_then(Cache::view)
-            .map(|v| Arc::new(View::adopt(None, v, now)));
-        Self {
+            .map(|v| Arc::new(View::adopt(None, v, received)));
+        let causes = cache.as_ref().map(Cache::causes).unwrap_or_default();
+        let mut enforcer = Self {
             clock: WallClock::now(),
             view,
             usage: cache.as_ref().map(Cache::usage).unwrap_or_default(),
             expiry: Expiry::default(),
-            causes: Vec::new(),
+            causes,
+            armed: HashMap::new(),
+            aliases: HashMap::new(),
             cache,
             kernel,
+            reaper,
             cgroup_root: cgroup2_mount(),
+            pending: Vec::new(),
+        };
+        let recorded = enforcer
+            .reaper
+            .as_ref()
+            .and_then(|r| r.spool.as_deref())
+            .map(reaper::take_reaped)
+            .unwrap_or_default();
+        for kill in recorded {
+            let event = Event {
+                ktime_ns: kill.boot_ns,
+                process: None,
+                body: Body::Kill(Kill {
+                    by: Killer::Reaper,
+                    cause: kill.cause,
+                    grant_id: String::new(),
+                    reason: "",
+                    target: Some(kill.target),
+                    pids: kill.pids,
+                }),
+            };
+            let event = enforcer.resolve(event);
+            enforcer.pending.push(event);
         }
+        enforcer
     }
 
     /// The view to judge by until the enforcer publishes another.
@@ -101,15 +152,18 @@ impl Enforcer {
     /// Runs until the pipeline stages feeding it have ended.
     pub async fn run(mut self, mut inputs: Inputs, out: Outputs) {
         let (mut actions_open, mut kills_open, mut views_open) = (true, true, true);
+        let mut events = std::mem::take(&mut self.pending);
         while actions_open || kills_open {
-            let now = proto::time::now_unix_nano();
             let wait = self
                 .view
                 .as_ref()
-                .and_then(|v| self.expiry.next_end(v))
-                .map_or(TICK, |end| Duration::from_nanos(end.saturating_sub(now)))
-                .min(TICK);
-            let mut events = Vec::new();
+                .and_then(|v| {
+                    let now = v.at(boot_ns());
+                    self.expiry
+                        .next_end(v)
+                        .map(|end| Duration::from_nanos(end.saturating_sub(now)))
+                })
+                .map_or(TICK, |wait| wait.min(TICK));
             tokio::select! {
                 changed = inputs.views.changed(), if views_open => match changed {
                     Ok(()) => {
@@ -135,15 +189,15 @@ impl Enforcer {
                 },
                 () = tokio::time::sleep(wait) => {}
             }
-            events.extend(self.sweep(proto::time::now_unix_nano()));
-            if !events.is_empty() && out.events.send(events).await.is_err() {
+            events.extend(self.sweep());
+            if !events.is_empty() && out.events.send(std::mem::take(&mut events)).await.is_err() {
                 return;
             }
         }
     }
 
     fn adopt(&mut self, view: GrantView) {
-        let view = View::adopt(self.view.as_deref(), view, proto::time::now_unix_nano());
+        let view = View::adopt(self.view.as_deref(), view, boot_ns());
         let ids: Vec<&str> = view.grants.iter().map(|(id, _)| &**id).collect();
         info!(grants = ?ids, "grant view adopted");
         crate::sinks::notify::grants(ids.iter().copied());
@@ -151,6 +205,115 @@ impl Enforcer {
             block_in_place(|| cache.save_view(&view.to_proto()));
         }
         self.view = Some(Arc::new(view));
+        // An extension moves deadlines later, a revocation to now.
+        let targets: Vec<Target> = self.usage.values().flatten().copied().collect();
+        for target in targets {
+            self.arm(target);
+        }
+    }
+
+    /// Writes `target`'s deadline into the kernel: the earliest end of the kill-mode grants
+    /// it used. A deadline already passed there stays: what died stays dead.
+    fn arm(&mut self, target: Target) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let Some((grant, deadline)) = view
+            .grants
+            .iter()
+            .filter(|(id, g)| {
+                g.on_expiry() == OnExpiry::Kill
+                    && self.usage.get(&**id).is_some_and(|t| t.contains(&target))
+            })
+            .map(|(id, g)| (id, view.boot_at(end(g))))
+            .min_by_key(|(_, deadline)| *deadline)
+        else {
+            return;
+        };
+        if self.armed.get(&target) == Some(&deadline) {
+            return;
+        }
+        let passed = |k: &Kernel| k.deadline(target).is_some_and(|d| d <= boot_ns());
+        if self.kernel.as_ref().is_none_or(passed) {
+            return;
+        }
+        let cause = self.cause(grant.to_string(), "expired", target);
+        let Some(kernel) = &mut self.kernel else {
+            return;
+        };
+        match kernel.deny(target, Deny::new(cause, deadline)) {
+            Ok(()) => {
+                info!(
+                    ?target,
+                    grant = &**grant,
+                    in_ms = deadline.saturating_sub(boot_ns()) / 1_000_000,
+                    "deadline armed in the kernel"
+                );
+                self.armed.insert(target, deadline);
+                if let Some(reaper) = &self.reaper
+                    && let Err(e) = reaper.ensure_running()
+                {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "no reaper: idle tasks die only while the agent runs"
+                    );
+                }
+            }
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                ?target,
+                "cannot arm a deadline in the kernel; the agent's own sweep enforces it"
+            ),
+        }
+    }
+
+    /// Makes `alias` share `born`'s fate: the grants `born` used, its deadline, and its
+    /// death if that has come.
+    fn alias(&mut self, born: Target, alias: Target) -> Option<v1::Event> {
+        let aliases = self.aliases.entry(born).or_default();
+        if aliases.contains(&alias) {
+            return None;
+        }
+        aliases.push(alias);
+        info!(
+            ?born,
+            ?alias,
+            "a process left its session: enforced as the one it was born in"
+        );
+        for targets in self.usage.values_mut() {
+            if targets.contains(&born) {
+                targets.insert(alias);
+            }
+        }
+        if let Some(cache) = &self.cache {
+            block_in_place(|| cache.save_usage(&self.usage));
+        }
+        self.arm(alias);
+        let now = boot_ns();
+        let passed = self
+            .kernel
+            .as_ref()
+            .and_then(|k| k.get(born))
+            .filter(|deny| deny.deadline_ns <= now)?;
+        let cause = self.causes.get(passed.cause as usize).cloned();
+        let (grant, reason) = cause.map_or((String::new(), "violation"), |c| {
+            (c.grant_id, cache::reason(&c.reason))
+        });
+        Some(self.kill(alias, grant, reason))
+    }
+
+    /// A new cause id, kept durably.
+    fn cause(&mut self, grant_id: String, reason: &'static str, target: Target) -> u32 {
+        let cause = u32::try_from(self.causes.len()).unwrap_or(u32::MAX);
+        self.causes.push(Cause {
+            grant_id,
+            reason: reason.to_owned(),
+            target,
+        });
+        if let Some(cache) = &self.cache {
+            block_in_place(|| cache.save_causes(&self.causes));
+        }
+        cause
     }
 
     fn act(&mut self, action: Action) -> Option<v1::Event> {
@@ -167,26 +330,29 @@ impl Enforcer {
                 if let Some(cache) = &self.cache {
                     block_in_place(|| cache.save_usage(&self.usage));
                 }
+                self.arm(target);
                 // Used just as it ended: the sweep that ended it did not know this target.
-                let killing = self.expiry.has_ended(&grant)
-                    && self.view.as_ref().is_some_and(|v| {
-                        v.grants
-                            .iter()
-                            .any(|(id, g)| *id == grant && g.on_expiry() == OnExpiry::Kill)
-                    });
+                let killing = self.view.as_ref().is_some_and(|v| {
+                    v.grants.iter().any(|(id, g)| {
+                        *id == grant
+                            && g.on_expiry() == OnExpiry::Kill
+                            && self.expiry.has_ended(id, end(g))
+                    })
+                });
                 killing.then(|| self.kill(target, grant.to_string(), "expired"))
             }
             Action::Kill { target, reason } => Some(self.kill(target, String::new(), reason)),
+            Action::Alias { born, alias } => self.alias(born, alias),
         }
     }
 
     /// Ends every grant whose end has come: with `on_expiry: kill`, what used it is denied
     /// and killed. Returns the kill events.
-    fn sweep(&mut self, now: u64) -> Vec<v1::Event> {
+    fn sweep(&mut self) -> Vec<v1::Event> {
         let Some(view) = self.view.clone() else {
             return Vec::new();
         };
-        let ended = self.expiry.due(&view, now);
+        let ended = self.expiry.due(&view, view.at(boot_ns()));
         if ended.is_empty() {
             return Vec::new();
         }
@@ -212,11 +378,12 @@ impl Enforcer {
         events
     }
 
-    /// Denies `target` in the kernel, then kills its live processes.
+    /// Denies `target` in the kernel at once, then kills its live processes.
     fn kill(&mut self, target: Target, grant_id: String, reason: &'static str) -> v1::Event {
-        let cause = u32::try_from(self.causes.len()).unwrap_or(u32::MAX);
+        let cause = self.cause(grant_id.clone(), reason, target);
+        self.armed.remove(&target);
         if let Some(kernel) = &mut self.kernel
-            && let Err(e) = kernel.deny(target, cause)
+            && let Err(e) = kernel.deny(target, Deny::new(cause, 0))
         {
             warn!(
                 error = format!("{e:#}"),
@@ -224,13 +391,23 @@ impl Enforcer {
                 "cannot deny in the kernel; killing from here only"
             );
         }
-        let pids = block_in_place(|| kill::kill_live(target, self.cgroup_root.as_deref()));
+        let mut pids = block_in_place(|| kill::kill_live(target, self.cgroup_root.as_deref()));
+        // The sessions its processes moved to die with it.
+        for alias in self.aliases.get(&target).cloned().unwrap_or_default() {
+            if let Some(kernel) = &mut self.kernel
+                && let Err(e) = kernel.deny(alias, Deny::new(cause, 0))
+            {
+                warn!(
+                    error = format!("{e:#}"),
+                    ?alias,
+                    "cannot deny in the kernel"
+                );
+            }
+            pids.extend(block_in_place(|| {
+                kill::kill_live(alias, self.cgroup_root.as_deref())
+            }));
+        }
         info!(?target, grant = grant_id, reason, ?pids, "killed");
-        self.causes.push(Cause {
-            grant_id: grant_id.clone(),
-            reason,
-            target,
-        });
         self.encode(Event {
             ktime_ns: boot_ns(),
             process: None,
@@ -245,14 +422,15 @@ impl Enforcer {
         })
     }
 
-    /// A kill the kernel made, with the grant and reason of the deny entry behind it.
+    /// A kill the kernel or the reaper made, with the grant and reason of the deny entry
+    /// behind it.
     fn resolve(&mut self, mut event: Event) -> v1::Event {
         if let Body::Kill(kill) = &mut event.body
-            && kill.by == Killer::Kernel
+            && kill.by != Killer::Agent
             && let Some(cause) = self.causes.get(kill.cause as usize)
         {
             kill.grant_id.clone_from(&cause.grant_id);
-            kill.reason = cause.reason;
+            kill.reason = cache::reason(&cause.reason);
             kill.target = Some(cause.target);
         }
         self.encode(event)

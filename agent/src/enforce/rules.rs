@@ -28,20 +28,28 @@ pub struct FailClosed {
 
 /// The grants and policy the agent holds: the collector's last view, with the grant ids
 /// shared so a covered event does not copy its grant's id.
+///
+/// Grants are judged on the collector's timeline, never on this host's wall clock: an
+/// instant is the view's issue time plus the `CLOCK_BOOTTIME` elapsed since the view
+/// arrived ([`View::at`]). So a grant's remaining time is what the collector said it was,
+/// counted down by a clock no one can step, and a revocation takes effect on receipt.
 #[derive(Clone, Debug, Default)]
 pub struct View {
     pub grants: Vec<(Arc<str>, Grant)>,
     pub policy: Option<Policy>,
-    /// When the collector made it: staleness counts from here.
+    /// When the collector made it, by the collector's clock.
     pub issued_unix_nano: u64,
+    /// When it arrived, by this host's `CLOCK_BOOTTIME`.
+    pub received_boot_ns: u64,
 }
 
 impl View {
-    /// Adopts `new` from the collector at `now`. A grant that was in `old` and is missing
-    /// from `new`, before its end, is taken as revoked now: losing sight of a grant must not
-    /// extend it.
+    /// Adopts `new`, received at boot-clock instant `received_boot_ns`. A grant that was in
+    /// `old` and is missing from `new`, before its end, is taken as revoked when `new` was
+    /// issued: losing sight of a grant must not extend it.
     #[must_use]
-    pub fn adopt(old: Option<&Self>, mut new: GrantView, now: u64) -> Self {
+    pub fn adopt(old: Option<&Self>, mut new: GrantView, received_boot_ns: u64) -> Self {
+        let now = new.issued_unix_nano;
         if let Some(old) = old {
             for (id, grant) in &old.grants {
                 if end(grant) > now && !new.grants.iter().any(|g| *g.id == **id) {
@@ -60,7 +68,28 @@ impl View {
                 .collect(),
             policy: new.policy,
             issued_unix_nano: new.issued_unix_nano,
+            received_boot_ns,
         }
+    }
+
+    /// The collector's time at boot-clock instant `boot_ns`.
+    #[must_use]
+    pub fn at(&self, boot_ns: u64) -> u64 {
+        if boot_ns >= self.received_boot_ns {
+            self.issued_unix_nano
+                .saturating_add(boot_ns - self.received_boot_ns)
+        } else {
+            self.issued_unix_nano
+                .saturating_sub(self.received_boot_ns - boot_ns)
+        }
+    }
+
+    /// The boot-clock instant at which the collector's time reaches `unix_ns` (at once, if
+    /// it had already when the view was issued).
+    #[must_use]
+    pub fn boot_at(&self, unix_ns: u64) -> u64 {
+        self.received_boot_ns
+            .saturating_add(unix_ns.saturating_sub(self.issued_unix_nano))
     }
 
     /// The form it is cached in.
@@ -99,14 +128,15 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Judges an event of `process`, attributed to `identity`, at wall-clock `now`. Only
-    /// execs and terminal activity are judged.
+    /// Judges an event of `process`, attributed to `identity`, at `now` on the view's
+    /// timeline ([`View::at`]). Only execs and terminal activity are judged.
     #[must_use]
     pub fn judge(
         &self,
         view: Option<&View>,
         process: &Process,
         identity: &Identity,
+        elevated: bool,
         body: &Body,
         now: u64,
     ) -> Verdict {
@@ -133,7 +163,7 @@ impl Rules {
         }
         let policy = view.and_then(|v| v.policy.as_ref());
         let needs = |p: &Policy| {
-            let root_exec = p.root_exec && exec && human_root(process, identity);
+            let root_exec = p.root_exec && exec && human_root(process, identity, elevated);
             let guarded = identity.kind != Kind::Human
                 && p.guarded
                     .iter()
@@ -148,7 +178,7 @@ impl Rules {
             // revocation.
             (Some((true, _) | (_, true)), Some(fail)) => ("stale_grants", fail.kill),
             // No policy was ever received: root activity of humans is what fails closed.
-            (None, Some(fail)) if exec && human_root(process, identity) => {
+            (None, Some(fail)) if exec && human_root(process, identity, elevated) => {
                 ("stale_grants", fail.kill)
             }
             _ => return Verdict::default(),
@@ -181,12 +211,14 @@ pub fn target_of(process: &Process, identity: &Identity) -> Target {
     }
 }
 
-/// A human acting as root: a setuid-root exec (sudo, su, pkexec) or anything in a root
-/// login. Root's own work inside a user's login (PAM modules, the motd scripts) is not.
-fn human_root(process: &Process, identity: &Identity) -> bool {
+/// A human acting as root: a setuid-root exec (sudo, su, pkexec), anything `elevated` by
+/// one (the `sudo -i` or `su -` shell and what it runs, though their uid is 0), or anything
+/// in a root login. Root's own work inside a user's login (PAM modules, the motd scripts)
+/// is not.
+fn human_root(process: &Process, identity: &Identity, elevated: bool) -> bool {
     identity.kind == Kind::Human
         && process.euid == 0
-        && (process.uid != 0 || process.loginuid == Some(0))
+        && (process.uid != 0 || process.loginuid == Some(0) || elevated)
 }
 
 fn detail(body: &Body) -> String {
@@ -291,7 +323,7 @@ pub(crate) mod tests {
 
     fn judge(rules: &Rules, view: Option<&View>, euid: u32, who: &Identity, now: u64) -> Verdict {
         let (process, body) = sudo(euid);
-        rules.judge(view, &process, who, &body, now)
+        rules.judge(view, &process, who, false, &body, now)
     }
 
     #[test]
@@ -360,11 +392,44 @@ pub(crate) mod tests {
             view(vec![grant("g-1", &[], OnExpiry::Kill)], Mode::Alert),
             T0,
         );
-        let new = View::adopt(Some(&old), view(Vec::new(), Mode::Alert), T0 + 2 * SEC);
+        // Revoked as of the new view's issue, whenever it arrives.
+        let issued_at = |t| GrantView {
+            issued_unix_nano: t,
+            ..view(Vec::new(), Mode::Alert)
+        };
+        let new = View::adopt(Some(&old), issued_at(T0 + 2 * SEC), 5);
         assert_eq!(new.grants.len(), 1);
         assert_eq!(new.grants[0].1.revoked_unix_nano, T0 + 2 * SEC);
-        let gone = View::adopt(Some(&new), view(Vec::new(), Mode::Alert), T0 + 3 * SEC);
+        let gone = View::adopt(Some(&new), issued_at(T0 + 12 * SEC), 6);
         assert!(gone.grants.is_empty(), "an ended grant is not carried on");
+    }
+
+    /// The view's timeline is the collector's issue time plus boot time since arrival: the
+    /// host's wall clock has no part in it.
+    #[test]
+    fn the_view_counts_time_on_the_boot_clock_from_its_arrival() {
+        let v = View::adopt(None, view(Vec::new(), Mode::Alert), 1_000);
+        assert_eq!(v.at(1_000), T0);
+        assert_eq!(v.at(1_000 + SEC), T0 + SEC);
+        assert_eq!(v.at(0), T0 - 1_000);
+        assert_eq!(v.boot_at(T0 + 10 * SEC), 1_000 + 10 * SEC);
+        assert_eq!(v.boot_at(T0 - SEC), 1_000, "already passed: at once");
+    }
+
+    /// A `sudo -i` shell runs with uid 0: only its elevation says a human acts as root.
+    #[test]
+    fn an_elevated_root_shell_is_judged_as_the_human_acting_as_root() {
+        let r = rules(None);
+        let v = View::adopt(None, view(Vec::new(), Mode::Alert), T0);
+        let (mut process, body) = sudo(0);
+        process.uid = 0;
+        let plain = r.judge(Some(&v), &process, &alice(), false, &body, T0 + SEC);
+        assert!(
+            plain.violation.is_none(),
+            "root's own work in a login is not"
+        );
+        let elevated = r.judge(Some(&v), &process, &alice(), true, &body, T0 + SEC);
+        assert_eq!(elevated.violation.map(|v| v.rule), Some("root_exec"));
     }
 
     #[test]

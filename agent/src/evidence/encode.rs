@@ -41,6 +41,7 @@ pub fn encode(item: Attributed, clock: &WallClock) -> v1::Event {
         identity,
         root,
         grant,
+        elevated,
     } = item;
     v1::Event {
         time_unix_nano: clock.unix_ns(event.ktime_ns),
@@ -56,6 +57,7 @@ pub fn encode(item: Attributed, clock: &WallClock) -> v1::Event {
             cgroup_id: p.cgroup_id,
             tty: p.tty.map(|d| d.to_string()).unwrap_or_default(),
             comm: p.comm,
+            elevated,
         }),
         identity: identity.map(|i| v1::Identity {
             kind: i.kind.into(),
@@ -144,6 +146,22 @@ fn body(body: Body) -> v1::event::Body {
             action: action.to_owned(),
             detail,
         }),
+        Body::LoginuidChange {
+            born_loginuid,
+            born_session,
+            loginuid,
+            session,
+        } => B::Alert(v1::Alert {
+            kind: "loginuid_change".into(),
+            message: format!(
+                "wrote its loginuid: {} in session {born_session} became {} in session {}; it \
+                 stays attributed to, and enforced as, session {born_session}",
+                audit_text(born_loginuid),
+                audit_text(loginuid),
+                audit_text(session),
+            ),
+            ..v1::Alert::default()
+        }),
         Body::Kill(kill) => B::Kill(v1::Kill {
             reason: kill.reason.to_owned(),
             sessionid: kill.sessionid(),
@@ -153,4 +171,9 @@ fn body(body: Body) -> v1::event::Body {
             pids: kill.pids,
         }),
     }
+}
+
+/// An audit id as the evidence words it: "unset" for the kernel's unset value.
+fn audit_text(id: Option<u32>) -> String {
+    id.map_or_else(|| "unset".to_owned(), |id| id.to_string())
 }

@@ -24,15 +24,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use proto::v1::{
-    AgentMessage, ChainedEvent, CollectorMessage, EventBatch, Hello, agent_message::Msg,
-    collector_message, ingest_client::IngestClient,
+    AgentMessage, ChainedEvent, CollectorMessage, EventBatch, Heartbeat, Hello, Welcome,
+    agent_message::Msg, collector_message, ingest_client::IngestClient,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::{
     control::{Control, Ledger, Trims},
-    link::Link,
+    link::{Link, SigningIdentity},
     log::HostLog,
     spool::{self, Durable, FRAME_HEADER, read_frames},
 };
@@ -47,6 +47,9 @@ const CHECKPOINT_BUSY: Duration = Duration::from_secs(1);
 /// And at least this often when none do, so that "nothing happened" is attested too.
 const CHECKPOINT_IDLE: Duration = Duration::from_mins(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often the agent tells the collector it is alive when it has nothing else to say
+/// (docs/grants.md, "Liveness").
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 pub struct Shipper {
     pub link: Link,
@@ -78,6 +81,42 @@ impl Shipper {
 
     /// One connection: Hello, Welcome, then records out and acks in until either side ends.
     /// `Ok` only when the spool stage has ended and everything durable was sent.
+    /// The host's log as this connection continues it, after the Welcome's log state is
+    /// checked against this host's receipts: a collector behind one it cosigned is chained
+    /// as rolled back.
+    async fn host_log(
+        &mut self,
+        identity: &SigningIdentity,
+        welcome: &Welcome,
+        chains: &[String],
+    ) -> anyhow::Result<HostLog> {
+        let state = welcome
+            .log
+            .as_ref()
+            .context("the collector sent no log state: it predates signed checkpoints")?;
+        if state.origin != identity.signer.name() {
+            bail!(
+                "the collector names this host's log {:?}, not {:?}: another deployment's CA?",
+                state.origin,
+                identity.signer.name()
+            );
+        }
+        if let Some(largest) =
+            self.control
+                .receipts
+                .welcome(&identity.ca_pem, &identity.deployment, state)?
+        {
+            self.control.rollback(&self.host, state.size, largest).await;
+        }
+        HostLog::open(
+            &self.dir,
+            chains,
+            identity.signer.clone(),
+            welcome,
+            Arc::clone(&self.control.receipts),
+        )
+    }
+
     async fn connection(&mut self) -> anyhow::Result<()> {
         let channel = self
             .link
@@ -110,33 +149,7 @@ impl Shipper {
         let ledger = Arc::new(Ledger::default());
         let identity = self.link.signing_identity(&self.host)?;
         let log = match &identity {
-            Some(identity) => {
-                let state = welcome
-                    .log
-                    .as_ref()
-                    .context("the collector sent no log state: it predates signed checkpoints")?;
-                if state.origin != identity.signer.name() {
-                    bail!(
-                        "the collector names this host's log {:?}, not {:?}: another deployment's CA?",
-                        state.origin,
-                        identity.signer.name()
-                    );
-                }
-                if let Some(largest) =
-                    self.control
-                        .receipts
-                        .welcome(&identity.ca_pem, &identity.deployment, state)?
-                {
-                    self.control.rollback(&self.host, state.size, largest).await;
-                }
-                Some(HostLog::open(
-                    &self.dir,
-                    &chains,
-                    identity.signer.clone(),
-                    &welcome,
-                    Arc::clone(&self.control.receipts),
-                )?)
-            }
+            Some(identity) => Some(self.host_log(identity, &welcome, &chains).await?),
             None => None,
         };
         let mut next = HashMap::new();
@@ -162,10 +175,16 @@ impl Shipper {
             tx.clone(),
         ));
         let signer = identity.map(|i| i.signer);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
             tokio::select! {
                 sent = &mut sender => {
                     return sent.context("the spool reader panicked")?;
+                }
+                _ = heartbeat.tick() => {
+                    let beat = AgentMessage { msg: Some(Msg::Heartbeat(Heartbeat {})) };
+                    // A full queue already tells the collector this host is alive.
+                    let _ = tx.try_send(beat);
                 }
                 message = inbound.message() => {
                     let Some(message) = message.context("the collector ended the stream")? else {

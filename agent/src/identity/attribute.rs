@@ -28,6 +28,8 @@ pub struct Attributed {
     /// The grant the judge found covering the event (a registration's own grant is in
     /// `identity`).
     pub grant: Option<Arc<str>>,
+    /// Its process is, or descends from, a setuid-root exec in its login session.
+    pub elevated: bool,
 }
 
 impl Attributed {
@@ -39,6 +41,7 @@ impl Attributed {
             identity: None,
             root: None,
             grant: None,
+            elevated: false,
         }
     }
 }
@@ -61,19 +64,39 @@ impl Attribute {
     /// Attributes one batch, in order.
     pub fn process(&mut self, events: Vec<Event>) -> Vec<Attributed> {
         let _span = debug_span!("batch", events = events.len()).entered();
-        events
-            .into_iter()
-            .map(|mut event| {
-                let root = self.table.observe(&mut event);
-                let identity = event.process.as_ref().map(|p| self.attributor.identify(p));
-                Attributed {
-                    event,
-                    identity,
-                    root,
-                    grant: None,
-                }
-            })
-            .collect()
+        let mut out = Vec::with_capacity(events.len());
+        for mut event in events {
+            let raw = event.process.clone();
+            if let Some(change) = self.table.keep_birth_session(&mut event) {
+                // The change is recorded with the process as the kernel saw it, and judged
+                // like the process's other activity: by the session it was born in.
+                let mut item = self.attribute(Event {
+                    ktime_ns: event.ktime_ns,
+                    process: event.process.clone(),
+                    body: change,
+                });
+                item.event.process = raw;
+                out.push(item);
+            }
+            out.push(self.attribute(event));
+        }
+        out
+    }
+
+    fn attribute(&mut self, mut event: Event) -> Attributed {
+        let root = self.table.observe(&mut event);
+        let identity = event.process.as_ref().map(|p| self.attributor.identify(p));
+        let elevated = event
+            .process
+            .as_ref()
+            .is_some_and(|p| self.table.elevated(p.tgid));
+        Attributed {
+            event,
+            identity,
+            root,
+            grant: None,
+            elevated,
+        }
     }
 }
 

@@ -85,6 +85,39 @@ pub(crate) fn cgroup_of(root: &Path, pid: u32) -> Option<(String, u64)> {
     Some((path.to_owned(), meta.ino()))
 }
 
+/// The directory of the cgroup whose id (inode) is `id`, under the hierarchy at `root`.
+pub(crate) fn cgroup_dir(root: &Path, id: u64) -> Option<PathBuf> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            return Some(dir);
+        }
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    None
+}
+
+/// Every process in the cgroup at `dir` and the cgroups below it.
+pub(crate) fn subtree_pids(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    pids
+}
+
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
 /// on hybrid hosts).
 pub(crate) fn cgroup2_mount() -> Option<PathBuf> {

@@ -13,8 +13,11 @@ struct Entry {
     ppid: u32,
     image: Option<String>,
     sessionid: Option<u32>,
+    loginuid: Option<u32>,
     /// `CLOCK_BOOTTIME` nanoseconds.
     start_ns: u64,
+    /// It is, or descends from, a setuid-root exec in a login session.
+    elevated: bool,
 }
 
 /// The process an audit session began in.
@@ -35,6 +38,8 @@ const MAX_DEPTH: usize = 256;
 pub struct ProcessTable {
     procs: HashMap<u32, Entry>,
     roots: HashMap<u32, SessionRoot>,
+    /// Audit sessions made by a loginuid write inside a login, to the session it was in.
+    aliases: HashMap<u32, u32>,
 }
 
 impl ProcessTable {
@@ -59,26 +64,51 @@ impl ProcessTable {
             else {
                 continue;
             };
-            let sessionid = fs::read_to_string(dir.join("sessionid"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .and_then(audit_id);
+            let audit = |file| {
+                fs::read_to_string(dir.join(file))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .and_then(audit_id)
+            };
+            let (sessionid, loginuid) = (audit("sessionid"), audit("loginuid"));
             let image = fs::read_link(dir.join("exe"))
                 .ok()
                 .map(|p| p.to_string_lossy().into_owned());
+            // Seen before its exec was: a setuid-root image is told by its real and
+            // effective uids now.
+            let elevated = sessionid.is_some()
+                && fs::read_to_string(dir.join("status"))
+                    .ok()
+                    .as_deref()
+                    .and_then(parse_uids)
+                    .is_some_and(|(real, effective)| effective == 0 && real != 0);
             procs.insert(
                 pid,
                 Entry {
                     ppid: parent,
                     image,
                     sessionid,
+                    loginuid,
                     start_ns: start_ticks * ticks_ns,
+                    elevated,
                 },
             );
+        }
+        // What such a process started before the agent did is elevated too.
+        let inherited: Vec<u32> = procs
+            .iter()
+            .filter(|(pid, e)| !e.elevated && elevated_ancestor(&procs, **pid))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in inherited {
+            if let Some(entry) = procs.get_mut(&pid) {
+                entry.elevated = true;
+            }
         }
         Self {
             procs,
             roots: HashMap::new(),
+            aliases: HashMap::new(),
         }
     }
 
@@ -98,20 +128,24 @@ impl ProcessTable {
     pub fn observe(&mut self, event: &mut Event) -> Option<SessionRoot> {
         let process = event.process.as_ref()?;
         let (tgid, ppid, sessionid) = (process.tgid, process.ppid, process.sessionid);
+        let loginuid = process.loginuid;
         match &mut event.body {
             Body::Fork => {
                 // The record carries the forking parent's credentials, so they are the
                 // parent's news as much as the child's.
                 let parent = self.procs.entry(ppid).or_default();
                 parent.sessionid = sessionid;
-                let image = parent.image.clone();
+                parent.loginuid = loginuid;
+                let (image, elevated) = (parent.image.clone(), parent.elevated);
                 self.procs.insert(
                     tgid,
                     Entry {
                         ppid,
                         image,
                         sessionid,
+                        loginuid,
                         start_ns: event.ktime_ns,
+                        elevated,
                     },
                 );
             }
@@ -126,6 +160,12 @@ impl ProcessTable {
                 });
                 entry.image = Some(filename.clone());
                 entry.sessionid = sessionid;
+                entry.loginuid = loginuid;
+                // The exec record carries the credentials the new image runs with: a real
+                // user gaining euid 0 is a setuid-root program (sudo, su, pkexec). It and
+                // everything it starts act as root for the human behind the session,
+                // whatever uid they later set.
+                entry.elevated |= sessionid.is_some() && process.euid == 0 && process.uid != 0;
             }
             Body::Exit { filename, .. } => {
                 let root = sessionid.map(|s| self.root_of(tgid, s));
@@ -143,6 +183,55 @@ impl ProcessTable {
             }
         }
         sessionid.map(|s| self.root_of(tgid, s))
+    }
+
+    /// Keeps a process in the login session it was born in. A process whose record names
+    /// another audit session than the one the table knows it by has written its loginuid:
+    /// the record is given back the session and loginuid it was born with (so it stays
+    /// attributed to, and enforced as, that session), and the change is returned, once per
+    /// new session. A process that gains its first session (`pam_loginuid` at a login)
+    /// changes nothing here.
+    pub fn keep_birth_session(&mut self, event: &mut Event) -> Option<Body> {
+        let process = event.process.as_mut()?;
+        // A fork record carries the forking parent's credentials.
+        let subject = if matches!(event.body, Body::Fork) {
+            process.ppid
+        } else {
+            process.tgid
+        };
+        let entry = self.procs.get(&subject)?;
+        let born = entry.sessionid?;
+        let born_session = self.aliases.get(&born).copied().unwrap_or(born);
+        if process.sessionid == Some(born) {
+            return None;
+        }
+        let change = Body::LoginuidChange {
+            born_loginuid: entry.loginuid,
+            born_session,
+            loginuid: process.loginuid,
+            session: process.sessionid,
+        };
+        process.sessionid = Some(born);
+        process.loginuid = entry.loginuid;
+        let Body::LoginuidChange {
+            session: Some(new), ..
+        } = change
+        else {
+            return Some(change);
+        };
+        if self.aliases.len() >= ROOTS_MAX {
+            self.aliases.clear();
+        }
+        self.aliases
+            .insert(new, born_session)
+            .is_none()
+            .then_some(change)
+    }
+
+    /// Whether process `tgid` is, or descends from, a setuid-root exec in a login session.
+    #[must_use]
+    pub fn elevated(&self, tgid: u32) -> bool {
+        self.procs.get(&tgid).is_some_and(|e| e.elevated)
     }
 
     /// The session's root: from `tgid`, the furthest ancestor still in session `s`.
@@ -175,6 +264,39 @@ impl ProcessTable {
         self.roots.insert(s, root);
         root
     }
+}
+
+/// Whether an ancestor of `pid` in its session is elevated.
+fn elevated_ancestor(procs: &HashMap<u32, Entry>, pid: u32) -> bool {
+    let Some(session) = procs.get(&pid).and_then(|e| e.sessionid) else {
+        return false;
+    };
+    let mut at = pid;
+    for _ in 0..MAX_DEPTH {
+        let Some(parent) = procs
+            .get(&at)
+            .map(|e| e.ppid)
+            .filter(|p| *p != at)
+            .and_then(|p| Some((p, procs.get(&p)?)))
+        else {
+            return false;
+        };
+        if parent.1.sessionid != Some(session) {
+            return false;
+        }
+        if parent.1.elevated {
+            return true;
+        }
+        at = parent.0;
+    }
+    false
+}
+
+/// `(real, effective)` uids from `/proc/PID/status`.
+fn parse_uids(status: &str) -> Option<(u32, u32)> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(str::parse::<u32>);
+    Some((ids.next()?.ok()?, ids.next()?.ok()?))
 }
 
 /// `(ppid, starttime in clock ticks)` from `/proc/PID/stat`; the command name may hold
@@ -243,6 +365,86 @@ mod tests {
         let stat = "42 (a) b (c)) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987 1 2";
         assert_eq!(parse_stat(stat), Some((7, 987)));
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_setuid_root_exec_elevates_what_it_starts_in_its_session() {
+        let mut table = ProcessTable::default();
+        let as_user = |mut e: Event, uid, euid| {
+            let p = e.process.as_mut().unwrap();
+            (p.uid, p.euid) = (uid, euid);
+            e
+        };
+        // alice's shell (uid 1000) forks and execs sudo: euid 0, uid 1000.
+        table.observe(&mut as_user(
+            event(10, 1, Some(7), 0, Body::Fork),
+            1000,
+            1000,
+        ));
+        table.observe(&mut as_user(
+            event(20, 10, Some(7), 0, Body::Fork),
+            1000,
+            1000,
+        ));
+        assert!(!table.elevated(20));
+        table.observe(&mut as_user(
+            event(20, 10, Some(7), 0, exec("/usr/bin/sudo")),
+            1000,
+            0,
+        ));
+        assert!(table.elevated(20), "sudo itself");
+        // sudo -i: a root shell (uid 0) and what it runs.
+        table.observe(&mut event(30, 20, Some(7), 0, Body::Fork));
+        table.observe(&mut event(30, 20, Some(7), 0, exec("/bin/bash")));
+        table.observe(&mut event(40, 30, Some(7), 0, Body::Fork));
+        table.observe(&mut event(40, 30, Some(7), 0, exec("/usr/bin/id")));
+        assert!(
+            table.elevated(30) && table.elevated(40),
+            "the root shell and its child"
+        );
+        assert!(!table.elevated(10), "the user's own shell is not");
+        // Root's own work outside any login session (a daemon running setuid) is not.
+        table.observe(&mut as_user(
+            event(60, 1, None, 0, exec("/usr/bin/passwd")),
+            1000,
+            0,
+        ));
+        assert!(!table.elevated(60));
+    }
+
+    #[test]
+    fn a_process_keeps_the_session_it_was_born_in() {
+        let mut table = ProcessTable::default();
+        let with = |mut e: Event, loginuid| {
+            e.process.as_mut().unwrap().loginuid = loginuid;
+            e
+        };
+        table.observe(&mut with(event(10, 1, Some(7), 0, Body::Fork), Some(1000)));
+        // Its first session, from pam_loginuid at a login, is no change.
+        let mut login = with(event(5, 1, None, 0, Body::Fork), None);
+        table.observe(&mut login);
+        let mut first = with(event(5, 1, Some(8), 0, exec("/bin/sh")), Some(1000));
+        assert_eq!(table.keep_birth_session(&mut first), None);
+        // A loginuid write: session 7 becomes 9, loginuid 1000 becomes 4242.
+        let mut moved = with(event(10, 1, Some(9), 0, exec("/bin/sleep")), Some(4242));
+        assert_eq!(
+            table.keep_birth_session(&mut moved),
+            Some(Body::LoginuidChange {
+                born_loginuid: Some(1000),
+                born_session: 7,
+                loginuid: Some(4242),
+                session: Some(9),
+            })
+        );
+        let p = moved.process.as_ref().unwrap();
+        assert_eq!((p.sessionid, p.loginuid), (Some(7), Some(1000)));
+        table.observe(&mut moved);
+        // Reported once; its children are born in session 7 too.
+        let mut again = with(event(10, 1, Some(9), 0, exec("/bin/true")), Some(4242));
+        assert_eq!(table.keep_birth_session(&mut again), None);
+        let mut child = with(event(11, 10, Some(9), 0, Body::Fork), Some(4242));
+        assert_eq!(table.keep_birth_session(&mut child), None);
+        assert_eq!(child.process.unwrap().sessionid, Some(7));
     }
 
     #[test]

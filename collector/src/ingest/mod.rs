@@ -20,6 +20,7 @@ use crate::{
     auth::{Caller, Gate, Revoked},
     error::IngestError,
     grants::views::Views,
+    liveness::{self, Liveness},
     store::{Store, blocking},
     witness::Witness,
     writer::{CheckpointRequest, Pending, PendingCheckpoint, WriterHandle},
@@ -56,6 +57,7 @@ pub(crate) struct IngestService {
     views: Views,
     gate: Gate,
     revoked: Revoked,
+    liveness: Arc<Liveness>,
 }
 
 impl IngestService {
@@ -66,6 +68,7 @@ impl IngestService {
         views: Views,
         gate: Gate,
         revoked: Revoked,
+        liveness: Arc<Liveness>,
     ) -> Self {
         Self {
             store,
@@ -74,6 +77,7 @@ impl IngestService {
             views,
             gate,
             revoked,
+            liveness,
         }
     }
 }
@@ -175,6 +179,7 @@ impl Ingest for IngestService {
                 out: out.clone(),
                 steps,
                 acks_ended,
+                liveness: Arc::clone(&self.liveness),
             },
         ));
         tokio::spawn(acknowledge(steps_rx, out, peer, acks_done));
@@ -192,6 +197,7 @@ struct Reader {
     out: mpsc::Sender<Reply>,
     steps: mpsc::Sender<Step>,
     acks_ended: oneshot::Receiver<()>,
+    liveness: Arc<Liveness>,
 }
 
 /// Sends `host`'s grant view now, again at each grant change, and every `VIEW_REFRESH`, until
@@ -283,7 +289,7 @@ async fn step(
 ) -> Result<Step, Status> {
     let chain_id = match &msg {
         Msg::Batch(b) => Some(&b.chain_id),
-        Msg::Checkpoint(_) | Msg::Hello(_) => None,
+        Msg::Checkpoint(_) | Msg::Hello(_) | Msg::Heartbeat(_) => None,
     };
     if let Some(chain_id) = chain_id {
         speaker.may_ship_chain(chain_id).await?;
@@ -332,6 +338,9 @@ async fn witness_checkpoint(
 async fn step_checked(writer: &WriterHandle, host: &str, msg: Msg) -> Result<Step, IngestError> {
     match msg {
         Msg::Hello(_) => Err(IngestError::Invalid("Hello sent twice".into())),
+        Msg::Heartbeat(_) => Err(IngestError::Internal(
+            "a heartbeat reached the batch path".into(),
+        )),
         Msg::Batch(batch) => {
             let chain_id = batch.chain_id.clone();
             let host = host.to_owned();
@@ -357,6 +366,7 @@ async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
         out,
         steps,
         acks_ended,
+        liveness,
     } = reader;
     let fail = async |status| {
         let _ = steps.send(Step::Fail(status)).await;
@@ -387,6 +397,7 @@ async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
         Err(e) => return fail(e.into()).await,
     };
     tracing::info!(host = %hello.host, version = %hello.agent_version, chains = hello.chain_ids.len(), "agent connected");
+    let contact = Contact::open(&liveness, &writer, &hello).await;
     if out.send(Ok(welcome)).await.is_err() {
         return;
     }
@@ -398,7 +409,14 @@ async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
             Ok(Some(AgentMessage { msg: None })) => {
                 Step::Fail(Status::invalid_argument("empty message"))
             }
+            Ok(Some(AgentMessage {
+                msg: Some(Msg::Heartbeat(_)),
+            })) => {
+                contact.heard(&writer).await;
+                continue;
+            }
             Ok(Some(AgentMessage { msg: Some(msg) })) => {
+                contact.heard(&writer).await;
                 step(&writer, witness.as_deref(), &speaker, &hello.host, msg)
                     .await
                     .unwrap_or_else(Step::Fail)
@@ -408,6 +426,51 @@ async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
         if steps.send(step).await.is_err() || failed {
             return;
         }
+    }
+}
+
+/// One stream's part in its host's liveness: counted while open, and every message is
+/// contact.
+struct Contact {
+    liveness: Arc<Liveness>,
+    host: String,
+}
+
+impl Contact {
+    async fn open(liveness: &Arc<Liveness>, writer: &WriterHandle, hello: &Hello) -> Self {
+        let back = liveness.connected(&hello.host, &hello.agent_version);
+        let contact = Self {
+            liveness: Arc::clone(liveness),
+            host: hello.host.clone(),
+        };
+        if back {
+            contact.back(writer).await;
+        }
+        contact
+    }
+
+    async fn heard(&self, writer: &WriterHandle) {
+        if self.liveness.heard(&self.host) {
+            self.back(writer).await;
+        }
+    }
+
+    async fn back(&self, writer: &WriterHandle) {
+        tracing::info!(host = %self.host, "host back");
+        let alert = liveness::alert(
+            "host_back",
+            &self.host,
+            "heard from again after it was silent".into(),
+        );
+        if let Err(error) = writer.record(alert).await {
+            tracing::error!(%error, "cannot chain a host_back alert");
+        }
+    }
+}
+
+impl Drop for Contact {
+    fn drop(&mut self) {
+        self.liveness.disconnected(&self.host);
     }
 }
 

@@ -12,9 +12,10 @@ use std::{fmt::Write as _, sync::Arc};
 
 use pki::Role;
 use proto::v1::{
-    EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, Filter, ReplayRequest,
-    SearchRequest, SearchResponse, SessionsRequest, SessionsResponse, StoredEvent, TailRequest,
-    VerifyRequest, VerifyResponse, evidence_item::Item, query_server::Query,
+    ChainHead, EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, Filter, HostsRequest,
+    HostsResponse, ReplayRequest, SearchRequest, SearchResponse, SessionsRequest, SessionsResponse,
+    StoredEvent, TailRequest, VerifyRequest, VerifyResponse, evidence_item::Item,
+    query_server::Query,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,6 +24,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth::{Caller, Gate},
     error::QueryError,
+    liveness::Liveness,
     store::{COLLECTOR_CHAIN, Cursor, EventFilter, Store, blocking},
     verify::verify_all,
     witness::Witness,
@@ -60,6 +62,7 @@ pub(crate) struct QueryService {
     gate: Gate,
     /// Verify checks hosts' logs with it; `None` without TLS.
     witness: Option<Arc<Witness>>,
+    liveness: Arc<Liveness>,
 }
 
 impl QueryService {
@@ -69,12 +72,14 @@ impl QueryService {
         live: broadcast::Sender<i64>,
         gate: Gate,
         witness: Option<Arc<Witness>>,
+        liveness: Arc<Liveness>,
     ) -> Self {
         Self {
             store,
             live,
             gate,
             witness,
+            liveness,
         }
     }
 
@@ -431,6 +436,28 @@ impl Query for QueryService {
             findings: report.findings,
             ok,
         }))
+    }
+
+    async fn hosts(
+        &self,
+        request: Request<HostsRequest>,
+    ) -> Result<Response<HostsResponse>, Status> {
+        self.reader(&request, "Hosts", String::new()).await?;
+        let store = Arc::clone(&self.store);
+        let chains = read(move || store.chains()).await?;
+        let hosts = self.liveness.statuses(|host| {
+            // The store lists chains in the order they began: a host's last is its newest.
+            chains
+                .iter()
+                .rev()
+                .find(|c| c.host == host)
+                .map(|c| ChainHead {
+                    chain_id: c.chain_id.clone(),
+                    next_seq: c.next_seq,
+                    head_hash: c.head_hash.to_vec(),
+                })
+        });
+        Ok(Response::new(HostsResponse { hosts }))
     }
 
     type EvidenceStream = ReceiverStream<Result<EvidenceItem, Status>>;

@@ -3,7 +3,9 @@
 //!
 //! Latency: `trials` unit-named cgroups, each running a `sleep` under its own grant with
 //! `on_expiry: kill`, the expiries 150 ms apart so the kills do not overlap; each is timed
-//! from its grant's `expires_at` to the moment its process is gone.
+//! from its grant's `expires_at` to the moment its process is gone. Then again with the
+//! agent killed once the grants are in place: what the pinned program and the reaper do
+//! alone.
 //!
 //! Cost: a loop of `getppid` syscalls, timed with no agent, with the agent attached and its
 //! deny maps empty (the check reads one flag), and with them populated (after the latency
@@ -59,11 +61,23 @@ pub fn run(trials: usize) -> anyhow::Result<()> {
     let agent = start_agent()?;
     empty.extend((0..RUNS).map(|_| syscall_loop()));
     stop(agent)?;
+    // The agent killed once every grant is in place: the pinned program and the reaper
+    // alone.
+    let agent = start_agent()?;
+    let running = set_up(&agent, &url, trials)?;
+    drop(agent.kill_leaving_enforcement());
+    let orphaned = measure(running)?;
+    stop(start_agent()?)?;
     drop(collector);
 
     println!(
         "grant expiry to death of its process, {trials} grants: {}",
         percentile_line(latencies)
+    );
+    println!(
+        "grant expiry to death of its process with the agent killed (kill -9) before it, \
+         {trials} grants: {}",
+        percentile_line(orphaned)
     );
     let per_call = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(SYSCALLS);
     let base = per_call(median(detached));
@@ -112,6 +126,11 @@ impl Drop for Trial {
 }
 
 fn expiry_to_death(agent: &Agent, url: &str, trials: usize) -> anyhow::Result<Vec<Duration>> {
+    measure(set_up(agent, url, trials)?)
+}
+
+/// `trials` sleeps in their own cgroups, each under a grant that will end.
+fn set_up(agent: &Agent, url: &str, trials: usize) -> anyhow::Result<Vec<Trial>> {
     // Far enough ahead to set every trial up before the first expiry.
     let first = Duration::from_secs(3) + Duration::from_millis(60) * u32::try_from(trials)?;
     let mut running = Vec::with_capacity(trials);
@@ -167,10 +186,16 @@ fn expiry_to_death(agent: &Agent, url: &str, trials: usize) -> anyhow::Result<Ve
             })
             .with_context(|| format!("the sleep of {unit} was not seen under {id}"))?;
     }
+    Ok(running)
+}
+
+/// How long after its grant's end each trial's process died.
+fn measure(running: Vec<Trial>) -> anyhow::Result<Vec<Duration>> {
     anyhow::ensure!(
         SystemTime::now() < running[0].expires,
         "setting up took past the first expiry: raise its lead"
     );
+    let trials = running.len();
     let mut latencies = Vec::with_capacity(trials);
     for mut trial in running {
         let deadline = Instant::now()
