@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proto::v1::{Alert, HostStatus, event::Body};
+use proto::v1::{Alert, HostLiveness, event::Body};
 
 use crate::writer::{Own, WriterHandle};
 
@@ -111,11 +111,11 @@ impl Liveness {
     pub(crate) fn statuses(
         &self,
         mut head: impl FnMut(&str) -> Option<proto::v1::ChainHead>,
-    ) -> Vec<HostStatus> {
-        let mut statuses: Vec<HostStatus> = self
+    ) -> Vec<HostLiveness> {
+        let mut statuses: Vec<HostLiveness> = self
             .lock()
             .iter()
-            .map(|(host, c)| HostStatus {
+            .map(|(host, c)| HostLiveness {
                 host: host.clone(),
                 state: if c.silent { "silent" } else { "live" }.into(),
                 last_contact_unix_nano: c.last_unix_nano,

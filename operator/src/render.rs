@@ -13,7 +13,7 @@ use proto::{
     kind::Kind,
     time::rfc3339_millis as time,
     v1::{
-        ChainVerdict, Event, Finding, Grant, HostStatus, IdentityReview, IdentitySelector,
+        ChainVerdict, Event, Finding, Grant, HostLiveness, IdentityReview, IdentitySelector,
         LogVerdict, Session, StoredEvent, event::Body,
     },
 };
@@ -273,7 +273,7 @@ pub fn session_json(s: &Session) -> Value {
 
 /// `3d1219c7…  live    last contact 2026-12-02T15:00:00Z  agent 0.1.0  1 stream  chain … 1234 records`
 #[must_use]
-pub fn host_line(h: &HostStatus) -> String {
+pub fn host_line(h: &HostLiveness) -> String {
     let contact = if h.last_contact_unix_nano == 0 {
         "not since the collector started".to_owned()
     } else {
@@ -297,7 +297,7 @@ pub fn host_line(h: &HostStatus) -> String {
 }
 
 #[must_use]
-pub fn host_json(h: &HostStatus) -> Value {
+pub fn host_json(h: &HostLiveness) -> Value {
     json!({
         "host": h.host, "state": h.state,
         "last_contact": (h.last_contact_unix_nano != 0).then(|| time(h.last_contact_unix_nano)),
