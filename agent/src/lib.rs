@@ -15,7 +15,7 @@ pub mod sinks;
 use std::{
     io::{self, IsTerminal as _},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -120,19 +120,9 @@ fn record(
     let agent_events = tokio::sync::mpsc::channel(AGENT_EVENTS_IN_FLIGHT);
     let registry = Arc::new(Registry::open(cli.spool.as_deref(), &host::boot_id()?));
     if let Some(socket) = &cli.registration {
-        let (views, host) = (view.subscribe(), host.clone());
-        let grant_is_live = Box::new(move |grant: &str, identity: &str| {
-            views.borrow().as_ref().is_some_and(|v| {
-                let now = v.at(clock::boot_ns());
-                v.grants.iter().any(|(id, g)| {
-                    **id == *grant
-                        && proto::grant::covers(g, Kind::Registered, identity, &host, now)
-                })
-            })
-        });
         let service = identity::registry::Service::new(
             Arc::clone(&registry),
-            grant_is_live,
+            grant_is_live(view.subscribe(), host.clone()),
             agent_events.0.clone(),
         );
         identity::registry::serve(socket, service)?;
@@ -145,10 +135,12 @@ fn record(
         }),
     };
     let collector = link(cli)?;
+    let stop_reason = Arc::new(OnceLock::new());
     let sinks = Sinks {
         stdout: cli.stdout.then(|| Stdout::new(host.clone())),
         evidence,
         collector: collector.clone(),
+        stop_reason: Arc::clone(&stop_reason),
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -160,7 +152,7 @@ fn record(
     let stop = Arc::new(AtomicBool::new(false));
     {
         let _context = runtime.enter();
-        stop_on_signals(Arc::clone(&stop))?;
+        stop_on_signals(Arc::clone(&stop), stop_reason)?;
     }
     if let Some(link) = &collector {
         runtime.block_on(evidence::link::ensure_enrolled(
@@ -210,6 +202,22 @@ fn uninstall(pins: &std::path::Path) -> anyhow::Result<()> {
         info!(path = %path.display(), "unpinned");
     }
     Ok(())
+}
+
+/// Whether a grant covers a registered identity now, by the enforcer's latest view: the
+/// registration API asks before it accepts a registration under that grant.
+fn grant_is_live(
+    views: tokio::sync::watch::Receiver<Option<Arc<enforce::rules::View>>>,
+    host: String,
+) -> identity::registry::GrantIsLive {
+    Box::new(move |grant: &str, identity: &str| {
+        views.borrow().as_ref().is_some_and(|v| {
+            let now = v.at(clock::boot_ns());
+            v.grants.iter().any(|(id, g)| {
+                **id == *grant && proto::grant::covers(g, Kind::Registered, identity, &host, now)
+            })
+        })
+    })
 }
 
 /// The health counters, served when `--metrics` asks.
@@ -306,14 +314,16 @@ async fn join(
 
 /// Sets `stop` at SIGINT or SIGTERM: the reader drains what the kernel submitted, and the
 /// stages finish in order.
-fn stop_on_signals(stop: Arc<AtomicBool>) -> io::Result<()> {
+fn stop_on_signals(stop: Arc<AtomicBool>, reason: Arc<OnceLock<&'static str>>) -> io::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => info!("stopping on SIGINT"),
-            _ = terminate.recv() => info!("stopping on SIGTERM"),
-        }
+        let signal = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        info!("stopping on {signal}");
+        let _ = reason.set(signal);
         stop.store(true, Ordering::Release);
     });
     Ok(())

@@ -14,7 +14,7 @@
 //! stage waits for room, so a stalled stage backs up into the reader's channel, where the
 //! loss is counted and becomes a gap record. The spool is made durable once per batch.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use proto::v1;
 use tokio::{
@@ -52,6 +52,8 @@ pub struct Sinks {
     pub evidence: Option<Evidence>,
     /// The collector the evidence is shipped to.
     pub collector: Option<Link>,
+    /// Why the agent is stopping, once it is asked to: the chain's last record says so.
+    pub stop_reason: Arc<OnceLock<&'static str>>,
 }
 
 /// The running stages, and the ship stage, which outlives them: it sends what they made
@@ -172,6 +174,7 @@ pub fn spawn(
         evidence: sinks.evidence,
         durable,
         health: Arc::clone(health),
+        stop_reason: sinks.stop_reason,
     };
     stages.spawn(
         evidence
@@ -236,6 +239,7 @@ struct EvidenceStage {
     evidence: Option<Evidence>,
     durable: Option<watch::Sender<crate::evidence::spool::Durable>>,
     health: Arc<Health>,
+    stop_reason: Arc<OnceLock<&'static str>>,
 }
 
 impl EvidenceStage {
@@ -278,6 +282,12 @@ impl EvidenceStage {
         // The enforcer's last kills, and registrations made while stopping.
         while let Ok(events) = own.try_recv() {
             block_in_place(|| self.write(&events))?;
+        }
+        if let (Some(evidence), Some(reason)) = (&mut self.evidence, self.stop_reason.get()) {
+            let durable = block_in_place(|| evidence.stop(reason))?;
+            if let Some(tx) = &self.durable {
+                tx.send_replace(durable);
+            }
         }
         Ok(())
     }

@@ -97,6 +97,7 @@ pub(crate) fn verify_all(
                 .push(verify_log(store, trust, h, prune, &mut report.findings)?);
         }
     }
+    verifier::chain::name_endings(&mut report.chains);
     Ok(report)
 }
 

@@ -50,7 +50,8 @@ pub async fn verify(
             .ok_or_else(|| anyhow!("an evidence item of a kind this client does not know"))?;
         local.take(item)?;
     }
-    let report = local.finish();
+    let mut report = local.finish();
+    verifier::chain::name_endings(&mut report.chains);
     let ok = report.ok();
     let response = VerifyResponse {
         chains: report.chains,

@@ -150,6 +150,7 @@ pub(crate) fn detail(event: &Event) -> String {
         ),
         Some(Body::Receipt(r)) => format!("RECEIPT {}", note_head(&r.note)),
         Some(Body::Prune(p)) => format!("PRUNE {}", note_head(&p.note)),
+        Some(Body::ChainStop(s)) => format!("chain stop: {}", escape(&s.reason)),
         Some(Body::Fork(_)) | None => String::new(),
     }
 }
@@ -313,14 +314,20 @@ pub fn verdict_json(c: &ChainVerdict) -> Value {
         "host": c.host, "chain_id": c.chain_id, "ok": c.ok,
         "records": c.records, "first_bad_seq": c.first_bad_seq,
         "reason": c.reason, "expected_size": c.expected_size,
+        "ended": (!c.ended.is_empty()).then_some(&c.ended),
     })
 }
 
 #[must_use]
 pub fn verdict_line(c: &ChainVerdict) -> String {
     if c.ok {
+        let ended = if c.ended.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", c.ended)
+        };
         format!(
-            "ok    {} {}  {} records",
+            "ok    {} {}  {} records{ended}",
             escape(&c.host),
             escape(&c.chain_id),
             c.records

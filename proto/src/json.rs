@@ -180,6 +180,9 @@ enum BodyLine<'a> {
     Prune {
         prune: NoteLine<'a>,
     },
+    ChainStop {
+        chain_stop: StopLine<'a>,
+    },
     None {},
 }
 
@@ -248,6 +251,11 @@ struct AccessLine<'a> {
 #[derive(Serialize)]
 struct NoteLine<'a> {
     note: &'a str,
+}
+
+#[derive(Serialize)]
+struct StopLine<'a> {
+    reason: &'a str,
 }
 
 #[derive(Serialize)]
@@ -470,6 +478,9 @@ impl<'a> BodyLine<'a> {
             },
             Some(Body::Prune(p)) => Self::Prune {
                 prune: NoteLine { note: &p.note },
+            },
+            Some(Body::ChainStop(s)) => Self::ChainStop {
+                chain_stop: StopLine { reason: &s.reason },
             },
             Some(Body::Fork(_)) | None => Self::None {},
         }

@@ -22,10 +22,11 @@ pub enum Kind {
     Admin,
     Receipt,
     Prune,
+    ChainStop,
 }
 
 impl Kind {
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Exec,
         Self::Fork,
         Self::Exit,
@@ -42,6 +43,7 @@ impl Kind {
         Self::Admin,
         Self::Receipt,
         Self::Prune,
+        Self::ChainStop,
     ];
 
     #[must_use]
@@ -63,6 +65,7 @@ impl Kind {
             Self::Admin => "admin",
             Self::Receipt => "receipt",
             Self::Prune => "prune",
+            Self::ChainStop => "chain_stop",
         }
     }
 
@@ -91,6 +94,7 @@ impl Kind {
             Body::Admin(_) => Self::Admin,
             Body::Receipt(_) => Self::Receipt,
             Body::Prune(_) => Self::Prune,
+            Body::ChainStop(_) => Self::ChainStop,
         })
     }
 

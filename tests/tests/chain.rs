@@ -147,6 +147,10 @@ fn spooled_events_verify_independently() {
         .iter()
         .any(|e| matches!(&e.body, Some(Body::Tty(t)) if t.data == mark.as_bytes()));
     assert!(typed, "the pty write is in the chain, byte for byte");
+    assert!(
+        matches!(&chain.events.last().unwrap().body, Some(Body::ChainStop(s)) if s.reason == "SIGINT"),
+        "a stopped agent's chain ends with why it stopped"
+    );
 }
 
 /// Killed with SIGKILL in the middle of an exec burst and started again, the agent loses
@@ -201,6 +205,14 @@ fn a_killed_agent_restarts_with_a_visible_link() {
         "the restart links to the last spooled record"
     );
     assert!(has_exec_with(new, &after));
+    let stopped = |chain: &Verified| {
+        matches!(
+            chain.events.last().map(|e| &e.body),
+            Some(Some(Body::ChainStop(_)))
+        )
+    };
+    assert!(!stopped(old), "a killed agent's chain has no stop record");
+    assert!(stopped(new), "a stopped one's has");
 }
 
 /// Induced kernel loss appears in the chain as gap records whose counts equal the agent's

@@ -634,6 +634,19 @@ fn a_killed_agent_still_kills_at_expiry() {
     );
     assert_eq!(kill["kill"]["reason"], "expired", "{kill}");
     wait_for_alert(&url, "host_back", &host);
+    // The killed agent's chain, then the one of the agent after it.
+    let verify = operator::json_lines(&url, &["verify", "--json", "--host", &host]);
+    let chains: Vec<&Value> = verify
+        .iter()
+        .filter(|v| v["chain_id"].is_string())
+        .collect();
+    assert_eq!(chains.len(), 2, "{verify:?}");
+    assert_eq!(chains[0]["ended"], "crashed or killed", "{:?}", chains[0]);
+    assert!(
+        chains[1]["ended"].is_null(),
+        "still running: {:?}",
+        chains[1]
+    );
     let hosts = operator::json_lines(&url, &["hosts", "--json"]);
     let status = hosts
         .iter()

@@ -4,8 +4,11 @@
 
 use std::ops::ControlFlow;
 
+use std::collections::HashMap;
+
 use proto::{
     chain::{GENESIS, chain_hash},
+    kind::Kind,
     v1::ChainVerdict,
 };
 
@@ -52,6 +55,8 @@ pub struct Walk {
     bad: Option<(u64, i64)>,
     /// The first bad seq and why, once known.
     failure: Option<(u64, String)>,
+    /// The last verified record is a `chain_stop`.
+    stopped: bool,
 }
 
 impl Walk {
@@ -66,6 +71,7 @@ impl Walk {
             prev_row: i64::MIN,
             bad: None,
             failure: None,
+            stopped: false,
         }
     }
 
@@ -106,6 +112,8 @@ impl Walk {
         let hash = chain_hash(&self.chain_id, record.seq, &self.prev, record.event);
         if hash[..] == *record.hash {
             derive(&record);
+            // The column is checked against the bytes by `derive`'s caller.
+            self.stopped = record.columns.kind == Kind::ChainStop.name();
             self.prev = hash;
             self.prev_row = record.row;
             self.expected += 1;
@@ -143,6 +151,7 @@ impl Walk {
             first_bad_seq: None,
             reason: String::new(),
             expected_size,
+            ended: String::new(),
         };
         if let (None, Some((seq, row))) = (&self.failure, self.bad) {
             self.failure = Some(self.bad_hash(seq, row, None));
@@ -173,7 +182,33 @@ impl Walk {
             "the last record's hash differs from the recorded head".clone_into(&mut verdict.reason);
         } else {
             verdict.ok = true;
+            if self.stopped {
+                STOPPED.clone_into(&mut verdict.ended);
+            }
         }
         verdict
+    }
+}
+
+const STOPPED: &str = "stopped";
+
+/// Says how each chain that did not stop in good order ended: one that a later chain of
+/// its host follows crashed or was killed; the newest of its host is left as running.
+/// `chains` are in the order they began.
+pub fn name_endings(chains: &mut [ChainVerdict]) {
+    let newest: HashMap<&str, usize> = chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.host.as_str(), i))
+        .collect();
+    let followed: Vec<bool> = chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| newest.get(c.host.as_str()).is_some_and(|n| *n != i))
+        .collect();
+    for (chain, followed) in chains.iter_mut().zip(followed) {
+        if chain.ok && chain.ended.is_empty() && followed {
+            "crashed or killed".clone_into(&mut chain.ended);
+        }
     }
 }

@@ -166,6 +166,19 @@ impl Evidence {
         self.refused_total
     }
 
+    /// Ends the chain in good order: its last record says why the agent stopped, so a
+    /// chain without one ended in a crash or a kill.
+    pub fn stop(&mut self, reason: &str) -> Result<Durable, SpoolError> {
+        let stop = v1::Event {
+            time_unix_nano: WallClock::now().unix_ns(boot_ns()),
+            body: Some(v1::event::Body::ChainStop(v1::ChainStop {
+                reason: reason.to_owned(),
+            })),
+            ..v1::Event::default()
+        };
+        self.process(std::slice::from_ref(&stop))
+    }
+
     /// Deletes a segment the collector holds entirely.
     pub fn trim(&mut self, trim: &Trim) {
         if let Err(error) = self.spool.remove(&trim.segment, trim.bytes) {
