@@ -24,10 +24,10 @@ use prost::Message as _;
 use proto::{
     chain::{GENESIS, chain_hash},
     v1::{
-        AgentMessage, ChainStart, ChainedEvent, Checkpoint, Event, EventBatch, Exec,
-        ExportRequest, Hello, Identity, Process, SessionRoot, SessionsRequest, VerifyRequest,
-        agent_message::Msg, collector_message, event::Body,
-        identity::Kind, ingest_client::IngestClient, query_client::QueryClient,
+        AgentMessage, ChainStart, ChainedEvent, Checkpoint, Event, EventBatch, Exec, ExportRequest,
+        Hello, Identity, Process, SessionRoot, SessionsRequest, VerifyRequest, agent_message::Msg,
+        collector_message, event::Body, identity::Kind, ingest_client::IngestClient,
+        query_client::QueryClient,
     },
 };
 use tokio::sync::mpsc;
@@ -530,8 +530,8 @@ async fn export(ca: &Ca, dir: &std::path::Path) {
         "collector export: a host log of {LOG_RECORDS} records shipped, checkpointed every {CHECKPOINT_EVERY} and cosigned in {:.0} s",
         start.elapsed().as_secs_f64()
     );
-    let mut query = QueryClient::new(target.admin_channel().await)
-        .max_decoding_message_size(usize::MAX);
+    let mut query =
+        QueryClient::new(target.admin_channel().await).max_decoding_message_size(usize::MAX);
     let sessions = query
         .sessions(SessionsRequest {
             host: HOST.into(),
@@ -634,7 +634,11 @@ async fn ship_log(target: &Target, host_key: &tlog::Signer) {
             let event = if seq == 0 {
                 chain(&id, 1).remove(0).event
             } else {
-                let session = if seq >= LOG_RECORDS - SESSION_RECORDS { 8 } else { 7 };
+                let session = if seq >= LOG_RECORDS - SESSION_RECORDS {
+                    8
+                } else {
+                    7
+                };
                 session_exec(seq, session).encode_to_vec()
             };
             prev = chain_hash(&id, seq, &prev, &event);

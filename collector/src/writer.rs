@@ -24,7 +24,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use proto::v1::CheckpointAck;
 use tlog::{CompactRange, Evidence, SignedCheckpoint, Verdict, WitnessState};
 
-use verifier::prune::{Cut, PruneNote};
+use verifier::{
+    columns::Derived,
+    prune::{Cut, PruneNote},
+};
 
 use crate::{
     error::{AdminError, GrantError, IngestError},
@@ -795,16 +798,18 @@ impl Writer {
                 let (seq, hash) = chain.link(&event);
                 Record {
                     seq,
-                    host: own.host,
-                    time_unix_nano: time,
-                    kind: own.kind,
-                    session: String::new(),
-                    sessionid: None,
-                    tty: String::new(),
-                    identity_kind: own.identity_kind,
-                    identity_name: own.identity_name,
-                    grant: String::new(),
-                    tty_bytes: 0,
+                    derived: Derived {
+                        host: own.host,
+                        time_unix_nano: time,
+                        kind: own.kind,
+                        session: String::new(),
+                        sessionid: None,
+                        tty: String::new(),
+                        identity_kind: own.identity_kind,
+                        identity_name: own.identity_name,
+                        grant: String::new(),
+                        tty_bytes: 0,
+                    },
                     event,
                     hash,
                     log_index: None,

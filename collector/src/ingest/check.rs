@@ -135,16 +135,7 @@ pub(crate) fn record(
     let derived = verifier::columns::derive(host, seq, &bytes).map_err(invalid)?;
     Ok(Record {
         seq,
-        host: derived.host,
-        time_unix_nano: derived.time_unix_nano,
-        kind: derived.kind,
-        session: derived.session,
-        sessionid: derived.sessionid,
-        tty: derived.tty,
-        identity_kind: derived.identity_kind,
-        identity_name: derived.identity_name,
-        grant: derived.grant,
-        tty_bytes: derived.tty_bytes,
+        derived,
         event: bytes,
         hash,
         log_index: None,

@@ -14,7 +14,10 @@ use proto::{
 
 // The types verify reads rows as are the shared verifier's, so the store hands them over
 // without a copy.
-pub use verifier::{COLLECTOR_CHAIN, ChainRow, Columns, columns::terminal};
+pub use verifier::{
+    COLLECTOR_CHAIN, ChainRow, Columns,
+    columns::{Derived, terminal},
+};
 
 /// A storage failure. Cloneable, so one failed group commit can answer every request in it.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -46,23 +49,9 @@ pub struct ChainState {
 #[derive(Clone, Debug)]
 pub struct Record {
     pub seq: u64,
-    /// The host the record is about: its chain's host, or for an alert the host it concerns.
-    pub host: String,
-    pub time_unix_nano: u64,
-    pub kind: Kind,
-    /// `HOST:SESSIONID:ROOT_START` (`proto::session::Key`), empty outside an audit session.
-    pub session: String,
-    pub sessionid: Option<u32>,
-    /// The terminal (`major:minor`): a tty event's device, otherwise the process's
-    /// controlling terminal; empty when there is none. Sessions and Replay tell a session's
-    /// terminals apart by it.
-    pub tty: String,
-    pub identity_kind: i32,
-    pub identity_name: String,
-    /// The grant the activity is covered by (`Identity.grant`); empty outside any.
-    pub grant: String,
-    /// Bytes of terminal data, for tty events.
-    pub tty_bytes: u64,
+    /// Its columns, as its bytes give them (`verifier::columns::derive`) or, for the
+    /// collector's own records, as the writer makes them.
+    pub derived: Derived,
     pub event: Vec<u8>,
     pub hash: [u8; 32],
     /// Its leaf index in its host's log (docs/evidence.md); `None` for the collector's own
@@ -226,18 +215,7 @@ impl Record {
     /// Its columns, as stored.
     #[must_use]
     pub fn columns(&self) -> Columns<'_> {
-        Columns {
-            host: &self.host,
-            time_unix_nano: self.time_unix_nano,
-            kind: self.kind.name(),
-            session: &self.session,
-            sessionid: self.sessionid,
-            tty: &self.tty,
-            identity_kind: self.identity_kind,
-            identity_name: &self.identity_name,
-            grant: &self.grant,
-            tty_bytes: self.tty_bytes,
-        }
+        self.derived.columns()
     }
 }
 

@@ -271,7 +271,7 @@ mod tests {
 
     use super::*;
     use crate::store::{
-        Append, Commit, Cursor, EventFilter, GrantUsage, Record, Store, sqlite::Sqlite,
+        Append, Commit, Cursor, Derived, EventFilter, GrantUsage, Record, Store, sqlite::Sqlite,
     };
 
     /// The events table as a store made before versions had it: no `tty`, and with
@@ -487,16 +487,18 @@ mod tests {
         let (seq, hash) = chain.link(&used);
         let second = Record {
             seq,
-            host: "h".into(),
-            time_unix_nano: 20,
-            kind: Kind::Exec,
-            session: String::new(),
-            sessionid: None,
-            tty: String::new(),
-            identity_kind: 1,
-            identity_name: "alice".into(),
-            grant: "g-1".into(),
-            tty_bytes: 0,
+            derived: Derived {
+                host: "h".into(),
+                time_unix_nano: 20,
+                kind: Kind::Exec,
+                session: String::new(),
+                sessionid: None,
+                tty: String::new(),
+                identity_kind: 1,
+                identity_name: "alice".into(),
+                grant: "g-1".into(),
+                tty_bytes: 0,
+            },
             event: used,
             hash,
             log_index: None,
