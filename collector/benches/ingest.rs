@@ -226,26 +226,38 @@ impl Target {
     }
 }
 
-/// Ships `records` over one Ingest stream and waits for the ack of the last one.
-async fn ship(channel: Channel, id: String, records: Vec<ChainedEvent>) -> Duration {
-    let last = records.last().unwrap().seq;
+/// Opens an Ingest stream on `channel` as the host's agent, saying Hello with chain `id`.
+async fn open(
+    channel: Channel,
+    id: &str,
+) -> (
+    mpsc::Sender<AgentMessage>,
+    tonic::Streaming<proto::v1::CollectorMessage>,
+) {
     let (tx, out) = mpsc::channel(32);
     tx.send(AgentMessage {
         msg: Some(Msg::Hello(Hello {
             host: HOST.into(),
-            chain_ids: vec![id.clone()],
+            chain_ids: vec![id.to_owned()],
             agent_version: "bench".into(),
         })),
     })
     .await
     .unwrap();
     let mut client = IngestClient::new(channel).max_encoding_message_size(usize::MAX);
-    let start = Instant::now();
-    let mut rx = client
+    let rx = client
         .stream(ReceiverStream::new(out))
         .await
         .unwrap()
         .into_inner();
+    (tx, rx)
+}
+
+/// Ships `records` over one Ingest stream and waits for the ack of the last one.
+async fn ship(channel: Channel, id: String, records: Vec<ChainedEvent>) -> Duration {
+    let last = records.last().unwrap().seq;
+    let start = Instant::now();
+    let (tx, mut rx) = open(channel, &id).await;
     let sender = tokio::spawn(async move {
         let mut records = records.into_iter().peekable();
         while records.peek().is_some() {
@@ -589,23 +601,7 @@ fn mb(bytes: usize) -> f64 {
 /// each naming the size last cosigned. Returns once the last checkpoint is cosigned.
 async fn ship_log(target: &Target, host_key: &tlog::Signer) {
     let id = format!("{HOST}:export:0");
-    let (tx, out) = mpsc::channel(32);
-    tx.send(AgentMessage {
-        msg: Some(Msg::Hello(Hello {
-            host: HOST.into(),
-            chain_ids: vec![id.clone()],
-            agent_version: "bench".into(),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut client =
-        IngestClient::new(target.agent_channel().await).max_encoding_message_size(usize::MAX);
-    let mut rx = client
-        .stream(ReceiverStream::new(out))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut rx) = open(target.agent_channel().await, &id).await;
     let (cosigned_tx, mut cosigned) = tokio::sync::watch::channel(0u64);
     let acks = tokio::spawn(async move {
         while let Some(message) = rx.message().await.unwrap() {
