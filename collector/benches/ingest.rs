@@ -12,7 +12,8 @@
 //! With `--export` it measures only this: a host log of 10,000,000 records with a signed
 //! and cosigned checkpoint every 1,000,000, whose last 10,000 are one login session; the
 //! size of that session's evidence bundle (records, inclusion proofs, checkpoints) and the
-//! time to export it, and to verify it offline.
+//! time to export it, and to verify it offline; then `recorder verify` and `recorder verify
+//! --local` of the whole store.
 
 use std::{
     net::IpAddr,
@@ -588,6 +589,61 @@ async fn export(ca: &Ca, dir: &std::path::Path) {
             exporting.as_secs_f64(),
             verifying.as_secs_f64(),
         );
+    }
+    verify_runs(&target, dir).await;
+}
+
+/// `recorder verify` and `recorder verify --local` of the whole store, two rounds in
+/// alternating order: the release binary xtask names, run as an operator would.
+async fn verify_runs(target: &Target, dir: &std::path::Path) {
+    let recorder = std::env::var_os("RECORDER_OPERATOR_BIN").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/recorder"),
+        std::path::PathBuf::from,
+    );
+    if !recorder.exists() {
+        println!(
+            "  (no release `recorder` at {}: verify not timed)",
+            recorder.display()
+        );
+        return;
+    }
+    let admin = target.admin.as_ref().expect("TLS");
+    let pki = dir.join("operator");
+    std::fs::create_dir_all(&pki).unwrap();
+    for (name, pem) in [
+        ("ca.pem", &admin.ca_pem),
+        ("operator.pem", &admin.cert_pem),
+        ("operator.key", &admin.key_pem),
+    ] {
+        std::fs::write(pki.join(name), pem).unwrap();
+    }
+    for round in 0..2 {
+        for local in [round % 2 == 1, round % 2 == 0] {
+            let mut command = std::process::Command::new(&recorder);
+            command
+                .args(["--collector", &target.url, "--pki-dir"])
+                .arg(&pki)
+                .arg("verify")
+                .args(local.then_some("--local"));
+            let start = Instant::now();
+            let out = tokio::task::spawn_blocking(move || command.output())
+                .await
+                .unwrap()
+                .unwrap();
+            let took = start.elapsed();
+            assert!(
+                out.status.success(),
+                "verify failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            println!(
+                "  round {}: recorder verify{}: {:.1} s, {:.0} records/s",
+                round + 1,
+                if local { " --local" } else { "" },
+                took.as_secs_f64(),
+                per_sec(LOG_RECORDS, took)
+            );
+        }
     }
 }
 

@@ -28,7 +28,8 @@ pub enum Which {
         trials: usize,
     },
     /// Evidence bundles: a 10,000-record session's bundle from a 10,000,000-record host log,
-    /// its size, export time and offline verify time (two exports).
+    /// its size, export time and offline verify time (two exports); then `recorder verify`
+    /// and `recorder verify --local` of that store.
     Export,
     /// Enforcement: expiry-to-death latency of grants with `on_expiry: kill`, and the cost of
     /// the kernel's deny check per syscall against the same agent with the map empty.
@@ -44,15 +45,18 @@ pub fn run(which: &Which) -> anyhow::Result<()> {
         Which::Capture { runs } => capture::run(*runs),
         Which::Pipeline => crate::cargo(&["bench", "--package", "agent", "--bench", "pipeline"]),
         Which::Enforce { trials } => enforce::run(*trials),
-        Which::Export => crate::cargo(&[
-            "bench",
-            "--package",
-            "collector",
-            "--bench",
-            "ingest",
-            "--",
-            "--export",
-        ]),
+        Which::Export => {
+            use_release_binaries();
+            crate::cargo(&[
+                "bench",
+                "--package",
+                "collector",
+                "--bench",
+                "ingest",
+                "--",
+                "--export",
+            ])
+        }
         Which::Collector { trials } => {
             crate::cargo(&["bench", "--package", "collector", "--bench", "ingest"])?;
             collector::latency(*trials)
