@@ -46,6 +46,8 @@ use crate::{
 
 /// The expiry sweep looks at least this often.
 const TICK: Duration = Duration::from_secs(1);
+/// A deadline that moves by less than this is left as the kernel holds it.
+const ARM_SLACK_NS: u64 = 100_000_000;
 
 /// What the enforcer listens to.
 pub struct Inputs {
@@ -170,7 +172,9 @@ impl Enforcer {
                         let view = inputs.views.borrow_and_update().clone();
                         if let Some(view) = view {
                             self.adopt(view);
+                            // The judge has the view before anyone is told it was adopted.
                             out.view.send_replace(self.view.clone());
+                            self.adopted();
                         }
                     }
                     Err(_) => views_open = false,
@@ -198,14 +202,20 @@ impl Enforcer {
 
     fn adopt(&mut self, view: GrantView) {
         let view = View::adopt(self.view.as_deref(), view, boot_ns());
-        let ids: Vec<&str> = view.grants.iter().map(|(id, _)| &**id).collect();
-        info!(grants = ?ids, "grant view adopted");
-        crate::sinks::notify::grants(ids.iter().copied());
         if let Some(cache) = &self.cache {
             block_in_place(|| cache.save_view(&view.to_proto()));
         }
         self.view = Some(Arc::new(view));
-        // An extension moves deadlines later, a revocation to now.
+    }
+
+    /// Once the judge has the adopted view: says so, and moves the kernel's deadlines as
+    /// the view does (an extension later, a revocation to now).
+    fn adopted(&mut self) {
+        if let Some(view) = &self.view {
+            let ids: Vec<&str> = view.grants.iter().map(|(id, _)| &**id).collect();
+            info!(grants = ?ids, "grant view adopted");
+            crate::sinks::notify::grants(ids.iter().copied());
+        }
         let targets: Vec<Target> = self.usage.values().flatten().copied().collect();
         for target in targets {
             self.arm(target);
@@ -230,7 +240,13 @@ impl Enforcer {
         else {
             return;
         };
-        if self.armed.get(&target) == Some(&deadline) {
+        // Each view places the same end a little differently on the boot clock (its transit
+        // time): only a real move (an extension, a revocation) is written again.
+        if self
+            .armed
+            .get(&target)
+            .is_some_and(|armed| armed.abs_diff(deadline) < ARM_SLACK_NS)
+        {
             return;
         }
         let passed = |k: &Kernel| k.deadline(target).is_some_and(|d| d <= boot_ns());
@@ -302,8 +318,16 @@ impl Enforcer {
         Some(self.kill(alias, grant, reason))
     }
 
-    /// A new cause id, kept durably.
+    /// The cause id of `grant_id` ending for `reason` at `target`: a new one is kept
+    /// durably.
     fn cause(&mut self, grant_id: String, reason: &'static str, target: Target) -> u32 {
+        if let Some(known) = self
+            .causes
+            .iter()
+            .rposition(|c| c.grant_id == grant_id && c.reason == reason && c.target == target)
+        {
+            return u32::try_from(known).unwrap_or(u32::MAX);
+        }
         let cause = u32::try_from(self.causes.len()).unwrap_or(u32::MAX);
         self.causes.push(Cause {
             grant_id,
