@@ -180,6 +180,12 @@ impl Agent {
         self.notify.wait_status(timeout, text)
     }
 
+    /// The agent's process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the agent has logged so far.
     #[must_use]
     pub fn log(&self) -> String {

@@ -930,3 +930,47 @@ fn a_terminal_flood_cannot_hide_an_exec() {
         .unwrap_or_else(|| panic!("the flood lost no terminal record: is the ring small?"));
     eprintln!("terminal records lost to the flood: {lost}");
 }
+
+/// An extension that reaches the agent only after its sweep may have ended the grant (the
+/// agent is stopped across the end while the grant is extended): the grant ends again at
+/// its new end, and a session that used it after the extension dies then, not before.
+#[test]
+fn an_extension_after_the_sweep_ends_the_grant_again_at_its_new_end() {
+    if !privileged("an_extension_after_the_sweep_ends_the_grant_again_at_its_new_end") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+    let rig = Rig::start(None);
+    let grant = rig.kill_grant(&["--user", USER], "5s");
+    let signal = |sig| {
+        let pid = libc::pid_t::try_from(rig.agent.pid()).unwrap();
+        // SAFETY: signalling the test's own agent.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    };
+    let until = |t: SystemTime| t.duration_since(SystemTime::now()).unwrap_or_default();
+    std::thread::sleep(until(grant.expires).saturating_sub(Duration::from_millis(1500)));
+    signal(libc::SIGSTOP);
+    let extended = operator::json_lines(
+        &rig.url(),
+        &["grant", "extend", &grant.id, "--by", "8s", "--json"],
+    );
+    let new_end =
+        UNIX_EPOCH + Duration::from_nanos(extended[0]["expires_at_unix_nano"].as_u64().unwrap());
+    std::thread::sleep(until(grant.expires) + Duration::from_millis(500));
+    signal(libc::SIGCONT);
+    // The sweep of the old end and the extended view: whichever the agent takes first.
+    std::thread::sleep(Duration::from_secs(1));
+    let session = Session::start(&rig, &user, &sshd);
+    assert_eq!(
+        session.sudo["identity"]["grant"], grant.id,
+        "covered by the extended grant: {}",
+        session.sudo
+    );
+    std::thread::sleep(until(new_end).saturating_sub(Duration::from_millis(300)));
+    assert!(
+        session.pids.iter().all(|p| alive(*p)),
+        "nothing dies before the new end"
+    );
+    all_die(&session.pids, new_end);
+}

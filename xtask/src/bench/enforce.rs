@@ -95,6 +95,12 @@ pub fn run(trials: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The last lines of a log, for an error.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
 fn stop(agent: Agent) -> anyhow::Result<()> {
     let stopped = agent.stop();
     anyhow::ensure!(stopped.success, "agent failed:\n{}", stopped.stderr);
@@ -132,7 +138,7 @@ fn expiry_to_death(agent: &Agent, url: &str, trials: usize) -> anyhow::Result<Ve
 /// `trials` sleeps in their own cgroups, each under a grant that will end.
 fn set_up(agent: &Agent, url: &str, trials: usize) -> anyhow::Result<Vec<Trial>> {
     // Far enough ahead to set every trial up before the first expiry.
-    let first = Duration::from_secs(3) + Duration::from_millis(60) * u32::try_from(trials)?;
+    let first = Duration::from_secs(3) + Duration::from_millis(250) * u32::try_from(trials)?;
     let mut running = Vec::with_capacity(trials);
     for i in 0..trials {
         let unit = format!("{}.service", marker("bench-unit"));
@@ -162,9 +168,15 @@ fn set_up(agent: &Agent, url: &str, trials: usize) -> anyhow::Result<Vec<Trial>>
         let id = grant["id"].as_str().context("grant id")?.to_owned();
         let expires = UNIX_EPOCH
             + Duration::from_nanos(grant["expires_at_unix_nano"].as_u64().context("expiry")?);
+        // The log names every grant of a view; the status line only the first few.
+        let adopted = Instant::now() + Duration::from_secs(10);
+        while !agent.log().contains(&format!("\"{id}\"")) && Instant::now() < adopted {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         anyhow::ensure!(
-            agent.wait_for_status(Duration::from_secs(10), &format!(" {id}")),
-            "the agent never got grant {id}"
+            agent.log().contains(&format!("\"{id}\"")),
+            "the agent never got grant {id}; its log ends:\n{}",
+            tail(&agent.log())
         );
         let cgroup = TestCgroup::create(&unit);
         let mut cmd = Command::new("/bin/sleep");
@@ -184,7 +196,12 @@ fn set_up(agent: &Agent, url: &str, trials: usize) -> anyhow::Result<Vec<Trial>>
             .wait_for(Duration::from_secs(10), |v| {
                 v["kind"] == "exec" && v["pid"] == pid && v["identity"]["grant"] == id
             })
-            .with_context(|| format!("the sleep of {unit} was not seen under {id}"))?;
+            .with_context(|| {
+                format!(
+                    "the sleep of {unit} was not seen under {id}; the agent's log ends:\n{}",
+                    tail(&agent.log())
+                )
+            })?;
     }
     Ok(running)
 }
