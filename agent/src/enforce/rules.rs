@@ -39,8 +39,9 @@ pub struct View {
     pub policy: Option<Policy>,
     /// When the collector made it, by the collector's clock.
     pub issued_unix_nano: u64,
-    /// When it arrived, by this host's `CLOCK_BOOTTIME`.
-    pub received_boot_ns: u64,
+    /// The collector's time minus this host's `CLOCK_BOOTTIME`: the timeline grants are
+    /// judged on.
+    collector_minus_boot: i128,
 }
 
 impl View {
@@ -60,6 +61,11 @@ impl View {
                 }
             }
         }
+        // A view that took longer to arrive than the last one, or that a collector's clock
+        // stepped back made, would put the collector's time behind where the last one had
+        // it, and give every grant the difference: a view held back in transit must extend
+        // nothing. So the timeline never goes back.
+        let offset = i128::from(now) - i128::from(received_boot_ns);
         Self {
             grants: new
                 .grants
@@ -68,28 +74,23 @@ impl View {
                 .collect(),
             policy: new.policy,
             issued_unix_nano: new.issued_unix_nano,
-            received_boot_ns,
+            collector_minus_boot: old.map_or(offset, |old| old.collector_minus_boot.max(offset)),
         }
     }
 
     /// The collector's time at boot-clock instant `boot_ns`.
     #[must_use]
     pub fn at(&self, boot_ns: u64) -> u64 {
-        if boot_ns >= self.received_boot_ns {
-            self.issued_unix_nano
-                .saturating_add(boot_ns - self.received_boot_ns)
-        } else {
-            self.issued_unix_nano
-                .saturating_sub(self.received_boot_ns - boot_ns)
-        }
+        let at = i128::from(boot_ns) + self.collector_minus_boot;
+        u64::try_from(at.max(0)).unwrap_or(u64::MAX)
     }
 
-    /// The boot-clock instant at which the collector's time reaches `unix_ns` (at once, if
-    /// it had already when the view was issued).
+    /// The boot-clock instant at which the collector's time reaches `unix_ns` (0, at once,
+    /// if it already has).
     #[must_use]
     pub fn boot_at(&self, unix_ns: u64) -> u64 {
-        self.received_boot_ns
-            .saturating_add(unix_ns.saturating_sub(self.issued_unix_nano))
+        let boot = i128::from(unix_ns) - self.collector_minus_boot;
+        u64::try_from(boot.max(0)).unwrap_or(u64::MAX)
     }
 
     /// The form it is cached in.
@@ -413,7 +414,7 @@ pub(crate) mod tests {
         assert_eq!(v.at(1_000 + SEC), T0 + SEC);
         assert_eq!(v.at(0), T0 - 1_000);
         assert_eq!(v.boot_at(T0 + 10 * SEC), 1_000 + 10 * SEC);
-        assert_eq!(v.boot_at(T0 - SEC), 1_000, "already passed: at once");
+        assert_eq!(v.boot_at(T0 - SEC), 0, "already passed: at once");
     }
 
     /// A `sudo -i` shell runs with uid 0: only its elevation says a human acts as root.
@@ -430,6 +431,36 @@ pub(crate) mod tests {
         );
         let elevated = r.judge(Some(&v), &process, &alice(), true, &body, T0 + SEC);
         assert_eq!(elevated.violation.map(|v| v.rule), Some("root_exec"));
+    }
+
+    /// A view held back in transit (issued 2 s before it arrives, where the last arrived at
+    /// once) is placed on the last one's timeline: the delay extends no grant.
+    #[test]
+    fn a_view_delayed_in_transit_extends_nothing() {
+        let first = View::adopt(None, view(Vec::new(), Mode::Alert), 1_000);
+        let late = GrantView {
+            issued_unix_nano: T0 + SEC,
+            ..view(Vec::new(), Mode::Alert)
+        };
+        let adopted = View::adopt(Some(&first), late, 1_000 + 3 * SEC);
+        assert_eq!(
+            adopted.at(1_000 + 3 * SEC),
+            T0 + 3 * SEC,
+            "as the first had it"
+        );
+        let prompt = GrantView {
+            issued_unix_nano: T0 + 4 * SEC,
+            ..view(Vec::new(), Mode::Alert)
+        };
+        let next = View::adopt(Some(&adopted), prompt, 1_000 + 4 * SEC);
+        assert_eq!(next.at(1_000 + 4 * SEC), T0 + 4 * SEC);
+        // The collector's clock stepped back an hour: its views keep the timeline.
+        let stepped = GrantView {
+            issued_unix_nano: T0 + 5 * SEC - 3600 * SEC,
+            ..view(Vec::new(), Mode::Alert)
+        };
+        let after = View::adopt(Some(&next), stepped, 1_000 + 5 * SEC);
+        assert_eq!(after.at(1_000 + 5 * SEC), T0 + 5 * SEC);
     }
 
     #[test]
