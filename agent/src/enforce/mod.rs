@@ -93,18 +93,10 @@ impl Enforcer {
     pub fn new(cache: Option<Cache>, kernel: Option<Kernel>, reaper: Option<Reaper>) -> Self {
         // A cached view arrived before this agent started: its arrival on the boot clock
         // is inferred once, from the wall clock.
-        let received = boot_ns().saturating_sub(
-            proto::time::now_unix_nano().saturating_sub(
-                cache
-                    .as_ref()
-                    .and_then(Cache::view)
-                    .map_or(0, |v| v.issued_unix_nano),
-            ),
-        );
-        let view = cache
-            .as_ref()
-            .and_then(Cache::view)
-            .map(|v| Arc::new(View::adopt(None, v, received)));
+        let view = cache.as_ref().and_then(Cache::view).map(|v| {
+            let age = proto::time::now_unix_nano().saturating_sub(v.issued_unix_nano);
+            Arc::new(View::adopt(None, v, boot_ns().saturating_sub(age)))
+        });
         let causes = cache.as_ref().map(Cache::causes).unwrap_or_default();
         let mut enforcer = Self {
             clock: WallClock::now(),
