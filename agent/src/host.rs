@@ -27,11 +27,54 @@ pub struct InstanceLock {
     _file: std::fs::File,
 }
 
+/// Opens the lock file at `path`, creating it.
+pub fn open_lock(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// Takes `file`'s exclusive lock, held until the process ends. [`held`] takes a lock
+/// shared for an instant to test it: a few tries ride over that.
+#[must_use]
+pub fn lock_exclusive(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd as _;
+    (0..LOCK_TRIES).any(|_| {
+        // SAFETY: a valid descriptor; the lock goes with it when the process ends.
+        let ok = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        ok
+    })
+}
+
+/// Whether some process holds the lock at `path`: it is taken shared for an instant, and
+/// released at once.
+pub fn held(path: &std::path::Path) -> anyhow::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    if !path.exists() {
+        return Ok(false);
+    }
+    let file = open_lock(path)?;
+    // SAFETY: a valid descriptor.
+    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    if free {
+        // SAFETY: as above.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+    }
+    Ok(!free)
+}
+
 /// Takes the host's agent lock, or fails naming the pid that holds it.
 pub fn lock_instance(path: &std::path::Path) -> anyhow::Result<InstanceLock> {
     use std::{
         io::{Read as _, Seek as _, Write as _},
-        os::{fd::AsRawFd as _, unix::fs::DirBuilderExt as _},
+        os::unix::fs::DirBuilderExt as _,
     };
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
@@ -40,24 +83,8 @@ pub fn lock_instance(path: &std::path::Path) -> anyhow::Result<InstanceLock> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // The reaper tests this lock by taking it shared for an instant: a few tries ride over
-    // that.
-    let taken = (0..LOCK_TRIES).any(|_| {
-        // SAFETY: a valid descriptor; the lock goes with it when the process ends.
-        let ok = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if !ok {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        ok
-    });
-    if !taken {
+    let mut file = open_lock(path)?;
+    if !lock_exclusive(&file) {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         let holder = holder.trim();

@@ -30,6 +30,19 @@ struct Contact {
     silent: bool,
 }
 
+impl Contact {
+    /// A host taken as heard now, of which nothing else is known yet.
+    fn now() -> Self {
+        Self {
+            last: Instant::now(),
+            last_unix_nano: 0,
+            version: String::new(),
+            streams: 0,
+            silent: false,
+        }
+    }
+}
+
 pub(crate) struct Liveness {
     hosts: Mutex<HashMap<String, Contact>>,
     silent_after: Duration,
@@ -38,20 +51,7 @@ pub(crate) struct Liveness {
 impl Liveness {
     /// Knows `hosts` (those the store holds records of) as last heard now.
     pub(crate) fn new(hosts: impl IntoIterator<Item = String>, silent_after: Duration) -> Self {
-        let now = Instant::now();
-        let hosts = hosts
-            .into_iter()
-            .map(|h| {
-                let contact = Contact {
-                    last: now,
-                    last_unix_nano: 0,
-                    version: String::new(),
-                    streams: 0,
-                    silent: false,
-                };
-                (h, contact)
-            })
-            .collect();
+        let hosts = hosts.into_iter().map(|h| (h, Contact::now())).collect();
         Self {
             hosts: Mutex::new(hosts),
             silent_after,
@@ -65,13 +65,7 @@ impl Liveness {
     /// `host` spoke: returns whether it had been silent.
     pub(crate) fn heard(&self, host: &str) -> bool {
         let mut hosts = self.lock();
-        let contact = hosts.entry(host.to_owned()).or_insert_with(|| Contact {
-            last: Instant::now(),
-            last_unix_nano: 0,
-            version: String::new(),
-            streams: 0,
-            silent: false,
-        });
+        let contact = hosts.entry(host.to_owned()).or_insert_with(Contact::now);
         contact.last = Instant::now();
         contact.last_unix_nano = proto::time::now_unix_nano();
         std::mem::take(&mut contact.silent)

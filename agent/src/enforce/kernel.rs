@@ -138,12 +138,6 @@ impl Kernel {
         self.maps.get(target)
     }
 
-    /// The deadline the kernel holds for `target`, if any.
-    #[must_use]
-    pub fn deadline(&self, target: Target) -> Option<u64> {
-        self.maps.get(target).map(|d| d.deadline_ns)
-    }
-
     /// Denies `target` from `deny.deadline_ns` on: the kernel kills its tasks at their
     /// first syscall past it, recording `deny.cause`, with or without this agent.
     pub fn deny(&mut self, target: Target, deny: Deny) -> anyhow::Result<()> {

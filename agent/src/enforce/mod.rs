@@ -241,7 +241,7 @@ impl Enforcer {
         {
             return;
         }
-        let passed = |k: &Kernel| k.deadline(target).is_some_and(|d| d <= boot_ns());
+        let passed = |k: &Kernel| k.get(target).is_some_and(|d| d.deadline_ns <= boot_ns());
         if self.kernel.as_ref().is_none_or(passed) {
             return;
         }

@@ -12,7 +12,7 @@ use std::{
     collections::HashSet,
     fs,
     io::Write as _,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -24,7 +24,10 @@ use tracing::{info, warn};
 
 use super::{kernel::DenyMaps, kill};
 use crate::{
-    capture::event::Target, clock::boot_ns, evidence::write_private,
+    capture::event::Target,
+    clock::boot_ns,
+    evidence::write_private,
+    host::{held, lock_exclusive, open_lock},
     identity::cgroup::cgroup2_mount,
 };
 
@@ -104,18 +107,8 @@ impl Reaper {
 
     /// The reaper's life: until no deadline is left to it, or the maps are uninstalled.
     pub fn run(&self) -> anyhow::Result<()> {
-        let lock = lock_file(&self.lock_path())?;
-        // The agent tests this lock by taking it shared for an instant: a few tries ride
-        // over that.
-        let taken = (0..10).any(|_| {
-            // SAFETY: a valid descriptor; the lock goes with the process.
-            let ok = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-            if !ok {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            ok
-        });
-        if !taken {
+        let lock = open_lock(&self.lock_path())?;
+        if !lock_exclusive(&lock) {
             info!("another reaper runs");
             return Ok(());
         }
@@ -210,29 +203,4 @@ pub fn take_reaped(spool: &Path) -> Vec<Reaped> {
         .collect();
     let _ = fs::remove_file(&path);
     reaped
-}
-
-fn lock_file(path: &Path) -> anyhow::Result<fs::File> {
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))
-}
-
-/// Whether some process holds the lock at `path`.
-fn held(path: &Path) -> anyhow::Result<bool> {
-    if !path.exists() {
-        return Ok(false);
-    }
-    let file = lock_file(path)?;
-    // SAFETY: a valid descriptor.
-    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
-    if free {
-        // SAFETY: as above; released at once so the agent can take it.
-        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-    }
-    Ok(!free)
 }

@@ -4,7 +4,10 @@
 //! it (for a login, the one `pam_loginuid` ran in), so all activity of one login can be
 //! grouped and replayed.
 
-use std::{collections::HashMap, fs};
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+};
 
 use crate::capture::event::{Body, Event, audit_id};
 
@@ -38,8 +41,8 @@ const MAX_DEPTH: usize = 256;
 pub struct ProcessTable {
     procs: HashMap<u32, Entry>,
     roots: HashMap<u32, SessionRoot>,
-    /// Audit sessions made by a loginuid write inside a login, to the session it was in.
-    aliases: HashMap<u32, u32>,
+    /// Audit sessions made by a loginuid write inside a login, already reported.
+    moved_to: HashSet<u32>,
 }
 
 impl ProcessTable {
@@ -108,7 +111,7 @@ impl ProcessTable {
         Self {
             procs,
             roots: HashMap::new(),
-            aliases: HashMap::new(),
+            moved_to: HashSet::new(),
         }
     }
 
@@ -201,31 +204,25 @@ impl ProcessTable {
         };
         let entry = self.procs.get(&subject)?;
         let born = entry.sessionid?;
-        let born_session = self.aliases.get(&born).copied().unwrap_or(born);
         if process.sessionid == Some(born) {
             return None;
         }
+        let (born_loginuid, session) = (entry.loginuid, process.sessionid);
         let change = Body::LoginuidChange {
-            born_loginuid: entry.loginuid,
-            born_session,
+            born_loginuid,
+            born_session: born,
             loginuid: process.loginuid,
-            session: process.sessionid,
+            session,
         };
         process.sessionid = Some(born);
-        process.loginuid = entry.loginuid;
-        let Body::LoginuidChange {
-            session: Some(new), ..
-        } = change
-        else {
+        process.loginuid = born_loginuid;
+        let Some(new) = session else {
             return Some(change);
         };
-        if self.aliases.len() >= ROOTS_MAX {
-            self.aliases.clear();
+        if self.moved_to.len() >= ROOTS_MAX {
+            self.moved_to.clear();
         }
-        self.aliases
-            .insert(new, born_session)
-            .is_none()
-            .then_some(change)
+        self.moved_to.insert(new).then_some(change)
     }
 
     /// Whether process `tgid` is, or descends from, a setuid-root exec in a login session.
