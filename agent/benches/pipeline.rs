@@ -118,6 +118,7 @@ fn covering_view(attribute: &mut Attribute, record: &[u8]) -> View {
         root_exec: true,
         guarded: Vec::new(),
         require_approval: false,
+        fail_closed_on_loss: Mode::Alert.into(),
     };
     View::adopt(
         None,

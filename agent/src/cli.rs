@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use agent_common::exec::{ARGV_CAP, ARGV_DEFAULT};
+use agent_common::{
+    event::CONTROL_BYTES,
+    exec::{ARGV_CAP, ARGV_DEFAULT},
+};
 use clap::Parser;
 
 /// The settings file read unless `--config` names another (docs/deploy.md): TOML whose keys
@@ -71,6 +74,11 @@ pub struct Cli {
     /// cannot fill.
     #[arg(long, default_value_t = 16 << 20, value_parser = ring_size)]
     pub ring_bytes: u32,
+
+    /// Size of the kernel ring buffer of exec, fork and exit records, a power of two of at
+    /// least one page. An exec record whose argv alone exceeds it is lost, and counted.
+    #[arg(long, default_value_t = CONTROL_BYTES, value_parser = ring_size)]
+    pub control_ring_bytes: u32,
 
     /// Unread bytes in a ring buffer above which the kernel wakes the reader at once
     /// [default: an eighth of the terminal ring].

@@ -23,7 +23,7 @@ use std::{
 
 use agent_common::{
     config::{CONFIG_GLOBAL, CaptureConfig},
-    event::EVENTS_MAP,
+    event::{CONTROL_MAP, EVENTS_MAP},
     layout::LAYOUT_GLOBAL,
 };
 use anyhow::Context as _;
@@ -271,6 +271,7 @@ fn load(cli: &Cli, pins: &std::path::Path) -> anyhow::Result<(Arc<Programs>, Rep
         .override_global(LAYOUT_GLOBAL, &layout, true)
         .override_global(CONFIG_GLOBAL, &config, true)
         .map_max_entries(EVENTS_MAP, cli.ring_bytes)
+        .map_max_entries(CONTROL_MAP, cli.control_ring_bytes)
         .default_map_pin_directory(pins)
         .load(EBPF_OBJECT)
         .context("loading the kernel programs")?;

@@ -55,6 +55,7 @@ fn main() -> anyhow::Result<()> {
                 mode = ?policy.mode(),
                 root_exec = policy.root_exec,
                 guarded = policy.guarded.len(),
+                fail_closed_on_loss = ?policy.fail_closed_on_loss(),
                 "policy"
             );
             let listening = format!("listening on {}", listener.local_addr()?);

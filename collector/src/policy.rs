@@ -41,6 +41,9 @@ struct PolicyFile {
     /// Every grant needs two people: direct creation is refused.
     #[serde(default)]
     require_approval: bool,
+    /// Exec records lost while kill-mode grants are in use: kill those sessions, or alert.
+    #[serde(default)]
+    fail_closed_on_loss: FileMode,
 }
 
 fn yes() -> bool {
@@ -72,6 +75,7 @@ pub fn default_policy() -> Policy {
         root_exec: true,
         guarded: Vec::new(),
         require_approval: false,
+        fail_closed_on_loss: Mode::Alert.into(),
     }
 }
 
@@ -105,15 +109,22 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         guarded.push(selector);
     }
     Ok(Policy {
-        mode: match file.mode {
-            FileMode::Alert => Mode::Alert,
-            FileMode::Kill => Mode::Kill,
-        }
-        .into(),
+        mode: file.mode.into(),
         root_exec: file.root_exec,
         guarded,
         require_approval: file.require_approval,
+        fail_closed_on_loss: file.fail_closed_on_loss.into(),
     })
+}
+
+impl From<FileMode> for i32 {
+    fn from(mode: FileMode) -> Self {
+        match mode {
+            FileMode::Alert => Mode::Alert,
+            FileMode::Kill => Mode::Kill,
+        }
+        .into()
+    }
 }
 
 #[cfg(test)]
@@ -130,13 +141,14 @@ mod tests {
     #[test]
     fn a_policy_file_reads_into_the_policy_agents_are_sent() {
         let policy = load_text(
-            r#"{"mode": "kill", "root_exec": false,
+            r#"{"mode": "kill", "root_exec": false, "fail_closed_on_loss": "kill",
                 "guarded": [{"kind": "service", "name": "nginx.service"},
                             {"kind": "registered", "name": "deploy-bot"}]}"#,
         )
         .unwrap();
         assert_eq!(policy.mode(), Mode::Kill);
         assert!(!policy.root_exec);
+        assert_eq!(policy.fail_closed_on_loss(), Mode::Kill);
         assert_eq!(
             policy.guarded,
             [

@@ -931,6 +931,47 @@ fn a_terminal_flood_cannot_hide_an_exec() {
     eprintln!("terminal records lost to the flood: {lost}");
 }
 
+/// Exec records lost while a session holds a kill-mode grant it used: the agent cannot tell
+/// whose they were, so under `fail_closed_on_loss: kill` that session dies, with a kill that
+/// says why. The loss is an exec whose argv alone does not fit the (small) exec ring: a way
+/// to run a command unrecorded. Any exec on the host can be the one lost (a busy host's
+/// compiler lines fill a small ring too), so the test runs its own and asks only that the
+/// session died for a loss.
+#[test]
+fn lost_exec_records_kill_the_sessions_under_kill_mode_grants() {
+    if !privileged("lost_exec_records_kill_the_sessions_under_kill_mode_grants") {
+        return;
+    }
+    let user = User::ensure(USER);
+    let sshd = Sshd::start();
+    let rig = Rig::start_with(
+        Some(r#"{"fail_closed_on_loss": "kill"}"#),
+        &["--control-ring-bytes", "8192", "--drain-ms", "1"],
+    );
+    let grant = rig.kill_grant(&["--user", USER], "120s");
+    let session = Session::start(&rig, &user, &sshd);
+    assert_eq!(
+        session.sudo["identity"]["grant"], grant.id,
+        "{}",
+        session.sudo
+    );
+    let status = Command::new("/bin/true")
+        .arg("a".repeat(8000))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let lost = rig
+        .agent
+        .wait_for(Duration::from_secs(10), |v| {
+            v["kind"] == "gap" && v["lost_kind"] == "exec"
+        })
+        .expect("the long exec is a gap: is the exec ring small?");
+    let kill = session.kill_event(&rig, &grant.id);
+    assert_eq!(kill["kill"]["reason"], "exec_lost", "{kill}");
+    session_ends(session.id);
+    eprintln!("lost: {lost}\nkill: {kill}");
+}
+
 /// An extension that reaches the agent only after its sweep may have ended the grant (the
 /// agent is stopped across the end while the grant is extended): the grant ends again at
 /// its new end, and a session that used it after the extension dies then, not before.

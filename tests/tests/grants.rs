@@ -392,6 +392,7 @@ async fn an_agent_is_sent_its_hosts_grants_after_welcome_and_at_each_change() {
             mode: Mode::Alert.into(),
             root_exec: true,
             guarded: Vec::new(),
+            fail_closed_on_loss: Mode::Alert.into(),
         }),
         "the default policy"
     );
@@ -440,7 +441,7 @@ async fn the_policy_file_is_sent_to_agents_and_a_bad_one_stops_the_collector() {
     let policy = dir.join("policy.json");
     std::fs::write(
         &policy,
-        r#"{"mode": "kill", "root_exec": false, "guarded": [
+        r#"{"mode": "kill", "root_exec": false, "fail_closed_on_loss": "kill", "guarded": [
             {"kind": "service", "name": "nginx.service"},
             {"kind": "registered", "name": "deploy-bot"}]}"#,
     )
@@ -456,6 +457,7 @@ async fn the_policy_file_is_sent_to_agents_and_a_bad_one_stops_the_collector() {
         Some(Policy {
             require_approval: false,
             mode: Mode::Kill.into(),
+            fail_closed_on_loss: Mode::Kill.into(),
             root_exec: false,
             guarded: vec![
                 IdentitySelector {

@@ -11,9 +11,10 @@ use proto::{
 
 use crate::ChainRow;
 
-/// The alerts an agent may chain: a collector that lost what it acknowledged, and a process
-/// of a login session that changed its loginuid (docs/grants.md).
-const AGENT_ALERTS: [&str; 2] = ["collector_rollback", "loginuid_change"];
+/// The alerts an agent may chain: a collector that lost what it acknowledged, a process
+/// of a login session that changed its loginuid, and exec records lost while sessions held
+/// kill-mode grants (docs/grants.md).
+const AGENT_ALERTS: [&str; 3] = ["collector_rollback", "loginuid_change", "exec_lost"];
 
 /// The columns queries find a record by, as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

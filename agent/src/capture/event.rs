@@ -101,6 +101,12 @@ pub enum Body {
         loginuid: Option<u32>,
         session: Option<u32>,
     },
+    /// Exec records were lost while these targets held running kill-mode grants they had
+    /// used, and the policy says alert: any of them may have made the lost execs.
+    ExecLost {
+        records: u64,
+        targets: Vec<Target>,
+    },
 }
 
 /// What an enforcement action is aimed at: a human's audit session, or the cgroup of a
@@ -111,6 +117,15 @@ pub enum Body {
 pub enum Target {
     Session(u32),
     Cgroup(u64),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Session(id) => write!(f, "session {id}"),
+            Self::Cgroup(id) => write!(f, "cgroup {id}"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,7 +157,8 @@ pub struct Kill {
     pub cause: u32,
     /// Empty for a violation.
     pub grant_id: String,
-    /// "expired", "revoked", "violation"; empty until the enforce stage resolves `cause`.
+    /// `expired`, `revoked`, `violation`, `exec_lost`; empty until the enforce stage resolves
+    /// `cause`.
     pub reason: &'static str,
     pub target: Option<Target>,
     pub pids: Vec<u32>,

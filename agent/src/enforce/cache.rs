@@ -24,7 +24,7 @@ const CAUSES_FILE: &str = "deny-causes.json";
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Cause {
     pub grant_id: String,
-    /// "expired", "revoked" or "violation".
+    /// `expired`, `revoked`, `violation` or `exec_lost`.
     pub reason: String,
     pub target: Target,
 }
@@ -36,6 +36,7 @@ pub fn reason(text: &str) -> &'static str {
         "expired" => "expired",
         "revoked" => "revoked",
         "violation" => "violation",
+        "exec_lost" => "exec_lost",
         _ => "unknown",
     }
 }

@@ -6,6 +6,8 @@
 
 use std::{collections::HashSet, sync::Arc};
 
+use agent_common::event::kind;
+
 use tracing::debug_span;
 
 use super::rules::{Rules, View, target_of};
@@ -32,6 +34,9 @@ pub enum Action {
     /// A process of session `born` moved itself to session `alias` (a loginuid write):
     /// whatever ends `born` ends `alias` too.
     Alias { born: Target, alias: Target },
+    /// Exec records were lost (the kernel's ring, a dropped batch, an undecodable record),
+    /// so their sessions went unjudged: the policy's `fail_closed_on_loss` decides.
+    ExecLost { records: u64 },
 }
 
 pub struct Judge {
@@ -67,6 +72,14 @@ impl Judge {
         let mut out = Vec::with_capacity(batch.len());
         let mut actions = Vec::new();
         for mut item in batch {
+            if let Body::Gap {
+                lost_kind: kind::EXEC,
+                records,
+                ..
+            } = item.event.body
+            {
+                actions.push(Action::ExecLost { records });
+            }
             if let Body::LoginuidChange {
                 born_session,
                 session: Some(session),
@@ -215,6 +228,30 @@ mod tests {
             }],
             "one kill per target"
         );
+    }
+
+    #[test]
+    fn lost_exec_records_are_reported_and_other_losses_are_not() {
+        let mut j = judge(Mode::Kill, Vec::new());
+        let gap = |lost_kind| Attributed {
+            event: Event {
+                ktime_ns: 0,
+                process: None,
+                body: Body::Gap {
+                    source: crate::capture::event::GapSource::Kernel,
+                    lost_kind,
+                    records: 3,
+                    bytes: 0,
+                },
+            },
+            identity: None,
+            root: None,
+            grant: None,
+            elevated: false,
+        };
+        let (out, actions) = j.process(vec![gap(kind::TTY_OUT), gap(kind::EXEC)]);
+        assert_eq!(out.len(), 2, "the gaps stay in the chain");
+        assert_eq!(actions, [Action::ExecLost { records: 3 }]);
     }
 
     #[test]

@@ -16,12 +16,17 @@ mod kill;
 pub mod reaper;
 pub mod rules;
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use agent_common::enforce::Deny;
 use proto::{
     grant::end,
-    v1::{self, GrantView, grant::OnExpiry},
+    v1::{self, GrantView, grant::OnExpiry, policy::Mode},
 };
 use tokio::{
     sync::{mpsc, watch},
@@ -332,7 +337,7 @@ impl Enforcer {
         cause
     }
 
-    fn act(&mut self, action: Action) -> Option<v1::Event> {
+    fn act(&mut self, action: Action) -> Vec<v1::Event> {
         match action {
             Action::Used { grant, target } => {
                 if !self
@@ -341,7 +346,7 @@ impl Enforcer {
                     .or_default()
                     .insert(target)
                 {
-                    return None;
+                    return Vec::new();
                 }
                 if let Some(cache) = &self.cache {
                     block_in_place(|| cache.save_usage(&self.usage));
@@ -355,11 +360,65 @@ impl Enforcer {
                             && self.expiry.has_ended(id, end(g))
                     })
                 });
-                killing.then(|| self.kill(target, grant.to_string(), "expired"))
+                killing
+                    .then(|| self.kill(target, grant.to_string(), "expired"))
+                    .into_iter()
+                    .collect()
             }
-            Action::Kill { target, reason } => Some(self.kill(target, String::new(), reason)),
-            Action::Alias { born, alias } => self.alias(born, alias),
+            Action::Kill { target, reason } => vec![self.kill(target, String::new(), reason)],
+            Action::Alias { born, alias } => self.alias(born, alias).into_iter().collect(),
+            Action::ExecLost { records } => self.exec_lost(records),
         }
+    }
+
+    /// Exec records were lost, so whoever made them went unjudged. The targets holding a
+    /// running kill-mode grant they used may have been among them: the agent cannot tell
+    /// whose the records were. With `fail_closed_on_loss: kill` each of them is killed;
+    /// otherwise an alert names them.
+    fn exec_lost(&mut self, records: u64) -> Vec<v1::Event> {
+        let Some(view) = self.view.clone() else {
+            return Vec::new();
+        };
+        let now = view.at(boot_ns());
+        let mut held: BTreeMap<Target, String> = BTreeMap::new();
+        for (id, grant) in &view.grants {
+            if grant.on_expiry() != OnExpiry::Kill
+                || end(grant) <= now
+                || self.expiry.has_ended(id, end(grant))
+            {
+                continue;
+            }
+            for target in self.usage.get(&**id).into_iter().flatten() {
+                held.entry(*target).or_insert_with(|| id.to_string());
+            }
+        }
+        if held.is_empty() {
+            return Vec::new();
+        }
+        let kill = view
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.fail_closed_on_loss() == Mode::Kill);
+        warn!(
+            records,
+            targets = held.len(),
+            kill,
+            "exec records lost while kill-mode grants are in use"
+        );
+        if kill {
+            return held
+                .into_iter()
+                .map(|(target, grant)| self.kill(target, grant, "exec_lost"))
+                .collect();
+        }
+        vec![self.encode(Event {
+            ktime_ns: boot_ns(),
+            process: None,
+            body: Body::ExecLost {
+                records,
+                targets: held.into_keys().collect(),
+            },
+        })]
     }
 
     /// Ends every grant whose end has come: with `on_expiry: kill`, what used it is denied

@@ -310,6 +310,7 @@ pub(crate) mod tests {
                 root_exec: true,
                 guarded: Vec::new(),
                 require_approval: false,
+                fail_closed_on_loss: Mode::Alert.into(),
             }),
             issued_unix_nano: T0,
         }

@@ -7,7 +7,7 @@ use proto::v1;
 use tracing::debug_span;
 
 use crate::{
-    capture::event::{Body, GapSource, lost_kind_name},
+    capture::event::{Body, GapSource, Target, lost_kind_name},
     clock::WallClock,
     identity::attribute::Attributed,
 };
@@ -151,17 +151,17 @@ fn body(body: Body) -> v1::event::Body {
             born_session,
             loginuid,
             session,
-        } => B::Alert(v1::Alert {
-            kind: "loginuid_change".into(),
-            message: format!(
+        } => alert(
+            "loginuid_change",
+            format!(
                 "wrote its loginuid: {} in session {born_session} became {} in session {}; it \
                  stays attributed to, and enforced as, session {born_session}",
                 audit_text(born_loginuid),
                 audit_text(loginuid),
                 audit_text(session),
             ),
-            ..v1::Alert::default()
-        }),
+        ),
+        Body::ExecLost { records, targets } => exec_lost(records, &targets),
         Body::Kill(kill) => B::Kill(v1::Kill {
             reason: kill.reason.to_owned(),
             sessionid: kill.sessionid(),
@@ -171,6 +171,28 @@ fn body(body: Body) -> v1::event::Body {
             pids: kill.pids,
         }),
     }
+}
+
+/// Exec records lost while `targets` held kill-mode grants, under an alerting policy.
+fn exec_lost(records: u64, targets: &[Target]) -> v1::event::Body {
+    let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
+    alert(
+        "exec_lost",
+        format!(
+            "{records} exec records were lost while these held kill-mode grants, and any of \
+             them may have made them: {}",
+            targets.join(", ")
+        ),
+    )
+}
+
+/// An alert the agent chains about its own host.
+fn alert(kind: &str, message: String) -> v1::event::Body {
+    v1::event::Body::Alert(v1::Alert {
+        kind: kind.to_owned(),
+        message,
+        ..v1::Alert::default()
+    })
 }
 
 /// An audit id as the evidence words it: "unset" for the kernel's unset value.
