@@ -284,7 +284,7 @@ impl EvidenceStage {
             block_in_place(|| self.write(&events))?;
         }
         if let (Some(evidence), Some(reason)) = (&mut self.evidence, self.stop_reason.get()) {
-            let durable = block_in_place(|| evidence.stop(reason))?;
+            let durable = block_in_place(|| evidence.stop(reason));
             if let Some(tx) = &self.durable {
                 tx.send_replace(durable);
             }
@@ -297,7 +297,7 @@ impl EvidenceStage {
             stdout.process(events)?;
         }
         if let Some(evidence) = &mut self.evidence {
-            let durable = evidence.process(events)?;
+            let durable = evidence.process(events);
             if let Some(tx) = &self.durable {
                 tx.send_replace(durable);
             }

@@ -153,6 +153,124 @@ fn spooled_events_verify_independently() {
     );
 }
 
+/// A tmpfs mounted for one test, unmounted however the test ends.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, size: &str) -> Self {
+        fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("recorder-test")
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs at {}", dir.display());
+        Self(dir)
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The spool's filesystem fills up (a 1 MiB tmpfs, far under `--spool-max-bytes`): the
+/// agent goes on, writes no partial frame, and once there is room again, what it could not
+/// write is one chained spool-full gap whose count is exact: every event its standard
+/// output saw is in the spool or counted there.
+#[test]
+fn a_full_disk_is_a_chained_gap_with_exact_counts() {
+    if !privileged("a_full_disk_is_a_chained_gap_with_exact_counts") {
+        return;
+    }
+    let dir = spool_dir("diskfull");
+    let disk = Tmpfs::mount(dir.join("spool"), "1m");
+    let agent = Agent::start(&["--spool", disk.0.to_str().unwrap()]);
+    let long = "a".repeat(4000);
+    let exec_long = || {
+        for _ in 0..20 {
+            assert!(
+                Command::new("/bin/true")
+                    .arg(&long)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    while !agent.log().contains("cannot write the spool") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool never filled its disk:\n{}",
+            agent.log()
+        );
+        exec_long();
+    }
+    // Lost while the disk stays full.
+    exec_long();
+    disk.resize("64m");
+    let mark = marker("room");
+    assert!(
+        Command::new("/bin/true")
+            .arg(&mark)
+            .status()
+            .unwrap()
+            .success()
+    );
+    agent.sync();
+    let out = agent.stop();
+    assert!(out.success, "the agent failed:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("the spool writes again"),
+        "{}",
+        out.stderr
+    );
+    let refused = out.total("spool_refused").unwrap();
+    assert!(refused > 0, "{}", out.stderr);
+
+    let chains = verify_spool(&disk.0);
+    assert_eq!(chains.len(), 1);
+    let chain = &chains[0];
+    assert!(
+        has_exec_with(chain, &mark),
+        "what came after the room returned"
+    );
+    let gaps: Vec<&v1::Gap> = chain
+        .events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Gap(g)) if g.source == i32::from(v1::gap::Source::SpoolFull) => Some(g),
+            _ => None,
+        })
+        .collect();
+    let counted: u64 = gaps.iter().map(|g| g.records).sum();
+    eprintln!(
+        "refused {refused} in {} gaps; {} events spooled",
+        gaps.len(),
+        chain.events.len()
+    );
+    assert_eq!(counted, refused, "the gaps count what the agent refused");
+    // The spool holds what standard output saw, less what the gaps count, plus its own
+    // records: the chain's start and stop, and the gaps.
+    assert_eq!(
+        chain.events.len() as u64,
+        out.events.len() as u64 - refused + 2 + gaps.len() as u64,
+        "every event is spooled or counted"
+    );
+}
+
 /// Killed with SIGKILL in the middle of an exec burst and started again, the agent loses
 /// nothing it had spooled, and its new chain names the old chain's head.
 #[test]

@@ -5,6 +5,7 @@
 use proto::v1::ChainedEvent;
 
 /// One agent instance's chain: seq is contiguous from 0.
+#[derive(Clone)]
 pub struct Chain(proto::chain::Chain);
 
 impl Chain {
@@ -16,6 +17,12 @@ impl Chain {
     #[must_use]
     pub fn id(&self) -> &str {
         self.0.id()
+    }
+
+    /// The seq the next record gets.
+    #[must_use]
+    pub fn next_seq(&self) -> u64 {
+        self.0.next_seq()
     }
 
     /// Places `event` (serialized bytes) next in the chain.

@@ -19,7 +19,7 @@ use std::{
 
 use prost::Message as _;
 use proto::v1;
-use tracing::{debug_span, info, warn};
+use tracing::{debug, debug_span, info, warn};
 
 use self::{
     chain::Chain,
@@ -61,6 +61,19 @@ pub struct Evidence {
     refused_total: u64,
     /// Reused for each event's serialized bytes.
     scratch: Vec<u8>,
+    /// Where the spool was last durable, while a failed write is still to be undone.
+    undo: Option<Mark>,
+    /// The last batch could not be written: said once, not once per batch.
+    failing: bool,
+}
+
+/// The spool and chain as they were durable, before a batch.
+struct Mark {
+    durable: Durable,
+    total: u64,
+    chain: Chain,
+    refused: (u64, u64),
+    refused_total: u64,
 }
 
 impl Evidence {
@@ -70,7 +83,7 @@ impl Evidence {
         private_dir(dir)?;
         let start = WallClock::now().unix_ns(boot_ns());
         let chain_id = format!("{host}:{boot_id}:{start}");
-        let (spool, recovered) = Spool::open(dir, &format!("{start:020}"), max_bytes)?;
+        let (spool, recovered) = Spool::open(dir, max_bytes)?;
         if recovered.torn_bytes > 0 {
             warn!(
                 bytes = recovered.torn_bytes,
@@ -96,6 +109,8 @@ impl Evidence {
             refused: (0, 0),
             refused_total: 0,
             scratch: Vec::new(),
+            undo: None,
+            failing: false,
         };
         let start_record = v1::Event {
             time_unix_nano: start,
@@ -108,11 +123,8 @@ impl Evidence {
             })),
             ..v1::Event::default()
         };
-        anyhow::ensure!(
-            this.try_store(&start_record)?,
-            "the spool in {} is full",
-            dir.display()
-        );
+        // Past the size bound too: an agent that starts with a full spool still says so.
+        this.try_store(&start_record, false)?;
         this.spool.sync()?;
         Ok(this)
     }
@@ -127,14 +139,62 @@ impl Evidence {
         &self.host
     }
 
-    /// Chains and appends a batch, and makes it durable.
-    pub fn process(&mut self, events: &[v1::Event]) -> Result<Durable, SpoolError> {
+    /// Chains and appends a batch, and makes it durable. Returns how far the spool is
+    /// durable.
+    ///
+    /// A write or sync that fails (a full disk, an I/O error) loses the batch as a full
+    /// spool would: the spool is cut back to where it was durable, the chain to its head
+    /// there, and the batch is counted in the next spool-full gap. The agent goes on, and
+    /// enforcement with it; until the spool can be cut back, every batch is counted so.
+    pub fn process(&mut self, events: &[v1::Event]) -> Durable {
         let _span = debug_span!("batch", events = events.len()).entered();
-        self.append(events)?;
-        self.sync()
+        if let Some(mark) = self.undo.take()
+            && self.spool.rollback(&mark.durable, mark.total).is_err()
+        {
+            self.refuse_all(events);
+            let durable = mark.durable.clone();
+            self.undo = Some(mark);
+            return durable;
+        }
+        // A disk the spool filled gets room back as the collector acknowledges what it
+        // holds, and only whole segments are deleted then: the one that filled it is sealed.
+        if self.failing
+            && let Err(error) = self.spool.seal(self.chain.next_seq())
+        {
+            debug!(%error, "cannot begin a new segment yet");
+            self.refuse_all(events);
+            return self.spool.durable();
+        }
+        let mark = Mark {
+            durable: self.spool.durable(),
+            total: self.spool.total(),
+            chain: self.chain.clone(),
+            refused: self.refused,
+            refused_total: self.refused_total,
+        };
+        let written = self.append(events).and_then(|()| self.spool.sync());
+        if let Err(error) = written {
+            if !std::mem::replace(&mut self.failing, true) {
+                warn!(%error, "cannot write the spool: events are counted as lost until it can");
+            }
+            self.chain = mark.chain.clone();
+            (self.refused, self.refused_total) = (mark.refused, mark.refused_total);
+            self.refuse_all(events);
+            let durable = mark.durable.clone();
+            if let Err(error) = self.spool.rollback(&mark.durable, mark.total) {
+                warn!(%error, "the spool cannot be cut back to its last durable record yet");
+                self.undo = Some(mark);
+            }
+            return durable;
+        }
+        if std::mem::take(&mut self.failing) {
+            info!("the spool writes again; what it lost is chained as a gap");
+        }
+        self.spool.durable()
     }
 
-    /// Chains and appends a batch, handing it to the kernel but not yet durable.
+    /// Chains and appends a batch, handing it to the kernel but not yet durable: with
+    /// `sync`, what `process` does, without undoing a failure.
     pub fn append(&mut self, events: &[v1::Event]) -> Result<(), SpoolError> {
         for event in events {
             self.store(event)?;
@@ -168,7 +228,7 @@ impl Evidence {
 
     /// Ends the chain in good order: its last record says why the agent stopped, so a
     /// chain without one ended in a crash or a kill.
-    pub fn stop(&mut self, reason: &str) -> Result<Durable, SpoolError> {
+    pub fn stop(&mut self, reason: &str) -> Durable {
         let stop = v1::Event {
             time_unix_nano: WallClock::now().unix_ns(boot_ns()),
             body: Some(v1::event::Body::ChainStop(v1::ChainStop {
@@ -186,6 +246,20 @@ impl Evidence {
         }
     }
 
+    /// Counts a batch as lost for lack of room.
+    fn refuse_all(&mut self, events: &[v1::Event]) {
+        for event in events {
+            self.refuse(event);
+        }
+    }
+
+    /// Counts `event` as lost for lack of room.
+    fn refuse(&mut self, event: &v1::Event) {
+        self.refused.0 += 1;
+        self.refused_total += 1;
+        self.refused.1 += event.encoded_len() as u64;
+    }
+
     /// Chains and appends `event`, or counts it as refused when the spool is full. Refused
     /// events become one chained gap record as soon as there is room for it.
     fn store(&mut self, event: &v1::Event) -> Result<(), SpoolError> {
@@ -200,29 +274,56 @@ impl Evidence {
                 })),
                 ..v1::Event::default()
             };
-            if self.try_store(&gap)? {
+            if self.try_store(&gap, true)? {
                 self.refused = (0, 0);
             }
         }
-        if self.refused.0 > 0 || !self.try_store(event)? {
-            self.refused.0 += 1;
-            self.refused_total += 1;
-            self.refused.1 += event.encoded_len() as u64;
+        if self.refused.0 > 0 || !self.try_store(event, true)? {
+            self.refuse(event);
         }
         Ok(())
     }
 
-    fn try_store(&mut self, event: &v1::Event) -> Result<bool, SpoolError> {
+    /// Chains and appends `event` unless `bounded` and the spool has no room for it.
+    fn try_store(&mut self, event: &v1::Event, bounded: bool) -> Result<bool, SpoolError> {
         self.scratch.clear();
         event.encode_raw(&mut self.scratch);
-        if !self.spool.fits(Spool::frame_bound(
-            self.chain.id().len(),
-            self.scratch.len(),
-        )) {
+        if bounded
+            && !self.spool.fits(Spool::frame_bound(
+                self.chain.id().len(),
+                self.scratch.len(),
+            ))
+        {
             return Ok(false);
         }
         let record = self.chain.link(&self.scratch);
         self.spool.append(&record)?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spool already over its bound at start: the chain still starts, and what follows
+    /// is refused and counted.
+    #[test]
+    fn a_full_spool_still_starts_its_chain() {
+        let dir = std::env::temp_dir().join(format!("evidence-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut evidence = Evidence::open(&dir, 1).unwrap();
+        let durable = evidence.process(&[v1::Event::default()]);
+        assert_eq!(evidence.refused_total(), 1);
+        let (records, _) = spool::read_frames(&std::fs::read(&durable.segment).unwrap());
+        assert!(
+            matches!(
+                v1::Event::decode(records[0].event.as_slice()).unwrap().body,
+                Some(v1::event::Body::ChainStart(_))
+            ),
+            "{records:?}"
+        );
+        assert_eq!(records.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

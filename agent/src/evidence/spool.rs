@@ -5,7 +5,10 @@
 //!
 //! Frames are buffered and made durable together (`sync`, once per drained batch). On open,
 //! the newest segment is scanned and a torn tail (a frame cut short by a crash) is cut off;
-//! the last whole record is the previous chain's head. The spool has a size bound: past it,
+//! the last whole record is the previous chain's head. A write or sync that fails is undone
+//! (`rollback`) to the last durable frame, so the spool never holds a partial frame that
+//! whole ones follow. Segment names count up from the newest one there, never from a clock:
+//! a clock stepped back across a restart must not sort a new chain before an old one. The spool has a size bound: past it,
 //! new events are refused and counted, and the count becomes a chained gap record once
 //! there is room again. Segments are never deleted here: that waits for the collector's
 //! acknowledgement.
@@ -100,8 +103,8 @@ pub fn read_frames(bytes: &[u8]) -> (Vec<ChainedEvent>, usize) {
 
 impl Spool {
     /// Opens (creating) the spool in `dir`, recovers its tail, and starts a new segment for
-    /// a chain whose segments are named after `prefix` (a chronologically sortable string).
-    pub fn open(dir: &Path, prefix: &str, max_bytes: u64) -> Result<(Self, Recovered), SpoolError> {
+    /// this instance's chain, named to sort after every segment there.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<(Self, Recovered), SpoolError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| SpoolError::Io { path, source }
@@ -139,6 +142,21 @@ impl Spool {
         for path in &segments {
             total += fs::metadata(path).map_err(io_err(path))?.len();
         }
+        // Earlier agents named segments after their start time in nanoseconds: counting on
+        // from the largest keeps the order either way.
+        let prefix = segments
+            .iter()
+            .filter_map(|p| {
+                p.file_name()?
+                    .to_str()?
+                    .split('-')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .map_or(1, |newest| newest.saturating_add(1));
+        let prefix = format!("{prefix:020}");
         let path = dir.join(format!("{prefix}-{:020}{SUFFIX}", 0));
         let file = OpenOptions::new()
             .create(true)
@@ -148,7 +166,7 @@ impl Spool {
             .map_err(io_err(&path))?;
         let spool = Self {
             dir: dir.to_path_buf(),
-            prefix: prefix.to_owned(),
+            prefix,
             out: BufWriter::with_capacity(1 << 20, file),
             path,
             segment_len: 0,
@@ -225,6 +243,36 @@ impl Spool {
         Ok(())
     }
 
+    /// Undoes every append since the spool was durable at `to`, holding `total` bytes: the
+    /// frames still buffered are dropped, the segment is cut back to its durable length, and
+    /// a segment begun since is removed.
+    pub fn rollback(&mut self, to: &Durable, total: u64) -> Result<(), SpoolError> {
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SpoolError::Io { path, source }
+        };
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&to.segment)
+            .map_err(io_err(&to.segment))?;
+        file.set_len(to.len).map_err(io_err(&to.segment))?;
+        if self.path != to.segment {
+            match fs::remove_file(&self.path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_err(&self.path)(e));
+                }
+                _ => {}
+            }
+        }
+        // `into_parts` drops the buffered frames; dropping the writer would write them.
+        let (_, _dropped) =
+            std::mem::replace(&mut self.out, BufWriter::with_capacity(1 << 20, file)).into_parts();
+        self.path.clone_from(&to.segment);
+        self.segment_len = to.len;
+        self.total = total;
+        Ok(())
+    }
+
     /// Hands everything appended so far to the kernel (not yet durable).
     pub fn flush(&mut self) -> Result<(), SpoolError> {
         self.out.flush().map_err(|source| SpoolError::Io {
@@ -243,6 +291,15 @@ impl Spool {
                 path: self.path.clone(),
                 source,
             })
+    }
+
+    /// Begins a new segment, unless the current one is empty, so that the current one can
+    /// be deleted once the collector holds it.
+    pub fn seal(&mut self, next_seq: u64) -> Result<(), SpoolError> {
+        if self.segment_len == 0 {
+            return Ok(());
+        }
+        self.rotate(next_seq)
     }
 
     fn rotate(&mut self, first_seq: u64) -> Result<(), SpoolError> {
@@ -298,7 +355,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_and_the_head_survives() {
         let dir = tempdir("torn");
-        let (mut spool, recovered) = Spool::open(&dir, "0001", 1 << 30).unwrap();
+        let (mut spool, recovered) = Spool::open(&dir, 1 << 30).unwrap();
         assert_eq!(recovered.head, None);
         let mut chain = Chain::new("c1".into());
         let mut records = Vec::new();
@@ -315,7 +372,7 @@ mod tests {
         f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
         drop(f);
 
-        let (_spool, recovered) = Spool::open(&dir, "0002", 1 << 30).unwrap();
+        let (_spool, recovered) = Spool::open(&dir, 1 << 30).unwrap();
         assert_eq!(recovered.torn_bytes, 6);
         let last = &records[2];
         assert_eq!(
@@ -345,10 +402,27 @@ mod tests {
         assert_eq!(read_frames(&bytes), (vec![], 0));
     }
 
+    /// Each start's segments sort after every earlier one's, whatever the clock says, and
+    /// after those named by earlier agents for their start time.
+    #[test]
+    fn segment_names_count_up_from_the_newest() {
+        let dir = tempdir("names");
+        fs::create_dir_all(&dir).unwrap();
+        let old = dir.join(format!(
+            "{:020}-{:020}{SUFFIX}",
+            1_796_000_000_000_000_000u64, 0
+        ));
+        fs::write(&old, b"").unwrap();
+        let first = Spool::open(&dir, 1 << 30).unwrap().0.durable().segment;
+        let second = Spool::open(&dir, 1 << 30).unwrap().0.durable().segment;
+        assert_eq!(segments(&dir).unwrap(), [old, first, second]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn the_size_bound_is_reported() {
         let dir = tempdir("bound");
-        let (spool, _) = Spool::open(&dir, "0001", 100).unwrap();
+        let (spool, _) = Spool::open(&dir, 100).unwrap();
         assert!(spool.fits(100) && !spool.fits(101));
         fs::remove_dir_all(&dir).unwrap();
     }
