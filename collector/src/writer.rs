@@ -799,16 +799,9 @@ impl Writer {
                 Record {
                     seq,
                     derived: Derived {
-                        host: own.host,
-                        time_unix_nano: time,
-                        kind: own.kind,
-                        session: String::new(),
-                        sessionid: None,
-                        tty: String::new(),
                         identity_kind: own.identity_kind,
                         identity_name: own.identity_name,
-                        grant: String::new(),
-                        tty_bytes: 0,
+                        ..Derived::bare(own.host, time, own.kind)
                     },
                     event,
                     hash,

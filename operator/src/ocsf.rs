@@ -702,6 +702,7 @@ mod tests {
             session,
             event: Some(event),
             hash: vec![0xab; 32],
+            malformed: String::new(),
         }
     }
 

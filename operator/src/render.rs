@@ -165,8 +165,16 @@ fn note_head(note: &str) -> Cow<'_, str> {
 #[must_use]
 pub fn line(stored: &StoredEvent) -> String {
     let Some(event) = &stored.event else {
+        let what = if stored.malformed.is_empty() {
+            Cow::Borrowed("no event")
+        } else {
+            Cow::Owned(format!(
+                "MALFORMED, kept as sent: {}",
+                escape(&stored.malformed)
+            ))
+        };
         return format!(
-            "{} {} seq {}: no event",
+            "{} {} seq {}: {what}",
             escape(&stored.host),
             escape(&stored.chain_id),
             stored.seq
@@ -201,6 +209,12 @@ pub fn line(stored: &StoredEvent) -> String {
 #[must_use]
 pub fn json(stored: &StoredEvent) -> Value {
     let Some(event) = &stored.event else {
+        if !stored.malformed.is_empty() {
+            return json!({
+                "kind": "malformed", "malformed": stored.malformed, "host": stored.host,
+                "chain_id": stored.chain_id, "seq": stored.seq, "session": stored.session,
+            });
+        }
         return json!({
             "kind": "unknown", "host": stored.host, "chain_id": stored.chain_id,
             "seq": stored.seq, "session": stored.session,

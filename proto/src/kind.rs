@@ -23,10 +23,13 @@ pub enum Kind {
     Receipt,
     Prune,
     ChainStop,
+    /// Bytes an agent chained that are not a record it may send: kept verbatim and found
+    /// by this kind, never by what they claim to be. No event's body is of this kind.
+    Malformed,
 }
 
 impl Kind {
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::Exec,
         Self::Fork,
         Self::Exit,
@@ -44,6 +47,7 @@ impl Kind {
         Self::Receipt,
         Self::Prune,
         Self::ChainStop,
+        Self::Malformed,
     ];
 
     #[must_use]
@@ -66,6 +70,7 @@ impl Kind {
             Self::Receipt => "receipt",
             Self::Prune => "prune",
             Self::ChainStop => "chain_stop",
+            Self::Malformed => "malformed",
         }
     }
 

@@ -59,7 +59,11 @@ impl Chain {
     }
 
     pub fn push(&mut self, event: &Event) {
-        let bytes = event.encode_to_vec();
+        self.push_bytes(event.encode_to_vec());
+    }
+
+    /// Chains `bytes` as they are, whatever they are.
+    pub fn push_bytes(&mut self, bytes: Vec<u8>) {
         let (seq, hash) = self.builder.link(&bytes);
         self.records.push(ChainedEvent {
             chain_id: String::new(),

@@ -8,9 +8,9 @@ use prost::Message as _;
 use proto::{
     chain::chain_hash,
     v1::{
-        ChainedEvent, Event, EventBatch, Exec, Filter, Identity, Process, ReplayRequest,
-        SearchRequest, SessionRoot, SessionsRequest, StoredEvent, TailRequest, Tty, event::Body,
-        identity::Kind,
+        ChainedEvent, Event, EventBatch, Exec, Filter, GrantChange, Identity, Process,
+        ReplayRequest, SearchRequest, SessionRoot, SessionsRequest, StoredEvent, TailRequest, Tty,
+        event::Body, identity::Kind,
     },
 };
 use tests::collector::{Collector, run_to_exit, scratch_dir};
@@ -504,6 +504,104 @@ async fn bad_batches_are_refused_and_store_nothing() {
     );
     let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     assert_eq!(agent.ship(chain.batch(10..40)).await.unwrap(), 39);
+    assert!(verify(&collector, &chain.id).await.ok);
+}
+
+/// Records an agent may not send (bytes that are no event, a time past 2262, an event with
+/// no body, a grant change only the collector records) are kept verbatim as `malformed`,
+/// with one alert for their batch, and the host goes on shipping: refusing them would stop
+/// it for good, since the agent can only send them again.
+#[tokio::test]
+async fn malformed_records_are_kept_flagged_and_shipping_goes_on() {
+    let dir = scratch_dir("collector-malformed");
+    let collector = Collector::start(&dir.join("c.db"));
+    let mut chain = test_chain("host-a:boot:9", 5);
+    chain.push_bytes(b"\xff\xff not protobuf".to_vec());
+    chain.push(&Event {
+        time_unix_nano: u64::MAX,
+        ..event(6)
+    });
+    chain.push(&Event {
+        body: None,
+        ..event(7)
+    });
+    chain.push(&Event {
+        body: Some(Body::GrantChange(GrantChange::default())),
+        ..event(8)
+    });
+    for n in 9..12 {
+        chain.push(&event(n));
+    }
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..5)).await.unwrap(), 4);
+    assert_eq!(agent.ship(chain.batch(5..12)).await.unwrap(), 11);
+
+    let of_chain = |events: Vec<StoredEvent>| -> Vec<StoredEvent> {
+        events
+            .into_iter()
+            .filter(|e| e.chain_id == chain.id)
+            .collect()
+    };
+    // A malformed record has no time of its own to be found by: it sorts first.
+    let stored = of_chain(search_all(&collector, chain_filter(), 100).await);
+    assert_eq!(
+        seqs(&stored),
+        [5, 6, 7, 8, 0, 1, 2, 3, 4, 9, 10, 11],
+        "all kept"
+    );
+    let malformed = of_chain(
+        search_all(
+            &collector,
+            Filter {
+                kinds: vec!["malformed".into()],
+                ..chain_filter()
+            },
+            100,
+        )
+        .await,
+    );
+    assert_eq!(seqs(&malformed), [5, 6, 7, 8]);
+    for (m, fault) in malformed.iter().zip([
+        "not a recorder.v1.Event",
+        "time out of range",
+        "no body",
+        "grant change",
+    ]) {
+        assert!(m.event.is_none(), "{m:?}");
+        assert!(m.malformed.contains(fault), "{m:?}");
+    }
+    let changes = search_all(
+        &collector,
+        Filter {
+            kinds: vec!["grant_change".into()],
+            ..chain_filter()
+        },
+        100,
+    )
+    .await;
+    assert!(
+        of_chain(changes).is_empty(),
+        "nothing passes for what it claims"
+    );
+
+    let alerts = search_all(
+        &collector,
+        Filter {
+            kinds: vec!["alert".into()],
+            ..Filter::default()
+        },
+        10,
+    )
+    .await;
+    assert_eq!(alerts.len(), 1, "one alert for the batch: {alerts:?}");
+    let Some(Body::Alert(alert)) = alerts[0].event.clone().unwrap().body else {
+        panic!("not an alert: {:?}", alerts[0]);
+    };
+    assert_eq!(
+        (alert.kind.as_str(), alert.chain_id.as_str(), alert.seq),
+        ("malformed_record", chain.id.as_str(), 5)
+    );
+    assert!(alert.message.contains("4 record(s)"), "{}", alert.message);
     assert!(verify(&collector, &chain.id).await.ok);
 }
 

@@ -49,9 +49,31 @@ pub struct Derived {
     pub grant: String,
     /// Bytes of terminal data, for tty events.
     pub tty_bytes: u64,
+    /// Why the bytes are not a record an agent may send, when they are not: the record is
+    /// kept verbatim as kind `malformed`, since refusing it would stop the host's shipping
+    /// for good.
+    pub fault: Option<String>,
 }
 
 impl Derived {
+    /// A record found by its host, time and kind alone.
+    #[must_use]
+    pub fn bare(host: String, time_unix_nano: u64, kind: Kind) -> Self {
+        Self {
+            host,
+            time_unix_nano,
+            kind,
+            session: String::new(),
+            sessionid: None,
+            tty: String::new(),
+            identity_kind: 0,
+            identity_name: String::new(),
+            grant: String::new(),
+            tty_bytes: 0,
+            fault: None,
+        }
+    }
+
     #[must_use]
     pub fn columns(&self) -> Columns<'_> {
         Columns {
@@ -79,9 +101,20 @@ pub fn terminal(event: &Event) -> &str {
     }
 }
 
-/// Decodes record `seq` of an agent of `host` for its columns, refusing what an agent may
-/// not send.
+/// Decodes record `seq` of an agent of `host` for its columns. What an agent may not send is
+/// `malformed`, with the fault named, except at seq 0: a chain that does not begin with
+/// its host's `chain_start` is refused, since every link between chains rests on it.
 pub fn derive(host: &str, seq: u64, bytes: &[u8]) -> Result<Derived, String> {
+    match parse(host, seq, bytes) {
+        Err(fault) if seq > 0 => Ok(Derived {
+            fault: Some(fault),
+            ..Derived::bare(host.to_owned(), 0, Kind::Malformed)
+        }),
+        parsed => parsed,
+    }
+}
+
+fn parse(host: &str, seq: u64, bytes: &[u8]) -> Result<Derived, String> {
     let event =
         Event::decode(bytes).map_err(|e| format!("seq {seq} is not a recorder.v1.Event: {e}"))?;
     if event.time_unix_nano > i64::MAX as u64 {
@@ -147,6 +180,7 @@ pub fn derive(host: &str, seq: u64, bytes: &[u8]) -> Result<Derived, String> {
         identity_name: identity.name,
         grant: identity.grant,
         tty_bytes,
+        fault: None,
     })
 }
 

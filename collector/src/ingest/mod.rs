@@ -9,8 +9,8 @@ use std::{sync::Arc, time::Duration};
 
 use pki::{CertInfo, ConnInfo};
 use proto::v1::{
-    Ack, AgentMessage, ChainHead, Checkpoint, CollectorMessage, Hello, LogState, Welcome,
-    agent_message::Msg, collector_message, ingest_server::Ingest,
+    Ack, AgentMessage, Alert, ChainHead, Checkpoint, CollectorMessage, Hello, LogState, Welcome,
+    agent_message::Msg, collector_message, event::Body, ingest_server::Ingest,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,7 +23,7 @@ use crate::{
     liveness::{self, Liveness},
     store::{Store, blocking},
     witness::Witness,
-    writer::{CheckpointRequest, Pending, PendingCheckpoint, WriterHandle},
+    writer::{Batch, CheckpointRequest, Own, Pending, PendingCheckpoint, WriterHandle},
 };
 
 /// The largest message a stream may send; a larger one ends the stream with tonic's
@@ -347,12 +347,51 @@ async fn step_checked(writer: &WriterHandle, host: &str, msg: Msg) -> Result<Ste
             let batch = tokio::task::spawn_blocking(move || check::batch(&host, batch))
                 .await
                 .map_err(|e| IngestError::Internal(format!("batch check failed: {e}")))??;
-            Ok(Step::Ack(chain_id, writer.append(batch).await?))
+            let malformed = malformed_alert(&batch);
+            let pending = writer.append(batch).await?;
+            if let Some(alert) = malformed {
+                writer.record(alert).await?;
+            }
+            Ok(Step::Ack(chain_id, pending))
         }
         Msg::Checkpoint(_) => Err(IngestError::Internal(
             "a checkpoint reached the batch path".into(),
         )),
     }
+}
+
+/// One alert for the malformed records of a batch, which are stored as they came: an
+/// agent's bug or a hostile agent must neither stop its host's shipping nor flood the
+/// collector's chain with an alert per record.
+fn malformed_alert(batch: &Batch) -> Option<Own> {
+    let mut faulty = batch
+        .records
+        .iter()
+        .filter_map(|r| Some((r.seq, r.derived.fault.as_deref()?)));
+    let (first, fault) = faulty.next()?;
+    let more = faulty.count();
+    tracing::warn!(
+        host = batch.host,
+        chain = batch.chain_id,
+        seq = first,
+        more,
+        fault,
+        "malformed records kept, flagged"
+    );
+    Some(Own::alert(
+        &batch.host,
+        Body::Alert(Alert {
+            kind: "malformed_record".into(),
+            host: batch.host.clone(),
+            chain_id: batch.chain_id.clone(),
+            seq: first,
+            message: format!(
+                "{} record(s) of this batch, from seq {first}, are not records an agent may \
+                 send; they are kept verbatim as kind malformed. The first: {fault}",
+                more + 1
+            ),
+        }),
+    ))
 }
 
 /// Reads the agent's messages: Hello first, then batches and checkpoints.

@@ -488,16 +488,10 @@ mod tests {
         let second = Record {
             seq,
             derived: Derived {
-                host: "h".into(),
-                time_unix_nano: 20,
-                kind: Kind::Exec,
-                session: String::new(),
-                sessionid: None,
-                tty: String::new(),
                 identity_kind: 1,
                 identity_name: "alice".into(),
                 grant: "g-1".into(),
-                tty_bytes: 0,
+                ..Derived::bare("h".into(), 20, Kind::Exec)
             },
             event: used,
             hash,

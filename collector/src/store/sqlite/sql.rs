@@ -2,7 +2,10 @@
 //! reading stored events back.
 
 use prost::Message as _;
-use proto::v1::{Event, Grant, StoredEvent};
+use proto::{
+    kind::Kind,
+    v1::{Event, Grant, StoredEvent},
+};
 use rusqlite::{
     Connection, params_from_iter,
     types::{Type, Value},
@@ -11,8 +14,8 @@ use rusqlite::{
 use crate::store::{Cursor, EventFilter, SessionMatch};
 
 /// The columns a `StoredEvent` is made of, in this order.
-pub(super) const STORED_COLUMNS: &str = "SELECT e.id, e.time, e.host, c.chain_id, e.seq, e.session, e.event, e.hash \
-     FROM events e JOIN chains c ON c.id = e.chain WHERE ";
+pub(super) const STORED_COLUMNS: &str = "SELECT e.id, e.time, e.host, c.chain_id, e.seq, e.session, e.event, e.hash, \
+     e.kind FROM events e JOIN chains c ON c.id = e.chain WHERE ";
 
 /// Values are bounded at ingest to what SQLite's signed integers hold.
 pub(super) fn int(v: u64) -> i64 {
@@ -69,22 +72,33 @@ pub(super) fn filter_sql(f: &EventFilter, sql: &mut String, args: &mut Vec<Value
 }
 
 /// Reads a row of `STORED_COLUMNS`. A stored event that no longer decodes (the file was
-/// edited) is returned without its body rather than hiding the row.
+/// edited) is returned without its body rather than hiding the row; a malformed one without
+/// its body and with its fault.
 fn stored_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Cursor, StoredEvent)> {
     let cursor = Cursor {
         row: row.get(0)?,
         time_unix_nano: uint(row.get(1)?),
     };
     let bytes = row.get_ref(6)?.as_blob()?;
+    let (host, seq): (String, u64) = (row.get(2)?, uint(row.get(4)?));
+    let (event, malformed) = if row.get_ref(8)?.as_str()? == Kind::Malformed.name() {
+        let fault = verifier::columns::derive(&host, seq, bytes)
+            .ok()
+            .and_then(|d| d.fault);
+        (None, fault.unwrap_or_else(|| Kind::Malformed.name().into()))
+    } else {
+        (Event::decode(bytes).ok(), String::new())
+    };
     Ok((
         cursor,
         StoredEvent {
-            host: row.get(2)?,
+            host,
             chain_id: row.get(3)?,
-            seq: uint(row.get(4)?),
+            seq,
             session: row.get(5)?,
-            event: Event::decode(bytes).ok(),
+            event,
             hash: row.get(7)?,
+            malformed,
         },
     ))
 }
