@@ -49,6 +49,9 @@ pub(crate) enum GrantError {
     Store(#[from] StoreError),
     #[error("the collector's writer has stopped")]
     Unavailable,
+    /// A create that would pass a limit (`proto::limits::VIEW_GRANTS_MAX`).
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 /// Why a query is refused.

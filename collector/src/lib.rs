@@ -189,7 +189,7 @@ pub async fn serve(
         Arc::clone(&store),
         witness.clone(),
         writer.clone(),
-        views,
+        views.clone(),
         gate.clone(),
         revoked,
         Arc::clone(&liveness),
@@ -201,6 +201,7 @@ pub async fn serve(
             Arc::clone(&store),
             writer,
             gate.clone(),
+            views,
             require_approval,
         )))
         .add_service(QueryServer::new(QueryService::new(

@@ -9,6 +9,8 @@ use std::{
 };
 
 use pki::Role;
+use prost::Message as _;
+use proto::limits::{VIEW_BYTES_MAX, VIEW_GRANTS_MAX};
 use proto::v1::{
     CreateGrantRequest, Event, Exec, Filter, Grant, GrantView, Identity, IdentitySelector,
     ListGrantsRequest, Policy, Process, SessionRoot, Violation, event::Body, grant::OnExpiry,
@@ -359,6 +361,61 @@ async fn bad_grant_requests_are_refused_clearly_and_change_nothing() {
         2,
         "create, revoke: no refused change"
     );
+}
+
+/// A host's view stays readable whatever the grants hold: a grant's other hosts are left
+/// out of it, and a grant that would put more than `VIEW_GRANTS_MAX` on one host is
+/// refused with `RESOURCE_EXHAUSTED`, so no script of creates can make a view its agent
+/// cannot decode. Other hosts keep their room.
+#[tokio::test]
+async fn a_hosts_view_stays_bounded() {
+    let dir = scratch_dir("grants-bounded");
+    let collector = Collector::start(&dir.join("c.db"));
+    let client = grants(&collector).await;
+    let request = |hosts: Vec<String>| CreateGrantRequest {
+        identity: Some(IdentitySelector {
+            kind: Kind::Human.into(),
+            name: "alice".into(),
+        }),
+        hosts,
+        ttl_millis: 1_800_000,
+        reason: "CHG-9".repeat(200),
+        on_expiry: OnExpiry::Alert.into(),
+        ..CreateGrantRequest::default()
+    };
+    let wide: Vec<String> = std::iter::once("host-a".to_owned())
+        .chain((1..1024).map(|i| format!("host-{i:04}-{}", "x".repeat(200))))
+        .collect();
+    client.clone().create(request(wide)).await.unwrap();
+    let mut creates = tokio::task::JoinSet::new();
+    for _ in 1..VIEW_GRANTS_MAX {
+        let (mut client, request) = (client.clone(), request(vec!["host-a".into()]));
+        creates.spawn(async move { client.create(request).await.map(|_| ()) });
+    }
+    while let Some(created) = creates.join_next().await {
+        created.unwrap().unwrap();
+    }
+    for hosts in [vec!["host-a".to_owned()], Vec::new()] {
+        let refused = client.clone().create(request(hosts)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+        assert!(refused.message().contains("host-a"), "{refused}");
+    }
+    client
+        .clone()
+        .create(request(vec!["host-b".into()]))
+        .await
+        .unwrap();
+
+    let (mut agent, _) = Agent::connect(&collector, "host-a", &[]).await;
+    let view = agent.grant_view().await;
+    assert_eq!(view.grants.len(), VIEW_GRANTS_MAX);
+    assert!(view.grants.iter().all(|g| g.hosts == ["host-a"]));
+    eprintln!(
+        "a view of {} grants, reasons of 1 KB: {} bytes",
+        view.grants.len(),
+        view.encoded_len()
+    );
+    assert!(view.encoded_len() < VIEW_BYTES_MAX / 2);
 }
 
 /// After Welcome an agent stream is sent the grants of its host (and of every host), not

@@ -18,6 +18,7 @@ use std::{
 };
 
 use prost::Message as _;
+use proto::limits::EVENT_BYTES_MAX;
 use proto::v1;
 use tracing::{debug, debug_span, info, warn};
 
@@ -261,8 +262,26 @@ impl Evidence {
     }
 
     /// Chains and appends `event`, or counts it as refused when the spool is full. Refused
-    /// events become one chained gap record as soon as there is room for it.
+    /// events become one chained gap record as soon as there is room for it. An event larger
+    /// than a collector accepts is chained as a gap that says so, never sent to be refused.
     fn store(&mut self, event: &v1::Event) -> Result<(), SpoolError> {
+        let len = event.encoded_len();
+        if len > EVENT_BYTES_MAX {
+            warn!(bytes = len, kind = ?proto::kind::Kind::of(event), "an event too large to ship is a gap");
+            let gap = v1::Event {
+                time_unix_nano: event.time_unix_nano,
+                body: Some(v1::event::Body::Gap(v1::Gap {
+                    source: v1::gap::Source::TooLarge.into(),
+                    lost_kind: proto::kind::Kind::of(event)
+                        .map_or("event", |k| k.name())
+                        .into(),
+                    records: 1,
+                    bytes: len as u64,
+                })),
+                ..v1::Event::default()
+            };
+            return self.store(&gap);
+        }
         if self.refused.0 > 0 {
             let gap = v1::Event {
                 time_unix_nano: event.time_unix_nano,
@@ -305,6 +324,37 @@ impl Evidence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event a collector would refuse is never spooled: it is a gap that says what it
+    /// was and how large, and the chain goes on.
+    #[test]
+    fn an_event_too_large_to_ship_is_a_gap() {
+        let dir = std::env::temp_dir().join(format!("evidence-large-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut evidence = Evidence::open(&dir, 1 << 30).unwrap();
+        let huge = v1::Event {
+            body: Some(v1::event::Body::Tty(v1::Tty {
+                data: vec![b'x'; EVENT_BYTES_MAX],
+                ..v1::Tty::default()
+            })),
+            ..v1::Event::default()
+        };
+        let len = huge.encoded_len() as u64;
+        let durable = evidence.process(&[huge, v1::Event::default()]);
+        let (records, _) = spool::read_frames(&std::fs::read(&durable.segment).unwrap());
+        assert_eq!(records.len(), 3, "start, the gap, the next event");
+        let gap = v1::Event::decode(records[1].event.as_slice()).unwrap();
+        assert_eq!(
+            gap.body,
+            Some(v1::event::Body::Gap(v1::Gap {
+                source: v1::gap::Source::TooLarge.into(),
+                lost_kind: "tty_out".into(),
+                records: 1,
+                bytes: len,
+            }))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// A spool already over its bound at start: the chain still starts, and what follows
     /// is refused and counted.

@@ -124,7 +124,9 @@ impl Shipper {
             .connect()
             .await
             .with_context(|| format!("connecting to {}", self.link.url))?;
-        let mut client = IngestClient::new(channel);
+        // The largest view a collector sends (`proto::limits`), not tonic's 4 MiB default.
+        let mut client =
+            IngestClient::new(channel).max_decoding_message_size(proto::limits::VIEW_BYTES_MAX);
         let chains = chains_in(&self.dir)?;
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
         tx.send(AgentMessage {

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use super::{
     review::review,
     rules::{self, Op},
+    views::Views,
 };
 use crate::{
     auth::{Caller, Gate},
@@ -38,6 +39,7 @@ impl From<GrantError> for Status {
             GrantError::Denied(_) => Self::permission_denied(message),
             GrantError::Random(_) | GrantError::Store(_) => Self::internal(message),
             GrantError::Unavailable => Self::unavailable(message),
+            GrantError::Exhausted(_) => Self::resource_exhausted(message),
         }
     }
 }
@@ -46,6 +48,11 @@ pub(crate) struct GrantsService {
     store: Arc<dyn Store>,
     writer: WriterHandle,
     gate: Gate,
+    /// What agents are sent: a new grant must leave every host's view in bounds.
+    views: Views,
+    /// Held from the room check to the commit of a new grant, so two creates cannot both
+    /// take the last room.
+    creating: tokio::sync::Mutex<()>,
     /// The policy's `require_approval`: every grant needs two people.
     require_approval: bool,
 }
@@ -55,12 +62,15 @@ impl GrantsService {
         store: Arc<dyn Store>,
         writer: WriterHandle,
         gate: Gate,
+        views: Views,
         require_approval: bool,
     ) -> Self {
         Self {
             store,
             writer,
             gate,
+            views,
+            creating: tokio::sync::Mutex::new(()),
             require_approval,
         }
     }
@@ -96,6 +106,8 @@ impl GrantsService {
         pending: bool,
     ) -> Result<Response<Grant>, Status> {
         let grant = rules::new_grant(request, new_id()?, now_unix_nano(), &caller.name(), pending)?;
+        let _one_at_a_time = self.creating.lock().await;
+        self.views.check_room(&grant).await?;
         self.change(Op::Create(Box::new(grant)), caller).await
     }
 }

@@ -5,6 +5,7 @@
 
 use proto::{
     chain::chain_hash,
+    limits::EVENT_BYTES_MAX,
     v1::{EventBatch, Hello},
 };
 
@@ -16,8 +17,6 @@ use crate::{
 
 /// Records in one batch.
 pub(crate) const MAX_BATCH_EVENTS: usize = 10_000;
-/// Serialized bytes of one event.
-pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
 /// Bytes of a chain id or host id.
 pub(crate) const MAX_ID_BYTES: usize = 256;
 /// Chains named in one Hello.
@@ -95,9 +94,9 @@ pub(crate) fn batch(host: &str, batch: EventBatch) -> Result<Batch, IngestError>
                 ce.chain_id
             )));
         }
-        if ce.event.len() > MAX_EVENT_BYTES {
+        if ce.event.len() > EVENT_BYTES_MAX {
             return Err(invalid(format!(
-                "seq {seq} is {} bytes; an event is at most {MAX_EVENT_BYTES}",
+                "seq {seq} is {} bytes; an event is at most {EVENT_BYTES_MAX}",
                 ce.event.len()
             )));
         }
