@@ -169,6 +169,16 @@ impl Agent {
             .unwrap();
     }
 
+    /// Sends one batch; false when the stream has ended (the collector went away).
+    pub async fn try_send(&self, batch: EventBatch) -> bool {
+        self.tx
+            .send(AgentMessage {
+                msg: Some(Msg::Batch(batch)),
+            })
+            .await
+            .is_ok()
+    }
+
     pub async fn checkpoint(&self, checkpoint: Checkpoint) {
         self.tx
             .send(AgentMessage {

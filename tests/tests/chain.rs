@@ -271,6 +271,50 @@ fn a_full_disk_is_a_chained_gap_with_exact_counts() {
     );
 }
 
+/// `kill -9` of the agent during spool appends, 20 times, each at another moment of an exec
+/// burst: each start cuts a torn tail, every frame left checks, every chain links to the
+/// head of the one before it, and the last one still records.
+#[test]
+fn twenty_kills_during_appends_leave_a_spool_that_verifies() {
+    if !privileged("twenty_kills_during_appends_leave_a_spool_that_verifies") {
+        return;
+    }
+    let dir = spool_dir("kills");
+    let mut burst = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("while :; do /bin/true burst; done")
+        .spawn()
+        .unwrap();
+    for round in 0..20u64 {
+        let agent = Agent::start(&["--spool", dir.to_str().unwrap()]);
+        std::thread::sleep(Duration::from_millis(50 + round * 37 % 400));
+        let _ = agent.kill();
+    }
+    let last = Agent::start(&["--spool", dir.to_str().unwrap()]);
+    let mark = marker("after-kills");
+    assert!(
+        Command::new("/bin/true")
+            .arg(&mark)
+            .status()
+            .unwrap()
+            .success()
+    );
+    last.sync();
+    let _ = burst.kill();
+    let _ = burst.wait();
+    assert!(last.stop().success);
+
+    let chains = verify_spool(&dir);
+    assert_eq!(chains.len(), 21, "one chain per agent instance");
+    for pair in chains.windows(2) {
+        let start = chain_start(&pair[1]);
+        assert_eq!(start.previous_chain_id, pair[0].id);
+        assert_eq!(start.previous_seq, pair[0].events.len() as u64 - 1);
+        assert_eq!(start.previous_hash, pair[0].head, "{} links", pair[1].id);
+    }
+    assert!(has_exec_with(&chains[20], &mark));
+}
+
 /// Killed with SIGKILL in the middle of an exec burst and started again, the agent loses
 /// nothing it had spooled, and its new chain names the old chain's head.
 #[test]

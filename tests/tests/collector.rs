@@ -605,6 +605,86 @@ async fn malformed_records_are_kept_flagged_and_shipping_goes_on() {
     assert!(verify(&collector, &chain.id).await.ok);
 }
 
+/// `kill -9` of the collector while an agent streams batches, 20 times at other moments of
+/// its group commits: after each restart the collector holds everything it acknowledged,
+/// the agent resumes from the head it is welcomed with, and verify passes at the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_kills_mid_commit_lose_nothing_acknowledged() {
+    const BATCH: u64 = 50;
+    let dir = scratch_dir("collector-kills");
+    let store = dir.join("c.db");
+    let chain = test_chain("host-a:boot:kills", 100_000);
+    let len = chain.records.len() as u64;
+    let batch = |from: u64| {
+        let to = (from + BATCH).min(len);
+        chain.batch(from as usize..to as usize)
+    };
+    let mut collector = Collector::start(&store);
+    let mut acked = 0;
+    let mut kills = 0;
+    for round in 0..20u64 {
+        let (mut agent, welcome) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+        let held = welcome
+            .heads
+            .iter()
+            .find(|h| h.chain_id == chain.id)
+            .map_or(0, |h| h.next_seq);
+        assert!(
+            held >= acked,
+            "round {round}: the collector holds {held} records but acknowledged {acked}"
+        );
+        let pid = libc::pid_t::try_from(collector.pid()).unwrap();
+        let kill_after = Duration::from_millis(20 + round * 53 % 300);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(kill_after);
+            // SAFETY: signalling the test's own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        });
+        let (mut next, mut in_flight) = (held, 0);
+        'stream: loop {
+            while in_flight < 8 && next < len {
+                if !agent.try_send(batch(next)).await {
+                    break 'stream;
+                }
+                next = (next + BATCH).min(len);
+                in_flight += 1;
+            }
+            match agent.ack().await {
+                Ok(seq) => {
+                    acked = acked.max(seq + 1);
+                    in_flight -= 1;
+                }
+                Err(_) => break,
+            }
+        }
+        killer.join().unwrap();
+        kills += 1;
+        drop(collector.stop());
+        collector = Collector::start(&store);
+    }
+    assert!(
+        acked < len,
+        "the chain outlasts the kills: {acked} of {len}"
+    );
+    let (mut agent, welcome) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    let held = welcome
+        .heads
+        .iter()
+        .find(|h| h.chain_id == chain.id)
+        .unwrap()
+        .next_seq;
+    assert!(held >= acked, "{held} < {acked}");
+    let mut next = held;
+    while next < len {
+        agent.ship(batch(next)).await.unwrap();
+        next = (next + BATCH).min(len);
+    }
+    let verdict = verify(&collector, &chain.id).await;
+    assert!(verdict.ok, "{verdict:?}");
+    assert_eq!(verdict.records, len);
+    eprintln!("{kills} kills; {acked} records acknowledged before the last");
+}
+
 /// Bytes that are not HTTP/2 and a 100 MB message each end only their own connection.
 #[tokio::test]
 async fn garbage_and_oversized_messages_leave_the_collector_serving() {
