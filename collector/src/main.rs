@@ -39,6 +39,7 @@ fn main() -> anyhow::Result<()> {
             )
         })?
     };
+    let limits = cli.limits().map_err(anyhow::Error::msg)?;
     let store = collector::open_store(&cli.store)?;
     let retention = collector::Retention {
         default: cli.retain,
@@ -63,7 +64,7 @@ fn main() -> anyhow::Result<()> {
             notify_ready(&listening);
             let mut terminate = signal(SignalKind::terminate())?;
             tokio::select! {
-                served = collector::serve(listener, store, policy, transport, retention, cli.silent_after) => served?,
+                served = collector::serve(listener, store, policy, transport, retention, cli.silent_after, limits) => served?,
                 // What is not yet committed is not yet acknowledged either: agents resend it
                 // to the next collector, so stopping here loses nothing.
                 _ = tokio::signal::ctrl_c() => tracing::info!("stopping on SIGINT"),
