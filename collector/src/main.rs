@@ -17,6 +17,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let limits = cli.limits().map_err(anyhow::Error::msg)?;
     let policy = match &cli.policy {
         Some(path) => collector::policy::load(path)?,
         None => collector::policy::default_policy(),
@@ -39,7 +40,6 @@ fn main() -> anyhow::Result<()> {
             )
         })?
     };
-    let limits = cli.limits().map_err(anyhow::Error::msg)?;
     let store = collector::open_store(&cli.store)?;
     let retention = collector::Retention {
         default: cli.retain,
