@@ -277,14 +277,15 @@ pub struct Cursor {
     pub row: i64,
 }
 
-/// An upper bound on what frames a stored event in a response besides its stored bytes
-/// (event, hash, host, chain id, session): the tags and lengths of `StoredEvent`'s fields,
-/// its seq, and its own tag and length in a repeated field.
+/// What frames a stored event in a response besides its stored bytes (event, hash, host,
+/// chain id, session), at most: the tags and lengths of `StoredEvent`'s fields, its seq, and
+/// its own tag and length in a repeated field. A backend that reckons a row's size from its
+/// stored bytes before reading them adds this.
 pub const EVENT_FRAMING: usize = 40;
 
 /// How much one read of events returns: at most `rows` rows, and no row past the one that
-/// would take their size (`EVENT_FRAMING` and their stored bytes) over `bytes`. The first
-/// row is always returned, so every read makes progress; an event is at most 1 MiB.
+/// would take their size, as each `StoredEvent` is encoded in a response, over `bytes`. The
+/// first row is always returned, so every read makes progress; an event is at most 1 MiB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bound {
     pub rows: usize,

@@ -103,15 +103,16 @@ fn stored_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Cursor, StoredEven
     ))
 }
 
-/// What a row counts for in a `Bound`, besides `EVENT_FRAMING`: its stored bytes. SQLite
-/// reads a blob's length without reading the blob.
+/// What a row is reckoned to take in a response before it is read, besides
+/// `EVENT_FRAMING`: its stored bytes. SQLite reads a blob's length without reading the blob.
 const ROW_BYTES: &str = "length(e.event) + length(e.hash) + octet_length(e.host) \
      + octet_length(e.session) + octet_length(c.chain_id)";
 
 /// The events `conditions` selects (with `args`), in `order`, as much of them as `bound`
-/// lets one read hold. Their sizes are read first, without their bytes, then the bytes of
-/// the rows the page takes, one row at a time: whatever plan SQLite picks (a sort, say),
-/// no more than the page is ever held. Both reads see one snapshot.
+/// lets one read hold. Their sizes are reckoned first, without reading their bytes, then
+/// the rows the page takes are read one at a time, and each is counted as it is encoded
+/// (a malformed record is sent with its fault rather than its bytes): whatever plan SQLite
+/// picks (a sort, say), no more than the page is ever held. Both reads see one snapshot.
 pub(super) fn bounded(
     conn: &Connection,
     conditions: &str,
@@ -135,13 +136,19 @@ pub(super) fn bounded(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let taken = bound.take(sizes.iter().map(|(_, size)| *size));
     let mut by_row = tx.prepare_cached(&format!("{STORED_COLUMNS} e.id = ?1"))?;
-    let rows = sizes[..taken]
-        .iter()
-        .map(|(row, _)| by_row.query_row([row], stored_event))
-        .collect::<rusqlite::Result<_>>()?;
+    let (mut rows, mut bytes) = (Vec::with_capacity(taken), 0);
+    for (row, _) in &sizes[..taken] {
+        let (cursor, event) = by_row.query_row([row], stored_event)?;
+        let size = prost::encoding::message::encoded_len(1, &event);
+        if !bound.admits(rows.len(), bytes, size) {
+            break;
+        }
+        bytes += size;
+        rows.push((cursor, event));
+    }
     Ok(Page {
+        more: rows.len() < sizes.len(),
         rows,
-        more: taken < sizes.len(),
     })
 }
 
