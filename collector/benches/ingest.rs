@@ -200,6 +200,7 @@ impl Target {
             transport,
             collector::Retention::default(),
             std::time::Duration::from_secs(30),
+            collector::Limits::DEFAULT,
         ));
         Self {
             name,
@@ -548,7 +549,7 @@ async fn export(ca: &Ca, dir: &std::path::Path) {
     let sessions = query
         .sessions(SessionsRequest {
             host: HOST.into(),
-            since_unix_nano: 0,
+            ..SessionsRequest::default()
         })
         .await
         .unwrap()

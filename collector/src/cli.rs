@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
+use crate::Limits;
+
 /// Collector of the privileged-activity recorder: verifies and stores agents' chains, serves
 /// queries over them, and keeps the just-in-time grants agents enforce.
 /// The settings file read unless `--config` names another (docs/deploy.md): TOML whose keys
@@ -49,6 +51,45 @@ pub struct Cli {
     /// `host_silent` alert is chained, and `host_back` when it speaks again.
     #[arg(long, default_value = "30s", value_parser = silence)]
     pub silent_after: Duration,
+    /// Connections held at once, TLS handshakes included (docs/limits.md); one more is
+    /// closed as it is accepted. Keep it under the process's open-file limit.
+    #[arg(long, default_value_t = Limits::DEFAULT.connections.total, value_parser = at_least_one)]
+    pub max_connections: usize,
+    /// Connections held at once from one IP address; one more from it is closed as it is
+    /// accepted. At most --max-connections.
+    #[arg(long, default_value_t = Limits::DEFAULT.connections.per_peer, value_parser = at_least_one)]
+    pub max_connections_per_peer: usize,
+    /// Calls open at once on one connection (HTTP/2 streams); a client queues more until
+    /// one ends.
+    #[arg(long, default_value_t = Limits::DEFAULT.streams_per_connection, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+}
+
+impl Cli {
+    /// The limits the flags set, or why they contradict each other.
+    pub fn limits(&self) -> Result<Limits, String> {
+        if self.max_connections_per_peer > self.max_connections {
+            return Err(format!(
+                "--max-connections-per-peer {} is more than --max-connections {}",
+                self.max_connections_per_peer, self.max_connections
+            ));
+        }
+        Ok(Limits {
+            connections: pki::ConnectionLimits {
+                total: self.max_connections,
+                per_peer: self.max_connections_per_peer,
+            },
+            streams_per_connection: self.max_streams_per_connection,
+        })
+    }
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{text:?}: {e}")),
+    }
 }
 
 fn silence(text: &str) -> Result<Duration, String> {

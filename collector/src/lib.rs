@@ -30,7 +30,7 @@ mod testing;
 
 use std::{path::Path, sync::Arc};
 
-use pki::{Ca, ClientCert, HandshakeFailure, TlsAcceptor, plaintext_incoming};
+use pki::{Ca, ClientCert, ConnectionLimits, HandshakeFailure, TlsAcceptor, plaintext_incoming};
 use proto::v1::{
     Policy, admin_server::AdminServer, enrollment_server::EnrollmentServer,
     grants_server::GrantsServer, ingest_server::IngestServer, query_server::QueryServer,
@@ -115,14 +115,39 @@ impl Transport {
     }
 }
 
+/// How many connections and calls the collector serves at once (docs/limits.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections, handshakes included, in total and from one address: one over either is
+    /// closed as it is accepted.
+    pub connections: ConnectionLimits,
+    /// Calls (HTTP/2 streams) open at once on one connection, as the server tells each
+    /// client in its HTTP/2 settings: a client queues more until one ends.
+    pub streams_per_connection: u32,
+}
+
+impl Limits {
+    /// An agent holds one connection and one stream; an operator's command one connection.
+    /// 1,000 connections stay within the usual 1,024 open files of a process; 100 from one
+    /// address leave room for several agents behind one NAT address and an operator's
+    /// commands, and stop one address from holding them all.
+    pub const DEFAULT: Limits = Limits {
+        connections: ConnectionLimits {
+            total: 1000,
+            per_peer: 100,
+        },
+        streams_per_connection: 100,
+    };
+}
+
 /// Handshake failures queued for recording; past it they are logged and dropped.
 const FAILURES_QUEUE: usize = 256;
 
 /// Commits a tailer may fall behind by before it rereads from the store.
 const LIVE_BACKLOG: usize = 1024;
 
-/// Serves Ingest, Query, Grants, Admin and Enrollment on `listener` until the server fails;
-/// agents are sent `policy`.
+/// Serves Ingest, Query, Grants, Admin and Enrollment on `listener`, within `limits`, until
+/// the server fails; agents are sent `policy`.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
@@ -130,6 +155,7 @@ pub async fn serve(
     transport: Transport,
     retention: Retention,
     silent_after: std::time::Duration,
+    limits: Limits,
 ) -> Result<(), Error> {
     let witness = match &transport {
         Transport::Tls { witness, .. } => Some(Arc::clone(witness)),
@@ -173,10 +199,11 @@ pub async fn serve(
             // that one requires a certificate (`auth::caller`).
             let acceptor =
                 TlsAcceptor::with_client_cert(&ca_pem, &cert_pem, &key_pem, ClientCert::Optional)?
-                    .report_failures(failures);
+                    .report_failures(failures)
+                    .limit_connections(limits.connections);
             (acceptor.incoming(listener), ca.map(|ca| Arc::new(*ca)))
         }
-        Transport::InsecurePlaintext => (plaintext_incoming(listener), None),
+        Transport::InsecurePlaintext => (plaintext_incoming(listener, limits.connections), None),
     };
     let hosts = Hosts {
         store: Arc::clone(&store),
@@ -196,6 +223,7 @@ pub async fn serve(
     ))
     .max_decoding_message_size(ingest::MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.streams_per_connection)
         .add_service(ingest)
         .add_service(GrantsServer::new(GrantsService::new(
             Arc::clone(&store),

@@ -17,6 +17,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    let limits = cli.limits().map_err(anyhow::Error::msg)?;
     let policy = match &cli.policy {
         Some(path) => collector::policy::load(path)?,
         None => collector::policy::default_policy(),
@@ -63,7 +64,7 @@ fn main() -> anyhow::Result<()> {
             notify_ready(&listening);
             let mut terminate = signal(SignalKind::terminate())?;
             tokio::select! {
-                served = collector::serve(listener, store, policy, transport, retention, cli.silent_after) => served?,
+                served = collector::serve(listener, store, policy, transport, retention, cli.silent_after, limits) => served?,
                 // What is not yet committed is not yet acknowledged either: agents resend it
                 // to the next collector, so stopping here loses nothing.
                 _ = tokio::signal::ctrl_c() => tracing::info!("stopping on SIGINT"),

@@ -54,15 +54,7 @@ pub enum Command {
     /// Stored events in a time window, oldest first.
     Search(Search),
     /// List login sessions, who is behind them, and the terminals each one used.
-    Sessions {
-        #[arg(long)]
-        host: Option<String>,
-        /// Only sessions active this recently.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        since: Option<Duration>,
-        #[arg(long)]
-        json: bool,
-    },
+    Sessions(Sessions),
     /// Play a session's terminal back with its original timing: the login terminal, as the
     /// user saw it, unless told otherwise.
     Replay(Replay),
@@ -326,6 +318,23 @@ impl From<Role> for pki::Role {
             Role::Admin => Self::Admin,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct Sessions {
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only sessions active this recently.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+    #[arg(long)]
+    pub json: bool,
+    /// At most this many sessions; when more match, standard error says how to go on.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub limit: u64,
+    /// Continue where an earlier listing with the same filters stopped.
+    #[arg(long)]
+    pub page_token: Option<String>,
 }
 
 #[derive(Debug, Args)]

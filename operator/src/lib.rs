@@ -82,9 +82,7 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             output,
         } => query::tail(&mut client, &filter, since, output.format(), &mut out).await,
         Command::Search(search) => query::search(&mut client, search, &mut out).await,
-        Command::Sessions { host, since, json } => {
-            query::sessions(&mut client, host, since, json, &mut out).await
-        }
+        Command::Sessions(sessions) => query::sessions(&mut client, sessions, &mut out).await,
         Command::Replay(replay) => replay::play(&mut client, replay, &mut out).await,
         Command::Hosts { json } => query::hosts(&mut client, json, &mut out).await,
         Command::Verify {

@@ -6,19 +6,20 @@ use anyhow::bail;
 use proto::{
     time::ago,
     v1::{
-        HostsRequest, SearchRequest, SessionsRequest, StoredEvent, TailRequest, VerifyRequest,
-        VerifyResponse, query_client::QueryClient,
+        HostsRequest, SearchRequest, Session, SessionsRequest, StoredEvent, TailRequest,
+        VerifyRequest, VerifyResponse, query_client::QueryClient,
     },
 };
 use tonic::transport::Channel;
 
 use crate::{
-    cli::{FilterArgs, Format, Search},
+    cli::{FilterArgs, Format, Search, Sessions},
     ocsf, render,
 };
 
-/// The most events one Search page carries.
-const PAGE_MAX: usize = 10_000;
+/// The most events one Search page carries, and sessions one Sessions page.
+const EVENTS_PAGE_MAX: usize = 10_000;
+const SESSIONS_PAGE_MAX: usize = 1000;
 
 fn print(out: &mut impl io::Write, stored: &StoredEvent, format: Format) -> io::Result<()> {
     match format {
@@ -51,73 +52,131 @@ pub async fn tail(
     bail!("the collector ended the tail");
 }
 
-/// Prints up to `--limit` events, page by page. When more match, says so on standard error
-/// with the token that continues from there: a truncated answer is never silent.
-pub async fn search(
-    client: &mut QueryClient<Channel>,
-    search: Search,
-    out: &mut impl io::Write,
+/// One page of a paged call: its items, and the token of the next page (empty: none).
+struct Page<T> {
+    items: Vec<T>,
+    next: String,
+}
+
+/// Prints up to `limit` items of a paged call, page by page from `token` (empty: the first
+/// page), asking `fetch` for at most `page_max` at a time. When more match, says so on
+/// standard error with the token that continues from there: a truncated answer is never
+/// silent.
+async fn follow<T, W: io::Write>(
+    what: &str,
+    limit: u64,
+    page_max: usize,
+    mut token: String,
+    mut fetch: impl AsyncFnMut(u32, String) -> anyhow::Result<Page<T>>,
+    print: impl Fn(&mut W, &T) -> io::Result<()>,
+    out: &mut W,
 ) -> anyhow::Result<()> {
-    let mut token = search.page_token.unwrap_or_default();
-    let limit = usize::try_from(search.limit).unwrap_or(usize::MAX);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let mut shown = 0;
-    let since = ago(search.since);
-    let format = search.output.format();
     loop {
-        let want = (limit - shown).min(PAGE_MAX);
-        let page = client
-            .search(SearchRequest {
-                filter: Some(search.filter.to_proto()),
-                since_unix_nano: since,
-                until_unix_nano: 0,
-                limit: u32::try_from(want).unwrap_or(u32::MAX),
-                page_token: token,
-            })
-            .await?
-            .into_inner();
-        for stored in &page.events {
-            print(out, stored, format)?;
+        let want = (limit - shown).min(page_max);
+        let page = fetch(u32::try_from(want).unwrap_or(u32::MAX), token).await?;
+        for item in &page.items {
+            print(out, item)?;
         }
-        shown += page.events.len();
-        if page.next_page_token.is_empty() || page.events.is_empty() {
+        shown += page.items.len();
+        if page.next.is_empty() || page.items.is_empty() {
             return Ok(());
         }
         if shown >= limit {
             out.flush()?;
             eprintln!(
-                "more events match: these are the first {shown}; continue with \
+                "more {what} match: these are the first {shown}; continue with \
                  `--page-token {}` (same filters), or raise --limit",
-                page.next_page_token
+                page.next
             );
             return Ok(());
         }
-        token = page.next_page_token;
+        token = page.next;
     }
 }
 
-pub async fn sessions(
+/// Prints up to `--limit` events, page by page (`follow`).
+pub async fn search<W: io::Write>(
     client: &mut QueryClient<Channel>,
-    host: Option<String>,
-    since: Option<Duration>,
-    json: bool,
-    out: &mut impl io::Write,
+    search: Search,
+    out: &mut W,
 ) -> anyhow::Result<()> {
-    let sessions = client
-        .sessions(SessionsRequest {
-            host: host.unwrap_or_default(),
-            since_unix_nano: since.map_or(0, ago),
+    let filter = search.filter.to_proto();
+    let since = ago(search.since);
+    let format = search.output.format();
+    let fetch = async |limit, page_token| {
+        let page = client
+            .search(SearchRequest {
+                filter: Some(filter.clone()),
+                since_unix_nano: since,
+                until_unix_nano: 0,
+                limit,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        Ok(Page {
+            items: page.events,
+            next: page.next_page_token,
         })
-        .await?
-        .into_inner()
-        .sessions;
-    for s in &sessions {
+    };
+    let token = search.page_token.unwrap_or_default();
+    let print = |out: &mut W, stored: &StoredEvent| print(out, stored, format);
+    follow(
+        "events",
+        search.limit,
+        EVENTS_PAGE_MAX,
+        token,
+        fetch,
+        print,
+        out,
+    )
+    .await
+}
+
+/// Prints up to `--limit` sessions, page by page (`follow`).
+pub async fn sessions<W: io::Write>(
+    client: &mut QueryClient<Channel>,
+    sessions: Sessions,
+    out: &mut W,
+) -> anyhow::Result<()> {
+    let host = sessions.host.unwrap_or_default();
+    let since = sessions.since.map_or(0, ago);
+    let fetch = async |limit, page_token| {
+        let page = client
+            .sessions(SessionsRequest {
+                host: host.clone(),
+                since_unix_nano: since,
+                limit,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        Ok(Page {
+            items: page.sessions,
+            next: page.next_page_token,
+        })
+    };
+    let token = sessions.page_token.unwrap_or_default();
+    let json = sessions.json;
+    let print = |out: &mut W, s: &Session| {
         if json {
-            writeln!(out, "{}", render::session_json(s))?;
+            writeln!(out, "{}", render::session_json(s))
         } else {
-            writeln!(out, "{}", render::session_line(s))?;
+            writeln!(out, "{}", render::session_line(s))
         }
-    }
-    Ok(())
+    };
+    follow(
+        "sessions",
+        sessions.limit,
+        SESSIONS_PAGE_MAX,
+        token,
+        fetch,
+        print,
+        out,
+    )
+    .await
 }
 
 pub async fn hosts(

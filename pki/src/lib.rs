@@ -10,6 +10,7 @@ mod ca;
 mod client;
 mod evidence;
 mod identity;
+mod limit;
 mod server;
 mod token;
 
@@ -25,6 +26,7 @@ pub use ca::{Ca, Issued, Validity, create_private_dir};
 pub use client::{ClientIdentity, endpoint};
 pub use evidence::{collector_log, deployment_id, host_log, verify_cert, witness_key};
 pub use identity::{CertInfo, MAX_NAME_LEN, OfferedCert, Peer, Role, check_name, host_id};
+pub use limit::ConnectionLimits;
 pub use server::{
     ClientCert, Conn, ConnInfo, DEFAULT_HANDSHAKE_TIMEOUT, HandshakeError, HandshakeFailure,
     Incoming, TlsAcceptor, plaintext_incoming, server_config,

@@ -4,7 +4,8 @@
 //! what the certificate claimed. So the handshakes run here: one task each, bounded in time
 //! so a silent or slow client holds nothing up; each success becomes a [`Conn`] whose
 //! [`ConnInfo`] handlers read from their requests' extensions, each failure a
-//! [`HandshakeFailure`] sent to whoever subscribed.
+//! [`HandshakeFailure`] sent to whoever subscribed. Connections over the
+//! [`ConnectionLimits`] are closed as they are accepted.
 
 use std::{
     cell::RefCell,
@@ -37,7 +38,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
-use crate::{CertInfo, OfferedCert, Peer, PkiError};
+use crate::{
+    CertInfo, OfferedCert, Peer, PkiError,
+    limit::{ConnectionLimits, Connections, Refusals, Slot},
+};
 
 /// How long a client has to complete its handshake before it is dropped (and reported).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -225,6 +229,8 @@ pub struct HandshakeFailure {
 pub struct Conn {
     io: Io,
     info: ConnInfo,
+    /// Its place in the count of connections, until the server drops it.
+    _slot: Slot,
 }
 
 enum Io {
@@ -303,6 +309,7 @@ pub struct TlsAcceptor {
     acceptor: tokio_rustls::TlsAcceptor,
     handshake_timeout: Duration,
     failures: Option<mpsc::Sender<HandshakeFailure>>,
+    limits: ConnectionLimits,
 }
 
 impl TlsAcceptor {
@@ -322,6 +329,7 @@ impl TlsAcceptor {
             acceptor: server_config(ca_pem, cert_pem, key_pem, client_cert)?.into(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             failures: None,
+            limits: ConnectionLimits::NONE,
         })
     }
 
@@ -340,6 +348,14 @@ impl TlsAcceptor {
         self
     }
 
+    /// Closes every connection over `limits` as it is accepted ([`ConnectionLimits::NONE`]
+    /// unless set).
+    #[must_use]
+    pub fn limit_connections(mut self, limits: ConnectionLimits) -> TlsAcceptor {
+        self.limits = limits;
+        self
+    }
+
     /// Starts accepting on `listener`; hand the stream to `Server::serve_with_incoming`.
     /// Accepting stops when the stream is dropped. Needs a Tokio runtime.
     #[must_use]
@@ -347,16 +363,17 @@ impl TlsAcceptor {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = tokio::spawn(async move {
             let mut handshakes = JoinSet::new();
+            let mut admission = Admission::new(self.limits);
             loop {
                 tokio::select! {
                     accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => {
-                        let Some((tcp, remote_addr)) = accepted_or_wait(accepted).await else {
+                        let Some((tcp, remote_addr, slot)) = admission.admit(accepted).await else {
                             continue;
                         };
                         let (acceptor, tx) = (self.acceptor.clone(), tx.clone());
                         let (timeout, failures) = (self.handshake_timeout, self.failures.clone());
                         handshakes.spawn(async move {
-                            match handshake(acceptor, tcp, remote_addr, timeout).await {
+                            match handshake(acceptor, tcp, remote_addr, slot, timeout).await {
                                 Ok(conn) => {
                                     // Err: the server is gone; the connection goes with it.
                                     let _ = tx.send(conn).await;
@@ -374,13 +391,16 @@ impl TlsAcceptor {
 }
 
 /// Plaintext connections, for the collector's explicit loopback-only insecure mode: the
-/// same stream and [`ConnInfo`] as [`TlsAcceptor::incoming`], with no certificate.
+/// same stream and [`ConnInfo`] as [`TlsAcceptor::incoming`], with no certificate, and the
+/// same `limits`.
 #[must_use]
-pub fn plaintext_incoming(listener: TcpListener) -> Incoming {
+pub fn plaintext_incoming(listener: TcpListener, limits: ConnectionLimits) -> Incoming {
     let (tx, rx) = mpsc::channel(QUEUE);
     let task = tokio::spawn(async move {
+        let mut admission = Admission::new(limits);
         loop {
-            let Some((tcp, remote_addr)) = accepted_or_wait(listener.accept().await).await else {
+            let Some((tcp, remote_addr, slot)) = admission.admit(listener.accept().await).await
+            else {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
@@ -391,6 +411,7 @@ pub fn plaintext_incoming(listener: TcpListener) -> Incoming {
                     cert: None,
                     tls: false,
                 },
+                _slot: slot,
             };
             if tx.send(conn).await.is_err() {
                 return;
@@ -398,6 +419,38 @@ pub fn plaintext_incoming(listener: TcpListener) -> Incoming {
         }
     });
     Incoming { rx, task }
+}
+
+/// What an accept loop lets in.
+struct Admission {
+    connections: Connections,
+    refusals: Refusals,
+}
+
+impl Admission {
+    fn new(limits: ConnectionLimits) -> Self {
+        Self {
+            connections: Connections::new(limits),
+            refusals: Refusals::default(),
+        }
+    }
+
+    /// The accepted connection with its place in the count; `None` for an error (after
+    /// `accepted_or_wait`'s pause) or a connection over a limit, which is dropped, and so
+    /// closed, here.
+    async fn admit(
+        &mut self,
+        accepted: io::Result<(TcpStream, SocketAddr)>,
+    ) -> Option<(TcpStream, SocketAddr, Slot)> {
+        let (tcp, remote_addr) = accepted_or_wait(accepted).await?;
+        match self.connections.admit(remote_addr.ip()) {
+            Ok(slot) => Some((tcp, remote_addr, slot)),
+            Err(over) => {
+                self.refusals.refused(remote_addr, over);
+                None
+            }
+        }
+    }
 }
 
 /// The accepted connection; or, for an error, `None` after a pause when the error is about
@@ -428,6 +481,7 @@ async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     remote_addr: SocketAddr,
+    slot: Slot,
     timeout: Duration,
 ) -> Result<Conn, HandshakeFailure> {
     let _ = tcp.set_nodelay(true);
@@ -448,6 +502,7 @@ async fn handshake(
                                     cert: Some(Arc::new(cert)),
                                     tls: true,
                                 },
+                                _slot: slot,
                             });
                         }
                         Some(Err(e)) => HandshakeError::Identity(e),
@@ -459,6 +514,7 @@ async fn handshake(
                                     cert: None,
                                     tls: true,
                                 },
+                                _slot: slot,
                             });
                         }
                     }

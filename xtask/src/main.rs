@@ -48,7 +48,7 @@ enum Task {
     Tail(Operator),
     /// Stored events in a time window: `search [--since 1h] [filters] [--json]`.
     Search(Operator),
-    /// List login sessions and who is behind them: `sessions [--host H] [--json]`.
+    /// List login sessions and who is behind them: `sessions [--host H] [--json] [--limit N]`.
     Sessions(Operator),
     /// Play a session's terminal output back: `replay SESSION [--speed N]`.
     Replay(Operator),

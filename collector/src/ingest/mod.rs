@@ -5,7 +5,7 @@
 
 pub(crate) mod check;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use pki::{CertInfo, ConnInfo};
 use proto::v1::{
@@ -21,7 +21,7 @@ use crate::{
     error::IngestError,
     grants::views::Views,
     liveness::{self, Liveness},
-    store::{Store, blocking},
+    store::{ChainState, Store, blocking},
     witness::Witness,
     writer::{Batch, CheckpointRequest, Own, Pending, PendingCheckpoint, WriterHandle},
 };
@@ -513,7 +513,10 @@ impl Drop for Contact {
     }
 }
 
-/// Checks the Hello, and answers where each chain it names stands in the store.
+/// Checks the Hello, and answers where each chain it names stands in the store. Only the
+/// host's own chains are read, so a connection costs what its host has stored, not what
+/// every host has; a chain stored as another host's is answered as empty (the writer
+/// refuses its records from this host anyway), and says nothing of that host.
 async fn welcome(
     store: &Arc<dyn Store>,
     witness: Option<&Witness>,
@@ -528,13 +531,17 @@ async fn welcome(
         }
         None => None,
     };
-    let store = Arc::clone(store);
-    let chains = blocking(move || store.chains()).await?;
+    let (store, host) = (Arc::clone(store), hello.host.clone());
+    let chains: HashMap<String, ChainState> = blocking(move || store.host_chains(&host))
+        .await?
+        .into_iter()
+        .map(|c| (c.chain_id.clone(), c))
+        .collect();
     let heads = hello
         .chain_ids
         .iter()
         .map(|id| {
-            let stored = chains.iter().find(|c| c.chain_id == *id);
+            let stored = chains.get(id);
             ChainHead {
                 chain_id: id.clone(),
                 next_seq: stored.map_or(0, |c| c.next_seq),

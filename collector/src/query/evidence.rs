@@ -81,7 +81,7 @@ pub(super) fn log_header(
         }));
     }
     let mut chains = Vec::new();
-    for chain in store.chains()?.into_iter().filter(|c| c.host == host) {
+    for chain in store.host_chains(host)? {
         if chain.chain_id != COLLECTOR_CHAIN {
             chains.push(stored_chain(store, chain)?);
         }

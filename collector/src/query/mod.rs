@@ -25,15 +25,28 @@ use crate::{
     auth::{Caller, Gate},
     error::QueryError,
     liveness::Liveness,
-    store::{COLLECTOR_CHAIN, Cursor, EventFilter, Store, blocking},
+    store::{Bound, COLLECTOR_CHAIN, Cursor, EventFilter, Store, blocking},
     verify::verify_all,
     witness::Witness,
 };
 
+/// Events of a Search page unless fewer are asked for, and at most.
 const DEFAULT_LIMIT: u32 = 1000;
 const MAX_LIMIT: u32 = 10_000;
+/// Sessions of a Sessions page unless fewer are asked for, and at most.
+const DEFAULT_SESSIONS: u32 = 100;
+const MAX_SESSIONS: u32 = 1000;
+/// Bytes of a Search or Sessions response at most, and of one read of a streaming call:
+/// under the 4 MiB gRPC clients accept by default, and over the largest event (1 MiB, with
+/// its framing), which a page always has room for.
+const PAGE_BYTES: usize = 3 << 20;
 /// Rows read from the store at a time by streaming calls.
 const PAGE: usize = 1000;
+/// One read of a streaming call.
+const STREAM_READ: Bound = Bound {
+    rows: PAGE,
+    bytes: PAGE_BYTES,
+};
 /// Bytes of a bundle file per Export message.
 const EXPORT_CHUNK: usize = 1 << 20;
 
@@ -99,6 +112,15 @@ impl QueryService {
     }
 }
 
+/// The rows a page asked for `asked` holds at most: `default` for 0, never more than `max`.
+fn page_rows(asked: u32, default: u32, max: u32) -> usize {
+    let rows = match asked {
+        0 => default,
+        n => n.min(max),
+    };
+    rows as usize
+}
+
 /// Longest description of a request an access record keeps.
 const DETAIL_MAX: usize = 512;
 
@@ -134,21 +156,20 @@ fn stream_search(
         let mut after = Cursor::default();
         loop {
             let (store, f) = (Arc::clone(&store), filter.clone());
-            let rows = match read(move || store.search(&f, after, PAGE)).await {
-                Ok(rows) => rows,
+            let page = match read(move || store.search(&f, after, STREAM_READ)).await {
+                Ok(page) => page,
                 Err(status) => {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
             };
-            let done = rows.len() < PAGE;
-            for (cursor, event) in rows {
+            for (cursor, event) in page.rows {
                 after = cursor;
                 if tx.send(Ok(event)).await.is_err() {
                     return;
                 }
             }
-            if done {
+            if !page.more {
                 return;
             }
         }
@@ -290,21 +311,21 @@ impl Query for QueryService {
             loop {
                 loop {
                     let (store, f) = (Arc::clone(&store), filter.clone());
-                    let rows = match read(move || store.after_row(&f, cursor, up_to, PAGE)).await {
-                        Ok(rows) => rows,
-                        Err(status) => {
-                            let _ = tx.send(Err(status)).await;
-                            return;
-                        }
-                    };
-                    let done = rows.len() < PAGE;
-                    for (row, event) in rows {
+                    let page =
+                        match read(move || store.after_row(&f, cursor, up_to, STREAM_READ)).await {
+                            Ok(page) => page,
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                        };
+                    for (row, event) in page.rows {
                         cursor = row;
                         if tx.send(Ok(event)).await.is_err() {
                             return;
                         }
                     }
-                    if done {
+                    if !page.more {
                         break;
                     }
                 }
@@ -343,23 +364,19 @@ impl Query for QueryService {
         let mut filter = filter::event_filter(request.filter)?;
         filter.since_unix_nano = request.since_unix_nano;
         filter.until_unix_nano = request.until_unix_nano;
-        let limit = match request.limit {
-            0 => DEFAULT_LIMIT,
-            n => n.min(MAX_LIMIT),
-        } as usize;
+        let bound = Bound {
+            rows: page_rows(request.limit, DEFAULT_LIMIT, MAX_LIMIT),
+            bytes: PAGE_BYTES,
+        };
         let after = filter::parse_token(&request.page_token)?;
         let store = Arc::clone(&self.store);
-        let mut rows = read(move || store.search(&filter, after, limit + 1)).await?;
-        let next_page_token = if rows.len() > limit {
-            rows.truncate(limit);
-            rows.last()
-                .map(|(c, _)| filter::page_token(*c))
-                .unwrap_or_default()
-        } else {
-            String::new()
+        let page = read(move || store.search(&filter, after, bound)).await?;
+        let next_page_token = match page.rows.last() {
+            Some((cursor, _)) if page.more => filter::page_token(*cursor),
+            _ => String::new(),
         };
         Ok(Response::new(SearchResponse {
-            events: rows.into_iter().map(|(_, e)| e).collect(),
+            events: page.rows.into_iter().map(|(_, e)| e).collect(),
             next_page_token,
         }))
     }
@@ -371,17 +388,31 @@ impl Query for QueryService {
         let r = request.get_ref();
         let detail = describe(
             None,
-            &format!("host={} since={}", r.host, r.since_unix_nano),
+            &format!(
+                "host={} since={} limit={} page_token={}",
+                r.host, r.since_unix_nano, r.limit, r.page_token
+            ),
         );
         self.reader(&request, "Sessions", detail).await?;
         let SessionsRequest {
             host,
             since_unix_nano,
+            limit,
+            page_token,
         } = request.into_inner();
+        let bound = Bound {
+            rows: page_rows(limit, DEFAULT_SESSIONS, MAX_SESSIONS),
+            bytes: PAGE_BYTES,
+        };
+        let after = filter::parse_token(&page_token)?;
         let store = Arc::clone(&self.store);
-        let sessions =
-            read(move || sessions::sessions(store.as_ref(), host, since_unix_nano)).await?;
-        Ok(Response::new(SessionsResponse { sessions }))
+        let page =
+            read(move || sessions::sessions(store.as_ref(), host, since_unix_nano, after, bound))
+                .await?;
+        Ok(Response::new(SessionsResponse {
+            sessions: page.sessions,
+            next_page_token: page.next.map(filter::page_token).unwrap_or_default(),
+        }))
     }
 
     async fn replay(

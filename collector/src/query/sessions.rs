@@ -2,6 +2,8 @@
 //! with a few targeted decodes (its first event, and each terminal's first input), never by
 //! decoding all its events; Replay picks the terminals it plays from the same summary.
 
+use std::ops::ControlFlow;
+
 use prost::Message as _;
 use proto::{
     kind::Kind,
@@ -11,21 +13,53 @@ use proto::{
 
 use crate::{
     error::QueryError,
-    store::{EventFilter, SessionMatch, SessionQuery, SessionRow, Store, StoreError, TerminalRow},
+    store::{
+        Bound, Cursor, EventFilter, SessionMatch, SessionQuery, SessionRow, Store, StoreError,
+        TerminalRow,
+    },
 };
 
-/// The sessions with events from `since_unix_nano` on, of `host` (empty: every host).
+/// One page of Sessions: the sessions, and where the next page starts when there is one.
+pub(crate) struct SessionsPage {
+    pub sessions: Vec<Session>,
+    pub next: Option<Cursor>,
+}
+
+/// The sessions with events from `since_unix_nano` on, of `host` (empty: every host), after
+/// `after`, as many as `bound` lets one response carry, counted as they are encoded in it.
+/// Each row's bytes are dropped once it is decoded.
 pub(crate) fn sessions(
     store: &dyn Store,
     host: String,
     since_unix_nano: u64,
-) -> Result<Vec<Session>, StoreError> {
+    after: Cursor,
+    bound: Bound,
+) -> Result<SessionsPage, StoreError> {
     let query = SessionQuery {
         host,
         key: None,
         since_unix_nano,
+        after,
+        // One past the bound says whether there are more.
+        limit: bound.rows.saturating_add(1),
     };
-    Ok(store.sessions(&query)?.into_iter().map(session).collect())
+    let (mut sessions, mut bytes, mut last, mut more) = (Vec::new(), 0, after, false);
+    store.sessions(&query, &mut |row| {
+        let cursor = row.cursor;
+        let session = session(row);
+        let size = prost::encoding::message::encoded_len(1, &session);
+        if !bound.admits(sessions.len(), bytes, size) {
+            more = true;
+            return ControlFlow::Break(());
+        }
+        (bytes, last) = (bytes + size, cursor);
+        sessions.push(session);
+        ControlFlow::Continue(())
+    })?;
+    Ok(SessionsPage {
+        sessions,
+        next: more.then_some(last),
+    })
 }
 
 /// A session as Sessions lists it. Its root and identity are those of its first event; its
@@ -99,13 +133,14 @@ pub(crate) fn replay_filter(
     } else {
         let query = SessionQuery {
             key: Some(key.clone()),
+            limit: 1,
             ..SessionQuery::default()
         };
-        let row = store
-            .sessions(&query)?
-            .into_iter()
-            .next()
-            .unwrap_or_default();
+        let mut row = SessionRow::default();
+        store.sessions(&query, &mut |found| {
+            row = found;
+            ControlFlow::Break(())
+        })?;
         if request.tty.is_empty() {
             Some(row.login_tty)
         } else if row.terminals.iter().any(|t| t.device == request.tty) {
@@ -146,7 +181,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        store::Cursor,
+        store::{Bound, Cursor},
         testing::{self, TestStore},
     };
 
@@ -265,15 +300,83 @@ mod tests {
             sessions_since(&store, 85)[0].terminals.len() == 2,
             "a window counts its own"
         );
-        assert!(
-            sessions(&store.store, "other".into(), 0)
-                .unwrap()
-                .is_empty()
+        assert!(list(&store, "other", 0).is_empty());
+    }
+
+    /// Sessions 1 to 5, one exec each, in that order.
+    fn five_sessions() -> TestStore {
+        let store = testing::store();
+        let events: Vec<Event> = (1..=5u32)
+            .map(|id| Event {
+                session_root: Some(SessionRoot {
+                    pid: id,
+                    start_unix_nano: 100,
+                }),
+                ..exec(
+                    10 * u64::from(id),
+                    Process {
+                        sessionid: Some(id),
+                        ..process(id, "bash", "136:0")
+                    },
+                )
+            })
+            .collect();
+        store.ingest("h:boot:1", "h", &events);
+        store
+    }
+
+    /// Pages of `store`'s sessions under `bound`, from the first: the session ids of each.
+    fn pages(store: &TestStore, bound: Bound) -> Vec<Vec<u32>> {
+        let (mut pages, mut after) = (Vec::new(), Cursor::default());
+        loop {
+            let page = sessions(&store.store, String::new(), 0, after, bound).unwrap();
+            pages.push(page.sessions.iter().map(|s| s.sessionid).collect());
+            match page.next {
+                Some(next) => after = next,
+                None => return pages,
+            }
+        }
+    }
+
+    /// A page ends at its rows or before the session that would take it past its bytes, as
+    /// encoded in the response, but holds one at least; the next page follows on.
+    #[test]
+    fn pages_of_sessions_end_at_their_rows_or_bytes_and_follow_on() {
+        let rows = |rows| Bound {
+            rows,
+            bytes: usize::MAX,
+        };
+        let store = five_sessions();
+        assert_eq!(pages(&store, rows(100)), [vec![1, 2, 3, 4, 5]]);
+        assert_eq!(pages(&store, rows(3)), [vec![1, 2, 3], vec![4, 5]]);
+        // Each of them encodes to as many bytes.
+        let one = prost::encoding::message::encoded_len(1, &list(&store, "", 0)[0]);
+        let bytes = |bytes| Bound { rows: 100, bytes };
+        assert_eq!(
+            pages(&store, bytes(2 * one)),
+            [vec![1, 2], vec![3, 4], vec![5]]
         );
+        assert_eq!(
+            pages(&store, bytes(2 * one - 1)),
+            [[1], [2], [3], [4], [5]],
+            "one a page when two are over the bound"
+        );
+        assert_eq!(pages(&store, bytes(1)), [[1], [2], [3], [4], [5]]);
     }
 
     fn sessions_since(store: &TestStore, since: u64) -> Vec<Session> {
-        sessions(&store.store, String::new(), since).unwrap()
+        list(store, "", since)
+    }
+
+    /// Every session of `host` from `since` on, in one page.
+    fn list(store: &TestStore, host: &str, since: u64) -> Vec<Session> {
+        let bound = Bound {
+            rows: 100,
+            bytes: usize::MAX,
+        };
+        let page = sessions(&store.store, host.into(), since, Cursor::default(), bound).unwrap();
+        assert!(page.next.is_none());
+        page.sessions
     }
 
     /// What Replay plays for `request`: each event's data, oldest first.
@@ -281,8 +384,16 @@ mod tests {
         let filter = replay_filter(&store.store, request)?;
         let events: Vec<StoredEvent> = store
             .store
-            .search(&filter, Cursor::default(), 100)
+            .search(
+                &filter,
+                Cursor::default(),
+                Bound {
+                    rows: 100,
+                    bytes: usize::MAX,
+                },
+            )
             .unwrap()
+            .rows
             .into_iter()
             .map(|(_, e)| e)
             .collect();

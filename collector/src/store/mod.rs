@@ -277,13 +277,60 @@ pub struct Cursor {
     pub row: i64,
 }
 
+/// What frames a stored event in a response besides its stored bytes (event, hash, host,
+/// chain id, session), at most: the tags and lengths of `StoredEvent`'s fields, its seq, and
+/// its own tag and length in a repeated field. A backend that reckons a row's size from its
+/// stored bytes before reading them adds this.
+pub const EVENT_FRAMING: usize = 40;
+
+/// How much one read of events returns: at most `rows` rows, and no row past the one that
+/// would take their size, as each `StoredEvent` is encoded in a response, over `bytes`. The
+/// first row is always returned, so every read makes progress; an event is at most 1 MiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bound {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+impl Bound {
+    /// Whether a page of `taken` rows and `total` bytes has room for a row of `size` bytes.
+    #[must_use]
+    pub fn admits(self, taken: usize, total: usize, size: usize) -> bool {
+        taken < self.rows && (taken == 0 || total.saturating_add(size) <= self.bytes)
+    }
+
+    /// How many of the rows of these sizes, in order, a page takes.
+    #[must_use]
+    pub fn take(self, sizes: impl IntoIterator<Item = usize>) -> usize {
+        let (mut taken, mut total) = (0, 0usize);
+        for size in sizes {
+            if !self.admits(taken, total, size) {
+                break;
+            }
+            (taken, total) = (taken + 1, total.saturating_add(size));
+        }
+        taken
+    }
+}
+
+/// One bounded read: the rows, with where each one is, and whether the bound left matching
+/// rows after them.
+#[derive(Clone, Debug, Default)]
+pub struct Page<C> {
+    pub rows: Vec<(C, StoredEvent)>,
+    pub more: bool,
+}
+
 /// Which sessions `Store::sessions` summarizes: those with events from `since_unix_nano`
-/// on, of `host` (empty: any) or the one of `key`.
+/// on, of `host` (empty: any) or the one of `key`; in the order of their first event in
+/// that window (time, then row), the first `limit` of them after `after`.
 #[derive(Clone, Debug, Default)]
 pub struct SessionQuery {
     pub host: String,
     pub key: Option<String>,
     pub since_unix_nano: u64,
+    pub after: Cursor,
+    pub limit: usize,
 }
 
 /// One session's columns, aggregated over its events from the query's `since` on; its first
@@ -293,6 +340,9 @@ pub struct SessionQuery {
 pub struct SessionRow {
     pub key: String,
     pub host: String,
+    /// Where the session stands in the order of `SessionQuery`: the time of its first event
+    /// in the window and the lowest row of its events there.
+    pub cursor: Cursor,
     pub first_unix_nano: u64,
     pub last_unix_nano: u64,
     pub events: u64,
@@ -326,6 +376,9 @@ pub struct TerminalRow {
 pub trait Store: Send + Sync + 'static {
     /// Every stored chain, in the order each was first stored.
     fn chains(&self) -> Result<Vec<ChainState>, StoreError>;
+    /// The stored chains of `host`, in the order each was first stored: read by host, so
+    /// what a connecting agent costs does not grow with other hosts' chains.
+    fn host_chains(&self, host: &str) -> Result<Vec<ChainState>, StoreError>;
     /// The stored hash of one record.
     fn hash_at(&self, chain_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes it all in one durable transaction; returns the highest row id stored so far.
@@ -333,23 +386,29 @@ pub trait Store: Send + Sync + 'static {
     /// The highest row id stored.
     fn last_row(&self) -> Result<i64, StoreError>;
     /// Matching events stored after row `after` up to row `up_to`, in storage order, with
-    /// their row ids.
+    /// their row ids, as much as `bound` lets one read hold.
     fn after_row(
         &self,
         filter: &EventFilter,
         after: i64,
         up_to: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, StoredEvent)>, StoreError>;
-    /// Matching events after `cursor`, oldest first, with their cursors.
+        bound: Bound,
+    ) -> Result<Page<i64>, StoreError>;
+    /// Matching events after `cursor`, oldest first, with their cursors, as much as `bound`
+    /// lets one read hold.
     fn search(
         &self,
         filter: &EventFilter,
         after: Cursor,
-        limit: usize,
-    ) -> Result<Vec<(Cursor, StoredEvent)>, StoreError>;
-    /// The sessions `query` selects, by their first event in the window.
-    fn sessions(&self, query: &SessionQuery) -> Result<Vec<SessionRow>, StoreError>;
+        bound: Bound,
+    ) -> Result<Page<Cursor>, StoreError>;
+    /// Hands `each` the sessions `query` selects, in its order, until it breaks: one at a
+    /// time, so that a caller keeps no more of their bytes than it wants.
+    fn sessions(
+        &self,
+        query: &SessionQuery,
+        each: &mut dyn FnMut(SessionRow) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
     /// Hands `each` up to `limit` stored records of `chain_id` from seq `from_seq` on, in
     /// seq order, until it breaks. A page at a time, so no read holds the store for a whole
     /// chain.
@@ -423,4 +482,22 @@ pub(crate) async fn blocking<T: Send + 'static>(
         tracing::error!(error = %e, "store call failed");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bound;
+
+    #[test]
+    fn a_page_stops_before_the_row_that_would_pass_its_bytes_but_takes_one_at_least() {
+        let bound = Bound {
+            rows: 3,
+            bytes: 100,
+        };
+        assert_eq!(bound.take([40, 60, 1]), 2, "100 bytes fit, 101 do not");
+        assert_eq!(bound.take([500, 1]), 1, "a row larger than the bound alone");
+        assert_eq!(bound.take([1, 1, 1, 1]), 3, "the rows bound");
+        assert_eq!(bound.take([]), 0);
+        assert_eq!(bound.take([usize::MAX, usize::MAX]), 1, "no overflow");
+    }
 }

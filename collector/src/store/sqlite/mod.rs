@@ -12,19 +12,16 @@ use std::{
 };
 
 use prost::Message as _;
-use proto::{
-    chain::GENESIS,
-    v1::{Grant, StoredEvent},
-};
+use proto::{chain::GENESIS, v1::Grant};
 use rusqlite::{Connection, OptionalExtension as _, params, types::Value};
 
-use self::sql::{STORED_COLUMNS, decode_grant, filter_sql, int, query_stored, uint};
+use self::sql::{STORED_COLUMNS, bounded, decode_grant, filter_sql, int, query_stored, uint};
 use sha2::Digest as _;
 
 use super::{
-    ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow, LogCheckpoint,
-    LogRow, PruneRow, RevokedHost, SessionLeaf, SessionQuery, SessionRow, Store, StoreError,
-    TokenRow, Violations,
+    Bound, ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow,
+    LogCheckpoint, LogRow, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery, SessionRow,
+    Store, StoreError, TokenRow, Violations,
 };
 
 /// The stored columns of an events row, read from column `at` on in the order
@@ -237,21 +234,33 @@ fn hash32(bytes: Vec<u8>) -> [u8; 32] {
     bytes.try_into().unwrap_or([0; 32])
 }
 
+const CHAIN_COLUMNS: &str = "SELECT chain_id, host, next_seq, head_hash FROM chains";
+
+fn chain_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainState> {
+    let head: Vec<u8> = r.get(3)?;
+    Ok(ChainState {
+        chain_id: r.get(0)?,
+        host: r.get(1)?,
+        next_seq: uint(r.get(2)?),
+        head_hash: head.try_into().unwrap_or(GENESIS),
+    })
+}
+
 impl Store for Sqlite {
     fn chains(&self) -> Result<Vec<ChainState>, StoreError> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare("SELECT chain_id, host, next_seq, head_hash FROM chains ORDER BY id")?;
-            stmt.query_map([], |r| {
-                let head: Vec<u8> = r.get(3)?;
-                Ok(ChainState {
-                    chain_id: r.get(0)?,
-                    host: r.get(1)?,
-                    next_seq: uint(r.get(2)?),
-                    head_hash: head.try_into().unwrap_or(GENESIS),
-                })
-            })?
-            .collect()
+            conn.prepare_cached(&format!("{CHAIN_COLUMNS} ORDER BY id"))?
+                .query_map([], chain_state)?
+                .collect()
+        })
+    }
+
+    fn host_chains(&self, host: &str) -> Result<Vec<ChainState>, StoreError> {
+        self.read(|conn| {
+            // The index `chains_host` (host, id) finds them in this order.
+            conn.prepare_cached(&format!("{CHAIN_COLUMNS} WHERE host = ?1 ORDER BY id"))?
+                .query_map([host], chain_state)?
+                .collect()
         })
     }
 
@@ -357,34 +366,37 @@ impl Store for Sqlite {
         filter: &EventFilter,
         after: i64,
         up_to: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, StoredEvent)>, StoreError> {
-        let mut sql = format!("{STORED_COLUMNS} e.id > ? AND e.id <= ?");
+        bound: Bound,
+    ) -> Result<Page<i64>, StoreError> {
+        let mut conditions = String::from("e.id > ? AND e.id <= ?");
         let mut args = vec![Value::Integer(after), Value::Integer(up_to)];
-        filter_sql(filter, &mut sql, &mut args);
-        sql.push_str(" ORDER BY e.id LIMIT ?");
-        args.push(Value::Integer(int(limit as u64)));
-        let rows = self.read(|conn| query_stored(conn, &sql, &args))?;
-        Ok(rows.into_iter().map(|(c, e)| (c.row, e)).collect())
+        filter_sql(filter, &mut conditions, &mut args);
+        let page = self.read(|conn| bounded(conn, &conditions, args, "e.id", bound))?;
+        Ok(Page {
+            rows: page.rows.into_iter().map(|(c, e)| (c.row, e)).collect(),
+            more: page.more,
+        })
     }
 
     fn search(
         &self,
         filter: &EventFilter,
         after: Cursor,
-        limit: usize,
-    ) -> Result<Vec<(Cursor, StoredEvent)>, StoreError> {
-        let mut sql = format!("{STORED_COLUMNS} (e.time > ? OR (e.time = ? AND e.id > ?))");
+        bound: Bound,
+    ) -> Result<Page<Cursor>, StoreError> {
+        let mut conditions = String::from("(e.time > ? OR (e.time = ? AND e.id > ?))");
         let time = Value::Integer(int(after.time_unix_nano));
         let mut args = vec![time.clone(), time, Value::Integer(after.row)];
-        filter_sql(filter, &mut sql, &mut args);
-        sql.push_str(" ORDER BY e.time, e.id LIMIT ?");
-        args.push(Value::Integer(int(limit as u64)));
-        self.read(|conn| query_stored(conn, &sql, &args))
+        filter_sql(filter, &mut conditions, &mut args);
+        self.read(|conn| bounded(conn, &conditions, args, "e.time, e.id", bound))
     }
 
-    fn sessions(&self, query: &SessionQuery) -> Result<Vec<SessionRow>, StoreError> {
-        self.read(|conn| sessions::sessions(conn, query))
+    fn sessions(
+        &self,
+        query: &SessionQuery,
+        each: &mut dyn FnMut(SessionRow) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.read(|conn| sessions::sessions(conn, query, each))
     }
 
     fn chain_rows(

@@ -12,13 +12,14 @@
 //!   state, its cosigned checkpoints with the certificates whose keys signed them, and the
 //!   checkpoints refused as forks. Records stored before are in no log.
 //! - 4: how far each log is pruned, and sessions on legal hold.
+//! - 5: chains are found by host (a connecting agent's Welcome reads only its host's).
 
 use prost::Message as _;
 use proto::{kind::Kind, v1::Event};
 use rusqlite::{Connection, Transaction, params};
 
 /// The schema this collector reads and writes.
-pub(super) const VERSION: i64 = 4;
+pub(super) const VERSION: i64 = 5;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS chains (
@@ -189,6 +190,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     if version < 4 {
         tx.execute_batch(RETENTION)?;
     }
+    if version < 5 {
+        tx.execute_batch("CREATE INDEX IF NOT EXISTS chains_host ON chains(host, id);")?;
+    }
     if version < VERSION {
         tx.pragma_update(None, "user_version", VERSION)?;
     }
@@ -271,7 +275,8 @@ mod tests {
 
     use super::*;
     use crate::store::{
-        Append, Commit, Cursor, Derived, EventFilter, GrantUsage, Record, Store, sqlite::Sqlite,
+        Append, Bound, Commit, Cursor, Derived, EventFilter, GrantUsage, Record, Store,
+        sqlite::Sqlite,
     };
 
     /// The events table as a store made before versions had it: no `tty`, and with
@@ -354,8 +359,16 @@ mod tests {
 
     fn seqs(store: &Sqlite, filter: &EventFilter) -> Vec<u64> {
         store
-            .search(filter, Cursor::default(), 100)
+            .search(
+                filter,
+                Cursor::default(),
+                Bound {
+                    rows: 100,
+                    bytes: usize::MAX,
+                },
+            )
             .unwrap()
+            .rows
             .into_iter()
             .map(|(_, e)| e.seq)
             .collect()
@@ -441,6 +454,29 @@ mod tests {
         assert_eq!(store.prune("h").unwrap(), None);
         assert_eq!(store.first_kept("h", 0, 0).unwrap(), None);
         assert!(store.logs().unwrap().is_empty());
+    }
+
+    /// A store of version 4 gains the index Welcome finds a host's chains by.
+    #[test]
+    fn a_store_before_chains_by_host_gains_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        drop(Sqlite::open(path.to_str().unwrap()).unwrap());
+        let indexed = |conn: &Connection| -> bool {
+            conn.query_row(
+                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = 'chains_host'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch("DROP INDEX chains_host; PRAGMA user_version = 4;")
+            .unwrap();
+        assert!(!indexed(&old));
+        drop(old);
+        drop(Sqlite::open(path.to_str().unwrap()).unwrap());
+        assert!(indexed(&Connection::open(&path).unwrap()));
     }
 
     #[test]

@@ -1,31 +1,32 @@
 //! Sessions as the store summarizes them: each session's columns aggregated, its terminals,
 //! and the bytes of the few events the query layer decodes.
 
-use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use proto::kind::Kind;
-use rusqlite::{Connection, params_from_iter, types::Value};
+use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter, types::Value};
 
 use super::sql::{int, uint};
-use crate::store::{SessionQuery, SessionRow, TerminalRow};
+use crate::store::{Cursor, SessionQuery, SessionRow, TerminalRow};
 
-/// The sessions `query` selects, with their terminals, read in one transaction so the
-/// terminals are those of the sessions as read.
+/// Hands `each` the sessions `query` selects, with their terminals, until it breaks; read
+/// in one transaction, so the terminals are those of the sessions as read. The page's
+/// sessions are found from their columns alone; the bytes of their first events are read
+/// for one session at a time, as it is handed over.
 pub(super) fn sessions(
     conn: &Connection,
     query: &SessionQuery,
-) -> rusqlite::Result<Vec<SessionRow>> {
+    each: &mut dyn FnMut(SessionRow) -> ControlFlow<()>,
+) -> rusqlite::Result<()> {
     let tx = conn.unchecked_transaction()?;
-    let mut sessions = session_rows(&tx, query)?;
-    let mut terminals: HashMap<String, Vec<TerminalRow>> = HashMap::new();
-    for (session, terminal) in terminal_rows(&tx, query)? {
-        terminals.entry(session).or_default().push(terminal);
+    for mut session in session_rows(&tx, query)? {
+        (session.first_event, session.login_tty) = first_of(&tx, &session.key)?;
+        session.terminals = terminal_rows(&tx, &session.key, query.since_unix_nano)?;
+        if each(session).is_break() {
+            break;
+        }
     }
-    tx.commit()?;
-    for session in &mut sessions {
-        session.terminals = terminals.remove(&session.key).unwrap_or_default();
-    }
-    Ok(sessions)
+    tx.commit()
 }
 
 /// The conditions `query` puts on the events of the sessions it selects, and their
@@ -44,75 +45,95 @@ fn session_sql(query: &SessionQuery) -> (String, Vec<Value>) {
     (sql, args)
 }
 
-/// The sessions' columns, aggregated: one pass over their events' columns, and for each
-/// session two lookups of its first events, stopping at the first match. (Each lookup says
-/// `f.session != ''` so that SQLite may use the partial index `events_session`; without it
-/// every lookup scanned the whole table.)
+/// The page of sessions `query` selects, their columns aggregated in one pass over their
+/// events' columns: no event's bytes are read, whatever the number of sessions in the
+/// window.
 fn session_rows(conn: &Connection, query: &SessionQuery) -> rusqlite::Result<Vec<SessionRow>> {
-    let (conditions, args) = session_sql(query);
+    let (conditions, mut args) = session_sql(query);
     let sql = format!(
         "SELECT e.session, e.host, MIN(e.time), MAX(e.time), COUNT(*), SUM(e.kind = '{exec}'), \
-         SUM(e.tty_bytes), \
-         (SELECT f.event FROM events f WHERE f.session = e.session AND f.session != '' \
-          ORDER BY f.time, f.id LIMIT 1), \
-         (SELECT f.tty FROM events f WHERE f.session = e.session AND f.session != '' \
-          AND f.tty != '' ORDER BY f.time, f.id LIMIT 1) \
-         FROM events e WHERE {conditions} GROUP BY e.session ORDER BY MIN(e.time), MIN(e.id)",
+         SUM(e.tty_bytes), MIN(e.id) \
+         FROM events e WHERE {conditions} GROUP BY e.session \
+         HAVING MIN(e.time) > ? OR (MIN(e.time) = ? AND MIN(e.id) > ?) \
+         ORDER BY MIN(e.time), MIN(e.id) LIMIT ?",
         exec = Kind::Exec.name(),
     );
+    let time = Value::Integer(int(query.after.time_unix_nano));
+    args.extend([
+        time.clone(),
+        time,
+        Value::Integer(query.after.row),
+        Value::Integer(int(query.limit as u64)),
+    ]);
     conn.prepare_cached(&sql)?
         .query_map(params_from_iter(&args), |r| {
             Ok(SessionRow {
                 key: r.get(0)?,
                 host: r.get(1)?,
+                cursor: Cursor {
+                    time_unix_nano: uint(r.get(2)?),
+                    row: r.get(7)?,
+                },
                 first_unix_nano: uint(r.get(2)?),
                 last_unix_nano: uint(r.get(3)?),
                 events: uint(r.get(4)?),
                 execs: uint(r.get(5)?),
                 tty_bytes: uint(r.get(6)?),
-                first_event: r.get(7)?,
-                login_tty: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
-                terminals: Vec::new(),
+                ..SessionRow::default()
             })
         })?
         .collect()
 }
 
-/// The sessions' terminals, each session's by first use: one pass over their tty events'
-/// columns, and for each terminal typed into one lookup of its first input.
-fn terminal_rows(
-    conn: &Connection,
-    query: &SessionQuery,
-) -> rusqlite::Result<Vec<(String, TerminalRow)>> {
-    let (conditions, mut args) = session_sql(query);
+/// The bytes of the session's first event, and the terminal of its first event that has
+/// one, whatever the window: they name the session itself. (Each lookup says
+/// `session != ''` so that SQLite may use the partial index `events_session`; without it
+/// every lookup scanned the whole table.)
+fn first_of(conn: &Connection, key: &str) -> rusqlite::Result<(Vec<u8>, String)> {
+    let event = conn
+        .prepare_cached(
+            "SELECT event FROM events WHERE session = ?1 AND session != '' \
+             ORDER BY time, id LIMIT 1",
+        )?
+        .query_row([key], |r| r.get(0))
+        .optional()?;
+    let tty = conn
+        .prepare_cached(
+            "SELECT tty FROM events WHERE session = ?1 AND session != '' AND tty != '' \
+             ORDER BY time, id LIMIT 1",
+        )?
+        .query_row([key], |r| r.get(0))
+        .optional()?;
+    Ok((event.unwrap_or_default(), tty.unwrap_or_default()))
+}
+
+/// The session's terminals by first use: one pass over its tty events' columns from
+/// `since` on, and for each terminal typed into one lookup of its first input.
+fn terminal_rows(conn: &Connection, key: &str, since: u64) -> rusqlite::Result<Vec<TerminalRow>> {
     let sql = format!(
-        "SELECT e.session, e.tty, MIN(e.time), MAX(e.time), \
+        "SELECT e.tty, MIN(e.time), MAX(e.time), \
          SUM(CASE WHEN e.kind = '{out}' THEN e.tty_bytes ELSE 0 END), \
          SUM(CASE WHEN e.kind = '{input}' THEN e.tty_bytes ELSE 0 END), \
          CASE WHEN SUM(e.kind = '{input}') > 0 THEN \
            (SELECT f.event FROM events f WHERE f.session = e.session AND f.session != '' \
-            AND f.tty = e.tty AND f.kind = '{input}' AND f.time >= ? \
+            AND f.tty = e.tty AND f.kind = '{input}' AND f.time >= ?2 \
             ORDER BY f.time, f.id LIMIT 1) END \
-         FROM events e WHERE {conditions} AND e.tty != '' AND e.kind IN ('{out}', '{input}') \
-         GROUP BY e.session, e.tty ORDER BY MIN(e.time), MIN(e.id)",
+         FROM events e WHERE e.session = ?1 AND e.session != '' AND e.time >= ?2 \
+         AND e.tty != '' AND e.kind IN ('{out}', '{input}') \
+         GROUP BY e.tty ORDER BY MIN(e.time), MIN(e.id)",
         out = Kind::TtyOut.name(),
         input = Kind::TtyIn.name(),
     );
-    // The lookup's `since` comes first in the statement.
-    args.insert(0, Value::Integer(int(query.since_unix_nano)));
     conn.prepare_cached(&sql)?
-        .query_map(params_from_iter(&args), |r| {
-            Ok((
-                r.get(0)?,
-                TerminalRow {
-                    device: r.get(1)?,
-                    first_unix_nano: uint(r.get(2)?),
-                    last_unix_nano: uint(r.get(3)?),
-                    output_bytes: uint(r.get(4)?),
-                    input_bytes: uint(r.get(5)?),
-                    first_input: r.get(6)?,
-                },
-            ))
+        .query_map(params![key, int(since)], |r| {
+            Ok(TerminalRow {
+                device: r.get(0)?,
+                first_unix_nano: uint(r.get(1)?),
+                last_unix_nano: uint(r.get(2)?),
+                output_bytes: uint(r.get(3)?),
+                input_bytes: uint(r.get(4)?),
+                first_input: r.get(5)?,
+            })
         })?
         .collect()
 }

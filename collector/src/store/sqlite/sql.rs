@@ -11,7 +11,7 @@ use rusqlite::{
     types::{Type, Value},
 };
 
-use crate::store::{Cursor, EventFilter, SessionMatch};
+use crate::store::{Bound, Cursor, EVENT_FRAMING, EventFilter, Page, SessionMatch};
 
 /// The columns a `StoredEvent` is made of, in this order.
 pub(super) const STORED_COLUMNS: &str = "SELECT e.id, e.time, e.host, c.chain_id, e.seq, e.session, e.event, e.hash, \
@@ -101,6 +101,55 @@ fn stored_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Cursor, StoredEven
             malformed,
         },
     ))
+}
+
+/// What a row is reckoned to take in a response before it is read, besides
+/// `EVENT_FRAMING`: its stored bytes. SQLite reads a blob's length without reading the blob.
+const ROW_BYTES: &str = "length(e.event) + length(e.hash) + octet_length(e.host) \
+     + octet_length(e.session) + octet_length(c.chain_id)";
+
+/// The events `conditions` selects (with `args`), in `order`, as much of them as `bound`
+/// lets one read hold. Their sizes are reckoned first, without reading their bytes, then
+/// the rows the page takes are read one at a time, and each is counted as it is encoded
+/// (a malformed record is sent with its fault rather than its bytes): whatever plan SQLite
+/// picks (a sort, say), no more than the page is ever held. Both reads see one snapshot.
+pub(super) fn bounded(
+    conn: &Connection,
+    conditions: &str,
+    mut args: Vec<Value>,
+    order: &str,
+    bound: Bound,
+) -> rusqlite::Result<Page<Cursor>> {
+    let tx = conn.unchecked_transaction()?;
+    let which = format!(
+        "SELECT e.id, {ROW_BYTES} FROM events e JOIN chains c ON c.id = e.chain \
+         WHERE {conditions} ORDER BY {order} LIMIT ?"
+    );
+    // One row past the bound says whether there are more.
+    args.push(Value::Integer(int(bound.rows.saturating_add(1) as u64)));
+    let sizes = tx
+        .prepare_cached(&which)?
+        .query_map(params_from_iter(&args), |r| {
+            let bytes = usize::try_from(r.get::<_, i64>(1)?).unwrap_or(usize::MAX);
+            Ok((r.get::<_, i64>(0)?, bytes.saturating_add(EVENT_FRAMING)))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let taken = bound.take(sizes.iter().map(|(_, size)| *size));
+    let mut by_row = tx.prepare_cached(&format!("{STORED_COLUMNS} e.id = ?1"))?;
+    let (mut rows, mut bytes) = (Vec::with_capacity(taken), 0);
+    for (row, _) in &sizes[..taken] {
+        let (cursor, event) = by_row.query_row([row], stored_event)?;
+        let size = prost::encoding::message::encoded_len(1, &event);
+        if !bound.admits(rows.len(), bytes, size) {
+            break;
+        }
+        bytes += size;
+        rows.push((cursor, event));
+    }
+    Ok(Page {
+        more: rows.len() < sizes.len(),
+        rows,
+    })
 }
 
 pub(super) fn query_stored(
