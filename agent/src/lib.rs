@@ -30,7 +30,7 @@ use anyhow::Context as _;
 use aya::EbpfLoader;
 use proto::v1::identity::Kind;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     capture::{
@@ -101,12 +101,8 @@ fn record(
 ) -> anyhow::Result<()> {
     let _lock = host::lock_instance(&cli.lock_file)?;
     let (programs, report, reader) = load(cli, pins)?;
-    let host = host::host_id();
-    let evidence = cli
-        .spool
-        .as_deref()
-        .map(|dir| Evidence::open(dir, cli.spool_max_bytes))
-        .transpose()?;
+    let collector = link(cli)?;
+    let (host, evidence) = open_evidence(cli, collector.as_ref())?;
     // Seeded after attaching, so a process is either in the seed or seen forking.
     let table = ProcessTable::from_proc();
     let processes = table.len();
@@ -134,7 +130,6 @@ fn record(
             kill: cli.fail_closed_kill,
         }),
     };
-    let collector = link(cli)?;
     let stop_reason = Arc::new(OnceLock::new());
     let sinks = Sinks {
         stdout: cli.stdout.then(|| Stdout::new(host.clone())),
@@ -229,6 +224,54 @@ fn serve_metrics(cli: &Cli) -> anyhow::Result<Arc<metrics::Health>> {
         info!("metrics at http://{bound}/metrics");
     }
     Ok(health)
+}
+
+/// This host's identity (the one it enrolled as, else its machine id), and its spool with
+/// this instance's chain started.
+fn open_evidence(
+    cli: &Cli,
+    collector: Option<&evidence::link::Link>,
+) -> anyhow::Result<(String, Option<Evidence>)> {
+    let machine = host::host_id();
+    let enrolled = collector
+        .map(evidence::link::Link::enrolled_host)
+        .transpose()?
+        .flatten();
+    let host = enrolled.unwrap_or_else(|| machine.clone());
+    let mut evidence = cli
+        .spool
+        .as_deref()
+        .map(|dir| Evidence::open(dir, cli.spool_max_bytes, &host))
+        .transpose()?;
+    if host != machine {
+        warn!(
+            enrolled = host,
+            machine_id = machine,
+            "the machine id changed since this host enrolled: it records and ships as enrolled"
+        );
+        if let Some(evidence) = &mut evidence {
+            evidence.process(&[machine_id_change(&host, &machine)]);
+        }
+    }
+    Ok((host, evidence))
+}
+
+/// The alert chained at each start while `/etc/machine-id` differs from the host's enrolled
+/// identity.
+fn machine_id_change(enrolled: &str, machine: &str) -> proto::v1::Event {
+    proto::v1::Event {
+        time_unix_nano: proto::time::now_unix_nano(),
+        body: Some(proto::v1::event::Body::Alert(proto::v1::Alert {
+            kind: "machine_id_change".into(),
+            host: enrolled.to_owned(),
+            message: format!(
+                "/etc/machine-id now says {machine}, but this host enrolled as {enrolled}: it \
+                 records and ships as {enrolled} (a re-imaged or cloned disk, or an edit)"
+            ),
+            ..proto::v1::Alert::default()
+        })),
+        ..proto::v1::Event::default()
+    }
 }
 
 /// Where the evidence is shipped: mutual TLS to an `https://` collector, plaintext only when

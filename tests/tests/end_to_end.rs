@@ -410,3 +410,83 @@ fn a_restored_collector_database_is_told_by_the_agent() {
     drop(agent.stop());
     drop(collector);
 }
+
+/// A file bind-mounted over another for one test, unmounted however the test ends.
+struct BindMount(&'static str);
+
+impl BindMount {
+    fn over(target: &'static str, source: &std::path::Path) -> Self {
+        let status = Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(target)
+            .status()
+            .unwrap();
+        assert!(status.success(), "bind-mount over {target}");
+        Self(target)
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).status();
+    }
+}
+
+/// `/etc/machine-id` changes under an enrolled host (a re-imaged or cloned disk): the agent
+/// still records and ships as the host it enrolled as, with a `machine_id_change` alert in
+/// its chain, and everything verifies. Before, it refused to start.
+#[test]
+fn a_changed_machine_id_keeps_the_enrolled_host_shipping() {
+    if !privileged("a_changed_machine_id_keeps_the_enrolled_host_shipping") {
+        return;
+    }
+    let dir = scratch_dir("machine-id");
+    let collector = Collector::start(&dir.join("store.db"));
+    let url = collector.url();
+    let spool = dir.join("spool");
+    let host = pki::host_id();
+    let certs = tests::pki::of(&url).unwrap().agent(&host);
+    let first = Agent::shipping(&spool, &url, &[]);
+    assert!(first.stop().success);
+
+    let fake = dir.join("machine-id");
+    fs::write(&fake, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let _mounted = BindMount::over("/etc/machine-id", &fake);
+    assert_ne!(pki::host_id(), host);
+    let agent = Agent::start_with(
+        tests::agent::Sink::Spool,
+        &[
+            "--spool",
+            spool.to_str().unwrap(),
+            "--collector",
+            &url,
+            "--pki-dir",
+            certs.to_str().unwrap(),
+        ],
+    );
+    let after = marker("new-machine-id");
+    let _ = mark(&after);
+    let exec = wait_for_exec(&url, &after, Duration::from_secs(30));
+    assert_eq!(exec["host"], host.as_str(), "{exec}");
+    let alerts = operator::json_lines(&url, &["search", "--kind", "alert", "--json"]);
+    let alert = alerts
+        .iter()
+        .find(|a| a["alert"]["kind"] == "machine_id_change")
+        .unwrap_or_else(|| panic!("no machine_id_change alert: {alerts:?}"));
+    assert_eq!(alert["host"], host.as_str(), "{alert}");
+    assert!(
+        alert["alert"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("0123456789abcdef0123456789abcdef"),
+        "{alert}"
+    );
+    assert!(agent.stop().success);
+    let verify = operator::run(&url, &["verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}

@@ -12,9 +12,15 @@ use proto::{
 use crate::ChainRow;
 
 /// The alerts an agent may chain: a collector that lost what it acknowledged, a process
-/// of a login session that changed its loginuid, and exec records lost while sessions held
-/// kill-mode grants (docs/grants.md).
-const AGENT_ALERTS: [&str; 3] = ["collector_rollback", "loginuid_change", "exec_lost"];
+/// of a login session that changed its loginuid, exec records lost while sessions held
+/// kill-mode grants (docs/grants.md), and a machine id that no longer matches the host's
+/// enrolled identity.
+const AGENT_ALERTS: [&str; 4] = [
+    "collector_rollback",
+    "loginuid_change",
+    "exec_lost",
+    "machine_id_change",
+];
 
 /// The columns queries find a record by, as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -46,6 +46,27 @@ impl Link {
     }
 }
 
+impl Link {
+    /// The host this one is enrolled as, when it has a certificate: its identity from then
+    /// on, whatever `/etc/machine-id` says later (a re-imaged or cloned disk changes it, and
+    /// a host that stopped shipping for that would be silenced by its own disk).
+    pub fn enrolled_host(&self) -> anyhow::Result<Option<String>> {
+        let Some(dir) = &self.pki_dir else {
+            return Ok(None);
+        };
+        let path = dir.join(CERT);
+        let pem = match std::fs::read_to_string(&path) {
+            Ok(pem) => pem,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        match CertInfo::from_pem(&pem)?.peer {
+            pki::Peer::Agent { host } => Ok(Some(host)),
+            other => bail!("{} is {other}, not a host's certificate", path.display()),
+        }
+    }
+}
+
 /// What signs this host's checkpoints: the enrolled key, under the log name its CA gives.
 pub struct SigningIdentity {
     pub signer: tlog::Signer,

@@ -78,9 +78,10 @@ struct Mark {
 }
 
 impl Evidence {
-    /// Opens the spool in `dir`, bounded to `max_bytes`, and starts this instance's chain.
-    pub fn open(dir: &Path, max_bytes: u64) -> anyhow::Result<Self> {
-        let (host, boot_id) = (host::host_id(), host::boot_id()?);
+    /// Opens the spool in `dir`, bounded to `max_bytes`, and starts this instance's chain
+    /// as `host`'s.
+    pub fn open(dir: &Path, max_bytes: u64, host: &str) -> anyhow::Result<Self> {
+        let (host, boot_id) = (host.to_owned(), host::boot_id()?);
         private_dir(dir)?;
         let start = WallClock::now().unix_ns(boot_ns());
         let chain_id = format!("{host}:{boot_id}:{start}");
@@ -331,7 +332,7 @@ mod tests {
     fn an_event_too_large_to_ship_is_a_gap() {
         let dir = std::env::temp_dir().join(format!("evidence-large-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut evidence = Evidence::open(&dir, 1 << 30).unwrap();
+        let mut evidence = Evidence::open(&dir, 1 << 30, "test-host").unwrap();
         let huge = v1::Event {
             body: Some(v1::event::Body::Tty(v1::Tty {
                 data: vec![b'x'; EVENT_BYTES_MAX],
@@ -362,7 +363,7 @@ mod tests {
     fn a_full_spool_still_starts_its_chain() {
         let dir = std::env::temp_dir().join(format!("evidence-full-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut evidence = Evidence::open(&dir, 1).unwrap();
+        let mut evidence = Evidence::open(&dir, 1, "test-host").unwrap();
         let durable = evidence.process(&[v1::Event::default()]);
         assert_eq!(evidence.refused_total(), 1);
         let (records, _) = spool::read_frames(&std::fs::read(&durable.segment).unwrap());
