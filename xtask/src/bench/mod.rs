@@ -31,6 +31,18 @@ pub enum Which {
     /// its size, export time and offline verify time (two exports); then `recorder verify`
     /// and `recorder verify --local` of that store.
     Export,
+    /// A fleet: simulated hosts, each on its own mutual-TLS connection, against one collector
+    /// at a fixed rate for a fixed time: acked events/s, ack latency p50/p99, the collector's
+    /// memory over time, and verify's verdict.
+    Fleet {
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        /// Events a second per host, a multiple of 5.
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Enforcement: expiry-to-death latency of grants with `on_expiry: kill`, and the cost of
     /// the kernel's deny check per syscall against the same agent with the map empty.
     Enforce {
@@ -45,6 +57,24 @@ pub fn run(which: &Which) -> anyhow::Result<()> {
         Which::Capture { runs } => capture::run(*runs),
         Which::Pipeline => crate::cargo(&["bench", "--package", "agent", "--bench", "pipeline"]),
         Which::Enforce { trials } => enforce::run(*trials),
+        Which::Fleet {
+            hosts,
+            rate,
+            seconds,
+        } => crate::cargo(&[
+            "bench",
+            "--package",
+            "collector",
+            "--bench",
+            "fleet",
+            "--",
+            "--hosts",
+            &hosts.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ]),
         Which::Export => {
             use_release_binaries();
             crate::cargo(&[
