@@ -11,6 +11,8 @@ pub mod host;
 pub mod identity;
 pub mod pipeline;
 pub mod sinks;
+#[cfg(test)]
+mod testing;
 
 use std::{
     io::{self, IsTerminal as _},

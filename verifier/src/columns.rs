@@ -154,6 +154,11 @@ fn parse(host: &str, seq: u64, bytes: &[u8]) -> Result<Derived, String> {
                 "seq {seq} is an access record: only the collector records reads"
             ));
         }
+        Some(Body::Admin(_) | Body::Prune(_)) => {
+            return Err(format!(
+                "seq {seq} is {kind}: only the collector chains administrative acts and prunes"
+            ));
+        }
         _ => {}
     }
     if seq == 0 && kind != Kind::ChainStart {

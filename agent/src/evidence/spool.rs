@@ -83,7 +83,9 @@ pub fn read_frames(bytes: &[u8]) -> (Vec<ChainedEvent>, usize) {
     while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len > MAX_PAYLOAD {
+        // Every record has a chain id and a hash, so an empty frame is none the agent wrote:
+        // it is zeros, as a crash can leave past the last synced frame.
+        if len == 0 || len > MAX_PAYLOAD {
             break;
         }
         let Some(payload) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
@@ -425,5 +427,137 @@ mod tests {
         let (spool, _) = Spool::open(&dir, 100).unwrap();
         assert!(spool.fits(100) && !spool.fits(101));
         fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Hostile spool bytes: whatever a segment holds (a crash's torn or zeroed tail, corruption,
+/// a length claiming 4 GiB), `read_frames` returns exactly the whole frames that lead it,
+/// without panicking or allocating for a length it has not checked.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{evidence::chain::Chain, testing::largest_allocation};
+
+    /// Far above what reading the inputs here allocates, far below what a length claims.
+    const HEAP_BOUND: usize = 1 << 20;
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap();
+        [
+            &len.to_le_bytes()[..],
+            &crc32fast::hash(payload).to_le_bytes(),
+            payload,
+        ]
+        .concat()
+    }
+
+    /// The frames of a chain `chain_id` of `events`, as the spool appends them, and its
+    /// records.
+    fn chain_frames(chain_id: &str, events: &[Vec<u8>]) -> (Vec<u8>, Vec<ChainedEvent>) {
+        let mut chain = Chain::new(chain_id.to_owned());
+        let (mut bytes, mut records) = (Vec::new(), Vec::new());
+        for event in events {
+            let link = chain.link(event);
+            let mut payload = Vec::new();
+            link.encode(&mut payload);
+            bytes.extend(frame(&payload));
+            records.push(link.to_owned());
+        }
+        (bytes, records)
+    }
+
+    /// What follows the last whole frame: anything, or a header claiming any length.
+    fn garbage() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..64),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                prop::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(len, crc, rest)| [
+                    &len.to_le_bytes()[..],
+                    &crc.to_le_bytes(),
+                    &rest
+                ]
+                .concat()),
+        ]
+    }
+
+    /// `read_frames` reads `bytes` as `records` spanning `len` bytes, within the heap bound.
+    fn check_reads(
+        bytes: &[u8],
+        records: &[ChainedEvent],
+        len: usize,
+    ) -> Result<(), TestCaseError> {
+        let ((read, used), largest) = largest_allocation(|| read_frames(bytes));
+        prop_assert!(largest <= HEAP_BOUND, "allocated {largest} bytes at once");
+        prop_assert_eq!(&read[..], records);
+        prop_assert_eq!(used, len);
+        Ok(())
+    }
+
+    /// Frames of every shape a segment can end in after the whole ones: cut anywhere, a
+    /// bad CRC, zeros, lengths of 4 GiB and one past the limit on a few bytes.
+    #[test]
+    fn seed_segments_read_to_their_last_whole_frame() {
+        let (whole, records) = chain_frames("c", &[b"exec".to_vec(), Vec::new(), vec![0; 300]]);
+        let (next, _) = chain_frames("c", &[b"next".to_vec()]);
+        let mut bad_crc = next.clone();
+        bad_crc[4] ^= 1;
+        let over = u32::try_from(MAX_PAYLOAD + 1).unwrap();
+        let tails: [(&str, &[u8]); 7] = [
+            ("nothing", &[]),
+            ("a short header", &[0; 7]),
+            ("zeros", &[0; 4096]),
+            ("a length of 4 GiB", &[0xff; 20]),
+            (
+                "a length past the limit",
+                &[&over.to_le_bytes()[..], &[0; 16]].concat(),
+            ),
+            ("a cut frame", &next[..next.len() - 1]),
+            ("a bad CRC", &bad_crc),
+        ];
+        for (what, tail) in tails {
+            check_reads(&[&whole, tail].concat(), &records, whole.len())
+                .and_then(|()| check_reads(tail, &[], 0))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        // A frame over the limit that would otherwise read: whole, checking, a record.
+        let mut chain = Chain::new("c".into());
+        let mut payload = Vec::new();
+        chain.link(&vec![0; MAX_PAYLOAD]).encode(&mut payload);
+        assert!(payload.len() > MAX_PAYLOAD);
+        assert!(ChainedEvent::decode(payload.as_slice()).is_ok());
+        assert_eq!(read_frames(&frame(&payload)), (vec![], 0));
+    }
+
+    proptest! {
+        // About 1 s each in a debug build.
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn whole_frames_then_garbage_read_as_exactly_the_frames(
+            chain_id in "\\PC{1,40}",
+            events in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..256), 0..8),
+            tail in garbage(),
+        ) {
+            let (whole, records) = chain_frames(&chain_id, &events);
+            check_reads(&[&whole, &tail[..]].concat(), &records, whole.len())?;
+        }
+
+        #[test]
+        fn any_bytes_read_as_their_longest_run_of_whole_frames(
+            bytes in prop::collection::vec(any::<u8>(), 0..1024),
+        ) {
+            let ((records, used), largest) = largest_allocation(|| read_frames(&bytes));
+            prop_assert!(largest <= HEAP_BOUND, "allocated {largest} bytes at once");
+            prop_assert!(used <= bytes.len());
+            // The run ends where the next frame does not read, and re-reads the same.
+            prop_assert_eq!(read_frames(&bytes[used..]).1, 0);
+            prop_assert_eq!(read_frames(&bytes[..used]), (records, used));
+        }
     }
 }

@@ -65,6 +65,8 @@ pub(crate) fn parse_token(token: &str) -> Result<Cursor, QueryError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn kinds(words: &[&str]) -> Result<Vec<Kind>, QueryError> {
@@ -117,5 +119,161 @@ mod tests {
         assert_eq!(parse_token(&page_token(cursor)).unwrap(), cursor);
         assert_eq!(parse_token("").unwrap(), Cursor::default());
         assert!(parse_token("x").is_err());
+    }
+
+    /// A kind word: a kind's name, `tty`, or anything.
+    fn kind_word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(Kind::ALL.map(Kind::name).to_vec()).prop_map(str::to_owned),
+            Just("tty".to_owned()),
+            "\\PC{0,12}",
+        ]
+    }
+
+    /// A session: none, shaped like a key or an audit session id (in range or not), or
+    /// anything.
+    fn session_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z:.]{1,12}:[0-9]{1,11}:[0-9]{1,21}",
+            "[0-9+-]{1,12}",
+            "\\PC{0,40}",
+        ]
+    }
+
+    /// A page token: shaped like ours (in range or not), or anything.
+    fn token_text() -> impl Strategy<Value = String> {
+        prop_oneof!["[0-9+-]{0,21}\\.[0-9+-]{0,21}", "\\PC{0,40}"]
+    }
+
+    /// `token` resumes a cursor whose own token resumes it, or is invalid, saying which.
+    fn check_token(token: &str) -> Result<(), TestCaseError> {
+        match parse_token(token) {
+            Ok(cursor) => {
+                prop_assert!(token.is_empty() || token.contains('.'));
+                let again = parse_token(&page_token(cursor)).map_err(|e| e.to_string());
+                prop_assert_eq!(again, Ok(cursor));
+            }
+            Err(QueryError::Invalid(e)) => prop_assert!(e.contains(&format!("{token:?}")), "{}", e),
+            Err(e) => return Err(TestCaseError::fail(e.to_string())),
+        }
+        Ok(())
+    }
+
+    /// `text` is a key that prints as itself parses, or a reason naming the key's form.
+    fn check_key(text: &str) -> Result<(), TestCaseError> {
+        match text.parse::<Key>() {
+            Ok(key) => {
+                prop_assert!(!key.host.is_empty());
+                prop_assert_eq!(key.to_string().parse::<Key>(), Ok(key));
+            }
+            Err(e) => prop_assert!(e.to_string().contains("HOST:SESSIONID:ROOT_START")),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn seed_tokens_and_keys_out_of_range_are_invalid() {
+        for token in [
+            ".",
+            "5.",
+            ".5",
+            "1.2.3",
+            "-1.0",
+            "18446744073709551616.0",
+            "0.9223372036854775808",
+            "\u{ff11}.\u{ff12}",
+            "5 .9",
+        ] {
+            assert!(parse_token(token).is_err(), "{token}");
+            check_token(token).unwrap();
+        }
+        check_token("18446744073709551615.-9223372036854775808").unwrap();
+        for key in [
+            ":1:2",
+            "h:4294967296:0",
+            "h:1:18446744073709551616",
+            "h::1",
+            "h:1:",
+            "::",
+        ] {
+            assert!(key.parse::<Key>().is_err(), "{key}");
+            check_key(key).unwrap();
+        }
+        check_key("h:1:2:3").unwrap();
+    }
+
+    proptest! {
+        // About 1 s each in a debug build.
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_filter_selects_what_it_names_or_is_invalid(
+            host in "\\PC{0,8}",
+            identity in "\\PC{0,8}",
+            session in session_text(),
+            words in prop::collection::vec(kind_word(), 0..4),
+        ) {
+            let named: Result<Vec<Kind>, _> = words
+                .iter()
+                .map(|w| Kind::parse_filter(w).map(<[Kind]>::to_vec))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|kinds| kinds.concat());
+            let key = session.parse::<Key>().ok();
+            let id = session.parse::<u32>().ok();
+            let filter = Filter {
+                host: host.clone(),
+                identity: identity.clone(),
+                session: session.clone(),
+                kinds: words,
+            };
+            match event_filter(Some(filter)) {
+                Ok(f) => {
+                    let named = named.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(f.host, (!host.is_empty()).then_some(host));
+                    prop_assert_eq!(f.identity, (!identity.is_empty()).then_some(identity));
+                    match (f.session, key, id) {
+                        (None, ..) => prop_assert!(session.is_empty()),
+                        (Some(SessionMatch::Key(k)), Some(key), _) => {
+                            prop_assert_eq!(k, key.to_string());
+                        }
+                        (Some(SessionMatch::Id(got)), None, Some(id)) => prop_assert_eq!(got, id),
+                        (other, ..) => prop_assert!(false, "{session:?} selected {other:?}"),
+                    }
+                    // Each kind named, once.
+                    for kind in Kind::ALL {
+                        let times = f.kinds.iter().filter(|k| **k == kind).count();
+                        prop_assert_eq!(times, usize::from(named.contains(&kind)));
+                    }
+                }
+                Err(QueryError::Invalid(_)) => prop_assert!(
+                    named.is_err() || !session.is_empty() && key.is_none() && id.is_none()
+                ),
+                Err(e) => return Err(TestCaseError::fail(e.to_string())),
+            }
+        }
+
+        #[test]
+        fn page_tokens_resume_the_cursor_they_were_made_from(time_unix_nano: u64, row: i64) {
+            let cursor = Cursor { time_unix_nano, row };
+            let again = parse_token(&page_token(cursor)).map_err(|e| e.to_string());
+            prop_assert_eq!(again, Ok(cursor));
+        }
+
+        #[test]
+        fn any_token_resumes_a_cursor_or_is_invalid(token in token_text()) {
+            check_token(&token)?;
+        }
+
+        #[test]
+        fn session_keys_round_trip(host in "\\PC{1,40}", sessionid: u32, start_unix_nano: u64) {
+            let key = Key { host, sessionid, start_unix_nano };
+            prop_assert_eq!(key.to_string().parse::<Key>(), Ok(key));
+        }
+
+        #[test]
+        fn any_session_text_is_a_key_or_says_why_not(text in session_text()) {
+            check_key(&text)?;
+        }
     }
 }

@@ -121,6 +121,20 @@ fn page_rows(asked: u32, default: u32, max: u32) -> usize {
     rows as usize
 }
 
+/// What a Search request asks the store for: the events it selects, where it resumes, and
+/// how many it takes.
+fn search_query(request: SearchRequest) -> Result<(EventFilter, Cursor, Bound), QueryError> {
+    let mut filter = filter::event_filter(request.filter)?;
+    filter.since_unix_nano = request.since_unix_nano;
+    filter.until_unix_nano = request.until_unix_nano;
+    let bound = Bound {
+        rows: page_rows(request.limit, DEFAULT_LIMIT, MAX_LIMIT),
+        bytes: PAGE_BYTES,
+    };
+    let after = filter::parse_token(&request.page_token)?;
+    Ok((filter, after, bound))
+}
+
 /// Longest description of a request an access record keeps.
 const DETAIL_MAX: usize = 512;
 
@@ -360,15 +374,7 @@ impl Query for QueryService {
             ),
         );
         self.reader(&request, "Search", detail).await?;
-        let request = request.into_inner();
-        let mut filter = filter::event_filter(request.filter)?;
-        filter.since_unix_nano = request.since_unix_nano;
-        filter.until_unix_nano = request.until_unix_nano;
-        let bound = Bound {
-            rows: page_rows(request.limit, DEFAULT_LIMIT, MAX_LIMIT),
-            bytes: PAGE_BYTES,
-        };
-        let after = filter::parse_token(&request.page_token)?;
+        let (filter, after, bound) = search_query(request.into_inner())?;
         let store = Arc::clone(&self.store);
         let page = read(move || store.search(&filter, after, bound)).await?;
         let next_page_token = match page.rows.last() {
@@ -544,5 +550,262 @@ impl Query for QueryService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Hostile request parameters, past the filter's own (`filter::tests`): any limit, page
+/// token, time and filter reach the store without its failing, and pages resume exactly.
+#[cfg(test)]
+mod tests {
+    use proptest::{prelude::*, test_runner::TestRunner};
+    use proto::v1::{Event, Exec, Identity, Process, SessionRoot, Tty, event::Body};
+
+    use super::*;
+    use crate::testing::{self, TestStore};
+
+    /// Events of two hosts, in two sessions and none, of several kinds, some at the same
+    /// time, so pages end between ties.
+    fn corpus() -> TestStore {
+        let event = |time, sessionid, body| Event {
+            time_unix_nano: time,
+            process: Some(Process {
+                sessionid,
+                tty: "136:0".into(),
+                ..Process::default()
+            }),
+            identity: Some(Identity {
+                name: if sessionid == Some(7) { "alice" } else { "bob" }.into(),
+                ..Identity::default()
+            }),
+            session_root: sessionid.map(|id| SessionRoot {
+                pid: 1,
+                start_unix_nano: u64::from(id) * 100,
+            }),
+            body: Some(body),
+        };
+        let exec = || Body::Exec(Exec::default());
+        let tty = |direction: i32| {
+            Body::Tty(Tty {
+                direction,
+                device: "136:0".into(),
+                data: b"x".to_vec(),
+                ..Tty::default()
+            })
+        };
+        let store = testing::store();
+        for (chain, host) in [("h:b:1", "h"), ("g:b:1", "g")] {
+            let events: Vec<Event> = [10, 10, 20, 30, 30, 30, 40, 50]
+                .into_iter()
+                .enumerate()
+                .map(|(i, time)| {
+                    let sessionid = [Some(7), Some(8), None][i % 3];
+                    let body = [exec(), tty(0), tty(1), exec()][i % 4].clone();
+                    event(time, sessionid, body)
+                })
+                .collect();
+            store.ingest(chain, host, &events);
+        }
+        store
+    }
+
+    /// One of `known`, or anything `pattern` makes.
+    fn text(known: &[&str], pattern: &str) -> BoxedStrategy<String> {
+        let known: Vec<String> = known.iter().map(|s| (*s).to_owned()).collect();
+        let any = proptest::string::string_regex(pattern).unwrap();
+        prop_oneof![prop::sample::select(known), any].boxed()
+    }
+
+    /// A time: none, near the corpus's, or anything.
+    fn time() -> impl Strategy<Value = u64> {
+        prop_oneof![2 => Just(0), 2 => 0..60u64, 1 => any::<u64>()]
+    }
+
+    /// A limit: small, or anything.
+    fn limit() -> impl Strategy<Value = u32> {
+        prop_oneof![0..5u32, any::<u32>()]
+    }
+
+    fn token() -> BoxedStrategy<String> {
+        prop_oneof![
+            2 => Just(String::new()),
+            2 => (0..60u64, -2..40i64).prop_map(|(t, r)| format!("{t}.{r}")),
+            1 => "\\PC{0,12}",
+        ]
+        .boxed()
+    }
+
+    fn search() -> impl Strategy<Value = SearchRequest> {
+        let filter = (
+            text(&["", "h", "g"], "\\PC{0,4}"),
+            text(&["", "alice", "bob"], "\\PC{0,4}"),
+            text(&["", "h:7:700", "8", "g:8:800"], "\\PC{0,10}"),
+            prop::collection::vec(text(&["exec", "tty", "tty_in", "fork"], "\\PC{0,6}"), 0..3),
+        )
+            .prop_map(|(host, identity, session, kinds)| Filter {
+                host,
+                identity,
+                session,
+                kinds,
+            });
+        (prop::option::of(filter), time(), time(), limit(), token()).prop_map(
+            |(filter, since_unix_nano, until_unix_nano, limit, page_token)| SearchRequest {
+                filter,
+                since_unix_nano,
+                until_unix_nano,
+                limit,
+                page_token,
+            },
+        )
+    }
+
+    fn store_error(e: impl std::fmt::Display) -> TestCaseError {
+        TestCaseError::fail(format!("the store failed: {e}"))
+    }
+
+    /// Following a Search's page tokens from wherever it starts takes each event it
+    /// selects once, in order, as one read without a bound does, and no page is longer
+    /// than its limit.
+    fn check_search(store: &dyn Store, request: SearchRequest) -> Result<(), TestCaseError> {
+        let Ok((filter, mut after, bound)) = search_query(request) else {
+            return Ok(());
+        };
+        let unbounded = Bound {
+            rows: usize::MAX,
+            bytes: usize::MAX,
+        };
+        let all = store
+            .search(&filter, after, unbounded)
+            .map_err(store_error)?;
+        let mut paged = Vec::new();
+        loop {
+            let page = store.search(&filter, after, bound).map_err(store_error)?;
+            prop_assert!(page.rows.len() <= bound.rows);
+            paged.extend(page.rows.iter().cloned());
+            prop_assert!(paged.len() <= all.rows.len(), "pages repeat events");
+            match page.rows.last() {
+                Some((cursor, _)) if page.more => {
+                    after = filter::parse_token(&filter::page_token(*cursor))
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                }
+                _ => break,
+            }
+        }
+        prop_assert_eq!(paged, all.rows);
+        Ok(())
+    }
+
+    /// Sessions pages likewise, and Replay of any session and terminal is an answer or
+    /// a refusal, never the store's failure.
+    fn check_sessions(
+        store: &dyn Store,
+        (host, since, limit, token): (String, u64, u32, String),
+        replay: ReplayRequest,
+    ) -> Result<(), TestCaseError> {
+        match sessions::replay_filter(store, replay) {
+            Ok(_) | Err(QueryError::Invalid(_) | QueryError::NotFound(_)) => {}
+            Err(e) => return Err(store_error(e)),
+        }
+        let Ok(mut after) = filter::parse_token(&token) else {
+            return Ok(());
+        };
+        let bound = Bound {
+            rows: page_rows(limit, DEFAULT_SESSIONS, MAX_SESSIONS),
+            bytes: PAGE_BYTES,
+        };
+        let unbounded = Bound {
+            rows: usize::MAX,
+            bytes: usize::MAX,
+        };
+        let all = sessions::sessions(store, host.clone(), since, after, unbounded)
+            .map_err(store_error)?;
+        let mut paged = Vec::new();
+        loop {
+            let page = sessions::sessions(store, host.clone(), since, after, bound)
+                .map_err(store_error)?;
+            prop_assert!(page.sessions.len() <= bound.rows);
+            paged.extend(page.sessions);
+            prop_assert!(paged.len() <= all.sessions.len(), "pages repeat sessions");
+            match page.next {
+                Some(cursor) => after = cursor,
+                None => break,
+            }
+        }
+        prop_assert_eq!(paged, all.sessions);
+        Ok(())
+    }
+
+    fn runner(cases: u32) -> TestRunner {
+        TestRunner::new(ProptestConfig {
+            cases,
+            source_file: Some(file!()),
+            ..ProptestConfig::default()
+        })
+    }
+
+    // The store is made once for a thousand cases: under 1 s each in a debug build.
+    #[test]
+    fn any_search_pages_through_each_event_it_selects_once() {
+        let corpus = corpus();
+        runner(1000)
+            .run(&search(), |request| check_search(&corpus.store, request))
+            .unwrap();
+    }
+
+    #[test]
+    fn any_sessions_request_pages_through_each_session_once() {
+        let corpus = corpus();
+        let request = (text(&["", "h", "g"], "\\PC{0,4}"), time(), limit(), token());
+        let replay = (
+            text(&["h:7:700", "g:8:800", "h:7"], "\\PC{0,12}"),
+            text(&["", "136:0", "136:1"], "\\PC{0,6}"),
+            any::<(bool, bool)>(),
+        )
+            .prop_map(|(session, tty, (all_ttys, input))| ReplayRequest {
+                session,
+                tty,
+                all_ttys,
+                input,
+            });
+        runner(1000)
+            .run(&(request, replay), |(request, replay)| {
+                check_sessions(&corpus.store, request, replay)
+            })
+            .unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_limit_is_a_page_within_the_maximum(asked: u32) {
+            let rows = page_rows(asked, DEFAULT_LIMIT, MAX_LIMIT);
+            prop_assert!((1..=MAX_LIMIT as usize).contains(&rows));
+            prop_assert!(asked == 0 || rows == asked.min(MAX_LIMIT) as usize);
+        }
+    }
+
+    proptest! {
+        // Long strings cost: about 1 s in a debug build.
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn access_details_stay_within_their_bound(
+            host in "\\PC{0,200}",
+            session in "\\PC{0,200}",
+            kinds in prop::collection::vec("\\PC{0,100}", 0..4),
+            rest in "\\PC{0,200}",
+        ) {
+            let filter = Filter { host, session, kinds, ..Filter::default() };
+            let detail = describe(Some(&filter), &rest);
+            prop_assert!(detail.len() <= DETAIL_MAX);
+            // What the labels and separators add, at most.
+            let given = [&filter.host, &filter.session, &filter.kinds.concat(), &rest]
+                .map(String::len)
+                .iter()
+                .sum::<usize>();
+            if given + 32 <= DETAIL_MAX {
+                prop_assert!(detail.ends_with(&rest));
+            }
+        }
     }
 }

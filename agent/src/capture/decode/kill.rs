@@ -1,11 +1,11 @@
 use agent_common::enforce::KillRecord;
 use tracing::warn;
 
-use super::{DecodeError, read};
+use super::{DecodeError, whole};
 use crate::capture::event::{Body, Kill, Killer};
 
 pub(super) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
-    let rec: KillRecord = read(bytes, 0)?;
+    let rec: KillRecord = whole(bytes)?;
     if rec.result != 0 {
         // The agent's own kill from userspace covers the task; the failure is still news.
         warn!(

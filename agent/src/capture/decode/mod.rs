@@ -4,6 +4,8 @@
 //! leave the pipeline here for the enforcer, which alone knows what caused them.
 
 mod exec;
+#[cfg(test)]
+mod fuzz;
 mod kill;
 mod task;
 mod tty;
@@ -152,6 +154,18 @@ fn read<T: Copy>(bytes: &[u8], offset: usize) -> Result<T, DecodeError> {
     }
     // SAFETY: in bounds (checked above); T is a repr(C) integer record, valid for any bytes.
     Ok(unsafe { bytes.as_ptr().add(offset).cast::<T>().read_unaligned() })
+}
+
+/// A fixed-size record: a `T` and not a byte more, since bytes past it would be dropped
+/// uncounted.
+fn whole<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > size_of::<T>() {
+        return Err(DecodeError::SizeMismatch {
+            claimed: size_of::<T>(),
+            got: bytes.len(),
+        });
+    }
+    read(bytes, 0)
 }
 
 /// `len` bytes at `offset`, which must lie within both the record and a `cap`-byte field.

@@ -1,10 +1,10 @@
 use agent_common::{event::kind, task::TaskRecord};
 
-use super::{DecodeError, read};
+use super::{DecodeError, whole};
 use crate::capture::event::Body;
 
 pub(super) fn decode(bytes: &[u8], kind_id: u32) -> Result<Body, DecodeError> {
-    let rec: TaskRecord = read(bytes, 0)?;
+    let rec: TaskRecord = whole(bytes)?;
     Ok(if kind_id == kind::FORK {
         Body::Fork
     } else {
