@@ -214,11 +214,7 @@ async fn agent(
                     continue;
                 }
                 let events: Vec<ChainedEvent> = (0..per_batch)
-                    .map(|_| {
-                        let bytes = event(&host, chain.next_seq());
-                        let (seq, hash) = chain.link(&bytes);
-                        ChainedEvent { chain_id: String::new(), seq, event: bytes, hash: hash.to_vec() }
-                    })
+                    .map(|_| chain.record(event(&host, chain.next_seq())))
                     .collect();
                 run.sent += events.len() as u64;
                 pending.push_back((chain.next_seq() - 1, Instant::now()));

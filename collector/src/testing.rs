@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use prost::Message as _;
 use proto::{
     chain::Chain,
-    v1::{ChainStart, ChainedEvent, Event, EventBatch, event::Body},
+    v1::{ChainStart, Event, EventBatch, event::Body},
 };
 
 use crate::{
@@ -47,15 +47,9 @@ impl TestStore {
         let events = std::iter::once(&start)
             .chain(events)
             .map(|e| {
-                let event = e.encode_to_vec();
-                let (seq, hash) = chain.link(&event);
-                hashes.push(hash);
-                ChainedEvent {
-                    chain_id: String::new(),
-                    seq,
-                    event,
-                    hash: hash.to_vec(),
-                }
+                let record = chain.record(e.encode_to_vec());
+                hashes.push(chain.head());
+                record
             })
             .collect();
         let batch = EventBatch {

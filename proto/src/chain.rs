@@ -71,6 +71,17 @@ impl Chain {
         self.next_seq += 1;
         (seq, hash)
     }
+
+    /// Places `event` next, as the record an agent ships: its batch names the chain.
+    pub fn record(&mut self, event: Vec<u8>) -> crate::v1::ChainedEvent {
+        let (seq, hash) = self.link(&event);
+        crate::v1::ChainedEvent {
+            chain_id: String::new(),
+            seq,
+            event,
+            hash: hash.to_vec(),
+        }
+    }
 }
 
 #[cfg(test)]

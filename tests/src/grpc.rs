@@ -64,13 +64,7 @@ impl Chain {
 
     /// Chains `bytes` as they are, whatever they are.
     pub fn push_bytes(&mut self, bytes: Vec<u8>) {
-        let (seq, hash) = self.builder.link(&bytes);
-        self.records.push(ChainedEvent {
-            chain_id: String::new(),
-            seq,
-            event: bytes,
-            hash: hash.to_vec(),
-        });
+        self.records.push(self.builder.record(bytes));
     }
 
     #[must_use]

@@ -164,15 +164,7 @@ mod tests {
         let mut chain = Chain::resume(chain_id.to_owned(), first, head);
         let events = events
             .into_iter()
-            .map(|event| {
-                let (seq, hash) = chain.link(&event);
-                ChainedEvent {
-                    chain_id: String::new(),
-                    seq,
-                    event,
-                    hash: hash.to_vec(),
-                }
-            })
+            .map(|event| chain.record(event))
             .collect();
         EventBatch {
             chain_id: chain_id.to_owned(),
