@@ -199,6 +199,55 @@ impl Drop for TestCgroup {
     }
 }
 
+/// A mount made for one test (`mount ARGS... TARGET`), unmounted however the test ends.
+pub struct Mount {
+    pub target: PathBuf,
+}
+
+/// Runs `mount ARGS... TARGET`.
+fn mount(args: &[&str], target: &std::path::Path) {
+    let status = Command::new("mount")
+        .args(args)
+        .arg(target)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount {args:?} {}", target.display());
+}
+
+impl Mount {
+    fn new(args: &[&str], target: &std::path::Path) -> Self {
+        mount(args, target);
+        Self {
+            target: target.to_path_buf(),
+        }
+    }
+
+    /// A tmpfs of `size` (`1m`) at `dir`, created if need be, mode 0700.
+    #[must_use]
+    pub fn tmpfs(dir: &std::path::Path, size: &str) -> Self {
+        fs::create_dir_all(dir).unwrap();
+        let options = format!("size={size},mode=0700");
+        Self::new(&["-t", "tmpfs", "-o", &options, "recorder-test"], dir)
+    }
+
+    /// `source` bind-mounted over `target`.
+    #[must_use]
+    pub fn bind(source: &std::path::Path, target: &std::path::Path) -> Self {
+        Self::new(&["--bind", source.to_str().unwrap()], target)
+    }
+
+    /// Gives the tmpfs a new size.
+    pub fn resize(&self, size: &str) {
+        mount(&["-o", &format!("remount,size={size}")], &self.target);
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.target).status();
+    }
+}
+
 /// An audit login uid of this test process's own (`uid:N` names it, as no account has it),
 /// so its marker execs are found by identity however many other execs the host makes.
 #[must_use]

@@ -14,7 +14,7 @@ use prost::Message as _;
 use proto::v1::{self, ChainedEvent, event::Body};
 use sha2::{Digest, Sha256};
 use tests::{
-    Scratch,
+    Mount, Scratch,
     agent::{Agent, LOSSY, Sink, lost, lost_where, tty_data},
     block_pattern, marker, privileged,
     pty::Pty,
@@ -153,38 +153,6 @@ fn spooled_events_verify_independently() {
     );
 }
 
-/// A tmpfs mounted for one test, unmounted however the test ends.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: PathBuf, size: &str) -> Self {
-        fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("recorder-test")
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount a tmpfs at {}", dir.display());
-        Self(dir)
-    }
-
-    fn resize(&self, size: &str) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// The spool's filesystem fills up (a 1 MiB tmpfs, far under `--spool-max-bytes`): the
 /// agent goes on, writes no partial frame, and once there is room again, what it could not
 /// write is one chained spool-full gap whose count is exact: every event its standard
@@ -195,8 +163,8 @@ fn a_full_disk_is_a_chained_gap_with_exact_counts() {
         return;
     }
     let dir = spool_dir("diskfull");
-    let disk = Tmpfs::mount(dir.join("spool"), "1m");
-    let agent = Agent::start(&["--spool", disk.0.to_str().unwrap()]);
+    let disk = Mount::tmpfs(&dir.join("spool"), "1m");
+    let agent = Agent::start(&["--spool", disk.target.to_str().unwrap()]);
     let long = "a".repeat(4000);
     let exec_long = || {
         for _ in 0..20 {
@@ -240,7 +208,7 @@ fn a_full_disk_is_a_chained_gap_with_exact_counts() {
     let refused = out.total("spool_refused").unwrap();
     assert!(refused > 0, "{}", out.stderr);
 
-    let chains = verify_spool(&disk.0);
+    let chains = verify_spool(&disk.target);
     assert_eq!(chains.len(), 1);
     let chain = &chains[0];
     assert!(

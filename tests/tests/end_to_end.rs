@@ -14,6 +14,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
+    Mount,
     agent::{Agent, receipt_above},
     collector::{Collector, scratch_dir},
     mark, marker, marker_uid, operator, privileged,
@@ -411,28 +412,6 @@ fn a_restored_collector_database_is_told_by_the_agent() {
     drop(collector);
 }
 
-/// A file bind-mounted over another for one test, unmounted however the test ends.
-struct BindMount(&'static str);
-
-impl BindMount {
-    fn over(target: &'static str, source: &std::path::Path) -> Self {
-        let status = Command::new("mount")
-            .arg("--bind")
-            .arg(source)
-            .arg(target)
-            .status()
-            .unwrap();
-        assert!(status.success(), "bind-mount over {target}");
-        Self(target)
-    }
-}
-
-impl Drop for BindMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0).status();
-    }
-}
-
 /// `/etc/machine-id` changes under an enrolled host (a re-imaged or cloned disk): the agent
 /// still records and ships as the host it enrolled as, with a `machine_id_change` alert in
 /// its chain, and everything verifies. Before, it refused to start.
@@ -452,7 +431,7 @@ fn a_changed_machine_id_keeps_the_enrolled_host_shipping() {
 
     let fake = dir.join("machine-id");
     fs::write(&fake, "0123456789abcdef0123456789abcdef\n").unwrap();
-    let _mounted = BindMount::over("/etc/machine-id", &fake);
+    let _mounted = Mount::bind(&fake, std::path::Path::new("/etc/machine-id"));
     assert_ne!(pki::host_id(), host);
     let agent = Agent::start_with(
         tests::agent::Sink::Spool,
