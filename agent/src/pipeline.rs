@@ -164,6 +164,7 @@ pub fn spawn(
                     receipts: Arc::new(Receipts::open(evidence.dir())),
                     events: agent_events_tx.clone(),
                 },
+                skips: Arc::default(),
             };
             ship = Some(tokio::spawn(shipper.run().instrument(info_span!("ship"))));
         }

@@ -15,8 +15,9 @@ use proto::v1::{ChainVerdict, Finding, Grant, LogVerdict};
 use verifier::{
     Head, Report, Trust, Walk, columns,
     grants::Grants,
+    hole::Holes,
     log::{Checkpoint, LogCheck, Next},
-    prune::{self, Cut, HostPrune, Prunes},
+    prune::{self, HostPrune, Prunes},
 };
 
 use crate::{
@@ -39,6 +40,7 @@ pub(crate) fn verify_all(
         Some(trust) => read_prunes(store, trust, &mut report.findings)?,
         None => Prunes::default(),
     };
+    let holes = read_holes(store)?;
     let chains = store.chains()?;
     let mut grants = Grants::default();
     {
@@ -66,7 +68,8 @@ pub(crate) fn verify_all(
                 }
             };
             let cut = cuts.get(chain.chain_id.as_str()).copied();
-            let verdict = verify_chain(store, &chain, PAGE, cut, end, &mut derive)?;
+            let walk = Walk::new(&chain.chain_id, cut).with_holes(holes.of(&chain.chain_id));
+            let verdict = verify_chain(store, &chain, PAGE, walk, end, &mut derive)?;
             report.chains.push(verdict);
             if let Some(rows) = rows {
                 grants.compare(rows, &mut report.findings);
@@ -92,9 +95,14 @@ pub(crate) fn verify_all(
         grants.deleted_hosts(&hosts, host, &mut report.findings);
         for h in hosts.iter().filter(|h| host.is_empty() || **h == host) {
             let prune = prunes.by_host.remove(h);
-            report
-                .logs
-                .push(verify_log(store, trust, h, prune, &mut report.findings)?);
+            report.logs.push(verify_log(
+                store,
+                trust,
+                h,
+                prune,
+                &holes,
+                &mut report.findings,
+            )?);
         }
     }
     verifier::chain::name_endings(&mut report.chains);
@@ -148,19 +156,35 @@ pub(crate) fn read_prunes(
 /// Every prune record's note in the collector's chain, with its seq.
 pub(crate) fn prune_notes(store: &dyn Store) -> Result<Vec<(u64, String)>, StoreError> {
     let mut notes = Vec::new();
+    own_rows(store, &mut |row| {
+        if let Some(note) = prune::note_of(row.columns.kind, row.event) {
+            notes.push((row.seq, note));
+        }
+    })?;
+    Ok(notes)
+}
+
+/// The holes chained in the collector's chain. The chain is verified with them: a hole
+/// forged into it breaks it.
+fn read_holes(store: &dyn Store) -> Result<Holes, StoreError> {
+    let mut holes = Holes::default();
+    own_rows(store, &mut |row| holes.read(row.columns.kind, row.event))?;
+    Ok(holes)
+}
+
+/// Shows `each` every record of the collector's chain, a page at a time.
+fn own_rows(store: &dyn Store, each: &mut dyn FnMut(&ChainRow<'_>)) -> Result<(), StoreError> {
     let mut from = 0;
     loop {
         let mut read = 0;
         store.chain_rows(COLLECTOR_CHAIN, from, PAGE, &mut |row| {
             read += 1;
             from = row.seq + 1;
-            if let Some(note) = prune::note_of(row.columns.kind, row.event) {
-                notes.push((row.seq, note));
-            }
+            each(&row);
             ControlFlow::Continue(())
         })?;
         if read < PAGE {
-            return Ok(notes);
+            return Ok(());
         }
     }
 }
@@ -172,9 +196,10 @@ fn verify_log(
     trust: &Trust,
     host: &str,
     prune: Option<HostPrune>,
+    holes: &Holes,
     findings: &mut Vec<Finding>,
 ) -> Result<LogVerdict, StoreError> {
-    let mut log = LogCheck::new(trust, host, prune);
+    let mut log = LogCheck::new(trust, host, prune).with_holes(holes.clone());
     for c in store.log_checkpoints(host)? {
         let checkpoint = Checkpoint {
             size: c.size,
@@ -202,6 +227,7 @@ fn verify_log(
                 leaf.log_index,
                 leaf.chain_id,
                 leaf.seq,
+                leaf.hash,
                 leaf.event,
                 findings,
             ) {
@@ -245,18 +271,17 @@ fn head(store: &dyn Store, chain: &ChainState) -> Result<Head, StoreError> {
     })
 }
 
-/// The verdict on one chain, walked up to seq `end`; `derive` is shown each record whose
-/// hash verifies. A chain cut by a valid prune record starts where the cut says.
+/// The verdict on one chain, walked by `walk` up to seq `end`; `derive` is shown each
+/// record whose hash verifies.
 fn verify_chain(
     store: &dyn Store,
     chain: &ChainState,
     page: usize,
-    cut: Option<&Cut>,
+    mut walk: Walk,
     end: u64,
     derive: &mut dyn FnMut(&ChainRow<'_>),
 ) -> Result<ChainVerdict, StoreError> {
     let head = head(store, chain)?;
-    let mut walk = Walk::new(&chain.chain_id, cut);
     loop {
         let (mut read, mut ended) = (0, false);
         store.chain_rows(&chain.chain_id, walk.next_seq(), page, &mut |record| {
@@ -305,7 +330,15 @@ mod tests {
     fn verdict(store: &TestStore, page: usize) -> ChainVerdict {
         let chains = store.store.chains().unwrap();
         let chain = chains.iter().find(|c| c.chain_id == CHAIN).unwrap();
-        verify_chain(&store.store, chain, page, None, u64::MAX, &mut |_| {}).unwrap()
+        verify_chain(
+            &store.store,
+            chain,
+            page,
+            Walk::new(CHAIN, None),
+            u64::MAX,
+            &mut |_| {},
+        )
+        .unwrap()
     }
 
     const ROWS: &str = "(SELECT id FROM chains WHERE chain_id = 'h:boot:1')";

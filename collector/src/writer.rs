@@ -17,8 +17,9 @@ use proto::{
     chain::{Chain, chain_hash},
     kind::Kind,
     time::now_unix_nano,
-    v1::{AdminAct, Alert, ChainStart, Event, Grant, GrantChange, event::Body},
+    v1::{AdminAct, Alert, ChainStart, Event, Grant, GrantChange, Hole, event::Body},
 };
+use sha2::{Digest as _, Sha256};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use proto::v1::CheckpointAck;
@@ -52,6 +53,18 @@ pub(crate) struct Batch {
     pub host: String,
     pub chain_id: String,
     pub records: Vec<Record>,
+    /// `Some`: the records follow a hole the agent declared (collector.proto, `SpoolHole`).
+    /// The first record, when there is one, is the anchor, which may jump past the stored
+    /// head; with none, the chain's records from the stored head on are lost.
+    pub lost: Option<Lost>,
+}
+
+/// Why records before a batch are lost, as the agent declared it.
+#[derive(Debug)]
+pub(crate) struct Lost {
+    /// "corrupt" or "missing".
+    pub cause: &'static str,
+    pub skipped_bytes: u64,
 }
 
 /// A host's checkpoint, its signature checked against the key of the host's certificate.
@@ -428,6 +441,7 @@ impl Writer {
                         chain_id: COLLECTOR_CHAIN.into(),
                         seq: self.own.size(),
                         message: why,
+                        hole: None,
                     }),
                 ),
             );
@@ -577,10 +591,15 @@ impl Writer {
     }
 
     fn append(&self, group: &mut Group, mut batch: Batch) -> Result<u64, IngestError> {
-        let (Some(first), Some(last)) = (batch.records.first(), batch.records.last()) else {
-            return Err(IngestError::Invalid("empty batch".into()));
+        let (first, last) = match (batch.records.first(), batch.records.last()) {
+            (Some(first), Some(last)) => (first.seq, last.seq),
+            // A hole with no anchor names no record: it starts at the stored head.
+            _ if batch.lost.is_some() => {
+                let next = self.head(group, &batch.chain_id).map_or(0, |h| h.next_seq);
+                (next, next.saturating_sub(1))
+            }
+            _ => return Err(IngestError::Invalid("empty batch".into())),
         };
-        let (first, last) = (first.seq, last.seq);
         let mut head = self.head(group, &batch.chain_id).unwrap_or(ChainState {
             chain_id: batch.chain_id.clone(),
             host: batch.host.clone(),
@@ -593,16 +612,22 @@ impl Writer {
                 batch.chain_id, head.host, batch.host
             )));
         }
-        if first > head.next_seq {
+        let overlap = usize::try_from(head.next_seq.min(last + 1).saturating_sub(first))
+            .unwrap_or(usize::MAX);
+        if let Some(lost) = &batch.lost
+            && (batch.records.is_empty() || first > head.next_seq)
+        {
+            // The anchor's hash stands as the agent sent it: the record it would link to is
+            // lost. The hole chained here binds its bytes.
+            self.hole(group, &batch, &head, lost);
+        } else if first > head.next_seq {
             return Err(IngestError::Gap(format!(
                 "seq {first} does not continue chain {}: the collector holds seq 0 to {} (next_seq {})",
                 batch.chain_id,
                 head.next_seq.saturating_sub(1),
                 head.next_seq
             )));
-        }
-        let overlap = usize::try_from(head.next_seq.min(last + 1) - first).unwrap_or(usize::MAX);
-        if overlap > 0 {
+        } else if overlap > 0 {
             self.check_resend(group, &batch, overlap)?;
         } else {
             let r = &batch.records[0];
@@ -629,6 +654,71 @@ impl Writer {
             });
         }
         Ok(last)
+    }
+
+    /// Chains a `spool_hole` alert: the records of the batch's chain from the stored head up
+    /// to its anchor (its first record), or all of them from the head on when it has none,
+    /// were lost in the agent's spool before they were shipped.
+    fn hole(&self, group: &mut Group, batch: &Batch, head: &ChainState, lost: &Lost) {
+        let Lost {
+            cause,
+            skipped_bytes,
+        } = *lost;
+        let first_lost = head.next_seq;
+        let (seq, which, hole) = match batch.records.first() {
+            Some(anchor) => (
+                anchor.seq,
+                format!(
+                    "records {first_lost} to {} are lost; shipping resumed at seq {}, which \
+                     cannot be linked to the record before it",
+                    anchor.seq - 1,
+                    anchor.seq
+                ),
+                Hole {
+                    first_lost,
+                    anchor_hash: anchor.hash.to_vec(),
+                    anchor_event_sha256: Sha256::digest(&anchor.event).to_vec(),
+                    skipped_bytes,
+                    cause: cause.into(),
+                },
+            ),
+            None => (
+                0,
+                format!("its records from seq {first_lost} on are lost"),
+                Hole {
+                    first_lost,
+                    skipped_bytes,
+                    cause: cause.into(),
+                    ..Hole::default()
+                },
+            ),
+        };
+        let why = if cause == "corrupt" {
+            format!("its agent skipped {skipped_bytes} spool bytes whose frames did not check")
+        } else {
+            "its agent's spool no longer holds them, and neither does this collector, which \
+             acknowledged them before (a database restored from a backup?)"
+                .to_owned()
+        };
+        let message = format!(
+            "host {:?}, chain {}: {which}: {why}",
+            batch.host, batch.chain_id
+        );
+        tracing::error!(host = %batch.host, chain = %batch.chain_id, first_lost, "{message}");
+        self.chain_own(
+            group,
+            Own::alert(
+                &batch.host,
+                Body::Alert(Alert {
+                    kind: "spool_hole".into(),
+                    host: batch.host.clone(),
+                    chain_id: batch.chain_id.clone(),
+                    seq,
+                    message,
+                    hole: Some(hole),
+                }),
+            ),
+        );
     }
 
     /// The first `overlap` records are already stored. The batch's hashes link to each other,
@@ -675,6 +765,7 @@ impl Writer {
                             chain_id: chain_id.clone(),
                             seq: r.seq,
                             message: message.clone(),
+                            hole: None,
                         }),
                     },
                 );
@@ -1160,6 +1251,7 @@ impl Writer {
                     chain_id: String::new(),
                     seq: size,
                     message: why.to_owned(),
+                    hole: None,
                 }),
             ),
         );

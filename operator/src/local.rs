@@ -370,7 +370,7 @@ impl<'t> HostLog<'t> {
         // The record before a chain's first leaf predates the log: this stream holds only
         // the log, so it is taken as not stored.
         while let Next::NeedPrev { chain_id, seq } =
-            log.leaf(r.log_index, &r.chain_id, r.seq, &r.event, findings)
+            log.leaf(r.log_index, &r.chain_id, r.seq, &r.hash, &r.event, findings)
         {
             log.prev_found(chain_id, seq, None);
         }

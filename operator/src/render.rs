@@ -329,6 +329,7 @@ pub fn verdict_json(c: &ChainVerdict) -> Value {
         "records": c.records, "first_bad_seq": c.first_bad_seq,
         "reason": c.reason, "expected_size": c.expected_size,
         "ended": (!c.ended.is_empty()).then_some(&c.ended),
+        "lost": c.lost,
     })
 }
 
@@ -340,8 +341,18 @@ pub fn verdict_line(c: &ChainVerdict) -> String {
         } else {
             format!(", {}", c.ended)
         };
+        // Records the host's spool lost are named, never passed over: verify accepts them
+        // only as the collector's chain declares them.
+        let lost = if c.lost == 0 {
+            String::new()
+        } else {
+            format!(
+                ", {} lost in the host's spool before shipping (spool_hole)",
+                c.lost
+            )
+        };
         format!(
-            "ok    {} {}  {} records{ended}",
+            "ok    {} {}  {} records{lost}{ended}",
             escape(&c.host),
             escape(&c.chain_id),
             c.records

@@ -122,10 +122,6 @@ struct Line<'a> {
 
 #[derive(Serialize)]
 #[serde(untagged)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "made for one line and written at once: boxing would cost an allocation per event"
-)]
 enum BodyLine<'a> {
     Exec {
         filename: &'a str,
@@ -202,6 +198,17 @@ struct AlertLine<'a> {
     chain_id: &'a str,
     seq: u64,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hole: Option<HoleLine>,
+}
+
+#[derive(Serialize)]
+struct HoleLine {
+    first_lost: u64,
+    anchor_hash: String,
+    anchor_event_sha256: String,
+    skipped_bytes: u64,
+    cause: String,
 }
 
 #[derive(Serialize)]
@@ -420,6 +427,13 @@ impl<'a> BodyLine<'a> {
                     chain_id: &a.chain_id,
                     seq: a.seq,
                     message: &a.message,
+                    hole: a.hole.as_ref().map(|h| HoleLine {
+                        first_lost: h.first_lost,
+                        anchor_hash: hex(&h.anchor_hash),
+                        anchor_event_sha256: hex(&h.anchor_event_sha256),
+                        skipped_bytes: h.skipped_bytes,
+                        cause: h.cause.clone(),
+                    }),
                 },
             },
             Some(Body::Violation(v)) => Self::Violation {

@@ -12,9 +12,9 @@ use proto::{
     chain,
     v1::{
         AgentMessage, ChainStart, ChainVerdict, ChainedEvent, Checkpoint, CheckpointAck,
-        CollectorMessage, Event, EventBatch, Filter, GrantView, Hello, SearchRequest, StoredEvent,
-        VerifyRequest, VerifyResponse, Welcome, agent_message::Msg, collector_message, event::Body,
-        ingest_client::IngestClient, query_client::QueryClient,
+        CollectorMessage, Event, EventBatch, Filter, GrantView, Hello, SearchRequest, SpoolHole,
+        StoredEvent, VerifyRequest, VerifyResponse, Welcome, agent_message::Msg, collector_message,
+        event::Body, ingest_client::IngestClient, query_client::QueryClient,
     },
 };
 use tokio::sync::mpsc;
@@ -221,6 +221,17 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Declares a hole in the spool (collector.proto, `SpoolHole`) and returns its answer.
+    pub async fn hole(&mut self, hole: SpoolHole) -> Result<u64, Status> {
+        self.tx
+            .send(AgentMessage {
+                msg: Some(Msg::Hole(hole)),
+            })
+            .await
+            .unwrap();
+        self.ack().await
     }
 
     /// Sends one batch and returns its answer.

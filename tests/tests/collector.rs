@@ -9,12 +9,12 @@ use proto::{
     chain::chain_hash,
     v1::{
         ChainedEvent, Event, EventBatch, Exec, Filter, GrantChange, Identity, Process,
-        ReplayRequest, SearchRequest, SessionRoot, SessionsRequest, StoredEvent, TailRequest, Tty,
-        event::Body, identity::Kind,
+        ReplayRequest, SearchRequest, SessionRoot, SessionsRequest, SpoolHole, StoredEvent,
+        TailRequest, Tty, event::Body, identity::Kind,
     },
 };
 use tests::collector::{Collector, run_to_exit, scratch_dir};
-use tests::grpc::{Agent, Chain, query, search_all, verify};
+use tests::grpc::{Agent, Chain, query, search_all, verify, verify_all};
 use tonic::Code;
 
 const HOST: &str = "host-a";
@@ -957,4 +957,65 @@ async fn replay_plays_one_terminal_and_marks_input() {
         assert!(!ok, "{bad:?}");
         assert!(stderr.contains(bad[1]), "{bad:?}: {stderr}");
     }
+}
+
+/// Records 10 to 12 of a chain were lost in the agent's spool, and it declares the hole: the
+/// collector stores the anchor, chains one `spool_hole` alert naming the lost seqs, goes on
+/// from the anchor, and verify passes naming 3 records lost. A jump that is not declared is
+/// still refused, and a declaration resent is acknowledged again without a second alert.
+#[tokio::test]
+async fn a_declared_spool_hole_is_chained_and_named_by_verify() {
+    let dir = scratch_dir("collector-hole");
+    let collector = Collector::start(&dir.join("c.db"));
+    let chain = test_chain("host-a:boot:hole", 30);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..10)).await.unwrap(), 9);
+    let refused = agent.ship(chain.batch(13..20)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused}");
+
+    let hole = SpoolHole {
+        chain_id: chain.id.clone(),
+        anchor: chain.batch(13..14).events.pop(),
+        skipped_bytes: 777,
+        cause: "corrupt".into(),
+    };
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(agent.hole(hole.clone()).await.unwrap(), 13);
+    assert_eq!(agent.ship(chain.batch(14..30)).await.unwrap(), 29);
+    assert_eq!(
+        agent.hole(hole).await.unwrap(),
+        13,
+        "a resend is acked again"
+    );
+
+    let alerts = search_all(
+        &collector,
+        Filter {
+            kinds: vec!["alert".into()],
+            ..Filter::default()
+        },
+        10,
+    )
+    .await;
+    assert_eq!(alerts.len(), 1, "one alert: {alerts:?}");
+    let Some(Body::Alert(alert)) = alerts[0].event.clone().unwrap().body else {
+        panic!("not an alert: {:?}", alerts[0]);
+    };
+    let declared = alert.hole.unwrap();
+    assert_eq!(
+        (
+            alert.kind.as_str(),
+            alert.seq,
+            declared.first_lost,
+            declared.skipped_bytes
+        ),
+        ("spool_hole", 13, 10, 777)
+    );
+    let verdict = verify(&collector, &chain.id).await;
+    assert!(verdict.ok, "{verdict:?}");
+    assert_eq!((verdict.lost, verdict.records), (3, 27));
+    let all = verify_all(&collector).await;
+    assert!(all.findings.is_empty(), "{all:?}");
+    assert!(all.chains.iter().all(|c| c.ok), "{all:?}");
+    assert!(all.logs.iter().all(|l| l.ok), "{all:?}");
 }

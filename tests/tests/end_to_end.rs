@@ -469,3 +469,113 @@ fn a_changed_machine_id_keeps_the_enrolled_host_shipping() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+/// The frame of `segment` whose payload holds `text`: its offset, length and seq, and where
+/// `text` starts in the file.
+fn frame_holding(segment: &std::path::Path, text: &str) -> (usize, usize, u64, usize) {
+    use prost::Message as _;
+    let bytes = fs::read(segment).unwrap();
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let payload = &bytes[at + 8..at + 8 + len];
+        if let Some(i) = payload
+            .windows(text.len())
+            .position(|w| w == text.as_bytes())
+        {
+            let record = proto::v1::ChainedEvent::decode(payload).unwrap();
+            return (at, 8 + len, record.seq, at + 8 + i);
+        }
+        at += 8 + len;
+    }
+    panic!("no frame of {} holds {text}", segment.display());
+}
+
+/// A frame in the middle of a sealed spool segment is corrupted while the collector is
+/// down: once it is back, everything before and after the frame arrives, the lost record is
+/// a `spool_hole` naming its seq and the frame's bytes, the agent chains `spool_corrupt`,
+/// and verify passes, counting the record as lost.
+#[test]
+fn a_corrupt_frame_in_an_old_segment_costs_only_its_record() {
+    if !privileged("a_corrupt_frame_in_an_old_segment_costs_only_its_record") {
+        return;
+    }
+    let dir = scratch_dir("corrupt-frame");
+    let addr = free_addr();
+    let store = dir.join("store.db");
+    let spool = dir.join("spool");
+    let collector = Collector::start_at(&store, addr);
+    let url = collector.url();
+    let first = Agent::shipping(&spool, &url, &[]);
+    let before = marker("before");
+    let _ = mark(&before);
+    wait_for_exec(&url, &before, Duration::from_secs(20));
+    drop(collector.stop());
+    let marks: Vec<String> = (0..20).map(|i| marker(&format!("spooled{i}"))).collect();
+    for m in &marks {
+        let _ = mark(m);
+    }
+    // A stop drains the kernel's rings into the spool first.
+    drop(first.stop());
+
+    // The stopped agent's segment is sealed; its frame holding the 11th exec is broken.
+    let mut segments: Vec<_> = fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let (frame, frame_len, lost_seq, text) = frame_holding(&segments[0], &marks[10]);
+    let mut bytes = fs::read(&segments[0]).unwrap();
+    bytes[text] ^= 0x20;
+    fs::write(&segments[0], &bytes).unwrap();
+    eprintln!("broke the frame at {frame} ({frame_len} bytes, seq {lost_seq})");
+    // The next agent finds it in the newest segment: corruption, not a torn tail to cut.
+    let second = Agent::shipping(&spool, &url, &[]);
+    let after = marker("after");
+    let _ = mark(&after);
+
+    let collector = Collector::start_at(&store, addr);
+    wait_for_exec(&url, &after, Duration::from_mins(1));
+    let stored = operator::execs_of(&url, &format!("uid:{}", marker_uid()));
+    for (i, m) in marks.iter().enumerate() {
+        assert_eq!(
+            stored.iter().any(|v| operator::argv_has(v, m)),
+            i != 10,
+            "exec {i} ({m}) is stored unless its frame was broken"
+        );
+    }
+    let alerts = operator::json_lines(
+        &url,
+        &["search", "--json", "--kind", "alert", "--since", "1h"],
+    );
+    let alert = |kind: &str| {
+        alerts
+            .iter()
+            .map(|a| &a["alert"])
+            .find(|a| a["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} alert in {alerts:?}"))
+            .clone()
+    };
+    let hole = alert("spool_hole");
+    assert_eq!(hole["hole"]["first_lost"], lost_seq, "{hole}");
+    assert_eq!(hole["seq"], lost_seq + 1, "the next record anchors: {hole}");
+    assert_eq!(hole["hole"]["skipped_bytes"], frame_len, "{hole}");
+    assert_eq!(hole["hole"]["cause"], "corrupt", "{hole}");
+    let corrupt = alert("spool_corrupt");
+    assert!(
+        corrupt["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{frame_len} bytes of spool segment")),
+        "{corrupt}"
+    );
+    let verdicts = operator::json_lines(&url, &["verify", "--json"]);
+    for v in &verdicts {
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    let lost: u64 = verdicts.iter().filter_map(|v| v["lost"].as_u64()).sum();
+    assert_eq!(lost, 1, "verify names the lost record: {verdicts:?}");
+    drop(second.stop());
+    drop(collector);
+}

@@ -12,7 +12,7 @@ use proto::{
     v1::ChainVerdict,
 };
 
-use crate::{Columns, prune::Cut};
+use crate::{Columns, hole::Hole, prune::Cut};
 
 /// One stored record as the verifier reads it: exactly what is stored, nothing derived, and
 /// borrowed from its source, so reading a chain copies nothing.
@@ -57,6 +57,10 @@ pub struct Walk {
     failure: Option<(u64, String)>,
     /// The last verified record is a `chain_stop`.
     stopped: bool,
+    /// The chain's holes: the only jumps it may make.
+    holes: Vec<Hole>,
+    /// Records the holes jumped over.
+    lost: u64,
 }
 
 impl Walk {
@@ -72,7 +76,16 @@ impl Walk {
             bad: None,
             failure: None,
             stopped: false,
+            holes: Vec::new(),
+            lost: 0,
         }
+    }
+
+    /// The walk may jump over these holes of the chain, and no other seqs.
+    #[must_use]
+    pub fn with_holes(mut self, holes: Vec<Hole>) -> Self {
+        self.holes = holes;
+        self
     }
 
     /// The seq to read on from.
@@ -100,6 +113,23 @@ impl Walk {
         if let Some((seq, row)) = self.bad {
             self.failure = Some(self.bad_hash(seq, row, Some(record.row)));
             return ControlFlow::Break(());
+        }
+        if record.seq != self.expected
+            && let Some(anchor) = self
+                .holes
+                .iter()
+                .filter(|h| h.first_lost == self.expected)
+                .find_map(|h| h.anchor.as_ref())
+                .filter(|a| a.is(record.seq, record.hash, record.event))
+        {
+            // The record before the anchor is lost: its hash stands as the hole names it.
+            derive(&record);
+            self.stopped = record.columns.kind == Kind::ChainStop.name();
+            self.lost += record.seq - self.expected;
+            self.prev = anchor.hash;
+            self.prev_row = record.row;
+            self.expected = record.seq + 1;
+            return ControlFlow::Continue(());
         }
         if record.seq != self.expected {
             let reason = format!(
@@ -152,6 +182,7 @@ impl Walk {
             reason: String::new(),
             expected_size,
             ended: String::new(),
+            lost: self.lost,
         };
         if let (None, Some((seq, row))) = (&self.failure, self.bad) {
             self.failure = Some(self.bad_hash(seq, row, None));
@@ -163,7 +194,7 @@ impl Walk {
             return verdict;
         }
         let stored = self.expected;
-        verdict.records = stored;
+        verdict.records = stored - self.lost;
         if stored < expected_size {
             let claims = match (
                 head.next_seq == expected_size,

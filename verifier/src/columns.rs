@@ -13,13 +13,14 @@ use crate::ChainRow;
 
 /// The alerts an agent may chain: a collector that lost what it acknowledged, a process
 /// of a login session that changed its loginuid, exec records lost while sessions held
-/// kill-mode grants (docs/grants.md), and a machine id that no longer matches the host's
-/// enrolled identity.
-const AGENT_ALERTS: [&str; 4] = [
+/// kill-mode grants (docs/grants.md), a machine id that no longer matches the host's
+/// enrolled identity, and spool bytes skipped because their frames did not check.
+const AGENT_ALERTS: [&str; 5] = [
     "collector_rollback",
     "loginuid_change",
     "exec_lost",
     "machine_id_change",
+    "spool_corrupt",
 ];
 
 /// The columns queries find a record by, as stored.

@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod columns;
 pub mod grants;
+pub mod hole;
 pub mod log;
 pub mod prune;
 

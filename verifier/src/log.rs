@@ -16,7 +16,7 @@ use proto::{
 };
 use tlog::{CompactRange, Hash};
 
-use crate::{Trust, prune::HostPrune};
+use crate::{Trust, hole::Holes, prune::HostPrune};
 
 /// A stored checkpoint: the note, with the host's signature and the collector's
 /// cosignature, the size and root stored beside it, and the certificate whose key signed it.
@@ -55,6 +55,8 @@ pub struct LogCheck<'t> {
     /// CA once.
     certs: HashMap<String, Result<pki::CertInfo, String>>,
     prune: Option<HostPrune>,
+    /// The holes of the host's chains: their anchors' hashes stand as stored.
+    holes: Holes,
     /// `None` until the first leaf: the checkpoints come first.
     walk: Option<LeafWalk>,
 }
@@ -84,8 +86,16 @@ impl<'t> LogCheck<'t> {
             roots: BTreeMap::new(),
             certs: HashMap::new(),
             prune,
+            holes: Holes::default(),
             walk: None,
         }
+    }
+
+    /// The log's chains may resume at the anchors of these holes.
+    #[must_use]
+    pub fn with_holes(mut self, holes: Holes) -> Self {
+        self.holes = holes;
+        self
     }
 
     /// Takes the next stored checkpoint, in the order they were cosigned.
@@ -211,16 +221,18 @@ impl<'t> LogCheck<'t> {
         self.walk().1.failure.is_some()
     }
 
-    /// Takes the next stored leaf: record `seq` of chain `chain_id`, its bytes `event`,
-    /// stored at `log_index`.
+    /// Takes the next stored leaf: record `seq` of chain `chain_id`, its bytes `event` and
+    /// stored hash `hash` (which only a hole's anchor stands on), stored at `log_index`.
     pub fn leaf(
         &mut self,
         log_index: u64,
         chain_id: &str,
         seq: u64,
+        hash: &[u8],
         event: &[u8],
         findings: &mut Vec<Finding>,
     ) -> Next {
+        let anchor = self.holes.anchors(chain_id, seq, hash, event);
         let (roots, walk) = self.walk();
         if walk.failure.is_some() {
             return Next::Stop;
@@ -233,8 +245,9 @@ impl<'t> LogCheck<'t> {
             return Next::Stop;
         }
         let prev = match walk.heads.get(chain_id) {
-            Some((held, hash)) if held + 1 == seq => *hash,
-            _ if seq == 0 => GENESIS,
+            _ if anchor => None,
+            Some((held, hash)) if held + 1 == seq => Some(*hash),
+            _ if seq == 0 => Some(GENESIS),
             _ => {
                 return Next::NeedPrev {
                     chain_id: chain_id.to_owned(),
@@ -242,7 +255,12 @@ impl<'t> LogCheck<'t> {
                 };
             }
         };
-        let hash = chain_hash(chain_id, seq, &prev, event);
+        // A hole's anchor links to a lost record: its hash stands as stored, which the
+        // hole binds (with its bytes) in the collector's chain.
+        let hash = prev.map_or_else(
+            || <[u8; 32]>::try_from(hash).unwrap_or(GENESIS),
+            |prev| chain_hash(chain_id, seq, &prev, event),
+        );
         if seq == 0 {
             walk.links.check(chain_id, event, &walk.heads, findings);
         }

@@ -71,23 +71,30 @@ impl Control {
             "the collector holds {holds} leaves of this host's log, but cosigned a checkpoint of {cosigned}: it was rolled back"
         );
         tracing::error!(holds, cosigned, "{message}");
-        self.chain(v1::Event {
-            time_unix_nano: proto::time::now_unix_nano(),
-            body: Some(v1::event::Body::Alert(v1::Alert {
-                kind: "collector_rollback".into(),
-                host: host.to_owned(),
-                chain_id: String::new(),
-                seq: cosigned,
-                message,
-            })),
-            ..v1::Event::default()
-        })
-        .await;
+        self.chain(alert(host, "collector_rollback", "", cosigned, message))
+            .await;
     }
 
     async fn chain(&self, event: v1::Event) {
         // The evidence stage has ended once the agent stops.
         let _ = self.events.send(vec![event]).await;
+    }
+}
+
+/// An alert the agent chains about its own evidence (event.proto, `Alert`).
+#[must_use]
+pub fn alert(host: &str, kind: &str, chain_id: &str, seq: u64, message: String) -> v1::Event {
+    v1::Event {
+        time_unix_nano: proto::time::now_unix_nano(),
+        body: Some(v1::event::Body::Alert(v1::Alert {
+            kind: kind.to_owned(),
+            host: host.to_owned(),
+            chain_id: chain_id.to_owned(),
+            seq,
+            message,
+            hole: None,
+        })),
+        ..v1::Event::default()
     }
 }
 

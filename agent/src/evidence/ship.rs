@@ -14,24 +14,24 @@
 //! flow and every minute when none do.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     io::{self, Read as _, Seek as _, SeekFrom},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use proto::v1::{
-    AgentMessage, ChainedEvent, CollectorMessage, EventBatch, Heartbeat, Hello, Welcome,
-    agent_message::Msg, collector_message, ingest_client::IngestClient,
+    self, AgentMessage, ChainedEvent, CollectorMessage, EventBatch, Heartbeat, Hello, SpoolHole,
+    Welcome, agent_message::Msg, collector_message, ingest_client::IngestClient,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::{
-    control::{Control, Ledger, Trims},
+    control::{self, Control, Ledger, Trims},
     link::{Link, SigningIdentity},
     log::HostLog,
     spool::{self, Durable, FRAME_HEADER, read_frames},
@@ -57,6 +57,9 @@ pub struct Shipper {
     pub host: String,
     pub durable: watch::Receiver<Durable>,
     pub control: Control,
+    /// Corrupt spool regions (segment, offset) already chained as `spool_corrupt`: every
+    /// connection reads them again, and each is told once.
+    pub skips: Arc<Mutex<HashSet<(PathBuf, u64)>>>,
 }
 
 impl Shipper {
@@ -129,13 +132,14 @@ impl Shipper {
             IngestClient::new(channel).max_decoding_message_size(proto::limits::VIEW_BYTES_MAX);
         let chains = chains_in(&self.dir)?;
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
-        tx.send(AgentMessage {
-            msg: Some(Msg::Hello(Hello {
+        put(
+            &tx,
+            Msg::Hello(Hello {
                 host: self.host.clone(),
                 chain_ids: chains.clone(),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
-            })),
-        })
+            }),
+        )
         .await?;
         let mut inbound = client
             .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -171,6 +175,11 @@ impl Shipper {
                 next,
                 heads,
                 log,
+                corruption: Corruption {
+                    host: self.host.clone(),
+                    events: self.control.events.clone(),
+                    told: Arc::clone(&self.skips),
+                },
             },
             Arc::clone(&ledger),
             self.control.trims.clone(),
@@ -209,6 +218,51 @@ struct Reading {
     /// The collector's last record of each chain it holds: its seq and hash.
     heads: HashMap<String, (u64, Vec<u8>)>,
     log: Option<HostLog>,
+    corruption: Corruption,
+}
+
+/// Where corrupt spool regions are told: chained as `spool_corrupt` alerts, once each.
+struct Corruption {
+    host: String,
+    /// Where the agent's own alerts are chained.
+    events: mpsc::Sender<Vec<v1::Event>>,
+    told: Arc<Mutex<HashSet<(PathBuf, u64)>>>,
+}
+
+impl Corruption {
+    /// Chains a `spool_corrupt` alert for `bytes` of `segment` from `at` that were skipped,
+    /// unless this region was told already.
+    async fn tell(&self, segment: &Path, at: u64, bytes: u64, chain: Option<&str>) {
+        let first = self
+            .told
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((segment.to_path_buf(), at));
+        if !first {
+            return;
+        }
+        let message = format!(
+            "{bytes} bytes of spool segment {} from byte {at} are not frames that check: the \
+             records they held are lost, and shipping goes on after them",
+            segment.display()
+        );
+        warn!(bytes, at, segment = %segment.display(), "{message}");
+        let alert = control::alert(
+            &self.host,
+            "spool_corrupt",
+            chain.unwrap_or_default(),
+            0,
+            message,
+        );
+        // The evidence stage has ended once the agent stops.
+        let _ = self.events.send(vec![alert]).await;
+    }
+}
+
+/// Spool bytes skipped since the last record read, and the chain of the record before them.
+struct Skip {
+    chain: Option<String>,
+    bytes: u64,
 }
 
 /// Sends every durable record the collector lacks, oldest segment first, then follows the
@@ -223,11 +277,13 @@ async fn send(
     let Reading {
         dir,
         mut durable,
-        next,
+        mut next,
         heads,
         mut log,
+        corruption,
     } = reading;
     let mut cursor = Cursor::default();
+    let mut skip: Option<Skip> = None;
     // The first checkpoint is due at once: it tells the collector where the log stands.
     let mut last_checkpoint: Option<tokio::time::Instant> = None;
     let mut grown = false;
@@ -240,11 +296,7 @@ async fn send(
         else {
             return Ok(());
         };
-        tx.send(AgentMessage {
-            msg: Some(Msg::Checkpoint(checkpoint)),
-        })
-        .await
-        .context("the ingest stream closed")
+        put(&tx, Msg::Checkpoint(checkpoint)).await
     };
     loop {
         let limit = durable.borrow_and_update().clone();
@@ -259,29 +311,30 @@ async fn send(
                 }
                 check_heads(&records, &heads, &ledger, &trims)?;
                 let chain_id = last.chain_id.clone();
-                let from = next.get(&chain_id).copied().unwrap_or(0);
-                let events: Vec<ChainedEvent> = records
-                    .into_iter()
-                    .filter(|r| r.seq >= from)
-                    .map(|r| ChainedEvent {
-                        chain_id: String::new(),
-                        ..r
-                    })
-                    .collect();
+                // What the collector holds, and what this connection sent it since.
+                let from = next.insert(chain_id.clone(), last.seq + 1).unwrap_or(0);
                 grown = true;
-                if events.is_empty() {
+                let messages = messages(chain_id, records, from, skip.take());
+                if messages.is_empty() {
                     continue;
                 }
-                tx.send(AgentMessage {
-                    msg: Some(Msg::Batch(EventBatch { chain_id, events })),
-                })
-                .await
-                .context("the ingest stream closed")?;
+                for message in messages {
+                    put(&tx, message).await?;
+                }
                 if last_checkpoint.is_none_or(|t| t.elapsed() >= CHECKPOINT_BUSY) {
                     checkpoint(&mut log, false).await?;
                     last_checkpoint = Some(tokio::time::Instant::now());
                     grown = false;
                 }
+            }
+            Read::Skipped {
+                segment,
+                at,
+                bytes,
+                chain,
+            } => {
+                corruption.tell(&segment, at, bytes, chain.as_deref()).await;
+                skip.get_or_insert(Skip { chain, bytes: 0 }).bytes += bytes;
             }
             Read::SegmentDone(path, chain, last_seq, bytes) => {
                 // Durable before the segment can go: every deleted record is in the state.
@@ -318,6 +371,68 @@ async fn send(
             }
         }
     }
+}
+
+/// Sends one message on the ingest stream.
+async fn put(tx: &mpsc::Sender<AgentMessage>, msg: Msg) -> anyhow::Result<()> {
+    tx.send(AgentMessage { msg: Some(msg) })
+        .await
+        .context("the ingest stream closed")
+}
+
+/// The messages that send what the collector lacks of `records` (read from the spool, all
+/// of `chain_id`): the seqs from `from` on, as a batch. Holes (collector.proto, `SpoolHole`)
+/// come first: after skipped spool bytes, the chain before them lost its tail when they end
+/// it, and the first record after them anchors the rest; and a first record past `from`
+/// anchors seqs that neither the spool nor the collector holds any more.
+fn messages(
+    chain_id: String,
+    records: Vec<ChainedEvent>,
+    from: u64,
+    skip: Option<Skip>,
+) -> Vec<Msg> {
+    let mut records: Vec<ChainedEvent> = records
+        .into_iter()
+        .filter(|r| r.seq >= from)
+        .map(|r| ChainedEvent {
+            chain_id: String::new(),
+            ..r
+        })
+        .collect();
+    let mut messages = Vec::new();
+    let (cause, skipped_bytes) = match skip {
+        Some(Skip { chain, bytes }) => {
+            if let Some(before) = chain.filter(|c| *c != chain_id) {
+                messages.push(Msg::Hole(SpoolHole {
+                    chain_id: before,
+                    anchor: None,
+                    skipped_bytes: bytes,
+                    cause: "corrupt".into(),
+                }));
+            }
+            ("corrupt", bytes)
+        }
+        None => ("missing", 0),
+    };
+    // Without records, the collector holds the first one after the bytes already.
+    if records
+        .first()
+        .is_some_and(|r| r.seq > from || cause == "corrupt")
+    {
+        messages.push(Msg::Hole(SpoolHole {
+            chain_id: chain_id.clone(),
+            anchor: Some(records.remove(0)),
+            skipped_bytes,
+            cause: cause.into(),
+        }));
+    }
+    if !records.is_empty() {
+        messages.push(Msg::Batch(EventBatch {
+            chain_id,
+            events: records,
+        }));
+    }
+    messages
 }
 
 /// Checks the collector's heads against the records read. A collector whose head is not
@@ -357,6 +472,15 @@ struct Cursor {
 
 enum Read {
     Records(Vec<ChainedEvent>),
+    /// Bytes of `segment` from offset `at` whose frames do not check were skipped, up to
+    /// the next frame that does or to the end of what is durable. `chain`: the chain of
+    /// the last record read before them in the segment.
+    Skipped {
+        segment: PathBuf,
+        at: u64,
+        bytes: u64,
+        chain: Option<String>,
+    },
     /// A sealed segment was read to its end: its path, chain, last seq and size.
     SegmentDone(PathBuf, String, u64, u64),
     /// Everything durable has been read.
@@ -382,11 +506,20 @@ impl Cursor {
                 .with_context(|| format!("reading {}", segment.display()))?;
             let (records, used) = read_frames(&bytes);
             if used == 0 {
-                bail!(
-                    "{} is corrupt at byte {}: a frame does not check",
-                    segment.display(),
-                    self.offset
-                );
+                // Corruption: everything up to the next frame that checks is skipped, so one
+                // bad frame costs what it held and stops nothing after it.
+                let rest = read_to(&segment, self.offset, end)
+                    .with_context(|| format!("reading {}", segment.display()))?;
+                let skipped = spool::resync(&rest).unwrap_or(rest.len()) as u64;
+                let at = self.offset;
+                self.offset += skipped;
+                self.segment = Some(segment.clone());
+                return Ok(Read::Skipped {
+                    segment,
+                    at,
+                    bytes: skipped,
+                    chain: self.last.as_ref().map(|(chain, _)| chain.clone()),
+                });
             }
             self.segment = Some(segment);
             self.offset += used as u64;
@@ -428,6 +561,15 @@ fn read_at(path: &Path, offset: u64, end: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The bytes of `path` from `offset` to `end`.
+fn read_to(path: &Path, offset: u64, end: u64) -> io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::new();
+    file.take(end - offset).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The chains the spool holds records of, oldest first, from each segment's first record.
 fn chains_in(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut chains: Vec<String> = Vec::new();
@@ -444,4 +586,89 @@ fn chains_in(dir: &Path) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(chains)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(chain_id: &str, seqs: std::ops::Range<u64>) -> Vec<ChainedEvent> {
+        seqs.map(|seq| ChainedEvent {
+            chain_id: chain_id.into(),
+            seq,
+            event: vec![1],
+            hash: vec![2; 32],
+        })
+        .collect()
+    }
+
+    /// Each message as (kind, chain, anchor seq or first seq, cause).
+    fn shape(messages: &[Msg]) -> Vec<(&'static str, String, Option<u64>, String)> {
+        messages
+            .iter()
+            .map(|m| match m {
+                Msg::Hole(h) => (
+                    "hole",
+                    h.chain_id.clone(),
+                    h.anchor.as_ref().map(|a| a.seq),
+                    h.cause.clone(),
+                ),
+                Msg::Batch(b) => (
+                    "batch",
+                    b.chain_id.clone(),
+                    b.events.first().map(|e| e.seq),
+                    String::new(),
+                ),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_that_continue_the_collector_are_one_batch() {
+        let sent = messages("c".into(), records("c", 3..6), 4, None);
+        assert_eq!(
+            shape(&sent),
+            [("batch", "c".into(), Some(4), String::new())]
+        );
+        assert!(messages("c".into(), records("c", 3..6), 6, None).is_empty());
+    }
+
+    #[test]
+    fn records_past_what_the_collector_holds_are_anchored_as_missing() {
+        let sent = messages("c".into(), records("c", 7..9), 4, None);
+        assert_eq!(
+            shape(&sent),
+            [
+                ("hole", "c".into(), Some(7), "missing".into()),
+                ("batch", "c".into(), Some(8), String::new())
+            ]
+        );
+    }
+
+    #[test]
+    fn skipped_bytes_anchor_the_next_record_and_end_the_chain_before() {
+        let skip = |chain: &str| {
+            Some(Skip {
+                chain: Some(chain.into()),
+                bytes: 99,
+            })
+        };
+        let sent = messages("c".into(), records("c", 5..7), 4, skip("c"));
+        assert_eq!(
+            shape(&sent),
+            [
+                ("hole", "c".into(), Some(5), "corrupt".into()),
+                ("batch", "c".into(), Some(6), String::new())
+            ]
+        );
+        let sent = messages("d".into(), records("d", 0..1), 0, skip("c"));
+        assert_eq!(
+            shape(&sent),
+            [
+                ("hole", "c".into(), None, "corrupt".into()),
+                ("hole", "d".into(), Some(0), "corrupt".into())
+            ]
+        );
+    }
 }

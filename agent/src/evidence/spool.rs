@@ -80,27 +80,66 @@ pub struct Spool {
 pub fn read_frames(bytes: &[u8]) -> (Vec<ChainedEvent>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
-    while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        // Every record has a chain id and a hash, so an empty frame is none the agent wrote:
-        // it is zeros, as a crash can leave past the last synced frame.
-        if len == 0 || len > MAX_PAYLOAD {
-            break;
-        }
-        let Some(payload) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        let Ok(record) = ChainedEvent::decode(payload) else {
-            break;
-        };
+    while let Some((record, len)) = frame_at(&bytes[at..], MAX_PAYLOAD) {
         records.push(record);
-        at += FRAME_HEADER + len;
+        at += len;
     }
     (records, at)
+}
+
+/// The record of the frame at the start of `bytes` and the frame's length, when it is a
+/// whole frame of at most `max_payload` bytes that checks.
+fn frame_at(bytes: &[u8], max_payload: usize) -> Option<(ChainedEvent, usize)> {
+    let header = bytes.get(..FRAME_HEADER)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    // Every record has a chain id and a hash, so an empty frame is none the agent wrote:
+    // it is zeros, as a crash can leave past the last synced frame.
+    if len == 0 || len > max_payload {
+        return None;
+    }
+    let payload = bytes.get(FRAME_HEADER..FRAME_HEADER + len)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let record = ChainedEvent::decode(payload).ok()?;
+    Some((record, FRAME_HEADER + len))
+}
+
+/// The last record in a segment's bytes, and where its last frame that checks ends.
+/// Corruption in the middle is read past, as the ship stage skips it, so that only a torn
+/// tail, past every frame that checks, is what a restart cuts.
+fn last_frame(bytes: &[u8]) -> (Option<ChainedEvent>, usize) {
+    let (mut last, mut at) = (None, 0);
+    loop {
+        let (records, used) = read_frames(&bytes[at..]);
+        last = records.into_iter().last().or(last);
+        at += used;
+        let end = at;
+        match resync(&bytes[at..]) {
+            Some(skip) => at += skip,
+            None => return (last, end),
+        }
+    }
+}
+
+/// Where the next frame that checks begins, after corruption at the start of `bytes`.
+/// Candidates are tried at every offset, so only frames the agent can still ship are
+/// sought (at most `proto::limits::EVENT_BYTES_MAX` of event), and only those whose payload
+/// starts as every record does, with its chain id: a corrupt region costs a scan, not a
+/// checksum per byte.
+#[must_use]
+pub fn resync(bytes: &[u8]) -> Option<usize> {
+    // A record's payload: its event, chain id, seq and hash, with their protobuf framing.
+    const RECORD_OVERHEAD: usize = 1024;
+    // The tag of `ChainedEvent.chain_id` (field 1, length-delimited), which prost writes
+    // first.
+    const CHAIN_ID_TAG: u8 = 0x0a;
+    let max_payload = proto::limits::EVENT_BYTES_MAX + RECORD_OVERHEAD;
+    (1..bytes.len()).find(|&at| {
+        bytes.get(at + FRAME_HEADER) == Some(&CHAIN_ID_TAG)
+            && frame_at(&bytes[at..], max_payload).is_some()
+    })
 }
 
 impl Spool {
@@ -122,7 +161,7 @@ impl Spool {
             File::open(path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(io_err(path))?;
-            let (records, good) = read_frames(&bytes);
+            let (last, good) = last_frame(&bytes);
             if i == segments.len() - 1 && good < bytes.len() {
                 recovered.torn_bytes = (bytes.len() - good) as u64;
                 OpenOptions::new()
@@ -131,11 +170,11 @@ impl Spool {
                     .and_then(|f| f.set_len(good as u64))
                     .map_err(io_err(path))?;
             }
-            if let Some(last) = records.last() {
+            if let Some(last) = last {
                 recovered.head = Some(Head {
-                    chain_id: last.chain_id.clone(),
+                    chain_id: last.chain_id,
                     seq: last.seq,
-                    hash: last.hash.clone(),
+                    hash: last.hash,
                 });
                 break;
             }
@@ -390,6 +429,45 @@ mod tests {
             (read, good as u64),
             (records, fs::metadata(&seg).unwrap().len())
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A broken frame in the middle of the newest segment is corruption, not a torn tail:
+    /// a restart keeps the frames after it, and its head is the last of them.
+    #[test]
+    fn a_corrupt_frame_mid_segment_is_not_cut_as_a_torn_tail() {
+        let dir = tempdir("mid");
+        let (mut spool, _) = Spool::open(&dir, 1 << 30).unwrap();
+        let mut chain = Chain::new("c1".into());
+        let mut last = None;
+        for i in 0..5 {
+            let event = [i; 10];
+            let link = chain.link(&event);
+            spool.append(&link).unwrap();
+            last = Some(link.to_owned());
+        }
+        spool.sync().unwrap();
+        drop(spool);
+        let seg = segments(&dir).unwrap().pop().unwrap();
+        let mut bytes = fs::read(&seg).unwrap();
+        // The third frame: where it starts and how long it is.
+        let len = |at: usize| {
+            FRAME_HEADER + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize
+        };
+        let third = len(0) + len(len(0));
+        let frame = len(third);
+        bytes[third + FRAME_HEADER + 3] ^= 1;
+        fs::write(&seg, &bytes).unwrap();
+
+        let (_spool, recovered) = Spool::open(&dir, 1 << 30).unwrap();
+        assert_eq!(recovered.torn_bytes, 0);
+        assert_eq!(fs::read(&seg).unwrap(), bytes, "nothing cut");
+        let last = last.unwrap();
+        assert_eq!(
+            recovered.head.map(|h| (h.seq, h.hash)),
+            Some((4, last.hash))
+        );
+        assert_eq!(resync(&bytes[third..]), Some(frame));
         fs::remove_dir_all(&dir).unwrap();
     }
 

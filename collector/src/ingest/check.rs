@@ -6,13 +6,13 @@
 use proto::{
     chain::chain_hash,
     limits::EVENT_BYTES_MAX,
-    v1::{EventBatch, Hello},
+    v1::{EventBatch, Hello, SpoolHole},
 };
 
 use crate::{
     error::IngestError,
     store::{COLLECTOR_CHAIN, Record},
-    writer::Batch,
+    writer::{Batch, Lost},
 };
 
 /// Records in one batch.
@@ -59,12 +59,7 @@ pub(crate) fn hello(hello: &Hello) -> Result<(), IngestError> {
 /// Checks a batch of the agent that said Hello as `host`, and makes its records.
 pub(crate) fn batch(host: &str, batch: EventBatch) -> Result<Batch, IngestError> {
     let chain_id = batch.chain_id;
-    check_id("chain_id", &chain_id)?;
-    if chain_id == COLLECTOR_CHAIN {
-        return Err(invalid(format!(
-            "chain id {COLLECTOR_CHAIN:?} is the collector's own"
-        )));
-    }
+    self::chain_id(&chain_id)?;
     let count = batch.events.len();
     if count == 0 || count > MAX_BATCH_EVENTS {
         return Err(invalid(format!(
@@ -120,7 +115,56 @@ pub(crate) fn batch(host: &str, batch: EventBatch) -> Result<Batch, IngestError>
         host: host.to_owned(),
         chain_id,
         records,
+        lost: None,
     })
+}
+
+/// Checks a hole an agent declares (collector.proto, `SpoolHole`): its anchor as a batch of
+/// one record.
+pub(crate) fn hole(host: &str, hole: SpoolHole) -> Result<Batch, IngestError> {
+    let events = hole.anchor.map(|anchor| vec![anchor]).unwrap_or_default();
+    let mut checked = if events.is_empty() {
+        chain_id(&hole.chain_id)?;
+        Batch {
+            host: host.to_owned(),
+            chain_id: hole.chain_id,
+            records: Vec::new(),
+            lost: None,
+        }
+    } else {
+        batch(
+            host,
+            EventBatch {
+                chain_id: hole.chain_id,
+                events,
+            },
+        )?
+    };
+    let cause = match hole.cause.as_str() {
+        "corrupt" => "corrupt",
+        "missing" => "missing",
+        other => {
+            return Err(invalid(format!(
+                "a hole's cause is \"corrupt\" or \"missing\", not {other:?}"
+            )));
+        }
+    };
+    checked.lost = Some(Lost {
+        cause,
+        skipped_bytes: hole.skipped_bytes,
+    });
+    Ok(checked)
+}
+
+/// Checks the id of an agent's chain.
+fn chain_id(chain_id: &str) -> Result<(), IngestError> {
+    check_id("chain_id", chain_id)?;
+    if chain_id == COLLECTOR_CHAIN {
+        return Err(invalid(format!(
+            "chain id {COLLECTOR_CHAIN:?} is the collector's own"
+        )));
+    }
+    Ok(())
 }
 
 /// Decodes an event for the columns it is found by, refusing what an agent may not send

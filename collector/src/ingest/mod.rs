@@ -289,6 +289,7 @@ async fn step(
 ) -> Result<Step, Status> {
     let chain_id = match &msg {
         Msg::Batch(b) => Some(&b.chain_id),
+        Msg::Hole(h) => Some(&h.chain_id),
         Msg::Checkpoint(_) | Msg::Hello(_) | Msg::Heartbeat(_) => None,
     };
     if let Some(chain_id) = chain_id {
@@ -354,6 +355,11 @@ async fn step_checked(writer: &WriterHandle, host: &str, msg: Msg) -> Result<Ste
             }
             Ok(Step::Ack(chain_id, pending))
         }
+        Msg::Hole(hole) => {
+            let chain_id = hole.chain_id.clone();
+            let batch = check::hole(host, hole)?;
+            Ok(Step::Ack(chain_id, writer.append(batch).await?))
+        }
         Msg::Checkpoint(_) => Err(IngestError::Internal(
             "a checkpoint reached the batch path".into(),
         )),
@@ -390,6 +396,7 @@ fn malformed_alert(batch: &Batch) -> Option<Own> {
                  send; they are kept verbatim as kind malformed. The first: {fault}",
                 more + 1
             ),
+            hole: None,
         }),
     ))
 }
