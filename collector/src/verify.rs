@@ -15,7 +15,7 @@ use proto::v1::{ChainVerdict, Finding, Grant, LogVerdict};
 use verifier::{
     Head, Report, Trust, Walk, columns,
     grants::Grants,
-    hole::Holes,
+    hole::{self, Holes},
     log::{Checkpoint, LogCheck, Next},
     prune::{self, HostPrune, Prunes},
 };
@@ -162,6 +162,18 @@ pub(crate) fn prune_notes(store: &dyn Store) -> Result<Vec<(u64, String)>, Store
         }
     })?;
     Ok(notes)
+}
+
+/// The `spool_hole` records of the collector's chain: the host each concerns, and its
+/// bytes.
+pub(crate) fn hole_records(store: &dyn Store) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let mut holes = Vec::new();
+    own_rows(store, &mut |row| {
+        if let Some(host) = hole::host_of(row.columns.kind, row.event) {
+            holes.push((host, row.event.to_vec()));
+        }
+    })?;
+    Ok(holes)
 }
 
 /// The holes chained in the collector's chain. The chain is verified with them: a hole

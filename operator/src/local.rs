@@ -8,6 +8,7 @@ use std::{collections::HashMap, convert::Infallible, io};
 use anyhow::{Context as _, anyhow, bail};
 use proto::{
     chain::GENESIS,
+    kind::Kind,
     v1::{
         EvidenceRequest, Grant, LogStart, RawRecord, StoredChain, StoredCheckpoint, VerifyResponse,
         evidence_item::Item, query_client::QueryClient,
@@ -17,6 +18,7 @@ use tonic::transport::Channel;
 use verifier::{
     COLLECTOR_CHAIN, ChainRow, Columns, Head, Report, Trust, Walk, columns,
     grants::Grants,
+    hole::{self, Holes},
     log::{Checkpoint, LogCheck, Next},
     prune::{self, Prunes},
 };
@@ -71,9 +73,9 @@ struct Local<'t> {
     /// The hosts whose logs were given, sorted at the end.
     hosts: Vec<String>,
     log: Option<Log<'t>>,
-    /// The prune notes the host logs were given, by host, to be found in the collector's
+    /// The prune notes and holes the host logs were given, to be found in the collector's
     /// chain.
-    given_prunes: Vec<(String, String)>,
+    given: Given,
     /// What the collector's chain says, once it was given.
     own: Option<Own>,
 }
@@ -89,6 +91,7 @@ enum Log<'t> {
 struct HostLog<'t> {
     start: LogStart,
     prunes: Prunes,
+    holes: Holes,
     certificates: Vec<String>,
     check: Option<LogCheck<'t>>,
     chains: ChainWalks,
@@ -102,7 +105,7 @@ struct ChainWalks {
 }
 
 impl ChainWalks {
-    fn head(&mut self, chain: StoredChain, prunes: &Prunes) -> anyhow::Result<()> {
+    fn head(&mut self, chain: StoredChain, prunes: &Prunes, holes: &Holes) -> anyhow::Result<()> {
         let head = Head {
             // As the store reads a head hash that is not 32 bytes: as the empty chain's.
             head_hash: chain.head_hash.as_slice().try_into().unwrap_or(GENESIS),
@@ -112,7 +115,7 @@ impl ChainWalks {
             checkpoint: chain.checkpoint_size,
         };
         let cut = prunes.cuts().get(head.chain_id.as_str()).copied().cloned();
-        let walk = Walk::new(&head.chain_id, cut.as_ref());
+        let walk = Walk::new(&head.chain_id, cut.as_ref()).with_holes(holes.of(&head.chain_id));
         self.order.push(head.chain_id.clone());
         if self
             .walks
@@ -125,7 +128,13 @@ impl ChainWalks {
     }
 
     /// The walk of `chain_id`, and whether its chain was given.
-    fn walk(&mut self, chain_id: &str, host: &str, prunes: &Prunes) -> (&mut Walk, &Head, bool) {
+    fn walk(
+        &mut self,
+        chain_id: &str,
+        host: &str,
+        prunes: &Prunes,
+        holes: &Holes,
+    ) -> (&mut Walk, &Head, bool) {
         let known = self.walks.contains_key(chain_id);
         if !known {
             let cut = prunes.cuts().get(chain_id).copied().cloned();
@@ -139,7 +148,10 @@ impl ChainWalks {
             self.order.push(chain_id.to_owned());
             self.walks.insert(
                 chain_id.to_owned(),
-                (head, Walk::new(chain_id, cut.as_ref())),
+                (
+                    head,
+                    Walk::new(chain_id, cut.as_ref()).with_holes(holes.of(chain_id)),
+                ),
             );
         }
         let (head, walk) = self.walks.get_mut(chain_id).expect("just inserted");
@@ -166,6 +178,8 @@ struct Own {
     range: tlog::CompactRange,
     /// The prune records chained, with their seqs.
     prunes: Vec<(u64, String)>,
+    /// The `spool_hole` records chained: their bytes.
+    holes: Vec<Vec<u8>>,
 }
 
 /// The stored columns of a record.
@@ -202,7 +216,7 @@ impl<'t> Local<'t> {
             report: Report::default(),
             hosts: Vec::new(),
             log: None,
-            given_prunes: Vec::new(),
+            given: Given::default(),
             own: None,
         }
     }
@@ -218,12 +232,14 @@ impl<'t> Local<'t> {
                     kept: None,
                     range: tlog::CompactRange::new(),
                     prunes: Vec::new(),
+                    holes: Vec::new(),
                 }))
             } else {
                 self.hosts.push(start.host.clone());
                 Log::Host(Box::new(HostLog {
                     start,
                     prunes: Prunes::default(),
+                    holes: Holes::default(),
                     certificates: Vec::new(),
                     check: None,
                     chains: ChainWalks::default(),
@@ -233,7 +249,7 @@ impl<'t> Local<'t> {
         }
         let findings = &mut self.report.findings;
         match &mut self.log {
-            Some(Log::Host(log)) => log.take(self.trust, item, findings, &mut self.given_prunes),
+            Some(Log::Host(log)) => log.take(self.trust, item, findings, &mut self.given),
             Some(Log::Own(own)) => own.take(item, findings),
             None => bail!("the collector's evidence gives items outside any log"),
         }
@@ -281,7 +297,7 @@ impl<'t> Local<'t> {
         // Each prune record a host's log was given must be chained; each chained one that
         // no log was given is checked too, as verify checks every one.
         let chained: Vec<&str> = own.prunes.iter().map(|(_, n)| n.as_str()).collect();
-        for (host, note) in &self.given_prunes {
+        for (host, note) in &self.given.prunes {
             if !chained.contains(&note.as_str()) {
                 report.findings.push(proto::v1::Finding {
                     subject: format!("host {host}"),
@@ -292,21 +308,53 @@ impl<'t> Local<'t> {
         }
         let mut scratch = Prunes::default();
         for (seq, note) in &own.prunes {
-            if !self.given_prunes.iter().any(|(_, n)| n == note) {
+            if !self.given.prunes.iter().any(|(_, n)| n == note) {
                 let subject = format!("chain {COLLECTOR_CHAIN} seq {seq}");
                 scratch.add(self.trust, &subject, note, &mut report.findings);
+            }
+        }
+        // Each hole a host's log was given must be chained, and each chained hole of a host
+        // checked must have been given: a hole is the only jump a chain may make.
+        for (host, event) in &self.given.holes {
+            if !own.holes.contains(event) {
+                report.findings.push(proto::v1::Finding {
+                    subject: format!("host {host}"),
+                    reason: "a spool hole of its chains that the collector's chain does not hold"
+                        .into(),
+                });
+            }
+        }
+        for event in &own.holes {
+            let host = hole::host_of(Kind::Alert.name(), event).unwrap_or_default();
+            if hosts.contains(&host) && !self.given.holes.iter().any(|(_, e)| e == event) {
+                report.findings.push(proto::v1::Finding {
+                    subject: format!("host {host}"),
+                    reason: "a spool hole of its chains in the collector's chain that its log \
+                             was not given"
+                        .into(),
+                });
             }
         }
         report
     }
 }
 
+/// What the host logs were given that the collector's chain must hold.
+#[derive(Default)]
+struct Given {
+    /// Prune notes, by host.
+    prunes: Vec<(String, String)>,
+    /// `spool_hole` records' bytes, by host.
+    holes: Vec<(String, Vec<u8>)>,
+}
+
 impl<'t> HostLog<'t> {
     /// The log's check, begun once its prune records were all given.
     fn check(&mut self, trust: &'t Trust) -> &mut LogCheck<'t> {
-        let (host, prunes) = (&self.start.host, &self.prunes);
-        self.check
-            .get_or_insert_with(|| LogCheck::new(trust, host, prunes.by_host.get(host).cloned()))
+        let (host, prunes, holes) = (&self.start.host, &self.prunes, &self.holes);
+        self.check.get_or_insert_with(|| {
+            LogCheck::new(trust, host, prunes.by_host.get(host).cloned()).with_holes(holes.clone())
+        })
     }
 
     fn take(
@@ -314,7 +362,7 @@ impl<'t> HostLog<'t> {
         trust: &'t Trust,
         item: Item,
         findings: &mut Vec<proto::v1::Finding>,
-        given: &mut Vec<(String, String)>,
+        given: &mut Given,
     ) -> anyhow::Result<()> {
         let host = self.start.host.clone();
         match item {
@@ -328,7 +376,11 @@ impl<'t> HostLog<'t> {
                         reason: "a prune record of another host's log".into(),
                     });
                 }
-                given.push((host, note));
+                given.prunes.push((host, note));
+            }
+            Item::Hole(event) if self.check.is_none() => {
+                self.holes.read(Kind::Alert.name(), &event);
+                given.holes.push((host, event));
             }
             Item::CertificatePem(pem) if self.check.is_none() => self.certificates.push(pem),
             Item::Checkpoint(StoredCheckpoint {
@@ -355,8 +407,7 @@ impl<'t> HostLog<'t> {
                 // Chains come after the checkpoints: no prune record or certificate may
                 // follow, so the check begins here even for a log without checkpoints.
                 self.check(trust);
-                let prunes = &self.prunes;
-                self.chains.head(chain, prunes)?;
+                self.chains.head(chain, &self.prunes, &self.holes)?;
             }
             Item::Record(r) => self.record(trust, &r, findings),
             _ => bail!("the collector's evidence of host {host} is out of order"),
@@ -375,7 +426,9 @@ impl<'t> HostLog<'t> {
             log.prev_found(chain_id, seq, None);
         }
         let host = self.start.host.clone();
-        let (walk, head, known) = self.chains.walk(&r.chain_id, &host, &self.prunes);
+        let (walk, head, known) = self
+            .chains
+            .walk(&r.chain_id, &host, &self.prunes, &self.holes);
         if !known {
             findings.push(proto::v1::Finding {
                 subject: format!("chain {}", r.chain_id),
@@ -413,7 +466,10 @@ impl Own {
                     .map_or(0, |c| c.size());
                 self.kept = Some((c.note, size));
             }
-            Item::Chain(chain) => self.chains.head(chain, &Prunes::default())?,
+            Item::Chain(chain) => {
+                self.chains
+                    .head(chain, &Prunes::default(), &Holes::default())?;
+            }
             Item::Grant(grant) => self.rows.push(grant),
             Item::Record(r) => {
                 let kept = self.kept.as_ref().map_or(0, |(_, size)| *size);
@@ -426,9 +482,15 @@ impl Own {
                 if let Some(note) = prune::note_of(&r.kind, &r.event) {
                     self.prunes.push((r.seq, note));
                 }
-                let (walk, _, _) =
-                    self.chains
-                        .walk(COLLECTOR_CHAIN, COLLECTOR_CHAIN, &Prunes::default());
+                if hole::host_of(&r.kind, &r.event).is_some() {
+                    self.holes.push(r.event.clone());
+                }
+                let (walk, _, _) = self.chains.walk(
+                    COLLECTOR_CHAIN,
+                    COLLECTOR_CHAIN,
+                    &Prunes::default(),
+                    &Holes::default(),
+                );
                 let grants = &mut self.grants;
                 let _ = walk.step(row(&r), &mut |row| grants.replay(row, findings));
             }

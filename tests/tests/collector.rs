@@ -15,6 +15,7 @@ use proto::{
 };
 use tests::collector::{Collector, run_to_exit, scratch_dir};
 use tests::grpc::{Agent, Chain, query, search_all, verify, verify_all};
+use tests::{Mount, privileged};
 use tonic::Code;
 
 const HOST: &str = "host-a";
@@ -1018,4 +1019,56 @@ async fn a_declared_spool_hole_is_chained_and_named_by_verify() {
     assert!(all.findings.is_empty(), "{all:?}");
     assert!(all.chains.iter().all(|c| c.ok), "{all:?}");
     assert!(all.logs.iter().all(|l| l.ok), "{all:?}");
+}
+
+/// The collector's store on a 2 MiB tmpfs fills up while an agent streams: ingest answers
+/// `RESOURCE_EXHAUSTED` and acknowledges nothing it could not keep, the collector keeps
+/// serving, what it holds verifies, and once the filesystem grows the agent resumes from the
+/// head it is welcomed with and every record is stored once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_store_disk_refuses_then_takes_everything() {
+    const BATCH: u64 = 100;
+    if !privileged("a_full_store_disk_refuses_then_takes_everything") {
+        return;
+    }
+    let dir = scratch_dir("collector-full");
+    let disk = Mount::tmpfs(&dir.join("disk"), "2m");
+    let collector = Collector::start(&disk.target.join("c.db"));
+    let chain = test_chain("host-a:boot:full", 40_000);
+    let len = chain.records.len() as u64;
+    let batch = |from: u64| chain.batch(from as usize..(from + BATCH).min(len) as usize);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    let mut acked = 0;
+    let refused = loop {
+        assert!(
+            acked < len,
+            "40,000 records fit in 2 MiB: the test needs more"
+        );
+        match agent.ship(batch(acked)).await {
+            Ok(seq) => acked = seq + 1,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("disk is full"), "{refused}");
+    eprintln!("the disk filled after {acked} records: {refused}");
+
+    let (_, welcome) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(
+        welcome.heads[0].next_seq, acked,
+        "the store holds exactly what was acknowledged"
+    );
+    let held = verify(&collector, &chain.id).await;
+    assert!(held.ok, "{held:?}");
+    assert_eq!(held.records, acked);
+
+    disk.resize("64m");
+    let (mut agent, welcome) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    let mut next = welcome.heads[0].next_seq;
+    while next < len {
+        next = agent.ship(batch(next)).await.unwrap() + 1;
+    }
+    let all = verify(&collector, &chain.id).await;
+    assert!(all.ok, "{all:?}");
+    assert_eq!(all.records, len, "every record stored once");
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use prost::Message as _;
 use proto::{
     kind::Kind,
-    v1::{Event, event::Body},
+    v1::{Alert, Event, event::Body},
 };
 use sha2::{Digest as _, Sha256};
 
@@ -37,6 +37,23 @@ pub struct Hole {
     pub anchor: Option<Anchor>,
 }
 
+/// The host whose chain a record of the collector's chain declares a hole in, if it is one.
+#[must_use]
+pub fn host_of(kind: &str, event: &[u8]) -> Option<String> {
+    hole_alert(kind, event).map(|a| a.host)
+}
+
+/// The `spool_hole` alert a record of the collector's chain is, if it is one.
+fn hole_alert(kind: &str, event: &[u8]) -> Option<Alert> {
+    if kind != Kind::Alert.name() {
+        return None;
+    }
+    match Event::decode(event).ok()?.body? {
+        Body::Alert(alert) if alert.kind == KIND && alert.hole.is_some() => Some(alert),
+        _ => None,
+    }
+}
+
 /// The holes chained in the collector's chain, by the chain they are in.
 #[derive(Clone, Debug, Default)]
 pub struct Holes {
@@ -47,17 +64,10 @@ impl Holes {
     /// Takes a record of the collector's chain (its kind column and bytes), keeping the
     /// hole it declares, if it is one.
     pub fn read(&mut self, kind: &str, event: &[u8]) {
-        if kind != Kind::Alert.name() {
-            return;
-        }
-        let Ok(Event {
-            body: Some(Body::Alert(alert)),
-            ..
-        }) = Event::decode(event)
-        else {
+        let Some(alert) = hole_alert(kind, event) else {
             return;
         };
-        let Some(hole) = alert.hole.filter(|_| alert.kind == KIND) else {
+        let Some(hole) = alert.hole else {
             return;
         };
         let anchor = match (
@@ -102,7 +112,7 @@ impl Holes {
 mod tests {
     use proto::{
         chain::Chain,
-        v1::{self, Alert, ChainVerdict},
+        v1::{self, ChainVerdict},
     };
 
     use super::*;

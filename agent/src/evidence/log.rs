@@ -74,10 +74,24 @@ impl HostLog {
         receipts: Arc<Receipts>,
     ) -> anyhow::Result<Self> {
         let path = dir.join(STATE);
+        let held = welcome.log.as_ref().map_or(0, |l| l.size);
         let (range, last, covered) = match std::fs::read(&path) {
             Ok(bytes) => {
                 let state: State = serde_json::from_slice(&bytes)
                     .with_context(|| format!("reading {}", path.display()))?;
+                // A collector holding fewer leaves than the state lost some it had
+                // acknowledged (a restored backup), and the spool no longer has them: the log
+                // goes on from what the collector holds, and the receipts say it was rolled
+                // back. Signing on from the state would give roots it can never match.
+                if state.size > held {
+                    tracing::warn!(
+                        state = state.size,
+                        held,
+                        "the collector holds fewer leaves of this host's log than the agent \
+                         recorded: the log goes on from the collector's"
+                    );
+                    return Self::from_welcome(dir, chains, signer, welcome, receipts);
+                }
                 let frontier = state
                     .frontier
                     .iter()
@@ -97,17 +111,7 @@ impl HostLog {
                 (range, Some((state.chain_id, state.seq)), covered)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let (size, frontier) = welcome
-                    .log
-                    .as_ref()
-                    .map_or((0, &[][..]), |l| (l.size, l.frontier.as_slice()));
-                let range = range_of(size, frontier).context("the collector's log state")?;
-                let held = welcome
-                    .heads
-                    .iter()
-                    .map(|h| (h.chain_id.clone(), h.next_seq))
-                    .collect();
-                (range, None, Covered::Held(held))
+                return Self::from_welcome(dir, chains, signer, welcome, receipts);
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
@@ -116,6 +120,37 @@ impl HostLog {
             range,
             last,
             covered,
+            chains: chains.to_vec(),
+            signer,
+            signed_size: None,
+            receipts,
+        })
+    }
+
+    /// The log as the collector's Welcome says it holds it: its compact range, and each
+    /// chain's records below its next seq.
+    fn from_welcome(
+        dir: &Path,
+        chains: &[String],
+        signer: Signer,
+        welcome: &v1::Welcome,
+        receipts: Arc<Receipts>,
+    ) -> anyhow::Result<Self> {
+        let (size, frontier) = welcome
+            .log
+            .as_ref()
+            .map_or((0, &[][..]), |l| (l.size, l.frontier.as_slice()));
+        let range = range_of(size, frontier).context("the collector's log state")?;
+        let held = welcome
+            .heads
+            .iter()
+            .map(|h| (h.chain_id.clone(), h.next_seq))
+            .collect();
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            range,
+            last: None,
+            covered: Covered::Held(held),
             chains: chains.to_vec(),
             signer,
             signed_size: None,

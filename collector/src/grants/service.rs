@@ -23,7 +23,7 @@ use super::{
 use crate::{
     auth::{Caller, Gate},
     error::GrantError,
-    store::{Store, blocking},
+    store::{Store, StoreError, blocking},
     writer::WriterHandle,
 };
 
@@ -37,9 +37,11 @@ impl From<GrantError> for Status {
             GrantError::Exists(_) => Self::already_exists(message),
             GrantError::Ended(_) => Self::failed_precondition(message),
             GrantError::Denied(_) => Self::permission_denied(message),
+            GrantError::Store(StoreError::Full(_)) | GrantError::Exhausted(_) => {
+                Self::resource_exhausted(message)
+            }
             GrantError::Random(_) | GrantError::Store(_) => Self::internal(message),
             GrantError::Unavailable => Self::unavailable(message),
-            GrantError::Exhausted(_) => Self::resource_exhausted(message),
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     error::IngestError,
     grants::views::Views,
     liveness::{self, Liveness},
-    store::{ChainState, Store, blocking},
+    store::{ChainState, Store, StoreError, blocking},
     witness::Witness,
     writer::{Batch, CheckpointRequest, Own, Pending, PendingCheckpoint, WriterHandle},
 };
@@ -44,6 +44,7 @@ impl From<IngestError> for Status {
             IngestError::Invalid(_) => Self::invalid_argument(message),
             IngestError::Gap(_) => Self::failed_precondition(message),
             IngestError::Fork(_) => Self::already_exists(message),
+            IngestError::Store(StoreError::Full(_)) => Self::resource_exhausted(message),
             IngestError::Internal(_) | IngestError::Store(_) => Self::internal(message),
             IngestError::Unavailable => Self::unavailable(message),
         }

@@ -36,12 +36,14 @@ pub(super) fn hosts(store: &dyn Store) -> Result<Vec<String>, StoreError> {
 }
 
 /// `host`'s log, its prune records (among `notes`, every one of the collector's chain),
-/// the certificates that signed its checkpoints, its checkpoints and its chains.
+/// its `holes` (the `spool_hole` records of the collector's chain about it), the
+/// certificates that signed its checkpoints, its checkpoints and its chains.
 pub(super) fn log_header(
     store: &dyn Store,
     witness: &Witness,
     host: &str,
     notes: Vec<String>,
+    holes: Vec<Vec<u8>>,
 ) -> Result<(Vec<Item>, u64), StoreError> {
     let origin = witness.origin(host);
     let first_index = store.prune(host)?.map_or(0, |p| p.end);
@@ -98,6 +100,7 @@ pub(super) fn log_header(
         frontier: row.map(|r| r.frontier),
     })];
     items.extend(prunes);
+    items.extend(holes.into_iter().map(Item::Hole));
     items.extend(certs.iter().map(|p| Item::CertificatePem((*p).to_owned())));
     items.extend(stored);
     items.extend(chains);

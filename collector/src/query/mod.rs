@@ -25,7 +25,7 @@ use crate::{
     auth::{Caller, Gate},
     error::QueryError,
     liveness::Liveness,
-    store::{Bound, COLLECTOR_CHAIN, Cursor, EventFilter, Store, blocking},
+    store::{Bound, COLLECTOR_CHAIN, Cursor, EventFilter, Store, StoreError, blocking},
     verify::verify_all,
     witness::Witness,
 };
@@ -57,6 +57,7 @@ impl From<QueryError> for Status {
         match e {
             QueryError::Invalid(_) => Self::invalid_argument(message),
             QueryError::NotFound(_) => Self::not_found(message),
+            QueryError::Store(StoreError::Full(_)) => Self::resource_exhausted(message),
             QueryError::Store(_) => Self::internal(message),
         }
     }
@@ -64,7 +65,7 @@ impl From<QueryError> for Status {
 
 /// A store call on the blocking pool, its failure as the status clients see.
 async fn read<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+    call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Status> {
     Ok(blocking(call).await.map_err(QueryError::from)?)
 }
@@ -251,15 +252,27 @@ async fn send_evidence(
         _ => vec![host.clone()],
     };
     if !hosts.is_empty() {
-        let notes = {
+        let (notes, holes) = {
             let store = Arc::clone(store);
-            read(move || crate::verify::prune_notes(store.as_ref())).await?
+            read(move || {
+                let store = store.as_ref();
+                Ok((
+                    crate::verify::prune_notes(store)?,
+                    crate::verify::hole_records(store)?,
+                ))
+            })
+            .await?
         };
         for host in hosts {
             let (s, w, h) = (Arc::clone(store), Arc::clone(witness), host.clone());
             let notes = notes.iter().map(|(_, note)| note.clone()).collect();
+            let holes = holes
+                .iter()
+                .filter(|(of, _)| *of == host)
+                .map(|(_, event)| event.clone())
+                .collect();
             let (header, end) =
-                read(move || evidence::log_header(s.as_ref(), &w, &h, notes)).await?;
+                read(move || evidence::log_header(s.as_ref(), &w, &h, notes, holes)).await?;
             send(tx, header).await?;
             send_records(store, tx, evidence::Records::Log { host, end }).await?;
         }

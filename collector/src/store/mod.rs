@@ -32,6 +32,10 @@ pub enum StoreError {
     },
     #[error("store: {0}")]
     Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// The store's filesystem is full: nothing of the failed write is kept, and the same
+    /// write succeeds once there is room (docs/limits.md).
+    #[error("the store's disk is full: {0}")]
+    Full(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
 /// Where a stored chain stands.

@@ -44,7 +44,11 @@ fn columns<'r>(r: &'r rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Columns<
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        Self::Backend(Arc::new(e))
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            Self::Full(Arc::new(e))
+        } else {
+            Self::Backend(Arc::new(e))
+        }
     }
 }
 
