@@ -165,6 +165,16 @@ fn record(
         "capturing"
     );
     sinks::notify::ready("capturing");
+    if let Some(period) = sinks::notify::watchdog_period() {
+        // On the runtime every stage runs on, beside them: the pings prove that the process
+        // lives and that this runtime still schedules tasks and fires timers, so a runtime
+        // wedged (its workers stuck in a call outside `block_in_place`, a deadlock) stops
+        // them and the manager restarts the agent, a restart its chain records. They do not
+        // prove that events flow: an idle host has none, and a stage stuck in
+        // `block_in_place` (a hung disk under the spool) leaves the runtime free; the reader
+        // counts what that loses as gap records, and the metrics show it.
+        runtime.spawn(sinks::notify::watchdog(period));
+    }
 
     let (tx, rx) = tokio::sync::mpsc::channel(BATCHES_IN_FLIGHT);
     let reader = {

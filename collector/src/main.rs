@@ -62,6 +62,9 @@ fn main() -> anyhow::Result<()> {
             let listening = format!("listening on {}", listener.local_addr()?);
             tracing::info!(store = %cli.store, "{listening}");
             notify_ready(&listening);
+            if let Some(interval) = sd_notify::watchdog_enabled() {
+                tokio::spawn(watchdog(interval / 2));
+            }
             let mut terminate = signal(SignalKind::terminate())?;
             tokio::select! {
                 served = collector::serve(listener, store, policy, transport, retention, cli.silent_after, limits) => served?,
@@ -81,5 +84,22 @@ fn main() -> anyhow::Result<()> {
 fn notify_ready(status: &str) {
     if let Err(error) = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]) {
         tracing::warn!(%error, "cannot notify readiness");
+    }
+}
+
+/// Pings the service manager's watchdog (`WatchdogSec=`) every `period`, half its interval so
+/// one late ping is not yet a missed one. Spawned on the runtime that serves every RPC, the
+/// pings prove the process lives and that runtime still schedules tasks: a runtime whose
+/// workers are all stuck stops them, and the manager restarts the collector. They do not
+/// prove that a commit succeeds; a failing store shows in its RPCs' errors.
+async fn watchdog(period: std::time::Duration) {
+    let mut ticks = tokio::time::interval(period);
+    // After a stall, one ping and the normal pace again, not a burst claiming the stall.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = sd_notify::notify(&[NotifyState::Watchdog]) {
+            tracing::warn!(%error, "cannot ping the watchdog");
+        }
     }
 }

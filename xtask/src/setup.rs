@@ -9,7 +9,9 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 
 /// Debian packages the build uses (`protoc`, for `proto/`) and the test suite and
 /// benchmarks run: `dd`, `cat`, `true`, `echo` and `sh`, a real login (sshd with PAM, the
-/// ssh client, sudo, useradd), and tmux (a program with terminals of its own).
+/// ssh client, sudo, useradd), tmux (a program with terminals of its own), and systemd (its
+/// `systemd-analyze` checks the units in deploy/systemd, which run under it as PID 1 of a
+/// PID namespace).
 const DEBIAN_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "coreutils",
@@ -19,6 +21,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "sudo",
     "passwd",
     "tmux",
+    "systemd",
 ];
 
 /// Python packages the tests use: a Python client generated from `proto/` (the end-to-end
