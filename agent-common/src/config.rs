@@ -13,6 +13,9 @@ pub struct CaptureConfig {
     /// Unread ring-buffer bytes above which a submit wakes the reader; below it the reader
     /// drains on its own timer, which saves a wakeup per record.
     pub wakeup_bytes: u64,
+    /// Nonzero: record the bytes typed while a terminal does not echo (passwords). By
+    /// default only their count is recorded.
+    pub record_no_echo_input: u64,
 }
 
 impl CaptureConfig {
@@ -22,10 +25,11 @@ impl CaptureConfig {
             argv_max: 0,
             agent_tgid: 0,
             wakeup_bytes: 0,
+            record_no_echo_input: 0,
         }
     }
 }
 
-const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 24);
 
 crate::user_pod!(CaptureConfig);

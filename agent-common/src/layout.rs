@@ -69,6 +69,7 @@ kernel_layout! {
     tty_driver => "tty_struct" "driver" 8,
     tty_index => "tty_struct" "index" 4,
     tty_link => "tty_struct" "link" 8,
+    tty_lflag => "tty_struct" "termios.c_lflag" 4,
     driver_major => "tty_driver" "major" 4,
     driver_minor_start => "tty_driver" "minor_start" 4,
     signal_tty => "signal_struct" "tty" 8,

@@ -30,9 +30,28 @@ pub struct TtyRecord {
     pub fd: u32,
     /// Position of `data[0]` within the bytes the syscall writes (over all its iovecs).
     pub offset: u64,
+    /// Bytes in `data`; in a `TTY_REDACTED` record, the bytes the write held, none of which
+    /// are in the record.
     pub len: u32,
-    pub reserved: u32,
+    pub flags: u32,
     pub data: [u8; CHUNK],
+}
+
+/// `flags`: input typed into a pty while its terminal read lines without echoing them (a
+/// password prompt). Only its length is recorded, in `len`; the record ends before `data`.
+pub const TTY_REDACTED: u32 = 1;
+/// `ICANON` of a terminal's `c_lflag` (`include/uapi/asm-generic/termbits.h`): input is read
+/// a line at a time, edited by the line discipline.
+pub const ICANON: u32 = 0o2;
+/// `ECHO` of a terminal's `c_lflag`: the terminal shows what is typed.
+pub const ECHO: u32 = 0o10;
+
+/// Whether input to a terminal with this `c_lflag` is a secret: read as lines, not echoed.
+/// The kernel's own tty auditing draws the line here (`tty_audit_add_data`): a program in
+/// raw mode (readline, an editor) clears `ECHO` too, but echoes what it reads itself.
+#[must_use]
+pub const fn hides_input(lflag: u32) -> bool {
+    lflag & ICANON != 0 && lflag & ECHO == 0
 }
 
 /// Bytes before `data`; a record is submitted as this plus `len`.

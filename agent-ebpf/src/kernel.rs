@@ -8,7 +8,7 @@
 //! arguments, raw tracepoint arguments) is read with `bpf_probe_read_kernel`, roughly a
 //! hundred nanoseconds per call on this machine kind, so the hot path uses as few as it can.
 
-use agent_common::{config::CaptureConfig, event::make_dev, layout::KernelLayout};
+use agent_common::{config::CaptureConfig, event::make_dev, layout::KernelLayout, tty};
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
     programs::TracePointContext,
@@ -192,6 +192,13 @@ pub fn tty_dev(tty: *const u8) -> Result<u32, i64> {
     let minor_start: u32 = read(driver, offset!(driver_minor_start))?;
     let index: u32 = read(tty, offset!(tty_index))?;
     Ok(make_dev(major, minor_start + index))
+}
+
+/// Whether a terminal reads lines it does not show (a password prompt), from its `c_lflag`.
+#[inline(always)]
+pub fn tty_hides_input(tty: *const u8) -> Result<bool, i64> {
+    let lflag: u32 = read(tty, offset!(tty_lflag))?;
+    Ok(tty::hides_input(lflag))
 }
 
 /// The other side of a pty pair.

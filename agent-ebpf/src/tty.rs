@@ -1,7 +1,9 @@
 //! Sensor `tty`: the bytes of `write`/`writev` to a terminal. Writes to a pty slave, a
 //! console or `/dev/tty` are session output; writes to the pty master (`/dev/ptmx`) are what
 //! the user typed, filed under the slave side so input and output share one terminal id.
-//! Bytes are read on syscall entry, as the caller asked to write them.
+//! Bytes are read on syscall entry, as the caller asked to write them. Input typed while the
+//! terminal reads lines without echo (a password prompt) is never read: only its length is
+//! recorded, unless the agent was started with `--record-no-echo-input`.
 
 use core::ffi::c_void;
 
@@ -10,7 +12,7 @@ use agent_common::{
     layout::IoVec,
     tty::{
         CHUNK, CONSOLE_MINOR, DEV_TTY_MINOR, MAX_STEPS, PTMX_MINOR, PTY_SLAVE_MAJOR_FIRST,
-        PTY_SLAVE_MAJOR_LAST, TTY_FIXED, TTY_MAJOR, TTYAUX_MAJOR, TtyRecord,
+        PTY_SLAVE_MAJOR_LAST, TTY_FIXED, TTY_MAJOR, TTY_REDACTED, TTYAUX_MAJOR, TtyRecord,
     },
 };
 use aya_ebpf::{
@@ -24,7 +26,7 @@ use aya_ebpf::{
 
 use crate::{
     emit::{count_loss, fill_header, submit},
-    kernel::{File, Task, config, syscall_args, tty_dev, tty_link},
+    kernel::{File, Task, config, syscall_args, tty_dev, tty_hides_input, tty_link},
 };
 
 #[map(name = "TTY_SCRATCH")]
@@ -45,20 +47,27 @@ pub fn tty_sys_enter_writev(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The record kind and terminal for a file, or `None` when it is not a terminal.
+/// The record kind and terminal for a file, and whether its bytes are to be redacted; or
+/// `None` when it is not a terminal.
 #[inline(always)]
-fn classify(file: File) -> Result<Option<(u32, u32)>, i64> {
+fn classify(file: File) -> Result<Option<(u32, u32, bool)>, i64> {
     let rdev = file.rdev()?;
     let major = dev_major(rdev);
     if major == TTY_MAJOR || (PTY_SLAVE_MAJOR_FIRST..=PTY_SLAVE_MAJOR_LAST).contains(&major) {
-        return Ok(Some((kind::TTY_OUT, rdev)));
+        return Ok(Some((kind::TTY_OUT, rdev, false)));
     }
     if major != TTYAUX_MAJOR {
         return Ok(None);
     }
     match dev_minor(rdev) {
-        PTMX_MINOR => Ok(Some((kind::TTY_IN, tty_dev(tty_link(file.tty()?)?)?))),
-        DEV_TTY_MINOR | CONSOLE_MINOR => Ok(Some((kind::TTY_OUT, tty_dev(file.tty()?)?))),
+        PTMX_MINOR => {
+            // What the slave's line discipline will do with these bytes decides: a program
+            // reading lines with echo off asked not to show them.
+            let slave = tty_link(file.tty()?)?;
+            let redact = config!(record_no_echo_input) == 0 && tty_hides_input(slave)?;
+            Ok(Some((kind::TTY_IN, tty_dev(slave)?, redact)))
+        }
+        DEV_TTY_MINOR | CONSOLE_MINOR => Ok(Some((kind::TTY_OUT, tty_dev(file.tty()?)?, false))),
         _ => Ok(None),
     }
 }
@@ -71,7 +80,7 @@ fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
     let [fd, buf, count] = syscall_args::<3>(ctx)?;
     let fd = fd as u32;
     let task = Task::current();
-    let Some((kind, device)) = classify(task.file(fd)?)? else {
+    let Some((kind, device, redact)) = classify(task.file(fd)?)? else {
         return Ok(());
     };
 
@@ -83,13 +92,27 @@ fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
     fill_header(&mut rec.header, kind, task);
     rec.device = device;
     rec.fd = fd;
-    rec.reserved = 0;
+    rec.flags = 0;
 
     let mut walk = if vectored {
         Walk::iovecs(buf, count, kind)
     } else {
         Walk::segment(buf, count, kind)
     };
+    if redact {
+        let len = if vectored {
+            redacted_len(&mut walk)
+        } else {
+            count
+        };
+        if len > 0 {
+            rec.flags = TTY_REDACTED;
+            rec.offset = 0;
+            rec.len = u32::try_from(len).unwrap_or(u32::MAX);
+            submit(&raw mut rec.header, TTY_FIXED, 0);
+        }
+        return Ok(());
+    }
     if !vectored && count <= CHUNK as u64 {
         // Most terminal writes (keystrokes, prompts, lines) fit one record: emit it inline,
         // without the indirect callback calls of bpf_loop.
@@ -113,6 +136,36 @@ fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
         count_loss(kind, walk.lost.div_ceil(CHUNK as u64), walk.lost);
     }
     Ok(())
+}
+
+/// The bytes a redacted `writev` holds: its iovecs' lengths, summed without reading a byte.
+#[inline(always)]
+fn redacted_len(walk: &mut Walk) -> u64 {
+    unsafe {
+        bpf_loop(
+            UIO_MAXIOV,
+            sum_step as *mut c_void,
+            core::ptr::from_mut::<Walk>(walk).cast(),
+            0,
+        );
+    }
+    walk.offset
+}
+
+/// One `bpf_loop` step of `redacted_len`: adds the next iovec's length. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn sum_step(_index: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *ctx.cast::<Walk>() };
+    if w.iovs_left == 0 {
+        return 1;
+    }
+    let Ok(iov) = (unsafe { bpf_probe_read_user(w.next_iov as *const IoVec) }) else {
+        return 1;
+    };
+    w.next_iov += core::mem::size_of::<IoVec>() as u64;
+    w.iovs_left -= 1;
+    w.offset = w.offset.saturating_add(iov.len);
+    0
 }
 
 #[inline(always)]

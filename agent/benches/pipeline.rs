@@ -85,7 +85,7 @@ fn tty_record() -> Vec<u8> {
         fd: 1,
         offset: 0,
         len: CHUNK as u32,
-        reserved: 0,
+        flags: 0,
         data: [0; CHUNK],
     };
     for (i, b) in rec.data.iter_mut().enumerate() {

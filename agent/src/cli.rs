@@ -85,6 +85,11 @@ pub struct Cli {
     #[arg(long)]
     pub wakeup_bytes: Option<u64>,
 
+    /// Record the bytes typed while a terminal does not echo them (passwords at a sudo, su,
+    /// ssh or passwd prompt). Off by default: only their count is recorded.
+    #[arg(long)]
+    pub record_no_echo_input: bool,
+
     /// How often the reader drains the ring buffer when not woken, in milliseconds.
     #[arg(long, default_value_t = 2)]
     pub drain_ms: u64,

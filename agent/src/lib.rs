@@ -321,6 +321,7 @@ fn load(cli: &Cli, pins: &std::path::Path) -> anyhow::Result<(Arc<Programs>, Rep
         argv_max: cli.argv_max_bytes,
         agent_tgid: std::process::id(),
         wakeup_bytes: cli.wakeup_bytes.unwrap_or(u64::from(cli.ring_bytes) / 8),
+        record_no_echo_input: u64::from(cli.record_no_echo_input),
     };
     let ebpf = EbpfLoader::new()
         .override_global(LAYOUT_GLOBAL, &layout, true)

@@ -1061,6 +1061,7 @@ mod tests {
                 fd: 1,
                 offset: 0,
                 data: b"\x1b[2Jhi".to_vec(),
+                redacted_bytes: 0,
             }))
         };
         let note = "log\n1\nroot\n\n— sig\n".to_owned();

@@ -64,6 +64,11 @@ fn printable(data: &[u8]) -> String {
     }
 }
 
+/// Input typed while the terminal did not echo: the agent kept only its length.
+pub(crate) fn redacted(bytes: u64) -> String {
+    format!("[{bytes} bytes typed without echo, not recorded]")
+}
+
 /// What happened, in a few words, control characters escaped.
 pub(crate) fn detail(event: &Event) -> String {
     match &event.body {
@@ -75,6 +80,7 @@ pub(crate) fn detail(event: &Event) -> String {
             s
         }
         Some(Body::Exit(x)) => format!("status {} {}", x.exit_code, escape(&x.filename)),
+        Some(Body::Tty(t)) if t.redacted_bytes > 0 => redacted(t.redacted_bytes),
         Some(Body::Tty(t)) => printable(&t.data),
         Some(Body::Gap(g)) => format!(
             "LOST {} {} records, {} bytes ({})",

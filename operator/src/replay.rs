@@ -12,7 +12,10 @@ use std::{
 use proto::v1::{ReplayRequest, event::Body, query_client::QueryClient, tty::Direction};
 use tonic::transport::Channel;
 
-use crate::{cli::Replay, render::escape_bytes};
+use crate::{
+    cli::Replay,
+    render::{escape_bytes, redacted},
+};
 
 pub async fn play(
     client: &mut QueryClient<Channel>,
@@ -48,7 +51,13 @@ pub async fn play(
             }
         }
         previous = Some(event.time_unix_nano);
-        if tty.direction() == Direction::Input {
+        if tty.redacted_bytes > 0 {
+            write!(
+                out,
+                "\u{27e6}typed: {}\u{27e7}",
+                redacted(tty.redacted_bytes)
+            )?;
+        } else if tty.direction() == Direction::Input {
             write!(out, "\u{27e6}typed: {}\u{27e7}", escape_bytes(&tty.data))?;
         } else {
             out.write_all(&tty.data)?;

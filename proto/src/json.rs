@@ -139,6 +139,8 @@ enum BodyLine<'a> {
         fd: u32,
         offset: u64,
         data: String,
+        #[serde(skip_serializing_if = "is_zero")]
+        redacted_bytes: u64,
     },
     Gap {
         source: String,
@@ -189,6 +191,14 @@ struct ChainStartLine<'a> {
     previous_chain_id: &'a str,
     previous_seq: u64,
     previous_hash: String,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -404,6 +414,7 @@ impl<'a> BodyLine<'a> {
                 fd: t.fd,
                 offset: t.offset,
                 data: STANDARD.encode(&t.data),
+                redacted_bytes: t.redacted_bytes,
             },
             Some(Body::Gap(g)) => Self::Gap {
                 source: g.source().as_str_name().to_lowercase(),
@@ -536,6 +547,7 @@ mod tests {
                 fd: 5,
                 offset: 0,
                 data: b"ls\r".to_vec(),
+                redacted_bytes: 0,
             })),
         };
         let v = value(

@@ -69,6 +69,26 @@ impl Pty {
         pty
     }
 
+    /// Puts the terminal in the mode of a password prompt (lines, no echo: `getpass`, sudo)
+    /// or back in raw mode (no echo either, as readline and editors run it). Set through the
+    /// master, it applies to the slave's termios, so it works once the slave is taken.
+    pub fn password_prompt(&self, on: bool) {
+        let fd = self.master.as_raw_fd();
+        let mut tio: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and termios.
+        let rc = unsafe { libc::tcgetattr(fd, &raw mut tio) };
+        assert_eq!(rc, 0, "tcgetattr: {}", std::io::Error::last_os_error());
+        tio.c_lflag &= !libc::ECHO;
+        if on {
+            tio.c_lflag |= libc::ICANON;
+        } else {
+            tio.c_lflag &= !libc::ICANON;
+        }
+        // SAFETY: valid fd and termios.
+        let rc = unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw const tio) };
+        assert_eq!(rc, 0, "tcsetattr: {}", std::io::Error::last_os_error());
+    }
+
     /// Takes this side's slave descriptor.
     #[must_use]
     pub fn take_slave(&mut self) -> OwnedFd {

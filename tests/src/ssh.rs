@@ -40,6 +40,16 @@ impl User {
     /// A user who may `sudo` `commands` (a sudoers command list, `ALL` for a root shell).
     #[must_use]
     pub fn ensure_with(name: &str, commands: &str) -> Self {
+        Self::ensure_as(name, commands, None)
+    }
+
+    /// A user whose password is `password`, which sudo asks for before `commands`.
+    #[must_use]
+    pub fn ensure_with_password(name: &str, commands: &str, password: &str) -> Self {
+        Self::ensure_as(name, commands, Some(password))
+    }
+
+    fn ensure_as(name: &str, commands: &str, password: Option<&str>) -> Self {
         let exists = Command::new("id")
             .arg("-u")
             .arg(name)
@@ -50,13 +60,30 @@ impl User {
         if !exists {
             run(Command::new("useradd").args(["--create-home", "--shell", "/bin/sh", name]));
         }
-        run(Command::new("usermod").args(["--password", "*", name]));
+        // Through chpasswd's standard input: a password on a command line would be in every
+        // exec record of it.
+        let tag = if let Some(password) = password {
+            let mut chpasswd = Command::new("chpasswd")
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(
+                &mut chpasswd.stdin.take().unwrap(),
+                format!("{name}:{password}\n").as_bytes(),
+            )
+            .unwrap();
+            assert!(chpasswd.wait().unwrap().success(), "chpasswd {name}");
+            ""
+        } else {
+            run(Command::new("usermod").args(["--password", "*", name]));
+            "NOPASSWD: "
+        };
         let rule = format!("/etc/sudoers.d/{name}");
         // `use_pty` (Debian's default): sudo runs the command on a pty of its own and relays
         // its output to the login terminal, which is what replay must not show twice.
         fs::write(
             &rule,
-            format!("Defaults:{name} use_pty\n{name} ALL=(root) NOPASSWD: {commands}\n"),
+            format!("Defaults:{name} use_pty\n{name} ALL=(root) {tag}{commands}\n"),
         )
         .unwrap();
         fs::set_permissions(&rule, fs::Permissions::from_mode(0o440)).unwrap();

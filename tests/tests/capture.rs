@@ -570,3 +570,103 @@ fn dev_tty_writes_land_on_the_controlling_terminal() {
         .expect("the /dev/tty write is captured");
     assert_eq!(ev["tty"], pty.device());
 }
+
+/// Types a secret at a password prompt (lines, no echo), then a line in raw mode (no echo
+/// either, as at a readline prompt, whose program echoes itself), into a shell reading both;
+/// returns the agent's `tty_in` records of the secret and of the line.
+fn type_a_secret_then_a_line(agent: &Agent, secret: &str) -> (Vec<Value>, Value) {
+    let mut pty = Pty::open();
+    let slave = pty.take_slave();
+    let slave_fd = slave.as_raw_fd();
+    let mut shell = Command::new("/bin/sh");
+    shell
+        .arg("-c")
+        .arg("read secret; read line; /bin/echo \"$line\"")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()));
+    in_new_session(&mut shell, slave_fd);
+    let child = shell.spawn().expect("spawn shell");
+    // The command holds copies of the slave: the drain ends once the last one is closed.
+    drop(shell);
+    drop(slave);
+    let drain = pty.drain_master();
+    let mut master = fs::File::from(pty.master.try_clone().unwrap());
+    // The kernel decides at the master write, so the order of writes and termios changes is
+    // the whole story, whatever the shell is doing meanwhile.
+    pty.password_prompt(true);
+    master.write_all(format!("{secret}\n").as_bytes()).unwrap();
+    pty.password_prompt(false);
+    let line = marker("echoed");
+    master.write_all(format!("{line}\n").as_bytes()).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    drop(master);
+    drop(pty);
+    drain.join().unwrap();
+    let after = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "tty_in" && tty_data(v).starts_with(line.as_bytes())
+        })
+        .expect("the line typed in raw mode arrives as tty_in");
+    // Everything else this process typed on this fresh terminal.
+    let before = agent.events_where(|v| {
+        v["kind"] == "tty_in"
+            && v["tty"] == after["tty"]
+            && v["tgid"] == after["tgid"]
+            && !tty_data(v).starts_with(line.as_bytes())
+    });
+    (before, after)
+}
+
+/// Input typed at a password prompt (the terminal reads lines without echo) is recorded as
+/// its byte count only, flagged redacted; input in raw mode after it, which readline and
+/// editors echo themselves, is recorded whole.
+#[test]
+fn input_typed_without_echo_is_counted_not_recorded() {
+    if !privileged("input_typed_without_echo_is_counted_not_recorded") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let secret = marker("no-echo");
+    let (secret_records, line) = type_a_secret_then_a_line(&agent, &secret);
+    assert!(
+        !secret_records.is_empty(),
+        "the secret's keystrokes are counted"
+    );
+    for v in &secret_records {
+        assert!(
+            tty_data(v).is_empty(),
+            "redacted input carries no bytes: {v}"
+        );
+    }
+    let counted: u64 = secret_records
+        .iter()
+        .map(|v| v["redacted_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, secret.len() as u64 + 1);
+    assert!(line.get("redacted_bytes").is_none(), "{line}");
+    let output = agent.stop();
+    let printed: String = output.events.iter().map(ToString::to_string).collect();
+    assert!(
+        !printed.contains(&secret) && !output.stderr.contains(&secret),
+        "the secret appears nowhere in the agent's output"
+    );
+}
+
+/// `--record-no-echo-input` records what is typed without echo, for sites that must.
+#[test]
+fn record_no_echo_input_keeps_what_is_typed_without_echo() {
+    if !privileged("record_no_echo_input_keeps_what_is_typed_without_echo") {
+        return;
+    }
+    let agent = Agent::start(&["--record-no-echo-input"]);
+    let secret = marker("kept");
+    let (secret_records, _) = type_a_secret_then_a_line(&agent, &secret);
+    let typed: Vec<u8> = secret_records.iter().flat_map(tty_data).collect();
+    assert_eq!(typed, format!("{secret}\n").as_bytes());
+    assert!(
+        secret_records
+            .iter()
+            .all(|v| v.get("redacted_bytes").is_none()),
+        "{secret_records:?}"
+    );
+}

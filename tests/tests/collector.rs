@@ -63,6 +63,7 @@ fn event(n: u64) -> Event {
             fd: 1,
             offset: 0,
             data: format!("line {n}\n").into_bytes(),
+            redacted_bytes: 0,
         })
     };
     Event {
@@ -886,6 +887,7 @@ fn tty(at_ms: u64, device: &str, input: bool, data: &str) -> Event {
             fd: 1,
             offset: 0,
             data: data.as_bytes().to_vec(),
+            redacted_bytes: 0,
         })),
         ..event(1)
     }

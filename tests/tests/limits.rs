@@ -165,6 +165,7 @@ fn large_output(n: u64, bytes: usize) -> Event {
             fd: 1,
             offset: 0,
             data: vec![b'a' + n as u8; bytes],
+            redacted_bytes: 0,
         })),
         ..session_exec(7)
     }

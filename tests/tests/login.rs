@@ -1,14 +1,24 @@
 //! End-to-end tier: a real SSH login through sshd and PAM (`pam_loginuid`), and sudo inside
 //! it. Needs root; under `CI=true` a run without root fails instead of skipping.
 
+use std::{
+    io::{Read, Write as _},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
 use serde_json::{Value, json};
 use tests::{
     agent::{Agent, tty_data},
+    collector::{Collector, scratch_dir},
     marker, privileged,
     ssh::{Sshd, User},
 };
 
 const USER: &str = "recorder-login";
+/// An account with a password, which its sudo rule asks for.
+const PW_USER: &str = "recorder-pw";
 
 fn ids(v: &Value) -> (u64, u64) {
     (v["uid"].as_u64().unwrap(), v["euid"].as_u64().unwrap())
@@ -114,4 +124,158 @@ fn an_ssh_login_and_its_sudo_are_attributed_to_the_user() {
         root["start"].as_str().is_some_and(|t| t.ends_with('Z')),
         "{root}"
     );
+}
+
+/// Every file under `dir` that holds `needle`.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_holding(&path, needle));
+        } else if std::fs::read(&path)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// What an ssh client's terminal has shown so far, read as it arrives.
+struct Terminal(Arc<Mutex<Vec<u8>>>);
+
+impl Terminal {
+    fn read(mut from: impl Read + Send + 'static) -> Self {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = from.read(&mut buf) {
+                into.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Self(seen)
+    }
+
+    /// Waits until the terminal has shown `text`; fails with what it did show.
+    fn wait_for(&self, text: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+            if seen.contains(text) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the terminal never showed {text:?}; it showed {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A password typed at a sudo prompt over a real ssh login (`sudo -k; sudo id`, a
+/// password-protected account) is recorded as its length only: its bytes are nowhere in the
+/// spool, the store or an operator's output, and the input typed with echo on around it is
+/// recorded as ever.
+#[test]
+fn a_password_typed_at_a_sudo_prompt_is_never_recorded() {
+    if !privileged("a_password_typed_at_a_sudo_prompt_is_never_recorded") {
+        return;
+    }
+    let password = marker("secret");
+    let account = User::ensure_with_password(PW_USER, "/usr/bin/id", &password);
+    let sshd = Sshd::start();
+    let dir = scratch_dir("no-echo");
+    let collector = Collector::start(&dir.join("store.db"));
+    let url = collector.url();
+    let spool = dir.join("spool");
+    let agent = Agent::shipping(&spool, &url, &[]);
+    let mark = marker("after-sudo");
+    let mut ssh = account.ssh(
+        &sshd,
+        "sudo -k; sudo /usr/bin/id; read line; echo \"got $line\"",
+    );
+    ssh.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = ssh.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let terminal = Terminal::read(child.stdout.take().unwrap());
+    // Typed only once sudo asks, with the terminal's echo off, as a person would.
+    terminal.wait_for("password for");
+    stdin.write_all(format!("{password}\n").as_bytes()).unwrap();
+    terminal.wait_for("uid=0(root)");
+    stdin.write_all(format!("{mark}\n").as_bytes()).unwrap();
+    drop(stdin);
+    terminal.wait_for(&format!("got {mark}"));
+    assert!(child.wait().unwrap().success());
+
+    let stored =
+        tests::operator::stored_exec(&url, PW_USER, "/usr/bin/id", Duration::from_secs(30));
+    let session = stored["session"].as_str().unwrap().to_owned();
+    // The echo of the marker line is the last thing the session wrote: once stored, so is
+    // everything typed before it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let inputs = loop {
+        let inputs = tests::operator::json_lines(
+            &url,
+            &[
+                "search",
+                "--json",
+                "--kind",
+                "tty_in",
+                "--since",
+                "1h",
+                "--identity",
+                PW_USER,
+            ],
+        );
+        if inputs
+            .iter()
+            .any(|v| tty_data(v).starts_with(mark.as_bytes()))
+        {
+            break inputs;
+        }
+        assert!(std::time::Instant::now() < deadline, "{inputs:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let redacted: u64 = inputs
+        .iter()
+        .filter(|v| v["session"] == session.as_str())
+        .filter_map(|v| v["redacted_bytes"].as_u64())
+        .sum();
+    assert_eq!(
+        redacted,
+        password.len() as u64 + 1,
+        "the password and its newline, counted: {inputs:?}"
+    );
+    let replay = tests::operator::run(&url, &["replay", &session, "--speed", "0", "--input"]);
+    let shown = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        shown.contains(&format!(
+            "[{} bytes typed without echo, not recorded]",
+            password.len() + 1
+        )),
+        "replay --input shows where the password was typed: {shown}"
+    );
+    let everything = tests::operator::run(&url, &["search", "--json", "--since", "1h"]);
+    drop(agent.stop());
+    drop(collector);
+    for output in [&replay, &everything] {
+        let printed = [&output.stdout[..], &output.stderr[..]].concat();
+        assert!(
+            !printed
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "an operator's output holds the password"
+        );
+    }
+    assert_eq!(
+        files_holding(&dir, password.as_bytes()),
+        Vec::<std::path::PathBuf>::new(),
+        "no file of the spool or the store holds the password"
+    );
+    drop(account);
 }

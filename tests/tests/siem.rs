@@ -103,6 +103,7 @@ fn process_events(t: u64) -> Vec<Event> {
             fd,
             offset: 0,
             data: data.to_vec(),
+            redacted_bytes: 0,
         })
     };
     let exit = |status, image: &str| {

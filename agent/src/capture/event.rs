@@ -77,6 +77,9 @@ pub enum Body {
         /// Position of `data` within the bytes of the syscall that wrote it.
         offset: u64,
         data: Vec<u8>,
+        /// Nonzero: input typed while the terminal did not echo, of this many bytes, none
+        /// of which were read (`data` is empty).
+        redacted_bytes: u64,
     },
     /// Records the kernel could not deliver, counted exactly.
     Gap {

@@ -109,6 +109,7 @@ fn body(body: Body) -> v1::event::Body {
             fd,
             offset,
             data,
+            redacted_bytes,
         } => B::Tty(v1::Tty {
             direction: if input {
                 v1::tty::Direction::Input
@@ -120,6 +121,7 @@ fn body(body: Body) -> v1::event::Body {
             fd,
             offset,
             data,
+            redacted_bytes,
         }),
         Body::Gap {
             source,

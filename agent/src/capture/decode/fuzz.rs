@@ -81,6 +81,10 @@ fn record(kind_id: u32, noise: &[u8], body: &[u8], filename_len: u32) -> Vec<u8>
             filename_len,
         );
     }
+    if kind_id == kind::TTY_OUT || kind_id == kind::TTY_IN {
+        // Records with data; redacted ones have none, and a test of their own.
+        put(&mut bytes, offset_of!(TtyRecord, flags), 0);
+    }
     bytes
 }
 

@@ -102,6 +102,8 @@ pub enum DecodeError {
         len: usize,
         cap: usize,
     },
+    #[error("terminal record of {got} bytes has flags {flags:#x}, which no such record has")]
+    TtyFlags { flags: u32, got: usize },
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {

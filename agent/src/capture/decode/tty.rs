@@ -2,7 +2,7 @@ use std::mem::offset_of;
 
 use agent_common::{
     event::kind,
-    tty::{CHUNK, TTY_FIXED, TtyRecord},
+    tty::{CHUNK, TTY_FIXED, TTY_REDACTED, TtyRecord},
 };
 
 use super::{DecodeError, read, slice};
@@ -13,6 +13,27 @@ pub(super) fn decode(bytes: &[u8], kind_id: u32) -> Result<Body, DecodeError> {
     let fd: u32 = read(bytes, offset_of!(TtyRecord, fd))?;
     let offset: u64 = read(bytes, offset_of!(TtyRecord, offset))?;
     let len: u32 = read(bytes, offset_of!(TtyRecord, len))?;
+    let flags: u32 = read(bytes, offset_of!(TtyRecord, flags))?;
+    match flags {
+        0 => {}
+        // Only the count of bytes typed without echo: the record ends before `data`.
+        TTY_REDACTED if kind_id == kind::TTY_IN && bytes.len() == TTY_FIXED => {
+            return Ok(Body::Tty {
+                input: true,
+                device: Device::from_kernel(device),
+                fd,
+                offset,
+                data: Vec::new(),
+                redacted_bytes: u64::from(len),
+            });
+        }
+        _ => {
+            return Err(DecodeError::TtyFlags {
+                flags,
+                got: bytes.len(),
+            });
+        }
+    }
     let data = slice(bytes, TTY_FIXED, len as usize, CHUNK, "tty data")?;
     if TTY_FIXED + data.len() != bytes.len() {
         return Err(DecodeError::SizeMismatch {
@@ -26,5 +47,61 @@ pub(super) fn decode(bytes: &[u8], kind_id: u32) -> Result<Body, DecodeError> {
         fd,
         offset,
         data: data.to_vec(),
+        redacted_bytes: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::decode::{
+        decode as decode_record,
+        tests::{raw, test_header},
+    };
+
+    fn record(kind_id: u32, data: &[u8], len: u32, flags: u32) -> Vec<u8> {
+        let mut rec = TtyRecord {
+            header: test_header(kind_id, TTY_FIXED + data.len()),
+            device: agent_common::event::make_dev(136, 3),
+            fd: 0,
+            offset: 0,
+            len,
+            flags,
+            data: [0; CHUNK],
+        };
+        rec.data[..data.len()].copy_from_slice(data);
+        raw(&rec)[..TTY_FIXED + data.len()].to_vec()
+    }
+
+    #[test]
+    fn redacted_input_is_a_count_without_bytes() {
+        let ev = decode_record(&record(kind::TTY_IN, b"", 9, TTY_REDACTED)).unwrap();
+        let Body::Tty {
+            input,
+            data,
+            redacted_bytes,
+            ..
+        } = ev.body
+        else {
+            panic!("{:?}", ev.body)
+        };
+        assert_eq!((input, data.len(), redacted_bytes), (true, 0, 9));
+    }
+
+    #[test]
+    fn redaction_flags_that_do_not_fit_are_errors() {
+        // A redacted record carrying bytes, redacted output and unknown flags: none of these
+        // is what the kernel program writes, so none is trusted.
+        for (kind_id, data, flags) in [
+            (kind::TTY_IN, &b"hunter2"[..], TTY_REDACTED),
+            (kind::TTY_OUT, &b""[..], TTY_REDACTED),
+            (kind::TTY_IN, &b"ls"[..], 2),
+        ] {
+            let bytes = record(kind_id, data, data.len() as u32, flags);
+            assert!(
+                matches!(decode_record(&bytes), Err(DecodeError::TtyFlags { .. })),
+                "{kind_id} {flags}"
+            );
+        }
+    }
 }
