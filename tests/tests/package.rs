@@ -103,8 +103,22 @@ impl Installed {
         installed
     }
 
-    fn purge(&self) -> String {
-        succeeds(Command::new("dpkg").arg("--purge").args(PACKAGES))
+    /// Purges the packages and checks they left nothing: files, directories, user, group,
+    /// dpkg's record of them. Then puts back what was set aside.
+    fn purge(self) {
+        let said = succeeds(Command::new("dpkg").arg("--purge").args(PACKAGES));
+        for path in INSTALLED.iter().chain(&STATE) {
+            assert!(
+                !Path::new(path).exists(),
+                "{path} left after purge:\n{said}"
+            );
+        }
+        assert!(getent("passwd", "recorder").is_none(), "user left");
+        assert!(getent("group", "recorder").is_none(), "group left");
+        for package in PACKAGES {
+            assert!(absent(package), "{package} left after purge:\n{said}");
+        }
+        drop(self);
     }
 }
 
@@ -234,26 +248,9 @@ fn stored_exec(url: &str, identity: &str, arg: &str) -> serde_json::Value {
     }
 }
 
-#[test]
-fn packages_install_run_record_verify_and_purge_cleanly() {
-    if !privileged("packages_install_run_record_verify_and_purge_cleanly") {
-        return;
-    }
-    let scratch = Scratch::new("package");
-    let started = Instant::now();
-    let bin_dir = tests::agent::binary().parent().unwrap().to_path_buf();
-    let debs = succeeds(
-        Command::new(tests::binary("RECORDER_XTASK_BIN", "xtask"))
-            .args(["package", "--bin-dir"])
-            .arg(&bin_dir)
-            .arg("--out")
-            .arg(scratch.join("debian")),
-    );
-    let debs: Vec<PathBuf> = debs.lines().map(PathBuf::from).collect();
-    eprintln!("packaged in {:?}", started.elapsed());
-    assert_eq!(debs.len(), 3, "{debs:?}");
-
-    let installed = Installed::install(&debs);
+/// Every file, directory and the user where docs/deploy.md says, with the modes and owners
+/// it says; the settings files are conffiles.
+fn installed_as_documented() {
     for path in INSTALLED {
         let (mode, uid, gid) = mode_owner(path);
         let want = if path.ends_with(".service") {
@@ -287,6 +284,30 @@ fn packages_install_run_record_verify_and_purge_cleanly() {
         let listed = succeeds(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", package]));
         assert!(listed.contains(conffile), "{package} conffiles: {listed}");
     }
+}
+
+#[test]
+fn packages_install_run_record_verify_and_purge_cleanly() {
+    if !privileged("packages_install_run_record_verify_and_purge_cleanly") {
+        return;
+    }
+    let scratch = Scratch::new("package");
+    let started = Instant::now();
+    let bin_dir = tests::agent::binary().parent().unwrap().to_path_buf();
+    let debs = succeeds(
+        Command::new(tests::binary("RECORDER_XTASK_BIN", "xtask"))
+            .args(["package", "--bin-dir"])
+            .arg(&bin_dir)
+            .arg("--out")
+            .arg(scratch.join("debian")),
+    );
+    let debs: Vec<PathBuf> = debs.lines().map(PathBuf::from).collect();
+    eprintln!("packaged in {:?}", started.elapsed());
+    assert_eq!(debs.len(), 3, "{debs:?}");
+
+    let installed = Installed::install(&debs);
+    succeeds(Command::new("dpkg").arg("--verify").args(PACKAGES));
+    installed_as_documented();
 
     // The collector's settings are for its user's eyes: it reads them, another cannot.
     succeeds(Command::new("runuser").args([
@@ -342,18 +363,6 @@ fn packages_install_run_record_verify_and_purge_cleanly() {
     let (stopped, log) = collector.terminate();
     assert!(stopped.success(), "collector: {stopped}\n{log}");
 
-    let said = installed.purge();
-    for path in INSTALLED.iter().chain(&STATE) {
-        assert!(
-            !Path::new(path).exists(),
-            "{path} left after purge:\n{said}"
-        );
-    }
-    assert!(getent("passwd", "recorder").is_none(), "user left");
-    assert!(getent("group", "recorder").is_none(), "group left");
-    for package in PACKAGES {
-        assert!(absent(package), "{package} left after purge:\n{said}");
-    }
-    drop(installed);
+    installed.purge();
     eprintln!("done in {:?}", started.elapsed());
 }

@@ -4,6 +4,7 @@
 //! `dpkg-shlibdeps` expects.
 
 use std::{
+    fmt::Write as _,
     fs,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -88,6 +89,25 @@ const PACKAGES: [Package; 3] = [
 pub fn build(bin_dir: &Path, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let arch = output("dpkg", &["--print-architecture"])?;
     let version = env!("CARGO_PKG_VERSION");
+    // The commit built, with its date: the changelog's one entry, and the copyright's year.
+    let workspace = tests::workspace_root();
+    let head = output(
+        "git",
+        &[
+            "-C",
+            workspace.to_str().context("a UTF-8 workspace path")?,
+            "log",
+            "-1",
+            "--date=format:%Y",
+            "--format=%H%n%aD%n%ad",
+        ],
+    )?;
+    let mut head = head.lines();
+    let (commit, date, year) = (
+        head.next().unwrap_or_default(),
+        head.next().unwrap_or_default(),
+        head.next().unwrap_or_default(),
+    );
     let stage = out.join("stage");
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("clearing {}", stage.display()))?;
@@ -103,6 +123,12 @@ pub fn build(bin_dir: &Path, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .map(|package| {
             let root = stage.join("debian").join(package.name);
             let depends = stage_tree(package, bin_dir, &root, &stage)?;
+            let doc = root.join("usr/share/doc").join(package.name);
+            dir(&doc)?;
+            fs::write(doc.join("copyright"), copyright(year))?;
+            set_mode(&doc.join("copyright"), 0o644)?;
+            changelog(package, version, commit, date, &doc)?;
+            md5sums(&root)?;
             control(package, &root, version, &arch, &depends)?;
             let deb = out.join(format!("{}_{version}_{arch}.deb", package.name));
             // Its progress on standard error: standard output lists the packages alone.
@@ -138,10 +164,6 @@ fn stage_tree(
         dir(&to)?;
         file(&deploy.join("systemd").join(unit), &to.join(unit), 0o644)?;
     }
-    let doc = root.join("usr/share/doc").join(package.name);
-    dir(&doc)?;
-    fs::write(doc.join("copyright"), COPYRIGHT)?;
-    set_mode(&doc.join("copyright"), 0o644)?;
     let debian = root.join("DEBIAN");
     dir(&debian)?;
     if let Some((name, mode)) = package.config {
@@ -181,6 +203,37 @@ fn stage_tree(
         .join(", "))
 }
 
+/// `DEBIAN/md5sums`, which `dpkg --verify` checks the installed files against; not the
+/// conffiles (all of `/etc`), which dpkg keeps sums of itself.
+fn md5sums(root: &Path) -> anyhow::Result<()> {
+    let mut files = Vec::new();
+    let mut next = vec![root.to_path_buf()];
+    while let Some(dir) = next.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                if path != root.join("DEBIAN") && path != root.join("etc") {
+                    next.push(path);
+                }
+            } else {
+                files.push(path.strip_prefix(root)?.to_path_buf());
+            }
+        }
+    }
+    files.sort();
+    let sums = Command::new("md5sum")
+        .args(&files)
+        .current_dir(root)
+        .output()
+        .context("running md5sum")?;
+    if !sums.status.success() {
+        bail!("md5sum: {}", String::from_utf8_lossy(&sums.stderr));
+    }
+    let path = root.join("DEBIAN/md5sums");
+    fs::write(&path, sums.stdout)?;
+    set_mode(&path, 0o644)
+}
+
 /// `DEBIAN/control`, once the tree is complete: its size is one of the fields.
 fn control(
     package: &Package,
@@ -196,13 +249,14 @@ fn control(
         seal(root)?,
     );
     if !package.recommends.is_empty() {
-        text.push_str(&format!("Recommends: {}\n", package.recommends.join(", ")));
+        let _ = writeln!(text, "Recommends: {}", package.recommends.join(", "));
     }
-    text.push_str(&format!(
+    let _ = write!(
+        text,
         "Section: admin\nPriority: optional\nDescription: {}\n{}",
         package.summary,
         wrap(package.description),
-    ));
+    );
     let path = root.join("DEBIAN/control");
     fs::write(&path, text)?;
     set_mode(&path, 0o644)
@@ -214,7 +268,7 @@ fn wrap(text: &str) -> String {
     let mut line = String::new();
     for word in text.split_whitespace() {
         if !line.is_empty() && line.len() + 1 + word.len() > 78 {
-            out.push_str(&format!(" {line}\n"));
+            let _ = writeln!(out, " {line}");
             line.clear();
         }
         if !line.is_empty() {
@@ -222,7 +276,7 @@ fn wrap(text: &str) -> String {
         }
         line.push_str(word);
     }
-    out.push_str(&format!(" {line}\n"));
+    let _ = writeln!(out, " {line}");
     out
 }
 
@@ -246,16 +300,42 @@ fn seal(root: &Path) -> anyhow::Result<u64> {
     Ok(kib)
 }
 
-const COPYRIGHT: &str = "\
+fn copyright(year: &str) -> String {
+    format!(
+        "\
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: recorder
 
 Files: *
-Copyright: the privileged-activity recorder's authors
+Copyright: {year} the privileged-activity recorder's authors
 License: Apache-2.0
  On Debian systems, the full text of the Apache License, Version 2.0 can be found in
  /usr/share/common-licenses/Apache-2.0.
-";
+"
+    )
+}
+
+/// `changelog.gz`, as a native package has it: one entry, naming the commit built.
+fn changelog(
+    package: &Package,
+    version: &str,
+    commit: &str,
+    date: &str,
+    doc: &Path,
+) -> anyhow::Result<()> {
+    let path = doc.join("changelog");
+    fs::write(
+        &path,
+        format!(
+            "{} ({version}) unstable; urgency=medium\n\n  * Built from commit {commit}.\n\n \
+             -- {MAINTAINER}  {date}\n",
+            package.name
+        ),
+    )?;
+    // -n: no name or time stamp in the header, so the same input gives the same bytes.
+    run(Command::new("gzip").args(["-9nf"]).arg(&path))?;
+    set_mode(&doc.join("changelog.gz"), 0o644)
+}
 
 fn dir(path: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))
