@@ -70,6 +70,8 @@ fn absent(package: &str) -> bool {
 /// packages' purge would delete it.
 struct Installed {
     set_aside: Vec<(PathBuf, PathBuf)>,
+    /// Whether `dpkg -i` ran: only then is what lies at the packages' paths this test's.
+    dpkg_ran: bool,
 }
 
 impl Installed {
@@ -84,21 +86,18 @@ impl Installed {
             getent("passwd", "recorder").is_none() && getent("group", "recorder").is_none(),
             "a user or group recorder exists here: the packages' purge would delete it"
         );
+        let mut installed = Self {
+            set_aside: Vec::new(),
+            dpkg_ran: false,
+        };
         let tag = marker("set-aside");
-        let set_aside = STATE
-            .iter()
-            .map(Path::new)
-            .filter(|path| path.exists())
-            .map(|path| {
-                let aside = path.with_file_name(format!(
-                    "{}.{tag}",
-                    path.file_name().unwrap().to_str().unwrap()
-                ));
-                fs::rename(path, &aside).unwrap();
-                (path.to_path_buf(), aside)
-            })
-            .collect();
-        let installed = Self { set_aside };
+        for path in STATE.iter().map(Path::new).filter(|path| path.exists()) {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            let aside = path.with_file_name(format!("{name}.{tag}"));
+            fs::rename(path, &aside).unwrap();
+            installed.set_aside.push((path.to_path_buf(), aside));
+        }
+        installed.dpkg_ran = true;
         succeeds(Command::new("dpkg").arg("-i").args(debs));
         installed
     }
@@ -124,7 +123,7 @@ impl Installed {
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if self.dpkg_ran && std::thread::panicking() {
             let _ = Command::new("dpkg").arg("--purge").args(PACKAGES).status();
             // Whatever a failed purge left was made by this test.
             for path in STATE {

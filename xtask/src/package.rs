@@ -25,7 +25,7 @@ struct Package {
     installed: &'static str,
     summary: &'static str,
     description: &'static str,
-    /// Units from `deploy/systemd`.
+    /// Its unit, from `deploy/systemd`.
     unit: Option<&'static str>,
     /// Its settings file from `deploy/etc`, installed in `/etc/recorder` as a conffile, with
     /// the mode it ships with (postinst gives the collector's to its user's group).
@@ -89,7 +89,6 @@ const PACKAGES: [Package; 3] = [
 pub fn build(bin_dir: &Path, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let arch = output("dpkg", &["--print-architecture"])?;
     let version = env!("CARGO_PKG_VERSION");
-    // The commit built, with its date: the changelog's one entry, and the copyright's year.
     let workspace = tests::workspace_root();
     let head = output(
         "git",
@@ -103,11 +102,11 @@ pub fn build(bin_dir: &Path, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
         ],
     )?;
     let mut head = head.lines();
-    let (commit, date, year) = (
-        head.next().unwrap_or_default(),
-        head.next().unwrap_or_default(),
-        head.next().unwrap_or_default(),
-    );
+    let head = Head {
+        commit: head.next().unwrap_or_default(),
+        date: head.next().unwrap_or_default(),
+        year: head.next().unwrap_or_default(),
+    };
     let stage = out.join("stage");
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("clearing {}", stage.display()))?;
@@ -123,11 +122,7 @@ pub fn build(bin_dir: &Path, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .map(|package| {
             let root = stage.join("debian").join(package.name);
             let depends = stage_tree(package, bin_dir, &root, &stage)?;
-            let doc = root.join("usr/share/doc").join(package.name);
-            dir(&doc)?;
-            fs::write(doc.join("copyright"), copyright(year))?;
-            set_mode(&doc.join("copyright"), 0o644)?;
-            changelog(package, version, commit, date, &doc)?;
+            doc(package, &root, version, &head)?;
             md5sums(&root)?;
             control(package, &root, version, &arch, &depends)?;
             let deb = out.join(format!("{}_{version}_{arch}.deb", package.name));
@@ -300,9 +295,24 @@ fn seal(root: &Path) -> anyhow::Result<u64> {
     Ok(kib)
 }
 
-fn copyright(year: &str) -> String {
-    format!(
-        "\
+/// The commit built, with its date: the changelog's one entry, and the copyright's year.
+struct Head<'a> {
+    commit: &'a str,
+    /// RFC 2822, as a changelog's trailer has it.
+    date: &'a str,
+    year: &'a str,
+}
+
+/// `/usr/share/doc/PACKAGE`: `copyright`, and `changelog.gz` as a native package has it,
+/// one entry naming the commit built.
+fn doc(package: &Package, root: &Path, version: &str, head: &Head) -> anyhow::Result<()> {
+    let doc = root.join("usr/share/doc").join(package.name);
+    dir(&doc)?;
+    let year = head.year;
+    fs::write(
+        doc.join("copyright"),
+        format!(
+            "\
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: recorder
 
@@ -312,28 +322,20 @@ License: Apache-2.0
  On Debian systems, the full text of the Apache License, Version 2.0 can be found in
  /usr/share/common-licenses/Apache-2.0.
 "
-    )
-}
-
-/// `changelog.gz`, as a native package has it: one entry, naming the commit built.
-fn changelog(
-    package: &Package,
-    version: &str,
-    commit: &str,
-    date: &str,
-    doc: &Path,
-) -> anyhow::Result<()> {
-    let path = doc.join("changelog");
+        ),
+    )?;
+    set_mode(&doc.join("copyright"), 0o644)?;
+    let changelog = doc.join("changelog");
     fs::write(
-        &path,
+        &changelog,
         format!(
-            "{} ({version}) unstable; urgency=medium\n\n  * Built from commit {commit}.\n\n \
-             -- {MAINTAINER}  {date}\n",
-            package.name
+            "{} ({version}) unstable; urgency=medium\n\n  * Built from commit {}.\n\n \
+             -- {MAINTAINER}  {}\n",
+            package.name, head.commit, head.date,
         ),
     )?;
     // -n: no name or time stamp in the header, so the same input gives the same bytes.
-    run(Command::new("gzip").args(["-9nf"]).arg(&path))?;
+    run(Command::new("gzip").args(["-9nf"]).arg(&changelog))?;
     set_mode(&doc.join("changelog.gz"), 0o644)
 }
 
