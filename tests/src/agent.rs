@@ -98,9 +98,29 @@ impl Agent {
         Self::start_with(sink, &args)
     }
 
+    /// Like [`Agent::shipping`], running `cmd`: another binary, or another settings file (an
+    /// installed package's, say).
+    #[must_use]
+    pub fn shipping_command(
+        cmd: Command,
+        spool: &std::path::Path,
+        url: &str,
+        extra: &[&str],
+    ) -> Self {
+        let args = shipping_args(spool, url, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_command(cmd, Sink::Spool, &args)
+    }
+
     /// Starts the agent with the given sink; returns once capture is live.
     #[must_use]
     pub fn start_with(sink: Sink, extra: &[&str]) -> Self {
+        Self::start_command(command(), sink, extra)
+    }
+
+    /// Starts `cmd`, an agent with its settings file, with the given sink; returns once
+    /// capture is live.
+    fn start_command(mut cmd: Command, sink: Sink, extra: &[&str]) -> Self {
         let collect = matches!(sink, Sink::Collect | Sink::Stalled);
         let sink_flag = match sink {
             Sink::Discard => Some("--discard"),
@@ -108,7 +128,6 @@ impl Agent {
             Sink::Collect | Sink::DevNull | Sink::Stalled => Some("--stdout"),
         };
         let notify = Notify::new();
-        let mut cmd = command();
         notify.pass_to(&mut cmd);
         let mut child = cmd
             .args(sink_flag)

@@ -97,8 +97,14 @@ impl Collector {
     /// `--insecure-plaintext`.
     #[must_use]
     pub fn start_with(store: &Path, addr: SocketAddr, extra: &[&str]) -> Self {
+        Self::start_command(command(), store, addr, extra)
+    }
+
+    /// Like [`Collector::start_with`], running `cmd`: another binary, or another settings
+    /// file (an installed package's, say).
+    #[must_use]
+    pub fn start_command(mut cmd: Command, store: &Path, addr: SocketAddr, extra: &[&str]) -> Self {
         let notify = Notify::new();
-        let mut cmd = command();
         notify.pass_to(&mut cmd);
         let pki = (!extra.contains(&"--insecure-plaintext")).then(|| pki_of_store(store));
         if let Some(pki) = &pki {

@@ -21,7 +21,12 @@ pub fn binary() -> PathBuf {
 /// The operators' client pointed at `url`, as the harness's admin operator when the
 /// collector there has a test PKI.
 fn command(url: &str, pki_dir: Option<PathBuf>) -> Command {
-    let mut cmd = Command::new(binary());
+    command_of(&binary(), url, pki_dir)
+}
+
+/// [`command`] with the client at `binary`.
+fn command_of(binary: &std::path::Path, url: &str, pki_dir: Option<PathBuf>) -> Command {
+    let mut cmd = Command::new(binary);
     cmd.args(["--collector", url]);
     if let Some(dir) = pki_dir.or_else(|| crate::pki::of(url).map(|p| p.admin())) {
         cmd.arg("--pki-dir").arg(dir);
@@ -33,6 +38,15 @@ fn command(url: &str, pki_dir: Option<PathBuf>) -> Command {
 #[must_use]
 pub fn run(url: &str, args: &[&str]) -> Output {
     command(url, None)
+        .args(args)
+        .output()
+        .expect("run the operator client")
+}
+
+/// Runs one command with the client at `binary` (an installed package's, say).
+#[must_use]
+pub fn run_binary(binary: &std::path::Path, url: &str, args: &[&str]) -> Output {
+    command_of(binary, url, None)
         .args(args)
         .output()
         .expect("run the operator client")

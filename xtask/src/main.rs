@@ -1,4 +1,5 @@
 mod bench;
+mod package;
 mod pki;
 mod run;
 mod setup;
@@ -78,6 +79,17 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Set up, build in release mode, and build the Debian packages recorder-agent,
+    /// recorder-collector and recorder (docs/deploy.md, "Packages").
+    Package {
+        /// Package the binaries in this directory as they are (a debug build, say), instead
+        /// of setting up and building release ones.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Where the packages go [default: target/debian].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Set up, build in release mode, and run a benchmark.
     Bench {
         #[command(subcommand)]
@@ -156,6 +168,20 @@ fn main() -> anyhow::Result<()> {
             test.extend(args.iter().map(String::as_str));
             test_with_summary(&test)
         }
+        Task::Package { bin_dir, out } => {
+            let bin_dir = if let Some(dir) = bin_dir {
+                dir
+            } else {
+                setup::run()?;
+                build_binaries(&["--release"])?;
+                target_dir().join("release")
+            };
+            let out = out.unwrap_or_else(|| target_dir().join("debian"));
+            for deb in package::build(&bin_dir, &out)? {
+                println!("{}", deb.display());
+            }
+            Ok(())
+        }
         Task::Bench { which } => {
             setup::run()?;
             build_binaries(&["--release"])?;
@@ -207,6 +233,12 @@ fn cargo_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.args(args).current_dir(tests::workspace_root());
     cmd
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR`, else the workspace's `target`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| tests::workspace_root().join("target"), PathBuf::from)
 }
 
 /// Builds the three binaries: agent, collector and the operators' client.
