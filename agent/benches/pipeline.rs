@@ -156,7 +156,7 @@ fn run(name: &'static str, record: &[u8], events: u64, payload: u64) -> Run {
     };
     let mut judge = Judge::new(rules, Some(Arc::new(view)));
     let mut encode = Encode::default();
-    let mut evidence = Evidence::open(&dir, u64::MAX, "bench-host").expect("spool");
+    let mut evidence = Evidence::open(&dir, u64::MAX, "bench-host", "bench").expect("spool");
     let before = evidence.spool_bytes();
 
     let batches: Vec<Batch> = (0..events.div_ceil(BATCH as u64))

@@ -59,6 +59,12 @@ pub struct Cli {
     #[arg(long)]
     pub insecure_plaintext: bool,
 
+    /// The name operators see for this host (`hosts`, `tail`, `sessions`, and `--host`
+    /// there); chained in each `ChainStart`. Default: the kernel's host name. 1 to 64 bytes,
+    /// printable.
+    #[arg(long, value_parser = crate::host::parse_name)]
+    pub host_name: Option<String>,
+
     /// Size bound of the spool; past it new events are refused, counted, and recorded as a
     /// gap once there is room.
     #[arg(long, default_value_t = 1 << 30)]

@@ -15,6 +15,36 @@ pub fn boot_id() -> anyhow::Result<String> {
         .to_owned())
 }
 
+/// Bytes of a host's display name at most: a label an operator reads, not an identity.
+const NAME_MAX: usize = 64;
+
+/// A display name given in a flag or the config file: 1 to 64 bytes, no control characters
+/// (it reaches operators' terminals).
+pub fn parse_name(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.len() > NAME_MAX {
+        return Err(format!("must be 1 to {NAME_MAX} bytes, not {}", name.len()));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("must not hold control characters".into());
+    }
+    Ok(name.to_owned())
+}
+
+/// The name operators see for this host: the configured one, else the kernel's host name
+/// (cut to the bound), else none.
+#[must_use]
+pub fn display_name(configured: Option<&str>) -> String {
+    if let Some(name) = configured {
+        return name.to_owned();
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut name: String = kernel.trim().chars().filter(|c| !c.is_control()).collect();
+    while name.len() > NAME_MAX {
+        name.pop();
+    }
+    name
+}
+
 /// Where the one agent of this host holds its lock.
 pub const LOCK_FILE: &str = "/run/recorder/agent.lock";
 

@@ -253,7 +253,10 @@ fn open_evidence(
     let mut evidence = cli
         .spool
         .as_deref()
-        .map(|dir| Evidence::open(dir, cli.spool_max_bytes, &host))
+        .map(|dir| {
+            let name = host::display_name(cli.host_name.as_deref());
+            Evidence::open(dir, cli.spool_max_bytes, &host, &name)
+        })
         .transpose()?;
     if host != machine {
         warn!(

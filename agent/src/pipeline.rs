@@ -157,6 +157,7 @@ pub fn spawn(
                 link,
                 dir: evidence.dir().to_path_buf(),
                 host: evidence.host().to_owned(),
+                name: evidence.name().to_owned(),
                 durable: durable_rx,
                 control: Control {
                     views: views_tx,

@@ -155,6 +155,7 @@ fn host_log() -> Vec<Logged> {
                     previous_chain_id,
                     previous_seq,
                     previous_hash,
+                    host_name: "bundle-host".into(),
                 });
                 (event(start, None, body), None)
             } else {

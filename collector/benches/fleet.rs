@@ -187,6 +187,7 @@ async fn agent(
             host: host.clone(),
             chain_ids: vec![id.clone()],
             agent_version: "fleet".into(),
+            ..Hello::default()
         })),
     })
     .await

@@ -242,6 +242,7 @@ async fn open(
             host: HOST.into(),
             chain_ids: vec![id.to_owned()],
             agent_version: "bench".into(),
+            ..Hello::default()
         })),
     })
     .await
@@ -303,6 +304,7 @@ async fn connections(target: &Target) -> Vec<Duration> {
                 host: HOST.into(),
                 chain_ids: Vec::new(),
                 agent_version: "bench".into(),
+                ..Hello::default()
             })),
         };
         let mut rx = client

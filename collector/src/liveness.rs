@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proto::v1::{Alert, HostLiveness, event::Body};
+use proto::v1::{Alert, Hello, HostLiveness, event::Body};
 
 use crate::writer::{Own, WriterHandle};
 
@@ -26,6 +26,8 @@ struct Contact {
     /// Wall-clock time of the last contact; 0 when none since the collector started.
     last_unix_nano: u64,
     version: String,
+    /// The display name of its last Hello.
+    name: String,
     streams: u32,
     silent: bool,
 }
@@ -37,6 +39,7 @@ impl Contact {
             last: Instant::now(),
             last_unix_nano: 0,
             version: String::new(),
+            name: String::new(),
             streams: 0,
             silent: false,
         }
@@ -71,13 +74,13 @@ impl Liveness {
         std::mem::take(&mut contact.silent)
     }
 
-    /// A stream of `host` opened with a Hello naming `version`: returns whether it had been
-    /// silent.
-    pub(crate) fn connected(&self, host: &str, version: &str) -> bool {
-        let back = self.heard(host);
-        if let Some(contact) = self.lock().get_mut(host) {
+    /// A stream opened with `hello`: returns whether its host had been silent.
+    pub(crate) fn connected(&self, hello: &Hello) -> bool {
+        let back = self.heard(&hello.host);
+        if let Some(contact) = self.lock().get_mut(&hello.host) {
             contact.streams += 1;
-            version.clone_into(&mut contact.version);
+            hello.agent_version.clone_into(&mut contact.version);
+            hello.host_name.clone_into(&mut contact.name);
         }
         back
     }
@@ -116,6 +119,7 @@ impl Liveness {
                 agent_version: c.version.clone(),
                 streams: c.streams,
                 head: None,
+                name: c.name.clone(),
             })
             .collect();
         statuses.sort_by(|a, b| a.host.cmp(&b.host));

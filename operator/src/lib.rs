@@ -10,6 +10,7 @@ mod certs;
 pub mod cli;
 mod evidence;
 mod grant;
+mod hosts;
 mod local;
 mod ocsf;
 mod query;
@@ -25,7 +26,7 @@ use proto::v1::{
 };
 use tonic::transport::Channel;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, Search, Sessions};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -75,6 +76,16 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
     let channel = connect(&cli).await?;
     let mut client = QueryClient::new(channel.clone()).max_decoding_message_size(64 << 20);
     let mut out = io::stdout().lock();
+    let mut cli = cli;
+    match &mut cli.command {
+        Command::Tail { filter, .. } | Command::Search(Search { filter, .. }) => {
+            hosts::resolve(&mut client, &mut filter.host).await?;
+        }
+        Command::Sessions(Sessions { host, .. }) | Command::Verify { host, .. } => {
+            hosts::resolve(&mut client, host).await?;
+        }
+        _ => {}
+    }
     match cli.command {
         Command::Tail {
             filter,

@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 
 use crate::{
     cli::{FilterArgs, Format, Search, Sessions},
+    hosts::Names,
     ocsf, render,
 };
 
@@ -21,9 +22,14 @@ use crate::{
 const EVENTS_PAGE_MAX: usize = 10_000;
 const SESSIONS_PAGE_MAX: usize = 1000;
 
-fn print(out: &mut impl io::Write, stored: &StoredEvent, format: Format) -> io::Result<()> {
+fn print(
+    out: &mut impl io::Write,
+    stored: &StoredEvent,
+    format: Format,
+    names: &Names,
+) -> io::Result<()> {
     match format {
-        Format::Text => writeln!(out, "{}", render::line(stored)),
+        Format::Text => writeln!(out, "{}", render::line(stored, names)),
         Format::Json => writeln!(out, "{}", render::json(stored)),
         Format::Ocsf => ocsf::lines(stored)
             .iter()
@@ -38,6 +44,7 @@ pub async fn tail(
     format: Format,
     out: &mut impl io::Write,
 ) -> anyhow::Result<()> {
+    let names = names_for(client, format == Format::Text).await?;
     let mut stream = client
         .tail(TailRequest {
             filter: Some(filter.to_proto()),
@@ -46,10 +53,19 @@ pub async fn tail(
         .await?
         .into_inner();
     while let Some(stored) = stream.message().await? {
-        print(out, &stored, format)?;
+        print(out, &stored, format, &names)?;
         out.flush()?;
     }
     bail!("the collector ended the tail");
+}
+
+/// The hosts' names, fetched only for text output: JSON carries the id alone, as stored.
+async fn names_for(client: &mut QueryClient<Channel>, text: bool) -> anyhow::Result<Names> {
+    if text {
+        Names::fetch(client).await
+    } else {
+        Ok(Names::default())
+    }
 }
 
 /// One page of a paged call: its items, and the token of the next page (empty: none).
@@ -105,6 +121,7 @@ pub async fn search<W: io::Write>(
     let filter = search.filter.to_proto();
     let since = ago(search.since);
     let format = search.output.format();
+    let names = names_for(client, format == Format::Text).await?;
     let fetch = async |limit, page_token| {
         let page = client
             .search(SearchRequest {
@@ -122,7 +139,7 @@ pub async fn search<W: io::Write>(
         })
     };
     let token = search.page_token.unwrap_or_default();
-    let print = |out: &mut W, stored: &StoredEvent| print(out, stored, format);
+    let print = |out: &mut W, stored: &StoredEvent| print(out, stored, format, &names);
     follow(
         "events",
         search.limit,
@@ -143,6 +160,7 @@ pub async fn sessions<W: io::Write>(
 ) -> anyhow::Result<()> {
     let host = sessions.host.unwrap_or_default();
     let since = sessions.since.map_or(0, ago);
+    let names = names_for(client, !sessions.json).await?;
     let fetch = async |limit, page_token| {
         let page = client
             .sessions(SessionsRequest {
@@ -164,7 +182,7 @@ pub async fn sessions<W: io::Write>(
         if json {
             writeln!(out, "{}", render::session_json(s))
         } else {
-            writeln!(out, "{}", render::session_line(s))
+            writeln!(out, "{}", render::session_line(s, &names))
         }
     };
     follow(

@@ -19,6 +19,8 @@ use proto::{
 };
 use serde_json::{Value, json};
 
+use crate::hosts::Names;
+
 /// Longest terminal text shown on one line.
 const TEXT_MAX: usize = 160;
 
@@ -169,7 +171,7 @@ fn note_head(note: &str) -> Cow<'_, str> {
 
 /// `time host identity session kind [pid uid euid] detail`.
 #[must_use]
-pub fn line(stored: &StoredEvent) -> String {
+pub(crate) fn line(stored: &StoredEvent, names: &Names) -> String {
     let Some(event) = &stored.event else {
         let what = if stored.malformed.is_empty() {
             Cow::Borrowed("no event")
@@ -181,7 +183,7 @@ pub fn line(stored: &StoredEvent) -> String {
         };
         return format!(
             "{} {} seq {}: {what}",
-            escape(&stored.host),
+            escape(&names.label(&stored.host)),
             escape(&stored.chain_id),
             stored.seq
         );
@@ -199,7 +201,7 @@ pub fn line(stored: &StoredEvent) -> String {
     format!(
         "{} {} {} {} {}{} {}",
         time(event.time_unix_nano),
-        escape(&stored.host),
+        escape(&names.label(&stored.host)),
         event
             .identity
             .as_ref()
@@ -237,8 +239,9 @@ pub fn json(stored: &StoredEvent) -> Value {
     )
 }
 
+/// `key host identity root pid …`.
 #[must_use]
-pub fn session_line(s: &Session) -> String {
+pub(crate) fn session_line(s: &Session, names: &Names) -> String {
     let inner: Vec<&str> = s
         .terminals
         .iter()
@@ -246,8 +249,9 @@ pub fn session_line(s: &Session) -> String {
         .filter(|d| *d != s.login_tty)
         .collect();
     format!(
-        "{:<44} {:<24} root pid {:<7} {} → {}  {} events, {} execs, {} tty bytes  tty {}{}",
+        "{:<44} {:<20} {:<24} root pid {:<7} {} → {}  {} events, {} execs, {} tty bytes  tty {}{}",
         escape(&s.key),
+        escape(&names.label(&s.host)),
         s.identity
             .as_ref()
             .map_or_else(|| "-".to_owned(), |i| escape(&label(i)).into_owned()),
@@ -292,7 +296,7 @@ pub fn session_json(s: &Session) -> Value {
     })
 }
 
-/// `3d1219c7…  live    last contact 2026-12-02T15:00:00Z  agent 0.1.0  1 stream  chain … 1234 records`
+/// `3d1219c7…  db1  live    last contact 2026-12-02T15:00:00Z  agent 0.1.0  1 stream  chain … 1234 records`
 #[must_use]
 pub fn host_line(h: &HostLiveness) -> String {
     let contact = if h.last_contact_unix_nano == 0 {
@@ -305,8 +309,13 @@ pub fn host_line(h: &HostLiveness) -> String {
         |c| format!("chain {} {} records", escape(&c.chain_id), c.next_seq),
     );
     format!(
-        "{:<34} {:<7} last contact {contact}  agent {}  {} streams  {head}",
+        "{:<34} {:<16} {:<7} last contact {contact}  agent {}  {} streams  {head}",
         escape(&h.host),
+        if h.name.is_empty() {
+            "-".into()
+        } else {
+            escape(&h.name)
+        },
         h.state,
         if h.agent_version.is_empty() {
             "-".into()
@@ -320,7 +329,7 @@ pub fn host_line(h: &HostLiveness) -> String {
 #[must_use]
 pub fn host_json(h: &HostLiveness) -> Value {
     json!({
-        "host": h.host, "state": h.state,
+        "host": h.host, "name": h.name, "state": h.state,
         "last_contact": (h.last_contact_unix_nano != 0).then(|| time(h.last_contact_unix_nano)),
         "last_contact_unix_nano": h.last_contact_unix_nano,
         "agent_version": h.agent_version, "streams": h.streams,
@@ -496,7 +505,7 @@ pub fn review_text(r: &IdentityReview, now: u64) -> String {
         s.push('\n');
     }
     for v in &r.recent_violations {
-        let _ = writeln!(s, "  violation {}", line(v));
+        let _ = writeln!(s, "  violation {}", line(v, &Names::default()));
     }
     let to_revoke: Vec<String> = r
         .grants
@@ -561,7 +570,7 @@ mod tests {
             }),
             ..StoredEvent::default()
         };
-        let text = line(&stored);
+        let text = line(&stored, &Names::default());
         assert!(!text.chars().any(char::is_control), "{text:?}");
         assert!(text.contains(r"echo \u{1b}[2J\rforged\u{7}"), "{text}");
         assert!(text.contains(r"h\u{1b}[2J"), "{text}");

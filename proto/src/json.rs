@@ -191,6 +191,7 @@ struct ChainStartLine<'a> {
     previous_chain_id: &'a str,
     previous_seq: u64,
     previous_hash: String,
+    host_name: &'a str,
 }
 
 #[expect(
@@ -429,6 +430,7 @@ impl<'a> BodyLine<'a> {
                     previous_chain_id: &c.previous_chain_id,
                     previous_seq: c.previous_seq,
                     previous_hash: hex(&c.previous_hash),
+                    host_name: &c.host_name,
                 },
             },
             Some(Body::Alert(a)) => Self::Alert {

@@ -52,6 +52,7 @@ impl Chain {
                 previous_chain_id: previous.map(|(c, _)| c.id.clone()).unwrap_or_default(),
                 previous_seq: previous.map_or(0, |(_, len)| len as u64 - 1),
                 previous_hash: previous.map(|(c, len)| c.head(len)).unwrap_or_default(),
+                host_name: format!("name-of-{host}"),
             })),
             ..Event::default()
         });
@@ -128,6 +129,7 @@ impl Agent {
                 host: host.into(),
                 chain_ids: chain_ids.iter().map(|s| (*s).to_owned()).collect(),
                 agent_version: "test".into(),
+                host_name: String::new(),
             })),
         })
         .await

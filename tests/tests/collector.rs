@@ -8,13 +8,13 @@ use prost::Message as _;
 use proto::{
     chain::chain_hash,
     v1::{
-        ChainedEvent, Event, EventBatch, Exec, Filter, GrantChange, Identity, Process,
-        ReplayRequest, SearchRequest, SessionRoot, SessionsRequest, SpoolHole, StoredEvent,
-        TailRequest, Tty, event::Body, identity::Kind,
+        ChainedEvent, Event, EventBatch, Exec, Filter, GrantChange, Hello, HostsRequest, Identity,
+        Process, ReplayRequest, SearchRequest, SessionRoot, SessionsRequest, SpoolHole,
+        StoredEvent, TailRequest, Tty, event::Body, identity::Kind,
     },
 };
 use tests::collector::{Collector, run_to_exit, scratch_dir};
-use tests::grpc::{Agent, Chain, query, search_all, verify, verify_all};
+use tests::grpc::{Agent, As, Chain, query, search_all, verify, verify_all};
 use tests::{Mount, privileged};
 use tonic::Code;
 
@@ -615,7 +615,10 @@ async fn twenty_kills_mid_commit_lose_nothing_acknowledged() {
     const BATCH: u64 = 50;
     let dir = scratch_dir("collector-kills");
     let store = dir.join("c.db");
-    let chain = test_chain("host-a:boot:kills", 100_000);
+    // Longer than 20 rounds can stream at any speed this machine kind reaches (each round is
+    // killed within 170 ms; one idle host here acknowledged 100,000 records in 20 rounds of
+    // up to 320 ms), so every kill lands mid-stream.
+    let chain = test_chain("host-a:boot:kills", 200_000);
     let len = chain.records.len() as u64;
     let batch = |from: u64| {
         let to = (from + BATCH).min(len);
@@ -636,7 +639,7 @@ async fn twenty_kills_mid_commit_lose_nothing_acknowledged() {
             "round {round}: the collector holds {held} records but acknowledged {acked}"
         );
         let pid = libc::pid_t::try_from(collector.pid()).unwrap();
-        let kill_after = Duration::from_millis(20 + round * 53 % 300);
+        let kill_after = Duration::from_millis(20 + round * 53 % 150);
         let killer = std::thread::spawn(move || {
             std::thread::sleep(kill_after);
             // SAFETY: signalling the test's own child.
@@ -1073,4 +1076,31 @@ async fn a_full_store_disk_refuses_then_takes_everything() {
     let all = verify(&collector, &chain.id).await;
     assert!(all.ok, "{all:?}");
     assert_eq!(all.records, len, "every record stored once");
+}
+
+/// `Hosts` names a host as its newest stored `ChainStart` does; until one is stored, as its
+/// Hello said. The chained name outranks the unsigned one.
+#[tokio::test]
+async fn a_hosts_name_is_the_one_its_chain_says() {
+    let dir = scratch_dir("collector-names");
+    let collector = Collector::start(&dir.join("c.db"));
+    let chain = test_chain("host-a:boot:names", 10);
+    let hello = Hello {
+        host: HOST.into(),
+        chain_ids: vec![chain.id.clone()],
+        host_name: "said-in-hello".into(),
+        ..Hello::default()
+    };
+    let (mut agent, _) = Agent::try_connect(&collector, As::Agent(HOST), hello)
+        .await
+        .unwrap();
+    let mut client = query(&collector).await;
+    let mut name = async || {
+        let hosts = client.hosts(HostsRequest {}).await.unwrap().into_inner();
+        let host = hosts.hosts.into_iter().find(|h| h.host == HOST).unwrap();
+        host.name
+    };
+    assert_eq!(name().await, "said-in-hello");
+    assert_eq!(agent.ship(chain.batch(0..10)).await.unwrap(), 9);
+    assert_eq!(name().await, format!("name-of-{HOST}"));
 }

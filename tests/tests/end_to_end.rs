@@ -715,3 +715,73 @@ fn a_collector_restored_behind_a_trimmed_spool_gets_a_declared_hole() {
     drop(agent.stop());
     drop(collector);
 }
+
+/// A host carries the display name its agent was given: `hosts` shows it, `--host` takes it
+/// for the host's id, and text output shows it beside the id's first digits.
+#[test]
+fn a_host_is_shown_and_found_by_its_display_name() {
+    if !privileged("a_host_is_shown_and_found_by_its_display_name") {
+        return;
+    }
+    let dir = scratch_dir("host-name");
+    let collector = Collector::start(&dir.join("store.db"));
+    let url = collector.url();
+    let name = marker("db");
+    let agent = Agent::shipping(&dir.join("spool"), &url, &["--host-name", &name]);
+    let arg = marker("named");
+    let _ = mark(&arg);
+    let exec = wait_for_exec(&url, &arg, Duration::from_secs(20));
+    let id = exec["host"].as_str().unwrap().to_owned();
+
+    let hosts = operator::json_lines(&url, &["hosts", "--json"]);
+    let listed = hosts
+        .iter()
+        .find(|h| h["host"] == id.as_str())
+        .expect("host listed");
+    assert_eq!(listed["name"], name.as_str(), "{listed}");
+
+    let by_name = operator::run(
+        &url,
+        &[
+            "search", "--host", &name, "--kind", "exec", "--since", "5m", "--limit", "100000",
+        ],
+    );
+    assert!(by_name.status.success(), "{by_name:?}");
+    let text = String::from_utf8_lossy(&by_name.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains(&arg))
+        .expect("found by the host's name");
+    assert!(line.contains(&format!("{name}[{}]", &id[..8])), "{line}");
+    let json = operator::json_lines(
+        &url,
+        &[
+            "search", "--json", "--host", &name, "--kind", "exec", "--since", "5m",
+        ],
+    );
+    assert!(json.iter().all(|v| v["host"] == id.as_str()));
+
+    // The name is chained: the chain's first record says it, and verify covers it.
+    let start = operator::json_lines(
+        &url,
+        &[
+            "search",
+            "--json",
+            "--host",
+            &id,
+            "--kind",
+            "chain_start",
+            "--since",
+            "5m",
+        ],
+    );
+    assert!(
+        start
+            .iter()
+            .any(|v| v["chain_start"]["host_name"] == name.as_str()),
+        "{start:?}"
+    );
+    let verify = operator::run(&url, &["verify", "--host", &name]);
+    assert!(verify.status.success(), "{verify:?}");
+    drop(agent.stop());
+}

@@ -56,6 +56,8 @@ pub struct Evidence {
     spool: Spool,
     dir: PathBuf,
     host: String,
+    /// The host's display name, as its `ChainStart` says.
+    name: String,
     /// Events refused for lack of room (records, bytes), not yet recorded as a gap.
     refused: (u64, u64),
     /// Events refused since start.
@@ -79,8 +81,8 @@ struct Mark {
 
 impl Evidence {
     /// Opens the spool in `dir`, bounded to `max_bytes`, and starts this instance's chain
-    /// as `host`'s.
-    pub fn open(dir: &Path, max_bytes: u64, host: &str) -> anyhow::Result<Self> {
+    /// as `host`'s, named `name`.
+    pub fn open(dir: &Path, max_bytes: u64, host: &str, name: &str) -> anyhow::Result<Self> {
         let (host, boot_id) = (host.to_owned(), host::boot_id()?);
         private_dir(dir)?;
         let start = WallClock::now().unix_ns(boot_ns());
@@ -108,6 +110,7 @@ impl Evidence {
             spool,
             dir: dir.to_path_buf(),
             host: host.clone(),
+            name: name.to_owned(),
             refused: (0, 0),
             refused_total: 0,
             scratch: Vec::new(),
@@ -122,6 +125,7 @@ impl Evidence {
                 previous_chain_id: previous.chain_id,
                 previous_seq: previous.seq,
                 previous_hash: previous.hash,
+                host_name: name.to_owned(),
             })),
             ..v1::Event::default()
         };
@@ -139,6 +143,11 @@ impl Evidence {
     #[must_use]
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Chains and appends a batch, and makes it durable. Returns how far the spool is
@@ -332,7 +341,7 @@ mod tests {
     fn an_event_too_large_to_ship_is_a_gap() {
         let dir = std::env::temp_dir().join(format!("evidence-large-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut evidence = Evidence::open(&dir, 1 << 30, "test-host").unwrap();
+        let mut evidence = Evidence::open(&dir, 1 << 30, "test-host", "test").unwrap();
         let huge = v1::Event {
             body: Some(v1::event::Body::Tty(v1::Tty {
                 data: vec![b'x'; EVENT_BYTES_MAX],
@@ -363,7 +372,7 @@ mod tests {
     fn a_full_spool_still_starts_its_chain() {
         let dir = std::env::temp_dir().join(format!("evidence-full-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut evidence = Evidence::open(&dir, 1, "test-host").unwrap();
+        let mut evidence = Evidence::open(&dir, 1, "test-host", "test").unwrap();
         let durable = evidence.process(&[v1::Event::default()]);
         assert_eq!(evidence.refused_total(), 1);
         let (records, _) = spool::read_frames(&std::fs::read(&durable.segment).unwrap());

@@ -55,6 +55,8 @@ pub struct Shipper {
     pub link: Link,
     pub dir: PathBuf,
     pub host: String,
+    /// The display name its chains give the host, said again in each Hello.
+    pub name: String,
     pub durable: watch::Receiver<Durable>,
     pub control: Control,
     /// Corrupt spool regions (segment, offset) already chained as `spool_corrupt`: every
@@ -138,6 +140,7 @@ impl Shipper {
                 host: self.host.clone(),
                 chain_ids: chains.clone(),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
+                host_name: self.name.clone(),
             }),
         )
         .await?;

@@ -41,9 +41,21 @@ pub(crate) fn malformed_id(id: &str) -> bool {
     check_id("id", id).is_err()
 }
 
-/// Checks a Hello's host and chain ids.
+/// Checks a Hello's host and chain ids, and bounds what it says of itself: the collector
+/// holds both for as long as the host is known.
 pub(crate) fn hello(hello: &Hello) -> Result<(), IngestError> {
     check_id("host", &hello.host)?;
+    for (what, text) in [
+        ("host_name", &hello.host_name),
+        ("agent_version", &hello.agent_version),
+    ] {
+        if text.len() > MAX_ID_BYTES {
+            return Err(invalid(format!(
+                "{what} must be at most {MAX_ID_BYTES} bytes, not {}",
+                text.len()
+            )));
+        }
+    }
     if hello.chain_ids.len() > MAX_HELLO_CHAINS {
         return Err(invalid(format!(
             "Hello names {} chains; at most {MAX_HELLO_CHAINS}",
@@ -514,6 +526,11 @@ mod tests {
             ..Hello::default()
         };
         assert!(super::hello(&hello).is_ok());
+        hello.host_name = "n".repeat(MAX_ID_BYTES);
+        assert!(super::hello(&hello).is_ok());
+        hello.host_name.push('n');
+        assert!(super::hello(&hello).is_err());
+        hello.host_name.clear();
         hello.chain_ids.push("c".into());
         assert!(super::hello(&hello).is_err());
     }

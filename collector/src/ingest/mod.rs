@@ -443,7 +443,7 @@ async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
         Ok(w) => w,
         Err(e) => return fail(e.into()).await,
     };
-    tracing::info!(host = %hello.host, version = %hello.agent_version, chains = hello.chain_ids.len(), "agent connected");
+    tracing::info!(host = %hello.host, name = %hello.host_name, version = %hello.agent_version, chains = hello.chain_ids.len(), "agent connected");
     let contact = Contact::open(&liveness, &writer, &hello).await;
     if out.send(Ok(welcome)).await.is_err() {
         return;
@@ -485,7 +485,7 @@ struct Contact {
 
 impl Contact {
     async fn open(liveness: &Arc<Liveness>, writer: &WriterHandle, hello: &Hello) -> Self {
-        let back = liveness.connected(&hello.host, &hello.agent_version);
+        let back = liveness.connected(hello);
         let contact = Self {
             liveness: Arc::clone(liveness),
             host: hello.host.clone(),

@@ -12,10 +12,10 @@ use std::{fmt::Write as _, sync::Arc};
 
 use pki::Role;
 use proto::v1::{
-    ChainHead, EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, Filter, HostsRequest,
-    HostsResponse, ReplayRequest, SearchRequest, SearchResponse, SessionsRequest, SessionsResponse,
-    StoredEvent, TailRequest, VerifyRequest, VerifyResponse, evidence_item::Item,
-    query_server::Query,
+    ChainHead, Event, EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, Filter,
+    HostsRequest, HostsResponse, ReplayRequest, SearchRequest, SearchResponse, SessionsRequest,
+    SessionsResponse, StoredEvent, TailRequest, VerifyRequest, VerifyResponse, event::Body,
+    evidence_item::Item, query_server::Query,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -111,6 +111,22 @@ impl QueryService {
         self.gate.read(&caller, method, detail).await?;
         Ok(caller)
     }
+}
+
+/// The display name a chain's `ChainStart` gives its host; `None` when its first record is
+/// pruned or is not a `ChainStart` (verify names that chain).
+fn chain_name(store: &dyn Store, chain_id: &str) -> Result<Option<String>, StoreError> {
+    let mut name = None;
+    store.chain_rows(chain_id, 0, 1, &mut |row| {
+        if row.seq == 0
+            && let Ok(event) = <Event as prost::Message>::decode(row.event)
+            && let Some(Body::ChainStart(start)) = event.body
+        {
+            name = Some(start.host_name);
+        }
+        std::ops::ControlFlow::Break(())
+    })?;
+    Ok(name)
 }
 
 /// The rows a page asked for `asked` holds at most: `default` for 0, never more than `max`.
@@ -495,7 +511,7 @@ impl Query for QueryService {
         self.reader(&request, "Hosts", String::new()).await?;
         let store = Arc::clone(&self.store);
         let chains = read(move || store.chains()).await?;
-        let hosts = self.liveness.statuses(|host| {
+        let mut hosts = self.liveness.statuses(|host| {
             // The store lists chains in the order they began: a host's last is its newest.
             chains
                 .iter()
@@ -507,6 +523,28 @@ impl Query for QueryService {
                     head_hash: c.head_hash.to_vec(),
                 })
         });
+        let store = Arc::clone(&self.store);
+        let newest: Vec<Option<String>> = hosts
+            .iter()
+            .map(|h| h.head.as_ref().map(|c| c.chain_id.clone()))
+            .collect();
+        let said = read(move || {
+            newest
+                .iter()
+                .map(|chain| {
+                    chain
+                        .as_deref()
+                        .map_or(Ok(None), |c| chain_name(&*store, c))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+        for (host, name) in hosts.iter_mut().zip(said) {
+            // The chained name outranks the Hello's: it is signed evidence, the Hello is not.
+            if let Some(name) = name.filter(|n| !n.is_empty()) {
+                host.name = name;
+            }
+        }
         Ok(Response::new(HostsResponse { hosts }))
     }
 
