@@ -20,12 +20,18 @@ use proto::v1;
 use tokio::{
     sync::{mpsc, oneshot, watch},
     task::{JoinHandle, JoinSet, block_in_place},
+    time::Instant,
 };
 use tracing::Instrument as _;
 use tracing::info_span;
 
 use crate::{
-    capture::{decode, event::Event, reader::Batch},
+    capture::{
+        decode,
+        event::Event,
+        fold::{Fold, HOLD},
+        reader::Batch,
+    },
     enforce::{
         Enforcer, Inputs, Outputs,
         judge::Judge,
@@ -192,17 +198,33 @@ async fn decode_stage(
     next: Option<mpsc::Sender<Vec<Event>>>,
     kills: mpsc::UnboundedSender<Vec<Event>>,
 ) -> anyhow::Result<()> {
-    while let Some(batch) = batches.recv().await {
+    let mut fold = Fold::default();
+    loop {
+        // While misses are held, wake by their deadline even if no batch comes.
+        let batch = if fold.holding() {
+            match tokio::time::timeout(HOLD, batches.recv()).await {
+                Ok(batch) => batch,
+                Err(_) => Some(Batch::default()),
+            }
+        } else {
+            batches.recv().await
+        };
+        let Some(batch) = batch else { break };
         let decoded = decode::process(batch, &health);
         if !decoded.kills.is_empty() {
             // Without an enforcer (`--discard`) nobody names them; they are counted above.
             let _ = kills.send(decoded.kills);
         }
+        let events = fold.process(decoded.events, Instant::now());
         if let Some(next) = &next
-            && next.send(decoded.events).await.is_err()
+            && !events.is_empty()
+            && next.send(events).await.is_err()
         {
-            break;
+            return Ok(());
         }
+    }
+    if let Some(next) = &next {
+        let _ = next.send(fold.drain()).await;
     }
     Ok(())
 }

@@ -79,6 +79,10 @@ pub(crate) fn detail(event: &Event) -> String {
             if x.result != 0 {
                 let _ = write!(s, "  (failed: {})", x.result);
             }
+            if !x.tried.is_empty() {
+                let tried: Vec<Cow<'_, str>> = x.tried.iter().map(|t| escape(t)).collect();
+                let _ = write!(s, "  (not found first: {})", tried.join(" "));
+            }
             s
         }
         Some(Body::Exit(x)) => format!("status {} {}", x.exit_code, escape(&x.filename)),

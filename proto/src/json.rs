@@ -130,6 +130,8 @@ enum BodyLine<'a> {
         argv_truncated: bool,
         argv_unreadable: bool,
         result: i32,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        tried: &'a [String],
     },
     Exit {
         exit_code: i32,
@@ -406,6 +408,7 @@ impl<'a> BodyLine<'a> {
                 argv_truncated: x.argv_truncated,
                 argv_unreadable: x.argv_unreadable,
                 result: x.result,
+                tried: &x.tried,
             },
             Some(Body::Exit(x)) => Self::Exit {
                 exit_code: x.exit_code,

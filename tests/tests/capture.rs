@@ -670,3 +670,66 @@ fn record_no_echo_input_keeps_what_is_typed_without_echo() {
         "{secret_records:?}"
     );
 }
+
+/// A shell's `PATH` search is one exec naming the paths it tried first; a command found
+/// nowhere keeps each miss as a failed exec of its own.
+#[test]
+fn a_path_search_is_one_exec_naming_the_paths_tried() {
+    if !privileged("a_path_search_is_one_exec_naming_the_paths_tried") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let scratch = Scratch::new("path-search");
+    // Directories that do not exist: dash tries `execve` in each, as it walks PATH.
+    let (a, b) = (scratch.join("a"), scratch.join("b"));
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let found = marker("found");
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("PATH={a}:{b}:/usr/bin exec env {found}=1 true"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let nowhere = marker("nowhere");
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("PATH={a}:{b} exec {nowhere}"))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(127));
+
+    let env = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "exec" && argv_of(v).contains(&format!("{found}=1"))
+        })
+        .expect("the exec the search led to");
+    assert_eq!(env["filename"], "/usr/bin/env");
+    assert_eq!(env["result"], 0);
+    assert_eq!(
+        env["tried"],
+        serde_json::json!([format!("{a}/env"), format!("{b}/env")])
+    );
+    let misses = |name: &str| {
+        agent.events_where(|v| {
+            v["kind"] == "exec" && v["filename"].as_str().is_some_and(|f| f.ends_with(name))
+        })
+    };
+    assert!(
+        misses("/env").iter().all(|v| v["result"] == 0),
+        "the misses are in the exec, not beside it: {:?}",
+        misses("/env")
+    );
+    let lost: Vec<Value> = (0..150)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            misses(&nowhere)
+        })
+        .find(|m| m.len() == 2)
+        .expect("both misses of a command found nowhere arrive");
+    assert_eq!(lost[0]["filename"], format!("{a}/{nowhere}"));
+    assert_eq!(lost[1]["filename"], format!("{b}/{nowhere}"));
+    assert!(
+        lost.iter()
+            .all(|v| v["result"] == -libc::ENOENT && v.get("tried").is_none())
+    );
+}

@@ -61,6 +61,9 @@ pub enum Body {
         argv_unreadable: bool,
         /// 0, or `-errno` of a failed exec.
         result: i32,
+        /// Paths the same process tried first with the same argv, which do not exist: a
+        /// shell's `PATH` search (`fold`).
+        tried: Vec<String>,
     },
     Fork,
     Exit {

@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod event;
+pub(crate) mod fold;
 pub mod layout;
 pub mod platform;
 pub mod reader;

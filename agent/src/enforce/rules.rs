@@ -283,6 +283,7 @@ pub(crate) mod tests {
                 argv_truncated: false,
                 argv_unreadable: false,
                 result: 0,
+                tried: Vec::new(),
             },
         )
     }

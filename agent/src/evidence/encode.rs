@@ -87,6 +87,7 @@ fn body(body: Body) -> v1::event::Body {
             argv_truncated,
             argv_unreadable,
             result,
+            tried,
         } => B::Exec(v1::Exec {
             filename,
             argv,
@@ -94,6 +95,7 @@ fn body(body: Body) -> v1::event::Body {
             filename_truncated,
             argv_unreadable,
             result,
+            tried,
         }),
         Body::Fork => B::Fork(v1::Fork {}),
         Body::Exit {

@@ -346,6 +346,7 @@ mod tests {
             argv_truncated: false,
             argv_unreadable: false,
             result: 0,
+            tried: Vec::new(),
         }
     }
 

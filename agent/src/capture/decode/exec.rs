@@ -37,6 +37,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
         argv_truncated: flag_bits & flags::ARGV_TRUNCATED != 0,
         argv_unreadable: flag_bits & flags::ARGV_UNREADABLE != 0,
         result,
+        tried: Vec::new(),
     })
 }
 
