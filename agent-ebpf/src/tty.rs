@@ -47,6 +47,20 @@ pub fn tty_sys_enter_writev(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// `pwritev2(fd, iov, iovcnt, -1, flags)` writes at the current position, as `writev`
+/// does, so it reaches a terminal; at any other position a terminal refuses it (`ESPIPE`),
+/// as it refuses every `pwrite64` and `pwritev`, so those need no program.
+#[tracepoint(category = "syscalls", name = "sys_enter_pwritev2")]
+pub fn tty_sys_enter_pwritev2(ctx: TracePointContext) -> u32 {
+    // On 64-bit the position is `pos_l` alone: `pos_h` is shifted out.
+    if let Ok([_, _, _, pos]) = syscall_args::<4>(&ctx)
+        && pos == u64::MAX
+    {
+        let _ = try_write(&ctx, true);
+    }
+    0
+}
+
 /// The record kind and terminal for a file, and whether its bytes are to be redacted; or
 /// `None` when it is not a terminal.
 #[inline(always)]

@@ -519,6 +519,48 @@ fn writev_to_a_pty_is_captured_in_order() {
     assert_eq!(own_output(&out.events, &pty), parts.concat());
 }
 
+/// `pwritev2` at the current position (offset -1) writes to a terminal as `writev` does, and
+/// is captured as such; `pwrite64` and `pwritev` at an offset are refused by a terminal
+/// (`ESPIPE`), so nothing of theirs reaches it or the record.
+#[test]
+fn pwritev2_to_a_pty_is_captured_and_refused_pwrites_are_not() {
+    if !privileged("pwritev2_to_a_pty_is_captured_and_refused_pwrites_are_not") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let mark = marker("pwritev2");
+    let refused = marker("espipe");
+    let parts: [&[u8]; 2] = [mark.as_bytes(), b"-second"];
+    let pty = Pty::written_by(|slave| {
+        let fd = slave.as_raw_fd();
+        let iov: Vec<libc::iovec> = parts
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr().cast_mut().cast(),
+                iov_len: p.len(),
+            })
+            .collect();
+        // The raw syscall: a C library may turn a -1 offset into writev itself. On x86-64
+        // the offset is passed as its low and high words.
+        // SAFETY: the iovecs point into live buffers.
+        let n = unsafe { libc::syscall(libc::SYS_pwritev2, fd, iov.as_ptr(), 2, -1i64, 0, 0) };
+        assert_eq!(
+            usize::try_from(n).unwrap(),
+            parts.iter().map(|p| p.len()).sum::<usize>()
+        );
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::pwrite(fd, refused.as_ptr().cast(), refused.len(), 0) };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ESPIPE)
+        );
+    });
+    agent.sync();
+    let out = agent.stop();
+    assert_eq!(own_output(&out.events, &pty), parts.concat());
+}
+
 /// Bytes of one write beyond the per-syscall budget (4 MiB) are counted as lost, exactly.
 #[test]
 fn a_write_past_the_step_budget_is_counted_not_dropped() {

@@ -109,6 +109,7 @@ const SENSORS: &[Sensor] = &[
         programs: &[
             tp("tty_sys_enter_write", "syscalls", "sys_enter_write"),
             tp("tty_sys_enter_writev", "syscalls", "sys_enter_writev"),
+            tp("tty_sys_enter_pwritev2", "syscalls", "sys_enter_pwritev2"),
         ],
         attach: Attach::AtStart,
     },
