@@ -4,10 +4,11 @@
 //! (whatever the CSR asks), and chains the act. Every refusal of a token or a certificate is
 //! chained as an `auth_failure` alert.
 
-use std::{fmt::Write as _, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use pki::{Ca, Role, Token, Validity, token_hash};
 use proto::{
+    json::hex,
     time::{now_unix_nano, rfc3339_millis},
     v1::{
         AdminAct, CreateTokenRequest, CreateTokenResponse, EnrollRequest, EnrollResponse,
@@ -121,13 +122,6 @@ fn token_refusal(token: Option<&TokenRow>, now: u64) -> Option<String> {
         ));
     }
     None
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 #[tonic::async_trait]

@@ -407,6 +407,21 @@ pub struct Replay {
     /// Longest pause between two writes, in seconds, whatever the recording says.
     #[arg(long, default_value = "5", value_parser = max_wait)]
     pub max_wait: Duration,
+    /// `terminal` plays it here; `asciicast` writes an asciicast v2 file to standard output
+    /// (output and typed input, input typed without echo as `*`s), at once, and a sidecar
+    /// naming the stored records it came from.
+    #[arg(long, value_enum, default_value_t = ReplayFormat::Terminal)]
+    pub format: ReplayFormat,
+    /// Where the asciicast's sidecar goes; default `SESSION.cast.json` here, the key's `:`
+    /// as `_`.
+    #[arg(long, requires = "format")]
+    pub sidecar: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReplayFormat {
+    Terminal,
+    Asciicast,
 }
 
 /// A replay speed: finite and not negative; 0 means no waiting.

@@ -6,6 +6,7 @@
 //! for SIEMs (`ocsf`). `cargo xtask` runs it.
 
 mod admin;
+mod asciicast;
 mod certs;
 pub mod cli;
 mod evidence;

@@ -6,6 +6,7 @@
 
 use std::{
     io,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -13,7 +14,8 @@ use proto::v1::{ReplayRequest, event::Body, query_client::QueryClient, tty::Dire
 use tonic::transport::Channel;
 
 use crate::{
-    cli::Replay,
+    asciicast::Cast,
+    cli::{Replay, ReplayFormat},
     render::{escape_bytes, redacted},
 };
 
@@ -22,15 +24,28 @@ pub async fn play(
     replay: Replay,
     out: &mut impl io::Write,
 ) -> anyhow::Result<()> {
+    let cast = replay.format == ReplayFormat::Asciicast;
     let mut stream = client
         .replay(ReplayRequest {
-            session: replay.session,
+            session: replay.session.clone(),
             tty: replay.tty.unwrap_or_default(),
             all_ttys: replay.all_ttys,
-            input: replay.input,
+            input: replay.input || cast,
         })
         .await?
         .into_inner();
+    if cast {
+        let sidecar = replay.sidecar.unwrap_or_else(|| {
+            PathBuf::from(format!("{}.cast.json", replay.session.replace(':', "_")))
+        });
+        let mut cast = Cast::new(&replay.session, out);
+        while let Some(stored) = stream.message().await? {
+            cast.push(&stored)?;
+        }
+        cast.finish(&sidecar)?;
+        eprintln!("the sidecar is {}", sidecar.display());
+        return Ok(());
+    }
     let start = Instant::now();
     // Where the replay stands on the recording's own clock, scaled and capped.
     let mut played = Duration::ZERO;

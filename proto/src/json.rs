@@ -55,7 +55,9 @@ fn audit(v: Option<u32>) -> AuditId {
     v.map_or(AuditId::Unset("unset"), AuditId::Set)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex, as every hash and key is written in JSON and text.
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");

@@ -260,6 +260,7 @@ fn a_password_typed_at_a_sudo_prompt_is_never_recorded() {
         )),
         "replay --input shows where the password was typed: {shown}"
     );
+    check_asciicast(&url, &session, &dir, &mark, password.len() + 1);
     let everything = tests::operator::run(&url, &["search", "--json", "--since", "1h"]);
     drop(agent.stop());
     drop(collector);
@@ -278,4 +279,73 @@ fn a_password_typed_at_a_sudo_prompt_is_never_recorded() {
         "no file of the spool or the store holds the password"
     );
     drop(account);
+}
+
+/// `replay --format asciicast` of the session, read as asciinema reads a cast: a v2 header,
+/// then `[time, code, text]` events in time order. Its output is the replay's, its input
+/// holds the typed line and the password as `redacted` placeholders, and its sidecar names
+/// stored records of the session by their hashes.
+fn check_asciicast(url: &str, session: &str, dir: &std::path::Path, typed: &str, redacted: usize) {
+    let sidecar = dir.join("session.cast.json");
+    let cast = tests::operator::run(
+        url,
+        &[
+            "replay",
+            session,
+            "--format",
+            "asciicast",
+            "--sidecar",
+            sidecar.to_str().unwrap(),
+        ],
+    );
+    assert!(cast.status.success(), "{cast:?}");
+    std::fs::write(dir.join("session.cast"), &cast.stdout).unwrap();
+    let text = String::from_utf8(cast.stdout).expect("a cast is UTF-8");
+    let mut lines = text.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert!(header["width"].as_u64().unwrap() > 0 && header["height"].as_u64().unwrap() > 0);
+    let (mut output, mut input, mut last) = (String::new(), String::new(), 0.0);
+    for line in lines {
+        let event: Value = serde_json::from_str(line).unwrap();
+        let at = event[0].as_f64().unwrap();
+        assert!(at >= last, "events in time order: {line}");
+        last = at;
+        let data = event[2].as_str().unwrap();
+        match event[1].as_str().unwrap() {
+            "o" => output.push_str(data),
+            "i" => input.push_str(data),
+            other => panic!("unexpected event code {other}"),
+        }
+    }
+    let played = tests::operator::run(url, &["replay", session, "--speed", "0"]);
+    assert_eq!(output, String::from_utf8_lossy(&played.stdout));
+    assert!(input.contains(&"*".repeat(redacted)), "{input:?}");
+    assert!(input.contains(&format!("{typed}\n")), "{input:?}");
+
+    let sidecar: Value = serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+    assert_eq!(sidecar["session"], session);
+    let stored = tests::operator::json_lines(
+        url,
+        &[
+            "search",
+            "--json",
+            "--session",
+            session,
+            "--kind",
+            "tty",
+            "--since",
+            "1h",
+        ],
+    );
+    let records = sidecar["records"].as_array().unwrap();
+    assert!(!records.is_empty());
+    for r in records {
+        assert!(
+            stored.iter().any(|v| v["chain_id"] == r["chain_id"]
+                && v["seq"] == r["seq"]
+                && v["hash"] == r["hash"]),
+            "the sidecar names a stored record of the session: {r}"
+        );
+    }
 }
