@@ -18,6 +18,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
     programs::{RawTracePointContext, TracePointContext},
 };
+use aya_log_ebpf::warn;
 
 use crate::{
     emit::{fill_header, submit},
@@ -79,7 +80,17 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     rec.result = 0;
     rec.flags = 0;
 
-    let filename = bprm_filename(ctx.arg::<u64>(2))?;
+    let filename = bprm_filename(ctx.arg::<u64>(2)).inspect_err(|&e| {
+        // Never expected (the offset comes from this kernel's BTF): without it the exec
+        // goes unrecorded, and uncounted, so the agent's log is where it shows.
+        warn!(
+            ctx,
+            target: "agent::kernel",
+            "exec: linux_binprm.filename of tgid {} unreadable ({}): exec not recorded",
+            rec.header.tgid,
+            e
+        );
+    })?;
     let n = unsafe {
         bpf_probe_read_kernel_str(
             rec.filename.as_mut_ptr().cast(),

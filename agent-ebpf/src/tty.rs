@@ -23,6 +23,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::TracePointContext,
 };
+use aya_log_ebpf::warn;
 
 use crate::{
     emit::{count_loss, fill_header, submit},
@@ -148,6 +149,16 @@ fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
     }
     if walk.lost > 0 {
         count_loss(kind, walk.lost.div_ceil(CHUNK as u64), walk.lost);
+        // Rare (one syscall writing more than the budget holds), and the loss counters say
+        // only how much was lost, summed per kind: this says by whom.
+        warn!(
+            ctx,
+            target: "agent::kernel",
+            "tty: a write of tgid {} ran past its budget of {} steps: {} bytes counted as lost",
+            tgid,
+            MAX_STEPS,
+            walk.lost
+        );
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     capture::{
-        platform,
+        kernel_log, platform,
         reader::Reader,
         sensors::{Programs, Report},
     },
@@ -67,7 +67,8 @@ const AGENT_EVENTS_IN_FLIGHT: usize = 64;
 const SHIP_GRACE: Duration = Duration::from_secs(3);
 
 /// Logs to standard error, in colour only on a terminal (a file or the journal gets plain
-/// text).
+/// text). Records of the `log` crate join in (tracing-subscriber's `tracing-log` feature):
+/// that is how the kernel programs' messages arrive, through aya-log.
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
@@ -102,7 +103,7 @@ fn record(
     sweeper: enforce::reaper::Reaper,
 ) -> anyhow::Result<()> {
     let _lock = host::lock_instance(&cli.lock_file)?;
-    let (programs, report, reader) = load(cli, pins)?;
+    let (programs, report, reader, kernel_log) = load(cli, pins)?;
     let collector = link(cli)?;
     let (host, evidence) = open_evidence(cli, collector.as_ref())?;
     // Seeded after attaching, so a process is either in the seed or seen forking.
@@ -146,6 +147,9 @@ fn record(
         .enable_all()
         .build()
         .context("starting the pipeline runtime")?;
+    if let Some(kernel_log) = kernel_log {
+        runtime.spawn(kernel_log);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let _context = runtime.enter();
@@ -313,8 +317,17 @@ fn link(cli: &Cli) -> anyhow::Result<Option<evidence::link::Link>> {
 }
 
 /// Checks the host, loads the kernel programs with this kernel's struct offsets, attaches
-/// the sensors, and takes the ring buffer for the reader.
-fn load(cli: &Cli, pins: &std::path::Path) -> anyhow::Result<(Arc<Programs>, Report, Reader)> {
+/// the sensors, and takes the ring buffer for the reader and the programs' log for its
+/// forwarder.
+fn load(
+    cli: &Cli,
+    pins: &std::path::Path,
+) -> anyhow::Result<(
+    Arc<Programs>,
+    Report,
+    Reader,
+    Option<impl Future<Output = ()> + Send + use<>>,
+)> {
     for fs in platform::ensure_mounts()? {
         info!(fs, "mounted");
     }
@@ -326,7 +339,7 @@ fn load(cli: &Cli, pins: &std::path::Path) -> anyhow::Result<(Arc<Programs>, Rep
         wakeup_bytes: cli.wakeup_bytes.unwrap_or(u64::from(cli.ring_bytes) / 8),
         record_no_echo_input: u64::from(cli.record_no_echo_input),
     };
-    let ebpf = EbpfLoader::new()
+    let mut ebpf = EbpfLoader::new()
         .override_global(LAYOUT_GLOBAL, &layout, true)
         .override_global(CONFIG_GLOBAL, &config, true)
         .map_max_entries(EVENTS_MAP, cli.ring_bytes)
@@ -334,9 +347,10 @@ fn load(cli: &Cli, pins: &std::path::Path) -> anyhow::Result<(Arc<Programs>, Rep
         .default_map_pin_directory(pins)
         .load(EBPF_OBJECT)
         .context("loading the kernel programs")?;
+    let kernel_log = kernel_log::forwarder(&mut ebpf);
     let (programs, report) = Programs::start(ebpf)?;
     let reader = Reader::new(&programs, Duration::from_millis(cli.drain_ms))?;
-    Ok((Arc::new(programs), report, reader))
+    Ok((Arc::new(programs), report, reader, kernel_log))
 }
 
 /// Waits for the stages to finish (the reader's stop ends them in order), stopping the

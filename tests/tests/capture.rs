@@ -561,7 +561,8 @@ fn pwritev2_to_a_pty_is_captured_and_refused_pwrites_are_not() {
     assert_eq!(own_output(&out.events, &pty), parts.concat());
 }
 
-/// Bytes of one write beyond the per-syscall budget (4 MiB) are counted as lost, exactly.
+/// Bytes of one write beyond the per-syscall budget (4 MiB) are counted as lost, exactly,
+/// and the kernel program's log message, which names the writer, reaches the agent's log.
 #[test]
 fn a_write_past_the_step_budget_is_counted_not_dropped() {
     const BUDGET: usize = 4 << 20;
@@ -581,6 +582,18 @@ fn a_write_past_the_step_budget_is_counted_not_dropped() {
     assert_eq!(
         lost(&out.events, "tty_out"),
         (256, (data.len() - BUDGET) as u64)
+    );
+    let message = format!(
+        "tty: a write of tgid {} ran past its budget of 1024 steps: {} bytes counted as lost",
+        std::process::id(),
+        data.len() - BUDGET
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&message)),
+        "{}",
+        out.stderr
     );
 }
 
