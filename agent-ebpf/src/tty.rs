@@ -181,14 +181,9 @@ fn redacted_len(walk: &mut Walk) -> u64 {
 #[inline(never)]
 extern "C" fn sum_step(_index: u64, ctx: *mut c_void) -> i64 {
     let w = unsafe { &mut *ctx.cast::<Walk>() };
-    if w.iovs_left == 0 {
-        return 1;
-    }
-    let Ok(iov) = (unsafe { bpf_probe_read_user(w.next_iov as *const IoVec) }) else {
+    let Some(iov) = w.next_iovec() else {
         return 1;
     };
-    w.next_iov += core::mem::size_of::<IoVec>() as u64;
-    w.iovs_left -= 1;
     w.offset = w.offset.saturating_add(iov.len);
     0
 }
@@ -241,6 +236,18 @@ impl Walk {
             lost: 0,
         }
     }
+
+    /// Takes the next iovec of a `writev`; `None` once none is left or one cannot be read.
+    #[inline(always)]
+    fn next_iovec(&mut self) -> Option<IoVec> {
+        if self.iovs_left == 0 {
+            return None;
+        }
+        let iov = unsafe { bpf_probe_read_user(self.next_iov as *const IoVec) }.ok()?;
+        self.next_iov += core::mem::size_of::<IoVec>() as u64;
+        self.iovs_left -= 1;
+        Some(iov)
+    }
 }
 
 /// One `bpf_loop` step: load the next iovec, or emit one chunk; past `MAX_STEPS`, count the
@@ -249,14 +256,9 @@ impl Walk {
 extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
     let w = unsafe { &mut *ctx.cast::<Walk>() };
     if w.len == 0 {
-        if w.iovs_left == 0 {
-            return 1;
-        }
-        let Ok(iov) = (unsafe { bpf_probe_read_user(w.next_iov as *const IoVec) }) else {
+        let Some(iov) = w.next_iovec() else {
             return 1;
         };
-        w.next_iov += core::mem::size_of::<IoVec>() as u64;
-        w.iovs_left -= 1;
         (w.base, w.len) = (iov.base, iov.len);
         return 0;
     }

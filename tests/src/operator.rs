@@ -64,7 +64,13 @@ pub fn run_as(url: &str, pki_dir: &std::path::Path, args: &[&str]) -> Output {
 /// Each line of a successful command's output, parsed as JSON.
 #[must_use]
 pub fn json_lines(url: &str, args: &[&str]) -> Vec<Value> {
-    let out = run(url, args);
+    json_lines_of(&binary(), url, args)
+}
+
+/// [`json_lines`] with the client at `binary`.
+#[must_use]
+pub fn json_lines_of(binary: &std::path::Path, url: &str, args: &[&str]) -> Vec<Value> {
+    let out = run_binary(binary, url, args);
     assert!(
         out.status.success(),
         "recorder {args:?}: {}",
@@ -89,7 +95,12 @@ pub fn argv_has(event: &Value, arg: &str) -> bool {
 /// Every stored exec of `identity` from the last hour.
 #[must_use]
 pub fn execs_of(url: &str, identity: &str) -> Vec<Value> {
-    json_lines(
+    execs_of_with(&binary(), url, identity)
+}
+
+fn execs_of_with(binary: &std::path::Path, url: &str, identity: &str) -> Vec<Value> {
+    json_lines_of(
+        binary,
         url,
         &[
             "search",
@@ -110,9 +121,21 @@ pub fn execs_of(url: &str, identity: &str) -> Vec<Value> {
 /// returns it. Searching by identity makes it independent of whatever else the host runs.
 #[must_use]
 pub fn stored_exec(url: &str, identity: &str, arg: &str, within: Duration) -> Value {
+    stored_exec_with(&binary(), url, identity, arg, within)
+}
+
+/// [`stored_exec`] asked of the client at `binary` (an installed package's, say).
+#[must_use]
+pub fn stored_exec_with(
+    binary: &std::path::Path,
+    url: &str,
+    identity: &str,
+    arg: &str,
+    within: Duration,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(v) = execs_of(url, identity)
+        if let Some(v) = execs_of_with(binary, url, identity)
             .into_iter()
             .find(|v| argv_has(v, arg))
         {

@@ -7,7 +7,7 @@ use std::{
         fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
         unix::process::CommandExt as _,
     },
-    process::Command,
+    process::{Child, Command, Stdio},
     thread::JoinHandle,
 };
 
@@ -87,6 +87,22 @@ impl Pty {
         // SAFETY: valid fd and termios.
         let rc = unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw const tio) };
         assert_eq!(rc, 0, "tcsetattr: {}", std::io::Error::last_os_error());
+    }
+
+    /// Runs `/bin/sh -c script` as a login's shell on this terminal: a new session whose
+    /// controlling terminal, standard input and output are the slave, which it takes. Once the
+    /// shell and its children exit, the slave is closed and a drain of the master ends.
+    #[must_use]
+    pub fn shell(&mut self, script: &str) -> Child {
+        let slave = self.take_slave();
+        let mut shell = Command::new("/bin/sh");
+        shell
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()));
+        in_new_session(&mut shell, slave.as_raw_fd());
+        shell.spawn().expect("spawn a shell on the pty")
     }
 
     /// Takes this side's slave descriptor.

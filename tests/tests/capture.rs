@@ -276,18 +276,8 @@ fn pty_master_writes_are_tty_input_of_that_session() {
     }
     let agent = Agent::start(&[]);
     let mut pty = Pty::open();
-    let slave = pty.take_slave();
     let mark = marker("typed");
-    let slave_fd = slave.as_raw_fd();
-    let mut shell = Command::new("/bin/sh");
-    shell
-        .arg("-c")
-        .arg("read line; /bin/echo \"$line\"")
-        .stdin(Stdio::from(slave.try_clone().unwrap()));
-    shell.stdout(Stdio::from(slave.try_clone().unwrap()));
-    in_new_session(&mut shell, slave_fd);
-    let child = shell.spawn().expect("spawn shell");
-    drop(slave);
+    let child = pty.shell("read line; /bin/echo \"$line\"");
     let drain = pty.drain_master();
     let mut master = fs::File::from(pty.master.try_clone().unwrap());
     master.write_all(format!("{mark}\n").as_bytes()).unwrap();
@@ -631,19 +621,7 @@ fn dev_tty_writes_land_on_the_controlling_terminal() {
 /// returns the agent's `tty_in` records of the secret and of the line.
 fn type_a_secret_then_a_line(agent: &Agent, secret: &str) -> (Vec<Value>, Value) {
     let mut pty = Pty::open();
-    let slave = pty.take_slave();
-    let slave_fd = slave.as_raw_fd();
-    let mut shell = Command::new("/bin/sh");
-    shell
-        .arg("-c")
-        .arg("read secret; read line; /bin/echo \"$line\"")
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()));
-    in_new_session(&mut shell, slave_fd);
-    let child = shell.spawn().expect("spawn shell");
-    // The command holds copies of the slave: the drain ends once the last one is closed.
-    drop(shell);
-    drop(slave);
+    let child = pty.shell("read secret; read line; /bin/echo \"$line\"");
     let drain = pty.drain_master();
     let mut master = fs::File::from(pty.master.try_clone().unwrap());
     // The kernel decides at the master write, so the order of writes and termios changes is

@@ -211,42 +211,6 @@ fn settings_files_hold_the_defaults() {
     }
 }
 
-/// The newest stored exec of `identity` carrying `arg`, asked of the installed client.
-fn stored_exec(url: &str, identity: &str, arg: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = tests::operator::run_binary(
-            Path::new("/usr/bin/recorder"),
-            url,
-            &[
-                "search",
-                "--json",
-                "--kind",
-                "exec",
-                "--since",
-                "1h",
-                "--identity",
-                identity,
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if let Some(event) = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .find(|v| tests::operator::argv_has(v, arg))
-        {
-            return event;
-        }
-        assert!(Instant::now() < deadline, "no stored exec carrying {arg}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Every file, directory and the user where docs/deploy.md says, with the modes and owners
 /// it says; the settings files are conffiles.
 fn installed_as_documented() {
@@ -345,7 +309,13 @@ fn packages_install_run_record_verify_and_purge_cleanly() {
     let agent = Agent::shipping_command(agent_cmd, &scratch.join("spool"), &collector.url(), &[]);
     let arg = marker("packaged");
     let identity = mark(&arg);
-    let event = stored_exec(&collector.url(), &identity, &arg);
+    let event = tests::operator::stored_exec_with(
+        Path::new("/usr/bin/recorder"),
+        &collector.url(),
+        &identity,
+        &arg,
+        Duration::from_secs(30),
+    );
     assert_eq!(event["filename"], "/bin/true");
     let verify = tests::operator::run_binary(
         Path::new("/usr/bin/recorder"),
