@@ -40,6 +40,9 @@ pub struct TtyRecord {
 /// `flags`: input typed into a pty while its terminal read lines without echoing them (a
 /// password prompt). Only its length is recorded, in `len`; the record ends before `data`.
 pub const TTY_REDACTED: u32 = 1;
+/// `flags`: bytes written into a terminal by `sendfile` or `splice`, whose data the program
+/// cannot read: `len` is the count asked for (saturated), and the record ends before `data`.
+pub const TTY_UNSEEN: u32 = 2;
 /// `ICANON` of a terminal's `c_lflag` (`include/uapi/asm-generic/termbits.h`): input is read
 /// a line at a time, edited by the line discipline.
 pub const ICANON: u32 = 0o2;

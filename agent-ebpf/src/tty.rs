@@ -12,7 +12,8 @@ use agent_common::{
     layout::IoVec,
     tty::{
         CHUNK, CONSOLE_MINOR, DEV_TTY_MINOR, MAX_STEPS, PTMX_MINOR, PTY_SLAVE_MAJOR_FIRST,
-        PTY_SLAVE_MAJOR_LAST, TTY_FIXED, TTY_MAJOR, TTY_REDACTED, TTYAUX_MAJOR, TtyRecord,
+        PTY_SLAVE_MAJOR_LAST, TTY_FIXED, TTY_MAJOR, TTY_REDACTED, TTY_UNSEEN, TTYAUX_MAJOR,
+        TtyRecord,
     },
 };
 use aya_ebpf::{
@@ -60,6 +61,49 @@ pub fn tty_sys_enter_pwritev2(ctx: TracePointContext) -> u32 {
         let _ = try_write(&ctx, true);
     }
     0
+}
+
+/// `sendfile(out_fd, in_fd, offset, count)` into a terminal: its bytes go from file to
+/// terminal inside the kernel, where no write tracepoint sees them; recorded as unseen.
+#[tracepoint(category = "syscalls", name = "sys_enter_sendfile64")]
+pub fn tty_sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
+    if let Ok([out_fd, _, _, count]) = syscall_args::<4>(&ctx) {
+        let _ = try_unseen(out_fd, count);
+    }
+    0
+}
+
+/// `splice(fd_in, off_in, fd_out, off_out, len, flags)` into a terminal, as `sendfile`.
+/// (`copy_file_range` into a terminal fails: it takes regular files only.)
+#[tracepoint(category = "syscalls", name = "sys_enter_splice")]
+pub fn tty_sys_enter_splice(ctx: TracePointContext) -> u32 {
+    if let Ok([_, _, fd_out, _, len]) = syscall_args::<5>(&ctx) {
+        let _ = try_unseen(fd_out, len);
+    }
+    0
+}
+
+/// One `TTY_UNSEEN` record for `count` bytes into `fd`, if it is a terminal.
+#[inline(always)]
+fn try_unseen(fd: u64, count: u64) -> Result<(), i64> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == config!(agent_tgid) || count == 0 {
+        return Ok(());
+    }
+    let fd = fd as u32;
+    let task = Task::current();
+    let Some((kind, device, _)) = classify(task.file(fd)?)? else {
+        return Ok(());
+    };
+    let rec = scratch()?;
+    fill_header(&mut rec.header, kind, task);
+    rec.device = device;
+    rec.fd = fd;
+    rec.flags = TTY_UNSEEN;
+    rec.offset = 0;
+    rec.len = u32::try_from(count).unwrap_or(u32::MAX);
+    submit(&raw mut rec.header, TTY_FIXED, 0);
+    Ok(())
 }
 
 /// The record kind and terminal for a file, and whether its bytes are to be redacted; or

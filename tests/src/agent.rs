@@ -397,10 +397,14 @@ fn shipping_args(spool: &std::path::Path, url: &str, extra: &[&str]) -> Vec<Stri
     args
 }
 
-/// Sum of `lost_records` and `lost_bytes` over the gap events for one record kind.
+/// Sum of `lost_records` and `lost_bytes` over the gap events for one record kind, but for
+/// unseen writes.
 #[must_use]
 pub fn lost(events: &[Value], kind: &str) -> (u64, u64) {
-    lost_where(events, |v| v["lost_kind"] == kind)
+    // Unseen writes (sendfile, splice) are gaps too, but of what other processes did.
+    lost_where(events, |v| {
+        v["lost_kind"] == kind && v["source"] != "unseen"
+    })
 }
 
 /// Sum of `lost_records` and `lost_bytes` over the gap events that `pred` accepts.

@@ -551,6 +551,62 @@ fn pwritev2_to_a_pty_is_captured_and_refused_pwrites_are_not() {
     assert_eq!(own_output(&out.events, &pty), parts.concat());
 }
 
+/// Bytes that `sendfile` or `splice` put into a terminal, which no write tracepoint sees,
+/// are one gap of source `unseen` per syscall, with the count asked for and the writer.
+#[test]
+fn sendfile_and_splice_into_a_pty_are_unseen_gaps() {
+    if !privileged("sendfile_and_splice_into_a_pty_are_unseen_gaps") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let scratch = Scratch::new("unseen");
+    let file = scratch.join("data");
+    fs::write(&file, block_pattern(1)).unwrap();
+    let data = fs::File::open(&file).unwrap();
+    let pty = Pty::written_by(|slave| {
+        let out = slave.as_raw_fd();
+        // SAFETY: valid descriptors; a null offset reads from the file's own position.
+        let n = unsafe { libc::sendfile(out, data.as_raw_fd(), std::ptr::null_mut(), 4096) };
+        assert_eq!(n, 4096, "{}", std::io::Error::last_os_error());
+        let (mut reader, mut writer) = std::io::pipe().unwrap();
+        writer.write_all(&[b'x'; 1000]).unwrap();
+        // SAFETY: valid descriptors, null offsets (a pipe and a terminal have none).
+        let n = unsafe {
+            libc::splice(
+                reader.as_raw_fd(),
+                std::ptr::null_mut(),
+                out,
+                std::ptr::null_mut(),
+                1000,
+                0,
+            )
+        };
+        assert_eq!(n, 1000, "{}", std::io::Error::last_os_error());
+        drop(writer);
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
+        assert!(rest.is_empty());
+    });
+    agent.sync();
+    let out = agent.stop();
+    let unseen: Vec<(u64, u64)> = out
+        .events
+        .iter()
+        .filter(|v| {
+            v["kind"] == "gap" && v["source"] == "unseen" && v["tgid"] == std::process::id()
+        })
+        .map(|v| {
+            assert_eq!(v["lost_kind"], "tty_out", "{v}");
+            (
+                v["lost_records"].as_u64().unwrap(),
+                v["lost_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(unseen, [(1, 4096), (1, 1000)]);
+    assert!(own_output(&out.events, &pty).is_empty());
+}
+
 /// Bytes of one write beyond the per-syscall budget (4 MiB) are counted as lost, exactly,
 /// and the kernel program's log message, which names the writer, reaches the agent's log.
 #[test]

@@ -197,6 +197,9 @@ pub enum GapSource {
     Decode,
     /// The reader drained it, but the next pipeline stage had no room for its batch.
     Pipeline,
+    /// Written into a terminal by a path the kernel programs cannot read (sendfile,
+    /// splice): counted per syscall, attributed to the writer.
+    Unseen,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -110,6 +110,12 @@ const SENSORS: &[Sensor] = &[
             tp("tty_sys_enter_write", "syscalls", "sys_enter_write"),
             tp("tty_sys_enter_writev", "syscalls", "sys_enter_writev"),
             tp("tty_sys_enter_pwritev2", "syscalls", "sys_enter_pwritev2"),
+            tp(
+                "tty_sys_enter_sendfile64",
+                "syscalls",
+                "sys_enter_sendfile64",
+            ),
+            tp("tty_sys_enter_splice", "syscalls", "sys_enter_splice"),
         ],
         attach: Attach::AtStart,
     },

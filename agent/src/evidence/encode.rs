@@ -135,6 +135,7 @@ fn body(body: Body) -> v1::event::Body {
                 GapSource::Kernel => v1::gap::Source::KernelRingbuf,
                 GapSource::Decode => v1::gap::Source::Decode,
                 GapSource::Pipeline => v1::gap::Source::Pipeline,
+                GapSource::Unseen => v1::gap::Source::Unseen,
             }
             .into(),
             lost_kind: lost_kind_name(lost_kind).to_owned(),

@@ -2,11 +2,11 @@ use std::mem::offset_of;
 
 use agent_common::{
     event::kind,
-    tty::{CHUNK, TTY_FIXED, TTY_REDACTED, TtyRecord},
+    tty::{CHUNK, TTY_FIXED, TTY_REDACTED, TTY_UNSEEN, TtyRecord},
 };
 
 use super::{DecodeError, read, slice};
-use crate::capture::event::{Body, Device};
+use crate::capture::event::{Body, Device, GapSource};
 
 pub(super) fn decode(bytes: &[u8], kind_id: u32) -> Result<Body, DecodeError> {
     let device: u32 = read(bytes, offset_of!(TtyRecord, device))?;
@@ -25,6 +25,15 @@ pub(super) fn decode(bytes: &[u8], kind_id: u32) -> Result<Body, DecodeError> {
                 offset,
                 data: Vec::new(),
                 redacted_bytes: u64::from(len),
+            });
+        }
+        // Written by sendfile or splice: counted, never read.
+        TTY_UNSEEN if bytes.len() == TTY_FIXED => {
+            return Ok(Body::Gap {
+                source: GapSource::Unseen,
+                lost_kind: kind_id,
+                records: 1,
+                bytes: u64::from(len),
             });
         }
         _ => {
@@ -89,13 +98,29 @@ mod tests {
     }
 
     #[test]
-    fn redaction_flags_that_do_not_fit_are_errors() {
-        // A redacted record carrying bytes, redacted output and unknown flags: none of these
-        // is what the kernel program writes, so none is trusted.
+    fn unseen_bytes_are_a_gap_of_the_writer() {
+        let ev = decode_record(&record(kind::TTY_OUT, b"", 4096, TTY_UNSEEN)).unwrap();
+        assert_eq!(
+            ev.body,
+            Body::Gap {
+                source: GapSource::Unseen,
+                lost_kind: kind::TTY_OUT,
+                records: 1,
+                bytes: 4096
+            }
+        );
+        assert_eq!(ev.process.unwrap().tgid, 10);
+    }
+
+    #[test]
+    fn flags_that_do_not_fit_are_errors() {
+        // A redacted or unseen record carrying bytes, redacted output and unknown flags: none
+        // of these is what the kernel program writes, so none is trusted.
         for (kind_id, data, flags) in [
             (kind::TTY_IN, &b"hunter2"[..], TTY_REDACTED),
             (kind::TTY_OUT, &b""[..], TTY_REDACTED),
-            (kind::TTY_IN, &b"ls"[..], 2),
+            (kind::TTY_IN, &b"ls"[..], 4),
+            (kind::TTY_OUT, &b"ls"[..], TTY_UNSEEN),
         ] {
             let bytes = record(kind_id, data, data.len() as u32, flags);
             assert!(
