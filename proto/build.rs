@@ -20,5 +20,13 @@ fn main() -> std::io::Result<()> {
             "protoc is missing: run `cargo xtask setup` (it installs Debian's protobuf-compiler)",
         ));
     }
-    tonic_prost_build::configure().compile_protos(&protos, &["."])
+    tonic_prost_build::configure()
+        // Event bytes are copied once, out of the kernel's ring buffer: the argv strings and
+        // terminal data an event carries, and a chained record's serialized event, are
+        // `Bytes` views of the buffer they arrived in, shared from stage to stage and
+        // decoded from a gRPC frame without a copy.
+        .bytes(".recorder.v1.Exec.argv")
+        .bytes(".recorder.v1.Tty.data")
+        .bytes(".recorder.v1.ChainedEvent.event")
+        .compile_protos(&protos, &["."])
 }

@@ -168,13 +168,13 @@ fn host_log() -> Vec<Logged> {
                 let body = if seq % 2 == 0 {
                     Body::Exec(Exec {
                         filename: format!("/usr/bin/tool-{seq}"),
-                        argv: vec![b"tool".to_vec(), seq.to_string().into_bytes()],
+                        argv: vec![b"tool".to_vec().into(), seq.to_string().into_bytes().into()],
                         ..Exec::default()
                     })
                 } else if session.is_some() {
                     Body::Tty(Tty {
                         device: "136:1".into(),
-                        data: format!("line {seq}\r\n").into_bytes(),
+                        data: format!("line {seq}\r\n").into_bytes().into(),
                         ..Tty::default()
                     })
                 } else {

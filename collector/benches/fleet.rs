@@ -87,9 +87,9 @@ fn event(host: &str, seq: u64) -> Vec<u8> {
         Body::Exec(Exec {
             filename: "/usr/bin/systemctl".into(),
             argv: vec![
-                b"systemctl".to_vec(),
-                b"status".to_vec(),
-                format!("unit-{seq}.service").into_bytes(),
+                b"systemctl".to_vec().into(),
+                b"status".to_vec().into(),
+                format!("unit-{seq}.service").into_bytes().into(),
             ],
             ..Exec::default()
         })

@@ -894,7 +894,7 @@ impl Writer {
                         identity_name: own.identity_name,
                         ..Derived::bare(own.host, time, own.kind)
                     },
-                    event,
+                    event: event.into(),
                     hash,
                     log_index: None,
                 }

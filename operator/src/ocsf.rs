@@ -748,7 +748,7 @@ mod tests {
     fn exec(argv: &[&str], result: i32) -> Body {
         Body::Exec(Exec {
             filename: "/usr/bin/sudo".into(),
-            argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            argv: argv.iter().map(|a| a.as_bytes().to_vec().into()).collect(),
             result,
             ..Exec::default()
         })
@@ -1060,7 +1060,7 @@ mod tests {
                 device: "136:0".into(),
                 fd: 1,
                 offset: 0,
-                data: b"\x1b[2Jhi".to_vec(),
+                data: b"\x1b[2Jhi".to_vec().into(),
                 redacted_bytes: 0,
             }))
         };

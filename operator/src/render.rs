@@ -48,7 +48,7 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
 }
 
 /// The argument strings joined as a shell would show them.
-fn command_line(argv: &[Vec<u8>]) -> String {
+fn command_line(argv: &[bytes::Bytes]) -> String {
     argv.iter()
         .map(|a| escape_bytes(a))
         .collect::<Vec<_>>()
@@ -567,7 +567,10 @@ mod tests {
             chain_id: "c".into(),
             event: Some(Event {
                 body: Some(Body::Exec(Exec {
-                    argv: vec![b"echo".to_vec(), b"\x1b[2J\rforged\x07".to_vec()],
+                    argv: vec![
+                        b"echo".to_vec().into(),
+                        b"\x1b[2J\rforged\x07".to_vec().into(),
+                    ],
                     ..Exec::default()
                 })),
                 ..Event::default()

@@ -73,7 +73,8 @@ impl Chain {
     }
 
     /// Places `event` next, as the record an agent ships: its batch names the chain.
-    pub fn record(&mut self, event: Vec<u8>) -> crate::v1::ChainedEvent {
+    pub fn record(&mut self, event: impl Into<bytes::Bytes>) -> crate::v1::ChainedEvent {
+        let event = event.into();
         let (seq, hash) = self.link(&event);
         crate::v1::ChainedEvent {
             chain_id: String::new(),

@@ -553,7 +553,7 @@ mod tests {
                 device: "136:2".into(),
                 fd: 5,
                 offset: 0,
-                data: b"ls\r".to_vec(),
+                data: bytes::Bytes::from_static(b"ls\r"),
                 redacted_bytes: 0,
             })),
         };

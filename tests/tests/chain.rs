@@ -85,7 +85,7 @@ fn verify_spool(dir: &Path) -> Vec<Verified> {
             chain.head = record.hash;
             chain
                 .events
-                .push(v1::Event::decode(record.event.as_slice()).expect("an Event"));
+                .push(v1::Event::decode(&record.event[..]).expect("an Event"));
         }
     }
     chains

@@ -50,9 +50,9 @@ fn event(n: u64) -> Event {
         Body::Exec(Exec {
             filename: "/usr/bin/systemctl".into(),
             argv: vec![
-                b"systemctl".to_vec(),
-                b"restart".to_vec(),
-                format!("svc-{n}").into_bytes(),
+                b"systemctl".to_vec().into(),
+                b"restart".to_vec().into(),
+                format!("svc-{n}").into_bytes().into(),
             ],
             ..Exec::default()
         })
@@ -62,7 +62,7 @@ fn event(n: u64) -> Event {
             device: "136:3".into(),
             fd: 1,
             offset: 0,
-            data: format!("line {n}\n").into_bytes(),
+            data: format!("line {n}\n").into_bytes().into(),
             redacted_bytes: 0,
         })
     };
@@ -380,7 +380,7 @@ async fn a_resend_is_acknowledged_and_a_fork_raises_an_alert() {
         chain_id: String::new(),
         seq: 60,
         hash: chain_hash(&chain.id, 60, &prev, &bytes).to_vec(),
-        event: bytes,
+        event: bytes.into(),
     };
     let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     let refused = agent
@@ -460,7 +460,7 @@ async fn bad_batches_are_refused_and_store_nothing() {
     // The first record of a batch links to the stored head.
     let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     let mut bad = chain.batch(10..20);
-    bad.events[0].event = event(999).encode_to_vec();
+    bad.events[0].event = event(999).encode_to_vec().into();
     let refused = agent.ship(bad).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
 
@@ -708,7 +708,7 @@ async fn garbage_and_oversized_messages_leave_the_collector_serving() {
     drop(raw);
 
     let mut huge = chain.batch(30..31);
-    huge.events[0].event = vec![b'x'; 100 << 20];
+    huge.events[0].event = vec![b'x'; 100 << 20].into();
     let refused = agent.ship(huge).await.unwrap_err();
     assert!(
         matches!(refused.code(), Code::OutOfRange | Code::ResourceExhausted),
@@ -889,7 +889,7 @@ fn tty(at_ms: u64, device: &str, input: bool, data: &str) -> Event {
             device: device.into(),
             fd: 1,
             offset: 0,
-            data: data.as_bytes().to_vec(),
+            data: data.as_bytes().to_vec().into(),
             redacted_bytes: 0,
         })),
         ..event(1)

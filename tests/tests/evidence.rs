@@ -26,7 +26,7 @@ fn exec(n: u64) -> Event {
         }),
         body: Some(Body::Exec(Exec {
             filename: "/usr/bin/true".into(),
-            argv: vec![format!("true {n}").into_bytes()],
+            argv: vec![format!("true {n}").into_bytes().into()],
             ..Exec::default()
         })),
         ..Event::default()

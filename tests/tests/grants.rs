@@ -599,9 +599,9 @@ fn exec(time: u64, who: (Kind, &str), grant: &str) -> Event {
         body: Some(Body::Exec(Exec {
             filename: "/usr/bin/systemctl".into(),
             argv: vec![
-                b"systemctl".to_vec(),
-                b"restart".to_vec(),
-                b"nginx".to_vec(),
+                b"systemctl".to_vec().into(),
+                b"restart".to_vec().into(),
+                b"nginx".to_vec().into(),
             ],
             ..Exec::default()
         })),

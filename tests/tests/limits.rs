@@ -164,7 +164,7 @@ fn large_output(n: u64, bytes: usize) -> Event {
             device: "136:1".into(),
             fd: 1,
             offset: 0,
-            data: vec![b'a' + n as u8; bytes],
+            data: vec![b'a' + n as u8; bytes].into(),
             redacted_bytes: 0,
         })),
         ..session_exec(7)

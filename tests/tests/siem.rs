@@ -86,7 +86,7 @@ fn of_alice(t: u64, time: u64, process: Process, body: Body) -> Event {
 fn exec(argv: &[&str], result: i32) -> Body {
     Body::Exec(Exec {
         filename: format!("/usr/bin/{}", argv[0]),
-        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        argv: argv.iter().map(|a| a.as_bytes().to_vec().into()).collect(),
         result,
         ..Exec::default()
     })
@@ -102,7 +102,7 @@ fn process_events(t: u64) -> Vec<Event> {
             device: "136:0".into(),
             fd,
             offset: 0,
-            data: data.to_vec(),
+            data: data.to_vec().into(),
             redacted_bytes: 0,
         })
     };

@@ -208,7 +208,9 @@ mod tests {
         let (mut records, alert) = stored();
         let mut holes = Holes::default();
         holes.read("alert", &alert);
-        records[3].event[0] ^= 1;
+        let mut edited = records[3].event.to_vec();
+        edited[0] ^= 1;
+        records[3].event = edited.into();
         let verdict = walk(&records, &holes);
         assert_eq!(verdict.first_bad_seq, Some(3), "{verdict:?}");
         assert!(!holes.anchors(CHAIN, 5, &records[3].hash, &records[3].event));

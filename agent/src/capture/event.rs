@@ -3,6 +3,7 @@
 //! them into the versioned model of `proto/`.
 
 use agent_common::event::{AUDIT_UNSET, dev_major, dev_minor, kind};
+use bytes::Bytes;
 use proto::kind::Kind;
 
 /// Who acted, as the kernel reported it for this record.
@@ -56,7 +57,7 @@ pub enum Body {
         filename: String,
         filename_truncated: bool,
         /// The argument strings as the kernel held them (not necessarily UTF-8).
-        argv: Vec<Vec<u8>>,
+        argv: Vec<Bytes>,
         argv_truncated: bool,
         argv_unreadable: bool,
         /// 0, or `-errno` of a failed exec.
@@ -79,7 +80,7 @@ pub enum Body {
         fd: u32,
         /// Position of `data` within the bytes of the syscall that wrote it.
         offset: u64,
-        data: Vec<u8>,
+        data: Bytes,
         /// Nonzero: input typed while the terminal did not echo, of this many bytes, none
         /// of which were read (`data` is empty).
         redacted_bytes: u64,

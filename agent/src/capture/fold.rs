@@ -9,6 +9,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::event::{Body, Event};
@@ -29,6 +30,17 @@ struct Held {
 #[derive(Default)]
 pub struct Fold {
     held: HashMap<u32, Held>,
+}
+
+/// `event` with argv strings of its own: a held miss's views would keep its whole batch's
+/// buffer (up to 4 MiB) alive for as long as it is held.
+fn unshared(mut event: Event) -> Event {
+    if let Body::Exec { argv, .. } = &mut event.body {
+        for arg in argv {
+            *arg = Bytes::copy_from_slice(arg);
+        }
+    }
+    event
 }
 
 fn is_miss(event: &Event) -> bool {
@@ -110,7 +122,7 @@ impl Fold {
         if held.misses.len() >= MISSES_MAX {
             out.push(held.misses.remove(0));
         }
-        held.misses.push(miss);
+        held.misses.push(unshared(miss));
     }
 
     /// `exec` with the paths of its process's held misses of the same argv in `tried`;
@@ -140,6 +152,7 @@ impl Fold {
 mod tests {
     use super::*;
     use crate::capture::event::Process;
+    use bytes::Bytes;
 
     fn process(tgid: u32) -> Process {
         Process {
@@ -164,7 +177,10 @@ mod tests {
             body: Body::Exec {
                 filename: filename.into(),
                 filename_truncated: false,
-                argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+                argv: argv
+                    .iter()
+                    .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                    .collect(),
                 argv_truncated: false,
                 argv_unreadable: false,
                 result,

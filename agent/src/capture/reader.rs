@@ -22,6 +22,7 @@ use agent_common::{
     tty::TTY_FIXED,
 };
 use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc::{Sender, error::TrySendError};
 
 use super::{
@@ -34,20 +35,34 @@ use crate::clock::boot_ns;
 /// build an unbounded buffer.
 const BATCH_BYTES: usize = 4 << 20;
 
-/// Records copied out of the ring buffer back to back, plus the gaps found with them.
+/// Records copied out of the ring buffer back to back, plus the gaps found with them. This
+/// is the one copy of their bytes: decoded events hold views of it (`Bytes`), so argv
+/// strings and terminal data are shared from stage to stage until they are serialized.
 #[derive(Default)]
 pub struct Batch {
-    data: Vec<u8>,
+    data: BytesMut,
     ends: Vec<usize>,
     pub gaps: Vec<Event>,
 }
 
 impl Batch {
     pub fn records(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans().map(|(s, e)| &self.data[s..e])
+    }
+
+    /// Each record as a view of the batch's one buffer, and the gaps.
+    pub fn into_records(self) -> (impl Iterator<Item = Bytes>, Vec<Event>) {
+        let spans: Vec<_> = self.spans().collect();
+        let data = self.data.freeze();
+        (
+            spans.into_iter().map(move |(s, e)| data.slice(s..e)),
+            self.gaps,
+        )
+    }
+
+    fn spans(&self) -> impl Iterator<Item = (usize, usize)> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(self.ends.iter().copied())
-            .map(|(s, e)| &self.data[s..e])
+        starts.zip(self.ends.iter().copied())
     }
 
     fn is_empty(&self) -> bool {

@@ -279,7 +279,9 @@ pub(crate) mod tests {
             Body::Exec {
                 filename: "/usr/bin/sudo".into(),
                 filename_truncated: false,
-                argv: vec![b"sudo".to_vec(), b"-n".to_vec(), b"id".to_vec()],
+                argv: ["sudo", "-n", "id"]
+                    .map(|a| a.as_bytes().to_vec().into())
+                    .to_vec(),
                 argv_truncated: false,
                 argv_unreadable: false,
                 result: 0,

@@ -72,7 +72,7 @@ impl Link<'_> {
         ChainedEvent {
             chain_id: self.chain_id.to_owned(),
             seq: self.seq,
-            event: self.event.to_vec(),
+            event: bytes::Bytes::copy_from_slice(self.event),
             hash: self.hash.to_vec(),
         }
     }

@@ -344,16 +344,16 @@ mod tests {
         let mut evidence = Evidence::open(&dir, 1 << 30, "test-host", "test").unwrap();
         let huge = v1::Event {
             body: Some(v1::event::Body::Tty(v1::Tty {
-                data: vec![b'x'; EVENT_BYTES_MAX],
+                data: vec![b'x'; EVENT_BYTES_MAX].into(),
                 ..v1::Tty::default()
             })),
             ..v1::Event::default()
         };
         let len = huge.encoded_len() as u64;
         let durable = evidence.process(&[huge, v1::Event::default()]);
-        let (records, _) = spool::read_frames(&std::fs::read(&durable.segment).unwrap());
+        let (records, _) = spool::read_frames(&std::fs::read(&durable.segment).unwrap().into());
         assert_eq!(records.len(), 3, "start, the gap, the next event");
-        let gap = v1::Event::decode(records[1].event.as_slice()).unwrap();
+        let gap = v1::Event::decode(&records[1].event[..]).unwrap();
         assert_eq!(
             gap.body,
             Some(v1::event::Body::Gap(v1::Gap {
@@ -375,10 +375,10 @@ mod tests {
         let mut evidence = Evidence::open(&dir, 1, "test-host", "test").unwrap();
         let durable = evidence.process(&[v1::Event::default()]);
         assert_eq!(evidence.refused_total(), 1);
-        let (records, _) = spool::read_frames(&std::fs::read(&durable.segment).unwrap());
+        let (records, _) = spool::read_frames(&std::fs::read(&durable.segment).unwrap().into());
         assert!(
             matches!(
-                v1::Event::decode(records[0].event.as_slice()).unwrap().body,
+                v1::Event::decode(&records[0].event[..]).unwrap().body,
                 Some(v1::event::Body::ChainStart(_))
             ),
             "{records:?}"

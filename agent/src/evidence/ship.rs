@@ -23,6 +23,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use bytes::Bytes;
 use proto::v1::{
     self, AgentMessage, ChainedEvent, CollectorMessage, EventBatch, Heartbeat, Hello, SpoolHole,
     Welcome, agent_message::Msg, collector_message, ingest_client::IngestClient,
@@ -547,8 +548,9 @@ impl Cursor {
     }
 }
 
-/// Whole frames from `offset`, at most `BATCH_BYTES` of them unless one frame is larger.
-fn read_at(path: &Path, offset: u64, end: u64) -> io::Result<Vec<u8>> {
+/// Whole frames from `offset`, at most `BATCH_BYTES` of them unless one frame is larger:
+/// the one buffer the batch's records are views of.
+fn read_at(path: &Path, offset: u64, end: u64) -> io::Result<Bytes> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
     let available = usize::try_from(end - offset).unwrap_or(usize::MAX);
@@ -561,16 +563,16 @@ fn read_at(path: &Path, offset: u64, end: u64) -> io::Result<Vec<u8>> {
     bytes.extend_from_slice(&header);
     file.take((want - FRAME_HEADER) as u64)
         .read_to_end(&mut bytes)?;
-    Ok(bytes)
+    Ok(bytes.into())
 }
 
 /// The bytes of `path` from `offset` to `end`.
-fn read_to(path: &Path, offset: u64, end: u64) -> io::Result<Vec<u8>> {
+fn read_to(path: &Path, offset: u64, end: u64) -> io::Result<Bytes> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
     let mut bytes = Vec::new();
     file.take(end - offset).read_to_end(&mut bytes)?;
-    Ok(bytes)
+    Ok(bytes.into())
 }
 
 /// The chains the spool holds records of, oldest first, from each segment's first record.
@@ -599,7 +601,7 @@ mod tests {
         seqs.map(|seq| ChainedEvent {
             chain_id: chain_id.into(),
             seq,
-            event: vec![1],
+            event: vec![1].into(),
             hash: vec![2; 32],
         })
         .collect()

@@ -20,6 +20,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use bytes::Bytes;
 use prost::Message as _;
 use proto::v1::ChainedEvent;
 
@@ -75,22 +76,23 @@ pub struct Spool {
     payload: Vec<u8>,
 }
 
-/// The whole frames at the start of `bytes`, and how many bytes they span.
+/// The whole frames at the start of `bytes`, and how many bytes they span. Each record's
+/// event is a view of `bytes`, not a copy.
 #[must_use]
-pub fn read_frames(bytes: &[u8]) -> (Vec<ChainedEvent>, usize) {
+pub fn read_frames(bytes: &Bytes) -> (Vec<ChainedEvent>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
-    while let Some((record, len)) = frame_at(&bytes[at..], MAX_PAYLOAD) {
+    while let Some((record, len)) = frame_at(bytes, at, MAX_PAYLOAD) {
         records.push(record);
         at += len;
     }
     (records, at)
 }
 
-/// The record of the frame at the start of `bytes` and the frame's length, when it is a
-/// whole frame of at most `max_payload` bytes that checks.
-fn frame_at(bytes: &[u8], max_payload: usize) -> Option<(ChainedEvent, usize)> {
-    let header = bytes.get(..FRAME_HEADER)?;
+/// The record of the frame at `at` in `bytes` and the frame's length, when it is a whole
+/// frame of at most `max_payload` bytes that checks.
+fn frame_at(bytes: &Bytes, at: usize, max_payload: usize) -> Option<(ChainedEvent, usize)> {
+    let header = bytes.get(at..at + FRAME_HEADER)?;
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     // Every record has a chain id and a hash, so an empty frame is none the agent wrote:
@@ -98,25 +100,25 @@ fn frame_at(bytes: &[u8], max_payload: usize) -> Option<(ChainedEvent, usize)> {
     if len == 0 || len > max_payload {
         return None;
     }
-    let payload = bytes.get(FRAME_HEADER..FRAME_HEADER + len)?;
-    if crc32fast::hash(payload) != crc {
+    let payload = at + FRAME_HEADER..at + FRAME_HEADER + len;
+    if crc32fast::hash(bytes.get(payload.clone())?) != crc {
         return None;
     }
-    let record = ChainedEvent::decode(payload).ok()?;
+    let record = ChainedEvent::decode(bytes.slice(payload)).ok()?;
     Some((record, FRAME_HEADER + len))
 }
 
 /// The last record in a segment's bytes, and where its last frame that checks ends.
 /// Corruption in the middle is read past, as the ship stage skips it, so that only a torn
 /// tail, past every frame that checks, is what a restart cuts.
-fn last_frame(bytes: &[u8]) -> (Option<ChainedEvent>, usize) {
+fn last_frame(bytes: &Bytes) -> (Option<ChainedEvent>, usize) {
     let (mut last, mut at) = (None, 0);
     loop {
-        let (records, used) = read_frames(&bytes[at..]);
+        let (records, used) = read_frames(&bytes.slice(at..));
         last = records.into_iter().last().or(last);
         at += used;
         let end = at;
-        match resync(&bytes[at..]) {
+        match resync(&bytes.slice(at..)) {
             Some(skip) => at += skip,
             None => return (last, end),
         }
@@ -129,7 +131,7 @@ fn last_frame(bytes: &[u8]) -> (Option<ChainedEvent>, usize) {
 /// starts as every record does, with its chain id: a corrupt region costs a scan, not a
 /// checksum per byte.
 #[must_use]
-pub fn resync(bytes: &[u8]) -> Option<usize> {
+pub fn resync(bytes: &Bytes) -> Option<usize> {
     // A record's payload: its event, chain id, seq and hash, with their protobuf framing.
     const RECORD_OVERHEAD: usize = 1024;
     // The tag of `ChainedEvent.chain_id` (field 1, length-delimited), which prost writes
@@ -138,7 +140,7 @@ pub fn resync(bytes: &[u8]) -> Option<usize> {
     let max_payload = proto::limits::EVENT_BYTES_MAX + RECORD_OVERHEAD;
     (1..bytes.len()).find(|&at| {
         bytes.get(at + FRAME_HEADER) == Some(&CHAIN_ID_TAG)
-            && frame_at(&bytes[at..], max_payload).is_some()
+            && frame_at(bytes, at, max_payload).is_some()
     })
 }
 
@@ -161,6 +163,7 @@ impl Spool {
             File::open(path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(io_err(path))?;
+            let bytes = Bytes::from(bytes);
             let (last, good) = last_frame(&bytes);
             if i == segments.len() - 1 && good < bytes.len() {
                 recovered.torn_bytes = (bytes.len() - good) as u64;
@@ -424,7 +427,7 @@ mod tests {
                 hash: last.hash.clone()
             })
         );
-        let (read, good) = read_frames(&fs::read(&seg).unwrap());
+        let (read, good) = read_frames(&fs::read(&seg).unwrap().into());
         assert_eq!(
             (read, good as u64),
             (records, fs::metadata(&seg).unwrap().len())
@@ -467,7 +470,7 @@ mod tests {
             recovered.head.map(|h| (h.seq, h.hash)),
             Some((4, last.hash))
         );
-        assert_eq!(resync(&bytes[third..]), Some(frame));
+        assert_eq!(resync(&Bytes::from(bytes).slice(third..)), Some(frame));
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -479,7 +482,7 @@ mod tests {
         bytes.extend(u32::try_from(payload.len()).unwrap().to_le_bytes());
         bytes.extend((crc32fast::hash(&payload) ^ 1).to_le_bytes());
         bytes.extend(&payload);
-        assert_eq!(read_frames(&bytes), (vec![], 0));
+        assert_eq!(read_frames(&bytes.into()), (vec![], 0));
     }
 
     /// Each start's segments sort after every earlier one's, whatever the clock says, and
@@ -546,6 +549,19 @@ mod fuzz {
         (bytes, records)
     }
 
+    /// The ship stage copies no event bytes between the segment and the gRPC encoder: each
+    /// record's event is a view of the buffer the segment was read into.
+    #[test]
+    fn records_read_share_the_buffer_they_were_read_into() {
+        let (whole, records) = chain_frames("c", &[vec![7; 300], b"exec".to_vec()]);
+        let bytes = Bytes::from(whole);
+        let (read, _) = read_frames(&bytes);
+        assert_eq!(read, records);
+        for record in read {
+            assert!(bytes.as_ptr_range().contains(&record.event.as_ptr()));
+        }
+    }
+
     /// What follows the last whole frame: anything, or a header claiming any length.
     fn garbage() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
@@ -570,7 +586,8 @@ mod fuzz {
         records: &[ChainedEvent],
         len: usize,
     ) -> Result<(), TestCaseError> {
-        let ((read, used), largest) = largest_allocation(|| read_frames(bytes));
+        let bytes = Bytes::copy_from_slice(bytes);
+        let ((read, used), largest) = largest_allocation(|| read_frames(&bytes));
         prop_assert!(largest <= HEAP_BOUND, "allocated {largest} bytes at once");
         prop_assert_eq!(&read[..], records);
         prop_assert_eq!(used, len);
@@ -609,7 +626,7 @@ mod fuzz {
         chain.link(&vec![0; MAX_PAYLOAD]).encode(&mut payload);
         assert!(payload.len() > MAX_PAYLOAD);
         assert!(ChainedEvent::decode(payload.as_slice()).is_ok());
-        assert_eq!(read_frames(&frame(&payload)), (vec![], 0));
+        assert_eq!(read_frames(&frame(&payload).into()), (vec![], 0));
     }
 
     proptest! {
@@ -630,12 +647,13 @@ mod fuzz {
         fn any_bytes_read_as_their_longest_run_of_whole_frames(
             bytes in prop::collection::vec(any::<u8>(), 0..1024),
         ) {
+            let bytes = Bytes::from(bytes);
             let ((records, used), largest) = largest_allocation(|| read_frames(&bytes));
             prop_assert!(largest <= HEAP_BOUND, "allocated {largest} bytes at once");
             prop_assert!(used <= bytes.len());
             // The run ends where the next frame does not read, and re-reads the same.
-            prop_assert_eq!(read_frames(&bytes[used..]).1, 0);
-            prop_assert_eq!(read_frames(&bytes[..used]), (records, used));
+            prop_assert_eq!(read_frames(&bytes.slice(used..)).1, 0);
+            prop_assert_eq!(read_frames(&bytes.slice(..used)), (records, used));
         }
     }
 }

@@ -3,6 +3,7 @@
 //! event decoded for the columns queries use. Only a batch's link to the stored head is left
 //! for the writer, which holds the heads.
 
+use bytes::Bytes;
 use proto::{
     chain::chain_hash,
     limits::EVENT_BYTES_MAX,
@@ -184,7 +185,7 @@ fn chain_id(chain_id: &str) -> Result<(), IngestError> {
 pub(crate) fn record(
     host: &str,
     seq: u64,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     hash: [u8; 32],
 ) -> Result<Record, IngestError> {
     let derived = verifier::columns::derive(host, seq, &bytes).map_err(invalid)?;
@@ -298,11 +299,11 @@ mod tests {
             Harm::HashLen(i, hash) => batch.events[i.index(n)].hash.clone_from(hash),
             Harm::Event(i, event) => {
                 let e = &mut batch.events[later(i)];
-                if e.event == *event {
-                    e.event.push(0);
+                e.event = if e.event == *event {
+                    [&event[..], &[0]].concat().into()
                 } else {
-                    e.event.clone_from(event);
-                }
+                    event.clone().into()
+                };
             }
             Harm::RecordChain(i, chain) => {
                 let e = &mut batch.events[i.index(n)];
@@ -337,7 +338,7 @@ mod tests {
             .prop_map(|(chain_id, seq, event, hash)| ChainedEvent {
                 chain_id,
                 seq,
-                event,
+                event: event.into(),
                 hash,
             });
         prop_oneof![
@@ -382,7 +383,7 @@ mod tests {
     fn check_batch(batch: EventBatch) -> Result<(), TestCaseError> {
         let well_formed = well_formed(&batch);
         let starts_a_chain = batch.events.first().is_some_and(|e| e.seq == 0);
-        let sent: Vec<(u64, Vec<u8>, Vec<u8>)> = batch
+        let sent: Vec<(u64, Bytes, Vec<u8>)> = batch
             .events
             .iter()
             .map(|e| (e.seq, e.event.clone(), e.hash.clone()))

@@ -639,7 +639,7 @@ mod tests {
             Body::Tty(Tty {
                 direction,
                 device: "136:0".into(),
-                data: b"x".to_vec(),
+                data: bytes::Bytes::from_static(b"x"),
                 ..Tty::default()
             })
         };

@@ -225,7 +225,7 @@ mod tests {
             Body::Tty(Tty {
                 direction: direction.into(),
                 device: device.into(),
-                data: data.into(),
+                data: bytes::Bytes::copy_from_slice(data.as_bytes()),
                 ..Tty::default()
             }),
         )
@@ -400,7 +400,7 @@ mod tests {
         Ok(events
             .into_iter()
             .map(|e| match e.event.unwrap().body {
-                Some(Body::Tty(t)) => String::from_utf8(t.data).unwrap(),
+                Some(Body::Tty(t)) => String::from_utf8(t.data.to_vec()).unwrap(),
                 other => panic!("replayed {other:?}"),
             })
             .collect())

@@ -7,6 +7,7 @@ pub mod sqlite;
 
 use std::{ops::ControlFlow, sync::Arc};
 
+use bytes::Bytes;
 use proto::{
     kind::Kind,
     v1::{Grant, StoredEvent},
@@ -56,7 +57,7 @@ pub struct Record {
     /// Its columns, as its bytes give them (`verifier::columns::derive`) or, for the
     /// collector's own records, as the writer makes them.
     pub derived: Derived,
-    pub event: Vec<u8>,
+    pub event: Bytes,
     pub hash: [u8; 32],
     /// Its leaf index in its host's log (docs/evidence.md); `None` for the collector's own
     /// records. The writer assigns it.
@@ -77,7 +78,7 @@ pub struct Append {
 pub struct Conflict {
     pub chain_id: String,
     pub seq: u64,
-    pub event: Vec<u8>,
+    pub event: Bytes,
     pub hash: Vec<u8>,
     pub stored_hash: Vec<u8>,
     pub received_unix_nano: u64,

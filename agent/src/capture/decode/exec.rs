@@ -1,11 +1,12 @@
 use std::mem::offset_of;
 
 use agent_common::exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, flags};
+use bytes::Bytes;
 
 use super::{DecodeError, read, slice};
 use crate::capture::event::Body;
 
-pub(super) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
+pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
     if bytes.len() < EXEC_FIXED {
         return Err(DecodeError::Short {
             got: bytes.len(),
@@ -33,7 +34,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
     Ok(Body::Exec {
         filename: String::from_utf8_lossy(filename).into_owned(),
         filename_truncated: flag_bits & flags::FILENAME_TRUNCATED != 0,
-        argv: split_argv(argv),
+        argv: split_argv(bytes, argv),
         argv_truncated: flag_bits & flags::ARGV_TRUNCATED != 0,
         argv_unreadable: flag_bits & flags::ARGV_UNREADABLE != 0,
         result,
@@ -41,13 +42,17 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Body, DecodeError> {
     })
 }
 
-/// Splits NUL-terminated strings; a cut-off last string (no NUL) is kept as it is.
-fn split_argv(block: &[u8]) -> Vec<Vec<u8>> {
+/// Splits NUL-terminated strings, each a view of `record`, which holds `block`; a cut-off
+/// last string (no NUL) is kept as it is.
+fn split_argv(record: &Bytes, block: &[u8]) -> Vec<Bytes> {
     let block = block.strip_suffix(&[0]).unwrap_or(block);
     if block.is_empty() {
         return Vec::new();
     }
-    block.split(|&b| b == 0).map(<[u8]>::to_vec).collect()
+    block
+        .split(|&b| b == 0)
+        .map(|s| record.slice_ref(s))
+        .collect()
 }
 
 #[cfg(test)]
@@ -77,7 +82,7 @@ mod tests {
 
     #[test]
     fn argv_block_splits_into_strings() {
-        let ev = decode_record(&record(b"foo\0-x\0\0last\0", 0)).unwrap();
+        let ev = decode_record(&record(b"foo\0-x\0\0last\0", 0).into()).unwrap();
         let Body::Exec {
             filename,
             argv,
@@ -93,11 +98,19 @@ mod tests {
             ("/bin/foo", -2, false)
         );
         assert_eq!(argv, [&b"foo"[..], b"-x", b"", b"last"]);
+        // Views of the record, not copies.
+        let bytes = Bytes::from(record(b"foo\0-x\0", 0));
+        let Body::Exec { argv, .. } = decode_record(&bytes).unwrap().body else {
+            panic!()
+        };
+        for arg in argv {
+            assert!(bytes.as_ptr_range().contains(&arg.as_ptr()));
+        }
     }
 
     #[test]
     fn truncated_argv_keeps_its_partial_last_string() {
-        let ev = decode_record(&record(b"foo\0ba", flags::ARGV_TRUNCATED)).unwrap();
+        let ev = decode_record(&record(b"foo\0ba", flags::ARGV_TRUNCATED).into()).unwrap();
         let Body::Exec {
             argv,
             argv_truncated,
@@ -108,7 +121,10 @@ mod tests {
         };
         assert_eq!(
             (argv, argv_truncated),
-            (vec![b"foo".to_vec(), b"ba".to_vec()], true)
+            (
+                vec![Bytes::from_static(b"foo"), Bytes::from_static(b"ba")],
+                true
+            )
         );
     }
 
@@ -117,6 +133,6 @@ mod tests {
         let mut bytes = record(b"foo\0", 0);
         let at = offset_of!(ExecRecord, argv_len);
         bytes[at..at + 4].copy_from_slice(&100u32.to_ne_bytes());
-        assert!(decode_record(&bytes).is_err());
+        assert!(decode_record(&bytes.into()).is_err());
     }
 }

@@ -10,6 +10,7 @@ use agent_common::{
     task::TaskRecord,
     tty::{CHUNK, TTY_FIXED, TtyRecord},
 };
+use bytes::Bytes;
 use proptest::{prelude::*, sample::Index, strategy::Union};
 
 use super::{decode, process};
@@ -230,7 +231,7 @@ fn check_batch(records: &[Vec<u8>]) -> Result<(), TestCaseError> {
     let (mut events, mut kills) = (out.events.iter(), out.kills.iter());
     let (mut decoded, mut lost_bytes) = (0, 0);
     for r in records {
-        if let Ok(expected) = decode(r) {
+        if let Ok(expected) = decode(&Bytes::copy_from_slice(r)) {
             let got = if matches!(expected.body, Body::Kill(_)) {
                 kills.next()
             } else {
@@ -258,14 +259,18 @@ fn check_batch(records: &[Vec<u8>]) -> Result<(), TestCaseError> {
 
 /// `bytes` is not decodable, and the decode stage counts it as one lost record of its size.
 fn check_rejected(bytes: &[u8]) -> Result<(), TestCaseError> {
-    prop_assert!(decode(bytes).is_err(), "decoded {bytes:?}");
+    prop_assert!(
+        decode(&Bytes::copy_from_slice(bytes)).is_err(),
+        "decoded {bytes:?}"
+    );
     check_batch(&[bytes.to_vec()])
 }
 
 /// `bytes` decodes to the event of its kind, carrying its argv or terminal data whole.
 fn check_decoded(bytes: &[u8]) -> Result<(), TestCaseError> {
     let kind_id = get(bytes, offset_of!(Header, kind));
-    let event = decode(bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let event =
+        decode(&Bytes::copy_from_slice(bytes)).map_err(|e| TestCaseError::fail(e.to_string()))?;
     match (kind_id, event.body) {
         (kind::EXEC, Body::Exec { filename, argv, .. }) => {
             let at = offset_of!(ExecRecord, filename);

@@ -13,6 +13,7 @@ mod tty;
 use std::sync::atomic::Ordering::Relaxed;
 
 use agent_common::event::{Header, kind};
+use bytes::Bytes;
 use tracing::{debug_span, warn};
 
 use super::{
@@ -38,8 +39,9 @@ pub fn process(batch: Batch, health: &Health) -> Decoded {
         events: Vec::with_capacity(batch.len_records() + batch.gaps.len()),
         kills: Vec::new(),
     };
-    for record in batch.records() {
-        let event = decode(record).unwrap_or_else(|error| {
+    let (records, gaps) = batch.into_records();
+    for record in records {
+        let event = decode(&record).unwrap_or_else(|error| {
             warn!(%error, "undecodable kernel record");
             undecodable(record.len())
         });
@@ -50,7 +52,7 @@ pub fn process(batch: Batch, health: &Health) -> Decoded {
             out.events.push(event);
         }
     }
-    for gap in batch.gaps {
+    for gap in gaps {
         warn!(?gap.body, "records lost");
         count(health, &gap);
         out.events.push(gap);
@@ -106,7 +108,8 @@ pub enum DecodeError {
     TtyFlags { flags: u32, got: usize },
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+/// Decodes one record; the bytes an event carries are views of `bytes`.
+pub(crate) fn decode(bytes: &Bytes) -> Result<Event, DecodeError> {
     let header: Header = read(bytes, 0)?;
     if header.size as usize != bytes.len() {
         return Err(DecodeError::SizeMismatch {
@@ -233,7 +236,7 @@ mod tests {
             exit_code: 0,
             reserved: 0,
         };
-        let ev = decode(&raw(&rec)).unwrap();
+        let ev = decode(&raw(&rec).into()).unwrap();
         let p = ev.process.unwrap();
         assert_eq!(
             (p.pid, p.uid, p.euid, p.loginuid, p.sessionid),
@@ -252,14 +255,17 @@ mod tests {
 
     #[test]
     fn malformed_records_are_errors() {
-        assert!(matches!(decode(&[0u8; 10]), Err(DecodeError::Short { .. })));
+        assert!(matches!(
+            decode(&Bytes::from_static(&[0u8; 10])),
+            Err(DecodeError::Short { .. })
+        ));
         let rec = agent_common::task::TaskRecord {
             header: test_header(kind::EXIT, 99),
             exit_code: 0,
             reserved: 0,
         };
         assert_eq!(
-            decode(&raw(&rec)),
+            decode(&raw(&rec).into()),
             Err(DecodeError::SizeMismatch {
                 claimed: 99,
                 got: 88
@@ -270,6 +276,6 @@ mod tests {
             exit_code: 0,
             reserved: 0,
         };
-        assert_eq!(decode(&raw(&rec)), Err(DecodeError::UnknownKind(77)));
+        assert_eq!(decode(&raw(&rec).into()), Err(DecodeError::UnknownKind(77)));
     }
 }

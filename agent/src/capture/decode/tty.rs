@@ -4,11 +4,12 @@ use agent_common::{
     event::kind,
     tty::{CHUNK, TTY_FIXED, TTY_REDACTED, TTY_UNSEEN, TtyRecord},
 };
+use bytes::Bytes;
 
 use super::{DecodeError, read, slice};
 use crate::capture::event::{Body, Device, GapSource};
 
-pub(super) fn decode(bytes: &[u8], kind_id: u32) -> Result<Body, DecodeError> {
+pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
     let device: u32 = read(bytes, offset_of!(TtyRecord, device))?;
     let fd: u32 = read(bytes, offset_of!(TtyRecord, fd))?;
     let offset: u64 = read(bytes, offset_of!(TtyRecord, offset))?;
@@ -23,7 +24,7 @@ pub(super) fn decode(bytes: &[u8], kind_id: u32) -> Result<Body, DecodeError> {
                 device: Device::from_kernel(device),
                 fd,
                 offset,
-                data: Vec::new(),
+                data: Bytes::new(),
                 redacted_bytes: u64::from(len),
             });
         }
@@ -55,7 +56,7 @@ pub(super) fn decode(bytes: &[u8], kind_id: u32) -> Result<Body, DecodeError> {
         device: Device::from_kernel(device),
         fd,
         offset,
-        data: data.to_vec(),
+        data: bytes.slice_ref(data),
         redacted_bytes: 0,
     })
 }
@@ -82,9 +83,20 @@ mod tests {
         raw(&rec)[..TTY_FIXED + data.len()].to_vec()
     }
 
+    /// Terminal data is not copied out of the batch it arrived in: the event holds a view.
+    #[test]
+    fn data_is_a_view_of_the_record() {
+        let bytes = Bytes::from(record(kind::TTY_OUT, b"ls\r\n", 4, 0));
+        let Body::Tty { data, .. } = decode_record(&bytes).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(&data[..], b"ls\r\n");
+        assert!(bytes.as_ptr_range().contains(&data.as_ptr()));
+    }
+
     #[test]
     fn redacted_input_is_a_count_without_bytes() {
-        let ev = decode_record(&record(kind::TTY_IN, b"", 9, TTY_REDACTED)).unwrap();
+        let ev = decode_record(&record(kind::TTY_IN, b"", 9, TTY_REDACTED).into()).unwrap();
         let Body::Tty {
             input,
             data,
@@ -99,7 +111,7 @@ mod tests {
 
     #[test]
     fn unseen_bytes_are_a_gap_of_the_writer() {
-        let ev = decode_record(&record(kind::TTY_OUT, b"", 4096, TTY_UNSEEN)).unwrap();
+        let ev = decode_record(&record(kind::TTY_OUT, b"", 4096, TTY_UNSEEN).into()).unwrap();
         assert_eq!(
             ev.body,
             Body::Gap {
@@ -124,7 +136,10 @@ mod tests {
         ] {
             let bytes = record(kind_id, data, data.len() as u32, flags);
             assert!(
-                matches!(decode_record(&bytes), Err(DecodeError::TtyFlags { .. })),
+                matches!(
+                    decode_record(&bytes.into()),
+                    Err(DecodeError::TtyFlags { .. })
+                ),
                 "{kind_id} {flags}"
             );
         }

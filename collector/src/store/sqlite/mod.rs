@@ -318,7 +318,7 @@ impl Store for Sqlite {
                         r.derived.identity_kind,
                         r.derived.identity_name,
                         int(r.derived.tty_bytes),
-                        r.event,
+                        &r.event[..],
                         &r.hash[..],
                         r.derived.grant,
                         r.derived.tty,
@@ -334,7 +334,7 @@ impl Store for Sqlite {
                 conflict.execute(params![
                     c.chain_id,
                     int(c.seq),
-                    c.event,
+                    &c.event[..],
                     c.hash,
                     c.stored_hash,
                     int(c.received_unix_nano)

@@ -338,7 +338,7 @@ mod tests {
             body: Some(Body::Tty(Tty {
                 direction: direction.into(),
                 device: device.into(),
-                data: data.into(),
+                data: bytes::Bytes::copy_from_slice(data.as_bytes()),
                 ..Tty::default()
             })),
             ..Event::default()
@@ -529,7 +529,7 @@ mod tests {
                 grant: "g-1".into(),
                 ..Derived::bare("h".into(), 20, Kind::Exec)
             },
-            event: used,
+            event: used.into(),
             hash,
             log_index: None,
         };
