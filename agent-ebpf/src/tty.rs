@@ -12,8 +12,8 @@ use agent_common::{
     layout::IoVec,
     tty::{
         CHUNK, CONSOLE_MINOR, DEV_TTY_MINOR, MAX_STEPS, PTMX_MINOR, PTY_SLAVE_MAJOR_FIRST,
-        PTY_SLAVE_MAJOR_LAST, TTY_FIXED, TTY_MAJOR, TTY_REDACTED, TTY_UNSEEN, TTYAUX_MAJOR,
-        TtyRecord,
+        PTY_SLAVE_MAJOR_LAST, TIOCSWINSZ, TTY_FIXED, TTY_MAJOR, TTY_REDACTED, TTY_RESIZE,
+        TTY_UNSEEN, TTYAUX_MAJOR, TtyRecord,
     },
 };
 use aya_ebpf::{
@@ -81,6 +81,44 @@ pub fn tty_sys_enter_splice(ctx: TracePointContext) -> u32 {
         let _ = try_unseen(fd_out, len);
     }
     0
+}
+
+/// `ioctl(fd, TIOCSWINSZ, &winsize)` on a terminal: the window size a session's output was
+/// drawn for, recorded as asked (a replay lays the output out by it). Either side of a pty
+/// may set it; it is filed under the slave, as writes are.
+#[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
+pub fn tty_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
+    if let Ok([fd, cmd, arg]) = syscall_args::<3>(&ctx)
+        && cmd == TIOCSWINSZ
+    {
+        let _ = try_resize(fd, arg);
+    }
+    0
+}
+
+/// One `TTY_RESIZE` record for the `struct winsize` at `arg`, if `fd` is a terminal.
+#[inline(always)]
+fn try_resize(fd: u64, arg: u64) -> Result<(), i64> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == config!(agent_tgid) {
+        return Ok(());
+    }
+    let fd = fd as u32;
+    let task = Task::current();
+    let Some((kind, device, _)) = classify(task.file(fd)?)? else {
+        return Ok(());
+    };
+    // `struct winsize`: ws_row, ws_col, ws_xpixel, ws_ypixel, each an unsigned short.
+    let [rows, cols, _, _] = unsafe { bpf_probe_read_user(arg as *const [u16; 4]) }?;
+    let rec = scratch()?;
+    fill_header(&mut rec.header, kind, task);
+    rec.device = device;
+    rec.fd = fd;
+    rec.flags = TTY_RESIZE;
+    rec.offset = u64::from(rows);
+    rec.len = u32::from(cols);
+    submit(&raw mut rec.header, TTY_FIXED, 0);
+    Ok(())
 }
 
 /// One `TTY_UNSEEN` record for `count` bytes into `fd`, if it is a terminal.

@@ -11,7 +11,8 @@ use proto::{
 };
 use serde_json::{Value, json};
 
-/// The recorder does not capture window sizes yet: the header says the common default.
+/// The window size in the header until the recording says otherwise (a `tty_resize` before
+/// anything is drawn): the common default.
 const WIDTH: u32 = 80;
 const HEIGHT: u32 = 24;
 /// Placeholders for one record of input typed without echo, at most.
@@ -68,6 +69,9 @@ pub(crate) struct Cast<'a, W: io::Write> {
     session: &'a str,
     out: W,
     start: Option<u64>,
+    /// The window the header gives: the last size set before the first event line.
+    size: (u32, u32),
+    header_written: bool,
     last: f64,
     output: Utf8Stream,
     input: Utf8Stream,
@@ -80,6 +84,8 @@ impl<'a, W: io::Write> Cast<'a, W> {
             session,
             out,
             start: None,
+            size: (WIDTH, HEIGHT),
+            header_written: false,
             last: 0.0,
             output: Utf8Stream::default(),
             input: Utf8Stream::default(),
@@ -87,51 +93,60 @@ impl<'a, W: io::Write> Cast<'a, W> {
         }
     }
 
-    /// Adds a record of the Replay stream: terminal bytes become events, the rest is passed
-    /// over.
+    /// Adds a record of the Replay stream: terminal bytes become `o` and `i` events, window
+    /// sizes the header's size or `r` events, and the rest is passed over.
     pub(crate) fn push(&mut self, stored: &StoredEvent) -> io::Result<()> {
         let Some(event) = &stored.event else {
             return Ok(());
         };
-        let Some(Body::Tty(tty)) = &event.body else {
-            return Ok(());
+        let (code, text) = match &event.body {
+            Some(Body::Tty(tty)) if tty.redacted_bytes > 0 => {
+                // Typed without echo: as many placeholders as bytes were typed.
+                let shown = tty.redacted_bytes.min(REDACTED_SHOWN_MAX);
+                ("i", "*".repeat(usize::try_from(shown).unwrap_or_default()))
+            }
+            Some(Body::Tty(tty)) if tty.direction() == Direction::Input => {
+                ("i", self.input.push(&tty.data))
+            }
+            Some(Body::Tty(tty)) => ("o", self.output.push(&tty.data)),
+            // A window of no columns or rows is none a player can draw.
+            Some(Body::TtyResize(r)) if r.cols > 0 && r.rows > 0 => {
+                if self.header_written {
+                    ("r", format!("{}x{}", r.cols, r.rows))
+                } else {
+                    self.size = (r.cols, r.rows);
+                    ("r", String::new())
+                }
+            }
+            _ => return Ok(()),
         };
-        let start = if let Some(start) = self.start {
-            start
-        } else {
-            self.header(event.time_unix_nano)?;
-            event.time_unix_nano
-        };
+        let start = *self.start.get_or_insert(event.time_unix_nano);
         self.records.push(json!({
             "chain_id": stored.chain_id, "seq": stored.seq, "hash": hex(&stored.hash),
         }));
         // Seconds since the first record, never going back: players need them in order.
         let at = Duration::from_nanos(event.time_unix_nano.saturating_sub(start)).as_secs_f64();
         self.last = f64::max(self.last, at);
-        let (code, text) = if tty.redacted_bytes > 0 {
-            // Typed without echo: as many placeholders as bytes were typed.
-            let shown = tty.redacted_bytes.min(REDACTED_SHOWN_MAX);
-            ("i", "*".repeat(usize::try_from(shown).unwrap_or_default()))
-        } else if tty.direction() == Direction::Input {
-            ("i", self.input.push(&tty.data))
-        } else {
-            ("o", self.output.push(&tty.data))
-        };
         if !text.is_empty() {
+            self.header()?;
             writeln!(self.out, "{}", json!([self.last, code, text]))?;
         }
         Ok(())
     }
 
-    fn header(&mut self, start: u64) -> io::Result<()> {
-        self.start = Some(start);
+    /// Writes the header, once: the window size set before the first event line.
+    fn header(&mut self) -> io::Result<()> {
+        if std::mem::replace(&mut self.header_written, true) {
+            return Ok(());
+        }
+        let start = self.start.unwrap_or_default();
         writeln!(
             self.out,
             "{}",
             json!({
                 "version": 2,
-                "width": WIDTH,
-                "height": HEIGHT,
+                "width": self.size.0,
+                "height": self.size.1,
                 "timestamp": start / 1_000_000_000,
                 "title": self.session,
             })
@@ -140,9 +155,7 @@ impl<'a, W: io::Write> Cast<'a, W> {
 
     /// Ends the cast and writes its sidecar to `sidecar`.
     pub(crate) fn finish(mut self, sidecar: &Path) -> anyhow::Result<()> {
-        if self.start.is_none() {
-            self.header(0)?;
-        }
+        self.header()?;
         for (code, tail) in [("o", self.output.finish()), ("i", self.input.finish())] {
             if !tail.is_empty() {
                 writeln!(self.out, "{}", json!([self.last, code, tail]))?;
@@ -173,7 +186,91 @@ impl<'a, W: io::Write> Cast<'a, W> {
 
 #[cfg(test)]
 mod tests {
+    use proto::v1::{Event, Tty, TtyResize};
+
     use super::*;
+
+    fn stored(seq: u64, time_unix_nano: u64, body: Body) -> StoredEvent {
+        StoredEvent {
+            chain_id: "c".into(),
+            seq,
+            event: Some(Event {
+                time_unix_nano,
+                body: Some(body),
+                ..Event::default()
+            }),
+            ..StoredEvent::default()
+        }
+    }
+
+    fn resize(cols: u32, rows: u32) -> Body {
+        Body::TtyResize(TtyResize {
+            device: "136:1".into(),
+            rows,
+            cols,
+        })
+    }
+
+    fn output(text: &str) -> Body {
+        Body::Tty(Tty {
+            direction: Direction::Output.into(),
+            device: "136:1".into(),
+            data: text.as_bytes().to_vec().into(),
+            ..Tty::default()
+        })
+    }
+
+    /// The header has the last size set before the first output (a zero size is none), a
+    /// later size is an `r` event in its place, and every record used is in the sidecar.
+    #[test]
+    fn window_sizes_shape_the_header_and_become_resize_events() {
+        let dir = std::env::temp_dir().join(format!("cast-sizes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sidecar = dir.join("s.cast.json");
+        let mut out = Vec::new();
+        let mut cast = Cast::new("h:1:2", &mut out);
+        let records = [
+            resize(80, 24),
+            resize(100, 30),
+            resize(0, 0),
+            output("ready\n"),
+            resize(120, 40),
+            output("done\n"),
+        ];
+        for (seq, body) in records.into_iter().enumerate() {
+            let seq = seq as u64;
+            cast.push(&stored(seq, 1_000_000_000 * (seq + 1), body))
+                .unwrap();
+        }
+        cast.finish(&sidecar).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            (&lines[0]["width"], &lines[0]["height"]),
+            (&json!(100), &json!(30))
+        );
+        assert_eq!(lines[0]["timestamp"], 1);
+        assert_eq!(
+            lines[1..],
+            [
+                json!([3.0, "o", "ready\n"]),
+                json!([4.0, "r", "120x40"]),
+                json!([5.0, "o", "done\n"])
+            ]
+        );
+        let sidecar: Value = serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+        let seqs: Vec<u64> = sidecar["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, [0, 1, 3, 4, 5]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn utf8_split_between_writes_is_joined_and_garbage_is_replaced() {

@@ -510,7 +510,8 @@ pub struct FilterArgs {
     /// A session key from `sessions`, or an audit session id.
     #[arg(long)]
     pub session: Option<String>,
-    /// Event kinds: `exec`, `fork`, `exit`, `tty_out`, `tty_in` (`tty` for both), `gap`,
+    /// Event kinds: `exec`, `fork`, `exit`, `tty_out`, `tty_in` (`tty` for both),
+    /// `tty_resize`, `gap`,
     /// `chain_start`, `alert`, `violation`, `kill`, `grant_change` (repeatable).
     #[arg(long = "kind", value_parser = kind)]
     pub kinds: Vec<String>,

@@ -88,6 +88,7 @@ pub(crate) fn detail(event: &Event) -> String {
         Some(Body::Exit(x)) => format!("status {} {}", x.exit_code, escape(&x.filename)),
         Some(Body::Tty(t)) if t.redacted_bytes > 0 => redacted(t.redacted_bytes),
         Some(Body::Tty(t)) => printable(&t.data),
+        Some(Body::TtyResize(r)) => format!("window {} columns × {} rows", r.cols, r.rows),
         Some(Body::Gap(g)) => format!(
             "LOST {} {} records, {} bytes ({})",
             g.records,

@@ -146,6 +146,10 @@ enum BodyLine<'a> {
         #[serde(skip_serializing_if = "is_zero")]
         redacted_bytes: u64,
     },
+    TtyResize {
+        rows: u32,
+        cols: u32,
+    },
     Gap {
         source: String,
         lost_kind: &'a str,
@@ -356,8 +360,10 @@ impl<'a> Line<'a> {
             _ => None,
         };
         let mut tty = p.map(|p| p.tty.as_str()).filter(|t| !t.is_empty());
-        if let Some(Body::Tty(t)) = &event.body {
-            tty = Some(t.device.as_str()).filter(|t| !t.is_empty());
+        match &event.body {
+            Some(Body::Tty(t)) => tty = Some(t.device.as_str()).filter(|t| !t.is_empty()),
+            Some(Body::TtyResize(r)) => tty = Some(r.device.as_str()).filter(|t| !t.is_empty()),
+            _ => {}
         }
         Self {
             kind: Kind::of(event).map_or("unknown", Kind::name),
@@ -421,6 +427,10 @@ impl<'a> BodyLine<'a> {
                 offset: t.offset,
                 data: STANDARD.encode(&t.data),
                 redacted_bytes: t.redacted_bytes,
+            },
+            Some(Body::TtyResize(r)) => Self::TtyResize {
+                rows: r.rows,
+                cols: r.cols,
             },
             Some(Body::Gap(g)) => Self::Gap {
                 source: g.source().as_str_name().to_lowercase(),

@@ -11,6 +11,7 @@ pub enum Kind {
     Exit,
     TtyOut,
     TtyIn,
+    TtyResize,
     Gap,
     ChainStart,
     Alert,
@@ -29,12 +30,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::Exec,
         Self::Fork,
         Self::Exit,
         Self::TtyOut,
         Self::TtyIn,
+        Self::TtyResize,
         Self::Gap,
         Self::ChainStart,
         Self::Alert,
@@ -58,6 +60,7 @@ impl Kind {
             Self::Exit => "exit",
             Self::TtyOut => "tty_out",
             Self::TtyIn => "tty_in",
+            Self::TtyResize => "tty_resize",
             Self::Gap => "gap",
             Self::ChainStart => "chain_start",
             Self::Alert => "alert",
@@ -88,6 +91,7 @@ impl Kind {
             Body::Exit(_) => Self::Exit,
             Body::Tty(t) if t.direction() == Direction::Input => Self::TtyIn,
             Body::Tty(_) => Self::TtyOut,
+            Body::TtyResize(_) => Self::TtyResize,
             Body::Gap(_) => Self::Gap,
             Body::ChainStart(_) => Self::ChainStart,
             Body::Alert(_) => Self::Alert,

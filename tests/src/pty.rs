@@ -11,6 +11,23 @@ use std::{
     thread::JoinHandle,
 };
 
+/// Sets the window size of the terminal `fd` is open on (`TIOCSWINSZ`), as a terminal
+/// emulator or sshd does through the master, or `stty` through the slave.
+pub fn set_window(fd: RawFd, rows: u16, cols: u16) -> std::io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: a winsize the kernel only reads.
+    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &raw const size) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 pub struct Pty {
     pub master: OwnedFd,
     /// Taken by whoever runs on the terminal; the master sees EOF once every copy is closed.

@@ -14,7 +14,7 @@ use tests::{
     Scratch, TestCgroup,
     agent::{Agent, LOSSY, binary, lost, tty_data},
     block_pattern, marker, privileged,
-    pty::{Pty, in_new_session},
+    pty::{Pty, in_new_session, set_window},
     with_loginuid,
 };
 
@@ -605,6 +605,39 @@ fn sendfile_and_splice_into_a_pty_are_unseen_gaps() {
         .collect();
     assert_eq!(unseen, [(1, 4096), (1, 1000)]);
     assert!(own_output(&out.events, &pty).is_empty());
+}
+
+/// A window size set on a terminal, through the master as sshd does or through the slave as
+/// `stty cols` does, is one `tty_resize` event on the slave's device with the size asked
+/// for; a size the kernel cannot read (a bad pointer) or set on what is no terminal is none.
+#[test]
+fn window_sizes_set_on_a_pty_are_recorded() {
+    if !privileged("window_sizes_set_on_a_pty_are_recorded") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let mut pty = Pty::open();
+    let slave = pty.take_slave();
+    set_window(pty.master.as_raw_fd(), 43, 132).unwrap();
+    set_window(slave.as_raw_fd(), 30, 100).unwrap();
+    // SAFETY: the kernel checks the pointer; this one is unmapped.
+    let bad = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, 8usize as *const u8) };
+    assert_eq!(bad, -1);
+    let scratch = Scratch::new("resize");
+    let file = fs::File::create(scratch.join("not-a-terminal")).unwrap();
+    assert!(set_window(file.as_raw_fd(), 10, 10).is_err());
+    agent.sync();
+    let out = agent.stop();
+    let sizes: Vec<(u64, u64)> = out
+        .events
+        .iter()
+        .filter(|v| v["kind"] == "tty_resize" && v["tgid"] == std::process::id())
+        .map(|v| {
+            assert_eq!(v["tty"], pty.device().as_str(), "{v}");
+            (v["rows"].as_u64().unwrap(), v["cols"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(sizes, [(43, 132), (30, 100)]);
 }
 
 /// Bytes of one write beyond the per-syscall budget (4 MiB) are counted as lost, exactly,

@@ -2,7 +2,9 @@
 //! it. Needs root; under `CI=true` a run without root fails instead of skipping.
 
 use std::{
+    fs::File,
     io::{Read, Write as _},
+    os::fd::AsRawFd as _,
     process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
@@ -13,6 +15,7 @@ use tests::{
     agent::{Agent, tty_data},
     collector::{Collector, scratch_dir},
     marker, privileged,
+    pty::{Pty, set_window},
     ssh::{Sshd, User},
 };
 
@@ -315,6 +318,7 @@ fn check_asciicast(url: &str, session: &str, dir: &std::path::Path, typed: &str,
         match event[1].as_str().unwrap() {
             "o" => output.push_str(data),
             "i" => input.push_str(data),
+            "r" => assert!(data.split_once('x').is_some(), "a resize: {line}"),
             other => panic!("unexpected event code {other}"),
         }
     }
@@ -334,6 +338,8 @@ fn check_asciicast(url: &str, session: &str, dir: &std::path::Path, typed: &str,
             session,
             "--kind",
             "tty",
+            "--kind",
+            "tty_resize",
             "--since",
             "1h",
         ],
@@ -348,4 +354,105 @@ fn check_asciicast(url: &str, session: &str, dir: &std::path::Path, typed: &str,
             "the sidecar names a stored record of the session: {r}"
         );
     }
+}
+
+/// The window of an ssh client's terminal is the session's: sshd sets it on the session's
+/// pty at login and again when the client's window changes, the agent records both, and
+/// `replay --format asciicast` draws the cast in the first size and resizes it where the
+/// session was resized, before the output that followed.
+#[test]
+fn an_ssh_sessions_window_sizes_shape_its_cast() {
+    if !privileged("an_ssh_sessions_window_sizes_shape_its_cast") {
+        return;
+    }
+    let account = User::ensure(USER);
+    let sshd = Sshd::start();
+    let dir = scratch_dir("window");
+    let collector = Collector::start(&dir.join("store.db"));
+    let url = collector.url();
+    let agent = Agent::shipping(&dir.join("spool"), &url, &[]);
+    let mut pty = Pty::open();
+    set_window(pty.master.as_raw_fd(), 30, 100).unwrap();
+    let slave = pty.take_slave();
+    let mark = marker("window");
+    let mut ssh = account.ssh(
+        &sshd,
+        &format!("echo ready; read line; echo \"{mark} $line\""),
+    );
+    ssh.stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave));
+    let mut child = ssh.spawn().unwrap();
+    let terminal = Terminal::read(File::from(pty.master.try_clone().unwrap()));
+    terminal.wait_for("ready");
+    set_window(pty.master.as_raw_fd(), 40, 120).unwrap();
+    // The terminal is not ssh's controlling one, so the kernel does not signal it: told as a
+    // shell's job control would be.
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGWINCH) };
+    // Typed only once the new size is recorded, so the output that follows was drawn in it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let session = loop {
+        let sizes = tests::operator::json_lines(
+            &url,
+            &["search", "--json", "--kind", "tty_resize", "--since", "1h"],
+        );
+        // sshd's, on the session's pty (the test's own, on the client's terminal, is in no
+        // session).
+        if let Some(v) = sizes
+            .iter()
+            .find(|v| v["cols"] == 120 && v["rows"] == 40 && v["identity"]["name"] == USER)
+        {
+            break v["session"]
+                .as_str()
+                .expect("in the login session")
+                .to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "{sizes:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut master = File::from(pty.master.try_clone().unwrap());
+    // ssh gives the session's pty the modes of its own terminal, raw here: a line ends at
+    // a line feed.
+    master.write_all(b"typed\n").unwrap();
+    terminal.wait_for(&format!("{mark} typed"));
+    assert!(child.wait().unwrap().success());
+
+    // The resize's session is the one the shell's output is in; once its last output is
+    // stored, so is all of it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let cast = loop {
+        let cast = tests::operator::run(&url, &["replay", &session, "--format", "asciicast"]);
+        assert!(cast.status.success(), "{cast:?}");
+        let text = String::from_utf8(cast.stdout).expect("a cast is UTF-8");
+        if text.contains(&format!("{mark} typed")) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    drop(agent.stop());
+    drop(collector);
+    drop(account);
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(100), Some(30))
+    );
+    let events: Vec<Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let resized = events
+        .iter()
+        .position(|e| e[1] == "r")
+        .unwrap_or_else(|| panic!("no resize in {cast}"));
+    assert_eq!(events[resized][2], "120x40");
+    let answered = events
+        .iter()
+        .position(|e| e[1] == "o" && e[2].as_str().unwrap().contains(&format!("{mark} typed")))
+        .unwrap();
+    assert!(resized < answered, "{cast}");
+    assert!(
+        events[..resized].iter().any(|e| e[1] == "o"),
+        "ready, drawn first: {cast}"
+    );
 }

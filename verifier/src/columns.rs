@@ -104,6 +104,7 @@ impl Derived {
 pub fn terminal(event: &Event) -> &str {
     match &event.body {
         Some(Body::Tty(tty)) => &tty.device,
+        Some(Body::TtyResize(resize)) => &resize.device,
         _ => event.process.as_ref().map_or("", |p| p.tty.as_str()),
     }
 }

@@ -85,6 +85,13 @@ pub enum Body {
         /// of which were read (`data` is empty).
         redacted_bytes: u64,
     },
+    /// A window size set on a terminal, as asked.
+    TtyResize {
+        /// The terminal: the pty slave when set through the master.
+        device: Option<Device>,
+        rows: u32,
+        cols: u32,
+    },
     /// Records the kernel could not deliver, counted exactly.
     Gap {
         source: GapSource,

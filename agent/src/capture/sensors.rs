@@ -116,6 +116,7 @@ const SENSORS: &[Sensor] = &[
                 "sys_enter_sendfile64",
             ),
             tp("tty_sys_enter_splice", "syscalls", "sys_enter_splice"),
+            tp("tty_sys_enter_ioctl", "syscalls", "sys_enter_ioctl"),
         ],
         attach: Attach::AtStart,
     },

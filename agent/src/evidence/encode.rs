@@ -77,6 +77,10 @@ pub fn encode(item: Attributed, clock: &WallClock) -> v1::Event {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one arm per event body, each a plain mapping"
+)]
 fn body(body: Body) -> v1::event::Body {
     use v1::event::Body as B;
     match body {
@@ -124,6 +128,11 @@ fn body(body: Body) -> v1::event::Body {
             offset,
             data,
             redacted_bytes,
+        }),
+        Body::TtyResize { device, rows, cols } => B::TtyResize(v1::TtyResize {
+            device: device.map(|d| d.to_string()).unwrap_or_default(),
+            rows,
+            cols,
         }),
         Body::Gap {
             source,

@@ -161,7 +161,8 @@ pub(crate) fn replay_filter(
             )));
         }
     };
-    let mut kinds = vec![Kind::TtyOut];
+    // Window sizes too: a replay lays the output out by them.
+    let mut kinds = vec![Kind::TtyOut, Kind::TtyResize];
     if request.input {
         kinds.push(Kind::TtyIn);
     }

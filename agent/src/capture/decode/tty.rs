@@ -2,7 +2,7 @@ use std::mem::offset_of;
 
 use agent_common::{
     event::kind,
-    tty::{CHUNK, TTY_FIXED, TTY_REDACTED, TTY_UNSEEN, TtyRecord},
+    tty::{CHUNK, TTY_FIXED, TTY_REDACTED, TTY_RESIZE, TTY_UNSEEN, TtyRecord},
 };
 use bytes::Bytes;
 
@@ -26,6 +26,22 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
                 offset,
                 data: Bytes::new(),
                 redacted_bytes: u64::from(len),
+            });
+        }
+        // A window size: rows and columns in place of the position and the length.
+        TTY_RESIZE if bytes.len() == TTY_FIXED => {
+            // Each is an unsigned short in `struct winsize`.
+            let cap = usize::from(u16::MAX);
+            for (field, value) in [("rows", offset), ("cols", u64::from(len))] {
+                let len = usize::try_from(value).unwrap_or(usize::MAX);
+                if len > cap {
+                    return Err(DecodeError::Length { field, len, cap });
+                }
+            }
+            return Ok(Body::TtyResize {
+                device: Device::from_kernel(device),
+                rows: offset as u32,
+                cols: len,
             });
         }
         // Written by sendfile or splice: counted, never read.
@@ -124,6 +140,33 @@ mod tests {
         assert_eq!(ev.process.unwrap().tgid, 10);
     }
 
+    /// A window size: rows in place of the position, columns in place of the length; a
+    /// size no `struct winsize` holds is an error.
+    #[test]
+    fn a_resize_is_its_rows_and_columns() {
+        let mut bytes = record(kind::TTY_IN, b"", 132, TTY_RESIZE);
+        let at = offset_of!(TtyRecord, offset);
+        bytes[at..at + 8].copy_from_slice(&43u64.to_ne_bytes());
+        let ev = decode_record(&bytes.clone().into()).unwrap();
+        assert_eq!(
+            ev.body,
+            Body::TtyResize {
+                device: Device::from_kernel(agent_common::event::make_dev(136, 3)),
+                rows: 43,
+                cols: 132
+            }
+        );
+        bytes[at..at + 8].copy_from_slice(&(1u64 << 16).to_ne_bytes());
+        assert_eq!(
+            decode_record(&bytes.into()),
+            Err(DecodeError::Length {
+                field: "rows",
+                len: 1 << 16,
+                cap: 0xffff
+            })
+        );
+    }
+
     #[test]
     fn flags_that_do_not_fit_are_errors() {
         // A redacted or unseen record carrying bytes, redacted output and unknown flags: none
@@ -133,6 +176,7 @@ mod tests {
             (kind::TTY_OUT, &b""[..], TTY_REDACTED),
             (kind::TTY_IN, &b"ls"[..], 4),
             (kind::TTY_OUT, &b"ls"[..], TTY_UNSEEN),
+            (kind::TTY_OUT, &b"ls"[..], TTY_RESIZE),
         ] {
             let bytes = record(kind_id, data, data.len() as u32, flags);
             assert!(
