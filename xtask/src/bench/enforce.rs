@@ -10,7 +10,9 @@
 //! Cost: a loop of `getppid` syscalls, timed with no agent, with the agent attached and its
 //! deny maps empty (the check reads one flag), and with them populated (after the latency
 //! run: the check looks the caller's session and cgroup up). Runs alternate so drift in
-//! this shared machine's speed lands on every side.
+//! this shared machine's speed lands on every side. Beside it, with no agent and with one,
+//! a loop of `ioctl(TCGETS)` on a terminal: what the terminal sensor's `ioctl` program
+//! (which records only `TIOCSWINSZ`) costs every other ioctl.
 
 use std::{
     fs,
@@ -49,17 +51,23 @@ pub fn run(trials: usize) -> anyhow::Result<()> {
         Ok(agent)
     };
     let (mut detached, mut empty, mut populated) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ioctl_detached, mut ioctl_attached) = (Vec::new(), Vec::new());
+    let terminal = tests::pty::Pty::open();
     // Empty maps before and after the populated phase, and no agent around both: drift in
     // this machine's speed lands on every side.
     detached.extend((0..RUNS).map(|_| syscall_loop()));
+    ioctl_detached.extend((0..RUNS).map(|_| ioctl_loop(&terminal)));
     let agent = start_agent()?;
     empty.extend((0..RUNS).map(|_| syscall_loop()));
+    ioctl_attached.extend((0..RUNS).map(|_| ioctl_loop(&terminal)));
     let latencies = expiry_to_death(&agent, &url, trials)?;
     populated.extend((0..RUNS).map(|_| syscall_loop()));
     stop(agent)?;
     detached.extend((0..RUNS).map(|_| syscall_loop()));
+    ioctl_detached.extend((0..RUNS).map(|_| ioctl_loop(&terminal)));
     let agent = start_agent()?;
     empty.extend((0..RUNS).map(|_| syscall_loop()));
+    ioctl_attached.extend((0..RUNS).map(|_| ioctl_loop(&terminal)));
     stop(agent)?;
     // The agent killed once every grant is in place: the pinned program and the reaper
     // alone.
@@ -92,6 +100,19 @@ pub fn run(trials: usize) -> anyhow::Result<()> {
         populated - empty,
         (populated - base) / (empty - base).max(f64::MIN_POSITIVE),
     );
+    let (ioctl_base, ioctl_agent) = (
+        per_call(median(ioctl_detached)),
+        per_call(median(ioctl_attached)),
+    );
+    println!(
+        "ioctl(TCGETS) on a terminal, {SYSCALLS} calls, medians: no agent {ioctl_base:.1} \
+         ns/call; agent {ioctl_agent:.1} ns/call (+{:.1}, of which the terminal sensor's ioctl \
+         program, which records only window sizes, is what getppid's +{:.1} does not \
+         account for: {:+.1})",
+        ioctl_agent - ioctl_base,
+        empty - base,
+        (ioctl_agent - ioctl_base) - (empty - base),
+    );
     Ok(())
 }
 
@@ -112,6 +133,19 @@ fn syscall_loop() -> Duration {
     for _ in 0..SYSCALLS {
         // SAFETY: no arguments, no side effects.
         std::hint::black_box(unsafe { libc::getppid() });
+    }
+    start.elapsed()
+}
+
+fn ioctl_loop(terminal: &tests::pty::Pty) -> Duration {
+    use std::os::fd::AsRawFd as _;
+    let fd = terminal.master.as_raw_fd();
+    // SAFETY: a termios the kernel fills.
+    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+    let start = Instant::now();
+    for _ in 0..SYSCALLS {
+        // SAFETY: a valid terminal fd and termios.
+        std::hint::black_box(unsafe { libc::ioctl(fd, libc::TCGETS, &raw mut termios) });
     }
     start.elapsed()
 }
