@@ -422,7 +422,18 @@ fn an_ssh_sessions_window_sizes_shape_its_cast() {
     // stored, so is all of it.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let cast = loop {
-        let cast = tests::operator::run(&url, &["replay", &session, "--format", "asciicast"]);
+        let sidecar = dir.join("window.cast.json");
+        let cast = tests::operator::run(
+            &url,
+            &[
+                "replay",
+                &session,
+                "--format",
+                "asciicast",
+                "--sidecar",
+                sidecar.to_str().unwrap(),
+            ],
+        );
         assert!(cast.status.success(), "{cast:?}");
         let text = String::from_utf8(cast.stdout).expect("a cast is UTF-8");
         if text.contains(&format!("{mark} typed")) {
