@@ -46,8 +46,9 @@ pub const TTY_UNSEEN: u32 = 2;
 /// `flags`: a window size set on a terminal (`ioctl(fd, TIOCSWINSZ, &winsize)`), as asked:
 /// `offset` holds its rows and `len` its columns, and the record ends before `data`.
 pub const TTY_RESIZE: u32 = 3;
-/// `TIOCSWINSZ` (`include/uapi/asm-generic/ioctls.h`).
-pub const TIOCSWINSZ: u64 = 0x5414;
+/// `TIOCSWINSZ` (`include/uapi/asm-generic/ioctls.h`). The kernel takes an ioctl's command
+/// as an `unsigned int`: only the low 32 bits of the register count.
+pub const TIOCSWINSZ: u32 = 0x5414;
 /// `ICANON` of a terminal's `c_lflag` (`include/uapi/asm-generic/termbits.h`): input is read
 /// a line at a time, edited by the line discipline.
 pub const ICANON: u32 = 0o2;

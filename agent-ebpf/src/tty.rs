@@ -88,8 +88,9 @@ pub fn tty_sys_enter_splice(ctx: TracePointContext) -> u32 {
 /// may set it; it is filed under the slave, as writes are.
 #[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
 pub fn tty_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
+    // As the kernel reads it: bits above the command's 32 do not hide it.
     if let Ok([fd, cmd, arg]) = syscall_args::<3>(&ctx)
-        && cmd == TIOCSWINSZ
+        && cmd as u32 == TIOCSWINSZ
     {
         let _ = try_resize(fd, arg);
     }

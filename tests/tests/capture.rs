@@ -620,6 +620,24 @@ fn window_sizes_set_on_a_pty_are_recorded() {
     let slave = pty.take_slave();
     set_window(pty.master.as_raw_fd(), 43, 132).unwrap();
     set_window(slave.as_raw_fd(), 30, 100).unwrap();
+    // The kernel reads the command as 32 bits: a raw call with bits set above them is still
+    // TIOCSWINSZ, and still recorded.
+    let size = libc::winsize {
+        ws_row: 50,
+        ws_col: 160,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: a valid fd and a winsize the kernel only reads.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_ioctl,
+            slave.as_raw_fd(),
+            (1u64 << 32) | libc::TIOCSWINSZ,
+            &raw const size,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
     // SAFETY: the kernel checks the pointer; this one is unmapped.
     let bad = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, 8usize as *const u8) };
     assert_eq!(bad, -1);
@@ -637,7 +655,7 @@ fn window_sizes_set_on_a_pty_are_recorded() {
             (v["rows"].as_u64().unwrap(), v["cols"].as_u64().unwrap())
         })
         .collect();
-    assert_eq!(sizes, [(43, 132), (30, 100)]);
+    assert_eq!(sizes, [(43, 132), (30, 100), (50, 160)]);
 }
 
 /// Bytes of one write beyond the per-syscall budget (4 MiB) are counted as lost, exactly,
