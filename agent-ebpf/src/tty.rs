@@ -91,15 +91,27 @@ pub fn tty_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     // As the kernel reads it: bits above the command's 32 do not hide it.
     if let Ok([fd, cmd, arg]) = syscall_args::<3>(&ctx)
         && cmd as u32 == TIOCSWINSZ
+        // `struct winsize`: ws_row, ws_col, ws_xpixel, ws_ypixel, each an unsigned short.
+        && let Ok([rows, cols, _, _]) = unsafe { bpf_probe_read_user(arg as *const [u16; 4]) }
     {
-        let _ = try_resize(fd, arg);
+        let _ = try_fixed(fd, TTY_RESIZE, u64::from(rows), u32::from(cols));
     }
     0
 }
 
-/// One `TTY_RESIZE` record for the `struct winsize` at `arg`, if `fd` is a terminal.
+/// One `TTY_UNSEEN` record for `count` bytes into `fd`, if it is a terminal.
 #[inline(always)]
-fn try_resize(fd: u64, arg: u64) -> Result<(), i64> {
+fn try_unseen(fd: u64, count: u64) -> Result<(), i64> {
+    if count == 0 {
+        return Ok(());
+    }
+    try_fixed(fd, TTY_UNSEEN, 0, u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+/// One record without data for `fd`, if it is a terminal: `flags` says what `offset` and
+/// `len` hold.
+#[inline(always)]
+fn try_fixed(fd: u64, flags: u32, offset: u64, len: u32) -> Result<(), i64> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if tgid == config!(agent_tgid) {
         return Ok(());
@@ -109,38 +121,13 @@ fn try_resize(fd: u64, arg: u64) -> Result<(), i64> {
     let Some((kind, device, _)) = classify(task.file(fd)?)? else {
         return Ok(());
     };
-    // `struct winsize`: ws_row, ws_col, ws_xpixel, ws_ypixel, each an unsigned short.
-    let [rows, cols, _, _] = unsafe { bpf_probe_read_user(arg as *const [u16; 4]) }?;
     let rec = scratch()?;
     fill_header(&mut rec.header, kind, task);
     rec.device = device;
     rec.fd = fd;
-    rec.flags = TTY_RESIZE;
-    rec.offset = u64::from(rows);
-    rec.len = u32::from(cols);
-    submit(&raw mut rec.header, TTY_FIXED, 0);
-    Ok(())
-}
-
-/// One `TTY_UNSEEN` record for `count` bytes into `fd`, if it is a terminal.
-#[inline(always)]
-fn try_unseen(fd: u64, count: u64) -> Result<(), i64> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == config!(agent_tgid) || count == 0 {
-        return Ok(());
-    }
-    let fd = fd as u32;
-    let task = Task::current();
-    let Some((kind, device, _)) = classify(task.file(fd)?)? else {
-        return Ok(());
-    };
-    let rec = scratch()?;
-    fill_header(&mut rec.header, kind, task);
-    rec.device = device;
-    rec.fd = fd;
-    rec.flags = TTY_UNSEEN;
-    rec.offset = 0;
-    rec.len = u32::try_from(count).unwrap_or(u32::MAX);
+    rec.flags = flags;
+    rec.offset = offset;
+    rec.len = len;
     submit(&raw mut rec.header, TTY_FIXED, 0);
     Ok(())
 }

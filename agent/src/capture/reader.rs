@@ -47,22 +47,22 @@ pub struct Batch {
 
 impl Batch {
     pub fn records(&self) -> impl Iterator<Item = &[u8]> {
-        self.spans().map(|(s, e)| &self.data[s..e])
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(s, e)| &self.data[s..e])
     }
 
     /// Each record as a view of the batch's one buffer, and the gaps.
     pub fn into_records(self) -> (impl Iterator<Item = Bytes>, Vec<Event>) {
-        let spans: Vec<_> = self.spans().collect();
         let data = self.data.freeze();
-        (
-            spans.into_iter().map(move |(s, e)| data.slice(s..e)),
-            self.gaps,
-        )
-    }
-
-    fn spans(&self) -> impl Iterator<Item = (usize, usize)> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter().copied())
+        let mut start = 0;
+        let records = self.ends.into_iter().map(move |end| {
+            let record = data.slice(start..end);
+            start = end;
+            record
+        });
+        (records, self.gaps)
     }
 
     fn is_empty(&self) -> bool {

@@ -31,17 +31,19 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
         // A window size: rows and columns in place of the position and the length.
         TTY_RESIZE if bytes.len() == TTY_FIXED => {
             // Each is an unsigned short in `struct winsize`.
-            let cap = usize::from(u16::MAX);
-            for (field, value) in [("rows", offset), ("cols", u64::from(len))] {
-                let len = usize::try_from(value).unwrap_or(usize::MAX);
-                if len > cap {
-                    return Err(DecodeError::Length { field, len, cap });
-                }
-            }
+            let size = |field, value: u64| {
+                u16::try_from(value)
+                    .map(u32::from)
+                    .map_err(|_| DecodeError::Length {
+                        field,
+                        len: usize::try_from(value).unwrap_or(usize::MAX),
+                        cap: usize::from(u16::MAX),
+                    })
+            };
             return Ok(Body::TtyResize {
                 device: Device::from_kernel(device),
-                rows: offset as u32,
-                cols: len,
+                rows: size("rows", offset)?,
+                cols: size("cols", u64::from(len))?,
             });
         }
         // Written by sendfile or splice: counted, never read.
