@@ -9,15 +9,16 @@
 //! so every backend is checked by this one implementation and no backend can be lenient
 //! about its own tampering.
 
-use std::ops::ControlFlow;
+use std::{collections::HashMap, ops::ControlFlow};
 
 use proto::v1::{ChainVerdict, Finding, Grant, LogVerdict};
 use verifier::{
-    Head, Report, Trust, Walk, columns,
+    Head, Report, Trust, Walk,
+    columns::Checks,
     grants::Grants,
     hole::{self, Holes},
-    log::{Checkpoint, LogCheck, Next},
-    prune::{self, HostPrune, Prunes},
+    log::{Checkpoint, Leaf, LogCheck, Next},
+    prune::{self, Prunes},
 };
 
 use crate::{
@@ -28,6 +29,10 @@ use crate::{
 /// Checks the chains of `host` (empty: all), or the one chain `chain_id`, the columns of
 /// their records, and, with a witness, the logs of those hosts. The `grants` table is
 /// checked whenever the collector's chain is.
+///
+/// Each record is read once where it can be: a host's log is walked first, and each of its
+/// leaves is also the next record of its chain's walk, whose verified hash the log takes.
+/// The chains' walks then go on from where the log left them.
 pub(crate) fn verify_all(
     store: &dyn Store,
     witness: Option<&Witness>,
@@ -41,40 +46,56 @@ pub(crate) fn verify_all(
         None => Prunes::default(),
     };
     let holes = read_holes(store)?;
-    let chains = store.chains()?;
-    let mut grants = Grants::default();
-    {
-        let cuts = prunes.cuts();
-        for chain in chains
-            .iter()
-            .filter(|c| host.is_empty() || c.host == host)
-            .filter(|c| chain_id.is_empty() || c.chain_id == chain_id)
-        {
-            let collector = chain.chain_id == COLLECTOR_CHAIN;
-            // The collector's chain is walked as far as the grants table read with it.
-            let (chain, rows, end) = if collector {
-                let (state, rows) = grants_snapshot(store)?;
-                let state = state.unwrap_or_else(|| chain.clone());
-                let end = state.next_seq;
-                (state, Some(rows), end)
-            } else {
-                (chain.clone(), None, u64::MAX)
-            };
-            let mut derive = |row: &ChainRow<'_>| {
-                if collector {
-                    grants.replay(row, &mut report.findings);
-                } else {
-                    columns::check(&chain.host, &chain.chain_id, row, &mut report.findings);
-                }
-            };
-            let cut = cuts.get(chain.chain_id.as_str()).copied();
-            let walk = Walk::new(&chain.chain_id, cut).with_holes(holes.of(&chain.chain_id));
-            let verdict = verify_chain(store, &chain, PAGE, walk, end, &mut derive)?;
-            report.chains.push(verdict);
-            if let Some(rows) = rows {
-                grants.compare(rows, &mut report.findings);
-            }
+    let chains: Vec<ChainState> = store
+        .chains()?
+        .into_iter()
+        .filter(|c| host.is_empty() || c.host == host)
+        .filter(|c| chain_id.is_empty() || c.chain_id == chain_id)
+        .collect();
+    let mut walks = ChainWalks::new(&chains, &prunes, &holes);
+    let mut checks = Checks::default();
+    let mut hosts: Vec<String> = Vec::new();
+    if let (Some(trust), true) = (&trust, chain_id.is_empty()) {
+        hosts = store.logs()?.into_iter().map(|l| l.host).collect();
+        hosts.extend(store.checkpointed_hosts()?);
+        hosts.sort();
+        hosts.dedup();
+        for h in hosts.iter().filter(|h| host.is_empty() || **h == host) {
+            let prune = prunes.by_host.remove(h);
+            let log = LogCheck::new(trust, h, prune).with_holes(holes.clone());
+            let verdict = verify_log(store, h, log, &mut walks, &mut checks, &mut report.findings)?;
+            report.logs.push(verdict);
         }
+    }
+    let mut grants = Grants::default();
+    for (chain, walk) in chains.iter().zip(walks.walks) {
+        let collector = chain.chain_id == COLLECTOR_CHAIN;
+        // The collector's chain is walked as far as the grants table read with it.
+        let (chain, rows, end) = if collector {
+            let (state, rows) = grants_snapshot(store)?;
+            let state = state.unwrap_or_else(|| chain.clone());
+            let end = state.next_seq;
+            (state, Some(rows), end)
+        } else {
+            (chain.clone(), None, u64::MAX)
+        };
+        let mut derive = |row: &ChainRow<'_>| {
+            if collector {
+                grants.replay(row, &mut report.findings);
+            } else {
+                checks.push(&chain.host, &chain.chain_id, row);
+            }
+        };
+        let verdict = verify_chain(store, &chain, PAGE, walk, end, &mut derive)?;
+        report.chains.push(verdict);
+        if let Some(rows) = rows {
+            grants.compare(rows, &mut report.findings);
+        }
+    }
+    report.findings.extend(checks.finish());
+    // The collector's chain says which hosts' logs it cosigned.
+    if trust.is_some() && chain_id.is_empty() {
+        grants.deleted_hosts(&hosts, host, &mut report.findings);
     }
     if let Some(why) = witness
         .filter(|_| chain_id.is_empty())
@@ -87,26 +108,54 @@ pub(crate) fn verify_all(
             reason: why,
         });
     }
-    if let (Some(trust), true) = (&trust, chain_id.is_empty()) {
-        let mut hosts: Vec<String> = store.logs()?.into_iter().map(|l| l.host).collect();
-        hosts.extend(store.checkpointed_hosts()?);
-        hosts.sort();
-        hosts.dedup();
-        grants.deleted_hosts(&hosts, host, &mut report.findings);
-        for h in hosts.iter().filter(|h| host.is_empty() || **h == host) {
-            let prune = prunes.by_host.remove(h);
-            report.logs.push(verify_log(
-                store,
-                trust,
-                h,
-                prune,
-                &holes,
-                &mut report.findings,
-            )?);
-        }
-    }
     verifier::chain::name_endings(&mut report.chains);
     Ok(report)
+}
+
+/// The walks of the chains verify checks, one per chain in `chains`' order, which a log's
+/// walk drives: a record read as a leaf is its chain's next record too.
+struct ChainWalks<'c> {
+    chains: &'c [ChainState],
+    walks: Vec<Walk>,
+    /// The host chains' walks by chain id: the collector's chain is no host's log.
+    by_id: HashMap<&'c str, usize>,
+    /// The last chain found: leaves come a chain at a time.
+    last: Option<usize>,
+}
+
+impl<'c> ChainWalks<'c> {
+    fn new(chains: &'c [ChainState], prunes: &Prunes, holes: &Holes) -> Self {
+        let cuts = prunes.cuts();
+        let walks = chains
+            .iter()
+            .map(|c| {
+                let cut = cuts.get(c.chain_id.as_str()).copied();
+                Walk::new(&c.chain_id, cut).with_holes(holes.of(&c.chain_id))
+            })
+            .collect();
+        let by_id = chains
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.chain_id != COLLECTOR_CHAIN)
+            .map(|(i, c)| (c.chain_id.as_str(), i))
+            .collect();
+        Self {
+            chains,
+            walks,
+            by_id,
+            last: None,
+        }
+    }
+
+    /// The walk of host chain `chain_id`, if verify checks it.
+    fn find(&mut self, chain_id: &str) -> Option<usize> {
+        let i = match self.last {
+            Some(i) if self.chains[i].chain_id == chain_id => i,
+            _ => *self.by_id.get(chain_id)?,
+        };
+        self.last = Some(i);
+        Some(i)
+    }
 }
 
 /// Times the collector's chain and the `grants` table are read again when a commit came
@@ -201,17 +250,18 @@ fn own_rows(store: &dyn Store, each: &mut dyn FnMut(&ChainRow<'_>)) -> Result<()
     }
 }
 
-/// Host `host`'s log: every stored checkpoint's signatures, its root against the leaves
-/// recomputed from the stored bytes, and the leaves stored against the size attested.
+/// Host `host`'s log, checked by `log`: every stored checkpoint's signatures, its root against
+/// the leaves recomputed from the stored bytes, and the leaves stored against the size
+/// attested. Each leaf is stepped on its chain's walk in `walks` first, which queues its
+/// columns on `checks`.
 fn verify_log(
     store: &dyn Store,
-    trust: &Trust,
     host: &str,
-    prune: Option<HostPrune>,
-    holes: &Holes,
+    mut log: LogCheck<'_>,
+    walks: &mut ChainWalks<'_>,
+    checks: &mut Checks,
     findings: &mut Vec<Finding>,
 ) -> Result<LogVerdict, StoreError> {
-    let mut log = LogCheck::new(trust, host, prune).with_holes(holes.clone());
     for c in store.log_checkpoints(host)? {
         let checkpoint = Checkpoint {
             size: c.size,
@@ -227,22 +277,49 @@ fn verify_log(
     let row = store.log(host)?;
     let end = row.as_ref().map_or(u64::MAX, |r| r.size);
     // The record before a chain's first leaf predates the log: its stored hash is looked
-    // up between pages.
-    let mut lookup = None;
+    // up between pages. A chain's records before its first leaf are walked between pages
+    // too, so that its walk takes the leaf as its next record.
+    let (mut lookup, mut catch_up, mut caught_up) = (None, None, None);
     loop {
         let before = log.next_index();
         store.log_leaves(host, before, PAGE, &mut |leaf| {
             if leaf.log_index >= end {
                 return ControlFlow::Break(());
             }
-            match log.leaf(
-                leaf.log_index,
-                leaf.chain_id,
-                leaf.seq,
-                leaf.hash,
-                leaf.event,
-                findings,
-            ) {
+            let mut verified = false;
+            if let Some(i) = walks.find(leaf.chain_id) {
+                let (chain, walk) = (&walks.chains[i], &mut walks.walks[i]);
+                if walk.next_seq() < leaf.seq && !walk.failed() && caught_up != Some((i, leaf.seq))
+                {
+                    catch_up = Some((i, leaf.seq));
+                    return ControlFlow::Break(());
+                }
+                let row = ChainRow {
+                    row: leaf.row,
+                    seq: leaf.seq,
+                    event: leaf.event,
+                    hash: leaf.hash,
+                    columns: leaf.columns,
+                };
+                // A leaf its chain's walk has passed (the log holds a record twice, or
+                // this leaf waited on a lookup) is the log's alone to check.
+                verified = walk.next_seq() <= leaf.seq
+                    && walk
+                        .step(row, &mut |row| {
+                            checks.push(&chain.host, &chain.chain_id, row);
+                        })
+                        .is_continue()
+                    && walk.holds(leaf.seq);
+            }
+            let leaf = Leaf {
+                log_index: leaf.log_index,
+                chain_id: leaf.chain_id,
+                seq: leaf.seq,
+                hash: leaf.hash,
+                event: leaf.event,
+                verified,
+            };
+            match log.leaf(leaf, findings) {
                 Next::Continue => ControlFlow::Continue(()),
                 Next::Stop => ControlFlow::Break(()),
                 Next::NeedPrev { chain_id, seq } => {
@@ -253,6 +330,14 @@ fn verify_log(
         })?;
         if log.failed() {
             break;
+        }
+        if let Some((i, seq)) = catch_up.take() {
+            let chain = &walks.chains[i];
+            walk_chain(store, chain, PAGE, &mut walks.walks[i], seq, &mut |row| {
+                checks.push(&chain.host, &chain.chain_id, row);
+            })?;
+            caught_up = Some((i, seq));
+            continue;
         }
         if let Some((chain, seq)) = lookup.take() {
             let prev = store
@@ -283,7 +368,7 @@ fn head(store: &dyn Store, chain: &ChainState) -> Result<Head, StoreError> {
     })
 }
 
-/// The verdict on one chain, walked by `walk` up to seq `end`; `derive` is shown each
+/// The verdict on one chain, walked on by `walk` up to seq `end`; `derive` is shown each
 /// record whose hash verifies.
 fn verify_chain(
     store: &dyn Store,
@@ -294,6 +379,19 @@ fn verify_chain(
     derive: &mut dyn FnMut(&ChainRow<'_>),
 ) -> Result<ChainVerdict, StoreError> {
     let head = head(store, chain)?;
+    walk_chain(store, chain, page, &mut walk, end, derive)?;
+    Ok(walk.verdict(&head))
+}
+
+/// Steps `walk` along the chain's stored records, `page` at a time, up to seq `end`.
+fn walk_chain(
+    store: &dyn Store,
+    chain: &ChainState,
+    page: usize,
+    walk: &mut Walk,
+    end: u64,
+    derive: &mut dyn FnMut(&ChainRow<'_>),
+) -> Result<(), StoreError> {
     loop {
         let (mut read, mut ended) = (0, false);
         store.chain_rows(&chain.chain_id, walk.next_seq(), page, &mut |record| {
@@ -305,10 +403,9 @@ fn verify_chain(
             walk.step(record, derive)
         })?;
         if walk.failed() || ended || read < page {
-            break;
+            return Ok(());
         }
     }
-    Ok(walk.verdict(&head))
 }
 
 #[cfg(test)]

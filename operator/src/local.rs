@@ -16,10 +16,11 @@ use proto::{
 };
 use tonic::transport::Channel;
 use verifier::{
-    COLLECTOR_CHAIN, ChainRow, Columns, Head, Report, Trust, Walk, columns,
+    COLLECTOR_CHAIN, ChainRow, Columns, Head, Report, Trust, Walk,
+    columns::Checks,
     grants::Grants,
     hole::{self, Holes},
-    log::{Checkpoint, LogCheck, Next},
+    log::{Checkpoint, Leaf, LogCheck, Next},
     prune::{self, Prunes},
 };
 
@@ -78,6 +79,8 @@ struct Local<'t> {
     given: Given,
     /// What the collector's chain says, once it was given.
     own: Option<Own>,
+    /// The columns of every host's records, checked beside the walks.
+    checks: Checks,
 }
 
 /// The log being read.
@@ -218,6 +221,7 @@ impl<'t> Local<'t> {
             log: None,
             given: Given::default(),
             own: None,
+            checks: Checks::default(),
         }
     }
 
@@ -249,7 +253,13 @@ impl<'t> Local<'t> {
         }
         let findings = &mut self.report.findings;
         match &mut self.log {
-            Some(Log::Host(log)) => log.take(self.trust, item, findings, &mut self.given),
+            Some(Log::Host(log)) => log.take(
+                self.trust,
+                item,
+                findings,
+                &mut self.given,
+                &mut self.checks,
+            ),
             Some(Log::Own(own)) => own.take(item, findings),
             None => bail!("the collector's evidence gives items outside any log"),
         }
@@ -266,6 +276,7 @@ impl<'t> Local<'t> {
     fn finish(mut self) -> Report {
         self.end_log();
         let mut report = self.report;
+        report.findings.extend(self.checks.finish());
         if !self.host.is_empty() && self.host != COLLECTOR_CHAIN && !self.hosts.contains(&self.host)
         {
             report.findings.push(proto::v1::Finding {
@@ -363,6 +374,7 @@ impl<'t> HostLog<'t> {
         item: Item,
         findings: &mut Vec<proto::v1::Finding>,
         given: &mut Given,
+        checks: &mut Checks,
     ) -> anyhow::Result<()> {
         let host = self.start.host.clone();
         match item {
@@ -409,22 +421,21 @@ impl<'t> HostLog<'t> {
                 self.check(trust);
                 self.chains.head(chain, &self.prunes, &self.holes)?;
             }
-            Item::Record(r) => self.record(trust, &r, findings),
+            Item::Record(r) => self.record(trust, &r, checks, findings),
             _ => bail!("the collector's evidence of host {host} is out of order"),
         }
         Ok(())
     }
 
-    /// A record: a leaf of the log, and the next record of its chain.
-    fn record(&mut self, trust: &'t Trust, r: &RawRecord, findings: &mut Vec<proto::v1::Finding>) {
-        let log = self.check(trust);
-        // The record before a chain's first leaf predates the log: this stream holds only
-        // the log, so it is taken as not stored.
-        while let Next::NeedPrev { chain_id, seq } =
-            log.leaf(r.log_index, &r.chain_id, r.seq, &r.hash, &r.event, findings)
-        {
-            log.prev_found(chain_id, seq, None);
-        }
+    /// A record: the next record of its chain, and a leaf of the log, which takes the
+    /// record's hash as its chain's walk verified it.
+    fn record(
+        &mut self,
+        trust: &'t Trust,
+        r: &RawRecord,
+        checks: &mut Checks,
+        findings: &mut Vec<proto::v1::Finding>,
+    ) {
         let host = self.start.host.clone();
         let (walk, head, known) = self
             .chains
@@ -435,10 +446,23 @@ impl<'t> HostLog<'t> {
                 reason: "records of it are in the log, but the chains table lacks it".into(),
             });
         }
-        let chain_host = head.host.clone();
-        let _ = walk.step(row(r), &mut |row| {
-            columns::check(&chain_host, &r.chain_id, row, findings);
-        });
+        let stepped = walk
+            .step(row(r), &mut |row| checks.push(&head.host, &r.chain_id, row))
+            .is_continue();
+        let leaf = Leaf {
+            log_index: r.log_index,
+            chain_id: &r.chain_id,
+            seq: r.seq,
+            hash: &r.hash,
+            event: &r.event,
+            verified: stepped && walk.holds(r.seq),
+        };
+        let log = self.check(trust);
+        // The record before a chain's first leaf predates the log: this stream holds only
+        // the log, so it is taken as not stored.
+        while let Next::NeedPrev { chain_id, seq } = log.leaf(leaf, findings) {
+            log.prev_found(chain_id, seq, None);
+        }
     }
 
     fn finish(mut self, trust: &'t Trust, report: &mut Report) {

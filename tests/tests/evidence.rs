@@ -522,6 +522,43 @@ async fn verify_finds_deleted_chains_and_hosts() {
     );
 }
 
+/// A chain whose first records predate its host's log, as in a store kept from before
+/// host logs: verify walks those as the chain's records only, then each later one once as
+/// both the chain's next record and a leaf. Had the log's walk fed the chain's without
+/// them, the chain would fail at seq 0.
+#[tokio::test]
+async fn a_chain_that_begins_before_its_hosts_log_verifies() {
+    let dir = scratch_dir("evidence-predates");
+    let chain = test_chain("host-e:boot:3", 1000);
+    let pristine = stored_log(&dir, &chain).await;
+    let copy = tampered(&pristine, "predates.db", |conn| {
+        conn.execute_batch(&format!(
+            "UPDATE events SET log_index = NULL WHERE chain = {ROWS} AND seq < 10;
+             UPDATE events SET log_index = log_index - 10 WHERE chain = {ROWS} AND seq >= 10;"
+        ))
+        .unwrap();
+    });
+    let report = verify_all(&Collector::start(&copy)).await;
+    let verdict = report
+        .chains
+        .iter()
+        .find(|c| c.chain_id == chain.id)
+        .expect("the chain's verdict");
+    assert!(verdict.ok, "{report:?}");
+    assert_eq!(verdict.records, 1000, "{report:?}");
+    let log = log_of(&report, HOST);
+    assert_eq!(log.leaves, 990, "{report:?}");
+    // The host signed 1,000 leaves: the log rightly fails, on its size alone.
+    assert!(log.reason.contains("stored 990, attested 1000"), "{log:?}");
+    assert!(
+        report
+            .findings
+            .iter()
+            .all(|f| !f.subject.starts_with("chain ")),
+        "{report:?}"
+    );
+}
+
 /// An event of audit session 7, whose root started at `T0 - 5_000`.
 fn in_session(n: u64) -> Event {
     let mut event = exec(n);

@@ -94,6 +94,14 @@ impl Walk {
         self.bad.map_or(self.expected, |(seq, _)| seq + 1)
     }
 
+    /// Whether record `seq`, the last one stepped, verified: its stored hash is the one its
+    /// bytes and the verified record before it give (or, for a hole's anchor, the one the
+    /// hole names). A log walk over the same records may take its stored hash as is.
+    #[must_use]
+    pub fn holds(&self, seq: u64) -> bool {
+        self.failure.is_none() && self.bad.is_none() && self.expected == seq + 1
+    }
+
     /// Whether the walk has failed, so no record after can change its verdict.
     #[must_use]
     pub fn failed(&self) -> bool {

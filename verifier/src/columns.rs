@@ -2,6 +2,12 @@
 //! and at verify, to compare what is stored with what the bytes say. Setting `kind = 'fork'`
 //! on a violation would otherwise hide it from review, and nothing would notice.
 
+use std::{
+    ops::Range,
+    sync::mpsc::{SyncSender, sync_channel},
+    thread::JoinHandle,
+};
+
 use prost::Message as _;
 use proto::{
     kind::Kind,
@@ -200,12 +206,13 @@ fn parse(host: &str, seq: u64, bytes: &[u8]) -> Result<Derived, String> {
 /// A finding when record `row` of chain `chain_id` (an agent's of `host`) has stored
 /// columns that differ from what its bytes say, or bytes no agent may send.
 pub fn check(host: &str, chain_id: &str, row: &ChainRow<'_>, findings: &mut Vec<Finding>) {
-    let subject = format!("chain {chain_id} seq {}", row.seq);
+    // Named only when there is a finding: most records have none.
+    let subject = || format!("chain {chain_id} seq {}", row.seq);
     let derived = match derive(host, row.seq, row.event) {
         Ok(derived) => derived,
         Err(e) => {
             findings.push(Finding {
-                subject,
+                subject: subject(),
                 reason: format!("its bytes are not a record an agent may send: {e}"),
             });
             return;
@@ -214,11 +221,165 @@ pub fn check(host: &str, chain_id: &str, row: &ChainRow<'_>, findings: &mut Vec<
     let derived = derived.columns();
     if derived != row.columns {
         findings.push(Finding {
-            subject,
+            subject: subject(),
             reason: format!(
                 "its stored columns differ from what its bytes say: stored {:?}, derived {:?}",
                 row.columns, derived
             ),
         });
+    }
+}
+
+/// Records whose columns are checked (`check`) on a thread of their own, beside the walk
+/// that verifies their hashes: decoding every record for its columns costs as much as the
+/// walk itself, and the two need nothing of each other. Records are copied a batch at a
+/// time; what the thread finds comes back with `finish`.
+pub struct Checks {
+    batch: Batch,
+    to_worker: Option<SyncSender<Batch>>,
+    worker: Option<JoinHandle<Vec<Finding>>>,
+}
+
+/// Records of one chain, copied into one buffer.
+#[derive(Default)]
+struct Batch {
+    host: String,
+    chain_id: String,
+    bytes: Vec<u8>,
+    records: Vec<Copied>,
+}
+
+/// A record of a batch: its bytes and text columns as ranges of the batch's buffer.
+struct Copied {
+    seq: u64,
+    row: i64,
+    event: Range<usize>,
+    /// host, kind, session, tty, identity name, grant.
+    text: [Range<usize>; 6],
+    time_unix_nano: u64,
+    sessionid: Option<u32>,
+    identity_kind: i32,
+    tty_bytes: u64,
+}
+
+/// Records a batch holds before it is handed over.
+const BATCH: usize = 4_096;
+/// Batches handed over and not yet checked: bounds the memory a fast reader can take.
+const QUEUED: usize = 2;
+
+impl Default for Checks {
+    fn default() -> Self {
+        let (to_worker, batches) = sync_channel::<Batch>(QUEUED);
+        let worker = std::thread::spawn(move || {
+            let mut findings = Vec::new();
+            for batch in batches {
+                batch.check(&mut findings);
+            }
+            findings
+        });
+        Self {
+            batch: Batch::default(),
+            to_worker: Some(to_worker),
+            worker: Some(worker),
+        }
+    }
+}
+
+impl Checks {
+    /// Queues the check of `row`, record of chain `chain_id` of an agent of `host`.
+    pub fn push(&mut self, host: &str, chain_id: &str, row: &ChainRow<'_>) {
+        if self.batch.records.len() >= BATCH
+            || self.batch.chain_id != chain_id
+            || self.batch.host != host
+        {
+            self.hand_over();
+            host.clone_into(&mut self.batch.host);
+            chain_id.clone_into(&mut self.batch.chain_id);
+        }
+        self.batch.copy(row);
+    }
+
+    fn hand_over(&mut self) {
+        if self.batch.records.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        // The worker stops only by panicking, which `finish` passes on.
+        if let Some(to_worker) = &self.to_worker {
+            let _ = to_worker.send(batch);
+        }
+    }
+
+    /// What the checks found, once every record was pushed.
+    #[must_use]
+    pub fn finish(mut self) -> Vec<Finding> {
+        self.hand_over();
+        self.to_worker = None;
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(findings)) => findings,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        // Unfinished (an error ended the walk): the worker ends with the channel.
+        self.to_worker = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Batch {
+    fn copy(&mut self, row: &ChainRow<'_>) {
+        let mut put = |b: &[u8]| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(b);
+            start..self.bytes.len()
+        };
+        let c = &row.columns;
+        let event = put(row.event);
+        let text =
+            [c.host, c.kind, c.session, c.tty, c.identity_name, c.grant].map(|t| put(t.as_bytes()));
+        self.records.push(Copied {
+            seq: row.seq,
+            row: row.row,
+            event,
+            text,
+            time_unix_nano: c.time_unix_nano,
+            sessionid: c.sessionid,
+            identity_kind: c.identity_kind,
+            tty_bytes: c.tty_bytes,
+        });
+    }
+
+    fn check(&self, findings: &mut Vec<Finding>) {
+        // Copied from text, so always text again.
+        let text = |r: &Range<usize>| std::str::from_utf8(&self.bytes[r.clone()]).unwrap_or("");
+        for r in &self.records {
+            let [host, kind, session, tty, identity_name, grant] = &r.text;
+            let row = ChainRow {
+                row: r.row,
+                seq: r.seq,
+                event: &self.bytes[r.event.clone()],
+                hash: &[],
+                columns: Columns {
+                    host: text(host),
+                    time_unix_nano: r.time_unix_nano,
+                    kind: text(kind),
+                    session: text(session),
+                    sessionid: r.sessionid,
+                    tty: text(tty),
+                    identity_kind: r.identity_kind,
+                    identity_name: text(identity_name),
+                    grant: text(grant),
+                    tty_bytes: r.tty_bytes,
+                },
+            };
+            check(&self.host, &self.chain_id, &row, findings);
+        }
     }
 }

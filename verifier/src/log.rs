@@ -28,6 +28,20 @@ pub struct Checkpoint<'a> {
     pub cert_pem: &'a str,
 }
 
+/// A stored leaf: record `seq` of chain `chain_id`, its bytes `event` and stored hash
+/// `hash`, stored at `log_index`.
+#[derive(Clone, Copy, Debug)]
+pub struct Leaf<'a> {
+    pub log_index: u64,
+    pub chain_id: &'a str,
+    pub seq: u64,
+    pub hash: &'a [u8],
+    pub event: &'a [u8],
+    /// The record's chain walk has just verified it (`Walk::holds`): its stored hash is
+    /// taken, not recomputed. Otherwise only a hole's anchor stands on its stored hash.
+    pub verified: bool,
+}
+
 /// What the walk wants after a leaf.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
@@ -221,17 +235,16 @@ impl<'t> LogCheck<'t> {
         self.walk().1.failure.is_some()
     }
 
-    /// Takes the next stored leaf: record `seq` of chain `chain_id`, its bytes `event` and
-    /// stored hash `hash` (which only a hole's anchor stands on), stored at `log_index`.
-    pub fn leaf(
-        &mut self,
-        log_index: u64,
-        chain_id: &str,
-        seq: u64,
-        hash: &[u8],
-        event: &[u8],
-        findings: &mut Vec<Finding>,
-    ) -> Next {
+    /// Takes the next stored leaf.
+    pub fn leaf(&mut self, leaf: Leaf<'_>, findings: &mut Vec<Finding>) -> Next {
+        let Leaf {
+            log_index,
+            chain_id,
+            seq,
+            hash,
+            event,
+            verified,
+        } = leaf;
         let anchor = self.holes.anchors(chain_id, seq, hash, event);
         let (roots, walk) = self.walk();
         if walk.failure.is_some() {
@@ -245,7 +258,7 @@ impl<'t> LogCheck<'t> {
             return Next::Stop;
         }
         let prev = match walk.heads.get(chain_id) {
-            _ if anchor => None,
+            _ if anchor || verified => None,
             Some((held, hash)) if held + 1 == seq => Some(*hash),
             _ if seq == 0 => Some(GENESIS),
             _ => {
@@ -256,7 +269,8 @@ impl<'t> LogCheck<'t> {
             }
         };
         // A hole's anchor links to a lost record: its hash stands as stored, which the
-        // hole binds (with its bytes) in the collector's chain.
+        // hole binds (with its bytes) in the collector's chain. A verified record's stands
+        // as its chain's walk recomputed it.
         let hash = prev.map_or_else(
             || <[u8; 32]>::try_from(hash).unwrap_or(GENESIS),
             |prev| chain_hash(chain_id, seq, &prev, event),
@@ -264,8 +278,14 @@ impl<'t> LogCheck<'t> {
         if seq == 0 {
             walk.links.check(chain_id, event, &walk.heads, findings);
         }
-        walk.links.last = Some((chain_id.to_owned(), seq, hash));
-        walk.heads.insert(chain_id.to_owned(), (seq, hash));
+        walk.links.walked(chain_id, seq, hash);
+        // Most leaves follow one of their chain's: its entry is updated in place.
+        match walk.heads.get_mut(chain_id) {
+            Some(head) => *head = (seq, hash),
+            None => {
+                walk.heads.insert(chain_id.to_owned(), (seq, hash));
+            }
+        }
         let _ = walk.range.append(tlog::leaf_hash(&hash));
         if let Some(root) = roots.get(&walk.range.size())
             && *root != walk.range.root()
@@ -337,6 +357,14 @@ struct Links {
 }
 
 impl Links {
+    /// Leaf `seq` of `chain_id` was the last walked.
+    fn walked(&mut self, chain_id: &str, seq: u64, hash: [u8; 32]) {
+        match &mut self.last {
+            Some((chain, held, last)) if chain == chain_id => (*held, *last) = (seq, hash),
+            last => *last = Some((chain_id.to_owned(), seq, hash)),
+        }
+    }
+
     /// Checks the `ChainStart` of `chain_id`, given where each chain stands in the log.
     fn check(
         &mut self,
