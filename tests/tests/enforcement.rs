@@ -188,13 +188,20 @@ impl Session {
             v["comm"] == "sudo" && v["sessionid"].as_u64() == Some(id)
         });
         // Every process of the login once the shell waits: it ran the echo after forking
-        // the sleep, so the echo's exec is the last one to wait for.
-        rig.exec("the mark", |v| {
+        // the sleep, so the echo's exec is the last one to wait for, and its exit. An echo
+        // still alive here would exit by itself, and no kill could name it.
+        let echo = rig.exec("the mark", |v| {
             v["sessionid"].as_u64() == Some(id)
                 && v["argv"]
                     .as_array()
                     .is_some_and(|a| a.iter().any(|x| x == mark.as_str()))
         });
+        let echo = echo["pid"].as_u64().expect("the echo's pid");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(echo) {
+            assert!(Instant::now() < deadline, "the echo {echo} never exited");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         session.pids = session_pids(id);
         assert!(
             session.pids.contains(&sleep["pid"].as_u64().unwrap()),

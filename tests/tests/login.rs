@@ -200,7 +200,7 @@ fn a_password_typed_at_a_sudo_prompt_is_never_recorded() {
     let mark = marker("after-sudo");
     let mut ssh = account.ssh(
         &sshd,
-        "sudo -k; sudo /usr/bin/id; read line; echo \"got $line\"",
+        "sudo -k; sudo /usr/bin/id; echo ready-$((6 * 7)); read line; echo \"got $line\"",
     );
     ssh.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut child = ssh.spawn().unwrap();
@@ -210,6 +210,9 @@ fn a_password_typed_at_a_sudo_prompt_is_never_recorded() {
     terminal.wait_for("password for");
     stdin.write_all(format!("{password}\n").as_bytes()).unwrap();
     terminal.wait_for("uid=0(root)");
+    // Only once sudo has exited: it flushes typed input when it gives the terminal back,
+    // and a line typed before would be echoed but never read.
+    terminal.wait_for("ready-42");
     stdin.write_all(format!("{mark}\n").as_bytes()).unwrap();
     drop(stdin);
     terminal.wait_for(&format!("got {mark}"));
