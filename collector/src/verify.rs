@@ -54,12 +54,18 @@ pub(crate) fn verify_all(
         .collect();
     let mut walks = ChainWalks::new(&chains, &prunes, &holes);
     let mut checks = Checks::default();
-    let mut hosts: Vec<String> = Vec::new();
-    if let (Some(trust), true) = (&trust, chain_id.is_empty()) {
-        hosts = store.logs()?.into_iter().map(|l| l.host).collect();
-        hosts.extend(store.checkpointed_hosts()?);
-        hosts.sort();
-        hosts.dedup();
+    // The hosts whose logs are checked: only with a witness, and not for one chain.
+    let hosts = match (&trust, chain_id.is_empty()) {
+        (Some(trust), true) => {
+            let mut hosts: Vec<String> = store.logs()?.into_iter().map(|l| l.host).collect();
+            hosts.extend(store.checkpointed_hosts()?);
+            hosts.sort();
+            hosts.dedup();
+            Some((trust, hosts))
+        }
+        _ => None,
+    };
+    if let Some((trust, hosts)) = &hosts {
         for h in hosts.iter().filter(|h| host.is_empty() || **h == host) {
             let prune = prunes.by_host.remove(h);
             let log = LogCheck::new(trust, h, prune).with_holes(holes.clone());
@@ -94,8 +100,8 @@ pub(crate) fn verify_all(
     }
     report.findings.extend(checks.finish());
     // The collector's chain says which hosts' logs it cosigned.
-    if trust.is_some() && chain_id.is_empty() {
-        grants.deleted_hosts(&hosts, host, &mut report.findings);
+    if let Some((_, hosts)) = &hosts {
+        grants.deleted_hosts(hosts, host, &mut report.findings);
     }
     if let Some(why) = witness
         .filter(|_| chain_id.is_empty())
@@ -302,14 +308,14 @@ fn verify_log(
                     columns: leaf.columns,
                 };
                 // A leaf its chain's walk has passed (the log holds a record twice, or
-                // this leaf waited on a lookup) is the log's alone to check.
-                verified = walk.next_seq() <= leaf.seq
-                    && walk
-                        .step(row, &mut |row| {
-                            checks.push(&chain.host, &chain.chain_id, row);
-                        })
-                        .is_continue()
-                    && walk.holds(leaf.seq);
+                // this leaf waited on a lookup) is the log's alone to check. A walk that
+                // breaks has failed, which `holds` says.
+                verified = walk.next_seq() <= leaf.seq && {
+                    let _ = walk.step(row, &mut |row| {
+                        checks.push(&chain.host, &chain.chain_id, row);
+                    });
+                    walk.holds(leaf.seq)
+                };
             }
             let leaf = Leaf {
                 log_index: leaf.log_index,

@@ -65,7 +65,7 @@ pub struct Sqlite {
 /// Copies the WAL's committed pages into the database on a thread of its own, woken after
 /// each commit. Left to SQLite, the writer does it inside a commit whenever the WAL passes
 /// 1,000 pages, copying and syncing the database while every acknowledgement waits
-/// (docs/collector.md, "Measured").
+/// (docs/evidence.md, "Measured").
 struct Checkpointer {
     wake: Option<SyncSender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
