@@ -10,7 +10,7 @@ use proto::{
     v1::{
         ChainedEvent, Event, EventBatch, Exec, Filter, GrantChange, Hello, HostsRequest, Identity,
         Process, ReplayRequest, SearchRequest, SessionRoot, SessionsRequest, SpoolHole,
-        StoredEvent, TailRequest, Tty, event::Body, identity::Kind,
+        StoredEvent, TailRequest, Tty, VerifyRequest, event::Body, identity::Kind,
     },
 };
 use tests::collector::{Collector, run_to_exit, scratch_dir};
@@ -1063,11 +1063,31 @@ async fn a_full_store_disk_refuses_then_takes_everything() {
         welcome.heads[0].next_seq, acked,
         "the store holds exactly what was acknowledged"
     );
-    let held = verify(&collector, &chain.id).await;
-    assert!(held.ok, "{held:?}");
-    assert_eq!(held.records, acked);
+    // Every read is recorded, and recording needs space: while the disk is full a read is
+    // either answered (the WAL had room left) or refused with the reason, never half-done.
+    let read = query(&collector)
+        .await
+        .verify(VerifyRequest {
+            chain_id: chain.id.clone(),
+            ..VerifyRequest::default()
+        })
+        .await;
+    if let Err(status) = read {
+        eprintln!("a read while the disk is full: {status}");
+        assert_eq!(status.code(), Code::Unavailable, "{status}");
+        assert!(
+            status.message().contains("the read cannot be recorded"),
+            "{status}"
+        );
+    }
 
     disk.resize("64m");
+    let held = verify(&collector, &chain.id).await;
+    assert!(held.ok, "{held:?}");
+    assert_eq!(
+        held.records, acked,
+        "the store holds exactly what was acked"
+    );
     let (mut agent, welcome) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
     let mut next = welcome.heads[0].next_seq;
     while next < len {
