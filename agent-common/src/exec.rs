@@ -19,6 +19,25 @@ pub mod flags {
     pub const FILENAME_TRUNCATED: u32 = 2;
     /// The kernel could not read argv (page not resident, or a bad user pointer).
     pub const ARGV_UNREADABLE: u32 = 4;
+    /// The new image's file could not be read from `mm->exe_file`; `image` is zero.
+    pub const IMAGE_UNREADABLE: u32 = 8;
+}
+
+/// The file a successful exec mapped, as its inode said at that moment. Times are the raw
+/// fields; the nanoseconds may carry kernel flag bits above bit 29 (multigrain ctime), which
+/// the reader masks.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct ImageId {
+    pub inode: u64,
+    pub size: i64,
+    pub mtime_sec: i64,
+    pub ctime_sec: i64,
+    /// The kernel's `dev_t` of the file's filesystem (a `u32` in `MINOR_BITS` encoding),
+    /// widened so that the record has no padding.
+    pub dev: u64,
+    pub mtime_nsec: u32,
+    pub ctime_nsec: u32,
 }
 
 #[repr(C)]
@@ -31,6 +50,7 @@ pub struct ExecRecord {
     pub filename_len: u32,
     /// Bytes of `argv` that are valid: NUL-terminated strings back to back.
     pub argv_len: u32,
+    pub image: ImageId,
     pub filename: [u8; FILENAME_CAP],
     pub argv: [u8; ARGV_CAP],
 }
@@ -38,5 +58,5 @@ pub struct ExecRecord {
 /// Bytes before `argv`; a record is submitted as this plus `argv_len`.
 pub const EXEC_FIXED: usize = core::mem::offset_of!(ExecRecord, argv);
 
-const _: () = assert!(EXEC_FIXED == 80 + 16 + FILENAME_CAP);
+const _: () = assert!(EXEC_FIXED == 80 + 16 + 48 + FILENAME_CAP);
 const _: () = assert!(ARGV_CAP.is_power_of_two());

@@ -6,7 +6,9 @@ pub const LAYOUT_GLOBAL: &str = "KERNEL_LAYOUT";
 
 /// Where one offset comes from: a struct in vmlinux BTF and a dotted member path (anonymous
 /// structs and unions are searched through), and the size the probe reads at that offset.
-/// `size` 0 skips the size check (flexible arrays).
+/// `path` may list alternatives separated by `|`, for members that kernels have renamed: the
+/// first one this kernel has is used. `size` 0 skips the size check (flexible arrays, and
+/// members whose width differs between kernels).
 #[derive(Clone, Copy, Debug)]
 pub struct FieldSpec {
     pub name: &'static str,
@@ -59,12 +61,24 @@ kernel_layout! {
     cred_euid => "cred" "euid.val" 4,
     mm_arg_start => "mm_struct" "arg_start" 8,
     mm_arg_end => "mm_struct" "arg_end" 8,
+    mm_exe_file => "mm_struct" "exe_file" 8,
     files_fdt => "files_struct" "fdt" 8,
     fdt_max_fds => "fdtable" "max_fds" 4,
     fdt_fd => "fdtable" "fd" 8,
     file_inode => "file" "f_inode" 8,
     file_private_data => "file" "private_data" 8,
     inode_rdev => "inode" "i_rdev" 4,
+    inode_ino => "inode" "i_ino" 8,
+    inode_sb => "inode" "i_sb" 8,
+    inode_size => "inode" "i_size" 8,
+    // The times moved from `timespec64` members to split fields in 6.11 (and were renamed
+    // in 6.6 before that). The nanoseconds are a `u32` or a `long`: the probe reads the low
+    // four bytes, which hold the whole value either way on this little-endian target.
+    inode_mtime_sec => "inode" "i_mtime_sec|__i_mtime.tv_sec|i_mtime.tv_sec" 8,
+    inode_mtime_nsec => "inode" "i_mtime_nsec|__i_mtime.tv_nsec|i_mtime.tv_nsec" 0,
+    inode_ctime_sec => "inode" "i_ctime_sec|__i_ctime.tv_sec|i_ctime.tv_sec" 8,
+    inode_ctime_nsec => "inode" "i_ctime_nsec|__i_ctime.tv_nsec|i_ctime.tv_nsec" 0,
+    sb_dev => "super_block" "s_dev" 4,
     tty_file_private_tty => "tty_file_private" "tty" 8,
     tty_driver => "tty_struct" "driver" 8,
     tty_index => "tty_struct" "index" 4,

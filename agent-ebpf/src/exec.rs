@@ -7,7 +7,7 @@
 
 use agent_common::{
     event::kind,
-    exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FAILED_ARGS_MAX, FILENAME_CAP, flags},
+    exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FAILED_ARGS_MAX, FILENAME_CAP, ImageId, flags},
 };
 use aya_ebpf::{
     helpers::{
@@ -122,6 +122,12 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             }
         }
         _ => rec.flags |= flags::ARGV_UNREADABLE,
+    }
+    if let Ok(image) = task.image() {
+        rec.image = image;
+    } else {
+        rec.image = ImageId::default();
+        rec.flags |= flags::IMAGE_UNREADABLE;
     }
     emit(rec);
     Ok(())
@@ -246,6 +252,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     fill_header(&mut rec.header, kind::EXEC, Task::current());
     rec.result = ret as i32;
     rec.flags = 0;
+    rec.image = ImageId::default();
     let n = unsafe {
         bpf_probe_read_user_str(
             rec.filename.as_mut_ptr().cast(),

@@ -134,6 +134,8 @@ enum BodyLine<'a> {
         result: i32,
         #[serde(skip_serializing_if = "<[String]>::is_empty")]
         tried: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        image: Option<ImageLine<'a>>,
     },
     Exit {
         exit_code: i32,
@@ -200,6 +202,20 @@ struct ChainStartLine<'a> {
     previous_seq: u64,
     previous_hash: String,
     host_name: &'a str,
+}
+
+/// The executed file: its inode at exec, and its contents' SHA-256 (hex) or why not.
+#[derive(Serialize)]
+struct ImageLine<'a> {
+    dev: u64,
+    inode: u64,
+    size: i64,
+    mtime_unix_nano: i64,
+    ctime_unix_nano: i64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    sha256: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    unhashed: &'a str,
 }
 
 #[expect(
@@ -417,6 +433,15 @@ impl<'a> BodyLine<'a> {
                 argv_unreadable: x.argv_unreadable,
                 result: x.result,
                 tried: &x.tried,
+                image: x.image.as_ref().map(|i| ImageLine {
+                    dev: i.dev,
+                    inode: i.inode,
+                    size: i.size,
+                    mtime_unix_nano: i.mtime_unix_nano,
+                    ctime_unix_nano: i.ctime_unix_nano,
+                    sha256: hex(&i.sha256),
+                    unhashed: &i.unhashed,
+                }),
             },
             Some(Body::Exit(x)) => Self::Exit {
                 exit_code: x.exit_code,

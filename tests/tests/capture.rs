@@ -873,3 +873,133 @@ fn a_path_search_is_one_exec_naming_the_paths_tried() {
             .all(|v| v["result"] == -libc::ENOENT && v.get("tried").is_none())
     );
 }
+
+/// The SHA-256 of `path`'s bytes, in hex.
+fn sha256_hex(path: &std::path::Path) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(fs::read(path).unwrap());
+    proto::json::hex(&digest)
+}
+
+/// Checks an exec's `image` against the file's inode now, and returns its digest field.
+fn image_matches(ev: &Value, path: &std::path::Path) -> Value {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata(path).unwrap();
+    let image = &ev["image"];
+    let ns = |sec: i64, nsec: i64| sec * 1_000_000_000 + nsec;
+    assert_eq!(image["dev"], meta.dev(), "{ev}");
+    assert_eq!(image["inode"], meta.ino(), "{ev}");
+    assert_eq!(image["size"], meta.size(), "{ev}");
+    assert_eq!(
+        image["mtime_unix_nano"],
+        ns(meta.mtime(), meta.mtime_nsec()),
+        "{ev}"
+    );
+    assert_eq!(
+        image["ctime_unix_nano"],
+        ns(meta.ctime(), meta.ctime_nsec()),
+        "{ev}"
+    );
+    image["sha256"].clone()
+}
+
+/// Every successful exec names the file it mapped by its inode (dev, inode, size, mtime,
+/// ctime) and the SHA-256 of its bytes, whether the process is still running when the agent
+/// reads it or already gone. An edit that keeps the size and puts the mtime back is a new
+/// file to the agent (ctime moved), not a cached digest; a file past the bound is marked.
+#[test]
+fn an_exec_names_its_file_by_inode_and_digest() {
+    if !privileged("an_exec_names_its_file_by_inode_and_digest") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let scratch = Scratch::new("image");
+    let copy = |from: &str, name: &str, extra: &[u8]| {
+        let to = scratch.join(name);
+        let mut bytes = fs::read(from).unwrap();
+        // Bytes past the ELF's last section change its digest and not what it does.
+        bytes.extend_from_slice(extra);
+        fs::write(&to, bytes).unwrap();
+        fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        to
+    };
+
+    // Gone at once: the agent reaches it by its absolute path.
+    let file = copy("/bin/true", "img-true", &[0; 16]);
+    let run = |mark: &str| {
+        let status = Command::new(&file).arg(mark).status().unwrap();
+        assert!(status.success());
+        agent.exec_with_arg(mark)
+    };
+    let first = run(&marker("image-1"));
+    assert_eq!(image_matches(&first, &file), sha256_hex(&file), "{first}");
+
+    // The same size and mtime, other bytes: only ctime tells, and the digest follows.
+    let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+    let mut edited = fs::read(&file).unwrap();
+    let end = edited.len();
+    edited[end - 16..].fill(0xff);
+    fs::write(&file, &edited).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+    let second = run(&marker("image-2"));
+    assert_eq!(
+        second["image"]["mtime_unix_nano"],
+        first["image"]["mtime_unix_nano"]
+    );
+    assert_ne!(
+        second["image"]["ctime_unix_nano"],
+        first["image"]["ctime_unix_nano"]
+    );
+    let digest = image_matches(&second, &file);
+    assert_eq!(digest, sha256_hex(&file), "{second}");
+    assert_ne!(digest, first["image"]["sha256"]);
+
+    // Still running, and run by a relative name: read through the process itself.
+    let name = marker("img-sleep");
+    let sleeper = copy("/bin/sleep", &name, &[]);
+    let mut child = Command::new(format!("./{name}"))
+        .arg("5")
+        .current_dir(scratch.path())
+        .spawn()
+        .unwrap();
+    let relative = format!("./{name}");
+    let ev = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "exec" && v["filename"] == relative.as_str()
+        })
+        .expect("the sleeper's exec");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(image_matches(&ev, &sleeper), sha256_hex(&sleeper), "{ev}");
+
+    // Past the bound (a sparse tail, so the test writes little): not read, and marked.
+    let big = copy("/bin/true", "img-big", &[]);
+    fs::File::options()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let mark = marker("image-big");
+    assert!(Command::new(&big).arg(&mark).status().unwrap().success());
+    let ev = agent.exec_with_arg(&mark);
+    assert_eq!(image_matches(&ev, &big), Value::Null, "{ev}");
+    assert_eq!(ev["image"]["unhashed"], "too_large", "{ev}");
+
+    // A failed exec maps nothing.
+    let missing = format!("/nonexistent/{}", marker("image-none"));
+    assert!(Command::new(&missing).status().is_err());
+    let ev = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "exec" && v["filename"] == missing.as_str()
+        })
+        .expect("the failed exec");
+    assert_eq!(ev["image"], Value::Null, "{ev}");
+    let out = agent.stop();
+    assert!(out.success, "agent failed:\n{}", out.stderr);
+}

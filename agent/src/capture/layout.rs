@@ -59,29 +59,18 @@ fn field_offset(btf: &Btf, spec: &FieldSpec) -> Result<u32, LayoutError> {
         })
         .ok_or(LayoutError::NoStruct { ty: spec.ty, field })?;
 
-    let mut current = root;
-    let mut offset_bits = 0u32;
-    let mut member_type = None;
-    for name in spec.path.split('.') {
-        let (bits, ty) =
-            find_member(btf, &current, name)
-                .map_err(btf_err)?
-                .ok_or(LayoutError::NoMember {
-                    ty: spec.ty,
-                    path: spec.path,
-                    field,
-                })?;
-        offset_bits += bits;
-        if let Type::Struct(s) | Type::Union(s) = strip(btf, ty.clone()).map_err(btf_err)? {
-            current = s;
-        }
-        member_type = Some(ty);
-    }
-    let member_type = member_type.ok_or(LayoutError::NoMember {
-        ty: spec.ty,
-        path: spec.path,
-        field,
-    })?;
+    let (offset_bits, member_type) = spec
+        .path
+        .split('|')
+        .map(|path| member_path(btf, &root, path))
+        .find_map(Result::transpose)
+        .transpose()
+        .map_err(btf_err)?
+        .ok_or(LayoutError::NoMember {
+            ty: spec.ty,
+            path: spec.path,
+            field,
+        })?;
     if spec.size != 0 {
         let actual = size_of_type(btf, member_type).map_err(btf_err)?;
         if actual != spec.size as usize {
@@ -94,6 +83,28 @@ fn field_offset(btf: &Btf, spec: &FieldSpec) -> Result<u32, LayoutError> {
         }
     }
     Ok(offset_bits / 8)
+}
+
+/// The bit offset and type of the member at dotted `path` under `root`, if it has one.
+fn member_path(
+    btf: &Btf,
+    root: &btf_rs::Struct,
+    path: &str,
+) -> Result<Option<(u32, Type)>, btf_rs::Error> {
+    let mut current = root.clone();
+    let mut offset_bits = 0u32;
+    let mut member_type = None;
+    for name in path.split('.') {
+        let Some((bits, ty)) = find_member(btf, &current, name)? else {
+            return Ok(None);
+        };
+        offset_bits += bits;
+        if let Type::Struct(s) | Type::Union(s) = strip(btf, ty.clone())? {
+            current = s;
+        }
+        member_type = Some(ty);
+    }
+    Ok(member_type.map(|ty| (offset_bits, ty)))
 }
 
 /// Finds `name` among the members of `s`, looking inside anonymous structs and unions (the

@@ -92,6 +92,7 @@ fn body(body: Body) -> v1::event::Body {
             argv_unreadable,
             result,
             tried,
+            image,
         } => B::Exec(v1::Exec {
             filename,
             argv,
@@ -100,6 +101,22 @@ fn body(body: Body) -> v1::event::Body {
             argv_unreadable,
             result,
             tried,
+            image: image.map(|i| {
+                let (sha256, unhashed) = match i.digest {
+                    Some(Ok(sha)) => (sha.to_vec(), ""),
+                    Some(Err(why)) => (Vec::new(), why.as_str()),
+                    None => (Vec::new(), ""),
+                };
+                v1::Image {
+                    dev: i.key.dev,
+                    inode: i.key.inode,
+                    size: i.key.size,
+                    mtime_unix_nano: i.key.mtime_ns,
+                    ctime_unix_nano: i.key.ctime_ns,
+                    sha256,
+                    unhashed: unhashed.into(),
+                }
+            }),
         }),
         Body::Fork => B::Fork(v1::Fork {}),
         Body::Exit {

@@ -1,10 +1,13 @@
 use std::mem::offset_of;
 
-use agent_common::exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, flags};
+use agent_common::{
+    event::{dev_major, dev_minor},
+    exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, ImageId, flags},
+};
 use bytes::Bytes;
 
 use super::{DecodeError, read, slice};
-use crate::capture::event::Body;
+use crate::capture::event::{Body, Image, ImageKey};
 
 pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
     if bytes.len() < EXEC_FIXED {
@@ -39,7 +42,36 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         argv_unreadable: flag_bits & flags::ARGV_UNREADABLE != 0,
         result,
         tried: Vec::new(),
+        image: (result == 0 && flag_bits & flags::IMAGE_UNREADABLE == 0)
+            .then(|| read(bytes, offset_of!(ExecRecord, image)))
+            .transpose()?
+            .map(image),
     })
+}
+
+/// The kernel's nanoseconds may carry flag bits above the value (multigrain ctime, 6.13+);
+/// a valid value is below 10^9 < 2^30.
+const NSEC_MASK: u32 = (1 << 30) - 1;
+
+fn image(id: ImageId) -> Image {
+    let time = |sec: i64, nsec: u32| {
+        sec.saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(nsec & NSEC_MASK))
+    };
+    Image {
+        key: ImageKey {
+            dev: {
+                // Widened from a `u32` by the kernel program.
+                let dev = u32::try_from(id.dev).unwrap_or(u32::MAX);
+                libc::makedev(dev_major(dev), dev_minor(dev))
+            },
+            inode: id.inode,
+            size: id.size,
+            mtime_ns: time(id.mtime_sec, id.mtime_nsec),
+            ctime_ns: time(id.ctime_sec, id.ctime_nsec),
+        },
+        digest: None,
+    }
 }
 
 /// Splits NUL-terminated strings, each a view of `record`, which holds `block`; a cut-off
@@ -72,6 +104,7 @@ mod tests {
             flags: flag_bits,
             filename_len: 8,
             argv_len: argv.len() as u32,
+            image: ImageId::default(),
             filename: [0; FILENAME_CAP],
             argv: [0; ARGV_CAP],
         };
