@@ -22,7 +22,7 @@ use agent::{
 };
 use agent_common::{
     event::{Header, kind, make_dev},
-    exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, ImageId},
+    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, ImageId},
     tty::{CHUNK, TTY_FIXED, TtyRecord},
 };
 use proto::{
@@ -71,10 +71,13 @@ fn exec_record() -> Vec<u8> {
         filename_len: 13,
         argv_len: argv.len() as u32,
         image: image_of("/usr/bin/sudo"),
+        cwd_len: 5,
         filename: [0; FILENAME_CAP],
+        cwd: [0; CWD_CAP],
         argv: [0; ARGV_CAP],
     };
     rec.filename[..13].copy_from_slice(b"/usr/bin/sudo");
+    rec.cwd[CWD_CAP - 5..].copy_from_slice(b"/root");
     rec.argv[..argv.len()].copy_from_slice(argv);
     bytes_of(&rec, EXEC_FIXED + argv.len())
 }
@@ -265,7 +268,7 @@ fn main() {
         runs.push(run("tty 4 KiB", &tty_record(), 15_000, CHUNK as u64));
     }
     println!(
-        "pipeline benchmark: decode → attribute → judge → encode → chain → spool (written, fsync not timed), one core; \
+        "pipeline benchmark: decode → image → attribute → judge → encode → chain → spool (written, fsync not timed), one core; \
          +log: the host log's leaf hash and compact range append per record"
     );
     println!(

@@ -92,6 +92,7 @@ fn body(body: Body) -> v1::event::Body {
             argv_unreadable,
             result,
             tried,
+            cwd,
             image,
         } => B::Exec(v1::Exec {
             filename,
@@ -101,6 +102,10 @@ fn body(body: Body) -> v1::event::Body {
             argv_unreadable,
             result,
             tried,
+            cwd_truncated: cwd.as_ref().is_some_and(|c| c.truncated),
+            cwd_deleted: cwd.as_ref().is_some_and(|c| c.deleted),
+            cwd_unreachable: cwd.as_ref().is_some_and(|c| c.unreachable),
+            cwd: cwd.map(|c| c.path).unwrap_or_default(),
             image: image.map(|i| {
                 let (sha256, unhashed) = match i.digest {
                     Some(Ok(sha)) => (sha.to_vec(), ""),

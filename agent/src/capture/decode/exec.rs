@@ -2,12 +2,12 @@ use std::mem::offset_of;
 
 use agent_common::{
     event::{dev_major, dev_minor},
-    exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, ImageId, flags},
+    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, ImageId, flags},
 };
 use bytes::Bytes;
 
 use super::{DecodeError, read, slice};
-use crate::capture::event::{Body, Image, ImageKey};
+use crate::capture::event::{Body, Cwd, Image, ImageKey};
 
 pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
     if bytes.len() < EXEC_FIXED {
@@ -28,6 +28,23 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         "filename",
     )?;
     let argv = slice(bytes, EXEC_FIXED, argv_len as usize, ARGV_CAP, "argv")?;
+    let cwd_len: u64 = read(bytes, offset_of!(ExecRecord, cwd_len))?;
+    let cwd_len = usize::try_from(cwd_len).unwrap_or(usize::MAX);
+    // The path is the last `cwd_len` bytes of the field (`slice` refuses a longer one, read
+    // or not: the record is malformed either way).
+    let path = slice(
+        bytes,
+        offset_of!(ExecRecord, cwd) + CWD_CAP.saturating_sub(cwd_len),
+        cwd_len,
+        CWD_CAP,
+        "cwd",
+    )?;
+    let cwd = (flag_bits & flags::CWD_UNREADABLE == 0).then(|| Cwd {
+        path: String::from_utf8_lossy(path).into_owned(),
+        truncated: flag_bits & flags::CWD_TRUNCATED != 0,
+        deleted: flag_bits & flags::CWD_DELETED != 0,
+        unreachable: flag_bits & flags::CWD_UNREACHABLE != 0,
+    });
     if EXEC_FIXED + argv.len() != bytes.len() {
         return Err(DecodeError::SizeMismatch {
             claimed: EXEC_FIXED + argv.len(),
@@ -42,6 +59,7 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         argv_unreadable: flag_bits & flags::ARGV_UNREADABLE != 0,
         result,
         tried: Vec::new(),
+        cwd,
         image: (result == 0 && flag_bits & flags::IMAGE_UNREADABLE == 0)
             .then(|| read(bytes, offset_of!(ExecRecord, image)))
             .transpose()?
@@ -105,7 +123,9 @@ mod tests {
             filename_len: 8,
             argv_len: argv.len() as u32,
             image: ImageId::default(),
+            cwd_len: 0,
             filename: [0; FILENAME_CAP],
+            cwd: [0; CWD_CAP],
             argv: [0; ARGV_CAP],
         };
         rec.filename[..8].copy_from_slice(b"/bin/foo");
