@@ -36,6 +36,9 @@ pub mod flags {
     pub const CWD_UNREACHABLE: u32 = 64;
     /// The walk could not read a dentry or mount; `cwd_len` is 0.
     pub const CWD_UNREADABLE: u32 = 128;
+    /// `filename` named a script (`#!`) or a `binfmt_misc` program: `image` is its
+    /// interpreter's file, not the file the caller named.
+    pub const IMAGE_INTERPRETER: u32 = 256;
 }
 
 /// The file a successful exec mapped, as its inode said at that moment. Times are the raw

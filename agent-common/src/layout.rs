@@ -103,6 +103,7 @@ kernel_layout! {
     signal_tty => "signal_struct" "tty" 8,
     signal_live => "signal_struct" "live.counter" 4,
     bprm_filename => "linux_binprm" "filename" 8,
+    bprm_interp => "linux_binprm" "interp" 8,
     sys_enter_args => "syscall_trace_enter" "args" 0,
 }
 

@@ -30,8 +30,8 @@ use aya_log_ebpf::warn;
 use crate::{
     emit::{fill_header, submit},
     kernel::{
-        PathPos, Task, bprm_filename, config, dentry_name, dentry_parent, dentry_unhashed,
-        mount_root, mount_up, syscall_args,
+        PathPos, Task, bprm_filename, bprm_interp, config, dentry_name, dentry_parent,
+        dentry_unhashed, mount_root, mount_up, syscall_args,
     },
 };
 
@@ -136,6 +136,9 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     fill_cwd(rec, task);
     if let Ok(image) = task.image() {
         rec.image = image;
+        if bprm_interp(ctx.arg::<u64>(2)).is_ok_and(|interp| interp != filename) {
+            rec.flags |= flags::IMAGE_INTERPRETER;
+        }
     } else {
         rec.image = ImageId::default();
         rec.flags |= flags::IMAGE_UNREADABLE;

@@ -302,6 +302,13 @@ pub fn bprm_filename(bprm: u64) -> Result<*const u8, i64> {
     read_ptr(bprm as *const u8, offset!(bprm_filename))
 }
 
+/// The path the kernel ran: `filename` itself, unless a script or `binfmt_misc` handler
+/// replaced it with an interpreter's (a string of its own).
+#[inline(always)]
+pub fn bprm_interp(bprm: u64) -> Result<*const u8, i64> {
+    read_ptr(bprm as *const u8, offset!(bprm_interp))
+}
+
 /// The first `N` arguments of a `syscalls/sys_enter_*` tracepoint, in one read. (A tracepoint
 /// context can only be loaded from at offsets fixed in the instruction, and ours come from
 /// BTF at load time.)

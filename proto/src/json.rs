@@ -223,6 +223,8 @@ struct ImageLine<'a> {
     sha256: String,
     #[serde(skip_serializing_if = "str::is_empty")]
     unhashed: &'a str,
+    #[serde(skip_serializing_if = "is_false")]
+    interpreter: bool,
 }
 
 #[expect(
@@ -460,6 +462,7 @@ impl<'a> BodyLine<'a> {
                     ctime_unix_nano: i.ctime_unix_nano,
                     sha256: hex(&i.sha256),
                     unhashed: &i.unhashed,
+                    interpreter: i.interpreter,
                 }),
             },
             Some(Body::Exit(x)) => Self::Exit {

@@ -933,6 +933,24 @@ fn an_exec_names_its_file_by_inode_and_digest() {
     };
     let first = run(&marker("image-1"));
     assert_eq!(image_matches(&first, &file), sha256_hex(&file), "{first}");
+    assert_eq!(first["image"].get("interpreter"), None, "{first}");
+
+    // A script: the kernel maps its interpreter, and the image says so. It waits on its
+    // input until the exec is seen, so the agent finds the interpreter through the process.
+    let script = scratch.join("img-script");
+    fs::write(&script, "#!/bin/sh\nread line\nexit 0\n").unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut child = Command::new(&script).stdin(Stdio::piped()).spawn().unwrap();
+    let ev = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "exec" && v["filename"] == script.to_str().unwrap()
+        })
+        .expect("the script's exec");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    let sh = std::path::Path::new("/bin/sh");
+    assert_eq!(image_matches(&ev, sh), sha256_hex(sh), "{ev}");
+    assert_eq!(ev["image"]["interpreter"], true, "{ev}");
 
     // The same size and mtime, other bytes: only ctime tells, and the digest follows.
     let mtime = fs::metadata(&file).unwrap().modified().unwrap();

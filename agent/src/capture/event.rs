@@ -95,6 +95,8 @@ impl Unhashed {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
     pub key: ImageKey,
+    /// The file is the interpreter of the script (or `binfmt_misc` program) the exec named.
+    pub interpreter: bool,
     /// SHA-256 of the contents, once the `image` stage has looked.
     pub digest: Option<Result<[u8; 32], Unhashed>>,
 }

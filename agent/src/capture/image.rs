@@ -3,7 +3,8 @@
 //!
 //! The file is reached without trusting a path: first through `/proc/<pid>/exe`, which is
 //! the very file the process maps for as long as it lives; then, for a process already gone,
-//! through its absolute exec path, opened `O_PATH` and read only once `fstat` shows a regular
+//! through its absolute exec path (not for a script, whose path names the script and not
+//! the interpreter that ran), opened `O_PATH` and read only once `fstat` shows a regular
 //! file. Either way the contents count only if the inode matches the kernel's tuple before
 //! and after the read, so a file swapped or written since the exec is reported `changed`,
 //! never hashed as if it were the one that ran. ctime is in the tuple because userspace can
@@ -73,7 +74,13 @@ impl Images {
             if image.digest.is_some() {
                 continue;
             }
-            image.digest = Some(self.digest(tgid, filename, image.key));
+            // An interpreter's file has no path on the record (`filename` is the script's).
+            let path = if image.interpreter {
+                ""
+            } else {
+                filename.as_str()
+            };
+            image.digest = Some(self.digest(tgid, path, image.key));
         }
     }
 

@@ -120,6 +120,7 @@ fn body(body: Body) -> v1::event::Body {
                     ctime_unix_nano: i.key.ctime_ns,
                     sha256,
                     unhashed: unhashed.into(),
+                    interpreter: i.interpreter,
                 }
             }),
         }),

@@ -63,7 +63,7 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         image: (result == 0 && flag_bits & flags::IMAGE_UNREADABLE == 0)
             .then(|| read(bytes, offset_of!(ExecRecord, image)))
             .transpose()?
-            .map(image),
+            .map(|id| image(id, flag_bits & flags::IMAGE_INTERPRETER != 0)),
     })
 }
 
@@ -71,7 +71,7 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
 /// a valid value is below 10^9 < 2^30.
 const NSEC_MASK: u32 = (1 << 30) - 1;
 
-fn image(id: ImageId) -> Image {
+fn image(id: ImageId, interpreter: bool) -> Image {
     let time = |sec: i64, nsec: u32| {
         sec.saturating_mul(1_000_000_000)
             .saturating_add(i64::from(nsec & NSEC_MASK))
@@ -88,6 +88,7 @@ fn image(id: ImageId) -> Image {
             mtime_ns: time(id.mtime_sec, id.mtime_nsec),
             ctime_ns: time(id.ctime_sec, id.ctime_nsec),
         },
+        interpreter,
         digest: None,
     }
 }
