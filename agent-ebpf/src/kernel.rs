@@ -319,6 +319,16 @@ pub fn io_rw(req: u64) -> Result<(u64, u32), i64> {
     ))
 }
 
+/// The length of an `io_uring` splice, and the descriptor it reads from.
+#[inline(always)]
+pub fn io_splice(req: u64) -> Result<(u64, i32), i64> {
+    let req = req as *const u8;
+    Ok((
+        read(req, offset!(io_splice_len))?,
+        read(req, offset!(io_splice_fd_in))?,
+    ))
+}
+
 /// The path the kernel ran: `filename` itself, unless a script or `binfmt_misc` handler
 /// replaced it with an interpreter's (a string of its own).
 #[inline(always)]
