@@ -69,18 +69,20 @@ pub struct ExecRecord {
     /// Bytes of `argv` that are valid: NUL-terminated strings back to back.
     pub argv_len: u32,
     pub image: ImageId,
-    /// Valid bytes at the end of `cwd` (a `u64` so that the record has no padding).
+    /// Bytes of the working directory (a `u64` so that the record has no padding).
     pub cwd_len: u64,
     pub filename: [u8; FILENAME_CAP],
-    /// The working directory at exec, as the process sees it (up to its root), in the last
-    /// `cwd_len` bytes.
-    pub cwd: [u8; CWD_CAP],
     pub argv: [u8; ARGV_CAP],
+    /// Where the kernel builds the working directory, as the process sees it (up to its
+    /// root), backwards into the last `cwd_len` bytes. Not sent from here: the path is
+    /// copied to just after argv, so a record carries only the bytes it uses.
+    pub cwd: [u8; CWD_CAP],
 }
 
-/// Bytes before `argv`; a record is submitted as this plus `argv_len`.
+/// Bytes before `argv`; a record is submitted as this plus `argv_len`, plus `cwd_len` bytes
+/// of working directory right after argv.
 pub const EXEC_FIXED: usize = core::mem::offset_of!(ExecRecord, argv);
 
-const _: () = assert!(EXEC_FIXED == 80 + 16 + 48 + 8 + FILENAME_CAP + CWD_CAP);
+const _: () = assert!(EXEC_FIXED == 80 + 16 + 48 + 8 + FILENAME_CAP);
 const _: () = assert!(CWD_CAP.is_power_of_two());
 const _: () = assert!(ARGV_CAP.is_power_of_two());

@@ -41,7 +41,7 @@ use crate::{
 #[repr(C)]
 pub struct ExecScratch {
     record: ExecRecord,
-    slack: [u8; ARGV_CAP],
+    slack: [u8; ARGV_CAP + CWD_CAP],
 }
 
 #[map(name = "EXEC_SCRATCH")]
@@ -162,7 +162,8 @@ struct CwdWalk {
 /// a reason of its own flag), so that running out of steps shows as truncation.
 const CWD_DONE: u32 = 1 << 31;
 
-/// Writes the working directory into the last `cwd_len` bytes of `rec.cwd`, walking
+/// Writes the working directory into the last `cwd_len` bytes of `rec.cwd` (sent after
+/// argv by `emit`), walking
 /// dentries up to the process's root and crossing mounts on the way, as `d_path` does.
 #[inline(always)]
 fn fill_cwd(rec: &mut ExecRecord, task: Task) {
@@ -258,7 +259,7 @@ extern "C" fn cwd_step(_index: u64, ctx: *mut c_void) -> i64 {
     }
     let start = pos - len;
     // Masked so the verifier sees the write inside the map value: with `start` and `len`
-    // each below CWD_CAP, it ends before `cwd + 2 * CWD_CAP`, inside `argv`. (At run time
+    // each below CWD_CAP, it ends before `cwd + 2 * CWD_CAP`, in the scratch's slack. (At run time
     // `start + len` is `pos`, at most CWD_CAP.)
     let at = (start as usize) & (CWD_CAP - 1);
     let n = (len as usize) & (CWD_CAP - 1);
@@ -288,10 +289,30 @@ fn set_filename_len(rec: &mut ExecRecord, copied: i64) {
     }
 }
 
+/// Sends the record: its fixed part, argv, and the working directory right after argv (it
+/// was built at the end of `cwd`), so that only the bytes used go out. The lengths are
+/// masked for the verifier (at run time argv is at most `ARGV_CAP` and the path at most
+/// `CWD_CAP` bytes), and the scratch's slack holds what the masks allow.
 #[inline(always)]
 fn emit(rec: &mut ExecRecord) {
     let argv_len = (rec.argv_len as usize) & (ARGV_CAP * 2 - 1);
-    submit(&raw mut rec.header, EXEC_FIXED + argv_len, argv_len as u64);
+    let mut cwd_len = (rec.cwd_len as usize) & (CWD_CAP * 2 - 1);
+    if cwd_len > 0 {
+        let src = rec.cwd.as_ptr().wrapping_add(CWD_CAP).wrapping_sub(cwd_len);
+        let dst = rec.argv.as_mut_ptr().wrapping_add(argv_len);
+        // Never expected to fail (both sides are this map value); if it does, the record
+        // goes without its path, marked.
+        if unsafe { bpf_probe_read_kernel(dst.cast(), cwd_len as u32, src.cast()) } < 0 {
+            rec.cwd_len = 0;
+            rec.flags |= flags::CWD_UNREADABLE;
+            cwd_len = 0;
+        }
+    }
+    submit(
+        &raw mut rec.header,
+        EXEC_FIXED + argv_len + cwd_len,
+        argv_len as u64,
+    );
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_execve")]

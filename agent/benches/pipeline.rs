@@ -65,7 +65,7 @@ fn bytes_of<T>(value: &T, len: usize) -> Vec<u8> {
 fn exec_record() -> Vec<u8> {
     let argv = b"sudo\0-n\0systemctl\0restart\0nginx.service\0";
     let mut rec = ExecRecord {
-        header: header(kind::EXEC, EXEC_FIXED + argv.len()),
+        header: header(kind::EXEC, EXEC_FIXED + argv.len() + 5),
         result: 0,
         flags: 0,
         filename_len: 13,
@@ -73,13 +73,14 @@ fn exec_record() -> Vec<u8> {
         image: image_of("/usr/bin/sudo"),
         cwd_len: 5,
         filename: [0; FILENAME_CAP],
-        cwd: [0; CWD_CAP],
         argv: [0; ARGV_CAP],
+        cwd: [0; CWD_CAP],
     };
     rec.filename[..13].copy_from_slice(b"/usr/bin/sudo");
-    rec.cwd[CWD_CAP - 5..].copy_from_slice(b"/root");
     rec.argv[..argv.len()].copy_from_slice(argv);
-    bytes_of(&rec, EXEC_FIXED + argv.len())
+    // The working directory follows argv, as the kernel sends it.
+    rec.argv[argv.len()..argv.len() + 5].copy_from_slice(b"/root");
+    bytes_of(&rec, EXEC_FIXED + argv.len() + 5)
 }
 
 /// The file's inode as the kernel reports it at exec, so that the pipeline hashes it once

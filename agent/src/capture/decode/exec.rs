@@ -30,24 +30,18 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
     let argv = slice(bytes, EXEC_FIXED, argv_len as usize, ARGV_CAP, "argv")?;
     let cwd_len: u64 = read(bytes, offset_of!(ExecRecord, cwd_len))?;
     let cwd_len = usize::try_from(cwd_len).unwrap_or(usize::MAX);
-    // The path is the last `cwd_len` bytes of the field (`slice` refuses a longer one, read
-    // or not: the record is malformed either way).
-    let path = slice(
-        bytes,
-        offset_of!(ExecRecord, cwd) + CWD_CAP.saturating_sub(cwd_len),
-        cwd_len,
-        CWD_CAP,
-        "cwd",
-    )?;
+    // The path follows argv (`slice` refuses one past its bound, read or not: the record
+    // is malformed either way).
+    let path = slice(bytes, EXEC_FIXED + argv.len(), cwd_len, CWD_CAP, "cwd")?;
     let cwd = (flag_bits & flags::CWD_UNREADABLE == 0).then(|| Cwd {
         path: String::from_utf8_lossy(path).into_owned(),
         truncated: flag_bits & flags::CWD_TRUNCATED != 0,
         deleted: flag_bits & flags::CWD_DELETED != 0,
         unreachable: flag_bits & flags::CWD_UNREACHABLE != 0,
     });
-    if EXEC_FIXED + argv.len() != bytes.len() {
+    if EXEC_FIXED + argv.len() + path.len() != bytes.len() {
         return Err(DecodeError::SizeMismatch {
-            claimed: EXEC_FIXED + argv.len(),
+            claimed: EXEC_FIXED + argv.len() + path.len(),
             got: bytes.len(),
         });
     }

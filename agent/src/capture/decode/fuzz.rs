@@ -70,6 +70,11 @@ fn record(kind_id: u32, noise: &[u8], body: &[u8], filename_len: u32, cwd_len: u
     let (fixed, length) = layout(kind_id);
     let body = &body[..body.len().min(length.map_or(0, |(_, cap)| cap))];
     let mut bytes = [&noise[..fixed], body].concat();
+    if kind_id == kind::EXEC {
+        // The working directory follows argv: any bytes will do.
+        let cwd_len = usize::try_from(cwd_len).unwrap();
+        bytes.extend(noise.iter().cycle().take(cwd_len));
+    }
     put(&mut bytes, offset_of!(Header, kind), kind_id);
     agree(&mut bytes);
     if let Some((at, _)) = length {
@@ -296,16 +301,14 @@ fn check_decoded(bytes: &[u8]) -> Result<(), TestCaseError> {
             let at = offset_of!(ExecRecord, filename);
             let len = get(bytes, offset_of!(ExecRecord, filename_len)) as usize;
             prop_assert_eq!(filename, String::from_utf8_lossy(&bytes[at..at + len]));
-            let at = offset_of!(ExecRecord, cwd_len);
-            let len = u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
-            let end = offset_of!(ExecRecord, cwd) + CWD_CAP;
+            let argv_end = EXEC_FIXED + get(bytes, offset_of!(ExecRecord, argv_len)) as usize;
             if get(bytes, offset_of!(ExecRecord, flags)) & flags::CWD_UNREADABLE == 0 {
-                let path = String::from_utf8_lossy(&bytes[end - len..end]);
+                let path = String::from_utf8_lossy(&bytes[argv_end..]);
                 prop_assert_eq!(cwd.map(|c| c.path), Some(path.into_owned()));
             } else {
                 prop_assert_eq!(cwd, None);
             }
-            let block = &bytes[EXEC_FIXED..];
+            let block = &bytes[EXEC_FIXED..argv_end];
             prop_assert_eq!(argv.join(&0), block.strip_suffix(&[0]).unwrap_or(block));
         }
         (kind::TTY_OUT | kind::TTY_IN, Body::Tty { input, data, .. }) => {
