@@ -154,8 +154,18 @@ impl Agent {
                     // Released, or the agent dropped: either way, read what it printed.
                     let _ = opened.recv();
                 }
-                for line in BufReader::new(out).lines() {
-                    let line = line.expect("agent stdout is UTF-8 lines");
+                let mut out = BufReader::new(out);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    let n = out
+                        .read_line(&mut line)
+                        .expect("agent stdout is UTF-8 lines");
+                    // A last line without its newline is one the agent was killed while
+                    // writing (standard output is buffered, not written a line at a time).
+                    if n == 0 || !line.ends_with('\n') {
+                        break;
+                    }
                     let value = serde_json::from_str(&line)
                         .unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
                     sink.lock().unwrap().push(value);

@@ -25,12 +25,13 @@ use sha2::{Digest as _, Sha256};
 use crate::capture::event::{Body, Event, ImageKey, Unhashed};
 
 /// Files larger than this are not read, and are marked `too_large`: the stage runs inline
-/// with capture, and reading a file this size costs tens of milliseconds.
-pub const HASH_MAX_BYTES: i64 = 64 << 20;
+/// with capture, and reading a file this size costs tens of milliseconds on a loaded host.
+pub const HASH_MAX_BYTES: i64 = 32 << 20;
 /// Bytes read for digests in any one second. Past it, first executions are marked `busy`
-/// until the next second: whoever runs many large new files cannot stall capture for
-/// long, and a busy file is hashed at its next exec.
-const READ_PER_SECOND: i64 = 128 << 20;
+/// until the next second: whoever runs many large new files (a build, say) cannot stall
+/// capture for long, and a busy file is hashed at its next exec. At 128 MiB a second a
+/// build running while an exec storm ran stalled capture long enough to lose execs in CI.
+const READ_PER_SECOND: i64 = 32 << 20;
 /// Digests kept; past it, an arbitrary one is dropped for each new one. A host runs far fewer
 /// distinct executables than this, so misses are first executions.
 const CACHED_MAX: usize = 8192;
