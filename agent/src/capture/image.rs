@@ -89,7 +89,9 @@ impl Images {
         if let Some(digest) = self.cache.get(&key) {
             return *digest;
         }
-        let digest = if self.afford(key.size) {
+        let digest = if key.size > HASH_MAX_BYTES {
+            Err(Unhashed::TooLarge)
+        } else if self.afford(key.size) {
             hash(tgid, filename, &key)
         } else {
             Err(Unhashed::Busy)
@@ -130,9 +132,6 @@ impl Images {
 }
 
 fn hash(tgid: u32, filename: &str, key: &ImageKey) -> Digest {
-    if key.size > HASH_MAX_BYTES {
-        return Err(Unhashed::TooLarge);
-    }
     let by_pid = open_matching(File::open(format!("/proc/{tgid}/exe")), key);
     let file = match by_pid {
         Ok(file) => Ok(file),
