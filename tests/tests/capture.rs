@@ -365,7 +365,9 @@ fn cgroup_id_is_the_cgroup_of_the_process() {
     assert_eq!(ev["cgroup_id"].as_u64(), Some(cgroup.id()));
 }
 
-/// An exec storm is captured completely, or the shortfall equals the counted loss.
+/// An exec storm is captured completely, or its shortfall is covered by the counted loss.
+/// (The loss counts execs of the whole host: on a busy machine another process's execs may
+/// be lost in the same storm, so the count may exceed the storm's own shortfall.)
 #[test]
 fn exec_storm_is_complete_or_loss_is_counted() {
     const EXECS: u64 = 10_000;
@@ -391,10 +393,9 @@ fn exec_storm_is_complete_or_loss_is_counted() {
         .count() as u64;
     let (lost_execs, _) = lost(&out.events, "exec");
     assert!(seen <= EXECS);
-    assert_eq!(
-        seen + lost_execs,
-        EXECS,
-        "seen {seen}, counted lost {lost_execs}"
+    assert!(
+        EXECS - seen <= lost_execs,
+        "seen {seen} of {EXECS}, counted lost {lost_execs}: a silent loss"
     );
 }
 
