@@ -4,16 +4,9 @@
 
 pub const LAYOUT_GLOBAL: &str = "KERNEL_LAYOUT";
 
-/// The offset of an optional field this kernel does not have.
-pub const ABSENT: u32 = u32::MAX;
-
 /// Where one offset comes from: a struct in vmlinux BTF and a dotted member path (anonymous
 /// structs and unions are searched through), and the size the probe reads at that offset.
-/// `path` may list alternatives separated by `|`, for members that kernels have renamed: the
-/// first one this kernel has is used. A `ty` starting with `?` is optional: on a kernel
-/// without that struct or member the offset is [`ABSENT`], and the programs that read it have
-/// no hook there either (those of `io_uring`, on a kernel built without it). `size` 0 skips
-/// the size check (flexible arrays, and members whose width differs between kernels).
+/// `size` 0 skips the size check (flexible arrays).
 #[derive(Clone, Copy, Debug)]
 pub struct FieldSpec {
     pub name: &'static str,
@@ -62,42 +55,16 @@ kernel_layout! {
     task_mm => "task_struct" "mm" 8,
     task_files => "task_struct" "files" 8,
     task_signal => "task_struct" "signal" 8,
-    task_fs => "task_struct" "fs" 8,
     task_exit_code => "task_struct" "exit_code" 4,
     cred_euid => "cred" "euid.val" 4,
     mm_arg_start => "mm_struct" "arg_start" 8,
     mm_arg_end => "mm_struct" "arg_end" 8,
-    mm_exe_file => "mm_struct" "exe_file" 8,
     files_fdt => "files_struct" "fdt" 8,
     fdt_max_fds => "fdtable" "max_fds" 4,
     fdt_fd => "fdtable" "fd" 8,
     file_inode => "file" "f_inode" 8,
     file_private_data => "file" "private_data" 8,
     inode_rdev => "inode" "i_rdev" 4,
-    inode_ino => "inode" "i_ino" 8,
-    inode_sb => "inode" "i_sb" 8,
-    inode_size => "inode" "i_size" 8,
-    // The times moved from `timespec64` members to split fields in 6.11 (and were renamed
-    // in 6.6 before that). The nanoseconds are a `u32` or a `long`: the probe reads the low
-    // four bytes, which hold the whole value either way on this little-endian target.
-    inode_mtime_sec => "inode" "i_mtime_sec|__i_mtime.tv_sec|i_mtime.tv_sec" 8,
-    inode_mtime_nsec => "inode" "i_mtime_nsec|__i_mtime.tv_nsec|i_mtime.tv_nsec" 0,
-    inode_ctime_sec => "inode" "i_ctime_sec|__i_ctime.tv_sec|i_ctime.tv_sec" 8,
-    inode_ctime_nsec => "inode" "i_ctime_nsec|__i_ctime.tv_nsec|i_ctime.tv_nsec" 0,
-    sb_dev => "super_block" "s_dev" 4,
-    fs_pwd_mnt => "fs_struct" "pwd.mnt" 8,
-    fs_pwd_dentry => "fs_struct" "pwd.dentry" 8,
-    fs_root_mnt => "fs_struct" "root.mnt" 8,
-    fs_root_dentry => "fs_struct" "root.dentry" 8,
-    dentry_parent => "dentry" "d_parent" 8,
-    dentry_name_len => "dentry" "d_name.len" 4,
-    dentry_name => "dentry" "d_name.name" 8,
-    dentry_hash_pprev => "dentry" "d_hash.pprev" 8,
-    vfsmount_root => "vfsmount" "mnt_root" 8,
-    // `struct vfsmount` is embedded in `struct mount`, whose size differs between kernels.
-    mount_mnt => "mount" "mnt" 0,
-    mount_parent => "mount" "mnt_parent" 8,
-    mount_mountpoint => "mount" "mnt_mountpoint" 8,
     tty_file_private_tty => "tty_file_private" "tty" 8,
     tty_driver => "tty_struct" "driver" 8,
     tty_index => "tty_struct" "index" 4,
@@ -108,13 +75,6 @@ kernel_layout! {
     signal_tty => "signal_struct" "tty" 8,
     signal_live => "signal_struct" "live.counter" 4,
     bprm_filename => "linux_binprm" "filename" 8,
-    bprm_interp => "linux_binprm" "interp" 8,
-    // A request's command data (`struct io_rw` for reads and writes) is at its start.
-    io_kiocb_opcode => "?io_kiocb" "opcode" 1,
-    io_rw_addr => "?io_rw" "addr" 8,
-    io_rw_len => "?io_rw" "len" 4,
-    io_splice_len => "?io_splice" "len" 8,
-    io_splice_fd_in => "?io_splice" "splice_fd_in" 4,
     sys_enter_args => "syscall_trace_enter" "args" 0,
 }
 

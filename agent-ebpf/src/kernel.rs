@@ -8,9 +8,7 @@
 //! arguments, raw tracepoint arguments) is read with `bpf_probe_read_kernel`, roughly a
 //! hundred nanoseconds per call on this machine kind, so the hot path uses as few as it can.
 
-use agent_common::{
-    config::CaptureConfig, event::make_dev, exec::ImageId, layout::KernelLayout, tty,
-};
+use agent_common::{config::CaptureConfig, event::make_dev, layout::KernelLayout, tty};
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
     programs::TracePointContext,
@@ -130,39 +128,6 @@ impl Task {
         ))
     }
 
-    /// The inode of the file the current image was mapped from (`mm->exe_file`).
-    #[inline(always)]
-    pub fn image(self) -> Result<ImageId, i64> {
-        let mm = load_ptr(self.0, offset!(task_mm))?;
-        let inode = load_ptr(load_ptr(mm, offset!(mm_exe_file))?, offset!(file_inode))?;
-        let sb = load_ptr(inode, offset!(inode_sb))?;
-        Ok(ImageId {
-            inode: load(inode, offset!(inode_ino)),
-            size: load(inode, offset!(inode_size)),
-            mtime_sec: load(inode, offset!(inode_mtime_sec)),
-            ctime_sec: load(inode, offset!(inode_ctime_sec)),
-            dev: u64::from(load::<u32>(sb, offset!(sb_dev))),
-            mtime_nsec: load(inode, offset!(inode_mtime_nsec)),
-            ctime_nsec: load(inode, offset!(inode_ctime_nsec)),
-        })
-    }
-
-    /// The working directory and the root of the current task (`fs->pwd`, `fs->root`).
-    #[inline(always)]
-    pub fn fs_paths(self) -> Result<(PathPos, PathPos), i64> {
-        let fs = load_ptr(self.0, offset!(task_fs))?;
-        Ok((
-            PathPos {
-                dentry: load(fs, offset!(fs_pwd_dentry)),
-                mnt: load(fs, offset!(fs_pwd_mnt)),
-            },
-            PathPos {
-                dentry: load(fs, offset!(fs_root_dentry)),
-                mnt: load(fs, offset!(fs_root_mnt)),
-            },
-        ))
-    }
-
     /// The `struct file` behind descriptor `fd`.
     #[inline(always)]
     pub fn file(self, fd: u32) -> Result<File, i64> {
@@ -242,98 +207,9 @@ pub fn tty_link(tty: *const u8) -> Result<*const u8, i64> {
     read_ptr(tty, offset!(tty_link))
 }
 
-/// A place in the file tree: a dentry, and the mount (`struct vfsmount`) it is seen through.
-/// Plain addresses: a walk keeps them in a `bpf_loop` context, where no BTF type survives,
-/// so every read from them is a probe read.
-#[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct PathPos {
-    pub dentry: u64,
-    pub mnt: u64,
-}
-
-/// The dentry above `dentry`; `dentry` itself at the root of its filesystem.
-#[inline(always)]
-pub fn dentry_parent(dentry: u64) -> Result<u64, i64> {
-    read(dentry as *const u8, offset!(dentry_parent))
-}
-
-/// The address and length of `dentry`'s name (not NUL-terminated for this purpose).
-#[inline(always)]
-pub fn dentry_name(dentry: u64) -> Result<(u64, u32), i64> {
-    let d = dentry as *const u8;
-    Ok((
-        read(d, offset!(dentry_name))?,
-        read(d, offset!(dentry_name_len))?,
-    ))
-}
-
-/// Whether `dentry` was removed from the tree (`d_unhashed`): true of a deleted directory,
-/// and of a filesystem's root, which is never hashed.
-#[inline(always)]
-pub fn dentry_unhashed(dentry: u64) -> Result<bool, i64> {
-    let pprev: u64 = read(dentry as *const u8, offset!(dentry_hash_pprev))?;
-    Ok(pprev == 0)
-}
-
-/// The root dentry of the mount `mnt`.
-#[inline(always)]
-pub fn mount_root(mnt: u64) -> Result<u64, i64> {
-    read(mnt as *const u8, offset!(vfsmount_root))
-}
-
-/// Where the mount `mnt` is mounted: its mountpoint, seen through its parent mount. `None`
-/// for the top mount of its namespace, which is its own parent.
-#[inline(always)]
-pub fn mount_up(mnt: u64) -> Result<Option<PathPos>, i64> {
-    let mount = mnt.wrapping_sub(offset!(mount_mnt) as u64);
-    let parent: u64 = read(mount as *const u8, offset!(mount_parent))?;
-    if parent == mount {
-        return Ok(None);
-    }
-    Ok(Some(PathPos {
-        dentry: read(mount as *const u8, offset!(mount_mountpoint))?,
-        mnt: parent.wrapping_add(offset!(mount_mnt) as u64),
-    }))
-}
-
 #[inline(always)]
 pub fn bprm_filename(bprm: u64) -> Result<*const u8, i64> {
     read_ptr(bprm as *const u8, offset!(bprm_filename))
-}
-
-/// The opcode of an `io_uring` request (`IORING_OP_*`).
-#[inline(always)]
-pub fn io_req_opcode(req: u64) -> Result<u8, i64> {
-    read(req as *const u8, offset!(io_kiocb_opcode))
-}
-
-/// The user address and length of an `io_uring` read or write request: a buffer and its
-/// bytes, or for a vectored one an `iovec` array and its count.
-#[inline(always)]
-pub fn io_rw(req: u64) -> Result<(u64, u32), i64> {
-    let req = req as *const u8;
-    Ok((
-        read(req, offset!(io_rw_addr))?,
-        read(req, offset!(io_rw_len))?,
-    ))
-}
-
-/// The length of an `io_uring` splice, and the descriptor it reads from.
-#[inline(always)]
-pub fn io_splice(req: u64) -> Result<(u64, i32), i64> {
-    let req = req as *const u8;
-    Ok((
-        read(req, offset!(io_splice_len))?,
-        read(req, offset!(io_splice_fd_in))?,
-    ))
-}
-
-/// The path the kernel ran: `filename` itself, unless a script or `binfmt_misc` handler
-/// replaced it with an interpreter's (a string of its own).
-#[inline(always)]
-pub fn bprm_interp(bprm: u64) -> Result<*const u8, i64> {
-    read_ptr(bprm as *const u8, offset!(bprm_interp))
 }
 
 /// The first `N` arguments of a `syscalls/sys_enter_*` tracepoint, in one read. (A tracepoint

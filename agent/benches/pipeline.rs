@@ -1,5 +1,5 @@
 //! `cargo xtask bench pipeline`: events per second through the agent's stages as they run
-//! (decode → image digests → attribute → judge → encode → chain and spool), on one core, for exec-sized
+//! (decode → attribute → judge → encode → chain and spool), on one core, for exec-sized
 //! records and 4 KiB terminal chunks, against raw SHA-256 over the same stored bytes
 //! measured in the same run. Each stage's own `process` is called, batch by batch as the
 //! reader hands them on; the judge holds a grant that covers the events and a policy, so
@@ -8,10 +8,10 @@
 //! rotation syncs either. The host log's work (docs/evidence.md), done by the ship stage
 //! per record read, is timed on the same number of records and added.
 
-use std::{hint::black_box, os::unix::fs::MetadataExt as _, sync::Arc, time::Instant};
+use std::{hint::black_box, sync::Arc, time::Instant};
 
 use agent::{
-    capture::{decode, image::Images, reader::Batch},
+    capture::{decode, reader::Batch},
     enforce::{
         judge::Judge,
         rules::{Rules, View},
@@ -22,7 +22,7 @@ use agent::{
 };
 use agent_common::{
     event::{Header, kind, make_dev},
-    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, ImageId},
+    exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP},
     tty::{CHUNK, TTY_FIXED, TtyRecord},
 };
 use proto::{
@@ -65,38 +65,17 @@ fn bytes_of<T>(value: &T, len: usize) -> Vec<u8> {
 fn exec_record() -> Vec<u8> {
     let argv = b"sudo\0-n\0systemctl\0restart\0nginx.service\0";
     let mut rec = ExecRecord {
-        header: header(kind::EXEC, EXEC_FIXED + argv.len() + 5),
+        header: header(kind::EXEC, EXEC_FIXED + argv.len()),
         result: 0,
         flags: 0,
         filename_len: 13,
         argv_len: argv.len() as u32,
-        image: image_of("/usr/bin/sudo"),
-        cwd_len: 5,
         filename: [0; FILENAME_CAP],
         argv: [0; ARGV_CAP],
-        cwd: [0; CWD_CAP],
     };
     rec.filename[..13].copy_from_slice(b"/usr/bin/sudo");
     rec.argv[..argv.len()].copy_from_slice(argv);
-    // The working directory follows argv, as the kernel sends it.
-    rec.argv[argv.len()..argv.len() + 5].copy_from_slice(b"/root");
-    bytes_of(&rec, EXEC_FIXED + argv.len() + 5)
-}
-
-/// The file's inode as the kernel reports it at exec, so that the pipeline hashes it once
-/// and finds it cached after, as it does on a host.
-fn image_of(path: &str) -> ImageId {
-    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let dev = meta.dev();
-    ImageId {
-        inode: meta.ino(),
-        size: i64::try_from(meta.size()).expect("a file's size"),
-        mtime_sec: meta.mtime(),
-        ctime_sec: meta.ctime(),
-        dev: make_dev(libc::major(dev), libc::minor(dev)).into(),
-        mtime_nsec: u32::try_from(meta.mtime_nsec()).expect("nanoseconds"),
-        ctime_nsec: u32::try_from(meta.ctime_nsec()).expect("nanoseconds"),
-    }
+    bytes_of(&rec, EXEC_FIXED + argv.len())
 }
 
 fn tty_record() -> Vec<u8> {
@@ -177,7 +156,6 @@ fn run(name: &'static str, record: &[u8], events: u64, payload: u64) -> Run {
     };
     let mut judge = Judge::new(rules, Some(Arc::new(view)));
     let mut encode = Encode::default();
-    let mut images = Images::default();
     let mut evidence = Evidence::open(&dir, u64::MAX, "bench-host", "bench").expect("spool");
     let before = evidence.spool_bytes();
 
@@ -194,9 +172,8 @@ fn run(name: &'static str, record: &[u8], events: u64, payload: u64) -> Run {
     let start = Instant::now();
     let mut covered = 0;
     for batch in batches {
-        let mut events = decode::process(batch, &health).events;
-        images.process(&mut events);
-        let (judged, _actions) = judge.process(attribute.process(events));
+        let decoded = decode::process(batch, &health);
+        let (judged, _actions) = judge.process(attribute.process(decoded.events));
         covered += judged.iter().filter(|a| a.grant.is_some()).count();
         evidence.append(&encode.process(judged)).expect("append");
     }
@@ -269,7 +246,7 @@ fn main() {
         runs.push(run("tty 4 KiB", &tty_record(), 15_000, CHUNK as u64));
     }
     println!(
-        "pipeline benchmark: decode → image → attribute → judge → encode → chain → spool (written, fsync not timed), one core; \
+        "pipeline benchmark: decode → attribute → judge → encode → chain → spool (written, fsync not timed), one core; \
          +log: the host log's leaf hash and compact range append per record"
     );
     println!(

@@ -2,12 +2,12 @@
 //! channels between them and the enforcer. Data flows one way:
 //!
 //! ```text
-//! reader ─► decode ─► image ─► attribute ─► judge ─► encode ─► [stdout] ─► chain+spool ─► ship ═► collector
-//!              │                              │                                ▲   ▲         │
-//!              └─ kernel kills ─┐             └─ actions ─┐                    │   └─ trims ─┤ control
-//!                               ▼                         ▼                    │             │ (acks,
-//!                               enforcer ◄─ grant views ───────────────────────┼─────────────┘  views)
-//!                               └──────────── kill events ────────────────────┘
+//! reader ─► decode ─► attribute ─► judge ─► encode ─► [stdout] ─► chain+spool ─► ship ═► collector
+//!              │                     │                                ▲   ▲         │
+//!              └─ kernel kills ─┐    └─ actions ─┐                    │   └─ trims ─┤ control
+//!                               ▼                ▼                    │             │ (acks,
+//!                               enforcer ◄─ grant views ──────────────┼─────────────┘  views)
+//!                               └──────────── kill events ───────────┘
 //! ```
 //!
 //! Only the reader drops batches, and counts what it drops (`capture::reader`); every later
@@ -30,7 +30,6 @@ use crate::{
         decode,
         event::Event,
         fold::{Fold, HOLD},
-        image::Images,
         reader::Batch,
     },
     enforce::{
@@ -200,7 +199,6 @@ async fn decode_stage(
     kills: mpsc::UnboundedSender<Vec<Event>>,
 ) -> anyhow::Result<()> {
     let mut fold = Fold::default();
-    let mut images = Images::default();
     loop {
         // While misses are held, wake by their deadline even if no batch comes.
         let batch = if fold.holding() {
@@ -217,13 +215,7 @@ async fn decode_stage(
             // Without an enforcer (`--discard`) nobody names them; they are counted above.
             let _ = kills.send(decoded.kills);
         }
-        let mut events = fold.process(decoded.events, Instant::now());
-        if images.must_read(&events) {
-            // A first execution's file is read here: off the runtime's async workers.
-            block_in_place(|| images.process(&mut events));
-        } else {
-            images.process(&mut events);
-        }
+        let events = fold.process(decoded.events, Instant::now());
         if let Some(next) = &next
             && !events.is_empty()
             && next.send(events).await.is_err()

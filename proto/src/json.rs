@@ -134,15 +134,6 @@ enum BodyLine<'a> {
         result: i32,
         #[serde(skip_serializing_if = "<[String]>::is_empty")]
         tried: &'a [String],
-        cwd: &'a str,
-        #[serde(skip_serializing_if = "is_false")]
-        cwd_truncated: bool,
-        #[serde(skip_serializing_if = "is_false")]
-        cwd_deleted: bool,
-        #[serde(skip_serializing_if = "is_false")]
-        cwd_unreachable: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        image: Option<ImageLine<'a>>,
     },
     Exit {
         exit_code: i32,
@@ -211,36 +202,12 @@ struct ChainStartLine<'a> {
     host_name: &'a str,
 }
 
-/// The executed file: its inode at exec, and its contents' SHA-256 (hex) or why not.
-#[derive(Serialize)]
-struct ImageLine<'a> {
-    dev: u64,
-    inode: u64,
-    size: i64,
-    mtime_unix_nano: i64,
-    ctime_unix_nano: i64,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    sha256: String,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    unhashed: &'a str,
-    #[serde(skip_serializing_if = "is_false")]
-    interpreter: bool,
-}
-
 #[expect(
     clippy::trivially_copy_pass_by_ref,
     reason = "serde's skip_serializing_if passes a reference"
 )]
 fn is_zero(n: &u64) -> bool {
     *n == 0
-}
-
-#[expect(
-    clippy::trivially_copy_pass_by_ref,
-    reason = "serde's skip_serializing_if passes a reference"
-)]
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 #[derive(Serialize)]
@@ -450,20 +417,6 @@ impl<'a> BodyLine<'a> {
                 argv_unreadable: x.argv_unreadable,
                 result: x.result,
                 tried: &x.tried,
-                cwd: &x.cwd,
-                cwd_truncated: x.cwd_truncated,
-                cwd_deleted: x.cwd_deleted,
-                cwd_unreachable: x.cwd_unreachable,
-                image: x.image.as_ref().map(|i| ImageLine {
-                    dev: i.dev,
-                    inode: i.inode,
-                    size: i.size,
-                    mtime_unix_nano: i.mtime_unix_nano,
-                    ctime_unix_nano: i.ctime_unix_nano,
-                    sha256: hex(&i.sha256),
-                    unhashed: &i.unhashed,
-                    interpreter: i.interpreter,
-                }),
             },
             Some(Body::Exit(x)) => Self::Exit {
                 exit_code: x.exit_code,

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    Mount, Scratch, TestCgroup,
+    Scratch, TestCgroup,
     agent::{Agent, LOSSY, binary, lost, tty_data},
     block_pattern, marker, privileged,
     pty::{Pty, in_new_session, set_window},
@@ -552,23 +552,6 @@ fn pwritev2_to_a_pty_is_captured_and_refused_pwrites_are_not() {
     assert_eq!(own_output(&out.events, &pty), parts.concat());
 }
 
-/// This process's `unseen` gaps, as (records, bytes) in order: each of terminal output.
-fn own_unseen_gaps(events: &[Value]) -> Vec<(u64, u64)> {
-    events
-        .iter()
-        .filter(|v| {
-            v["kind"] == "gap" && v["source"] == "unseen" && v["tgid"] == std::process::id()
-        })
-        .map(|v| {
-            assert_eq!(v["lost_kind"], "tty_out", "{v}");
-            (
-                v["lost_records"].as_u64().unwrap(),
-                v["lost_bytes"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// Bytes that `sendfile` or `splice` put into a terminal, which no write tracepoint sees,
 /// are one gap of source `unseen` per syscall, with the count asked for and the writer.
 #[test]
@@ -607,7 +590,20 @@ fn sendfile_and_splice_into_a_pty_are_unseen_gaps() {
     });
     agent.sync();
     let out = agent.stop();
-    let unseen = own_unseen_gaps(&out.events);
+    let unseen: Vec<(u64, u64)> = out
+        .events
+        .iter()
+        .filter(|v| {
+            v["kind"] == "gap" && v["source"] == "unseen" && v["tgid"] == std::process::id()
+        })
+        .map(|v| {
+            assert_eq!(v["lost_kind"], "tty_out", "{v}");
+            (
+                v["lost_records"].as_u64().unwrap(),
+                v["lost_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(unseen, [(1, 4096), (1, 1000)]);
     assert!(own_output(&out.events, &pty).is_empty());
 }
@@ -877,341 +873,4 @@ fn a_path_search_is_one_exec_naming_the_paths_tried() {
         lost.iter()
             .all(|v| v["result"] == -libc::ENOENT && v.get("tried").is_none())
     );
-}
-
-/// The SHA-256 of `path`'s bytes, in hex.
-fn sha256_hex(path: &std::path::Path) -> String {
-    use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(fs::read(path).unwrap());
-    proto::json::hex(&digest)
-}
-
-/// Checks an exec's `image` against the file's inode now, and returns its digest field.
-fn image_matches(ev: &Value, path: &std::path::Path) -> Value {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = fs::metadata(path).unwrap();
-    let image = &ev["image"];
-    let ns = |sec: i64, nsec: i64| sec * 1_000_000_000 + nsec;
-    assert_eq!(image["dev"], meta.dev(), "{ev}");
-    assert_eq!(image["inode"], meta.ino(), "{ev}");
-    assert_eq!(image["size"], meta.size(), "{ev}");
-    assert_eq!(
-        image["mtime_unix_nano"],
-        ns(meta.mtime(), meta.mtime_nsec()),
-        "{ev}"
-    );
-    assert_eq!(
-        image["ctime_unix_nano"],
-        ns(meta.ctime(), meta.ctime_nsec()),
-        "{ev}"
-    );
-    image["sha256"].clone()
-}
-
-/// Every successful exec names the file it mapped by its inode (dev, inode, size, mtime,
-/// ctime) and the SHA-256 of its bytes, whether the process is still running when the agent
-/// reads it or already gone. An edit that keeps the size and puts the mtime back is a new
-/// file to the agent (ctime moved), not a cached digest; a file past the bound is marked.
-#[test]
-fn an_exec_names_its_file_by_inode_and_digest() {
-    if !privileged("an_exec_names_its_file_by_inode_and_digest") {
-        return;
-    }
-    let agent = Agent::start(&[]);
-    let scratch = Scratch::new("image");
-    let copy = |from: &str, name: &str, extra: &[u8]| {
-        let to = scratch.join(name);
-        let mut bytes = fs::read(from).unwrap();
-        // Bytes past the ELF's last section change its digest and not what it does.
-        bytes.extend_from_slice(extra);
-        fs::write(&to, bytes).unwrap();
-        fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        to
-    };
-
-    // Gone at once: the agent reaches it by its absolute path.
-    let file = copy("/bin/true", "img-true", &[0; 16]);
-    let run = |mark: &str| {
-        let status = Command::new(&file).arg(mark).status().unwrap();
-        assert!(status.success());
-        agent.exec_with_arg(mark)
-    };
-    let first = run(&marker("image-1"));
-    assert_eq!(image_matches(&first, &file), sha256_hex(&file), "{first}");
-    assert_eq!(first["image"].get("interpreter"), None, "{first}");
-
-    // A script: the kernel maps its interpreter, and the image says so. It waits on its
-    // input until the exec is seen, so the agent finds the interpreter through the process.
-    let script = scratch.join("img-script");
-    fs::write(&script, "#!/bin/sh\nread line\nexit 0\n").unwrap();
-    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut child = Command::new(&script).stdin(Stdio::piped()).spawn().unwrap();
-    let ev = agent
-        .wait_for(WAIT, |v| {
-            v["kind"] == "exec" && v["filename"] == script.to_str().unwrap()
-        })
-        .expect("the script's exec");
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
-    let sh = std::path::Path::new("/bin/sh");
-    assert_eq!(image_matches(&ev, sh), sha256_hex(sh), "{ev}");
-    assert_eq!(ev["image"]["interpreter"], true, "{ev}");
-
-    // The same size and mtime, other bytes: only ctime tells, and the digest follows.
-    let mtime = fs::metadata(&file).unwrap().modified().unwrap();
-    let mut edited = fs::read(&file).unwrap();
-    let end = edited.len();
-    edited[end - 16..].fill(0xff);
-    fs::write(&file, &edited).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_times(fs::FileTimes::new().set_modified(mtime))
-        .unwrap();
-    let second = run(&marker("image-2"));
-    assert_eq!(
-        second["image"]["mtime_unix_nano"],
-        first["image"]["mtime_unix_nano"]
-    );
-    assert_ne!(
-        second["image"]["ctime_unix_nano"],
-        first["image"]["ctime_unix_nano"]
-    );
-    let digest = image_matches(&second, &file);
-    assert_eq!(digest, sha256_hex(&file), "{second}");
-    assert_ne!(digest, first["image"]["sha256"]);
-
-    // Still running, and run by a relative name: read through the process itself.
-    let name = marker("img-sleep");
-    let sleeper = copy("/bin/sleep", &name, &[]);
-    let mut child = Command::new(format!("./{name}"))
-        .arg("5")
-        .current_dir(scratch.path())
-        .spawn()
-        .unwrap();
-    let relative = format!("./{name}");
-    let ev = agent
-        .wait_for(WAIT, |v| {
-            v["kind"] == "exec" && v["filename"] == relative.as_str()
-        })
-        .expect("the sleeper's exec");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert_eq!(image_matches(&ev, &sleeper), sha256_hex(&sleeper), "{ev}");
-
-    // Past the bound (a sparse tail, so the test writes little): not read, and marked.
-    let big = copy("/bin/true", "img-big", &[]);
-    fs::File::options()
-        .write(true)
-        .open(&big)
-        .unwrap()
-        .set_len(65 << 20)
-        .unwrap();
-    let mark = marker("image-big");
-    assert!(Command::new(&big).arg(&mark).status().unwrap().success());
-    let ev = agent.exec_with_arg(&mark);
-    assert_eq!(image_matches(&ev, &big), Value::Null, "{ev}");
-    assert_eq!(ev["image"]["unhashed"], "too_large", "{ev}");
-
-    // A failed exec maps nothing.
-    let missing = format!("/nonexistent/{}", marker("image-none"));
-    assert!(Command::new(&missing).status().is_err());
-    let ev = agent
-        .wait_for(WAIT, |v| {
-            v["kind"] == "exec" && v["filename"] == missing.as_str()
-        })
-        .expect("the failed exec");
-    assert_eq!(ev["image"], Value::Null, "{ev}");
-    let out = agent.stop();
-    assert!(out.success, "agent failed:\n{}", out.stderr);
-}
-
-/// Every exec names its working directory, resolved by the kernel across mounts: as it is,
-/// inside a mount, removed (marked, where it was), past the bound (its tail, marked), and
-/// the root.
-#[test]
-fn an_exec_names_its_working_directory() {
-    if !privileged("an_exec_names_its_working_directory") {
-        return;
-    }
-    let agent = Agent::start(&[]);
-    let scratch = Scratch::new("cwd");
-    let run_in = |dir: &std::path::Path, tag: &str| {
-        let mark = marker(tag);
-        let status = Command::new("/bin/true")
-            .arg(&mark)
-            .current_dir(dir)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        agent.exec_with_arg(&mark)
-    };
-    let real = |dir: &std::path::Path| fs::canonicalize(dir).unwrap().display().to_string();
-    let flags = |ev: &Value| {
-        ["cwd_truncated", "cwd_deleted", "cwd_unreachable"]
-            .map(|f| ev.get(f).and_then(Value::as_bool).unwrap_or(false))
-    };
-
-    let plain = scratch.join("with space").join("c");
-    fs::create_dir_all(&plain).unwrap();
-    let ev = run_in(&plain, "cwd-plain");
-    assert_eq!(ev["cwd"], real(&plain), "{ev}");
-    assert_eq!(flags(&ev), [false; 3], "{ev}");
-
-    let disk = Mount::tmpfs(&scratch.join("mnt"), "1m");
-    let inner = disk.target.join("x").join("y");
-    fs::create_dir_all(&inner).unwrap();
-    let ev = run_in(&inner, "cwd-mount");
-    assert_eq!(ev["cwd"], real(&inner), "{ev}");
-    assert_eq!(flags(&ev), [false; 3], "{ev}");
-
-    let ev = run_in(std::path::Path::new("/"), "cwd-root");
-    assert_eq!(ev["cwd"], "/", "{ev}");
-
-    let gone = scratch.join("gone");
-    fs::create_dir_all(&gone).unwrap();
-    let was = real(&gone);
-    let mark = marker("cwd-gone");
-    let status = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!("rmdir \"$PWD\" && exec /bin/true {mark}"))
-        .current_dir(&gone)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let ev = agent.exec_with_arg(&mark);
-    assert_eq!(ev["cwd"], was, "{ev}");
-    assert_eq!(flags(&ev), [false, true, false], "{ev}");
-
-    // Twelve components of 53 bytes: over 600 bytes, past the 512 kept.
-    let mut deep = scratch.path().to_path_buf();
-    for i in 0..12 {
-        deep.push(format!("{i:02}-{}", "d".repeat(50)));
-    }
-    fs::create_dir_all(&deep).unwrap();
-    let ev = run_in(&deep, "cwd-deep");
-    let cwd = ev["cwd"].as_str().unwrap();
-    assert_eq!(flags(&ev), [true, false, false], "{ev}");
-    assert!(cwd.starts_with('/') && cwd.len() <= 512, "{ev}");
-    assert!(
-        real(&deep).ends_with(cwd),
-        "{cwd} is not the tail of the path"
-    );
-    assert!(cwd.len() > 400, "the tail kept is as long as fits: {cwd}");
-    let out = agent.stop();
-    assert!(out.success, "agent failed:\n{}", out.stderr);
-}
-
-/// One `io_uring` request on `fd`, submitted and waited for: `opcode` with `addr` and `len`
-/// as the kernel reads them for reads and writes, and `fd_in` for a splice's source (0
-/// otherwise). Returns the completion's result. (The few `io_uring` ABI offsets used are
-/// fixed by the kernel's uapi.)
-#[expect(
-    clippy::cast_ptr_alignment,
-    reason = "the rings are page-aligned mappings, and the kernel aligns every field in them"
-)]
-fn io_uring_one(fd: i32, opcode: u8, addr: u64, len: u32, fd_in: i32) -> i32 {
-    // struct io_uring_params: 120 bytes; sq_off at 40 (head, tail, ring_mask, ring_entries,
-    // flags, dropped, array as u32s), cq_off at 80 (head, tail, ring_mask, ring_entries,
-    // overflow, cqes).
-    let mut params = [0u32; 30];
-    // SAFETY: the params buffer is as large as the kernel's struct.
-    let ring = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) };
-    assert!(
-        ring >= 0,
-        "io_uring_setup: {}",
-        std::io::Error::last_os_error()
-    );
-    let ring = ring as i32;
-    let (sq_entries, cq_entries) = (params[0], params[1]);
-    let (sq, cq) = (&params[10..17], &params[20..26]);
-    let map = |len: usize, offset: i64| {
-        // SAFETY: a shared mapping of the ring's own regions, at the offsets it defines.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                ring,
-                offset,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
-        p.cast::<u8>()
-    };
-    let sq_ring = map(sq[6] as usize + sq_entries as usize * 4, 0);
-    let cq_ring = map(cq[5] as usize + cq_entries as usize * 16, 0x800_0000);
-    let sqes = map(sq_entries as usize * 64, 0x1000_0000);
-    // SAFETY: offsets inside the mappings, as the kernel laid them out.
-    unsafe {
-        let sqe = sqes;
-        std::ptr::write_bytes(sqe, 0, 64);
-        *sqe = opcode;
-        sqe.add(4).cast::<i32>().write(fd);
-        sqe.add(8).cast::<u64>().write(u64::MAX); // the current position
-        sqe.add(16).cast::<u64>().write(addr);
-        sqe.add(24).cast::<u32>().write(len);
-        sqe.add(44).cast::<i32>().write(fd_in);
-        let tail = sq_ring
-            .add(sq[1] as usize)
-            .cast::<std::sync::atomic::AtomicU32>();
-        let t = (*tail).load(std::sync::atomic::Ordering::Acquire);
-        let mask = sq_ring.add(sq[2] as usize).cast::<u32>().read();
-        sq_ring
-            .add(sq[6] as usize)
-            .cast::<u32>()
-            .add((t & mask) as usize)
-            .write(0);
-        (*tail).store(t + 1, std::sync::atomic::Ordering::Release);
-        let n = libc::syscall(libc::SYS_io_uring_enter, ring, 1, 1, 1, 0, 0);
-        assert_eq!(n, 1, "io_uring_enter: {}", std::io::Error::last_os_error());
-        let head = cq_ring.add(cq[0] as usize).cast::<u32>().read();
-        let mask = cq_ring.add(cq[2] as usize).cast::<u32>().read();
-        let cqe = cq_ring.add(cq[5] as usize + (head & mask) as usize * 16);
-        let res = cqe.add(8).cast::<i32>().read();
-        libc::close(ring);
-        res
-    }
-}
-
-/// Writes and splices through `io_uring` reach a terminal without a write syscall: each is an
-/// unseen gap with its byte count, a `writev`'s iovecs summed.
-#[test]
-fn io_uring_writes_into_a_pty_are_unseen_gaps() {
-    const WRITE: u8 = 23;
-    const WRITEV: u8 = 2;
-    const SPLICE: u8 = 30;
-    if !privileged("io_uring_writes_into_a_pty_are_unseen_gaps") {
-        return;
-    }
-    let agent = Agent::start(&[]);
-    let pty = Pty::written_by(|slave| {
-        let out = slave.as_raw_fd();
-        let data = [b'u'; 300];
-        assert_eq!(io_uring_one(out, WRITE, data.as_ptr() as u64, 300, 0), 300);
-        let (a, b) = ([b'v'; 40], [b'w'; 25]);
-        let iov = [
-            libc::iovec {
-                iov_base: a.as_ptr() as *mut libc::c_void,
-                iov_len: a.len(),
-            },
-            libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            },
-        ];
-        assert_eq!(io_uring_one(out, WRITEV, iov.as_ptr() as u64, 2, 0), 65);
-        // From a pipe, with no offset on either side (-1).
-        let (reader, mut writer) = std::io::pipe().unwrap();
-        writer.write_all(&[b'x'; 500]).unwrap();
-        let from = reader.as_raw_fd();
-        assert_eq!(io_uring_one(out, SPLICE, u64::MAX, 500, from), 500);
-    });
-    agent.sync();
-    let out = agent.stop();
-    let unseen = own_unseen_gaps(&out.events);
-    assert_eq!(unseen, [(1, 300), (1, 65), (1, 500)]);
-    assert!(own_output(&out.events, &pty).is_empty());
 }

@@ -46,61 +46,6 @@ impl std::fmt::Display for Device {
     }
 }
 
-/// The working directory of an exec, as the process sees it (up to its own root).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cwd {
-    pub path: String,
-    /// Only the path's last components fit.
-    pub truncated: bool,
-    /// The directory was removed; `path` is where it was.
-    pub deleted: bool,
-    /// The directory is not below the process's root; `path` is what the walk reached.
-    pub unreachable: bool,
-}
-
-/// A file as its inode said at exec: what names its contents, short of reading them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ImageKey {
-    /// `st_dev`, in the encoding stat(2) gives.
-    pub dev: u64,
-    pub inode: u64,
-    pub size: i64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-}
-
-/// Why an image's contents were not hashed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unhashed {
-    TooLarge,
-    Gone,
-    Changed,
-    Unreadable,
-    Busy,
-}
-
-impl Unhashed {
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TooLarge => "too_large",
-            Self::Gone => "gone",
-            Self::Changed => "changed",
-            Self::Unreadable => "unreadable",
-            Self::Busy => "busy",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Image {
-    pub key: ImageKey,
-    /// The file is the interpreter of the script (or `binfmt_misc` program) the exec named.
-    pub interpreter: bool,
-    /// SHA-256 of the contents, once the `image` stage has looked.
-    pub digest: Option<Result<[u8; 32], Unhashed>>,
-}
-
 #[must_use]
 pub fn audit_id(raw: u32) -> Option<u32> {
     (raw != AUDIT_UNSET).then_some(raw)
@@ -120,11 +65,6 @@ pub enum Body {
         /// Paths the same process tried first with the same argv, which do not exist: a
         /// shell's `PATH` search (`fold`).
         tried: Vec<String>,
-        /// The working directory, resolved by the kernel; `None` when it could not be read.
-        cwd: Option<Cwd>,
-        /// The file a successful exec mapped; `None` for a failed one, or when the kernel
-        /// could not read it.
-        image: Option<Image>,
     },
     Fork,
     Exit {

@@ -185,8 +185,6 @@ mod tests {
                 argv_unreadable: false,
                 result,
                 tried: Vec::new(),
-                cwd: None,
-                image: None,
             },
         }
     }

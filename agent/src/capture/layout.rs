@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use agent_common::layout::{ABSENT, FieldSpec, KernelLayout};
+use agent_common::layout::{FieldSpec, KernelLayout};
 use btf_rs::{Btf, Type};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -48,44 +48,45 @@ pub fn resolve(path: &Path) -> Result<KernelLayout, LayoutError> {
 
 fn field_offset(btf: &Btf, spec: &FieldSpec) -> Result<u32, LayoutError> {
     let field = spec.name;
-    let (ty, optional) = match spec.ty.strip_prefix('?') {
-        Some(ty) => (ty, true),
-        None => (spec.ty, false),
-    };
     let btf_err = |source| LayoutError::Btf { field, source };
-    let root = btf.resolve_types_by_name(ty).ok().and_then(|types| {
-        types.into_iter().find_map(|t| match t {
+    let root = btf
+        .resolve_types_by_name(spec.ty)
+        .map_err(|_| LayoutError::NoStruct { ty: spec.ty, field })?
+        .into_iter()
+        .find_map(|t| match t {
             Type::Struct(s) => Some(s),
             _ => None,
         })
-    });
-    let found = match root {
-        Some(root) => spec
-            .path
-            .split('|')
-            .map(|path| member_path(btf, &root, path))
-            .find_map(Result::transpose)
-            .transpose()
-            .map_err(btf_err)?
-            .ok_or(LayoutError::NoMember {
-                ty,
-                path: spec.path,
-                field,
-            }),
-        None => Err(LayoutError::NoStruct { ty, field }),
-    };
-    let (offset_bits, member_type) = match found {
-        Ok(found) => found,
-        Err(LayoutError::NoStruct { .. } | LayoutError::NoMember { .. }) if optional => {
-            return Ok(ABSENT);
+        .ok_or(LayoutError::NoStruct { ty: spec.ty, field })?;
+
+    let mut current = root;
+    let mut offset_bits = 0u32;
+    let mut member_type = None;
+    for name in spec.path.split('.') {
+        let (bits, ty) =
+            find_member(btf, &current, name)
+                .map_err(btf_err)?
+                .ok_or(LayoutError::NoMember {
+                    ty: spec.ty,
+                    path: spec.path,
+                    field,
+                })?;
+        offset_bits += bits;
+        if let Type::Struct(s) | Type::Union(s) = strip(btf, ty.clone()).map_err(btf_err)? {
+            current = s;
         }
-        Err(e) => return Err(e),
-    };
+        member_type = Some(ty);
+    }
+    let member_type = member_type.ok_or(LayoutError::NoMember {
+        ty: spec.ty,
+        path: spec.path,
+        field,
+    })?;
     if spec.size != 0 {
         let actual = size_of_type(btf, member_type).map_err(btf_err)?;
         if actual != spec.size as usize {
             return Err(LayoutError::Size {
-                ty,
+                ty: spec.ty,
                 path: spec.path,
                 actual,
                 expected: spec.size,
@@ -93,28 +94,6 @@ fn field_offset(btf: &Btf, spec: &FieldSpec) -> Result<u32, LayoutError> {
         }
     }
     Ok(offset_bits / 8)
-}
-
-/// The bit offset and type of the member at dotted `path` under `root`, if it has one.
-fn member_path(
-    btf: &Btf,
-    root: &btf_rs::Struct,
-    path: &str,
-) -> Result<Option<(u32, Type)>, btf_rs::Error> {
-    let mut current = root.clone();
-    let mut offset_bits = 0u32;
-    let mut member_type = None;
-    for name in path.split('.') {
-        let Some((bits, ty)) = find_member(btf, &current, name)? else {
-            return Ok(None);
-        };
-        offset_bits += bits;
-        if let Type::Struct(s) | Type::Union(s) = strip(btf, ty.clone())? {
-            current = s;
-        }
-        member_type = Some(ty);
-    }
-    Ok(member_type.map(|ty| (offset_bits, ty)))
 }
 
 /// Finds `name` among the members of `s`, looking inside anonymous structs and unions (the
@@ -211,38 +190,6 @@ mod tests {
         };
         assert!(matches!(
             field_offset(&btf, &spec),
-            Err(LayoutError::Size { actual: 4, .. })
-        ));
-    }
-
-    /// An optional field the kernel lacks is `ABSENT`; one it has resolves, the first of its
-    /// alternatives that exists, and is size-checked like any other.
-    #[test]
-    fn optional_fields_and_alternatives() {
-        let btf = Btf::from_file(VMLINUX_BTF).expect("vmlinux BTF");
-        let spec = |ty, path, size| FieldSpec {
-            name: "probe",
-            ty,
-            path,
-            size,
-        };
-        for (ty, path) in [
-            ("?no_such_struct", "pid"),
-            ("?task_struct", "no_such_field"),
-        ] {
-            assert_eq!(field_offset(&btf, &spec(ty, path, 4)).unwrap(), ABSENT);
-        }
-        let pid = field_offset(&btf, &spec("task_struct", "pid", 4)).unwrap();
-        assert_eq!(
-            field_offset(&btf, &spec("?task_struct", "pid", 4)).unwrap(),
-            pid
-        );
-        assert_eq!(
-            field_offset(&btf, &spec("task_struct", "no_such_field|pid", 4)).unwrap(),
-            pid
-        );
-        assert!(matches!(
-            field_offset(&btf, &spec("?task_struct", "pid", 8)),
             Err(LayoutError::Size { actual: 4, .. })
         ));
     }

@@ -1,12 +1,10 @@
 //! Capture: what the host must provide, the kernel programs and their lifecycle, the
 //! struct offsets they read (from BTF), the reader that drains them, the decode stage
-//! that turns their records into typed events, the digests of executed files, and the
-//! programs' rare log messages.
+//! that turns their records into typed events, and the programs' rare log messages.
 
 pub mod decode;
 pub mod event;
 pub(crate) mod fold;
-pub mod image;
 pub(crate) mod kernel_log;
 pub mod layout;
 pub mod platform;

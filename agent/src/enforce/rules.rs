@@ -286,8 +286,6 @@ pub(crate) mod tests {
                 argv_unreadable: false,
                 result: 0,
                 tried: Vec::new(),
-                cwd: None,
-                image: None,
             },
         )
     }

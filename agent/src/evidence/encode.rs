@@ -92,8 +92,6 @@ fn body(body: Body) -> v1::event::Body {
             argv_unreadable,
             result,
             tried,
-            cwd,
-            image,
         } => B::Exec(v1::Exec {
             filename,
             argv,
@@ -102,27 +100,6 @@ fn body(body: Body) -> v1::event::Body {
             argv_unreadable,
             result,
             tried,
-            cwd_truncated: cwd.as_ref().is_some_and(|c| c.truncated),
-            cwd_deleted: cwd.as_ref().is_some_and(|c| c.deleted),
-            cwd_unreachable: cwd.as_ref().is_some_and(|c| c.unreachable),
-            cwd: cwd.map(|c| c.path).unwrap_or_default(),
-            image: image.map(|i| {
-                let (sha256, unhashed) = match i.digest {
-                    Some(Ok(sha)) => (sha.to_vec(), ""),
-                    Some(Err(why)) => (Vec::new(), why.as_str()),
-                    None => (Vec::new(), ""),
-                };
-                v1::Image {
-                    dev: i.key.dev,
-                    inode: i.key.inode,
-                    size: i.key.size,
-                    mtime_unix_nano: i.key.mtime_ns,
-                    ctime_unix_nano: i.key.ctime_ns,
-                    sha256,
-                    unhashed: unhashed.into(),
-                    interpreter: i.interpreter,
-                }
-            }),
         }),
         Body::Fork => B::Fork(v1::Fork {}),
         Body::Exit {

@@ -347,8 +347,6 @@ mod tests {
             argv_unreadable: false,
             result: 0,
             tried: Vec::new(),
-            cwd: None,
-            image: None,
         }
     }
 

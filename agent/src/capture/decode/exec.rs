@@ -1,13 +1,10 @@
 use std::mem::offset_of;
 
-use agent_common::{
-    event::{dev_major, dev_minor},
-    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, ImageId, flags},
-};
+use agent_common::exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, flags};
 use bytes::Bytes;
 
 use super::{DecodeError, read, slice};
-use crate::capture::event::{Body, Cwd, Image, ImageKey};
+use crate::capture::event::Body;
 
 pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
     if bytes.len() < EXEC_FIXED {
@@ -28,20 +25,9 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         "filename",
     )?;
     let argv = slice(bytes, EXEC_FIXED, argv_len as usize, ARGV_CAP, "argv")?;
-    let cwd_len: u64 = read(bytes, offset_of!(ExecRecord, cwd_len))?;
-    let cwd_len = usize::try_from(cwd_len).unwrap_or(usize::MAX);
-    // The path follows argv (`slice` refuses one past its bound, read or not: the record
-    // is malformed either way).
-    let path = slice(bytes, EXEC_FIXED + argv.len(), cwd_len, CWD_CAP, "cwd")?;
-    let cwd = (flag_bits & flags::CWD_UNREADABLE == 0).then(|| Cwd {
-        path: String::from_utf8_lossy(path).into_owned(),
-        truncated: flag_bits & flags::CWD_TRUNCATED != 0,
-        deleted: flag_bits & flags::CWD_DELETED != 0,
-        unreachable: flag_bits & flags::CWD_UNREACHABLE != 0,
-    });
-    if EXEC_FIXED + argv.len() + path.len() != bytes.len() {
+    if EXEC_FIXED + argv.len() != bytes.len() {
         return Err(DecodeError::SizeMismatch {
-            claimed: EXEC_FIXED + argv.len() + path.len(),
+            claimed: EXEC_FIXED + argv.len(),
             got: bytes.len(),
         });
     }
@@ -53,38 +39,7 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         argv_unreadable: flag_bits & flags::ARGV_UNREADABLE != 0,
         result,
         tried: Vec::new(),
-        cwd,
-        image: (result == 0 && flag_bits & flags::IMAGE_UNREADABLE == 0)
-            .then(|| read(bytes, offset_of!(ExecRecord, image)))
-            .transpose()?
-            .map(|id| image(id, flag_bits & flags::IMAGE_INTERPRETER != 0)),
     })
-}
-
-/// The kernel's nanoseconds may carry flag bits above the value (multigrain ctime, 6.13+);
-/// a valid value is below 10^9 < 2^30.
-const NSEC_MASK: u32 = (1 << 30) - 1;
-
-fn image(id: ImageId, interpreter: bool) -> Image {
-    let time = |sec: i64, nsec: u32| {
-        sec.saturating_mul(1_000_000_000)
-            .saturating_add(i64::from(nsec & NSEC_MASK))
-    };
-    Image {
-        key: ImageKey {
-            dev: {
-                // Widened from a `u32` by the kernel program.
-                let dev = u32::try_from(id.dev).unwrap_or(u32::MAX);
-                libc::makedev(dev_major(dev), dev_minor(dev))
-            },
-            inode: id.inode,
-            size: id.size,
-            mtime_ns: time(id.mtime_sec, id.mtime_nsec),
-            ctime_ns: time(id.ctime_sec, id.ctime_nsec),
-        },
-        interpreter,
-        digest: None,
-    }
 }
 
 /// Splits NUL-terminated strings, each a view of `record`, which holds `block`; a cut-off
@@ -117,10 +72,7 @@ mod tests {
             flags: flag_bits,
             filename_len: 8,
             argv_len: argv.len() as u32,
-            image: ImageId::default(),
-            cwd_len: 0,
             filename: [0; FILENAME_CAP],
-            cwd: [0; CWD_CAP],
             argv: [0; ARGV_CAP],
         };
         rec.filename[..8].copy_from_slice(b"/bin/foo");
