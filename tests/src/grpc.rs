@@ -329,18 +329,25 @@ pub async fn verify_all(collector: &Collector) -> VerifyResponse {
         .into_inner()
 }
 
-/// The verdict on one stored chain.
-pub async fn verify(collector: &Collector, chain_id: &str) -> ChainVerdict {
-    let mut verdicts = query(collector)
+/// The verdicts on one stored chain, or the collector's refusal.
+pub async fn try_verify(
+    collector: &Collector,
+    chain_id: &str,
+) -> Result<Vec<ChainVerdict>, tonic::Status> {
+    Ok(query(collector)
         .await
         .verify(VerifyRequest {
             chain_id: chain_id.into(),
             ..VerifyRequest::default()
         })
-        .await
-        .unwrap()
+        .await?
         .into_inner()
-        .chains;
+        .chains)
+}
+
+/// The verdict on one stored chain.
+pub async fn verify(collector: &Collector, chain_id: &str) -> ChainVerdict {
+    let mut verdicts = try_verify(collector, chain_id).await.unwrap();
     assert_eq!(verdicts.len(), 1, "{verdicts:?}");
     verdicts.remove(0)
 }
