@@ -19,7 +19,8 @@ pub struct Cli {
     /// one.
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub listen: SocketAddr,
-    /// Where evidence is stored: `sqlite://PATH`.
+    /// Where evidence is stored: `sqlite://PATH`, or a PostgreSQL database as a
+    /// `postgres://` URL (docs/scaling.md).
     #[arg(long, default_value = "sqlite:///var/lib/recorder/collector.db")]
     pub store: String,
     /// The policy agents enforce, a JSON file (docs/grants.md). Without it: mode alert, a

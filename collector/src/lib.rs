@@ -64,6 +64,9 @@ pub enum Error {
 
 /// Opens the store a `--store` URL names.
 pub fn open_store(url: &str) -> Result<Arc<dyn Store>, store::StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(store::postgres::Postgres::open(url)?));
+    }
     match url.strip_prefix("sqlite://") {
         Some(path) if !path.is_empty() => Ok(Arc::new(store::sqlite::Sqlite::open(path)?)),
         _ => Err(store::StoreError::Url(url.to_owned())),

@@ -1,5 +1,7 @@
 //! The collector under test: the real binary on a loopback port of its own, with its own
-//! `SQLite` file, stopped and restarted on the same store.
+//! store, stopped and restarted on the same store. A store is named by a path: an `SQLite`
+//! file, or with `RECORDER_TEST_STORE=postgres` a database of its own on a real PostgreSQL
+//! server (`crate::postgres`).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -42,6 +44,32 @@ pub fn same_pki(store: &Path, copy: &Path) {
     stores().lock().unwrap().insert(copy.to_path_buf(), pki);
 }
 
+/// The backend the collector's stores are on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// `RECORDER_TEST_STORE`: `postgres`, else `SQLite`.
+#[must_use]
+pub fn backend() -> Backend {
+    match std::env::var("RECORDER_TEST_STORE").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        Ok("sqlite") | Err(_) => Backend::Sqlite,
+        Ok(other) => panic!("RECORDER_TEST_STORE={other}: expected sqlite or postgres"),
+    }
+}
+
+/// The `--store` URL of the store `store` names on the backend under test.
+#[must_use]
+pub fn store_url(store: &Path) -> String {
+    match backend() {
+        Backend::Sqlite => format!("sqlite://{}", store.display()),
+        Backend::Postgres => crate::postgres::url(store),
+    }
+}
+
 /// The collector binary: `RECORDER_COLLECTOR_BIN`, else the workspace's debug build.
 #[must_use]
 pub fn binary() -> PathBuf {
@@ -77,21 +105,21 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Starts the collector on `127.0.0.1:0` with the `SQLite` file `store`, and waits until it
+    /// Starts the collector on `127.0.0.1:0` with the store `store`, and waits until it
     /// says where it listens.
     #[must_use]
     pub fn start(store: &Path) -> Self {
         Self::start_at(store, SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    /// Starts the collector on `addr` with the SQLite file `store`, and waits until it says
+    /// Starts the collector on `addr` with the store `store`, and waits until it says
     /// where it listens: an agent pointed at a fixed address finds it again after a restart.
     #[must_use]
     pub fn start_at(store: &Path, addr: SocketAddr) -> Self {
         Self::start_with(store, addr, &[])
     }
 
-    /// Starts the collector on `addr` with the SQLite file `store` and `extra` flags (a
+    /// Starts the collector on `addr` with the store `store` and `extra` flags (a
     /// `--policy FILE`, say), and waits until it says it is ready and where it listens. It
     /// serves mutual TLS with a CA of the store's own, unless `extra` says
     /// `--insecure-plaintext`.
@@ -116,7 +144,7 @@ impl Collector {
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--store")
-            .arg(format!("sqlite://{}", store.display()))
+            .arg(store_url(store))
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -253,7 +281,7 @@ pub fn run_to_exit(store: &Path) -> Output {
 pub fn run_to_exit_with(store: &Path, extra: &[&str]) -> Output {
     let mut child = command()
         .args(["--listen", "127.0.0.1:0", "--store"])
-        .arg(format!("sqlite://{}", store.display()))
+        .arg(store_url(store))
         .arg("--pki-dir")
         .arg(pki_of_store(store).collector_dir())
         .args(extra)

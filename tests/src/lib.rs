@@ -13,6 +13,7 @@ pub mod notify;
 pub mod ocsf;
 pub mod operator;
 pub mod pki;
+pub mod postgres;
 pub mod pty;
 pub mod python;
 pub mod ssh;

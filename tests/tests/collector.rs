@@ -1,6 +1,7 @@
-//! Collector tier: the real collector binary with a real `SQLite` store, driven by a real gRPC
-//! client that ships chains built as an agent builds them (`proto::chain::chain_hash` over
-//! serialized `recorder.v1.Event`s). No root needed.
+//! Collector tier: the real collector binary with a real store, driven by a real gRPC client
+//! that ships chains built as an agent builds them (`proto::chain::chain_hash` over
+//! serialized `recorder.v1.Event`s). No root needed. `cargo xtask test` runs this tier twice:
+//! on `SQLite`, and with `RECORDER_TEST_STORE=postgres` on a real PostgreSQL server.
 
 use std::{fmt::Write as _, io::Write as _, path::Path, time::Duration};
 
@@ -13,7 +14,7 @@ use proto::{
         StoredEvent, TailRequest, Tty, event::Body, identity::Kind,
     },
 };
-use tests::collector::{Collector, run_to_exit, scratch_dir};
+use tests::collector::{Backend, Collector, backend, run_to_exit, scratch_dir};
 use tests::grpc::{Agent, As, Chain, query, search_all, try_verify, verify, verify_all};
 use tests::{Mount, privileged};
 use tonic::Code;
@@ -790,9 +791,14 @@ async fn stored_chain(dir: &Path, chain: &Chain) -> std::path::PathBuf {
     path
 }
 
-/// Copies the store (with its WAL) to a fresh file and applies `sql` to it.
+/// Copies the store (the `SQLite` file with its WAL, or the database) to a fresh one and
+/// applies `sql` to it.
 fn tampered(pristine: &Path, name: &str, sql: &str) -> std::path::PathBuf {
     let copy = pristine.with_file_name(name);
+    if backend() == Backend::Postgres {
+        tests::postgres::tampered_copy(pristine, &copy, sql);
+        return copy;
+    }
     for suffix in ["", "-wal", "-shm"] {
         let from = format!("{}{suffix}", pristine.display());
         if Path::new(&from).exists() {
@@ -802,6 +808,14 @@ fn tampered(pristine: &Path, name: &str, sql: &str) -> std::path::PathBuf {
     let conn = rusqlite::Connection::open(&copy).unwrap();
     conn.execute_batch(sql).unwrap();
     copy
+}
+
+/// A blob literal of `hex` in the backend's SQL.
+fn blob(hex: &str) -> String {
+    match backend() {
+        Backend::Sqlite => format!("X'{hex}'"),
+        Backend::Postgres => format!("'\\x{hex}'::BYTEA"),
+    }
 }
 
 /// Verify finds each kind of tampering with the stored rows, and names the first bad seq.
@@ -814,7 +828,10 @@ async fn verify_finds_tampering_with_the_store() {
     let cases = [
         (
             "edited.db",
-            format!("UPDATE events SET event = X'0801' WHERE chain = {rows} AND seq = 500;"),
+            format!(
+                "UPDATE events SET event = {} WHERE chain = {rows} AND seq = 500;",
+                blob("0801")
+            ),
             500,
             "does not recompute",
         ),
@@ -862,8 +879,12 @@ async fn verify_finds_tampering_with_the_store() {
 }
 
 /// A store file that is not `SQLite` stops the collector at start with a clear message.
+/// (A PostgreSQL store: `an_unreachable_database_stops_the_collector_with_a_clear_error`.)
 #[test]
 fn a_corrupt_store_stops_the_collector_with_a_clear_error() {
+    if backend() == Backend::Postgres {
+        return;
+    }
     let dir = scratch_dir("collector-corrupt");
     let path = dir.join("c.db");
     std::fs::write(
@@ -877,6 +898,28 @@ fn a_corrupt_store_stops_the_collector_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("not a database"), "{stderr}");
     assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A PostgreSQL store that cannot be reached stops the collector at start, naming the
+/// database without its password.
+#[test]
+fn an_unreachable_database_stops_the_collector_with_a_clear_error() {
+    let dir = scratch_dir("collector-no-database");
+    let socket = dir.join("no-server-here");
+    let out = tests::collector::command()
+        .args(["--listen", "127.0.0.1:0", "--insecure-plaintext", "--store"])
+        .arg(format!(
+            "postgresql://recorder:s3cret@localhost/evidence?host={}",
+            socket.display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot open the store"), "{stderr}");
+    assert!(stderr.contains("recorder@localhost/evidence"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -1033,7 +1076,10 @@ async fn a_declared_spool_hole_is_chained_and_named_by_verify() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_store_disk_refuses_then_takes_everything() {
     const BATCH: u64 = 100;
-    if !privileged("a_full_store_disk_refuses_then_takes_everything") {
+    // A file on a small filesystem of the test's own: PostgreSQL's disk is its server's.
+    if backend() == Backend::Postgres
+        || !privileged("a_full_store_disk_refuses_then_takes_everything")
+    {
         return;
     }
     let dir = scratch_dir("collector-full");

@@ -11,7 +11,9 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// benchmarks run: `dd`, `cat`, `true`, `echo` and `sh`, a real login (sshd with PAM, the
 /// ssh client, sudo, useradd), tmux (a program with terminals of its own), and systemd (its
 /// `systemd-analyze` checks the units in deploy/systemd, which run under it as PID 1 of a
-/// PID namespace), and `dpkg-shlibdeps` (`cargo xtask package`, which the tests install).
+/// PID namespace), `dpkg-shlibdeps` (`cargo xtask package`, which the tests install), and a
+/// PostgreSQL server (the collector's tests run on both backends; each test run starts a
+/// server of its own).
 const DEBIAN_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "coreutils",
@@ -23,6 +25,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tmux",
     "systemd",
     "dpkg-dev",
+    "postgresql",
 ];
 
 /// Python packages the tests use: a Python client generated from `proto/` (the end-to-end

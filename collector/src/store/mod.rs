@@ -3,6 +3,8 @@
 //! SQLite one without copying any of their rules. Calls block; async callers run them on the
 //! blocking pool (`blocking`).
 
+pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::{ops::ControlFlow, sync::Arc};
@@ -23,7 +25,7 @@ pub use verifier::{
 /// A storage failure. Cloneable, so one failed group commit can answer every request in it.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported store {0:?}: expected sqlite://PATH")]
+    #[error("unsupported store {0:?}: expected sqlite://PATH or postgres://...")]
     Url(String),
     #[error("cannot open the store at {path}: {source}")]
     Open {

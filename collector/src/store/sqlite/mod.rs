@@ -18,13 +18,14 @@ use prost::Message as _;
 use proto::{chain::GENESIS, v1::Grant};
 use rusqlite::{Connection, OptionalExtension as _, params, types::Value};
 
-use self::sql::{STORED_COLUMNS, bounded, decode_grant, filter_sql, int, query_stored, uint};
+use self::sql::{bounded, decode_grant, query_stored};
 use sha2::Digest as _;
 
 use super::{
     Bound, ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow,
     LogCheckpoint, LogRow, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery, SessionRow,
     Store, StoreError, TokenRow, Violations,
+    sql::{Arg, Conditions, Dialect, STORED_COLUMNS, int, uint},
 };
 
 /// The stored columns of an events row, read from column `at` on in the order
@@ -433,10 +434,13 @@ impl Store for Sqlite {
         up_to: i64,
         bound: Bound,
     ) -> Result<Page<i64>, StoreError> {
-        let mut conditions = String::from("e.id > ? AND e.id <= ?");
-        let mut args = vec![Value::Integer(after), Value::Integer(up_to)];
-        filter_sql(filter, &mut conditions, &mut args);
-        let page = self.read(|conn| bounded(conn, &conditions, args, "e.id", bound))?;
+        let mut conditions = Conditions::new(Dialect::Sqlite);
+        conditions.push(
+            "e.id > {} AND e.id <= {}",
+            [Arg::Int(after), Arg::Int(up_to)],
+        );
+        conditions.filter(filter);
+        let page = self.read(|conn| bounded(conn, &conditions, "e.id", bound))?;
         Ok(Page {
             rows: page.rows.into_iter().map(|(c, e)| (c.row, e)).collect(),
             more: page.more,
@@ -449,11 +453,14 @@ impl Store for Sqlite {
         after: Cursor,
         bound: Bound,
     ) -> Result<Page<Cursor>, StoreError> {
-        let mut conditions = String::from("(e.time > ? OR (e.time = ? AND e.id > ?))");
-        let time = Value::Integer(int(after.time_unix_nano));
-        let mut args = vec![time.clone(), time, Value::Integer(after.row)];
-        filter_sql(filter, &mut conditions, &mut args);
-        self.read(|conn| bounded(conn, &conditions, args, "e.time, e.id", bound))
+        let mut conditions = Conditions::new(Dialect::Sqlite);
+        let time = Arg::Int(int(after.time_unix_nano));
+        conditions.push(
+            "(e.time > {} OR (e.time = {} AND e.id > {}))",
+            [time.clone(), time, Arg::Int(after.row)],
+        );
+        conditions.filter(filter);
+        self.read(|conn| bounded(conn, &conditions, "e.time, e.id", bound))
     }
 
     fn sessions(

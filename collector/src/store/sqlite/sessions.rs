@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use proto::kind::Kind;
 use rusqlite::{Connection, OptionalExtension as _, params, params_from_iter, types::Value};
 
-use super::sql::{int, uint};
+use crate::store::sql::{int, uint};
 use crate::store::{Cursor, SessionQuery, SessionRow, TerminalRow};
 
 /// Hands `each` the sessions `query` selects, with their terminals, until it breaks; read

@@ -1,0 +1,909 @@
+//! The PostgreSQL backend (docs/scaling.md). A commit is one transaction, acknowledged only
+//! once PostgreSQL has committed it (with its own `synchronous_commit`, on by default). One
+//! connection writes; readers take pooled connections and read one snapshot per call.
+//! Appends to a chain compare and set its head: an append starts at the stored head or past
+//! it (past it after a declared spool hole), so two writers can never fork a stored chain:
+//! the second one's commit fails, and nothing of it is kept.
+
+mod bind;
+mod schema;
+mod sessions;
+
+use std::{
+    ops::ControlFlow,
+    str::FromStr as _,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use self::bind::params;
+use postgres::{
+    Client, IsolationLevel, NoTls, Row, Transaction, error::SqlState,
+    fallible_iterator::FallibleIterator as _, types::ToSql,
+};
+use prost::Message as _;
+use proto::{chain::GENESIS, v1::Grant};
+use sha2::Digest as _;
+
+use super::{
+    Bound, ChainRow, ChainState, Columns, Commit, Cursor, EVENT_FRAMING, EventFilter, GrantUsage,
+    LeafRow, LogCheckpoint, LogRow, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery,
+    SessionRow, Store, StoreError, TokenRow, Violations,
+    sql::{Arg, Conditions, Dialect, ROW_BYTES, STORED_COLUMNS, StoredRow, int, uint},
+};
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        if e.code() == Some(&SqlState::DISK_FULL) {
+            Self::Full(Arc::new(e))
+        } else {
+            Self::Backend(Arc::new(e))
+        }
+    }
+}
+
+/// A commit whose chain head another writer moved first.
+#[derive(Debug, thiserror::Error)]
+#[error("chain {chain_id}: another writer appended at or past seq {seq} first; nothing was stored")]
+struct HeadMoved {
+    chain_id: String,
+    seq: u64,
+}
+
+pub struct Postgres {
+    config: postgres::Config,
+    writer: Mutex<Option<Client>>,
+    readers: Mutex<Vec<Client>>,
+}
+
+/// Runs a call of the synchronous driver, which drives its connection on a runtime of its
+/// own: on a worker of the collector's runtime it must first leave it.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The URL without its password, to name the database in errors and logs.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "a PostgreSQL database".to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(name, _)| name);
+            format!("{scheme}://{user}@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The stored columns of an events row, read from column `at` on in the order
+/// `host, time, kind, session, sessionid, tty, identity_kind, identity_name, grant_id,
+/// tty_bytes`.
+fn columns(r: &Row, at: usize) -> Result<Columns<'_>, postgres::Error> {
+    Ok(Columns {
+        host: r.try_get(at)?,
+        time_unix_nano: uint(r.try_get(at + 1)?),
+        kind: r.try_get(at + 2)?,
+        session: r.try_get(at + 3)?,
+        sessionid: r
+            .try_get::<_, Option<i64>>(at + 4)?
+            .and_then(|id| u32::try_from(id).ok()),
+        tty: r.try_get(at + 5)?,
+        identity_kind: i32::try_from(r.try_get::<_, i64>(at + 6)?).unwrap_or(i32::MIN),
+        identity_name: r.try_get(at + 7)?,
+        grant: r.try_get(at + 8)?,
+        tty_bytes: uint(r.try_get(at + 9)?),
+    })
+}
+
+fn stored_event(r: &Row) -> Result<(Cursor, proto::v1::StoredEvent), postgres::Error> {
+    let cursor = Cursor {
+        row: r.try_get(0)?,
+        time_unix_nano: uint(r.try_get(1)?),
+    };
+    let stored = StoredRow {
+        host: r.try_get(2)?,
+        chain_id: r.try_get(3)?,
+        seq: uint(r.try_get(4)?),
+        session: r.try_get(5)?,
+        event: r.try_get(6)?,
+        hash: r.try_get(7)?,
+        kind: r.try_get(8)?,
+    };
+    Ok((cursor, stored.into_stored()))
+}
+
+fn hash32(bytes: Vec<u8>) -> [u8; 32] {
+    bytes.try_into().unwrap_or([0; 32])
+}
+
+fn decode_grant(r: &Row) -> Result<Grant, StoreError> {
+    Grant::decode(r.try_get::<_, &[u8]>(0)?).map_err(|e| StoreError::Backend(Arc::new(e)))
+}
+
+const CHAIN_COLUMNS: &str = "SELECT chain_id, host, next_seq, head_hash FROM chains";
+
+fn chain_state(r: &Row) -> Result<ChainState, postgres::Error> {
+    let head: Vec<u8> = r.try_get(3)?;
+    Ok(ChainState {
+        chain_id: r.try_get(0)?,
+        host: r.try_get(1)?,
+        next_seq: uint(r.try_get(2)?),
+        head_hash: head.try_into().unwrap_or(GENESIS),
+    })
+}
+
+const LOG_COLUMNS: &str =
+    "SELECT host, size, frontier, cosigned_size, cosigned_root, cosigned_note FROM logs";
+
+fn log_row(r: &Row) -> Result<LogRow, postgres::Error> {
+    Ok(LogRow {
+        host: r.try_get(0)?,
+        size: uint(r.try_get(1)?),
+        frontier: r.try_get(2)?,
+        cosigned_size: uint(r.try_get(3)?),
+        cosigned_root: hash32(r.try_get(4)?),
+        cosigned_note: r.try_get(5)?,
+    })
+}
+
+fn collect<T>(
+    rows: &[Row],
+    each: impl Fn(&Row) -> Result<T, postgres::Error>,
+) -> Result<Vec<T>, StoreError> {
+    Ok(rows.iter().map(each).collect::<Result<_, _>>()?)
+}
+
+impl Postgres {
+    /// Connects to the database `url` names (a `postgres://` URL, as libpq takes it),
+    /// creating the schema or bringing an older one to this collector's.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let failed = |source: Arc<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: redacted(url),
+            source,
+        };
+        let config = postgres::Config::from_str(url).map_err(|e| failed(Arc::new(e)))?;
+        let mut writer = off_runtime(|| config.connect(NoTls)).map_err(|e| failed(Arc::new(e)))?;
+        off_runtime(|| schema::migrate(&mut writer)).map_err(|e| failed(Arc::new(e)))?;
+        Ok(Self {
+            config,
+            writer: Mutex::new(Some(writer)),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        Ok(self.config.connect(NoTls)?)
+    }
+
+    /// Runs `f` on a pooled connection, in a read-only snapshot.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        off_runtime(|| {
+            let pooled = self
+                .readers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            // A connection the server closed (it restarted, say) is replaced, not reused.
+            let mut client = match pooled {
+                Some(c) if !c.is_closed() => c,
+                _ => self.connect()?,
+            };
+            let out = (|| {
+                let mut tx = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()?;
+                let out = f(&mut tx)?;
+                tx.commit()?;
+                Ok(out)
+            })();
+            if !client.is_closed() {
+                self.readers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(client);
+            }
+            out
+        })
+    }
+
+    /// The events `conditions` selects, in `order`, as much of them as `bound` lets one
+    /// read hold: their sizes reckoned first without reading their bytes, then the rows
+    /// the page takes read one at a time, each counted as it is encoded.
+    fn bounded(
+        &self,
+        conditions: &Conditions,
+        order: &str,
+        bound: Bound,
+    ) -> Result<Page<Cursor>, StoreError> {
+        self.read(|tx| {
+            // One row past the bound says whether there are more.
+            let limit = int(bound.rows.saturating_add(1) as u64);
+            let mut args = params(&conditions.args);
+            args.push(&limit);
+            let which = format!(
+                "SELECT e.id, ({ROW_BYTES})::BIGINT FROM events e \
+                 JOIN chains c ON c.id = e.chain WHERE {} ORDER BY {order} LIMIT ${}",
+                conditions.sql,
+                args.len()
+            );
+            let sizes: Vec<(i64, usize)> = tx
+                .query(&which, &args)?
+                .iter()
+                .map(|r| {
+                    let bytes = usize::try_from(r.get::<_, i64>(1)).unwrap_or(usize::MAX);
+                    (r.get(0), bytes.saturating_add(EVENT_FRAMING))
+                })
+                .collect();
+            let taken = bound.take(sizes.iter().map(|(_, size)| *size));
+            let by_row = tx.prepare(&format!("{STORED_COLUMNS} e.id = $1"))?;
+            let (mut rows, mut bytes) = (Vec::with_capacity(taken), 0);
+            for (row, _) in &sizes[..taken] {
+                let (cursor, event) = stored_event(&tx.query_one(&by_row, &[row])?)?;
+                let size = prost::encoding::message::encoded_len(1, &event);
+                if !bound.admits(rows.len(), bytes, size) {
+                    break;
+                }
+                bytes += size;
+                rows.push((cursor, event));
+            }
+            Ok(Page {
+                more: rows.len() < sizes.len(),
+                rows,
+            })
+        })
+    }
+}
+
+impl Drop for Postgres {
+    /// Each connection owns the runtime that drives it, which cannot be dropped on a worker
+    /// of the collector's.
+    fn drop(&mut self) {
+        let writer = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let readers = std::mem::take(
+            self.readers
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        off_runtime(|| drop((writer, readers)));
+    }
+}
+
+/// The records of a commit, in one statement: a column of values per field.
+#[derive(Default)]
+struct Events<'a> {
+    chain: Vec<i64>,
+    seq: Vec<i64>,
+    host: Vec<&'a str>,
+    time: Vec<i64>,
+    kind: Vec<&'a str>,
+    session: Vec<&'a str>,
+    sessionid: Vec<Option<i64>>,
+    identity_kind: Vec<i64>,
+    identity_name: Vec<&'a str>,
+    tty_bytes: Vec<i64>,
+    event: Vec<&'a [u8]>,
+    hash: Vec<&'a [u8]>,
+    grant_id: Vec<&'a str>,
+    tty: Vec<&'a str>,
+    log_index: Vec<Option<i64>>,
+}
+
+/// The records of the commit, after their chains' heads are set.
+fn commit_events(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
+    let chain = tx.prepare(
+        "INSERT INTO chains (chain_id, host, next_seq, head_hash) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (chain_id) DO UPDATE SET next_seq = excluded.next_seq, \
+         head_hash = excluded.head_hash WHERE chains.next_seq <= $5 RETURNING id",
+    )?;
+    let mut events = Events::default();
+    for append in &commit.appends {
+        let (Some(first), Some(last)) = (append.records.first(), append.records.last()) else {
+            continue;
+        };
+        let next = int(last.seq + 1);
+        let id: i64 = tx
+            .query_opt(
+                &chain,
+                &[
+                    &append.chain_id,
+                    &append.chain_host,
+                    &next,
+                    &&last.hash[..],
+                    &int(first.seq),
+                ],
+            )?
+            .ok_or_else(|| {
+                StoreError::Backend(Arc::new(HeadMoved {
+                    chain_id: append.chain_id.clone(),
+                    seq: first.seq,
+                }))
+            })?
+            .get(0);
+        for r in &append.records {
+            let d = &r.derived;
+            events.chain.push(id);
+            events.seq.push(int(r.seq));
+            events.host.push(&d.host);
+            events.time.push(int(d.time_unix_nano));
+            events.kind.push(d.kind.name());
+            events.session.push(&d.session);
+            events.sessionid.push(d.sessionid.map(i64::from));
+            events.identity_kind.push(i64::from(d.identity_kind));
+            events.identity_name.push(&d.identity_name);
+            events.tty_bytes.push(int(d.tty_bytes));
+            events.event.push(&r.event[..]);
+            events.hash.push(&r.hash[..]);
+            events.grant_id.push(&d.grant);
+            events.tty.push(&d.tty);
+            events.log_index.push(r.log_index.map(int));
+        }
+    }
+    if !events.chain.is_empty() {
+        // One statement whatever the number of records: each column travels as an array.
+        tx.execute(
+            "INSERT INTO events (chain, seq, host, time, kind, session, sessionid, \
+             identity_kind, identity_name, tty_bytes, event, hash, grant_id, tty, log_index) \
+             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], \
+             $5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::BIGINT[], $9::TEXT[], $10::BIGINT[], \
+             $11::BYTEA[], $12::BYTEA[], $13::TEXT[], $14::TEXT[], $15::BIGINT[])",
+            &[
+                &events.chain,
+                &events.seq,
+                &events.host,
+                &events.time,
+                &events.kind,
+                &events.session,
+                &events.sessionid,
+                &events.identity_kind,
+                &events.identity_name,
+                &events.tty_bytes,
+                &events.event,
+                &events.hash,
+                &events.grant_id,
+                &events.tty,
+                &events.log_index,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The conflicts, grants, join tokens and revoked hosts of a commit.
+fn commit_trust(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
+    for c in &commit.conflicts {
+        tx.execute(
+            "INSERT INTO conflicts (chain, seq, event, hash, stored_hash, received) \
+             SELECT id, $2, $3, $4, $5, $6 FROM chains WHERE chain_id = $1",
+            &[
+                &c.chain_id,
+                &int(c.seq),
+                &&c.event[..],
+                &c.hash,
+                &c.stored_hash,
+                &int(c.received_unix_nano),
+            ],
+        )?;
+    }
+    for g in &commit.grants {
+        tx.execute(
+            "INSERT INTO grants (id, created, ends, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET ends = excluded.ends, body = excluded.body",
+            &[
+                &g.id,
+                &int(g.created_unix_nano),
+                &int(proto::grant::end(g)),
+                &g.encode_to_vec(),
+            ],
+        )?;
+    }
+    for t in &commit.tokens {
+        tx.execute(
+            "INSERT INTO tokens (hash, host, created, expires, creator, used) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hash) DO UPDATE SET used = excluded.used",
+            &[
+                &&t.hash[..],
+                &t.host,
+                &int(t.created_unix_nano),
+                &int(t.expires_unix_nano),
+                &t.creator,
+                &int(t.used_unix_nano),
+            ],
+        )?;
+    }
+    for r in &commit.revoked_hosts {
+        tx.execute(
+            "INSERT INTO revoked_hosts (host, time, actor, reason) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (host) DO NOTHING",
+            &[&r.host, &int(r.time_unix_nano), &r.actor, &r.reason],
+        )?;
+    }
+    Ok(())
+}
+
+/// The hosts' logs, cosigned checkpoints, prunes, holds and forks of a commit.
+fn commit_logs(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
+    for l in &commit.logs {
+        tx.execute(
+            "INSERT INTO logs (host, size, frontier, cosigned_size, cosigned_root, cosigned_note) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (host) DO UPDATE SET size = excluded.size, \
+             frontier = excluded.frontier, cosigned_size = excluded.cosigned_size, \
+             cosigned_root = excluded.cosigned_root, cosigned_note = excluded.cosigned_note",
+            &[
+                &l.host,
+                &int(l.size),
+                &l.frontier,
+                &int(l.cosigned_size),
+                &&l.cosigned_root[..],
+                &l.cosigned_note,
+            ],
+        )?;
+    }
+    for c in &commit.log_checkpoints {
+        let hash = sha2::Sha256::digest(c.cert_pem.as_bytes()).to_vec();
+        tx.execute(
+            "INSERT INTO certs (hash, pem) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&hash, &c.cert_pem],
+        )?;
+        tx.execute(
+            "INSERT INTO log_checkpoints (host, size, root, note, cert, received) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &c.host,
+                &int(c.size),
+                &&c.root[..],
+                &c.note,
+                &hash,
+                &int(c.received_unix_nano),
+            ],
+        )?;
+    }
+    for p in &commit.prunes {
+        tx.execute(
+            "DELETE FROM events WHERE host = $1 AND log_index IS NOT NULL AND log_index < $2",
+            &[&p.host, &int(p.end)],
+        )?;
+        tx.execute(
+            "INSERT INTO prunes (host, end_index, frontier) VALUES ($1, $2, $3) \
+             ON CONFLICT (host) DO UPDATE SET end_index = excluded.end_index, \
+             frontier = excluded.frontier",
+            &[&p.host, &int(p.end), &p.frontier],
+        )?;
+    }
+    for h in &commit.holds {
+        tx.execute(
+            "INSERT INTO holds (session, time, actor, reason) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+            &[&h.session, &int(h.time_unix_nano), &h.actor, &h.reason],
+        )?;
+    }
+    for f in &commit.forks {
+        tx.execute(
+            "INSERT INTO checkpoint_forks (host, size, note, received) VALUES ($1, $2, $3, $4)",
+            &[&f.host, &int(f.size), &f.note, &int(f.received_unix_nano)],
+        )?;
+    }
+    Ok(())
+}
+
+const LAST_ROW: &str = "SELECT COALESCE(MAX(id), 0) FROM events";
+
+impl Store for Postgres {
+    fn chains(&self) -> Result<Vec<ChainState>, StoreError> {
+        self.read(|tx| {
+            collect(
+                &tx.query(&format!("{CHAIN_COLUMNS} ORDER BY id"), &[])?,
+                chain_state,
+            )
+        })
+    }
+
+    fn host_chains(&self, host: &str) -> Result<Vec<ChainState>, StoreError> {
+        self.read(|tx| {
+            let rows = tx.query(
+                &format!("{CHAIN_COLUMNS} WHERE host = $1 ORDER BY id"),
+                &[&host],
+            )?;
+            collect(&rows, chain_state)
+        })
+    }
+
+    fn hash_at(&self, chain_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .query_opt(
+                    "SELECT e.hash FROM events e JOIN chains c ON c.id = e.chain \
+                     WHERE c.chain_id = $1 AND e.seq = $2",
+                    &[&chain_id, &int(seq)],
+                )?
+                .map(|r| r.get(0)))
+        })
+    }
+
+    fn commit(&self, commit: &Commit) -> Result<i64, StoreError> {
+        off_runtime(|| {
+            let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            if writer.as_ref().is_none_or(Client::is_closed) {
+                *writer = Some(self.connect()?);
+            }
+            let client = writer.as_mut().expect("connected above");
+            let mut tx = client.transaction()?;
+            commit_events(&mut tx, commit)?;
+            commit_trust(&mut tx, commit)?;
+            commit_logs(&mut tx, commit)?;
+            tx.commit()?;
+            Ok(client.query_one(LAST_ROW, &[])?.get(0))
+        })
+    }
+
+    fn last_row(&self) -> Result<i64, StoreError> {
+        self.read(|tx| Ok(tx.query_one(LAST_ROW, &[])?.get(0)))
+    }
+
+    fn after_row(
+        &self,
+        filter: &EventFilter,
+        after: i64,
+        up_to: i64,
+        bound: Bound,
+    ) -> Result<Page<i64>, StoreError> {
+        let mut conditions = Conditions::new(Dialect::Postgres);
+        conditions.push(
+            "e.id > {} AND e.id <= {}",
+            [Arg::Int(after), Arg::Int(up_to)],
+        );
+        conditions.filter(filter);
+        let page = self.bounded(&conditions, "e.id", bound)?;
+        Ok(Page {
+            rows: page.rows.into_iter().map(|(c, e)| (c.row, e)).collect(),
+            more: page.more,
+        })
+    }
+
+    fn search(
+        &self,
+        filter: &EventFilter,
+        after: Cursor,
+        bound: Bound,
+    ) -> Result<Page<Cursor>, StoreError> {
+        let mut conditions = Conditions::new(Dialect::Postgres);
+        let time = Arg::Int(int(after.time_unix_nano));
+        conditions.push(
+            "(e.time > {} OR (e.time = {} AND e.id > {}))",
+            [time.clone(), time, Arg::Int(after.row)],
+        );
+        conditions.filter(filter);
+        self.bounded(&conditions, "e.time, e.id", bound)
+    }
+
+    fn sessions(
+        &self,
+        query: &SessionQuery,
+        each: &mut dyn FnMut(SessionRow) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.read(|tx| sessions::sessions(tx, query, each))
+    }
+
+    fn chain_rows(
+        &self,
+        chain_id: &str,
+        from_seq: u64,
+        limit: usize,
+        each: &mut dyn FnMut(ChainRow<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.read(|tx| {
+            let mut rows = tx.query_raw(
+                "SELECT e.id, e.seq, e.event, e.hash, e.host, e.time, e.kind, e.session, \
+                 e.sessionid, e.tty, e.identity_kind, e.identity_name, e.grant_id, e.tty_bytes \
+                 FROM events e JOIN chains c ON c.id = e.chain \
+                 WHERE c.chain_id = $1 AND e.seq >= $2 ORDER BY e.seq LIMIT $3",
+                [
+                    &chain_id as &(dyn ToSql + Sync),
+                    &int(from_seq),
+                    &int(limit as u64),
+                ],
+            )?;
+            // Row by row as they arrive: a page of records of up to 1 MiB each is never
+            // held whole.
+            while let Some(r) = rows.next()? {
+                let r = &r;
+                let row = ChainRow {
+                    row: r.try_get(0)?,
+                    seq: uint(r.try_get(1)?),
+                    event: r.try_get(2)?,
+                    hash: r.try_get(3)?,
+                    columns: columns(r, 4)?,
+                };
+                if each(row).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn last_checkpoint(&self, chain_id: &str) -> Result<Option<u64>, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .query_opt(
+                    "SELECT k.size FROM checkpoints k JOIN chains c ON c.id = k.chain \
+                     WHERE c.chain_id = $1 ORDER BY k.id DESC LIMIT 1",
+                    &[&chain_id],
+                )?
+                .map(|r| uint(r.get(0))))
+        })
+    }
+
+    fn grants(&self, ended_after: u64) -> Result<Vec<Grant>, StoreError> {
+        self.read(|tx| {
+            tx.query(
+                "SELECT body FROM grants WHERE ends > $1 ORDER BY created, id",
+                &[&int(ended_after)],
+            )?
+            .iter()
+            .map(decode_grant)
+            .collect()
+        })
+    }
+
+    fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        self.read(|tx| {
+            tx.query_opt("SELECT body FROM grants WHERE id = $1", &[&id])?
+                .as_ref()
+                .map(decode_grant)
+                .transpose()
+        })
+    }
+
+    fn grant_usage(&self, id: &str) -> Result<GrantUsage, StoreError> {
+        self.read(|tx| {
+            // The second term lets PostgreSQL use the partial index `events_grant`.
+            let r = tx.query_one(
+                "SELECT COUNT(*), COALESCE(MIN(time), 0), COALESCE(MAX(time), 0) FROM events \
+                 WHERE grant_id = $1 AND grant_id != ''",
+                &[&id],
+            )?;
+            Ok(GrantUsage {
+                events: uint(r.try_get(0)?),
+                first_unix_nano: uint(r.try_get(1)?),
+                last_unix_nano: uint(r.try_get(2)?),
+            })
+        })
+    }
+
+    fn violations(
+        &self,
+        since_unix_nano: u64,
+        newest: usize,
+    ) -> Result<Vec<Violations>, StoreError> {
+        self.read(|tx| {
+            let since = int(since_unix_nano);
+            let mut per_identity = collect(
+                &tx.query(
+                    "SELECT identity_kind, identity_name, COUNT(*) FROM events \
+                     WHERE kind = 'violation' AND time >= $1 \
+                     GROUP BY identity_kind, identity_name ORDER BY identity_kind, identity_name",
+                    &[&since],
+                )?,
+                |r| {
+                    Ok(Violations {
+                        identity_kind: i32::try_from(r.try_get::<_, i64>(0)?).unwrap_or(i32::MIN),
+                        identity_name: r.try_get(1)?,
+                        count: uint(r.try_get(2)?),
+                        newest: Vec::new(),
+                    })
+                },
+            )?;
+            let newest_of = tx.prepare(&format!(
+                "{STORED_COLUMNS} e.kind = 'violation' AND e.identity_kind = $1 \
+                 AND e.identity_name = $2 AND e.time >= $3 ORDER BY e.time DESC, e.id DESC LIMIT $4"
+            ))?;
+            for v in &mut per_identity {
+                let rows = tx.query(
+                    &newest_of,
+                    &[
+                        &i64::from(v.identity_kind),
+                        &v.identity_name,
+                        &since,
+                        &int(newest as u64),
+                    ],
+                )?;
+                v.newest = collect(&rows, stored_event)?
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .collect();
+            }
+            Ok(per_identity)
+        })
+    }
+
+    fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError> {
+        self.read(|tx| {
+            let Some(r) = tx.query_opt(
+                "SELECT host, created, expires, creator, used FROM tokens WHERE hash = $1",
+                &[&&hash[..]],
+            )?
+            else {
+                return Ok(None);
+            };
+            Ok(Some(TokenRow {
+                hash: *hash,
+                host: r.try_get(0)?,
+                created_unix_nano: uint(r.try_get(1)?),
+                expires_unix_nano: uint(r.try_get(2)?),
+                creator: r.try_get(3)?,
+                used_unix_nano: uint(r.try_get(4)?),
+            }))
+        })
+    }
+
+    fn revoked_hosts(&self) -> Result<Vec<RevokedHost>, StoreError> {
+        self.read(|tx| {
+            collect(
+                &tx.query("SELECT host, time, actor, reason FROM revoked_hosts", &[])?,
+                |r| {
+                    Ok(RevokedHost {
+                        host: r.try_get(0)?,
+                        time_unix_nano: uint(r.try_get(1)?),
+                        actor: r.try_get(2)?,
+                        reason: r.try_get(3)?,
+                    })
+                },
+            )
+        })
+    }
+
+    fn logs(&self) -> Result<Vec<LogRow>, StoreError> {
+        self.read(|tx| {
+            collect(
+                &tx.query(&format!("{LOG_COLUMNS} ORDER BY host"), &[])?,
+                log_row,
+            )
+        })
+    }
+
+    fn log(&self, host: &str) -> Result<Option<LogRow>, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .query_opt(&format!("{LOG_COLUMNS} WHERE host = $1"), &[&host])?
+                .as_ref()
+                .map(log_row)
+                .transpose()?)
+        })
+    }
+
+    fn log_leaves(
+        &self,
+        host: &str,
+        from: u64,
+        limit: usize,
+        each: &mut dyn FnMut(LeafRow<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.read(|tx| {
+            let mut rows = tx.query_raw(
+                "SELECT e.log_index, e.id, c.chain_id, e.seq, e.event, e.hash, e.host, e.time, \
+                 e.kind, e.session, e.sessionid, e.tty, e.identity_kind, e.identity_name, \
+                 e.grant_id, e.tty_bytes FROM events e JOIN chains c ON c.id = e.chain \
+                 WHERE e.host = $1 AND e.log_index >= $2 ORDER BY e.log_index LIMIT $3",
+                [&host as &(dyn ToSql + Sync), &int(from), &int(limit as u64)],
+            )?;
+            while let Some(r) = rows.next()? {
+                let r = &r;
+                let leaf = LeafRow {
+                    log_index: uint(r.try_get(0)?),
+                    row: r.try_get(1)?,
+                    chain_id: r.try_get(2)?,
+                    seq: uint(r.try_get(3)?),
+                    event: r.try_get(4)?,
+                    hash: r.try_get(5)?,
+                    columns: columns(r, 6)?,
+                };
+                if each(leaf).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn log_checkpoints(&self, host: &str) -> Result<Vec<LogCheckpoint>, StoreError> {
+        self.read(|tx| {
+            let rows = tx.query(
+                "SELECT k.size, k.root, k.note, COALESCE(c.pem, ''), k.received \
+                 FROM log_checkpoints k LEFT JOIN certs c ON c.hash = k.cert \
+                 WHERE k.host = $1 ORDER BY k.id",
+                &[&host],
+            )?;
+            collect(&rows, |r| {
+                Ok(LogCheckpoint {
+                    host: host.to_owned(),
+                    size: uint(r.try_get(0)?),
+                    root: hash32(r.try_get(1)?),
+                    note: r.try_get(2)?,
+                    cert_pem: r.try_get(3)?,
+                    received_unix_nano: uint(r.try_get(4)?),
+                })
+            })
+        })
+    }
+
+    fn prune(&self, host: &str) -> Result<Option<PruneRow>, StoreError> {
+        self.read(|tx| {
+            let Some(r) = tx.query_opt(
+                "SELECT end_index, frontier FROM prunes WHERE host = $1",
+                &[&host],
+            )?
+            else {
+                return Ok(None);
+            };
+            Ok(Some(PruneRow {
+                host: host.to_owned(),
+                end: uint(r.try_get(0)?),
+                frontier: r.try_get(1)?,
+            }))
+        })
+    }
+
+    fn first_kept(
+        &self,
+        host: &str,
+        from: u64,
+        cutoff_unix_nano: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .query_opt(
+                    "SELECT log_index FROM events WHERE host = $1 AND log_index >= $2 \
+                     AND (time >= $3 OR session IN (SELECT session FROM holds)) \
+                     ORDER BY log_index LIMIT 1",
+                    &[&host, &int(from), &int(cutoff_unix_nano)],
+                )?
+                .map(|r| uint(r.get(0))))
+        })
+    }
+
+    fn session_leaves(&self, key: &str) -> Result<Vec<SessionLeaf>, StoreError> {
+        self.read(|tx| {
+            let rows = tx.query(
+                "SELECT c.chain_id, e.seq, e.log_index, e.event, e.hash FROM events e \
+                 JOIN chains c ON c.id = e.chain \
+                 WHERE e.session = $1 AND e.log_index IS NOT NULL ORDER BY e.log_index",
+                &[&key],
+            )?;
+            collect(&rows, |r| {
+                Ok(SessionLeaf {
+                    chain_id: r.try_get(0)?,
+                    seq: uint(r.try_get(1)?),
+                    log_index: uint(r.try_get(2)?),
+                    event: r.try_get(3)?,
+                    hash: r.try_get(4)?,
+                })
+            })
+        })
+    }
+
+    fn checkpointed_hosts(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|tx| {
+            collect(
+                &tx.query(
+                    "SELECT DISTINCT host FROM log_checkpoints ORDER BY host",
+                    &[],
+                )?,
+                |r| r.try_get(0),
+            )
+        })
+    }
+}

@@ -1,0 +1,203 @@
+//! What the SQL backends share: integer conversions, the filter conditions, the columns a
+//! stored event is read from, and turning those columns back into a `StoredEvent`. Each
+//! backend binds the arguments with its own driver.
+
+use prost::Message as _;
+use proto::{
+    kind::Kind,
+    v1::{Event, StoredEvent},
+};
+
+use super::{EventFilter, SessionMatch};
+
+/// Values are bounded at ingest to what signed 64-bit SQL integers hold.
+pub(super) fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(super) fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// How a backend writes the placeholder of its `n`th argument (from 1).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Dialect {
+    /// `?`: SQLite binds anonymous placeholders in order.
+    Sqlite,
+    /// `$n`.
+    Postgres,
+}
+
+impl Dialect {
+    pub(super) fn mark(self, n: usize) -> String {
+        match self {
+            Self::Sqlite => "?".to_owned(),
+            Self::Postgres => format!("${n}"),
+        }
+    }
+}
+
+/// An argument of a condition.
+#[derive(Clone, Debug)]
+pub(super) enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// Conditions and their arguments, built in order so that each placeholder names its own.
+pub(super) struct Conditions {
+    dialect: Dialect,
+    pub(super) sql: String,
+    pub(super) args: Vec<Arg>,
+}
+
+impl Conditions {
+    pub(super) fn new(dialect: Dialect) -> Self {
+        Self {
+            dialect,
+            sql: String::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Binds `arg` and returns its placeholder.
+    pub(super) fn bind(&mut self, arg: Arg) -> String {
+        self.args.push(arg);
+        self.dialect.mark(self.args.len())
+    }
+
+    /// Appends `sql` with `{}` replaced, in order, by the placeholders of `args`.
+    pub(super) fn push(&mut self, sql: &str, args: impl IntoIterator<Item = Arg>) {
+        let mut args = args.into_iter();
+        for (i, part) in sql.split("{}").enumerate() {
+            if i > 0 {
+                let mark = self.bind(args.next().expect("an argument for each {}"));
+                self.sql.push_str(&mark);
+            }
+            self.sql.push_str(part);
+        }
+    }
+
+    /// Appends the filter's conditions on events `e`, each preceded by AND.
+    pub(super) fn filter(&mut self, f: &EventFilter) {
+        let equals = |this: &mut Self, column: &str, value: Arg| {
+            this.push(&format!(" AND e.{column} = {{}}"), [value]);
+        };
+        if let Some(host) = &f.host {
+            equals(self, "host", Arg::Text(host.clone()));
+        }
+        if let Some(identity) = &f.identity {
+            equals(self, "identity_name", Arg::Text(identity.clone()));
+        }
+        match &f.session {
+            Some(SessionMatch::Key(key)) => equals(self, "session", Arg::Text(key.clone())),
+            Some(SessionMatch::Id(id)) => equals(self, "sessionid", Arg::Int(i64::from(*id))),
+            None => {}
+        }
+        if let Some(tty) = &f.tty {
+            equals(self, "tty", Arg::Text(tty.clone()));
+        }
+        if !f.kinds.is_empty() {
+            self.sql.push_str(" AND e.kind IN (");
+            for (i, kind) in f.kinds.iter().enumerate() {
+                if i > 0 {
+                    self.sql.push(',');
+                }
+                let mark = self.bind(Arg::Text(kind.name().to_owned()));
+                self.sql.push_str(&mark);
+            }
+            self.sql.push(')');
+        }
+        if f.since_unix_nano > 0 {
+            self.push(" AND e.time >= {}", [Arg::Int(int(f.since_unix_nano))]);
+        }
+        if f.until_unix_nano > 0 {
+            self.push(" AND e.time < {}", [Arg::Int(int(f.until_unix_nano))]);
+        }
+    }
+}
+
+/// The columns a `StoredEvent` is made of, in the order `StoredRow` takes them.
+pub(super) const STORED_COLUMNS: &str = "SELECT e.id, e.time, e.host, c.chain_id, e.seq, e.session, e.event, e.hash, \
+     e.kind FROM events e JOIN chains c ON c.id = e.chain WHERE ";
+
+/// What a row is reckoned to take in a response before it is read, besides
+/// `EVENT_FRAMING`: its stored bytes. Both engines read a blob's length without reading the
+/// blob.
+pub(super) const ROW_BYTES: &str = "length(e.event) + length(e.hash) + octet_length(e.host) \
+     + octet_length(e.session) + octet_length(c.chain_id)";
+
+/// A row of `STORED_COLUMNS`, as a backend read it.
+pub(super) struct StoredRow<'r> {
+    pub(super) host: String,
+    pub(super) chain_id: String,
+    pub(super) seq: u64,
+    pub(super) session: String,
+    pub(super) event: &'r [u8],
+    pub(super) hash: Vec<u8>,
+    pub(super) kind: &'r str,
+}
+
+impl StoredRow<'_> {
+    /// The event as a response carries it. A stored event that no longer decodes (the
+    /// store was edited) is returned without its body rather than hiding the row; a
+    /// malformed one without its body and with its fault.
+    pub(super) fn into_stored(self) -> StoredEvent {
+        let (event, malformed) = if self.kind == Kind::Malformed.name() {
+            let fault = verifier::columns::derive(&self.host, self.seq, self.event)
+                .ok()
+                .and_then(|d| d.fault);
+            (None, fault.unwrap_or_else(|| Kind::Malformed.name().into()))
+        } else {
+            (Event::decode(self.event).ok(), String::new())
+        };
+        StoredEvent {
+            host: self.host,
+            chain_id: self.chain_id,
+            seq: self.seq,
+            session: self.session,
+            event,
+            hash: self.hash,
+            malformed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::kind::Kind;
+
+    use super::{Arg, Conditions, Dialect};
+    use crate::store::{EventFilter, SessionMatch};
+
+    fn filter() -> EventFilter {
+        EventFilter {
+            host: Some("h".into()),
+            session: Some(SessionMatch::Id(7)),
+            kinds: vec![Kind::Exec, Kind::TtyIn],
+            since_unix_nano: 5,
+            ..EventFilter::default()
+        }
+    }
+
+    #[test]
+    fn each_placeholder_names_its_own_argument_in_either_dialect() {
+        let mut pg = Conditions::new(Dialect::Postgres);
+        pg.push("e.id > {}", [Arg::Int(1)]);
+        pg.filter(&filter());
+        assert_eq!(
+            pg.sql,
+            "e.id > $1 AND e.host = $2 AND e.sessionid = $3 AND e.kind IN ($4,$5) \
+             AND e.time >= $6"
+        );
+        let mut lite = Conditions::new(Dialect::Sqlite);
+        lite.push("e.id > {}", [Arg::Int(1)]);
+        lite.filter(&filter());
+        assert_eq!(
+            lite.sql,
+            "e.id > ? AND e.host = ? AND e.sessionid = ? AND e.kind IN (?,?) AND e.time >= ?"
+        );
+        assert_eq!(pg.args.len(), 6);
+        assert!(matches!(&pg.args[4], Arg::Text(k) if k == Kind::TtyIn.name()));
+    }
+}

@@ -1,0 +1,220 @@
+//! A real PostgreSQL server for the collector's tests on that backend: one per test
+//! process, made with `initdb` in a directory of its own and reached only through a Unix
+//! socket there. It runs as the `postgres` user (the server refuses root) and dies with the
+//! test process. Each store path a test names is a database of its own.
+
+use std::{
+    collections::HashMap,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+/// The role every test database belongs to (trusted on the server's socket).
+const ROLE: &str = "recorder";
+
+struct Server {
+    dir: PathBuf,
+    /// The database of each store path, made on first use.
+    databases: Mutex<HashMap<PathBuf, String>>,
+}
+
+/// The binaries of the newest PostgreSQL installed (Debian's `postgresql` package).
+fn bin(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (`cargo xtask setup` installs it)")
+        .map(|e| e.unwrap().path())
+        .collect();
+    versions.sort_by_key(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions
+        .last()
+        .expect("a PostgreSQL version")
+        .join("bin")
+        .join(name)
+}
+
+/// The uid and gid of the `postgres` user.
+fn postgres_user() -> (u32, u32) {
+    let name = std::ffi::CString::new("postgres").unwrap();
+    // SAFETY: getpwnam reads a static entry, copied out at once; the tests call it from one
+    // thread (under the server's OnceLock).
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!entry.is_null(), "the postgres user exists");
+    // SAFETY: checked not null above.
+    unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
+}
+
+/// `cmd` run as the `postgres` user; with `die_with_parent`, it is sent SIGQUIT (the
+/// server's immediate shutdown) when the thread that started it ends.
+fn as_postgres(cmd: &mut Command, die_with_parent: bool) -> &mut Command {
+    let (uid, gid) = postgres_user();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // After setuid, which clears it.
+            if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Removes the directories of servers whose test processes are gone.
+fn remove_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("recorder-postgres-"))
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn start() -> Server {
+    remove_stale();
+    let dir = std::env::temp_dir().join(format!("recorder-postgres-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (uid, gid) = postgres_user();
+    std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = as_postgres(&mut Command::new(bin("initdb")), false)
+        .arg("-D")
+        .arg(&dir)
+        .args([
+            "-U",
+            ROLE,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
+        .output()
+        .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server's parent is a thread that never ends, so the server lives exactly as long
+    // as the test process.
+    let (started, spawned) = std::sync::mpsc::channel();
+    let data = dir.clone();
+    std::thread::spawn(move || {
+        let child = as_postgres(&mut Command::new(bin("postgres")), true)
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(&data)
+            .args(["-c", "listen_addresses=", "-c", "max_connections=200"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        started.send(child.map(|_| ())).unwrap();
+        loop {
+            std::thread::park();
+        }
+    });
+    spawned.recv().unwrap().expect("start postgres");
+    let server = Server {
+        dir,
+        databases: Mutex::default(),
+    };
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while !psql(&server.dir, "postgres", "SELECT 1").status.success() {
+        assert!(Instant::now() < deadline, "PostgreSQL did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+}
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(start)
+}
+
+fn psql(dir: &Path, database: &str, sql: &str) -> std::process::Output {
+    Command::new(bin("psql"))
+        .arg("-h")
+        .arg(dir)
+        .args([
+            "-U",
+            ROLE,
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("run psql")
+}
+
+fn run(database: &str, sql: &str) {
+    let out = psql(&server().dir, database, sql);
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The database of `store`, made (from `template`, when given) on first use.
+fn database(store: &Path, template: Option<&str>) -> String {
+    let server = server();
+    let mut databases = server.databases.lock().unwrap();
+    if let Some(name) = databases.get(store) {
+        return name.clone();
+    }
+    let name = format!("store_{}", databases.len());
+    let from = template
+        .map(|t| format!(" TEMPLATE {t}"))
+        .unwrap_or_default();
+    run("postgres", &format!("CREATE DATABASE {name}{from}"));
+    databases.insert(store.to_path_buf(), name.clone());
+    name
+}
+
+/// The `--store` URL of the database that stands for `store`.
+#[must_use]
+pub fn url(store: &Path) -> String {
+    let name = database(store, None);
+    format!(
+        "postgresql:///{name}?user={ROLE}&host={}",
+        server().dir.display()
+    )
+}
+
+/// Makes `copy` stand for a copy of `store`'s database (no collector may be connected to
+/// it), and applies `sql` to the copy.
+pub fn tampered_copy(store: &Path, copy: &Path, sql: &str) {
+    let from = database(store, None);
+    let name = database(copy, Some(&from));
+    run(&name, sql);
+}
