@@ -37,8 +37,10 @@ pub struct Cli {
 
     /// Ship the spool to the collector at this URL (`https://HOST:PORT`) over gRPC with
     /// mutual TLS. A segment is deleted once the collector has acknowledged all of it; while
-    /// the collector is unreachable, the spool holds everything up to its bound.
-    #[arg(long, value_name = "URL", requires = "spool", value_parser = collector_url)]
+    /// the collector is unreachable, the spool holds everything up to its bound. Several
+    /// URLs, comma-separated, name collectors that share one database: the agent fails over
+    /// to the next when one fails, and resumes where the store stands (docs/scaling.md).
+    #[arg(long, value_name = "URL[,URL...]", requires = "spool", value_parser = collector_urls)]
     pub collector: Option<String>,
 
     /// This host's certificates: `ca.pem`, `agent.pem`, `agent.key` (made by `--join`).
@@ -158,8 +160,10 @@ fn ring_size(s: &str) -> Result<u32, String> {
     }
 }
 
-fn collector_url(s: &str) -> Result<String, String> {
-    tonic::transport::Endpoint::from_shared(s.to_owned())
-        .map(|_| s.to_owned())
-        .map_err(|e| format!("{s} is not a collector URL (https://HOST:PORT): {e}"))
+fn collector_urls(s: &str) -> Result<String, String> {
+    for url in s.split(',') {
+        tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| format!("{url:?} is not a collector URL (https://HOST:PORT): {e}"))?;
+    }
+    Ok(s.to_owned())
 }

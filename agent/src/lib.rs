@@ -296,23 +296,26 @@ fn machine_id_change(enrolled: &str, machine: &str) -> proto::v1::Event {
 /// Where the evidence is shipped: mutual TLS to an `https://` collector, plaintext only when
 /// asked for in so many words.
 fn link(cli: &Cli) -> anyhow::Result<Option<evidence::link::Link>> {
-    let Some(url) = &cli.collector else {
+    let Some(urls) = &cli.collector else {
         return Ok(None);
     };
-    let plaintext = url.starts_with("http://");
-    anyhow::ensure!(
-        plaintext == cli.insecure_plaintext,
-        "{url}: {}",
-        if plaintext {
-            "http:// would send the evidence unencrypted to whoever answers: use https:// (with \
-             --pki-dir), or --insecure-plaintext for a collector on loopback"
-        } else {
-            "--insecure-plaintext needs an http:// URL"
-        }
-    );
+    let urls: Vec<String> = urls.split(',').map(str::to_owned).collect();
+    for url in &urls {
+        let plaintext = url.starts_with("http://");
+        anyhow::ensure!(
+            plaintext == cli.insecure_plaintext,
+            "{url}: {}",
+            if plaintext {
+                "http:// would send the evidence unencrypted to whoever answers: use https:// \
+                 (with --pki-dir), or --insecure-plaintext for a collector on loopback"
+            } else {
+                "--insecure-plaintext needs an http:// URL"
+            }
+        );
+    }
     Ok(Some(evidence::link::Link {
-        url: url.clone(),
-        pki_dir: (!plaintext).then(|| cli.pki_dir.clone()),
+        urls,
+        pki_dir: (!cli.insecure_plaintext).then(|| cli.pki_dir.clone()),
     }))
 }
 

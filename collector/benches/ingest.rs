@@ -10,6 +10,9 @@
 //! recomputes (one thread walking the store, one checking columns), as a ratio to
 //! `chain_hash` alone over the same records.
 //!
+//! With `RECORDER_BENCH_POSTGRES` set, every collector runs on a PostgreSQL database of its
+//! own instead (docs/scaling.md).
+//!
 //! With `--export` it measures only this: a host log of 10,000,000 records with a signed
 //! and cosigned checkpoint every 1,000,000, whose last 10,000 are one login session; the
 //! size of that session's evidence bundle (records, inclusion proofs, checkpoints) and the
@@ -133,6 +136,31 @@ fn hash_only(id: &str, records: &[ChainedEvent]) -> Duration {
     start.elapsed()
 }
 
+/// The store of the collector `name`: an `SQLite` file in `dir`; or, with
+/// `RECORDER_BENCH_POSTGRES` (a `postgresql://` URL with `{db}` where the database's name
+/// goes), a database of its own on that server, made afresh.
+fn store_url(name: &str, dir: &std::path::Path) -> String {
+    let Ok(template) = std::env::var("RECORDER_BENCH_POSTGRES") else {
+        return format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+    };
+    let db = format!("bench_{}", name.replace('-', "_"));
+    let admin = template.replace("{db}", "postgres");
+    let fresh = db.clone();
+    // The driver runs a runtime of its own, which cannot start on one of the bench's.
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {fresh}"))
+            .unwrap();
+        client
+            .batch_execute(&format!("CREATE DATABASE {fresh}"))
+            .unwrap();
+    })
+    .join()
+    .unwrap();
+    template.replace("{db}", &db)
+}
+
 /// One collector under test, and how a client reaches it.
 struct Target {
     name: String,
@@ -146,11 +174,7 @@ impl Target {
     /// A collector on a store of its own in `dir`: mutual TLS under `tls`, else plaintext.
     async fn start(kind: &str, round: usize, dir: &std::path::Path, tls: Option<&Ca>) -> Self {
         let name = format!("{kind}-{round}");
-        let store = collector::open_store(&format!(
-            "sqlite://{}",
-            dir.join(format!("{name}.db")).display()
-        ))
-        .unwrap();
+        let store = collector::open_store(&store_url(&name, dir)).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let validity = Validity::from_now(Duration::from_hours(1));

@@ -396,7 +396,8 @@ fn shipping_args(spool: &std::path::Path, url: &str, extra: &[&str]) -> Vec<Stri
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    match crate::pki::of(url) {
+    // Several collectors of one store (`--collector A,B`) have its one PKI.
+    match crate::pki::of(url.split(',').next().unwrap_or(url)) {
         Some(pki) => {
             args.push("--pki-dir".into());
             args.push(pki.agent(&pki::host_id()).to_str().unwrap().to_owned());

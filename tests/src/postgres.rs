@@ -185,18 +185,15 @@ fn run(database: &str, sql: &str) {
     );
 }
 
-/// The database of `store`, made (from `template`, when given) on first use.
-fn database(store: &Path, template: Option<&str>) -> String {
+/// The database of `store`, made on first use.
+fn database(store: &Path) -> String {
     let server = server();
     let mut databases = server.databases.lock().unwrap();
     if let Some(name) = databases.get(store) {
         return name.clone();
     }
     let name = format!("store_{}", databases.len());
-    let from = template
-        .map(|t| format!(" TEMPLATE {t}"))
-        .unwrap_or_default();
-    run("postgres", &format!("CREATE DATABASE {name}{from}"));
+    run("postgres", &format!("CREATE DATABASE {name}"));
     databases.insert(store.to_path_buf(), name.clone());
     name
 }
@@ -204,17 +201,22 @@ fn database(store: &Path, template: Option<&str>) -> String {
 /// The `--store` URL of the database that stands for `store`.
 #[must_use]
 pub fn url(store: &Path) -> String {
-    let name = database(store, None);
+    let name = database(store);
     format!(
         "postgresql:///{name}?user={ROLE}&host={}",
         server().dir.display()
     )
 }
 
-/// Makes `copy` stand for a copy of `store`'s database (no collector may be connected to
-/// it), and applies `sql` to the copy.
-pub fn tampered_copy(store: &Path, copy: &Path, sql: &str) {
-    let from = database(store, None);
-    let name = database(copy, Some(&from));
-    run(&name, sql);
+/// Makes the database of `to` a copy of the database of `from`, as a backup is taken or
+/// restored. No collector may be connected to either.
+pub fn copy(from: &Path, to: &Path) {
+    let (from, to) = (database(from), database(to));
+    run("postgres", &format!("DROP DATABASE {to}"));
+    run("postgres", &format!("CREATE DATABASE {to} TEMPLATE {from}"));
+}
+
+/// Applies `sql` to the database of `store`.
+pub fn sql(store: &Path, sql: &str) {
+    run(&database(store), sql);
 }

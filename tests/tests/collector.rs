@@ -796,7 +796,8 @@ async fn stored_chain(dir: &Path, chain: &Chain) -> std::path::PathBuf {
 fn tampered(pristine: &Path, name: &str, sql: &str) -> std::path::PathBuf {
     let copy = pristine.with_file_name(name);
     if backend() == Backend::Postgres {
-        tests::postgres::tampered_copy(pristine, &copy, sql);
+        tests::postgres::copy(pristine, &copy);
+        tests::postgres::sql(&copy, sql);
         return copy;
     }
     for suffix in ["", "-wal", "-shm"] {
@@ -920,6 +921,31 @@ fn an_unreachable_database_stops_the_collector_with_a_clear_error() {
     assert!(stderr.contains("cannot open the store"), "{stderr}");
     assert!(stderr.contains("recorder@localhost/evidence"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A PostgreSQL server that may lose a commit it reported (here `synchronous_commit = off`,
+/// set for the collector's sessions) is refused at start: an ack would not mean stored.
+#[test]
+fn a_database_that_may_lose_commits_is_refused() {
+    let dir = scratch_dir("collector-not-durable");
+    let url = format!(
+        "{}&options=-c%20synchronous_commit%3Doff",
+        tests::postgres::url(&dir.join("c.db"))
+    );
+    let out = tests::collector::command()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+            "--store",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("synchronous_commit = off"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

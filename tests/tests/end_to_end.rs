@@ -1,7 +1,8 @@
 //! End-to-end tier: the real agent ships to a real collector process, and operators read it
 //! back with the real client (`recorder`, which `cargo xtask tail|replay|sessions|verify`
 //! run) and with a Python client generated from `proto/`. Needs root; under `CI=true` a run
-//! without root fails instead of skipping.
+//! without root fails instead of skipping. `cargo xtask test` runs this tier on both stores:
+//! `SQLite`, and with `RECORDER_TEST_STORE=postgres` PostgreSQL.
 
 use std::{
     fs,
@@ -234,6 +235,63 @@ fn a_collector_outage_loses_nothing() {
     drop(collector);
 }
 
+/// Two collectors of one store, the second a standby started when the first dies: an agent
+/// given both (`--collector A,B`) fails over to the second and resumes where the store
+/// stands. Nothing is lost, and verify passes on the one unforked chain.
+#[test]
+fn the_agent_fails_over_to_the_next_collector_of_its_store() {
+    if !privileged("the_agent_fails_over_to_the_next_collector_of_its_store") {
+        return;
+    }
+    let dir = scratch_dir("failover");
+    let store = dir.join("store.db");
+    let (first_addr, second_addr) = (free_addr(), free_addr());
+    let first = Collector::start_at(&store, first_addr);
+    let first_url = first.url();
+    let second_url = first_url.replace(&first_addr.to_string(), &second_addr.to_string());
+    let agent = Agent::shipping(
+        &dir.join("spool"),
+        &format!("{first_url},{second_url}"),
+        &[],
+    );
+    let before = marker("before-failover");
+    let _ = mark(&before);
+    wait_for_exec(&first_url, &before, Duration::from_secs(20));
+    drop(first.stop());
+
+    let second = Collector::start_at(&store, second_addr);
+    assert_eq!(second.url(), second_url);
+    let after = marker("after-failover");
+    let issued = 20;
+    for i in 0..issued {
+        let _ = mark(&format!("{after}-{i}"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for_exec(
+        &second_url,
+        &format!("{after}-{}", issued - 1),
+        Duration::from_mins(1),
+    );
+    let stored = operator::execs_of(&second_url, &format!("uid:{}", marker_uid()));
+    for arg in std::iter::once(before).chain((0..issued).map(|i| format!("{after}-{i}"))) {
+        assert!(
+            stored.iter().any(|v| operator::argv_has(v, &arg)),
+            "exec {arg} is stored"
+        );
+    }
+    let verdicts = operator::json_lines(&second_url, &["verify", "--json"]);
+    assert!(!verdicts.is_empty());
+    for v in &verdicts {
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    let log = agent.stop().stderr;
+    assert!(
+        log.contains("failing over"),
+        "the agent said it failed over:\n{log}"
+    );
+    drop(second);
+}
+
 /// The Python client, generated from `proto/` by grpcio-tools, as a Python shop would.
 const PY_CLIENT: &str = r#"
 import json, sys, time
@@ -313,8 +371,13 @@ fn a_python_client_generated_from_the_protos_tails_and_searches() {
     drop(collector);
 }
 
-/// Copies a stopped collector's store (with its WAL) from `from` to `to`, replacing it.
+/// Copies a stopped collector's store from `from` to `to`, replacing it: the `SQLite` file
+/// with its WAL, or the database.
 fn copy_store(from: &std::path::Path, to: &std::path::Path) {
+    if tests::collector::backend() == tests::collector::Backend::Postgres {
+        tests::postgres::copy(from, to);
+        return;
+    }
     for suffix in ["", "-wal", "-shm"] {
         let (src, dst) = (
             format!("{}{suffix}", from.display()),

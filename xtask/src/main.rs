@@ -158,32 +158,7 @@ fn main() -> anyhow::Result<()> {
         Task::Hosts(op) => operator("hosts", op),
         Task::Grant(op) => operator("grant", op),
         Task::Review(op) => operator("review", op),
-        Task::Test { args } => {
-            setup::run()?;
-            build_binaries(&[])?;
-            // Every tier runs even when one fails, and the job still fails. One test at a
-            // time: the kernel tier runs real agents, and two at once would each see (and
-            // count the loss of) the other's workload; one agent per host is the rule anyway.
-            let mut test = vec!["test", "--no-fail-fast", "--", "--test-threads=1"];
-            test.extend(args.iter().map(String::as_str));
-            let sqlite = test_with_summary(&test, &[]);
-            // The collector tier again, on a PostgreSQL server of its own: both backends
-            // pass the same tests.
-            let mut collector = vec!["test", "-p", "tests", "--test", "collector", "--"];
-            collector.push("--test-threads=1");
-            collector.extend(args.iter().map(String::as_str));
-            let postgres = test_with_summary(&collector, &[("RECORDER_TEST_STORE", "postgres")]);
-            let (sqlite, postgres) = (sqlite?, postgres?);
-            println!(
-                "tests: {} passed, {} failed",
-                sqlite.0 + postgres.0,
-                sqlite.1 + postgres.1
-            );
-            if sqlite.1 + postgres.1 > 0 {
-                bail!("tests failed");
-            }
-            Ok(())
-        }
+        Task::Test { args } => test(&args),
         Task::Package { bin_dir, out } => {
             let bin_dir = if let Some(dir) = bin_dir {
                 dir
@@ -204,6 +179,36 @@ fn main() -> anyhow::Result<()> {
             bench::run(&which)
         }
     }
+}
+
+/// The whole suite (`args` go to every test binary), then the tiers that run on both stores
+/// again on PostgreSQL; one line totals both.
+fn test(args: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    build_binaries(&[])?;
+    // Every tier runs even when one fails, and the job still fails. One test at a
+    // time: the kernel tier runs real agents, and two at once would each see (and
+    // count the loss of) the other's workload; one agent per host is the rule anyway.
+    let mut test = vec!["test", "--no-fail-fast", "--", "--test-threads=1"];
+    test.extend(args.iter().map(String::as_str));
+    let sqlite = test_with_summary(&test, &[]);
+    // The collector and end-to-end tiers again, on a PostgreSQL server of their own:
+    // both backends pass the same tests.
+    let mut again = vec!["test", "-p", "tests", "--no-fail-fast"];
+    again.extend(["--test", "collector", "--test", "end_to_end"]);
+    again.extend(["--", "--test-threads=1"]);
+    again.extend(args.iter().map(String::as_str));
+    let postgres = test_with_summary(&again, &[("RECORDER_TEST_STORE", "postgres")]);
+    let (sqlite, postgres) = (sqlite?, postgres?);
+    println!(
+        "tests: {} passed, {} failed",
+        sqlite.0 + postgres.0,
+        sqlite.1 + postgres.1
+    );
+    if sqlite.1 + postgres.1 > 0 {
+        bail!("tests failed");
+    }
+    Ok(())
 }
 
 /// Runs `cargo test` with `env`, passing its output through; returns the tests passed and

@@ -27,22 +27,40 @@ const RENEW_CHECK: Duration = Duration::from_hours(1);
 /// Where and how the agent ships.
 #[derive(Clone, Debug)]
 pub struct Link {
-    pub url: String,
+    /// The collectors, in order of preference (at least one): collectors that share one
+    /// database, so that any of them continues where another stopped (docs/scaling.md).
+    pub urls: Vec<String>,
     /// The agent's certificates (`ca.pem`, `agent.pem`, `agent.key`); `None` for a
     /// collector that serves plaintext on loopback, on purpose.
     pub pki_dir: Option<PathBuf>,
 }
 
 impl Link {
-    /// The collector's endpoint, with this host's identity as it is on disk now (so a
-    /// renewed certificate is used from the next connection on).
-    pub fn endpoint(&self) -> anyhow::Result<Endpoint> {
+    /// The endpoint of the collector at `url`, with this host's identity as it is on disk
+    /// now (so a renewed certificate is used from the next connection on).
+    pub fn endpoint(&self, url: &str) -> anyhow::Result<Endpoint> {
         let Some(dir) = &self.pki_dir else {
-            return Ok(Endpoint::from_shared(self.url.clone())?.connect_timeout(CONNECT_TIMEOUT));
+            return Ok(Endpoint::from_shared(url.to_owned())?.connect_timeout(CONNECT_TIMEOUT));
         };
         let identity = ClientIdentity::load(&dir.join(CA), &dir.join(CERT), &dir.join(KEY))
             .with_context(|| format!("loading this host's certificate from {}", dir.display()))?;
-        Ok(pki::endpoint(&self.url, &identity, None)?.connect_timeout(CONNECT_TIMEOUT))
+        Ok(pki::endpoint(url, &identity, None)?.connect_timeout(CONNECT_TIMEOUT))
+    }
+
+    /// A channel to the first collector that answers, in order of preference, made by
+    /// `endpoint` from each URL.
+    async fn first_answering(
+        &self,
+        endpoint: impl Fn(&str) -> anyhow::Result<Endpoint>,
+    ) -> anyhow::Result<(tonic::transport::Channel, &str)> {
+        let mut failures = Vec::new();
+        for url in &self.urls {
+            match endpoint(url)?.connect().await {
+                Ok(channel) => return Ok((channel, url)),
+                Err(e) => failures.push(format!("{url}: {e}")),
+            }
+        }
+        bail!("no collector answered: {}", failures.join("; "))
     }
 }
 
@@ -125,13 +143,16 @@ pub async fn ensure_enrolled(
     write_private(&dir.join(KEY), key.key_pem.as_bytes())?;
     pki::install_crypto_provider();
     // No certificate yet: the collector's is checked against the CA, ours is the token.
-    let endpoint = Endpoint::from_shared(link.url.clone())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)))?;
-    let channel = endpoint
-        .connect()
+    let (channel, _) = link
+        .first_answering(|url| {
+            Ok(Endpoint::from_shared(url.to_owned())?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tls_config(
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)),
+                )?)
+        })
         .await
-        .with_context(|| format!("connecting to {} to enroll", link.url))?;
+        .context("connecting to enroll")?;
     let answer = EnrollmentClient::new(channel)
         .enroll(EnrollRequest {
             token: token.to_owned(),
@@ -186,7 +207,7 @@ async fn renew_if_due(link: &Link, dir: &Path) -> anyhow::Result<bool> {
     }
     let key = std::fs::read_to_string(dir.join(KEY))?;
     let csr_pem = AgentKey::csr_for_key(&key)?;
-    let channel = link.endpoint()?.connect().await?;
+    let (channel, _) = link.first_answering(|url| link.endpoint(url)).await?;
     let answer = EnrollmentClient::new(channel)
         .renew(RenewRequest { csr_pem })
         .await

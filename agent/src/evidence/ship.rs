@@ -70,13 +70,22 @@ impl Shipper {
     /// unreachable or ends the stream.
     pub async fn run(mut self) {
         let mut backoff = FIRST_BACKOFF;
+        // The collector shipped to: the first, and after a failure the next, at once. It
+        // waits only once every collector has failed in turn.
+        let mut at = 0;
         loop {
-            match self.connection().await {
+            let url = self.link.urls[at].clone();
+            match self.connection(&url).await {
                 Ok(()) => return,
                 Err(e) => {
-                    warn!(error = format!("{e:#}"), retry_in = ?backoff, "shipping to the collector");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    at = (at + 1) % self.link.urls.len();
+                    if at == 0 {
+                        warn!(collector = %url, error = format!("{e:#}"), retry_in = ?backoff, "shipping to the collector");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    } else {
+                        warn!(collector = %url, error = format!("{e:#}"), next = %self.link.urls[at], "shipping to the collector: failing over");
+                    }
                 }
             }
             if self.durable.has_changed().is_err() {
@@ -123,13 +132,13 @@ impl Shipper {
         )
     }
 
-    async fn connection(&mut self) -> anyhow::Result<()> {
+    async fn connection(&mut self, url: &str) -> anyhow::Result<()> {
         let channel = self
             .link
-            .endpoint()?
+            .endpoint(url)?
             .connect()
             .await
-            .with_context(|| format!("connecting to {}", self.link.url))?;
+            .with_context(|| format!("connecting to {url}"))?;
         // The largest view a collector sends (`proto::limits`), not tonic's 4 MiB default.
         let mut client =
             IngestClient::new(channel).max_decoding_message_size(proto::limits::VIEW_BYTES_MAX);
@@ -170,7 +179,7 @@ impl Shipper {
             }
             next.insert(head.chain_id, head.next_seq);
         }
-        info!(collector = %self.link.url, chains = chains.len(), "shipping to the collector");
+        info!(collector = %url, chains = chains.len(), "shipping to the collector");
 
         let mut sender = tokio::spawn(send(
             Reading {

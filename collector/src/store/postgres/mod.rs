@@ -17,8 +17,8 @@ use std::{
 
 use self::bind::params;
 use postgres::{
-    Client, IsolationLevel, NoTls, Row, Transaction, error::SqlState,
-    fallible_iterator::FallibleIterator as _, types::ToSql,
+    Client, IsolationLevel, NoTls, Row, Transaction, binary_copy::BinaryCopyInWriter,
+    error::SqlState, fallible_iterator::FallibleIterator as _, types::ToSql, types::Type,
 };
 use prost::Message as _;
 use proto::{chain::GENESIS, v1::Grant};
@@ -158,6 +158,31 @@ fn collect<T>(
     Ok(rows.iter().map(each).collect::<Result<_, _>>()?)
 }
 
+/// A server that may lose a commit it reported, which would make an ack a lie.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the server has {setting} = {value}: a commit it reports could be lost, so the collector could acknowledge what it does not keep"
+)]
+struct NotDurable {
+    setting: &'static str,
+    value: String,
+}
+
+/// Checks that a commit the server reports is on its disk: `fsync` on and
+/// `synchronous_commit` not off (any other value flushes the server's own WAL first).
+fn durable(client: &mut Client) -> Result<(), Arc<dyn std::error::Error + Send + Sync>> {
+    for setting in ["fsync", "synchronous_commit"] {
+        let value: String = client
+            .query_one(&format!("SHOW {setting}"), &[])
+            .map_err(|e| Arc::new(e) as Arc<_>)?
+            .get(0);
+        if value == "off" {
+            return Err(Arc::new(NotDurable { setting, value }));
+        }
+    }
+    Ok(())
+}
+
 impl Postgres {
     /// Connects to the database `url` names (a `postgres://` URL, as libpq takes it),
     /// creating the schema or bringing an older one to this collector's.
@@ -168,6 +193,7 @@ impl Postgres {
         };
         let config = postgres::Config::from_str(url).map_err(|e| failed(Arc::new(e)))?;
         let mut writer = off_runtime(|| config.connect(NoTls)).map_err(|e| failed(Arc::new(e)))?;
+        off_runtime(|| durable(&mut writer)).map_err(failed)?;
         off_runtime(|| schema::migrate(&mut writer)).map_err(|e| failed(Arc::new(e)))?;
         Ok(Self {
             config,
@@ -282,26 +308,6 @@ impl Drop for Postgres {
     }
 }
 
-/// The records of a commit, in one statement: a column of values per field.
-#[derive(Default)]
-struct Events<'a> {
-    chain: Vec<i64>,
-    seq: Vec<i64>,
-    host: Vec<&'a str>,
-    time: Vec<i64>,
-    kind: Vec<&'a str>,
-    session: Vec<&'a str>,
-    sessionid: Vec<Option<i64>>,
-    identity_kind: Vec<i64>,
-    identity_name: Vec<&'a str>,
-    tty_bytes: Vec<i64>,
-    event: Vec<&'a [u8]>,
-    hash: Vec<&'a [u8]>,
-    grant_id: Vec<&'a str>,
-    tty: Vec<&'a str>,
-    log_index: Vec<Option<i64>>,
-}
-
 /// The records of the commit, after their chains' heads are set.
 fn commit_events(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
     let chain = tx.prepare(
@@ -309,19 +315,19 @@ fn commit_events(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreE
          ON CONFLICT (chain_id) DO UPDATE SET next_seq = excluded.next_seq, \
          head_hash = excluded.head_hash WHERE chains.next_seq <= $5 RETURNING id",
     )?;
-    let mut events = Events::default();
+    // Every record of the commit in one binary COPY: no statement to parse, no row to plan.
+    let mut ids = Vec::with_capacity(commit.appends.len());
     for append in &commit.appends {
         let (Some(first), Some(last)) = (append.records.first(), append.records.last()) else {
             continue;
         };
-        let next = int(last.seq + 1);
         let id: i64 = tx
             .query_opt(
                 &chain,
                 &[
                     &append.chain_id,
                     &append.chain_host,
-                    &next,
+                    &int(last.seq + 1),
                     &&last.hash[..],
                     &int(first.seq),
                 ],
@@ -333,52 +339,59 @@ fn commit_events(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreE
                 }))
             })?
             .get(0);
+        ids.push((id, append));
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let copy = tx.copy_in(
+        "COPY events (chain, seq, host, time, kind, session, sessionid, identity_kind, \
+         identity_name, tty_bytes, event, hash, grant_id, tty, log_index) FROM STDIN BINARY",
+    )?;
+    let (int8, text, bytea) = (Type::INT8, Type::TEXT, Type::BYTEA);
+    let mut rows = BinaryCopyInWriter::new(
+        copy,
+        &[
+            int8.clone(),
+            int8.clone(),
+            text.clone(),
+            int8.clone(),
+            text.clone(),
+            text.clone(),
+            int8.clone(),
+            int8.clone(),
+            text.clone(),
+            int8.clone(),
+            bytea.clone(),
+            bytea,
+            text.clone(),
+            text,
+            int8,
+        ],
+    );
+    for (id, append) in ids {
         for r in &append.records {
             let d = &r.derived;
-            events.chain.push(id);
-            events.seq.push(int(r.seq));
-            events.host.push(&d.host);
-            events.time.push(int(d.time_unix_nano));
-            events.kind.push(d.kind.name());
-            events.session.push(&d.session);
-            events.sessionid.push(d.sessionid.map(i64::from));
-            events.identity_kind.push(i64::from(d.identity_kind));
-            events.identity_name.push(&d.identity_name);
-            events.tty_bytes.push(int(d.tty_bytes));
-            events.event.push(&r.event[..]);
-            events.hash.push(&r.hash[..]);
-            events.grant_id.push(&d.grant);
-            events.tty.push(&d.tty);
-            events.log_index.push(r.log_index.map(int));
+            rows.write(&[
+                &id,
+                &int(r.seq),
+                &d.host,
+                &int(d.time_unix_nano),
+                &d.kind.name(),
+                &d.session,
+                &d.sessionid.map(i64::from),
+                &i64::from(d.identity_kind),
+                &d.identity_name,
+                &int(d.tty_bytes),
+                &&r.event[..],
+                &&r.hash[..],
+                &d.grant,
+                &d.tty,
+                &r.log_index.map(int),
+            ])?;
         }
     }
-    if !events.chain.is_empty() {
-        // One statement whatever the number of records: each column travels as an array.
-        tx.execute(
-            "INSERT INTO events (chain, seq, host, time, kind, session, sessionid, \
-             identity_kind, identity_name, tty_bytes, event, hash, grant_id, tty, log_index) \
-             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], \
-             $5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::BIGINT[], $9::TEXT[], $10::BIGINT[], \
-             $11::BYTEA[], $12::BYTEA[], $13::TEXT[], $14::TEXT[], $15::BIGINT[])",
-            &[
-                &events.chain,
-                &events.seq,
-                &events.host,
-                &events.time,
-                &events.kind,
-                &events.session,
-                &events.sessionid,
-                &events.identity_kind,
-                &events.identity_name,
-                &events.tty_bytes,
-                &events.event,
-                &events.hash,
-                &events.grant_id,
-                &events.tty,
-                &events.log_index,
-            ],
-        )?;
-    }
+    rows.finish()?;
     Ok(())
 }
 
