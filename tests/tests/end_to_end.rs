@@ -226,11 +226,7 @@ fn a_collector_outage_loses_nothing() {
             "exec {arg} issued during the outage is stored"
         );
     }
-    let verdicts = operator::json_lines(&url, &["verify", "--json"]);
-    assert!(!verdicts.is_empty());
-    for v in &verdicts {
-        assert_eq!(v["ok"], true, "{v}");
-    }
+    verify_passes(&url);
     drop(agent.stop());
     drop(collector);
 }
@@ -279,11 +275,7 @@ fn the_agent_fails_over_to_the_next_collector_of_its_store() {
             "exec {arg} is stored"
         );
     }
-    let verdicts = operator::json_lines(&second_url, &["verify", "--json"]);
-    assert!(!verdicts.is_empty());
-    for v in &verdicts {
-        assert_eq!(v["ok"], true, "{v}");
-    }
+    verify_passes(&second_url);
     let log = agent.stop().stderr;
     assert!(
         log.contains("failing over"),
@@ -369,6 +361,15 @@ fn a_python_client_generated_from_the_protos_tails_and_searches() {
     assert!(found["identity"].is_string());
     drop(agent.stop());
     drop(collector);
+}
+
+/// `recorder verify --json` against the collector at `url` gives verdicts, all ok.
+fn verify_passes(url: &str) {
+    let verdicts = operator::json_lines(url, &["verify", "--json"]);
+    assert!(!verdicts.is_empty());
+    for v in &verdicts {
+        assert_eq!(v["ok"], true, "{v}");
+    }
 }
 
 /// Copies a stopped collector's store from `from` to `to`, replacing it: the `SQLite` file

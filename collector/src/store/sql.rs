@@ -8,7 +8,7 @@ use proto::{
     v1::{Event, StoredEvent},
 };
 
-use super::{EventFilter, SessionMatch};
+use super::{Bound, Cursor, EVENT_FRAMING, EventFilter, Page, SessionMatch};
 
 /// Values are bounded at ingest to what signed 64-bit SQL integers hold.
 pub(super) fn int(v: u64) -> i64 {
@@ -161,6 +161,38 @@ impl StoredRow<'_> {
             malformed,
         }
     }
+}
+
+/// The page `bound` lets one read hold of the rows whose ids and reckoned sizes (stored
+/// bytes, `ROW_BYTES`) are `sizes`, in order, one row past the bound included: each taken row
+/// is read by `read` and counted as it is encoded (a malformed record is sent with its fault
+/// rather than its bytes), so whatever plan the engine picks (a sort, say), no more than the
+/// page is ever held.
+pub(super) fn page<E>(
+    sizes: &[(i64, i64)],
+    bound: Bound,
+    mut read: impl FnMut(i64) -> Result<(Cursor, StoredEvent), E>,
+) -> Result<Page<Cursor>, E> {
+    let size = |bytes: i64| usize::try_from(bytes).unwrap_or(usize::MAX);
+    let taken = bound.take(
+        sizes
+            .iter()
+            .map(|(_, bytes)| size(*bytes).saturating_add(EVENT_FRAMING)),
+    );
+    let (mut rows, mut bytes) = (Vec::with_capacity(taken), 0);
+    for (row, _) in &sizes[..taken] {
+        let (cursor, event) = read(*row)?;
+        let size = prost::encoding::message::encoded_len(1, &event);
+        if !bound.admits(rows.len(), bytes, size) {
+            break;
+        }
+        bytes += size;
+        rows.push((cursor, event));
+    }
+    Ok(Page {
+        more: rows.len() < sizes.len(),
+        rows,
+    })
 }
 
 #[cfg(test)]

@@ -25,10 +25,10 @@ use proto::{chain::GENESIS, v1::Grant};
 use sha2::Digest as _;
 
 use super::{
-    Bound, ChainRow, ChainState, Columns, Commit, Cursor, EVENT_FRAMING, EventFilter, GrantUsage,
-    LeafRow, LogCheckpoint, LogRow, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery,
-    SessionRow, Store, StoreError, TokenRow, Violations,
-    sql::{Arg, Conditions, Dialect, ROW_BYTES, STORED_COLUMNS, StoredRow, int, uint},
+    Bound, ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow,
+    LogCheckpoint, LogRow, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery, SessionRow,
+    Store, StoreError, TokenRow, Violations,
+    sql::{Arg, Conditions, Dialect, ROW_BYTES, STORED_COLUMNS, StoredRow, int, page, uint},
 };
 
 impl From<postgres::Error> for StoreError {
@@ -243,8 +243,7 @@ impl Postgres {
     }
 
     /// The events `conditions` selects, in `order`, as much of them as `bound` lets one
-    /// read hold: their sizes reckoned first without reading their bytes, then the rows
-    /// the page takes read one at a time, each counted as it is encoded.
+    /// read hold (`sql::page`), in one snapshot.
     fn bounded(
         &self,
         conditions: &Conditions,
@@ -262,30 +261,15 @@ impl Postgres {
                 conditions.sql,
                 args.len()
             );
-            let sizes: Vec<(i64, usize)> = tx
+            let sizes: Vec<(i64, i64)> = tx
                 .query(&which, &args)?
                 .iter()
-                .map(|r| {
-                    let bytes = usize::try_from(r.get::<_, i64>(1)).unwrap_or(usize::MAX);
-                    (r.get(0), bytes.saturating_add(EVENT_FRAMING))
-                })
+                .map(|r| (r.get(0), r.get(1)))
                 .collect();
-            let taken = bound.take(sizes.iter().map(|(_, size)| *size));
             let by_row = tx.prepare(&format!("{STORED_COLUMNS} e.id = $1"))?;
-            let (mut rows, mut bytes) = (Vec::with_capacity(taken), 0);
-            for (row, _) in &sizes[..taken] {
-                let (cursor, event) = stored_event(&tx.query_one(&by_row, &[row])?)?;
-                let size = prost::encoding::message::encoded_len(1, &event);
-                if !bound.admits(rows.len(), bytes, size) {
-                    break;
-                }
-                bytes += size;
-                rows.push((cursor, event));
-            }
-            Ok(Page {
-                more: rows.len() < sizes.len(),
-                rows,
-            })
+            Ok(page(&sizes, bound, |row| {
+                stored_event(&tx.query_one(&by_row, &[&row])?)
+            })?)
         })
     }
 }

@@ -9,8 +9,8 @@ use rusqlite::{
 };
 
 use crate::store::{
-    Bound, Cursor, EVENT_FRAMING, Page,
-    sql::{Arg, Conditions, ROW_BYTES, STORED_COLUMNS, StoredRow, int, uint},
+    Bound, Cursor, Page,
+    sql::{Arg, Conditions, ROW_BYTES, STORED_COLUMNS, StoredRow, int, page, uint},
 };
 
 pub(super) fn decode_grant(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Grant> {
@@ -43,11 +43,8 @@ fn stored_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Cursor, StoredEven
     Ok((cursor, stored.into_stored()))
 }
 
-/// The events `conditions` selects, in `order`, as much of them as `bound`
-/// lets one read hold. Their sizes are reckoned first, without reading their bytes, then
-/// the rows the page takes are read one at a time, and each is counted as it is encoded
-/// (a malformed record is sent with its fault rather than its bytes): whatever plan SQLite
-/// picks (a sort, say), no more than the page is ever held. Both reads see one snapshot.
+/// The events `conditions` selects, in `order`, as much of them as `bound` lets one read
+/// hold (`sql::page`), in one snapshot.
 pub(super) fn bounded(
     conn: &Connection,
     conditions: &Conditions,
@@ -65,27 +62,10 @@ pub(super) fn bounded(
     args.push(Value::Integer(int(bound.rows.saturating_add(1) as u64)));
     let sizes = tx
         .prepare_cached(&which)?
-        .query_map(params_from_iter(&args), |r| {
-            let bytes = usize::try_from(r.get::<_, i64>(1)?).unwrap_or(usize::MAX);
-            Ok((r.get::<_, i64>(0)?, bytes.saturating_add(EVENT_FRAMING)))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let taken = bound.take(sizes.iter().map(|(_, size)| *size));
+        .query_map(params_from_iter(&args), |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
     let mut by_row = tx.prepare_cached(&format!("{STORED_COLUMNS} e.id = ?1"))?;
-    let (mut rows, mut bytes) = (Vec::with_capacity(taken), 0);
-    for (row, _) in &sizes[..taken] {
-        let (cursor, event) = by_row.query_row([row], stored_event)?;
-        let size = prost::encoding::message::encoded_len(1, &event);
-        if !bound.admits(rows.len(), bytes, size) {
-            break;
-        }
-        bytes += size;
-        rows.push((cursor, event));
-    }
-    Ok(Page {
-        more: rows.len() < sizes.len(),
-        rows,
-    })
+    page(&sizes, bound, |row| by_row.query_row([row], stored_event))
 }
 
 pub(super) fn query_stored(
