@@ -220,3 +220,22 @@ pub fn copy(from: &Path, to: &Path) {
 pub fn sql(store: &Path, sql: &str) {
     run(&database(store), sql);
 }
+
+/// The connections open to the database of `store`.
+#[must_use]
+pub fn connections(store: &Path) -> u64 {
+    let name = database(store);
+    let out = Command::new(bin("psql"))
+        .arg("-h")
+        .arg(&server().dir)
+        .args(["-U", ROLE, "-d", "postgres", "-Atc"])
+        .arg(format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .output()
+        .expect("run psql");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a count")
+}

@@ -949,6 +949,57 @@ fn a_database_that_may_lose_commits_is_refused() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A hundred Search calls at once are all answered, and on PostgreSQL they share at most 32
+/// connections besides the writer's (`store::postgres::READERS_MAX`, docs/limits.md),
+/// watched from the server's own `pg_stat_activity` while they run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_reads_at_once_are_answered_within_the_connection_bound() {
+    const READS: usize = 100;
+    let dir = scratch_dir("collector-readers");
+    let store = dir.join("c.db");
+    let collector = Collector::start(&store);
+    let chain = test_chain("host-a:boot:readers", 5000);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..5000)).await.unwrap(), 4999);
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = (backend() == Backend::Postgres).then(|| {
+        let (done, store) = (std::sync::Arc::clone(&done), store.clone());
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(tests::postgres::connections(&store));
+            }
+            peak
+        })
+    });
+    let client = query(&collector).await;
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..READS {
+        let mut client = client.clone();
+        reads.spawn(async move {
+            client
+                .search(SearchRequest {
+                    filter: Some(chain_filter()),
+                    limit: 1000,
+                    ..SearchRequest::default()
+                })
+                .await
+                .map(|page| page.into_inner().events.len())
+        });
+    }
+    let answered = reads.join_all().await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for page in answered {
+        assert_eq!(page.unwrap(), 1000);
+    }
+    if let Some(watcher) = watcher {
+        let peak = watcher.join().unwrap();
+        assert!(peak <= 33, "{peak} connections open at once");
+        assert!(peak >= 2, "the reads ran while watched: {peak}");
+    }
+}
+
 /// A terminal event of ALICE's session at `T0 + at_ms` milliseconds.
 fn tty(at_ms: u64, device: &str, input: bool, data: &str) -> Event {
     Event {

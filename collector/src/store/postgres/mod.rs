@@ -12,7 +12,7 @@ mod sessions;
 use std::{
     ops::ControlFlow,
     str::FromStr as _,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Condvar, Mutex, PoisonError},
 };
 
 use self::bind::params;
@@ -52,7 +52,21 @@ struct HeadMoved {
 pub struct Postgres {
     config: postgres::Config,
     writer: Mutex<Option<Client>>,
-    readers: Mutex<Vec<Client>>,
+    readers: Mutex<Readers>,
+    /// Signalled when a reader's connection is given back or closed.
+    freed: Condvar,
+}
+
+/// Connections readers may have open at once, whatever the number of concurrent reads (up
+/// to tokio's 512 blocking threads): the server's `max_connections` is 100 by default, and
+/// other collectors and tools share it. A read past it waits for a connection.
+const READERS_MAX: usize = 32;
+
+#[derive(Default)]
+struct Readers {
+    idle: Vec<Client>,
+    /// Open, idle or in use.
+    open: usize,
 }
 
 /// Runs a call of the synchronous driver, which drives its connection on a runtime of its
@@ -198,7 +212,8 @@ impl Postgres {
         Ok(Self {
             config,
             writer: Mutex::new(Some(writer)),
-            readers: Mutex::new(Vec::new()),
+            readers: Mutex::default(),
+            freed: Condvar::new(),
         })
     }
 
@@ -212,16 +227,7 @@ impl Postgres {
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         off_runtime(|| {
-            let pooled = self
-                .readers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            // A connection the server closed (it restarted, say) is replaced, not reused.
-            let mut client = match pooled {
-                Some(c) if !c.is_closed() => c,
-                _ => self.connect()?,
-            };
+            let mut client = self.reader()?;
             let out = (|| {
                 let mut tx = client
                     .build_transaction()
@@ -232,13 +238,46 @@ impl Postgres {
                 tx.commit()?;
                 Ok(out)
             })();
-            if !client.is_closed() {
-                self.readers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(client);
+            let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+            if client.is_closed() {
+                readers.open -= 1;
+            } else {
+                readers.idle.push(client);
             }
+            self.freed.notify_one();
             out
+        })
+    }
+
+    /// An idle reader's connection, or a new one while fewer than `READERS_MAX` are open;
+    /// else waits for one. A connection the server closed (it restarted, say) is replaced,
+    /// not reused.
+    fn reader(&self) -> Result<Client, StoreError> {
+        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(client) = readers.idle.pop() {
+                if !client.is_closed() {
+                    return Ok(client);
+                }
+                readers.open -= 1;
+                continue;
+            }
+            if readers.open < READERS_MAX {
+                break;
+            }
+            readers = self
+                .freed
+                .wait(readers)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        readers.open += 1;
+        drop(readers);
+        self.connect().inspect_err(|_| {
+            self.readers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .open -= 1;
+            self.freed.notify_one();
         })
     }
 
@@ -284,9 +323,11 @@ impl Drop for Postgres {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let readers = std::mem::take(
-            self.readers
+            &mut self
+                .readers
                 .get_mut()
-                .unwrap_or_else(PoisonError::into_inner),
+                .unwrap_or_else(PoisonError::into_inner)
+                .idle,
         );
         off_runtime(|| drop((writer, readers)));
     }
