@@ -204,7 +204,7 @@ impl HostLog {
     /// or `again` (an idle host attests that nothing happened).
     pub fn checkpoint(&mut self, again: bool) -> anyhow::Result<Option<Checkpoint>> {
         let size = self.range.size();
-        if !again && self.signed_size == Some(size) {
+        if !worth_signing(size, self.signed_size, self.receipts.cosigned_size(), again) {
             return Ok(None);
         }
         let body = tlog::Checkpoint::new(self.signer.name(), size, self.range.root())?;
@@ -215,6 +215,17 @@ impl HostLog {
             old_size: self.receipts.cosigned_size(),
         }))
     }
+}
+
+/// Whether a checkpoint of `size` leaves is worth signing, the last signed being of
+/// `signed` and the collector's last cosigned of `cosigned`. Not below `cosigned`: after a
+/// restart the log is rebuilt by reading the spool again from `log.state`, which is saved
+/// only at the end of a sealed segment, so it passes through sizes the collector cosigned
+/// long ago. A witness refuses those (its old size is larger), and the refusal ended the
+/// stream, which read the spool again from the start: a host whose unsealed segment held
+/// more than a second of reading never shipped again.
+fn worth_signing(size: u64, signed: Option<u64>, cosigned: u64, again: bool) -> bool {
+    size >= cosigned && (again || signed != Some(size))
 }
 
 /// The compact range of `size` leaves from its frontier hashes, largest subtree first.
@@ -358,5 +369,30 @@ impl Receipts {
             })),
             ..v1::Event::default()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worth_signing;
+
+    #[test]
+    fn a_log_being_rebuilt_signs_nothing_below_what_the_collector_cosigned() {
+        // Rebuilding from log.state towards the collector's 269,069.
+        assert!(!worth_signing(12_006, None, 269_069, false));
+        assert!(
+            !worth_signing(12_006, None, 269_069, true),
+            "not even to attest idleness"
+        );
+        assert!(
+            worth_signing(269_069, None, 269_069, false),
+            "the cosigned size itself"
+        );
+        assert!(worth_signing(270_391, Some(269_069), 269_069, false));
+        // As before: a size already signed only to attest an idle host.
+        assert!(!worth_signing(270_391, Some(270_391), 269_069, false));
+        assert!(worth_signing(270_391, Some(270_391), 269_069, true));
+        // A fresh log with nothing cosigned.
+        assert!(worth_signing(0, None, 0, true));
     }
 }
