@@ -169,6 +169,8 @@ fn psql(dir: &Path, database: &str, sql: &str) -> std::process::Output {
             "-v",
             "ON_ERROR_STOP=1",
             "-q",
+            // Rows unaligned and without headers, as `run` returns them.
+            "-At",
             "-c",
             sql,
         ])
@@ -176,13 +178,15 @@ fn psql(dir: &Path, database: &str, sql: &str) -> std::process::Output {
         .expect("run psql")
 }
 
-fn run(database: &str, sql: &str) {
+/// Runs `sql` on `database`; its rows, unaligned.
+fn run(database: &str, sql: &str) -> String {
     let out = psql(&server().dir, database, sql);
     assert!(
         out.status.success(),
         "psql {sql}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The database of `store`, made on first use.
@@ -225,17 +229,11 @@ pub fn sql(store: &Path, sql: &str) {
 #[must_use]
 pub fn connections(store: &Path) -> u64 {
     let name = database(store);
-    let out = Command::new(bin("psql"))
-        .arg("-h")
-        .arg(&server().dir)
-        .args(["-U", ROLE, "-d", "postgres", "-Atc"])
-        .arg(format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'"
-        ))
-        .output()
-        .expect("run psql");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("a count")
+    run(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'"),
+    )
+    .trim()
+    .parse()
+    .expect("a count")
 }

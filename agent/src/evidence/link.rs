@@ -52,11 +52,11 @@ impl Link {
     async fn first_answering(
         &self,
         endpoint: impl Fn(&str) -> anyhow::Result<Endpoint>,
-    ) -> anyhow::Result<(tonic::transport::Channel, &str)> {
+    ) -> anyhow::Result<tonic::transport::Channel> {
         let mut failures = Vec::new();
         for url in &self.urls {
             match endpoint(url)?.connect().await {
-                Ok(channel) => return Ok((channel, url)),
+                Ok(channel) => return Ok(channel),
                 Err(e) => failures.push(format!("{url}: {e}")),
             }
         }
@@ -143,7 +143,7 @@ pub async fn ensure_enrolled(
     write_private(&dir.join(KEY), key.key_pem.as_bytes())?;
     pki::install_crypto_provider();
     // No certificate yet: the collector's is checked against the CA, ours is the token.
-    let (channel, _) = link
+    let channel = link
         .first_answering(|url| {
             Ok(Endpoint::from_shared(url.to_owned())?
                 .connect_timeout(CONNECT_TIMEOUT)
@@ -207,7 +207,7 @@ async fn renew_if_due(link: &Link, dir: &Path) -> anyhow::Result<bool> {
     }
     let key = std::fs::read_to_string(dir.join(KEY))?;
     let csr_pem = AgentKey::csr_for_key(&key)?;
-    let (channel, _) = link.first_answering(|url| link.endpoint(url)).await?;
+    let channel = link.first_answering(|url| link.endpoint(url)).await?;
     let answer = EnrollmentClient::new(channel)
         .renew(RenewRequest { csr_pem })
         .await

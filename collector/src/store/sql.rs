@@ -1,6 +1,7 @@
-//! What the SQL backends share: integer conversions, the filter conditions, the columns a
-//! stored event is read from, and turning those columns back into a `StoredEvent`. Each
-//! backend binds the arguments with its own driver.
+//! What the SQL backends share: integer conversions, the conditions of the event reads, the
+//! columns a stored event, chain or log is read from, and turning those columns back into a
+//! `StoredEvent`; the page a read takes. Each backend binds the arguments with its own
+//! driver.
 
 use prost::Message as _;
 use proto::{
@@ -18,6 +19,22 @@ pub(super) fn int(v: u64) -> i64 {
 pub(super) fn uint(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
+
+/// A stored 32-byte hash; zeros for one of another length (the store was edited: verify
+/// names it).
+pub(super) fn hash32(bytes: Vec<u8>) -> [u8; 32] {
+    bytes.try_into().unwrap_or([0; 32])
+}
+
+/// The columns a `ChainState` is read from, in its order.
+pub(super) const CHAIN_COLUMNS: &str = "SELECT chain_id, host, next_seq, head_hash FROM chains";
+
+/// The columns a `LogRow` is read from, in its order.
+pub(super) const LOG_COLUMNS: &str =
+    "SELECT host, size, frontier, cosigned_size, cosigned_root, cosigned_note FROM logs";
+
+/// The highest row id stored.
+pub(super) const LAST_ROW: &str = "SELECT COALESCE(MAX(id), 0) FROM events";
 
 /// How a backend writes the placeholder of its `n`th argument (from 1).
 #[derive(Clone, Copy, Debug)]
@@ -76,6 +93,50 @@ impl Conditions {
             }
             self.sql.push_str(part);
         }
+    }
+
+    /// The conditions of `Store::after_row`: `filter`'s events stored after row `after` up
+    /// to row `up_to`.
+    pub(super) fn after_row(
+        dialect: Dialect,
+        filter: &EventFilter,
+        after: i64,
+        up_to: i64,
+    ) -> Self {
+        let mut conditions = Self::new(dialect);
+        conditions.push(
+            "e.id > {} AND e.id <= {}",
+            [Arg::Int(after), Arg::Int(up_to)],
+        );
+        conditions.filter(filter);
+        conditions
+    }
+
+    /// The conditions of `Store::search`: `filter`'s events after `after`, by time then row.
+    pub(super) fn search(dialect: Dialect, filter: &EventFilter, after: Cursor) -> Self {
+        let mut conditions = Self::new(dialect);
+        let time = Arg::Int(int(after.time_unix_nano));
+        conditions.push(
+            "(e.time > {} OR (e.time = {} AND e.id > {}))",
+            [time.clone(), time, Arg::Int(after.row)],
+        );
+        conditions.filter(filter);
+        conditions
+    }
+
+    /// The read of the ids and reckoned sizes (`ROW_BYTES`) of the events these conditions
+    /// select, in `order`, one row past the bound (which says whether there are more): what
+    /// `page` takes.
+    pub(super) fn sizes(mut self, order: &str, bound: Bound) -> Self {
+        let limit = Arg::Int(int(bound.rows.saturating_add(1) as u64));
+        let conditions = std::mem::take(&mut self.sql);
+        self.sql = format!(
+            "SELECT e.id, CAST({ROW_BYTES} AS BIGINT) FROM events e \
+             JOIN chains c ON c.id = e.chain WHERE {conditions} ORDER BY {order} LIMIT "
+        );
+        let mark = self.bind(limit);
+        self.sql.push_str(&mark);
+        self
     }
 
     /// Appends the filter's conditions on events `e`, each preceded by AND.
@@ -195,12 +256,20 @@ pub(super) fn page<E>(
     })
 }
 
+/// A page of `Store::after_row`: its rows by row id.
+pub(super) fn by_row(page: Page<Cursor>) -> Page<i64> {
+    Page {
+        rows: page.rows.into_iter().map(|(c, e)| (c.row, e)).collect(),
+        more: page.more,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proto::kind::Kind;
 
     use super::{Arg, Conditions, Dialect};
-    use crate::store::{EventFilter, SessionMatch};
+    use crate::store::{Bound, Cursor, EventFilter, SessionMatch};
 
     fn filter() -> EventFilter {
         EventFilter {
@@ -231,5 +300,33 @@ mod tests {
         );
         assert_eq!(pg.args.len(), 6);
         assert!(matches!(&pg.args[4], Arg::Text(k) if k == Kind::TtyIn.name()));
+    }
+
+    #[test]
+    fn a_sizes_read_binds_one_row_past_the_bound_last() {
+        let bound = Bound {
+            rows: 10,
+            bytes: 100,
+        };
+        let sizes = Conditions::after_row(Dialect::Postgres, &filter(), 3, 9).sizes("e.id", bound);
+        assert!(
+            sizes.sql.ends_with("ORDER BY e.id LIMIT $8"),
+            "{}",
+            sizes.sql
+        );
+        assert!(
+            sizes
+                .sql
+                .contains("WHERE e.id > $1 AND e.id <= $2 AND e.host = $3")
+        );
+        assert!(matches!(sizes.args.last(), Some(Arg::Int(11))));
+        let lite = Conditions::search(Dialect::Sqlite, &EventFilter::default(), Cursor::default())
+            .sizes("e.time, e.id", bound);
+        assert!(
+            lite.sql.ends_with("ORDER BY e.time, e.id LIMIT ?"),
+            "{}",
+            lite.sql
+        );
+        assert_eq!(lite.args.len(), 4);
     }
 }

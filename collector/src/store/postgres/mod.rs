@@ -28,7 +28,10 @@ use super::{
     Bound, ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow,
     LogCheckpoint, LogRow, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery, SessionRow,
     Store, StoreError, TokenRow, Violations,
-    sql::{Arg, Conditions, Dialect, ROW_BYTES, STORED_COLUMNS, StoredRow, int, page, uint},
+    sql::{
+        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, STORED_COLUMNS, StoredRow,
+        by_row, hash32, int, page, uint,
+    },
 };
 
 impl From<postgres::Error> for StoreError {
@@ -131,15 +134,9 @@ fn stored_event(r: &Row) -> Result<(Cursor, proto::v1::StoredEvent), postgres::E
     Ok((cursor, stored.into_stored()))
 }
 
-fn hash32(bytes: Vec<u8>) -> [u8; 32] {
-    bytes.try_into().unwrap_or([0; 32])
-}
-
 fn decode_grant(r: &Row) -> Result<Grant, StoreError> {
     Grant::decode(r.try_get::<_, &[u8]>(0)?).map_err(|e| StoreError::Backend(Arc::new(e)))
 }
-
-const CHAIN_COLUMNS: &str = "SELECT chain_id, host, next_seq, head_hash FROM chains";
 
 fn chain_state(r: &Row) -> Result<ChainState, postgres::Error> {
     let head: Vec<u8> = r.try_get(3)?;
@@ -150,9 +147,6 @@ fn chain_state(r: &Row) -> Result<ChainState, postgres::Error> {
         head_hash: head.try_into().unwrap_or(GENESIS),
     })
 }
-
-const LOG_COLUMNS: &str =
-    "SELECT host, size, frontier, cosigned_size, cosigned_root, cosigned_note FROM logs";
 
 fn log_row(r: &Row) -> Result<LogRow, postgres::Error> {
     Ok(LogRow {
@@ -206,9 +200,12 @@ impl Postgres {
             source,
         };
         let config = postgres::Config::from_str(url).map_err(|e| failed(Arc::new(e)))?;
-        let mut writer = off_runtime(|| config.connect(NoTls)).map_err(|e| failed(Arc::new(e)))?;
-        off_runtime(|| durable(&mut writer)).map_err(failed)?;
-        off_runtime(|| schema::migrate(&mut writer)).map_err(|e| failed(Arc::new(e)))?;
+        let writer = off_runtime(|| {
+            let mut writer = config.connect(NoTls).map_err(|e| failed(Arc::new(e)))?;
+            durable(&mut writer).map_err(failed)?;
+            schema::migrate(&mut writer).map_err(|e| failed(Arc::new(e)))?;
+            Ok::<_, StoreError>(writer)
+        })?;
         Ok(Self {
             config,
             writer: Mutex::new(Some(writer)),
@@ -285,29 +282,20 @@ impl Postgres {
     /// read hold (`sql::page`), in one snapshot.
     fn bounded(
         &self,
-        conditions: &Conditions,
+        conditions: Conditions,
         order: &str,
         bound: Bound,
     ) -> Result<Page<Cursor>, StoreError> {
+        let sizes = conditions.sizes(order, bound);
         self.read(|tx| {
-            // One row past the bound says whether there are more.
-            let limit = int(bound.rows.saturating_add(1) as u64);
-            let mut args = params(&conditions.args);
-            args.push(&limit);
-            let which = format!(
-                "SELECT e.id, ({ROW_BYTES})::BIGINT FROM events e \
-                 JOIN chains c ON c.id = e.chain WHERE {} ORDER BY {order} LIMIT ${}",
-                conditions.sql,
-                args.len()
-            );
             let sizes: Vec<(i64, i64)> = tx
-                .query(&which, &args)?
+                .query(&sizes.sql, &params(&sizes.args))?
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
-            let by_row = tx.prepare(&format!("{STORED_COLUMNS} e.id = $1"))?;
+            let by_id = tx.prepare(&format!("{STORED_COLUMNS} e.id = $1"))?;
             Ok(page(&sizes, bound, |row| {
-                stored_event(&tx.query_one(&by_row, &[&row])?)
+                stored_event(&tx.query_one(&by_id, &[&row])?)
             })?)
         })
     }
@@ -537,8 +525,6 @@ fn commit_logs(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreErr
     Ok(())
 }
 
-const LAST_ROW: &str = "SELECT COALESCE(MAX(id), 0) FROM events";
-
 impl Store for Postgres {
     fn chains(&self) -> Result<Vec<ChainState>, StoreError> {
         self.read(|tx| {
@@ -598,17 +584,8 @@ impl Store for Postgres {
         up_to: i64,
         bound: Bound,
     ) -> Result<Page<i64>, StoreError> {
-        let mut conditions = Conditions::new(Dialect::Postgres);
-        conditions.push(
-            "e.id > {} AND e.id <= {}",
-            [Arg::Int(after), Arg::Int(up_to)],
-        );
-        conditions.filter(filter);
-        let page = self.bounded(&conditions, "e.id", bound)?;
-        Ok(Page {
-            rows: page.rows.into_iter().map(|(c, e)| (c.row, e)).collect(),
-            more: page.more,
-        })
+        let conditions = Conditions::after_row(Dialect::Postgres, filter, after, up_to);
+        Ok(by_row(self.bounded(conditions, "e.id", bound)?))
     }
 
     fn search(
@@ -617,14 +594,8 @@ impl Store for Postgres {
         after: Cursor,
         bound: Bound,
     ) -> Result<Page<Cursor>, StoreError> {
-        let mut conditions = Conditions::new(Dialect::Postgres);
-        let time = Arg::Int(int(after.time_unix_nano));
-        conditions.push(
-            "(e.time > {} OR (e.time = {} AND e.id > {}))",
-            [time.clone(), time, Arg::Int(after.row)],
-        );
-        conditions.filter(filter);
-        self.bounded(&conditions, "e.time, e.id", bound)
+        let conditions = Conditions::search(Dialect::Postgres, filter, after);
+        self.bounded(conditions, "e.time, e.id", bound)
     }
 
     fn sessions(

@@ -25,7 +25,10 @@ use super::{
     Bound, ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow,
     LogCheckpoint, LogRow, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery, SessionRow,
     Store, StoreError, TokenRow, Violations,
-    sql::{Arg, Conditions, Dialect, STORED_COLUMNS, int, uint},
+    sql::{
+        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, STORED_COLUMNS, by_row, hash32,
+        int, uint,
+    },
 };
 
 /// The stored columns of an events row, read from column `at` on in the order
@@ -281,9 +284,6 @@ fn commit_logs(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> rusqlite::Res
     Ok(())
 }
 
-const LOG_COLUMNS: &str =
-    "SELECT host, size, frontier, cosigned_size, cosigned_root, cosigned_note FROM logs";
-
 fn log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogRow> {
     Ok(LogRow {
         host: r.get(0)?,
@@ -294,12 +294,6 @@ fn log_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogRow> {
         cosigned_note: r.get(5)?,
     })
 }
-
-fn hash32(bytes: Vec<u8>) -> [u8; 32] {
-    bytes.try_into().unwrap_or([0; 32])
-}
-
-const CHAIN_COLUMNS: &str = "SELECT chain_id, host, next_seq, head_hash FROM chains";
 
 fn chain_state(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainState> {
     let head: Vec<u8> = r.get(3)?;
@@ -418,13 +412,11 @@ impl Store for Sqlite {
         commit_logs(&tx, commit)?;
         tx.commit()?;
         self.checkpointer.wake();
-        Ok(conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+        Ok(conn.query_row(LAST_ROW, [], |r| r.get(0))?)
     }
 
     fn last_row(&self) -> Result<i64, StoreError> {
-        self.read(|conn| {
-            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))
-        })
+        self.read(|conn| conn.query_row(LAST_ROW, [], |r| r.get(0)))
     }
 
     fn after_row(
@@ -434,17 +426,10 @@ impl Store for Sqlite {
         up_to: i64,
         bound: Bound,
     ) -> Result<Page<i64>, StoreError> {
-        let mut conditions = Conditions::new(Dialect::Sqlite);
-        conditions.push(
-            "e.id > {} AND e.id <= {}",
-            [Arg::Int(after), Arg::Int(up_to)],
-        );
-        conditions.filter(filter);
-        let page = self.read(|conn| bounded(conn, &conditions, "e.id", bound))?;
-        Ok(Page {
-            rows: page.rows.into_iter().map(|(c, e)| (c.row, e)).collect(),
-            more: page.more,
-        })
+        let conditions = Conditions::after_row(Dialect::Sqlite, filter, after, up_to);
+        Ok(by_row(
+            self.read(|conn| bounded(conn, conditions, "e.id", bound))?,
+        ))
     }
 
     fn search(
@@ -453,14 +438,8 @@ impl Store for Sqlite {
         after: Cursor,
         bound: Bound,
     ) -> Result<Page<Cursor>, StoreError> {
-        let mut conditions = Conditions::new(Dialect::Sqlite);
-        let time = Arg::Int(int(after.time_unix_nano));
-        conditions.push(
-            "(e.time > {} OR (e.time = {} AND e.id > {}))",
-            [time.clone(), time, Arg::Int(after.row)],
-        );
-        conditions.filter(filter);
-        self.read(|conn| bounded(conn, &conditions, "e.time, e.id", bound))
+        let conditions = Conditions::search(Dialect::Sqlite, filter, after);
+        self.read(|conn| bounded(conn, conditions, "e.time, e.id", bound))
     }
 
     fn sessions(

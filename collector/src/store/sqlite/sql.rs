@@ -10,7 +10,7 @@ use rusqlite::{
 
 use crate::store::{
     Bound, Cursor, Page,
-    sql::{Arg, Conditions, ROW_BYTES, STORED_COLUMNS, StoredRow, int, page, uint},
+    sql::{Arg, Conditions, STORED_COLUMNS, StoredRow, page, uint},
 };
 
 pub(super) fn decode_grant(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Grant> {
@@ -47,25 +47,19 @@ fn stored_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Cursor, StoredEven
 /// hold (`sql::page`), in one snapshot.
 pub(super) fn bounded(
     conn: &Connection,
-    conditions: &Conditions,
+    conditions: Conditions,
     order: &str,
     bound: Bound,
 ) -> rusqlite::Result<Page<Cursor>> {
+    let sizes = conditions.sizes(order, bound);
     let tx = conn.unchecked_transaction()?;
-    let which = format!(
-        "SELECT e.id, {ROW_BYTES} FROM events e JOIN chains c ON c.id = e.chain \
-         WHERE {} ORDER BY {order} LIMIT ?",
-        conditions.sql
-    );
-    let mut args: Vec<Value> = conditions.args.iter().map(value).collect();
-    // One row past the bound says whether there are more.
-    args.push(Value::Integer(int(bound.rows.saturating_add(1) as u64)));
+    let args: Vec<Value> = sizes.args.iter().map(value).collect();
     let sizes = tx
-        .prepare_cached(&which)?
+        .prepare_cached(&sizes.sql)?
         .query_map(params_from_iter(&args), |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
-    let mut by_row = tx.prepare_cached(&format!("{STORED_COLUMNS} e.id = ?1"))?;
-    page(&sizes, bound, |row| by_row.query_row([row], stored_event))
+    let mut by_id = tx.prepare_cached(&format!("{STORED_COLUMNS} e.id = ?1"))?;
+    page(&sizes, bound, |row| by_id.query_row([row], stored_event))
 }
 
 pub(super) fn query_stored(
