@@ -391,6 +391,25 @@ fn copy_store(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Runs a marker exec named after `name` until one is stored. The agent may still be
+/// draining a terminal flood, and what its pipeline cannot take is a counted gap.
+fn mark_until_stored(url: &str, name: &str) {
+    let identity = format!("uid:{}", marker_uid());
+    let deadline = Instant::now() + Duration::from_mins(2);
+    loop {
+        let m = marker(name);
+        let _ = mark(&m);
+        for _ in 0..25 {
+            let execs = operator::execs_of(url, &identity);
+            if execs.iter().any(|v| operator::argv_has(v, &m)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(Instant::now() < deadline, "no {name} marker stored");
+    }
+}
+
 /// A collector whose database is restored from an older backup while the agent keeps
 /// running: the agent, holding a receipt the restored collector no longer backs, chains a
 /// `collector_rollback` alert, and ships again what the backup lacks from its spool, which
@@ -726,25 +745,7 @@ fn a_collector_restored_behind_a_trimmed_spool_gets_a_declared_hole() {
     copy_store(&backup, &store);
 
     let collector = Collector::start_at(&store, addr);
-    // The agent may still be draining the terminal flood, and what its pipeline cannot take
-    // is a counted gap: a marker is sent again until one is stored.
-    let identity = format!("uid:{}", marker_uid());
-    let deadline = Instant::now() + Duration::from_mins(2);
-    'stored: loop {
-        let after = marker("after-restore");
-        let _ = mark(&after);
-        for _ in 0..25 {
-            let execs = operator::execs_of(&url, &identity);
-            if execs.iter().any(|v| operator::argv_has(v, &after)) {
-                break 'stored;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no marker stored after the restore"
-        );
-    }
+    mark_until_stored(&url, "after-restore");
     let alerts = operator::json_lines(
         &url,
         &["search", "--json", "--kind", "alert", "--since", "1h"],
@@ -848,4 +849,98 @@ fn a_host_is_shown_and_found_by_its_display_name() {
     let verify = operator::run(&url, &["verify", "--host", &name]);
     assert!(verify.status.success(), "{verify:?}");
     drop(agent.stop());
+}
+
+/// The size of the host's log that the agent with spool `spool` saved in its `log.state`:
+/// where a restarted agent starts rebuilding the log from the spool.
+fn saved_log_size(spool: &std::path::Path) -> u64 {
+    let state: Value = serde_json::from_slice(&fs::read(spool.join("log.state")).unwrap())
+        .expect("log.state is JSON");
+    state["size"].as_u64().expect("log.state has a size")
+}
+
+/// An agent restarted behind a long segment it never finished reading (killed mid-segment,
+/// its `log.state` saved at the end of the segment before) rebuilds the host's log from the
+/// spool through sizes the collector cosigned long ago: it signs none of them, so no
+/// checkpoint is refused, and it ships again. Before, each refusal ended its stream, the
+/// rebuild started over, and the host never shipped again (it happened to this machine's
+/// main job).
+#[test]
+fn an_agent_restarted_behind_a_long_unsealed_segment_ships_again() {
+    if !privileged("an_agent_restarted_behind_a_long_unsealed_segment_ships_again") {
+        return;
+    }
+    let dir = scratch_dir("restart-behind");
+    let collector = Collector::start(&dir.join("store.db"));
+    let url = collector.url();
+    let spool = dir.join("spool");
+    // Terminal output until a first segment is full, sealed and read to its end: the log's
+    // state is saved there.
+    let flood = |until: &dyn Fn() -> bool| {
+        let mut pty = Pty::open();
+        let drain = pty.drain_master();
+        let slave = fs::File::from(pty.take_slave());
+        let pattern = tests::block_pattern(256);
+        let deadline = Instant::now() + Duration::from_mins(3);
+        while !until() {
+            assert!(Instant::now() < deadline, "the terminal flood did not end");
+            (&slave).write_all(&pattern).unwrap();
+        }
+        drop(slave);
+        drain.join().unwrap();
+    };
+    let agent = Agent::shipping(&spool, &url, &[]);
+    flood(&|| spool.join("log.state").exists());
+    assert!(agent.stop().success);
+    // A new agent starts a new segment, which stays unsealed while it runs: the saved state
+    // stays behind while many reads' worth of records go into it and are cosigned.
+    let agent = Agent::shipping(&spool, &url, &[]);
+    mark_until_stored(&url, "second-agent");
+    let saved = saved_log_size(&spool);
+    // 16 MiB of output: its records stay well inside the 64 MiB segment, and the file lags
+    // the terminal, so the amount is counted here.
+    let written = std::cell::Cell::new(0);
+    flood(&|| {
+        written.set(written.get() + 1);
+        written.get() > 16
+    });
+    mark_until_stored(&url, "before-restart");
+    let cosigned = receipt_above(&spool, saved + 1_000, Duration::from_secs(30))
+        .expect("the collector cosigns the unsealed segment's records");
+    assert_eq!(
+        saved_log_size(&spool),
+        saved,
+        "the segment is unsealed, so the state stays behind"
+    );
+    let unsealed = spool_segments(&spool)
+        .last()
+        .unwrap()
+        .metadata()
+        .unwrap()
+        .len();
+    eprintln!(
+        "log.state at {saved} leaves, {cosigned} cosigned, unsealed segment {unsealed} bytes"
+    );
+    drop(agent.kill());
+
+    let agent = Agent::shipping(&spool, &url, &[]);
+    let after = marker("after-restart");
+    let _ = mark(&after);
+    wait_for_exec(&url, &after, Duration::from_mins(1));
+    assert!(
+        receipt_above(&spool, cosigned, Duration::from_secs(30)).is_some(),
+        "the collector cosigns the restarted agent's log past the first's"
+    );
+    let log = agent.log();
+    let ended: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("shipping to the collector"))
+        .collect();
+    assert!(
+        ended.is_empty(),
+        "the restarted agent's stream ended: {ended:?}"
+    );
+    assert!(agent.stop().success);
+    verify_passes(&url);
+    drop(collector);
 }
