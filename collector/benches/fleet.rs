@@ -122,8 +122,11 @@ const SERVE_FILES: [&str; 5] = [
 async fn serve(dir: &Path) {
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
     let [ca_pem, cert_pem, key_pem, witness_pem, witness_key] = SERVE_FILES.map(read);
-    let store =
-        collector::open_store(&format!("sqlite://{}", dir.join("store.db").display())).unwrap();
+    let store = collector::open_store(
+        &format!("sqlite://{}", dir.join("store.db").display()),
+        None,
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     println!("listening {}", listener.local_addr().unwrap());
     std::io::stdout().flush().unwrap();

@@ -174,7 +174,7 @@ impl Target {
     /// A collector on a store of its own in `dir`: mutual TLS under `tls`, else plaintext.
     async fn start(kind: &str, round: usize, dir: &std::path::Path, tls: Option<&Ca>) -> Self {
         let name = format!("{kind}-{round}");
-        let store = collector::open_store(&store_url(&name, dir)).unwrap();
+        let store = collector::open_store(&store_url(&name, dir), None).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let validity = Validity::from_now(Duration::from_hours(1));

@@ -23,6 +23,11 @@ pub struct Cli {
     /// `postgres://` URL (docs/scaling.md).
     #[arg(long, default_value = "sqlite:///var/lib/recorder/collector.db")]
     pub store: String,
+    /// CA certificates (PEM) that a PostgreSQL store's server certificate must chain to: the
+    /// collector then connects only over TLS, and the certificate must name the URL's host
+    /// (libpq's `sslmode=verify-full`). Without it a URL asking for TLS is refused.
+    #[arg(long)]
+    pub store_ca: Option<PathBuf>,
     /// The policy agents enforce, a JSON file (docs/grants.md). Without it: mode alert, a
     /// human's exec as root needs a grant, no guarded identities.
     #[arg(long)]

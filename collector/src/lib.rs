@@ -62,14 +62,47 @@ pub enum Error {
     Witness(#[from] witness::WitnessError),
 }
 
-/// Opens the store a `--store` URL names.
-pub fn open_store(url: &str) -> Result<Arc<dyn Store>, store::StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(store::postgres::Postgres::open(url)?));
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Opens the store a `--store` URL names; a PostgreSQL one over TLS checked against the CA
+/// certificates in `ca` (PEM) when given.
+pub fn open_store(url: &str, ca: Option<&Path>) -> Result<Arc<dyn Store>, store::StoreError> {
+    if is_postgres(url) {
+        let tls = ca
+            .map(|ca| {
+                let pem = std::fs::read_to_string(ca).map_err(|e| store::StoreError::Tls {
+                    ca: ca.to_owned(),
+                    why: e.to_string(),
+                })?;
+                pki::server_checking_config(&pem).map_err(|e| store::StoreError::Tls {
+                    ca: ca.to_owned(),
+                    why: e.to_string(),
+                })
+            })
+            .transpose()?;
+        return Ok(Arc::new(store::postgres::Postgres::open(url, tls)?));
+    }
+    if let Some(ca) = ca {
+        return Err(store::StoreError::Tls {
+            ca: ca.to_owned(),
+            why: "a CA for the store applies to a PostgreSQL store only".into(),
+        });
     }
     match url.strip_prefix("sqlite://") {
         Some(path) if !path.is_empty() => Ok(Arc::new(store::sqlite::Sqlite::open(path)?)),
         _ => Err(store::StoreError::Url(url.to_owned())),
+    }
+}
+
+/// The store a `--store` URL names, as logs may show it: without a password.
+#[must_use]
+pub fn store_name(url: &str) -> String {
+    if is_postgres(url) {
+        store::postgres::redacted(url)
+    } else {
+        url.to_owned()
     }
 }
 

@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
             )
         })?
     };
-    let store = collector::open_store(&cli.store)?;
+    let store = collector::open_store(&cli.store, cli.store_ca.as_deref())?;
     let retention = collector::Retention {
         default: cli.retain,
         per_host: cli.retain_host.into_iter().collect(),
@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
                 "policy"
             );
             let listening = format!("listening on {}", listener.local_addr()?);
-            tracing::info!(store = %cli.store, "{listening}");
+            tracing::info!(store = %collector::store_name(&cli.store), "{listening}");
             notify_ready(&listening);
             if let Some(interval) = sd_notify::watchdog_enabled() {
                 tokio::spawn(watchdog(interval / 2));

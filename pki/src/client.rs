@@ -76,3 +76,19 @@ pub fn endpoint(
         .and_then(|endpoint| endpoint.tls_config(identity.tls_config(server_name)))
         .map_err(|e| PkiError::Tls(format!("{url}: {e}")))
 }
+
+/// rustls settings for a client that presents no certificate and accepts only a server
+/// whose certificate chains to a CA of `ca_pem` and names the host dialled, as libpq's
+/// `sslmode=verify-full` checks it: the collector's connections to PostgreSQL.
+pub fn server_checking_config(ca_pem: &str) -> Result<rustls::ClientConfig, PkiError> {
+    let roots = crate::roots(ca_pem)?;
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}

@@ -23,7 +23,7 @@ pub use rustls;
 
 pub use agent::{AgentKey, ed25519_public_key_from_pkcs8_pem, ed25519_seed_from_pkcs8_pem};
 pub use ca::{Ca, Issued, Validity, create_private_dir};
-pub use client::{ClientIdentity, endpoint};
+pub use client::{ClientIdentity, endpoint, server_checking_config};
 pub use evidence::{collector_log, deployment_id, host_log, verify_cert, witness_key};
 pub use identity::{CertInfo, MAX_NAME_LEN, OfferedCert, Peer, Role, check_name, host_id};
 pub use limit::ConnectionLimits;
@@ -135,4 +135,15 @@ fn exists(path: &Path) -> Result<bool, PkiError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(PkiError::file(path, e)),
     }
+}
+
+/// The CA certificates of `ca_pem` (more than one during a CA change) as rustls roots.
+fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, PkiError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in certs_from_pem(ca_pem)? {
+        roots
+            .add(ca)
+            .map_err(|e| PkiError::Certificate(format!("CA certificate: {e}")))?;
+    }
+    Ok(roots)
 }

@@ -81,12 +81,7 @@ pub fn server_config(
         )));
     }
     let provider = Arc::new(ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in crate::certs_from_pem(ca_pem)? {
-        roots
-            .add(ca)
-            .map_err(|e| PkiError::Certificate(format!("CA certificate: {e}")))?;
-    }
+    let roots = crate::roots(ca_pem)?;
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     let builder = match client_cert {
         ClientCert::Required => builder,

@@ -15,6 +15,9 @@ use std::{
 /// The role every test database belongs to (trusted on the server's socket).
 const ROLE: &str = "recorder";
 
+/// The file in a server's directory naming the port it listens on, when not the default.
+const PORT_FILE: &str = "test-port";
+
 struct Server {
     dir: PathBuf,
     /// The database of each store path, made on first use.
@@ -82,6 +85,8 @@ fn remove_stale() {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix("recorder-postgres-"))
+            // The TLS server's directory is the same pid's, with a suffix.
+            .and_then(|n| n.split('-').next())
         else {
             continue;
         };
@@ -94,14 +99,28 @@ fn remove_stale() {
 fn start() -> Server {
     remove_stale();
     let dir = std::env::temp_dir().join(format!("recorder-postgres-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    init(&dir);
+    spawn(
+        &dir,
+        &["-c", "listen_addresses=", "-c", "max_connections=200"],
+    );
+    Server {
+        dir,
+        databases: Mutex::default(),
+    }
+}
+
+/// A new data directory at `dir`, owned by the `postgres` user; `ROLE` is trusted on the
+/// socket there.
+fn init(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
     let (uid, gid) = postgres_user();
-    std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let out = as_postgres(&mut Command::new(bin("initdb")), false)
         .arg("-D")
-        .arg(&dir)
+        .arg(dir)
         .args([
             "-U",
             ROLE,
@@ -119,17 +138,22 @@ fn start() -> Server {
         "initdb: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Starts the server of `dir` with `args`, its socket in `dir`, and waits until it answers.
+fn spawn(dir: &Path, args: &[&str]) {
     // The server's parent is a thread that never ends, so the server lives exactly as long
     // as the test process.
     let (started, spawned) = std::sync::mpsc::channel();
-    let data = dir.clone();
+    let data = dir.to_path_buf();
+    let args: Vec<String> = args.iter().map(ToString::to_string).collect();
     std::thread::spawn(move || {
         let child = as_postgres(&mut Command::new(bin("postgres")), true)
             .arg("-D")
             .arg(&data)
             .arg("-k")
             .arg(&data)
-            .args(["-c", "listen_addresses=", "-c", "max_connections=200"])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -140,16 +164,95 @@ fn start() -> Server {
         }
     });
     spawned.recv().unwrap().expect("start postgres");
-    let server = Server {
-        dir,
-        databases: Mutex::default(),
-    };
     let deadline = Instant::now() + Duration::from_mins(1);
-    while !psql(&server.dir, "postgres", "SELECT 1").status.success() {
+    while !psql(dir, "postgres", "SELECT 1").status.success() {
         assert!(Instant::now() < deadline, "PostgreSQL did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    server
+}
+
+/// A second server for the store's TLS tests, on 127.0.0.1 with the certificate and key
+/// given: over TCP it takes TLS connections only (`hostssl`); its socket stays for the
+/// tests' own `psql`. It dies with the test process.
+pub struct TlsServer {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl TlsServer {
+    #[must_use]
+    pub fn start(cert_pem: &str, key_pem: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("recorder-postgres-{}-tls", std::process::id()));
+        init(&dir);
+        let (uid, gid) = postgres_user();
+        for (name, pem) in [("server.pem", cert_pem), ("server.key", key_pem)] {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::fs::write(
+            dir.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(dir.join(PORT_FILE), port.to_string()).unwrap();
+        let port_arg = format!("port={port}");
+        spawn(
+            &dir,
+            &[
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                &port_arg,
+                "-c",
+                "ssl=on",
+                "-c",
+                "ssl_cert_file=server.pem",
+                "-c",
+                "ssl_key_file=server.key",
+            ],
+        );
+        Self { dir, port }
+    }
+
+    /// A `--store` URL of its database `store`, dialled as `host`.
+    #[must_use]
+    pub fn url(&self, host: &str) -> String {
+        format!("postgresql://{ROLE}@{host}:{}/store", self.port)
+    }
+
+    /// Makes its database `store` afresh.
+    pub fn reset(&self) {
+        for sql in ["DROP DATABASE IF EXISTS store", "CREATE DATABASE store"] {
+            let out = psql(&self.dir, "postgres", sql);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// The connections to its database `store`, and how many of them are TLS.
+    #[must_use]
+    pub fn connections(&self) -> (u64, u64) {
+        let out = psql(
+            &self.dir,
+            "postgres",
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) WHERE a.datname = 'store'",
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (all, tls) = text.trim().split_once('|').expect("two counts");
+        (all.parse().unwrap(), tls.parse().unwrap())
+    }
 }
 
 fn server() -> &'static Server {
@@ -157,10 +260,14 @@ fn server() -> &'static Server {
     SERVER.get_or_init(start)
 }
 
+/// `psql` on the server whose socket is in `dir`, on its default port unless the server's
+/// `port` is set (it names the socket).
 fn psql(dir: &Path, database: &str, sql: &str) -> std::process::Output {
+    let port = std::fs::read_to_string(dir.join(PORT_FILE)).unwrap_or_else(|_| "5432".into());
     Command::new(bin("psql"))
         .arg("-h")
         .arg(dir)
+        .args(["-p", port.trim()])
         .args([
             "-U",
             ROLE,

@@ -949,6 +949,78 @@ fn a_database_that_may_lose_commits_is_refused() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A PostgreSQL store reached over TCP with `--store-ca` is reached over TLS only, checked:
+/// against a server taking TLS only, the collector stores and verifies a chain and every
+/// connection it holds is TLS; a server certificate from another CA, or one that does not
+/// name the host dialled, stops the collector at start with the reason; a URL asking for
+/// TLS without a CA, or for none with one, is refused before any connection. The URL's
+/// password is not logged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_store_over_tls_is_checked_against_its_ca() {
+    let dir = scratch_dir("collector-store-tls");
+    let ca = pki::Ca::init(&dir.join("ca")).unwrap();
+    let other = pki::Ca::init(&dir.join("other-ca")).unwrap();
+    let validity = pki::Validity::from_now(Duration::from_hours(1));
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let server_cert = ca.issue_collector("db", &[], &[ip], validity).unwrap();
+    let server = tests::postgres::TlsServer::start(&server_cert.cert_pem, &server_cert.key_pem);
+    server.reset();
+    let (ca_pem, other_pem) = (dir.join("ca.pem"), dir.join("other.pem"));
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    std::fs::write(&other_pem, other.cert_pem()).unwrap();
+    let (ca_pem, other_pem) = (ca_pem.to_str().unwrap(), other_pem.to_str().unwrap());
+    let url = server.url("127.0.0.1");
+
+    // The server trusts the role, so the password is never asked for; it must not be
+    // logged either.
+    let with_password = url.replace("recorder@", "recorder:pw-never-logged@");
+    let collector = Collector::start_with(
+        &dir.join("c.db"),
+        "127.0.0.1:0".parse().unwrap(),
+        &["--store", &with_password, "--store-ca", ca_pem],
+    );
+    let chain = test_chain("host-a:boot:tls", 500);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..500)).await.unwrap(), 499);
+    assert!(verify(&collector, &chain.id).await.ok);
+    let (all, tls) = server.connections();
+    assert!(all >= 1, "the collector holds a connection");
+    assert_eq!(tls, all, "every connection of the collector is TLS");
+    drop(agent);
+    let log = collector.stop();
+    assert!(log.contains("recorder@127.0.0.1"), "{log}");
+    assert!(!log.contains("pw-never-logged"), "{log}");
+
+    let refused = |args: &[&str]| {
+        let out = tests::collector::command()
+            .args(["--listen", "127.0.0.1:0", "--insecure-plaintext"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    };
+    let stderr = refused(&["--store", &url, "--store-ca", other_pem]);
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    let localhost = server.url("localhost");
+    let stderr = refused(&["--store", &localhost, "--store-ca", ca_pem]);
+    assert!(
+        stderr.contains("certificate not valid for name \"localhost\""),
+        "{stderr}"
+    );
+    let stderr = refused(&["--store", &format!("{url}?sslmode=require")]);
+    assert!(stderr.contains("no CA"), "{stderr}");
+    let stderr = refused(&[
+        "--store",
+        &format!("{url}?sslmode=disable"),
+        "--store-ca",
+        ca_pem,
+    ]);
+    assert!(stderr.contains("sslmode=disable"), "{stderr}");
+}
+
 /// A hundred Search calls at once are all answered, and on PostgreSQL they share at most 32
 /// connections besides the writer's (`store::postgres::READERS_MAX`, docs/limits.md),
 /// watched from the server's own `pg_stat_activity` while they run.

@@ -33,6 +33,8 @@ pub enum StoreError {
         #[source]
         source: Arc<dyn std::error::Error + Send + Sync>,
     },
+    #[error("the CA to check the store's server with, {}: {why}", ca.display())]
+    Tls { ca: std::path::PathBuf, why: String },
     #[error("store: {0}")]
     Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// The store's filesystem is full: nothing of the failed write is kept, and the same

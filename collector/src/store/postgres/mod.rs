@@ -16,6 +16,7 @@ use std::{
 };
 
 use self::bind::params;
+use postgres::config::SslMode;
 use postgres::{
     Client, IsolationLevel, NoTls, Row, Transaction, binary_copy::BinaryCopyInWriter,
     error::SqlState, fallible_iterator::FallibleIterator as _, types::ToSql, types::Type,
@@ -23,6 +24,7 @@ use postgres::{
 use prost::Message as _;
 use proto::{chain::GENESIS, v1::Grant};
 use sha2::Digest as _;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Bound, ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow,
@@ -54,6 +56,7 @@ struct HeadMoved {
 
 pub struct Postgres {
     config: postgres::Config,
+    tls: Option<MakeRustlsConnect>,
     writer: Mutex<Option<Client>>,
     readers: Mutex<Readers>,
     /// Signalled when a reader's connection is given back or closed.
@@ -83,8 +86,24 @@ fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// A connection, over TLS when `tls` is given.
+fn connect(
+    config: &postgres::Config,
+    tls: Option<&MakeRustlsConnect>,
+) -> Result<Client, postgres::Error> {
+    match tls {
+        Some(tls) => config.connect(tls.clone()),
+        None => config.connect(NoTls),
+    }
+}
+
+/// Settings for TLS to the database that contradict each other.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TlsSetting(&'static str);
+
 /// The URL without its password, to name the database in errors and logs.
-fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "a PostgreSQL database".to_owned();
     };
@@ -193,21 +212,45 @@ fn durable(client: &mut Client) -> Result<(), Arc<dyn std::error::Error + Send +
 
 impl Postgres {
     /// Connects to the database `url` names (a `postgres://` URL, as libpq takes it),
-    /// creating the schema or bringing an older one to this collector's.
-    pub fn open(url: &str) -> Result<Self, StoreError> {
+    /// creating the schema or bringing an older one to this collector's. With `tls` every
+    /// connection is TLS, and the server's certificate must chain to its roots and name the
+    /// URL's host (libpq's `sslmode=verify-full`); a URL saying `sslmode=disable` then
+    /// contradicts it. Without, a URL asking for TLS is refused rather than served in
+    /// plaintext, since nothing could check the server.
+    pub fn open(url: &str, tls: Option<pki::rustls::ClientConfig>) -> Result<Self, StoreError> {
         let failed = |source: Arc<dyn std::error::Error + Send + Sync>| StoreError::Open {
             path: redacted(url),
             source,
         };
-        let config = postgres::Config::from_str(url).map_err(|e| failed(Arc::new(e)))?;
+        let mut config = postgres::Config::from_str(url).map_err(|e| failed(Arc::new(e)))?;
+        match (config.get_ssl_mode(), &tls) {
+            (SslMode::Disable, Some(_)) => {
+                return Err(failed(Arc::new(TlsSetting(
+                    "the URL says sslmode=disable, but a CA to check the server with is given",
+                ))));
+            }
+            (SslMode::Require, None) => {
+                return Err(failed(Arc::new(TlsSetting(
+                    "the URL says sslmode=require, but no CA to check the server with is given \
+                     (--store-ca)",
+                ))));
+            }
+            // A CA given means TLS or nothing: prefer would fall back to plaintext.
+            (_, Some(_)) => {
+                config.ssl_mode(SslMode::Require);
+            }
+            _ => {}
+        }
+        let tls = tls.map(MakeRustlsConnect::new);
         let writer = off_runtime(|| {
-            let mut writer = config.connect(NoTls).map_err(|e| failed(Arc::new(e)))?;
+            let mut writer = connect(&config, tls.as_ref()).map_err(|e| failed(Arc::new(e)))?;
             durable(&mut writer).map_err(failed)?;
             schema::migrate(&mut writer).map_err(|e| failed(Arc::new(e)))?;
             Ok::<_, StoreError>(writer)
         })?;
         Ok(Self {
             config,
+            tls,
             writer: Mutex::new(Some(writer)),
             readers: Mutex::default(),
             freed: Condvar::new(),
@@ -215,7 +258,7 @@ impl Postgres {
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
-        Ok(self.config.connect(NoTls)?)
+        Ok(connect(&self.config, self.tls.as_ref())?)
     }
 
     /// Runs `f` on a pooled connection, in a read-only snapshot.
