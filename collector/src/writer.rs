@@ -630,6 +630,9 @@ impl Writer {
         } else if overlap > 0 {
             self.check_resend(group, &batch, overlap)?;
         } else {
+            if first == 0 {
+                self.check_lineage(group, &batch)?;
+            }
             let r = &batch.records[0];
             if chain_hash(&batch.chain_id, r.seq, &head.head_hash, &r.event) != r.hash {
                 return Err(IngestError::Invalid(format!(
@@ -719,6 +722,63 @@ impl Writer {
                 }),
             ),
         );
+    }
+
+    /// A new chain's `ChainStart` names the record of the host's spool it started after. A
+    /// second chain naming the same record means two machines run from copies of one spool
+    /// (a cloned disk or VM image, enrolled key and all): the first lineage stored goes on,
+    /// and the later one is refused before anything of it joins the host's log, where its
+    /// records would contradict every checkpoint the first one signs. An alert names both.
+    fn check_lineage(&self, group: &mut Group, batch: &Batch) -> Result<(), IngestError> {
+        let named = |bytes: &[u8]| match Event::decode(bytes).map(|e| e.body) {
+            Ok(Some(Body::ChainStart(start))) if !start.previous_chain_id.is_empty() => {
+                Some((start.previous_chain_id, start.previous_seq))
+            }
+            _ => None,
+        };
+        let Some(before) = batch.records.first().and_then(|r| named(&r.event)) else {
+            return Ok(());
+        };
+        let pending = group
+            .commit
+            .appends
+            .iter()
+            .filter(|a| a.chain_host == batch.host)
+            .filter_map(|a| {
+                let r = a.records.first().filter(|r| r.seq == 0)?;
+                Some((a.chain_id.clone(), r.event.to_vec()))
+            });
+        let stored = self.store.chain_starts(&batch.host)?;
+        let Some(other) = stored
+            .into_iter()
+            .chain(pending)
+            .find(|(id, event)| *id != batch.chain_id && named(event).as_ref() == Some(&before))
+            .map(|(id, _)| id)
+        else {
+            return Ok(());
+        };
+        let message = format!(
+            "host {:?}: chain {} names seq {} of chain {} as the record before it, as chain \
+             {other} already does: two machines run from copies of one spool (a cloned disk \
+             or VM). Nothing of chain {} is stored; enroll the copy as a new host (docs/pki.md)",
+            batch.host, batch.chain_id, before.1, before.0, batch.chain_id
+        );
+        tracing::error!(host = %batch.host, chain = %batch.chain_id, other = %other, "{message}");
+        self.chain_own(
+            group,
+            Own::alert(
+                &batch.host,
+                Body::Alert(Alert {
+                    kind: "host_cloned".into(),
+                    host: batch.host.clone(),
+                    chain_id: batch.chain_id.clone(),
+                    seq: 0,
+                    message: message.clone(),
+                    hole: None,
+                }),
+            ),
+        );
+        Err(IngestError::Fork(message))
     }
 
     /// The first `overlap` records are already stored. The batch's hashes link to each other,

@@ -16,7 +16,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     Mount,
-    agent::{Agent, receipt_above},
+    agent::{Agent, largest_receipt, receipt_above},
     collector::{Collector, scratch_dir},
     mark, marker, marker_uid, operator, privileged,
     pty::{Pty, in_new_session},
@@ -943,4 +943,78 @@ fn an_agent_restarted_behind_a_long_unsealed_segment_ships_again() {
     assert!(agent.stop().success);
     verify_passes(&url);
     drop(collector);
+}
+
+/// A machine started from a copy of another's disk (spool, enrolled key and all) starts a
+/// chain naming the same record as the original's next chain: the collector refuses the
+/// copy's chain with a `host_cloned` alert, stores nothing of it, and the original, started
+/// again, ships on with every verdict ok. Before, the copy's chain was stored and joined the
+/// host's log, and verify failed (with the check taken out, this test's store has three
+/// findings).
+#[test]
+fn a_cloned_spool_is_refused_and_the_original_ships_on() {
+    if !privileged("a_cloned_spool_is_refused_and_the_original_ships_on") {
+        return;
+    }
+    let dir = scratch_dir("clone");
+    let collector = Collector::start(&dir.join("store.db"));
+    let url = collector.url();
+    let (spool, copy) = (dir.join("spool"), dir.join("copy"));
+    let run = |spool: &std::path::Path, name: &str| {
+        let agent = Agent::shipping(spool, &url, &[]);
+        let m = marker(name);
+        let _ = mark(&m);
+        (agent, m)
+    };
+    let (agent, m) = run(&spool, "original");
+    wait_for_exec(&url, &m, Duration::from_secs(30));
+    assert!(agent.stop().success);
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&spool)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+
+    let (agent, m) = run(&spool, "original-again");
+    wait_for_exec(&url, &m, Duration::from_secs(30));
+    assert!(agent.stop().success);
+
+    let (clone, m) = run(&copy, "clone");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !clone
+        .log()
+        .contains("two machines run from copies of one spool")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the clone is not told: {}",
+            clone.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let identity = format!("uid:{}", marker_uid());
+    assert!(
+        !operator::execs_of(&url, &identity)
+            .iter()
+            .any(|v| operator::argv_has(v, &m)),
+        "nothing of the clone's chain is stored"
+    );
+    drop(clone.stop());
+
+    let (agent, m) = run(&spool, "original-after-clone");
+    wait_for_exec(&url, &m, Duration::from_secs(30));
+    let alerts = operator::json_lines(&url, &["search", "--kind", "alert", "--json"]);
+    assert!(
+        alerts.iter().any(|a| a["alert"]["kind"] == "host_cloned"),
+        "no host_cloned alert: {alerts:?}"
+    );
+    let before = largest_receipt(&spool);
+    assert!(
+        receipt_above(&spool, before, Duration::from_secs(30)).is_some(),
+        "the collector cosigns the original's log after the clone"
+    );
+    assert!(agent.stop().success);
+    verify_passes(&url);
 }

@@ -647,8 +647,9 @@ async fn an_exported_session_verifies_offline_and_a_flipped_byte_does_not() {
 }
 
 /// The links between a host's chains: a restart names the record before it in the log; a
-/// wiped spool names none, a restored snapshot an older record, and a cloned host the same
-/// record as another chain. Each is a finding naming the chain.
+/// wiped spool names none, and a restored snapshot an older record: each is a finding naming
+/// the chain. A cloned host names the same record as another chain: that chain is refused
+/// at ingest, with a `host_cloned` alert, so nothing of it joins the host's log.
 #[tokio::test]
 async fn verify_checks_the_links_between_a_hosts_chains() {
     let dir = scratch_dir("evidence-links");
@@ -675,11 +676,6 @@ async fn verify_checks_the_links_between_a_hosts_chains() {
             Chain::start_after("host-e:boot:13", HOST, T0 + 300, Some((&first, 10))),
             "restored snapshot",
         ),
-        (
-            "clone",
-            Chain::start_after("host-e:boot:14", HOST, T0 + 400, Some((&first, 20))),
-            "cloned host",
-        ),
     ];
     for (what, chain, reason) in cases {
         let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
@@ -702,6 +698,31 @@ async fn verify_checks_the_links_between_a_hosts_chains() {
             "{what}: {printed}"
         );
     }
+
+    let clone = Chain::start_after("host-e:boot:14", HOST, T0 + 400, Some((&first, 20)));
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[clone.id.as_str()]).await;
+    let refused = agent.ship(clone.batch(0..1)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    assert!(
+        refused.message().contains(&format!(
+            "as chain {} already does: two machines run from copies of one spool",
+            restarted.id
+        )),
+        "{refused:?}"
+    );
+    let alerts = of_kind(&collector, "alert").await;
+    assert!(
+        alerts.iter().any(|a| matches!(
+            a.event.as_ref().and_then(|e| e.body.as_ref()),
+            Some(Body::Alert(alert)) if alert.kind == "host_cloned" && alert.chain_id == clone.id
+        )),
+        "{alerts:?}"
+    );
+    let stored = of_kind(&collector, "chain_start").await;
+    assert!(
+        stored.iter().all(|e| e.chain_id != clone.id),
+        "nothing of the clone's chain is stored"
+    );
 }
 
 /// An exec at `time`, in audit session `session` (whose root started at `T0`) if any.

@@ -388,6 +388,9 @@ pub trait Store: Send + Sync + 'static {
     /// The stored chains of `host`, in the order each was first stored: read by host, so
     /// what a connecting agent costs does not grow with other hosts' chains.
     fn host_chains(&self, host: &str) -> Result<Vec<ChainState>, StoreError>;
+    /// The stored first record (its `ChainStart`, as received) of each chain of `host` that
+    /// still holds it: which record of the host's spool each chain says it started after.
+    fn chain_starts(&self, host: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// The stored hash of one record.
     fn hash_at(&self, chain_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes it all in one durable transaction; returns the highest row id stored so far.

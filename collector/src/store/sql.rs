@@ -29,6 +29,16 @@ pub(super) fn hash32(bytes: Vec<u8>) -> [u8; 32] {
 /// The columns a `ChainState` is read from, in its order.
 pub(super) const CHAIN_COLUMNS: &str = "SELECT chain_id, host, next_seq, head_hash FROM chains";
 
+/// The first record of each chain of one host, with the chain's id, by the index on
+/// (host, id) and the unique one on (chain, seq); its one argument is the host.
+pub(super) fn chain_starts(dialect: Dialect) -> String {
+    format!(
+        "SELECT c.chain_id, e.event FROM chains c JOIN events e ON e.chain = c.id AND e.seq = 0 \
+         WHERE c.host = {} ORDER BY c.id",
+        dialect.mark(1)
+    )
+}
+
 /// The columns a `LogRow` is read from, in its order.
 pub(super) const LOG_COLUMNS: &str =
     "SELECT host, size, frontier, cosigned_size, cosigned_root, cosigned_note FROM logs";

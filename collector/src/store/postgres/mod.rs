@@ -32,7 +32,7 @@ use super::{
     Store, StoreError, TokenRow, Violations,
     sql::{
         CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, STORED_COLUMNS, StoredRow,
-        by_row, hash32, int, page, uint,
+        by_row, chain_starts, hash32, int, page, uint,
     },
 };
 
@@ -585,6 +585,13 @@ impl Store for Postgres {
                 &[&host],
             )?;
             collect(&rows, chain_state)
+        })
+    }
+
+    fn chain_starts(&self, host: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read(|tx| {
+            let rows = tx.query(&chain_starts(Dialect::Postgres), &[&host])?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
 

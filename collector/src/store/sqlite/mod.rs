@@ -26,8 +26,8 @@ use super::{
     LogCheckpoint, LogRow, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery, SessionRow,
     Store, StoreError, TokenRow, Violations,
     sql::{
-        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, STORED_COLUMNS, by_row, hash32,
-        int, uint,
+        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, STORED_COLUMNS, by_row,
+        chain_starts, hash32, int, uint,
     },
 };
 
@@ -319,6 +319,14 @@ impl Store for Sqlite {
             // The index `chains_host` (host, id) finds them in this order.
             conn.prepare_cached(&format!("{CHAIN_COLUMNS} WHERE host = ?1 ORDER BY id"))?
                 .query_map([host], chain_state)?
+                .collect()
+        })
+    }
+
+    fn chain_starts(&self, host: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(&chain_starts(Dialect::Sqlite))?
+                .query_map([host], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect()
         })
     }
