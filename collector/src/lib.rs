@@ -96,16 +96,6 @@ pub fn open_store(url: &str, ca: Option<&Path>) -> Result<Arc<dyn Store>, store:
     }
 }
 
-/// The store a `--store` URL names, as logs may show it: without a password.
-#[must_use]
-pub fn store_name(url: &str) -> String {
-    if is_postgres(url) {
-        store::postgres::redacted(url)
-    } else {
-        url.to_owned()
-    }
-}
-
 /// How clients reach the collector.
 pub enum Transport {
     /// Mutual TLS under the deployment's CA (docs/pki.md). The CA's key, when the collector

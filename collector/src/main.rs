@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
                 "policy"
             );
             let listening = format!("listening on {}", listener.local_addr()?);
-            tracing::info!(store = %collector::store_name(&cli.store), "{listening}");
+            tracing::info!(store = %settings::without_passwords(&cli.store), "{listening}");
             notify_ready(&listening);
             if let Some(interval) = sd_notify::watchdog_enabled() {
                 tokio::spawn(watchdog(interval / 2));

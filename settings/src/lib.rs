@@ -299,8 +299,9 @@ fn describe(
             Some(matches.get_flag(id).to_string())
         } else {
             matches.get_raw(id).map(|values| {
-                let quoted: Vec<String> =
-                    values.map(|v| toml_string(&v.to_string_lossy())).collect();
+                let quoted: Vec<String> = values
+                    .map(|v| toml_string(&without_passwords(&v.to_string_lossy())))
+                    .collect();
                 if matches!(arg.get_action(), ArgAction::Append) {
                     format!("[{}]", quoted.join(", "))
                 } else {
@@ -314,6 +315,43 @@ fn describe(
         };
     }
     out
+}
+
+/// `value` with the password of a URL's user (`scheme://user:password@host/...`) and the
+/// value of a `password=` query parameter (libpq takes both) shown as `***`: a setting may
+/// name a database with its credentials, and what is printed or logged must not.
+#[must_use]
+pub fn without_passwords(value: &str) -> String {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split_once(':').map_or(user, |(name, _)| name);
+            format!("{name}:***@{host}")
+        }
+        _ => authority.to_owned(),
+    };
+    let path = match path.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = query
+                .split_once('#')
+                .map_or((query, None), |(q, f)| (q, Some(f)));
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some(("password", _)) => "password=***".to_owned(),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+            format!("{path}?{}{fragment}", params.join("&"))
+        }
+        None => path.to_owned(),
+    };
+    format!("{scheme}://{authority}{path}")
 }
 
 /// A TOML basic string (numbers stay numbers).
@@ -351,6 +389,28 @@ mod tests {
         let mut all = vec![OsString::from("d")];
         all.extend(args.iter().map(OsString::from));
         load_from(all, &path)
+    }
+
+    #[test]
+    fn passwords_in_urls_are_not_shown() {
+        for (value, shown) in [
+            (
+                "postgresql://rec:s3cret@db:5432/ev?sslmode=require",
+                "postgresql://rec:***@db:5432/ev?sslmode=require",
+            ),
+            (
+                "postgresql:///ev?user=rec&password=s3cret&host=/run",
+                "postgresql:///ev?user=rec&password=***&host=/run",
+            ),
+            ("postgres://a:b:c@h/d#p", "postgres://a:***@h/d#p"),
+            ("postgres://rec@db/ev", "postgres://rec@db/ev"),
+            ("sqlite:///var/lib/r.db", "sqlite:///var/lib/r.db"),
+            ("127.0.0.1:7443", "127.0.0.1:7443"),
+        ] {
+            assert_eq!(without_passwords(value), shown, "{value}");
+        }
+        let s = load("", &["--listen", "postgresql://rec:s3cret@db/ev"]).unwrap();
+        assert!(!s.effective.contains("s3cret"), "{}", s.effective);
     }
 
     #[test]

@@ -102,20 +102,6 @@ fn connect(
 #[error("{0}")]
 struct TlsSetting(&'static str);
 
-/// The URL without its password, to name the database in errors and logs.
-pub(crate) fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "a PostgreSQL database".to_owned();
-    };
-    match rest.split_once('@') {
-        Some((user, host)) => {
-            let user = user.split_once(':').map_or(user, |(name, _)| name);
-            format!("{scheme}://{user}@{host}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 /// The stored columns of an events row, read from column `at` on in the order
 /// `host, time, kind, session, sessionid, tty, identity_kind, identity_name, grant_id,
 /// tty_bytes`.
@@ -219,7 +205,7 @@ impl Postgres {
     /// plaintext, since nothing could check the server.
     pub fn open(url: &str, tls: Option<pki::rustls::ClientConfig>) -> Result<Self, StoreError> {
         let failed = |source: Arc<dyn std::error::Error + Send + Sync>| StoreError::Open {
-            path: redacted(url),
+            path: settings::without_passwords(url),
             source,
         };
         let mut config = postgres::Config::from_str(url).map_err(|e| failed(Arc::new(e)))?;
