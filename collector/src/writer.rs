@@ -10,7 +10,10 @@
 //! them, which it calls with the grant as it stands. Grants depend on the writer, never the
 //! other way.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use prost::Message as _;
 use proto::{
@@ -345,6 +348,7 @@ pub(crate) fn spawn(
         own,
         own_signed: None,
         own_frozen,
+        copies_told: HashSet::new(),
         rx,
         live,
         grants_changed,
@@ -367,6 +371,10 @@ struct Writer {
     own_signed: Option<(std::time::Instant, u64)>,
     /// Why the kept checkpoint disagrees with the database, when it does.
     own_frozen: Option<String>,
+    /// Chains refused as a copy's (`check_lineage`) whose alert is committed: a copy retries
+    /// every few seconds, and its alert is chained once per run of the collector, not at
+    /// every retry.
+    copies_told: HashSet<String>,
     rx: mpsc::Receiver<Request>,
     live: broadcast::Sender<i64>,
     grants_changed: watch::Sender<()>,
@@ -382,6 +390,8 @@ struct Group {
     logs: HashMap<String, HostLog>,
     replies: Vec<Outcome>,
     records: usize,
+    /// Chains refused as a copy's whose alert this group chains.
+    copies_told: Vec<String>,
 }
 
 /// An event the collector chains into its own chain, and the columns it is found by.
@@ -477,6 +487,7 @@ impl Writer {
             Ok(last_row) => {
                 self.heads.extend(group.heads);
                 self.logs.extend(group.logs);
+                self.copies_told.extend(group.copies_told);
                 for append in group
                     .commit
                     .appends
@@ -728,7 +739,8 @@ impl Writer {
     /// second chain naming the same record means two machines run from copies of one spool
     /// (a cloned disk or VM image, enrolled key and all): the first lineage stored goes on,
     /// and the later one is refused before anything of it joins the host's log, where its
-    /// records would contradict every checkpoint the first one signs. An alert names both.
+    /// records would contradict every checkpoint the first one signs. An alert names both,
+    /// once per collector run for each refused chain.
     fn check_lineage(&self, group: &mut Group, batch: &Batch) -> Result<(), IngestError> {
         let named = |bytes: &[u8]| match Event::decode(bytes).map(|e| e.body) {
             Ok(Some(Body::ChainStart(start))) if !start.previous_chain_id.is_empty() => {
@@ -763,21 +775,26 @@ impl Writer {
              or VM). Nothing of chain {} is stored; enroll the copy as a new host (docs/pki.md)",
             batch.host, batch.chain_id, before.1, before.0, batch.chain_id
         );
-        tracing::error!(host = %batch.host, chain = %batch.chain_id, other = %other, "{message}");
-        self.chain_own(
-            group,
-            Own::alert(
-                &batch.host,
-                Body::Alert(Alert {
-                    kind: "host_cloned".into(),
-                    host: batch.host.clone(),
-                    chain_id: batch.chain_id.clone(),
-                    seq: 0,
-                    message: message.clone(),
-                    hole: None,
-                }),
-            ),
-        );
+        let told = self.copies_told.contains(&batch.chain_id)
+            || group.copies_told.contains(&batch.chain_id);
+        if !told {
+            tracing::error!(host = %batch.host, chain = %batch.chain_id, other = %other, "{message}");
+            self.chain_own(
+                group,
+                Own::alert(
+                    &batch.host,
+                    Body::Alert(Alert {
+                        kind: "host_cloned".into(),
+                        host: batch.host.clone(),
+                        chain_id: batch.chain_id.clone(),
+                        seq: 0,
+                        message: message.clone(),
+                        hole: None,
+                    }),
+                ),
+            );
+            group.copies_told.push(batch.chain_id.clone());
+        }
         Err(IngestError::Fork(message))
     }
 
