@@ -72,14 +72,12 @@ pub fn open_store(url: &str, ca: Option<&Path>) -> Result<Arc<dyn Store>, store:
     if is_postgres(url) {
         let tls = ca
             .map(|ca| {
-                let pem = std::fs::read_to_string(ca).map_err(|e| store::StoreError::Tls {
+                let unusable = |why: String| store::StoreError::Tls {
                     ca: ca.to_owned(),
-                    why: e.to_string(),
-                })?;
-                pki::server_checking_config(&pem).map_err(|e| store::StoreError::Tls {
-                    ca: ca.to_owned(),
-                    why: e.to_string(),
-                })
+                    why,
+                };
+                let pem = std::fs::read_to_string(ca).map_err(|e| unusable(e.to_string()))?;
+                pki::server_checking_config(&pem).map_err(|e| unusable(e.to_string()))
             })
             .transpose()?;
         return Ok(Arc::new(store::postgres::Postgres::open(url, tls)?));

@@ -831,12 +831,9 @@ impl Writer {
                 });
                 self.chain_own(
                     group,
-                    Own {
-                        kind: Kind::Alert,
-                        host: batch.host.clone(),
-                        identity_kind: 0,
-                        identity_name: String::new(),
-                        body: Body::Alert(Alert {
+                    Own::alert(
+                        &batch.host,
+                        Body::Alert(Alert {
                             kind: "fork".into(),
                             host: batch.host.clone(),
                             chain_id: chain_id.clone(),
@@ -844,7 +841,7 @@ impl Writer {
                             message: message.clone(),
                             hole: None,
                         }),
-                    },
+                    ),
                 );
                 return Err(IngestError::Fork(message));
             }

@@ -327,12 +327,12 @@ pub fn without_passwords(value: &str) -> String {
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((user, host)) if user.contains(':') => {
-            let name = user.split_once(':').map_or(user, |(name, _)| name);
-            format!("{name}:***@{host}")
-        }
-        _ => authority.to_owned(),
+    let user_password = authority
+        .rsplit_once('@')
+        .and_then(|(user, host)| Some((user.split_once(':')?.0, host)));
+    let authority = match user_password {
+        Some((name, host)) => format!("{name}:***@{host}"),
+        None => authority.to_owned(),
     };
     let path = match path.split_once('?') {
         Some((path, query)) => {

@@ -15,8 +15,8 @@ use std::{
 /// The role every test database belongs to (trusted on the server's socket).
 const ROLE: &str = "recorder";
 
-/// The file in a server's directory naming the port it listens on, when not the default.
-const PORT_FILE: &str = "test-port";
+/// The port of the shared server, which names its socket.
+const PORT: u16 = 5432;
 
 struct Server {
     dir: PathBuf,
@@ -102,6 +102,7 @@ fn start() -> Server {
     init(&dir);
     spawn(
         &dir,
+        PORT,
         &["-c", "listen_addresses=", "-c", "max_connections=200"],
     );
     Server {
@@ -140,13 +141,15 @@ fn init(dir: &Path) {
     );
 }
 
-/// Starts the server of `dir` with `args`, its socket in `dir`, and waits until it answers.
-fn spawn(dir: &Path, args: &[&str]) {
+/// Starts the server of `dir` on `port` with `args`, its socket in `dir`, and waits until it
+/// answers.
+fn spawn(dir: &Path, port: u16, args: &[&str]) {
     // The server's parent is a thread that never ends, so the server lives exactly as long
     // as the test process.
     let (started, spawned) = std::sync::mpsc::channel();
     let data = dir.to_path_buf();
-    let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+    let mut args: Vec<String> = args.iter().map(ToString::to_string).collect();
+    args.extend(["-c".to_owned(), format!("port={port}")]);
     std::thread::spawn(move || {
         let child = as_postgres(&mut Command::new(bin("postgres")), true)
             .arg("-D")
@@ -165,7 +168,7 @@ fn spawn(dir: &Path, args: &[&str]) {
     });
     spawned.recv().unwrap().expect("start postgres");
     let deadline = Instant::now() + Duration::from_mins(1);
-    while !psql(dir, "postgres", "SELECT 1").status.success() {
+    while !psql(dir, port, "postgres", "SELECT 1").status.success() {
         assert!(Instant::now() < deadline, "PostgreSQL did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -202,15 +205,12 @@ impl TlsServer {
             .local_addr()
             .unwrap()
             .port();
-        std::fs::write(dir.join(PORT_FILE), port.to_string()).unwrap();
-        let port_arg = format!("port={port}");
         spawn(
             &dir,
+            port,
             &[
                 "-c",
                 "listen_addresses=127.0.0.1",
-                "-c",
-                &port_arg,
                 "-c",
                 "ssl=on",
                 "-c",
@@ -231,25 +231,20 @@ impl TlsServer {
     /// Makes its database `store` afresh.
     pub fn reset(&self) {
         for sql in ["DROP DATABASE IF EXISTS store", "CREATE DATABASE store"] {
-            let out = psql(&self.dir, "postgres", sql);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            query(&self.dir, self.port, "postgres", sql);
         }
     }
 
     /// The connections to its database `store`, and how many of them are TLS.
     #[must_use]
     pub fn connections(&self) -> (u64, u64) {
-        let out = psql(
+        let text = query(
             &self.dir,
+            self.port,
             "postgres",
             "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
              JOIN pg_stat_ssl s USING (pid) WHERE a.datname = 'store'",
         );
-        let text = String::from_utf8_lossy(&out.stdout);
         let (all, tls) = text.trim().split_once('|').expect("two counts");
         (all.parse().unwrap(), tls.parse().unwrap())
     }
@@ -260,14 +255,13 @@ fn server() -> &'static Server {
     SERVER.get_or_init(start)
 }
 
-/// `psql` on the server whose socket is in `dir`, on its default port unless the server's
-/// `port` is set (it names the socket).
-fn psql(dir: &Path, database: &str, sql: &str) -> std::process::Output {
-    let port = std::fs::read_to_string(dir.join(PORT_FILE)).unwrap_or_else(|_| "5432".into());
+/// `psql` on the server whose socket is in `dir`, named by its `port`.
+fn psql(dir: &Path, port: u16, database: &str, sql: &str) -> std::process::Output {
     Command::new(bin("psql"))
         .arg("-h")
         .arg(dir)
-        .args(["-p", port.trim()])
+        .arg("-p")
+        .arg(port.to_string())
         .args([
             "-U",
             ROLE,
@@ -276,7 +270,7 @@ fn psql(dir: &Path, database: &str, sql: &str) -> std::process::Output {
             "-v",
             "ON_ERROR_STOP=1",
             "-q",
-            // Rows unaligned and without headers, as `run` returns them.
+            // Rows unaligned and without headers, as `query` returns them.
             "-At",
             "-c",
             sql,
@@ -285,9 +279,14 @@ fn psql(dir: &Path, database: &str, sql: &str) -> std::process::Output {
         .expect("run psql")
 }
 
-/// Runs `sql` on `database`; its rows, unaligned.
+/// Runs `sql` on `database` of the shared server; its rows, unaligned.
 fn run(database: &str, sql: &str) -> String {
-    let out = psql(&server().dir, database, sql);
+    query(&server().dir, PORT, database, sql)
+}
+
+/// Runs `sql` on `database` of the server at `dir` and `port`; its rows, unaligned.
+fn query(dir: &Path, port: u16, database: &str, sql: &str) -> String {
+    let out = psql(dir, port, database, sql);
     assert!(
         out.status.success(),
         "psql {sql}: {}",

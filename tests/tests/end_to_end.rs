@@ -391,6 +391,28 @@ fn copy_store(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Writes 1 MiB blocks of output to a fresh terminal, whose master a thread drains, until
+/// `done` is told enough bytes were written (it is asked before each block), by `deadline`;
+/// returns how many were.
+fn flood_terminal(deadline: Instant, mut done: impl FnMut(usize) -> bool) -> usize {
+    let mut pty = Pty::open();
+    let drain = pty.drain_master();
+    let slave = fs::File::from(pty.take_slave());
+    let pattern = tests::block_pattern(256);
+    let mut written = 0;
+    while !done(written) {
+        assert!(
+            Instant::now() < deadline,
+            "the terminal flood did not end after {written} bytes of output"
+        );
+        (&slave).write_all(&pattern).unwrap();
+        written += pattern.len();
+    }
+    drop(slave);
+    drain.join().unwrap();
+    written
+}
+
 /// Runs a marker exec named after `name` until one is stored. The agent may still be
 /// draining a terminal flood, and what its pipeline cannot take is a counted gap.
 fn mark_until_stored(url: &str, name: &str) {
@@ -717,22 +739,8 @@ fn a_collector_restored_behind_a_trimmed_spool_gets_a_declared_hole() {
     // with little in the second, until the collector holds the first and it is trimmed.
     let collector = Collector::start_at(&store, addr);
     let first = spool_segments(&spool).remove(0);
-    let mut pty = Pty::open();
-    let drain = pty.drain_master();
-    let slave = fs::File::from(pty.take_slave());
-    let pattern = tests::block_pattern(256);
     let deadline = Instant::now() + Duration::from_mins(3);
-    let mut written = 0;
-    while spool_segments(&spool).len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no second segment after {written} bytes of output"
-        );
-        (&slave).write_all(&pattern).unwrap();
-        written += pattern.len();
-    }
-    drop(slave);
-    drain.join().unwrap();
+    let written = flood_terminal(deadline, |_| spool_segments(&spool).len() >= 2);
     while first.exists() {
         assert!(
             Instant::now() < deadline,
@@ -876,21 +884,10 @@ fn an_agent_restarted_behind_a_long_unsealed_segment_ships_again() {
     let spool = dir.join("spool");
     // Terminal output until a first segment is full, sealed and read to its end: the log's
     // state is saved there.
-    let flood = |until: &dyn Fn() -> bool| {
-        let mut pty = Pty::open();
-        let drain = pty.drain_master();
-        let slave = fs::File::from(pty.take_slave());
-        let pattern = tests::block_pattern(256);
-        let deadline = Instant::now() + Duration::from_mins(3);
-        while !until() {
-            assert!(Instant::now() < deadline, "the terminal flood did not end");
-            (&slave).write_all(&pattern).unwrap();
-        }
-        drop(slave);
-        drain.join().unwrap();
-    };
     let agent = Agent::shipping(&spool, &url, &[]);
-    flood(&|| spool.join("log.state").exists());
+    flood_terminal(Instant::now() + Duration::from_mins(3), |_| {
+        spool.join("log.state").exists()
+    });
     assert!(agent.stop().success);
     // A new agent starts a new segment, which stays unsealed while it runs: the saved state
     // stays behind while many reads' worth of records go into it and are cosigned.
@@ -899,10 +896,8 @@ fn an_agent_restarted_behind_a_long_unsealed_segment_ships_again() {
     let saved = saved_log_size(&spool);
     // 16 MiB of output: its records stay well inside the 64 MiB segment, and the file lags
     // the terminal, so the amount is counted here.
-    let written = std::cell::Cell::new(0);
-    flood(&|| {
-        written.set(written.get() + 1);
-        written.get() > 16
+    flood_terminal(Instant::now() + Duration::from_mins(3), |written| {
+        written >= 16 << 20
     });
     mark_until_stored(&url, "before-restart");
     let cosigned = receipt_above(&spool, saved + 1_000, Duration::from_secs(30))
