@@ -4,9 +4,14 @@
 
 pub const LAYOUT_GLOBAL: &str = "KERNEL_LAYOUT";
 
+/// The offset of an optional field this kernel does not have.
+pub const ABSENT: u32 = u32::MAX;
+
 /// Where one offset comes from: a struct in vmlinux BTF and a dotted member path (anonymous
 /// structs and unions are searched through), and the size the probe reads at that offset.
-/// `size` 0 skips the size check (flexible arrays).
+/// A `ty` starting with `?` is optional: on a kernel without that struct or member the offset
+/// is [`ABSENT`], and the programs that read it have no hook there either (those of
+/// `io_uring`, on a kernel built without it). `size` 0 skips the size check (flexible arrays).
 #[derive(Clone, Copy, Debug)]
 pub struct FieldSpec {
     pub name: &'static str,
@@ -75,6 +80,10 @@ kernel_layout! {
     signal_tty => "signal_struct" "tty" 8,
     signal_live => "signal_struct" "live.counter" 4,
     bprm_filename => "linux_binprm" "filename" 8,
+    // A request's command data (`struct io_rw` for reads and writes) is at its start.
+    io_kiocb_opcode => "?io_kiocb" "opcode" 1,
+    io_rw_addr => "?io_rw" "addr" 8,
+    io_rw_len => "?io_rw" "len" 4,
     sys_enter_args => "syscall_trace_enter" "args" 0,
 }
 

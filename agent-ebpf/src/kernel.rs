@@ -212,6 +212,23 @@ pub fn bprm_filename(bprm: u64) -> Result<*const u8, i64> {
     read_ptr(bprm as *const u8, offset!(bprm_filename))
 }
 
+/// The opcode of an `io_uring` request (`IORING_OP_*`).
+#[inline(always)]
+pub fn io_req_opcode(req: u64) -> Result<u8, i64> {
+    read(req as *const u8, offset!(io_kiocb_opcode))
+}
+
+/// The user address and length of an `io_uring` read or write request: a buffer and its
+/// bytes, or for a vectored one an `iovec` array and its count.
+#[inline(always)]
+pub fn io_rw(req: u64) -> Result<(u64, u32), i64> {
+    let req = req as *const u8;
+    Ok((
+        read(req, offset!(io_rw_addr))?,
+        read(req, offset!(io_rw_len))?,
+    ))
+}
+
 /// The first `N` arguments of a `syscalls/sys_enter_*` tracepoint, in one read. (A tracepoint
 /// context can only be loaded from at offsets fixed in the instruction, and ours come from
 /// BTF at load time.)

@@ -20,15 +20,17 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_loop,
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::PerCpuArray,
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 
 use crate::{
     emit::{count_loss, fill_header, submit},
-    kernel::{File, Task, config, syscall_args, tty_dev, tty_hides_input, tty_link},
+    kernel::{
+        File, Task, config, io_req_opcode, io_rw, syscall_args, tty_dev, tty_hides_input, tty_link,
+    },
 };
 
 #[map(name = "TTY_SCRATCH")]
@@ -79,6 +81,35 @@ pub fn tty_sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
 pub fn tty_sys_enter_splice(ctx: TracePointContext) -> u32 {
     if let Ok([_, _, fd_out, _, len]) = syscall_args::<5>(&ctx) {
         let _ = try_unseen(fd_out, len);
+    }
+    0
+}
+
+/// `io_uring` opcodes (`IORING_OP_*`, a stable ABI) that write a buffer or an `iovec` array.
+const IORING_OP_WRITEV: u8 = 2;
+const IORING_OP_WRITE_FIXED: u8 = 5;
+const IORING_OP_WRITE: u8 = 23;
+
+/// `io_uring_file_get(req, fd)`: an `io_uring` request is about to use `fd`. Its writes reach
+/// a terminal without a write syscall, so one into a terminal is recorded as unseen, with its
+/// byte count (a `writev`'s iovecs summed). The step runs once per request, in a thread of
+/// the submitting process (the submitter, its SQPOLL thread or an io-wq worker), which shares
+/// its descriptors. Requests on registered files skip this step and are not seen.
+#[raw_tracepoint(tracepoint = "io_uring_file_get")]
+pub fn tty_io_uring_file_get(ctx: RawTracePointContext) -> i32 {
+    let req = ctx.arg::<u64>(0);
+    // `int fd`, in a 64-bit register.
+    let Ok(fd) = u32::try_from(ctx.arg::<u64>(1) as i32) else {
+        return 0;
+    };
+    let count = match io_req_opcode(req) {
+        Ok(IORING_OP_WRITE | IORING_OP_WRITE_FIXED) => io_rw(req).map(|(_, len)| u64::from(len)),
+        Ok(IORING_OP_WRITEV) => io_rw(req)
+            .map(|(iov, n)| iovecs_len(&mut Walk::iovecs(iov, u64::from(n), kind::TTY_OUT))),
+        _ => return 0,
+    };
+    if let Ok(count) = count {
+        let _ = try_unseen(u64::from(fd), count);
     }
     0
 }
@@ -186,7 +217,7 @@ fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
     };
     if redact {
         let len = if vectored {
-            redacted_len(&mut walk)
+            iovecs_len(&mut walk)
         } else {
             count
         };
@@ -233,9 +264,10 @@ fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
     Ok(())
 }
 
-/// The bytes a redacted `writev` holds: its iovecs' lengths, summed without reading a byte.
+/// The bytes a `writev` holds (a redacted one, or one `io_uring` makes): its iovecs' lengths,
+/// summed without reading a byte.
 #[inline(always)]
-fn redacted_len(walk: &mut Walk) -> u64 {
+fn iovecs_len(walk: &mut Walk) -> u64 {
     unsafe {
         bpf_loop(
             UIO_MAXIOV,
@@ -247,7 +279,7 @@ fn redacted_len(walk: &mut Walk) -> u64 {
     walk.offset
 }
 
-/// One `bpf_loop` step of `redacted_len`: adds the next iovec's length. Returns 1 to stop.
+/// One `bpf_loop` step of `iovecs_len`: adds the next iovec's length. Returns 1 to stop.
 #[inline(never)]
 extern "C" fn sum_step(_index: u64, ctx: *mut c_void) -> i64 {
     let w = unsafe { &mut *ctx.cast::<Walk>() };

@@ -874,3 +874,121 @@ fn a_path_search_is_one_exec_naming_the_paths_tried() {
             .all(|v| v["result"] == -libc::ENOENT && v.get("tried").is_none())
     );
 }
+
+/// One `io_uring` request on `fd`, submitted and waited for: `opcode` with `addr` and `len`
+/// as the kernel reads them for reads and writes. Returns the completion's result. (The
+/// few `io_uring` ABI offsets used are fixed by the kernel's uapi.)
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "the rings are page-aligned mappings, and the kernel aligns every field in them"
+)]
+fn io_uring_one(fd: i32, opcode: u8, addr: u64, len: u32) -> i32 {
+    // struct io_uring_params: 120 bytes; sq_off at 40 (head, tail, ring_mask, ring_entries,
+    // flags, dropped, array as u32s), cq_off at 80 (head, tail, ring_mask, ring_entries,
+    // overflow, cqes).
+    let mut params = [0u32; 30];
+    // SAFETY: the params buffer is as large as the kernel's struct.
+    let ring = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) };
+    assert!(
+        ring >= 0,
+        "io_uring_setup: {}",
+        std::io::Error::last_os_error()
+    );
+    let ring = ring as i32;
+    let (sq_entries, cq_entries) = (params[0], params[1]);
+    let (sq, cq) = (&params[10..17], &params[20..26]);
+    let map = |len: usize, offset: i64| {
+        // SAFETY: a shared mapping of the ring's own regions, at the offsets it defines.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                ring,
+                offset,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        p.cast::<u8>()
+    };
+    let sq_ring = map(sq[6] as usize + sq_entries as usize * 4, 0);
+    let cq_ring = map(cq[5] as usize + cq_entries as usize * 16, 0x800_0000);
+    let sqes = map(sq_entries as usize * 64, 0x1000_0000);
+    // SAFETY: offsets inside the mappings, as the kernel laid them out.
+    unsafe {
+        let sqe = sqes;
+        std::ptr::write_bytes(sqe, 0, 64);
+        *sqe = opcode;
+        sqe.add(4).cast::<i32>().write(fd);
+        sqe.add(8).cast::<u64>().write(u64::MAX); // the current position
+        sqe.add(16).cast::<u64>().write(addr);
+        sqe.add(24).cast::<u32>().write(len);
+        let tail = sq_ring
+            .add(sq[1] as usize)
+            .cast::<std::sync::atomic::AtomicU32>();
+        let t = (*tail).load(std::sync::atomic::Ordering::Acquire);
+        let mask = sq_ring.add(sq[2] as usize).cast::<u32>().read();
+        sq_ring
+            .add(sq[6] as usize)
+            .cast::<u32>()
+            .add((t & mask) as usize)
+            .write(0);
+        (*tail).store(t + 1, std::sync::atomic::Ordering::Release);
+        let n = libc::syscall(libc::SYS_io_uring_enter, ring, 1, 1, 1, 0, 0);
+        assert_eq!(n, 1, "io_uring_enter: {}", std::io::Error::last_os_error());
+        let head = cq_ring.add(cq[0] as usize).cast::<u32>().read();
+        let mask = cq_ring.add(cq[2] as usize).cast::<u32>().read();
+        let cqe = cq_ring.add(cq[5] as usize + (head & mask) as usize * 16);
+        let res = cqe.add(8).cast::<i32>().read();
+        libc::close(ring);
+        res
+    }
+}
+
+/// Writes through `io_uring` reach a terminal without a write syscall: each is an unseen gap
+/// with its byte count, a `writev`'s iovecs summed.
+#[test]
+fn io_uring_writes_into_a_pty_are_unseen_gaps() {
+    const WRITE: u8 = 23;
+    const WRITEV: u8 = 2;
+    if !privileged("io_uring_writes_into_a_pty_are_unseen_gaps") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let pty = Pty::written_by(|slave| {
+        let out = slave.as_raw_fd();
+        let data = [b'u'; 300];
+        assert_eq!(io_uring_one(out, WRITE, data.as_ptr() as u64, 300), 300);
+        let (a, b) = ([b'v'; 40], [b'w'; 25]);
+        let iov = [
+            libc::iovec {
+                iov_base: a.as_ptr() as *mut libc::c_void,
+                iov_len: a.len(),
+            },
+            libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            },
+        ];
+        assert_eq!(io_uring_one(out, WRITEV, iov.as_ptr() as u64, 2), 65);
+    });
+    agent.sync();
+    let out = agent.stop();
+    let unseen: Vec<(u64, u64)> = out
+        .events
+        .iter()
+        .filter(|v| {
+            v["kind"] == "gap" && v["source"] == "unseen" && v["tgid"] == std::process::id()
+        })
+        .map(|v| {
+            assert_eq!(v["lost_kind"], "tty_out", "{v}");
+            (
+                v["lost_records"].as_u64().unwrap(),
+                v["lost_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(unseen, [(1, 300), (1, 65)]);
+    assert!(own_output(&out.events, &pty).is_empty());
+}

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use agent_common::layout::{FieldSpec, KernelLayout};
+use agent_common::layout::{ABSENT, FieldSpec, KernelLayout};
 use btf_rs::{Btf, Type};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -47,46 +47,25 @@ pub fn resolve(path: &Path) -> Result<KernelLayout, LayoutError> {
 }
 
 fn field_offset(btf: &Btf, spec: &FieldSpec) -> Result<u32, LayoutError> {
-    let field = spec.name;
-    let btf_err = |source| LayoutError::Btf { field, source };
-    let root = btf
-        .resolve_types_by_name(spec.ty)
-        .map_err(|_| LayoutError::NoStruct { ty: spec.ty, field })?
-        .into_iter()
-        .find_map(|t| match t {
-            Type::Struct(s) => Some(s),
-            _ => None,
-        })
-        .ok_or(LayoutError::NoStruct { ty: spec.ty, field })?;
-
-    let mut current = root;
-    let mut offset_bits = 0u32;
-    let mut member_type = None;
-    for name in spec.path.split('.') {
-        let (bits, ty) =
-            find_member(btf, &current, name)
-                .map_err(btf_err)?
-                .ok_or(LayoutError::NoMember {
-                    ty: spec.ty,
-                    path: spec.path,
-                    field,
-                })?;
-        offset_bits += bits;
-        if let Type::Struct(s) | Type::Union(s) = strip(btf, ty.clone()).map_err(btf_err)? {
-            current = s;
+    let (ty, optional) = match spec.ty.strip_prefix('?') {
+        Some(ty) => (ty, true),
+        None => (spec.ty, false),
+    };
+    let (offset_bits, member_type) = match locate(btf, ty, spec) {
+        Ok(found) => found,
+        Err(LayoutError::NoStruct { .. } | LayoutError::NoMember { .. }) if optional => {
+            return Ok(ABSENT);
         }
-        member_type = Some(ty);
-    }
-    let member_type = member_type.ok_or(LayoutError::NoMember {
-        ty: spec.ty,
-        path: spec.path,
-        field,
-    })?;
+        Err(e) => return Err(e),
+    };
     if spec.size != 0 {
-        let actual = size_of_type(btf, member_type).map_err(btf_err)?;
+        let actual = size_of_type(btf, member_type).map_err(|source| LayoutError::Btf {
+            field: spec.name,
+            source,
+        })?;
         if actual != spec.size as usize {
             return Err(LayoutError::Size {
-                ty: spec.ty,
+                ty,
                 path: spec.path,
                 actual,
                 expected: spec.size,
@@ -94,6 +73,41 @@ fn field_offset(btf: &Btf, spec: &FieldSpec) -> Result<u32, LayoutError> {
         }
     }
     Ok(offset_bits / 8)
+}
+
+/// The bit offset of `spec.path` in struct `ty`, and the member's type.
+fn locate(btf: &Btf, ty: &'static str, spec: &FieldSpec) -> Result<(u32, Type), LayoutError> {
+    let field = spec.name;
+    let btf_err = |source| LayoutError::Btf { field, source };
+    let no_member = || LayoutError::NoMember {
+        ty,
+        path: spec.path,
+        field,
+    };
+    let root = btf
+        .resolve_types_by_name(ty)
+        .map_err(|_| LayoutError::NoStruct { ty, field })?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or(LayoutError::NoStruct { ty, field })?;
+
+    let mut current = root;
+    let mut offset_bits = 0u32;
+    let mut member_type = None;
+    for name in spec.path.split('.') {
+        let (bits, ty) = find_member(btf, &current, name)
+            .map_err(btf_err)?
+            .ok_or_else(no_member)?;
+        offset_bits += bits;
+        if let Type::Struct(s) | Type::Union(s) = strip(btf, ty.clone()).map_err(btf_err)? {
+            current = s;
+        }
+        member_type = Some(ty);
+    }
+    Ok((offset_bits, member_type.ok_or_else(no_member)?))
 }
 
 /// Finds `name` among the members of `s`, looking inside anonymous structs and unions (the
@@ -190,6 +204,34 @@ mod tests {
         };
         assert!(matches!(
             field_offset(&btf, &spec),
+            Err(LayoutError::Size { actual: 4, .. })
+        ));
+    }
+
+    /// An optional field the kernel lacks is `ABSENT`; one it has resolves, and is
+    /// size-checked like any other.
+    #[test]
+    fn optional_fields() {
+        let btf = Btf::from_file(VMLINUX_BTF).expect("vmlinux BTF");
+        let spec = |ty, path, size| FieldSpec {
+            name: "probe",
+            ty,
+            path,
+            size,
+        };
+        for (ty, path) in [
+            ("?no_such_struct", "pid"),
+            ("?task_struct", "no_such_field"),
+        ] {
+            assert_eq!(field_offset(&btf, &spec(ty, path, 4)).unwrap(), ABSENT);
+        }
+        let pid = field_offset(&btf, &spec("task_struct", "pid", 4)).unwrap();
+        assert_eq!(
+            field_offset(&btf, &spec("?task_struct", "pid", 4)).unwrap(),
+            pid
+        );
+        assert!(matches!(
+            field_offset(&btf, &spec("?task_struct", "pid", 8)),
             Err(LayoutError::Size { actual: 4, .. })
         ));
     }

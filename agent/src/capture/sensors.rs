@@ -117,6 +117,7 @@ const SENSORS: &[Sensor] = &[
             ),
             tp("tty_sys_enter_splice", "syscalls", "sys_enter_splice"),
             tp("tty_sys_enter_ioctl", "syscalls", "sys_enter_ioctl"),
+            raw("tty_io_uring_file_get", "io_uring", "io_uring_file_get"),
         ],
         attach: Attach::AtStart,
     },
