@@ -552,6 +552,23 @@ fn pwritev2_to_a_pty_is_captured_and_refused_pwrites_are_not() {
     assert_eq!(own_output(&out.events, &pty), parts.concat());
 }
 
+/// This process's `unseen` gaps, as (records, bytes) in order: each of terminal output.
+fn own_unseen_gaps(events: &[Value]) -> Vec<(u64, u64)> {
+    events
+        .iter()
+        .filter(|v| {
+            v["kind"] == "gap" && v["source"] == "unseen" && v["tgid"] == std::process::id()
+        })
+        .map(|v| {
+            assert_eq!(v["lost_kind"], "tty_out", "{v}");
+            (
+                v["lost_records"].as_u64().unwrap(),
+                v["lost_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Bytes that `sendfile` or `splice` put into a terminal, which no write tracepoint sees,
 /// are one gap of source `unseen` per syscall, with the count asked for and the writer.
 #[test]
@@ -590,20 +607,7 @@ fn sendfile_and_splice_into_a_pty_are_unseen_gaps() {
     });
     agent.sync();
     let out = agent.stop();
-    let unseen: Vec<(u64, u64)> = out
-        .events
-        .iter()
-        .filter(|v| {
-            v["kind"] == "gap" && v["source"] == "unseen" && v["tgid"] == std::process::id()
-        })
-        .map(|v| {
-            assert_eq!(v["lost_kind"], "tty_out", "{v}");
-            (
-                v["lost_records"].as_u64().unwrap(),
-                v["lost_bytes"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let unseen = own_unseen_gaps(&out.events);
     assert_eq!(unseen, [(1, 4096), (1, 1000)]);
     assert!(own_output(&out.events, &pty).is_empty());
 }
@@ -975,20 +979,7 @@ fn io_uring_writes_into_a_pty_are_unseen_gaps() {
     });
     agent.sync();
     let out = agent.stop();
-    let unseen: Vec<(u64, u64)> = out
-        .events
-        .iter()
-        .filter(|v| {
-            v["kind"] == "gap" && v["source"] == "unseen" && v["tgid"] == std::process::id()
-        })
-        .map(|v| {
-            assert_eq!(v["lost_kind"], "tty_out", "{v}");
-            (
-                v["lost_records"].as_u64().unwrap(),
-                v["lost_bytes"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let unseen = own_unseen_gaps(&out.events);
     assert_eq!(unseen, [(1, 300), (1, 65)]);
     assert!(own_output(&out.events, &pty).is_empty());
 }
