@@ -84,6 +84,8 @@ kernel_layout! {
     io_kiocb_opcode => "?io_kiocb" "opcode" 1,
     io_rw_addr => "?io_rw" "addr" 8,
     io_rw_len => "?io_rw" "len" 4,
+    io_splice_len => "?io_splice" "len" 8,
+    io_splice_fd_in => "?io_splice" "splice_fd_in" 4,
     sys_enter_args => "syscall_trace_enter" "args" 0,
 }
 

@@ -229,6 +229,16 @@ pub fn io_rw(req: u64) -> Result<(u64, u32), i64> {
     ))
 }
 
+/// The length of an `io_uring` splice, and the descriptor it reads from.
+#[inline(always)]
+pub fn io_splice(req: u64) -> Result<(u64, i32), i64> {
+    let req = req as *const u8;
+    Ok((
+        read(req, offset!(io_splice_len))?,
+        read(req, offset!(io_splice_fd_in))?,
+    ))
+}
+
 /// The first `N` arguments of a `syscalls/sys_enter_*` tracepoint, in one read. (A tracepoint
 /// context can only be loaded from at offsets fixed in the instruction, and ours come from
 /// BTF at load time.)

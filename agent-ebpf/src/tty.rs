@@ -29,7 +29,8 @@ use aya_log_ebpf::warn;
 use crate::{
     emit::{count_loss, fill_header, submit},
     kernel::{
-        File, Task, config, io_req_opcode, io_rw, syscall_args, tty_dev, tty_hides_input, tty_link,
+        File, Task, config, io_req_opcode, io_rw, io_splice, syscall_args, tty_dev,
+        tty_hides_input, tty_link,
     },
 };
 
@@ -85,14 +86,16 @@ pub fn tty_sys_enter_splice(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `io_uring` opcodes (`IORING_OP_*`, a stable ABI) that write a buffer or an `iovec` array.
+/// `io_uring` opcodes (`IORING_OP_*`, a stable ABI) that write a buffer or an `iovec` array,
+/// or splice into a descriptor.
 const IORING_OP_WRITEV: u8 = 2;
 const IORING_OP_WRITE_FIXED: u8 = 5;
 const IORING_OP_WRITE: u8 = 23;
+const IORING_OP_SPLICE: u8 = 30;
 
-/// `io_uring_file_get(req, fd)`: an `io_uring` request is about to use `fd`. Its writes reach
-/// a terminal without a write syscall, so one into a terminal is recorded as unseen, with its
-/// byte count (a `writev`'s iovecs summed). The step runs once per request, in a thread of
+/// `io_uring_file_get(req, fd)`: an `io_uring` request is about to use `fd`. Its writes and
+/// splices reach a terminal without a write syscall, so one into a terminal is recorded as
+/// unseen, with its byte count (a `writev`'s iovecs summed; a splice's length as asked). The step runs once per request, in a thread of
 /// the submitting process (the submitter, its SQPOLL thread or an io-wq worker), which shares
 /// its descriptors. Requests on registered files skip this step and are not seen.
 #[raw_tracepoint(tracepoint = "io_uring_file_get")]
@@ -106,6 +109,11 @@ pub fn tty_io_uring_file_get(ctx: RawTracePointContext) -> i32 {
         Ok(IORING_OP_WRITE | IORING_OP_WRITE_FIXED) => io_rw(req).map(|(_, len)| u64::from(len)),
         Ok(IORING_OP_WRITEV) => io_rw(req)
             .map(|(iov, n)| iovecs_len(&mut Walk::iovecs(iov, u64::from(n), kind::TTY_OUT))),
+        // A splice looks up both its descriptors here: only the one it writes to counts.
+        Ok(IORING_OP_SPLICE) => match io_splice(req) {
+            Ok((len, fd_in)) if u32::try_from(fd_in).ok() != Some(fd) => Ok(len),
+            _ => return 0,
+        },
         _ => return 0,
     };
     if let Ok(count) = count {

@@ -880,13 +880,14 @@ fn a_path_search_is_one_exec_naming_the_paths_tried() {
 }
 
 /// One `io_uring` request on `fd`, submitted and waited for: `opcode` with `addr` and `len`
-/// as the kernel reads them for reads and writes. Returns the completion's result. (The
-/// few `io_uring` ABI offsets used are fixed by the kernel's uapi.)
+/// as the kernel reads them for reads and writes, and `fd_in` for a splice's source (0
+/// otherwise). Returns the completion's result. (The few `io_uring` ABI offsets used are
+/// fixed by the kernel's uapi.)
 #[expect(
     clippy::cast_ptr_alignment,
     reason = "the rings are page-aligned mappings, and the kernel aligns every field in them"
 )]
-fn io_uring_one(fd: i32, opcode: u8, addr: u64, len: u32) -> i32 {
+fn io_uring_one(fd: i32, opcode: u8, addr: u64, len: u32, fd_in: i32) -> i32 {
     // struct io_uring_params: 120 bytes; sq_off at 40 (head, tail, ring_mask, ring_entries,
     // flags, dropped, array as u32s), cq_off at 80 (head, tail, ring_mask, ring_entries,
     // overflow, cqes).
@@ -928,6 +929,7 @@ fn io_uring_one(fd: i32, opcode: u8, addr: u64, len: u32) -> i32 {
         sqe.add(8).cast::<u64>().write(u64::MAX); // the current position
         sqe.add(16).cast::<u64>().write(addr);
         sqe.add(24).cast::<u32>().write(len);
+        sqe.add(44).cast::<i32>().write(fd_in);
         let tail = sq_ring
             .add(sq[1] as usize)
             .cast::<std::sync::atomic::AtomicU32>();
@@ -950,12 +952,13 @@ fn io_uring_one(fd: i32, opcode: u8, addr: u64, len: u32) -> i32 {
     }
 }
 
-/// Writes through `io_uring` reach a terminal without a write syscall: each is an unseen gap
-/// with its byte count, a `writev`'s iovecs summed.
+/// Writes and splices through `io_uring` reach a terminal without a write syscall: each is an
+/// unseen gap with its byte count, a `writev`'s iovecs summed.
 #[test]
 fn io_uring_writes_into_a_pty_are_unseen_gaps() {
     const WRITE: u8 = 23;
     const WRITEV: u8 = 2;
+    const SPLICE: u8 = 30;
     if !privileged("io_uring_writes_into_a_pty_are_unseen_gaps") {
         return;
     }
@@ -963,7 +966,7 @@ fn io_uring_writes_into_a_pty_are_unseen_gaps() {
     let pty = Pty::written_by(|slave| {
         let out = slave.as_raw_fd();
         let data = [b'u'; 300];
-        assert_eq!(io_uring_one(out, WRITE, data.as_ptr() as u64, 300), 300);
+        assert_eq!(io_uring_one(out, WRITE, data.as_ptr() as u64, 300, 0), 300);
         let (a, b) = ([b'v'; 40], [b'w'; 25]);
         let iov = [
             libc::iovec {
@@ -975,11 +978,16 @@ fn io_uring_writes_into_a_pty_are_unseen_gaps() {
                 iov_len: b.len(),
             },
         ];
-        assert_eq!(io_uring_one(out, WRITEV, iov.as_ptr() as u64, 2), 65);
+        assert_eq!(io_uring_one(out, WRITEV, iov.as_ptr() as u64, 2, 0), 65);
+        // From a pipe, with no offset on either side (-1).
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        writer.write_all(&[b'x'; 500]).unwrap();
+        let from = reader.as_raw_fd();
+        assert_eq!(io_uring_one(out, SPLICE, u64::MAX, 500, from), 500);
     });
     agent.sync();
     let out = agent.stop();
     let unseen = own_unseen_gaps(&out.events);
-    assert_eq!(unseen, [(1, 300), (1, 65)]);
+    assert_eq!(unseen, [(1, 300), (1, 65), (1, 500)]);
     assert!(own_output(&out.events, &pty).is_empty());
 }
