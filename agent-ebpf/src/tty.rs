@@ -95,9 +95,11 @@ const IORING_OP_SPLICE: u8 = 30;
 
 /// `io_uring_file_get(req, fd)`: an `io_uring` request is about to use `fd`. Its writes and
 /// splices reach a terminal without a write syscall, so one into a terminal is recorded as
-/// unseen, with its byte count (a `writev`'s iovecs summed; a splice's length as asked). The step runs once per request, in a thread of
-/// the submitting process (the submitter, its SQPOLL thread or an io-wq worker), which shares
-/// its descriptors. Requests on registered files skip this step and are not seen.
+/// unseen, with its byte count (a `writev`'s iovecs summed; a splice's length as asked). A
+/// write into a pty master is typed input injected, and is counted as input. The step runs
+/// once per request, in a thread of the submitting process (the submitter, its SQPOLL thread
+/// or an io-wq worker), which shares its descriptors. Requests on registered files skip this
+/// step and are not seen.
 #[raw_tracepoint(tracepoint = "io_uring_file_get")]
 pub fn tty_io_uring_file_get(ctx: RawTracePointContext) -> i32 {
     let req = ctx.arg::<u64>(0);
