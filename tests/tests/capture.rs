@@ -958,7 +958,8 @@ fn io_uring_one(fd: i32, opcode: u8, addr: u64, len: u32, fd_in: i32) -> i32 {
 }
 
 /// Writes and splices through `io_uring` reach a terminal without a write syscall: each is an
-/// unseen gap with its byte count, a `writev`'s iovecs summed.
+/// unseen gap with its byte count, a `writev`'s iovecs summed, and a write into a master is
+/// counted as typed input. A splice out of a terminal is no gap.
 #[test]
 fn io_uring_writes_into_a_pty_are_unseen_gaps() {
     const WRITE: u8 = 23;
@@ -995,6 +996,16 @@ fn io_uring_writes_into_a_pty_are_unseen_gaps() {
     let keys = b"id -u\n";
     let master = typed.master.as_raw_fd();
     assert_eq!(io_uring_one(master, WRITE, keys.as_ptr() as u64, 6, 0), 6);
+    // A splice out of a terminal into a pipe writes to no terminal: nothing is counted.
+    // Whether the kernel can splice from a pty or not, both descriptors are looked up.
+    let slave = typed.slave.as_ref().unwrap();
+    assert_eq!(
+        unsafe { libc::write(slave.as_raw_fd(), b"abcd".as_ptr().cast(), 4) },
+        4
+    );
+    let (_reader, writer) = std::io::pipe().unwrap();
+    let done = io_uring_one(writer.as_raw_fd(), SPLICE, u64::MAX, 4, master);
+    assert!(done <= 4, "{done}");
     agent.sync();
     let out = agent.stop();
     let unseen = own_unseen_gaps(&out.events);
