@@ -12,6 +12,11 @@ pub const ARGV_DEFAULT: u32 = 8192;
 /// Most argument pointers walked for a failed exec (a successful one reads the whole block).
 pub const FAILED_ARGS_MAX: u32 = 128;
 pub const FILENAME_CAP: usize = 512;
+/// Bytes of the working directory kept per exec: the path is built from its last component
+/// back, so a longer one keeps its tail. A power of two, so offsets can be masked.
+pub const CWD_CAP: usize = 512;
+/// Steps of the working directory's walk: one per component or mount crossed.
+pub const CWD_STEPS: u32 = 256;
 
 pub mod flags {
     /// argv was longer than the configured bound; `argv` holds its prefix.
@@ -19,6 +24,16 @@ pub mod flags {
     pub const FILENAME_TRUNCATED: u32 = 2;
     /// The kernel could not read argv (page not resident, or a bad user pointer).
     pub const ARGV_UNREADABLE: u32 = 4;
+    /// The working directory is longer than `CWD_CAP` (or deeper than `CWD_STEPS`): `cwd`
+    /// holds its last components.
+    pub const CWD_TRUNCATED: u32 = 8;
+    /// The working directory was removed (its name is the one it had).
+    pub const CWD_DELETED: u32 = 16;
+    /// The working directory is not below the process's root (a `chroot` with the directory
+    /// left outside, or a detached mount): `cwd` is the path up to where the walk stopped.
+    pub const CWD_UNREACHABLE: u32 = 32;
+    /// The walk could not read a dentry or mount; `cwd_len` is 0.
+    pub const CWD_UNREADABLE: u32 = 64;
 }
 
 #[repr(C)]
@@ -31,12 +46,20 @@ pub struct ExecRecord {
     pub filename_len: u32,
     /// Bytes of `argv` that are valid: NUL-terminated strings back to back.
     pub argv_len: u32,
+    /// Bytes of the working directory (a `u64` so that the record has no padding).
+    pub cwd_len: u64,
     pub filename: [u8; FILENAME_CAP],
     pub argv: [u8; ARGV_CAP],
+    /// Where the kernel builds the working directory, as the process sees it (up to its
+    /// root), backwards into the last `cwd_len` bytes. Not sent from here: the path is
+    /// copied to just after argv, so a record carries only the bytes it uses.
+    pub cwd: [u8; CWD_CAP],
 }
 
-/// Bytes before `argv`; a record is submitted as this plus `argv_len`.
+/// Bytes before `argv`; a record is submitted as this plus `argv_len`, plus `cwd_len` bytes
+/// of working directory right after argv.
 pub const EXEC_FIXED: usize = core::mem::offset_of!(ExecRecord, argv);
 
-const _: () = assert!(EXEC_FIXED == 80 + 16 + FILENAME_CAP);
+const _: () = assert!(EXEC_FIXED == 80 + 16 + 8 + FILENAME_CAP);
+const _: () = assert!(CWD_CAP.is_power_of_two());
 const _: () = assert!(ARGV_CAP.is_power_of_two());

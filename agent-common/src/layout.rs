@@ -11,7 +11,8 @@ pub const ABSENT: u32 = u32::MAX;
 /// structs and unions are searched through), and the size the probe reads at that offset.
 /// A `ty` starting with `?` is optional: on a kernel without that struct or member the offset
 /// is [`ABSENT`], and the programs that read it have no hook there either (those of
-/// `io_uring`, on a kernel built without it). `size` 0 skips the size check (flexible arrays).
+/// `io_uring`, on a kernel built without it). `size` 0 skips the size check (flexible arrays,
+/// and structs whose size differs between kernels).
 #[derive(Clone, Copy, Debug)]
 pub struct FieldSpec {
     pub name: &'static str,
@@ -60,6 +61,7 @@ kernel_layout! {
     task_mm => "task_struct" "mm" 8,
     task_files => "task_struct" "files" 8,
     task_signal => "task_struct" "signal" 8,
+    task_fs => "task_struct" "fs" 8,
     task_exit_code => "task_struct" "exit_code" 4,
     cred_euid => "cred" "euid.val" 4,
     mm_arg_start => "mm_struct" "arg_start" 8,
@@ -70,6 +72,19 @@ kernel_layout! {
     file_inode => "file" "f_inode" 8,
     file_private_data => "file" "private_data" 8,
     inode_rdev => "inode" "i_rdev" 4,
+    fs_pwd_mnt => "fs_struct" "pwd.mnt" 8,
+    fs_pwd_dentry => "fs_struct" "pwd.dentry" 8,
+    fs_root_mnt => "fs_struct" "root.mnt" 8,
+    fs_root_dentry => "fs_struct" "root.dentry" 8,
+    dentry_parent => "dentry" "d_parent" 8,
+    dentry_name_len => "dentry" "d_name.len" 4,
+    dentry_name => "dentry" "d_name.name" 8,
+    dentry_hash_pprev => "dentry" "d_hash.pprev" 8,
+    vfsmount_root => "vfsmount" "mnt_root" 8,
+    // `struct vfsmount` is embedded in `struct mount`, whose size differs between kernels.
+    mount_mnt => "mount" "mnt" 0,
+    mount_parent => "mount" "mnt_parent" 8,
+    mount_mountpoint => "mount" "mnt_mountpoint" 8,
     tty_file_private_tty => "tty_file_private" "tty" 8,
     tty_driver => "tty_struct" "driver" 8,
     tty_index => "tty_struct" "index" 4,

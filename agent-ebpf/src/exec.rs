@@ -5,14 +5,20 @@
 //! Syscall exit is watched through the raw `sys_exit` tracepoint: a classic `sys_exit_*`
 //! event would slow every syscall on the host.
 
+use core::ffi::c_void;
+
 use agent_common::{
     event::kind,
-    exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FAILED_ARGS_MAX, FILENAME_CAP, flags},
+    exec::{
+        ARGV_CAP, CWD_CAP, CWD_STEPS, EXEC_FIXED, ExecRecord, FAILED_ARGS_MAX, FILENAME_CAP, flags,
+    },
 };
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf,
-        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
+        generated::{
+            bpf_loop, bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user_str,
+        },
     },
     macros::{map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray},
@@ -22,7 +28,10 @@ use aya_log_ebpf::warn;
 
 use crate::{
     emit::{fill_header, submit},
-    kernel::{Task, bprm_filename, config, syscall_args},
+    kernel::{
+        PathPos, Task, bprm_filename, config, dentry_name, dentry_parent, dentry_unhashed,
+        mount_root, mount_up, syscall_args,
+    },
 };
 
 /// A record plus `ARGV_CAP` bytes of slack: each string read of a failed exec may write up
@@ -31,7 +40,7 @@ use crate::{
 #[repr(C)]
 pub struct ExecScratch {
     record: ExecRecord,
-    slack: [u8; ARGV_CAP],
+    slack: [u8; ARGV_CAP + CWD_CAP],
 }
 
 #[map(name = "EXEC_SCRATCH")]
@@ -123,8 +132,137 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         }
         _ => rec.flags |= flags::ARGV_UNREADABLE,
     }
+    fill_cwd(rec, task);
     emit(rec);
     Ok(())
+}
+
+/// Where the working directory's walk stands. Only addresses live here: the write position
+/// and the flags are kept in the record (map memory), which the verifier does not track
+/// from step to step, so `cwd_step` is checked until its state converges, not per step.
+#[repr(C)]
+struct CwdWalk {
+    at: PathPos,
+    root: PathPos,
+    /// The root dentry of `at.mnt`: reaching it means crossing to the parent mount.
+    mnt_root: u64,
+}
+
+/// Set in the record's flags once the walk has reached the process's root (or stopped for
+/// a reason of its own flag), so that running out of steps shows as truncation.
+const CWD_DONE: u32 = 1 << 31;
+
+/// Writes the working directory into the last `cwd_len` bytes of `rec.cwd` (sent after
+/// argv by `emit`), walking
+/// dentries up to the process's root and crossing mounts on the way, as `d_path` does.
+#[inline(always)]
+fn fill_cwd(rec: &mut ExecRecord, task: Task) {
+    rec.cwd_len = CWD_CAP as u64;
+    let Ok((pwd, root)) = task.fs_paths() else {
+        rec.cwd_len = 0;
+        rec.flags |= flags::CWD_UNREADABLE;
+        return;
+    };
+    let Ok(mnt_root) = mount_root(pwd.mnt) else {
+        rec.cwd_len = 0;
+        rec.flags |= flags::CWD_UNREADABLE;
+        return;
+    };
+    // A removed directory is unhashed; so is a filesystem's root, which is its own parent.
+    if dentry_unhashed(pwd.dentry).unwrap_or(false)
+        && dentry_parent(pwd.dentry).is_ok_and(|p| p != pwd.dentry)
+    {
+        rec.flags |= flags::CWD_DELETED;
+    }
+    let mut walk = CwdWalk {
+        at: pwd,
+        root,
+        mnt_root,
+    };
+    unsafe {
+        bpf_loop(
+            CWD_STEPS,
+            cwd_step as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+    }
+    let pos = unsafe { core::ptr::read_volatile(&raw const rec.cwd_len) };
+    if rec.flags & flags::CWD_UNREADABLE != 0 {
+        rec.cwd_len = 0;
+    } else {
+        if rec.flags & CWD_DONE == 0 {
+            rec.flags |= flags::CWD_TRUNCATED;
+        }
+        if pos == CWD_CAP as u64 {
+            // Nothing above the directory: it is the root itself.
+            rec.cwd[CWD_CAP - 1] = b'/';
+            rec.cwd_len = 1;
+        } else {
+            rec.cwd_len = CWD_CAP as u64 - (pos & (CWD_CAP as u64 - 1));
+        }
+    }
+    rec.flags &= !CWD_DONE;
+}
+
+/// One step of the working directory's walk: cross to the parent mount at a mount's root,
+/// or prepend one component. Until the walk ends, `rec.cwd_len` is the write position, from
+/// `CWD_CAP` down. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn cwd_step(_index: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *ctx.cast::<CwdWalk>() };
+    let Ok(s) = scratch() else { return 1 };
+    let rec = &mut s.record;
+    if w.at == w.root {
+        rec.flags |= CWD_DONE;
+        return 1;
+    }
+    if w.at.dentry == w.mnt_root {
+        match mount_up(w.at.mnt).and_then(|up| {
+            up.map(|up| mount_root(up.mnt).map(|root| (up, root)))
+                .transpose()
+        }) {
+            Ok(Some((up, root))) => {
+                w.at = up;
+                w.mnt_root = root;
+            }
+            Ok(None) => rec.flags |= flags::CWD_UNREACHABLE | CWD_DONE,
+            Err(_) => rec.flags |= flags::CWD_UNREADABLE,
+        }
+        return i64::from(rec.flags & (CWD_DONE | flags::CWD_UNREADABLE) != 0);
+    }
+    let (Ok(parent), Ok((name, len))) = (dentry_parent(w.at.dentry), dentry_name(w.at.dentry))
+    else {
+        rec.flags |= flags::CWD_UNREADABLE;
+        return 1;
+    };
+    if parent == w.at.dentry {
+        // The root of a filesystem no mount leads to (a detached tree).
+        rec.flags |= flags::CWD_UNREACHABLE | CWD_DONE;
+        return 1;
+    }
+    let pos = unsafe { core::ptr::read_volatile(&raw const rec.cwd_len) };
+    let len = u64::from(len);
+    if len + 1 > pos {
+        rec.flags |= flags::CWD_TRUNCATED | CWD_DONE;
+        return 1;
+    }
+    let start = pos - len;
+    // Masked so the verifier sees the write inside the map value: with `start` and `len`
+    // each below CWD_CAP, it ends before `cwd + 2 * CWD_CAP`, in the scratch's slack. (At run time
+    // `start + len` is `pos`, at most CWD_CAP.)
+    let at = (start as usize) & (CWD_CAP - 1);
+    let n = (len as usize) & (CWD_CAP - 1);
+    let dst = unsafe { rec.cwd.as_mut_ptr().add(at) };
+    if unsafe { bpf_probe_read_kernel(dst.cast(), n as u32, name as *const c_void) } < 0 {
+        rec.flags |= flags::CWD_UNREADABLE;
+        return 1;
+    }
+    let slash = (start as usize).wrapping_sub(1) & (CWD_CAP - 1);
+    rec.cwd[slash] = b'/';
+    rec.cwd_len = start - 1;
+    w.at.dentry = parent;
+    0
 }
 
 #[inline(always)]
@@ -141,10 +279,30 @@ fn set_filename_len(rec: &mut ExecRecord, copied: i64) {
     }
 }
 
+/// Sends the record: its fixed part, argv, and the working directory right after argv (it
+/// was built at the end of `cwd`), so that only the bytes used go out. The lengths are
+/// masked for the verifier (at run time argv is at most `ARGV_CAP` and the path at most
+/// `CWD_CAP` bytes), and the scratch's slack holds what the masks allow.
 #[inline(always)]
 fn emit(rec: &mut ExecRecord) {
     let argv_len = (rec.argv_len as usize) & (ARGV_CAP * 2 - 1);
-    submit(&raw mut rec.header, EXEC_FIXED + argv_len, argv_len as u64);
+    let mut cwd_len = (rec.cwd_len as usize) & (CWD_CAP * 2 - 1);
+    if cwd_len > 0 {
+        let src = rec.cwd.as_ptr().wrapping_add(CWD_CAP).wrapping_sub(cwd_len);
+        let dst = rec.argv.as_mut_ptr().wrapping_add(argv_len);
+        // Never expected to fail (both sides are this map value); if it does, the record
+        // goes without its path, marked.
+        if unsafe { bpf_probe_read_kernel(dst.cast(), cwd_len as u32, src.cast()) } < 0 {
+            rec.cwd_len = 0;
+            rec.flags |= flags::CWD_UNREADABLE;
+            cwd_len = 0;
+        }
+    }
+    submit(
+        &raw mut rec.header,
+        EXEC_FIXED + argv_len + cwd_len,
+        argv_len as u64,
+    );
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_execve")]
@@ -246,6 +404,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     fill_header(&mut rec.header, kind::EXEC, Task::current());
     rec.result = ret as i32;
     rec.flags = 0;
+    fill_cwd(rec, Task::current());
     let n = unsafe {
         bpf_probe_read_user_str(
             rec.filename.as_mut_ptr().cast(),

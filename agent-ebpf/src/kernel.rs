@@ -128,6 +128,22 @@ impl Task {
         ))
     }
 
+    /// The working directory and the root of the current task (`fs->pwd`, `fs->root`).
+    #[inline(always)]
+    pub fn fs_paths(self) -> Result<(PathPos, PathPos), i64> {
+        let fs = load_ptr(self.0, offset!(task_fs))?;
+        Ok((
+            PathPos {
+                dentry: load(fs, offset!(fs_pwd_dentry)),
+                mnt: load(fs, offset!(fs_pwd_mnt)),
+            },
+            PathPos {
+                dentry: load(fs, offset!(fs_root_dentry)),
+                mnt: load(fs, offset!(fs_root_mnt)),
+            },
+        ))
+    }
+
     /// The `struct file` behind descriptor `fd`.
     #[inline(always)]
     pub fn file(self, fd: u32) -> Result<File, i64> {
@@ -205,6 +221,61 @@ pub fn tty_hides_input(tty: *const u8) -> Result<bool, i64> {
 #[inline(always)]
 pub fn tty_link(tty: *const u8) -> Result<*const u8, i64> {
     read_ptr(tty, offset!(tty_link))
+}
+
+/// A place in the file tree: a dentry, and the mount (`struct vfsmount`) it is seen through.
+/// Plain addresses: a walk keeps them in a `bpf_loop` context, where no BTF type survives,
+/// so every read from them is a probe read.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PathPos {
+    pub dentry: u64,
+    pub mnt: u64,
+}
+
+/// The dentry above `dentry`; `dentry` itself at the root of its filesystem.
+#[inline(always)]
+pub fn dentry_parent(dentry: u64) -> Result<u64, i64> {
+    read(dentry as *const u8, offset!(dentry_parent))
+}
+
+/// The address and length of `dentry`'s name (not NUL-terminated for this purpose).
+#[inline(always)]
+pub fn dentry_name(dentry: u64) -> Result<(u64, u32), i64> {
+    let d = dentry as *const u8;
+    Ok((
+        read(d, offset!(dentry_name))?,
+        read(d, offset!(dentry_name_len))?,
+    ))
+}
+
+/// Whether `dentry` was removed from the tree (`d_unhashed`): true of a deleted directory,
+/// and of a filesystem's root, which is never hashed.
+#[inline(always)]
+pub fn dentry_unhashed(dentry: u64) -> Result<bool, i64> {
+    let pprev: u64 = read(dentry as *const u8, offset!(dentry_hash_pprev))?;
+    Ok(pprev == 0)
+}
+
+/// The root dentry of the mount `mnt`.
+#[inline(always)]
+pub fn mount_root(mnt: u64) -> Result<u64, i64> {
+    read(mnt as *const u8, offset!(vfsmount_root))
+}
+
+/// Where the mount `mnt` is mounted: its mountpoint, seen through its parent mount. `None`
+/// for the top mount of its namespace, which is its own parent.
+#[inline(always)]
+pub fn mount_up(mnt: u64) -> Result<Option<PathPos>, i64> {
+    let mount = mnt.wrapping_sub(offset!(mount_mnt) as u64);
+    let parent: u64 = read(mount as *const u8, offset!(mount_parent))?;
+    if parent == mount {
+        return Ok(None);
+    }
+    Ok(Some(PathPos {
+        dentry: read(mount as *const u8, offset!(mount_mountpoint))?,
+        mnt: parent.wrapping_add(offset!(mount_mnt) as u64),
+    }))
 }
 
 #[inline(always)]

@@ -22,7 +22,7 @@ use agent::{
 };
 use agent_common::{
     event::{Header, kind, make_dev},
-    exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP},
+    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP},
     tty::{CHUNK, TTY_FIXED, TtyRecord},
 };
 use proto::{
@@ -65,17 +65,21 @@ fn bytes_of<T>(value: &T, len: usize) -> Vec<u8> {
 fn exec_record() -> Vec<u8> {
     let argv = b"sudo\0-n\0systemctl\0restart\0nginx.service\0";
     let mut rec = ExecRecord {
-        header: header(kind::EXEC, EXEC_FIXED + argv.len()),
+        header: header(kind::EXEC, EXEC_FIXED + argv.len() + 5),
         result: 0,
         flags: 0,
         filename_len: 13,
         argv_len: argv.len() as u32,
+        cwd_len: 5,
         filename: [0; FILENAME_CAP],
         argv: [0; ARGV_CAP],
+        cwd: [0; CWD_CAP],
     };
     rec.filename[..13].copy_from_slice(b"/usr/bin/sudo");
     rec.argv[..argv.len()].copy_from_slice(argv);
-    bytes_of(&rec, EXEC_FIXED + argv.len())
+    // The working directory follows argv, as the kernel sends it.
+    rec.argv[argv.len()..argv.len() + 5].copy_from_slice(b"/root");
+    bytes_of(&rec, EXEC_FIXED + argv.len() + 5)
 }
 
 fn tty_record() -> Vec<u8> {

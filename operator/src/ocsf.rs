@@ -360,6 +360,9 @@ impl<'a> Record<'a> {
             .into();
         // A failed exec names a file that may not exist, or not be executable.
         process["file"] = file(&x.filename, if ok { EXECUTABLE_FILE } else { UNKNOWN_FILE });
+        if !x.cwd.is_empty() {
+            process["working_directory"] = x.cwd.clone().into();
+        }
         let errno = x.result.checked_neg().filter(|_| !ok);
         self.process_activity(
             p,
@@ -750,6 +753,7 @@ mod tests {
             filename: "/usr/bin/sudo".into(),
             argv: argv.iter().map(|a| a.as_bytes().to_vec().into()).collect(),
             result,
+            cwd: "/root".into(),
             ..Exec::default()
         })
     }
@@ -770,6 +774,7 @@ mod tests {
             (&json!(4242), &json!(4243), &json!("sudo"))
         );
         assert_eq!(p["cmd_line"], "sudo -i");
+        assert_eq!(p["working_directory"], "/root");
         assert_eq!(
             p["file"],
             json!({"name": "sudo", "path": "/usr/bin/sudo", "type_id": 8, "type": "Executable File"})

@@ -134,6 +134,13 @@ enum BodyLine<'a> {
         result: i32,
         #[serde(skip_serializing_if = "<[String]>::is_empty")]
         tried: &'a [String],
+        cwd: &'a str,
+        #[serde(skip_serializing_if = "is_false")]
+        cwd_truncated: bool,
+        #[serde(skip_serializing_if = "is_false")]
+        cwd_deleted: bool,
+        #[serde(skip_serializing_if = "is_false")]
+        cwd_unreachable: bool,
     },
     Exit {
         exit_code: i32,
@@ -208,6 +215,14 @@ struct ChainStartLine<'a> {
 )]
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Serialize)]
@@ -417,6 +432,10 @@ impl<'a> BodyLine<'a> {
                 argv_unreadable: x.argv_unreadable,
                 result: x.result,
                 tried: &x.tried,
+                cwd: &x.cwd,
+                cwd_truncated: x.cwd_truncated,
+                cwd_deleted: x.cwd_deleted,
+                cwd_unreachable: x.cwd_unreachable,
             },
             Some(Body::Exit(x)) => Self::Exit {
                 exit_code: x.exit_code,

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    Scratch, TestCgroup,
+    Mount, Scratch, TestCgroup,
     agent::{Agent, LOSSY, binary, lost, tty_data},
     block_pattern, marker, privileged,
     pty::{Pty, in_new_session, set_window},
@@ -882,6 +882,116 @@ fn a_path_search_is_one_exec_naming_the_paths_tried() {
         lost.iter()
             .all(|v| v["result"] == -libc::ENOENT && v.get("tried").is_none())
     );
+}
+
+/// Every exec names its working directory, resolved by the kernel across mounts: as it is,
+/// inside a mount, removed (marked, where it was), outside a chroot (marked unreachable),
+/// past the bound (its tail, marked), and the root.
+#[test]
+fn an_exec_names_its_working_directory() {
+    if !privileged("an_exec_names_its_working_directory") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let scratch = Scratch::new("cwd");
+    let run_in = |dir: &std::path::Path, tag: &str| {
+        let mark = marker(tag);
+        let status = Command::new("/bin/true")
+            .arg(&mark)
+            .current_dir(dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        agent.exec_with_arg(&mark)
+    };
+    let real = |dir: &std::path::Path| fs::canonicalize(dir).unwrap().display().to_string();
+    let flags = |ev: &Value| {
+        ["cwd_truncated", "cwd_deleted", "cwd_unreachable"]
+            .map(|f| ev.get(f).and_then(Value::as_bool).unwrap_or(false))
+    };
+
+    let plain = scratch.join("with space").join("c");
+    fs::create_dir_all(&plain).unwrap();
+    let ev = run_in(&plain, "cwd-plain");
+    assert_eq!(ev["cwd"], real(&plain), "{ev}");
+    assert_eq!(flags(&ev), [false; 3], "{ev}");
+
+    let disk = Mount::tmpfs(&scratch.join("mnt"), "1m");
+    let inner = disk.target.join("x").join("y");
+    fs::create_dir_all(&inner).unwrap();
+    let ev = run_in(&inner, "cwd-mount");
+    assert_eq!(ev["cwd"], real(&inner), "{ev}");
+    assert_eq!(flags(&ev), [false; 3], "{ev}");
+
+    let ev = run_in(std::path::Path::new("/"), "cwd-root");
+    assert_eq!(ev["cwd"], "/", "{ev}");
+
+    let gone = scratch.join("gone");
+    fs::create_dir_all(&gone).unwrap();
+    let was = real(&gone);
+    let mark = marker("cwd-gone");
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("rmdir \"$PWD\" && exec /bin/true {mark}"))
+        .current_dir(&gone)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ev = agent.exec_with_arg(&mark);
+    assert_eq!(ev["cwd"], was, "{ev}");
+    assert_eq!(flags(&ev), [false, true, false], "{ev}");
+
+    // chroot(2) leaves the working directory where it was: outside the new root, which the
+    // walk never meets. The new root holds one file that is not executable, so this is the
+    // failed exec's path (EACCES), which names its directory too.
+    let jail = scratch.join("jail");
+    fs::create_dir_all(&jail).unwrap();
+    let name = marker("cwd-outside");
+    fs::write(jail.join(&name), "not executable").unwrap();
+    let outside = scratch.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let root = std::ffi::CString::new(jail.as_os_str().as_encoded_bytes()).unwrap();
+    let mut cmd = Command::new(format!("/{name}"));
+    cmd.current_dir(&outside);
+    // SAFETY: chroot(2) is async-signal-safe, and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::chroot(root.as_ptr()) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let err = cmd.status().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    let path = format!("/{name}");
+    let ev = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "exec" && v["filename"] == path.as_str()
+        })
+        .expect("the failed exec in the chroot");
+    assert_eq!(ev["result"], -libc::EACCES, "{ev}");
+    assert_eq!(ev["cwd"], real(&outside), "{ev}");
+    assert_eq!(flags(&ev), [false, false, true], "{ev}");
+
+    // Twelve components of 53 bytes: over 600 bytes, past the 512 kept.
+    let mut deep = scratch.path().to_path_buf();
+    for i in 0..12 {
+        deep.push(format!("{i:02}-{}", "d".repeat(50)));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    let ev = run_in(&deep, "cwd-deep");
+    let cwd = ev["cwd"].as_str().unwrap();
+    assert_eq!(flags(&ev), [true, false, false], "{ev}");
+    assert!(cwd.starts_with('/') && cwd.len() <= 512, "{ev}");
+    assert!(
+        real(&deep).ends_with(cwd),
+        "{cwd} is not the tail of the path"
+    );
+    assert!(cwd.len() > 400, "the tail kept is as long as fits: {cwd}");
+    let out = agent.stop();
+    assert!(out.success, "agent failed:\n{}", out.stderr);
 }
 
 /// One `io_uring` request on `fd`, submitted and waited for: `opcode` with `addr` and `len`

@@ -46,6 +46,18 @@ impl std::fmt::Display for Device {
     }
 }
 
+/// The working directory of an exec, as the process sees it (up to its own root).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cwd {
+    pub path: String,
+    /// Only the path's last components fit.
+    pub truncated: bool,
+    /// The directory was removed; `path` is where it was.
+    pub deleted: bool,
+    /// The directory is not below the process's root; `path` is what the walk reached.
+    pub unreachable: bool,
+}
+
 #[must_use]
 pub fn audit_id(raw: u32) -> Option<u32> {
     (raw != AUDIT_UNSET).then_some(raw)
@@ -65,6 +77,8 @@ pub enum Body {
         /// Paths the same process tried first with the same argv, which do not exist: a
         /// shell's `PATH` search (`fold`).
         tried: Vec<String>,
+        /// The working directory, resolved by the kernel; `None` when it could not be read.
+        cwd: Option<Cwd>,
     },
     Fork,
     Exit {

@@ -185,6 +185,7 @@ mod tests {
                 argv_unreadable: false,
                 result,
                 tried: Vec::new(),
+                cwd: None,
             },
         }
     }

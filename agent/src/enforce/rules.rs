@@ -286,6 +286,7 @@ pub(crate) mod tests {
                 argv_unreadable: false,
                 result: 0,
                 tried: Vec::new(),
+                cwd: None,
             },
         )
     }

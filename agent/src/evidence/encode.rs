@@ -92,6 +92,7 @@ fn body(body: Body) -> v1::event::Body {
             argv_unreadable,
             result,
             tried,
+            cwd,
         } => B::Exec(v1::Exec {
             filename,
             argv,
@@ -100,6 +101,10 @@ fn body(body: Body) -> v1::event::Body {
             argv_unreadable,
             result,
             tried,
+            cwd_truncated: cwd.as_ref().is_some_and(|c| c.truncated),
+            cwd_deleted: cwd.as_ref().is_some_and(|c| c.deleted),
+            cwd_unreachable: cwd.as_ref().is_some_and(|c| c.unreachable),
+            cwd: cwd.map(|c| c.path).unwrap_or_default(),
         }),
         Body::Fork => B::Fork(v1::Fork {}),
         Body::Exit {

@@ -347,6 +347,7 @@ mod tests {
             argv_unreadable: false,
             result: 0,
             tried: Vec::new(),
+            cwd: None,
         }
     }
 

@@ -1,10 +1,10 @@
 use std::mem::offset_of;
 
-use agent_common::exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, flags};
+use agent_common::exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, flags};
 use bytes::Bytes;
 
 use super::{DecodeError, read, slice};
-use crate::capture::event::Body;
+use crate::capture::event::{Body, Cwd};
 
 pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
     if bytes.len() < EXEC_FIXED {
@@ -25,9 +25,20 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         "filename",
     )?;
     let argv = slice(bytes, EXEC_FIXED, argv_len as usize, ARGV_CAP, "argv")?;
-    if EXEC_FIXED + argv.len() != bytes.len() {
+    let cwd_len: u64 = read(bytes, offset_of!(ExecRecord, cwd_len))?;
+    let cwd_len = usize::try_from(cwd_len).unwrap_or(usize::MAX);
+    // The path follows argv (`slice` refuses one past its bound, read or not: the record
+    // is malformed either way).
+    let path = slice(bytes, EXEC_FIXED + argv.len(), cwd_len, CWD_CAP, "cwd")?;
+    let cwd = (flag_bits & flags::CWD_UNREADABLE == 0).then(|| Cwd {
+        path: String::from_utf8_lossy(path).into_owned(),
+        truncated: flag_bits & flags::CWD_TRUNCATED != 0,
+        deleted: flag_bits & flags::CWD_DELETED != 0,
+        unreachable: flag_bits & flags::CWD_UNREACHABLE != 0,
+    });
+    if EXEC_FIXED + argv.len() + path.len() != bytes.len() {
         return Err(DecodeError::SizeMismatch {
-            claimed: EXEC_FIXED + argv.len(),
+            claimed: EXEC_FIXED + argv.len() + path.len(),
             got: bytes.len(),
         });
     }
@@ -39,6 +50,7 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         argv_unreadable: flag_bits & flags::ARGV_UNREADABLE != 0,
         result,
         tried: Vec::new(),
+        cwd,
     })
 }
 
@@ -72,8 +84,10 @@ mod tests {
             flags: flag_bits,
             filename_len: 8,
             argv_len: argv.len() as u32,
+            cwd_len: 0,
             filename: [0; FILENAME_CAP],
             argv: [0; ARGV_CAP],
+            cwd: [0; CWD_CAP],
         };
         rec.filename[..8].copy_from_slice(b"/bin/foo");
         rec.argv[..argv.len()].copy_from_slice(argv);

@@ -6,7 +6,7 @@ use std::{mem::offset_of, sync::atomic::Ordering::Relaxed};
 use agent_common::{
     enforce::KillRecord,
     event::{Header, kind},
-    exec::{ARGV_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP},
+    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, flags},
     task::TaskRecord,
     tty::{CHUNK, TTY_FIXED, TtyRecord},
 };
@@ -66,10 +66,15 @@ fn layout(kind_id: u32) -> (usize, Option<(usize, usize)>) {
 
 /// A record of `kind_id` as the kernel submits it: `noise` fills every field, then the kind,
 /// size and length fields are set to agree with `body` (cut to the kind's cap).
-fn record(kind_id: u32, noise: &[u8], body: &[u8], filename_len: u32) -> Vec<u8> {
+fn record(kind_id: u32, noise: &[u8], body: &[u8], filename_len: u32, cwd_len: u64) -> Vec<u8> {
     let (fixed, length) = layout(kind_id);
     let body = &body[..body.len().min(length.map_or(0, |(_, cap)| cap))];
     let mut bytes = [&noise[..fixed], body].concat();
+    if kind_id == kind::EXEC {
+        // The working directory follows argv: any bytes will do.
+        let cwd_len = usize::try_from(cwd_len).unwrap();
+        bytes.extend(noise.iter().cycle().take(cwd_len));
+    }
     put(&mut bytes, offset_of!(Header, kind), kind_id);
     agree(&mut bytes);
     if let Some((at, _)) = length {
@@ -81,6 +86,8 @@ fn record(kind_id: u32, noise: &[u8], body: &[u8], filename_len: u32) -> Vec<u8>
             offset_of!(ExecRecord, filename_len),
             filename_len,
         );
+        let at = offset_of!(ExecRecord, cwd_len);
+        bytes[at..at + 8].copy_from_slice(&cwd_len.to_ne_bytes());
     }
     if kind_id == kind::TTY_OUT || kind_id == kind::TTY_IN {
         // Records with data; redacted ones have none, and a test of their own.
@@ -100,8 +107,11 @@ fn record_of(kind_id: u32) -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(any::<u8>(), EXEC_FIXED),
         body,
         0..=FILENAME_CAP as u32,
+        0..=CWD_CAP as u64,
     )
-        .prop_map(move |(noise, body, filename_len)| record(kind_id, &noise, &body, filename_len))
+        .prop_map(move |(noise, body, filename_len, cwd_len)| {
+            record(kind_id, &noise, &body, filename_len, cwd_len)
+        })
 }
 
 fn valid_record() -> impl Strategy<Value = Vec<u8>> {
@@ -124,6 +134,8 @@ enum Harm {
     BodyLen(u32),
     /// An exec's filename length is past its buffer.
     FilenameLen(u32),
+    /// An exec's working directory length is past its buffer.
+    CwdLen(u64),
 }
 
 /// The harms that apply to a record of `kind_id`.
@@ -148,6 +160,7 @@ fn harm_of(kind_id: u32) -> impl Strategy<Value = Harm> {
                 .prop_map(Harm::FilenameLen)
                 .boxed(),
         );
+        harms.push((CWD_CAP as u64 + 1..).prop_map(Harm::CwdLen).boxed());
     }
     Union::new(harms)
 }
@@ -183,6 +196,10 @@ fn harm(mut bytes: Vec<u8>, harm: &Harm) -> Vec<u8> {
             change(&mut bytes, at, *len);
         }
         Harm::FilenameLen(len) => put(&mut bytes, offset_of!(ExecRecord, filename_len), *len),
+        Harm::CwdLen(len) => {
+            let at = offset_of!(ExecRecord, cwd_len);
+            bytes[at..at + 8].copy_from_slice(&len.to_ne_bytes());
+        }
     }
     bytes
 }
@@ -272,11 +289,26 @@ fn check_decoded(bytes: &[u8]) -> Result<(), TestCaseError> {
     let event =
         decode(&Bytes::copy_from_slice(bytes)).map_err(|e| TestCaseError::fail(e.to_string()))?;
     match (kind_id, event.body) {
-        (kind::EXEC, Body::Exec { filename, argv, .. }) => {
+        (
+            kind::EXEC,
+            Body::Exec {
+                filename,
+                argv,
+                cwd,
+                ..
+            },
+        ) => {
             let at = offset_of!(ExecRecord, filename);
             let len = get(bytes, offset_of!(ExecRecord, filename_len)) as usize;
             prop_assert_eq!(filename, String::from_utf8_lossy(&bytes[at..at + len]));
-            let block = &bytes[EXEC_FIXED..];
+            let argv_end = EXEC_FIXED + get(bytes, offset_of!(ExecRecord, argv_len)) as usize;
+            if get(bytes, offset_of!(ExecRecord, flags)) & flags::CWD_UNREADABLE == 0 {
+                let path = String::from_utf8_lossy(&bytes[argv_end..]);
+                prop_assert_eq!(cwd.map(|c| c.path), Some(path.into_owned()));
+            } else {
+                prop_assert_eq!(cwd, None);
+            }
+            let block = &bytes[EXEC_FIXED..argv_end];
             prop_assert_eq!(argv.join(&0), block.strip_suffix(&[0]).unwrap_or(block));
         }
         (kind::TTY_OUT | kind::TTY_IN, Body::Tty { input, data, .. }) => {
@@ -298,15 +330,21 @@ fn seeds() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let argv = b"sudo\0-i\0";
     let valid: Vec<Vec<u8>> = KINDS
         .iter()
-        .map(|&k| record(k, &noise, argv, 8))
+        .map(|&k| record(k, &noise, argv, 8, 5))
         .chain([
-            record(kind::EXEC, &noise, &[], 0),
-            record(kind::EXEC, &noise, &[0; ARGV_CAP], FILENAME_CAP as u32),
-            record(kind::TTY_OUT, &noise, &[b'x'; CHUNK], 0),
+            record(kind::EXEC, &noise, &[], 0, 0),
+            record(
+                kind::EXEC,
+                &noise,
+                &[0; ARGV_CAP],
+                FILENAME_CAP as u32,
+                CWD_CAP as u64,
+            ),
+            record(kind::TTY_OUT, &noise, &[b'x'; CHUNK], 0, 0),
         ])
         .collect();
-    let exec = record(kind::EXEC, &noise, argv, 8);
-    let tty = record(kind::TTY_OUT, &noise, argv, 0);
+    let exec = record(kind::EXEC, &noise, argv, 8, 5);
+    let tty = record(kind::TTY_OUT, &noise, argv, 0, 0);
     let mut rejected = vec![
         Vec::new(),
         vec![0; 7],
@@ -318,10 +356,15 @@ fn seeds() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         harm(exec.clone(), &Harm::BodyLen(u32::MAX)),
         harm(exec.clone(), &Harm::BodyLen(ARGV_CAP as u32 + 1)),
         harm(exec.clone(), &Harm::FilenameLen(u32::MAX)),
+        harm(exec.clone(), &Harm::CwdLen(CWD_CAP as u64 + 1)),
+        harm(exec.clone(), &Harm::CwdLen(u64::MAX)),
         harm(tty.clone(), &Harm::BodyLen(u32::MAX)),
         harm(tty, &Harm::Trail(vec![0])),
-        harm(record(kind::FORK, &noise, &[], 0), &Harm::Trail(vec![0])),
-        harm(record(kind::KILL, &noise, &[], 0), &Harm::Trail(vec![0; 8])),
+        harm(record(kind::FORK, &noise, &[], 0, 0), &Harm::Trail(vec![0])),
+        harm(
+            record(kind::KILL, &noise, &[], 0, 0),
+            &Harm::Trail(vec![0; 8]),
+        ),
     ];
     // A header claiming 4 GiB, its argv too, on a record of a hundred bytes.
     let mut claim = exec[..100].to_vec();
