@@ -34,6 +34,28 @@ pub mod flags {
     pub const CWD_UNREACHABLE: u32 = 32;
     /// The walk could not read a dentry or mount; `cwd_len` is 0.
     pub const CWD_UNREADABLE: u32 = 64;
+    /// The new image's file could not be read from `mm->exe_file`; `image` is zero.
+    pub const IMAGE_UNREADABLE: u32 = 128;
+    /// `filename` named a script (`#!`) or a `binfmt_misc` program: `image` is its
+    /// interpreter's file, not the file the caller named.
+    pub const IMAGE_INTERPRETER: u32 = 256;
+}
+
+/// The file a successful exec mapped, as its inode said at that moment. Times are the raw
+/// fields; the nanoseconds may carry kernel flag bits above bit 29 (multigrain ctime), which
+/// the reader masks.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct ImageId {
+    pub inode: u64,
+    pub size: i64,
+    pub mtime_sec: i64,
+    pub ctime_sec: i64,
+    /// The kernel's `dev_t` of the file's filesystem (a `u32` in `MINOR_BITS` encoding),
+    /// widened so that the record has no padding.
+    pub dev: u64,
+    pub mtime_nsec: u32,
+    pub ctime_nsec: u32,
 }
 
 #[repr(C)]
@@ -48,6 +70,8 @@ pub struct ExecRecord {
     pub argv_len: u32,
     /// Bytes of the working directory (a `u64` so that the record has no padding).
     pub cwd_len: u64,
+    /// Zero for a failed exec, or when `IMAGE_UNREADABLE` is set.
+    pub image: ImageId,
     pub filename: [u8; FILENAME_CAP],
     pub argv: [u8; ARGV_CAP],
     /// Where the kernel builds the working directory, as the process sees it (up to its
@@ -60,6 +84,6 @@ pub struct ExecRecord {
 /// of working directory right after argv.
 pub const EXEC_FIXED: usize = core::mem::offset_of!(ExecRecord, argv);
 
-const _: () = assert!(EXEC_FIXED == 80 + 16 + 8 + FILENAME_CAP);
+const _: () = assert!(EXEC_FIXED == 80 + 16 + 8 + 48 + FILENAME_CAP);
 const _: () = assert!(CWD_CAP.is_power_of_two());
 const _: () = assert!(ARGV_CAP.is_power_of_two());

@@ -9,10 +9,12 @@ pub const ABSENT: u32 = u32::MAX;
 
 /// Where one offset comes from: a struct in vmlinux BTF and a dotted member path (anonymous
 /// structs and unions are searched through), and the size the probe reads at that offset.
+/// `path` may list alternatives separated by `|`, for members that kernels have renamed: the
+/// first one this kernel has is used.
 /// A `ty` starting with `?` is optional: on a kernel without that struct or member the offset
 /// is [`ABSENT`], and the programs that read it have no hook there either (those of
 /// `io_uring`, on a kernel built without it). `size` 0 skips the size check (flexible arrays,
-/// and structs whose size differs between kernels).
+/// and members whose size differs between kernels).
 #[derive(Clone, Copy, Debug)]
 pub struct FieldSpec {
     pub name: &'static str,
@@ -72,6 +74,18 @@ kernel_layout! {
     file_inode => "file" "f_inode" 8,
     file_private_data => "file" "private_data" 8,
     inode_rdev => "inode" "i_rdev" 4,
+    mm_exe_file => "mm_struct" "exe_file" 8,
+    inode_ino => "inode" "i_ino" 8,
+    inode_sb => "inode" "i_sb" 8,
+    inode_size => "inode" "i_size" 8,
+    // The times moved from `timespec64` members to split fields in 6.11 (and were renamed
+    // in 6.6 before that). The nanoseconds are a `u32` or a `long`: the probe reads the low
+    // four bytes, which hold the whole value either way on this little-endian target.
+    inode_mtime_sec => "inode" "i_mtime_sec|__i_mtime.tv_sec|i_mtime.tv_sec" 8,
+    inode_mtime_nsec => "inode" "i_mtime_nsec|__i_mtime.tv_nsec|i_mtime.tv_nsec" 0,
+    inode_ctime_sec => "inode" "i_ctime_sec|__i_ctime.tv_sec|i_ctime.tv_sec" 8,
+    inode_ctime_nsec => "inode" "i_ctime_nsec|__i_ctime.tv_nsec|i_ctime.tv_nsec" 0,
+    sb_dev => "super_block" "s_dev" 4,
     fs_pwd_mnt => "fs_struct" "pwd.mnt" 8,
     fs_pwd_dentry => "fs_struct" "pwd.dentry" 8,
     fs_root_mnt => "fs_struct" "root.mnt" 8,
@@ -95,6 +109,7 @@ kernel_layout! {
     signal_tty => "signal_struct" "tty" 8,
     signal_live => "signal_struct" "live.counter" 4,
     bprm_filename => "linux_binprm" "filename" 8,
+    bprm_interp => "linux_binprm" "interp" 8,
     // A request's command data (`struct io_rw` for reads and writes) is at its start.
     io_kiocb_opcode => "?io_kiocb" "opcode" 1,
     io_rw_addr => "?io_rw" "addr" 8,

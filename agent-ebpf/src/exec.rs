@@ -10,7 +10,8 @@ use core::ffi::c_void;
 use agent_common::{
     event::kind,
     exec::{
-        ARGV_CAP, CWD_CAP, CWD_STEPS, EXEC_FIXED, ExecRecord, FAILED_ARGS_MAX, FILENAME_CAP, flags,
+        ARGV_CAP, CWD_CAP, CWD_STEPS, EXEC_FIXED, ExecRecord, FAILED_ARGS_MAX, FILENAME_CAP,
+        ImageId, flags,
     },
 };
 use aya_ebpf::{
@@ -29,8 +30,8 @@ use aya_log_ebpf::warn;
 use crate::{
     emit::{fill_header, submit},
     kernel::{
-        PathPos, Task, bprm_filename, config, dentry_name, dentry_parent, dentry_unhashed,
-        mount_root, mount_up, syscall_args,
+        PathPos, Task, bprm_filename, bprm_interp, config, dentry_name, dentry_parent,
+        dentry_unhashed, mount_root, mount_up, syscall_args,
     },
 };
 
@@ -131,6 +132,15 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             }
         }
         _ => rec.flags |= flags::ARGV_UNREADABLE,
+    }
+    if let Ok(image) = task.image() {
+        rec.image = image;
+        if bprm_interp(ctx.arg::<u64>(2)).is_ok_and(|interp| interp != filename) {
+            rec.flags |= flags::IMAGE_INTERPRETER;
+        }
+    } else {
+        rec.image = ImageId::default();
+        rec.flags |= flags::IMAGE_UNREADABLE;
     }
     fill_cwd(rec, task);
     emit(rec);
@@ -404,6 +414,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     fill_header(&mut rec.header, kind::EXEC, Task::current());
     rec.result = ret as i32;
     rec.flags = 0;
+    rec.image = ImageId::default();
     fill_cwd(rec, Task::current());
     let n = unsafe {
         bpf_probe_read_user_str(

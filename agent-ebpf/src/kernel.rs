@@ -8,7 +8,9 @@
 //! arguments, raw tracepoint arguments) is read with `bpf_probe_read_kernel`, roughly a
 //! hundred nanoseconds per call on this machine kind, so the hot path uses as few as it can.
 
-use agent_common::{config::CaptureConfig, event::make_dev, layout::KernelLayout, tty};
+use agent_common::{
+    config::CaptureConfig, event::make_dev, exec::ImageId, layout::KernelLayout, tty,
+};
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
     programs::TracePointContext,
@@ -142,6 +144,23 @@ impl Task {
                 mnt: load(fs, offset!(fs_root_mnt)),
             },
         ))
+    }
+
+    /// The inode of the file the current image was mapped from (`mm->exe_file`).
+    #[inline(always)]
+    pub fn image(self) -> Result<ImageId, i64> {
+        let mm = load_ptr(self.0, offset!(task_mm))?;
+        let inode = load_ptr(load_ptr(mm, offset!(mm_exe_file))?, offset!(file_inode))?;
+        let sb = load_ptr(inode, offset!(inode_sb))?;
+        Ok(ImageId {
+            inode: load(inode, offset!(inode_ino)),
+            size: load(inode, offset!(inode_size)),
+            mtime_sec: load(inode, offset!(inode_mtime_sec)),
+            ctime_sec: load(inode, offset!(inode_ctime_sec)),
+            dev: u64::from(load::<u32>(sb, offset!(sb_dev))),
+            mtime_nsec: load(inode, offset!(inode_mtime_nsec)),
+            ctime_nsec: load(inode, offset!(inode_ctime_nsec)),
+        })
     }
 
     /// The `struct file` behind descriptor `fd`.
@@ -281,6 +300,13 @@ pub fn mount_up(mnt: u64) -> Result<Option<PathPos>, i64> {
 #[inline(always)]
 pub fn bprm_filename(bprm: u64) -> Result<*const u8, i64> {
     read_ptr(bprm as *const u8, offset!(bprm_filename))
+}
+
+/// The path the kernel ran: `filename` itself, unless a script or `binfmt_misc` handler
+/// replaced it with an interpreter's (a string of its own).
+#[inline(always)]
+pub fn bprm_interp(bprm: u64) -> Result<*const u8, i64> {
+    read_ptr(bprm as *const u8, offset!(bprm_interp))
 }
 
 /// The opcode of an `io_uring` request (`IORING_OP_*`).

@@ -22,7 +22,7 @@ use agent::{
 };
 use agent_common::{
     event::{Header, kind, make_dev},
-    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP},
+    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, ImageId},
     tty::{CHUNK, TTY_FIXED, TtyRecord},
 };
 use proto::{
@@ -71,6 +71,15 @@ fn exec_record() -> Vec<u8> {
         filename_len: 13,
         argv_len: argv.len() as u32,
         cwd_len: 5,
+        image: ImageId {
+            inode: 1_234_567,
+            size: 277_936,
+            mtime_sec: 1_700_000_000,
+            ctime_sec: 1_700_000_000,
+            dev: 8 << 20 | 1,
+            mtime_nsec: 0,
+            ctime_nsec: 0,
+        },
         filename: [0; FILENAME_CAP],
         argv: [0; ARGV_CAP],
         cwd: [0; CWD_CAP],

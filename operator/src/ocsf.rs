@@ -382,6 +382,7 @@ impl<'a> Record<'a> {
                 "argv_unreadable",
                 "filename_truncated",
                 "result",
+                "image",
             ],
         )
     }

@@ -141,6 +141,8 @@ enum BodyLine<'a> {
         cwd_deleted: bool,
         #[serde(skip_serializing_if = "is_false")]
         cwd_unreachable: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        image: Option<ImageLine>,
     },
     Exit {
         exit_code: i32,
@@ -215,6 +217,18 @@ struct ChainStartLine<'a> {
 )]
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// The file an exec mapped, as its inode said then.
+#[derive(Serialize)]
+struct ImageLine {
+    dev: u64,
+    inode: u64,
+    size: i64,
+    mtime_unix_nano: i64,
+    ctime_unix_nano: i64,
+    #[serde(skip_serializing_if = "is_false")]
+    interpreter: bool,
 }
 
 #[expect(
@@ -436,6 +450,14 @@ impl<'a> BodyLine<'a> {
                 cwd_truncated: x.cwd_truncated,
                 cwd_deleted: x.cwd_deleted,
                 cwd_unreachable: x.cwd_unreachable,
+                image: x.image.as_ref().map(|i| ImageLine {
+                    dev: i.dev,
+                    inode: i.inode,
+                    size: i.size,
+                    mtime_unix_nano: i.mtime_unix_nano,
+                    ctime_unix_nano: i.ctime_unix_nano,
+                    interpreter: i.interpreter,
+                }),
             },
             Some(Body::Exit(x)) => Self::Exit {
                 exit_code: x.exit_code,

@@ -884,6 +884,112 @@ fn a_path_search_is_one_exec_naming_the_paths_tried() {
     );
 }
 
+/// Checks an exec's `image` against the inode of `path` now.
+fn image_matches(ev: &Value, path: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata(path).unwrap();
+    let image = &ev["image"];
+    let ns = |sec: i64, nsec: i64| sec * 1_000_000_000 + nsec;
+    assert_eq!(image["dev"], meta.dev(), "{ev}");
+    assert_eq!(image["inode"], meta.ino(), "{ev}");
+    assert_eq!(image["size"], meta.size(), "{ev}");
+    assert_eq!(
+        image["mtime_unix_nano"],
+        ns(meta.mtime(), meta.mtime_nsec()),
+        "{ev}"
+    );
+    assert_eq!(
+        image["ctime_unix_nano"],
+        ns(meta.ctime(), meta.ctime_nsec()),
+        "{ev}"
+    );
+}
+
+/// Every successful exec names the file it mapped by its inode (dev, inode, size, mtime,
+/// ctime), read by the kernel from `mm->exe_file`: on the root filesystem and on a tmpfs (a
+/// device number of its own), for a script its interpreter (marked), and after an edit that
+/// keeps the size and puts the mtime back, a new ctime. A failed exec maps nothing.
+#[test]
+fn an_exec_names_its_file_by_inode() {
+    if !privileged("an_exec_names_its_file_by_inode") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let scratch = Scratch::new("image");
+    let disk = Mount::tmpfs(&scratch.join("mnt"), "4m");
+    let copy = |to: std::path::PathBuf| {
+        let mut bytes = fs::read("/bin/true").unwrap();
+        // Bytes past the ELF's last section change the file and not what it does.
+        bytes.extend_from_slice(&[0; 16]);
+        fs::write(&to, bytes).unwrap();
+        fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        to
+    };
+    let run = |file: &std::path::Path, mark: &str| {
+        let status = Command::new(file).arg(mark).status().unwrap();
+        assert!(status.success());
+        agent.exec_with_arg(mark)
+    };
+
+    let file = copy(scratch.join("img-true"));
+    let first = run(&file, &marker("image-1"));
+    image_matches(&first, &file);
+    assert_eq!(first["image"].get("interpreter"), None, "{first}");
+
+    let on_tmpfs = copy(disk.target.join("img-true"));
+    let ev = run(&on_tmpfs, &marker("image-tmpfs"));
+    image_matches(&ev, &on_tmpfs);
+    assert_ne!(ev["image"]["dev"], first["image"]["dev"], "{ev}");
+
+    // A script: the kernel maps its interpreter, and the image says so.
+    let script = scratch.join("img-script");
+    fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    assert!(Command::new(&script).status().unwrap().success());
+    let ev = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "exec" && v["filename"] == script.to_str().unwrap()
+        })
+        .expect("the script's exec");
+    image_matches(&ev, std::path::Path::new("/bin/sh"));
+    assert_eq!(ev["image"]["interpreter"], true, "{ev}");
+
+    // The same size and mtime, other bytes: only ctime tells.
+    let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+    let mut edited = fs::read(&file).unwrap();
+    let end = edited.len();
+    edited[end - 16..].fill(0xff);
+    fs::write(&file, &edited).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+    let second = run(&file, &marker("image-2"));
+    image_matches(&second, &file);
+    assert_eq!(
+        second["image"]["mtime_unix_nano"],
+        first["image"]["mtime_unix_nano"]
+    );
+    assert_ne!(
+        second["image"]["ctime_unix_nano"],
+        first["image"]["ctime_unix_nano"]
+    );
+
+    // A failed exec maps nothing.
+    let missing = format!("/nonexistent/{}", marker("image-none"));
+    assert!(Command::new(&missing).status().is_err());
+    let ev = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "exec" && v["filename"] == missing.as_str()
+        })
+        .expect("the failed exec");
+    assert_eq!(ev["image"], Value::Null, "{ev}");
+    let out = agent.stop();
+    assert!(out.success, "agent failed:\n{}", out.stderr);
+}
+
 /// Every exec names its working directory, resolved by the kernel across mounts: as it is,
 /// inside a mount, removed (marked, where it was), outside a chroot (marked unreachable),
 /// past the bound (its tail, marked), and the root.

@@ -58,6 +58,23 @@ pub struct Cwd {
     pub unreachable: bool,
 }
 
+/// The file a successful exec mapped (`mm->exe_file`), as its inode said at that moment:
+/// what names its contents, short of reading them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// `st_dev`, in the encoding stat(2) gives.
+    pub dev: u64,
+    pub inode: u64,
+    pub size: i64,
+    pub mtime_ns: i64,
+    /// Set by the kernel on every write or attribute change; unlike mtime, userspace cannot
+    /// put it back.
+    pub ctime_ns: i64,
+    /// The file is the interpreter of the script (`#!`) or `binfmt_misc` program named by
+    /// `filename`.
+    pub interpreter: bool,
+}
+
 #[must_use]
 pub fn audit_id(raw: u32) -> Option<u32> {
     (raw != AUDIT_UNSET).then_some(raw)
@@ -79,6 +96,9 @@ pub enum Body {
         tried: Vec<String>,
         /// The working directory, resolved by the kernel; `None` when it could not be read.
         cwd: Option<Cwd>,
+        /// The file a successful exec mapped; `None` for a failed one, or when the kernel
+        /// could not read it.
+        image: Option<Image>,
     },
     Fork,
     Exit {

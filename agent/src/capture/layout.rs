@@ -75,7 +75,8 @@ fn field_offset(btf: &Btf, spec: &FieldSpec) -> Result<u32, LayoutError> {
     Ok(offset_bits / 8)
 }
 
-/// The bit offset of `spec.path` in struct `ty`, and the member's type.
+/// The bit offset in struct `ty` of the first of `spec.path`'s alternatives it has, and the
+/// member's type.
 fn locate(btf: &Btf, ty: &'static str, spec: &FieldSpec) -> Result<(u32, Type), LayoutError> {
     let field = spec.name;
     let btf_err = |source| LayoutError::Btf { field, source };
@@ -94,20 +95,35 @@ fn locate(btf: &Btf, ty: &'static str, spec: &FieldSpec) -> Result<(u32, Type), 
         })
         .ok_or(LayoutError::NoStruct { ty, field })?;
 
-    let mut current = root;
+    spec.path
+        .split('|')
+        .map(|path| member_path(btf, &root, path))
+        .find_map(Result::transpose)
+        .transpose()
+        .map_err(btf_err)?
+        .ok_or_else(no_member)
+}
+
+/// The bit offset and type of the member at dotted `path` under `root`, if it has one.
+fn member_path(
+    btf: &Btf,
+    root: &btf_rs::Struct,
+    path: &str,
+) -> Result<Option<(u32, Type)>, btf_rs::Error> {
+    let mut current = root.clone();
     let mut offset_bits = 0u32;
     let mut member_type = None;
-    for name in spec.path.split('.') {
-        let (bits, ty) = find_member(btf, &current, name)
-            .map_err(btf_err)?
-            .ok_or_else(no_member)?;
+    for name in path.split('.') {
+        let Some((bits, ty)) = find_member(btf, &current, name)? else {
+            return Ok(None);
+        };
         offset_bits += bits;
-        if let Type::Struct(s) | Type::Union(s) = strip(btf, ty.clone()).map_err(btf_err)? {
+        if let Type::Struct(s) | Type::Union(s) = strip(btf, ty.clone())? {
             current = s;
         }
         member_type = Some(ty);
     }
-    Ok((offset_bits, member_type.ok_or_else(no_member)?))
+    Ok(member_type.map(|ty| (offset_bits, ty)))
 }
 
 /// Finds `name` among the members of `s`, looking inside anonymous structs and unions (the
@@ -206,6 +222,31 @@ mod tests {
             field_offset(&btf, &spec),
             Err(LayoutError::Size { actual: 4, .. })
         ));
+    }
+
+    /// Alternatives are tried in order: the first this kernel has is used, past those it
+    /// lacks; none at all is the missing-member error, naming every alternative.
+    #[test]
+    fn alternatives_take_the_first_member_the_kernel_has() {
+        let btf = Btf::from_file(VMLINUX_BTF).expect("vmlinux BTF");
+        let spec = |path| FieldSpec {
+            name: "probe",
+            ty: "task_struct",
+            path,
+            size: 4,
+        };
+        let pid = field_offset(&btf, &spec("pid")).unwrap();
+        let tgid = field_offset(&btf, &spec("tgid")).unwrap();
+        assert_eq!(
+            field_offset(&btf, &spec("no_such_field|pid|tgid")).unwrap(),
+            pid
+        );
+        assert_eq!(field_offset(&btf, &spec("tgid|pid")).unwrap(), tgid);
+        let err = field_offset(&btf, &spec("no_such|nor_this")).unwrap_err();
+        assert!(
+            err.to_string().contains("no member no_such|nor_this"),
+            "{err}"
+        );
     }
 
     /// An optional field the kernel lacks is `ABSENT`; one it has resolves, and is

@@ -93,6 +93,7 @@ fn body(body: Body) -> v1::event::Body {
             result,
             tried,
             cwd,
+            image,
         } => B::Exec(v1::Exec {
             filename,
             argv,
@@ -105,6 +106,14 @@ fn body(body: Body) -> v1::event::Body {
             cwd_deleted: cwd.as_ref().is_some_and(|c| c.deleted),
             cwd_unreachable: cwd.as_ref().is_some_and(|c| c.unreachable),
             cwd: cwd.map(|c| c.path).unwrap_or_default(),
+            image: image.map(|i| v1::Image {
+                dev: i.dev,
+                inode: i.inode,
+                size: i.size,
+                mtime_unix_nano: i.mtime_ns,
+                ctime_unix_nano: i.ctime_ns,
+                interpreter: i.interpreter,
+            }),
         }),
         Body::Fork => B::Fork(v1::Fork {}),
         Body::Exit {

@@ -1,10 +1,13 @@
 use std::mem::offset_of;
 
-use agent_common::exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, flags};
+use agent_common::{
+    event::{dev_major, dev_minor},
+    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, ImageId, flags},
+};
 use bytes::Bytes;
 
 use super::{DecodeError, read, slice};
-use crate::capture::event::{Body, Cwd};
+use crate::capture::event::{Body, Cwd, Image};
 
 pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
     if bytes.len() < EXEC_FIXED {
@@ -51,7 +54,33 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         result,
         tried: Vec::new(),
         cwd,
+        image: (result == 0 && flag_bits & flags::IMAGE_UNREADABLE == 0)
+            .then(|| read(bytes, offset_of!(ExecRecord, image)))
+            .transpose()?
+            .map(|id| image(id, flag_bits & flags::IMAGE_INTERPRETER != 0)),
     })
+}
+
+/// The kernel's nanoseconds may carry flag bits above the value (multigrain ctime, 6.13+);
+/// a valid value is below 10^9 < 2^30.
+const NSEC_MASK: u32 = (1 << 30) - 1;
+
+fn image(id: ImageId, interpreter: bool) -> Image {
+    let time = |sec: i64, nsec: u32| {
+        sec.saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(nsec & NSEC_MASK))
+    };
+    // Widened from the kernel's `u32` dev_t by the program; a wider value is hostile, and
+    // saturates to a device no file has.
+    let dev = u32::try_from(id.dev).unwrap_or(u32::MAX);
+    Image {
+        dev: libc::makedev(dev_major(dev), dev_minor(dev)),
+        inode: id.inode,
+        size: id.size,
+        mtime_ns: time(id.mtime_sec, id.mtime_nsec),
+        ctime_ns: time(id.ctime_sec, id.ctime_nsec),
+        interpreter,
+    }
 }
 
 /// Splits NUL-terminated strings, each a view of `record`, which holds `block`; a cut-off
@@ -85,6 +114,17 @@ mod tests {
             filename_len: 8,
             argv_len: argv.len() as u32,
             cwd_len: 0,
+            image: ImageId {
+                inode: 42,
+                size: 1234,
+                mtime_sec: 1_700_000_000,
+                ctime_sec: 1_700_000_001,
+                // 8:1 in the kernel's encoding (20 minor bits).
+                dev: 8 << 20 | 1,
+                mtime_nsec: 5,
+                // Bit 31 is multigrain ctime's flag, not part of the value.
+                ctime_nsec: 1 << 31 | 7,
+            },
             filename: [0; FILENAME_CAP],
             argv: [0; ARGV_CAP],
             cwd: [0; CWD_CAP],
@@ -140,6 +180,37 @@ mod tests {
                 true
             )
         );
+    }
+
+    /// A successful exec carries its image: the device in stat(2)'s encoding, the times in
+    /// nanoseconds without the kernel's flag bits. A failed exec, or one whose image the
+    /// kernel could not read, carries none.
+    #[test]
+    fn a_successful_exec_names_its_image() {
+        let image_of = |result: i32, flag_bits: u32| {
+            let mut bytes = record(b"foo\0", flag_bits);
+            let at = offset_of!(ExecRecord, result);
+            bytes[at..at + 4].copy_from_slice(&result.to_ne_bytes());
+            let Body::Exec { image, .. } = decode_record(&bytes.into()).unwrap().body else {
+                panic!()
+            };
+            image
+        };
+        let image = image_of(0, 0).expect("image");
+        assert_eq!(
+            image,
+            Image {
+                dev: libc::makedev(8, 1),
+                inode: 42,
+                size: 1234,
+                mtime_ns: 1_700_000_000_000_000_005,
+                ctime_ns: 1_700_000_001_000_000_007,
+                interpreter: false,
+            }
+        );
+        assert!(image_of(0, flags::IMAGE_INTERPRETER).unwrap().interpreter);
+        assert_eq!(image_of(0, flags::IMAGE_UNREADABLE), None);
+        assert_eq!(image_of(-2, 0), None);
     }
 
     #[test]
