@@ -10,6 +10,10 @@
 //!                               └──────────── kill events ───────────┘
 //! ```
 //!
+//! The decode stage also looks up each exec's file digest (`capture::image`); a file not
+//! yet read goes to the image reader thread, whose digest events join the attribute stage's
+//! input.
+//!
 //! Only the reader drops batches, and counts what it drops (`capture::reader`); every later
 //! stage waits for room, so a stalled stage backs up into the reader's channel, where the
 //! loss is counted and becomes a gap record. The spool is made durable once per batch.
@@ -30,6 +34,7 @@ use crate::{
         decode,
         event::Event,
         fold::{Fold, HOLD},
+        image::Images,
         reader::Batch,
     },
     enforce::{
@@ -199,6 +204,11 @@ async fn decode_stage(
     kills: mpsc::UnboundedSender<Vec<Event>>,
 ) -> anyhow::Result<()> {
     let mut fold = Fold::default();
+    // Digests are for the events' sinks: without any, nothing is read.
+    let mut images = next
+        .as_ref()
+        .map(|n| Images::start(n.clone()))
+        .transpose()?;
     loop {
         // While misses are held, wake by their deadline even if no batch comes.
         let batch = if fold.holding() {
@@ -215,7 +225,10 @@ async fn decode_stage(
             // Without an enforcer (`--discard`) nobody names them; they are counted above.
             let _ = kills.send(decoded.kills);
         }
-        let events = fold.process(decoded.events, Instant::now());
+        let mut events = fold.process(decoded.events, Instant::now());
+        if let Some(images) = &mut images {
+            images.process(&mut events);
+        }
         if let Some(next) = &next
             && !events.is_empty()
             && next.send(events).await.is_err()
@@ -224,7 +237,11 @@ async fn decode_stage(
         }
     }
     if let Some(next) = &next {
-        let _ = next.send(fold.drain()).await;
+        let mut events = fold.drain();
+        if let Some(images) = &mut images {
+            images.process(&mut events);
+        }
+        let _ = next.send(events).await;
     }
     Ok(())
 }

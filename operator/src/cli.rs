@@ -511,7 +511,7 @@ pub struct FilterArgs {
     #[arg(long)]
     pub session: Option<String>,
     /// Event kinds: `exec`, `fork`, `exit`, `tty_out`, `tty_in` (`tty` for both),
-    /// `tty_resize`, `gap`,
+    /// `tty_resize`, `image`, `gap`,
     /// `chain_start`, `alert`, `violation`, `kill`, `grant_change` (repeatable).
     #[arg(long = "kind", value_parser = kind)]
     pub kinds: Vec<String>,

@@ -13,7 +13,7 @@ use proto::{
     kind::Kind,
     time::rfc3339_millis as time,
     v1::{
-        ChainVerdict, Event, Finding, Grant, HostLiveness, IdentityReview, IdentitySelector,
+        ChainVerdict, Event, Finding, Grant, HostLiveness, IdentityReview, IdentitySelector, Image,
         LogVerdict, Session, StoredEvent, event::Body,
     },
 };
@@ -71,6 +71,19 @@ pub(crate) fn redacted(bytes: u64) -> String {
     format!("[{bytes} bytes typed without echo, not recorded]")
 }
 
+/// An executed file's digest, as an `image` event names it.
+fn image(i: &Image) -> String {
+    let digest = if i.sha256.is_empty() {
+        format!("not hashed ({})", escape(&i.unhashed))
+    } else {
+        format!("sha256 {}", json::hex(&i.sha256))
+    };
+    format!(
+        "file dev {} inode {} size {}: {digest}",
+        i.dev, i.inode, i.size
+    )
+}
+
 /// What happened, in a few words, control characters escaped.
 pub(crate) fn detail(event: &Event) -> String {
     match &event.body {
@@ -89,6 +102,7 @@ pub(crate) fn detail(event: &Event) -> String {
         Some(Body::Tty(t)) if t.redacted_bytes > 0 => redacted(t.redacted_bytes),
         Some(Body::Tty(t)) => printable(&t.data),
         Some(Body::TtyResize(r)) => format!("window {} columns × {} rows", r.cols, r.rows),
+        Some(Body::Image(i)) => image(i),
         Some(Body::Gap(g)) => format!(
             "LOST {} {} records, {} bytes ({})",
             g.records,

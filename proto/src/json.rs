@@ -12,7 +12,7 @@ use crate::{
     kind::Kind,
     session,
     time::rfc3339_nanos,
-    v1::{Event, Grant, event::Body},
+    v1::{Event, Grant, Image, event::Body},
 };
 
 /// Where an event sits, when the writer knows: the host it came from, and for a stored
@@ -142,7 +142,7 @@ enum BodyLine<'a> {
         #[serde(skip_serializing_if = "is_false")]
         cwd_unreachable: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
-        image: Option<ImageLine>,
+        image: Option<ImageLine<'a>>,
     },
     Exit {
         exit_code: i32,
@@ -158,6 +158,9 @@ enum BodyLine<'a> {
     TtyResize {
         rows: u32,
         cols: u32,
+    },
+    Image {
+        image: ImageLine<'a>,
     },
     Gap {
         source: String,
@@ -219,9 +222,10 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// The file an exec mapped, as its inode said then.
+/// The file an exec mapped, as its inode said then, and its contents' SHA-256 (hex) or why
+/// not.
 #[derive(Serialize)]
-struct ImageLine {
+struct ImageLine<'a> {
     dev: u64,
     inode: u64,
     size: i64,
@@ -229,6 +233,25 @@ struct ImageLine {
     ctime_unix_nano: i64,
     #[serde(skip_serializing_if = "is_false")]
     interpreter: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    sha256: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    unhashed: &'a str,
+}
+
+impl<'a> ImageLine<'a> {
+    fn new(i: &'a Image) -> Self {
+        Self {
+            dev: i.dev,
+            inode: i.inode,
+            size: i.size,
+            mtime_unix_nano: i.mtime_unix_nano,
+            ctime_unix_nano: i.ctime_unix_nano,
+            interpreter: i.interpreter,
+            sha256: hex(&i.sha256),
+            unhashed: &i.unhashed,
+        }
+    }
 }
 
 #[expect(
@@ -450,14 +473,7 @@ impl<'a> BodyLine<'a> {
                 cwd_truncated: x.cwd_truncated,
                 cwd_deleted: x.cwd_deleted,
                 cwd_unreachable: x.cwd_unreachable,
-                image: x.image.as_ref().map(|i| ImageLine {
-                    dev: i.dev,
-                    inode: i.inode,
-                    size: i.size,
-                    mtime_unix_nano: i.mtime_unix_nano,
-                    ctime_unix_nano: i.ctime_unix_nano,
-                    interpreter: i.interpreter,
-                }),
+                image: x.image.as_ref().map(ImageLine::new),
             },
             Some(Body::Exit(x)) => Self::Exit {
                 exit_code: x.exit_code,
@@ -472,6 +488,9 @@ impl<'a> BodyLine<'a> {
             Some(Body::TtyResize(r)) => Self::TtyResize {
                 rows: r.rows,
                 cols: r.cols,
+            },
+            Some(Body::Image(i)) => Self::Image {
+                image: ImageLine::new(i),
             },
             Some(Body::Gap(g)) => Self::Gap {
                 source: g.source().as_str_name().to_lowercase(),

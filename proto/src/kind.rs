@@ -12,6 +12,7 @@ pub enum Kind {
     TtyOut,
     TtyIn,
     TtyResize,
+    Image,
     Gap,
     ChainStart,
     Alert,
@@ -30,13 +31,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::Exec,
         Self::Fork,
         Self::Exit,
         Self::TtyOut,
         Self::TtyIn,
         Self::TtyResize,
+        Self::Image,
         Self::Gap,
         Self::ChainStart,
         Self::Alert,
@@ -61,6 +63,7 @@ impl Kind {
             Self::TtyOut => "tty_out",
             Self::TtyIn => "tty_in",
             Self::TtyResize => "tty_resize",
+            Self::Image => "image",
             Self::Gap => "gap",
             Self::ChainStart => "chain_start",
             Self::Alert => "alert",
@@ -92,6 +95,7 @@ impl Kind {
             Body::Tty(t) if t.direction() == Direction::Input => Self::TtyIn,
             Body::Tty(_) => Self::TtyOut,
             Body::TtyResize(_) => Self::TtyResize,
+            Body::Image(_) => Self::Image,
             Body::Gap(_) => Self::Gap,
             Body::ChainStart(_) => Self::ChainStart,
             Body::Alert(_) => Self::Alert,

@@ -884,6 +884,13 @@ fn a_path_search_is_one_exec_naming_the_paths_tried() {
     );
 }
 
+/// The SHA-256 of `path`'s bytes, in hex.
+fn sha256_hex(path: &std::path::Path) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(fs::read(path).unwrap());
+    proto::json::hex(&digest)
+}
+
 /// Checks an exec's `image` against the inode of `path` now.
 fn image_matches(ev: &Value, path: &std::path::Path) {
     use std::os::unix::fs::MetadataExt as _;
@@ -905,20 +912,64 @@ fn image_matches(ev: &Value, path: &std::path::Path) {
     );
 }
 
+/// Rewrites the last 16 bytes of `file` in place and puts its mtime back: only its ctime
+/// tells.
+fn rewrite_keeping_size_and_mtime(file: &std::path::Path) {
+    let mtime = fs::metadata(file).unwrap().modified().unwrap();
+    let mut edited = fs::read(file).unwrap();
+    let end = edited.len();
+    edited[end - 16..].fill(0xff);
+    fs::write(file, &edited).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+}
+
+/// The digest an exec's image was given: on the exec itself when the agent knew it, else
+/// (`pending`) in the `image` event that follows, for the same file and process.
+fn digest_of(agent: &Agent, ev: &Value) -> Value {
+    let image = &ev["image"];
+    if image["unhashed"] != "pending" {
+        return image.get("sha256").cloned().unwrap_or(Value::Null);
+    }
+    let same = |v: &Value| {
+        ["dev", "inode", "size", "mtime_unix_nano", "ctime_unix_nano"]
+            .iter()
+            .all(|f| v["image"][f] == image[f])
+    };
+    let digest = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "image" && v["tgid"] == ev["tgid"] && same(v)
+        })
+        .unwrap_or_else(|| panic!("no image event after {ev}"));
+    assert!(digest.get("image").is_some(), "{digest}");
+    digest["image"]
+        .get("sha256")
+        .cloned()
+        .unwrap_or_else(|| digest["image"]["unhashed"].clone())
+}
+
 /// Every successful exec names the file it mapped by its inode (dev, inode, size, mtime,
-/// ctime), read by the kernel from `mm->exe_file`: on the root filesystem and on a tmpfs (a
-/// device number of its own), for a script its interpreter (marked), and after an edit that
-/// keeps the size and puts the mtime back, a new ctime. A failed exec maps nothing.
+/// ctime), read by the kernel from `mm->exe_file`, and by the SHA-256 of its bytes, read off
+/// the capture path: `pending` on a file's first exec, with an `image` event after, and on
+/// the exec itself once known. Covered: the root filesystem and a tmpfs (a device number of
+/// its own); a script, whose image is its interpreter (marked); a process gone at once and
+/// one still running; an edit that keeps the size and puts the mtime back (a new ctime, so
+/// read anew, never given the old digest); a file past the bound (not read, marked); and a
+/// failed exec, which maps nothing.
 #[test]
-fn an_exec_names_its_file_by_inode() {
-    if !privileged("an_exec_names_its_file_by_inode") {
+fn an_exec_names_its_file_by_inode_and_digest() {
+    if !privileged("an_exec_names_its_file_by_inode_and_digest") {
         return;
     }
     let agent = Agent::start(&[]);
     let scratch = Scratch::new("image");
     let disk = Mount::tmpfs(&scratch.join("mnt"), "4m");
-    let copy = |to: std::path::PathBuf| {
-        let mut bytes = fs::read("/bin/true").unwrap();
+    let copy = |from: &str, to: std::path::PathBuf| {
+        let mut bytes = fs::read(from).unwrap();
         // Bytes past the ELF's last section change the file and not what it does.
         bytes.extend_from_slice(&[0; 16]);
         fs::write(&to, bytes).unwrap();
@@ -931,15 +982,22 @@ fn an_exec_names_its_file_by_inode() {
         agent.exec_with_arg(mark)
     };
 
-    let file = copy(scratch.join("img-true"));
+    // Gone at once: a new file, so its first exec waits for its digest.
+    let file = copy("/bin/true", scratch.join("img-true"));
     let first = run(&file, &marker("image-1"));
     image_matches(&first, &file);
     assert_eq!(first["image"].get("interpreter"), None, "{first}");
+    assert_eq!(first["image"]["unhashed"], "pending", "{first}");
+    assert_eq!(digest_of(&agent, &first), sha256_hex(&file), "{first}");
+    // Known now: the next exec carries it.
+    let again = run(&file, &marker("image-again"));
+    assert_eq!(again["image"]["sha256"], sha256_hex(&file), "{again}");
 
-    let on_tmpfs = copy(disk.target.join("img-true"));
+    let on_tmpfs = copy("/bin/true", disk.target.join("img-true"));
     let ev = run(&on_tmpfs, &marker("image-tmpfs"));
     image_matches(&ev, &on_tmpfs);
     assert_ne!(ev["image"]["dev"], first["image"]["dev"], "{ev}");
+    assert_eq!(digest_of(&agent, &ev), sha256_hex(&on_tmpfs), "{ev}");
 
     // A script: the kernel maps its interpreter, and the image says so.
     let script = scratch.join("img-script");
@@ -951,21 +1009,13 @@ fn an_exec_names_its_file_by_inode() {
             v["kind"] == "exec" && v["filename"] == script.to_str().unwrap()
         })
         .expect("the script's exec");
-    image_matches(&ev, std::path::Path::new("/bin/sh"));
+    let sh = std::path::Path::new("/bin/sh");
+    image_matches(&ev, sh);
     assert_eq!(ev["image"]["interpreter"], true, "{ev}");
+    assert_eq!(digest_of(&agent, &ev), sha256_hex(sh), "{ev}");
 
-    // The same size and mtime, other bytes: only ctime tells.
-    let mtime = fs::metadata(&file).unwrap().modified().unwrap();
-    let mut edited = fs::read(&file).unwrap();
-    let end = edited.len();
-    edited[end - 16..].fill(0xff);
-    fs::write(&file, &edited).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_times(fs::FileTimes::new().set_modified(mtime))
-        .unwrap();
+    // The same size and mtime, other bytes: only ctime tells, and the digest follows.
+    rewrite_keeping_size_and_mtime(&file);
     let second = run(&file, &marker("image-2"));
     image_matches(&second, &file);
     assert_eq!(
@@ -976,6 +1026,44 @@ fn an_exec_names_its_file_by_inode() {
         second["image"]["ctime_unix_nano"],
         first["image"]["ctime_unix_nano"]
     );
+    let digest = digest_of(&agent, &second);
+    assert_eq!(digest, sha256_hex(&file), "{second}");
+    assert_ne!(digest, again["image"]["sha256"]);
+
+    // Still running, and run by a relative name: reached through the process itself.
+    let name = marker("img-sleep");
+    let sleeper = copy("/bin/sleep", scratch.join(&name));
+    let mut child = Command::new(format!("./{name}"))
+        .arg("5")
+        .current_dir(scratch.path())
+        .spawn()
+        .unwrap();
+    let relative = format!("./{name}");
+    let ev = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "exec" && v["filename"] == relative.as_str()
+        })
+        .expect("the sleeper's exec");
+    let digest = digest_of(&agent, &ev);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    image_matches(&ev, &sleeper);
+    assert_eq!(digest, sha256_hex(&sleeper), "{ev}");
+
+    // Past the bound (a sparse tail, so the test writes little): not read, and marked.
+    let big = copy("/bin/true", scratch.join("img-big"));
+    fs::File::options()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let mark = marker("image-big");
+    assert!(Command::new(&big).arg(&mark).status().unwrap().success());
+    let ev = agent.exec_with_arg(&mark);
+    image_matches(&ev, &big);
+    assert_eq!(ev["image"]["unhashed"], "too_large", "{ev}");
+    assert_eq!(ev["image"].get("sha256"), None, "{ev}");
 
     // A failed exec maps nothing.
     let missing = format!("/nonexistent/{}", marker("image-none"));

@@ -73,6 +73,56 @@ pub struct Image {
     /// The file is the interpreter of the script (`#!`) or `binfmt_misc` program named by
     /// `filename`.
     pub interpreter: bool,
+    /// The contents' SHA-256, or why this event has none; `None` until the `image` stage
+    /// has looked.
+    pub digest: Option<Result<[u8; 32], Unhashed>>,
+}
+
+impl Image {
+    /// What names the file's contents: two files with the same key hold the same bytes.
+    #[must_use]
+    pub fn key(&self) -> ImageKey {
+        (
+            self.dev,
+            self.inode,
+            self.size,
+            self.mtime_ns,
+            self.ctime_ns,
+        )
+    }
+}
+
+/// `(dev, inode, size, mtime, ctime)`.
+pub type ImageKey = (u64, u64, i64, i64, i64);
+
+/// Why an image's contents have no digest on an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unhashed {
+    /// Being read: an `image` event with the digest follows.
+    Pending,
+    /// Larger than the agent reads.
+    TooLarge,
+    /// The reader's queue was full: tried again at the file's next exec.
+    Busy,
+    /// The process exited and no path reaches the file.
+    Gone,
+    /// The file reached is not, or no longer, the one executed.
+    Changed,
+    Unreadable,
+}
+
+impl Unhashed {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::TooLarge => "too_large",
+            Self::Busy => "busy",
+            Self::Gone => "gone",
+            Self::Changed => "changed",
+            Self::Unreadable => "unreadable",
+        }
+    }
 }
 
 #[must_use]
@@ -119,6 +169,8 @@ pub enum Body {
         /// of which were read (`data` is empty).
         redacted_bytes: u64,
     },
+    /// The digest of an executed file, read after its exec (whose image said `pending`).
+    ImageDigest(Image),
     /// A window size set on a terminal, as asked.
     TtyResize {
         /// The terminal: the pty slave when set through the master.

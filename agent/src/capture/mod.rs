@@ -5,6 +5,7 @@
 pub mod decode;
 pub mod event;
 pub(crate) mod fold;
+pub(crate) mod image;
 pub(crate) mod kernel_log;
 pub mod layout;
 pub mod platform;

@@ -7,7 +7,7 @@ use proto::v1;
 use tracing::debug_span;
 
 use crate::{
-    capture::event::{Body, GapSource, Target, lost_kind_name},
+    capture::event::{Body, GapSource, Image, Target, lost_kind_name},
     clock::WallClock,
     identity::attribute::Attributed,
 };
@@ -77,6 +77,24 @@ pub fn encode(item: Attributed, clock: &WallClock) -> v1::Event {
     }
 }
 
+fn image_of(i: Image) -> v1::Image {
+    let (sha256, unhashed) = match i.digest {
+        Some(Ok(sha)) => (sha.to_vec(), ""),
+        Some(Err(why)) => (Vec::new(), why.as_str()),
+        None => (Vec::new(), ""),
+    };
+    v1::Image {
+        dev: i.dev,
+        inode: i.inode,
+        size: i.size,
+        mtime_unix_nano: i.mtime_ns,
+        ctime_unix_nano: i.ctime_ns,
+        interpreter: i.interpreter,
+        sha256,
+        unhashed: unhashed.into(),
+    }
+}
+
 #[expect(
     clippy::too_many_lines,
     reason = "one arm per event body, each a plain mapping"
@@ -106,15 +124,9 @@ fn body(body: Body) -> v1::event::Body {
             cwd_deleted: cwd.as_ref().is_some_and(|c| c.deleted),
             cwd_unreachable: cwd.as_ref().is_some_and(|c| c.unreachable),
             cwd: cwd.map(|c| c.path).unwrap_or_default(),
-            image: image.map(|i| v1::Image {
-                dev: i.dev,
-                inode: i.inode,
-                size: i.size,
-                mtime_unix_nano: i.mtime_ns,
-                ctime_unix_nano: i.ctime_ns,
-                interpreter: i.interpreter,
-            }),
+            image: image.map(image_of),
         }),
+        Body::ImageDigest(image) => B::Image(image_of(image)),
         Body::Fork => B::Fork(v1::Fork {}),
         Body::Exit {
             exit_code,

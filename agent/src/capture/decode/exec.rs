@@ -80,6 +80,7 @@ fn image(id: ImageId, interpreter: bool) -> Image {
         mtime_ns: time(id.mtime_sec, id.mtime_nsec),
         ctime_ns: time(id.ctime_sec, id.ctime_nsec),
         interpreter,
+        digest: None,
     }
 }
 
@@ -206,6 +207,7 @@ mod tests {
                 mtime_ns: 1_700_000_000_000_000_005,
                 ctime_ns: 1_700_000_001_000_000_007,
                 interpreter: false,
+                digest: None,
             }
         );
         assert!(image_of(0, flags::IMAGE_INTERPRETER).unwrap().interpreter);

@@ -1,0 +1,328 @@
+//! Stage `image`: the SHA-256 of each executed file, read once per `(dev, inode, size,
+//! mtime, ctime)` the kernel reported at exec, and never on the capture path.
+//!
+//! The stage itself only looks up and opens. A digest already known goes on the exec at
+//! once. A file not yet read is opened now, while its process most likely still runs, and
+//! checked against the kernel's tuple; the open descriptor goes to a reader thread, the exec
+//! says `pending`, and the digest follows as an event of its own (`image`), attributed to
+//! the same process and chained like any other. An earlier version read the files inline:
+//! under a parallel build, new binaries at that rate stalled capture and the exec ring lost
+//! records. Now reading is paced on its own thread, and when its queue is full the exec says
+//! `busy` and the file is tried again at its next exec.
+//!
+//! The file is reached without trusting a path: through `/proc/<pid>/exe`, the file the
+//! process maps; for a process already gone, through its absolute exec path (not for a
+//! script, whose path names the script and not the interpreter that ran), opened `O_PATH`
+//! and reopened for reading only once `fstat` shows a regular file. Either way the bytes
+//! count only if the inode matches the kernel's tuple before and after the read, so a file
+//! swapped or written since the exec is `changed`, never hashed as if it were the one that
+//! ran. ctime is in the tuple because userspace can set mtime back after an edit, but not
+//! ctime.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::{File, Metadata, OpenOptions},
+    io::{self, Read as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    },
+    path::Path,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use crate::{
+    capture::event::{Body, Event, Image, ImageKey, Process, Unhashed},
+    clock::boot_ns,
+};
+
+/// Files larger than this are not read, and are marked `too_large`.
+const HASH_MAX_BYTES: i64 = 32 << 20;
+/// Bytes the reader reads in any one second: it shares the host's disk and cores with
+/// what the agent records.
+const READ_PER_SECOND: i64 = 32 << 20;
+/// Files waiting for the reader; past it, an exec of a new file says `busy`.
+const QUEUED_MAX: usize = 32;
+/// Digests kept; past it, an arbitrary one is dropped for each new one. A host runs far fewer
+/// distinct executables than this, so misses are first executions.
+const CACHED_MAX: usize = 8192;
+
+type Digest = Result<[u8; 32], Unhashed>;
+
+/// What the stage and the reader share: the digests known, and the files being read.
+#[derive(Default)]
+struct Known {
+    digests: HashMap<ImageKey, Digest>,
+    pending: HashSet<ImageKey>,
+}
+
+/// A file opened and checked by the stage, for the reader.
+struct Job {
+    file: File,
+    image: Image,
+    process: Option<Process>,
+}
+
+/// The stage's half: owned by the decode stage. Dropping it ends the reader once it has
+/// answered every file queued.
+pub struct Images {
+    known: Arc<Mutex<Known>>,
+    jobs: SyncSender<Job>,
+    closing: Arc<AtomicBool>,
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Images {
+    /// Starts the reader thread; its `image` events go to `out`, the attribute stage's
+    /// input.
+    pub fn start(out: mpsc::Sender<Vec<Event>>) -> io::Result<Self> {
+        let known = Arc::new(Mutex::new(Known::default()));
+        let closing = Arc::new(AtomicBool::new(false));
+        let (jobs, queue) = sync_channel(QUEUED_MAX);
+        let reader = Reader {
+            known: Arc::clone(&known),
+            closing: Arc::clone(&closing),
+            second: None,
+            read: 0,
+        };
+        std::thread::Builder::new()
+            .name("image-reader".into())
+            .spawn(move || reader.run(&queue, &out))?;
+        Ok(Self {
+            known,
+            jobs,
+            closing,
+        })
+    }
+
+    /// Gives every exec's image its digest, or says why it has none yet.
+    pub fn process(&mut self, events: &mut [Event]) {
+        for event in events {
+            let Body::Exec {
+                filename,
+                image: Some(image),
+                ..
+            } = &mut event.body
+            else {
+                continue;
+            };
+            image.digest = Some(self.look(*image, filename, event.process.as_ref()));
+        }
+    }
+
+    fn look(&self, image: Image, filename: &str, process: Option<&Process>) -> Digest {
+        let key = image.key();
+        {
+            let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(digest) = known.digests.get(&key) {
+                return *digest;
+            }
+            if key.2 > HASH_MAX_BYTES {
+                remember(&mut known.digests, key, Err(Unhashed::TooLarge));
+                return Err(Unhashed::TooLarge);
+            }
+            if known.pending.contains(&key) {
+                return Err(Unhashed::Pending);
+            }
+        }
+        // An interpreter's file has no path on the record (`filename` is the script's).
+        let path = if image.interpreter { "" } else { filename };
+        let file = open(process.map(|p| p.tgid), path, &key)?;
+        let job = Job {
+            file,
+            image,
+            process: process.cloned(),
+        };
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pending
+            .insert(key);
+        match self.jobs.try_send(job) {
+            Ok(()) => Err(Unhashed::Pending),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.known
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pending
+                    .remove(&key);
+                Err(Unhashed::Busy)
+            }
+        }
+    }
+}
+
+fn remember(digests: &mut HashMap<ImageKey, Digest>, key: ImageKey, digest: Digest) {
+    if digests.len() >= CACHED_MAX
+        && let Some(old) = digests.keys().next().copied()
+    {
+        digests.remove(&old);
+    }
+    digests.insert(key, digest);
+}
+
+/// The reader thread: hashes each queued file, paced, and sends its digest as an event.
+struct Reader {
+    known: Arc<Mutex<Known>>,
+    closing: Arc<AtomicBool>,
+    /// The second being paced, and the bytes read in it.
+    second: Option<Instant>,
+    read: i64,
+}
+
+impl Reader {
+    fn run(mut self, queue: &Receiver<Job>, out: &mpsc::Sender<Vec<Event>>) {
+        while let Ok(job) = queue.recv() {
+            let key = job.image.key();
+            // Once the agent stops, what is still queued is answered unread: every
+            // `pending` exec gets its `image` event.
+            let digest = if self.closing.load(Ordering::Relaxed) {
+                Err(Unhashed::Busy)
+            } else {
+                self.pace(key.2);
+                read_checked(job.file, &key)
+            };
+            {
+                let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+                known.pending.remove(&key);
+                // A changed or unreadable file may be read at its next exec.
+                if digest.is_ok() {
+                    remember(&mut known.digests, key, digest);
+                }
+            }
+            let event = Event {
+                ktime_ns: boot_ns(),
+                process: job.process,
+                body: Body::ImageDigest(Image {
+                    digest: Some(digest),
+                    ..job.image
+                }),
+            };
+            if out.blocking_send(vec![event]).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits, if need be, until `size` more bytes fit the second's reading; one file always
+    /// fits an unspent second.
+    fn pace(&mut self, size: i64) {
+        let now = Instant::now();
+        let second = *self.second.get_or_insert(now);
+        let elapsed = now.duration_since(second);
+        if elapsed >= Duration::from_secs(1) {
+            self.second = Some(now);
+            self.read = 0;
+        } else if self.read > 0 && self.read.saturating_add(size) > READ_PER_SECOND {
+            std::thread::sleep(Duration::from_secs(1).saturating_sub(elapsed));
+            self.second = Some(Instant::now());
+            self.read = 0;
+        }
+        self.read = self.read.saturating_add(size.max(0));
+    }
+}
+
+/// Opens the file the exec mapped: through the process if it still runs, else by its
+/// absolute path.
+fn open(tgid: Option<u32>, path: &str, key: &ImageKey) -> Result<File, Unhashed> {
+    let by_pid = match tgid {
+        Some(tgid) => open_matching(File::open(format!("/proc/{tgid}/exe")), key),
+        None => Err(Unhashed::Gone),
+    };
+    match by_pid {
+        Ok(file) => Ok(file),
+        // Keep the stronger reason: a file found but not the one that ran.
+        Err(first) if Path::new(path).is_absolute() => {
+            open_by_path(path, key).map_err(|second| worse(first, second))
+        }
+        Err(first) => Err(first),
+    }
+}
+
+fn worse(a: Unhashed, b: Unhashed) -> Unhashed {
+    let rank = |u| match u {
+        Unhashed::Changed => 2,
+        Unhashed::Unreadable => 1,
+        _ => 0,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
+/// Opens `path` without reading it, and reopens it for reading only if it is a regular
+/// file with the kernel's tuple: a path swapped for a FIFO or a device is never opened.
+fn open_by_path(path: &str, key: &ImageKey) -> Result<File, Unhashed> {
+    let handle = open_matching(
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(path),
+        key,
+    )?;
+    open_matching(
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(format!("/proc/self/fd/{}", handle.as_raw_fd())),
+        key,
+    )
+}
+
+fn open_matching(opened: io::Result<File>, key: &ImageKey) -> Result<File, Unhashed> {
+    let file = opened.map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Unhashed::Gone,
+        _ => Unhashed::Unreadable,
+    })?;
+    let meta = file.metadata().map_err(|_| Unhashed::Unreadable)?;
+    if matches(&meta, key) {
+        Ok(file)
+    } else {
+        Err(Unhashed::Changed)
+    }
+}
+
+fn matches(meta: &Metadata, key: &ImageKey) -> bool {
+    let time = |sec: i64, nsec: i64| sec.saturating_mul(1_000_000_000).saturating_add(nsec);
+    meta.file_type().is_file()
+        && (meta.dev(), meta.ino()) == (key.0, key.1)
+        && i64::try_from(meta.size()).is_ok_and(|size| size == key.2)
+        && time(meta.mtime(), meta.mtime_nsec()) == key.3
+        && time(meta.ctime(), meta.ctime_nsec()) == key.4
+}
+
+/// Hashes `file`, which must hold exactly the key's size and still match the key after.
+fn read_checked(mut file: File, key: &ImageKey) -> Digest {
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total: i64 = 0;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(Unhashed::Unreadable),
+        };
+        sha.update(&buf[..n]);
+        total = total.saturating_add(i64::try_from(n).unwrap_or(i64::MAX));
+        if total > key.2 {
+            return Err(Unhashed::Changed);
+        }
+    }
+    let after = file.metadata().map_err(|_| Unhashed::Unreadable)?;
+    if total != key.2 || !matches(&after, key) {
+        return Err(Unhashed::Changed);
+    }
+    Ok(sha.finalize().into())
+}
