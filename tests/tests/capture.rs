@@ -928,6 +928,20 @@ fn rewrite_keeping_size_and_mtime(file: &std::path::Path) {
         .unwrap();
 }
 
+/// Runs `program`, which waits on its input, until the agent has reported its exec;
+/// returns that exec.
+fn run_until_seen(agent: &Agent, program: &std::path::Path) -> Value {
+    let mut child = Command::new(program).stdin(Stdio::piped()).spawn().unwrap();
+    let ev = agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "exec" && v["filename"] == program.to_str().unwrap()
+        })
+        .expect("the exec");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    ev
+}
+
 /// The digest an exec's image was given: on the exec itself when the agent knew it, else
 /// (`pending`) in the `image` event that follows, for the same file and process.
 fn digest_of(agent: &Agent, ev: &Value) -> Value {
@@ -999,16 +1013,13 @@ fn an_exec_names_its_file_by_inode_and_digest() {
     assert_ne!(ev["image"]["dev"], first["image"]["dev"], "{ev}");
     assert_eq!(digest_of(&agent, &ev), sha256_hex(&on_tmpfs), "{ev}");
 
-    // A script: the kernel maps its interpreter, and the image says so.
+    // A script: the kernel maps its interpreter, and the image says so. Its path names the
+    // script, so the interpreter is reached only through the process: the script waits on
+    // its input until the exec is seen (a script gone by then is `gone`, capture.md).
     let script = scratch.join("img-script");
-    fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::write(&script, "#!/bin/sh\nread line\nexit 0\n").unwrap();
     fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    assert!(Command::new(&script).status().unwrap().success());
-    let ev = agent
-        .wait_for(WAIT, |v| {
-            v["kind"] == "exec" && v["filename"] == script.to_str().unwrap()
-        })
-        .expect("the script's exec");
+    let ev = run_until_seen(&agent, &script);
     let sh = std::path::Path::new("/bin/sh");
     image_matches(&ev, sh);
     assert_eq!(ev["image"]["interpreter"], true, "{ev}");
@@ -1034,7 +1045,7 @@ fn an_exec_names_its_file_by_inode_and_digest() {
     let name = marker("img-sleep");
     let sleeper = copy("/bin/sleep", scratch.join(&name));
     let mut child = Command::new(format!("./{name}"))
-        .arg("5")
+        .arg("60")
         .current_dir(scratch.path())
         .spawn()
         .unwrap();

@@ -326,3 +326,144 @@ fn read_checked(mut file: File, key: &ImageKey) -> Digest {
     }
     Ok(sha.finalize().into())
 }
+
+/// Real files in the temporary directory: the checks that decide whether bytes are read,
+/// and the reader's answers.
+#[cfg(test)]
+mod tests {
+    use std::{ffi::CString, io::Write as _, path::PathBuf};
+
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("image-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn image_of(path: &Path) -> Image {
+        let meta = std::fs::metadata(path).unwrap();
+        let time = |sec: i64, nsec: i64| sec * 1_000_000_000 + nsec;
+        Image {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            size: i64::try_from(meta.size()).unwrap(),
+            mtime_ns: time(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: time(meta.ctime(), meta.ctime_nsec()),
+            interpreter: false,
+            digest: None,
+        }
+    }
+
+    fn sha(bytes: &[u8]) -> [u8; 32] {
+        Sha256::digest(bytes).into()
+    }
+
+    /// Bytes count only from the file the kernel named, as it was: a file grown since, or
+    /// one whose inode no longer matches, is `changed`; a FIFO put at the path is never
+    /// opened for reading (it would block); a missing or relative path is `gone`.
+    #[test]
+    fn a_file_is_read_only_if_it_is_the_one_the_kernel_named() {
+        let dir = Dir::new("checks");
+        let path = dir.0.join("prog");
+        std::fs::write(&path, b"abc").unwrap();
+        let key = image_of(&path).key();
+        let name = path.to_str().unwrap();
+        let file = open(None, name, &key).unwrap();
+        assert_eq!(read_checked(file, &key), Ok(sha(b"abc")));
+
+        let file = open(None, name, &key).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"d")
+            .unwrap();
+        assert_eq!(read_checked(file, &key), Err(Unhashed::Changed));
+        assert_eq!(open(None, name, &key).err(), Some(Unhashed::Changed));
+
+        let fifo = dir.0.join("fifo");
+        let c = CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let fifo_key = image_of(&fifo).key();
+        assert_eq!(
+            open(None, fifo.to_str().unwrap(), &fifo_key).err(),
+            Some(Unhashed::Changed)
+        );
+        assert_eq!(
+            open(None, dir.0.join("none").to_str().unwrap(), &key).err(),
+            Some(Unhashed::Gone)
+        );
+        assert_eq!(open(None, "prog", &key).err(), Some(Unhashed::Gone));
+    }
+
+    /// A new file is `pending` and its digest comes as an event; the next exec of it
+    /// carries the digest; one past the bound is `too_large` unread; once the stage is
+    /// dropped, a file still queued is answered `busy`, and the reader ends.
+    #[test]
+    fn the_reader_answers_every_pending_file() {
+        let dir = Dir::new("reader");
+        let path = dir.0.join("prog");
+        std::fs::write(&path, b"#!\n").unwrap();
+        let exec = |image: Image| Event {
+            ktime_ns: 0,
+            process: None,
+            body: Body::Exec {
+                filename: path.to_str().unwrap().into(),
+                filename_truncated: false,
+                argv: Vec::new(),
+                argv_truncated: false,
+                argv_unreadable: false,
+                result: 0,
+                tried: Vec::new(),
+                cwd: None,
+                image: Some(image),
+            },
+        };
+        let digest_of = |events: &[Event]| match &events[0].body {
+            Body::Exec {
+                image: Some(image), ..
+            }
+            | Body::ImageDigest(image) => image.digest,
+            _ => None,
+        };
+        let (out, mut digests) = mpsc::channel(4);
+        let mut images = Images::start(out).unwrap();
+        let mut events = [exec(image_of(&path))];
+        images.process(&mut events);
+        assert_eq!(digest_of(&events), Some(Err(Unhashed::Pending)));
+        let event = digests.blocking_recv().unwrap();
+        assert_eq!(digest_of(&event), Some(Ok(sha(b"#!\n"))));
+
+        let mut events = [exec(image_of(&path))];
+        images.process(&mut events);
+        assert_eq!(digest_of(&events), Some(Ok(sha(b"#!\n"))));
+
+        let mut big = image_of(&path);
+        big.size = HASH_MAX_BYTES + 1;
+        let mut events = [exec(big)];
+        images.process(&mut events);
+        assert_eq!(digest_of(&events), Some(Err(Unhashed::TooLarge)));
+
+        std::fs::write(&path, b"#!\n\n").unwrap();
+        let mut events = [exec(image_of(&path))];
+        images.closing.store(true, Ordering::Relaxed);
+        images.process(&mut events);
+        assert_eq!(digest_of(&events), Some(Err(Unhashed::Pending)));
+        drop(images);
+        let event = digests.blocking_recv().unwrap();
+        assert_eq!(digest_of(&event), Some(Err(Unhashed::Busy)));
+        assert!(digests.blocking_recv().is_none(), "the reader has ended");
+    }
+}
