@@ -202,6 +202,16 @@ impl Session {
             assert!(Instant::now() < deadline, "the echo {echo} never exited");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // sudo's monitor process (its fork, comm `sudo`) can outlive sudo for a moment on a
+        // loaded host and exit by itself: a CI run saw it alive here, exiting with status 1
+        // before the grant ended. It ran before the echo, so wait for it too.
+        let is_sudo = |pid: &u64| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sudo")
+        };
+        while session_pids(id).iter().any(is_sudo) {
+            assert!(Instant::now() < deadline, "sudo never exited");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         session.pids = session_pids(id);
         assert!(
             session.pids.contains(&sleep["pid"].as_u64().unwrap()),
