@@ -247,6 +247,20 @@ impl Agent {
         }
     }
 
+    /// Waits for the exec event, successful or failed, of `filename` as the caller named it.
+    #[must_use]
+    pub fn exec_of(&self, filename: &str) -> Value {
+        self.wait_for(Duration::from_secs(30), |v| {
+            v["kind"] == "exec" && v["filename"] == filename
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no exec event of {filename}:\n{}",
+                self.stderr.lock().unwrap()
+            )
+        })
+    }
+
     /// Waits for the exec event whose argv carries `arg`.
     #[must_use]
     pub fn exec_with_arg(&self, arg: &str) -> Value {

@@ -110,17 +110,11 @@ fn failed_exec_reports_errno() {
     fs::write(&dir, "not executable").unwrap();
     assert!(Command::new(&dir).status().is_err());
 
-    let ev = agent
-        .wait_for(WAIT, |v| {
-            v["kind"] == "exec" && v["filename"] == missing.as_str()
-        })
-        .expect("ENOENT exec");
+    let ev = agent.exec_of(&missing);
     assert_eq!(ev["result"], -libc::ENOENT);
     assert_eq!(argv_of(&ev), [missing.as_str(), "a1"]);
     let path = dir.to_str().unwrap();
-    let ev = agent
-        .wait_for(WAIT, |v| v["kind"] == "exec" && v["filename"] == path)
-        .expect("EACCES exec");
+    let ev = agent.exec_of(path);
     assert_eq!(ev["result"], -libc::EACCES);
 }
 
@@ -932,11 +926,7 @@ fn rewrite_keeping_size_and_mtime(file: &std::path::Path) {
 /// returns that exec.
 fn run_until_seen(agent: &Agent, program: &std::path::Path) -> Value {
     let mut child = Command::new(program).stdin(Stdio::piped()).spawn().unwrap();
-    let ev = agent
-        .wait_for(WAIT, |v| {
-            v["kind"] == "exec" && v["filename"] == program.to_str().unwrap()
-        })
-        .expect("the exec");
+    let ev = agent.exec_of(program.to_str().unwrap());
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
     ev
@@ -1050,11 +1040,7 @@ fn an_exec_names_its_file_by_inode_and_digest() {
         .spawn()
         .unwrap();
     let relative = format!("./{name}");
-    let ev = agent
-        .wait_for(WAIT, |v| {
-            v["kind"] == "exec" && v["filename"] == relative.as_str()
-        })
-        .expect("the sleeper's exec");
+    let ev = agent.exec_of(&relative);
     let digest = digest_of(&agent, &ev);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -1079,11 +1065,7 @@ fn an_exec_names_its_file_by_inode_and_digest() {
     // A failed exec maps nothing.
     let missing = format!("/nonexistent/{}", marker("image-none"));
     assert!(Command::new(&missing).status().is_err());
-    let ev = agent
-        .wait_for(WAIT, |v| {
-            v["kind"] == "exec" && v["filename"] == missing.as_str()
-        })
-        .expect("the failed exec");
+    let ev = agent.exec_of(&missing);
     assert_eq!(ev["image"], Value::Null, "{ev}");
     let out = agent.stop();
     assert!(out.success, "agent failed:\n{}", out.stderr);
@@ -1171,11 +1153,7 @@ fn an_exec_names_its_working_directory() {
     let err = cmd.status().unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
     let path = format!("/{name}");
-    let ev = agent
-        .wait_for(WAIT, |v| {
-            v["kind"] == "exec" && v["filename"] == path.as_str()
-        })
-        .expect("the failed exec in the chroot");
+    let ev = agent.exec_of(&path);
     assert_eq!(ev["result"], -libc::EACCES, "{ev}");
     assert_eq!(ev["cwd"], real(&outside), "{ev}");
     assert_eq!(flags(&ev), [false, false, true], "{ev}");
