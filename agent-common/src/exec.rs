@@ -17,6 +17,9 @@ pub const FILENAME_CAP: usize = 512;
 pub const CWD_CAP: usize = 512;
 /// Steps of the working directory's walk: one per component or mount crossed.
 pub const CWD_STEPS: u32 = 256;
+/// Bytes of a script's interpreter path kept per exec (with its NUL), the kernel's own
+/// bound on a `#!` line. A power of two, so offsets can be masked.
+pub const INTERP_CAP: usize = 256;
 
 pub mod flags {
     /// argv was longer than the configured bound; `argv` holds its prefix.
@@ -39,6 +42,8 @@ pub mod flags {
     /// `filename` named a script (`#!`) or a `binfmt_misc` program: `image` is its
     /// interpreter's file, not the file the caller named.
     pub const IMAGE_INTERPRETER: u32 = 256;
+    /// The interpreter's path was longer than `INTERP_CAP`; its prefix is sent.
+    pub const INTERP_TRUNCATED: u32 = 512;
 }
 
 /// The file a successful exec mapped, as its inode said at that moment. Times are the raw
@@ -70,6 +75,9 @@ pub struct ExecRecord {
     pub argv_len: u32,
     /// Bytes of the working directory (a `u64` so that the record has no padding).
     pub cwd_len: u64,
+    /// Bytes of the interpreter's path, sent after the working directory: set only with
+    /// `IMAGE_INTERPRETER` (the path the kernel opened in place of `filename`).
+    pub interp_len: u64,
     /// Zero for a failed exec, or when `IMAGE_UNREADABLE` is set.
     pub image: ImageId,
     pub filename: [u8; FILENAME_CAP],
@@ -81,9 +89,10 @@ pub struct ExecRecord {
 }
 
 /// Bytes before `argv`; a record is submitted as this plus `argv_len`, plus `cwd_len` bytes
-/// of working directory right after argv.
+/// of working directory right after argv, plus `interp_len` bytes of interpreter path.
 pub const EXEC_FIXED: usize = core::mem::offset_of!(ExecRecord, argv);
 
-const _: () = assert!(EXEC_FIXED == 80 + 16 + 8 + 48 + FILENAME_CAP);
+const _: () = assert!(EXEC_FIXED == 80 + 16 + 16 + 48 + FILENAME_CAP);
 const _: () = assert!(CWD_CAP.is_power_of_two());
 const _: () = assert!(ARGV_CAP.is_power_of_two());
+const _: () = assert!(INTERP_CAP.is_power_of_two());

@@ -11,7 +11,7 @@ use agent_common::{
     event::kind,
     exec::{
         ARGV_CAP, CWD_CAP, CWD_STEPS, EXEC_FIXED, ExecRecord, FAILED_ARGS_MAX, FILENAME_CAP,
-        ImageId, flags,
+        INTERP_CAP, ImageId, flags,
     },
 };
 use aya_ebpf::{
@@ -35,13 +35,14 @@ use crate::{
     },
 };
 
-/// A record plus `ARGV_CAP` bytes of slack: each string read of a failed exec may write up
-/// to `ARGV_CAP` bytes past a masked offset, and the slack keeps that inside the map value
-/// where the verifier can see it.
+/// A record plus slack: each string read of a failed exec may write up to `ARGV_CAP` bytes
+/// past a masked offset, and the working directory and interpreter path are copied past
+/// masked lengths; the slack keeps all of that inside the map value where the verifier can
+/// see it.
 #[repr(C)]
 pub struct ExecScratch {
     record: ExecRecord,
-    slack: [u8; ARGV_CAP + CWD_CAP],
+    slack: [u8; ARGV_CAP + CWD_CAP + INTERP_CAP],
 }
 
 #[map(name = "EXEC_SCRATCH")]
@@ -133,17 +134,21 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         }
         _ => rec.flags |= flags::ARGV_UNREADABLE,
     }
+    let mut interp = None;
     if let Ok(image) = task.image() {
         rec.image = image;
-        if bprm_interp(ctx.arg::<u64>(2)).is_ok_and(|interp| interp != filename) {
+        if let Ok(path) = bprm_interp(ctx.arg::<u64>(2))
+            && path != filename
+        {
             rec.flags |= flags::IMAGE_INTERPRETER;
+            interp = Some(path);
         }
     } else {
         rec.image = ImageId::default();
         rec.flags |= flags::IMAGE_UNREADABLE;
     }
     fill_cwd(rec, task);
-    emit(rec);
+    emit(rec, interp);
     Ok(())
 }
 
@@ -289,12 +294,13 @@ fn set_filename_len(rec: &mut ExecRecord, copied: i64) {
     }
 }
 
-/// Sends the record: its fixed part, argv, and the working directory right after argv (it
-/// was built at the end of `cwd`), so that only the bytes used go out. The lengths are
-/// masked for the verifier (at run time argv is at most `ARGV_CAP` and the path at most
-/// `CWD_CAP` bytes), and the scratch's slack holds what the masks allow.
+/// Sends the record: its fixed part, argv, the working directory right after argv (it was
+/// built at the end of `cwd`), then a script's interpreter path, so that only the bytes
+/// used go out. The lengths are masked for the verifier (at run time argv is at most
+/// `ARGV_CAP` and the path at most `CWD_CAP` bytes), and the scratch's slack holds what the
+/// masks allow.
 #[inline(always)]
-fn emit(rec: &mut ExecRecord) {
+fn emit(rec: &mut ExecRecord, interp: Option<*const u8>) {
     let argv_len = (rec.argv_len as usize) & (ARGV_CAP * 2 - 1);
     let mut cwd_len = (rec.cwd_len as usize) & (CWD_CAP * 2 - 1);
     if cwd_len > 0 {
@@ -308,9 +314,27 @@ fn emit(rec: &mut ExecRecord) {
             cwd_len = 0;
         }
     }
+    rec.interp_len = 0;
+    if let Some(interp) = interp {
+        let dst = rec
+            .argv
+            .as_mut_ptr()
+            .wrapping_add(argv_len)
+            .wrapping_add(cwd_len);
+        let copied =
+            unsafe { bpf_probe_read_kernel_str(dst.cast(), INTERP_CAP as u32, interp.cast()) };
+        // `copied` counts the NUL, which is not sent; a full buffer means the path was cut.
+        if copied > 0 {
+            rec.interp_len = (copied - 1).unsigned_abs() & (INTERP_CAP as u64 - 1);
+            if copied.unsigned_abs() >= INTERP_CAP as u64 {
+                rec.flags |= flags::INTERP_TRUNCATED;
+            }
+        }
+    }
+    let interp_len = (rec.interp_len as usize) & (INTERP_CAP - 1);
     submit(
         &raw mut rec.header,
-        EXEC_FIXED + argv_len + cwd_len,
+        EXEC_FIXED + argv_len + cwd_len + interp_len,
         argv_len as u64,
     );
 }
@@ -425,7 +449,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     };
     set_filename_len(rec, n);
     read_argv_pointers(s, pending.argv);
-    emit(&mut s.record);
+    emit(&mut s.record, None);
     Ok(())
 }
 

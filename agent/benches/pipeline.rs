@@ -71,6 +71,7 @@ fn exec_record() -> Vec<u8> {
         filename_len: 13,
         argv_len: argv.len() as u32,
         cwd_len: 5,
+        interp_len: 0,
         image: ImageId {
             inode: 1_234_567,
             size: 277_936,

@@ -382,6 +382,8 @@ impl<'a> Record<'a> {
                 "argv_unreadable",
                 "filename_truncated",
                 "result",
+                "interpreter",
+                "interpreter_truncated",
                 "image",
             ],
         )

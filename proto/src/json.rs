@@ -141,6 +141,10 @@ enum BodyLine<'a> {
         cwd_deleted: bool,
         #[serde(skip_serializing_if = "is_false")]
         cwd_unreachable: bool,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        interpreter: &'a str,
+        #[serde(skip_serializing_if = "is_false")]
+        interpreter_truncated: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         image: Option<ImageLine<'a>>,
     },
@@ -473,6 +477,8 @@ impl<'a> BodyLine<'a> {
                 cwd_truncated: x.cwd_truncated,
                 cwd_deleted: x.cwd_deleted,
                 cwd_unreachable: x.cwd_unreachable,
+                interpreter: &x.interpreter,
+                interpreter_truncated: x.interpreter_truncated,
                 image: x.image.as_ref().map(ImageLine::new),
             },
             Some(Body::Exit(x)) => Self::Exit {

@@ -960,7 +960,8 @@ fn digest_of(agent: &Agent, ev: &Value) -> Value {
 /// ctime), read by the kernel from `mm->exe_file`, and by the SHA-256 of its bytes, read off
 /// the capture path: `pending` on a file's first exec, with an `image` event after, and on
 /// the exec itself once known. Covered: the root filesystem and a tmpfs (a device number of
-/// its own); a script, whose image is its interpreter (marked); a process gone at once and
+/// its own); a script, whose image is its interpreter (marked, with its path), running or
+/// gone; a process gone at once and
 /// one still running; an edit that keeps the size and puts the mtime back (a new ctime, so
 /// read anew, never given the old digest); a file past the bound (not read, marked); and a
 /// failed exec, which maps nothing.
@@ -1003,9 +1004,9 @@ fn an_exec_names_its_file_by_inode_and_digest() {
     assert_ne!(ev["image"]["dev"], first["image"]["dev"], "{ev}");
     assert_eq!(digest_of(&agent, &ev), sha256_hex(&on_tmpfs), "{ev}");
 
-    // A script: the kernel maps its interpreter, and the image says so. Its path names the
-    // script, so the interpreter is reached only through the process: the script waits on
-    // its input until the exec is seen (a script gone by then is `gone`, capture.md).
+    // A script: the kernel maps its interpreter, and the image says so, as does the
+    // interpreter's path beside the script's. One script waits on its input until its
+    // exec is seen, so its interpreter is reached through the process.
     let script = scratch.join("img-script");
     fs::write(&script, "#!/bin/sh\nread line\nexit 0\n").unwrap();
     fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -1013,7 +1014,20 @@ fn an_exec_names_its_file_by_inode_and_digest() {
     let sh = std::path::Path::new("/bin/sh");
     image_matches(&ev, sh);
     assert_eq!(ev["image"]["interpreter"], true, "{ev}");
+    assert_eq!(ev["interpreter"], "/bin/sh", "{ev}");
     assert_eq!(digest_of(&agent, &ev), sha256_hex(sh), "{ev}");
+    // The other exits at once, under an interpreter the agent has not read yet (a copy of
+    // the shell): with the process most likely gone, the interpreter's path reaches it.
+    let shell = copy("/bin/dash", scratch.join("img-sh"));
+    let quick = scratch.join("img-quick");
+    fs::write(&quick, format!("#!{}\nexit 0\n", shell.display())).unwrap();
+    fs::set_permissions(&quick, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ev = run(&quick, &marker("image-quick"));
+    image_matches(&ev, &shell);
+    assert_eq!(ev["image"]["interpreter"], true, "{ev}");
+    assert_eq!(ev["interpreter"], shell.to_str().unwrap(), "{ev}");
+    assert_eq!(ev["filename"], quick.to_str().unwrap(), "{ev}");
+    assert_eq!(digest_of(&agent, &ev), sha256_hex(&shell), "{ev}");
 
     // The same size and mtime, other bytes: only ctime tells, and the digest follows.
     rewrite_keeping_size_and_mtime(&file);

@@ -58,6 +58,14 @@ pub struct Cwd {
     pub unreachable: bool,
 }
 
+/// The interpreter path of a script's exec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interpreter {
+    pub path: String,
+    /// The path was longer than the kernel program keeps; `path` is its prefix.
+    pub truncated: bool,
+}
+
 /// The file a successful exec mapped (`mm->exe_file`), as its inode said at that moment:
 /// what names its contents, short of reading them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +154,9 @@ pub enum Body {
         tried: Vec<String>,
         /// The working directory, resolved by the kernel; `None` when it could not be read.
         cwd: Option<Cwd>,
+        /// For a script (or `binfmt_misc` program): the path the kernel ran in its place,
+        /// as the `#!` line (or handler) names it. `None` when `filename` was the image.
+        interpreter: Option<Interpreter>,
         /// The file a successful exec mapped; `None` for a failed one, or when the kernel
         /// could not read it.
         image: Option<Image>,

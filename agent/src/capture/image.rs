@@ -11,8 +11,8 @@
 //! `busy` and the file is tried again at its next exec.
 //!
 //! The file is reached without trusting a path: through `/proc/<pid>/exe`, the file the
-//! process maps; for a process already gone, through its absolute exec path (not for a
-//! script, whose path names the script and not the interpreter that ran), opened `O_PATH`
+//! process maps; for a process already gone, through its absolute exec path (for a script,
+//! its interpreter's path, which the kernel reports beside the script's), opened `O_PATH`
 //! and reopened for reading only once `fstat` shows a regular file. Either way the bytes
 //! count only if the inode matches the kernel's tuple before and after the read, so a file
 //! swapped or written since the exec is `changed`, never hashed as if it were the one that
@@ -113,17 +113,26 @@ impl Images {
         for event in events {
             let Body::Exec {
                 filename,
+                interpreter,
                 image: Some(image),
                 ..
             } = &mut event.body
             else {
                 continue;
             };
-            image.digest = Some(self.look(*image, filename, event.process.as_ref()));
+            // A script's image is its interpreter's file: the path to try is the
+            // interpreter's (a cut-off one names no file).
+            let path = match interpreter {
+                _ if !image.interpreter => filename.as_str(),
+                Some(i) if !i.truncated => i.path.as_str(),
+                _ => "",
+            };
+            image.digest = Some(self.look(*image, path, event.process.as_ref()));
         }
     }
 
-    fn look(&self, image: Image, filename: &str, process: Option<&Process>) -> Digest {
+    /// `path` is the image's path as the exec named it, tried when the process is gone.
+    fn look(&self, image: Image, path: &str, process: Option<&Process>) -> Digest {
         let key = image.key();
         {
             let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
@@ -138,8 +147,6 @@ impl Images {
                 return Err(Unhashed::Pending);
             }
         }
-        // An interpreter's file has no path on the record (`filename` is the script's).
-        let path = if image.interpreter { "" } else { filename };
         let file = open(process.map(|p| p.tgid), path, &key)?;
         let job = Job {
             file,
@@ -428,6 +435,7 @@ mod tests {
                 result: 0,
                 tried: Vec::new(),
                 cwd: None,
+                interpreter: None,
                 image: Some(image),
             },
         };

@@ -111,6 +111,7 @@ fn body(body: Body) -> v1::event::Body {
             result,
             tried,
             cwd,
+            interpreter,
             image,
         } => B::Exec(v1::Exec {
             filename,
@@ -124,6 +125,8 @@ fn body(body: Body) -> v1::event::Body {
             cwd_deleted: cwd.as_ref().is_some_and(|c| c.deleted),
             cwd_unreachable: cwd.as_ref().is_some_and(|c| c.unreachable),
             cwd: cwd.map(|c| c.path).unwrap_or_default(),
+            interpreter_truncated: interpreter.as_ref().is_some_and(|i| i.truncated),
+            interpreter: interpreter.map(|i| i.path).unwrap_or_default(),
             image: image.map(image_of),
         }),
         Body::ImageDigest(image) => B::Image(image_of(image)),

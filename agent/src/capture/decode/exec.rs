@@ -2,12 +2,12 @@ use std::mem::offset_of;
 
 use agent_common::{
     event::{dev_major, dev_minor},
-    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, ImageId, flags},
+    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, INTERP_CAP, ImageId, flags},
 };
 use bytes::Bytes;
 
 use super::{DecodeError, read, slice};
-use crate::capture::event::{Body, Cwd, Image};
+use crate::capture::event::{Body, Cwd, Image, Interpreter};
 
 pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
     if bytes.len() < EXEC_FIXED {
@@ -39,9 +39,19 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         deleted: flag_bits & flags::CWD_DELETED != 0,
         unreachable: flag_bits & flags::CWD_UNREACHABLE != 0,
     });
-    if EXEC_FIXED + argv.len() + path.len() != bytes.len() {
+    let interp_len: u64 = read(bytes, offset_of!(ExecRecord, interp_len))?;
+    let interp_len = usize::try_from(interp_len).unwrap_or(usize::MAX);
+    let interp = slice(
+        bytes,
+        EXEC_FIXED + argv.len() + path.len(),
+        interp_len,
+        INTERP_CAP,
+        "interpreter",
+    )?;
+    let claimed = EXEC_FIXED + argv.len() + path.len() + interp.len();
+    if claimed != bytes.len() {
         return Err(DecodeError::SizeMismatch {
-            claimed: EXEC_FIXED + argv.len() + path.len(),
+            claimed,
             got: bytes.len(),
         });
     }
@@ -54,6 +64,10 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         result,
         tried: Vec::new(),
         cwd,
+        interpreter: (!interp.is_empty()).then(|| Interpreter {
+            path: String::from_utf8_lossy(interp).into_owned(),
+            truncated: flag_bits & flags::INTERP_TRUNCATED != 0,
+        }),
         image: (result == 0 && flag_bits & flags::IMAGE_UNREADABLE == 0)
             .then(|| read(bytes, offset_of!(ExecRecord, image)))
             .transpose()?
@@ -99,7 +113,7 @@ fn split_argv(record: &Bytes, block: &[u8]) -> Vec<Bytes> {
 
 #[cfg(test)]
 mod tests {
-    use agent_common::event::kind;
+    use agent_common::event::{Header, kind};
 
     use super::*;
     use crate::capture::decode::{
@@ -115,6 +129,7 @@ mod tests {
             filename_len: 8,
             argv_len: argv.len() as u32,
             cwd_len: 0,
+            interp_len: 0,
             image: ImageId {
                 inode: 42,
                 size: 1234,
@@ -213,6 +228,53 @@ mod tests {
         assert!(image_of(0, flags::IMAGE_INTERPRETER).unwrap().interpreter);
         assert_eq!(image_of(0, flags::IMAGE_UNREADABLE), None);
         assert_eq!(image_of(-2, 0), None);
+    }
+
+    /// A script's exec carries its interpreter's path after the working directory, cut off
+    /// when the kernel says so; a length past the record is refused.
+    #[test]
+    fn a_script_names_its_interpreter_after_its_directory() {
+        let script = |interp: &[u8], flag_bits: u32| {
+            let mut bytes = record(b"foo\0", flags::IMAGE_INTERPRETER | flag_bits);
+            bytes.extend_from_slice(b"/tmp");
+            bytes.extend_from_slice(interp);
+            let size = u32::try_from(bytes.len()).unwrap();
+            let at = offset_of!(Header, size);
+            bytes[at..at + 4].copy_from_slice(&size.to_ne_bytes());
+            for (field, len) in [
+                (offset_of!(ExecRecord, cwd_len), 4u64),
+                (offset_of!(ExecRecord, interp_len), interp.len() as u64),
+            ] {
+                bytes[field..field + 8].copy_from_slice(&len.to_ne_bytes());
+            }
+            bytes
+        };
+        let decoded = |bytes: Vec<u8>| {
+            let Body::Exec {
+                cwd, interpreter, ..
+            } = decode_record(&bytes.into()).unwrap().body
+            else {
+                panic!()
+            };
+            (cwd.unwrap().path, interpreter)
+        };
+        assert_eq!(
+            decoded(script(b"/bin/sh", 0)),
+            (
+                "/tmp".to_owned(),
+                Some(Interpreter {
+                    path: "/bin/sh".into(),
+                    truncated: false
+                })
+            )
+        );
+        let (_, cut) = decoded(script(b"/usr/bin/pyth", flags::INTERP_TRUNCATED));
+        assert!(cut.is_some_and(|i| i.truncated && i.path == "/usr/bin/pyth"));
+        assert_eq!(decoded(script(b"", 0)).1, None);
+        let mut past = script(b"/bin/sh", 0);
+        let at = offset_of!(ExecRecord, interp_len);
+        past[at..at + 8].copy_from_slice(&8u64.to_ne_bytes());
+        assert!(decode_record(&past.into()).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{mem::offset_of, sync::atomic::Ordering::Relaxed};
 use agent_common::{
     enforce::KillRecord,
     event::{Header, kind},
-    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, flags},
+    exec::{ARGV_CAP, CWD_CAP, EXEC_FIXED, ExecRecord, FILENAME_CAP, INTERP_CAP, flags},
     task::TaskRecord,
     tty::{CHUNK, TTY_FIXED, TtyRecord},
 };
@@ -71,9 +71,10 @@ fn record(kind_id: u32, noise: &[u8], body: &[u8], filename_len: u32, cwd_len: u
     let body = &body[..body.len().min(length.map_or(0, |(_, cap)| cap))];
     let mut bytes = [&noise[..fixed], body].concat();
     if kind_id == kind::EXEC {
-        // The working directory follows argv: any bytes will do.
+        // The working directory follows argv, then the interpreter's path (of a length
+        // derived from the directory's, to vary with it): any bytes will do.
         let cwd_len = usize::try_from(cwd_len).unwrap();
-        bytes.extend(noise.iter().cycle().take(cwd_len));
+        bytes.extend(noise.iter().cycle().take(cwd_len + interp_len(cwd_len)));
     }
     put(&mut bytes, offset_of!(Header, kind), kind_id);
     agree(&mut bytes);
@@ -88,12 +89,19 @@ fn record(kind_id: u32, noise: &[u8], body: &[u8], filename_len: u32, cwd_len: u
         );
         let at = offset_of!(ExecRecord, cwd_len);
         bytes[at..at + 8].copy_from_slice(&cwd_len.to_ne_bytes());
+        let interp = interp_len(usize::try_from(cwd_len).unwrap()) as u64;
+        let at = offset_of!(ExecRecord, interp_len);
+        bytes[at..at + 8].copy_from_slice(&interp.to_ne_bytes());
     }
     if kind_id == kind::TTY_OUT || kind_id == kind::TTY_IN {
         // Records with data; redacted ones have none, and a test of their own.
         put(&mut bytes, offset_of!(TtyRecord, flags), 0);
     }
     bytes
+}
+
+fn interp_len(cwd_len: usize) -> usize {
+    cwd_len * 7 % INTERP_CAP
 }
 
 fn record_of(kind_id: u32) -> impl Strategy<Value = Vec<u8>> {
@@ -136,6 +144,8 @@ enum Harm {
     FilenameLen(u32),
     /// An exec's working directory length is past its buffer.
     CwdLen(u64),
+    /// An exec's interpreter path length is past its buffer.
+    InterpLen(u64),
 }
 
 /// The harms that apply to a record of `kind_id`.
@@ -161,6 +171,7 @@ fn harm_of(kind_id: u32) -> impl Strategy<Value = Harm> {
                 .boxed(),
         );
         harms.push((CWD_CAP as u64 + 1..).prop_map(Harm::CwdLen).boxed());
+        harms.push((INTERP_CAP as u64 + 1..).prop_map(Harm::InterpLen).boxed());
     }
     Union::new(harms)
 }
@@ -198,6 +209,10 @@ fn harm(mut bytes: Vec<u8>, harm: &Harm) -> Vec<u8> {
         Harm::FilenameLen(len) => put(&mut bytes, offset_of!(ExecRecord, filename_len), *len),
         Harm::CwdLen(len) => {
             let at = offset_of!(ExecRecord, cwd_len);
+            bytes[at..at + 8].copy_from_slice(&len.to_ne_bytes());
+        }
+        Harm::InterpLen(len) => {
+            let at = offset_of!(ExecRecord, interp_len);
             bytes[at..at + 8].copy_from_slice(&len.to_ne_bytes());
         }
     }
@@ -295,6 +310,7 @@ fn check_decoded(bytes: &[u8]) -> Result<(), TestCaseError> {
                 filename,
                 argv,
                 cwd,
+                interpreter,
                 ..
             },
         ) => {
@@ -302,12 +318,18 @@ fn check_decoded(bytes: &[u8]) -> Result<(), TestCaseError> {
             let len = get(bytes, offset_of!(ExecRecord, filename_len)) as usize;
             prop_assert_eq!(filename, String::from_utf8_lossy(&bytes[at..at + len]));
             let argv_end = EXEC_FIXED + get(bytes, offset_of!(ExecRecord, argv_len)) as usize;
+            let cwd_end = argv_end + get(bytes, offset_of!(ExecRecord, cwd_len)) as usize;
             if get(bytes, offset_of!(ExecRecord, flags)) & flags::CWD_UNREADABLE == 0 {
-                let path = String::from_utf8_lossy(&bytes[argv_end..]);
+                let path = String::from_utf8_lossy(&bytes[argv_end..cwd_end]);
                 prop_assert_eq!(cwd.map(|c| c.path), Some(path.into_owned()));
             } else {
                 prop_assert_eq!(cwd, None);
             }
+            let interp = String::from_utf8_lossy(&bytes[cwd_end..]);
+            prop_assert_eq!(
+                interpreter.map(|i| i.path),
+                (!interp.is_empty()).then(|| interp.into_owned())
+            );
             let block = &bytes[EXEC_FIXED..argv_end];
             prop_assert_eq!(argv.join(&0), block.strip_suffix(&[0]).unwrap_or(block));
         }
