@@ -117,6 +117,7 @@ kernel_layout! {
     io_splice_len => "?io_splice" "len" 8,
     io_splice_fd_in => "?io_splice" "splice_fd_in" 4,
     sys_enter_args => "syscall_trace_enter" "args" 0,
+    sys_exit_ret => "syscall_trace_exit" "ret" 8,
 }
 
 crate::user_pod!(KernelLayout);

@@ -2,8 +2,9 @@
 //! credentials are committed (so a setuid binary shows its new euid) and with argv read from
 //! the new image. A failed `execve`/`execveat` is reported on syscall exit with its errno,
 //! from the user pointers stashed on syscall entry (still valid: the old image survives).
-//! Syscall exit is watched through the raw `sys_exit` tracepoint: a classic `sys_exit_*`
-//! event would slow every syscall on the host.
+//! Syscall exit is watched through the two syscalls' own `sys_exit_*` events: the kernel
+//! runs those programs for these syscalls alone, where a raw `sys_exit` program ran on
+//! every syscall exit on the host (docs/capture.md).
 
 use core::ffi::c_void;
 
@@ -31,7 +32,7 @@ use crate::{
     emit::{fill_header, submit},
     kernel::{
         PathPos, Task, bprm_filename, bprm_interp, config, dentry_name, dentry_parent,
-        dentry_unhashed, mount_root, mount_up, syscall_args,
+        dentry_unhashed, mount_root, mount_up, syscall_args, syscall_ret,
     },
 };
 
@@ -81,9 +82,7 @@ pub fn exec_sched_process_exec(ctx: RawTracePointContext) -> i32 {
 
 fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     let old_pid: u32 = ctx.arg::<u64>(1) as u32;
-    if !none_in_flight() {
-        let _ = take_pending(old_pid);
-    }
+    let _ = PENDING.remove(old_pid);
     let task = Task::current();
     let s = scratch()?;
     let rec = &mut s.record;
@@ -362,74 +361,43 @@ fn stash(ctx: &TracePointContext, first: usize) {
         (args[1], args[2])
     };
     let tid = bpf_get_current_pid_tgid() as u32;
-    if PENDING
-        .insert(
-            tid,
-            PendingExec {
-                filename,
-                argv: argv_ptr,
-            },
-            0,
-        )
-        .is_ok()
-    {
-        in_flight(1);
-    }
+    // A full map evicts its least recently used entry: an exec whose thread died before
+    // its outcome.
+    let _ = PENDING.insert(
+        tid,
+        PendingExec {
+            filename,
+            argv: argv_ptr,
+        },
+        0,
+    );
 }
 
-/// Counts execs between syscall entry and their outcome, so the `sys_exit` program (which
-/// runs on every syscall exit on the host) can return before its hash lookup when none is in
-/// flight. An entry evicted from the LRU map leaves the count high, which only costs lookups.
-#[map(name = "EXEC_IN_FLIGHT")]
-static IN_FLIGHT: aya_ebpf::maps::Array<i64> = aya_ebpf::maps::Array::with_max_entries(1, 0);
+#[tracepoint(category = "syscalls", name = "sys_exit_execve")]
+pub fn exec_sys_exit_execve(ctx: TracePointContext) -> u32 {
+    exited(&ctx)
+}
 
+#[tracepoint(category = "syscalls", name = "sys_exit_execveat")]
+pub fn exec_sys_exit_execveat(ctx: TracePointContext) -> u32 {
+    exited(&ctx)
+}
+
+/// Always 0: a classic tracepoint's program returns whether perf should record the event.
 #[inline(always)]
-fn in_flight(delta: i64) {
-    if let Some(n) = IN_FLIGHT.get_ptr_mut(0) {
-        // BPF_ATOMIC add: two CPUs may start or finish execs at the same time.
-        unsafe {
-            core::arch::asm!("lock *(u64 *)({n} + 0) += {d}", n = in(reg) n, d = in(reg) delta);
-        }
-    }
+fn exited(ctx: &TracePointContext) -> u32 {
+    let _ = syscall_ret(ctx).and_then(try_exit);
+    0
 }
 
-#[inline(always)]
-fn none_in_flight() -> bool {
-    IN_FLIGHT
-        .get(0)
-        .is_none_or(|n| unsafe { core::ptr::read_volatile(n) } <= 0)
-}
-
-/// Removes a thread's pending exec, keeping the in-flight count.
-#[inline(always)]
-fn take_pending(tid: u32) -> Option<PendingExec> {
-    let pending = (unsafe { PENDING.get(tid) }).copied()?;
-    if PENDING.remove(tid).is_ok() {
-        in_flight(-1);
-    }
-    Some(pending)
-}
-
-/// Every syscall exit passes here; only a thread with an exec in flight goes past the lookup.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn exec_sys_exit(ctx: RawTracePointContext) -> i32 {
-    match try_exit(&ctx) {
-        Ok(()) => 0,
-        Err(e) => e as i32,
-    }
-}
-
-/// `sys_exit(regs, ret)`. A thread is in one syscall at a time, so the exit that follows a
-/// stashed execve entry is that execve's (a successful one already removed its entry).
-fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
-    if none_in_flight() {
-        return Ok(());
-    }
+/// A failed exec returns to the old image, which made the stashed pointers; a successful
+/// one removed its entry at `sched_process_exec`, and returns 0.
+fn try_exit(ret: i64) -> Result<(), i64> {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(pending) = take_pending(tid) else {
+    let Some(pending) = (unsafe { PENDING.get(tid) }).copied() else {
         return Ok(());
     };
-    let ret = ctx.arg::<i64>(1);
+    let _ = PENDING.remove(tid);
     if ret >= 0 {
         return Ok(());
     }

@@ -344,3 +344,10 @@ pub fn syscall_args<const N: usize>(ctx: &TracePointContext) -> Result<[u64; N],
     let off = offset!(sys_enter_args);
     unsafe { ctx.read_at(off) }.map_err(i64::from)
 }
+
+/// The return value of a `syscalls/sys_exit_*` tracepoint.
+#[inline(always)]
+pub fn syscall_ret(ctx: &TracePointContext) -> Result<i64, i64> {
+    let off = offset!(sys_exit_ret);
+    unsafe { ctx.read_at(off) }.map_err(i64::from)
+}

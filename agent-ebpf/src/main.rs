@@ -1,8 +1,6 @@
 //! Kernel programs. One file per sensor; every kernel struct read goes through `kernel`.
 #![no_std]
 #![no_main]
-// Inline asm on the BPF target (an atomic add) is unstable; this crate builds with nightly.
-#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![expect(
     clippy::inline_always,
     reason = "inlined helpers keep programs free of BPF-to-BPF calls"

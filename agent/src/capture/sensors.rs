@@ -89,10 +89,10 @@ const SENSORS: &[Sensor] = &[
             raw("exec_sched_process_exec", "sched", "sched_process_exec"),
             tp("exec_sys_enter_execve", "syscalls", "sys_enter_execve"),
             tp("exec_sys_enter_execveat", "syscalls", "sys_enter_execveat"),
-            // Not syscalls/sys_exit_execve: any classic sys_exit_* event puts every syscall
-            // exit on a slow path (measured: a 64-byte pty flood ran 41% slower instead of
-            // 12%). The raw tracepoint costs one map lookup per exit.
-            raw("exec_sys_exit", "raw_syscalls", "sys_exit"),
+            // The two syscalls' own exit events, not `raw_syscalls/sys_exit`: a raw program
+            // runs on every syscall exit on the host (docs/capture.md).
+            tp("exec_sys_exit_execve", "syscalls", "sys_exit_execve"),
+            tp("exec_sys_exit_execveat", "syscalls", "sys_exit_execveat"),
         ],
         attach: Attach::AtStart,
     },
