@@ -296,8 +296,8 @@ fn set_filename_len(rec: &mut ExecRecord, copied: i64) {
 /// Sends the record: its fixed part, argv, the working directory right after argv (it was
 /// built at the end of `cwd`), then a script's interpreter path, so that only the bytes
 /// used go out. The lengths are masked for the verifier (at run time argv is at most
-/// `ARGV_CAP` and the path at most `CWD_CAP` bytes), and the scratch's slack holds what the
-/// masks allow.
+/// `ARGV_CAP`, the directory at most `CWD_CAP` and the interpreter below `INTERP_CAP`
+/// bytes), and the scratch's slack holds what the masks allow.
 #[inline(always)]
 fn emit(rec: &mut ExecRecord, interp: Option<*const u8>) {
     let argv_len = (rec.argv_len as usize) & (ARGV_CAP * 2 - 1);

@@ -45,6 +45,11 @@ fn put(bytes: &mut [u8], at: usize, value: u32) {
     bytes[at..at + 4].copy_from_slice(&value.to_ne_bytes());
 }
 
+/// `put` for the exec record's `u64` lengths.
+fn put64(bytes: &mut [u8], at: usize, value: u64) {
+    bytes[at..at + 8].copy_from_slice(&value.to_ne_bytes());
+}
+
 /// Sets the size field to the record's length.
 fn agree(bytes: &mut [u8]) {
     let len = bytes.len() as u32;
@@ -87,11 +92,9 @@ fn record(kind_id: u32, noise: &[u8], body: &[u8], filename_len: u32, cwd_len: u
             offset_of!(ExecRecord, filename_len),
             filename_len,
         );
-        let at = offset_of!(ExecRecord, cwd_len);
-        bytes[at..at + 8].copy_from_slice(&cwd_len.to_ne_bytes());
+        put64(&mut bytes, offset_of!(ExecRecord, cwd_len), cwd_len);
         let interp = interp_len(usize::try_from(cwd_len).unwrap()) as u64;
-        let at = offset_of!(ExecRecord, interp_len);
-        bytes[at..at + 8].copy_from_slice(&interp.to_ne_bytes());
+        put64(&mut bytes, offset_of!(ExecRecord, interp_len), interp);
     }
     if kind_id == kind::TTY_OUT || kind_id == kind::TTY_IN {
         // Records with data; redacted ones have none, and a test of their own.
@@ -207,14 +210,8 @@ fn harm(mut bytes: Vec<u8>, harm: &Harm) -> Vec<u8> {
             change(&mut bytes, at, *len);
         }
         Harm::FilenameLen(len) => put(&mut bytes, offset_of!(ExecRecord, filename_len), *len),
-        Harm::CwdLen(len) => {
-            let at = offset_of!(ExecRecord, cwd_len);
-            bytes[at..at + 8].copy_from_slice(&len.to_ne_bytes());
-        }
-        Harm::InterpLen(len) => {
-            let at = offset_of!(ExecRecord, interp_len);
-            bytes[at..at + 8].copy_from_slice(&len.to_ne_bytes());
-        }
+        Harm::CwdLen(len) => put64(&mut bytes, offset_of!(ExecRecord, cwd_len), *len),
+        Harm::InterpLen(len) => put64(&mut bytes, offset_of!(ExecRecord, interp_len), *len),
     }
     bytes
 }
