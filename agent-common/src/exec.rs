@@ -44,6 +44,18 @@ pub mod flags {
     pub const IMAGE_INTERPRETER: u32 = 256;
     /// The interpreter's path was longer than `INTERP_CAP`; its prefix is sent.
     pub const INTERP_TRUNCATED: u32 = 512;
+    /// The executable's path (`mm->exe_file`) is walked as the working directory is; its
+    /// flags are the working directory's, this many bits up.
+    pub const EXE_SHIFT: u32 = 7;
+    pub const EXE_TRUNCATED: u32 = CWD_TRUNCATED << EXE_SHIFT;
+    /// The file was unlinked: `exe` is the path it had.
+    pub const EXE_DELETED: u32 = CWD_DELETED << EXE_SHIFT;
+    /// The file is not below the process's root: outside a chroot, or in no directory at
+    /// all (a `memfd`, whose path is `/` and its name); `exe` is the path as far as it
+    /// leads.
+    pub const EXE_UNREACHABLE: u32 = CWD_UNREACHABLE << EXE_SHIFT;
+    pub const EXE_UNREADABLE: u32 = CWD_UNREADABLE << EXE_SHIFT;
+    const _: () = assert!(EXE_TRUNCATED > INTERP_TRUNCATED);
 }
 
 /// The file a successful exec mapped, as its inode said at that moment. Times are the raw
@@ -78,6 +90,9 @@ pub struct ExecRecord {
     /// Bytes of the interpreter's path, sent after the working directory: set only with
     /// `IMAGE_INTERPRETER` (the path the kernel opened in place of `filename`).
     pub interp_len: u64,
+    /// Bytes of the executable's path (`mm->exe_file`, resolved as the working directory
+    /// is), sent between the working directory and the interpreter; 0 for a failed exec.
+    pub exe_len: u64,
     /// Zero for a failed exec, or when `IMAGE_UNREADABLE` is set.
     pub image: ImageId,
     pub filename: [u8; FILENAME_CAP],
@@ -86,13 +101,16 @@ pub struct ExecRecord {
     /// root), backwards into the last `cwd_len` bytes. Not sent from here: the path is
     /// copied to just after argv, so a record carries only the bytes it uses.
     pub cwd: [u8; CWD_CAP],
+    /// Where the kernel builds the executable's path, as `cwd`.
+    pub exe: [u8; CWD_CAP],
 }
 
 /// Bytes before `argv`; a record is submitted as this plus `argv_len`, plus `cwd_len` bytes
-/// of working directory right after argv, plus `interp_len` bytes of interpreter path.
+/// of working directory right after argv, `exe_len` bytes of executable path, and
+/// `interp_len` bytes of interpreter path.
 pub const EXEC_FIXED: usize = core::mem::offset_of!(ExecRecord, argv);
 
-const _: () = assert!(EXEC_FIXED == 80 + 16 + 16 + 48 + FILENAME_CAP);
+const _: () = assert!(EXEC_FIXED == 80 + 16 + 24 + 48 + FILENAME_CAP);
 const _: () = assert!(CWD_CAP.is_power_of_two());
 const _: () = assert!(ARGV_CAP.is_power_of_two());
 const _: () = assert!(INTERP_CAP.is_power_of_two());

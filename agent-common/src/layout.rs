@@ -72,6 +72,8 @@ kernel_layout! {
     fdt_max_fds => "fdtable" "max_fds" 4,
     fdt_fd => "fdtable" "fd" 8,
     file_inode => "file" "f_inode" 8,
+    file_path_mnt => "file" "f_path.mnt" 8,
+    file_path_dentry => "file" "f_path.dentry" 8,
     file_private_data => "file" "private_data" 8,
     inode_rdev => "inode" "i_rdev" 4,
     mm_exe_file => "mm_struct" "exe_file" 8,

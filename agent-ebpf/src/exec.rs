@@ -37,13 +37,13 @@ use crate::{
 };
 
 /// A record plus slack: each string read of a failed exec may write up to `ARGV_CAP` bytes
-/// past a masked offset, and the working directory and interpreter path are copied past
+/// past a masked offset, and the two walked paths and the interpreter's are copied past
 /// masked lengths; the slack keeps all of that inside the map value where the verifier can
 /// see it.
 #[repr(C)]
 pub struct ExecScratch {
     record: ExecRecord,
-    slack: [u8; ARGV_CAP + CWD_CAP + INTERP_CAP],
+    slack: [u8; ARGV_CAP + 2 * CWD_CAP + INTERP_CAP],
 }
 
 #[map(name = "EXEC_SCRATCH")]
@@ -134,8 +134,10 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         _ => rec.flags |= flags::ARGV_UNREADABLE,
     }
     let mut interp = None;
-    if let Ok(image) = task.image() {
+    let mut exe = None;
+    if let Ok((image, at)) = task.image() {
         rec.image = image;
+        exe = Some(at);
         if let Ok(path) = bprm_interp(ctx.arg::<u64>(2))
             && path != filename
         {
@@ -146,89 +148,121 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         rec.image = ImageId::default();
         rec.flags |= flags::IMAGE_UNREADABLE;
     }
-    fill_cwd(rec, task);
+    let root = fill_cwd(rec, task);
+    rec.exe_len = 0;
+    match (exe, root) {
+        (Some(at), Some(root)) => fill_path(rec, at, root, flags::EXE_SHIFT),
+        (Some(_), None) => rec.flags |= flags::EXE_UNREADABLE,
+        (None, _) => {}
+    }
     emit(rec, interp);
     Ok(())
 }
 
-/// Where the working directory's walk stands. Only addresses live here: the write position
-/// and the flags are kept in the record (map memory), which the verifier does not track
-/// from step to step, so `cwd_step` is checked until its state converges, not per step.
+/// Where a path's walk stands. Only addresses and which path it is live here: the write
+/// position and the flags are kept in the record (map memory), which the verifier does not
+/// track from step to step, so `path_step` is checked until its state converges, not per
+/// step.
 #[repr(C)]
-struct CwdWalk {
+struct PathWalk {
     at: PathPos,
     root: PathPos,
     /// The root dentry of `at.mnt`: reaching it means crossing to the parent mount.
     mnt_root: u64,
+    /// `flags::EXE_SHIFT` for the executable's path, 0 for the working directory's: its
+    /// flags are shifted by this, and it is built in `exe` rather than `cwd`.
+    shift: u32,
 }
 
-/// Set in the record's flags once the walk has reached the process's root (or stopped for
-/// a reason of its own flag), so that running out of steps shows as truncation.
-const CWD_DONE: u32 = 1 << 31;
+/// Set in the record's flags once a walk has reached the process's root (or stopped for a
+/// reason of its own flag), so that running out of steps shows as truncation.
+const WALK_DONE: u32 = 1 << 31;
 
-/// Writes the working directory into the last `cwd_len` bytes of `rec.cwd` (sent after
-/// argv by `emit`), walking
-/// dentries up to the process's root and crossing mounts on the way, as `d_path` does.
+/// The working directory: the first path `emit` sends after argv.
 #[inline(always)]
-fn fill_cwd(rec: &mut ExecRecord, task: Task) {
-    rec.cwd_len = CWD_CAP as u64;
+fn fill_cwd(rec: &mut ExecRecord, task: Task) -> Option<PathPos> {
     let Ok((pwd, root)) = task.fs_paths() else {
         rec.cwd_len = 0;
         rec.flags |= flags::CWD_UNREADABLE;
-        return;
+        return None;
     };
-    let Ok(mnt_root) = mount_root(pwd.mnt) else {
-        rec.cwd_len = 0;
-        rec.flags |= flags::CWD_UNREADABLE;
-        return;
-    };
-    // A removed directory is unhashed; so is a filesystem's root, which is its own parent.
-    if dentry_unhashed(pwd.dentry).unwrap_or(false)
-        && dentry_parent(pwd.dentry).is_ok_and(|p| p != pwd.dentry)
-    {
-        rec.flags |= flags::CWD_DELETED;
+    fill_path(rec, pwd, root, 0);
+    Some(root)
+}
+
+/// The length (the write position, during a walk) of the path a walk builds, and its buffer.
+#[inline(always)]
+fn walked(rec: &mut ExecRecord, shift: u32) -> (*mut u64, *mut u8) {
+    if shift == 0 {
+        (&raw mut rec.cwd_len, rec.cwd.as_mut_ptr())
+    } else {
+        (&raw mut rec.exe_len, rec.exe.as_mut_ptr())
     }
-    let mut walk = CwdWalk {
-        at: pwd,
+}
+
+/// Writes the path of `at` as the process sees it into the last bytes of `cwd` (`shift` 0)
+/// or `exe` (`flags::EXE_SHIFT`), setting that path's length: it walks dentries up to
+/// `root`, crossing mounts on the way, as `d_path` does. `emit` sends the bytes after argv.
+#[inline(always)]
+fn fill_path(rec: &mut ExecRecord, at: PathPos, root: PathPos, shift: u32) {
+    let (len, buf) = walked(rec, shift);
+    unsafe { *len = CWD_CAP as u64 };
+    let Ok(mnt_root) = mount_root(at.mnt) else {
+        unsafe { *len = 0 };
+        rec.flags |= flags::CWD_UNREADABLE << shift;
+        return;
+    };
+    // A removed file or directory is unhashed; so is a filesystem's root, which is its own
+    // parent.
+    if dentry_unhashed(at.dentry).unwrap_or(false)
+        && dentry_parent(at.dentry).is_ok_and(|p| p != at.dentry)
+    {
+        rec.flags |= flags::CWD_DELETED << shift;
+    }
+    let mut walk = PathWalk {
+        at,
         root,
         mnt_root,
+        shift,
     };
     unsafe {
         bpf_loop(
             CWD_STEPS,
-            cwd_step as *mut c_void,
+            path_step as *mut c_void,
             (&raw mut walk).cast(),
             0,
         );
     }
-    let pos = unsafe { core::ptr::read_volatile(&raw const rec.cwd_len) };
-    if rec.flags & flags::CWD_UNREADABLE != 0 {
-        rec.cwd_len = 0;
-    } else {
-        if rec.flags & CWD_DONE == 0 {
-            rec.flags |= flags::CWD_TRUNCATED;
-        }
-        if pos == CWD_CAP as u64 {
-            // Nothing above the directory: it is the root itself.
-            rec.cwd[CWD_CAP - 1] = b'/';
-            rec.cwd_len = 1;
-        } else {
-            rec.cwd_len = CWD_CAP as u64 - (pos & (CWD_CAP as u64 - 1));
-        }
+    let done = rec.flags & WALK_DONE != 0;
+    let unreadable = rec.flags & (flags::CWD_UNREADABLE << shift) != 0;
+    if !unreadable && !done {
+        rec.flags |= flags::CWD_TRUNCATED << shift;
     }
-    rec.flags &= !CWD_DONE;
+    rec.flags &= !WALK_DONE;
+    let pos = unsafe { core::ptr::read_volatile(len) };
+    let path_len = if unreadable {
+        0
+    } else if pos == CWD_CAP as u64 {
+        // Nothing above it: it is the root itself.
+        unsafe { *buf.add(CWD_CAP - 1) = b'/' };
+        1
+    } else {
+        CWD_CAP as u64 - (pos & (CWD_CAP as u64 - 1))
+    };
+    unsafe { *len = path_len };
 }
 
-/// One step of the working directory's walk: cross to the parent mount at a mount's root,
-/// or prepend one component. Until the walk ends, `rec.cwd_len` is the write position, from
+/// One step of a path's walk: cross to the parent mount at a mount's root, or prepend one
+/// component. Until the walk ends, the path's length field is the write position, from
 /// `CWD_CAP` down. Returns 1 to stop.
 #[inline(never)]
-extern "C" fn cwd_step(_index: u64, ctx: *mut c_void) -> i64 {
-    let w = unsafe { &mut *ctx.cast::<CwdWalk>() };
+extern "C" fn path_step(_index: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *ctx.cast::<PathWalk>() };
     let Ok(s) = scratch() else { return 1 };
     let rec = &mut s.record;
+    let shift = w.shift;
     if w.at == w.root {
-        rec.flags |= CWD_DONE;
+        rec.flags |= WALK_DONE;
         return 1;
     }
     if w.at.dentry == w.mnt_root {
@@ -239,44 +273,60 @@ extern "C" fn cwd_step(_index: u64, ctx: *mut c_void) -> i64 {
             Ok(Some((up, root))) => {
                 w.at = up;
                 w.mnt_root = root;
+                return 0;
             }
-            Ok(None) => rec.flags |= flags::CWD_UNREACHABLE | CWD_DONE,
-            Err(_) => rec.flags |= flags::CWD_UNREADABLE,
+            Ok(None) => rec.flags |= (flags::CWD_UNREACHABLE << shift) | WALK_DONE,
+            Err(_) => rec.flags |= flags::CWD_UNREADABLE << shift,
         }
-        return i64::from(rec.flags & (CWD_DONE | flags::CWD_UNREADABLE) != 0);
+        return 1;
     }
     let (Ok(parent), Ok((name, len))) = (dentry_parent(w.at.dentry), dentry_name(w.at.dentry))
     else {
-        rec.flags |= flags::CWD_UNREADABLE;
+        rec.flags |= flags::CWD_UNREADABLE << shift;
         return 1;
     };
-    if parent == w.at.dentry {
-        // The root of a filesystem no mount leads to (a detached tree).
-        rec.flags |= flags::CWD_UNREACHABLE | CWD_DONE;
+    // Its own parent, yet not its mount's root: the root of a tree no mount leads to (a
+    // detached filesystem, named "/"), or a file that never had a directory (a `memfd`,
+    // named for itself), whose name is the one thing the path can say.
+    let detached = parent == w.at.dentry;
+    if detached && (len == 0 || (len == 1 && name_starts_with_slash(name as *const u8))) {
+        rec.flags |= (flags::CWD_UNREACHABLE << shift) | WALK_DONE;
         return 1;
     }
-    let pos = unsafe { core::ptr::read_volatile(&raw const rec.cwd_len) };
+    let (pos_field, buf) = walked(rec, shift);
+    let pos = unsafe { core::ptr::read_volatile(pos_field) };
     let len = u64::from(len);
     if len + 1 > pos {
-        rec.flags |= flags::CWD_TRUNCATED | CWD_DONE;
+        rec.flags |= (flags::CWD_TRUNCATED << shift) | WALK_DONE;
         return 1;
     }
     let start = pos - len;
     // Masked so the verifier sees the write inside the map value: with `start` and `len`
-    // each below CWD_CAP, it ends before `cwd + 2 * CWD_CAP`, in the scratch's slack. (At run time
-    // `start + len` is `pos`, at most CWD_CAP.)
+    // each below CWD_CAP, it ends before `buf + 2 * CWD_CAP`, in the next buffer or the
+    // scratch's slack. (At run time `start + len` is `pos`, at most CWD_CAP.)
     let at = (start as usize) & (CWD_CAP - 1);
     let n = (len as usize) & (CWD_CAP - 1);
-    let dst = unsafe { rec.cwd.as_mut_ptr().add(at) };
+    let dst = unsafe { buf.add(at) };
     if unsafe { bpf_probe_read_kernel(dst.cast(), n as u32, name as *const c_void) } < 0 {
-        rec.flags |= flags::CWD_UNREADABLE;
+        rec.flags |= flags::CWD_UNREADABLE << shift;
         return 1;
     }
     let slash = (start as usize).wrapping_sub(1) & (CWD_CAP - 1);
-    rec.cwd[slash] = b'/';
-    rec.cwd_len = start - 1;
+    unsafe { *buf.add(slash) = b'/' };
+    unsafe { *pos_field = start - 1 };
+    if detached {
+        rec.flags |= (flags::CWD_UNREACHABLE << shift) | WALK_DONE;
+        return 1;
+    }
     w.at.dentry = parent;
     0
+}
+
+#[inline(always)]
+fn name_starts_with_slash(name: *const u8) -> bool {
+    let mut first = 0u8;
+    let read = unsafe { bpf_probe_read_kernel((&raw mut first).cast(), 1, name.cast::<c_void>()) };
+    read == 0 && first == b'/'
 }
 
 #[inline(always)]
@@ -293,35 +343,34 @@ fn set_filename_len(rec: &mut ExecRecord, copied: i64) {
     }
 }
 
-/// Sends the record: its fixed part, argv, the working directory right after argv (it was
-/// built at the end of `cwd`), then a script's interpreter path, so that only the bytes
-/// used go out. The lengths are masked for the verifier (at run time argv is at most
-/// `ARGV_CAP`, the directory at most `CWD_CAP` and the interpreter below `INTERP_CAP`
-/// bytes), and the scratch's slack holds what the masks allow.
+/// Sends the record: its fixed part, argv, then the working directory and the executable's
+/// path (each built at the end of its buffer), then a script's interpreter path, so that
+/// only the bytes used go out. The lengths are masked for the verifier (at run time argv is
+/// at most `ARGV_CAP`, each path at most `CWD_CAP` and the interpreter below `INTERP_CAP`
+/// bytes), and the scratch's slack holds what the masks allow. Each copy moves bytes down
+/// or not at all (argv is before both buffers), so none overwrites what it has yet to read.
 #[inline(always)]
 fn emit(rec: &mut ExecRecord, interp: Option<*const u8>) {
     let argv_len = (rec.argv_len as usize) & (ARGV_CAP * 2 - 1);
     let mut cwd_len = (rec.cwd_len as usize) & (CWD_CAP * 2 - 1);
-    if cwd_len > 0 {
-        let src = rec.cwd.as_ptr().wrapping_add(CWD_CAP).wrapping_sub(cwd_len);
-        let dst = rec.argv.as_mut_ptr().wrapping_add(argv_len);
-        // Never expected to fail (both sides are this map value); if it does, the record
-        // goes without its path, marked.
-        if unsafe { bpf_probe_read_kernel(dst.cast(), cwd_len as u32, src.cast()) } < 0 {
-            rec.cwd_len = 0;
-            rec.flags |= flags::CWD_UNREADABLE;
-            cwd_len = 0;
-        }
+    let at = rec.argv.as_mut_ptr().wrapping_add(argv_len);
+    if !append(at, rec.cwd.as_ptr(), cwd_len) {
+        rec.cwd_len = 0;
+        rec.flags |= flags::CWD_UNREADABLE;
+        cwd_len = 0;
     }
+    let mut exe_len = (rec.exe_len as usize) & (CWD_CAP * 2 - 1);
+    let at = at.wrapping_add(cwd_len);
+    if !append(at, rec.exe.as_ptr(), exe_len) {
+        rec.exe_len = 0;
+        rec.flags |= flags::EXE_UNREADABLE;
+        exe_len = 0;
+    }
+    let at = at.wrapping_add(exe_len);
     rec.interp_len = 0;
     if let Some(interp) = interp {
-        let dst = rec
-            .argv
-            .as_mut_ptr()
-            .wrapping_add(argv_len)
-            .wrapping_add(cwd_len);
         let copied =
-            unsafe { bpf_probe_read_kernel_str(dst.cast(), INTERP_CAP as u32, interp.cast()) };
+            unsafe { bpf_probe_read_kernel_str(at.cast(), INTERP_CAP as u32, interp.cast()) };
         // `copied` counts the NUL, which is not sent; a full buffer means the path was cut.
         if copied > 0 {
             rec.interp_len = (copied - 1).unsigned_abs() & (INTERP_CAP as u64 - 1);
@@ -333,9 +382,20 @@ fn emit(rec: &mut ExecRecord, interp: Option<*const u8>) {
     let interp_len = (rec.interp_len as usize) & (INTERP_CAP - 1);
     submit(
         &raw mut rec.header,
-        EXEC_FIXED + argv_len + cwd_len + interp_len,
+        EXEC_FIXED + argv_len + cwd_len + exe_len + interp_len,
         argv_len as u64,
     );
+}
+
+/// Copies the last `len` bytes of a walked path's buffer to `dst`. Never expected to fail
+/// (both sides are this map value); if it does, the record goes without that path, marked.
+#[inline(always)]
+fn append(dst: *mut u8, buf: *const u8, len: usize) -> bool {
+    if len == 0 {
+        return true;
+    }
+    let src = buf.wrapping_add(CWD_CAP).wrapping_sub(len);
+    unsafe { bpf_probe_read_kernel(dst.cast(), len as u32, src.cast()) >= 0 }
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_execve")]
@@ -407,6 +467,7 @@ fn try_exit(ret: i64) -> Result<(), i64> {
     rec.result = ret as i32;
     rec.flags = 0;
     rec.image = ImageId::default();
+    rec.exe_len = 0;
     fill_cwd(rec, Task::current());
     let n = unsafe {
         bpf_probe_read_user_str(

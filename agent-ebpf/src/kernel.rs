@@ -146,13 +146,19 @@ impl Task {
         ))
     }
 
-    /// The inode of the file the current image was mapped from (`mm->exe_file`).
+    /// The inode of the file the current image was mapped from (`mm->exe_file`), and where
+    /// that file sits.
     #[inline(always)]
-    pub fn image(self) -> Result<ImageId, i64> {
+    pub fn image(self) -> Result<(ImageId, PathPos), i64> {
         let mm = load_ptr(self.0, offset!(task_mm))?;
-        let inode = load_ptr(load_ptr(mm, offset!(mm_exe_file))?, offset!(file_inode))?;
+        let file = load_ptr(mm, offset!(mm_exe_file))?;
+        let inode = load_ptr(file, offset!(file_inode))?;
         let sb = load_ptr(inode, offset!(inode_sb))?;
-        Ok(ImageId {
+        let path = PathPos {
+            dentry: load_ptr(file, offset!(file_path_dentry))? as u64,
+            mnt: load_ptr(file, offset!(file_path_mnt))? as u64,
+        };
+        let id = ImageId {
             inode: load(inode, offset!(inode_ino)),
             size: load(inode, offset!(inode_size)),
             mtime_sec: load(inode, offset!(inode_mtime_sec)),
@@ -160,7 +166,8 @@ impl Task {
             dev: u64::from(load::<u32>(sb, offset!(sb_dev))),
             mtime_nsec: load(inode, offset!(inode_mtime_nsec)),
             ctime_nsec: load(inode, offset!(inode_ctime_nsec)),
-        })
+        };
+        Ok((id, path))
     }
 
     /// The `struct file` behind descriptor `fd`.

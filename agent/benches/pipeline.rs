@@ -65,13 +65,14 @@ fn bytes_of<T>(value: &T, len: usize) -> Vec<u8> {
 fn exec_record() -> Vec<u8> {
     let argv = b"sudo\0-n\0systemctl\0restart\0nginx.service\0";
     let mut rec = ExecRecord {
-        header: header(kind::EXEC, EXEC_FIXED + argv.len() + 5),
+        header: header(kind::EXEC, EXEC_FIXED + argv.len() + 5 + 13),
         result: 0,
         flags: 0,
         filename_len: 13,
         argv_len: argv.len() as u32,
         cwd_len: 5,
         interp_len: 0,
+        exe_len: 13,
         image: ImageId {
             inode: 1_234_567,
             size: 277_936,
@@ -84,12 +85,14 @@ fn exec_record() -> Vec<u8> {
         filename: [0; FILENAME_CAP],
         argv: [0; ARGV_CAP],
         cwd: [0; CWD_CAP],
+        exe: [0; CWD_CAP],
     };
     rec.filename[..13].copy_from_slice(b"/usr/bin/sudo");
     rec.argv[..argv.len()].copy_from_slice(argv);
-    // The working directory follows argv, as the kernel sends it.
-    rec.argv[argv.len()..argv.len() + 5].copy_from_slice(b"/root");
-    bytes_of(&rec, EXEC_FIXED + argv.len() + 5)
+    // The working directory and the executable's path follow argv, as the kernel sends
+    // them.
+    rec.argv[argv.len()..argv.len() + 18].copy_from_slice(b"/root/usr/bin/sudo");
+    bytes_of(&rec, EXEC_FIXED + argv.len() + 18)
 }
 
 fn tty_record() -> Vec<u8> {

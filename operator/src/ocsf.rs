@@ -384,6 +384,7 @@ impl<'a> Record<'a> {
                 "result",
                 "interpreter",
                 "interpreter_truncated",
+                "executable",
                 "image",
             ],
         )

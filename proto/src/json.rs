@@ -146,6 +146,8 @@ enum BodyLine<'a> {
         #[serde(skip_serializing_if = "is_false")]
         interpreter_truncated: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
+        executable: Option<PathLine<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         image: Option<ImageLine<'a>>,
     },
     Exit {
@@ -224,6 +226,18 @@ struct ChainStartLine<'a> {
 )]
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// A path the kernel resolved, with what is known to be wrong with it.
+#[derive(Serialize)]
+struct PathLine<'a> {
+    path: &'a str,
+    #[serde(skip_serializing_if = "is_false")]
+    truncated: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    deleted: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    unreachable: bool,
 }
 
 /// The file an exec mapped, as its inode said then, and its contents' SHA-256 (hex) or why
@@ -479,6 +493,12 @@ impl<'a> BodyLine<'a> {
                 cwd_unreachable: x.cwd_unreachable,
                 interpreter: &x.interpreter,
                 interpreter_truncated: x.interpreter_truncated,
+                executable: x.executable.as_ref().map(|e| PathLine {
+                    path: &e.path,
+                    truncated: e.truncated,
+                    deleted: e.deleted,
+                    unreachable: e.unreachable,
+                }),
                 image: x.image.as_ref().map(ImageLine::new),
             },
             Some(Body::Exit(x)) => Self::Exit {

@@ -1086,6 +1086,121 @@ fn an_exec_names_its_file_by_inode_and_digest() {
     assert!(out.success, "agent failed:\n{}", out.stderr);
 }
 
+/// Every successful exec names its executable's file (`mm->exe_file`) by the path the
+/// kernel resolves: a symlink's target, a relative name made whole, a script's interpreter
+/// rather than the script, a file unlinked before it ran (marked deleted, where it was), and
+/// a `memfd` (marked unreachable: no directory holds it).
+#[test]
+fn an_exec_names_its_executable_as_the_kernel_resolves_it() {
+    if !privileged("an_exec_names_its_executable_as_the_kernel_resolves_it") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let scratch = Scratch::new("exe");
+    let canonical = |p: &std::path::Path| fs::canonicalize(p).unwrap().display().to_string();
+    let true_path = canonical(std::path::Path::new("/bin/true"));
+    let executable = |ev: &Value| {
+        let e = &ev["executable"];
+        let flag = |name: &str| e.get(name).and_then(Value::as_bool).unwrap_or(false);
+        (
+            e["path"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no path: {ev}"))
+                .to_owned(),
+            flag("deleted"),
+            flag("unreachable"),
+            flag("truncated"),
+        )
+    };
+
+    let link = scratch.join("exe-link");
+    std::os::unix::fs::symlink("/bin/true", &link).unwrap();
+    let mark = marker("exe-link");
+    assert!(Command::new(&link).arg(&mark).status().unwrap().success());
+    let ev = agent.exec_with_arg(&mark);
+    assert_eq!(ev["filename"], link.to_str().unwrap(), "{ev}");
+    assert_eq!(
+        executable(&ev),
+        (true_path.clone(), false, false, false),
+        "{ev}"
+    );
+
+    let copy = scratch.join("exe-copy");
+    fs::copy("/bin/true", &copy).unwrap();
+    let mark = marker("exe-relative");
+    let status = Command::new("./exe-copy")
+        .arg(&mark)
+        .current_dir(scratch.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ev = agent.exec_with_arg(&mark);
+    assert_eq!(ev["filename"], "./exe-copy", "{ev}");
+    assert_eq!(
+        executable(&ev),
+        (canonical(&copy), false, false, false),
+        "{ev}"
+    );
+
+    let script = scratch.join("exe-script");
+    fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mark = marker("exe-script");
+    assert!(Command::new(&script).arg(&mark).status().unwrap().success());
+    let ev = agent.exec_with_arg(&mark);
+    assert_eq!(ev["interpreter"], "/bin/sh", "{ev}");
+    let sh = canonical(std::path::Path::new("/bin/sh"));
+    assert_eq!(executable(&ev), (sh, false, false, false), "{ev}");
+
+    // Run from a descriptor (fexecve) after its only name is gone.
+    let doomed = scratch.join("exe-doomed");
+    fs::copy("/bin/true", &doomed).unwrap();
+    let where_it_was = canonical(&doomed);
+    let mark = marker("exe-deleted");
+    fexecve(
+        &format!("fd = os.open({where_it_was:?}, os.O_RDONLY)\nos.unlink({where_it_was:?})\n"),
+        &mark,
+    );
+    let ev = agent.exec_with_arg(&mark);
+    assert_eq!(executable(&ev), (where_it_was, true, false, false), "{ev}");
+
+    // A file that never had a directory.
+    let name = marker("exe-memfd");
+    let mark = marker("exe-memfd-arg");
+    fexecve(
+        &format!(
+            "fd = os.memfd_create({name:?}, 0)\ndata = open('/bin/true', 'rb').read()\n\
+             while data:\n    data = data[os.write(fd, data):]\n"
+        ),
+        &mark,
+    );
+    let ev = agent.exec_with_arg(&mark);
+    assert_eq!(
+        executable(&ev),
+        (format!("/memfd:{name}"), false, true, false),
+        "{ev}"
+    );
+
+    // A failed exec maps no file.
+    let missing = format!("/nonexistent/{}", marker("exe-none"));
+    assert!(Command::new(&missing).status().is_err());
+    let ev = agent.exec_of(&missing);
+    assert_eq!(ev["executable"], Value::Null, "{ev}");
+    let out = agent.stop();
+    assert!(out.success, "agent failed:\n{}", out.stderr);
+}
+
+/// Runs Python's `setup` (which leaves the file to run open as `fd`), then `fexecve`s it
+/// with `arg`, and checks it ran.
+fn fexecve(setup: &str, arg: &str) {
+    let program = format!("import os\n{setup}os.execve(fd, ['fexecve', {arg:?}], {{}})\n");
+    let status = Command::new("python3")
+        .args(["-c", &program])
+        .status()
+        .unwrap();
+    assert!(status.success(), "python3 -c {program}");
+}
+
 /// Every exec names its working directory, resolved by the kernel across mounts: as it is,
 /// inside a mount, removed (marked, where it was), outside a chroot (marked unreachable),
 /// past the bound (its tail, marked), and the root.

@@ -46,15 +46,17 @@ impl std::fmt::Display for Device {
     }
 }
 
-/// The working directory of an exec, as the process sees it (up to its own root).
+/// A path the kernel resolved for an exec (its working directory, its executable's file),
+/// as the process sees it (up to its own root).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cwd {
+pub struct ResolvedPath {
     pub path: String,
     /// Only the path's last components fit.
     pub truncated: bool,
-    /// The directory was removed; `path` is where it was.
+    /// The directory or file was removed; `path` is where it was.
     pub deleted: bool,
-    /// The directory is not below the process's root; `path` is what the walk reached.
+    /// Not below the process's root (or, for a `memfd`, in no directory at all); `path`
+    /// is what the walk reached.
     pub unreachable: bool,
 }
 
@@ -153,7 +155,11 @@ pub enum Body {
         /// shell's `PATH` search (`fold`).
         tried: Vec<String>,
         /// The working directory, resolved by the kernel; `None` when it could not be read.
-        cwd: Option<Cwd>,
+        cwd: Option<ResolvedPath>,
+        /// The file the new image was mapped from (`mm->exe_file`), resolved by the kernel:
+        /// a symlink's target, a relative name made whole, a `memfd`'s name. `None` for a
+        /// failed exec, or when it could not be read.
+        executable: Option<ResolvedPath>,
         /// For a script (or `binfmt_misc` program): the path the kernel ran in its place,
         /// as the `#!` line (or handler) names it. `None` when `filename` was the image.
         interpreter: Option<Interpreter>,

@@ -186,6 +186,7 @@ mod tests {
                 result,
                 tried: Vec::new(),
                 cwd: None,
+                executable: None,
                 interpreter: None,
                 image: None,
             },

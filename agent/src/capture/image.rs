@@ -11,8 +11,8 @@
 //! `busy` and the file is tried again at its next exec.
 //!
 //! The file is reached without trusting a path: through `/proc/<pid>/exe`, the file the
-//! process maps; for a process already gone, through its absolute exec path (for a script,
-//! its interpreter's path, which the kernel reports beside the script's), opened `O_PATH`
+//! process maps; for a process already gone, through the path the kernel resolved for that
+//! file (else the exec's own path, or for a script its interpreter's), opened `O_PATH`
 //! and reopened for reading only once `fstat` shows a regular file. Either way the bytes
 //! count only if the inode matches the kernel's tuple before and after the read, so a file
 //! swapped or written since the exec is `changed`, never hashed as if it were the one that
@@ -114,17 +114,20 @@ impl Images {
             let Body::Exec {
                 filename,
                 interpreter,
+                executable,
                 image: Some(image),
                 ..
             } = &mut event.body
             else {
                 continue;
             };
-            // A script's image is its interpreter's file: the path to try is the
-            // interpreter's (a cut-off one names no file).
-            let path = match interpreter {
+            // The path the kernel resolved for the image's file, when it names one in full;
+            // else the exec's own: for a script, whose image is its interpreter's file, the
+            // interpreter's (a cut-off path names no file).
+            let path = match (executable, interpreter) {
+                (Some(e), _) if !(e.truncated || e.deleted || e.unreachable) => e.path.as_str(),
                 _ if !image.interpreter => filename.as_str(),
-                Some(i) if !i.truncated => i.path.as_str(),
+                (_, Some(i)) if !i.truncated => i.path.as_str(),
                 _ => "",
             };
             image.digest = Some(self.look(*image, path, event.process.as_ref()));
@@ -435,6 +438,7 @@ mod tests {
                 result: 0,
                 tried: Vec::new(),
                 cwd: None,
+                executable: None,
                 interpreter: None,
                 image: Some(image),
             },

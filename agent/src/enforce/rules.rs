@@ -287,6 +287,7 @@ pub(crate) mod tests {
                 result: 0,
                 tried: Vec::new(),
                 cwd: None,
+                executable: None,
                 interpreter: None,
                 image: None,
             },

@@ -111,6 +111,7 @@ fn body(body: Body) -> v1::event::Body {
             result,
             tried,
             cwd,
+            executable,
             interpreter,
             image,
         } => B::Exec(v1::Exec {
@@ -127,6 +128,12 @@ fn body(body: Body) -> v1::event::Body {
             cwd: cwd.map(|c| c.path).unwrap_or_default(),
             interpreter_truncated: interpreter.as_ref().is_some_and(|i| i.truncated),
             interpreter: interpreter.map(|i| i.path).unwrap_or_default(),
+            executable: executable.map(|e| v1::ResolvedPath {
+                path: e.path,
+                truncated: e.truncated,
+                deleted: e.deleted,
+                unreachable: e.unreachable,
+            }),
             image: image.map(image_of),
         }),
         Body::ImageDigest(image) => B::Image(image_of(image)),

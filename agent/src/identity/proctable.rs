@@ -348,6 +348,7 @@ mod tests {
             result: 0,
             tried: Vec::new(),
             cwd: None,
+            executable: None,
             interpreter: None,
             image: None,
         }

@@ -7,7 +7,7 @@ use agent_common::{
 use bytes::Bytes;
 
 use super::{DecodeError, read, slice};
-use crate::capture::event::{Body, Cwd, Image, Interpreter};
+use crate::capture::event::{Body, Image, Interpreter, ResolvedPath};
 
 pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
     if bytes.len() < EXEC_FIXED {
@@ -28,27 +28,32 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         "filename",
     )?;
     let argv = slice(bytes, EXEC_FIXED, argv_len as usize, ARGV_CAP, "argv")?;
-    let cwd_len: u64 = read(bytes, offset_of!(ExecRecord, cwd_len))?;
-    let cwd_len = usize::try_from(cwd_len).unwrap_or(usize::MAX);
-    // The path follows argv (`slice` refuses one past its bound, read or not: the record
-    // is malformed either way).
-    let path = slice(bytes, EXEC_FIXED + argv.len(), cwd_len, CWD_CAP, "cwd")?;
-    let cwd = (flag_bits & flags::CWD_UNREADABLE == 0).then(|| Cwd {
-        path: String::from_utf8_lossy(path).into_owned(),
-        truncated: flag_bits & flags::CWD_TRUNCATED != 0,
-        deleted: flag_bits & flags::CWD_DELETED != 0,
-        unreachable: flag_bits & flags::CWD_UNREACHABLE != 0,
-    });
-    let interp_len: u64 = read(bytes, offset_of!(ExecRecord, interp_len))?;
-    let interp_len = usize::try_from(interp_len).unwrap_or(usize::MAX);
-    let interp = slice(
-        bytes,
-        EXEC_FIXED + argv.len() + path.len(),
-        interp_len,
+    // The paths follow argv, in order (`slice` refuses one past its bound, read or not: the
+    // record is malformed either way).
+    let mut at = EXEC_FIXED + argv.len();
+    let mut next = |len_at: usize, cap: usize, what: &'static str| {
+        let len: u64 = read(bytes, len_at)?;
+        let bytes = slice(
+            bytes,
+            at,
+            usize::try_from(len).unwrap_or(usize::MAX),
+            cap,
+            what,
+        )?;
+        at += bytes.len();
+        Ok::<_, DecodeError>(bytes)
+    };
+    let cwd = next(offset_of!(ExecRecord, cwd_len), CWD_CAP, "cwd")?;
+    let exe = next(offset_of!(ExecRecord, exe_len), CWD_CAP, "executable")?;
+    let interp = next(
+        offset_of!(ExecRecord, interp_len),
         INTERP_CAP,
         "interpreter",
     )?;
-    let claimed = EXEC_FIXED + argv.len() + path.len() + interp.len();
+    let cwd = (flag_bits & flags::CWD_UNREADABLE == 0).then(|| resolved(cwd, flag_bits));
+    let executable = (!exe.is_empty() && flag_bits & flags::EXE_UNREADABLE == 0)
+        .then(|| resolved(exe, flag_bits >> flags::EXE_SHIFT));
+    let claimed = at;
     if claimed != bytes.len() {
         return Err(DecodeError::SizeMismatch {
             claimed,
@@ -64,6 +69,7 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
         result,
         tried: Vec::new(),
         cwd,
+        executable,
         interpreter: (!interp.is_empty()).then(|| Interpreter {
             path: String::from_utf8_lossy(interp).into_owned(),
             truncated: flag_bits & flags::INTERP_TRUNCATED != 0,
@@ -73,6 +79,16 @@ pub(super) fn decode(bytes: &Bytes) -> Result<Body, DecodeError> {
             .transpose()?
             .map(|id| image(id, flag_bits & flags::IMAGE_INTERPRETER != 0)),
     })
+}
+
+/// A walked path, with its flags shifted down to the working directory's.
+fn resolved(path: &[u8], flag_bits: u32) -> ResolvedPath {
+    ResolvedPath {
+        path: String::from_utf8_lossy(path).into_owned(),
+        truncated: flag_bits & flags::CWD_TRUNCATED != 0,
+        deleted: flag_bits & flags::CWD_DELETED != 0,
+        unreachable: flag_bits & flags::CWD_UNREACHABLE != 0,
+    }
 }
 
 /// The kernel's nanoseconds may carry flag bits above the value (multigrain ctime, 6.13+);
@@ -130,6 +146,7 @@ mod tests {
             argv_len: argv.len() as u32,
             cwd_len: 0,
             interp_len: 0,
+            exe_len: 0,
             image: ImageId {
                 inode: 42,
                 size: 1234,
@@ -144,6 +161,7 @@ mod tests {
             filename: [0; FILENAME_CAP],
             argv: [0; ARGV_CAP],
             cwd: [0; CWD_CAP],
+            exe: [0; CWD_CAP],
         };
         rec.filename[..8].copy_from_slice(b"/bin/foo");
         rec.argv[..argv.len()].copy_from_slice(argv);
@@ -230,19 +248,23 @@ mod tests {
         assert_eq!(image_of(-2, 0), None);
     }
 
-    /// A script's exec carries its interpreter's path after the working directory, cut off
-    /// when the kernel says so; a length past the record is refused.
+    /// After the working directory come the executable's resolved path (its flags shifted
+    /// above the directory's) and a script's interpreter path, cut off when the kernel says
+    /// so; a length past the record is refused.
     #[test]
-    fn a_script_names_its_interpreter_after_its_directory() {
+    fn a_script_names_its_executable_and_interpreter_after_its_directory() {
+        const EXE: &[u8] = b"/usr/bin/dash";
         let script = |interp: &[u8], flag_bits: u32| {
             let mut bytes = record(b"foo\0", flags::IMAGE_INTERPRETER | flag_bits);
             bytes.extend_from_slice(b"/tmp");
+            bytes.extend_from_slice(EXE);
             bytes.extend_from_slice(interp);
             let size = u32::try_from(bytes.len()).unwrap();
             let at = offset_of!(Header, size);
             bytes[at..at + 4].copy_from_slice(&size.to_ne_bytes());
             for (field, len) in [
                 (offset_of!(ExecRecord, cwd_len), 4u64),
+                (offset_of!(ExecRecord, exe_len), EXE.len() as u64),
                 (offset_of!(ExecRecord, interp_len), interp.len() as u64),
             ] {
                 bytes[field..field + 8].copy_from_slice(&len.to_ne_bytes());
@@ -251,29 +273,46 @@ mod tests {
         };
         let decoded = |bytes: Vec<u8>| {
             let Body::Exec {
-                cwd, interpreter, ..
+                cwd,
+                executable,
+                interpreter,
+                ..
             } = decode_record(&bytes.into()).unwrap().body
             else {
                 panic!()
             };
-            (cwd.unwrap().path, interpreter)
+            (cwd.unwrap(), executable.unwrap(), interpreter)
         };
+        let (cwd, exe, interp) = decoded(script(b"/bin/sh", flags::EXE_DELETED));
+        assert_eq!((cwd.path.as_str(), cwd.deleted), ("/tmp", false));
         assert_eq!(
-            decoded(script(b"/bin/sh", 0)),
-            (
-                "/tmp".to_owned(),
-                Some(Interpreter {
-                    path: "/bin/sh".into(),
-                    truncated: false
-                })
-            )
+            exe,
+            ResolvedPath {
+                path: "/usr/bin/dash".into(),
+                truncated: false,
+                deleted: true,
+                unreachable: false,
+            }
         );
-        let (_, cut) = decoded(script(b"/usr/bin/pyth", flags::INTERP_TRUNCATED));
+        assert_eq!(
+            interp,
+            Some(Interpreter {
+                path: "/bin/sh".into(),
+                truncated: false
+            })
+        );
+        let (cwd, exe, _) = decoded(script(b"", flags::CWD_UNREACHABLE | flags::EXE_TRUNCATED));
+        assert!(cwd.unreachable && !cwd.truncated && exe.truncated && !exe.unreachable);
+        let (_, _, cut) = decoded(script(b"/usr/bin/pyth", flags::INTERP_TRUNCATED));
         assert!(cut.is_some_and(|i| i.truncated && i.path == "/usr/bin/pyth"));
-        assert_eq!(decoded(script(b"", 0)).1, None);
+        assert_eq!(decoded(script(b"", 0)).2, None);
         let mut past = script(b"/bin/sh", 0);
         let at = offset_of!(ExecRecord, interp_len);
         past[at..at + 8].copy_from_slice(&8u64.to_ne_bytes());
+        assert!(decode_record(&past.into()).is_err());
+        let mut past = script(b"/bin/sh", 0);
+        let at = offset_of!(ExecRecord, exe_len);
+        past[at..at + 8].copy_from_slice(&u64::MAX.to_ne_bytes());
         assert!(decode_record(&past.into()).is_err());
     }
 

@@ -76,10 +76,12 @@ fn record(kind_id: u32, noise: &[u8], body: &[u8], filename_len: u32, cwd_len: u
     let body = &body[..body.len().min(length.map_or(0, |(_, cap)| cap))];
     let mut bytes = [&noise[..fixed], body].concat();
     if kind_id == kind::EXEC {
-        // The working directory follows argv, then the interpreter's path (of a length
-        // derived from the directory's, to vary with it): any bytes will do.
+        // The working directory follows argv, then the executable's and the interpreter's
+        // paths (of lengths derived from the directory's, to vary with it): any bytes will
+        // do.
         let cwd_len = usize::try_from(cwd_len).unwrap();
-        bytes.extend(noise.iter().cycle().take(cwd_len + interp_len(cwd_len)));
+        let (exe, interp) = tail_lens(cwd_len);
+        bytes.extend(noise.iter().cycle().take(cwd_len + exe + interp));
     }
     put(&mut bytes, offset_of!(Header, kind), kind_id);
     agree(&mut bytes);
@@ -93,8 +95,13 @@ fn record(kind_id: u32, noise: &[u8], body: &[u8], filename_len: u32, cwd_len: u
             filename_len,
         );
         put64(&mut bytes, offset_of!(ExecRecord, cwd_len), cwd_len);
-        let interp = interp_len(usize::try_from(cwd_len).unwrap()) as u64;
-        put64(&mut bytes, offset_of!(ExecRecord, interp_len), interp);
+        let (exe, interp) = tail_lens(usize::try_from(cwd_len).unwrap());
+        put64(&mut bytes, offset_of!(ExecRecord, exe_len), exe as u64);
+        put64(
+            &mut bytes,
+            offset_of!(ExecRecord, interp_len),
+            interp as u64,
+        );
     }
     if kind_id == kind::TTY_OUT || kind_id == kind::TTY_IN {
         // Records with data; redacted ones have none, and a test of their own.
@@ -103,8 +110,9 @@ fn record(kind_id: u32, noise: &[u8], body: &[u8], filename_len: u32, cwd_len: u
     bytes
 }
 
-fn interp_len(cwd_len: usize) -> usize {
-    cwd_len * 7 % INTERP_CAP
+/// The executable's and the interpreter's path lengths that go with a working directory's.
+fn tail_lens(cwd_len: usize) -> (usize, usize) {
+    (cwd_len * 3 % CWD_CAP, cwd_len * 7 % INTERP_CAP)
 }
 
 fn record_of(kind_id: u32) -> impl Strategy<Value = Vec<u8>> {
@@ -147,6 +155,8 @@ enum Harm {
     FilenameLen(u32),
     /// An exec's working directory length is past its buffer.
     CwdLen(u64),
+    /// An exec's executable path length is past its buffer.
+    ExeLen(u64),
     /// An exec's interpreter path length is past its buffer.
     InterpLen(u64),
 }
@@ -174,6 +184,7 @@ fn harm_of(kind_id: u32) -> impl Strategy<Value = Harm> {
                 .boxed(),
         );
         harms.push((CWD_CAP as u64 + 1..).prop_map(Harm::CwdLen).boxed());
+        harms.push((CWD_CAP as u64 + 1..).prop_map(Harm::ExeLen).boxed());
         harms.push((INTERP_CAP as u64 + 1..).prop_map(Harm::InterpLen).boxed());
     }
     Union::new(harms)
@@ -211,6 +222,7 @@ fn harm(mut bytes: Vec<u8>, harm: &Harm) -> Vec<u8> {
         }
         Harm::FilenameLen(len) => put(&mut bytes, offset_of!(ExecRecord, filename_len), *len),
         Harm::CwdLen(len) => put64(&mut bytes, offset_of!(ExecRecord, cwd_len), *len),
+        Harm::ExeLen(len) => put64(&mut bytes, offset_of!(ExecRecord, exe_len), *len),
         Harm::InterpLen(len) => put64(&mut bytes, offset_of!(ExecRecord, interp_len), *len),
     }
     bytes
@@ -307,6 +319,7 @@ fn check_decoded(bytes: &[u8]) -> Result<(), TestCaseError> {
                 filename,
                 argv,
                 cwd,
+                executable,
                 interpreter,
                 ..
             },
@@ -322,7 +335,15 @@ fn check_decoded(bytes: &[u8]) -> Result<(), TestCaseError> {
             } else {
                 prop_assert_eq!(cwd, None);
             }
-            let interp = String::from_utf8_lossy(&bytes[cwd_end..]);
+            let exe_end = cwd_end + get(bytes, offset_of!(ExecRecord, exe_len)) as usize;
+            let exe = String::from_utf8_lossy(&bytes[cwd_end..exe_end]);
+            let exe_readable =
+                get(bytes, offset_of!(ExecRecord, flags)) & flags::EXE_UNREADABLE == 0;
+            prop_assert_eq!(
+                executable.map(|e| e.path),
+                (exe_readable && !exe.is_empty()).then(|| exe.into_owned())
+            );
+            let interp = String::from_utf8_lossy(&bytes[exe_end..]);
             prop_assert_eq!(
                 interpreter.map(|i| i.path),
                 (!interp.is_empty()).then(|| interp.into_owned())
