@@ -1,14 +1,16 @@
 //! `cargo xtask bench capture`: each workload detached, then with the agent attached, in one
-//! session; prints the slowdown, what the agent drained, and what it lost.
+//! session; prints the slowdown, what the agent drained, and what it lost. Then the exec loop
+//! under auditd's exec rule, the peer it is compared with.
 
 use std::{
     fs::File,
     io::Write as _,
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     process::Command,
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use tests::{
     agent::{Agent, Sink},
     pty::Pty,
@@ -102,7 +104,6 @@ impl Totals {
     }
 }
 
-#[expect(clippy::cast_precision_loss, reason = "rates for display")]
 pub fn run(runs: usize) -> anyhow::Result<()> {
     require_root("capture")?;
     let release = tests::workspace_root().join("target/release/agent");
@@ -111,16 +112,17 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "capture benchmark: {runs} runs per mode, medians; agent = {}",
+        "capture benchmark: {runs} runs per mode, detached and attached alternating; times are \
+         min/median/max, the slowdown is of the medians; agent = {}",
         release.display()
     )?;
     writeln!(
         out,
-        "{:<24} {:<15} {:>11} {:>11} {:>9} {:>11} {:>10} {:>10} {:>10} {:>10} {:>11}",
+        "{:<24} {:<14} {:>20} {:>20} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9} {:>10}  note",
         "workload",
-        "agent sink",
-        "detached",
-        "attached",
+        "recorder",
+        "detached s",
+        "attached s",
         "slowdown",
         "ops/s det",
         "MB/s det",
@@ -134,35 +136,262 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             (w.run)();
             // Detached and attached runs alternate, so drift in this shared machine's speed
             // lands on both sides of the ratio.
-            let mut detached = Vec::new();
-            let mut attached = Vec::new();
+            let mut row = Row::new(&w, label);
             let mut totals = Totals::default();
             for _ in 0..runs {
                 let agent = Agent::start_with(sink, &[]);
-                attached.push((w.run)());
+                row.attached.push((w.run)());
                 let stopped = agent.stop();
                 anyhow::ensure!(stopped.success, "agent failed:\n{}", stopped.stderr);
                 totals.add(&stopped);
-                detached.push((w.run)());
+                row.detached.push((w.run)());
             }
-            let busy: f64 = attached.iter().map(Duration::as_secs_f64).sum();
-            let (detached, attached) = (median(detached), median(attached));
-            writeln!(
-                out,
-                "{:<24} {:<15} {:>9.3} s {:>9.3} s {:>8.1}% {:>11.0} {:>10.1} {:>10.0} {:>10.1} {:>10} {:>11}",
-                w.name,
-                label,
-                detached.as_secs_f64(),
-                attached.as_secs_f64(),
-                (attached.as_secs_f64() / detached.as_secs_f64() - 1.0) * 100.0,
-                w.ops as f64 / detached.as_secs_f64(),
-                w.bytes as f64 / detached.as_secs_f64() / 1e6,
-                totals.events as f64 / busy,
-                totals.tty_bytes as f64 / busy / 1e6,
-                totals.lost_records,
-                totals.lost_bytes,
-            )?;
+            row.events = totals.events;
+            row.tty_bytes = Some(totals.tty_bytes);
+            row.lost = totals.lost_records;
+            row.lost_bytes = Some(totals.lost_bytes);
+            row.print(&mut out)?;
         }
     }
+    auditd_row(runs, &mut out)
+}
+
+/// A workload's detached and attached runs, and what the recorder wrote and lost meanwhile.
+struct Row<'a> {
+    workload: &'a Workload,
+    recorder: &'a str,
+    detached: Vec<Duration>,
+    attached: Vec<Duration>,
+    events: u64,
+    /// Terminal bytes drained, where the recorder counts them.
+    tty_bytes: Option<u64>,
+    /// Records lost, and their bytes where the recorder counts them.
+    lost: u64,
+    lost_bytes: Option<u64>,
+}
+
+impl<'a> Row<'a> {
+    fn new(workload: &'a Workload, recorder: &'a str) -> Self {
+        Self {
+            workload,
+            recorder,
+            detached: Vec::new(),
+            attached: Vec::new(),
+            events: 0,
+            tty_bytes: None,
+            lost: 0,
+            lost_bytes: None,
+        }
+    }
+
+    #[expect(clippy::cast_precision_loss, reason = "rates for display")]
+    fn print(mut self, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+        self.detached.sort();
+        self.attached.sort();
+        let busy: f64 = self.attached.iter().map(Duration::as_secs_f64).sum();
+        let (det, att) = (
+            median(self.detached.clone()).as_secs_f64(),
+            median(self.attached.clone()).as_secs_f64(),
+        );
+        let range = |v: &[Duration]| {
+            format!(
+                "{:.3}/{:.3}/{:.3}",
+                v[0].as_secs_f64(),
+                median(v.to_vec()).as_secs_f64(),
+                v[v.len() - 1].as_secs_f64()
+            )
+        };
+        // When the two ranges overlap, some detached run was as slow as some attached one:
+        // the machine's spread is as large as the effect, and the ratio is not a result.
+        let overlap = self.attached[0] <= self.detached[self.detached.len() - 1]
+            && self.detached[0] <= self.attached[self.attached.len() - 1];
+        let w = self.workload;
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<24} {:<14} {:>20} {:>20} {:>8.1}% {:>9.0} {:>8.1} {:>9.0} {:>8} {:>9} {:>10}  {}",
+            w.name,
+            self.recorder,
+            range(&self.detached),
+            range(&self.attached),
+            (att / det - 1.0) * 100.0,
+            w.ops as f64 / det,
+            w.bytes as f64 / det / 1e6,
+            self.events as f64 / busy,
+            or_dash(
+                self.tty_bytes
+                    .map(|b| format!("{:.1}", b as f64 / busy / 1e6))
+            ),
+            self.lost,
+            or_dash(self.lost_bytes.map(|b| b.to_string())),
+            if overlap { "spread > effect" } else { "" },
+        )?;
+        Ok(())
+    }
+}
+
+/// The exec loop under auditd as its users record execs (a syscall rule on `execve` and
+/// `execveat`, the daemon writing its log), against the loop without it, alternated as the
+/// agent's rows are: the peer the exec-loop target is measured against. Its events column
+/// counts the `EXECVE` records in auditd's log; its lost column, what the kernel's audit
+/// counter says it dropped (auditd counts no bytes).
+fn auditd_row(runs: usize, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let workloads = workloads();
+    let mut row = Row::new(&workloads[0], "auditd (peer)");
+    for _ in 0..runs {
+        let auditd = Auditd::start()?;
+        row.attached.push((row.workload.run)());
+        let (logged, dropped) = auditd.stop()?;
+        row.events += logged;
+        row.lost += dropped;
+        row.detached.push((row.workload.run)());
+    }
+    row.print(out)
+}
+
+/// auditd in the foreground with a log of its own, the backlog Debian's default rules set,
+/// and the exec rule; `stop` removes the rule and puts the kernel's audit settings back as
+/// they were found.
+struct Auditd {
+    daemon: std::process::Child,
+    dir: tests::Scratch,
+    before: AuditStatus,
+}
+
+const AUDIT_KEY: &str = "recorder-bench";
+
+impl Auditd {
+    fn start() -> anyhow::Result<Self> {
+        let before = AuditStatus::read()?;
+        anyhow::ensure!(
+            before.pid == 0,
+            "an audit daemon (pid {}) already runs: the peer row needs the audit subsystem to itself",
+            before.pid
+        );
+        let dir = tests::Scratch::new("auditd");
+        let conf = std::fs::read_to_string("/etc/audit/auditd.conf")
+            .context("read /etc/audit/auditd.conf (`cargo xtask setup` installs auditd)")?;
+        let log = dir.join("audit.log");
+        let conf: String = conf
+            .lines()
+            .map(|line| {
+                if line.starts_with("log_file") {
+                    format!("log_file = {}\n", log.display())
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        let conf_path = dir.join("auditd.conf");
+        std::fs::write(&conf_path, conf)?;
+        std::fs::set_permissions(&conf_path, std::fs::Permissions::from_mode(0o600))?;
+        let daemon = Command::new("auditd")
+            .args(["-n", "-s", "enable", "-c"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start auditd")?;
+        let started = Instant::now();
+        while AuditStatus::read()?.pid == 0 {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "auditd did not register with the kernel in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let auditd = Self {
+            daemon,
+            dir,
+            before,
+        };
+        auditctl(&["-b", "8192"])?;
+        auditctl(&[
+            "-a",
+            "always,exit",
+            "-F",
+            "arch=b64",
+            "-S",
+            "execve,execveat",
+            "-k",
+            AUDIT_KEY,
+        ])?;
+        Ok(auditd)
+    }
+
+    /// Stops the daemon once it has written what the kernel gave it; returns the `EXECVE`
+    /// records in its log and the records the kernel dropped meanwhile.
+    fn stop(mut self) -> anyhow::Result<(u64, u64)> {
+        auditctl(&["-D", "-k", AUDIT_KEY])?;
+        let lost = AuditStatus::read()?.lost.saturating_sub(self.before.lost);
+        // SIGTERM: auditd flushes its log and deregisters.
+        let pid = libc::pid_t::try_from(self.daemon.id())?;
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.daemon.wait()?;
+        let log = std::fs::read_to_string(self.dir.join("audit.log"))?;
+        let records = log
+            .lines()
+            .filter(|l| l.starts_with("type=EXECVE "))
+            .count();
+        Ok((records as u64, lost))
+    }
+}
+
+impl Drop for Auditd {
+    /// Leaves the audit subsystem as it was found, on every path out (a failed `auditctl`
+    /// included): no rule, no daemon, the old backlog and enabled flag.
+    fn drop(&mut self) {
+        let _ = auditctl(&["-D", "-k", AUDIT_KEY]);
+        if matches!(self.daemon.try_wait(), Ok(None)) {
+            let _ = self.daemon.kill();
+            let _ = self.daemon.wait();
+        }
+        let _ = auditctl(&["-b", &self.before.backlog_limit.to_string()]);
+        let _ = auditctl(&["-e", &self.before.enabled.to_string()]);
+        let _ = std::fs::remove_dir_all(self.dir.path());
+    }
+}
+
+/// The kernel's audit settings this benchmark changes, from `auditctl -s`.
+struct AuditStatus {
+    enabled: u64,
+    pid: u64,
+    backlog_limit: u64,
+    lost: u64,
+}
+
+impl AuditStatus {
+    fn read() -> anyhow::Result<Self> {
+        let out = Command::new("auditctl")
+            .arg("-s")
+            .output()
+            .context("run auditctl -s")?;
+        anyhow::ensure!(out.status.success(), "auditctl -s failed");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| -> anyhow::Result<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .with_context(|| format!("auditctl -s gave no {name}: {text}"))
+        };
+        Ok(Self {
+            enabled: field("enabled")?,
+            pid: field("pid")?,
+            backlog_limit: field("backlog_limit")?,
+            lost: field("lost")?,
+        })
+    }
+}
+
+fn auditctl(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("auditctl")
+        .args(args)
+        .output()
+        .context("run auditctl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "auditctl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
