@@ -13,8 +13,8 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// `systemd-analyze` checks the units in deploy/systemd, which run under it as PID 1 of a
 /// PID namespace), `dpkg-shlibdeps` (`cargo xtask package`, which the tests install), and a
 /// PostgreSQL server (the collector's tests run on both backends; each test run starts a
-/// server of its own), and auditd (the capture benchmark's peer for the exec loop; the
-/// benchmark starts and stops it, and nothing else runs it).
+/// server of its own), and the capture benchmark's peers: auditd for the exec loop (the
+/// benchmark starts and stops it, and nothing else runs it) and tlog for the pty floods.
 const DEBIAN_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "coreutils",
@@ -28,6 +28,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "postgresql",
     "auditd",
+    "tlog",
 ];
 
 /// Python packages the tests use: a Python client generated from `proto/` (the end-to-end

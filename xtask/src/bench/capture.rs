@@ -1,6 +1,7 @@
 //! `cargo xtask bench capture`: each workload detached, then with the agent attached, in one
-//! session; prints the slowdown, what the agent drained, and what it lost. Then the exec loop
-//! under auditd's exec rule, the peer it is compared with.
+//! session; prints the slowdown, what the agent drained, and what it lost. Then the peers in
+//! the same run: the exec loop under auditd's exec rule, and the pty floods under `script`
+//! and `tlog-rec`.
 
 use std::{
     fs::File,
@@ -23,7 +24,16 @@ struct Workload {
     /// Operations per run (execs or writes) and bytes per run.
     ops: u64,
     bytes: u64,
-    run: Box<dyn Fn() -> Duration>,
+    run: Box<dyn Fn() -> Sample>,
+}
+
+/// One run: its wall-clock time and, for the floods, the writing thread's CPU time. The
+/// kernel programs run in the writer's context, so its CPU time is what capture costs each
+/// write, whatever the pty's flow control does to the wall clock.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: Duration,
+    writer_cpu: Option<Duration>,
 }
 
 fn workloads() -> Vec<Workload> {
@@ -52,7 +62,7 @@ fn workloads() -> Vec<Workload> {
     ]
 }
 
-fn exec_loop(n: u64) -> Duration {
+fn exec_loop(n: u64) -> Sample {
     let start = Instant::now();
     for _ in 0..n {
         assert!(
@@ -62,16 +72,20 @@ fn exec_loop(n: u64) -> Duration {
                 .success()
         );
     }
-    start.elapsed()
+    Sample {
+        wall: start.elapsed(),
+        writer_cpu: None,
+    }
 }
 
 /// Writes `total` bytes to a pty slave in `size`-byte `write(2)` calls while a thread drains
 /// the master; timed until the last byte has come out of the master.
-fn pty_flood(size: usize, total: u64) -> Duration {
+fn pty_flood(size: usize, total: u64) -> Sample {
     let mut pty = Pty::open();
     let slave = File::from(pty.take_slave());
     let buf = vec![b'x'; size];
     let start = Instant::now();
+    let cpu_start = thread_cpu();
     let drain = pty.drain_master();
     let mut written = 0u64;
     while written < total {
@@ -80,9 +94,28 @@ fn pty_flood(size: usize, total: u64) -> Duration {
         assert!(n > 0, "pty write: {}", std::io::Error::last_os_error());
         written += n.unsigned_abs() as u64;
     }
+    let writer_cpu = thread_cpu().saturating_sub(cpu_start);
     drop(slave);
     assert_eq!(drain.join().expect("drain"), total);
-    start.elapsed()
+    Sample {
+        wall: start.elapsed(),
+        writer_cpu: Some(writer_cpu),
+    }
+}
+
+/// The calling thread's CPU time, user and system.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a live timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime: {}", std::io::Error::last_os_error());
+    Duration::new(
+        ts.tv_sec.unsigned_abs(),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// The agent's own closing totals, summed over its runs.
@@ -118,12 +151,13 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "{:<24} {:<14} {:>20} {:>20} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9} {:>10}  note",
+        "{:<24} {:<14} {:>20} {:>20} {:>9} {:>19} {:>9} {:>8} {:>9} {:>8} {:>9} {:>10}  note",
         "workload",
         "recorder",
         "detached s",
         "attached s",
         "slowdown",
+        "writer CPU ns/op",
         "ops/s det",
         "MB/s det",
         "events/s",
@@ -140,11 +174,11 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             let mut totals = Totals::default();
             for _ in 0..runs {
                 let agent = Agent::start_with(sink, &[]);
-                row.attached.push((w.run)());
+                row.push(true, (w.run)());
                 let stopped = agent.stop();
                 anyhow::ensure!(stopped.success, "agent failed:\n{}", stopped.stderr);
                 totals.add(&stopped);
-                row.detached.push((w.run)());
+                row.push(false, (w.run)());
             }
             row.events = totals.events;
             row.tty_bytes = Some(totals.tty_bytes);
@@ -153,7 +187,8 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             row.print(&mut out)?;
         }
     }
-    auditd_row(runs, &mut out)
+    auditd_row(runs, &mut out)?;
+    pty_peer_rows(runs, &mut out)
 }
 
 /// A workload's detached and attached runs, and what the recorder wrote and lost meanwhile.
@@ -162,6 +197,9 @@ struct Row<'a> {
     recorder: &'a str,
     detached: Vec<Duration>,
     attached: Vec<Duration>,
+    /// The writer's CPU time per run, where the workload measures it.
+    cpu_detached: Vec<Duration>,
+    cpu_attached: Vec<Duration>,
     events: u64,
     /// Terminal bytes drained, where the recorder counts them.
     tty_bytes: Option<u64>,
@@ -177,11 +215,23 @@ impl<'a> Row<'a> {
             recorder,
             detached: Vec::new(),
             attached: Vec::new(),
+            cpu_detached: Vec::new(),
+            cpu_attached: Vec::new(),
             events: 0,
             tty_bytes: None,
             lost: 0,
             lost_bytes: None,
         }
+    }
+
+    fn push(&mut self, attached: bool, sample: Sample) {
+        let (wall, cpu) = if attached {
+            (&mut self.attached, &mut self.cpu_attached)
+        } else {
+            (&mut self.detached, &mut self.cpu_detached)
+        };
+        wall.push(sample.wall);
+        cpu.extend(sample.writer_cpu);
     }
 
     #[expect(clippy::cast_precision_loss, reason = "rates for display")]
@@ -207,14 +257,20 @@ impl<'a> Row<'a> {
             && self.detached[0] <= self.attached[self.attached.len() - 1];
         let w = self.workload;
         let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        let per_op = |v: &[Duration]| median(v.to_vec()).as_secs_f64() * 1e9 / w.ops as f64;
+        let cpu = (!self.cpu_detached.is_empty() && !self.cpu_attached.is_empty()).then(|| {
+            let (d, a) = (per_op(&self.cpu_detached), per_op(&self.cpu_attached));
+            format!("{d:.0}->{a:.0} ({:+.0}%)", (a / d - 1.0) * 100.0)
+        });
         writeln!(
             out,
-            "{:<24} {:<14} {:>20} {:>20} {:>8.1}% {:>9.0} {:>8.1} {:>9.0} {:>8} {:>9} {:>10}  {}",
+            "{:<24} {:<14} {:>20} {:>20} {:>8.1}% {:>19} {:>9.0} {:>8.1} {:>9.0} {:>8} {:>9} {:>10}  {}",
             w.name,
             self.recorder,
             range(&self.detached),
             range(&self.attached),
             (att / det - 1.0) * 100.0,
+            or_dash(cpu),
             w.ops as f64 / det,
             w.bytes as f64 / det / 1e6,
             self.events as f64 / busy,
@@ -240,13 +296,129 @@ fn auditd_row(runs: usize, out: &mut impl std::io::Write) -> anyhow::Result<()> 
     let mut row = Row::new(&workloads[0], "auditd (peer)");
     for _ in 0..runs {
         let auditd = Auditd::start()?;
-        row.attached.push((row.workload.run)());
+        row.push(true, (row.workload.run)());
         let (logged, dropped) = auditd.stop()?;
         row.events += logged;
         row.lost += dropped;
-        row.detached.push((row.workload.run)());
+        row.push(false, (row.workload.run)());
     }
     row.print(out)
+}
+
+/// The pty floods recorded by the peers that record terminals in userspace: `script`
+/// (util-linux), and `tlog-rec` where it is installed. Each runs `dd` writing the flood into
+/// a terminal of its own and relays it to the bench's pty, logging to a file; the detached
+/// runs are the same `dd` writing into the bench's pty directly. The peers count nothing, so
+/// their events and losses are not shown.
+fn pty_peer_rows(runs: usize, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let mut peers = vec![Peer::Script];
+    if Command::new("tlog-rec").arg("--version").output().is_ok() {
+        // tlog-rec registers its terminal in utmp and refuses to record without it; a
+        // booted Debian host has the file (systemd-tmpfiles makes it), this machine may not.
+        let utmp = std::path::Path::new("/run/utmp");
+        if !utmp.exists() {
+            let made = Command::new("install")
+                .args(["-m", "0664", "-g", "utmp", "/dev/null"])
+                .arg(utmp)
+                .status()?;
+            anyhow::ensure!(made.success(), "create {}: {made}", utmp.display());
+        }
+        peers.push(Peer::TlogRec);
+    }
+    for w in &workloads()[1..] {
+        let size = usize::try_from(w.bytes / w.ops)?;
+        for peer in &peers {
+            let mut row = Row::new(w, peer.name());
+            let dir = tests::Scratch::new("pty-peer");
+            for _ in 0..runs {
+                row.push(true, dd_flood(size, w.bytes, Some((peer, &dir)))?);
+                row.push(false, dd_flood(size, w.bytes, None)?);
+            }
+            std::fs::remove_dir_all(dir.path())?;
+            row.print(out)?;
+        }
+    }
+    Ok(())
+}
+
+enum Peer {
+    Script,
+    TlogRec,
+}
+
+impl Peer {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Script => "script (peer)",
+            Self::TlogRec => "tlog-rec (peer)",
+        }
+    }
+
+    /// The peer recording `shell_command` into a file in `dir`.
+    fn command(&self, shell_command: &str, dir: &std::path::Path) -> Command {
+        let log = dir.join("recording");
+        let mut cmd = match self {
+            Self::Script => {
+                let mut c = Command::new("script");
+                c.args(["--quiet", "--command", shell_command]).arg(&log);
+                c
+            }
+            Self::TlogRec => {
+                let mut c = Command::new("tlog-rec");
+                c.args(["--writer=file"])
+                    .arg(format!("--file-path={}", log.display()))
+                    .args(["/bin/sh", "-c", shell_command]);
+                c
+            }
+        };
+        cmd.stderr(std::process::Stdio::null());
+        cmd
+    }
+}
+
+/// `dd` writing `total` bytes in `size`-byte writes into the bench's pty, directly or under
+/// a peer that records them, timed until the last byte has come out of the master (a
+/// terminal that adds a carriage return to each line gives a little more).
+fn dd_flood(
+    size: usize,
+    total: u64,
+    peer: Option<(&Peer, &tests::Scratch)>,
+) -> anyhow::Result<Sample> {
+    let mut pty = Pty::open();
+    let slave = File::from(pty.take_slave());
+    // Lines of `x` (not NULs, which tlog escapes six bytes for one), cut into full blocks.
+    let dd = format!(
+        "yes {} | dd bs={size} count={} iflag=fullblock status=none",
+        "x".repeat(1023),
+        total / size as u64
+    );
+    let mut cmd = match peer {
+        None => {
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", &dd]);
+            c
+        }
+        Some((peer, dir)) => peer.command(&dd, dir),
+    };
+    cmd.stdin(slave.try_clone()?).stdout(slave.try_clone()?);
+    let start = Instant::now();
+    let drain = pty.drain_master();
+    let status = cmd.status()?;
+    // The command keeps its copies of the slave until dropped, and the drain ends only when
+    // the last copy closes.
+    drop(cmd);
+    drop(slave);
+    let drained = drain.join().expect("drain");
+    let elapsed = start.elapsed();
+    anyhow::ensure!(status.success(), "{dd}: {status}");
+    anyhow::ensure!(
+        drained >= total,
+        "{dd}: {drained} bytes reached the terminal, not {total}"
+    );
+    Ok(Sample {
+        wall: elapsed,
+        writer_cpu: None,
+    })
 }
 
 /// auditd in the foreground with a log of its own, the backlog Debian's default rules set,
