@@ -180,9 +180,9 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
                 totals.add(&stopped);
                 row.push(false, (w.run)());
             }
-            row.events = totals.events;
+            row.events = Some(totals.events);
             row.tty_bytes = Some(totals.tty_bytes);
-            row.lost = totals.lost_records;
+            row.lost = Some(totals.lost_records);
             row.lost_bytes = Some(totals.lost_bytes);
             row.print(&mut out)?;
         }
@@ -200,11 +200,11 @@ struct Row<'a> {
     /// The writer's CPU time per run, where the workload measures it.
     cpu_detached: Vec<Duration>,
     cpu_attached: Vec<Duration>,
-    events: u64,
-    /// Terminal bytes drained, where the recorder counts them.
+    /// What the recorder counts of its own work, where it counts it: events written,
+    /// terminal bytes drained, records and bytes lost.
+    events: Option<u64>,
     tty_bytes: Option<u64>,
-    /// Records lost, and their bytes where the recorder counts them.
-    lost: u64,
+    lost: Option<u64>,
     lost_bytes: Option<u64>,
 }
 
@@ -217,9 +217,9 @@ impl<'a> Row<'a> {
             attached: Vec::new(),
             cpu_detached: Vec::new(),
             cpu_attached: Vec::new(),
-            events: 0,
+            events: None,
             tty_bytes: None,
-            lost: 0,
+            lost: None,
             lost_bytes: None,
         }
     }
@@ -264,7 +264,7 @@ impl<'a> Row<'a> {
         });
         writeln!(
             out,
-            "{:<24} {:<14} {:>20} {:>20} {:>8.1}% {:>19} {:>9.0} {:>8.1} {:>9.0} {:>8} {:>9} {:>10}  {}",
+            "{:<24} {:<14} {:>20} {:>20} {:>8.1}% {:>19} {:>9.0} {:>8.1} {:>9} {:>8} {:>9} {:>10}  {}",
             w.name,
             self.recorder,
             range(&self.detached),
@@ -273,12 +273,12 @@ impl<'a> Row<'a> {
             or_dash(cpu),
             w.ops as f64 / det,
             w.bytes as f64 / det / 1e6,
-            self.events as f64 / busy,
+            or_dash(self.events.map(|e| format!("{:.0}", e as f64 / busy))),
             or_dash(
                 self.tty_bytes
                     .map(|b| format!("{:.1}", b as f64 / busy / 1e6))
             ),
-            self.lost,
+            or_dash(self.lost.map(|l| l.to_string())),
             or_dash(self.lost_bytes.map(|b| b.to_string())),
             if overlap { "spread > effect" } else { "" },
         )?;
@@ -294,14 +294,17 @@ impl<'a> Row<'a> {
 fn auditd_row(runs: usize, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let workloads = workloads();
     let mut row = Row::new(&workloads[0], "auditd (peer)");
+    let (mut records, mut lost) = (0, 0);
     for _ in 0..runs {
         let auditd = Auditd::start()?;
         row.push(true, (row.workload.run)());
         let (logged, dropped) = auditd.stop()?;
-        row.events += logged;
-        row.lost += dropped;
+        records += logged;
+        lost += dropped;
         row.push(false, (row.workload.run)());
     }
+    row.events = Some(records);
+    row.lost = Some(lost);
     row.print(out)
 }
 
