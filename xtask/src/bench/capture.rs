@@ -78,29 +78,40 @@ fn exec_loop(n: u64) -> Sample {
     }
 }
 
-/// Writes `total` bytes to a pty slave in `size`-byte `write(2)` calls while a thread drains
-/// the master; timed until the last byte has come out of the master.
+/// Writes `total` bytes to a pty slave in `size`-byte `write(2)` calls, timing the writing
+/// thread's CPU as well as the wall clock.
 fn pty_flood(size: usize, total: u64) -> Sample {
-    let mut pty = Pty::open();
-    let slave = File::from(pty.take_slave());
     let buf = vec![b'x'; size];
-    let start = Instant::now();
-    let cpu_start = thread_cpu();
-    let drain = pty.drain_master();
-    let mut written = 0u64;
-    while written < total {
-        // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::write(slave.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-        assert!(n > 0, "pty write: {}", std::io::Error::last_os_error());
-        written += n.unsigned_abs() as u64;
-    }
-    let writer_cpu = thread_cpu().saturating_sub(cpu_start);
-    drop(slave);
-    assert_eq!(drain.join().expect("drain"), total);
+    let (wall, drained, writer_cpu) = through_pty(|slave| {
+        let cpu_start = thread_cpu();
+        let mut written = 0u64;
+        while written < total {
+            // SAFETY: valid fd and buffer.
+            let n = unsafe { libc::write(slave.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+            assert!(n > 0, "pty write: {}", std::io::Error::last_os_error());
+            written += n.unsigned_abs() as u64;
+        }
+        thread_cpu().saturating_sub(cpu_start)
+    });
+    assert_eq!(drained, total);
     Sample {
-        wall: start.elapsed(),
+        wall,
         writer_cpu: Some(writer_cpu),
     }
+}
+
+/// Hands `write` the slave of a new pty whose master a thread drains, and closes the slave
+/// when `write` returns (with every copy it made: the drain ends only when the last closes).
+/// Returns the time until the last byte came out of the master, the bytes drained, and what
+/// `write` returned.
+fn through_pty<T>(write: impl FnOnce(File) -> T) -> (Duration, u64, T) {
+    let mut pty = Pty::open();
+    let slave = File::from(pty.take_slave());
+    let start = Instant::now();
+    let drain = pty.drain_master();
+    let written = write(slave);
+    let drained = drain.join().expect("drain");
+    (start.elapsed(), drained, written)
 }
 
 /// The calling thread's CPU time, user and system.
@@ -116,25 +127,6 @@ fn thread_cpu() -> Duration {
         ts.tv_sec.unsigned_abs(),
         u32::try_from(ts.tv_nsec).unwrap_or(0),
     )
-}
-
-/// The agent's own closing totals, summed over its runs.
-#[derive(Default)]
-struct Totals {
-    events: u64,
-    tty_bytes: u64,
-    lost_records: u64,
-    lost_bytes: u64,
-}
-
-impl Totals {
-    fn add(&mut self, stopped: &tests::agent::Output) {
-        let total = |key| stopped.total(key).unwrap_or(0);
-        self.events += total("events");
-        self.tty_bytes += total("tty_bytes");
-        self.lost_records += total("lost_records");
-        self.lost_bytes += total("lost_bytes");
-    }
 }
 
 pub fn run(runs: usize) -> anyhow::Result<()> {
@@ -171,19 +163,20 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             // Detached and attached runs alternate, so drift in this shared machine's speed
             // lands on both sides of the ratio.
             let mut row = Row::new(&w, label);
-            let mut totals = Totals::default();
             for _ in 0..runs {
                 let agent = Agent::start_with(sink, &[]);
                 row.push(true, (w.run)());
                 let stopped = agent.stop();
                 anyhow::ensure!(stopped.success, "agent failed:\n{}", stopped.stderr);
-                totals.add(&stopped);
+                // The agent's own closing totals, summed over its runs.
+                let total = |key| stopped.total(key).unwrap_or(0);
+                row.count(
+                    total("events"),
+                    total("lost_records"),
+                    Some((total("tty_bytes"), total("lost_bytes"))),
+                );
                 row.push(false, (w.run)());
             }
-            row.events = Some(totals.events);
-            row.tty_bytes = Some(totals.tty_bytes);
-            row.lost = Some(totals.lost_records);
-            row.lost_bytes = Some(totals.lost_bytes);
             row.print(&mut out)?;
         }
     }
@@ -234,27 +227,33 @@ impl<'a> Row<'a> {
         cpu.extend(sample.writer_cpu);
     }
 
+    /// Adds one attached run's counts: events written and records lost, and terminal bytes
+    /// drained and bytes lost where the recorder counts them.
+    fn count(&mut self, events: u64, lost: u64, tty: Option<(u64, u64)>) {
+        *self.events.get_or_insert(0) += events;
+        *self.lost.get_or_insert(0) += lost;
+        if let Some((drained, lost_bytes)) = tty {
+            *self.tty_bytes.get_or_insert(0) += drained;
+            *self.lost_bytes.get_or_insert(0) += lost_bytes;
+        }
+    }
+
     #[expect(clippy::cast_precision_loss, reason = "rates for display")]
-    fn print(mut self, out: &mut impl std::io::Write) -> anyhow::Result<()> {
-        self.detached.sort();
-        self.attached.sort();
+    fn print(self, out: &mut impl std::io::Write) -> anyhow::Result<()> {
         let busy: f64 = self.attached.iter().map(Duration::as_secs_f64).sum();
-        let (det, att) = (
-            median(self.detached.clone()).as_secs_f64(),
-            median(self.attached.clone()).as_secs_f64(),
-        );
-        let range = |v: &[Duration]| {
+        let (detached, attached) = (spread(self.detached), spread(self.attached));
+        let (det, att) = (detached[1].as_secs_f64(), attached[1].as_secs_f64());
+        let range = |v: [Duration; 3]| {
             format!(
                 "{:.3}/{:.3}/{:.3}",
                 v[0].as_secs_f64(),
-                median(v.to_vec()).as_secs_f64(),
-                v[v.len() - 1].as_secs_f64()
+                v[1].as_secs_f64(),
+                v[2].as_secs_f64()
             )
         };
         // When the two ranges overlap, some detached run was as slow as some attached one:
         // the machine's spread is as large as the effect, and the ratio is not a result.
-        let overlap = self.attached[0] <= self.detached[self.detached.len() - 1]
-            && self.detached[0] <= self.attached[self.attached.len() - 1];
+        let overlap = attached[0] <= detached[2] && detached[0] <= attached[2];
         let w = self.workload;
         let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         let per_op = |v: &[Duration]| median(v.to_vec()).as_secs_f64() * 1e9 / w.ops as f64;
@@ -267,8 +266,8 @@ impl<'a> Row<'a> {
             "{:<24} {:<14} {:>20} {:>20} {:>8.1}% {:>19} {:>9.0} {:>8.1} {:>9} {:>8} {:>9} {:>10}  {}",
             w.name,
             self.recorder,
-            range(&self.detached),
-            range(&self.attached),
+            range(detached),
+            range(attached),
             (att / det - 1.0) * 100.0,
             or_dash(cpu),
             w.ops as f64 / det,
@@ -286,6 +285,12 @@ impl<'a> Row<'a> {
     }
 }
 
+/// Min, median and max of a row's runs.
+fn spread(mut runs: Vec<Duration>) -> [Duration; 3] {
+    runs.sort();
+    [runs[0], runs[runs.len() / 2], runs[runs.len() - 1]]
+}
+
 /// The exec loop under auditd as its users record execs (a syscall rule on `execve` and
 /// `execveat`, the daemon writing its log), against the loop without it, alternated as the
 /// agent's rows are: the peer the exec-loop target is measured against. Its events column
@@ -294,17 +299,13 @@ impl<'a> Row<'a> {
 fn auditd_row(runs: usize, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let workloads = workloads();
     let mut row = Row::new(&workloads[0], "auditd (peer)");
-    let (mut records, mut lost) = (0, 0);
     for _ in 0..runs {
         let auditd = Auditd::start()?;
         row.push(true, (row.workload.run)());
         let (logged, dropped) = auditd.stop()?;
-        records += logged;
-        lost += dropped;
+        row.count(logged, dropped, None);
         row.push(false, (row.workload.run)());
     }
-    row.events = Some(records);
-    row.lost = Some(lost);
     row.print(out)
 }
 
@@ -387,8 +388,6 @@ fn dd_flood(
     total: u64,
     peer: Option<(&Peer, &tests::Scratch)>,
 ) -> anyhow::Result<Sample> {
-    let mut pty = Pty::open();
-    let slave = File::from(pty.take_slave());
     // Lines of `x` (not NULs, which tlog escapes six bytes for one), cut into full blocks.
     let dd = format!(
         "yes {} | dd bs={size} count={} iflag=fullblock status=none",
@@ -403,23 +402,18 @@ fn dd_flood(
         }
         Some((peer, dir)) => peer.command(&dd, dir),
     };
-    cmd.stdin(slave.try_clone()?).stdout(slave.try_clone()?);
-    let start = Instant::now();
-    let drain = pty.drain_master();
-    let status = cmd.status()?;
-    // The command keeps its copies of the slave until dropped, and the drain ends only when
-    // the last copy closes.
-    drop(cmd);
-    drop(slave);
-    let drained = drain.join().expect("drain");
-    let elapsed = start.elapsed();
+    let (wall, drained, status) = through_pty(move |slave| {
+        cmd.stdin(slave.try_clone()?).stdout(slave);
+        cmd.status()
+    });
+    let status = status?;
     anyhow::ensure!(status.success(), "{dd}: {status}");
     anyhow::ensure!(
         drained >= total,
         "{dd}: {drained} bytes reached the terminal, not {total}"
     );
     Ok(Sample {
-        wall: elapsed,
+        wall,
         writer_cpu: None,
     })
 }
