@@ -13,11 +13,18 @@ use std::{
 
 use crate::Scratch;
 
+/// What the child said so far.
+#[derive(Default)]
+struct Seen {
+    ready: bool,
+    /// Every `STATUS=`, oldest first.
+    statuses: Vec<String>,
+}
+
 /// A notify socket and every message sent to it so far.
 pub struct Notify {
     path: PathBuf,
-    messages: Arc<Mutex<Vec<String>>>,
-    ready: Arc<Mutex<bool>>,
+    seen: Arc<Mutex<Seen>>,
     reader: Option<JoinHandle<()>>,
     socket: UnixDatagram,
     _dir: Scratch,
@@ -29,11 +36,10 @@ impl Notify {
         let dir = Scratch::new("notify");
         let path = dir.join("notify.sock");
         let socket = UnixDatagram::bind(&path).expect("bind a notify socket");
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let ready = Arc::new(Mutex::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
         let reader = {
             let socket = socket.try_clone().expect("clone the notify socket");
-            let (messages, ready) = (Arc::clone(&messages), Arc::clone(&ready));
+            let seen = Arc::clone(&seen);
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 64 << 10];
                 // Ends when `Drop` shuts the socket down.
@@ -42,12 +48,16 @@ impl Notify {
                         return;
                     }
                     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    // One datagram is taken whole, under one lock: `READY=1` comes before
+                    // its `STATUS=` line, and a waiter woken between the two would read
+                    // the statuses without the one sent with readiness.
+                    let mut seen = seen.lock().unwrap();
                     for line in text.lines() {
                         if line == "READY=1" {
-                            *ready.lock().unwrap() = true;
+                            seen.ready = true;
                         }
                         if let Some(status) = line.strip_prefix("STATUS=") {
-                            messages.lock().unwrap().push(status.to_owned());
+                            seen.statuses.push(status.to_owned());
                         }
                     }
                 }
@@ -55,8 +65,7 @@ impl Notify {
         };
         Self {
             path,
-            messages,
-            ready,
+            seen,
             reader: Some(reader),
             socket,
             _dir: dir,
@@ -73,8 +82,11 @@ impl Notify {
     pub fn wait_ready(&self, child: &mut Child, timeout: Duration) -> Result<Vec<String>, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if *self.ready.lock().unwrap() {
-                return Ok(self.statuses());
+            {
+                let seen = self.seen.lock().unwrap();
+                if seen.ready {
+                    return Ok(seen.statuses.clone());
+                }
             }
             if let Some(status) = child.try_wait().expect("wait") {
                 return Err(format!("it exited with {status} before it was ready"));
@@ -89,7 +101,7 @@ impl Notify {
     /// Every `STATUS=` the child sent, oldest first.
     #[must_use]
     pub fn statuses(&self) -> Vec<String> {
-        self.messages.lock().unwrap().clone()
+        self.seen.lock().unwrap().statuses.clone()
     }
 
     /// Waits until a status holding `text` arrives.
