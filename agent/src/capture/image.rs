@@ -12,7 +12,9 @@
 //!
 //! The file is reached without trusting a path: through `/proc/<pid>/exe`, the file the
 //! process maps; for a process already gone, through the path the kernel resolved for that
-//! file (else the exec's own path, or for a script its interpreter's), opened `O_PATH`
+//! file (else the exec's own path, or for a script its interpreter's; never a path to a
+//! file the kernel found deleted, nor a name relative to the caller such as an `fexecve`'s
+//! `/dev/fd/N`, which would name some other file), opened `O_PATH`
 //! and reopened for reading only once `fstat` shows a regular file. Either way the bytes
 //! count only if the inode matches the kernel's tuple before and after the read, so a file
 //! swapped or written since the exec is `changed`, never hashed as if it were the one that
@@ -40,7 +42,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use crate::{
-    capture::event::{Body, Event, Image, ImageKey, Process, Unhashed},
+    capture::event::{Body, Event, Image, ImageKey, Interpreter, Process, ResolvedPath, Unhashed},
     clock::boot_ns,
 };
 
@@ -121,15 +123,7 @@ impl Images {
             else {
                 continue;
             };
-            // The path the kernel resolved for the image's file, when it names one in full;
-            // else the exec's own: for a script, whose image is its interpreter's file, the
-            // interpreter's (a cut-off path names no file).
-            let path = match (executable, interpreter) {
-                (Some(e), _) if !(e.truncated || e.deleted || e.unreachable) => e.path.as_str(),
-                _ if !image.interpreter => filename.as_str(),
-                (_, Some(i)) if !i.truncated => i.path.as_str(),
-                _ => "",
-            };
+            let path = fallback_path(filename, executable.as_ref(), interpreter.as_ref(), image);
             image.digest = Some(self.look(*image, path, event.process.as_ref()));
         }
     }
@@ -172,6 +166,35 @@ impl Images {
                 Err(Unhashed::Busy)
             }
         }
+    }
+}
+
+/// The path that reaches an image's file once its process is gone, or `""` for none: the
+/// path the kernel resolved for the file, when it names it in full; else the exec's own,
+/// for a script (whose image is its interpreter's file) the interpreter's.
+///
+/// None when the kernel found the file deleted or in no directory (a memfd): whatever a path
+/// names now is another file, and reading it would answer `changed` for a file that is
+/// `gone`. None either for a cut-off path, or for a name relative to the calling process
+/// (`/dev/fd/3` is what an `fexecve` execs): opened here, it is the agent's own descriptor.
+fn fallback_path<'a>(
+    filename: &'a str,
+    executable: Option<&'a ResolvedPath>,
+    interpreter: Option<&'a Interpreter>,
+    image: &Image,
+) -> &'a str {
+    const SELF_RELATIVE: [&str; 4] = ["/dev/fd/", "/dev/std", "/proc/self/", "/proc/thread-self/"];
+    let path = match (executable, interpreter) {
+        (Some(e), _) if e.deleted || e.unreachable => return "",
+        (Some(e), _) if !e.truncated => return &e.path,
+        _ if !image.interpreter => filename,
+        (_, Some(i)) if !i.truncated => &i.path,
+        _ => return "",
+    };
+    if SELF_RELATIVE.iter().any(|p| path.starts_with(p)) {
+        ""
+    } else {
+        path
     }
 }
 
@@ -477,5 +500,66 @@ mod tests {
         let event = digests.blocking_recv().unwrap();
         assert_eq!(digest_of(&event), Some(Err(Unhashed::Busy)));
         assert!(digests.blocking_recv().is_none(), "the reader has ended");
+    }
+
+    /// A process gone before its file was opened leaves only paths, and two of them name
+    /// some other file: an exec's `/dev/fd/N` (an `fexecve`), which here is the agent's own
+    /// descriptor N, and a path the kernel found deleted, where a new file may stand now.
+    /// Either is `gone`: reading it would say `changed`, as if the file that ran had been
+    /// altered.
+    #[test]
+    fn a_path_that_names_another_file_now_is_never_read() {
+        let dir = Dir::new("elsewhere");
+        let (prog, other) = (dir.0.join("prog"), dir.0.join("other"));
+        std::fs::write(&prog, b"ran").unwrap();
+        std::fs::write(&other, b"another file").unwrap();
+        let image = image_of(&prog);
+        let descriptor = File::open(&other).unwrap();
+        let by_descriptor = format!("/dev/fd/{}", descriptor.as_raw_fd());
+        let resolved = |deleted, truncated| ResolvedPath {
+            path: prog.to_str().unwrap().into(),
+            truncated,
+            deleted,
+            unreachable: false,
+        };
+        let exec = |filename: &str, executable: ResolvedPath| Event {
+            ktime_ns: 0,
+            process: None,
+            body: Body::Exec {
+                filename: filename.into(),
+                filename_truncated: false,
+                argv: Vec::new(),
+                argv_truncated: false,
+                argv_unreadable: false,
+                result: 0,
+                tried: Vec::new(),
+                cwd: None,
+                executable: Some(executable),
+                interpreter: None,
+                image: Some(image),
+            },
+        };
+        let digest_of = |events: &[Event]| match &events[0].body {
+            Body::Exec {
+                image: Some(image), ..
+            } => image.digest,
+            _ => None,
+        };
+        // What opening by those names would find: another file.
+        assert_eq!(
+            open(None, &by_descriptor, &image.key()).err(),
+            Some(Unhashed::Changed)
+        );
+        let (out, _digests) = mpsc::channel(4);
+        let mut images = Images::start(out).unwrap();
+        // The executable's path cut off, so the exec's own name is all there is.
+        let mut events = [exec(&by_descriptor, resolved(false, true))];
+        images.process(&mut events);
+        assert_eq!(digest_of(&events), Some(Err(Unhashed::Gone)));
+        // Deleted, and another file put where it was.
+        std::fs::rename(&other, &prog).unwrap();
+        let mut events = [exec(prog.to_str().unwrap(), resolved(true, false))];
+        images.process(&mut events);
+        assert_eq!(digest_of(&events), Some(Err(Unhashed::Gone)));
     }
 }
