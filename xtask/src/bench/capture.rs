@@ -1,5 +1,7 @@
 //! `cargo xtask bench capture`: each workload detached, then with the agent attached, in one
-//! session; prints the slowdown, what the agent drained, and what it lost. Then the peers in
+//! session; prints the slowdown, what the agent drained, and what it lost. The agent runs
+//! three ways: `--discard` (capture alone), `--stdout` (capture and JSON), and as deployed,
+//! spooling and shipping over mutual TLS to a collector on this machine. Then the peers in
 //! the same run: the exec loop under auditd's exec rule, and the pty floods under `script`
 //! and `tlog-rec`.
 
@@ -14,10 +16,11 @@ use std::{
 use anyhow::Context as _;
 use tests::{
     agent::{Agent, Sink},
+    collector::{Collector, scratch_dir},
     pty::Pty,
 };
 
-use super::{median, require_root};
+use super::{median, require_root, use_release_binaries};
 
 struct Workload {
     name: &'static str,
@@ -131,9 +134,13 @@ fn thread_cpu() -> Duration {
 
 pub fn run(runs: usize) -> anyhow::Result<()> {
     require_root("capture")?;
+    use_release_binaries();
     let release = tests::workspace_root().join("target/release/agent");
-    // SAFETY: set before any thread that reads the environment exists.
-    unsafe { std::env::set_var("RECORDER_AGENT_BIN", &release) };
+    // The deployed mode's collector shares this machine's two cores with the workload and
+    // the agent: its ingest is part of what the row costs, as it would be for a collector
+    // on the host it records (one elsewhere costs the host only the agent's sending).
+    let dir = scratch_dir("bench-capture");
+    let collector = Collector::start(&dir.join("store.db"));
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -143,13 +150,14 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "{:<24} {:<14} {:>20} {:>20} {:>9} {:>19} {:>9} {:>8} {:>9} {:>8} {:>9} {:>10}  note",
+        "{:<24} {:<14} {:>20} {:>20} {:>9} {:>19} {:>13} {:>9} {:>8} {:>9} {:>8} {:>9} {:>10}  note",
         "workload",
         "recorder",
         "detached s",
         "attached s",
         "slowdown",
         "writer CPU ns/op",
+        "rec. CPU ns/op",
         "ops/s det",
         "MB/s det",
         "events/s",
@@ -158,14 +166,29 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         "lost bytes"
     )?;
     for w in workloads() {
-        for (sink, label) in [(Sink::Discard, "--discard"), (Sink::DevNull, "--stdout")] {
+        for mode in [Mode::Discard, Mode::Stdout, Mode::Shipping] {
             (w.run)();
             // Detached and attached runs alternate, so drift in this shared machine's speed
             // lands on both sides of the ratio.
-            let mut row = Row::new(&w, label);
+            let mut row = Row::new(&w, mode.label());
             for _ in 0..runs {
-                let agent = Agent::start_with(sink, &[]);
+                let agent = mode.start(&collector, &dir);
+                // What the recorder's own processes spend while the workload runs: the
+                // agent, and for the deployed mode the collector that stores its batches.
+                let recorders = || -> anyhow::Result<[Duration; 2]> {
+                    let collector_cpu = match mode {
+                        Mode::Shipping => process_cpu(collector.pid())?,
+                        Mode::Discard | Mode::Stdout => Duration::ZERO,
+                    };
+                    Ok([process_cpu(agent.pid())?, collector_cpu])
+                };
+                let before = recorders()?;
                 row.push(true, (w.run)());
+                let after = recorders()?;
+                row.recorder_cpu(
+                    after[0].saturating_sub(before[0]),
+                    after[1].saturating_sub(before[1]),
+                );
                 let stopped = agent.stop();
                 anyhow::ensure!(stopped.success, "agent failed:\n{}", stopped.stderr);
                 // The agent's own closing totals, summed over its runs.
@@ -175,13 +198,58 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
                     total("lost_records"),
                     Some((total("tty_bytes"), total("lost_bytes"))),
                 );
+                // Events its full spool refused are lost as surely as those the kernel's
+                // ring dropped, and for another reason: shipping fell behind.
+                row.refused += total("spool_refused");
                 row.push(false, (w.run)());
             }
             row.print(&mut out)?;
         }
     }
+    let log = collector.stop();
+    let errors = log.lines().filter(|l| l.contains(" ERROR ")).count();
+    if errors > 0 {
+        writeln!(
+            out,
+            "the shipping rows' collector logged {errors} errors:\n{log}"
+        )?;
+    }
     auditd_row(runs, &mut out)?;
     pty_peer_rows(runs, &mut out)
+}
+
+/// How the agent runs in a row.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Capture alone: records drained, decoded and counted.
+    Discard,
+    /// Capture and JSON encoding, into /dev/null.
+    Stdout,
+    /// As deployed: attributed, chained, spooled to disk and shipped to a live collector
+    /// over mutual TLS, which stores each batch durably before it acknowledges it.
+    Shipping,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Discard => "--discard",
+            Self::Stdout => "--stdout",
+            Self::Shipping => "shipping",
+        }
+    }
+
+    /// Starts the agent this way; the deployed agent keeps one spool across its runs, as a
+    /// restarted agent does.
+    fn start(self, collector: &Collector, dir: &std::path::Path) -> Agent {
+        match self {
+            Self::Discard => Agent::start_with(Sink::Discard, &[]),
+            Self::Stdout => Agent::start_with(Sink::DevNull, &[]),
+            Self::Shipping => {
+                Agent::shipping_with(Sink::Spool, &dir.join("spool"), &collector.url(), &[])
+            }
+        }
+    }
 }
 
 /// A workload's detached and attached runs, and what the recorder wrote and lost meanwhile.
@@ -193,12 +261,18 @@ struct Row<'a> {
     /// The writer's CPU time per run, where the workload measures it.
     cpu_detached: Vec<Duration>,
     cpu_attached: Vec<Duration>,
+    /// The agent's and the collector's CPU time per attached run, where the bench starts
+    /// them.
+    agent_cpu: Vec<Duration>,
+    collector_cpu: Vec<Duration>,
     /// What the recorder counts of its own work, where it counts it: events written,
     /// terminal bytes drained, records and bytes lost.
     events: Option<u64>,
     tty_bytes: Option<u64>,
     lost: Option<u64>,
     lost_bytes: Option<u64>,
+    /// Events the agent's spool refused when full.
+    refused: u64,
 }
 
 impl<'a> Row<'a> {
@@ -210,10 +284,13 @@ impl<'a> Row<'a> {
             attached: Vec::new(),
             cpu_detached: Vec::new(),
             cpu_attached: Vec::new(),
+            agent_cpu: Vec::new(),
+            collector_cpu: Vec::new(),
             events: None,
             tty_bytes: None,
             lost: None,
             lost_bytes: None,
+            refused: 0,
         }
     }
 
@@ -225,6 +302,13 @@ impl<'a> Row<'a> {
         };
         wall.push(sample.wall);
         cpu.extend(sample.writer_cpu);
+    }
+
+    /// Adds one attached run's CPU time of the agent and of the collector (zero when it has
+    /// none).
+    fn recorder_cpu(&mut self, agent: Duration, collector: Duration) {
+        self.agent_cpu.push(agent);
+        self.collector_cpu.push(collector);
     }
 
     /// Adds one attached run's counts: events written and records lost, and terminal bytes
@@ -261,15 +345,25 @@ impl<'a> Row<'a> {
             let (d, a) = (per_op(&self.cpu_detached), per_op(&self.cpu_attached));
             format!("{d:.0}->{a:.0} ({:+.0}%)", (a / d - 1.0) * 100.0)
         });
+        // The collector's part is shown only where it ran.
+        let recorder_cpu = (!self.agent_cpu.is_empty()).then(|| {
+            let agent = per_op(&self.agent_cpu);
+            if self.collector_cpu.iter().any(|c| !c.is_zero()) {
+                format!("{agent:.0}+{:.0}", per_op(&self.collector_cpu))
+            } else {
+                format!("{agent:.0}")
+            }
+        });
         writeln!(
             out,
-            "{:<24} {:<14} {:>20} {:>20} {:>8.1}% {:>19} {:>9.0} {:>8.1} {:>9} {:>8} {:>9} {:>10}  {}",
+            "{:<24} {:<14} {:>20} {:>20} {:>8.1}% {:>19} {:>13} {:>9.0} {:>8.1} {:>9} {:>8} {:>9} {:>10}  {}",
             w.name,
             self.recorder,
             range(detached),
             range(attached),
             (att / det - 1.0) * 100.0,
             or_dash(cpu),
+            or_dash(recorder_cpu),
             w.ops as f64 / det,
             w.bytes as f64 / det / 1e6,
             or_dash(self.events.map(|e| format!("{:.0}", e as f64 / busy))),
@@ -279,10 +373,40 @@ impl<'a> Row<'a> {
             ),
             or_dash(self.lost.map(|l| l.to_string())),
             or_dash(self.lost_bytes.map(|b| b.to_string())),
-            if overlap { "spread > effect" } else { "" },
+            [
+                overlap.then(|| "spread > effect".to_owned()),
+                (self.refused > 0)
+                    .then(|| format!("{} events refused by the full spool", self.refused)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; "),
         )?;
         Ok(())
     }
+}
+
+/// The CPU time (user and system, all threads) a process has spent so far.
+fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: the fields follow the last ')'.
+    // utime and stime are fields 14 and 15 of proc(5), the 12th and 13th after the name.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("a stat line without its name")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields.get(i).context("a short stat line")?.parse()?)
+    };
+    // SAFETY: sysconf reads a constant.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })?.max(1);
+    Ok(Duration::from_nanos(
+        (ticks(11)? + ticks(12)?).saturating_mul(1_000_000_000 / hz),
+    ))
 }
 
 /// Min, median and max of a row's runs.
