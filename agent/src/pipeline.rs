@@ -56,6 +56,11 @@ use crate::{
 
 /// Batches in flight between two stages after the reader.
 const STAGE_DEPTH: usize = 16;
+/// The spool is made durable at most this often while batches keep coming (the rings are
+/// drained every 2 ms). Each sync is also a batch shipped and a commit at the collector:
+/// once per drain, a loop of execs cost the agent and the collector more CPU than the
+/// kernel's capture did (docs/capture.md). A batch after a quiet spell is synced at once.
+const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the events are for. Without any, the pipeline only decodes and counts.
 pub struct Sinks {
@@ -294,8 +299,19 @@ impl EvidenceStage {
         self.gauges();
         let mut pipeline_open = true;
         let mut enforcer_running = true;
+        // When the events added since the last commit are to be made durable.
+        let mut commit_at: Option<Instant> = None;
+        let mut committed = Instant::now();
         while pipeline_open || enforcer_running {
             let events = tokio::select! {
+                () = tokio::time::sleep_until(commit_at.unwrap_or_else(Instant::now)),
+                    if commit_at.is_some() =>
+                {
+                    commit_at = None;
+                    committed = Instant::now();
+                    block_in_place(|| self.commit());
+                    continue;
+                }
                 events = modelled.recv(), if pipeline_open => {
                     let Some(events) = events else {
                         pipeline_open = false;
@@ -319,11 +335,24 @@ impl EvidenceStage {
             // Standard output may be a pipe its reader has stalled, and the spool syncs:
             // block this thread, not the runtime's other stages.
             block_in_place(|| self.write(&events))?;
+            // A batch after a quiet spell is durable at once; batches that follow closer
+            // than `COMMIT_EVERY` wait for it and share one sync, one shipped batch and the
+            // collector's one commit, instead of one each per drain of the rings.
+            if commit_at.is_none() && self.evidence.as_ref().is_some_and(Evidence::uncommitted) {
+                let due = committed + COMMIT_EVERY;
+                if Instant::now() >= due {
+                    committed = Instant::now();
+                    block_in_place(|| self.commit());
+                } else {
+                    commit_at = Some(due);
+                }
+            }
         }
         // The enforcer's last kills, and registrations made while stopping.
         while let Ok(events) = own.try_recv() {
             block_in_place(|| self.write(&events))?;
         }
+        block_in_place(|| self.commit());
         if let (Some(evidence), Some(reason)) = (&mut self.evidence, self.stop_reason.get()) {
             let durable = block_in_place(|| evidence.stop(reason));
             if let Some(tx) = &self.durable {
@@ -338,13 +367,21 @@ impl EvidenceStage {
             stdout.process(events)?;
         }
         if let Some(evidence) = &mut self.evidence {
-            let durable = evidence.process(events);
+            evidence.add(events);
+            self.gauges();
+        }
+        Ok(())
+    }
+
+    /// Makes what was written durable, and tells the ship stage how far the spool now is.
+    fn commit(&mut self) {
+        if let Some(evidence) = &mut self.evidence {
+            let durable = evidence.commit();
             if let Some(tx) = &self.durable {
                 tx.send_replace(durable);
             }
             self.gauges();
         }
-        Ok(())
     }
 
     fn gauges(&self) {

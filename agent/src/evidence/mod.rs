@@ -66,8 +66,18 @@ pub struct Evidence {
     scratch: Vec<u8>,
     /// Where the spool was last durable, while a failed write is still to be undone.
     undo: Option<Mark>,
+    /// What was added since the last commit, and where to undo it to.
+    uncommitted: Option<Uncommitted>,
     /// The last batch could not be written: said once, not once per batch.
     failing: bool,
+}
+
+/// Events added since the last commit: how many, their encoded bytes, and the state to
+/// return to if they cannot be made durable.
+struct Uncommitted {
+    mark: Mark,
+    events: u64,
+    bytes: u64,
 }
 
 /// The spool and chain as they were durable, before a batch.
@@ -115,6 +125,7 @@ impl Evidence {
             refused_total: 0,
             scratch: Vec::new(),
             undo: None,
+            uncommitted: None,
             failing: false,
         };
         let start_record = v1::Event {
@@ -150,58 +161,101 @@ impl Evidence {
         &self.name
     }
 
-    /// Chains and appends a batch, and makes it durable. Returns how far the spool is
-    /// durable.
-    ///
-    /// A write or sync that fails (a full disk, an I/O error) loses the batch as a full
-    /// spool would: the spool is cut back to where it was durable, the chain to its head
-    /// there, and the batch is counted in the next spool-full gap. The agent goes on, and
-    /// enforcement with it; until the spool can be cut back, every batch is counted so.
+    /// Chains and appends a batch, and makes it durable: [`Evidence::add`], then
+    /// [`Evidence::commit`]. Returns how far the spool is durable.
     pub fn process(&mut self, events: &[v1::Event]) -> Durable {
+        self.add(events);
+        self.commit()
+    }
+
+    /// Chains and appends a batch, not yet durable: the events added since the last
+    /// [`Evidence::commit`] become durable together, with one sync.
+    ///
+    /// A write or sync that fails (a full disk, an I/O error) loses every event added since
+    /// the last commit as a full spool would: the spool is cut back to where it was durable,
+    /// the chain to its head there, and the events are counted in the next spool-full gap.
+    /// The agent goes on, and enforcement with it; until the spool can be cut back, every
+    /// batch is counted so.
+    pub fn add(&mut self, events: &[v1::Event]) {
         let _span = debug_span!("batch", events = events.len()).entered();
         if let Some(mark) = self.undo.take()
             && self.spool.rollback(&mark.durable, mark.total).is_err()
         {
             self.refuse_all(events);
-            let durable = mark.durable.clone();
             self.undo = Some(mark);
-            return durable;
+            return;
         }
         // A disk the spool filled gets room back as the collector acknowledges what it
         // holds, and only whole segments are deleted then: the one that filled it is sealed.
         if self.failing
+            && self.uncommitted.is_none()
             && let Err(error) = self.spool.seal(self.chain.next_seq())
         {
             debug!(%error, "cannot begin a new segment yet");
             self.refuse_all(events);
-            return self.spool.durable();
+            return;
         }
-        let mark = Mark {
-            durable: self.spool.durable(),
-            total: self.spool.total(),
-            chain: self.chain.clone(),
-            refused: self.refused,
-            refused_total: self.refused_total,
+        let uncommitted = self.uncommitted.get_or_insert_with(|| Uncommitted {
+            mark: Mark {
+                durable: self.spool.durable(),
+                total: self.spool.total(),
+                chain: self.chain.clone(),
+                refused: self.refused,
+                refused_total: self.refused_total,
+            },
+            events: 0,
+            bytes: 0,
+        });
+        uncommitted.events += events.len() as u64;
+        uncommitted.bytes += events.iter().map(|e| e.encoded_len() as u64).sum::<u64>();
+        if let Err(error) = self.append(events) {
+            self.fail(&error);
+        }
+    }
+
+    /// Makes every event added since the last commit durable, or loses them all (see
+    /// [`Evidence::add`]). Returns how far the spool is durable.
+    pub fn commit(&mut self) -> Durable {
+        if self.uncommitted.is_some() {
+            match self.spool.sync() {
+                Ok(()) => {
+                    self.uncommitted = None;
+                    if std::mem::take(&mut self.failing) {
+                        info!("the spool writes again; what it lost is chained as a gap");
+                    }
+                }
+                Err(error) => self.fail(&error),
+            }
+        }
+        self.durable()
+    }
+
+    /// Whether events were added since the last commit.
+    #[must_use]
+    pub fn uncommitted(&self) -> bool {
+        self.uncommitted.is_some()
+    }
+
+    /// Undoes everything added since the last commit, after `error`, and counts it lost.
+    fn fail(&mut self, error: &SpoolError) {
+        let Some(Uncommitted {
+            mark,
+            events,
+            bytes,
+        }) = self.uncommitted.take()
+        else {
+            return;
         };
-        let written = self.append(events).and_then(|()| self.spool.sync());
-        if let Err(error) = written {
-            if !std::mem::replace(&mut self.failing, true) {
-                warn!(%error, "cannot write the spool: events are counted as lost until it can");
-            }
-            self.chain = mark.chain.clone();
-            (self.refused, self.refused_total) = (mark.refused, mark.refused_total);
-            self.refuse_all(events);
-            let durable = mark.durable.clone();
-            if let Err(error) = self.spool.rollback(&mark.durable, mark.total) {
-                warn!(%error, "the spool cannot be cut back to its last durable record yet");
-                self.undo = Some(mark);
-            }
-            return durable;
+        if !std::mem::replace(&mut self.failing, true) {
+            warn!(%error, "cannot write the spool: events are counted as lost until it can");
         }
-        if std::mem::take(&mut self.failing) {
-            info!("the spool writes again; what it lost is chained as a gap");
+        self.chain = mark.chain.clone();
+        self.refused = (mark.refused.0 + events, mark.refused.1 + bytes);
+        self.refused_total = mark.refused_total + events;
+        if let Err(error) = self.spool.rollback(&mark.durable, mark.total) {
+            warn!(%error, "the spool cannot be cut back to its last durable record yet");
+            self.undo = Some(mark);
         }
-        self.spool.durable()
     }
 
     /// Chains and appends a batch, handing it to the kernel but not yet durable: with
@@ -219,10 +273,14 @@ impl Evidence {
         Ok(self.spool.durable())
     }
 
-    /// How far the spool is durable.
+    /// How far the spool is durable: while events are uncommitted, or a failed write is
+    /// still to be undone, where it was before them.
     #[must_use]
     pub fn durable(&self) -> Durable {
-        self.spool.durable()
+        match (&self.uncommitted, &self.undo) {
+            (Some(Uncommitted { mark, .. }), _) | (None, Some(mark)) => mark.durable.clone(),
+            (None, None) => self.spool.durable(),
+        }
     }
 
     /// Bytes the spool holds.
@@ -384,6 +442,28 @@ mod tests {
             "{records:?}"
         );
         assert_eq!(records.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Batches added between two commits are durable together, and the ship stage is never
+    /// told of a byte before its sync: `durable` stays where the last commit left it.
+    #[test]
+    fn added_batches_are_reported_durable_only_once_committed() {
+        let dir = std::env::temp_dir().join(format!("evidence-commit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut evidence = Evidence::open(&dir, 1 << 20, "test-host", "test").unwrap();
+        let before = evidence.durable();
+        evidence.add(&[v1::Event::default()]);
+        evidence.add(&[v1::Event::default(), v1::Event::default()]);
+        assert!(evidence.uncommitted());
+        assert_eq!(evidence.durable(), before);
+        let after = evidence.commit();
+        assert!(!evidence.uncommitted());
+        assert_eq!(after, evidence.durable());
+        let bytes = std::fs::read(&after.segment).unwrap();
+        assert_eq!(bytes.len() as u64, after.len);
+        let (records, _) = spool::read_frames(&bytes.into());
+        assert_eq!(records.len(), 4, "the chain start and the three events");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
