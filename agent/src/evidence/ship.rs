@@ -502,9 +502,14 @@ enum Read {
 
 impl Cursor {
     fn read(&mut self, dir: &Path, durable: &Durable) -> anyhow::Result<Read> {
-        let segments = spool::segments(dir).context("listing the spool")?;
-        let Some(segment) = self.segment.clone().or_else(|| segments.first().cloned()) else {
-            return Ok(Read::CaughtUp);
+        // The directory is listed only to find where to begin and where to go on: each
+        // read while records flow would otherwise list it again.
+        let segment = match self.segment.clone() {
+            Some(segment) => segment,
+            None => match spool::segments(dir).context("listing the spool")?.first() {
+                Some(first) => first.clone(),
+                None => return Ok(Read::CaughtUp),
+            },
         };
         let active = segment == durable.segment;
         let end = if active {
@@ -544,6 +549,7 @@ impl Cursor {
             return Ok(Read::CaughtUp);
         }
         // A sealed segment, read to its end: move on to the one after it, once there is one.
+        let segments = spool::segments(dir).context("listing the spool")?;
         let Some(following) = segments.iter().find(|s| **s > segment).cloned() else {
             self.segment = Some(segment);
             return Ok(Read::CaughtUp);
