@@ -398,6 +398,38 @@ mod tests {
         }
     }
 
+    /// A successful exec of `filename`, by a process already gone.
+    fn exec_of(filename: &str, executable: Option<ResolvedPath>, image: Image) -> Event {
+        Event {
+            ktime_ns: 0,
+            process: None,
+            body: Body::Exec {
+                filename: filename.into(),
+                filename_truncated: false,
+                argv: Vec::new(),
+                argv_truncated: false,
+                argv_unreadable: false,
+                result: 0,
+                tried: Vec::new(),
+                cwd: None,
+                executable,
+                interpreter: None,
+                image: Some(image),
+            },
+        }
+    }
+
+    /// The digest the first event carries: an exec's, or the reader's own event's.
+    fn digest_of(events: &[Event]) -> Option<Digest> {
+        match &events[0].body {
+            Body::Exec {
+                image: Some(image), ..
+            }
+            | Body::ImageDigest(image) => image.digest,
+            _ => None,
+        }
+    }
+
     fn sha(bytes: &[u8]) -> [u8; 32] {
         Sha256::digest(bytes).into()
     }
@@ -449,30 +481,7 @@ mod tests {
         let dir = Dir::new("reader");
         let path = dir.0.join("prog");
         std::fs::write(&path, b"#!\n").unwrap();
-        let exec = |image: Image| Event {
-            ktime_ns: 0,
-            process: None,
-            body: Body::Exec {
-                filename: path.to_str().unwrap().into(),
-                filename_truncated: false,
-                argv: Vec::new(),
-                argv_truncated: false,
-                argv_unreadable: false,
-                result: 0,
-                tried: Vec::new(),
-                cwd: None,
-                executable: None,
-                interpreter: None,
-                image: Some(image),
-            },
-        };
-        let digest_of = |events: &[Event]| match &events[0].body {
-            Body::Exec {
-                image: Some(image), ..
-            }
-            | Body::ImageDigest(image) => image.digest,
-            _ => None,
-        };
+        let exec = |image: Image| exec_of(path.to_str().unwrap(), None, image);
         let (out, mut digests) = mpsc::channel(4);
         let mut images = Images::start(out).unwrap();
         let mut events = [exec(image_of(&path))];
@@ -522,29 +531,7 @@ mod tests {
             deleted,
             unreachable: false,
         };
-        let exec = |filename: &str, executable: ResolvedPath| Event {
-            ktime_ns: 0,
-            process: None,
-            body: Body::Exec {
-                filename: filename.into(),
-                filename_truncated: false,
-                argv: Vec::new(),
-                argv_truncated: false,
-                argv_unreadable: false,
-                result: 0,
-                tried: Vec::new(),
-                cwd: None,
-                executable: Some(executable),
-                interpreter: None,
-                image: Some(image),
-            },
-        };
-        let digest_of = |events: &[Event]| match &events[0].body {
-            Body::Exec {
-                image: Some(image), ..
-            } => image.digest,
-            _ => None,
-        };
+        let exec = |filename: &str, executable| exec_of(filename, Some(executable), image);
         // What opening by those names would find: another file.
         assert_eq!(
             open(None, &by_descriptor, &image.key()).err(),
