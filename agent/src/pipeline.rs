@@ -187,13 +187,13 @@ pub fn spawn(
         }
         durable_tx
     });
-    let evidence = EvidenceStage {
-        stdout: sinks.stdout,
-        evidence: sinks.evidence,
+    let evidence = EvidenceStage::new(
+        sinks.stdout,
+        sinks.evidence,
         durable,
-        health: Arc::clone(health),
-        stop_reason: sinks.stop_reason,
-    };
+        Arc::clone(health),
+        sinks.stop_reason,
+    );
     stages.spawn(
         evidence
             .run(modelled_rx, agent_events_rx, enforcer_done_rx, trims_rx)
@@ -286,9 +286,28 @@ struct EvidenceStage {
     durable: Option<watch::Sender<crate::evidence::spool::Durable>>,
     health: Arc<Health>,
     stop_reason: Arc<OnceLock<&'static str>>,
+    /// When the spool was last made durable.
+    committed: Instant,
 }
 
 impl EvidenceStage {
+    fn new(
+        stdout: Option<Stdout>,
+        evidence: Option<Evidence>,
+        durable: Option<watch::Sender<crate::evidence::spool::Durable>>,
+        health: Arc<Health>,
+        stop_reason: Arc<OnceLock<&'static str>>,
+    ) -> Self {
+        Self {
+            stdout,
+            evidence,
+            durable,
+            health,
+            stop_reason,
+            committed: Instant::now(),
+        }
+    }
+
     async fn run(
         mut self,
         mut modelled: mpsc::Receiver<Vec<v1::Event>>,
@@ -301,14 +320,12 @@ impl EvidenceStage {
         let mut enforcer_running = true;
         // When the events added since the last commit are to be made durable.
         let mut commit_at: Option<Instant> = None;
-        let mut committed = Instant::now();
         while pipeline_open || enforcer_running {
             let events = tokio::select! {
                 () = tokio::time::sleep_until(commit_at.unwrap_or_else(Instant::now)),
                     if commit_at.is_some() =>
                 {
                     commit_at = None;
-                    committed = Instant::now();
                     block_in_place(|| self.commit());
                     continue;
                 }
@@ -339,9 +356,8 @@ impl EvidenceStage {
             // than `COMMIT_EVERY` wait for it and share one sync, one shipped batch and the
             // collector's one commit, instead of one each per drain of the rings.
             if commit_at.is_none() && self.evidence.as_ref().is_some_and(Evidence::uncommitted) {
-                let due = committed + COMMIT_EVERY;
+                let due = self.committed + COMMIT_EVERY;
                 if Instant::now() >= due {
-                    committed = Instant::now();
                     block_in_place(|| self.commit());
                 } else {
                     commit_at = Some(due);
@@ -375,6 +391,7 @@ impl EvidenceStage {
 
     /// Makes what was written durable, and tells the ship stage how far the spool now is.
     fn commit(&mut self) {
+        self.committed = Instant::now();
         if let Some(evidence) = &mut self.evidence {
             let durable = evidence.commit();
             if let Some(tx) = &self.durable {

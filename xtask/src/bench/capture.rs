@@ -135,7 +135,6 @@ fn thread_cpu() -> Duration {
 pub fn run(runs: usize) -> anyhow::Result<()> {
     require_root("capture")?;
     use_release_binaries();
-    let release = tests::workspace_root().join("target/release/agent");
     // The deployed mode's collector shares this machine's two cores with the workload and
     // the agent: its ingest is part of what the row costs, as it would be for a collector
     // on the host it records (one elsewhere costs the host only the agent's sending).
@@ -146,7 +145,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         out,
         "capture benchmark: {runs} runs per mode, detached and attached alternating; times are \
          min/median/max, the slowdown is of the medians; agent = {}",
-        release.display()
+        tests::agent::binary().display()
     )?;
     writeln!(
         out,
