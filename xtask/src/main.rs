@@ -95,6 +95,14 @@ enum Task {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// One timed loop of a syscall, for `bench enforce`: run in a process of its own, so the
+    /// bench's own threads (which read the agent's and the collector's output) neither share
+    /// its CPU time nor move it between CPUs.
+    #[command(hide = true)]
+    SyscallLoop {
+        #[arg(value_enum)]
+        call: bench::Call,
+    },
 }
 
 /// Arguments for the operators' client (`operator/`), passed through as they are; its
@@ -177,6 +185,10 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             build_binaries(&["--release"])?;
             bench::run(&which)
+        }
+        Task::SyscallLoop { call } => {
+            bench::syscall_loop(call);
+            Ok(())
         }
     }
 }

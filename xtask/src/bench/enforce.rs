@@ -7,12 +7,15 @@
 //! agent killed once the grants are in place: what the pinned program and the reaper do
 //! alone.
 //!
-//! Cost: a loop of `getppid` syscalls, timed with no agent, with the agent attached and its
-//! deny maps empty (the check reads one flag), and with them populated (after the latency
-//! run: the check looks the caller's session and cgroup up). Runs alternate so drift in
-//! this shared machine's speed lands on every side. Beside it, with no agent and with one,
-//! a loop of `ioctl(TCGETS)` on a terminal: what the terminal sensor's `ioctl` program
-//! (which records only `TIOCSWINSZ`) costs every other ioctl.
+//! Cost: a loop of `getppid` syscalls, timed with no agent, with the agent running and its
+//! deny maps empty (the enforcement program not attached: what the capture sensors' syscall
+//! tracepoints cost a syscall none of them records), and with them populated (after the
+//! latency run: the check looks the caller's session and cgroup up). Runs alternate so
+//! drift in this shared machine's speed lands on every side. Beside it, with no agent and
+//! with one, a loop of `ioctl(TCGETS)` on a terminal: what the terminal sensor's `ioctl`
+//! program (which records only `TIOCSWINSZ`) costs every other ioctl. Each loop runs in a
+//! fresh process, as any other program on the host would: timed inside this one, it shared
+//! the process with the threads that read the agent's and the collector's output.
 
 use std::{
     fs,
@@ -52,22 +55,21 @@ pub fn run(trials: usize) -> anyhow::Result<()> {
     };
     let (mut detached, mut empty, mut populated) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ioctl_detached, mut ioctl_attached) = (Vec::new(), Vec::new());
-    let terminal = tests::pty::Pty::open();
     // Empty maps before and after the populated phase, and no agent around both: drift in
     // this machine's speed lands on every side.
-    detached.extend((0..RUNS).map(|_| syscall_loop()));
-    ioctl_detached.extend((0..RUNS).map(|_| ioctl_loop(&terminal)));
+    detached.extend(runs(Call::Getppid)?);
+    ioctl_detached.extend(runs(Call::Tcgets)?);
     let agent = start_agent()?;
-    empty.extend((0..RUNS).map(|_| syscall_loop()));
-    ioctl_attached.extend((0..RUNS).map(|_| ioctl_loop(&terminal)));
+    empty.extend(runs(Call::Getppid)?);
+    ioctl_attached.extend(runs(Call::Tcgets)?);
     let latencies = expiry_to_death(&agent, &url, trials)?;
-    populated.extend((0..RUNS).map(|_| syscall_loop()));
+    populated.extend(runs(Call::Getppid)?);
     stop(agent)?;
-    detached.extend((0..RUNS).map(|_| syscall_loop()));
-    ioctl_detached.extend((0..RUNS).map(|_| ioctl_loop(&terminal)));
+    detached.extend(runs(Call::Getppid)?);
+    ioctl_detached.extend(runs(Call::Tcgets)?);
     let agent = start_agent()?;
-    empty.extend((0..RUNS).map(|_| syscall_loop()));
-    ioctl_attached.extend((0..RUNS).map(|_| ioctl_loop(&terminal)));
+    empty.extend(runs(Call::Getppid)?);
+    ioctl_attached.extend(runs(Call::Tcgets)?);
     stop(agent)?;
     // The agent killed once every grant is in place: the pinned program and the reaper
     // alone.
@@ -88,6 +90,25 @@ pub fn run(trials: usize) -> anyhow::Result<()> {
         percentile_line(orphaned)
     );
     let per_call = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(SYSCALLS);
+    for (phase, runs) in [
+        ("getppid, no agent", &detached),
+        ("getppid, agent, deny maps empty", &empty),
+        ("getppid, agent, deny maps populated", &populated),
+        ("ioctl(TCGETS), no agent", &ioctl_detached),
+        ("ioctl(TCGETS), agent", &ioctl_attached),
+    ] {
+        let (min, max) = (runs.iter().min(), runs.iter().max());
+        let (min, max) = (
+            min.copied().unwrap_or_default(),
+            max.copied().unwrap_or_default(),
+        );
+        println!(
+            "{phase}: {} runs, min {:.1}, max {:.1} ns/call",
+            runs.len(),
+            per_call(min),
+            per_call(max)
+        );
+    }
     let base = per_call(median(detached));
     let (empty, populated) = (per_call(median(empty)), per_call(median(populated)));
     println!(
@@ -128,26 +149,64 @@ fn stop(agent: Agent) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn syscall_loop() -> Duration {
-    let start = Instant::now();
-    for _ in 0..SYSCALLS {
-        // SAFETY: no arguments, no side effects.
-        std::hint::black_box(unsafe { libc::getppid() });
-    }
-    start.elapsed()
+/// A syscall the cost loop times.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Call {
+    /// `getppid`: a syscall no sensor records.
+    Getppid,
+    /// `ioctl(TCGETS)` on a terminal: an ioctl the terminal sensor looks at and passes.
+    Tcgets,
 }
 
-fn ioctl_loop(terminal: &tests::pty::Pty) -> Duration {
-    use std::os::fd::AsRawFd as _;
-    let fd = terminal.master.as_raw_fd();
-    // SAFETY: a termios the kernel fills.
-    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
-    let start = Instant::now();
-    for _ in 0..SYSCALLS {
-        // SAFETY: a valid terminal fd and termios.
-        std::hint::black_box(unsafe { libc::ioctl(fd, libc::TCGETS, &raw mut termios) });
-    }
-    start.elapsed()
+/// `RUNS` timings of `call`, each in a fresh process.
+fn runs(call: Call) -> anyhow::Result<Vec<Duration>> {
+    (0..RUNS).map(|_| timed(call)).collect()
+}
+
+/// Times `SYSCALLS` calls of `call` in a child process (`cargo xtask syscall-loop`).
+fn timed(call: Call) -> anyhow::Result<Duration> {
+    let name = match call {
+        Call::Getppid => "getppid",
+        Call::Tcgets => "tcgets",
+    };
+    let out = Command::new(std::env::current_exe()?)
+        .args(["syscall-loop", name])
+        .stderr(Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "syscall-loop {name}: {}", out.status);
+    let nanos: u64 = String::from_utf8(out.stdout)?
+        .trim()
+        .parse()
+        .context("syscall-loop's output")?;
+    Ok(Duration::from_nanos(nanos))
+}
+
+/// The child's side of [`timed`]: prints the loop's nanoseconds.
+pub fn syscall_loop(call: Call) {
+    let elapsed = match call {
+        Call::Getppid => {
+            let start = Instant::now();
+            for _ in 0..SYSCALLS {
+                // SAFETY: no arguments, no side effects.
+                std::hint::black_box(unsafe { libc::getppid() });
+            }
+            start.elapsed()
+        }
+        Call::Tcgets => {
+            use std::os::fd::AsRawFd as _;
+            let terminal = tests::pty::Pty::open();
+            let fd = terminal.master.as_raw_fd();
+            // SAFETY: a termios the kernel fills.
+            let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+            let start = Instant::now();
+            for _ in 0..SYSCALLS {
+                // SAFETY: a valid terminal fd and termios.
+                std::hint::black_box(unsafe { libc::ioctl(fd, libc::TCGETS, &raw mut termios) });
+            }
+            start.elapsed()
+        }
+    };
+    println!("{}", elapsed.as_nanos());
 }
 
 /// One process under a grant that will end; killed if the benchmark fails first.

@@ -5,6 +5,8 @@ mod capture;
 mod collector;
 mod enforce;
 
+pub use enforce::{Call, syscall_loop};
+
 use std::time::Duration;
 
 use clap::Subcommand;
