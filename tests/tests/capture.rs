@@ -6,13 +6,13 @@ use std::{
     io::Write as _,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use tests::{
     Mount, Scratch, TestCgroup,
-    agent::{Agent, LOSSY, binary, lost, tty_data},
+    agent::{Agent, LOSSY, Sink, binary, lost, tty_data},
     block_pattern, marker, privileged,
     pty::{Pty, in_new_session, set_window},
     with_loginuid,
@@ -259,6 +259,64 @@ fn ring_buffer_loss_is_counted_exactly() {
         (lost_records, lost_bytes),
         (missing, missing * 4096),
         "gaps account for exactly the missing blocks"
+    );
+}
+
+/// A flood of 64-byte terminal writes is drained once per interval, or when the backlog
+/// passes the kernel's wakeup threshold, never a record or two at a time: a ring buffer
+/// polls readable while it holds a byte, and a reader that waited on that handed the decode
+/// stage one tiny batch after another until its channel was full and it dropped records.
+/// With the threshold at half the ring, nothing is lost.
+#[test]
+fn a_small_write_flood_is_drained_in_batches_not_per_record() {
+    const INTERVAL_MS: u128 = 500;
+    const WAKEUP: usize = 8 << 20;
+    const WRITE: usize = 64;
+    const TOTAL: usize = 8 << 20;
+    if !privileged("a_small_write_flood_is_drained_in_batches_not_per_record") {
+        return;
+    }
+    let started = Instant::now();
+    let agent = Agent::start_with(
+        Sink::Discard,
+        &[
+            "--drain-ms",
+            &INTERVAL_MS.to_string(),
+            "--wakeup-bytes",
+            &WAKEUP.to_string(),
+        ],
+    );
+    let mut pty = Pty::open();
+    let drain = pty.drain_master();
+    let slave = fs::File::from(pty.take_slave());
+    let block = [b'x'; WRITE];
+    for _ in 0..TOTAL / WRITE {
+        (&slave).write_all(&block).unwrap();
+    }
+    drop(slave);
+    assert_eq!(
+        drain.join().unwrap(),
+        TOTAL as u64,
+        "the pty carried every byte"
+    );
+    let out = agent.stop();
+    let elapsed = started.elapsed().as_millis();
+    let total = |key| out.total(key).unwrap_or_else(|| panic!("no {key} total"));
+    assert!(
+        total("tty_bytes") >= TOTAL as u64 && total("lost_records") == 0,
+        "every byte captured, none lost: {}",
+        out.stderr
+    );
+    // One drain per interval; past that, one per wakeup at the threshold (these records
+    // are under 256 bytes each) and per full 4 MiB batch.
+    let record_bytes = (TOTAL / WRITE * 256) as u128;
+    let bound =
+        elapsed / INTERVAL_MS + record_bytes / WAKEUP as u128 + record_bytes / (4 << 20) + 4;
+    let batches = u128::from(total("batches"));
+    assert!(
+        batches <= bound,
+        "{batches} batches in {elapsed} ms of {TOTAL} bytes in {WRITE}-byte writes: more than \
+         one per {INTERVAL_MS} ms interval and per wakeup ({bound})"
     );
 }
 

@@ -1,7 +1,10 @@
 //! The reader stage: drains the kernel ring buffer in batches and turns loss-counter
 //! increases into gap events. Submits normally do not wake this thread (see `emit.rs` in
-//! agent-ebpf); it polls with a short timeout and drains whatever accumulated, and the
-//! kernel forces a wakeup only when the backlog passes a threshold.
+//! agent-ebpf); it waits with a short timeout and drains whatever accumulated, and the
+//! kernel forces a wakeup only when the backlog passes a threshold. The wait is on the
+//! kernel's wakeups alone (edge-triggered epoll): a ring buffer polls readable whenever it
+//! holds a byte, so a level-triggered wait returned at once under a flood and the reader
+//! handed on a tiny batch per record or two, filling the decode stage's channel with them.
 //!
 //! This is the pipeline's one drop point. When the next stage's bounded channel is full,
 //! the batch is dropped here and counted by record kind; the counts travel as `Pipeline`
@@ -9,7 +12,7 @@
 //! buffer from filling, so the kernel keeps submitting the records that follow.
 
 use std::{
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -180,6 +183,8 @@ pub enum ReaderError {
         name: &'static str,
         source: MapError,
     },
+    #[error("epoll: {0}")]
+    Epoll(std::io::Error),
 }
 
 pub struct Reader {
@@ -193,6 +198,8 @@ pub struct Reader {
     loss: PerCpuArray<MapData, LossCounters>,
     seen: LossCounters,
     interval: Duration,
+    /// The three rings, edge-triggered: ready only when the kernel wakes a reader.
+    epoll: OwnedFd,
 }
 
 impl Reader {
@@ -214,6 +221,8 @@ impl Reader {
             name: LOSS_MAP,
             source,
         })?;
+        let epoll = edge_triggered(&[ring.as_raw_fd(), control.as_raw_fd(), kills.as_raw_fd()])
+            .map_err(ReaderError::Epoll)?;
         Ok(Self {
             ring,
             control,
@@ -221,6 +230,7 @@ impl Reader {
             loss,
             seen: LossCounters::default(),
             interval,
+            epoll,
         })
     }
 
@@ -258,20 +268,14 @@ impl Reader {
         }
     }
 
+    /// Until the kernel wakes a reader (a kill, or a backlog past the threshold) or the
+    /// interval passes.
     fn wait(&self) {
-        let pollfd = |fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let mut fds = [
-            pollfd(self.ring.as_raw_fd()),
-            pollfd(self.control.as_raw_fd()),
-            pollfd(self.kills.as_raw_fd()),
-        ];
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 3];
         let timeout = i32::try_from(self.interval.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: valid pollfds, their count. EINTR and timeouts both just lead to a drain.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        // SAFETY: a valid epoll fd, and room for as many events as it watches. EINTR and
+        // timeouts both just lead to a drain.
+        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 3, timeout) };
     }
 
     fn drain(&mut self) -> Result<Batch, ReaderError> {
@@ -326,4 +330,28 @@ impl Reader {
         self.seen = total;
         Ok(gaps)
     }
+}
+
+/// An epoll instance watching `fds` for the wakeups their producers send.
+fn edge_triggered(fds: &[i32]) -> std::io::Result<OwnedFd> {
+    // SAFETY: no pointers; the result is checked.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epoll < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+    for &fd in fds {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET).cast_unsigned(),
+            u64: 0,
+        };
+        // SAFETY: valid fds and event.
+        if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &raw mut event) }
+            < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(epoll)
 }

@@ -18,6 +18,8 @@ use tracing::{info, warn};
 
 #[derive(Debug, Default)]
 pub struct Health {
+    /// Batches of kernel records the reader handed on: one per drain that found any.
+    pub batches: AtomicU64,
     pub events: AtomicU64,
     pub tty_bytes: AtomicU64,
     pub lost_records: AtomicU64,
@@ -30,8 +32,14 @@ pub struct Health {
 type Metric = (&'static str, &'static str, &'static str, u64);
 
 impl Health {
-    fn metrics(&self) -> [Metric; 6] {
+    fn metrics(&self) -> [Metric; 7] {
         [
+            (
+                "recorder_batches_total",
+                "counter",
+                "Drains of the kernel's ring buffers that found records.",
+                self.batches.load(Relaxed),
+            ),
             (
                 "recorder_events_total",
                 "counter",
@@ -74,6 +82,7 @@ impl Health {
     /// Logs what was delivered and what is known lost, at the end.
     pub fn log_totals(&self) {
         info!(
+            batches = self.batches.load(Relaxed),
             events = self.events.load(Relaxed),
             tty_bytes = self.tty_bytes.load(Relaxed),
             lost_records = self.lost_records.load(Relaxed),
@@ -404,6 +413,6 @@ mod tests {
         let text = health.exposition();
         assert!(text.contains("# TYPE recorder_events_total counter\nrecorder_events_total 7\n"));
         assert!(text.contains("# TYPE recorder_spool_bytes gauge\nrecorder_spool_bytes 0\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 6);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 7);
     }
 }

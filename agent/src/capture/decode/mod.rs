@@ -35,6 +35,7 @@ pub struct Decoded {
 #[must_use]
 pub fn process(batch: Batch, health: &Health) -> Decoded {
     let _span = debug_span!("batch", bytes = batch.len_bytes()).entered();
+    health.batches.fetch_add(1, Relaxed);
     let mut out = Decoded {
         events: Vec::with_capacity(batch.len_records() + batch.gaps.len()),
         kills: Vec::new(),
