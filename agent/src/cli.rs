@@ -98,8 +98,10 @@ pub struct Cli {
     #[arg(long)]
     pub record_no_echo_input: bool,
 
-    /// How often the reader drains the ring buffer when not woken, in milliseconds.
-    #[arg(long, default_value_t = 2)]
+    /// How often the reader drains the ring buffer when not woken, in milliseconds, while
+    /// events flow; after drains that find nothing, the wait doubles up to 32 ms. 1 to
+    /// 60000.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub drain_ms: u64,
 
     /// Serve health counters in Prometheus text format at `http://ADDR/metrics` (for example

@@ -320,6 +320,45 @@ fn a_small_write_flood_is_drained_in_batches_not_per_record() {
     );
 }
 
+/// An idle agent does not wake at every drain interval: after drains that find nothing, its
+/// reader's wait doubles up to 32 ms, so it sleeps about 30 times a second, not 500. Each
+/// drain that finds records (other activity on this host) starts it over at the interval,
+/// so the bound allows a ramp of empty drains after each.
+#[test]
+fn an_idle_reader_backs_off() {
+    if !privileged("an_idle_reader_backs_off") {
+        return;
+    }
+    let started = Instant::now();
+    let agent = Agent::start_with(Sink::Discard, &[]);
+    let task = fs::read_dir(format!("/proc/{}/task", agent.pid()))
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .find(|t| fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "reader"))
+        .expect("the agent's reader thread");
+    std::thread::sleep(Duration::from_secs(3));
+    // Each wait of the reader is one voluntary switch: it blocks nowhere else.
+    let waits: u64 = fs::read_to_string(task.join("status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .expect("voluntary_ctxt_switches")
+        .trim()
+        .parse()
+        .unwrap();
+    let elapsed = started.elapsed().as_millis();
+    let out = agent.stop();
+    let batches = u128::from(out.total("batches").expect("batches total"));
+    let empty = u128::from(waits).saturating_sub(batches);
+    // 2 + 4 + 8 + 16 ms of empty drains before the wait reaches 32 ms again.
+    let bound = elapsed / 32 + 4 * batches + 16;
+    assert!(
+        empty <= bound,
+        "{empty} empty drains ({waits} waits, {batches} batches) in {elapsed} ms: more than \
+         one per 32 ms and a ramp per batch ({bound})"
+    );
+}
+
 /// Bytes written to a pty master are typed input of the session on its slave.
 #[test]
 fn pty_master_writes_are_tty_input_of_that_session() {
