@@ -284,11 +284,14 @@ impl Reader {
     /// Until the kernel wakes a reader (a kill, or a backlog past the threshold) or
     /// `timeout` passes.
     fn wait(&self, timeout: Duration) {
+        // One event per ring it watches; which ones fired does not matter, every drain
+        // reads all three.
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 3];
+        let room = i32::try_from(events.len()).unwrap_or(1);
         let timeout = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: a valid epoll fd, and room for as many events as it watches. EINTR and
-        // timeouts both just lead to a drain.
-        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 3, timeout) };
+        // SAFETY: a valid epoll fd, and `room` events at `events`. EINTR and timeouts both
+        // just lead to a drain.
+        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), room, timeout) };
     }
 
     fn drain(&mut self) -> Result<Batch, ReaderError> {

@@ -20,7 +20,7 @@ use tests::{
     pty::Pty,
 };
 
-use super::{median, require_root, use_release_binaries};
+use super::{median, require_root, spread, use_release_binaries};
 
 struct Workload {
     name: &'static str,
@@ -406,12 +406,6 @@ fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_nanos(
         (ticks(11)? + ticks(12)?).saturating_mul(1_000_000_000 / hz),
     ))
-}
-
-/// Min, median and max of a row's runs.
-fn spread(mut runs: Vec<Duration>) -> [Duration; 3] {
-    runs.sort();
-    [runs[0], runs[runs.len() / 2], runs[runs.len() - 1]]
 }
 
 /// The exec loop under auditd as its users record execs (a syscall rule on `execve` and

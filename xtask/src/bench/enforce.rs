@@ -31,7 +31,7 @@ use tests::{
     marker, operator,
 };
 
-use super::{median, percentile_line, require_root, use_release_binaries};
+use super::{percentile_line, require_root, spread, use_release_binaries};
 
 const SYSCALLS: u32 = 2_000_000;
 const RUNS: usize = 5;
@@ -90,27 +90,20 @@ pub fn run(trials: usize) -> anyhow::Result<()> {
         percentile_line(orphaned)
     );
     let per_call = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(SYSCALLS);
-    for (phase, runs) in [
-        ("getppid, no agent", &detached),
-        ("getppid, agent, deny maps empty", &empty),
-        ("getppid, agent, deny maps populated", &populated),
-        ("ioctl(TCGETS), no agent", &ioctl_detached),
-        ("ioctl(TCGETS), agent", &ioctl_attached),
-    ] {
-        let (min, max) = (runs.iter().min(), runs.iter().max());
-        let (min, max) = (
-            min.copied().unwrap_or_default(),
-            max.copied().unwrap_or_default(),
-        );
-        println!(
-            "{phase}: {} runs, min {:.1}, max {:.1} ns/call",
-            runs.len(),
-            per_call(min),
-            per_call(max)
-        );
+    let mut medians = [0.0; 5];
+    for (median, (phase, runs)) in medians.iter_mut().zip([
+        ("getppid, no agent", detached),
+        ("getppid, agent, deny maps empty", empty),
+        ("getppid, agent, deny maps populated", populated),
+        ("ioctl(TCGETS), no agent", ioctl_detached),
+        ("ioctl(TCGETS), agent", ioctl_attached),
+    ]) {
+        let count = runs.len();
+        let [min, mid, max] = spread(runs).map(per_call);
+        *median = mid;
+        println!("{phase}: {count} runs, min {min:.1}, max {max:.1} ns/call");
     }
-    let base = per_call(median(detached));
-    let (empty, populated) = (per_call(median(empty)), per_call(median(populated)));
+    let [base, empty, populated, ioctl_base, ioctl_agent] = medians;
     println!(
         "getppid, {SYSCALLS} calls, medians: no agent {base:.1} ns/call; \
          agent, deny maps empty {empty:.1} ns/call (+{:.1}); \
@@ -120,10 +113,6 @@ pub fn run(trials: usize) -> anyhow::Result<()> {
         populated - base,
         populated - empty,
         (populated - base) / (empty - base).max(f64::MIN_POSITIVE),
-    );
-    let (ioctl_base, ioctl_agent) = (
-        per_call(median(ioctl_detached)),
-        per_call(median(ioctl_attached)),
     );
     println!(
         "ioctl(TCGETS) on a terminal, {SYSCALLS} calls, medians: no agent {ioctl_base:.1} \
@@ -165,10 +154,8 @@ fn runs(call: Call) -> anyhow::Result<Vec<Duration>> {
 
 /// Times `SYSCALLS` calls of `call` in a child process (`cargo xtask syscall-loop`).
 fn timed(call: Call) -> anyhow::Result<Duration> {
-    let name = match call {
-        Call::Getppid => "getppid",
-        Call::Tcgets => "tcgets",
-    };
+    let value = clap::ValueEnum::to_possible_value(&call).context("a syscall-loop name")?;
+    let name = value.get_name();
     let out = Command::new(std::env::current_exe()?)
         .args(["syscall-loop", name])
         .stderr(Stdio::inherit())
@@ -183,27 +170,25 @@ fn timed(call: Call) -> anyhow::Result<Duration> {
 
 /// The child's side of [`timed`]: prints the loop's nanoseconds.
 pub fn syscall_loop(call: Call) {
-    let elapsed = match call {
-        Call::Getppid => {
-            let start = Instant::now();
-            for _ in 0..SYSCALLS {
-                // SAFETY: no arguments, no side effects.
-                std::hint::black_box(unsafe { libc::getppid() });
-            }
-            start.elapsed()
+    /// `SYSCALLS` calls, timed; generic so each call is inlined into its loop.
+    fn times(mut syscall: impl FnMut() -> i32) -> Duration {
+        let start = Instant::now();
+        for _ in 0..SYSCALLS {
+            std::hint::black_box(syscall());
         }
+        start.elapsed()
+    }
+    let elapsed = match call {
+        // SAFETY: no arguments, no side effects.
+        Call::Getppid => times(|| unsafe { libc::getppid() }),
         Call::Tcgets => {
             use std::os::fd::AsRawFd as _;
             let terminal = tests::pty::Pty::open();
             let fd = terminal.master.as_raw_fd();
             // SAFETY: a termios the kernel fills.
             let mut termios: libc::termios = unsafe { std::mem::zeroed() };
-            let start = Instant::now();
-            for _ in 0..SYSCALLS {
-                // SAFETY: a valid terminal fd and termios.
-                std::hint::black_box(unsafe { libc::ioctl(fd, libc::TCGETS, &raw mut termios) });
-            }
-            start.elapsed()
+            // SAFETY: a valid terminal fd and termios.
+            times(|| unsafe { libc::ioctl(fd, libc::TCGETS, &raw mut termios) })
         }
     };
     println!("{}", elapsed.as_nanos());

@@ -101,6 +101,12 @@ pub(super) fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Min, median and max of a benchmark's runs.
+pub(super) fn spread(mut runs: Vec<Duration>) -> [Duration; 3] {
+    runs.sort();
+    [runs[0], runs[runs.len() / 2], runs[runs.len() - 1]]
+}
+
 pub(super) fn require_root(bench: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     anyhow::ensure!(
