@@ -182,6 +182,17 @@ pub(crate) fn own_log(
     size: u64,
 ) -> Result<tlog::CompactRange, crate::store::StoreError> {
     let mut range = tlog::CompactRange::new();
+    extend_own_log(store, &mut range, size)?;
+    Ok(range)
+}
+
+/// Extends `range`, the collector's own log as far as it goes, with the stored records after
+/// it, up to `size` leaves.
+pub(crate) fn extend_own_log(
+    store: &dyn crate::store::Store,
+    range: &mut tlog::CompactRange,
+    size: u64,
+) -> Result<(), crate::store::StoreError> {
     while range.size() < size {
         let before = range.size();
         let want = usize::try_from(size - before)
@@ -200,5 +211,5 @@ pub(crate) fn own_log(
             break;
         }
     }
-    Ok(range)
+    Ok(())
 }

@@ -166,6 +166,12 @@ enum Request {
     },
     /// An event of the collector's own (an alert, a read of the evidence) to chain.
     Own(Box<Own>, Reply),
+    /// Re-read `host`'s chain heads and log from the store before a new stream of it is
+    /// welcomed: another collector on the same database may have stored its records since.
+    Refresh {
+        host: String,
+        reply: oneshot::Sender<Result<(), IngestError>>,
+    },
     /// Retention: prune `host`'s log of what is older than the cutoff.
     Prune {
         host: String,
@@ -285,6 +291,18 @@ impl WriterHandle {
         rx.await.map_err(|_| IngestError::Unavailable)?
     }
 
+    /// Makes the writer take `host`'s chain heads and log from the store (after every
+    /// commit queued before), so that what a new stream of the host is welcomed with is what
+    /// the writer judges its batches against, whichever collector stored them.
+    pub async fn refresh(&self, host: String) -> Result<(), IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Refresh { host, reply })
+            .await
+            .map_err(|_| IngestError::Unavailable)?;
+        rx.await.map_err(|_| IngestError::Unavailable)?
+    }
+
     /// Chains an event of the collector's own, and waits until it is durable.
     pub async fn record(&self, own: Own) -> Result<(), IngestError> {
         let (reply, rx) = oneshot::channel();
@@ -392,10 +410,14 @@ struct Group {
     records: usize,
     /// Chains refused as a copy's whose alert this group chains.
     copies_told: Vec<String>,
+    /// The collector's own events asked for alone (`Request::Own`), and who waits for each:
+    /// chained again on the fresh head when the group fails because another collector
+    /// moved that head.
+    owns: Vec<(Own, Reply)>,
 }
 
 /// An event the collector chains into its own chain, and the columns it is found by.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Own {
     kind: Kind,
     host: String,
@@ -475,13 +497,38 @@ impl Writer {
         tracing::debug!("writer stopped: every ingest stream has closed");
     }
 
+    /// Commits the group and answers everyone in it. The collector's own events asked for
+    /// alone are chained again and committed once more when the group failed: another
+    /// collector on the same database may have moved the collector's chain first.
     fn flush(&mut self, mut group: Group) {
+        let owns = std::mem::take(&mut group.owns);
+        let Err(error) = self.commit(group) else {
+            for (_, reply) in owns {
+                let _ = reply.send(Ok(0));
+            }
+            return;
+        };
+        let retried = if owns.is_empty() || matches!(error, StoreError::Full(_)) {
+            Err(error)
+        } else {
+            let mut again = Group::default();
+            for (own, _) in &owns {
+                self.chain_own(&mut again, own.clone());
+            }
+            self.commit(again)
+        };
+        for (_, reply) in owns {
+            let _ = reply.send(retried.clone().map(|()| 0).map_err(IngestError::from));
+        }
+    }
+
+    fn commit(&mut self, mut group: Group) -> Result<(), StoreError> {
         group.commit.logs = group.logs.iter().map(|(h, l)| l.row(h)).collect();
         if group.commit.is_empty() {
             for outcome in group.replies {
                 outcome.send(None);
             }
-            return;
+            return Ok(());
         }
         match self.store.commit(&group.commit) {
             Ok(last_row) => {
@@ -509,14 +556,60 @@ impl Writer {
                 }
                 // No tailer listening is not an error.
                 let _ = self.live.send(last_row);
+                Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "commit failed; nothing of this group is acknowledged");
+                if e.is_moved() {
+                    tracing::warn!(error = %e, "another collector on this database stored first; nothing of this group is acknowledged, and the store is read again");
+                } else {
+                    tracing::error!(error = %e, "commit failed; nothing of this group is acknowledged");
+                }
                 for outcome in group.replies {
                     outcome.send(Some(&e));
                 }
+                // What the writer holds of the chains and logs the group touched may be
+                // behind the store, when another collector wrote them first: read them again,
+                // so that the next commit is judged against what is stored.
+                if !matches!(e, StoreError::Full(_))
+                    && let Err(again) = self.reload(&group.commit)
+                {
+                    tracing::error!(error = %again, "cannot read the store's heads again");
+                }
+                Err(e)
             }
         }
+    }
+
+    /// Takes from the store the heads and logs of every host `commit` touched, and the
+    /// collector's own log past what the writer holds of it.
+    fn reload(&mut self, commit: &Commit) -> Result<(), StoreError> {
+        let hosts: HashSet<String> = commit
+            .appends
+            .iter()
+            .map(|a| a.chain_host.clone())
+            .chain(commit.logs.iter().map(|l| l.host.clone()))
+            .collect();
+        for host in hosts {
+            self.refresh(&host)?;
+        }
+        crate::witness::extend_own_log(self.store.as_ref(), &mut self.own, u64::MAX)
+    }
+
+    /// Takes `host`'s chain heads and log from the store: the collector's own chain when
+    /// `host` is `COLLECTOR_CHAIN`.
+    fn refresh(&mut self, host: &str) -> Result<(), StoreError> {
+        for chain in self.store.host_chains(host)? {
+            self.heads.insert(chain.chain_id.clone(), chain);
+        }
+        match self.store.log(host)? {
+            Some(row) => {
+                self.logs.insert(host.to_owned(), HostLog::from_row(&row)?);
+            }
+            None => {
+                self.logs.remove(host);
+            }
+        }
+        Ok(())
     }
 
     fn head(&self, group: &Group, chain_id: &str) -> Option<ChainState> {
@@ -571,8 +664,16 @@ impl Writer {
                 group.replies.push(Outcome::Admin(reply, result));
             }
             Request::Own(own, reply) => {
-                self.chain_own(group, *own);
-                group.replies.push(Outcome::Seq(reply, Ok(0)));
+                self.chain_own(group, (*own).clone());
+                group.owns.push((*own, reply));
+            }
+            Request::Refresh { host, reply } => {
+                if group.logs.contains_key(&host)
+                    || group.commit.appends.iter().any(|a| a.chain_host == host)
+                {
+                    return Err(Later(Request::Refresh { host, reply }));
+                }
+                let _ = reply.send(self.refresh(&host).map_err(IngestError::from));
             }
             Request::Prune {
                 host,

@@ -779,6 +779,45 @@ async fn a_restarted_collector_welcomes_with_the_stored_heads() {
     assert_eq!(verdict.records, 300);
 }
 
+/// Two collectors serving one store at once (docs/scaling.md): a host ships through one,
+/// then the other, then the first again, and every record is taken where the store stands,
+/// whatever the first collector held of it. Reads through each in turn are each chained
+/// into the collector's chain, which the other one has moved in between: none is refused.
+#[tokio::test]
+async fn two_collectors_on_one_store_take_turns_without_wedging() {
+    let dir = scratch_dir("collector-two");
+    let store = dir.join("c.db");
+    let first = Collector::start(&store);
+    let second = Collector::start(&store);
+    let chain = test_chain("host-a:boot:9", 300);
+    for (collector, range) in [(&first, 0..100), (&second, 100..200), (&first, 200..300)] {
+        let (mut agent, welcome) = Agent::connect(collector, HOST, &[chain.id.as_str()]).await;
+        assert_eq!(welcome.heads[0].next_seq, range.start as u64);
+        let last = agent
+            .ship(chain.batch(range.clone()))
+            .await
+            .map_err(|s| s.message().to_owned());
+        assert_eq!(last, Ok(range.end as u64 - 1), "records {range:?}");
+    }
+    for collector in [&first, &second, &first, &second] {
+        let stored = search_all(collector, chain_filter(), 1000).await;
+        assert_eq!(seqs(&stored), (0..300).collect::<Vec<u64>>());
+    }
+    for collector in [&first, &second] {
+        let report = verify_all(collector).await;
+        assert!(report.ok, "{report:?}");
+        let ours = report
+            .chains
+            .iter()
+            .find(|c| c.chain_id == chain.id)
+            .unwrap();
+        assert_eq!(ours.records, 300);
+        // Each found the collector's chain moved by the other, and chained its read again.
+        let log = collector.stderr();
+        assert!(log.contains("another writer moved it first"), "{log}");
+    }
+}
+
 /// A store of 1,000 records, stopped, for tampering with its chain (tests/tests/evidence.rs
 /// tampers with a signed log).
 async fn stored_chain(dir: &Path, chain: &Chain) -> std::path::PathBuf {

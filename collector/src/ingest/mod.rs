@@ -439,6 +439,11 @@ async fn read(mut inbound: Streaming<AgentMessage>, reader: Reader) {
             return fail(status).await;
         }
     }
+    // Another collector on the same database may have stored this host's records since the
+    // writer last read them: the batches of this stream are judged against the store.
+    if let Err(e) = writer.refresh(hello.host.clone()).await {
+        return fail(e.into()).await;
+    }
     let welcome = match welcome(&store, witness.as_deref(), &hello).await {
         Ok(w) => w,
         Err(e) => return fail(e.into()).await,

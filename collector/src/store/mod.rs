@@ -43,6 +43,33 @@ pub enum StoreError {
     Full(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
+/// A commit that found what it was to move already moved by another writer: another
+/// collector on the same database stored first. Nothing of the commit is kept.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: another writer moved it first; nothing was stored")]
+pub(crate) struct Moved(pub String);
+
+impl StoreError {
+    /// Whether the commit failed on a head or log another collector moved first.
+    pub(crate) fn is_moved(&self) -> bool {
+        matches!(self, Self::Backend(e) if e.downcast_ref::<Moved>().is_some())
+    }
+}
+
+impl Moved {
+    /// A chain whose head is already at or past `seq`.
+    pub(crate) fn chain(chain_id: &str, seq: u64) -> StoreError {
+        StoreError::Backend(Arc::new(Self(format!("chain {chain_id} at seq {seq}"))))
+    }
+
+    /// A host's log already past the size or cosigned size this commit sets.
+    pub(crate) fn log(host: &str, size: u64) -> StoreError {
+        StoreError::Backend(Arc::new(Self(format!(
+            "the log of host {host} at size {size}"
+        ))))
+    }
+}
+
 /// Where a stored chain stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainState {

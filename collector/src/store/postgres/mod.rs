@@ -28,11 +28,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Bound, ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow,
-    LogCheckpoint, LogRow, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery, SessionRow,
-    Store, StoreError, TokenRow, Violations,
+    LogCheckpoint, LogRow, Moved, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery,
+    SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
-        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, STORED_COLUMNS, StoredRow,
-        by_row, chain_starts, hash32, int, page, uint,
+        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, LOG_UPSERT, STORED_COLUMNS,
+        StoredRow, by_row, chain_starts, hash32, int, page, uint,
     },
 };
 
@@ -44,14 +44,6 @@ impl From<postgres::Error> for StoreError {
             Self::Backend(Arc::new(e))
         }
     }
-}
-
-/// A commit whose chain head another writer moved first.
-#[derive(Debug, thiserror::Error)]
-#[error("chain {chain_id}: another writer appended at or past seq {seq} first; nothing was stored")]
-struct HeadMoved {
-    chain_id: String,
-    seq: u64,
 }
 
 pub struct Postgres {
@@ -374,12 +366,7 @@ fn commit_events(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreE
                     &int(first.seq),
                 ],
             )?
-            .ok_or_else(|| {
-                StoreError::Backend(Arc::new(HeadMoved {
-                    chain_id: append.chain_id.clone(),
-                    seq: first.seq,
-                }))
-            })?
+            .ok_or_else(|| Moved::chain(&append.chain_id, first.seq))?
             .get(0);
         ids.push((id, append));
     }
@@ -492,11 +479,8 @@ fn commit_trust(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreEr
 /// The hosts' logs, cosigned checkpoints, prunes, holds and forks of a commit.
 fn commit_logs(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
     for l in &commit.logs {
-        tx.execute(
-            "INSERT INTO logs (host, size, frontier, cosigned_size, cosigned_root, cosigned_note) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (host) DO UPDATE SET size = excluded.size, \
-             frontier = excluded.frontier, cosigned_size = excluded.cosigned_size, \
-             cosigned_root = excluded.cosigned_root, cosigned_note = excluded.cosigned_note",
+        let set = tx.execute(
+            LOG_UPSERT.replace('?', "$").as_str(),
             &[
                 &l.host,
                 &int(l.size),
@@ -506,6 +490,9 @@ fn commit_logs(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreErr
                 &l.cosigned_note,
             ],
         )?;
+        if set == 0 {
+            return Err(Moved::log(&l.host, l.size));
+        }
     }
     for c in &commit.log_checkpoints {
         let hash = sha2::Sha256::digest(c.cert_pem.as_bytes()).to_vec();

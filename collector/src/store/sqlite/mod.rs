@@ -23,11 +23,11 @@ use sha2::Digest as _;
 
 use super::{
     Bound, ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow,
-    LogCheckpoint, LogRow, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery, SessionRow,
-    Store, StoreError, TokenRow, Violations,
+    LogCheckpoint, LogRow, Moved, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery,
+    SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
-        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, STORED_COLUMNS, by_row,
-        chain_starts, hash32, int, uint,
+        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, LOG_UPSERT, STORED_COLUMNS,
+        by_row, chain_starts, hash32, int, uint,
     },
 };
 
@@ -218,15 +218,10 @@ fn commit_trust(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> rusqlite::Re
 }
 
 /// The hosts' logs, cosigned checkpoints and forks of a commit, in its transaction.
-fn commit_logs(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> rusqlite::Result<()> {
-    let mut log = tx.prepare_cached(
-        "INSERT INTO logs (host, size, frontier, cosigned_size, cosigned_root, cosigned_note) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (host) DO UPDATE SET size = excluded.size, \
-         frontier = excluded.frontier, cosigned_size = excluded.cosigned_size, \
-         cosigned_root = excluded.cosigned_root, cosigned_note = excluded.cosigned_note",
-    )?;
+fn commit_logs(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
+    let mut log = tx.prepare_cached(LOG_UPSERT)?;
     for l in &commit.logs {
-        log.execute(params![
+        let set = log.execute(params![
             l.host,
             int(l.size),
             l.frontier,
@@ -234,6 +229,9 @@ fn commit_logs(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> rusqlite::Res
             &l.cosigned_root[..],
             l.cosigned_note
         ])?;
+        if set == 0 {
+            return Err(Moved::log(&l.host, l.size));
+        }
     }
     let mut cert = tx.prepare_cached("INSERT OR IGNORE INTO certs (hash, pem) VALUES (?1, ?2)")?;
     let mut checkpoint = tx.prepare_cached(
@@ -349,7 +347,7 @@ impl Store for Sqlite {
             let mut chain = tx.prepare_cached(
                 "INSERT INTO chains (chain_id, host, next_seq, head_hash) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (chain_id) DO UPDATE SET next_seq = excluded.next_seq, \
-                 head_hash = excluded.head_hash RETURNING id",
+                 head_hash = excluded.head_hash WHERE chains.next_seq <= ?5 RETURNING id",
             )?;
             let mut event = tx.prepare_cached(
                 "INSERT INTO events (chain, seq, host, time, kind, session, sessionid, \
@@ -357,18 +355,23 @@ impl Store for Sqlite {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
             for append in &commit.appends {
-                let Some(last) = append.records.last() else {
+                let (Some(first), Some(last)) = (append.records.first(), append.records.last())
+                else {
                     continue;
                 };
-                let id: i64 = chain.query_row(
-                    params![
-                        append.chain_id,
-                        append.chain_host,
-                        int(last.seq + 1),
-                        &last.hash[..]
-                    ],
-                    |r| r.get(0),
-                )?;
+                let id: i64 = chain
+                    .query_row(
+                        params![
+                            append.chain_id,
+                            append.chain_host,
+                            int(last.seq + 1),
+                            &last.hash[..],
+                            int(first.seq)
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .ok_or_else(|| Moved::chain(&append.chain_id, first.seq))?;
                 for r in &append.records {
                     event.execute(params![
                         id,
@@ -741,5 +744,81 @@ impl Store for Sqlite {
                 })?
                 .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::{chain::Chain, kind::Kind};
+
+    use super::*;
+    use crate::store::{Append, Derived, Record};
+
+    fn records(chain: &mut Chain, n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| {
+                let event = vec![u8::try_from(i).unwrap(); 8];
+                let (seq, hash) = chain.link(&event);
+                Record {
+                    seq,
+                    derived: Derived::bare("h".into(), 1, Kind::Exec),
+                    event: event.into(),
+                    hash,
+                    log_index: Some(seq),
+                }
+            })
+            .collect()
+    }
+
+    fn log(size: u64) -> LogRow {
+        LogRow {
+            host: "h".into(),
+            size,
+            frontier: Vec::new(),
+            cosigned_size: 0,
+            cosigned_root: [0; 32],
+            cosigned_note: String::new(),
+        }
+    }
+
+    /// Another collector on the same file that read the store before this commit cannot move
+    /// a chain's head or a host's log back: its commit fails whole, and names why.
+    #[test]
+    fn a_commit_from_behind_moves_neither_a_chain_nor_a_log_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(dir.path().join("s.db").to_str().unwrap()).unwrap();
+        let append = |records| Append {
+            chain_id: "c".into(),
+            chain_host: "h".into(),
+            records,
+        };
+        let mut ahead = Chain::new("c".into());
+        let mut behind = Chain::new("c".into());
+        store
+            .commit(&Commit {
+                appends: vec![append(records(&mut ahead, 3))],
+                logs: vec![log(3)],
+                ..Commit::default()
+            })
+            .unwrap();
+
+        let stale = store.commit(&Commit {
+            appends: vec![append(records(&mut behind, 1))],
+            ..Commit::default()
+        });
+        let e = stale.unwrap_err().to_string();
+        assert!(
+            e.contains("chain c at seq 0: another writer moved it first"),
+            "{e}"
+        );
+        let stale = store.commit(&Commit {
+            logs: vec![log(2)],
+            ..Commit::default()
+        });
+        let e = stale.unwrap_err().to_string();
+        assert!(e.contains("the log of host h at size 2"), "{e}");
+
+        assert_eq!(store.chains().unwrap()[0].next_seq, 3);
+        assert_eq!(store.log("h").unwrap().unwrap().size, 3);
     }
 }
