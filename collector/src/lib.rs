@@ -208,6 +208,7 @@ pub async fn serve(
     let gate = Gate::new(writer.clone());
     let revoked = Revoked::new(store.revoked_hosts()?.into_iter().map(|r| r.host));
     let require_approval = policy.require_approval;
+    follow_other_collectors(&store, grants_changed.clone(), revoked.clone())?;
     let views = Views::new(Arc::clone(&store), policy, grants_changed);
     let (incoming, ca) = match transport {
         Transport::Tls {
@@ -268,6 +269,31 @@ pub async fn serve(
 
 /// Chains every refused handshake in which a certificate was presented (another CA,
 /// expired, no identity); the others (no certificate, not TLS at all) are logged.
+/// Another collector on the same database changed grants: this one's agents are sent fresh
+/// views at once, as for its own changes. It revoked a host: this one refuses the host too.
+fn follow_other_collectors(
+    store: &Arc<dyn Store>,
+    grants_changed: watch::Sender<()>,
+    revoked: Revoked,
+) -> Result<(), store::StoreError> {
+    let reader = Arc::clone(store);
+    store.follow_changes(Box::new(move |changed| match changed {
+        store::Changed::Grants => {
+            grants_changed.send_replace(());
+        }
+        store::Changed::RevokedHosts => match reader.revoked_hosts() {
+            Ok(hosts) => {
+                for h in hosts {
+                    revoked.insert(h.host);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot read the hosts another collector revoked");
+            }
+        },
+    }))
+}
+
 async fn record_failures(mut failed: mpsc::Receiver<HandshakeFailure>, gate: Gate) {
     while let Some(failure) = failed.recv().await {
         let Some(offered) = &failure.offered else {

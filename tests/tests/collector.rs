@@ -5,17 +5,20 @@
 
 use std::{fmt::Write as _, io::Write as _, path::Path, time::Duration};
 
+use pki::Role;
 use prost::Message as _;
 use proto::{
     chain::chain_hash,
     v1::{
-        ChainedEvent, Event, EventBatch, Exec, Filter, GrantChange, Hello, HostsRequest, Identity,
-        Process, ReplayRequest, SearchRequest, SessionRoot, SessionsRequest, SpoolHole,
-        StoredEvent, TailRequest, Tty, event::Body, identity::Kind,
+        ChainedEvent, CreateGrantRequest, Event, EventBatch, Exec, Filter, GrantChange, Hello,
+        HostsRequest, Identity, IdentitySelector, Process, ReplayRequest, RevokeHostRequest,
+        SearchRequest, SessionRoot, SessionsRequest, SpoolHole, StoredEvent, TailRequest, Tty,
+        admin_client::AdminClient, event::Body, grant::OnExpiry, grants_client::GrantsClient,
+        identity::Kind,
     },
 };
 use tests::collector::{Backend, Collector, backend, run_to_exit, scratch_dir};
-use tests::grpc::{Agent, As, Chain, query, search_all, try_verify, verify, verify_all};
+use tests::grpc::{Agent, As, Chain, channel, query, search_all, try_verify, verify, verify_all};
 use tests::{Mount, privileged};
 use tonic::Code;
 
@@ -818,6 +821,106 @@ async fn two_collectors_on_one_store_take_turns_without_wedging() {
     }
 }
 
+/// Two collectors on one PostgreSQL database hear each other's changes (LISTEN/NOTIFY,
+/// docs/scaling.md): a grant made through one reaches an agent connected to the other within
+/// a second, not at that collector's next view refresh (30 s), also after the connection
+/// that listens was lost. `SQLite` has no notifications: there the other collector's agents
+/// learn of a grant at its next refresh, which this test does not wait for.
+#[tokio::test]
+async fn a_grant_made_at_one_collector_reaches_the_others_agents_at_once() {
+    if backend() == Backend::Sqlite {
+        eprintln!(
+            "notifications between collectors are PostgreSQL's; run with RECORDER_TEST_STORE=postgres"
+        );
+        return;
+    }
+    let dir = scratch_dir("collector-hear");
+    let store = dir.join("c.db");
+    let first = Collector::start(&store);
+    let second = Collector::start(&store);
+    let (mut agent, _) = Agent::connect(&second, HOST, &[]).await;
+    assert!(agent.grant_view().await.grants.is_empty());
+
+    let mut grants = GrantsClient::new(channel(&first, As::Operator("dave", Role::Approver)).await);
+    let mut made = Vec::new();
+    for who in ["alice", "bob"] {
+        let made_at = std::time::Instant::now();
+        made.push(
+            grants
+                .create(CreateGrantRequest {
+                    identity: Some(IdentitySelector {
+                        kind: Kind::Human.into(),
+                        name: who.into(),
+                    }),
+                    hosts: vec![HOST.into()],
+                    ttl_millis: 600_000,
+                    reason: "restart nginx".into(),
+                    on_expiry: OnExpiry::Kill.into(),
+                    ..CreateGrantRequest::default()
+                })
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        let view = tokio::time::timeout(Duration::from_secs(1), agent.grant_view())
+            .await
+            .expect("the other collector's agent is sent the grant within a second");
+        eprintln!(
+            "{who}'s grant reached the other collector's agent in {:?}",
+            made_at.elapsed()
+        );
+        assert_eq!(view.grants, made);
+        if who == "alice" {
+            // The connection that listens is lost: it is dialled again, and what changed
+            // meanwhile is sent as if heard.
+            tests::postgres::sql(
+                &store,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE query LIKE 'LISTEN%'",
+            );
+            let view = tokio::time::timeout(Duration::from_secs(5), agent.grant_view())
+                .await
+                .expect("a fresh view once the listener is back");
+            assert_eq!(view.grants, made);
+        }
+    }
+}
+
+/// A host revoked through one collector is refused by another on the same store within a
+/// second: heard at once on PostgreSQL, polled on `SQLite`.
+#[tokio::test]
+async fn a_host_revoked_at_one_collector_is_refused_by_the_other() {
+    let dir = scratch_dir("collector-revoke");
+    let store = dir.join("c.db");
+    let first = Collector::start(&store);
+    let second = Collector::start(&store);
+    drop(Agent::connect(&second, HOST, &[]).await);
+    let admin = As::Operator("test-admin", Role::Admin);
+    AdminClient::new(channel(&first, admin).await)
+        .revoke_host(RevokeHostRequest {
+            host: HOST.into(),
+            reason: "decommissioned".into(),
+        })
+        .await
+        .unwrap();
+    let hello = || Hello {
+        host: HOST.into(),
+        ..Hello::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let refused = loop {
+        match Agent::try_connect(&second, As::Agent(HOST), hello()).await {
+            Err(status) => break status,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(_) => panic!("the other collector still lets a revoked host in after a second"),
+        }
+    };
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    assert!(refused.message().contains("revoked"), "{refused}");
+}
+
 /// A store of 1,000 records, stopped, for tampering with its chain (tests/tests/evidence.rs
 /// tampers with a signed log).
 async fn stored_chain(dir: &Path, chain: &Chain) -> std::path::PathBuf {
@@ -1064,7 +1167,8 @@ async fn a_postgres_store_over_tls_is_checked_against_its_ca() {
 }
 
 /// A hundred Search calls at once are all answered, and on PostgreSQL they share at most 32
-/// connections besides the writer's (`store::postgres::READERS_MAX`, docs/limits.md),
+/// connections besides the writer's and the listener's (`store::postgres::READERS_MAX`,
+/// docs/limits.md),
 /// watched from the server's own `pg_stat_activity` while they run.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hundred_reads_at_once_are_answered_within_the_connection_bound() {
@@ -1109,7 +1213,8 @@ async fn a_hundred_reads_at_once_are_answered_within_the_connection_bound() {
     }
     if let Some(watcher) = watcher {
         let peak = watcher.join().unwrap();
-        assert!(peak <= 33, "{peak} connections open at once");
+        // The readers, the writer, and the connection that listens for other collectors.
+        assert!(peak <= 34, "{peak} connections open at once");
         assert!(peak >= 2, "the reads ran while watched: {peak}");
     }
 }

@@ -507,6 +507,34 @@ pub trait Store: Send + Sync + 'static {
     fn session_leaves(&self, key: &str) -> Result<Vec<SessionLeaf>, StoreError>;
     /// Every host with a cosigned checkpoint, whatever the `logs` table says.
     fn checkpointed_hosts(&self) -> Result<Vec<String>, StoreError>;
+    /// Calls `each`, on a thread of its own, whenever another collector on the same database
+    /// commits a change of that kind, and with every kind after the store was out of reach
+    /// (whatever changed meanwhile went unheard). A store that cannot tell never calls it:
+    /// the collector then learns of others' changes when it next reads them.
+    fn follow_changes(&self, each: Box<dyn Fn(Changed) + Send>) -> Result<(), StoreError> {
+        drop(each);
+        Ok(())
+    }
+}
+
+/// What another collector on the same database changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    Grants,
+    RevokedHosts,
+}
+
+impl Changed {
+    /// Every kind, for when some change may have gone unheard.
+    pub const ALL: [Self; 2] = [Self::Grants, Self::RevokedHosts];
+
+    /// Its name in a PostgreSQL notification's payload.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Grants => "grants",
+            Self::RevokedHosts => "revoked_hosts",
+        }
+    }
 }
 
 /// Runs a store call on the blocking pool. A call that panicked is a store failure too.

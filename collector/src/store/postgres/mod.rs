@@ -12,7 +12,11 @@ mod sessions;
 use std::{
     ops::ControlFlow,
     str::FromStr as _,
-    sync::{Arc, Condvar, Mutex, PoisonError},
+    sync::{
+        Arc, Condvar, Mutex, PoisonError,
+        atomic::{AtomicI32, Ordering},
+    },
+    time::Duration,
 };
 
 use self::bind::params;
@@ -27,8 +31,8 @@ use sha2::Digest as _;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    Bound, ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow,
-    LogCheckpoint, LogRow, Moved, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery,
+    Bound, ChainRow, ChainState, Changed, Columns, Commit, Cursor, EventFilter, GrantUsage,
+    LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery,
     SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
         CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, LOG_UPSERT, STORED_COLUMNS,
@@ -50,6 +54,9 @@ pub struct Postgres {
     config: postgres::Config,
     tls: Option<MakeRustlsConnect>,
     writer: Mutex<Option<Client>>,
+    /// The server process of the writer's connection: the notifications it sends are this
+    /// collector's own, which it has no need to hear.
+    writer_pid: Arc<AtomicI32>,
     readers: Mutex<Readers>,
     /// Signalled when a reader's connection is given back or closed.
     freed: Condvar,
@@ -86,6 +93,65 @@ fn connect(
     match tls {
         Some(tls) => config.connect(tls.clone()),
         None => config.connect(NoTls),
+    }
+}
+
+/// The channel collectors on one database tell each other of their changes on.
+const CHANNEL: &str = "recorder_changes";
+/// How long the listener waits before dialling again after losing its connection.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+fn backend_pid(client: &mut Client) -> Result<i32, postgres::Error> {
+    Ok(client.query_one("SELECT pg_backend_pid()", &[])?.get(0))
+}
+
+/// A connection that hears what the other collectors commit.
+fn listener(
+    config: &postgres::Config,
+    tls: Option<&MakeRustlsConnect>,
+) -> Result<Client, postgres::Error> {
+    let mut client = connect(config, tls)?;
+    client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+    Ok(client)
+}
+
+/// Hears the other collectors' changes for as long as the collector runs, dialling again
+/// whenever the connection is lost.
+fn follow(
+    mut client: Client,
+    config: &postgres::Config,
+    tls: Option<&MakeRustlsConnect>,
+    own: &AtomicI32,
+    each: &dyn Fn(Changed),
+) {
+    loop {
+        let heard = client.notifications().blocking_iter().next();
+        let Ok(Some(note)) = heard else {
+            let error = heard.err().map(|e| e.to_string()).unwrap_or_default();
+            tracing::warn!(%error, "lost the database connection that hears the other collectors' changes; dialling again");
+            client = loop {
+                std::thread::sleep(LISTEN_RETRY);
+                match listener(config, tls) {
+                    Ok(client) => break client,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot listen for the other collectors' changes");
+                    }
+                }
+            };
+            for kind in Changed::ALL {
+                each(kind);
+            }
+            continue;
+        };
+        if note.process_id() == own.load(Ordering::Relaxed) {
+            continue;
+        }
+        if let Some(kind) = Changed::ALL
+            .into_iter()
+            .find(|k| k.name() == note.payload())
+        {
+            each(kind);
+        }
     }
 }
 
@@ -220,16 +286,22 @@ impl Postgres {
             _ => {}
         }
         let tls = tls.map(MakeRustlsConnect::new);
+        let writer_pid = Arc::new(AtomicI32::new(0));
         let writer = off_runtime(|| {
             let mut writer = connect(&config, tls.as_ref()).map_err(|e| failed(Arc::new(e)))?;
             durable(&mut writer).map_err(failed)?;
             schema::migrate(&mut writer).map_err(|e| failed(Arc::new(e)))?;
+            writer_pid.store(
+                backend_pid(&mut writer).map_err(|e| failed(Arc::new(e)))?,
+                Ordering::Relaxed,
+            );
             Ok::<_, StoreError>(writer)
         })?;
         Ok(Self {
             config,
             tls,
             writer: Mutex::new(Some(writer)),
+            writer_pid,
             readers: Mutex::default(),
             freed: Condvar::new(),
         })
@@ -584,13 +656,25 @@ impl Store for Postgres {
         off_runtime(|| {
             let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
             if writer.as_ref().is_none_or(Client::is_closed) {
-                *writer = Some(self.connect()?);
+                let mut client = self.connect()?;
+                self.writer_pid
+                    .store(backend_pid(&mut client)?, Ordering::Relaxed);
+                *writer = Some(client);
             }
             let client = writer.as_mut().expect("connected above");
             let mut tx = client.transaction()?;
             commit_events(&mut tx, commit)?;
             commit_trust(&mut tx, commit)?;
             commit_logs(&mut tx, commit)?;
+            // Delivered to the other collectors' listeners if, and when, the commit is.
+            for (kind, changed) in [
+                (Changed::Grants, !commit.grants.is_empty()),
+                (Changed::RevokedHosts, !commit.revoked_hosts.is_empty()),
+            ] {
+                if changed {
+                    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &kind.name()])?;
+                }
+            }
             tx.commit()?;
             Ok(client.query_one(LAST_ROW, &[])?.get(0))
         })
@@ -937,5 +1021,16 @@ impl Store for Postgres {
                 |r| r.try_get(0),
             )
         })
+    }
+
+    fn follow_changes(&self, each: Box<dyn Fn(Changed) + Send>) -> Result<(), StoreError> {
+        let (config, tls) = (self.config.clone(), self.tls.clone());
+        let own = Arc::clone(&self.writer_pid);
+        let client = off_runtime(|| listener(&config, tls.as_ref()))?;
+        std::thread::Builder::new()
+            .name("store-changes".into())
+            .spawn(move || follow(client, &config, tls.as_ref(), &own, &*each))
+            .map_err(|e| StoreError::Backend(Arc::new(e)))?;
+        Ok(())
     }
 }

@@ -22,8 +22,8 @@ use self::sql::{bounded, decode_grant, query_stored};
 use sha2::Digest as _;
 
 use super::{
-    Bound, ChainRow, ChainState, Columns, Commit, Cursor, EventFilter, GrantUsage, LeafRow,
-    LogCheckpoint, LogRow, Moved, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery,
+    Bound, ChainRow, ChainState, Changed, Columns, Commit, Cursor, EventFilter, GrantUsage,
+    LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery,
     SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
         CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, LOG_UPSERT, STORED_COLUMNS,
@@ -116,6 +116,9 @@ impl Drop for Checkpointer {
         }
     }
 }
+
+/// How often the revoked hosts are read for another collector's revocations.
+const POLL_CHANGES: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn connect(path: &str) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -729,6 +732,38 @@ impl Store for Sqlite {
                 .query_map([], |r| r.get(0))?
                 .collect()
         })
+    }
+
+    /// Polls the revoked hosts: `SQLite` has no notifications. Two collectors on one file
+    /// then refuse a host the other revoked within `POLL_CHANGES`; grants reach the other's
+    /// agents with its next view refresh.
+    fn follow_changes(&self, each: Box<dyn Fn(Changed) + Send>) -> Result<(), StoreError> {
+        let conn = connect(&self.path)?;
+        let revoked = |conn: &Connection| {
+            conn.query_row("SELECT COUNT(*) FROM revoked_hosts", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        };
+        let mut known = revoked(&conn)?;
+        std::thread::Builder::new()
+            .name("store-changes".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(POLL_CHANGES);
+                    match revoked(&conn) {
+                        Ok(now) if now != known => {
+                            known = now;
+                            each(Changed::RevokedHosts);
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot read the revoked hosts");
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Backend(Arc::new(e)))?;
+        Ok(())
     }
 
     fn revoked_hosts(&self) -> Result<Vec<RevokedHost>, StoreError> {
