@@ -11,7 +11,8 @@
 //! `chain_hash` alone over the same records.
 //!
 //! With `RECORDER_BENCH_POSTGRES` set, every collector runs on a PostgreSQL database of its
-//! own instead (docs/scaling.md).
+//! own instead, and a last run ships several hosts at once through one collector, then
+//! through two that share one database (docs/scaling.md); `--scaling` runs only that.
 //!
 //! With `--export` it measures only this: a host log of 10,000,000 records with a signed
 //! and cosigned checkpoint every 1,000,000, whose last 10,000 are one login session; the
@@ -95,6 +96,11 @@ fn session_exec(n: u64, session: u32) -> Event {
     }
 }
 
+/// The host a chain id names first (`HOST:BOOT_ID:START`).
+fn host_of(id: &str) -> &str {
+    id.split(':').next().unwrap_or_default()
+}
+
 /// A chain as an agent makes it: `ChainStart`, then exec events.
 fn chain(id: &str, len: u64) -> Vec<ChainedEvent> {
     let mut prev = GENESIS;
@@ -104,7 +110,7 @@ fn chain(id: &str, len: u64) -> Vec<ChainedEvent> {
                 Event {
                     time_unix_nano: 1_790_000_000_000_000_000,
                     body: Some(Body::ChainStart(ChainStart {
-                        host: HOST.into(),
+                        host: host_of(id).into(),
                         boot_id: "bench".into(),
                         ..ChainStart::default()
                     })),
@@ -174,7 +180,13 @@ impl Target {
     /// A collector on a store of its own in `dir`: mutual TLS under `tls`, else plaintext.
     async fn start(kind: &str, round: usize, dir: &std::path::Path, tls: Option<&Ca>) -> Self {
         let name = format!("{kind}-{round}");
-        let store = collector::open_store(&store_url(&name, dir), None).unwrap();
+        let url = store_url(&name, dir);
+        Self::on(name, &url, tls).await
+    }
+
+    /// A collector named `name` on the store at `store_url`, which another may share.
+    async fn on(name: String, store_url: &str, tls: Option<&Ca>) -> Self {
+        let store = collector::open_store(store_url, None).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let validity = Validity::from_now(Duration::from_hours(1));
@@ -262,7 +274,8 @@ impl Target {
     }
 }
 
-/// Opens an Ingest stream on `channel` as the host's agent, saying Hello with chain `id`.
+/// Opens an Ingest stream on `channel` as the agent of the host chain `id` names, saying
+/// Hello with that chain.
 async fn open(
     channel: Channel,
     id: &str,
@@ -273,7 +286,7 @@ async fn open(
     let (tx, out) = mpsc::channel(32);
     tx.send(AgentMessage {
         msg: Some(Msg::Hello(Hello {
-            host: HOST.into(),
+            host: host_of(id).into(),
             chain_ids: vec![id.to_owned()],
             agent_version: "bench".into(),
             ..Hello::default()
@@ -435,6 +448,10 @@ async fn main() {
         export(&ca, dir.path()).await;
         return;
     }
+    if std::env::args().any(|a| a == "--scaling") {
+        scaling(dir.path()).await;
+        return;
+    }
 
     let sample = chain(&format!("{HOST}:sample:0"), EVENTS);
     let event_bytes: usize = sample.iter().map(|r| r.event.len()).sum();
@@ -521,7 +538,71 @@ async fn main() {
         hash_rate / rate,
         host_chains.len()
     );
+    if std::env::var_os("RECORDER_BENCH_POSTGRES").is_some() {
+        scaling(dir.path()).await;
+    }
     witness_ops(&ca);
+}
+
+/// Hosts shipping at once in the scaling runs, each its own chain and stream.
+const SCALE_HOSTS: usize = 4;
+
+/// With PostgreSQL (docs/scaling.md): durable ingest of `SCALE_HOSTS` hosts shipping at once
+/// through one collector, then through two on one database (half the hosts each), in
+/// alternating rounds on fresh databases, in plaintext; each store is verified after. Prints
+/// events/s of each and the ratio two/one of the medians.
+async fn scaling(dir: &std::path::Path) {
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        for collectors in [1 + round % 2, 2 - round % 2] {
+            let name = format!("scale{collectors}-{round}");
+            let url = store_url(&name, dir);
+            let mut targets = Vec::new();
+            for c in 0..collectors {
+                targets.push(Target::on(format!("{name}-{c}"), &url, None).await);
+            }
+            let mut streams = Vec::new();
+            for h in 0..SCALE_HOSTS {
+                let id = format!("{HOST}-{h}:{name}:0");
+                let records = chain(&id, EVENTS);
+                let channel = targets[h % collectors].agent_channel().await;
+                streams.push((channel, id, records));
+            }
+            let start = Instant::now();
+            let streams: Vec<_> = streams
+                .into_iter()
+                .map(|(channel, id, records)| tokio::spawn(ship(channel, id, records)))
+                .collect();
+            for s in streams {
+                s.await.unwrap();
+            }
+            let rate = per_sec(EVENTS * SCALE_HOSTS as u64, start.elapsed());
+            if collectors == 1 { &mut one } else { &mut two }.push(rate);
+            // What both stored is one unforked store: every chain whole and verified.
+            let verdicts = QueryClient::new(targets[0].admin_channel().await)
+                .verify(VerifyRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .chains;
+            assert!(verdicts.iter().all(|v| v.ok), "{verdicts:?}");
+            let stored: u64 = verdicts
+                .iter()
+                .filter(|v| v.host != "collector")
+                .map(|v| v.records)
+                .sum();
+            assert_eq!(
+                stored,
+                EVENTS * SCALE_HOSTS as u64,
+                "every record stored once"
+            );
+        }
+    }
+    let (one, two) = (Spread::of(one.into_iter()), Spread::of(two.into_iter()));
+    println!(
+        "  {SCALE_HOSTS} hosts at once on one PostgreSQL database (plaintext): one collector {one} events/s, two collectors {two} events/s: two/one {:.2}",
+        two.median / one.median
+    );
 }
 
 /// Checkpoints a witness checks (the host's signature) and cosigns per second on one core,
