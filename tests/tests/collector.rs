@@ -782,16 +782,23 @@ async fn a_restarted_collector_welcomes_with_the_stored_heads() {
     assert_eq!(verdict.records, 300);
 }
 
+/// Two collectors serving one new store at once (docs/scaling.md): its scratch directory,
+/// the store, and each collector.
+fn two_collectors(tag: &str) -> (tests::Scratch, std::path::PathBuf, Collector, Collector) {
+    let dir = scratch_dir(tag);
+    let store = dir.join("c.db");
+    let first = Collector::start(&store);
+    let second = Collector::start(&store);
+    (dir, store, first, second)
+}
+
 /// Two collectors serving one store at once (docs/scaling.md): a host ships through one,
 /// then the other, then the first again, and every record is taken where the store stands,
 /// whatever the first collector held of it. Reads through each in turn are each chained
 /// into the collector's chain, which the other one has moved in between: none is refused.
 #[tokio::test]
 async fn two_collectors_on_one_store_take_turns_without_wedging() {
-    let dir = scratch_dir("collector-two");
-    let store = dir.join("c.db");
-    let first = Collector::start(&store);
-    let second = Collector::start(&store);
+    let (_dir, _, first, second) = two_collectors("collector-two");
     let chain = test_chain("host-a:boot:9", 300);
     for (collector, range) in [(&first, 0..100), (&second, 100..200), (&first, 200..300)] {
         let (mut agent, welcome) = Agent::connect(collector, HOST, &[chain.id.as_str()]).await;
@@ -834,10 +841,7 @@ async fn a_grant_made_at_one_collector_reaches_the_others_agents_at_once() {
         );
         return;
     }
-    let dir = scratch_dir("collector-hear");
-    let store = dir.join("c.db");
-    let first = Collector::start(&store);
-    let second = Collector::start(&store);
+    let (_dir, store, first, second) = two_collectors("collector-hear");
     let (mut agent, _) = Agent::connect(&second, HOST, &[]).await;
     assert!(agent.grant_view().await.grants.is_empty());
 
@@ -890,10 +894,7 @@ async fn a_grant_made_at_one_collector_reaches_the_others_agents_at_once() {
 /// second: heard at once on PostgreSQL, polled on `SQLite`.
 #[tokio::test]
 async fn a_host_revoked_at_one_collector_is_refused_by_the_other() {
-    let dir = scratch_dir("collector-revoke");
-    let store = dir.join("c.db");
-    let first = Collector::start(&store);
-    let second = Collector::start(&store);
+    let (_dir, _, first, second) = two_collectors("collector-revoke");
     drop(Agent::connect(&second, HOST, &[]).await);
     let admin = As::Operator("test-admin", Role::Admin);
     AdminClient::new(channel(&first, admin).await)
