@@ -267,8 +267,6 @@ pub async fn serve(
     Ok(())
 }
 
-/// Chains every refused handshake in which a certificate was presented (another CA,
-/// expired, no identity); the others (no certificate, not TLS at all) are logged.
 /// Another collector on the same database changed grants: this one's agents are sent fresh
 /// views at once, as for its own changes. It revoked a host: this one refuses the host too.
 fn follow_other_collectors(
@@ -294,6 +292,8 @@ fn follow_other_collectors(
     }))
 }
 
+/// Chains every refused handshake in which a certificate was presented (another CA,
+/// expired, no identity); the others (no certificate, not TLS at all) are logged.
 async fn record_failures(mut failed: mpsc::Receiver<HandshakeFailure>, gate: Gate) {
     while let Some(failure) = failed.recv().await {
         let Some(offered) = &failure.offered else {

@@ -43,15 +43,22 @@ pub(super) fn chain_starts(dialect: Dialect) -> String {
 pub(super) const LOG_COLUMNS: &str =
     "SELECT host, size, frontier, cosigned_size, cosigned_root, cosigned_note FROM logs";
 
-/// The highest row id stored.
 /// Sets a host's log as a commit leaves it, never backwards: a writer that read it before
-/// another collector on the same database moved it sets nothing (`?N` placeholders; the
-/// PostgreSQL backend spells them `$N`).
-pub(super) const LOG_UPSERT: &str = "INSERT INTO logs (host, size, frontier, cosigned_size, cosigned_root, cosigned_note) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (host) DO UPDATE SET size = excluded.size, \
-     frontier = excluded.frontier, cosigned_size = excluded.cosigned_size, \
-     cosigned_root = excluded.cosigned_root, cosigned_note = excluded.cosigned_note \
-     WHERE logs.size <= excluded.size AND logs.cosigned_size <= excluded.cosigned_size";
+/// another collector on the same database moved it sets nothing. Its arguments are the
+/// `LogRow`'s fields in order.
+pub(super) fn log_upsert(dialect: Dialect) -> String {
+    let marks: Vec<String> = (1..=6).map(|n| dialect.mark(n)).collect();
+    format!(
+        "INSERT INTO logs (host, size, frontier, cosigned_size, cosigned_root, cosigned_note) \
+         VALUES ({}) ON CONFLICT (host) DO UPDATE SET size = excluded.size, \
+         frontier = excluded.frontier, cosigned_size = excluded.cosigned_size, \
+         cosigned_root = excluded.cosigned_root, cosigned_note = excluded.cosigned_note \
+         WHERE logs.size <= excluded.size AND logs.cosigned_size <= excluded.cosigned_size",
+        marks.join(", ")
+    )
+}
+
+/// The highest row id stored.
 pub(super) const LAST_ROW: &str = "SELECT COALESCE(MAX(id), 0) FROM events";
 
 /// How a backend writes the placeholder of its `n`th argument (from 1).

@@ -35,8 +35,8 @@ use super::{
     LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery,
     SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
-        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, LOG_UPSERT, STORED_COLUMNS,
-        StoredRow, by_row, chain_starts, hash32, int, page, uint,
+        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, STORED_COLUMNS, StoredRow,
+        by_row, chain_starts, hash32, int, log_upsert, page, uint,
     },
 };
 
@@ -552,7 +552,7 @@ fn commit_trust(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreEr
 fn commit_logs(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
     for l in &commit.logs {
         let set = tx.execute(
-            LOG_UPSERT.replace('?', "$").as_str(),
+            &log_upsert(Dialect::Postgres),
             &[
                 &l.host,
                 &int(l.size),

@@ -26,8 +26,8 @@ use super::{
     LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery,
     SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
-        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, LOG_UPSERT, STORED_COLUMNS,
-        by_row, chain_starts, hash32, int, uint,
+        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, STORED_COLUMNS, by_row,
+        chain_starts, hash32, int, log_upsert, uint,
     },
 };
 
@@ -222,7 +222,7 @@ fn commit_trust(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> rusqlite::Re
 
 /// The hosts' logs, cosigned checkpoints and forks of a commit, in its transaction.
 fn commit_logs(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
-    let mut log = tx.prepare_cached(LOG_UPSERT)?;
+    let mut log = tx.prepare_cached(&log_upsert(Dialect::Sqlite))?;
     for l in &commit.logs {
         let set = log.execute(params![
             l.host,
