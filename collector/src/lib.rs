@@ -37,7 +37,7 @@ use proto::v1::{
 };
 use tokio::{
     net::TcpListener,
-    sync::{broadcast, mpsc, watch},
+    sync::{mpsc, watch},
 };
 
 pub use crate::retention::Retention;
@@ -167,9 +167,6 @@ impl Limits {
 /// Handshake failures queued for recording; past it they are logged and dropped.
 const FAILURES_QUEUE: usize = 256;
 
-/// Commits a tailer may fall behind by before it rereads from the store.
-const LIVE_BACKLOG: usize = 1024;
-
 /// Serves Ingest, Query, Grants, Admin and Enrollment on `listener`, within `limits`, until
 /// the server fails; agents are sent `policy`.
 pub async fn serve(
@@ -185,7 +182,7 @@ pub async fn serve(
         Transport::Tls { witness, .. } => Some(Arc::clone(witness)),
         Transport::InsecurePlaintext => None,
     };
-    let (live, _) = broadcast::channel(LIVE_BACKLOG);
+    let (live, _) = watch::channel(());
     let (grants_changed, _) = watch::channel(());
     let writer = writer::spawn(
         Arc::clone(&store),

@@ -23,7 +23,7 @@ use proto::{
     v1::{AdminAct, Alert, ChainStart, Event, Grant, GrantChange, Hole, event::Body},
 };
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use proto::v1::CheckpointAck;
 use tlog::{CompactRange, Evidence, SignedCheckpoint, Verdict, WitnessState};
@@ -333,12 +333,12 @@ impl WriterHandle {
     }
 }
 
-/// Starts the writer on the blocking pool. `live` receives the highest stored row id after
-/// each commit; `grants_changed` is marked after each commit that changed a grant.
+/// Starts the writer on the blocking pool. `live` is marked after each commit;
+/// `grants_changed` after each commit that changed a grant.
 pub(crate) fn spawn(
     store: Arc<dyn Store>,
     witness: Option<Arc<Witness>>,
-    live: broadcast::Sender<i64>,
+    live: watch::Sender<()>,
     grants_changed: watch::Sender<()>,
 ) -> Result<WriterHandle, StoreError> {
     let heads = store
@@ -394,7 +394,7 @@ struct Writer {
     /// every retry.
     copies_told: HashSet<String>,
     rx: mpsc::Receiver<Request>,
-    live: broadcast::Sender<i64>,
+    live: watch::Sender<()>,
     grants_changed: watch::Sender<()>,
 }
 
@@ -531,7 +531,7 @@ impl Writer {
             return Ok(());
         }
         match self.store.commit(&group.commit) {
-            Ok(last_row) => {
+            Ok(()) => {
                 self.heads.extend(group.heads);
                 self.logs.extend(group.logs);
                 self.copies_told.extend(group.copies_told);
@@ -554,8 +554,7 @@ impl Writer {
                 for outcome in group.replies {
                     outcome.send(None);
                 }
-                // No tailer listening is not an error.
-                let _ = self.live.send(last_row);
+                self.live.send_replace(());
                 Ok(())
             }
             Err(e) => {
@@ -1456,7 +1455,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         let store: Arc<dyn Store> = Arc::new(Sqlite::open(path.to_str().unwrap()).unwrap());
-        let (live, _) = broadcast::channel(4);
+        let (live, _) = watch::channel(());
         let (changed, told) = watch::channel(());
         let writer = spawn(Arc::clone(&store), None, live, changed).unwrap();
         let new = Grant {

@@ -326,9 +326,60 @@ pub fn copy(from: &Path, to: &Path) {
     run("postgres", &format!("CREATE DATABASE {to} TEMPLATE {from}"));
 }
 
-/// Applies `sql` to the database of `store`.
-pub fn sql(store: &Path, sql: &str) {
-    run(&database(store), sql);
+/// Applies `sql` to the database of `store`; its rows, unaligned.
+#[must_use]
+pub fn sql(store: &Path, sql: &str) -> String {
+    run(&database(store), sql)
+}
+
+/// A psql session on the database of a store that stays open between statements, so a test
+/// can hold a transaction, and its locks, while collectors work. Ended when dropped.
+pub struct Session {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Session {
+    #[must_use]
+    pub fn open(store: &Path) -> Self {
+        let dir = &server().dir;
+        let mut child = Command::new(bin("psql"))
+            .arg("-h")
+            .arg(dir)
+            .args(["-p", &PORT.to_string(), "-U", ROLE, "-d", &database(store)])
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-At"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run psql");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Runs `sql`, which must print one line, and returns that line once it is printed:
+    /// by then every statement before it has run.
+    pub fn line(&mut self, sql: &str) -> String {
+        use std::io::{BufRead as _, Write as _};
+        writeln!(self.stdin, "{sql}").expect("psql takes the statement");
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("psql answers");
+        assert!(!line.is_empty(), "psql ended before answering {sql}");
+        line.trim_end().to_owned()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The connections open to the database of `store`.

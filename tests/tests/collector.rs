@@ -88,7 +88,12 @@ fn event(n: u64) -> Event {
 
 /// A chain as an agent makes it: record 0 is its `ChainStart`, then `event(1..len)`.
 fn test_chain(id: &str, len: u64) -> Chain {
-    let mut chain = Chain::start(id, HOST, T0);
+    host_chain(HOST, id, len)
+}
+
+/// `test_chain` of another host.
+fn host_chain(host: &str, id: &str, len: u64) -> Chain {
+    let mut chain = Chain::start(id, host, T0);
     for n in 1..len {
         chain.push(&event(n));
     }
@@ -877,7 +882,7 @@ async fn a_grant_made_at_one_collector_reaches_the_others_agents_at_once() {
         if who == "alice" {
             // The connection that listens is lost: it is dialled again, and what changed
             // meanwhile is sent as if heard.
-            tests::postgres::sql(
+            let _ = tests::postgres::sql(
                 &store,
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                  WHERE query LIKE 'LISTEN%'",
@@ -922,6 +927,95 @@ async fn a_host_revoked_at_one_collector_is_refused_by_the_other() {
     assert!(refused.message().contains("revoked"), "{refused}");
 }
 
+/// A tail through one collector shows what another on the same store stores, and misses no
+/// row that commits after a row with a higher id was stored (docs/scaling.md). The late
+/// commit is made for real: host-a's batch through the first collector is held in its
+/// transaction by a lock the test takes on host-a's log row (PostgreSQL), while host-b's
+/// later batch through the second commits. Before tails read only settled rows, that tail
+/// moved past the held rows and never showed them; before it looked for other collectors'
+/// rows, it showed the first one's only at its own next commit. Only this database's
+/// transactions may hold a tail back, not one left open in another database.
+#[tokio::test]
+async fn a_tail_shows_what_every_collector_stores_and_misses_no_late_commit() {
+    let (dir, store, first, second) = two_collectors("collector-tail");
+    // A transaction left open in another database of the same server holds no tail back.
+    let _elsewhere = (backend() == Backend::Postgres).then(|| {
+        let mut session = tests::postgres::Session::open(&dir.join("elsewhere.db"));
+        // Taking its id makes it a transaction that could write.
+        let line = session.line("BEGIN; SELECT pg_current_xact_id() IS NOT NULL;");
+        assert_eq!(line, "t");
+        session
+    });
+    let (a, b) = (
+        test_chain("host-a:boot:20", 20),
+        host_chain("host-b", "host-b:boot:1", 20),
+    );
+    let (mut agent_a, _) = Agent::connect(&first, HOST, &[a.id.as_str()]).await;
+    let (mut agent_b, _) = Agent::connect(&second, "host-b", &[b.id.as_str()]).await;
+    assert_eq!(agent_a.ship(a.batch(0..10)).await.unwrap(), 9);
+    assert_eq!(agent_b.ship(b.batch(0..10)).await.unwrap(), 9);
+    let mut tail = query(&second)
+        .await
+        .tail(TailRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut held = (backend() == Backend::Postgres).then(|| {
+        let mut session = tests::postgres::Session::open(&store);
+        let line = session.line("BEGIN; SELECT 'held' FROM logs WHERE host = 'host-a' FOR UPDATE;");
+        assert_eq!(line, "held");
+        session
+    });
+    if held.is_none() {
+        // Without a lock to hold, the first collector's commit comes last by waiting.
+        assert_eq!(agent_b.ship(b.batch(10..20)).await.unwrap(), 19);
+    }
+    let batch = a.batch(10..20);
+    let shipping = tokio::spawn(async move { agent_a.ship(batch).await });
+    if let Some(session) = &mut held {
+        // The first collector's commit has stored host-a's rows and waits for the lock.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tests::postgres::sql(&store, "SELECT count(*) FROM pg_locks WHERE NOT granted").trim()
+            != "1"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the commit never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(agent_b.ship(b.batch(10..20)).await.unwrap(), 19);
+        // Time for a tail to show host-b's rows, and move past host-a's, if it would.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(session.line("COMMIT; SELECT 'released';"), "released");
+    }
+    assert_eq!(shipping.await.unwrap().unwrap(), 19);
+    let committed = std::time::Instant::now();
+
+    let mut shown = Vec::new();
+    while shown.len() < 20 {
+        let e = tokio::time::timeout(Duration::from_secs(3), tail.message())
+            .await
+            .unwrap_or_else(|_| panic!("the tail showed only {shown:?}"))
+            .unwrap()
+            .unwrap();
+        if e.chain_id == a.id || e.chain_id == b.id {
+            shown.push((e.host, e.seq));
+        }
+    }
+    eprintln!(
+        "the tail showed the first collector's last commit {:?} after it",
+        committed.elapsed()
+    );
+    shown.sort();
+    let expected: Vec<(String, u64)> = ["host-a", "host-b"]
+        .into_iter()
+        .flat_map(|h| (10..20).map(move |seq| (h.to_owned(), seq)))
+        .collect();
+    assert_eq!(shown, expected);
+}
+
 /// A store of 1,000 records, stopped, for tampering with its chain (tests/tests/evidence.rs
 /// tampers with a signed log).
 async fn stored_chain(dir: &Path, chain: &Chain) -> std::path::PathBuf {
@@ -940,7 +1034,7 @@ fn tampered(pristine: &Path, name: &str, sql: &str) -> std::path::PathBuf {
     let copy = pristine.with_file_name(name);
     if backend() == Backend::Postgres {
         tests::postgres::copy(pristine, &copy);
-        tests::postgres::sql(&copy, sql);
+        let _ = tests::postgres::sql(&copy, sql);
         return copy;
     }
     for suffix in ["", "-wal", "-shm"] {

@@ -7,8 +7,9 @@ mod evidence;
 mod export;
 mod filter;
 mod sessions;
+mod tail;
 
-use std::{fmt::Write as _, sync::Arc};
+use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use pki::Role;
 use proto::v1::{
@@ -17,7 +18,7 @@ use proto::v1::{
     SessionsResponse, StoredEvent, TailRequest, VerifyRequest, VerifyResponse, event::Body,
     evidence_item::Item, query_server::Query,
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -42,6 +43,9 @@ const MAX_SESSIONS: u32 = 1000;
 const PAGE_BYTES: usize = 3 << 20;
 /// Rows read from the store at a time by streaming calls.
 const PAGE: usize = 1000;
+/// How often a tail looks for rows stored by another collector on the same store; rows
+/// this collector stores wake it at once.
+const OTHERS_EVERY: Duration = Duration::from_millis(250);
 /// One read of a streaming call.
 const STREAM_READ: Bound = Bound {
     rows: PAGE,
@@ -72,7 +76,7 @@ async fn read<T: Send + 'static>(
 
 pub(crate) struct QueryService {
     store: Arc<dyn Store>,
-    live: broadcast::Sender<i64>,
+    live: watch::Sender<()>,
     gate: Gate,
     /// Verify checks hosts' logs with it; `None` without TLS.
     witness: Option<Arc<Witness>>,
@@ -80,10 +84,10 @@ pub(crate) struct QueryService {
 }
 
 impl QueryService {
-    /// `live` is the writer's: it carries the highest stored row id after each commit.
+    /// `live` is the writer's: it is marked after each commit.
     pub(crate) fn new(
         store: Arc<dyn Store>,
-        live: broadcast::Sender<i64>,
+        live: watch::Sender<()>,
         gate: Gate,
         witness: Option<Arc<Witness>>,
         liveness: Arc<Liveness>,
@@ -321,6 +325,75 @@ async fn send_records(
     }
 }
 
+/// Streams `filter`'s events stored since `since_unix_nano` (0: from now), then live ones,
+/// until the client goes. `commits` is marked after each of this collector's commits; it is
+/// subscribed before the store's reach is read here, so every commit after that point wakes
+/// the tail, and the switch from history to live misses nothing.
+async fn follow(
+    store: Arc<dyn Store>,
+    mut commits: watch::Receiver<()>,
+    mut filter: EventFilter,
+    since_unix_nano: u64,
+) -> Result<ReceiverStream<Result<StoredEvent, Status>>, Status> {
+    let mut settled = tail::Settled::default();
+    let reach = {
+        let store = Arc::clone(&store);
+        read(move || store.reach()).await?
+    };
+    let mut up_to = settled.take(reach);
+    let (tx, rx) = mpsc::channel(PAGE);
+    tokio::spawn(async move {
+        let mut cursor = 0;
+        filter.since_unix_nano = since_unix_nano;
+        if since_unix_nano == 0 {
+            cursor = up_to;
+        }
+        let mut others = tokio::time::interval(OTHERS_EVERY);
+        others.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            while cursor < up_to {
+                let (s, f) = (Arc::clone(&store), filter.clone());
+                let page = match read(move || s.after_row(&f, cursor, up_to, STREAM_READ)).await {
+                    Ok(page) => page,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                for (row, event) in page.rows {
+                    cursor = row;
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                if !page.more {
+                    break;
+                }
+            }
+            // History (rows up to the first reach) is out; from here on every row is live,
+            // whatever its time.
+            cursor = cursor.max(up_to);
+            filter.since_unix_nano = 0;
+            tokio::select! {
+                () = tx.closed() => return,
+                changed = commits.changed() => if changed.is_err() {
+                    return;
+                },
+                _ = others.tick() => {}
+            }
+            let s = Arc::clone(&store);
+            match read(move || s.reach()).await {
+                Ok(reach) => up_to = settled.take(reach),
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
 #[tonic::async_trait]
 impl Query for QueryService {
     type TailStream = ReceiverStream<Result<StoredEvent, Status>>;
@@ -336,58 +409,15 @@ impl Query for QueryService {
         );
         self.reader(&request, "Tail", detail).await?;
         let request = request.into_inner();
-        let mut filter = filter::event_filter(request.filter)?;
-        // Subscribed before reading how far the store reaches: every commit after that
-        // point is announced, so the switch from history to live misses nothing.
-        let mut commits = self.live.subscribe();
-        let store = Arc::clone(&self.store);
-        let reach = read(move || store.last_row()).await?;
-        let (tx, rx) = mpsc::channel(PAGE);
-        let store = Arc::clone(&self.store);
-        tokio::spawn(async move {
-            let mut cursor = 0;
-            let mut up_to = reach;
-            filter.since_unix_nano = request.since_unix_nano;
-            if request.since_unix_nano == 0 {
-                cursor = reach;
-            }
-            loop {
-                loop {
-                    let (store, f) = (Arc::clone(&store), filter.clone());
-                    let page =
-                        match read(move || store.after_row(&f, cursor, up_to, STREAM_READ)).await {
-                            Ok(page) => page,
-                            Err(status) => {
-                                let _ = tx.send(Err(status)).await;
-                                return;
-                            }
-                        };
-                    for (row, event) in page.rows {
-                        cursor = row;
-                        if tx.send(Ok(event)).await.is_err() {
-                            return;
-                        }
-                    }
-                    if !page.more {
-                        break;
-                    }
-                }
-                // History (rows up to `reach`) is out; from here on every row is live,
-                // whatever its time.
-                cursor = cursor.max(up_to);
-                filter.since_unix_nano = 0;
-                tokio::select! {
-                    () = tx.closed() => return,
-                    commit = commits.recv() => match commit {
-                        Ok(row) => up_to = row,
-                        // A tailer that fell behind reads what it missed from the store.
-                        Err(broadcast::error::RecvError::Lagged(_)) => up_to = i64::MAX,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let filter = filter::event_filter(request.filter)?;
+        let stream = follow(
+            Arc::clone(&self.store),
+            self.live.subscribe(),
+            filter,
+            request.since_unix_nano,
+        )
+        .await?;
+        Ok(Response::new(stream))
     }
 
     async fn search(

@@ -255,6 +255,24 @@ impl Record {
     }
 }
 
+/// How far the events' row ids reach, read for a tail that follows them as they come.
+///
+/// A row id is taken when a row is written, not when its transaction commits. Where
+/// several writers commit at once (collectors sharing one PostgreSQL database), a row may
+/// commit after a row with a higher id was read, and a reader that moved past the higher
+/// one would never see it. Rows up to `row` are settled (committed, or never to be) once no
+/// transaction older than `settled_by` is still running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reach {
+    /// The highest row id taken so far, perhaps by a transaction still running.
+    pub row: i64,
+    /// Every transaction that took an id up to `row` is older than this one.
+    pub settled_by: u64,
+    /// The oldest transaction still running when this was read; where ids are taken in
+    /// commit order (`SQLite`, one writer at a time), `settled_by` and this are both 0.
+    pub oldest_running: u64,
+}
+
 /// A record of a session, as an evidence bundle carries it.
 #[derive(Clone, Debug)]
 pub struct SessionLeaf {
@@ -420,10 +438,10 @@ pub trait Store: Send + Sync + 'static {
     fn chain_starts(&self, host: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// The stored hash of one record.
     fn hash_at(&self, chain_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Writes it all in one durable transaction; returns the highest row id stored so far.
-    fn commit(&self, commit: &Commit) -> Result<i64, StoreError>;
-    /// The highest row id stored.
-    fn last_row(&self) -> Result<i64, StoreError>;
+    /// Writes it all in one durable transaction.
+    fn commit(&self, commit: &Commit) -> Result<(), StoreError>;
+    /// How far the row ids reach, and when every row up to there is settled.
+    fn reach(&self) -> Result<Reach, StoreError>;
     /// Matching events stored after row `after` up to row `up_to`, in storage order, with
     /// their row ids, as much as `bound` lets one read hold.
     fn after_row(

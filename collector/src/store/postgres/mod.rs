@@ -32,11 +32,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Bound, ChainRow, ChainState, Changed, Columns, Commit, Cursor, EventFilter, GrantUsage,
-    LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery,
-    SessionRow, Store, StoreError, TokenRow, Violations,
+    LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, Reach, RevokedHost, SessionLeaf,
+    SessionQuery, SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
-        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, STORED_COLUMNS, StoredRow,
-        by_row, chain_starts, hash32, int, log_upsert, page, uint,
+        CHAIN_COLUMNS, Conditions, Dialect, LOG_COLUMNS, STORED_COLUMNS, StoredRow, by_row,
+        chain_starts, hash32, int, log_upsert, page, uint,
     },
 };
 
@@ -316,18 +316,26 @@ impl Postgres {
         &self,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.with_reader(|client| {
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let out = f(&mut tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// `f` on a reader's connection, outside any transaction, off the async runtime.
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         off_runtime(|| {
             let mut client = self.reader()?;
-            let out = (|| {
-                let mut tx = client
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()?;
-                let out = f(&mut tx)?;
-                tx.commit()?;
-                Ok(out)
-            })();
+            let out = f(&mut client);
             let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
             if client.is_closed() {
                 readers.open -= 1;
@@ -414,6 +422,14 @@ impl Drop for Postgres {
     }
 }
 
+/// A running transaction's 32-bit id (as locks show it) as the 64-bit one it stands for:
+/// the one at or below `next`, the first not yet handed out. A running transaction is never
+/// 2^31 or more behind it (PostgreSQL stops handing ids out first).
+fn full_xid(next: u64, xid: u64) -> u64 {
+    let back = (next as u32).wrapping_sub(xid as u32);
+    next.saturating_sub(u64::from(back))
+}
+
 /// The records of the commit, after their chains' heads are set.
 fn commit_events(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
     let chain = tx.prepare(
@@ -421,6 +437,9 @@ fn commit_events(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreE
          ON CONFLICT (chain_id) DO UPDATE SET next_seq = excluded.next_seq, \
          head_hash = excluded.head_hash WHERE chains.next_seq <= $5 RETURNING id",
     )?;
+    // The chain rows move before the COPY takes row ids: that gives the transaction its own
+    // id first, which `reach` relies on to tell when every row below an id is settled.
+    //
     // Every record of the commit in one binary COPY: no statement to parse, no row to plan.
     let mut ids = Vec::with_capacity(commit.appends.len());
     for append in &commit.appends {
@@ -652,7 +671,7 @@ impl Store for Postgres {
         })
     }
 
-    fn commit(&self, commit: &Commit) -> Result<i64, StoreError> {
+    fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         off_runtime(|| {
             let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
             if writer.as_ref().is_none_or(Client::is_closed) {
@@ -675,13 +694,43 @@ impl Store for Postgres {
                     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &kind.name()])?;
                 }
             }
-            tx.commit()?;
-            Ok(client.query_one(LAST_ROW, &[])?.get(0))
+            Ok(tx.commit()?)
         })
     }
 
-    fn last_row(&self) -> Result<i64, StoreError> {
-        self.read(|tx| Ok(tx.query_one(LAST_ROW, &[])?.get(0)))
+    fn reach(&self) -> Result<Reach, StoreError> {
+        // The ids first, then the transactions, in a statement of its own. A transaction
+        // has its own id before it takes a row id (see `commit_events`), so every row id
+        // read first was taken by a transaction older than the first id not yet handed out
+        // when the second statement began; of those, the ones still running in this
+        // database hold the lock on their own id, read after that.
+        self.with_reader(|client| {
+            let row: i64 = client
+                .query_one(
+                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_id_seq",
+                    &[],
+                )?
+                .get(0);
+            let now = client.query_one(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
+                 ARRAY(SELECT l.transactionid::text::bigint FROM pg_locks l \
+                 JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' \
+                 AND l.granted AND a.datname = current_database())",
+                &[],
+            )?;
+            let next = uint(now.get(0));
+            let running: Vec<i64> = now.get(1);
+            Ok(Reach {
+                row,
+                settled_by: next,
+                oldest_running: running
+                    .into_iter()
+                    .map(|xid| full_xid(next, uint(xid)))
+                    .min()
+                    .unwrap_or(next),
+            })
+        })
     }
 
     fn after_row(
@@ -1032,5 +1081,21 @@ impl Store for Postgres {
             .spawn(move || follow(client, &config, tls.as_ref(), &own, &*each))
             .map_err(|e| StoreError::Backend(Arc::new(e)))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::full_xid;
+
+    /// Locks show a transaction's id in 32 bits; it is read as the nearest one at or below
+    /// the next id, also across a wrap of the 32 bits.
+    #[test]
+    fn a_running_transactions_id_is_the_nearest_below_the_next() {
+        let next = (5 << 32) | 0xa;
+        assert_eq!(full_xid(next, 0xa), next);
+        assert_eq!(full_xid(next, 0x4), (5 << 32) | 0x4);
+        assert_eq!(full_xid(next, 0xffff_fff0), (4 << 32) | 0xffff_fff0);
+        assert_eq!(full_xid(700, 650), 650);
     }
 }

@@ -23,8 +23,8 @@ use sha2::Digest as _;
 
 use super::{
     Bound, ChainRow, ChainState, Changed, Columns, Commit, Cursor, EventFilter, GrantUsage,
-    LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, RevokedHost, SessionLeaf, SessionQuery,
-    SessionRow, Store, StoreError, TokenRow, Violations,
+    LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, Reach, RevokedHost, SessionLeaf,
+    SessionQuery, SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
         CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, STORED_COLUMNS, by_row,
         chain_starts, hash32, int, log_upsert, uint,
@@ -343,7 +343,7 @@ impl Store for Sqlite {
         })
     }
 
-    fn commit(&self, commit: &Commit) -> Result<i64, StoreError> {
+    fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         let mut conn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let tx = conn.transaction()?;
         {
@@ -426,11 +426,18 @@ impl Store for Sqlite {
         commit_logs(&tx, commit)?;
         tx.commit()?;
         self.checkpointer.wake();
-        Ok(conn.query_row(LAST_ROW, [], |r| r.get(0))?)
+        Ok(())
     }
 
-    fn last_row(&self) -> Result<i64, StoreError> {
-        self.read(|conn| conn.query_row(LAST_ROW, [], |r| r.get(0)))
+    fn reach(&self) -> Result<Reach, StoreError> {
+        // One writer at a time holds the database from taking its ids to its commit, so a
+        // row is stored by the time a higher id is: every row read is settled.
+        let row = self.read(|conn| conn.query_row(LAST_ROW, [], |r| r.get(0)))?;
+        Ok(Reach {
+            row,
+            settled_by: 0,
+            oldest_running: 0,
+        })
     }
 
     fn after_row(
