@@ -201,7 +201,11 @@ pub async fn serve(
         .filter(|c| c.chain_id != store::COLLECTOR_CHAIN)
         .map(|c| c.host);
     let liveness = Arc::new(liveness::Liveness::new(known, silent_after));
-    tokio::spawn(liveness::watch(Arc::clone(&liveness), writer.clone()));
+    tokio::spawn(liveness::watch(
+        Arc::clone(&liveness),
+        Arc::clone(&store),
+        writer.clone(),
+    ));
     let gate = Gate::new(writer.clone());
     let revoked = Revoked::new(store.revoked_hosts()?.into_iter().map(|r| r.host));
     let require_approval = policy.require_approval;

@@ -1,12 +1,17 @@
 //! Which hosts are alive. Every message on a host's ingest stream is contact; agents send a
-//! heartbeat every few seconds, so a quiet host still speaks. A host the collector has not
-//! heard from for `--silent-after` is `silent`: the collector chains a `host_silent` alert
-//! in its own chain, and `host_back` when the host speaks again. An agent that is killed,
-//! or a host that is cut off, is thereby on record, not merely absent.
+//! heartbeat every few seconds, so a quiet host still speaks. A host not heard from for
+//! `--silent-after` is `silent`: a collector chains a `host_silent` alert in its own chain,
+//! and `host_back` when the host speaks to it again. An agent that is killed, or a host that
+//! is cut off, is thereby on record, not merely absent.
 //!
-//! The state lives in memory. At start, every host the store holds records of is taken as
-//! last heard at that moment: one that never reconnects goes silent like any other.
-
+//! Collectors sharing a store share what they heard: each notes its hosts' latest contacts
+//! in the store every second, and reads everyone's, so a host served by another collector is
+//! not silent, and `hosts` through any of them lists the hosts of all. Of the collectors that
+//! find a host silent, the one that marks it so in the store first raises the alert.
+//!
+//! At start, every host the store holds records of is taken as last heard at that moment,
+//! unless the store says it was heard later: one that never reconnects goes silent like any
+//! other, and one already marked silent is not alerted twice.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
@@ -15,7 +20,10 @@ use std::{
 
 use proto::v1::{Alert, Hello, HostLiveness, event::Body};
 
-use crate::writer::{Own, WriterHandle};
+use crate::{
+    store::{HostContact, Store, blocking},
+    writer::{Own, WriterHandle},
+};
 
 /// How often silence is looked for.
 const TICK: Duration = Duration::from_secs(1);
@@ -30,6 +38,10 @@ struct Contact {
     name: String,
     streams: u32,
     silent: bool,
+    /// Heard since its contact was last noted in the store.
+    unnoted: bool,
+    /// Its latest contact noted in the store, by any collector, when last read; 0 when none.
+    noted_unix_nano: u64,
 }
 
 impl Contact {
@@ -42,6 +54,8 @@ impl Contact {
             name: String::new(),
             streams: 0,
             silent: false,
+            unnoted: false,
+            noted_unix_nano: 0,
         }
     }
 }
@@ -71,7 +85,44 @@ impl Liveness {
         let contact = hosts.entry(host.to_owned()).or_insert_with(Contact::now);
         contact.last = Instant::now();
         contact.last_unix_nano = proto::time::now_unix_nano();
+        contact.unnoted = true;
         std::mem::take(&mut contact.silent)
+    }
+
+    /// The contacts heard since they were last taken, to be noted in the store.
+    fn unnoted(&self) -> Vec<(String, u64)> {
+        self.lock()
+            .iter_mut()
+            .filter_map(|(host, c)| {
+                std::mem::take(&mut c.unnoted).then(|| (host.clone(), c.last_unix_nano))
+            })
+            .collect()
+    }
+
+    /// Takes in the contacts every collector noted: a later one than this collector's own
+    /// is the host's last contact, silent or not; a host no one has heard since it was
+    /// marked silent is silent here too.
+    fn merge(&self, noted: Vec<HostContact>) {
+        let now = proto::time::now_unix_nano();
+        let mut hosts = self.lock();
+        for row in noted {
+            let ago = Duration::from_nanos(now.saturating_sub(row.seen_unix_nano));
+            let at = Instant::now().checked_sub(ago);
+            let contact = hosts.entry(row.host).or_insert_with(|| Contact {
+                // One known only from the store: heard when it says, or now if it says none.
+                last: at.unwrap_or_else(Instant::now),
+                last_unix_nano: row.seen_unix_nano,
+                ..Contact::now()
+            });
+            contact.noted_unix_nano = row.seen_unix_nano;
+            if at.is_some_and(|at| at > contact.last) {
+                contact.last = at.unwrap_or(contact.last);
+                contact.last_unix_nano = row.seen_unix_nano;
+                contact.silent = row.silent;
+            } else if row.silent && contact.last_unix_nano <= row.seen_unix_nano {
+                contact.silent = true;
+            }
+        }
     }
 
     /// A stream opened with `hello`: returns whether its host had been silent.
@@ -91,17 +142,26 @@ impl Liveness {
         }
     }
 
-    /// The hosts that have just gone silent, with how long since each was heard.
-    fn newly_silent(&self) -> Vec<(String, Duration)> {
-        let mut silent = Vec::new();
-        for (host, contact) in self.lock().iter_mut() {
-            let quiet = contact.last.elapsed();
-            if !contact.silent && quiet >= self.silent_after {
-                contact.silent = true;
-                silent.push((host.clone(), quiet));
-            }
+    /// The hosts not heard from for `silent_after` and not yet silent, each with its
+    /// latest contact noted in the store.
+    fn quiet(&self) -> Vec<(String, u64)> {
+        self.lock()
+            .iter()
+            .filter(|(_, c)| !c.silent && c.last.elapsed() >= self.silent_after)
+            .map(|(host, c)| (host.clone(), c.noted_unix_nano))
+            .collect()
+    }
+
+    /// Marks `host` silent unless it spoke meanwhile: how long since it was heard, if so.
+    fn silence(&self, host: &str) -> Option<Duration> {
+        let mut hosts = self.lock();
+        let contact = hosts.get_mut(host)?;
+        let quiet = contact.last.elapsed();
+        if contact.silent || quiet < self.silent_after {
+            return None;
         }
-        silent
+        contact.silent = true;
+        Some(quiet)
     }
 
     /// Every known host's state, by name; `head` gives each its newest stored chain.
@@ -143,12 +203,36 @@ pub(crate) fn alert(kind: &str, host: &str, message: String) -> Own {
     )
 }
 
-/// Chains `host_silent` for each host as it goes silent, until the writer is gone.
-pub(crate) async fn watch(liveness: Arc<Liveness>, writer: WriterHandle) {
+/// Every second, notes this collector's contacts in the store and reads every
+/// collector's; chains `host_silent` for each host as it goes silent, until the writer is
+/// gone. A store out of reach leaves this collector with what it heard itself.
+pub(crate) async fn watch(liveness: Arc<Liveness>, store: Arc<dyn Store>, writer: WriterHandle) {
     let mut tick = tokio::time::interval(TICK);
     loop {
         tick.tick().await;
-        for (host, quiet) in liveness.newly_silent() {
+        let heard = liveness.unnoted();
+        if !heard.is_empty() {
+            let s = Arc::clone(&store);
+            // Logged by `blocking`; the next contacts are noted at the next tick.
+            let _ = blocking(move || s.record_contacts(&heard)).await;
+        }
+        let s = Arc::clone(&store);
+        if let Ok(noted) = blocking(move || s.contacts()).await {
+            liveness.merge(noted);
+        }
+        for (host, noted) in liveness.quiet() {
+            let (s, h) = (Arc::clone(&store), host.clone());
+            // Without the store, this collector raises it: better twice than never.
+            let first = blocking(move || s.mark_silent(&h, noted))
+                .await
+                .unwrap_or(true);
+            let Some(quiet) = liveness.silence(&host) else {
+                continue;
+            };
+            if !first {
+                tracing::info!(host, "host silent, raised by another collector");
+                continue;
+            }
             tracing::warn!(host, quiet_s = quiet.as_secs(), "host silent");
             let message = format!(
                 "nothing heard from it for {} s (the limit is {} s): its agent is stopped, \

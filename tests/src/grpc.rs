@@ -12,9 +12,9 @@ use proto::{
     chain,
     v1::{
         AgentMessage, ChainStart, ChainVerdict, ChainedEvent, Checkpoint, CheckpointAck,
-        CollectorMessage, Event, EventBatch, Filter, GrantView, Hello, SearchRequest, SpoolHole,
-        StoredEvent, VerifyRequest, VerifyResponse, Welcome, agent_message::Msg, collector_message,
-        event::Body, ingest_client::IngestClient, query_client::QueryClient,
+        CollectorMessage, Event, EventBatch, Filter, GrantView, Heartbeat, Hello, SearchRequest,
+        SpoolHole, StoredEvent, VerifyRequest, VerifyResponse, Welcome, agent_message::Msg,
+        collector_message, event::Body, ingest_client::IngestClient, query_client::QueryClient,
     },
 };
 use tokio::sync::mpsc;
@@ -173,6 +173,16 @@ impl Agent {
             })
             .await
             .is_ok()
+    }
+
+    /// Says the agent is alive, as a real one does every few seconds.
+    pub async fn heartbeat(&self) {
+        self.tx
+            .send(AgentMessage {
+                msg: Some(Msg::Heartbeat(Heartbeat {})),
+            })
+            .await
+            .unwrap();
     }
 
     pub async fn checkpoint(&self, checkpoint: Checkpoint) {

@@ -1016,6 +1016,86 @@ async fn a_tail_shows_what_every_collector_stores_and_misses_no_late_commit() {
     assert_eq!(shown, expected);
 }
 
+/// The `host_silent` and `host_back` alerts about `host` stored, oldest first.
+async fn liveness_alerts(collector: &Collector, host: &str) -> Vec<String> {
+    let alerts = Filter {
+        kinds: vec!["alert".into()],
+        ..Filter::default()
+    };
+    search_all(collector, alerts, 100)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.event?.body? {
+            Body::Alert(a) if a.host == host && a.kind.starts_with("host_") => Some(a.kind),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Collectors on one store share what they heard (docs/scaling.md): a host that moved to
+/// another collector is not reported silent by the one it left, every collector lists it
+/// live, and when it does go quiet, one alert says so, not one per collector. The host
+/// comes back through the first collector, which says so too.
+#[tokio::test]
+async fn a_host_served_by_another_collector_is_silent_only_when_no_collector_hears_it() {
+    let dir = scratch_dir("collector-silent");
+    let store = dir.join("c.db");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let quick = ["--silent-after", "2s"];
+    let first = Collector::start_with(&store, any, &quick);
+    let second = Collector::start_with(&store, any, &quick);
+    let chain = test_chain("host-a:boot:30", 20);
+    let (mut agent, _) = Agent::connect(&first, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..10)).await.unwrap(), 9);
+    drop(agent);
+    let (mut agent, _) = Agent::connect(&second, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(10..20)).await.unwrap(), 19);
+    // Well past the limit, with the host heard only by the second collector.
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        agent.heartbeat().await;
+    }
+    assert_eq!(liveness_alerts(&first, HOST).await, Vec::<String>::new());
+    for collector in [&first, &second] {
+        let hosts = query(collector)
+            .await
+            .hosts(HostsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .hosts;
+        let status = hosts
+            .iter()
+            .find(|h| h.host == HOST)
+            .expect("host-a listed");
+        assert_eq!(status.state, "live", "{status:?}");
+        let ago = proto::time::now_unix_nano().saturating_sub(status.last_contact_unix_nano);
+        assert!(ago < 3_000_000_000, "last contact {ago} ns ago: {status:?}");
+    }
+
+    drop(agent);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while liveness_alerts(&first, HOST).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no host_silent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both collectors have looked again by now, each more than once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(liveness_alerts(&second, HOST).await, ["host_silent"]);
+
+    let (agent, _) = Agent::connect(&first, HOST, &[chain.id.as_str()]).await;
+    agent.heartbeat().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while liveness_alerts(&first, HOST).await.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no host_back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        liveness_alerts(&second, HOST).await,
+        ["host_silent", "host_back"]
+    );
+}
+
 /// A store of 1,000 records, stopped, for tampering with its chain (tests/tests/evidence.rs
 /// tampers with a signed log).
 async fn stored_chain(dir: &Path, chain: &Chain) -> std::path::PathBuf {

@@ -273,6 +273,15 @@ pub struct Reach {
     pub oldest_running: u64,
 }
 
+/// A host's latest contact with any collector on the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostContact {
+    pub host: String,
+    pub seen_unix_nano: u64,
+    /// A collector raised `host_silent` for it after that contact.
+    pub silent: bool,
+}
+
 /// A record of a session, as an evidence bundle carries it.
 #[derive(Clone, Debug)]
 pub struct SessionLeaf {
@@ -496,6 +505,15 @@ pub trait Store: Send + Sync + 'static {
     fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>, StoreError>;
     /// Every revoked host.
     fn revoked_hosts(&self) -> Result<Vec<RevokedHost>, StoreError>;
+    /// Notes that each host was heard at its time, unless a collector has noted a later
+    /// contact; one heard is no longer silent.
+    fn record_contacts(&self, heard: &[(String, u64)]) -> Result<(), StoreError>;
+    /// Every host's latest contact noted, by whichever collector on this store heard it.
+    fn contacts(&self) -> Result<Vec<HostContact>, StoreError>;
+    /// Marks `host` silent, if its latest noted contact is still at `seen` (0: none noted)
+    /// and no collector has marked it yet: whether this call did, so that of the
+    /// collectors sharing the store one alone raises the alert.
+    fn mark_silent(&self, host: &str, seen: u64) -> Result<bool, StoreError>;
     /// Every host's log.
     fn logs(&self) -> Result<Vec<LogRow>, StoreError>;
     /// One host's log.

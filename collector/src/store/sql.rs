@@ -61,6 +61,25 @@ pub(super) fn log_upsert(dialect: Dialect) -> String {
 /// The highest row id stored.
 pub(super) const LAST_ROW: &str = "SELECT COALESCE(MAX(id), 0) FROM events";
 
+// The contacts statements number their arguments `$n`, which SQLite takes as names bound
+// in order of first use: one text serves both backends.
+
+/// `Store::record_contacts`, one host: the host and the time heard.
+pub(super) const CONTACT_UPSERT: &str = "INSERT INTO contacts (host, seen, silent) \
+     VALUES ($1, $2, 0) ON CONFLICT (host) DO UPDATE SET seen = excluded.seen, silent = 0 \
+     WHERE excluded.seen > contacts.seen";
+
+/// `Store::mark_silent` of a host with no contact noted: the host.
+pub(super) const FIRST_SILENT: &str =
+    "INSERT INTO contacts (host, seen, silent) VALUES ($1, 0, 1) ON CONFLICT (host) DO NOTHING";
+
+/// `Store::mark_silent` of a host last heard at a time: the host and that time.
+pub(super) const NEXT_SILENT: &str =
+    "UPDATE contacts SET silent = 1 WHERE host = $1 AND seen = $2 AND silent = 0";
+
+/// `Store::contacts`.
+pub(super) const CONTACTS: &str = "SELECT host, seen, silent != 0 FROM contacts";
+
 /// How a backend writes the placeholder of its `n`th argument (from 1).
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Dialect {

@@ -32,11 +32,12 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Bound, ChainRow, ChainState, Changed, Columns, Commit, Cursor, EventFilter, GrantUsage,
-    LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, Reach, RevokedHost, SessionLeaf,
-    SessionQuery, SessionRow, Store, StoreError, TokenRow, Violations,
+    HostContact, LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, Reach, RevokedHost,
+    SessionLeaf, SessionQuery, SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
-        CHAIN_COLUMNS, Conditions, Dialect, LOG_COLUMNS, STORED_COLUMNS, StoredRow, by_row,
-        chain_starts, hash32, int, log_upsert, page, uint,
+        CHAIN_COLUMNS, CONTACT_UPSERT, CONTACTS, Conditions, Dialect, FIRST_SILENT, LOG_COLUMNS,
+        NEXT_SILENT, STORED_COLUMNS, StoredRow, by_row, chain_starts, hash32, int, log_upsert,
+        page, uint,
     },
 };
 
@@ -322,6 +323,28 @@ impl Postgres {
                 .isolation_level(IsolationLevel::RepeatableRead)
                 .read_only(true)
                 .start()?;
+            let out = f(&mut tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// `f` in a transaction of the writer's connection, committed if it returns `Ok`, off
+    /// the async runtime.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        off_runtime(|| {
+            let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            if writer.as_ref().is_none_or(Client::is_closed) {
+                let mut client = self.connect()?;
+                self.writer_pid
+                    .store(backend_pid(&mut client)?, Ordering::Relaxed);
+                *writer = Some(client);
+            }
+            let client = writer.as_mut().expect("connected above");
+            let mut tx = client.transaction()?;
             let out = f(&mut tx)?;
             tx.commit()?;
             Ok(out)
@@ -672,19 +695,10 @@ impl Store for Postgres {
     }
 
     fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
-        off_runtime(|| {
-            let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            if writer.as_ref().is_none_or(Client::is_closed) {
-                let mut client = self.connect()?;
-                self.writer_pid
-                    .store(backend_pid(&mut client)?, Ordering::Relaxed);
-                *writer = Some(client);
-            }
-            let client = writer.as_mut().expect("connected above");
-            let mut tx = client.transaction()?;
-            commit_events(&mut tx, commit)?;
-            commit_trust(&mut tx, commit)?;
-            commit_logs(&mut tx, commit)?;
+        self.write(|tx| {
+            commit_events(tx, commit)?;
+            commit_trust(tx, commit)?;
+            commit_logs(tx, commit)?;
             // Delivered to the other collectors' listeners if, and when, the commit is.
             for (kind, changed) in [
                 (Changed::Grants, !commit.grants.is_empty()),
@@ -694,7 +708,7 @@ impl Store for Postgres {
                     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &kind.name()])?;
                 }
             }
-            Ok(tx.commit()?)
+            Ok(())
         })
     }
 
@@ -913,6 +927,39 @@ impl Store for Postgres {
                 used_unix_nano: uint(r.try_get(4)?),
             }))
         })
+    }
+
+    fn record_contacts(&self, heard: &[(String, u64)]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let upsert = tx.prepare(CONTACT_UPSERT)?;
+            for (host, seen) in heard {
+                tx.execute(&upsert, &[host, &int(*seen)])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn contacts(&self) -> Result<Vec<HostContact>, StoreError> {
+        self.read(|tx| {
+            collect(&tx.query(CONTACTS, &[])?, |r| {
+                Ok(HostContact {
+                    host: r.try_get(0)?,
+                    seen_unix_nano: uint(r.try_get(1)?),
+                    silent: r.try_get(2)?,
+                })
+            })
+        })
+    }
+
+    fn mark_silent(&self, host: &str, seen: u64) -> Result<bool, StoreError> {
+        let changed = self.write(|tx| {
+            Ok(if seen == 0 {
+                tx.execute(FIRST_SILENT, &[&host])?
+            } else {
+                tx.execute(NEXT_SILENT, &[&host, &int(seen)])?
+            })
+        })?;
+        Ok(changed == 1)
     }
 
     fn revoked_hosts(&self) -> Result<Vec<RevokedHost>, StoreError> {

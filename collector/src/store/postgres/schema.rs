@@ -6,11 +6,12 @@
 //! - 1: what version 5 of the SQLite schema holds (chains, events with their columns and
 //!   log indexes, grants, tokens, revoked hosts, hosts' logs, cosigned checkpoints and
 //!   forks, prunes and holds).
+//! - 2: each host's latest contact with any collector on the database (`liveness`).
 
 use postgres::Client;
 
 /// The schema this collector reads and writes.
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
 /// Taken by every collector migrating a database (an arbitrary constant, "recorder").
 const MIGRATION_LOCK: i64 = 0x7265_636f_7264_6572;
@@ -132,6 +133,15 @@ CREATE TABLE holds (
 );
 ";
 
+/// Version 2. `silent` is 1 once a collector raised `host_silent` after `seen`.
+const V2: &str = "
+CREATE TABLE contacts (
+    host TEXT PRIMARY KEY,
+    seen BIGINT NOT NULL,
+    silent INTEGER NOT NULL
+);
+";
+
 #[derive(Debug, thiserror::Error)]
 pub(super) enum MigrateError {
     #[error(transparent)]
@@ -154,6 +164,9 @@ pub(super) fn migrate(client: &mut Client) -> Result<(), MigrateError> {
     if version < 1 {
         tx.batch_execute(V1)?;
         tx.execute("INSERT INTO schema_version (version) VALUES (0)", &[])?;
+    }
+    if version < 2 {
+        tx.batch_execute(V2)?;
     }
     tx.execute("UPDATE schema_version SET version = $1", &[&VERSION])?;
     Ok(tx.commit()?)

@@ -23,11 +23,12 @@ use sha2::Digest as _;
 
 use super::{
     Bound, ChainRow, ChainState, Changed, Columns, Commit, Cursor, EventFilter, GrantUsage,
-    LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, Reach, RevokedHost, SessionLeaf,
-    SessionQuery, SessionRow, Store, StoreError, TokenRow, Violations,
+    HostContact, LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, Reach, RevokedHost,
+    SessionLeaf, SessionQuery, SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
-        CHAIN_COLUMNS, Conditions, Dialect, LAST_ROW, LOG_COLUMNS, STORED_COLUMNS, by_row,
-        chain_starts, hash32, int, log_upsert, uint,
+        CHAIN_COLUMNS, CONTACT_UPSERT, CONTACTS, Conditions, Dialect, FIRST_SILENT, LAST_ROW,
+        LOG_COLUMNS, NEXT_SILENT, STORED_COLUMNS, by_row, chain_starts, hash32, int, log_upsert,
+        uint,
     },
 };
 
@@ -773,6 +774,42 @@ impl Store for Sqlite {
         Ok(())
     }
 
+    fn record_contacts(&self, heard: &[(String, u64)]) -> Result<(), StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = conn.transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(CONTACT_UPSERT)?;
+            for (host, seen) in heard {
+                upsert.execute(params![host, int(*seen)])?;
+            }
+        }
+        Ok(tx.commit()?)
+    }
+
+    fn contacts(&self) -> Result<Vec<HostContact>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(CONTACTS)?
+                .query_map([], |r| {
+                    Ok(HostContact {
+                        host: r.get(0)?,
+                        seen_unix_nano: uint(r.get(1)?),
+                        silent: r.get(2)?,
+                    })
+                })?
+                .collect()
+        })
+    }
+
+    fn mark_silent(&self, host: &str, seen: u64) -> Result<bool, StoreError> {
+        let conn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = if seen == 0 {
+            conn.execute(FIRST_SILENT, params![host])?
+        } else {
+            conn.execute(NEXT_SILENT, params![host, int(seen)])?
+        };
+        Ok(changed == 1)
+    }
+
     fn revoked_hosts(&self) -> Result<Vec<RevokedHost>, StoreError> {
         self.read(|conn| {
             conn.prepare_cached("SELECT host, time, actor, reason FROM revoked_hosts")?
@@ -821,6 +858,31 @@ mod tests {
             cosigned_root: [0; 32],
             cosigned_note: String::new(),
         }
+    }
+
+    /// Of collectors that judged a host silent on the same contact, one alone marks it so;
+    /// a contact noted later, or one older than the newest, makes it not silent again.
+    #[test]
+    fn a_host_is_marked_silent_once_per_contact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(dir.path().join("s.db").to_str().unwrap()).unwrap();
+        let row = |seen, silent| HostContact {
+            host: "h".into(),
+            seen_unix_nano: seen,
+            silent,
+        };
+        // Never heard: the first to mark it wins.
+        assert!(store.mark_silent("h", 0).unwrap());
+        assert!(!store.mark_silent("h", 0).unwrap());
+        assert_eq!(store.contacts().unwrap(), [row(0, true)]);
+        store.record_contacts(&[("h".into(), 20)]).unwrap();
+        store.record_contacts(&[("h".into(), 10)]).unwrap();
+        assert_eq!(store.contacts().unwrap(), [row(20, false)]);
+        // Judged on an older contact: the host was heard since.
+        assert!(!store.mark_silent("h", 10).unwrap());
+        assert!(store.mark_silent("h", 20).unwrap());
+        assert!(!store.mark_silent("h", 20).unwrap());
+        assert_eq!(store.contacts().unwrap(), [row(20, true)]);
     }
 
     /// Another collector on the same file that read the store before this commit cannot move

@@ -13,13 +13,14 @@
 //!   checkpoints refused as forks. Records stored before are in no log.
 //! - 4: how far each log is pruned, and sessions on legal hold.
 //! - 5: chains are found by host (a connecting agent's Welcome reads only its host's).
+//! - 6: each host's latest contact with any collector on the store (`liveness`).
 
 use prost::Message as _;
 use proto::{kind::Kind, v1::Event};
 use rusqlite::{Connection, Transaction, params};
 
 /// The schema this collector reads and writes.
-pub(super) const VERSION: i64 = 5;
+pub(super) const VERSION: i64 = 6;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS chains (
@@ -137,6 +138,15 @@ CREATE TABLE IF NOT EXISTS holds (
 );
 ";
 
+/// What version 6 adds. `silent` is 1 once a collector raised `host_silent` after `seen`.
+const CONTACTS: &str = "
+CREATE TABLE IF NOT EXISTS contacts (
+    host TEXT PRIMARY KEY,
+    seen INTEGER NOT NULL,
+    silent INTEGER NOT NULL
+);
+";
+
 /// Made after the columns an older store gains, which some of them cover. Each one slows
 /// ingest, so the partial ones cover only the few rows their queries read.
 const INDEXES: &str = "
@@ -192,6 +202,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     if version < 5 {
         tx.execute_batch("CREATE INDEX IF NOT EXISTS chains_host ON chains(host, id);")?;
+    }
+    if version < 6 {
+        tx.execute_batch(CONTACTS)?;
     }
     if version < VERSION {
         tx.pragma_update(None, "user_version", VERSION)?;
