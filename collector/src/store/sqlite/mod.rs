@@ -10,6 +10,7 @@ use std::{
     ops::ControlFlow,
     sync::{
         Arc, Mutex, PoisonError,
+        atomic::{AtomicI64, Ordering},
         mpsc::{SyncSender, sync_channel},
     },
 };
@@ -65,6 +66,9 @@ pub struct Sqlite {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     checkpointer: Checkpointer,
+    /// The count of grant changes (`changes`) this store's own last grant commit left:
+    /// `follow_changes` tells only of others'.
+    own_grant_changes: Arc<AtomicI64>,
 }
 
 /// Copies the WAL's committed pages into the database on a thread of its own, woken after
@@ -118,7 +122,7 @@ impl Drop for Checkpointer {
     }
 }
 
-/// How often the revoked hosts are read for another collector's revocations.
+/// How often the revoked hosts and grant changes are counted for another collector's.
 const POLL_CHANGES: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn connect(path: &str) -> rusqlite::Result<Connection> {
@@ -172,6 +176,7 @@ impl Sqlite {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             checkpointer,
+            own_grant_changes: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -347,6 +352,7 @@ impl Store for Sqlite {
     fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         let mut conn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let tx = conn.transaction()?;
+        let mut own_grants = None;
         {
             let mut chain = tx.prepare_cached(
                 "INSERT INTO chains (chain_id, host, next_seq, head_hash) VALUES (?1, ?2, ?3, ?4) \
@@ -422,10 +428,22 @@ impl Store for Sqlite {
                     g.encode_to_vec()
                 ])?;
             }
+            if !commit.grants.is_empty() {
+                let count: i64 = tx
+                    .prepare_cached(
+                        "INSERT INTO changes (kind, count) VALUES ('grants', 1) \
+                         ON CONFLICT (kind) DO UPDATE SET count = count + 1 RETURNING count",
+                    )?
+                    .query_row([], |r| r.get(0))?;
+                own_grants = Some(count);
+            }
         }
         commit_trust(&tx, commit)?;
         commit_logs(&tx, commit)?;
         tx.commit()?;
+        if let Some(count) = own_grants {
+            self.own_grant_changes.store(count, Ordering::Relaxed);
+        }
         self.checkpointer.wake();
         Ok(())
     }
@@ -742,32 +760,43 @@ impl Store for Sqlite {
         })
     }
 
-    /// Polls the revoked hosts: `SQLite` has no notifications. Two collectors on one file
-    /// then refuse a host the other revoked within `POLL_CHANGES`; grants reach the other's
-    /// agents with its next view refresh.
+    /// Polls the count of revoked hosts and of grant changes: `SQLite` has no
+    /// notifications. Two collectors on one file then refuse a host the other revoked, and
+    /// send their agents a grant the other changed, within `POLL_CHANGES`.
     fn follow_changes(&self, each: Box<dyn Fn(Changed) + Send>) -> Result<(), StoreError> {
         let conn = connect(&self.path)?;
-        let revoked = |conn: &Connection| {
-            conn.query_row("SELECT COUNT(*) FROM revoked_hosts", [], |r| {
-                r.get::<_, i64>(0)
-            })
+        let counts = |conn: &Connection| {
+            conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM revoked_hosts), \
+                 (SELECT COALESCE(MAX(count), 0) FROM changes WHERE kind = 'grants')",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
         };
-        let mut known = revoked(&conn)?;
+        let (mut revoked, mut grants) = counts(&conn)?;
+        let own = Arc::clone(&self.own_grant_changes);
         std::thread::Builder::new()
             .name("store-changes".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(POLL_CHANGES);
-                    match revoked(&conn) {
-                        Ok(now) if now != known => {
-                            known = now;
-                            each(Changed::RevokedHosts);
-                        }
-                        Ok(_) => {}
+                    let now = match counts(&conn) {
+                        Ok(now) => now,
                         Err(error) => {
-                            tracing::warn!(%error, "cannot read the revoked hosts");
+                            tracing::warn!(%error, "cannot read the store's changes");
+                            continue;
                         }
+                    };
+                    if now.0 != revoked {
+                        revoked = now.0;
+                        each(Changed::RevokedHosts);
                     }
+                    // Left so by this collector's own commit: its agents were sent views read
+                    // after it, which hold any change before it too.
+                    if now.1 != grants && now.1 != own.load(Ordering::Relaxed) {
+                        each(Changed::Grants);
+                    }
+                    grants = now.1;
                 }
             })
             .map_err(|e| StoreError::Backend(Arc::new(e)))?;

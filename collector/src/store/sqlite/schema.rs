@@ -13,7 +13,8 @@
 //!   checkpoints refused as forks. Records stored before are in no log.
 //! - 4: how far each log is pruned, and sessions on legal hold.
 //! - 5: chains are found by host (a connecting agent's Welcome reads only its host's).
-//! - 6: each host's latest contact with any collector on the store (`liveness`).
+//! - 6: each host's latest contact with any collector on the store (`liveness`), and a
+//!   count of grant changes, which other collectors on the store poll.
 
 use prost::Message as _;
 use proto::{kind::Kind, v1::Event};
@@ -144,6 +145,10 @@ CREATE TABLE IF NOT EXISTS contacts (
     host TEXT PRIMARY KEY,
     seen INTEGER NOT NULL,
     silent INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changes (
+    kind TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
 );
 ";
 
