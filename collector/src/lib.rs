@@ -259,7 +259,7 @@ pub async fn serve(
             require_approval,
         )))
         .add_service(QueryServer::new(QueryService::new(
-            store, live, gate, witness, liveness,
+            store, &live, gate, witness, liveness,
         )))
         .add_service(EnrollmentServer::new(EnrollmentService(hosts.clone())))
         .add_service(AdminServer::new(AdminService(hosts)))

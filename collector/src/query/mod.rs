@@ -9,7 +9,7 @@ mod filter;
 mod sessions;
 mod tail;
 
-use std::{fmt::Write as _, sync::Arc, time::Duration};
+use std::{fmt::Write as _, sync::Arc};
 
 use pki::Role;
 use proto::v1::{
@@ -43,9 +43,6 @@ const MAX_SESSIONS: u32 = 1000;
 const PAGE_BYTES: usize = 3 << 20;
 /// Rows read from the store at a time by streaming calls.
 const PAGE: usize = 1000;
-/// How often a tail looks for rows stored by another collector on the same store; rows
-/// this collector stores wake it at once.
-const OTHERS_EVERY: Duration = Duration::from_millis(250);
 /// One read of a streaming call.
 const STREAM_READ: Bound = Bound {
     rows: PAGE,
@@ -76,7 +73,8 @@ async fn read<T: Send + 'static>(
 
 pub(crate) struct QueryService {
     store: Arc<dyn Store>,
-    live: watch::Sender<()>,
+    /// The row up to which every row is settled, for tails (`tail::follow_store`).
+    settled_rows: watch::Sender<i64>,
     gate: Gate,
     /// Verify checks hosts' logs with it; `None` without TLS.
     witness: Option<Arc<Witness>>,
@@ -87,14 +85,14 @@ impl QueryService {
     /// `live` is the writer's: it is marked after each commit.
     pub(crate) fn new(
         store: Arc<dyn Store>,
-        live: watch::Sender<()>,
+        live: &watch::Sender<()>,
         gate: Gate,
         witness: Option<Arc<Witness>>,
         liveness: Arc<Liveness>,
     ) -> Self {
         Self {
+            settled_rows: tail::follow_store(Arc::clone(&store), live.subscribe()),
             store,
-            live,
             gate,
             witness,
             liveness,
@@ -326,34 +324,46 @@ async fn send_records(
 }
 
 /// Streams `filter`'s events stored since `since_unix_nano` (0: from now), then live ones,
-/// until the client goes. `commits` is marked after each of this collector's commits; it is
-/// subscribed before the store's reach is read here, so every commit after that point wakes
-/// the tail, and the switch from history to live misses nothing.
+/// until the client goes. Rows whose ids were taken before it began are the history, which
+/// `since_unix_nano` selects from; every later row is live, whatever its time.
+/// `settled_rows` says up to which row every row is settled; it is subscribed before the
+/// store's reach is read here, so every move after that point wakes the tail, and the
+/// switch from history to live misses nothing.
 async fn follow(
     store: Arc<dyn Store>,
-    mut commits: watch::Receiver<()>,
-    mut filter: EventFilter,
+    mut settled_rows: watch::Receiver<i64>,
+    filter: EventFilter,
     since_unix_nano: u64,
 ) -> Result<ReceiverStream<Result<StoredEvent, Status>>, Status> {
-    let mut settled = tail::Settled::default();
     let reach = {
         let store = Arc::clone(&store);
         read(move || store.reach()).await?
     };
-    let mut up_to = settled.take(reach);
+    let history_end = reach.row;
+    // Each of the two is a bound below which every row is settled; so is the higher.
+    let mut up_to = tail::Settled::default()
+        .take(reach)
+        .max(*settled_rows.borrow_and_update());
+    let history = EventFilter {
+        since_unix_nano,
+        ..filter.clone()
+    };
+    let live = EventFilter {
+        since_unix_nano: 0,
+        ..filter
+    };
     let (tx, rx) = mpsc::channel(PAGE);
     tokio::spawn(async move {
-        let mut cursor = 0;
-        filter.since_unix_nano = since_unix_nano;
-        if since_unix_nano == 0 {
-            cursor = up_to;
-        }
-        let mut others = tokio::time::interval(OTHERS_EVERY);
-        others.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cursor = if since_unix_nano == 0 { history_end } else { 0 };
         loop {
             while cursor < up_to {
-                let (s, f) = (Arc::clone(&store), filter.clone());
-                let page = match read(move || s.after_row(&f, cursor, up_to, STREAM_READ)).await {
+                let (end, f) = if cursor < history_end {
+                    (up_to.min(history_end), history.clone())
+                } else {
+                    (up_to, live.clone())
+                };
+                let s = Arc::clone(&store);
+                let page = match read(move || s.after_row(&f, cursor, end, STREAM_READ)).await {
                     Ok(page) => page,
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
@@ -367,28 +377,16 @@ async fn follow(
                     }
                 }
                 if !page.more {
-                    break;
+                    cursor = end;
                 }
             }
-            // History (rows up to the first reach) is out; from here on every row is live,
-            // whatever its time.
-            cursor = cursor.max(up_to);
-            filter.since_unix_nano = 0;
             tokio::select! {
                 () = tx.closed() => return,
-                changed = commits.changed() => if changed.is_err() {
+                changed = settled_rows.changed() => if changed.is_err() {
                     return;
                 },
-                _ = others.tick() => {}
             }
-            let s = Arc::clone(&store);
-            match read(move || s.reach()).await {
-                Ok(reach) => up_to = settled.take(reach),
-                Err(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-            }
+            up_to = up_to.max(*settled_rows.borrow_and_update());
         }
     });
     Ok(ReceiverStream::new(rx))
@@ -412,7 +410,7 @@ impl Query for QueryService {
         let filter = filter::event_filter(request.filter)?;
         let stream = follow(
             Arc::clone(&self.store),
-            self.live.subscribe(),
+            self.settled_rows.subscribe(),
             filter,
             request.since_unix_nano,
         )

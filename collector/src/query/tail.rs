@@ -1,10 +1,18 @@
 //! How far a tail may read. A tail follows row ids, and reads a row only once it is
 //! settled (`store::Reach`): one that commits after a higher id was read would otherwise be
-//! passed over for good.
+//! passed over for good. One task per collector reads how far the rows are settled, after
+//! each of its commits and every `OTHERS_EVERY` for other collectors' rows, for all its
+//! tails at once.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
-use crate::store::Reach;
+use tokio::sync::watch;
+
+use crate::store::{Reach, Store, blocking};
+
+/// How often the settled rows are read for rows stored by another collector on the same
+/// store; this collector's own commits have them read at once.
+const OTHERS_EVERY: Duration = Duration::from_millis(250);
 
 /// Reaches read but not yet settled, kept at most; past it the newest is moved forward
 /// instead, which only holds its rows back a little longer.
@@ -37,6 +45,43 @@ impl Settled {
         }
         self.row
     }
+}
+
+/// Starts the task that publishes the row up to which every row is settled, while any tail
+/// listens. `commits` is marked after each of this collector's commits.
+pub(super) fn follow_store(
+    store: Arc<dyn Store>,
+    mut commits: watch::Receiver<()>,
+) -> watch::Sender<i64> {
+    let (publish, _) = watch::channel(0);
+    let settled_rows = publish.clone();
+    tokio::spawn(async move {
+        let mut settled = Settled::default();
+        let mut others = tokio::time::interval(OTHERS_EVERY);
+        others.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = commits.changed() => if changed.is_err() {
+                    return;
+                },
+                _ = others.tick() => {}
+            }
+            if publish.receiver_count() == 0 {
+                continue;
+            }
+            let s = Arc::clone(&store);
+            // A failed read is logged by `blocking`; the tails wait for the next one.
+            if let Ok(reach) = blocking(move || s.reach()).await {
+                let row = settled.take(reach);
+                publish.send_if_modified(|published| {
+                    let moved = row > *published;
+                    *published = (*published).max(row);
+                    moved
+                });
+            }
+        }
+    });
+    settled_rows
 }
 
 #[cfg(test)]
