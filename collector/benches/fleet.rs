@@ -124,7 +124,7 @@ async fn serve(dir: &Path) {
     let [ca_pem, cert_pem, key_pem, witness_pem, witness_key] = SERVE_FILES.map(read);
     let store = collector::open_store(
         &format!("sqlite://{}", dir.join("store.db").display()),
-        None,
+        &collector::StoreTls::default(),
     )
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -186,7 +186,7 @@ impl Target {
 
     /// A collector named `name` on the store at `store_url`, which another may share.
     async fn on(name: String, store_url: &str, tls: Option<&Ca>) -> Self {
-        let store = collector::open_store(store_url, None).unwrap();
+        let store = collector::open_store(store_url, &collector::StoreTls::default()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let validity = Validity::from_now(Duration::from_hours(1));

@@ -28,6 +28,13 @@ pub struct Cli {
     /// (libpq's `sslmode=verify-full`). Without it a URL asking for TLS is refused.
     #[arg(long)]
     pub store_ca: Option<PathBuf>,
+    /// The certificate (PEM) the collector presents to a PostgreSQL store over TLS, for its
+    /// `cert` authentication; with `--store-key`, and `--store-ca`.
+    #[arg(long)]
+    pub store_cert: Option<PathBuf>,
+    /// The key of `--store-cert` (PEM). Keep it readable by the collector's user alone.
+    #[arg(long)]
+    pub store_key: Option<PathBuf>,
     /// The policy agents enforce, a JSON file (docs/grants.md). Without it: mode alert, a
     /// human's exec as root needs a grant, no guarded identities.
     #[arg(long)]

@@ -28,7 +28,10 @@ mod layout;
 #[cfg(test)]
 mod testing;
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use pki::{Ca, ClientCert, ConnectionLimits, HandshakeFailure, TlsAcceptor, plaintext_incoming};
 use proto::v1::{
@@ -66,26 +69,105 @@ fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// Opens the store a `--store` URL names; a PostgreSQL one over TLS checked against the CA
-/// certificates in `ca` (PEM) when given.
-pub fn open_store(url: &str, ca: Option<&Path>) -> Result<Arc<dyn Store>, store::StoreError> {
-    if is_postgres(url) {
-        let tls = ca
-            .map(|ca| {
-                let unusable = |why: String| store::StoreError::Tls {
-                    ca: ca.to_owned(),
-                    why,
-                };
-                let pem = std::fs::read_to_string(ca).map_err(|e| unusable(e.to_string()))?;
-                pki::server_checking_config(&pem).map_err(|e| unusable(e.to_string()))
+/// The TLS files of a connection to a PostgreSQL store, PEM: the CA certificates its
+/// server's certificate must chain to, and the certificate and key the collector presents.
+#[derive(Clone, Debug, Default)]
+pub struct StoreTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl StoreTls {
+    /// The rustls settings, or `None` without a CA. A certificate and key need a CA: a
+    /// client that presents one to an unchecked server could be talking to anyone.
+    fn config(&self) -> Result<Option<pki::rustls::ClientConfig>, store::StoreError> {
+        let read = |what: &'static str, file: &Path| {
+            std::fs::read_to_string(file).map_err(|e| store::StoreError::Tls {
+                what,
+                file: file.to_owned(),
+                why: e.to_string(),
             })
-            .transpose()?;
-        return Ok(Arc::new(store::postgres::Postgres::open(url, tls)?));
+        };
+        let client = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                private_key(key)?;
+                Some((
+                    (cert, read("the certificate", cert)?),
+                    read("the key", key)?,
+                ))
+            }
+            (None, None) => None,
+            (Some(file), None) | (None, Some(file)) => {
+                return Err(store::StoreError::Tls {
+                    what: "a certificate and its key",
+                    file: file.clone(),
+                    why: "give both, --store-cert and --store-key".into(),
+                });
+            }
+        };
+        let Some(ca) = &self.ca else {
+            return match client {
+                Some(((cert, _), _)) => Err(store::StoreError::Tls {
+                    what: "the certificate",
+                    file: cert.clone(),
+                    why: "a certificate needs a CA to check the server with (--store-ca)".into(),
+                }),
+                None => Ok(None),
+            };
+        };
+        let ca_pem = read("the CA to check the server with", ca)?;
+        let config = pki::server_checking_config(
+            &ca_pem,
+            client
+                .as_ref()
+                .map(|((_, cert), key)| (cert.as_str(), key.as_str())),
+        )
+        .map_err(|e| store::StoreError::Tls {
+            what: "the TLS settings",
+            file: client.as_ref().map_or(ca, |((cert, _), _)| cert).clone(),
+            why: e.to_string(),
+        })?;
+        Ok(Some(config))
     }
-    if let Some(ca) = ca {
+}
+
+/// Refuses a key that others may read, as libpq does: mode 0600 or less, or 0640 or less
+/// when root owns it (its group then being the collector's).
+fn private_key(key: &Path) -> Result<(), store::StoreError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(key).map_err(|e| store::StoreError::Tls {
+        what: "the key",
+        file: key.to_owned(),
+        why: e.to_string(),
+    })?;
+    let others = if meta.uid() == 0 { 0o037 } else { 0o077 };
+    if meta.mode() & others != 0 {
         return Err(store::StoreError::Tls {
-            ca: ca.to_owned(),
-            why: "a CA for the store applies to a PostgreSQL store only".into(),
+            what: "the key",
+            file: key.to_owned(),
+            why: format!(
+                "mode {:o} lets others read it: make it 0600, or 0640 owned by root",
+                meta.mode() & 0o777
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Opens the store a `--store` URL names; a PostgreSQL one over TLS as `tls` says.
+pub fn open_store(url: &str, tls: &StoreTls) -> Result<Arc<dyn Store>, store::StoreError> {
+    if is_postgres(url) {
+        return Ok(Arc::new(store::postgres::Postgres::open(
+            url,
+            tls.config()?,
+        )?));
+    }
+    if let Some(file) = [&tls.ca, &tls.cert, &tls.key].into_iter().flatten().next() {
+        return Err(store::StoreError::Tls {
+            what: "TLS",
+            file: file.clone(),
+            why: "applies to a PostgreSQL store only".into(),
         });
     }
     match url.strip_prefix("sqlite://") {

@@ -40,7 +40,12 @@ fn main() -> anyhow::Result<()> {
             )
         })?
     };
-    let store = collector::open_store(&cli.store, cli.store_ca.as_deref())?;
+    let tls = collector::StoreTls {
+        ca: cli.store_ca.clone(),
+        cert: cli.store_cert.clone(),
+        key: cli.store_key.clone(),
+    };
+    let store = collector::open_store(&cli.store, &tls)?;
     let retention = collector::Retention {
         default: cli.retain,
         per_host: cli.retain_host.into_iter().collect(),

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use rustls_pki_types::pem::PemObject as _;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{CertInfo, DEFAULT_HANDSHAKE_TIMEOUT, PkiError};
@@ -77,18 +78,27 @@ pub fn endpoint(
         .map_err(|e| PkiError::Tls(format!("{url}: {e}")))
 }
 
-/// rustls settings for a client that presents no certificate and accepts only a server
-/// whose certificate chains to a CA of `ca_pem` and names the host dialled, as libpq's
-/// `sslmode=verify-full` checks it: the collector's connections to PostgreSQL.
-pub fn server_checking_config(ca_pem: &str) -> Result<rustls::ClientConfig, PkiError> {
+/// rustls settings for a client that accepts only a server whose certificate chains to a CA
+/// of `ca_pem` and names the host dialled, as libpq's `sslmode=verify-full` checks it, and
+/// that presents the certificate and key of `client` (PEM) when given: the collector's
+/// connections to PostgreSQL, whose `cert` authentication checks that certificate.
+pub fn server_checking_config(
+    ca_pem: &str,
+    client: Option<(&str, &str)>,
+) -> Result<rustls::ClientConfig, PkiError> {
     let roots = crate::roots(ca_pem)?;
-    Ok(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| PkiError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| PkiError::Tls(e.to_string()))?
+    .with_root_certificates(roots);
+    let Some((cert_pem, key_pem)) = client else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| PkiError::Key(format!("no PEM private key: {e}")))?;
+    builder
+        .with_client_auth_cert(crate::certs_from_pem(cert_pem)?, key)
+        .map_err(|e| PkiError::Tls(e.to_string()))
 }

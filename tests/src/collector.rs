@@ -281,12 +281,20 @@ pub fn run_to_exit(store: &Path) -> Output {
 /// 30 s).
 #[must_use]
 pub fn run_to_exit_with(store: &Path, extra: &[&str]) -> Output {
-    let mut child = command()
-        .args(["--listen", "127.0.0.1:0", "--store"])
+    let mut cmd = command();
+    cmd.args(["--listen", "127.0.0.1:0", "--store"])
         .arg(store_url(store))
         .arg("--pki-dir")
         .arg(pki_of_store(store).collector_dir())
-        .args(extra)
+        .args(extra);
+    exit_of(cmd)
+}
+
+/// Runs `cmd` (a collector) expecting it to exit by itself; killed after 30 s, so that a
+/// collector that serves when it should have refused fails the test, not hangs it.
+#[must_use]
+pub fn exit_of(mut cmd: Command) -> Output {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -176,7 +176,9 @@ fn spawn(dir: &Path, port: u16, args: &[&str]) {
 
 /// A second server for the store's TLS tests, on 127.0.0.1 with the certificate and key
 /// given: over TCP it takes TLS connections only (`hostssl`); its socket stays for the
-/// tests' own `psql`. It dies with the test process.
+/// tests' own `psql`. With `clients` (CA certificates, PEM), it lets a client in only by a
+/// certificate that chains to them (`cert` authentication, any name taken as the role
+/// `recorder`); without, it trusts the role. It dies with the test process.
 pub struct TlsServer {
     dir: PathBuf,
     port: u16,
@@ -184,20 +186,29 @@ pub struct TlsServer {
 
 impl TlsServer {
     #[must_use]
-    pub fn start(cert_pem: &str, key_pem: &str) -> Self {
+    pub fn start(cert_pem: &str, key_pem: &str, clients: Option<&str>) -> Self {
+        let name = if clients.is_some() { "tls-cert" } else { "tls" };
         let dir =
-            std::env::temp_dir().join(format!("recorder-postgres-{}-tls", std::process::id()));
+            std::env::temp_dir().join(format!("recorder-postgres-{}-{name}", std::process::id()));
         init(&dir);
         let (uid, gid) = postgres_user();
-        for (name, pem) in [("server.pem", cert_pem), ("server.key", key_pem)] {
+        let mut files = vec![("server.pem", cert_pem), ("server.key", key_pem)];
+        files.extend(clients.map(|ca| ("clients.pem", ca)));
+        for (name, pem) in files {
             let path = dir.join(name);
             std::fs::write(&path, pem).unwrap();
             std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
+        let over_tcp = if clients.is_some() {
+            std::fs::write(dir.join("pg_ident.conf"), "any /^(.*)$ recorder\n").unwrap();
+            "cert map=any"
+        } else {
+            "trust"
+        };
         std::fs::write(
             dir.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            format!("local all all trust\nhostssl all all 127.0.0.1/32 {over_tcp}\n"),
         )
         .unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -205,20 +216,20 @@ impl TlsServer {
             .local_addr()
             .unwrap()
             .port();
-        spawn(
-            &dir,
-            port,
-            &[
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "ssl=on",
-                "-c",
-                "ssl_cert_file=server.pem",
-                "-c",
-                "ssl_key_file=server.key",
-            ],
-        );
+        let mut settings = vec![
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "ssl=on",
+            "-c",
+            "ssl_cert_file=server.pem",
+            "-c",
+            "ssl_key_file=server.key",
+        ];
+        if clients.is_some() {
+            settings.extend(["-c", "ssl_ca_file=clients.pem"]);
+        }
+        spawn(&dir, port, &settings);
         Self { dir, port }
     }
 

@@ -1309,7 +1309,8 @@ async fn a_postgres_store_over_tls_is_checked_against_its_ca() {
     let validity = pki::Validity::from_now(Duration::from_hours(1));
     let ip = std::net::IpAddr::from([127, 0, 0, 1]);
     let server_cert = ca.issue_collector("db", &[], &[ip], validity).unwrap();
-    let server = tests::postgres::TlsServer::start(&server_cert.cert_pem, &server_cert.key_pem);
+    let server =
+        tests::postgres::TlsServer::start(&server_cert.cert_pem, &server_cert.key_pem, None);
     server.reset();
     let (ca_pem, other_pem) = (dir.join("ca.pem"), dir.join("other.pem"));
     std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
@@ -1338,11 +1339,10 @@ async fn a_postgres_store_over_tls_is_checked_against_its_ca() {
     assert!(!log.contains("pw-never-logged"), "{log}");
 
     let refused = |args: &[&str]| {
-        let out = tests::collector::command()
-            .args(["--listen", "127.0.0.1:0", "--insecure-plaintext"])
-            .args(args)
-            .output()
-            .unwrap();
+        let mut cmd = tests::collector::command();
+        cmd.args(["--listen", "127.0.0.1:0", "--insecure-plaintext"])
+            .args(args);
+        let out = tests::collector::exit_of(cmd);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
@@ -1365,6 +1365,111 @@ async fn a_postgres_store_over_tls_is_checked_against_its_ca() {
         ca_pem,
     ]);
     assert!(stderr.contains("sslmode=disable"), "{stderr}");
+}
+
+/// A PostgreSQL store that lets a client in only by its certificate (`cert`
+/// authentication) takes the collector given `--store-cert` and `--store-key`, over TLS
+/// checked against `--store-ca`; without them, or with a certificate of another CA, the
+/// server refuses it and the collector stops at start saying so. A certificate without its
+/// key, or without a CA, or a key others may read, is refused before any connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_store_can_require_the_collectors_certificate() {
+    let dir = scratch_dir("collector-store-cert");
+    let ca = pki::Ca::init(&dir.join("ca")).unwrap();
+    let other = pki::Ca::init(&dir.join("other-ca")).unwrap();
+    let validity = pki::Validity::from_now(Duration::from_hours(1));
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let server_cert = ca.issue_collector("db", &[], &[ip], validity).unwrap();
+    let server = tests::postgres::TlsServer::start(
+        &server_cert.cert_pem,
+        &server_cert.key_pem,
+        Some(ca.cert_pem()),
+    );
+    server.reset();
+    let write = |name: &str, pem: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let ca_pem = write("ca.pem", ca.cert_pem());
+    let ours = ca
+        .issue_operator("recorder", Role::Admin, validity)
+        .unwrap();
+    let theirs = other
+        .issue_operator("recorder", Role::Admin, validity)
+        .unwrap();
+    let (cert, key) = (
+        write("c.pem", &ours.cert_pem),
+        write("c.key", &ours.key_pem),
+    );
+    let (other_cert, other_key) = (
+        write("o.pem", &theirs.cert_pem),
+        write("o.key", &theirs.key_pem),
+    );
+    let private = |key: &str, mode| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    private(&key, 0o600);
+    private(&other_key, 0o600);
+    let url = server.url("127.0.0.1");
+
+    let collector = Collector::start_with(
+        &dir.join("c.db"),
+        "127.0.0.1:0".parse().unwrap(),
+        &[
+            &["--store", url.as_str()][..],
+            &store_tls(&ca_pem, &cert, &key),
+        ]
+        .concat(),
+    );
+    let chain = test_chain("host-a:boot:cert", 100);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..100)).await.unwrap(), 99);
+    assert!(verify(&collector, &chain.id).await.ok);
+    let (all, tls) = server.connections();
+    assert!(all >= 1, "the collector holds a connection");
+    assert_eq!(tls, all, "every connection of the collector is TLS");
+    drop(agent);
+    drop(collector.stop());
+
+    let refused = |args: &[&str]| {
+        let mut cmd = tests::collector::command();
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-plaintext",
+            "--store",
+            &url,
+        ])
+        .args(args);
+        let out = tests::collector::exit_of(cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    };
+    let stderr = refused(&["--store-ca", &ca_pem]);
+    assert!(
+        stderr.contains("connection requires a valid client certificate"),
+        "{stderr}"
+    );
+    let stderr = refused(&store_tls(&ca_pem, &other_cert, &other_key));
+    assert!(stderr.contains("UnknownCA"), "{stderr}");
+    let stderr = refused(&["--store-ca", &ca_pem, "--store-cert", &cert]);
+    assert!(stderr.contains("give both"), "{stderr}");
+    let stderr = refused(&["--store-cert", &cert, "--store-key", &key]);
+    assert!(stderr.contains("needs a CA"), "{stderr}");
+    // Readable by others (the tests run as root, whose key may be its group's): refused,
+    // as libpq refuses it.
+    private(&key, 0o644);
+    let stderr = refused(&store_tls(&ca_pem, &cert, &key));
+    assert!(stderr.contains("mode 644 lets others read it"), "{stderr}");
+}
+
+/// The flags of a store reached over TLS with a client certificate.
+fn store_tls<'a>(ca: &'a str, cert: &'a str, key: &'a str) -> [&'a str; 6] {
+    ["--store-ca", ca, "--store-cert", cert, "--store-key", key]
 }
 
 /// A hundred Search calls at once are all answered, and on PostgreSQL they share at most 32

@@ -33,8 +33,12 @@ pub enum StoreError {
         #[source]
         source: Arc<dyn std::error::Error + Send + Sync>,
     },
-    #[error("the CA to check the store's server with, {}: {why}", ca.display())]
-    Tls { ca: std::path::PathBuf, why: String },
+    #[error("{what} for the store's connection, {}: {why}", file.display())]
+    Tls {
+        what: &'static str,
+        file: std::path::PathBuf,
+        why: String,
+    },
     #[error("store: {0}")]
     Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// The store's filesystem is full: nothing of the failed write is kept, and the same
