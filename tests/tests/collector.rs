@@ -1295,6 +1295,85 @@ fn a_database_that_may_lose_commits_is_refused() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A PostgreSQL server taking TLS only over TCP, its certificate from a CA made for the
+/// test, and another CA; the CAs' certificates written to files named by `ca_pem` and
+/// `other_pem`.
+struct TlsStore {
+    dir: tests::Scratch,
+    ca: pki::Ca,
+    other: pki::Ca,
+    validity: pki::Validity,
+    server: tests::postgres::TlsServer,
+    ca_pem: String,
+    other_pem: String,
+}
+
+impl TlsStore {
+    /// `clients`: the server lets clients in by a certificate of the CA only.
+    fn start(tag: &str, clients: bool) -> Self {
+        let dir = scratch_dir(tag);
+        let ca = pki::Ca::init(&dir.join("ca")).unwrap();
+        let other = pki::Ca::init(&dir.join("other-ca")).unwrap();
+        let validity = pki::Validity::from_now(Duration::from_hours(1));
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let cert = ca.issue_collector("db", &[], &[ip], validity).unwrap();
+        let clients = clients.then(|| ca.cert_pem());
+        let server = tests::postgres::TlsServer::start(&cert.cert_pem, &cert.key_pem, clients);
+        server.reset();
+        let this = Self {
+            ca_pem: String::new(),
+            other_pem: String::new(),
+            dir,
+            ca,
+            other,
+            validity,
+            server,
+        };
+        Self {
+            ca_pem: this.write("ca.pem", this.ca.cert_pem(), 0o644),
+            other_pem: this.write("other.pem", this.other.cert_pem(), 0o644),
+            ..this
+        }
+    }
+
+    /// Writes `pem` to the file `name` with `mode`; its path.
+    fn write(&self, name: &str, pem: &str, mode: u32) -> String {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    /// Starts a collector on it with `args`, has it store and verify a chain, and checks
+    /// that every connection it holds is TLS; what it logged.
+    async fn stores(&self, args: &[&str]) -> String {
+        let collector =
+            Collector::start_with(&self.dir.join("c.db"), "127.0.0.1:0".parse().unwrap(), args);
+        let chain = test_chain("host-a:boot:tls", 500);
+        let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+        assert_eq!(agent.ship(chain.batch(0..500)).await.unwrap(), 499);
+        assert!(verify(&collector, &chain.id).await.ok);
+        let (all, tls) = self.server.connections();
+        assert!(all >= 1, "the collector holds a connection");
+        assert_eq!(tls, all, "every connection of the collector is TLS");
+        drop(agent);
+        collector.stop()
+    }
+}
+
+/// Runs a collector with `args`, expecting it to refuse to start; what it said.
+fn refused_start(args: &[&str]) -> String {
+    let mut cmd = tests::collector::command();
+    cmd.args(["--listen", "127.0.0.1:0", "--insecure-plaintext"])
+        .args(args);
+    let out = tests::collector::exit_of(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 /// A PostgreSQL store reached over TCP with `--store-ca` is reached over TLS only, checked:
 /// against a server taking TLS only, the collector stores and verifies a chain and every
 /// connection it holds is TLS; a server certificate from another CA, or one that does not
@@ -1303,67 +1382,30 @@ fn a_database_that_may_lose_commits_is_refused() {
 /// password is not logged.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_store_over_tls_is_checked_against_its_ca() {
-    let dir = scratch_dir("collector-store-tls");
-    let ca = pki::Ca::init(&dir.join("ca")).unwrap();
-    let other = pki::Ca::init(&dir.join("other-ca")).unwrap();
-    let validity = pki::Validity::from_now(Duration::from_hours(1));
-    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-    let server_cert = ca.issue_collector("db", &[], &[ip], validity).unwrap();
-    let server =
-        tests::postgres::TlsServer::start(&server_cert.cert_pem, &server_cert.key_pem, None);
-    server.reset();
-    let (ca_pem, other_pem) = (dir.join("ca.pem"), dir.join("other.pem"));
-    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
-    std::fs::write(&other_pem, other.cert_pem()).unwrap();
-    let (ca_pem, other_pem) = (ca_pem.to_str().unwrap(), other_pem.to_str().unwrap());
-    let url = server.url("127.0.0.1");
-
+    let store = TlsStore::start("collector-store-tls", false);
+    let (ca_pem, other_pem) = (store.ca_pem.as_str(), store.other_pem.as_str());
+    let url = store.server.url("127.0.0.1");
     // The server trusts the role, so the password is never asked for; it must not be
     // logged either.
     let with_password = url.replace("recorder@", "recorder:pw-never-logged@");
-    let collector = Collector::start_with(
-        &dir.join("c.db"),
-        "127.0.0.1:0".parse().unwrap(),
-        &["--store", &with_password, "--store-ca", ca_pem],
-    );
-    let chain = test_chain("host-a:boot:tls", 500);
-    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
-    assert_eq!(agent.ship(chain.batch(0..500)).await.unwrap(), 499);
-    assert!(verify(&collector, &chain.id).await.ok);
-    let (all, tls) = server.connections();
-    assert!(all >= 1, "the collector holds a connection");
-    assert_eq!(tls, all, "every connection of the collector is TLS");
-    drop(agent);
-    let log = collector.stop();
+    let log = store
+        .stores(&["--store", &with_password, "--store-ca", ca_pem])
+        .await;
     assert!(log.contains("recorder:***@127.0.0.1"), "{log}");
     assert!(!log.contains("pw-never-logged"), "{log}");
 
-    let refused = |args: &[&str]| {
-        let mut cmd = tests::collector::command();
-        cmd.args(["--listen", "127.0.0.1:0", "--insecure-plaintext"])
-            .args(args);
-        let out = tests::collector::exit_of(cmd);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        stderr
-    };
-    let stderr = refused(&["--store", &url, "--store-ca", other_pem]);
+    let stderr = refused_start(&["--store", &url, "--store-ca", other_pem]);
     assert!(stderr.contains("UnknownIssuer"), "{stderr}");
-    let localhost = server.url("localhost");
-    let stderr = refused(&["--store", &localhost, "--store-ca", ca_pem]);
+    let localhost = store.server.url("localhost");
+    let stderr = refused_start(&["--store", &localhost, "--store-ca", ca_pem]);
     assert!(
         stderr.contains("certificate not valid for name \"localhost\""),
         "{stderr}"
     );
-    let stderr = refused(&["--store", &format!("{url}?sslmode=require")]);
+    let stderr = refused_start(&["--store", &format!("{url}?sslmode=require")]);
     assert!(stderr.contains("no CA"), "{stderr}");
-    let stderr = refused(&[
-        "--store",
-        &format!("{url}?sslmode=disable"),
-        "--store-ca",
-        ca_pem,
-    ]);
+    let disable = format!("{url}?sslmode=disable");
+    let stderr = refused_start(&["--store", &disable, "--store-ca", ca_pem]);
     assert!(stderr.contains("sslmode=disable"), "{stderr}");
 }
 
@@ -1374,102 +1416,72 @@ async fn a_postgres_store_over_tls_is_checked_against_its_ca() {
 /// key, or without a CA, or a key others may read, is refused before any connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_store_can_require_the_collectors_certificate() {
-    let dir = scratch_dir("collector-store-cert");
-    let ca = pki::Ca::init(&dir.join("ca")).unwrap();
-    let other = pki::Ca::init(&dir.join("other-ca")).unwrap();
-    let validity = pki::Validity::from_now(Duration::from_hours(1));
-    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-    let server_cert = ca.issue_collector("db", &[], &[ip], validity).unwrap();
-    let server = tests::postgres::TlsServer::start(
-        &server_cert.cert_pem,
-        &server_cert.key_pem,
-        Some(ca.cert_pem()),
-    );
-    server.reset();
-    let write = |name: &str, pem: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.to_str().unwrap().to_owned()
+    let store = TlsStore::start("collector-store-cert", true);
+    let ca_pem = store.ca_pem.as_str();
+    let issue = |ca: &pki::Ca, name: &str| {
+        let issued = ca
+            .issue_operator("recorder", Role::Admin, store.validity)
+            .unwrap();
+        (
+            store.write(&format!("{name}.pem"), &issued.cert_pem, 0o644),
+            store.write(&format!("{name}.key"), &issued.key_pem, 0o600),
+        )
     };
-    let ca_pem = write("ca.pem", ca.cert_pem());
-    let ours = ca
-        .issue_operator("recorder", Role::Admin, validity)
-        .unwrap();
-    let theirs = other
-        .issue_operator("recorder", Role::Admin, validity)
-        .unwrap();
-    let (cert, key) = (
-        write("c.pem", &ours.cert_pem),
-        write("c.key", &ours.key_pem),
-    );
-    let (other_cert, other_key) = (
-        write("o.pem", &theirs.cert_pem),
-        write("o.key", &theirs.key_pem),
-    );
-    let private = |key: &str, mode| {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(key, std::fs::Permissions::from_mode(mode)).unwrap();
+    let (cert, key) = issue(&store.ca, "ours");
+    let (other_cert, other_key) = issue(&store.other, "theirs");
+    let url = store.server.url("127.0.0.1");
+    let with = |tls: &[&str]| -> Vec<String> {
+        ["--store", &url]
+            .iter()
+            .chain(tls)
+            .map(|a| (*a).to_owned())
+            .collect()
     };
-    private(&key, 0o600);
-    private(&other_key, 0o600);
-    let url = server.url("127.0.0.1");
+    let args = with(&[
+        "--store-ca",
+        ca_pem,
+        "--store-cert",
+        &cert,
+        "--store-key",
+        &key,
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    store.stores(&args).await;
 
-    let collector = Collector::start_with(
-        &dir.join("c.db"),
-        "127.0.0.1:0".parse().unwrap(),
-        &[
-            &["--store", url.as_str()][..],
-            &store_tls(&ca_pem, &cert, &key),
-        ]
-        .concat(),
-    );
-    let chain = test_chain("host-a:boot:cert", 100);
-    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
-    assert_eq!(agent.ship(chain.batch(0..100)).await.unwrap(), 99);
-    assert!(verify(&collector, &chain.id).await.ok);
-    let (all, tls) = server.connections();
-    assert!(all >= 1, "the collector holds a connection");
-    assert_eq!(tls, all, "every connection of the collector is TLS");
-    drop(agent);
-    drop(collector.stop());
-
-    let refused = |args: &[&str]| {
-        let mut cmd = tests::collector::command();
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-plaintext",
-            "--store",
-            &url,
-        ])
-        .args(args);
-        let out = tests::collector::exit_of(cmd);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        stderr
+    let refused = |tls: &[&str]| {
+        let args = with(tls);
+        refused_start(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
-    let stderr = refused(&["--store-ca", &ca_pem]);
+    let stderr = refused(&["--store-ca", ca_pem]);
     assert!(
         stderr.contains("connection requires a valid client certificate"),
         "{stderr}"
     );
-    let stderr = refused(&store_tls(&ca_pem, &other_cert, &other_key));
+    let stderr = refused(&[
+        "--store-ca",
+        ca_pem,
+        "--store-cert",
+        &other_cert,
+        "--store-key",
+        &other_key,
+    ]);
     assert!(stderr.contains("UnknownCA"), "{stderr}");
-    let stderr = refused(&["--store-ca", &ca_pem, "--store-cert", &cert]);
+    let stderr = refused(&["--store-ca", ca_pem, "--store-cert", &cert]);
     assert!(stderr.contains("give both"), "{stderr}");
     let stderr = refused(&["--store-cert", &cert, "--store-key", &key]);
     assert!(stderr.contains("needs a CA"), "{stderr}");
     // Readable by others (the tests run as root, whose key may be its group's): refused,
     // as libpq refuses it.
-    private(&key, 0o644);
-    let stderr = refused(&store_tls(&ca_pem, &cert, &key));
+    let key = store.write("ours.key", &std::fs::read_to_string(&key).unwrap(), 0o644);
+    let stderr = refused(&[
+        "--store-ca",
+        ca_pem,
+        "--store-cert",
+        &cert,
+        "--store-key",
+        &key,
+    ]);
     assert!(stderr.contains("mode 644 lets others read it"), "{stderr}");
-}
-
-/// The flags of a store reached over TLS with a client certificate.
-fn store_tls<'a>(ca: &'a str, cert: &'a str, key: &'a str) -> [&'a str; 6] {
-    ["--store-ca", ca, "--store-cert", cert, "--store-key", key]
 }
 
 /// A hundred Search calls at once are all answered, and on PostgreSQL they share at most 32
