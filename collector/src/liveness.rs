@@ -12,6 +12,7 @@
 //! At start, every host the store holds records of is taken as last heard at that moment,
 //! unless the store says it was heard later: one that never reconnects goes silent like any
 //! other, and one already marked silent is not alerted twice.
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
@@ -115,8 +116,8 @@ impl Liveness {
                 ..Contact::now()
             });
             contact.noted_unix_nano = row.seen_unix_nano;
-            if at.is_some_and(|at| at > contact.last) {
-                contact.last = at.unwrap_or(contact.last);
+            if let Some(at) = at.filter(|at| *at > contact.last) {
+                contact.last = at;
                 contact.last_unix_nano = row.seen_unix_nano;
                 contact.silent = row.silent;
             } else if row.silent && contact.last_unix_nano <= row.seen_unix_nano {
