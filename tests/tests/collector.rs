@@ -1060,8 +1060,9 @@ async fn liveness_alerts(collector: &Collector, host: &str) -> Vec<String> {
 
 /// Collectors on one store share what they heard (docs/scaling.md): a host that moved to
 /// another collector is not reported silent by the one it left, every collector lists it
-/// live, and when it does go quiet, one alert says so, not one per collector. The host
-/// comes back through the first collector, which says so too.
+/// live, and when it does go quiet, one alert says so, not one per collector, nor again
+/// after a collector restarts. The host comes back through the first collector, which says
+/// so too.
 #[tokio::test]
 async fn a_host_served_by_another_collector_is_silent_only_when_no_collector_hears_it() {
     let dir = scratch_dir("collector-silent");
@@ -1108,6 +1109,12 @@ async fn a_host_served_by_another_collector_is_silent_only_when_no_collector_hea
     // Both collectors have looked again by now, each more than once.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(liveness_alerts(&second, HOST).await, ["host_silent"]);
+    // A restarted collector, past the time it gives hosts to reconnect, does not raise it
+    // again.
+    drop(first.stop());
+    let first = Collector::start_with(&store, any, &quick);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(liveness_alerts(&first, HOST).await, ["host_silent"]);
 
     let (agent, _) = Agent::connect(&first, HOST, &[chain.id.as_str()]).await;
     agent.heartbeat().await;
