@@ -82,53 +82,49 @@ impl StoreTls {
     /// The rustls settings, or `None` without a CA. A certificate and key need a CA: a
     /// client that presents one to an unchecked server could be talking to anyone.
     fn config(&self) -> Result<Option<pki::rustls::ClientConfig>, store::StoreError> {
-        let read = |what: &'static str, file: &Path| {
-            std::fs::read_to_string(file).map_err(|e| store::StoreError::Tls {
-                what,
-                file: file.to_owned(),
-                why: e.to_string(),
-            })
+        let read = |what, file: &Path| {
+            std::fs::read_to_string(file).map_err(|e| tls_error(what, file, &e))
         };
         let client = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => {
                 private_key(key)?;
-                Some((
-                    (cert, read("the certificate", cert)?),
-                    read("the key", key)?,
-                ))
+                Some((read("the certificate", cert)?, read("the key", key)?))
             }
             (None, None) => None,
             (Some(file), None) | (None, Some(file)) => {
-                return Err(store::StoreError::Tls {
-                    what: "a certificate and its key",
-                    file: file.clone(),
-                    why: "give both, --store-cert and --store-key".into(),
-                });
+                return Err(tls_error(
+                    "a certificate and its key",
+                    file,
+                    &"give both, --store-cert and --store-key",
+                ));
             }
         };
         let Some(ca) = &self.ca else {
-            return match client {
-                Some(((cert, _), _)) => Err(store::StoreError::Tls {
-                    what: "the certificate",
-                    file: cert.clone(),
-                    why: "a certificate needs a CA to check the server with (--store-ca)".into(),
-                }),
+            return match &self.cert {
+                Some(cert) => Err(tls_error(
+                    "the certificate",
+                    cert,
+                    &"a certificate needs a CA to check the server with (--store-ca)",
+                )),
                 None => Ok(None),
             };
         };
         let ca_pem = read("the CA to check the server with", ca)?;
-        let config = pki::server_checking_config(
-            &ca_pem,
-            client
-                .as_ref()
-                .map(|((_, cert), key)| (cert.as_str(), key.as_str())),
-        )
-        .map_err(|e| store::StoreError::Tls {
-            what: "the TLS settings",
-            file: client.as_ref().map_or(ca, |((cert, _), _)| cert).clone(),
-            why: e.to_string(),
-        })?;
-        Ok(Some(config))
+        let client = client
+            .as_ref()
+            .map(|(cert, key)| (cert.as_str(), key.as_str()));
+        pki::server_checking_config(&ca_pem, client)
+            .map(Some)
+            .map_err(|e| tls_error("the TLS settings", self.cert.as_ref().unwrap_or(ca), &e))
+    }
+}
+
+/// What is wrong with `file`, one of the TLS files of the store's connection.
+fn tls_error(what: &'static str, file: &Path, why: &dyn std::fmt::Display) -> store::StoreError {
+    store::StoreError::Tls {
+        what,
+        file: file.to_owned(),
+        why: why.to_string(),
     }
 }
 
@@ -136,21 +132,17 @@ impl StoreTls {
 /// when root owns it (its group then being the collector's).
 fn private_key(key: &Path) -> Result<(), store::StoreError> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(key).map_err(|e| store::StoreError::Tls {
-        what: "the key",
-        file: key.to_owned(),
-        why: e.to_string(),
-    })?;
+    let meta = std::fs::metadata(key).map_err(|e| tls_error("the key", key, &e))?;
     let others = if meta.uid() == 0 { 0o037 } else { 0o077 };
     if meta.mode() & others != 0 {
-        return Err(store::StoreError::Tls {
-            what: "the key",
-            file: key.to_owned(),
-            why: format!(
+        return Err(tls_error(
+            "the key",
+            key,
+            &format!(
                 "mode {:o} lets others read it: make it 0600, or 0640 owned by root",
                 meta.mode() & 0o777
             ),
-        });
+        ));
     }
     Ok(())
 }
@@ -164,11 +156,11 @@ pub fn open_store(url: &str, tls: &StoreTls) -> Result<Arc<dyn Store>, store::St
         )?));
     }
     if let Some(file) = [&tls.ca, &tls.cert, &tls.key].into_iter().flatten().next() {
-        return Err(store::StoreError::Tls {
-            what: "TLS",
-            file: file.clone(),
-            why: "applies to a PostgreSQL store only".into(),
-        });
+        return Err(tls_error(
+            "TLS",
+            file,
+            &"applies to a PostgreSQL store only",
+        ));
     }
     match url.strip_prefix("sqlite://") {
         Some(path) if !path.is_empty() => Ok(Arc::new(store::sqlite::Sqlite::open(path)?)),
