@@ -40,7 +40,9 @@ pub(crate) fn verify_all(
     chain_id: &str,
 ) -> Result<Report, StoreError> {
     let mut report = Report::default();
-    let trust = witness.map(Witness::trust);
+    let trust = witness
+        .map(|w| store_trust(store, w, &mut report.findings))
+        .transpose()?;
     let mut prunes = match &trust {
         Some(trust) => read_prunes(store, trust, &mut report.findings)?,
         None => Prunes::default(),
@@ -237,6 +239,40 @@ fn read_holes(store: &dyn Store) -> Result<Holes, StoreError> {
     let mut holes = Holes::default();
     own_rows(store, &mut |row| holes.read(row.columns.kind, row.event))?;
     Ok(holes)
+}
+
+/// The witness certificates of the collectors of this store, as their
+/// `COLLECTOR_STARTED` records in the collector's chain give them, each with its seq.
+pub(crate) fn witness_certs(store: &dyn Store) -> Result<Vec<(u64, String)>, StoreError> {
+    let mut certs = Vec::new();
+    own_rows(store, &mut |row| {
+        if let Some(pem) = verifier::started_witness(row.columns.kind, row.event) {
+            certs.push((row.seq, pem));
+        }
+    })?;
+    Ok(certs)
+}
+
+/// The keys evidence in `store` is checked with: `witness`'s, and those of every other
+/// collector the collector's chain says started on the store. A chained certificate the
+/// CA did not issue to a witness is a finding, and vouches for nothing.
+pub(crate) fn store_trust(
+    store: &dyn Store,
+    witness: &Witness,
+    findings: &mut Vec<Finding>,
+) -> Result<Trust, StoreError> {
+    let mut trust = witness.trust();
+    for (seq, pem) in witness_certs(store)? {
+        if let Err(why) = trust.add_witness(&pem) {
+            findings.push(Finding {
+                subject: format!("chain {COLLECTOR_CHAIN} seq {seq}"),
+                reason: format!(
+                    "a collector started with a certificate that is no witness's: {why}"
+                ),
+            });
+        }
+    }
+    Ok(trust)
 }
 
 /// Shows `each` every record of the collector's chain, a page at a time.

@@ -117,7 +117,8 @@ impl Witness {
         pki::collector_log(&self.deployment, &self.name)
     }
 
-    /// The keys verify checks evidence with: the CA, and this collector's own.
+    /// The keys verify checks evidence with: the CA, and this collector's own
+    /// (`verify::store_trust` adds the other collectors of the store).
     #[must_use]
     pub fn trust(&self) -> verifier::Trust {
         verifier::Trust {
@@ -125,6 +126,7 @@ impl Witness {
             deployment: self.deployment.clone(),
             witness: self.cosigner.verifier(),
             log: self.log_signer().map(|s| s.verifier()).ok(),
+            others: Vec::new(),
         }
     }
 

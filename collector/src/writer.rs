@@ -357,8 +357,17 @@ pub(crate) fn spawn(
         Some(witness) => witness.own_log_disagreement(store.as_ref())?,
         None => None,
     };
+    // A collector new to the store says so in the collector's chain, with its witness
+    // certificate; one that has said so before does not again.
+    let announce = match &witness {
+        Some(witness) => !crate::verify::witness_certs(store.as_ref())?
+            .iter()
+            .any(|(_, pem)| *pem == witness.cert_pem),
+        None => false,
+    };
     let (tx, rx) = mpsc::channel(QUEUE);
     let writer = Writer {
+        announce,
         store,
         witness,
         heads,
@@ -389,6 +398,9 @@ struct Writer {
     own_signed: Option<(std::time::Instant, u64)>,
     /// Why the kept checkpoint disagrees with the database, when it does.
     own_frozen: Option<String>,
+    /// Whether the collector's chain holds no `COLLECTOR_STARTED` record of this
+    /// collector's witness certificate yet: it chains one before anything else.
+    announce: bool,
     /// Chains refused as a copy's (`check_lineage`) whose alert is committed: a copy retries
     /// every few seconds, and its alert is chained once per run of the collector, not at
     /// every retry.
@@ -442,6 +454,23 @@ impl Own {
         }
     }
 
+    /// The collector's first start on this store: its witness certificate, under its name,
+    /// so that verify trusts what it cosigns through any collector of the store.
+    fn started(witness: &Witness) -> Self {
+        Self {
+            kind: Kind::Admin,
+            host: COLLECTOR_CHAIN.into(),
+            identity_kind: 0,
+            identity_name: witness.name.clone(),
+            body: Body::Admin(AdminAct {
+                action: verifier::COLLECTOR_STARTED.into(),
+                host: String::new(),
+                actor: witness.cert_pem.clone(),
+                detail: witness.own_origin(),
+            }),
+        }
+    }
+
     /// A read of the evidence by the operator `actor`: found by their name.
     pub(crate) fn access(actor: &str, body: Body) -> Self {
         Self {
@@ -477,6 +506,11 @@ impl Writer {
                     }),
                 ),
             );
+            self.flush(group);
+        }
+        if let Some(witness) = self.witness.clone().filter(|_| self.announce) {
+            let mut group = Group::default();
+            self.chain_own(&mut group, Own::started(&witness));
             self.flush(group);
         }
         let mut pending = None;

@@ -43,17 +43,33 @@ pub async fn verify(
     let Some(Item::CollectorCertificatePem(pem)) = first else {
         bail!("the collector's evidence does not begin with its certificate");
     };
-    let trust = Trust::from_witness_cert(ca_pem, &pem)
+    let mut trust = Trust::from_witness_cert(ca_pem, &pem)
         .map_err(|e| anyhow!(e))
         .context("the collector's evidence cannot be checked against this CA")?;
+    // The other collectors of the store come next, before any evidence they vouch for.
+    let mut findings = Vec::new();
+    let mut next = stream.message().await?;
+    while let Some(Item::WitnessCertificatePem(pem)) = next.as_ref().and_then(|i| i.item.as_ref()) {
+        if let Err(why) = trust.add_witness(pem) {
+            findings.push(proto::v1::Finding {
+                subject: "a witness certificate of the collector's chain".into(),
+                reason: format!(
+                    "a collector started with a certificate that is no witness's: {why}"
+                ),
+            });
+        }
+        next = stream.message().await?;
+    }
     let mut local = Local::new(&trust, host);
-    while let Some(item) = stream.message().await? {
+    while let Some(item) = next {
         let item = item
             .item
             .ok_or_else(|| anyhow!("an evidence item of a kind this client does not know"))?;
         local.take(item)?;
+        next = stream.message().await?;
     }
     let mut report = local.finish();
+    report.findings.extend(findings);
     verifier::chain::name_endings(&mut report.chains);
     let ok = report.ok();
     let response = VerifyResponse {

@@ -135,7 +135,9 @@ impl Collector {
         let notify = Notify::new();
         notify.pass_to(&mut cmd);
         let pki = (!extra.contains(&"--insecure-plaintext")).then(|| pki_of_store(store));
-        if let Some(pki) = &pki {
+        // A test that names the PKI directory itself (another collector's witness, say)
+        // names its state directory too.
+        if let Some(pki) = pki.as_ref().filter(|_| !extra.contains(&"--pki-dir")) {
             cmd.arg("--pki-dir").arg(pki.collector_dir());
             // The checkpoint of its own log, kept outside the database, goes with the store.
             cmd.arg("--state-dir").arg(store.with_extension("state"));

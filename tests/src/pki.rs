@@ -70,6 +70,26 @@ impl TestPki {
         self.dir.join("collector")
     }
 
+    /// The `--pki-dir` of another collector of the same deployment: the same CA and server
+    /// certificate, and a witness certificate of its own, for `name`.
+    #[must_use]
+    pub fn collector_named(&self, name: &str) -> PathBuf {
+        let dir = self.dir.join(format!("collector-{name}"));
+        if dir.exists() {
+            return dir;
+        }
+        pki::create_private_dir(&dir).unwrap();
+        for file in ["ca.pem", "ca.key", "collector.pem", "collector.key"] {
+            std::fs::copy(self.collector_dir().join(file), dir.join(file)).unwrap();
+        }
+        let witness = self
+            .ca
+            .issue_witness(name, Validity::from_now(LIFETIME))
+            .expect("a witness certificate");
+        write(&dir, "witness", &witness);
+        dir
+    }
+
     /// The CA certificate.
     #[must_use]
     pub fn ca_pem(&self) -> PathBuf {

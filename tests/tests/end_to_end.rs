@@ -233,7 +233,10 @@ fn a_collector_outage_loses_nothing() {
 
 /// Two collectors of one store, the second a standby started when the first dies: an agent
 /// given both (`--collector A,B`) fails over to the second and resumes where the store
-/// stands. Nothing is lost, and verify passes on the one unforked chain.
+/// stands. Nothing is lost, and verify passes on the one unforked chain. The standby has a
+/// witness certificate of its own, as a collector on another machine would: the host's
+/// checkpoints cosigned by the first verify through the second, by its verify and by the
+/// operator's own.
 #[test]
 fn the_agent_fails_over_to_the_next_collector_of_its_store() {
     if !privileged("the_agent_fails_over_to_the_next_collector_of_its_store") {
@@ -253,9 +256,19 @@ fn the_agent_fails_over_to_the_next_collector_of_its_store() {
     let before = marker("before-failover");
     let _ = mark(&before);
     wait_for_exec(&first_url, &before, Duration::from_secs(20));
+    let standby = first.pki.as_ref().unwrap().collector_named("standby");
     drop(first.stop());
 
-    let second = Collector::start_at(&store, second_addr);
+    let second = Collector::start_with(
+        &store,
+        second_addr,
+        &[
+            "--pki-dir",
+            standby.to_str().unwrap(),
+            "--state-dir",
+            dir.join("standby-state").to_str().unwrap(),
+        ],
+    );
     assert_eq!(second.url(), second_url);
     let after = marker("after-failover");
     let issued = 20;
@@ -276,7 +289,18 @@ fn the_agent_fails_over_to_the_next_collector_of_its_store() {
         );
     }
     verify_passes(&second_url);
+    let local = operator::run(&second_url, &["verify", "--local", "--json"]);
+    assert!(
+        local.status.success(),
+        "verify --local: {}{}",
+        String::from_utf8_lossy(&local.stdout),
+        String::from_utf8_lossy(&local.stderr)
+    );
     let log = agent.stop().stderr;
+    assert!(
+        !log.contains("does not verify"),
+        "the agent took the standby's cosignatures:\n{log}"
+    );
     assert!(
         log.contains("failing over"),
         "the agent said it failed over:\n{log}"

@@ -121,7 +121,8 @@ impl NoteSignature {
     }
 
     /// Whether this line claims to be by `name`+`key_id`.
-    pub(crate) fn is_by(&self, name: &str, key_id: u32) -> bool {
+    #[must_use]
+    pub fn is_by(&self, name: &str, key_id: u32) -> bool {
         self.name == name && self.key_id == key_id
     }
 }

@@ -43,7 +43,7 @@ impl Report {
 }
 
 /// The keys evidence is checked with, all vouched for by the deployment's CA: host
-/// certificates are checked against `ca_pem` as they are met, and the collector's two keys
+/// certificates are checked against `ca_pem` as they are met, and each collector's two keys
 /// are those of its witness certificate.
 pub struct Trust {
     /// The deployment's CA certificate, PEM.
@@ -55,35 +55,122 @@ pub struct Trust {
     /// The key of the collector's own log, which signs its prune records and its own
     /// checkpoints; `None` when the collector has none.
     pub log: Option<Verifier>,
+    /// The other collectors of the same store (docs/scaling.md), as their witness
+    /// certificates chained in the collector's chain (`COLLECTOR_STARTED`) name them: the
+    /// checkpoints they cosigned and the prune records they signed are theirs to vouch for.
+    pub others: Vec<OtherWitness>,
+}
+
+/// Another collector of the store: its witness certificate and the keys it holds.
+pub struct OtherWitness {
+    pub cert_pem: String,
+    pub witness: CosignatureVerifier,
+    pub log: Verifier,
+}
+
+/// The action of the `admin` record a collector chains in the collector's chain when it
+/// first serves a store: its `actor` is the collector's witness certificate, its `detail`
+/// the origin of its own log. Verify learns every collector of the store from them.
+pub const COLLECTOR_STARTED: &str = "collector_started";
+
+/// The witness certificate a record of the collector's chain says a collector started
+/// with, if it is a `COLLECTOR_STARTED` record.
+#[must_use]
+pub fn started_witness(kind: &str, event: &[u8]) -> Option<String> {
+    use prost::Message as _;
+    use proto::v1::{Event, event::Body};
+    if kind != proto::kind::Kind::Admin.name() {
+        return None;
+    }
+    match Event::decode(event).ok()?.body? {
+        Body::Admin(act) if act.action == COLLECTOR_STARTED => Some(act.actor),
+        _ => None,
+    }
+}
+
+/// The name and keys of the witness certificate `cert_pem`, which must be issued by the CA
+/// of `ca_pem` to a witness.
+fn witness_keys(
+    ca_pem: &str,
+    deployment: &str,
+    cert_pem: &str,
+) -> Result<(CosignatureVerifier, Verifier), String> {
+    let info = pki::verify_cert(ca_pem, cert_pem, None)
+        .map_err(|e| format!("the collector's witness certificate: {e}"))?;
+    let Peer::Witness { name } = &info.peer else {
+        return Err(format!(
+            "the collector's witness certificate is of {}, not of a witness",
+            info.peer
+        ));
+    };
+    let key = info
+        .ed25519_public_key
+        .ok_or("the collector's witness certificate holds no Ed25519 key")?;
+    let witness = CosignatureVerifier::from_public_key(&pki::witness_key(deployment, name), &key)
+        .map_err(|e| e.to_string())?;
+    let log = Verifier::from_public_key(&pki::collector_log(deployment, name), &key)
+        .map_err(|e| e.to_string())?;
+    Ok((witness, log))
 }
 
 impl Trust {
     /// The keys of the collector's witness certificate `cert_pem`, which must be issued by
     /// the CA of `ca_pem` to a witness.
     pub fn from_witness_cert(ca_pem: &str, cert_pem: &str) -> Result<Self, String> {
-        let info = pki::verify_cert(ca_pem, cert_pem, None)
-            .map_err(|e| format!("the collector's witness certificate: {e}"))?;
-        let Peer::Witness { name } = &info.peer else {
-            return Err(format!(
-                "the collector's witness certificate is of {}, not of a witness",
-                info.peer
-            ));
-        };
-        let key = info
-            .ed25519_public_key
-            .ok_or("the collector's witness certificate holds no Ed25519 key")?;
         let deployment = pki::deployment_id(ca_pem).map_err(|e| e.to_string())?;
-        let witness =
-            CosignatureVerifier::from_public_key(&pki::witness_key(&deployment, name), &key)
-                .map_err(|e| e.to_string())?;
-        let log = Verifier::from_public_key(&pki::collector_log(&deployment, name), &key)
-            .map_err(|e| e.to_string())?;
+        let (witness, log) = witness_keys(ca_pem, &deployment, cert_pem)?;
         Ok(Self {
             ca_pem: ca_pem.to_owned(),
             deployment,
             witness,
             log: Some(log),
+            others: Vec::new(),
         })
+    }
+
+    /// Trusts another collector of the store, by its witness certificate `cert_pem`, which
+    /// must be issued by the CA to a witness. The collector's own, or one already
+    /// trusted, changes nothing.
+    pub fn add_witness(&mut self, cert_pem: &str) -> Result<(), String> {
+        let (witness, log) = witness_keys(&self.ca_pem, &self.deployment, cert_pem)?;
+        let known = |w: &CosignatureVerifier| {
+            (w.name(), w.public_key()) == (witness.name(), witness.public_key())
+        };
+        if !known(&self.witness) && !self.others.iter().any(|o| known(&o.witness)) {
+            self.others.push(OtherWitness {
+                cert_pem: cert_pem.to_owned(),
+                witness,
+                log,
+            });
+        }
+        Ok(())
+    }
+
+    /// The time of the collector's cosignature of `checkpoint` in `note`, and which other
+    /// collector made it (`None`: this one). A note none of them cosigned fails as one
+    /// without this collector's cosignature.
+    pub fn cosignature(
+        &self,
+        note: &tlog::Note,
+        checkpoint: &tlog::Checkpoint,
+    ) -> Result<(u64, Option<&OtherWitness>), String> {
+        let own = match self.witness.verify_in_note(note, checkpoint) {
+            Ok(time) => return Ok((time, None)),
+            Err(e) => e,
+        };
+        for other in &self.others {
+            match other.witness.verify_in_note(note, checkpoint) {
+                Ok(time) => return Ok((time, Some(other))),
+                Err(tlog::CosignatureError::Missing { .. }) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(own.to_string())
+    }
+
+    /// The log keys prune records may be signed with: this collector's, then the others'.
+    pub fn log_keys(&self) -> impl Iterator<Item = &Verifier> {
+        self.log.iter().chain(self.others.iter().map(|o| &o.log))
     }
 
     /// The origin of `host`'s log.

@@ -161,9 +161,8 @@ impl<'t> LogCheck<'t> {
             .as_ref()
             .map_err(Clone::clone)?;
         let signed = crate::open_checkpoint(&trust.origin(host), info, checkpoint.note)?;
-        let time = trust
-            .witness
-            .verify_in_note(&signed.note, &signed.checkpoint)
+        let (time, _) = trust
+            .cosignature(&signed.note, &signed.checkpoint)
             .map_err(|e| format!("the collector's cosignature: {e}"))?;
         info.valid_at(SystemTime::UNIX_EPOCH + Duration::from_secs(time))
             .map_err(|e| format!("its host certificate: {e}"))?;

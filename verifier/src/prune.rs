@@ -189,15 +189,8 @@ impl Prunes {
 
 /// The host a signed prune note is of, and what it says.
 fn open(trust: &Trust, text: &str) -> Result<(String, PruneNote), String> {
-    let opened = trust
-        .log
-        .as_ref()
-        .ok_or_else(|| "the collector has no log key".to_owned())
-        .and_then(|verifier| {
-            let note = tlog::Note::parse(text.as_bytes()).map_err(|e| e.to_string())?;
-            note.verify(verifier).map_err(|e| e.to_string())?;
-            PruneNote::parse_body(note.text())
-        })
+    let opened = signed_by_a_collector(trust, text)
+        .and_then(|note| PruneNote::parse_body(note.text()))
         .map_err(|why| format!("a prune record that does not verify: {why}"))?;
     let prefix = trust.origin("");
     match opened.log.strip_prefix(&prefix) {
@@ -207,6 +200,23 @@ fn open(trust: &Trust, text: &str) -> Result<(String, PruneNote), String> {
             opened.log
         )),
     }
+}
+
+/// The note `text`, signed with the log key of this collector or of another of the store:
+/// the first that has signed it must verify.
+fn signed_by_a_collector(trust: &Trust, text: &str) -> Result<tlog::Note, String> {
+    let note = tlog::Note::parse(text.as_bytes()).map_err(|e| e.to_string())?;
+    let key = trust
+        .log_keys()
+        .find(|k| {
+            note.signatures()
+                .iter()
+                .any(|s| s.is_by(k.name(), k.key_id()))
+        })
+        .or(trust.log.as_ref())
+        .ok_or_else(|| "the collector has no log key".to_owned())?;
+    note.verify(key).map_err(|e| e.to_string())?;
+    Ok(note)
 }
 
 fn number(word: &str) -> Result<u64, String> {

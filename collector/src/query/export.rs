@@ -70,7 +70,8 @@ pub(crate) fn bundle(
     let mut known = subtree_roots(store, &host, checkpoint.size, &pruned, &needed.0)?;
     // The hash before a record whose predecessor was pruned is where its prune record
     // says the chain resumes.
-    let cuts = crate::verify::read_prunes(store, &witness.trust(), &mut Vec::new())?
+    let trust = crate::verify::store_trust(store, witness, &mut Vec::new())?;
+    let cuts = crate::verify::read_prunes(store, &trust, &mut Vec::new())?
         .by_host
         .remove(&host)
         .map(|p| p.cuts)
@@ -108,6 +109,14 @@ pub(crate) fn bundle(
         .ok_or_else(|| internal("the host certificate of the checkpoint has no key".into()))?;
     let host_key = tlog::Verifier::from_public_key(&witness.origin(&host), &host_key)
         .map_err(|e| internal(e.to_string()))?;
+    // The collector of the store that cosigned the checkpoint: this one, or another.
+    let cosigner = tlog::Checkpoint::parse_body(note.text())
+        .ok()
+        .and_then(|c| trust.cosignature(&note, &c).ok()?.1);
+    let (cosigner_pem, cosigner_key) = match cosigner {
+        Some(other) => (&other.cert_pem, other.witness.clone()),
+        None => (&witness.cert_pem, witness.cosigner.verifier()),
+    };
     let bundle = bundle::Bundle {
         format: bundle::FORMAT.into(),
         session: key.to_owned(),
@@ -115,12 +124,12 @@ pub(crate) fn bundle(
         host,
         exported_unix_nano: now_unix_nano,
         // In the one strict PEM spelling the bundle format allows.
-        certificates: [&checkpoint.cert_pem, &witness.cert_pem]
+        certificates: [&checkpoint.cert_pem, cosigner_pem]
             .into_iter()
             .map(|pem| pki::CertInfo::from_pem(pem).map(|c| c.pem()))
             .collect::<Result<_, _>>()
             .map_err(|e| internal(format!("a certificate of the bundle: {e}")))?,
-        policy: bundle::policy(&[host_key], &[witness.cosigner.verifier()]),
+        policy: bundle::policy(&[host_key], &[cosigner_key]),
         records,
     };
     Ok(bundle.to_json())

@@ -256,11 +256,18 @@ async fn send_evidence(
     host: String,
     tx: &EvidenceSender,
 ) -> Result<(), Ended> {
-    send(
-        tx,
-        vec![Item::CollectorCertificatePem(witness.cert_pem.clone())],
-    )
-    .await?;
+    let others = {
+        let store = Arc::clone(store);
+        read(move || crate::verify::witness_certs(store.as_ref())).await?
+    };
+    let mut items = vec![Item::CollectorCertificatePem(witness.cert_pem.clone())];
+    items.extend(
+        others
+            .into_iter()
+            .filter(|(_, pem)| *pem != witness.cert_pem)
+            .map(|(_, pem)| Item::WitnessCertificatePem(pem)),
+    );
+    send(tx, items).await?;
     let hosts = match host.as_str() {
         "" => {
             let store = Arc::clone(store);
