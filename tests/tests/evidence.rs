@@ -920,11 +920,27 @@ async fn retention_prunes_with_a_signed_record_and_keeps_what_is_held() {
     let session = |id: u32| format!("{HOST}:{id}:{T0}");
     let held = tests::operator::run(&url, &["hold", &session(9), "--reason", "case 42"]);
     assert!(held.status.success(), "{held:?}");
+    let pki = collector.pki.clone().unwrap();
     drop(collector.stop());
 
-    // Restarted with a limit of an hour: the old records go, up to the first held one
-    // (seq 406, session 9's first record).
-    let collector = Collector::start_with(&store, addr, &["--retain", "1h"]);
+    // Another collector of the store, with a witness of its own, started with a limit of
+    // an hour: the old records go, up to the first held one (seq 406, session 9's first
+    // record). The checkpoint it verifies and the sessions it exports were cosigned by the
+    // first.
+    let pruner = pki.collector_named("pruner");
+    let state = dir.join("pruner-state");
+    let collector = Collector::start_with(
+        &store,
+        addr,
+        &[
+            "--retain",
+            "1h",
+            "--pki-dir",
+            pruner.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let report = loop {
         let report = verify_all(&collector).await;
@@ -973,6 +989,14 @@ async fn retention_prunes_with_a_signed_record_and_keeps_what_is_held() {
         );
         assert!(checked.status.success(), "session {id}: {checked:?}");
     }
+    drop(collector.stop());
+    // The first collector trusts the prune record the other signed.
+    let collector = Collector::start(&store);
+    let report = verify_all(&collector).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(log_of(&report, HOST).pruned, 406, "{report:?}");
+    let (ok, printed) = verify_local(&collector, &[]);
+    assert!(ok, "{printed}");
     drop(collector.stop());
     let conn = rusqlite::Connection::open(&store).unwrap();
     let (left, prunes): (i64, i64) = conn
