@@ -927,7 +927,7 @@ async fn retention_prunes_with_a_signed_record_and_keeps_what_is_held() {
     // an hour: the old records go, up to the first held one (seq 406, session 9's first
     // record). The checkpoint it verifies and the sessions it exports were cosigned by the
     // first.
-    let pruner = pki.collector_named("pruner");
+    let other_pki = pki.collector_named("pruner");
     let state = dir.join("pruner-state");
     let collector = Collector::start_with(
         &store,
@@ -936,7 +936,7 @@ async fn retention_prunes_with_a_signed_record_and_keeps_what_is_held() {
             "--retain",
             "1h",
             "--pki-dir",
-            pruner.to_str().unwrap(),
+            other_pki.to_str().unwrap(),
             "--state-dir",
             state.to_str().unwrap(),
         ],
