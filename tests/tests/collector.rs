@@ -1077,10 +1077,19 @@ async fn a_host_served_by_another_collector_is_silent_only_when_no_collector_hea
     drop(agent);
     let (mut agent, _) = Agent::connect(&second, HOST, &[chain.id.as_str()]).await;
     assert_eq!(agent.ship(chain.batch(10..20)).await.unwrap(), 19);
-    // Well past the limit, with the host heard only by the second collector.
+    // Other hosts heard by the second at the same time: its contacts of one second are
+    // noted together.
+    let others = ["host-b", "host-c", "host-d"];
+    let mut heard = vec![agent];
+    for host in others {
+        heard.push(Agent::connect(&second, host, &[]).await.0);
+    }
+    // Well past the limit, with the hosts heard only by the second collector.
     for _ in 0..12 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        agent.heartbeat().await;
+        for agent in &heard {
+            agent.heartbeat().await;
+        }
     }
     assert_eq!(liveness_alerts(&first, HOST).await, Vec::<String>::new());
     for collector in [&first, &second] {
@@ -1091,14 +1100,18 @@ async fn a_host_served_by_another_collector_is_silent_only_when_no_collector_hea
             .unwrap()
             .into_inner()
             .hosts;
-        let status = hosts
-            .iter()
-            .find(|h| h.host == HOST)
-            .expect("host-a listed");
-        assert_eq!(status.state, "live", "{status:?}");
-        let ago = proto::time::now_unix_nano().saturating_sub(status.last_contact_unix_nano);
-        assert!(ago < 3_000_000_000, "last contact {ago} ns ago: {status:?}");
+        for host in std::iter::once(HOST).chain(others) {
+            let status = hosts
+                .iter()
+                .find(|h| h.host == host)
+                .unwrap_or_else(|| panic!("{host} listed: {hosts:?}"));
+            assert_eq!(status.state, "live", "{status:?}");
+            let ago = proto::time::now_unix_nano().saturating_sub(status.last_contact_unix_nano);
+            assert!(ago < 3_000_000_000, "last contact {ago} ns ago: {status:?}");
+        }
     }
+    let agent = heard.remove(0);
+    drop(heard);
 
     drop(agent);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

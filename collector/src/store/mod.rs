@@ -510,7 +510,7 @@ pub trait Store: Send + Sync + 'static {
     /// Every revoked host.
     fn revoked_hosts(&self) -> Result<Vec<RevokedHost>, StoreError>;
     /// Notes that each host was heard at its time, unless a collector has noted a later
-    /// contact; one heard is no longer silent.
+    /// contact; one heard is no longer silent. `heard` names each host once.
     fn record_contacts(&self, heard: &[(String, u64)]) -> Result<(), StoreError>;
     /// Every host's latest contact noted, by whichever collector on this store heard it.
     fn contacts(&self) -> Result<Vec<HostContact>, StoreError>;

@@ -64,7 +64,8 @@ pub(super) const LAST_ROW: &str = "SELECT COALESCE(MAX(id), 0) FROM events";
 // The contacts statements number their arguments `$n`, which SQLite takes as names bound
 // in order of first use: one text serves both backends.
 
-/// `Store::record_contacts`, one host: the host and the time heard.
+/// `Store::record_contacts` on SQLite, one host: the host and the time heard. (PostgreSQL
+/// takes every host in one statement.)
 pub(super) const CONTACT_UPSERT: &str = "INSERT INTO contacts (host, seen, silent) \
      VALUES ($1, $2, 0) ON CONFLICT (host) DO UPDATE SET seen = excluded.seen, silent = 0 \
      WHERE excluded.seen > contacts.seen";

@@ -35,7 +35,7 @@ use super::{
     HostContact, LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, Reach, RevokedHost,
     SessionLeaf, SessionQuery, SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
-        CHAIN_COLUMNS, CONTACT_UPSERT, CONTACTS, Conditions, Dialect, FIRST_SILENT, LOG_COLUMNS,
+        CHAIN_COLUMNS, CONTACTS, Conditions, Dialect, FIRST_SILENT, LOG_COLUMNS,
         NEXT_SILENT, STORED_COLUMNS, StoredRow, by_row, chain_starts, hash32, int, log_upsert,
         page, uint,
     },
@@ -96,6 +96,16 @@ fn connect(
         None => config.connect(NoTls),
     }
 }
+
+/// `Store::record_contacts`: every host heard in one statement, the hosts and their times
+/// as two arrays. In host order: two collectors noting the same hosts at once lock their
+/// rows in the same order, so neither can wait on the other in a cycle (a deadlock, which
+/// PostgreSQL would end by failing one of them).
+const CONTACTS_UPSERT: &str = "INSERT INTO contacts (host, seen, silent) \
+     SELECT host, seen, 0 FROM UNNEST($1::text[], $2::bigint[]) AS heard (host, seen) \
+     ORDER BY host \
+     ON CONFLICT (host) DO UPDATE SET seen = excluded.seen, silent = 0 \
+     WHERE excluded.seen > contacts.seen";
 
 /// The channel collectors on one database tell each other of their changes on.
 const CHANNEL: &str = "recorder_changes";
@@ -930,11 +940,10 @@ impl Store for Postgres {
     }
 
     fn record_contacts(&self, heard: &[(String, u64)]) -> Result<(), StoreError> {
+        let (hosts, seen): (Vec<&str>, Vec<i64>) =
+            heard.iter().map(|(h, s)| (h.as_str(), int(*s))).unzip();
         self.write(|tx| {
-            let upsert = tx.prepare(CONTACT_UPSERT)?;
-            for (host, seen) in heard {
-                tx.execute(&upsert, &[host, &int(*seen)])?;
-            }
+            tx.execute(CONTACTS_UPSERT, &[&hosts, &seen])?;
             Ok(())
         })
     }
