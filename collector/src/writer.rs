@@ -46,6 +46,9 @@ use crate::{
 const QUEUE: usize = 256;
 /// A group commit takes at most this many records, so one commit's latency stays bounded.
 const GROUP_RECORDS: usize = 100_000;
+/// Times a group is committed again, its own records chained on the fresh head, when
+/// another collector keeps moving the collector's chain first.
+const RECHAIN_TRIES: usize = 3;
 /// The collector's own log is signed at most this often.
 const OWN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -422,6 +425,9 @@ struct Group {
     records: usize,
     /// Chains refused as a copy's whose alert this group chains.
     copies_told: Vec<String>,
+    /// Every event the group chains into the collector's chain, in order: chained again on
+    /// the fresh head when only that head was moved by another collector.
+    chained: Vec<Own>,
     /// The collector's own events asked for alone (`Request::Own`), and who waits for each:
     /// chained again on the fresh head when the group fails because another collector
     /// moved that head.
@@ -481,6 +487,18 @@ impl Own {
             body,
         }
     }
+}
+
+/// Whether `commit` holds a change decided against what the store held (a grant, a
+/// token's use, a revocation, a hold, a prune). The collector's chain serializes those
+/// decisions between collectors, so when another collector moved it first they are decided
+/// again, by their callers, never committed as they were.
+fn decided(commit: &Commit) -> bool {
+    !(commit.grants.is_empty()
+        && commit.tokens.is_empty()
+        && commit.revoked_hosts.is_empty()
+        && commit.holds.is_empty()
+        && commit.prunes.is_empty())
 }
 
 /// A request that must wait for the group before it to be committed: it reads records that
@@ -564,7 +582,15 @@ impl Writer {
             }
             return Ok(());
         }
-        match self.store.commit(&group.commit) {
+        let mut result = self.store.commit(&group.commit);
+        for _ in 0..RECHAIN_TRIES {
+            let moved_own = matches!(&result, Err(e) if e.moved_chain() == Some(COLLECTOR_CHAIN));
+            if !moved_own || decided(&group.commit) || !self.rechain_own(&mut group) {
+                break;
+            }
+            result = self.store.commit(&group.commit);
+        }
+        match result {
             Ok(()) => {
                 self.heads.extend(group.heads);
                 self.logs.extend(group.logs);
@@ -611,6 +637,31 @@ impl Writer {
                 Err(e)
             }
         }
+    }
+
+    /// Chains the collector's own records of `group` again, on its chain's head as the
+    /// store has it now: another collector moved it first, and nothing else in the group
+    /// depended on it. False when the store cannot be read.
+    fn rechain_own(&mut self, group: &mut Group) -> bool {
+        let fresh = self.refresh(COLLECTOR_CHAIN).and_then(|()| {
+            crate::witness::extend_own_log(self.store.as_ref(), &mut self.own, u64::MAX)
+        });
+        if let Err(e) = fresh {
+            tracing::error!(error = %e, "cannot read the collector's chain again");
+            return false;
+        }
+        tracing::info!(
+            "another collector moved the collector's chain first; this group's records of it are chained again on its head"
+        );
+        group
+            .commit
+            .appends
+            .retain(|a| a.chain_id != COLLECTOR_CHAIN);
+        group.heads.remove(COLLECTOR_CHAIN);
+        for own in std::mem::take(&mut group.chained) {
+            self.chain_own(group, own);
+        }
+        true
     }
 
     /// Takes from the store the heads and logs of every host `commit` touched, and the
@@ -1066,6 +1117,7 @@ impl Writer {
 
     /// Chains an event of the collector's own into its chain, which starts like any other.
     fn chain_own(&self, group: &mut Group, own: Own) {
+        group.chained.push(own.clone());
         let mut chain = match self.head(group, COLLECTOR_CHAIN) {
             Some(head) => Chain::resume(head.chain_id, head.next_seq, head.head_hash),
             None => Chain::new(COLLECTOR_CHAIN.into()),
@@ -1479,6 +1531,43 @@ mod tests {
             actor: "test".into(),
             reason: String::new(),
         }
+    }
+
+    /// Another collector on the store moved the collector's chain first: a grant change,
+    /// decided against the grant as this writer read it, is not chained again as it was but
+    /// refused, and stores nothing; decided again, it is stored.
+    #[tokio::test]
+    async fn a_grant_change_is_not_chained_again_on_a_head_another_collector_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let open = || -> Arc<dyn Store> { Arc::new(Sqlite::open(path.to_str().unwrap()).unwrap()) };
+        let (store, other) = (open(), open());
+        let channels = || (watch::channel(()).0, watch::channel(()).0);
+        let (live, changed) = channels();
+        let writer = spawn(Arc::clone(&store), None, live, changed).unwrap();
+        let (live, changed) = channels();
+        let another = spawn(other, None, live, changed).unwrap();
+        another
+            .record(Own::alert("", Body::Alert(Alert::default())))
+            .await
+            .unwrap();
+        let create = || -> Decide {
+            Box::new(|_, _| {
+                Ok(grant_change(
+                    "create",
+                    Grant {
+                        id: "g-1".into(),
+                        expires_at_unix_nano: u64::MAX >> 1,
+                        ..Grant::default()
+                    },
+                ))
+            })
+        };
+        let refused = writer.change_grant("g-1".into(), create()).await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert_eq!(store.grant("g-1").unwrap(), None);
+        writer.change_grant("g-1".into(), create()).await.unwrap();
+        assert!(store.grant("g-1").unwrap().is_some());
     }
 
     /// The writer applies whatever rule it is handed to the grant as committed or as the

@@ -714,12 +714,11 @@ async fn checkpoints_cosigned_by_each_collector_of_a_store_verify_through_either
         )
     };
     let second = own("second", &pki.collector_named("second"));
-    // Each start is chained in the collector's chain, under the other's feet: a read through
-    // each (chained again on the fresh head when it collides) brings both up to date,
-    // where a host's batch or checkpoint would be refused once and sent again.
-    for collector in [&second, &first] {
-        let _ = of_kind(collector, "admin").await;
-    }
+    // The second's start is chained in the collector's chain under the first's feet (a read
+    // through the second waits for it): the first's next record of it (the host's log
+    // started, at its first cosignature) is chained again on the fresh head, in the same
+    // commit as the host's checkpoint, which is not refused.
+    let _ = of_kind(&second, "admin").await;
     let mut chain = Chain::start("host-e:boot:8", HOST, T0);
     for n in 1..200 {
         chain.push(&if n % 3 == 0 { in_session(n) } else { exec(n) });
@@ -741,6 +740,8 @@ async fn checkpoints_cosigned_by_each_collector_of_a_store_verify_through_either
         old_size = answer.cosigned_size;
     }
     assert_eq!(old_size, 200);
+    let log = first.stderr();
+    assert!(log.contains("are chained again on its head"), "{log}");
     for collector in [&first, &second] {
         let report = verify_all(collector).await;
         assert!(report.ok, "{report:?}");

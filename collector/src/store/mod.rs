@@ -50,27 +50,47 @@ pub enum StoreError {
 /// A commit that found what it was to move already moved by another writer: another
 /// collector on the same database stored first. Nothing of the commit is kept.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}: another writer moved it first; nothing was stored")]
-pub(crate) struct Moved(pub String);
+#[error("{what}: another writer moved it first; nothing was stored")]
+pub(crate) struct Moved {
+    what: String,
+    /// The chain whose head had moved; `None`: a host's log had.
+    chain: Option<String>,
+}
 
 impl StoreError {
     /// Whether the commit failed on a head or log another collector moved first.
     pub(crate) fn is_moved(&self) -> bool {
-        matches!(self, Self::Backend(e) if e.downcast_ref::<Moved>().is_some())
+        self.moved().is_some()
+    }
+
+    /// The chain whose head another collector moved first, when the commit failed on one.
+    pub(crate) fn moved_chain(&self) -> Option<&str> {
+        self.moved()?.chain.as_deref()
+    }
+
+    fn moved(&self) -> Option<&Moved> {
+        match self {
+            Self::Backend(e) => e.downcast_ref::<Moved>(),
+            _ => None,
+        }
     }
 }
 
 impl Moved {
     /// A chain whose head is already at or past `seq`.
     pub(crate) fn chain(chain_id: &str, seq: u64) -> StoreError {
-        StoreError::Backend(Arc::new(Self(format!("chain {chain_id} at seq {seq}"))))
+        StoreError::Backend(Arc::new(Self {
+            what: format!("chain {chain_id} at seq {seq}"),
+            chain: Some(chain_id.to_owned()),
+        }))
     }
 
     /// A host's log already past the size or cosigned size this commit sets.
     pub(crate) fn log(host: &str, size: u64) -> StoreError {
-        StoreError::Backend(Arc::new(Self(format!(
-            "the log of host {host} at size {size}"
-        ))))
+        StoreError::Backend(Arc::new(Self {
+            what: format!("the log of host {host} at size {size}"),
+            chain: None,
+        }))
     }
 }
 

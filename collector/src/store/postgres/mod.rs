@@ -35,9 +35,8 @@ use super::{
     HostContact, LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, Reach, RevokedHost,
     SessionLeaf, SessionQuery, SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
-        CHAIN_COLUMNS, CONTACTS, Conditions, Dialect, FIRST_SILENT, LOG_COLUMNS,
-        NEXT_SILENT, STORED_COLUMNS, StoredRow, by_row, chain_starts, hash32, int, log_upsert,
-        page, uint,
+        CHAIN_COLUMNS, CONTACTS, Conditions, Dialect, FIRST_SILENT, LOG_COLUMNS, NEXT_SILENT,
+        STORED_COLUMNS, StoredRow, by_row, chain_starts, hash32, int, log_upsert, page, uint,
     },
 };
 
