@@ -40,14 +40,13 @@ pub(crate) fn verify_all(
     chain_id: &str,
 ) -> Result<Report, StoreError> {
     let mut report = Report::default();
-    let trust = witness
-        .map(|w| store_trust(store, w, &mut report.findings))
-        .transpose()?;
+    let own = OwnRecords::read(store)?;
+    let trust = witness.map(|w| own.trust(w, &mut report.findings));
     let mut prunes = match &trust {
-        Some(trust) => read_prunes(store, trust, &mut report.findings)?,
+        Some(trust) => own.prunes(trust, &mut report.findings),
         None => Prunes::default(),
     };
-    let holes = read_holes(store)?;
+    let holes = own.holes();
     let chains: Vec<ChainState> = store
         .chains()?
         .into_iter()
@@ -195,84 +194,73 @@ pub(crate) fn grants_snapshot(
     Ok((chain, grants))
 }
 
-/// The prune records chained in the collector's chain whose signature (the collector's log
-/// key) holds, by host. One that does not verify is a finding, and covers nothing.
-pub(crate) fn read_prunes(
-    store: &dyn Store,
-    trust: &Trust,
-    findings: &mut Vec<Finding>,
-) -> Result<Prunes, StoreError> {
-    let mut prunes = Prunes::default();
-    for (seq, note) in prune_notes(store)? {
-        let subject = format!("chain {COLLECTOR_CHAIN} seq {seq}");
-        prunes.add(trust, &subject, &note, findings);
+/// What the rest of the store is checked with, from the collector's chain, read in one
+/// pass: its prune records, its spool holes, and the witness certificates collectors
+/// started with.
+#[derive(Default)]
+pub(crate) struct OwnRecords {
+    /// Every prune record's note, with its seq.
+    pub prune_notes: Vec<(u64, String)>,
+    /// The `spool_hole` records: the host each concerns, and its bytes.
+    pub holes: Vec<(String, Vec<u8>)>,
+    /// The witness certificate of each `COLLECTOR_STARTED` record, with its seq.
+    pub witnesses: Vec<(u64, String)>,
+}
+
+impl OwnRecords {
+    pub(crate) fn read(store: &dyn Store) -> Result<Self, StoreError> {
+        let mut own = Self::default();
+        own_rows(store, &mut |row| {
+            let (kind, event) = (row.columns.kind, row.event);
+            if let Some(note) = prune::note_of(kind, event) {
+                own.prune_notes.push((row.seq, note));
+            } else if let Some(host) = hole::host_of(kind, event) {
+                own.holes.push((host, event.to_vec()));
+            } else if let Some(pem) = verifier::started_witness(kind, event) {
+                own.witnesses.push((row.seq, pem));
+            }
+        })?;
+        Ok(own)
     }
-    Ok(prunes)
-}
 
-/// Every prune record's note in the collector's chain, with its seq.
-pub(crate) fn prune_notes(store: &dyn Store) -> Result<Vec<(u64, String)>, StoreError> {
-    let mut notes = Vec::new();
-    own_rows(store, &mut |row| {
-        if let Some(note) = prune::note_of(row.columns.kind, row.event) {
-            notes.push((row.seq, note));
+    /// The keys evidence in the store is checked with: `witness`'s, and those of every
+    /// other collector the collector's chain says started on the store. A chained
+    /// certificate the CA did not issue to a witness is a finding, and vouches for nothing.
+    pub(crate) fn trust(&self, witness: &Witness, findings: &mut Vec<Finding>) -> Trust {
+        let mut trust = witness.trust();
+        for (seq, pem) in &self.witnesses {
+            if let Err(why) = trust.add_witness(pem) {
+                findings.push(Finding {
+                    subject: format!("chain {COLLECTOR_CHAIN} seq {seq}"),
+                    reason: format!(
+                        "a collector started with a certificate that is no witness's: {why}"
+                    ),
+                });
+            }
         }
-    })?;
-    Ok(notes)
-}
-
-/// The `spool_hole` records of the collector's chain: the host each concerns, and its
-/// bytes.
-pub(crate) fn hole_records(store: &dyn Store) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-    let mut holes = Vec::new();
-    own_rows(store, &mut |row| {
-        if let Some(host) = hole::host_of(row.columns.kind, row.event) {
-            holes.push((host, row.event.to_vec()));
-        }
-    })?;
-    Ok(holes)
-}
-
-/// The holes chained in the collector's chain. The chain is verified with them: a hole
-/// forged into it breaks it.
-fn read_holes(store: &dyn Store) -> Result<Holes, StoreError> {
-    let mut holes = Holes::default();
-    own_rows(store, &mut |row| holes.read(row.columns.kind, row.event))?;
-    Ok(holes)
-}
-
-/// The witness certificates of the collectors of this store, as their
-/// `COLLECTOR_STARTED` records in the collector's chain give them, each with its seq.
-pub(crate) fn witness_certs(store: &dyn Store) -> Result<Vec<(u64, String)>, StoreError> {
-    let mut certs = Vec::new();
-    own_rows(store, &mut |row| {
-        if let Some(pem) = verifier::started_witness(row.columns.kind, row.event) {
-            certs.push((row.seq, pem));
-        }
-    })?;
-    Ok(certs)
-}
-
-/// The keys evidence in `store` is checked with: `witness`'s, and those of every other
-/// collector the collector's chain says started on the store. A chained certificate the
-/// CA did not issue to a witness is a finding, and vouches for nothing.
-pub(crate) fn store_trust(
-    store: &dyn Store,
-    witness: &Witness,
-    findings: &mut Vec<Finding>,
-) -> Result<Trust, StoreError> {
-    let mut trust = witness.trust();
-    for (seq, pem) in witness_certs(store)? {
-        if let Err(why) = trust.add_witness(&pem) {
-            findings.push(Finding {
-                subject: format!("chain {COLLECTOR_CHAIN} seq {seq}"),
-                reason: format!(
-                    "a collector started with a certificate that is no witness's: {why}"
-                ),
-            });
-        }
+        trust
     }
-    Ok(trust)
+
+    /// The prune records whose signature (a collector's log key) holds, by host. One that
+    /// does not verify is a finding, and covers nothing.
+    pub(crate) fn prunes(&self, trust: &Trust, findings: &mut Vec<Finding>) -> Prunes {
+        let mut prunes = Prunes::default();
+        for (seq, note) in &self.prune_notes {
+            let subject = format!("chain {COLLECTOR_CHAIN} seq {seq}");
+            prunes.add(trust, &subject, note, findings);
+        }
+        prunes
+    }
+
+    /// The holes chained in the collector's chain. The chain is verified with them: a hole
+    /// forged into it breaks it.
+    fn holes(&self) -> Holes {
+        let mut holes = Holes::default();
+        for (_, event) in &self.holes {
+            holes.read(proto::kind::Kind::Alert.name(), event);
+        }
+        holes
+    }
 }
 
 /// Shows `each` every record of the collector's chain, a page at a time.

@@ -118,7 +118,7 @@ impl Witness {
     }
 
     /// The keys verify checks evidence with: the CA, and this collector's own
-    /// (`verify::store_trust` adds the other collectors of the store).
+    /// (`verify::OwnRecords::trust` adds the other collectors of the store).
     #[must_use]
     pub fn trust(&self) -> verifier::Trust {
         verifier::Trust {

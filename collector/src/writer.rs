@@ -363,7 +363,8 @@ pub(crate) fn spawn(
     // A collector new to the store says so in the collector's chain, with its witness
     // certificate; one that has said so before does not again.
     let announce = match &witness {
-        Some(witness) => !crate::verify::witness_certs(store.as_ref())?
+        Some(witness) => !crate::verify::OwnRecords::read(store.as_ref())?
+            .witnesses
             .iter()
             .any(|(_, pem)| *pem == witness.cert_pem),
         None => false,

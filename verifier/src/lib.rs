@@ -147,8 +147,9 @@ impl Trust {
     }
 
     /// The time of the collector's cosignature of `checkpoint` in `note`, and which other
-    /// collector made it (`None`: this one). A note none of them cosigned fails as one
-    /// without this collector's cosignature.
+    /// collector made it (`None`: this one). A cosignature line of any of them that does
+    /// not verify fails it; a note none of them cosigned fails as one without this
+    /// collector's cosignature.
     pub fn cosignature(
         &self,
         note: &tlog::Note,
@@ -156,7 +157,8 @@ impl Trust {
     ) -> Result<(u64, Option<&OtherWitness>), String> {
         let own = match self.witness.verify_in_note(note, checkpoint) {
             Ok(time) => return Ok((time, None)),
-            Err(e) => e,
+            Err(missing @ tlog::CosignatureError::Missing { .. }) => missing,
+            Err(e) => return Err(e.to_string()),
         };
         for other in &self.others {
             match other.witness.verify_in_note(note, checkpoint) {

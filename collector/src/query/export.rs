@@ -70,8 +70,10 @@ pub(crate) fn bundle(
     let mut known = subtree_roots(store, &host, checkpoint.size, &pruned, &needed.0)?;
     // The hash before a record whose predecessor was pruned is where its prune record
     // says the chain resumes.
-    let trust = crate::verify::store_trust(store, witness, &mut Vec::new())?;
-    let cuts = crate::verify::read_prunes(store, &trust, &mut Vec::new())?
+    let own = crate::verify::OwnRecords::read(store)?;
+    let trust = own.trust(witness, &mut Vec::new());
+    let cuts = own
+        .prunes(&trust, &mut Vec::new())
         .by_host
         .remove(&host)
         .map(|p| p.cuts)
@@ -109,14 +111,7 @@ pub(crate) fn bundle(
         .ok_or_else(|| internal("the host certificate of the checkpoint has no key".into()))?;
     let host_key = tlog::Verifier::from_public_key(&witness.origin(&host), &host_key)
         .map_err(|e| internal(e.to_string()))?;
-    // The collector of the store that cosigned the checkpoint: this one, or another.
-    let cosigner = tlog::Checkpoint::parse_body(note.text())
-        .ok()
-        .and_then(|c| trust.cosignature(&note, &c).ok()?.1);
-    let (cosigner_pem, cosigner_key) = match cosigner {
-        Some(other) => (&other.cert_pem, other.witness.clone()),
-        None => (&witness.cert_pem, witness.cosigner.verifier()),
-    };
+    let (cosigner_pem, cosigner_key) = cosigner(&trust, witness, &note);
     let bundle = bundle::Bundle {
         format: bundle::FORMAT.into(),
         session: key.to_owned(),
@@ -133,6 +128,22 @@ pub(crate) fn bundle(
         records,
     };
     Ok(bundle.to_json())
+}
+
+/// The witness certificate and cosignature key of the collector of the store that cosigned
+/// `note`: this one, or another.
+fn cosigner<'a>(
+    trust: &'a verifier::Trust,
+    witness: &'a Witness,
+    note: &tlog::Note,
+) -> (&'a str, tlog::CosignatureVerifier) {
+    let other = tlog::Checkpoint::parse_body(note.text())
+        .ok()
+        .and_then(|c| trust.cosignature(note, &c).ok()?.1);
+    match other {
+        Some(other) => (&other.cert_pem, other.witness.clone()),
+        None => (&witness.cert_pem, witness.cosigner.verifier()),
+    }
 }
 
 fn internal(message: String) -> QueryError {

@@ -256,13 +256,13 @@ async fn send_evidence(
     host: String,
     tx: &EvidenceSender,
 ) -> Result<(), Ended> {
-    let others = {
+    let own = {
         let store = Arc::clone(store);
-        read(move || crate::verify::witness_certs(store.as_ref())).await?
+        read(move || crate::verify::OwnRecords::read(store.as_ref())).await?
     };
     let mut items = vec![Item::CollectorCertificatePem(witness.cert_pem.clone())];
     items.extend(
-        others
+        own.witnesses
             .into_iter()
             .filter(|(_, pem)| *pem != witness.cert_pem)
             .map(|(_, pem)| Item::WitnessCertificatePem(pem)),
@@ -277,21 +277,15 @@ async fn send_evidence(
         _ => vec![host.clone()],
     };
     if !hosts.is_empty() {
-        let (notes, holes) = {
-            let store = Arc::clone(store);
-            read(move || {
-                let store = store.as_ref();
-                Ok((
-                    crate::verify::prune_notes(store)?,
-                    crate::verify::hole_records(store)?,
-                ))
-            })
-            .await?
-        };
         for host in hosts {
             let (s, w, h) = (Arc::clone(store), Arc::clone(witness), host.clone());
-            let notes = notes.iter().map(|(_, note)| note.clone()).collect();
-            let holes = holes
+            let notes = own
+                .prune_notes
+                .iter()
+                .map(|(_, note)| note.clone())
+                .collect();
+            let holes = own
+                .holes
                 .iter()
                 .filter(|(of, _)| *of == host)
                 .map(|(_, event)| event.clone())
