@@ -117,6 +117,15 @@ fn host_chain(report: &VerifyResponse) -> &proto::v1::ChainVerdict {
         .unwrap_or_else(|| panic!("no verdict on {HOST}'s chain: {report:?}"))
 }
 
+/// Whether verify found something of a subject beginning `subject`, for a reason holding
+/// `reason`.
+fn found(report: &VerifyResponse, subject: &str, reason: &str) -> bool {
+    report
+        .findings
+        .iter()
+        .any(|f| f.subject.starts_with(subject) && f.reason.contains(reason))
+}
+
 fn log_of<'a>(report: &'a VerifyResponse, host: &str) -> &'a LogVerdict {
     report
         .logs
@@ -469,11 +478,7 @@ async fn verify_finds_what_an_admin_does_to_the_store() {
     let report = verify_all(&Collector::start(&copy)).await;
     assert!(!report.ok);
     assert!(
-        report
-            .findings
-            .iter()
-            .any(|f| f.subject.starts_with("grant ")
-                && f.reason.contains("differs from its chained grant changes")),
+        found(&report, "grant ", "differs from its chained grant changes"),
         "{report:?}"
     );
 
@@ -780,11 +785,7 @@ async fn checkpoints_cosigned_by_each_collector_of_a_store_verify_through_either
     let report = verify_all(&first).await;
     assert!(!report.ok, "{report:?}");
     assert!(
-        report
-            .findings
-            .iter()
-            .any(|f| f.subject.starts_with("chain collector seq ")
-                && f.reason.contains("no witness's")),
+        found(&report, "chain collector seq ", "no witness's"),
         "{report:?}"
     );
     let (ok, printed) = verify_local(&first, &[]);
