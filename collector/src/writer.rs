@@ -472,8 +472,8 @@ impl Own {
             body: Body::Admin(AdminAct {
                 action: verifier::COLLECTOR_STARTED.into(),
                 host: String::new(),
-                actor: witness.cert_pem.clone(),
-                detail: witness.own_origin(),
+                actor: format!("witness {}", witness.name),
+                detail: witness.cert_pem.clone(),
             }),
         }
     }

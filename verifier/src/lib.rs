@@ -69,8 +69,9 @@ pub struct OtherWitness {
 }
 
 /// The action of the `admin` record a collector chains in the collector's chain when it
-/// first serves a store: its `actor` is the collector's witness certificate, its `detail`
-/// the origin of its own log. Verify learns every collector of the store from them.
+/// first serves a store: its `actor` names the collector's witness (`witness NAME`), its
+/// `detail` is that witness's certificate (PEM). Verify learns every collector of the
+/// store from them.
 pub const COLLECTOR_STARTED: &str = "collector_started";
 
 /// The witness certificate a record of the collector's chain says a collector started
@@ -83,7 +84,7 @@ pub fn started_witness(kind: &str, event: &[u8]) -> Option<String> {
         return None;
     }
     match Event::decode(event).ok()?.body? {
-        Body::Admin(act) if act.action == COLLECTOR_STARTED => Some(act.actor),
+        Body::Admin(act) if act.action == COLLECTOR_STARTED => Some(act.detail),
         _ => None,
     }
 }
