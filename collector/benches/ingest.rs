@@ -14,6 +14,11 @@
 //! own instead, and a last run ships several hosts at once through one collector, then
 //! through two that share one database (docs/scaling.md); `--scaling` runs only that.
 //!
+//! With `--reads` it measures only this: hosts shipping at once through two collectors on
+//! one store (`SQLite`, or PostgreSQL with `RECORDER_BENCH_POSTGRES`), with and without an
+//! operator reading through each collector all the while; events/s of each, and the batches
+//! the collectors refused, which the hosts sent again from the heads of a new `Welcome`.
+//!
 //! With `--export` it measures only this: a host log of 10,000,000 records with a signed
 //! and cosigned checkpoint every 1,000,000, whose last 10,000 are one login session; the
 //! size of that session's evidence bundle (records, inclusion proofs, checkpoints) and the
@@ -30,10 +35,10 @@ use prost::Message as _;
 use proto::{
     chain::{GENESIS, chain_hash},
     v1::{
-        AgentMessage, ChainStart, ChainedEvent, Checkpoint, Event, EventBatch, Exec, ExportRequest,
-        Hello, Identity, Process, SessionRoot, SessionsRequest, VerifyRequest, agent_message::Msg,
-        collector_message, event::Body, identity::Kind, ingest_client::IngestClient,
-        query_client::QueryClient,
+        AgentMessage, ChainStart, ChainedEvent, Checkpoint, CollectorMessage, Event, EventBatch,
+        Exec, ExportRequest, Hello, HostsRequest, Identity, Process, SessionRoot, SessionsRequest,
+        VerifyRequest, agent_message::Msg, collector_message, event::Body, identity::Kind,
+        ingest_client::IngestClient, query_client::QueryClient,
     },
 };
 use tokio::sync::mpsc;
@@ -452,6 +457,10 @@ async fn main() {
         scaling(dir.path()).await;
         return;
     }
+    if std::env::args().any(|a| a == "--reads") {
+        reads(dir.path()).await;
+        return;
+    }
 
     let sample = chain(&format!("{HOST}:sample:0"), EVENTS);
     let event_bytes: usize = sample.iter().map(|r| r.event.len()).sum();
@@ -603,6 +612,136 @@ async fn scaling(dir: &std::path::Path) {
         "  {SCALE_HOSTS} hosts at once on one PostgreSQL database (plaintext): one collector {one} events/s, two collectors {two} events/s: two/one {:.2}",
         two.median / one.median
     );
+}
+
+/// Time between two reads of the operator reading through each collector in `reads`.
+const READ_EVERY: Duration = Duration::from_millis(10);
+
+/// Two collectors on one store, `SCALE_HOSTS` hosts shipping at once (half through each), in
+/// alternating rounds without and with an operator reading through each collector every
+/// `READ_EVERY`. Every read is chained into the collector chain both collectors append to,
+/// so each collector keeps finding its head moved by the other. Prints events/s of each, the
+/// ratio with/without, and the batches refused on the way (each sent again).
+async fn reads(dir: &std::path::Path) {
+    let (mut quiet, mut read) = (Vec::new(), Vec::new());
+    let mut refused = [0, 0];
+    let mut done = [0; 2];
+    for round in 0..ROUNDS {
+        for reading in [round % 2 == 1, round % 2 == 0] {
+            let name = format!("reads{}-{round}", u8::from(reading));
+            let url = store_url(&name, dir);
+            let mut targets = Vec::new();
+            for c in 0..2 {
+                let target = Target::on(format!("{name}-{c}"), &url, None).await;
+                targets.push(std::sync::Arc::new(target));
+            }
+            let stop = tokio::sync::watch::channel(false);
+            let mut readers = Vec::new();
+            for target in targets.iter().filter(|_| reading) {
+                let (channel, mut stop) = (target.admin_channel().await, stop.1.clone());
+                readers.push(tokio::spawn(async move {
+                    let mut query = QueryClient::new(channel);
+                    // Reads answered, and refused (a read that cannot be recorded is).
+                    let mut reads = [0u64; 2];
+                    while !*stop.borrow_and_update() {
+                        let answered = query.hosts(HostsRequest::default()).await.is_ok();
+                        reads[usize::from(!answered)] += 1;
+                        let _ = tokio::time::timeout(READ_EVERY, stop.changed()).await;
+                    }
+                    reads
+                }));
+            }
+            let start = Instant::now();
+            let streams: Vec<_> = (0..SCALE_HOSTS)
+                .map(|h| {
+                    let id = format!("{HOST}-{h}:{name}:0");
+                    let target = std::sync::Arc::clone(&targets[h % 2]);
+                    tokio::spawn(async move { ship_again(&target, &id, chain(&id, EVENTS)).await })
+                })
+                .collect();
+            let mut sent_again = 0;
+            for s in streams {
+                sent_again += s.await.unwrap();
+            }
+            let rate = per_sec(EVENTS * SCALE_HOSTS as u64, start.elapsed());
+            let _ = stop.0.send(true);
+            for r in readers {
+                let [answered, not] = r.await.unwrap();
+                done[0] += answered;
+                done[1] += not;
+            }
+            refused[usize::from(reading)] += sent_again;
+            if reading { &mut read } else { &mut quiet }.push(rate);
+            let verdicts = QueryClient::new(targets[0].admin_channel().await)
+                .verify(VerifyRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .chains;
+            assert!(verdicts.iter().all(|v| v.ok), "{verdicts:?}");
+        }
+    }
+    let (quiet, read) = (Spread::of(quiet.into_iter()), Spread::of(read.into_iter()));
+    println!(
+        "  two collectors on one store, {SCALE_HOSTS} hosts at once (plaintext): {quiet} events/s with no reads ({} batches refused); {read} events/s with {} reads through both, {} of them refused ({} batches refused): with/without {:.2}",
+        refused[0],
+        done[0] + done[1],
+        done[1],
+        refused[1],
+        read.median / quiet.median
+    );
+}
+
+/// Ships `records` of chain `id` through `target` as an agent does: when the collector
+/// refuses a batch (ending the stream), it dials again and resends from the head the new
+/// `Welcome` gives. Returns how many times it had to.
+async fn ship_again(target: &Target, id: &str, records: Vec<ChainedEvent>) -> u64 {
+    let last = records.last().unwrap().seq;
+    let mut refused = 0;
+    loop {
+        let (tx, mut rx) = open(target.agent_channel().await, id).await;
+        let from = match rx.message().await {
+            Ok(Some(CollectorMessage {
+                msg: Some(collector_message::Msg::Welcome(welcome)),
+            })) => welcome.heads.first().map_or(0, |h| h.next_seq),
+            other => panic!("expected Welcome, got {other:?}"),
+        };
+        let rest: Vec<ChainedEvent> = records.iter().filter(|r| r.seq >= from).cloned().collect();
+        if rest.is_empty() {
+            return refused;
+        }
+        let chain_id = id.to_owned();
+        let sender = tokio::spawn(async move {
+            for events in rest.chunks(BATCH) {
+                let batch = EventBatch {
+                    chain_id: chain_id.clone(),
+                    events: events.to_vec(),
+                };
+                let message = AgentMessage {
+                    msg: Some(Msg::Batch(batch)),
+                };
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        loop {
+            match rx.message().await {
+                Ok(Some(CollectorMessage {
+                    msg: Some(collector_message::Msg::Ack(ack)),
+                })) if ack.seq == last => {
+                    sender.abort();
+                    return refused;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    refused += 1;
+                    break;
+                }
+            }
+        }
+        sender.abort();
+    }
 }
 
 /// Checkpoints a witness checks (the host's signature) and cosigns per second on one core,
