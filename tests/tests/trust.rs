@@ -481,9 +481,11 @@ async fn join_tokens_are_single_use_host_bound_and_expire() {
             )
         })
         .collect();
+    // After the collector's own first start on the store.
     assert_eq!(
         acts,
         [
+            ("collector_started", ""),
             ("token_created", "web-1"),
             ("host_enrolled", "web-1"),
             ("token_created", "web-3")
