@@ -587,24 +587,7 @@ async fn scaling(dir: &std::path::Path) {
             }
             let rate = per_sec(EVENTS * SCALE_HOSTS as u64, start.elapsed());
             if collectors == 1 { &mut one } else { &mut two }.push(rate);
-            // What both stored is one unforked store: every chain whole and verified.
-            let verdicts = QueryClient::new(targets[0].admin_channel().await)
-                .verify(VerifyRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .chains;
-            assert!(verdicts.iter().all(|v| v.ok), "{verdicts:?}");
-            let stored: u64 = verdicts
-                .iter()
-                .filter(|v| v.host != "collector")
-                .map(|v| v.records)
-                .sum();
-            assert_eq!(
-                stored,
-                EVENTS * SCALE_HOSTS as u64,
-                "every record stored once"
-            );
+            stored_once(&targets[0], EVENTS * SCALE_HOSTS as u64).await;
         }
     }
     let (one, two) = (Spread::of(one.into_iter()), Spread::of(two.into_iter()));
@@ -612,6 +595,24 @@ async fn scaling(dir: &std::path::Path) {
         "  {SCALE_HOSTS} hosts at once on one PostgreSQL database (plaintext): one collector {one} events/s, two collectors {two} events/s: two/one {:.2}",
         two.median / one.median
     );
+}
+
+/// What the collectors of `target`'s store stored is one unforked store: every chain whole
+/// and verified, and `records` hosts' records in it, each once.
+async fn stored_once(target: &Target, records: u64) {
+    let verdicts = QueryClient::new(target.admin_channel().await)
+        .verify(VerifyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .chains;
+    assert!(verdicts.iter().all(|v| v.ok), "{verdicts:?}");
+    let stored: u64 = verdicts
+        .iter()
+        .filter(|v| v.host != "collector")
+        .map(|v| v.records)
+        .sum();
+    assert_eq!(stored, records, "every record stored once");
 }
 
 /// Time between two reads of the operator reading through each collector in `reads`.
@@ -672,13 +673,7 @@ async fn reads(dir: &std::path::Path) {
             }
             refused[usize::from(reading)] += sent_again;
             if reading { &mut read } else { &mut quiet }.push(rate);
-            let verdicts = QueryClient::new(targets[0].admin_channel().await)
-                .verify(VerifyRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .chains;
-            assert!(verdicts.iter().all(|v| v.ok), "{verdicts:?}");
+            stored_once(&targets[0], EVENTS * SCALE_HOSTS as u64).await;
         }
     }
     let (quiet, read) = (Spread::of(quiet.into_iter()), Spread::of(read.into_iter()));
