@@ -229,14 +229,7 @@ impl OwnRecords {
     pub(crate) fn trust(&self, witness: &Witness, findings: &mut Vec<Finding>) -> Trust {
         let mut trust = witness.trust();
         for (seq, pem) in &self.witnesses {
-            if let Err(why) = trust.add_witness(pem) {
-                findings.push(Finding {
-                    subject: format!("chain {COLLECTOR_CHAIN} seq {seq}"),
-                    reason: format!(
-                        "a collector started with a certificate that is no witness's: {why}"
-                    ),
-                });
-            }
+            trust.add_witness(format!("chain {COLLECTOR_CHAIN} seq {seq}"), pem, findings);
         }
         trust
     }

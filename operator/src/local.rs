@@ -50,14 +50,8 @@ pub async fn verify(
     let mut findings = Vec::new();
     let mut next = stream.message().await?;
     while let Some(Item::WitnessCertificatePem(pem)) = next.as_ref().and_then(|i| i.item.as_ref()) {
-        if let Err(why) = trust.add_witness(pem) {
-            findings.push(proto::v1::Finding {
-                subject: "a witness certificate of the collector's chain".into(),
-                reason: format!(
-                    "a collector started with a certificate that is no witness's: {why}"
-                ),
-            });
-        }
+        let subject = "a witness certificate of the collector's chain".to_owned();
+        trust.add_witness(subject, pem, &mut findings);
         next = stream.message().await?;
     }
     let mut local = Local::new(&trust, host);

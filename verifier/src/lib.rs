@@ -129,11 +129,23 @@ impl Trust {
         })
     }
 
-    /// Trusts another collector of the store, by its witness certificate `cert_pem`, which
-    /// must be issued by the CA to a witness. The collector's own, or one already
-    /// trusted, changes nothing.
-    pub fn add_witness(&mut self, cert_pem: &str) -> Result<(), String> {
-        let (witness, log) = witness_keys(&self.ca_pem, &self.deployment, cert_pem)?;
+    /// Trusts another collector of the store, by the witness certificate `cert_pem` its
+    /// `COLLECTOR_STARTED` record (`subject`) holds. One the CA did not issue to a witness
+    /// is a finding, and vouches for nothing. The collector's own, or one already trusted,
+    /// changes nothing.
+    pub fn add_witness(&mut self, subject: String, cert_pem: &str, findings: &mut Vec<Finding>) {
+        let (witness, log) = match witness_keys(&self.ca_pem, &self.deployment, cert_pem) {
+            Ok(keys) => keys,
+            Err(why) => {
+                findings.push(Finding {
+                    subject,
+                    reason: format!(
+                        "a collector started with a certificate that is no witness's: {why}"
+                    ),
+                });
+                return;
+            }
+        };
         let known = |w: &CosignatureVerifier| {
             (w.name(), w.public_key()) == (witness.name(), witness.public_key())
         };
@@ -144,7 +156,6 @@ impl Trust {
                 log,
             });
         }
-        Ok(())
     }
 
     /// The time of the collector's cosignature of `checkpoint` in `note`, and which other
