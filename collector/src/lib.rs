@@ -272,7 +272,7 @@ pub async fn serve(
     let known = store
         .chains()?
         .into_iter()
-        .filter(|c| c.chain_id != store::COLLECTOR_CHAIN)
+        .filter(|c| c.host != store::COLLECTOR_HOST)
         .map(|c| c.host);
     let liveness = Arc::new(liveness::Liveness::new(known, silent_after));
     tokio::spawn(liveness::watch(

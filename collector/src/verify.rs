@@ -22,13 +22,13 @@ use verifier::{
 };
 
 use crate::{
-    store::{COLLECTOR_CHAIN, ChainRow, ChainState, Store, StoreError},
+    store::{COLLECTOR_HOST, ChainRow, ChainState, Store, StoreError},
     witness::Witness,
 };
 
 /// Checks the chains of `host` (empty: all), or the one chain `chain_id`, the columns of
 /// their records, and, with a witness, the logs of those hosts. The `grants` table is
-/// checked whenever the collector's chain is.
+/// checked whenever every collector's chain is.
 ///
 /// Each record is read once where it can be: a host's log is walked first, and each of its
 /// leaves is also the next record of its chain's walk, whose verified hash the log takes.
@@ -47,9 +47,15 @@ pub(crate) fn verify_all(
         None => Prunes::default(),
     };
     let holes = own.holes();
+    // The collectors' chains are walked as far as the grants table read with them.
+    let snapshot = (host.is_empty() || host == COLLECTOR_HOST)
+        .then(|| grants_snapshot(store))
+        .transpose()?;
     let chains: Vec<ChainState> = store
         .chains()?
         .into_iter()
+        .filter(|c| c.host != COLLECTOR_HOST)
+        .chain(snapshot.iter().flat_map(|(heads, _)| heads.iter().cloned()))
         .filter(|c| host.is_empty() || c.host == host)
         .filter(|c| chain_id.is_empty() || c.chain_id == chain_id)
         .collect();
@@ -76,31 +82,23 @@ pub(crate) fn verify_all(
     }
     let mut grants = Grants::default();
     for (chain, walk) in chains.iter().zip(walks.walks) {
-        let collector = chain.chain_id == COLLECTOR_CHAIN;
-        // The collector's chain is walked as far as the grants table read with it.
-        let (chain, rows, end) = if collector {
-            let (state, rows) = grants_snapshot(store)?;
-            let state = state.unwrap_or_else(|| chain.clone());
-            let end = state.next_seq;
-            (state, Some(rows), end)
-        } else {
-            (chain.clone(), None, u64::MAX)
-        };
+        let collector = chain.host == COLLECTOR_HOST;
+        let end = if collector { chain.next_seq } else { u64::MAX };
         let mut derive = |row: &ChainRow<'_>| {
             if collector {
-                grants.replay(row, &mut report.findings);
+                grants.replay(&chain.chain_id, row, &mut report.findings);
             } else {
                 checks.push(&chain.host, &chain.chain_id, row);
             }
         };
-        let verdict = verify_chain(store, &chain, PAGE, walk, end, &mut derive)?;
+        let verdict = verify_chain(store, chain, PAGE, walk, end, &mut derive)?;
         report.chains.push(verdict);
-        if let Some(rows) = rows {
-            grants.compare(rows, &mut report.findings);
-        }
+    }
+    if let Some((_, rows)) = snapshot.filter(|_| chain_id.is_empty()) {
+        grants.compare(rows, &mut report.findings);
     }
     report.findings.extend(checks.finish());
-    // The collector's chain says which hosts' logs it cosigned.
+    // The collectors' chains say which hosts' logs they cosigned.
     if let Some((_, hosts)) = &hosts {
         grants.deleted_hosts(hosts, host, &mut report.findings);
     }
@@ -111,7 +109,10 @@ pub(crate) fn verify_all(
         .flatten()
     {
         report.findings.push(Finding {
-            subject: format!("chain {COLLECTOR_CHAIN}"),
+            subject: format!(
+                "chain {}",
+                witness.map(Witness::own_chain).unwrap_or_default()
+            ),
             reason: why,
         });
     }
@@ -124,7 +125,7 @@ pub(crate) fn verify_all(
 struct ChainWalks<'c> {
     chains: &'c [ChainState],
     walks: Vec<Walk>,
-    /// The host chains' walks by chain id: the collector's chain is no host's log.
+    /// The host chains' walks by chain id: the collectors' chains are no host's log.
     by_id: HashMap<&'c str, usize>,
     /// The last chain found: leaves come a chain at a time.
     last: Option<usize>,
@@ -143,7 +144,7 @@ impl<'c> ChainWalks<'c> {
         let by_id = chains
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.chain_id != COLLECTOR_CHAIN)
+            .filter(|(_, c)| c.host != COLLECTOR_HOST)
             .map(|(i, c)| (c.chain_id.as_str(), i))
             .collect();
         Self {
@@ -165,71 +166,69 @@ impl<'c> ChainWalks<'c> {
     }
 }
 
-/// Times the collector's chain and the `grants` table are read again when a commit came
+/// Times the collectors' chains and the `grants` table are read again when a commit came
 /// between them.
 const SNAPSHOT_TRIES: usize = 10;
 
-/// The collector's chain as it stands, and the `grants` table with it. Every grant change
-/// is chained in the commit that writes its row, so rows read while the chain stood still
-/// are exactly what its records up to its head give, however busy the collector is.
+/// The collectors' chains as they stand, and the `grants` table with them. Every grant
+/// change is chained in the commit that writes its row, so rows read while the chains stood
+/// still are exactly what their records up to their heads give, however busy the
+/// collectors are.
 pub(crate) fn grants_snapshot(
     store: &dyn Store,
-) -> Result<(Option<ChainState>, Vec<Grant>), StoreError> {
-    let own = || -> Result<_, StoreError> {
-        Ok(store
-            .chains()?
-            .into_iter()
-            .find(|c| c.chain_id == COLLECTOR_CHAIN))
-    };
-    let mut chain = own()?;
+) -> Result<(Vec<ChainState>, Vec<Grant>), StoreError> {
+    let mut chains = store.host_chains(COLLECTOR_HOST)?;
     let mut grants = store.grants(0)?;
     for _ in 0..SNAPSHOT_TRIES {
-        let after = own()?;
-        if after == chain {
+        let after = store.host_chains(COLLECTOR_HOST)?;
+        if after == chains {
             break;
         }
-        chain = after;
+        chains = after;
         grants = store.grants(0)?;
     }
-    Ok((chain, grants))
+    Ok((chains, grants))
 }
 
-/// What the rest of the store is checked with, from the collector's chain, read in one
-/// pass: its prune records, its spool holes, and the witness certificates collectors
+/// What the rest of the store is checked with, from the collectors' chains, read in one
+/// pass: their prune records, their spool holes, and the witness certificates collectors
 /// started with.
 #[derive(Default)]
 pub(crate) struct OwnRecords {
-    /// Every prune record's note, with its seq.
-    pub prune_notes: Vec<(u64, String)>,
+    /// Every prune record's note, with where it is chained.
+    pub prune_notes: Vec<(String, String)>,
     /// The `spool_hole` records: the host each concerns, and its bytes.
     pub holes: Vec<(String, Vec<u8>)>,
-    /// The witness certificate of each `COLLECTOR_STARTED` record, with its seq.
-    pub witnesses: Vec<(u64, String)>,
+    /// The witness certificate of each `COLLECTOR_STARTED` record, with where it is chained.
+    pub witnesses: Vec<(String, String)>,
 }
 
 impl OwnRecords {
     pub(crate) fn read(store: &dyn Store) -> Result<Self, StoreError> {
         let mut own = Self::default();
-        own_rows(store, &mut |row| {
-            let (kind, event) = (row.columns.kind, row.event);
-            if let Some(note) = prune::note_of(kind, event) {
-                own.prune_notes.push((row.seq, note));
-            } else if let Some(host) = hole::host_of(kind, event) {
-                own.holes.push((host, event.to_vec()));
-            } else if let Some(pem) = verifier::started_witness(kind, event) {
-                own.witnesses.push((row.seq, pem));
-            }
-        })?;
+        for chain in store.host_chains(COLLECTOR_HOST)? {
+            own_rows(store, &chain.chain_id, &mut |row| {
+                let (kind, event) = (row.columns.kind, row.event);
+                let at = || format!("chain {} seq {}", chain.chain_id, row.seq);
+                if let Some(note) = prune::note_of(kind, event) {
+                    own.prune_notes.push((at(), note));
+                } else if let Some(host) = hole::host_of(kind, event) {
+                    own.holes.push((host, event.to_vec()));
+                } else if let Some(pem) = verifier::started_witness(kind, event) {
+                    own.witnesses.push((at(), pem));
+                }
+            })?;
+        }
         Ok(own)
     }
 
     /// The keys evidence in the store is checked with: `witness`'s, and those of every
-    /// other collector the collector's chain says started on the store. A chained
-    /// certificate the CA did not issue to a witness is a finding, and vouches for nothing.
+    /// other collector whose chain says it started on the store. A chained certificate the
+    /// CA did not issue to a witness is a finding, and vouches for nothing.
     pub(crate) fn trust(&self, witness: &Witness, findings: &mut Vec<Finding>) -> Trust {
         let mut trust = witness.trust();
-        for (seq, pem) in &self.witnesses {
-            trust.add_witness(format!("chain {COLLECTOR_CHAIN} seq {seq}"), pem, findings);
+        for (at, pem) in &self.witnesses {
+            trust.add_witness(at.clone(), pem, findings);
         }
         trust
     }
@@ -238,15 +237,14 @@ impl OwnRecords {
     /// does not verify is a finding, and covers nothing.
     pub(crate) fn prunes(&self, trust: &Trust, findings: &mut Vec<Finding>) -> Prunes {
         let mut prunes = Prunes::default();
-        for (seq, note) in &self.prune_notes {
-            let subject = format!("chain {COLLECTOR_CHAIN} seq {seq}");
-            prunes.add(trust, &subject, note, findings);
+        for (at, note) in &self.prune_notes {
+            prunes.add(trust, at, note, findings);
         }
         prunes
     }
 
-    /// The holes chained in the collector's chain. The chain is verified with them: a hole
-    /// forged into it breaks it.
+    /// The holes chained in the collectors' chains. Those are verified with them: a hole
+    /// forged into one breaks it.
     fn holes(&self) -> Holes {
         let mut holes = Holes::default();
         for (_, event) in &self.holes {
@@ -256,12 +254,16 @@ impl OwnRecords {
     }
 }
 
-/// Shows `each` every record of the collector's chain, a page at a time.
-fn own_rows(store: &dyn Store, each: &mut dyn FnMut(&ChainRow<'_>)) -> Result<(), StoreError> {
+/// Shows `each` every record of the collector's chain `chain_id`, a page at a time.
+fn own_rows(
+    store: &dyn Store,
+    chain_id: &str,
+    each: &mut dyn FnMut(&ChainRow<'_>),
+) -> Result<(), StoreError> {
     let mut from = 0;
     loop {
         let mut read = 0;
-        store.chain_rows(COLLECTOR_CHAIN, from, PAGE, &mut |row| {
+        store.chain_rows(chain_id, from, PAGE, &mut |row| {
             read += 1;
             from = row.seq + 1;
             each(&row);

@@ -117,6 +117,12 @@ impl Witness {
         pki::collector_log(&self.deployment, &self.name)
     }
 
+    /// The id of the collector's own chain, whose records are its own log's leaves.
+    #[must_use]
+    pub fn own_chain(&self) -> String {
+        verifier::collector_chain(&self.name)
+    }
+
     /// The keys verify checks evidence with: the CA, and this collector's own
     /// (`verify::OwnRecords::trust` adds the other collectors of the store).
     #[must_use]
@@ -143,7 +149,7 @@ impl Witness {
         }
     }
 
-    /// Whether the collector's chain in `store` disagrees with the checkpoint of it kept
+    /// Whether the collector's own chain in `store` disagrees with the checkpoint of it kept
     /// outside the database: why, if it does (a database restored to an older state, or its
     /// chain cut short). Nothing kept yet is no disagreement.
     pub(crate) fn own_log_disagreement(
@@ -151,9 +157,9 @@ impl Witness {
         store: &dyn crate::store::Store,
     ) -> Result<Option<String>, crate::store::StoreError> {
         match self.kept_checkpoint() {
-            Ok(Some(text)) => {
-                verifier::own_log_disagreement(&text, &self.trust(), |size| own_log(store, size))
-            }
+            Ok(Some(text)) => verifier::own_log_disagreement(&text, &self.trust(), |size| {
+                own_log(store, &self.own_chain(), size)
+            }),
             Ok(None) => Ok(None),
             Err(why) => Ok(Some(why)),
         }
@@ -177,21 +183,23 @@ impl Witness {
     }
 }
 
-/// The collector's own log as its stored chain gives it: the leaves of its first `size`
-/// records (fewer when it holds fewer), from their stored hashes.
+/// The collector's own log as its stored chain `chain_id` gives it: the leaves of its first
+/// `size` records (fewer when it holds fewer), from their stored hashes.
 pub(crate) fn own_log(
     store: &dyn crate::store::Store,
+    chain_id: &str,
     size: u64,
 ) -> Result<tlog::CompactRange, crate::store::StoreError> {
     let mut range = tlog::CompactRange::new();
-    extend_own_log(store, &mut range, size)?;
+    extend_own_log(store, chain_id, &mut range, size)?;
     Ok(range)
 }
 
-/// Extends `range`, the collector's own log as far as it goes, with the stored records after
-/// it, up to `size` leaves.
+/// Extends `range`, the collector's own log (of its chain `chain_id`) as far as it goes,
+/// with the stored records after it, up to `size` leaves.
 pub(crate) fn extend_own_log(
     store: &dyn crate::store::Store,
+    chain_id: &str,
     range: &mut tlog::CompactRange,
     size: u64,
 ) -> Result<(), crate::store::StoreError> {
@@ -200,15 +208,18 @@ pub(crate) fn extend_own_log(
         let want = usize::try_from(size - before)
             .unwrap_or(usize::MAX)
             .min(10_000);
-        store.chain_rows(crate::store::COLLECTOR_CHAIN, before, want, &mut |row| {
-            match <[u8; 32]>::try_from(row.hash) {
+        store.chain_rows(
+            chain_id,
+            before,
+            want,
+            &mut |row| match <[u8; 32]>::try_from(row.hash) {
                 Ok(hash) if row.seq == range.size() => {
                     let _ = range.append(tlog::leaf_hash(&hash));
                     std::ops::ControlFlow::Continue(())
                 }
                 _ => std::ops::ControlFlow::Break(()),
-            }
-        })?;
+            },
+        )?;
         if range.size() - before < want as u64 {
             break;
         }

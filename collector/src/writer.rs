@@ -36,8 +36,8 @@ use verifier::{
 use crate::{
     error::{AdminError, GrantError, IngestError},
     store::{
-        Append, COLLECTOR_CHAIN, ChainState, Commit, Conflict, ForkRow, HoldRow, LogCheckpoint,
-        LogRow, PruneRow, Record, RevokedHost, Store, StoreError, TokenRow,
+        Append, COLLECTOR_HOST, ChainState, Commit, Conflict, Decisions, ForkRow, HoldRow,
+        LogCheckpoint, LogRow, PruneRow, Record, RevokedHost, Store, StoreError, TokenRow,
     },
     witness::Witness,
 };
@@ -47,7 +47,7 @@ const QUEUE: usize = 256;
 /// A group commit takes at most this many records, so one commit's latency stays bounded.
 const GROUP_RECORDS: usize = 100_000;
 /// Times a group is committed again, its own records chained on the fresh head, when
-/// another collector keeps moving the collector's chain first.
+/// another collector of the same name keeps moving its chain first.
 const RECHAIN_TRIES: usize = 3;
 /// The collector's own log is signed at most this often.
 const OWN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -354,13 +354,17 @@ pub(crate) fn spawn(
         .iter()
         .map(|row| Ok((row.host.clone(), HostLog::from_row(row)?)))
         .collect::<Result<_, StoreError>>()?;
-    let own = crate::witness::own_log(store.as_ref(), u64::MAX)?;
+    // Without a witness, the one chain collectors shared before each had its own.
+    let own_id = witness
+        .as_ref()
+        .map_or_else(|| COLLECTOR_HOST.to_owned(), |w| w.own_chain());
+    let own = crate::witness::own_log(store.as_ref(), &own_id, u64::MAX)?;
     // A kept checkpoint the database does not hold is evidence: it is never overwritten.
     let own_frozen = match &witness {
         Some(witness) => witness.own_log_disagreement(store.as_ref())?,
         None => None,
     };
-    // A collector new to the store says so in the collector's chain, with its witness
+    // A collector new to the store says so in its chain, with its witness
     // certificate; one that has said so before does not again.
     let announce = match &witness {
         Some(witness) => !crate::verify::OwnRecords::read(store.as_ref())?
@@ -376,6 +380,7 @@ pub(crate) fn spawn(
         witness,
         heads,
         logs,
+        own_id,
         own,
         own_signed: None,
         own_frozen,
@@ -396,6 +401,8 @@ struct Writer {
     heads: HashMap<String, ChainState>,
     /// Every host's committed log.
     logs: HashMap<String, HostLog>,
+    /// The id of the collector's own chain (`verifier::collector_chain`).
+    own_id: String,
     /// The collector's own log: its chain's committed record hashes.
     own: CompactRange,
     /// When its checkpoint was last signed, and its size then.
@@ -426,8 +433,13 @@ struct Group {
     records: usize,
     /// Chains refused as a copy's whose alert this group chains.
     copies_told: Vec<String>,
+    /// The store's count of decisions, read before the group's first decision
+    /// (`Commit::decisions`).
+    made: Option<u64>,
+    /// Decisions the group numbered: its grant changes (`GrantChange::decision`).
+    decided: u64,
     /// Every event the group chains into the collector's chain, in order: chained again on
-    /// the fresh head when only that head was moved by another collector.
+    /// the fresh head when only that head was moved by another collector of the same name.
     chained: Vec<Own>,
     /// The collector's own events asked for alone (`Request::Own`), and who waits for each:
     /// chained again on the fresh head when the group fails because another collector
@@ -451,7 +463,7 @@ impl Own {
         Self {
             kind: Kind::Alert,
             host: if host.is_empty() {
-                COLLECTOR_CHAIN.into()
+                COLLECTOR_HOST.into()
             } else {
                 host.into()
             },
@@ -466,7 +478,7 @@ impl Own {
     fn started(witness: &Witness) -> Self {
         Self {
             kind: Kind::Admin,
-            host: COLLECTOR_CHAIN.into(),
+            host: COLLECTOR_HOST.into(),
             identity_kind: 0,
             identity_name: witness.name.clone(),
             body: Body::Admin(AdminAct {
@@ -482,7 +494,7 @@ impl Own {
     pub(crate) fn access(actor: &str, body: Body) -> Self {
         Self {
             kind: Kind::Access,
-            host: COLLECTOR_CHAIN.into(),
+            host: COLLECTOR_HOST.into(),
             identity_kind: 0,
             identity_name: actor.into(),
             body,
@@ -491,9 +503,9 @@ impl Own {
 }
 
 /// Whether `commit` holds a change decided against what the store held (a grant, a
-/// token's use, a revocation, a hold, a prune). The collector's chain serializes those
-/// decisions between collectors, so when another collector moved it first they are decided
-/// again, by their callers, never committed as they were.
+/// token's use, a revocation, a hold, a prune). The store's count of decisions serializes
+/// those between collectors (`Commit::decisions`), so when another collector moved it first
+/// they are decided again, by their callers, never committed as they were.
 fn decided(commit: &Commit) -> bool {
     !(commit.grants.is_empty()
         && commit.tokens.is_empty()
@@ -518,7 +530,7 @@ impl Writer {
                     Body::Alert(Alert {
                         kind: "store_rollback".into(),
                         host: String::new(),
-                        chain_id: COLLECTOR_CHAIN.into(),
+                        chain_id: self.own_id.clone(),
                         seq: self.own.size(),
                         message: why,
                         hole: None,
@@ -577,6 +589,15 @@ impl Writer {
 
     fn commit(&mut self, mut group: Group) -> Result<(), StoreError> {
         group.commit.logs = group.logs.iter().map(|(h, l)| l.row(h)).collect();
+        if decided(&group.commit) {
+            // Every decision read the count first (`decisions_read`). Were one not to, 0 is
+            // still safe: the commit fails unless no collector has decided anything yet.
+            let made = group.made.unwrap_or(0);
+            group.commit.decisions = Some(Decisions {
+                made,
+                after: made + group.decided.max(1),
+            });
+        }
         if group.commit.is_empty() {
             for outcome in group.replies {
                 outcome.send(None);
@@ -585,7 +606,8 @@ impl Writer {
         }
         let mut result = self.store.commit(&group.commit);
         for _ in 0..RECHAIN_TRIES {
-            let moved_own = matches!(&result, Err(e) if e.moved_chain() == Some(COLLECTOR_CHAIN));
+            let moved_own =
+                matches!(&result, Err(e) if e.moved_chain() == Some(self.own_id.as_str()));
             if !moved_own || decided(&group.commit) || !self.rechain_own(&mut group) {
                 break;
             }
@@ -600,7 +622,7 @@ impl Writer {
                     .commit
                     .appends
                     .iter()
-                    .filter(|a| a.chain_id == COLLECTOR_CHAIN)
+                    .filter(|a| a.chain_id == self.own_id)
                 {
                     for r in &append.records {
                         let _ = self.own.append(tlog::leaf_hash(&r.hash));
@@ -641,24 +663,28 @@ impl Writer {
     }
 
     /// Chains the collector's own records of `group` again, on its chain's head as the
-    /// store has it now: another collector moved it first, and nothing else in the group
-    /// depended on it. False when the store cannot be read.
+    /// store has it now: another collector of the same witness name moved it first, and
+    /// nothing else in the group depended on it. False when the store cannot be read.
     fn rechain_own(&mut self, group: &mut Group) -> bool {
-        let fresh = self.refresh(COLLECTOR_CHAIN).and_then(|()| {
-            crate::witness::extend_own_log(self.store.as_ref(), &mut self.own, u64::MAX)
+        let fresh = self.refresh(COLLECTOR_HOST).and_then(|()| {
+            crate::witness::extend_own_log(
+                self.store.as_ref(),
+                &self.own_id,
+                &mut self.own,
+                u64::MAX,
+            )
         });
         if let Err(e) = fresh {
             tracing::error!(error = %e, "cannot read the collector's chain again");
             return false;
         }
         tracing::info!(
-            "another collector moved the collector's chain first; this group's records of it are chained again on its head"
+            chain = %self.own_id,
+            "another collector of this name moved its chain first; this group's records of it are chained again on its head"
         );
-        group
-            .commit
-            .appends
-            .retain(|a| a.chain_id != COLLECTOR_CHAIN);
-        group.heads.remove(COLLECTOR_CHAIN);
+        let own_id = &self.own_id;
+        group.commit.appends.retain(|a| a.chain_id != *own_id);
+        group.heads.remove(own_id);
         for own in std::mem::take(&mut group.chained) {
             self.chain_own(group, own);
         }
@@ -677,11 +703,11 @@ impl Writer {
         for host in hosts {
             self.refresh(&host)?;
         }
-        crate::witness::extend_own_log(self.store.as_ref(), &mut self.own, u64::MAX)
+        crate::witness::extend_own_log(self.store.as_ref(), &self.own_id, &mut self.own, u64::MAX)
     }
 
-    /// Takes `host`'s chain heads and log from the store: the collector's own chain when
-    /// `host` is `COLLECTOR_CHAIN`.
+    /// Takes `host`'s chain heads and log from the store: the collectors' chains when
+    /// `host` is `COLLECTOR_HOST`.
     fn refresh(&mut self, host: &str) -> Result<(), StoreError> {
         for chain in self.store.host_chains(host)? {
             self.heads.insert(chain.chain_id.clone(), chain);
@@ -1053,7 +1079,10 @@ impl Writer {
         id: &str,
         decide: Decide,
     ) -> Result<GrantChange, GrantError> {
-        let change = decide(self.current_grant(group, id)?, now_unix_nano())?;
+        let made = self.decisions_read(group)?;
+        let mut change = decide(self.current_grant(group, id)?, now_unix_nano())?;
+        group.decided += 1;
+        change.decision = made + group.decided;
         let selector = change
             .grant
             .as_ref()
@@ -1064,7 +1093,7 @@ impl Writer {
             group,
             Own {
                 kind: Kind::GrantChange,
-                host: COLLECTOR_CHAIN.into(),
+                host: COLLECTOR_HOST.into(),
                 // So that a search by identity finds the changes to its grants.
                 identity_kind: selector.kind,
                 identity_name: selector.name,
@@ -1094,6 +1123,7 @@ impl Writer {
         token: Option<[u8; 32]>,
         decide: DecideAdmin,
     ) -> Result<AdminAct, AdminError> {
+        self.decisions_read(group)?;
         let current = match token {
             Some(hash) => self.current_token(group, &hash)?,
             None => None,
@@ -1116,23 +1146,35 @@ impl Writer {
         Ok(change.act)
     }
 
+    /// The store's count of decisions, read once per group, before its first decision reads
+    /// what it decides against: its commit then fails if another collector decided anything
+    /// since (`Commit::decisions`).
+    fn decisions_read(&self, group: &mut Group) -> Result<u64, StoreError> {
+        if let Some(made) = group.made {
+            return Ok(made);
+        }
+        let made = self.store.decisions()?;
+        group.made = Some(made);
+        Ok(made)
+    }
+
     /// Chains an event of the collector's own into its chain, which starts like any other.
     fn chain_own(&self, group: &mut Group, own: Own) {
         group.chained.push(own.clone());
-        let mut chain = match self.head(group, COLLECTOR_CHAIN) {
+        let mut chain = match self.head(group, &self.own_id) {
             Some(head) => Chain::resume(head.chain_id, head.next_seq, head.head_hash),
-            None => Chain::new(COLLECTOR_CHAIN.into()),
+            None => Chain::new(self.own_id.clone()),
         };
         let time = now_unix_nano();
         let mut owns = Vec::with_capacity(2);
         if chain.next_seq() == 0 {
             owns.push(Own {
                 kind: Kind::ChainStart,
-                host: COLLECTOR_CHAIN.to_owned(),
+                host: COLLECTOR_HOST.to_owned(),
                 identity_kind: 0,
                 identity_name: String::new(),
                 body: Body::ChainStart(ChainStart {
-                    host: COLLECTOR_CHAIN.into(),
+                    host: COLLECTOR_HOST.into(),
                     ..ChainStart::default()
                 }),
             });
@@ -1162,17 +1204,17 @@ impl Writer {
             })
             .collect();
         group.heads.insert(
-            COLLECTOR_CHAIN.into(),
+            self.own_id.clone(),
             ChainState {
-                chain_id: COLLECTOR_CHAIN.into(),
-                host: COLLECTOR_CHAIN.into(),
+                chain_id: self.own_id.clone(),
+                host: COLLECTOR_HOST.into(),
                 next_seq: chain.next_seq(),
                 head_hash: chain.head(),
             },
         );
         group.commit.appends.push(Append {
-            chain_id: COLLECTOR_CHAIN.into(),
-            chain_host: COLLECTOR_CHAIN.into(),
+            chain_id: self.own_id.clone(),
+            chain_host: COLLECTOR_HOST.into(),
             records,
         });
     }
@@ -1317,6 +1359,7 @@ impl Writer {
                 "this collector serves without TLS: it keeps no signed logs to prune".into(),
             ));
         };
+        self.decisions_read(group)?;
         let log = self.log(group, host);
         let Some(cosigned) = log.cosigned else {
             return Ok(0);
@@ -1530,45 +1573,80 @@ mod tests {
             action: action.into(),
             grant: Some(grant),
             actor: "test".into(),
-            reason: String::new(),
+            ..GrantChange::default()
         }
     }
 
-    /// Another collector on the store moved the collector's chain first: a grant change,
-    /// decided against the grant as this writer read it, is not chained again as it was but
-    /// refused, and stores nothing; decided again, it is stored.
+    /// Witnesses of one CA, named `names`.
+    fn witnesses(dir: &std::path::Path, names: [&str; 2]) -> [Arc<Witness>; 2] {
+        let ca = pki::Ca::init(&dir.join("ca")).unwrap();
+        names.map(|name| {
+            let issued = ca
+                .issue_witness(
+                    name,
+                    pki::Validity::from_now(std::time::Duration::from_hours(1)),
+                )
+                .unwrap();
+            Arc::new(Witness::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap())
+        })
+    }
+
+    /// Two collectors on one store, each with its own chain. A grant change is refused when
+    /// the other collector committed a decision of its own (a change to another grant)
+    /// between its read of the store and its commit, and it stores nothing, though the chain
+    /// it would extend did not move; decided again, it is stored, after the other's. Verify replays both chains' changes in the
+    /// order of their decisions.
     #[tokio::test]
-    async fn a_grant_change_is_not_chained_again_on_a_head_another_collector_moved() {
+    async fn decisions_of_two_collectors_are_made_one_after_the_other() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         let open = || -> Arc<dyn Store> { Arc::new(Sqlite::open(path.to_str().unwrap()).unwrap()) };
         let (store, other) = (open(), open());
+        let [mine, theirs] = witnesses(dir.path(), ["a", "b"]);
         let channels = || (watch::channel(()).0, watch::channel(()).0);
         let (live, changed) = channels();
-        let writer = spawn(Arc::clone(&store), None, live, changed).unwrap();
+        let writer = spawn(Arc::clone(&store), Some(Arc::clone(&mine)), live, changed).unwrap();
         let (live, changed) = channels();
-        let another = spawn(other, None, live, changed).unwrap();
-        another
-            .record(Own::alert("", Body::Alert(Alert::default())))
-            .await
-            .unwrap();
-        let create = || -> Decide {
-            Box::new(|_, _| {
+        let another = spawn(other, Some(theirs), live, changed).unwrap();
+        let create = |id: &'static str| -> Decide {
+            Box::new(move |_, _| {
                 Ok(grant_change(
                     "create",
                     Grant {
-                        id: "g-1".into(),
+                        id: id.into(),
                         expires_at_unix_nano: u64::MAX >> 1,
                         ..Grant::default()
                     },
                 ))
             })
         };
-        let refused = writer.change_grant("g-1".into(), create()).await;
+        let racing = another.clone();
+        let raced: Decide = Box::new(move |current, now| {
+            // The writer has read the store: the other decides before this one commits.
+            let theirs = tokio::runtime::Handle::current()
+                .block_on(racing.change_grant("g-0".into(), create("g-0")));
+            assert_eq!(theirs.unwrap().decision, 1);
+            create("g-1")(current, now)
+        });
+        let refused = writer.change_grant("g-1".into(), raced).await;
         assert!(refused.is_err(), "{refused:?}");
         assert_eq!(store.grant("g-1").unwrap(), None);
-        writer.change_grant("g-1".into(), create()).await.unwrap();
-        assert!(store.grant("g-1").unwrap().is_some());
+        assert!(store.grant("g-0").unwrap().is_some());
+        let mine = writer
+            .change_grant("g-1".into(), create("g-1"))
+            .await
+            .unwrap();
+        assert_eq!(mine.decision, 2);
+        let mut chains: Vec<String> = store
+            .host_chains(COLLECTOR_HOST)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.chain_id)
+            .collect();
+        chains.sort();
+        assert_eq!(chains, ["collector/a", "collector/b"]);
+        let report = crate::verify::verify_all(store.as_ref(), None, "", "").unwrap();
+        assert!(report.ok(), "{report:?}");
     }
 
     /// The writer applies whatever rule it is handed to the grant as committed or as the
@@ -1608,7 +1686,7 @@ mod tests {
         assert!(matches!(refused, Err(GrantError::Ended(_))));
         assert_eq!(store.grant("g-1").unwrap(), Some(revoked));
         assert!(told.has_changed().unwrap(), "agents' views are refreshed");
-        let verdicts = crate::verify::verify_all(store.as_ref(), None, "", COLLECTOR_CHAIN)
+        let verdicts = crate::verify::verify_all(store.as_ref(), None, "", COLLECTOR_HOST)
             .unwrap()
             .chains;
         assert!(verdicts[0].ok, "{verdicts:?}");

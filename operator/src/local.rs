@@ -16,7 +16,7 @@ use proto::{
 };
 use tonic::transport::Channel;
 use verifier::{
-    COLLECTOR_CHAIN, ChainRow, Columns, Head, Report, Trust, Walk,
+    COLLECTOR_HOST, ChainRow, Columns, Head, Report, Trust, Walk,
     columns::Checks,
     grants::Grants,
     hole::{self, Holes},
@@ -183,14 +183,17 @@ impl ChainWalks {
 /// The collector's own log: its chain, the checkpoint of it kept outside its database,
 /// the `grants` table.
 struct Own {
+    /// The serving collector's own chain, which its kept checkpoint covers.
+    chain_id: String,
     chains: ChainWalks,
     grants: Grants,
     rows: Vec<Grant>,
-    /// The kept checkpoint and the size it attests, with the leaves of that many records.
+    /// The kept checkpoint and the size it attests, with the leaves of that many records of
+    /// the serving collector's chain.
     kept: Option<(String, u64)>,
     range: tlog::CompactRange,
-    /// The prune records chained, with their seqs.
-    prunes: Vec<(u64, String)>,
+    /// The prune records chained, with where.
+    prunes: Vec<(String, String)>,
     /// The `spool_hole` records chained: their bytes.
     holes: Vec<Vec<u8>>,
 }
@@ -238,8 +241,14 @@ impl<'t> Local<'t> {
     fn take(&mut self, item: Item) -> anyhow::Result<()> {
         if let Item::Log(start) = item {
             self.end_log();
-            self.log = Some(if start.host == COLLECTOR_CHAIN {
+            self.log = Some(if start.host == COLLECTOR_HOST {
                 Log::Own(Box::new(Own {
+                    // A collector from before each had a chain of its own names none.
+                    chain_id: if start.chain_id.is_empty() {
+                        COLLECTOR_HOST.to_owned()
+                    } else {
+                        start.chain_id
+                    },
                     chains: ChainWalks::default(),
                     grants: Grants::default(),
                     rows: Vec::new(),
@@ -287,18 +296,19 @@ impl<'t> Local<'t> {
         self.end_log();
         let mut report = self.report;
         report.findings.extend(self.checks.finish());
-        if !self.host.is_empty() && self.host != COLLECTOR_CHAIN && !self.hosts.contains(&self.host)
+        if !self.host.is_empty() && self.host != COLLECTOR_HOST && !self.hosts.contains(&self.host)
         {
             report.findings.push(proto::v1::Finding {
                 subject: format!("host {}", self.host),
                 reason: "the collector's evidence holds no log of it".into(),
             });
         }
-        let Some(own) = self.own else {
+        let Some(mut own) = self.own else {
             return report;
         };
         own.chains.verdicts(&mut report);
-        own.grants.compare(own.rows, &mut report.findings);
+        own.grants
+            .compare(std::mem::take(&mut own.rows), &mut report.findings);
         if let Some((text, _)) = &own.kept
             && let Ok(Some(why)) =
                 verifier::own_log_disagreement(text.as_bytes(), self.trust, |_| {
@@ -306,7 +316,7 @@ impl<'t> Local<'t> {
                 })
         {
             report.findings.push(proto::v1::Finding {
-                subject: format!("chain {COLLECTOR_CHAIN}"),
+                subject: format!("chain {}", own.chain_id),
                 reason: why,
             });
         }
@@ -328,10 +338,9 @@ impl<'t> Local<'t> {
             }
         }
         let mut scratch = Prunes::default();
-        for (seq, note) in &own.prunes {
+        for (at, note) in &own.prunes {
             if !self.given.prunes.iter().any(|(_, n)| n == note) {
-                let subject = format!("chain {COLLECTOR_CHAIN} seq {seq}");
-                scratch.add(self.trust, &subject, note, &mut report.findings);
+                scratch.add(self.trust, at, note, &mut report.findings);
             }
         }
         // Each hole a host's log was given must be chained, and each chained hole of a host
@@ -506,26 +515,38 @@ impl Own {
             Item::Grant(grant) => self.rows.push(grant),
             Item::Record(r) => {
                 let kept = self.kept.as_ref().map_or(0, |(_, size)| *size);
-                if self.range.size() < kept
+                if r.chain_id == self.chain_id
+                    && self.range.size() < kept
                     && r.seq == self.range.size()
                     && let Ok(hash) = <[u8; 32]>::try_from(r.hash.as_slice())
                 {
                     let _ = self.range.append(tlog::leaf_hash(&hash));
                 }
                 if let Some(note) = prune::note_of(&r.kind, &r.event) {
-                    self.prunes.push((r.seq, note));
+                    self.prunes
+                        .push((format!("chain {} seq {}", r.chain_id, r.seq), note));
                 }
                 if hole::host_of(&r.kind, &r.event).is_some() {
                     self.holes.push(r.event.clone());
                 }
-                let (walk, _, _) = self.chains.walk(
-                    COLLECTOR_CHAIN,
-                    COLLECTOR_CHAIN,
+                let (walk, _, known) = self.chains.walk(
+                    &r.chain_id,
+                    COLLECTOR_HOST,
                     &Prunes::default(),
                     &Holes::default(),
                 );
+                if !known {
+                    findings.push(proto::v1::Finding {
+                        subject: format!("chain {}", r.chain_id),
+                        reason: "records of it are among the collectors' chains, but the \
+                                 chains table lacks it"
+                            .into(),
+                    });
+                }
                 let grants = &mut self.grants;
-                let _ = walk.step(row(&r), &mut |row| grants.replay(row, findings));
+                let _ = walk.step(row(&r), &mut |row| {
+                    grants.replay(&r.chain_id, row, findings);
+                });
             }
             _ => bail!("the collector's evidence of its own log is out of order"),
         }

@@ -1009,6 +1009,7 @@ mod tests {
                 action: action.into(),
                 actor: "dave".into(),
                 reason: String::new(),
+                decision: 1,
                 grant: Some(Grant {
                     id: "g-1".into(),
                     identity: Some(IdentitySelector {

@@ -323,6 +323,7 @@ struct GrantChangeLine<'a> {
     actor: &'a str,
     reason: &'a str,
     grant: Option<GrantLine<'a>>,
+    decision: u64,
 }
 
 #[derive(Serialize)]
@@ -573,6 +574,7 @@ impl<'a> BodyLine<'a> {
                     actor: &c.actor,
                     reason: &c.reason,
                     grant: c.grant.as_ref().map(GrantLine::new),
+                    decision: c.decision,
                 },
             },
             Some(Body::Registration(r)) => Self::Registration {

@@ -534,10 +534,12 @@ fn a_restored_collector_database_is_told_by_the_agent() {
         assert_eq!(v["ok"], true, "{v}");
     }
     assert!(
-        verdicts.iter().any(|v| v["finding"] == "chain collector"
-            && v["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("restored to an older state"))),
+        verdicts
+            .iter()
+            .any(|v| v["finding"] == "chain collector/test"
+                && v["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("restored to an older state"))),
         "{verdicts:?}"
     );
     drop(agent.stop());

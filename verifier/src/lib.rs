@@ -20,9 +20,25 @@ use tlog::{CosignatureVerifier, SignedCheckpoint, Verifier};
 pub use chain::{ChainRow, Head, Walk};
 pub use columns::Columns;
 
-/// The chain that holds the collector's own alerts, grant changes and reads. Agents' chain
-/// ids are `HOST:BOOT_ID:START`, so this one cannot collide.
-pub const COLLECTOR_CHAIN: &str = "collector";
+/// The host of the collectors' own chains, which hold their alerts, grant changes and
+/// reads; also the id of the one chain every collector of a store shared before each had its
+/// own (`collector_chain`), which a collector without a witness still writes. Agents' chain
+/// ids are `HOST:BOOT_ID:START`, so none of these can collide.
+pub const COLLECTOR_HOST: &str = "collector";
+
+/// The chain of the collector whose witness certificate names it `name`: its own log.
+#[must_use]
+pub fn collector_chain(name: &str) -> String {
+    format!("{COLLECTOR_HOST}/{name}")
+}
+
+/// Whether `chain_id` is a collector's chain, which no agent may write.
+#[must_use]
+pub fn is_collector_chain(chain_id: &str) -> bool {
+    chain_id
+        .strip_prefix(COLLECTOR_HOST)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
 
 /// Everything verify found.
 #[derive(Debug, Default)]

@@ -257,11 +257,13 @@ impl Op {
                 ("extend", grant, String::new())
             }
         };
+        // The writer numbers the decision.
         Ok(GrantChange {
             action: action.into(),
             grant: Some(grant),
             actor,
             reason,
+            decision: 0,
         })
     }
 }

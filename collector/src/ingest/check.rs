@@ -12,7 +12,7 @@ use proto::{
 
 use crate::{
     error::IngestError,
-    store::{COLLECTOR_CHAIN, Record},
+    store::Record,
     writer::{Batch, Lost},
 };
 
@@ -172,9 +172,9 @@ pub(crate) fn hole(host: &str, hole: SpoolHole) -> Result<Batch, IngestError> {
 /// Checks the id of an agent's chain.
 fn chain_id(chain_id: &str) -> Result<(), IngestError> {
     check_id("chain_id", chain_id)?;
-    if chain_id == COLLECTOR_CHAIN {
+    if verifier::is_collector_chain(chain_id) {
         return Err(invalid(format!(
-            "chain id {COLLECTOR_CHAIN:?} is the collector's own"
+            "chain id {chain_id:?} is a collector's own"
         )));
     }
     Ok(())
@@ -271,7 +271,8 @@ mod tests {
             (any::<Index>(), "\\PC{1,80}").prop_map(|(i, c)| Harm::RecordChain(i, c)),
             prop_oneof![
                 Just(String::new()),
-                Just(COLLECTOR_CHAIN.to_owned()),
+                Just(verifier::COLLECTOR_HOST.to_owned()),
+                Just(verifier::collector_chain("c2")),
                 Just("c".repeat(MAX_ID_BYTES + 1)),
                 "\\PC{1,80}",
             ]
@@ -359,7 +360,7 @@ mod tests {
         };
         !id.is_empty()
             && id.len() <= MAX_ID_BYTES
-            && *id != COLLECTOR_CHAIN
+            && !verifier::is_collector_chain(id)
             && events.len() <= MAX_BATCH_EVENTS
             && first
                 .seq
@@ -502,7 +503,8 @@ mod tests {
             chained("c", 1, [0; 32], vec![vec![0; EVENT_BYTES_MAX + 1]]),
             chained("c", 1, [0; 32], vec![vec![]; MAX_BATCH_EVENTS + 1]),
             chained("c", 1, [0; 32], vec![]),
-            chained(COLLECTOR_CHAIN, 1, [0; 32], vec![vec![]]),
+            chained(verifier::COLLECTOR_HOST, 1, [0; 32], vec![vec![]]),
+            chained(&verifier::collector_chain("c2"), 1, [0; 32], vec![vec![]]),
         ] {
             check_batch(batch).unwrap();
         }

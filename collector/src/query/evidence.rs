@@ -2,8 +2,8 @@
 //! run verify's checks itself, trusting only the CA (`recorder verify --local`): per host
 //! log, its checkpoints and the certificates that signed them, its prune records, its chains
 //! as the `chains` table says they stand, and its records with their stored columns in log
-//! order; then the collector's own chain, the checkpoint of it kept outside the database,
-//! and the `grants` table. Nothing here is checked: the client is not to trust this
+//! order; then the collectors' own chains, the checkpoint of the serving collector's kept
+//! outside the database, and the `grants` table. Nothing here is checked: the client is not to trust this
 //! collector's word, so it is given what is stored, as stored. Records are read a page at
 //! a time, so a stream holds one page whatever the store's size.
 
@@ -12,7 +12,7 @@ use std::ops::ControlFlow;
 use proto::v1::{LogStart, RawRecord, StoredChain, StoredCheckpoint, evidence_item::Item};
 
 use crate::{
-    store::{COLLECTOR_CHAIN, Columns, Store, StoreError},
+    store::{COLLECTOR_HOST, Columns, Store, StoreError},
     witness::Witness,
 };
 
@@ -27,7 +27,7 @@ pub(super) fn hosts(store: &dyn Store) -> Result<Vec<String>, StoreError> {
         store
             .chains()?
             .into_iter()
-            .filter(|c| c.chain_id != COLLECTOR_CHAIN)
+            .filter(|c| c.host != COLLECTOR_HOST)
             .map(|c| c.host),
     );
     hosts.sort();
@@ -35,8 +35,8 @@ pub(super) fn hosts(store: &dyn Store) -> Result<Vec<String>, StoreError> {
     Ok(hosts)
 }
 
-/// `host`'s log, its prune records (among `notes`, every one of the collector's chain),
-/// its `holes` (the `spool_hole` records of the collector's chain about it), the
+/// `host`'s log, its prune records (among `notes`, every one of the collectors' chains),
+/// its `holes` (the `spool_hole` records of the collectors' chains about it), the
 /// certificates that signed its checkpoints, its checkpoints and its chains.
 pub(super) fn log_header(
     store: &dyn Store,
@@ -84,9 +84,7 @@ pub(super) fn log_header(
     }
     let mut chains = Vec::new();
     for chain in store.host_chains(host)? {
-        if chain.chain_id != COLLECTOR_CHAIN {
-            chains.push(stored_chain(store, chain)?);
-        }
+        chains.push(stored_chain(store, chain)?);
     }
     let row = store.log(host)?;
     let end = row.as_ref().map_or(u64::MAX, |r| r.size);
@@ -98,6 +96,7 @@ pub(super) fn log_header(
             .map_or(0, |r| r.size.saturating_sub(first_index)),
         first_index,
         frontier: row.map(|r| r.frontier),
+        chain_id: String::new(),
     })];
     items.extend(prunes);
     items.extend(holes.into_iter().map(Item::Hole));
@@ -145,21 +144,25 @@ fn raw(
     }
 }
 
-/// The collector's own log, the checkpoint of it kept outside the database, its chain
-/// and the `grants` table, and how many of its records go with them.
+/// The collector's own log, the checkpoint of it kept outside the database, every
+/// collector's chain and the `grants` table, and whose records go with them, up to where.
 pub(super) fn own_header(
     store: &dyn Store,
     witness: &Witness,
-) -> Result<(Vec<Item>, u64), StoreError> {
-    // The records of the chain up to where it stood when the grants were read.
-    let (chain, grants) = crate::verify::grants_snapshot(store)?;
-    let end = chain.as_ref().map_or(0, |c| c.next_seq);
+) -> Result<(Vec<Item>, Vec<Records>), StoreError> {
+    // The records of the chains up to where they stood when the grants were read.
+    let (chains, grants) = crate::verify::grants_snapshot(store)?;
+    let own = witness.own_chain();
     let mut items = vec![Item::Log(LogStart {
         origin: witness.own_origin(),
-        host: COLLECTOR_CHAIN.into(),
-        leaves: end,
+        host: COLLECTOR_HOST.into(),
+        leaves: chains
+            .iter()
+            .find(|c| c.chain_id == own)
+            .map_or(0, |c| c.next_seq),
         first_index: 0,
         frontier: None,
+        chain_id: own,
     })];
     // An unreadable one is the collector's own problem, which its verify reports; the
     // client checks what it is given.
@@ -169,11 +172,16 @@ pub(super) fn own_header(
             ..StoredCheckpoint::default()
         }));
     }
-    if let Some(chain) = chain {
+    let mut records = Vec::with_capacity(chains.len());
+    for chain in chains {
+        records.push(Records::Own {
+            chain_id: chain.chain_id.clone(),
+            end: chain.next_seq,
+        });
         items.push(stored_chain(store, chain)?);
     }
     items.extend(grants.into_iter().map(Item::Grant));
-    Ok((items, end))
+    Ok((items, records))
 }
 
 /// Whose records to read, and where they end.
@@ -181,13 +189,13 @@ pub(super) fn own_header(
 pub(super) enum Records {
     /// A host's log's, in log order, below log index `end`.
     Log { host: String, end: u64 },
-    /// The collector's chain's, in seq order, below seq `end`: a record's leaf index in the
+    /// A collector's chain's, in seq order, below seq `end`: a record's leaf index in that
     /// collector's own log is its seq.
-    Own { end: u64 },
+    Own { chain_id: String, end: u64 },
 }
 
-/// A page of the records of `which` from `from` on (a log index, or a seq of the
-/// collector's chain), and where the page after it starts.
+/// A page of the records of `which` from `from` on (a log index, or a seq of a collector's
+/// chain), and where the page after it starts.
 pub(super) fn records(
     store: &dyn Store,
     which: &Records,
@@ -209,12 +217,12 @@ pub(super) fn records(
             ));
             ControlFlow::Continue(())
         })?,
-        Records::Own { end } => store.chain_rows(COLLECTOR_CHAIN, from, PAGE, &mut |row| {
+        Records::Own { chain_id, end } => store.chain_rows(chain_id, from, PAGE, &mut |row| {
             if row.seq >= *end {
                 return ControlFlow::Break(());
             }
             page.push(raw(
-                COLLECTOR_CHAIN,
+                chain_id,
                 row.seq,
                 row.seq,
                 row.event,

@@ -26,7 +26,7 @@ use crate::{
     auth::{Caller, Gate},
     error::QueryError,
     liveness::Liveness,
-    store::{Bound, COLLECTOR_CHAIN, Cursor, EventFilter, Store, StoreError, blocking},
+    store::{Bound, COLLECTOR_HOST, Cursor, EventFilter, Store, StoreError, blocking},
     verify::verify_all,
     witness::Witness,
 };
@@ -225,8 +225,8 @@ impl From<Status> for Ended {
     }
 }
 
-/// The evidence of `host` (empty: every host, then the collector's own log; "collector":
-/// that log alone), as the stream the client reads.
+/// The evidence of `host` (empty: every host, then the collectors' own chains; "collector":
+/// those alone), as the stream the client reads.
 fn stream_evidence(
     store: Arc<dyn Store>,
     witness: Arc<Witness>,
@@ -273,7 +273,7 @@ async fn send_evidence(
             let store = Arc::clone(store);
             read(move || evidence::hosts(store.as_ref())).await?
         }
-        COLLECTOR_CHAIN => Vec::new(),
+        COLLECTOR_HOST => Vec::new(),
         _ => vec![host.clone()],
     };
     if !hosts.is_empty() {
@@ -296,11 +296,13 @@ async fn send_evidence(
             send_records(store, tx, evidence::Records::Log { host, end }).await?;
         }
     }
-    if host.is_empty() || host == COLLECTOR_CHAIN {
+    if host.is_empty() || host == COLLECTOR_HOST {
         let (s, w) = (Arc::clone(store), Arc::clone(witness));
-        let (header, end) = read(move || evidence::own_header(s.as_ref(), &w)).await?;
+        let (header, chains) = read(move || evidence::own_header(s.as_ref(), &w)).await?;
         send(tx, header).await?;
-        send_records(store, tx, evidence::Records::Own { end }).await?;
+        for records in chains {
+            send_records(store, tx, records).await?;
+        }
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use proto::{
 // The types verify reads rows as are the shared verifier's, so the store hands them over
 // without a copy.
 pub use verifier::{
-    COLLECTOR_CHAIN, ChainRow, Columns,
+    COLLECTOR_HOST, ChainRow, Columns,
     columns::{Derived, terminal},
 };
 
@@ -82,6 +82,14 @@ impl Moved {
         StoreError::Backend(Arc::new(Self {
             what: format!("chain {chain_id} at seq {seq}"),
             chain: Some(chain_id.to_owned()),
+        }))
+    }
+
+    /// The store's count of decisions, which another collector moved past `made`.
+    pub(crate) fn decisions(made: u64) -> StoreError {
+        StoreError::Backend(Arc::new(Self {
+            what: format!("the store's decisions at {made}"),
+            chain: None,
         }))
     }
 
@@ -253,6 +261,19 @@ pub struct Commit {
     /// the prune record.
     pub prunes: Vec<PruneRow>,
     pub holds: Vec<HoldRow>,
+    /// For a commit of decisions (grant changes, tokens used, hosts revoked, holds, prunes):
+    /// the store's count of decisions as they were decided against, and as this commit
+    /// leaves it. The commit fails when another collector moved the count first, so the
+    /// decisions of every collector of the store are made one after another, each against
+    /// what the one before it left.
+    pub decisions: Option<Decisions>,
+}
+
+/// The store's count of decisions, before and after a commit (`Commit::decisions`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decisions {
+    pub made: u64,
+    pub after: u64,
 }
 
 impl Commit {
@@ -473,6 +494,8 @@ pub trait Store: Send + Sync + 'static {
     fn hash_at(&self, chain_id: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes it all in one durable transaction.
     fn commit(&self, commit: &Commit) -> Result<(), StoreError>;
+    /// The count of decisions the store's collectors made (`Commit::decisions`).
+    fn decisions(&self) -> Result<u64, StoreError>;
     /// How far the row ids reach, and when every row up to there is settled.
     fn reach(&self) -> Result<Reach, StoreError>;
     /// Matching events stored after row `after` up to row `up_to`, in storage order, with

@@ -58,6 +58,18 @@ pub(super) fn log_upsert(dialect: Dialect) -> String {
     )
 }
 
+/// Moves the store's count of decisions to `$1` from `$2`, as the committing writer read
+/// it, returning a row only when it stood at `$2`: the compare-and-set that orders the
+/// decisions of every collector of the store (`Commit::decisions`). (SQLite numbers `$n` in
+/// order of first use, so `$1` comes first.)
+pub(super) const DECISIONS_MOVE: &str = "INSERT INTO changes (kind, count) \
+     VALUES ('decisions', $1) ON CONFLICT (kind) DO UPDATE SET count = excluded.count \
+     WHERE changes.count = $2 RETURNING count";
+
+/// The store's count of decisions.
+pub(super) const DECISIONS: &str =
+    "SELECT COALESCE(MAX(count), 0) FROM changes WHERE kind = 'decisions'";
+
 /// The highest row id stored.
 pub(super) const LAST_ROW: &str = "SELECT COALESCE(MAX(id), 0) FROM events";
 

@@ -35,8 +35,9 @@ use super::{
     HostContact, LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, Reach, RevokedHost,
     SessionLeaf, SessionQuery, SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
-        CHAIN_COLUMNS, CONTACTS, Conditions, Dialect, FIRST_SILENT, LOG_COLUMNS, NEXT_SILENT,
-        STORED_COLUMNS, StoredRow, by_row, chain_starts, hash32, int, log_upsert, page, uint,
+        CHAIN_COLUMNS, CONTACTS, Conditions, DECISIONS, DECISIONS_MOVE, Dialect, FIRST_SILENT,
+        LOG_COLUMNS, NEXT_SILENT, STORED_COLUMNS, StoredRow, by_row, chain_starts, hash32, int,
+        log_upsert, page, uint,
     },
 };
 
@@ -547,8 +548,13 @@ fn commit_events(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreE
     Ok(())
 }
 
-/// The conflicts, grants, join tokens and revoked hosts of a commit.
+/// The conflicts, grants, join tokens and revoked hosts of a commit, and its move of the
+/// store's count of decisions.
 fn commit_trust(tx: &mut Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
+    if let Some(d) = commit.decisions {
+        tx.query_opt(DECISIONS_MOVE, &[&int(d.after), &int(d.made)])?
+            .ok_or_else(|| Moved::decisions(d.made))?;
+    }
     for c in &commit.conflicts {
         tx.execute(
             "INSERT INTO conflicts (chain, seq, event, hash, stored_hash, received) \
@@ -701,6 +707,10 @@ impl Store for Postgres {
                 )?
                 .map(|r| r.get(0)))
         })
+    }
+
+    fn decisions(&self) -> Result<u64, StoreError> {
+        self.with_reader(|client| Ok(uint(client.query_one(DECISIONS, &[])?.get(0))))
     }
 
     fn commit(&self, commit: &Commit) -> Result<(), StoreError> {

@@ -7,11 +7,13 @@
 //!   log indexes, grants, tokens, revoked hosts, hosts' logs, cosigned checkpoints and
 //!   forks, prunes and holds).
 //! - 2: each host's latest contact with any collector on the database (`liveness`).
+//! - 3: the count of decisions the collectors made (`Commit::decisions`), in `changes` as
+//!   SQLite keeps it.
 
 use postgres::Client;
 
 /// The schema this collector reads and writes.
-const VERSION: i64 = 2;
+const VERSION: i64 = 3;
 
 /// Taken by every collector migrating a database (an arbitrary constant, "recorder").
 const MIGRATION_LOCK: i64 = 0x7265_636f_7264_6572;
@@ -142,6 +144,14 @@ CREATE TABLE contacts (
 );
 ";
 
+/// Version 3.
+const V3: &str = "
+CREATE TABLE changes (
+    kind TEXT PRIMARY KEY,
+    count BIGINT NOT NULL
+);
+";
+
 #[derive(Debug, thiserror::Error)]
 pub(super) enum MigrateError {
     #[error(transparent)]
@@ -167,6 +177,9 @@ pub(super) fn migrate(client: &mut Client) -> Result<(), MigrateError> {
     }
     if version < 2 {
         tx.batch_execute(V2)?;
+    }
+    if version < 3 {
+        tx.batch_execute(V3)?;
     }
     tx.execute("UPDATE schema_version SET version = $1", &[&VERSION])?;
     Ok(tx.commit()?)

@@ -27,9 +27,9 @@ use super::{
     HostContact, LeafRow, LogCheckpoint, LogRow, Moved, Page, PruneRow, Reach, RevokedHost,
     SessionLeaf, SessionQuery, SessionRow, Store, StoreError, TokenRow, Violations,
     sql::{
-        CHAIN_COLUMNS, CONTACT_UPSERT, CONTACTS, Conditions, Dialect, FIRST_SILENT, LAST_ROW,
-        LOG_COLUMNS, NEXT_SILENT, STORED_COLUMNS, by_row, chain_starts, hash32, int, log_upsert,
-        uint,
+        CHAIN_COLUMNS, CONTACT_UPSERT, CONTACTS, Conditions, DECISIONS, DECISIONS_MOVE, Dialect,
+        FIRST_SILENT, LAST_ROW, LOG_COLUMNS, NEXT_SILENT, STORED_COLUMNS, by_row, chain_starts,
+        hash32, int, log_upsert, uint,
     },
 };
 
@@ -199,8 +199,15 @@ impl Sqlite {
     }
 }
 
-/// The join tokens and revoked hosts of a commit, in its transaction.
-fn commit_trust(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> rusqlite::Result<()> {
+/// The join tokens and revoked hosts of a commit, in its transaction, and its move of the
+/// store's count of decisions.
+fn commit_trust(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
+    if let Some(d) = commit.decisions {
+        tx.prepare_cached(DECISIONS_MOVE)?
+            .query_row(params![int(d.after), int(d.made)], |_| Ok(()))
+            .optional()?
+            .ok_or_else(|| Moved::decisions(d.made))?;
+    }
     let mut token = tx.prepare_cached(
         "INSERT INTO tokens (hash, host, created, expires, creator, used) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
@@ -347,6 +354,10 @@ impl Store for Sqlite {
             .query_row(params![chain_id, int(seq)], |r| r.get(0))
             .optional()
         })
+    }
+
+    fn decisions(&self) -> Result<u64, StoreError> {
+        self.read(|conn| conn.query_row(DECISIONS, [], |r| r.get(0)).map(uint))
     }
 
     fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
