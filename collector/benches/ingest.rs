@@ -16,8 +16,9 @@
 //!
 //! With `--reads` it measures only this: hosts shipping at once through two collectors on
 //! one store (`SQLite`, or PostgreSQL with `RECORDER_BENCH_POSTGRES`), with and without an
-//! operator reading through each collector all the while; events/s of each, and the batches
-//! the collectors refused, which the hosts sent again from the heads of a new `Welcome`.
+//! operator reading through each collector all the while, the collectors sharing one chain
+//! (one witness certificate) or having a chain each; events/s of each, and the batches the
+//! collectors refused, which the hosts sent again from the heads of a new `Welcome`.
 //!
 //! With `--export` it measures only this: a host log of 10,000,000 records with a signed
 //! and cosigned checkpoint every 1,000,000, whose last 10,000 are one login session; the
@@ -26,6 +27,7 @@
 //! --local` of the whole store.
 
 use std::{
+    collections::HashMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -179,6 +181,8 @@ struct Target {
     /// The agent's and the operator's identities; none in plaintext.
     agent: Option<ClientIdentity>,
     admin: Option<ClientIdentity>,
+    /// Agent identities of other hosts, by host.
+    hosts: HashMap<String, ClientIdentity>,
 }
 
 impl Target {
@@ -186,26 +190,35 @@ impl Target {
     async fn start(kind: &str, round: usize, dir: &std::path::Path, tls: Option<&Ca>) -> Self {
         let name = format!("{kind}-{round}");
         let url = store_url(&name, dir);
-        Self::on(name, &url, tls).await
+        Self::on(name, &url, tls.map(|ca| (ca, "bench", &[][..]))).await
     }
 
-    /// A collector named `name` on the store at `store_url`, which another may share.
-    async fn on(name: String, store_url: &str, tls: Option<&Ca>) -> Self {
+    /// A collector named `name` on the store at `store_url`, which another may share; under
+    /// TLS, with its witness named as given (collectors of one name share a chain) and an
+    /// agent identity for each host given too.
+    async fn on(name: String, store_url: &str, tls: Option<(&Ca, &str, &[String])>) -> Self {
         let store = collector::open_store(store_url, &collector::StoreTls::default()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let validity = Validity::from_now(Duration::from_hours(1));
+        let mut hosts = HashMap::new();
         let (transport, url, agent, admin) = match tls {
-            Some(ca) => {
+            Some((ca, witness, others)) => {
                 let server = ca
                     .issue_collector("bench", &[], &[IpAddr::from([127, 0, 0, 1])], validity)
                     .unwrap();
-                let witness = ca.issue_witness("bench", validity).unwrap();
+                let witness = ca.issue_witness(witness, validity).unwrap();
                 let client = |issued: pki::Issued| ClientIdentity {
                     ca_pem: ca.cert_pem().to_owned(),
                     cert_pem: issued.cert_pem,
                     key_pem: issued.key_pem,
                 };
+                for host in others {
+                    hosts.insert(
+                        host.clone(),
+                        client(ca.issue_agent(host, validity).unwrap()),
+                    );
+                }
                 (
                     collector::Transport::Tls {
                         ca_pem: ca.cert_pem().to_owned(),
@@ -258,6 +271,7 @@ impl Target {
             url,
             agent,
             admin,
+            hosts,
         }
     }
 
@@ -271,6 +285,12 @@ impl Target {
     /// A new connection as the agent.
     async fn agent_channel(&self) -> Channel {
         self.endpoint(self.agent.as_ref()).connect().await.unwrap()
+    }
+
+    /// A new connection as the agent of `host`.
+    async fn host_channel(&self, host: &str) -> Channel {
+        let identity = self.hosts.get(host).or(self.agent.as_ref());
+        self.endpoint(identity).connect().await.unwrap()
     }
 
     /// A new connection as the operator.
@@ -458,7 +478,7 @@ async fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--reads") {
-        reads(dir.path()).await;
+        reads(&ca, dir.path()).await;
         return;
     }
 
@@ -618,73 +638,99 @@ async fn stored_once(target: &Target, records: u64) {
 /// Time between two reads of the operator reading through each collector in `reads`.
 const READ_EVERY: Duration = Duration::from_millis(10);
 
-/// Two collectors on one store, `SCALE_HOSTS` hosts shipping at once (half through each), in
-/// alternating rounds without and with an operator reading through each collector every
-/// `READ_EVERY`. Every read is chained into the collector chain both collectors append to,
-/// so each collector keeps finding its head moved by the other. Prints events/s of each, the
-/// ratio with/without, and the batches refused on the way (each sent again).
-async fn reads(dir: &std::path::Path) {
-    let (mut quiet, mut read) = (Vec::new(), Vec::new());
-    let mut refused = [0, 0];
-    let mut done = [0; 2];
-    for round in 0..ROUNDS {
-        for reading in [round % 2 == 1, round % 2 == 0] {
-            let name = format!("reads{}-{round}", u8::from(reading));
-            let url = store_url(&name, dir);
-            let mut targets = Vec::new();
-            for c in 0..2 {
-                let target = Target::on(format!("{name}-{c}"), &url, None).await;
-                targets.push(std::sync::Arc::new(target));
+/// Two collectors on one store over mutual TLS, `SCALE_HOSTS` hosts shipping at once (half
+/// through each), in alternating rounds without and with an operator reading through each
+/// collector every `READ_EVERY`, each read chained. The collectors either share a witness
+/// certificate, and so one chain, where each keeps finding the head moved by the other, or
+/// have one each, and so a chain each. Prints, for each, events/s without and with reads,
+/// the ratio, and the batches refused on the way (each sent again).
+async fn reads(ca: &Ca, dir: &std::path::Path) {
+    let hosts: Vec<String> = (0..SCALE_HOSTS).map(|h| format!("{HOST}-{h}")).collect();
+    // Without and with reads, for one shared chain and a chain each.
+    let mut rates = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    let mut refused = [[0, 0], [0, 0]];
+    let mut done = [[0, 0], [0, 0]];
+    for round in 0..ROUNDS / 2 {
+        for own in [round % 2 == 1, round % 2 == 0] {
+            for reading in [round % 2 == 0, round % 2 == 1] {
+                let name = format!("reads{}{}-{round}", u8::from(own), u8::from(reading));
+                let url = store_url(&name, dir);
+                let mut targets = Vec::new();
+                for c in 0..2 {
+                    let witness = if own { format!("c{c}") } else { "bench".into() };
+                    let tls = (ca, witness.as_str(), hosts.as_slice());
+                    let target = Target::on(format!("{name}-{c}"), &url, Some(tls)).await;
+                    targets.push(std::sync::Arc::new(target));
+                }
+                let (rate, sent_again, [answered, not]) =
+                    read_round(&targets, &name, reading).await;
+                let o = usize::from(own);
+                rates[o][usize::from(reading)].push(rate);
+                refused[o][usize::from(reading)] += sent_again;
+                done[o][0] += answered;
+                done[o][1] += not;
+                stored_once(&targets[0], EVENTS * SCALE_HOSTS as u64).await;
             }
-            let stop = tokio::sync::watch::channel(false);
-            let mut readers = Vec::new();
-            for target in targets.iter().filter(|_| reading) {
-                let (channel, mut stop) = (target.admin_channel().await, stop.1.clone());
-                readers.push(tokio::spawn(async move {
-                    let mut query = QueryClient::new(channel);
-                    // Reads answered, and refused (a read that cannot be recorded is).
-                    let mut reads = [0u64; 2];
-                    while !*stop.borrow_and_update() {
-                        let answered = query.hosts(HostsRequest::default()).await.is_ok();
-                        reads[usize::from(!answered)] += 1;
-                        let _ = tokio::time::timeout(READ_EVERY, stop.changed()).await;
-                    }
-                    reads
-                }));
-            }
-            let start = Instant::now();
-            let streams: Vec<_> = (0..SCALE_HOSTS)
-                .map(|h| {
-                    let id = format!("{HOST}-{h}:{name}:0");
-                    let target = std::sync::Arc::clone(&targets[h % 2]);
-                    tokio::spawn(async move { ship_again(&target, &id, chain(&id, EVENTS)).await })
-                })
-                .collect();
-            let mut sent_again = 0;
-            for s in streams {
-                sent_again += s.await.unwrap();
-            }
-            let rate = per_sec(EVENTS * SCALE_HOSTS as u64, start.elapsed());
-            let _ = stop.0.send(true);
-            for r in readers {
-                let [answered, not] = r.await.unwrap();
-                done[0] += answered;
-                done[1] += not;
-            }
-            refused[usize::from(reading)] += sent_again;
-            if reading { &mut read } else { &mut quiet }.push(rate);
-            stored_once(&targets[0], EVENTS * SCALE_HOSTS as u64).await;
         }
     }
-    let (quiet, read) = (Spread::of(quiet.into_iter()), Spread::of(read.into_iter()));
-    println!(
-        "  two collectors on one store, {SCALE_HOSTS} hosts at once (plaintext): {quiet} events/s with no reads ({} batches refused); {read} events/s with {} reads through both, {} of them refused ({} batches refused): with/without {:.2}",
-        refused[0],
-        done[0] + done[1],
-        done[1],
-        refused[1],
-        read.median / quiet.median
-    );
+    for (o, what) in ["one chain for both", "a chain each"].iter().enumerate() {
+        let [quiet, read] = std::mem::take(&mut rates[o]).map(|r| Spread::of(r.into_iter()));
+        println!(
+            "  two collectors on one store, {what}, {SCALE_HOSTS} hosts at once (mutual TLS): {quiet} events/s with no reads ({} batches refused); {read} events/s with {} reads through both, {} of them refused ({} batches refused): with/without {:.2}",
+            refused[o][0],
+            done[o][0] + done[o][1],
+            done[o][1],
+            refused[o][1],
+            read.median / quiet.median
+        );
+    }
+}
+
+/// One round of `reads` on `targets`: ships every host's chain, half through each, with an
+/// operator reading through each all the while when `reading`. Returns events/s, batches
+/// sent again, and reads answered and refused.
+async fn read_round(
+    targets: &[std::sync::Arc<Target>],
+    name: &str,
+    reading: bool,
+) -> (f64, u64, [u64; 2]) {
+    let stop = tokio::sync::watch::channel(false);
+    let mut readers = Vec::new();
+    for target in targets.iter().filter(|_| reading) {
+        let (channel, mut stop) = (target.admin_channel().await, stop.1.clone());
+        readers.push(tokio::spawn(async move {
+            let mut query = QueryClient::new(channel);
+            // Reads answered, and refused (a read that cannot be recorded is).
+            let mut reads = [0u64; 2];
+            while !*stop.borrow_and_update() {
+                let answered = query.hosts(HostsRequest::default()).await.is_ok();
+                reads[usize::from(!answered)] += 1;
+                let _ = tokio::time::timeout(READ_EVERY, stop.changed()).await;
+            }
+            reads
+        }));
+    }
+    let start = Instant::now();
+    let streams: Vec<_> = (0..SCALE_HOSTS)
+        .map(|h| {
+            let id = format!("{HOST}-{h}:{name}:0");
+            let target = std::sync::Arc::clone(&targets[h % 2]);
+            tokio::spawn(async move { ship_again(&target, &id, chain(&id, EVENTS)).await })
+        })
+        .collect();
+    let mut sent_again = 0;
+    for s in streams {
+        sent_again += s.await.unwrap();
+    }
+    let rate = per_sec(EVENTS * SCALE_HOSTS as u64, start.elapsed());
+    let _ = stop.0.send(true);
+    let mut done = [0; 2];
+    for r in readers {
+        let [answered, not] = r.await.unwrap();
+        done[0] += answered;
+        done[1] += not;
+    }
+    (rate, sent_again, done)
 }
 
 /// Ships `records` of chain `id` through `target` as an agent does: when the collector
@@ -694,7 +740,7 @@ async fn ship_again(target: &Target, id: &str, records: Vec<ChainedEvent>) -> u6
     let last = records.last().unwrap().seq;
     let mut refused = 0;
     loop {
-        let (tx, mut rx) = open(target.agent_channel().await, id).await;
+        let (tx, mut rx) = open(target.host_channel(host_of(id)).await, id).await;
         let from = match rx.message().await {
             Ok(Some(CollectorMessage {
                 msg: Some(collector_message::Msg::Welcome(welcome)),
