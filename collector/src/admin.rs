@@ -40,6 +40,8 @@ impl From<AdminError> for Status {
         match e {
             AdminError::Invalid(_) | AdminError::Pki(_) => Self::invalid_argument(message),
             AdminError::Token(_) => Self::unauthenticated(message),
+            // Another collector of the store decided something first: nothing was stored.
+            AdminError::Store(e) if e.is_moved() => Self::aborted(format!("{message}; try again")),
             AdminError::Store(_) => Self::internal(message),
             AdminError::Unavailable => Self::unavailable(message),
         }

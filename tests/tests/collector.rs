@@ -797,6 +797,83 @@ fn two_collectors(tag: &str) -> (tests::Scratch, std::path::PathBuf, Collector, 
     (dir, store, first, second)
 }
 
+/// Two collectors of one store, each with a witness certificate of its own and so a chain
+/// of its own (docs/evidence.md), while operators create grants through both at once: every
+/// grant change is stored once, in the chain of the collector it was made through, each
+/// with a decision number of its own, none twice, and verify passes through both. A change
+/// that another collector's decision overtook is decided again by the collector; should it
+/// still lose, the operator is told to try again (`ABORTED`), and nothing of it is stored.
+#[test]
+fn grants_made_through_two_collectors_at_once_are_decided_one_after_the_other() {
+    const EACH: usize = 12;
+    let dir = scratch_dir("collector-decisions");
+    let store = dir.join("c.db");
+    let first = Collector::start(&store);
+    let pki = first.pki.clone().unwrap();
+    let state = dir.join("second-state");
+    let second = Collector::start_with(
+        &store,
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        &[
+            "--pki-dir",
+            pki.collector_named("second").to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    let makers: Vec<_> = [first.url(), second.url()]
+        .into_iter()
+        .enumerate()
+        .map(|(c, url)| {
+            std::thread::spawn(move || {
+                let mut made = 0;
+                for n in 0..EACH {
+                    let user = format!("u{c}-{n}");
+                    let args = [
+                        "grant", "create", "--user", &user, "--ttl", "1h", "--reason", "x",
+                    ];
+                    let out = tests::operator::run(&url, &args);
+                    let said = String::from_utf8_lossy(&out.stderr);
+                    assert!(out.status.success() || said.contains("try again"), "{said}");
+                    made += usize::from(out.status.success());
+                }
+                made
+            })
+        })
+        .collect();
+    let made: usize = makers.into_iter().map(|m| m.join().unwrap()).sum();
+    assert!(made > 0);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let filter = Filter {
+            kinds: vec!["grant_change".into()],
+            ..Filter::default()
+        };
+        let changes = search_all(&first, filter, 1000).await;
+        let mut decisions: Vec<u64> = Vec::new();
+        let mut chains = std::collections::BTreeSet::new();
+        for stored in changes {
+            let Some(Body::GrantChange(change)) = stored.event.unwrap().body else {
+                panic!("not a grant change")
+            };
+            decisions.push(change.decision);
+            chains.insert(stored.chain_id);
+        }
+        decisions.sort_unstable();
+        let expected: Vec<u64> = (1..=made as u64).collect();
+        assert_eq!(decisions, expected, "one decision each, none twice");
+        assert_eq!(
+            chains.into_iter().collect::<Vec<_>>(),
+            ["collector/second", "collector/test"],
+            "each collector chains the changes made through it"
+        );
+        for collector in [&first, &second] {
+            let report = verify_all(collector).await;
+            assert!(report.ok, "{report:?}");
+        }
+    });
+}
+
 /// Two collectors serving one store at once (docs/scaling.md): a host ships through one,
 /// then the other, then the first again, and every record is taken where the store stands,
 /// whatever the first collector held of it. Reads through each in turn are each chained

@@ -719,10 +719,9 @@ async fn checkpoints_cosigned_by_each_collector_of_a_store_verify_through_either
         )
     };
     let second = own("second", &pki.collector_named("second"));
-    // The second's start is chained in the collector's chain under the first's feet (a read
-    // through the second waits for it): the first's next record of it (the host's log
-    // started, at its first cosignature) is chained again on the fresh head, in the same
-    // commit as the host's checkpoint, which is not refused.
+    // The second's start is chained in its own chain (a read through the second waits for
+    // it), which the first never writes: the first's records (the host's log started, at
+    // its first cosignature) go into the first's chain, with no collision to retry.
     let _ = of_kind(&second, "admin").await;
     let mut chain = Chain::start("host-e:boot:8", HOST, T0);
     for n in 1..200 {

@@ -185,7 +185,12 @@ mod tests {
         // before every numbered one, in that chain's order.
         replay(&mut grants, "collector", 1, &change("g", "older", 0));
         replay(&mut grants, "collector", 2, &change("h", "old", 0));
-        replay(&mut grants, "collector", 3, &change("h", "last of the old", 0));
+        replay(
+            &mut grants,
+            "collector",
+            3,
+            &change("h", "last of the old", 0),
+        );
         let mut findings = Vec::new();
         let stored = vec![grant("g", "third"), grant("h", "last of the old")];
         grants.compare(stored, &mut findings);

@@ -146,7 +146,7 @@ pub(crate) fn new_grant(
 
 /// A change an operator asked for, checked. `Create` carries the whole new grant; the
 /// others name the grant they change.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Op {
     /// A new grant: effective, or pending (a request).
     Create(Box<Grant>),

@@ -40,11 +40,16 @@ impl From<GrantError> for Status {
             GrantError::Store(StoreError::Full(_)) | GrantError::Exhausted(_) => {
                 Self::resource_exhausted(message)
             }
+            GrantError::Store(e) if e.is_moved() => Self::aborted(format!("{message}; try again")),
             GrantError::Random(_) | GrantError::Store(_) => Self::internal(message),
             GrantError::Unavailable => Self::unavailable(message),
         }
     }
 }
+
+/// Times a grant change is decided, when other collectors of the store keep deciding
+/// something first.
+const DECIDE_TRIES: usize = 5;
 
 pub(crate) struct GrantsService {
     store: Arc<dyn Store>,
@@ -78,17 +83,25 @@ impl GrantsService {
     }
 
     /// Has the writer apply `op` for `caller`; returns the grant as it becomes. A refusal
-    /// of what the caller may not do is chained.
+    /// of what the caller may not do is chained. When another collector of the store
+    /// decided something between this decision's read of the store and its commit, nothing
+    /// was stored, and `op` is decided again against the store as it now is.
     async fn change(&self, op: Op, caller: &Caller) -> Result<Response<Grant>, Status> {
-        let id = op.id().to_owned();
-        let actor = caller.name();
-        let change = self
-            .writer
-            .change_grant(
-                id,
-                Box::new(move |current, now| op.apply(current, now, actor)),
-            )
-            .await;
+        let mut tries = 1;
+        let change = loop {
+            let (id, op, actor) = (op.id().to_owned(), op.clone(), caller.name());
+            let change = self
+                .writer
+                .change_grant(
+                    id,
+                    Box::new(move |current, now| op.apply(current, now, actor)),
+                )
+                .await;
+            match change {
+                Err(GrantError::Store(e)) if e.is_moved() && tries < DECIDE_TRIES => tries += 1,
+                change => break change,
+            }
+        };
         match change {
             // `Op::apply` always records the grant it leaves.
             Ok(change) => Ok(Response::new(change.grant.unwrap_or_default())),
