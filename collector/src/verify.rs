@@ -102,17 +102,14 @@ pub(crate) fn verify_all(
     if let Some((_, hosts)) = &hosts {
         grants.deleted_hosts(hosts, host, &mut report.findings);
     }
-    if let Some(why) = witness
+    if let Some((chain, why)) = witness
         .filter(|_| chain_id.is_empty())
         .map(|w| w.own_log_disagreement(store))
         .transpose()?
         .flatten()
     {
         report.findings.push(Finding {
-            subject: format!(
-                "chain {}",
-                witness.map(Witness::own_chain).unwrap_or_default()
-            ),
+            subject: format!("chain {chain}"),
             reason: why,
         });
     }

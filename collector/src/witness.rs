@@ -13,6 +13,10 @@ const CERT: &str = "witness.pem";
 const KEY: &str = "witness.key";
 /// The collector's own log's latest checkpoint, in the state directory.
 const OWN_CHECKPOINT: &str = "collector-log.checkpoint";
+/// Beside it: the last checkpoint the collector kept of the one chain every collector of a
+/// store shared before each had its own (`COLLECTOR_HOST`), set aside when it first started
+/// on a chain of its own, and checked against that chain ever after.
+const SHARED_CHECKPOINT: &str = "collector-log.shared.checkpoint";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WitnessError {
@@ -139,30 +143,81 @@ impl Witness {
     /// The latest signed checkpoint of the collector's own log kept outside the database,
     /// if one is.
     pub(crate) fn kept_checkpoint(&self) -> Result<Option<Vec<u8>>, String> {
-        let Some(path) = &self.own_checkpoint else {
-            return Ok(None);
-        };
-        match std::fs::read(path) {
-            Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-        }
+        self.own_checkpoint.as_deref().map_or(Ok(None), kept)
     }
 
     /// Whether the collector's own chain in `store` disagrees with the checkpoint of it kept
-    /// outside the database: why, if it does (a database restored to an older state, or its
-    /// chain cut short). Nothing kept yet is no disagreement.
+    /// outside the database, or the shared chain with the checkpoint of it set aside: which
+    /// chain, and why, if one does (a database restored to an older state, or its chain cut
+    /// short). Nothing kept yet is no disagreement.
     pub(crate) fn own_log_disagreement(
         &self,
         store: &dyn crate::store::Store,
-    ) -> Result<Option<String>, crate::store::StoreError> {
-        match self.kept_checkpoint() {
-            Ok(Some(text)) => verifier::own_log_disagreement(&text, &self.trust(), |size| {
-                own_log(store, &self.own_chain(), size)
-            }),
-            Ok(None) => Ok(None),
-            Err(why) => Ok(Some(why)),
+    ) -> Result<Option<(String, String)>, crate::store::StoreError> {
+        let shared = self
+            .own_checkpoint
+            .as_ref()
+            .map(|p| p.with_file_name(SHARED_CHECKPOINT));
+        for (chain, path) in [
+            (self.own_chain(), self.own_checkpoint.clone()),
+            (crate::store::COLLECTOR_HOST.to_owned(), shared),
+        ] {
+            let why = match path.as_deref().map(kept) {
+                Some(Ok(Some(text))) => {
+                    verifier::own_log_disagreement(&text, &self.trust(), |size| {
+                        own_log(store, &chain, size)
+                    })?
+                }
+                Some(Err(why)) => Some(why),
+                Some(Ok(None)) | None => None,
+            };
+            if let Some(why) = why {
+                return Ok(Some((chain, why)));
+            }
         }
+        Ok(None)
+    }
+
+    /// A collector that kept checkpoints of the one chain every collector of the store
+    /// shared, starting for the first time on a chain of its own: the checkpoint it kept,
+    /// when the shared chain gives it, is set aside, to be checked against that chain from
+    /// now on, and its own log starts empty. A kept checkpoint the shared chain does not
+    /// give stays where it is, for `own_log_disagreement` to report.
+    pub(crate) fn set_shared_checkpoint_aside(
+        &self,
+        store: &dyn crate::store::Store,
+    ) -> Result<(), crate::store::StoreError> {
+        let Some(path) = &self.own_checkpoint else {
+            return Ok(());
+        };
+        let Ok(Some(text)) = kept(path) else {
+            return Ok(());
+        };
+        let chains = store.host_chains(crate::store::COLLECTOR_HOST)?;
+        let (own, shared) = (self.own_chain(), crate::store::COLLECTOR_HOST);
+        let has = |id: &str| chains.iter().any(|c| c.chain_id == id);
+        if has(&own) || !has(shared) {
+            return Ok(());
+        }
+        let given = verifier::own_log_disagreement(&text, &self.trust(), |size| {
+            own_log(store, shared, size)
+        })?
+        .is_none();
+        if given {
+            let aside = path.with_file_name(SHARED_CHECKPOINT);
+            match std::fs::rename(path, &aside) {
+                Ok(()) => tracing::info!(
+                    kept = %aside.display(),
+                    "this collector now chains into a chain of its own; the checkpoint it kept of the chain collectors shared is set aside, and checked against that chain"
+                ),
+                Err(error) => tracing::error!(
+                    path = %path.display(),
+                    %error,
+                    "cannot set the checkpoint of the shared chain aside"
+                ),
+            }
+        }
+        Ok(())
     }
 
     /// The origin of `host`'s log.
@@ -180,6 +235,15 @@ impl Witness {
         note: &str,
     ) -> Result<SignedCheckpoint, String> {
         verifier::open_checkpoint(&self.origin(host), cert, note)
+    }
+}
+
+/// The checkpoint kept at `path`, if one is.
+fn kept(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    match std::fs::read(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }
 

@@ -360,10 +360,16 @@ pub(crate) fn spawn(
         .map_or_else(|| COLLECTOR_HOST.to_owned(), |w| w.own_chain());
     let own = crate::witness::own_log(store.as_ref(), &own_id, u64::MAX)?;
     // A kept checkpoint the database does not hold is evidence: it is never overwritten.
-    let own_frozen = match &witness {
-        Some(witness) => witness.own_log_disagreement(store.as_ref())?,
+    let rolled_back = match &witness {
+        Some(witness) => {
+            witness.set_shared_checkpoint_aside(store.as_ref())?;
+            witness.own_log_disagreement(store.as_ref())?
+        }
         None => None,
     };
+    let own_frozen = rolled_back
+        .as_ref()
+        .is_some_and(|(chain, _)| *chain == own_id);
     // A collector new to the store says so in its chain, with its witness
     // certificate; one that has said so before does not again.
     let announce = match &witness {
@@ -383,6 +389,7 @@ pub(crate) fn spawn(
         own_id,
         own,
         own_signed: None,
+        rolled_back,
         own_frozen,
         copies_told: HashSet::new(),
         rx,
@@ -407,8 +414,12 @@ struct Writer {
     own: CompactRange,
     /// When its checkpoint was last signed, and its size then.
     own_signed: Option<(std::time::Instant, u64)>,
-    /// Why the kept checkpoint disagrees with the database, when it does.
-    own_frozen: Option<String>,
+    /// Which collector chain a kept checkpoint disagrees with, and why, when one does:
+    /// alerted once the writer runs.
+    rolled_back: Option<(String, String)>,
+    /// Whether the checkpoint kept of the collector's own log is the one that disagrees:
+    /// it is then never overwritten.
+    own_frozen: bool,
     /// Whether the collector's chain holds no `COLLECTOR_STARTED` record of this
     /// collector's witness certificate yet: it chains one before anything else.
     announce: bool,
@@ -520,8 +531,9 @@ struct Later(Request);
 
 impl Writer {
     fn run(mut self) {
-        if let Some(why) = self.own_frozen.clone() {
-            tracing::error!("{why}; the kept checkpoint is left as it is");
+        if let Some((chain_id, why)) = self.rolled_back.take() {
+            tracing::error!(chain = %chain_id, "{why}; the kept checkpoint is left as it is");
+            let seq = self.heads.get(&chain_id).map_or(0, |h| h.next_seq);
             let mut group = Group::default();
             self.chain_own(
                 &mut group,
@@ -530,8 +542,8 @@ impl Writer {
                     Body::Alert(Alert {
                         kind: "store_rollback".into(),
                         host: String::new(),
-                        chain_id: self.own_id.clone(),
-                        seq: self.own.size(),
+                        chain_id,
+                        seq,
                         message: why,
                         hole: None,
                     }),
@@ -1228,7 +1240,7 @@ impl Writer {
         let Some(path) = &witness.own_checkpoint else {
             return;
         };
-        if self.own_frozen.is_some() {
+        if self.own_frozen {
             return;
         }
         let size = self.own.size();
@@ -1578,7 +1590,7 @@ mod tests {
     }
 
     /// Witnesses of one CA, named `names`.
-    fn witnesses(dir: &std::path::Path, names: [&str; 2]) -> [Arc<Witness>; 2] {
+    fn witnesses(dir: &std::path::Path, names: [&str; 2]) -> [Witness; 2] {
         let ca = pki::Ca::init(&dir.join("ca")).unwrap();
         names.map(|name| {
             let issued = ca
@@ -1587,7 +1599,7 @@ mod tests {
                     pki::Validity::from_now(std::time::Duration::from_hours(1)),
                 )
                 .unwrap();
-            Arc::new(Witness::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap())
+            Witness::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap()
         })
     }
 
@@ -1605,9 +1617,9 @@ mod tests {
         let [mine, theirs] = witnesses(dir.path(), ["a", "b"]);
         let channels = || (watch::channel(()).0, watch::channel(()).0);
         let (live, changed) = channels();
-        let writer = spawn(Arc::clone(&store), Some(Arc::clone(&mine)), live, changed).unwrap();
+        let writer = spawn(Arc::clone(&store), Some(Arc::new(mine)), live, changed).unwrap();
         let (live, changed) = channels();
-        let another = spawn(other, Some(theirs), live, changed).unwrap();
+        let another = spawn(other, Some(Arc::new(theirs)), live, changed).unwrap();
         let create = |id: &'static str| -> Decide {
             Box::new(move |_, _| {
                 Ok(grant_change(
@@ -1647,6 +1659,70 @@ mod tests {
         assert_eq!(chains, ["collector/a", "collector/b"]);
         let report = crate::verify::verify_all(store.as_ref(), None, "", "").unwrap();
         assert!(report.ok(), "{report:?}");
+    }
+
+    /// A store from before each collector had a chain of its own: the one shared chain,
+    /// and the checkpoint of it the collector kept. The collector, starting on a chain of its
+    /// own, sets that checkpoint aside rather than find its own new, empty chain short of
+    /// it, and goes on checking the shared chain against it: cut short, verify names it.
+    #[tokio::test]
+    async fn the_checkpoint_kept_of_the_shared_chain_is_set_aside_and_still_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store: Arc<dyn Store> = Arc::new(Sqlite::open(path.to_str().unwrap()).unwrap());
+        let [witness, _] = witnesses(dir.path(), ["a", "b"]);
+        let channels = || (watch::channel(()).0, watch::channel(()).0);
+        // Written as collectors wrote it before: into the chain `collector`.
+        let (live, changed) = channels();
+        let shared = spawn(Arc::clone(&store), None, live, changed).unwrap();
+        for _ in 0..3 {
+            shared
+                .record(Own::alert("", Body::Alert(Alert::default())))
+                .await
+                .unwrap();
+        }
+        let state = dir.path().join("state");
+        let witness = witness.keep_checkpoint_in(&state).unwrap();
+        let range = crate::witness::own_log(store.as_ref(), COLLECTOR_HOST, u64::MAX).unwrap();
+        assert_eq!(range.size(), 4);
+        let body = tlog::Checkpoint::new(&witness.own_origin(), 4, range.root()).unwrap();
+        let note = tlog::sign_checkpoint(&witness.log_signer().unwrap(), &body).unwrap();
+        std::fs::write(state.join("collector-log.checkpoint"), note.to_text()).unwrap();
+
+        let (live, changed) = channels();
+        let witness = Arc::new(witness);
+        let own = spawn(
+            Arc::clone(&store),
+            Some(Arc::clone(&witness)),
+            live,
+            changed,
+        )
+        .unwrap();
+        own.record(Own::alert("", Body::Alert(Alert::default())))
+            .await
+            .unwrap();
+        assert!(state.join("collector-log.shared.checkpoint").exists());
+        let report = crate::verify::verify_all(store.as_ref(), Some(&witness), "", "").unwrap();
+        assert!(report.ok(), "{report:?}");
+        let kinds = store.host_chains(COLLECTOR_HOST).unwrap();
+        assert_eq!(kinds.len(), 2, "{kinds:?}");
+
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DELETE FROM events WHERE chain = (SELECT id FROM chains WHERE chain_id = 'collector') \
+               AND seq = 3;
+             UPDATE chains SET next_seq = 3, head_hash = (SELECT hash FROM events \
+               WHERE chain = chains.id AND seq = 2) WHERE chain_id = 'collector';",
+        )
+        .unwrap();
+        let report = crate::verify::verify_all(store.as_ref(), Some(&witness), "", "").unwrap();
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.subject == "chain collector" && f.reason.contains("cut short")),
+            "{report:?}"
+        );
     }
 
     /// The writer applies whatever rule it is handed to the grant as committed or as the
