@@ -68,6 +68,25 @@ pub struct Derived {
     pub fault: Option<String>,
 }
 
+#[cfg(test)]
+impl<'a> Columns<'a> {
+    /// Columns that say nothing but a host and a kind, for tests of what reads no more.
+    pub(crate) fn bare(host: &'a str, kind: &'a str) -> Self {
+        Self {
+            host,
+            time_unix_nano: 0,
+            kind,
+            session: "",
+            sessionid: None,
+            tty: "",
+            identity_kind: 0,
+            identity_name: "",
+            grant: "",
+            tty_bytes: 0,
+        }
+    }
+}
+
 impl Derived {
     /// A record found by its host, time and kind alone.
     #[must_use]

@@ -148,18 +148,7 @@ mod tests {
             seq,
             event,
             hash: &[],
-            columns: Columns {
-                host: "collector",
-                time_unix_nano: 0,
-                kind: "grant_change",
-                session: "",
-                sessionid: None,
-                tty: "",
-                identity_kind: 0,
-                identity_name: "",
-                grant: "",
-                tty_bytes: 0,
-            },
+            columns: Columns::bare("collector", "grant_change"),
         };
         grants.replay(chain_id, &row, &mut Vec::new());
     }

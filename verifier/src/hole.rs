@@ -149,18 +149,7 @@ mod tests {
     fn walk(records: &[v1::ChainedEvent], holes: &Holes) -> ChainVerdict {
         let mut walk = Walk::new(CHAIN, None).with_holes(holes.of(CHAIN));
         for (row, r) in records.iter().enumerate() {
-            let columns = Columns {
-                host: "h",
-                time_unix_nano: 0,
-                kind: "exec",
-                session: "",
-                sessionid: None,
-                tty: "",
-                identity_kind: 0,
-                identity_name: "",
-                grant: "",
-                tty_bytes: 0,
-            };
+            let columns = Columns::bare("h", "exec");
             let record = ChainRow {
                 row: i64::try_from(row).unwrap(),
                 seq: r.seq,
