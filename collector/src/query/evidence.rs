@@ -3,9 +3,9 @@
 //! log, its checkpoints and the certificates that signed them, its prune records, its chains
 //! as the `chains` table says they stand, and its records with their stored columns in log
 //! order; then the collectors' own chains, the checkpoint of the serving collector's kept
-//! outside the database, and the `grants` table. Nothing here is checked: the client is not to trust this
-//! collector's word, so it is given what is stored, as stored. Records are read a page at
-//! a time, so a stream holds one page whatever the store's size.
+//! outside the database, and the `grants` table. Nothing here is checked: the client is
+//! not to trust this collector's word, so it is given what is stored, as stored. Records
+//! are read a page at a time, so a stream holds one page whatever the store's size.
 
 use std::ops::ControlFlow;
 
