@@ -1606,8 +1606,8 @@ mod tests {
     /// Two collectors on one store, each with its own chain. A grant change is refused when
     /// the other collector committed a decision of its own (a change to another grant)
     /// between its read of the store and its commit, and it stores nothing, though the chain
-    /// it would extend did not move; decided again, it is stored, after the other's. Verify replays both chains' changes in the
-    /// order of their decisions.
+    /// it would extend did not move; decided again, it is stored, after the other's. Verify
+    /// replays both chains' changes in the order of their decisions.
     #[tokio::test]
     async fn decisions_of_two_collectors_are_made_one_after_the_other() {
         let dir = tempfile::tempdir().unwrap();
