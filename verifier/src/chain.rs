@@ -233,7 +233,8 @@ const STOPPED: &str = "stopped";
 
 /// Says how each chain that did not stop in good order ended: one that a later chain of
 /// its host follows crashed or was killed; the newest of its host is left as running.
-/// `chains` are in the order they began.
+/// `chains` are in the order they began. The collectors' chains are left alone: each
+/// collector has its own, and they run side by side, none after another.
 pub fn name_endings(chains: &mut [ChainVerdict]) {
     let newest: HashMap<&str, usize> = chains
         .iter()
@@ -246,8 +247,38 @@ pub fn name_endings(chains: &mut [ChainVerdict]) {
         .map(|(i, c)| newest.get(c.host.as_str()).is_some_and(|n| *n != i))
         .collect();
     for (chain, followed) in chains.iter_mut().zip(followed) {
-        if chain.ok && chain.ended.is_empty() && followed {
+        if chain.ok && chain.ended.is_empty() && followed && chain.host != crate::COLLECTOR_HOST {
             "crashed or killed".clone_into(&mut chain.ended);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(host: &str, chain_id: &str) -> ChainVerdict {
+        ChainVerdict {
+            host: host.into(),
+            chain_id: chain_id.into(),
+            ok: true,
+            ..ChainVerdict::default()
+        }
+    }
+
+    /// A host's chain followed by a later one of its host crashed or was killed; the
+    /// collectors' chains, side by side, are none of each other's successors.
+    #[test]
+    fn a_chain_followed_by_its_hosts_next_ended_and_collector_chains_did_not() {
+        let mut chains = vec![
+            verdict("h", "h:boot:1"),
+            verdict(crate::COLLECTOR_HOST, crate::COLLECTOR_HOST),
+            verdict(crate::COLLECTOR_HOST, &crate::collector_chain("a")),
+            verdict("h", "h:boot:2"),
+            verdict(crate::COLLECTOR_HOST, &crate::collector_chain("b")),
+        ];
+        name_endings(&mut chains);
+        let ended: Vec<&str> = chains.iter().map(|c| c.ended.as_str()).collect();
+        assert_eq!(ended, ["crashed or killed", "", "", "", ""]);
     }
 }
