@@ -206,7 +206,7 @@ impl OwnRecords {
         for chain in store.host_chains(COLLECTOR_HOST)? {
             own_rows(store, &chain.chain_id, &mut |row| {
                 let (kind, event) = (row.columns.kind, row.event);
-                let at = || format!("chain {} seq {}", chain.chain_id, row.seq);
+                let at = || verifier::record_subject(&chain.chain_id, row.seq);
                 if let Some(note) = prune::note_of(kind, event) {
                     own.prune_notes.push((at(), note));
                 } else if let Some(host) = hole::host_of(kind, event) {

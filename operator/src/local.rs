@@ -524,7 +524,7 @@ impl Own {
                 }
                 if let Some(note) = prune::note_of(&r.kind, &r.event) {
                     self.prunes
-                        .push((format!("chain {} seq {}", r.chain_id, r.seq), note));
+                        .push((verifier::record_subject(&r.chain_id, r.seq), note));
                 }
                 if hole::host_of(&r.kind, &r.event).is_some() {
                     self.holes.push(r.event.clone());

@@ -226,7 +226,7 @@ fn parse(host: &str, seq: u64, bytes: &[u8]) -> Result<Derived, String> {
 /// columns that differ from what its bytes say, or bytes no agent may send.
 pub fn check(host: &str, chain_id: &str, row: &ChainRow<'_>, findings: &mut Vec<Finding>) {
     // Named only when there is a finding: most records have none.
-    let subject = || format!("chain {chain_id} seq {}", row.seq);
+    let subject = || crate::record_subject(chain_id, row.seq);
     let derived = match derive(host, row.seq, row.event) {
         Ok(derived) => derived,
         Err(e) => {

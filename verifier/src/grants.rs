@@ -26,7 +26,7 @@ impl Grants {
     /// Takes the next record of the collector's chain `chain_id` (whose hash verified).
     /// The changes of one chain come in its order; the chains, in any.
     pub fn replay(&mut self, chain_id: &str, row: &ChainRow<'_>, findings: &mut Vec<Finding>) {
-        let subject = || format!("chain {chain_id} seq {}", row.seq);
+        let subject = || crate::record_subject(chain_id, row.seq);
         let Ok(event) = Event::decode(row.event) else {
             findings.push(Finding {
                 subject: subject(),

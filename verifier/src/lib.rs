@@ -32,6 +32,12 @@ pub fn collector_chain(name: &str) -> String {
     format!("{COLLECTOR_HOST}/{name}")
 }
 
+/// How a finding names record `seq` of chain `chain_id`.
+#[must_use]
+pub fn record_subject(chain_id: &str, seq: u64) -> String {
+    format!("chain {chain_id} seq {seq}")
+}
+
 /// Whether `chain_id` is a collector's chain, which no agent may write.
 #[must_use]
 pub fn is_collector_chain(chain_id: &str) -> bool {
