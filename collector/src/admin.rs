@@ -172,7 +172,7 @@ impl Enrollment for EnrollmentService {
             .writer
             .admin(
                 Some(hash),
-                Box::new(move |current, now| {
+                Arc::new(move |current, now| {
                     if let Some(why) = token_refusal(current.as_ref(), now) {
                         return Err(AdminError::Token(why));
                     }
@@ -227,12 +227,12 @@ impl Enrollment for EnrollmentService {
             .writer
             .admin(
                 None,
-                Box::new(move |_, _| {
+                Arc::new(move |_, _| {
                     Ok(AdminChange {
                         act: AdminAct {
                             action: "certificate_renewed".into(),
-                            host,
-                            actor,
+                            host: host.clone(),
+                            actor: actor.clone(),
                             detail: format!("certificate {serial}"),
                         },
                         ..AdminChange::default()
@@ -269,7 +269,7 @@ impl Admin for AdminService {
             .writer
             .admin(
                 None,
-                Box::new(move |_, now| {
+                Arc::new(move |_, now| {
                     Ok(AdminChange {
                         hold: Some(HoldRow {
                             session: session.clone(),
@@ -279,8 +279,8 @@ impl Admin for AdminService {
                         }),
                         act: AdminAct {
                             action: "hold".into(),
-                            host: key.host,
-                            actor,
+                            host: key.host.clone(),
+                            actor: actor.clone(),
                             detail: format!("{session} {reason}"),
                         },
                         ..AdminChange::default()
@@ -326,7 +326,7 @@ impl Admin for AdminService {
             .writer
             .admin(
                 None,
-                Box::new(move |_, now| {
+                Arc::new(move |_, now| {
                     Ok(AdminChange {
                         token: Some(TokenRow {
                             hash,
@@ -340,8 +340,8 @@ impl Admin for AdminService {
                         hold: None,
                         act: AdminAct {
                             action: "token_created".into(),
-                            host,
-                            actor: creator,
+                            host: host.clone(),
+                            actor: creator.clone(),
                             detail: format!("expires {}", rfc3339_millis(expires)),
                         },
                     })
@@ -372,7 +372,7 @@ impl Admin for AdminService {
             .writer
             .admin(
                 None,
-                Box::new(move |_, now| {
+                Arc::new(move |_, now| {
                     Ok(AdminChange {
                         token: None,
                         revoked: Some(RevokedHost {
@@ -384,9 +384,9 @@ impl Admin for AdminService {
                         hold: None,
                         act: AdminAct {
                             action: "host_revoked".into(),
-                            host,
-                            actor,
-                            detail: reason,
+                            host: host.clone(),
+                            actor: actor.clone(),
+                            detail: reason.clone(),
                         },
                     })
                 }),

@@ -130,15 +130,20 @@ impl HostLog {
 }
 
 /// Decides a grant change from the grant as it stands (`None`: no grant has the id) and the
-/// time: the change to record, its `grant` being the grant as it becomes; or why not.
+/// time: the change to record, its `grant` being the grant as it becomes; or why not. It may
+/// be asked again, against the store as it then is (`DECIDE_TRIES`).
 pub(crate) type Decide =
-    Box<dyn FnOnce(Option<Grant>, u64) -> Result<GrantChange, GrantError> + Send>;
+    Arc<dyn Fn(Option<Grant>, u64) -> Result<GrantChange, GrantError> + Send + Sync>;
 
 /// An administrative change, decided like a grant change: from the join token it concerns
 /// as it stands (when it concerns one) and the time. The writer applies what it returns and
 /// chains its act; it knows none of the rules.
 pub(crate) type DecideAdmin =
-    Box<dyn FnOnce(Option<TokenRow>, u64) -> Result<AdminChange, AdminError> + Send>;
+    Arc<dyn Fn(Option<TokenRow>, u64) -> Result<AdminChange, AdminError> + Send + Sync>;
+
+/// Times a decision is made, when other collectors of the store keep deciding something
+/// between its read of the store and its commit (which then stores nothing).
+const DECIDE_TRIES: usize = 5;
 
 /// What an administrative change writes.
 #[derive(Debug, Default)]
@@ -263,18 +268,26 @@ impl WriterHandle {
     }
 
     /// Changes grant `id` as `decide` says, and waits until the grant and its `GrantChange`
-    /// record are durable; returns that record.
+    /// record are durable; returns that record. When another collector of the store decided
+    /// something meanwhile, nothing was stored, and the change is decided again.
     pub async fn change_grant(
         &self,
         id: String,
         decide: Decide,
     ) -> Result<GrantChange, GrantError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Grant { id, decide, reply })
-            .await
-            .map_err(|_| GrantError::Unavailable)?;
-        rx.await.map_err(|_| GrantError::Unavailable)?
+        let mut tries = 1;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            let (id, decide) = (id.clone(), Arc::clone(&decide));
+            self.tx
+                .send(Request::Grant { id, decide, reply })
+                .await
+                .map_err(|_| GrantError::Unavailable)?;
+            match rx.await.map_err(|_| GrantError::Unavailable)? {
+                Err(GrantError::Store(e)) if e.is_moved() && tries < DECIDE_TRIES => tries += 1,
+                changed => return changed,
+            }
+        }
     }
 }
 
@@ -317,22 +330,29 @@ impl WriterHandle {
     }
 
     /// Applies an administrative change as `decide` says (given the join token of hash
-    /// `token` as it stands), and waits until it and its act are durable.
+    /// `token` as it stands), and waits until it and its act are durable. Decided again, as
+    /// a grant change is, when another collector's decision came first.
     pub async fn admin(
         &self,
         token: Option<[u8; 32]>,
         decide: DecideAdmin,
     ) -> Result<AdminAct, AdminError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Admin {
-                token,
-                decide,
-                reply,
-            })
-            .await
-            .map_err(|_| AdminError::Unavailable)?;
-        rx.await.map_err(|_| AdminError::Unavailable)?
+        let mut tries = 1;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            self.tx
+                .send(Request::Admin {
+                    token,
+                    decide: Arc::clone(&decide),
+                    reply,
+                })
+                .await
+                .map_err(|_| AdminError::Unavailable)?;
+            match rx.await.map_err(|_| AdminError::Unavailable)? {
+                Err(AdminError::Store(e)) if e.is_moved() && tries < DECIDE_TRIES => tries += 1,
+                act => return act,
+            }
+        }
     }
 }
 
@@ -775,7 +795,7 @@ impl Writer {
                 group.replies.push(Outcome::Checkpoint(reply, result));
             }
             Request::Grant { id, decide, reply } => {
-                let result = self.change_grant(group, &id, decide);
+                let result = self.change_grant(group, &id, &decide);
                 group.replies.push(Outcome::Grant(reply, result));
             }
             Request::Admin {
@@ -783,7 +803,7 @@ impl Writer {
                 decide,
                 reply,
             } => {
-                let result = self.change_admin(group, token, decide);
+                let result = self.change_admin(group, token, &decide);
                 group.replies.push(Outcome::Admin(reply, result));
             }
             Request::Own(own, reply) => {
@@ -1089,7 +1109,7 @@ impl Writer {
         &self,
         group: &mut Group,
         id: &str,
-        decide: Decide,
+        decide: &Decide,
     ) -> Result<GrantChange, GrantError> {
         let made = self.decisions_read(group)?;
         let mut change = decide(self.current_grant(group, id)?, now_unix_nano())?;
@@ -1133,7 +1153,7 @@ impl Writer {
         &self,
         group: &mut Group,
         token: Option<[u8; 32]>,
-        decide: DecideAdmin,
+        decide: &DecideAdmin,
     ) -> Result<AdminAct, AdminError> {
         self.decisions_read(group)?;
         let current = match token {
@@ -1577,6 +1597,8 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
     use super::*;
     use crate::store::sqlite::Sqlite;
 
@@ -1603,52 +1625,99 @@ mod tests {
         })
     }
 
-    /// Two collectors on one store, each with its own chain. A grant change is refused when
-    /// the other collector committed a decision of its own (a change to another grant)
-    /// between its read of the store and its commit, and it stores nothing, though the chain
-    /// it would extend did not move; decided again, it is stored, after the other's. Verify
-    /// replays both chains' changes in the order of their decisions.
-    #[tokio::test]
-    async fn decisions_of_two_collectors_are_made_one_after_the_other() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
+    /// Two writers on one store, each a collector with a chain of its own.
+    fn two_writers(dir: &std::path::Path) -> (Arc<dyn Store>, WriterHandle, WriterHandle) {
+        let path = dir.join("c.db");
         let open = || -> Arc<dyn Store> { Arc::new(Sqlite::open(path.to_str().unwrap()).unwrap()) };
         let (store, other) = (open(), open());
-        let [mine, theirs] = witnesses(dir.path(), ["a", "b"]);
+        let [mine, theirs] = witnesses(dir, ["a", "b"]);
         let channels = || (watch::channel(()).0, watch::channel(()).0);
         let (live, changed) = channels();
         let writer = spawn(Arc::clone(&store), Some(Arc::new(mine)), live, changed).unwrap();
         let (live, changed) = channels();
         let another = spawn(other, Some(Arc::new(theirs)), live, changed).unwrap();
-        let create = |id: &'static str| -> Decide {
-            Box::new(move |_, _| {
-                Ok(grant_change(
-                    "create",
-                    Grant {
-                        id: id.into(),
-                        expires_at_unix_nano: u64::MAX >> 1,
-                        ..Grant::default()
-                    },
-                ))
-            })
+        (store, writer, another)
+    }
+
+    fn create(id: String) -> Decide {
+        Arc::new(move |_, _| {
+            Ok(grant_change(
+                "create",
+                Grant {
+                    id: id.clone(),
+                    expires_at_unix_nano: u64::MAX >> 1,
+                    ..Grant::default()
+                },
+            ))
+        })
+    }
+
+    /// Counts its calls; the first `races` times, `other` first decides a grant of its own
+    /// (`theirs-LABEL-N`). Called from a decision, that is after the writer read the store
+    /// and before it commits.
+    fn racer(
+        other: &WriterHandle,
+        label: &'static str,
+        races: usize,
+    ) -> (impl Fn() + Send + Sync + 'static, Arc<AtomicUsize>) {
+        let (other, asked) = (other.clone(), Arc::new(AtomicUsize::new(0)));
+        let calls = Arc::clone(&asked);
+        let race = move || {
+            let n = calls.fetch_add(1, SeqCst);
+            if n < races {
+                let id = format!("theirs-{label}-{n}");
+                tokio::runtime::Handle::current()
+                    .block_on(other.change_grant(id.clone(), create(id)))
+                    .unwrap();
+            }
         };
-        let racing = another.clone();
-        let raced: Decide = Box::new(move |current, now| {
-            // The writer has read the store: the other decides before this one commits.
-            let theirs = tokio::runtime::Handle::current()
-                .block_on(racing.change_grant("g-0".into(), create("g-0")));
-            assert_eq!(theirs.unwrap().decision, 1);
-            create("g-1")(current, now)
-        });
-        let refused = writer.change_grant("g-1".into(), raced).await;
-        assert!(refused.is_err(), "{refused:?}");
+        (race, asked)
+    }
+
+    /// Two collectors on one store, each with its own chain. A decision is refused when the
+    /// other collector committed a decision of its own (a change to another grant) between
+    /// its read of the store and its commit, and it stores nothing, though the chain it would
+    /// extend did not move. It is then decided again against the store as it is: stored,
+    /// after the other's, once the other lets it; refused after `DECIDE_TRIES` otherwise.
+    /// Verify replays both chains' changes in the order of their decisions.
+    #[tokio::test]
+    async fn decisions_of_two_collectors_are_made_one_after_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, another) = two_writers(dir.path());
+        let (always, asked) = racer(&another, "always", usize::MAX);
+        let mine = create("g-1".into());
+        let refused = writer
+            .change_grant(
+                "g-1".into(),
+                Arc::new(move |current, now| {
+                    always();
+                    mine(current, now)
+                }),
+            )
+            .await;
+        assert!(
+            matches!(&refused, Err(GrantError::Store(e)) if e.is_moved()),
+            "{refused:?}"
+        );
+        assert_eq!(asked.load(SeqCst), DECIDE_TRIES);
         assert_eq!(store.grant("g-1").unwrap(), None);
-        assert!(store.grant("g-0").unwrap().is_some());
+        let last = format!("theirs-always-{}", DECIDE_TRIES - 1);
+        assert!(store.grant(&last).unwrap().is_some());
+
+        let (once, asked) = racer(&another, "once", 1);
+        let mine = create("g-1".into());
         let mine = writer
-            .change_grant("g-1".into(), create("g-1"))
+            .change_grant(
+                "g-1".into(),
+                Arc::new(move |current, now| {
+                    once();
+                    mine(current, now)
+                }),
+            )
             .await
             .unwrap();
-        assert_eq!(mine.decision, 2);
+        assert_eq!(asked.load(SeqCst), 2);
+        assert_eq!(mine.decision, DECIDE_TRIES as u64 + 2, "after the other's");
         let mut chains: Vec<String> = store
             .host_chains(COLLECTOR_HOST)
             .unwrap()
@@ -1657,6 +1726,42 @@ mod tests {
             .collect();
         chains.sort();
         assert_eq!(chains, ["collector/a", "collector/b"]);
+        let report = crate::verify::verify_all(store.as_ref(), None, "", "").unwrap();
+        assert!(report.ok(), "{report:?}");
+    }
+
+    /// An administrative change (here a revocation) that another collector's decision
+    /// overtook is decided again, as a grant change is, and stored.
+    #[tokio::test]
+    async fn an_administrative_change_overtaken_is_decided_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, another) = two_writers(dir.path());
+        let (once, asked) = racer(&another, "once", 1);
+        let revoked = writer
+            .admin(
+                None,
+                Arc::new(move |_, now| {
+                    once();
+                    Ok(AdminChange {
+                        revoked: Some(RevokedHost {
+                            host: "h".into(),
+                            time_unix_nano: now,
+                            actor: "dave".into(),
+                            reason: "gone".into(),
+                        }),
+                        act: AdminAct {
+                            action: "host_revoked".into(),
+                            host: "h".into(),
+                            ..AdminAct::default()
+                        },
+                        ..AdminChange::default()
+                    })
+                }),
+            )
+            .await;
+        assert_eq!(revoked.unwrap().action, "host_revoked");
+        assert_eq!(asked.load(SeqCst), 2, "decided twice");
+        assert_eq!(store.revoked_hosts().unwrap().len(), 1);
         let report = crate::verify::verify_all(store.as_ref(), None, "", "").unwrap();
         assert!(report.ok(), "{report:?}");
     }
@@ -1741,16 +1846,16 @@ mod tests {
             expires_at_unix_nano: u64::MAX >> 1,
             ..Grant::default()
         };
-        let create: Decide = Box::new(move |current, _| {
+        let create: Decide = Arc::new(move |current, _| {
             assert_eq!(current, None);
-            Ok(grant_change("create", new))
+            Ok(grant_change("create", new.clone()))
         });
-        let revoke: Decide = Box::new(|current, now| {
+        let revoke: Decide = Arc::new(|current, now| {
             let mut grant = current.expect("the create before it");
             grant.revoked_unix_nano = now;
             Ok(grant_change("revoke", grant))
         });
-        let refuse: Decide = Box::new(|_, _| Err(GrantError::Ended("no".into())));
+        let refuse: Decide = Arc::new(|_, _| Err(GrantError::Ended("no".into())));
         let (created, revoked, refused) = tokio::join!(
             writer.change_grant("g-1".into(), create),
             writer.change_grant("g-1".into(), revoke),

@@ -47,10 +47,6 @@ impl From<GrantError> for Status {
     }
 }
 
-/// Times a grant change is decided, when other collectors of the store keep deciding
-/// something first.
-const DECIDE_TRIES: usize = 5;
-
 pub(crate) struct GrantsService {
     store: Arc<dyn Store>,
     writer: WriterHandle,
@@ -83,25 +79,16 @@ impl GrantsService {
     }
 
     /// Has the writer apply `op` for `caller`; returns the grant as it becomes. A refusal
-    /// of what the caller may not do is chained. When another collector of the store
-    /// decided something between this decision's read of the store and its commit, nothing
-    /// was stored, and `op` is decided again against the store as it now is.
+    /// of what the caller may not do is chained.
     async fn change(&self, op: Op, caller: &Caller) -> Result<Response<Grant>, Status> {
-        let mut tries = 1;
-        let change = loop {
-            let (id, op, actor) = (op.id().to_owned(), op.clone(), caller.name());
-            let change = self
-                .writer
-                .change_grant(
-                    id,
-                    Box::new(move |current, now| op.apply(current, now, actor)),
-                )
-                .await;
-            match change {
-                Err(GrantError::Store(e)) if e.is_moved() && tries < DECIDE_TRIES => tries += 1,
-                change => break change,
-            }
-        };
+        let (id, actor) = (op.id().to_owned(), caller.name());
+        let change = self
+            .writer
+            .change_grant(
+                id,
+                Arc::new(move |current, now| op.clone().apply(current, now, actor.clone())),
+            )
+            .await;
         match change {
             // `Op::apply` always records the grant it leaves.
             Ok(change) => Ok(Response::new(change.grant.unwrap_or_default())),
