@@ -6,6 +6,7 @@
 //! and `tlog-rec`.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     io::Write as _,
     os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
@@ -213,8 +214,76 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             "the shipping rows' collector logged {errors} errors:\n{log}"
         )?;
     }
+    program_rows(runs, &mut out)?;
     auditd_row(runs, &mut out)?;
     pty_peer_rows(runs, &mut out)
+}
+
+/// Each kernel program's own time per run, from the kernel's run-time statistics, with the
+/// agent capturing alone (`--discard`). The statistics cost two clock reads a program run,
+/// so they are on only for these runs, never for the rows above.
+fn program_rows(runs: usize, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("turning on the kernel's run-time statistics of BPF programs")?;
+    writeln!(
+        out,
+        "kernel programs, agent --discard, {runs} runs: ns per program run min/median/max, \
+         program runs per op"
+    )?;
+    for w in workloads() {
+        (w.run)();
+        // Keyed by load order and name: a name is cut to 15 bytes, so two can read alike.
+        let mut programs: BTreeMap<(usize, String), (Vec<Duration>, u64)> = BTreeMap::new();
+        for _ in 0..runs {
+            let before = program_stats()?;
+            let agent = Agent::start_with(Sink::Discard, &[]);
+            let start = program_stats()?;
+            (w.run)();
+            let end = program_stats()?;
+            let stopped = agent.stop();
+            anyhow::ensure!(stopped.success, "agent failed:\n{}", stopped.stderr);
+            let ours = end.iter().filter(|(id, _)| !before.contains_key(id));
+            for (rank, (id, (name, time, count))) in ours.enumerate() {
+                let (time0, count0) = start.get(id).map_or((Duration::ZERO, 0), |s| (s.1, s.2));
+                let ran = count.saturating_sub(count0);
+                if ran == 0 {
+                    continue;
+                }
+                let entry = programs.entry((rank, name.clone())).or_default();
+                entry
+                    .0
+                    .push(time.saturating_sub(time0) / u32::try_from(ran)?);
+                entry.1 += ran;
+            }
+        }
+        for ((_, name), (per_run, ran)) in programs {
+            let [min, median, max] = spread(per_run);
+            #[expect(clippy::cast_precision_loss, reason = "a ratio for display")]
+            let per_op = ran as f64 / (w.ops as f64 * runs as f64);
+            writeln!(
+                out,
+                "{:<24} {:<16} {:>5}/{:>5}/{:>5} ns {:>8.2} runs/op",
+                w.name,
+                name,
+                min.as_nanos(),
+                median.as_nanos(),
+                max.as_nanos(),
+                per_op
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Every loaded BPF program's name, run time and run count, by id (ids grow with load order).
+fn program_stats() -> anyhow::Result<BTreeMap<u32, (String, Duration, u64)>> {
+    aya::programs::loaded_programs()
+        .map(|p| {
+            let p = p?;
+            let name = p.name_as_str().unwrap_or("?").to_owned();
+            Ok((p.id(), (name, p.run_time(), p.run_count())))
+        })
+        .collect()
 }
 
 /// How the agent runs in a row.
