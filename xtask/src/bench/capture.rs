@@ -86,7 +86,7 @@ fn exec_loop(n: u64) -> Sample {
 /// thread's CPU as well as the wall clock.
 fn pty_flood(size: usize, total: u64) -> Sample {
     let buf = vec![b'x'; size];
-    let (wall, drained, writer_cpu) = through_pty(|slave| {
+    let (wall, drained, writer_cpu) = through_pty(Some(total), |slave| {
         let cpu_start = thread_cpu();
         let mut written = 0u64;
         while written < total {
@@ -104,16 +104,20 @@ fn pty_flood(size: usize, total: u64) -> Sample {
     }
 }
 
-/// Hands `write` the slave of a new pty whose master a thread drains, and closes the slave
-/// when `write` returns (with every copy it made: the drain ends only when the last closes).
-/// Returns the time until the last byte came out of the master, the bytes drained, and what
-/// `write` returned.
-fn through_pty<T>(write: impl FnOnce(File) -> T) -> (Duration, u64, T) {
+/// Hands `write` the slave of a new pty whose master a thread drains. With `expected`, the
+/// drain ends once that many bytes came out, and the slave is closed after it; without, the
+/// slave is closed when `write` returns, and the drain ends when every copy `write` made is
+/// closed too. Returns the time until the last byte came out of the master, the bytes
+/// drained, and what `write` returned.
+fn through_pty<T>(expected: Option<u64>, write: impl FnOnce(&File) -> T) -> (Duration, u64, T) {
     let mut pty = Pty::open();
     let slave = File::from(pty.take_slave());
     let start = Instant::now();
-    let drain = pty.drain_master();
-    let written = write(slave);
+    let drain = pty.drain_master_up_to(expected.unwrap_or(u64::MAX));
+    let written = write(&slave);
+    if expected.is_none() {
+        drop(slave);
+    }
     let drained = drain.join().expect("drain");
     (start.elapsed(), drained, written)
 }
@@ -592,8 +596,9 @@ fn dd_flood(
         }
         Some((peer, dir)) => peer.command(&dd, dir),
     };
-    let (wall, drained, status) = through_pty(move |slave| {
-        cmd.stdin(slave.try_clone()?).stdout(slave);
+    // Not drained to a count: a peer's terminal may add a carriage return to each line.
+    let (wall, drained, status) = through_pty(None, move |slave| {
+        cmd.stdin(slave.try_clone()?).stdout(slave.try_clone()?);
         cmd.status()
     });
     let status = status?;
