@@ -8,8 +8,8 @@ use agent_common::{
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_smp_processor_id, bpf_ktime_get_boot_ns,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_smp_processor_id,
+        bpf_ktime_get_boot_ns,
     },
     macros::map,
     maps::{PerCpuArray, RingBuf},
@@ -44,10 +44,10 @@ pub fn fill_header(h: &mut Header, kind: u32, task: Task) {
     h.euid = task.euid().unwrap_or(u32::MAX);
     h.loginuid = task.loginuid();
     h.sessionid = task.sessionid();
-    h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    h.cgroup_id = task.cgroup_id().unwrap_or(0);
     h.tty = task.tty_dev().unwrap_or(0);
     h.cpu = unsafe { bpf_get_smp_processor_id() };
-    h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    h.comm = task.comm();
 }
 
 /// Submits `size` bytes at `record` (a header, then its payload), or counts the record and

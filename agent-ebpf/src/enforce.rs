@@ -14,10 +14,7 @@ use agent_common::{
     event::{AUDIT_UNSET, Header, kind},
 };
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
-        generated::bpf_send_signal,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, generated::bpf_send_signal},
     macros::{map, raw_tracepoint},
     maps::{Array, LruHashMap, RingBuf},
     programs::RawTracePointContext,
@@ -85,6 +82,6 @@ fn denied(task: Task) -> Option<Deny> {
     {
         return Some(*deny);
     }
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let cgroup = task.cgroup_id().ok()?;
     unsafe { CGROUPS.get(cgroup) }.copied()
 }
