@@ -397,6 +397,8 @@ fn kernel_loss_is_a_chained_gap_with_exact_counts() {
 /// A stalled stage (here, a `--stdout` consumer that stops reading) backs up into the
 /// reader's bounded channel. What the reader then drops becomes chained `PIPELINE` gaps whose
 /// counts equal the agent's own, and every terminal block is either delivered or counted.
+/// Execs made while it is stalled are not dropped for the terminal's flood: they wait in
+/// their own ring, and every one is delivered.
 #[test]
 fn a_stalled_stage_is_a_chained_gap_with_exact_counts() {
     if !privileged("a_stalled_stage_is_a_chained_gap_with_exact_counts") {
@@ -415,10 +417,35 @@ fn a_stalled_stage_is_a_chained_gap_with_exact_counts() {
             );
         }
     });
+    // The reader's channel is full now, and stays full until the consumer reads again.
+    let mark = marker("stalled");
+    for n in 0..20 {
+        let status = Command::new("/bin/true")
+            .arg(format!("{mark}-{n}"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
     agent.release_stdout();
     agent.sync();
     let out = agent.stop();
     assert!(out.success, "agent failed:\n{}", out.stderr);
+    for n in 0..20 {
+        let arg = format!("{mark}-{n}");
+        assert!(
+            out.events.iter().any(|v| v["kind"] == "exec"
+                && v["argv"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == &arg))),
+            "the exec of {arg}, made while the pipeline was full, was dropped"
+        );
+    }
+    for kind in ["exec", "fork", "exit", "kill"] {
+        let dropped = lost_where(&out.events, |v| {
+            v["source"] == "pipeline" && v["lost_kind"] == kind
+        });
+        assert_eq!(dropped, (0, 0), "{kind} records dropped for the flood");
+    }
 
     let json_pipeline = lost_where(&out.events, |v| v["source"] == "pipeline");
     assert!(

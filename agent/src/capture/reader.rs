@@ -7,9 +7,12 @@
 //! handed on a tiny batch per record or two, filling the decode stage's channel with them.
 //!
 //! This is the pipeline's one drop point. When the next stage's bounded channel is full,
-//! the batch is dropped here and counted by record kind; the counts travel as `Pipeline`
-//! gap events with the next batch the stage accepts. Draining on regardless keeps the ring
-//! buffer from filling, so the kernel keeps submitting the records that follow.
+//! the terminal's ring is drained regardless and its records dropped here, counted by record
+//! kind; the counts travel as `Pipeline` gap events with the next batch the stage accepts.
+//! Draining on keeps that ring from filling, so the kernel keeps submitting the records that
+//! follow. The exec, fork, exit and kill records are not drained meanwhile: they wait in
+//! their own rings until there is room, so a terminal flood cannot make the pipeline drop
+//! them (if such a ring fills, the kernel counts what it refuses).
 
 use std::{
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
@@ -151,23 +154,6 @@ impl Dropped {
     }
 }
 
-/// Hands `batch` on, with the counts of earlier drops, or drops and counts it when the next
-/// stage has no room. Returns false once the next stage has hung up.
-fn offer(tx: &Sender<Batch>, mut batch: Batch, dropped: &mut Dropped) -> bool {
-    match tx.try_reserve() {
-        Ok(permit) => {
-            dropped.report_into(&mut batch);
-            permit.send(batch);
-            true
-        }
-        Err(TrySendError::Full(())) => {
-            dropped.add(batch);
-            true
-        }
-        Err(TrySendError::Closed(())) => false,
-    }
-}
-
 /// The payload bytes a record carries, counted the way the kernel's loss counters count
 /// them: argv for execs, data for terminal writes.
 fn payload_len(kind: usize, record_len: usize) -> u64 {
@@ -252,7 +238,18 @@ impl Reader {
             }
             let mut found = false;
             loop {
-                let mut batch = self.drain()?;
+                // Room is taken before the drain: without it, only the terminal's ring is
+                // drained (and dropped).
+                let permit = if stopping {
+                    None
+                } else {
+                    match tx.try_reserve() {
+                        Ok(permit) => Some(permit),
+                        Err(TrySendError::Full(())) => None,
+                        Err(TrySendError::Closed(())) => return Ok(()),
+                    }
+                };
+                let mut batch = self.drain(stopping || permit.is_some())?;
                 if batch.is_empty() && dropped.is_empty() {
                     break;
                 }
@@ -263,8 +260,11 @@ impl Reader {
                     if tx.blocking_send(batch).is_err() {
                         return Ok(());
                     }
-                } else if !offer(tx, batch, &mut dropped) {
-                    return Ok(());
+                } else if let Some(permit) = permit {
+                    dropped.report_into(&mut batch);
+                    permit.send(batch);
+                } else {
+                    dropped.add(batch);
                 }
                 if !full {
                     break;
@@ -294,12 +294,14 @@ impl Reader {
         unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), room, timeout) };
     }
 
-    fn drain(&mut self) -> Result<Batch, ReaderError> {
+    /// A batch of what the rings hold: the kills', the control ring's and the terminal's
+    /// records, in that order; the terminal's alone without `control`.
+    fn drain(&mut self, control: bool) -> Result<Batch, ReaderError> {
         let mut batch = Batch::default();
-        while let Some(item) = self.kills.next() {
+        while control && let Some(item) = self.kills.next() {
             batch.push_record(&item);
         }
-        while batch.data.len() < BATCH_BYTES {
+        while control && batch.data.len() < BATCH_BYTES {
             let Some(item) = self.control.next() else {
                 break;
             };
