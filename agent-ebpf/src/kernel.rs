@@ -95,7 +95,7 @@ impl Task {
     }
 
     /// The task's name. The helper `bpf_get_current_comm` copies the same bytes for about
-    /// 80 ns more, on the path of every record (docs/capture.md, "Where a write's time goes").
+    /// 80 ns more, on the path of every record (docs/capture.md, "Where a record's time goes").
     #[inline(always)]
     pub fn comm(self) -> [u8; 16] {
         load(self.0, offset!(task_comm))
