@@ -100,8 +100,9 @@ pub struct Cli {
 
     /// How often the reader drains the ring buffer when not woken, in milliseconds, while
     /// events flow; after drains that find nothing, the wait doubles up to 32 ms. 1 to
-    /// 60000.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    /// 60000. Each drain wakes every stage of the pipeline once: at 2 ms those wakeups cost
+    /// the agent three times the CPU an exec does at 10 (docs/capture.md).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub drain_ms: u64,
 
     /// Serve health counters in Prometheus text format at `http://ADDR/metrics` (for example

@@ -350,7 +350,8 @@ fn an_idle_reader_backs_off() {
     let out = agent.stop();
     let batches = u128::from(out.total("batches").expect("batches total"));
     let empty = u128::from(waits).saturating_sub(batches);
-    // 2 + 4 + 8 + 16 ms of empty drains before the wait reaches 32 ms again.
+    // At most four empty drains (2 + 4 + 8 + 16 ms from the shortest interval) before the
+    // wait reaches 32 ms again.
     let bound = elapsed / 32 + 4 * batches + 16;
     assert!(
         empty <= bound,

@@ -405,7 +405,12 @@ fn a_stalled_stage_is_a_chained_gap_with_exact_counts() {
         return;
     }
     let dir = spool_dir("stall");
-    let mut agent = Agent::start_with(Sink::Stalled, &["--spool", dir.to_str().unwrap()]);
+    // Drained every 2 ms, a 4 KiB flood makes batches of a few hundred KiB: 64 MiB of them
+    // overflow the reader's channel of 64 batches.
+    let mut agent = Agent::start_with(
+        Sink::Stalled,
+        &["--spool", dir.to_str().unwrap(), "--drain-ms", "2"],
+    );
     let blocks = 16_384;
     let pattern = block_pattern(blocks);
     let pty = Pty::written_by(|slave| {
