@@ -57,9 +57,10 @@ use crate::{
 /// Batches in flight between two stages after the reader.
 const STAGE_DEPTH: usize = 16;
 /// The spool is made durable at most this often while batches keep coming (the rings are
-/// drained every 2 ms). Each sync is also a batch shipped and a commit at the collector:
-/// once per drain, a loop of execs cost the agent and the collector more CPU than the
-/// kernel's capture did (docs/capture.md). A batch after a quiet spell is synced at once.
+/// drained every `--drain-ms`, or sooner under a flood). Each sync is also a batch shipped
+/// and a commit at the collector: once per drain at the 2 ms drains of before, a loop of
+/// execs cost the agent and the collector more CPU than the kernel's capture did
+/// (docs/capture.md). A batch after a quiet spell is synced at once.
 const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the events are for. Without any, the pipeline only decodes and counts.

@@ -42,8 +42,8 @@ use crate::clock::boot_ns;
 const BATCH_BYTES: usize = 4 << 20;
 
 /// While drains find nothing, the wait doubles from the drain interval up to this (or the
-/// interval, if longer): an idle host would otherwise wake the agent every 2 ms, which cost
-/// it about 1% of a core here. The first record after a quiet spell waits at most this.
+/// interval, if longer): an idle host would otherwise wake the agent at every interval (at
+/// 2 ms, about 1% of a core here). The first record after a quiet spell waits at most this.
 const IDLE_WAIT: Duration = Duration::from_millis(32);
 
 /// Records copied out of the ring buffer back to back, plus the gaps found with them. This
