@@ -275,17 +275,34 @@ impl WriterHandle {
         id: String,
         decide: Decide,
     ) -> Result<GrantChange, GrantError> {
+        self.decided(
+            |reply| Request::Grant {
+                id: id.clone(),
+                decide: Arc::clone(&decide),
+                reply,
+            },
+            |e| matches!(e, GrantError::Store(e) if e.is_moved()),
+            || GrantError::Unavailable,
+        )
+        .await
+    }
+
+    /// Sends the request `ask` makes around its reply channel and waits for the reply. While
+    /// the reply is that another collector of the store decided something first (`moved`:
+    /// nothing was stored), asks again, up to `DECIDE_TRIES` in all.
+    async fn decided<T, E>(
+        &self,
+        ask: impl Fn(oneshot::Sender<Result<T, E>>) -> Request,
+        moved: impl Fn(&E) -> bool,
+        unavailable: impl Fn() -> E,
+    ) -> Result<T, E> {
         let mut tries = 1;
         loop {
             let (reply, rx) = oneshot::channel();
-            let (id, decide) = (id.clone(), Arc::clone(&decide));
-            self.tx
-                .send(Request::Grant { id, decide, reply })
-                .await
-                .map_err(|_| GrantError::Unavailable)?;
-            match rx.await.map_err(|_| GrantError::Unavailable)? {
-                Err(GrantError::Store(e)) if e.is_moved() && tries < DECIDE_TRIES => tries += 1,
-                changed => return changed,
+            self.tx.send(ask(reply)).await.map_err(|_| unavailable())?;
+            match rx.await.map_err(|_| unavailable())? {
+                Err(e) if moved(&e) && tries < DECIDE_TRIES => tries += 1,
+                result => return result,
             }
         }
     }
@@ -337,22 +354,16 @@ impl WriterHandle {
         token: Option<[u8; 32]>,
         decide: DecideAdmin,
     ) -> Result<AdminAct, AdminError> {
-        let mut tries = 1;
-        loop {
-            let (reply, rx) = oneshot::channel();
-            self.tx
-                .send(Request::Admin {
-                    token,
-                    decide: Arc::clone(&decide),
-                    reply,
-                })
-                .await
-                .map_err(|_| AdminError::Unavailable)?;
-            match rx.await.map_err(|_| AdminError::Unavailable)? {
-                Err(AdminError::Store(e)) if e.is_moved() && tries < DECIDE_TRIES => tries += 1,
-                act => return act,
-            }
-        }
+        self.decided(
+            |reply| Request::Admin {
+                token,
+                decide: Arc::clone(&decide),
+                reply,
+            },
+            |e| matches!(e, AdminError::Store(e) if e.is_moved()),
+            || AdminError::Unavailable,
+        )
+        .await
     }
 }
 
