@@ -265,10 +265,7 @@ impl Agent {
     #[must_use]
     pub fn exec_with_arg(&self, arg: &str) -> Value {
         self.wait_for(Duration::from_secs(30), |v| {
-            v["kind"] == "exec"
-                && v["argv"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x == arg))
+            crate::operator::argv_has(v, arg)
         })
         .unwrap_or_else(|| {
             panic!(

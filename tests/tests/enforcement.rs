@@ -191,10 +191,7 @@ impl Session {
         // the sleep, so the echo's exec is the last one to wait for, and its exit. An echo
         // still alive here would exit by itself, and no kill could name it.
         let echo = rig.exec("the mark", |v| {
-            v["sessionid"].as_u64() == Some(id)
-                && v["argv"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x == mark.as_str()))
+            v["sessionid"].as_u64() == Some(id) && tests::operator::argv_has(v, &mark)
         });
         let echo = echo["pid"].as_u64().expect("the echo's pid");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -809,10 +806,7 @@ fn a_root_shell_stays_judged_after_its_grant_ends() {
     );
     let echo = |mark: &str| {
         rig.exec(mark, |v| {
-            v["comm"] == "echo"
-                && v["argv"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x == mark))
+            v["comm"] == "echo" && tests::operator::argv_has(v, mark)
         })
     };
     let (covered, late) = (echo(&during), echo(&after));
@@ -883,11 +877,7 @@ fn a_process_that_writes_its_loginuid_still_dies_at_expiry() {
     );
     assert_eq!(escaped["identity"]["name"], ROOT_USER, "{escaped}");
     assert_ne!(change["sessionid"].as_u64(), Some(born), "{change}");
-    rig.exec("the mark", |v| {
-        v["argv"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|x| x == mark.as_str()))
-    });
+    rig.exec("the mark", |v| tests::operator::argv_has(v, &mark));
     let escaped_pid = escaped["pid"].as_u64().unwrap();
     let mut pids = session_pids(born);
     pids.push(escaped_pid);
