@@ -209,6 +209,12 @@ impl Agent {
         self.notify.wait_status(timeout, text)
     }
 
+    /// Every status the agent has reported (`sd_notify` `STATUS=`), oldest first.
+    #[must_use]
+    pub fn statuses(&self) -> Vec<String> {
+        self.notify.statuses()
+    }
+
     /// The agent's process id.
     #[must_use]
     pub fn pid(&self) -> u32 {

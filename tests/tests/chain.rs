@@ -91,6 +91,15 @@ fn verify_spool(dir: &Path) -> Vec<Verified> {
     chains
 }
 
+/// Whether any spool segment in `dir` holds `bytes`.
+fn spool_holds(dir: &Path, bytes: &[u8]) -> bool {
+    fs::read_dir(dir).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        path.extension().is_some_and(|e| e == "seg")
+            && fs::read(&path).is_ok_and(|segment| segment.windows(bytes.len()).any(|w| w == bytes))
+    })
+}
+
 fn chain_start(chain: &Verified) -> &v1::ChainStart {
     match &chain.events[0].body {
         Some(Body::ChainStart(start)) => start,
@@ -305,7 +314,15 @@ fn a_killed_agent_restarts_with_a_visible_link() {
             .wait_for(Duration::from_secs(30), |v| v["argv"][1] == mark.as_str())
             .is_some()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Printed first, spooled at the next commit: the kill comes once the spool has some.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !spool_holds(&dir, mark.as_bytes()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the burst never reached the spool"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = first.kill();
     let second = Agent::start(&["--spool", dir.to_str().unwrap()]);
     assert!(burst.wait().unwrap().success());

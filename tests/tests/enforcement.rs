@@ -1015,9 +1015,21 @@ fn an_extension_after_the_sweep_ends_the_grant_again_at_its_new_end() {
     let new_end =
         UNIX_EPOCH + Duration::from_nanos(extended[0]["expires_at_unix_nano"].as_u64().unwrap());
     std::thread::sleep(until(grant.expires) + Duration::from_millis(500));
+    let reported = rig.agent.statuses().len();
     signal(libc::SIGCONT);
-    // The sweep of the old end and the extended view: whichever the agent takes first.
-    std::thread::sleep(Duration::from_secs(1));
+    // The sweep of the old end and the extended view: whichever the agent takes first. The
+    // view waiting in its stream is adopted, and said so, once it runs again; a view the
+    // collector refreshed before the extension would be adopted just before it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rig.agent.statuses().len() == reported {
+        assert!(
+            Instant::now() < deadline,
+            "no view adopted after SIGCONT:\n{}",
+            rig.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     let session = Session::start(&rig, &user, &sshd);
     assert_eq!(
         session.sudo["identity"]["grant"], grant.id,

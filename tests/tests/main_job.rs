@@ -21,6 +21,8 @@ use tests::{Scratch, operator, privileged};
 struct Job {
     child: Child,
     log: Arc<Mutex<String>>,
+    /// Reads the job's stderr into `log`; it ends when every holder of the pipe has exited.
+    reader: std::thread::JoinHandle<()>,
     dir: Scratch,
     addr: SocketAddr,
 }
@@ -55,7 +57,7 @@ impl Job {
         let log = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().unwrap();
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
@@ -65,6 +67,7 @@ impl Job {
         Self {
             child,
             log,
+            reader,
             dir,
             addr,
         }
@@ -98,8 +101,12 @@ impl Job {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // Its stderr reader ends with it.
-                std::thread::sleep(Duration::from_millis(100));
+                // Its last lines are read once the reader has reached the pipe's end, which
+                // a component still running would hold open: that is for the caller to find.
+                let read_by = Instant::now() + Duration::from_secs(10);
+                while !self.reader.is_finished() && Instant::now() < read_by {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return status;
             }
             assert!(
@@ -230,7 +237,15 @@ fn a_second_main_job_is_refused_and_the_first_keeps_running() {
 
     assert!(first.child.try_wait().unwrap().is_none(), "{}", first.log());
     assert_eq!(first.components().len(), 2, "{:?}", first.components());
-    let chains = host_chains(&first);
+    // The agent is ready once its chain starts in its spool; it is stored a moment later.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let chains = loop {
+        let chains = host_chains(&first);
+        if !chains.is_empty() || Instant::now() >= deadline {
+            break chains;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(chains.len(), 1, "one agent, one chain: {chains:?}");
     first.interrupt_group();
     assert!(first.exits_within(Duration::from_secs(30)).success());
