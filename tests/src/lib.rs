@@ -24,6 +24,7 @@ use std::{
     path::PathBuf,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
 };
 
 /// Root of the workspace this crate lives in.
@@ -112,6 +113,24 @@ impl Drop for Scratch {
         } else {
             let _ = fs::remove_dir_all(&self.0);
         }
+    }
+}
+
+/// What `read` returns once `done` holds of it, or its last answer after `within`: for
+/// state another process makes a moment after the signal a test waited on. The caller
+/// asserts on the answer, so a timeout fails with what was seen.
+pub fn eventually<T>(
+    within: Duration,
+    mut read: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = read();
+        if done(&answer) || Instant::now() >= deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

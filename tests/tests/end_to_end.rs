@@ -682,18 +682,20 @@ fn a_corrupt_frame_in_an_old_segment_costs_only_its_record() {
     // The hole is chained in the collector's commit of the batch after it, before `after`;
     // the agent raises the corruption alert when its sender reaches the broken frame, into
     // its chain after `after`, shipped in a later batch.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let alerts = loop {
-        let alerts = operator::json_lines(
-            &url,
-            &["search", "--json", "--kind", "alert", "--since", "1h"],
-        );
-        let has = |kind: &str| alerts.iter().any(|a| a["alert"]["kind"] == kind);
-        if (has("spool_hole") && has("spool_corrupt")) || Instant::now() >= deadline {
-            break alerts;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let alerts = tests::eventually(
+        Duration::from_secs(30),
+        || {
+            operator::json_lines(
+                &url,
+                &["search", "--json", "--kind", "alert", "--since", "1h"],
+            )
+        },
+        |alerts| {
+            ["spool_hole", "spool_corrupt"]
+                .iter()
+                .all(|kind| alerts.iter().any(|a| a["alert"]["kind"] == *kind))
+        },
+    );
     let alert = |kind: &str| {
         alerts
             .iter()

@@ -650,15 +650,11 @@ fn a_killed_agent_still_kills_at_expiry() {
     wait_for_alert(&url, "host_back", &host);
     // The killed agent's chain, then the one of the agent after it. The host is back once its
     // agent says hello, which can be before the new chain's first batch is stored.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let verify = loop {
-        let verify = operator::json_lines(&url, &["verify", "--json", "--host", &host]);
-        let chains = verify.iter().filter(|v| v["chain_id"].is_string()).count();
-        if chains >= 2 || Instant::now() >= deadline {
-            break verify;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let verify = tests::eventually(
+        Duration::from_secs(15),
+        || operator::json_lines(&url, &["verify", "--json", "--host", &host]),
+        |verify| verify.iter().filter(|v| v["chain_id"].is_string()).count() >= 2,
+    );
     let chains: Vec<&Value> = verify
         .iter()
         .filter(|v| v["chain_id"].is_string())

@@ -238,14 +238,11 @@ fn a_second_main_job_is_refused_and_the_first_keeps_running() {
     assert!(first.child.try_wait().unwrap().is_none(), "{}", first.log());
     assert_eq!(first.components().len(), 2, "{:?}", first.components());
     // The agent is ready once its chain starts in its spool; it is stored a moment later.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let chains = loop {
-        let chains = host_chains(&first);
-        if !chains.is_empty() || Instant::now() >= deadline {
-            break chains;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let chains = tests::eventually(
+        Duration::from_secs(20),
+        || host_chains(&first),
+        |chains| !chains.is_empty(),
+    );
     assert_eq!(chains.len(), 1, "one agent, one chain: {chains:?}");
     first.interrupt_group();
     assert!(first.exits_within(Duration::from_secs(30)).success());
