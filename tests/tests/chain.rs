@@ -315,14 +315,14 @@ fn a_killed_agent_restarts_with_a_visible_link() {
             .is_some()
     );
     // Printed first, spooled at the next commit: the kill comes once the spool has some.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !spool_holds(&dir, mark.as_bytes()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the burst never reached the spool"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        tests::eventually(
+            Duration::from_secs(30),
+            || spool_holds(&dir, mark.as_bytes()),
+            |held| *held
+        ),
+        "the burst never reached the spool"
+    );
     let _ = first.kill();
     let second = Agent::start(&["--spool", dir.to_str().unwrap()]);
     assert!(burst.wait().unwrap().success());

@@ -1016,15 +1016,16 @@ fn an_extension_after_the_sweep_ends_the_grant_again_at_its_new_end() {
     // The sweep of the old end and the extended view: whichever the agent takes first. The
     // view waiting in its stream is adopted, and said so, once it runs again; a view the
     // collector refreshed before the extension would be adopted just before it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while rig.agent.statuses().len() == reported {
-        assert!(
-            Instant::now() < deadline,
-            "no view adopted after SIGCONT:\n{}",
-            rig.agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let now = tests::eventually(
+        Duration::from_secs(10),
+        || rig.agent.statuses().len(),
+        |now| *now > reported,
+    );
+    assert!(
+        now > reported,
+        "no view adopted after SIGCONT:\n{}",
+        rig.agent.log()
+    );
     std::thread::sleep(Duration::from_millis(300));
     let session = Session::start(&rig, &user, &sshd);
     assert_eq!(
