@@ -8,7 +8,8 @@
 //! events a second, in five batches a second as an agent's spool drains. Prints acked
 //! events/s, the ack latency of every batch (p50, p99, max), the collector's resident memory
 //! every ten seconds with the ratio of the last to the first once every host is connected,
-//! and verify's verdict: every chain verifies and holds every record sent, so nothing was
+//! the seconds of the run in which the batches acked only after a second or more were sent
+//! (a stall shows as a few adjacent seconds), and verify's verdict: every chain verifies and holds every record sent, so nothing was
 //! lost.
 
 use std::{
@@ -159,23 +160,38 @@ async fn serve(dir: &Path) {
     .unwrap();
 }
 
-/// What one simulated host saw: events acknowledged and each batch's ack latency.
+/// Ack latency from which a batch counts as slow, and the second it was sent in is named.
+const SLOW: Duration = Duration::from_secs(1);
+
+/// What one simulated host saw: events acknowledged, each batch's ack latency, and the
+/// second of the timed run each slow batch was sent in (negative: during the ramp).
 #[derive(Default)]
 struct HostRun {
     acked: u64,
     sent: u64,
     latencies: Vec<Duration>,
+    slow: Vec<i64>,
+}
+
+/// The whole second of the timed run (begun at `zero`) that `at` falls in; negative when
+/// before it.
+fn second_of(at: Instant, zero: Instant) -> i64 {
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    match at.checked_duration_since(zero) {
+        Some(after) => secs(after),
+        None => -secs(zero - at) - 1,
+    }
 }
 
 /// One simulated agent: connects at `start`, then sends `rate` events a second until `end`,
-/// and waits for the last ack.
+/// and waits for the last ack. `zero` is when the timed run begins.
 async fn agent(
     url: String,
     identity: ClientIdentity,
     host: String,
     rate: u64,
     start: tokio::time::Instant,
-    end: tokio::time::Instant,
+    (zero, end): (tokio::time::Instant, tokio::time::Instant),
 ) -> HostRun {
     tokio::time::sleep_until(start).await;
     let channel = pki::endpoint(&url, &identity, None)
@@ -232,7 +248,11 @@ async fn agent(
                 {
                     while pending.front().is_some_and(|(seq, _)| *seq <= ack.seq) {
                         let (_, sent) = pending.pop_front().unwrap();
-                        run.latencies.push(sent.elapsed());
+                        let latency = sent.elapsed();
+                        if latency >= SLOW {
+                            run.slow.push(second_of(sent, zero.into_std()));
+                        }
+                        run.latencies.push(latency);
                     }
                     run.acked = ack.seq + 1;
                     if !sending && pending.is_empty() {
@@ -332,6 +352,33 @@ fn report(runs: &[HostRun], elapsed: Duration, offered: u64) -> u64 {
         ms(latencies[n * 99 / 100]),
         ms(latencies[n - 1])
     );
+    let mut slow: Vec<i64> = runs.iter().flat_map(|r| r.slow.iter().copied()).collect();
+    slow.sort_unstable();
+    // Adjacent seconds are one span: a stall shows as one span, a backlog as a long one.
+    let mut spans: Vec<(i64, i64, usize)> = Vec::new();
+    for &s in &slow {
+        match spans.last_mut() {
+            Some((_, last, count)) if s <= *last + 1 => (*last, *count) = (s, *count + 1),
+            _ => spans.push((s, s, 1)),
+        }
+    }
+    let named: Vec<String> = spans
+        .iter()
+        .map(|(first, last, count)| format!("{first}–{last} s ({count})"))
+        .collect();
+    println!(
+        "  batches acked after {} s or more: {}{}",
+        SLOW.as_secs(),
+        slow.len(),
+        if named.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", sent in these seconds of the run (batches): {}",
+                named.join(", ")
+            )
+        }
+    );
     sent
 }
 
@@ -394,7 +441,8 @@ async fn main() {
         let host = host_name(i as usize);
         let identity = client(&ca, ca.issue_agent(&host, validity).unwrap());
         let start = now + RAMP / hosts * i;
-        agents.spawn(agent(url.clone(), identity, host, args.rate, start, end));
+        let (zero, url) = (now + RAMP, url.clone());
+        agents.spawn(agent(url, identity, host, args.rate, start, (zero, end)));
     }
     tokio::time::sleep_until(now + RAMP).await;
     let timed = Instant::now();
