@@ -9,8 +9,8 @@
 //! events/s, the ack latency of every batch (p50, p99, max), the collector's resident memory
 //! every ten seconds with the ratio of the last to the first once every host is connected,
 //! the seconds of the run in which the batches acked only after a second or more were sent
-//! (a stall shows as a few adjacent seconds), and verify's verdict: every chain verifies and holds every record sent, so nothing was
-//! lost.
+//! (a stall shows as a few adjacent seconds), and verify's verdict: every chain verifies and
+//! holds every record sent, so nothing was lost.
 
 use std::{
     collections::VecDeque,
@@ -191,7 +191,8 @@ async fn agent(
     host: String,
     rate: u64,
     start: tokio::time::Instant,
-    (zero, end): (tokio::time::Instant, tokio::time::Instant),
+    zero: tokio::time::Instant,
+    end: tokio::time::Instant,
 ) -> HostRun {
     tokio::time::sleep_until(start).await;
     let channel = pki::endpoint(&url, &identity, None)
@@ -434,17 +435,18 @@ async fn main() {
 
     let began = Instant::now();
     let now = tokio::time::Instant::now();
-    let end = now + RAMP + Duration::from_secs(args.seconds);
+    let zero = now + RAMP;
+    let end = zero + Duration::from_secs(args.seconds);
     let hosts = u32::try_from(args.hosts).expect("hosts fit u32");
     let mut agents = tokio::task::JoinSet::new();
     for i in 0..hosts {
         let host = host_name(i as usize);
         let identity = client(&ca, ca.issue_agent(&host, validity).unwrap());
         let start = now + RAMP / hosts * i;
-        let (zero, url) = (now + RAMP, url.clone());
-        agents.spawn(agent(url, identity, host, args.rate, start, (zero, end)));
+        let url = url.clone();
+        agents.spawn(agent(url, identity, host, args.rate, start, zero, end));
     }
-    tokio::time::sleep_until(now + RAMP).await;
+    tokio::time::sleep_until(zero).await;
     let timed = Instant::now();
     let mut rss = vec![(0, rss_mib(pid))];
     while tokio::time::Instant::now() + Duration::from_secs(10) <= end {
