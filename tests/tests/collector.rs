@@ -1372,6 +1372,115 @@ fn an_unreachable_database_stops_the_collector_with_a_clear_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A PostgreSQL store left by a collector of schema version 3, whose events referenced
+/// their chain through an enforced key, is migrated at start: the key is dropped, the
+/// version is 4, what the store held verifies, and its chain goes on. (`SQLite` never
+/// enforced the key.)
+#[tokio::test]
+async fn an_older_postgres_store_is_migrated_and_keeps_its_evidence() {
+    if backend() != Backend::Postgres {
+        return;
+    }
+    let dir = scratch_dir("collector-migrate");
+    let chain = test_chain("host-a:boot:9", 1100);
+    let store = stored_chain(&dir, &chain).await;
+    let keys = "SELECT count(*) FROM pg_constraint \
+                WHERE conrelid = 'events'::regclass AND contype = 'f'";
+    // The store as version 3 left it.
+    let _ = tests::postgres::sql(
+        &store,
+        "ALTER TABLE events ADD CONSTRAINT events_chain_fkey \
+         FOREIGN KEY (chain) REFERENCES chains(id); UPDATE schema_version SET version = 3",
+    );
+    assert_eq!(tests::postgres::sql(&store, keys).trim(), "1");
+
+    let collector = Collector::start(&store);
+    assert_eq!(tests::postgres::sql(&store, keys).trim(), "0");
+    let version = tests::postgres::sql(&store, "SELECT version FROM schema_version");
+    assert_eq!(version.trim(), "4");
+    let (mut agent, welcome) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(welcome.heads[0].next_seq, 1000);
+    assert_eq!(agent.ship(chain.batch(1000..1100)).await.unwrap(), 1099);
+    let verdict = verify(&collector, &chain.id).await;
+    assert!(verdict.ok, "{verdict:?}");
+    assert_eq!(verdict.records, 1100);
+}
+
+/// Verify on PostgreSQL reads a chain and a host's log a page at a time straight off their
+/// indexes even when the statistics are stale (a store just filled, before autovacuum
+/// analyzed it): the events table's blocks each verify touches stay about one pass over the
+/// table. With PostgreSQL left to choose, every page took all the rows from its start on
+/// and sorted them, a pass per page, quadratic in the length of the chain or log.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_on_postgres_reads_each_record_once_whatever_the_statistics() {
+    const RECORDS: usize = 50_001;
+    if backend() != Backend::Postgres {
+        return;
+    }
+    let dir = scratch_dir("collector-stale-statistics");
+    let store = dir.join("c.db");
+    let chain = test_chain("host-a:boot:10", RECORDS as u64);
+    let mut collector = Collector::start(&store);
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    for start in (0..RECORDS).step_by(1000) {
+        let end = (start + 1000).min(RECORDS);
+        assert_eq!(
+            agent.ship(chain.batch(start..end)).await.unwrap(),
+            end as u64 - 1
+        );
+    }
+    drop(agent);
+    let _ = tests::postgres::sql(
+        &store,
+        "ALTER TABLE events SET (autovacuum_enabled = false); \
+         DELETE FROM pg_statistic WHERE starelid IN ('events'::regclass, 'chains'::regclass); \
+         UPDATE pg_class SET reltuples = -1 WHERE oid IN ('events'::regclass, 'chains'::regclass)",
+    );
+    let blocks: u64 = tests::postgres::sql(
+        &store,
+        "SELECT pg_relation_size('events') / current_setting('block_size')::BIGINT",
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    // The blocks of `events` read so far by every session; a session adds its own when it
+    // ends, so each verify runs on a collector stopped after it.
+    let touched = || -> u64 {
+        tests::postgres::sql(
+            &store,
+            "SELECT heap_blks_read + heap_blks_hit FROM pg_statio_user_tables \
+             WHERE relname = 'events'",
+        )
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    for whole in [false, true] {
+        collector = collector.restart();
+        let before = touched();
+        if whole {
+            let report = verify_all(&collector).await;
+            let log = report
+                .logs
+                .iter()
+                .find(|l| l.host == HOST)
+                .expect("the host's log");
+            assert!(log.ok, "{report:?}");
+            assert_eq!(log.leaves, RECORDS as u64, "{log:?}");
+        } else {
+            let verdict = verify(&collector, &chain.id).await;
+            assert!(verdict.ok, "{verdict:?}");
+            assert_eq!(verdict.records, RECORDS as u64);
+        }
+        collector = collector.restart();
+        let read = touched() - before;
+        assert!(
+            read < blocks * 3 / 2,
+            "verify (whole store: {whole}) read {read} blocks of a {blocks}-block table"
+        );
+    }
+}
+
 /// A PostgreSQL server that may lose a commit it reported (here `synchronous_commit = off`,
 /// set for the collector's sessions) is refused at start: an ack would not mean stored.
 #[test]
