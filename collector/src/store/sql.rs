@@ -170,12 +170,15 @@ impl Conditions {
     }
 
     /// The conditions of `Store::search`: `filter`'s events after `after`, by time then row.
+    /// The first, implied by the rest, is the range PostgreSQL's time index can start at:
+    /// without it, each page scanned that index from its first entry (SQLite draws the range
+    /// out of the `OR` itself).
     pub(super) fn search(dialect: Dialect, filter: &EventFilter, after: Cursor) -> Self {
         let mut conditions = Self::new(dialect);
         let time = Arg::Int(int(after.time_unix_nano));
         conditions.push(
-            "(e.time > {} OR (e.time = {} AND e.id > {}))",
-            [time.clone(), time, Arg::Int(after.row)],
+            "e.time >= {} AND (e.time > {} OR (e.time = {} AND e.id > {}))",
+            [time.clone(), time.clone(), time, Arg::Int(after.row)],
         );
         conditions.filter(filter);
         conditions
@@ -384,6 +387,6 @@ mod tests {
             "{}",
             lite.sql
         );
-        assert_eq!(lite.args.len(), 4);
+        assert_eq!(lite.args.len(), 5);
     }
 }
