@@ -134,7 +134,8 @@ impl Job {
             .collect()
     }
 
-    /// Signals the whole process group, as Ctrl-C in a terminal does.
+    /// Signals the job's process group, as Ctrl-C in a terminal does. (The components have
+    /// groups of their own.)
     fn interrupt_group(&self) {
         let pgid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: signalling our own child's process group.
@@ -147,12 +148,20 @@ impl Drop for Job {
     /// the next test's agent would otherwise find the host's agent lock still held.
     fn drop(&mut self) {
         let pgid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: as in `interrupt_group`.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let mut groups = vec![pgid];
+        groups.extend(
+            self.components()
+                .into_iter()
+                .filter_map(|(pid, _)| libc::pid_t::try_from(pid).ok()),
+        );
+        for group in &groups {
+            // SAFETY: as in `interrupt_group`; each component leads a group of its own.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
         let _ = self.child.wait();
         for _ in 0..500 {
-            // SAFETY: signal 0 only asks whether the group still has members.
-            if unsafe { libc::kill(-pgid, 0) } != 0 {
+            // SAFETY: signal 0 only asks whether a group still has members.
+            if groups.iter().all(|g| unsafe { libc::kill(-g, 0) } != 0) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -294,5 +303,22 @@ fn ctrl_c_stops_both_and_the_job_exits_zero() {
             "{pid} is gone (reaped) before the job exits"
         );
     }
-    assert!(job.log().contains("agent exit status: 0"), "{}", job.log());
+    let log = job.log();
+    assert!(log.contains("agent exit status: 0"), "{log}");
+    // The agent stopped first, so its stream ended while the collector still served it,
+    // and nothing warned on the way out.
+    let stopping = log
+        .find("main job: stopping")
+        .expect("the job said it stops");
+    let (agent_stopped, collector_stopping) = (
+        log.find("agent::sinks::metrics: stopped")
+            .expect("the agent's last line"),
+        log.find("collector: stopping on")
+            .expect("the collector's first line of stopping"),
+    );
+    assert!(agent_stopped < collector_stopping, "{log}");
+    assert!(
+        !log[stopping..].contains(" WARN ") && !log[stopping..].contains(" ERROR "),
+        "{log}"
+    );
 }

@@ -1,12 +1,13 @@
 //! `cargo xtask run`: the main job. The collector on the embedded store and the agent on
 //! this host, connected. Each is declared started only once it says so itself (the
 //! `sd_notify` protocol, as under systemd); if either fails to start, or exits later, the
-//! other is stopped and the job fails saying which and why. Ctrl-C (the terminal signals
-//! the whole group) stops both, and the job exits once both have stopped.
+//! other is stopped and the job fails saying which and why. Ctrl-C stops both, the agent
+//! first, and the job exits once both have stopped.
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -49,6 +50,24 @@ impl Component {
     ) -> anyhow::Result<(Self, Vec<String>)> {
         let notify = Notify::new();
         notify.pass_to(&mut cmd);
+        // A process group of its own: Ctrl-C in the terminal signals the job alone, which
+        // stops the components in order. Should the job itself be killed, each component is
+        // sent SIGTERM (its parent's death signal) rather than left running.
+        let job = std::process::id();
+        cmd.process_group(0).stdin(Stdio::null());
+        // SAFETY: `prctl` and `getppid` are async-signal-safe, and nothing is allocated.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The job may have died before the death signal was set.
+                if u32::try_from(libc::getppid()) != Ok(job) {
+                    return Err(std::io::Error::other("the main job has ended"));
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start the {name}"))?;
@@ -90,8 +109,8 @@ impl Component {
 }
 
 pub fn main_job(job: &MainJob<'_>) -> anyhow::Result<()> {
-    // Ctrl-C reaches the components too (one process group); the job itself stays to see
-    // them stop.
+    // Ctrl-C (or SIGTERM) only tells the job to stop its components; it stays to see them
+    // stop.
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, interrupted as *const () as libc::sighandler_t) };
@@ -168,11 +187,9 @@ fn supervise(mut collector: Component, mut agent: Component) -> anyhow::Result<(
         eprintln!("main job: the {name} exited ({status}) while running; stopping the rest");
     } else {
         eprintln!("main job: stopping");
-        // A signal sent to the job alone (not its group) still reaches the components.
-        collector.signal(libc::SIGINT);
-        agent.signal(libc::SIGINT);
     }
-    // The agent first: it ships what it can while the collector still runs.
+    // The agent first, and the collector once it has gone: the agent ships what it can
+    // while the collector still runs, and ends its stream itself.
     let agent_status = agent.stop()?;
     let collector_status = collector.stop()?;
     eprintln!("main job: agent {agent_status}, collector {collector_status}");
