@@ -6,9 +6,10 @@
 //! (docs/pki.md), and one in plaintext, the baseline for what TLS costs. Prints, for
 //! exec-sized events: events/s acknowledged durable with one agent stream and with several,
 //! over each transport, and the ratio TLS/plaintext; the time from dialling to the
-//! collector's `Welcome` for a new agent connection over each; and events/s a Verify call
+//! collector's `Welcome` for a new agent connection over each; events/s a Verify call
 //! recomputes (one thread walking the store, one checking columns), as a ratio to
-//! `chain_hash` alone over the same records.
+//! `chain_hash` alone over the same records; and events/s an operator's search pages
+//! through the same store.
 //!
 //! With `RECORDER_BENCH_POSTGRES` set, every collector runs on a PostgreSQL database of its
 //! own instead, and a last run ships several hosts at once through one collector, then
@@ -38,9 +39,9 @@ use proto::{
     chain::{GENESIS, chain_hash},
     v1::{
         AgentMessage, ChainStart, ChainedEvent, Checkpoint, CollectorMessage, Event, EventBatch,
-        Exec, ExportRequest, Hello, HostsRequest, Identity, Process, SessionRoot, SessionsRequest,
-        VerifyRequest, agent_message::Msg, collector_message, event::Body, identity::Kind,
-        ingest_client::IngestClient, query_client::QueryClient,
+        Exec, ExportRequest, Hello, HostsRequest, Identity, Process, SearchRequest, SessionRoot,
+        SessionsRequest, VerifyRequest, agent_message::Msg, collector_message, event::Body,
+        identity::Kind, ingest_client::IngestClient, query_client::QueryClient,
     },
 };
 use tokio::sync::mpsc;
@@ -157,21 +158,40 @@ fn store_url(name: &str, dir: &std::path::Path) -> String {
         return format!("sqlite://{}", dir.join(format!("{name}.db")).display());
     };
     let db = format!("bench_{}", name.replace('-', "_"));
-    let admin = template.replace("{db}", "postgres");
-    let fresh = db.clone();
+    postgres_run(
+        &template.replace("{db}", "postgres"),
+        &[
+            format!("DROP DATABASE IF EXISTS {db}"),
+            format!("CREATE DATABASE {db}"),
+        ],
+    );
+    template.replace("{db}", &db)
+}
+
+/// With `RECORDER_BENCH_POSTGRES`, analyzes the store of the collector `name`, as
+/// autovacuum soon does to a store that runs: the reads timed next are planned on the
+/// store's statistics, not on none, which a store filled a moment ago would have
+/// (docs/scaling.md, "Reads").
+fn analyze(name: &str) {
+    if let Ok(template) = std::env::var("RECORDER_BENCH_POSTGRES") {
+        let db = format!("bench_{}", name.replace('-', "_"));
+        postgres_run(&template.replace("{db}", &db), &["ANALYZE".to_owned()]);
+    }
+}
+
+/// Runs `statements` on the PostgreSQL database at `url`, each on its own (`DROP DATABASE`
+/// refuses to run in a transaction with others).
+fn postgres_run(url: &str, statements: &[String]) {
+    let (url, statements) = (url.to_owned(), statements.to_vec());
     // The driver runs a runtime of its own, which cannot start on one of the bench's.
     std::thread::spawn(move || {
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-        client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {fresh}"))
-            .unwrap();
-        client
-            .batch_execute(&format!("CREATE DATABASE {fresh}"))
-            .unwrap();
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        for sql in &statements {
+            client.batch_execute(sql).unwrap();
+        }
     })
     .join()
     .unwrap();
-    template.replace("{db}", &db)
 }
 
 /// One collector under test, and how a client reaches it.
@@ -541,7 +561,19 @@ async fn main() {
         micros(median(&tls_dial)) - micros(median(&plain_dial)),
     );
 
-    let mut query = QueryClient::new(tls.admin_channel().await);
+    verify(&tls, hash_rate).await;
+    search(&tls).await;
+    if std::env::var_os("RECORDER_BENCH_POSTGRES").is_some() {
+        scaling(dir.path()).await;
+    }
+    witness_ops(&ca);
+}
+
+/// One Verify of the whole store of `target` (its records hashed at `hash_rate` by
+/// `chain_hash` alone), timed.
+async fn verify(target: &Target, hash_rate: f64) {
+    analyze(&target.name);
+    let mut query = QueryClient::new(target.admin_channel().await);
     let start = Instant::now();
     let verdicts = query
         .verify(VerifyRequest::default())
@@ -567,10 +599,37 @@ async fn main() {
         hash_rate / rate,
         host_chains.len()
     );
-    if std::env::var_os("RECORDER_BENCH_POSTGRES").is_some() {
-        scaling(dir.path()).await;
+}
+
+/// Pages of a search a `search` reads and times.
+const SEARCH_PAGES: usize = 20;
+
+/// A search of the whole store as an operator pages through it: the first `SEARCH_PAGES`
+/// pages of 10,000 events, each page asked for with the last one's token.
+async fn search(target: &Target) {
+    let mut query = QueryClient::new(target.admin_channel().await);
+    let (mut events, mut page_token) = (0, String::new());
+    let start = Instant::now();
+    for _ in 0..SEARCH_PAGES {
+        let page = query
+            .search(SearchRequest {
+                limit: 10_000,
+                page_token,
+                ..SearchRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        events += page.events.len();
+        page_token = page.next_page_token;
+        assert!(!page_token.is_empty(), "the store holds more pages");
     }
-    witness_ops(&ca);
+    let took = start.elapsed();
+    println!(
+        "  search, {SEARCH_PAGES} pages of the whole store: {events} events in {:.2} s, {:.0} events/s",
+        took.as_secs_f64(),
+        per_sec(events as u64, took)
+    );
 }
 
 /// Hosts shipping at once in the scaling runs, each its own chain and stream.

@@ -294,12 +294,7 @@ pub(super) fn page<E>(
     bound: Bound,
     mut read: impl FnMut(i64) -> Result<(Cursor, StoredEvent), E>,
 ) -> Result<Page<Cursor>, E> {
-    let size = |bytes: i64| usize::try_from(bytes).unwrap_or(usize::MAX);
-    let taken = bound.take(
-        sizes
-            .iter()
-            .map(|(_, bytes)| size(*bytes).saturating_add(EVENT_FRAMING)),
-    );
+    let taken = taken(sizes, bound);
     let (mut rows, mut bytes) = (Vec::with_capacity(taken), 0);
     for (row, _) in &sizes[..taken] {
         let (cursor, event) = read(*row)?;
@@ -314,6 +309,17 @@ pub(super) fn page<E>(
         more: rows.len() < sizes.len(),
         rows,
     })
+}
+
+/// How many of the rows whose ids and reckoned sizes are `sizes` `page` reads: those the
+/// bound admits by their reckoned sizes.
+pub(super) fn taken(sizes: &[(i64, i64)], bound: Bound) -> usize {
+    let size = |bytes: i64| usize::try_from(bytes).unwrap_or(usize::MAX);
+    bound.take(
+        sizes
+            .iter()
+            .map(|(_, bytes)| size(*bytes).saturating_add(EVENT_FRAMING)),
+    )
 }
 
 /// A page of `Store::after_row`: its rows by row id.
