@@ -157,7 +157,7 @@ fn store_url(name: &str, dir: &std::path::Path) -> String {
     let Ok(template) = std::env::var("RECORDER_BENCH_POSTGRES") else {
         return format!("sqlite://{}", dir.join(format!("{name}.db")).display());
     };
-    let db = format!("bench_{}", name.replace('-', "_"));
+    let db = database(name);
     postgres_run(
         &template.replace("{db}", "postgres"),
         &[
@@ -174,9 +174,16 @@ fn store_url(name: &str, dir: &std::path::Path) -> String {
 /// (docs/scaling.md, "Reads").
 fn analyze(name: &str) {
     if let Ok(template) = std::env::var("RECORDER_BENCH_POSTGRES") {
-        let db = format!("bench_{}", name.replace('-', "_"));
-        postgres_run(&template.replace("{db}", &db), &["ANALYZE".to_owned()]);
+        postgres_run(
+            &template.replace("{db}", &database(name)),
+            &["ANALYZE".to_owned()],
+        );
     }
+}
+
+/// The PostgreSQL database of the collector `name`.
+fn database(name: &str) -> String {
+    format!("bench_{}", name.replace('-', "_"))
 }
 
 /// Runs `statements` on the PostgreSQL database at `url`, each on its own (`DROP DATABASE`
