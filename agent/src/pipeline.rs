@@ -31,7 +31,7 @@ use tracing::info_span;
 
 use crate::{
     capture::{
-        decode,
+        coalesce, decode,
         event::Event,
         fold::{Fold, HOLD},
         image::Images,
@@ -231,7 +231,7 @@ async fn decode_stage(
             // Without an enforcer (`--discard`) nobody names them; they are counted above.
             let _ = kills.send(decoded.kills);
         }
-        let mut events = fold.process(decoded.events, Instant::now());
+        let mut events = fold.process(coalesce::join(decoded.events), Instant::now());
         if let Some(images) = &mut images {
             images.process(&mut events);
         }

@@ -1072,6 +1072,8 @@ mod tests {
                 offset: 0,
                 data: b"\x1b[2Jhi".to_vec().into(),
                 redacted_bytes: 0,
+                writes: 0,
+                span_nanos: 0,
             }))
         };
         let note = "log\n1\nroot\n\n— sig\n".to_owned();

@@ -160,6 +160,10 @@ enum BodyLine<'a> {
         data: String,
         #[serde(skip_serializing_if = "is_zero")]
         redacted_bytes: u64,
+        #[serde(skip_serializing_if = "is_zero")]
+        writes: u64,
+        #[serde(skip_serializing_if = "is_zero")]
+        span_nanos: u64,
     },
     TtyResize {
         rows: u32,
@@ -511,6 +515,8 @@ impl<'a> BodyLine<'a> {
                 offset: t.offset,
                 data: STANDARD.encode(&t.data),
                 redacted_bytes: t.redacted_bytes,
+                writes: t.writes.into(),
+                span_nanos: t.span_nanos,
             },
             Some(Body::TtyResize(r)) => Self::TtyResize {
                 rows: r.rows,
@@ -653,6 +659,8 @@ mod tests {
                 offset: 0,
                 data: bytes::Bytes::from_static(b"ls\r"),
                 redacted_bytes: 0,
+                writes: 0,
+                span_nanos: 0,
             })),
         };
         let v = value(

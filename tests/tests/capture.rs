@@ -216,6 +216,117 @@ fn pty_output_is_captured_byte_for_byte() {
     }
 }
 
+/// Two threads take turns writing a burst of small writes each to one pty. The agent joins
+/// each thread's writes in a row into fewer records, and never a byte of one into the
+/// other's: read in order, the records give exactly the bytes written, in the order written,
+/// each under the thread that wrote it.
+#[test]
+fn small_writes_in_a_row_are_joined_and_keep_their_order_and_writer() {
+    const BURSTS: usize = 40;
+    const WRITES: usize = 16;
+    const WRITE: usize = 64;
+    if !privileged("small_writes_in_a_row_are_joined_and_keep_their_order_and_writer") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let mark = marker("joined");
+    // Write `w` of burst `b` by writer `t`: 64 bytes that say whose and which they are.
+    let write_bytes = |t: u8, b: usize, w: usize| {
+        let mut bytes = format!("{mark}|{}{b:03}.{w:02}|", char::from(t)).into_bytes();
+        bytes.resize(WRITE, t);
+        bytes
+    };
+    let mut written = Vec::new();
+    let mut tids = [0; 2];
+    let pty = Pty::written_by(|slave| {
+        std::thread::scope(|scope| {
+            let (turn_tx, turn_rx): (Vec<_>, Vec<_>) =
+                (0..2).map(|_| std::sync::mpsc::channel::<usize>()).unzip();
+            let mut turn_rx = turn_rx.into_iter();
+            let writers: Vec<_> = [b'A', b'B']
+                .into_iter()
+                .zip(turn_rx.by_ref())
+                .enumerate()
+                .map(|(i, (t, turns))| {
+                    let next = turn_tx[(i + 1) % 2].clone();
+                    scope.spawn(move || {
+                        // SAFETY: gettid has no preconditions.
+                        let tid = unsafe { libc::gettid() };
+                        for b in turns {
+                            if b == BURSTS {
+                                break;
+                            }
+                            for w in 0..WRITES {
+                                (&*slave).write_all(&write_bytes(t, b, w)).unwrap();
+                            }
+                            let _ = next.send(b + 1);
+                        }
+                        let _ = next.send(BURSTS);
+                        tid
+                    })
+                })
+                .collect();
+            turn_tx[0].send(0).unwrap();
+            for (i, writer) in writers.into_iter().enumerate() {
+                tids[i] = writer.join().unwrap();
+            }
+        });
+        for b in 0..BURSTS {
+            for w in 0..WRITES {
+                written.extend(write_bytes([b'A', b'B'][b % 2], b, w));
+            }
+        }
+    });
+    agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "tty_out"
+                && tty_data(v).ends_with(&write_bytes(b'B', BURSTS - 1, WRITES - 1))
+        })
+        .expect("the last write arrives");
+    let out = agent.stop();
+    let records: Vec<&Value> = out
+        .events
+        .iter()
+        .filter(|v| v["kind"] == "tty_out" && v["tty"] == pty.device().as_str())
+        .collect();
+    let read: Vec<u8> = records.iter().flat_map(|v| tty_data(v)).collect();
+    assert_eq!(
+        read, written,
+        "the records give the bytes in the order written"
+    );
+    let mut writes = 0;
+    for v in &records {
+        let data = tty_data(v);
+        let by = data[mark.len() + 1];
+        let tid = tids[usize::from(by - b'A')];
+        assert_eq!(
+            v["pid"],
+            tid,
+            "{} is written by {}: {v}",
+            char::from(by),
+            tid
+        );
+        assert!(
+            data.chunks(WRITE).all(|w| w[mark.len() + 1] == by),
+            "one writer's bytes a record: {} (pid {}, {} writes)",
+            String::from_utf8_lossy(&data),
+            v["pid"],
+            v["writes"]
+        );
+        let joined = v["writes"].as_u64().unwrap_or(1);
+        assert_eq!(joined, (data.len() / WRITE) as u64, "{v}");
+        assert!(v["span_nanos"].as_u64().unwrap_or(0) <= 10_000_000, "{v}");
+        writes += joined;
+    }
+    assert_eq!(writes, (BURSTS * WRITES) as u64);
+    assert!(
+        records.len() < BURSTS * WRITES / 2,
+        "{} records for {} writes: a burst's writes are joined",
+        records.len(),
+        BURSTS * WRITES
+    );
+}
+
 /// With a tiny ring buffer and a slow reader the kernel must lose records, and the gap
 /// records must account for every lost chunk and byte exactly.
 #[test]
@@ -828,8 +939,9 @@ fn dev_tty_writes_land_on_the_controlling_terminal() {
 
 /// Types a secret at a password prompt (lines, no echo), then a line in raw mode (no echo
 /// either, as at a readline prompt, whose program echoes itself), into a shell reading both;
-/// returns the agent's `tty_in` records of the secret and of the line.
-fn type_a_secret_then_a_line(agent: &Agent, secret: &str) -> (Vec<Value>, Value) {
+/// returns the line and every `tty_in` record of this process on that terminal, in order
+/// (the agent joins a task's writes in a row: the secret and the line may share one).
+fn type_a_secret_then_a_line(agent: &Agent, secret: &str) -> (String, Vec<Value>) {
     let mut pty = Pty::open();
     let child = pty.shell("read secret; read line; /bin/echo \"$line\"");
     let drain = pty.drain_master();
@@ -845,24 +957,24 @@ fn type_a_secret_then_a_line(agent: &Agent, secret: &str) -> (Vec<Value>, Value)
     drop(master);
     drop(pty);
     drain.join().unwrap();
-    let after = agent
+    let with_line = agent
         .wait_for(WAIT, |v| {
-            v["kind"] == "tty_in" && tty_data(v).starts_with(line.as_bytes())
+            v["kind"] == "tty_in" && contains(&tty_data(v), line.as_bytes())
         })
         .expect("the line typed in raw mode arrives as tty_in");
-    // Everything else this process typed on this fresh terminal.
-    let before = agent.events_where(|v| {
-        v["kind"] == "tty_in"
-            && v["tty"] == after["tty"]
-            && v["tgid"] == after["tgid"]
-            && !tty_data(v).starts_with(line.as_bytes())
+    let typed = agent.events_where(|v| {
+        v["kind"] == "tty_in" && v["tty"] == with_line["tty"] && v["tgid"] == with_line["tgid"]
     });
-    (before, after)
+    (line, typed)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Input typed at a password prompt (the terminal reads lines without echo) is recorded as
 /// its byte count only, flagged redacted; input in raw mode after it, which readline and
-/// editors echo themselves, is recorded whole.
+/// editors echo themselves, is recorded whole, in records of its own.
 #[test]
 fn input_typed_without_echo_is_counted_not_recorded() {
     if !privileged("input_typed_without_echo_is_counted_not_recorded") {
@@ -870,7 +982,10 @@ fn input_typed_without_echo_is_counted_not_recorded() {
     }
     let agent = Agent::start(&[]);
     let secret = marker("no-echo");
-    let (secret_records, line) = type_a_secret_then_a_line(&agent, &secret);
+    let (line, typed) = type_a_secret_then_a_line(&agent, &secret);
+    let (secret_records, shown): (Vec<&Value>, Vec<&Value>) = typed
+        .iter()
+        .partition(|v| v.get("redacted_bytes").is_some());
     assert!(
         !secret_records.is_empty(),
         "the secret's keystrokes are counted"
@@ -886,7 +1001,8 @@ fn input_typed_without_echo_is_counted_not_recorded() {
         .map(|v| v["redacted_bytes"].as_u64().unwrap())
         .sum();
     assert_eq!(counted, secret.len() as u64 + 1);
-    assert!(line.get("redacted_bytes").is_none(), "{line}");
+    let shown: Vec<u8> = shown.iter().flat_map(|v| tty_data(v)).collect();
+    assert_eq!(shown, format!("{line}\n").as_bytes());
     let output = agent.stop();
     let printed: String = output.events.iter().map(ToString::to_string).collect();
     assert!(
@@ -903,14 +1019,12 @@ fn record_no_echo_input_keeps_what_is_typed_without_echo() {
     }
     let agent = Agent::start(&["--record-no-echo-input"]);
     let secret = marker("kept");
-    let (secret_records, _) = type_a_secret_then_a_line(&agent, &secret);
-    let typed: Vec<u8> = secret_records.iter().flat_map(tty_data).collect();
-    assert_eq!(typed, format!("{secret}\n").as_bytes());
+    let (line, typed) = type_a_secret_then_a_line(&agent, &secret);
+    let bytes: Vec<u8> = typed.iter().flat_map(tty_data).collect();
+    assert_eq!(bytes, format!("{secret}\n{line}\n").as_bytes());
     assert!(
-        secret_records
-            .iter()
-            .all(|v| v.get("redacted_bytes").is_none()),
-        "{secret_records:?}"
+        typed.iter().all(|v| v.get("redacted_bytes").is_none()),
+        "{typed:?}"
     );
 }
 

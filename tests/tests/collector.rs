@@ -68,6 +68,8 @@ fn event(n: u64) -> Event {
             offset: 0,
             data: format!("line {n}\n").into_bytes().into(),
             redacted_bytes: 0,
+            writes: 0,
+            span_nanos: 0,
         })
     };
     Event {
@@ -1763,6 +1765,8 @@ fn tty(at_ms: u64, device: &str, input: bool, data: &str) -> Event {
             offset: 0,
             data: data.as_bytes().to_vec().into(),
             redacted_bytes: 0,
+            writes: 0,
+            span_nanos: 0,
         })),
         ..event(1)
     }

@@ -166,6 +166,8 @@ fn large_output(n: u64, bytes: usize) -> Event {
             offset: 0,
             data: vec![b'a' + n as u8; bytes].into(),
             redacted_bytes: 0,
+            writes: 0,
+            span_nanos: 0,
         })),
         ..session_exec(7)
     }

@@ -104,6 +104,8 @@ fn process_events(t: u64) -> Vec<Event> {
             offset: 0,
             data: data.to_vec().into(),
             redacted_bytes: 0,
+            writes: 0,
+            span_nanos: 0,
         })
     };
     let exit = |status, image: &str| {

@@ -185,6 +185,10 @@ pub enum Body {
         /// Nonzero: input typed while the terminal did not echo, of this many bytes, none
         /// of which were read (`data` is empty).
         redacted_bytes: u64,
+        /// The kernel records joined into this one (`coalesce`): 1 unless joined.
+        writes: u32,
+        /// Nanoseconds from the first joined record to the last.
+        span_ns: u64,
     },
     /// The digest of an executed file, read after its exec (whose image said `pending`).
     ImageDigest(Image),

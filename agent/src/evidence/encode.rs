@@ -152,6 +152,8 @@ fn body(body: Body) -> v1::event::Body {
             offset,
             data,
             redacted_bytes,
+            writes,
+            span_ns,
         } => B::Tty(v1::Tty {
             direction: if input {
                 v1::tty::Direction::Input
@@ -164,6 +166,9 @@ fn body(body: Body) -> v1::event::Body {
             offset,
             data,
             redacted_bytes,
+            // A record of one write says nothing more, as records did before joining.
+            writes: if writes > 1 { writes } else { 0 },
+            span_nanos: span_ns,
         }),
         Body::TtyResize { device, rows, cols } => B::TtyResize(v1::TtyResize {
             device: device.map(|d| d.to_string()).unwrap_or_default(),

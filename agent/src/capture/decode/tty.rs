@@ -26,6 +26,8 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
                 offset,
                 data: Bytes::new(),
                 redacted_bytes: u64::from(len),
+                writes: 1,
+                span_ns: 0,
             });
         }
         // A window size: rows and columns in place of the position and the length.
@@ -76,6 +78,8 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
         offset,
         data: bytes.slice_ref(data),
         redacted_bytes: 0,
+        writes: 1,
+        span_ns: 0,
     })
 }
 
