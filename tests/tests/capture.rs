@@ -216,71 +216,69 @@ fn pty_output_is_captured_byte_for_byte() {
     }
 }
 
+const BURSTS: usize = 40;
+const BURST_WRITES: usize = 16;
+const SMALL_WRITE: usize = 64;
+
+/// Write `w` of burst `b` by writer `t` (`A` or `B`): 64 bytes that say whose and which.
+fn burst_write(mark: &str, t: u8, b: usize, w: usize) -> Vec<u8> {
+    let mut bytes = format!("{mark}|{}{b:03}.{w:02}|", char::from(t)).into_bytes();
+    bytes.resize(SMALL_WRITE, t);
+    bytes
+}
+
+/// Two threads, `A` and `B`, take turns writing `BURSTS` bursts of small writes to `slave`,
+/// `A` first; returns their thread ids.
+fn write_in_turns(slave: &fs::File, mark: &str) -> [i32; 2] {
+    std::thread::scope(|scope| {
+        let (turn_tx, turn_rx): (Vec<_>, Vec<_>) =
+            (0..2).map(|_| std::sync::mpsc::channel::<usize>()).unzip();
+        let writers: Vec<_> = [b'A', b'B']
+            .into_iter()
+            .zip(turn_rx)
+            .enumerate()
+            .map(|(i, (t, turns))| {
+                let next = turn_tx[(i + 1) % 2].clone();
+                scope.spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    let tid = unsafe { libc::gettid() };
+                    for b in turns.iter().take_while(|b| *b < BURSTS) {
+                        for w in 0..BURST_WRITES {
+                            (&*slave).write_all(&burst_write(mark, t, b, w)).unwrap();
+                        }
+                        let _ = next.send(b + 1);
+                    }
+                    let _ = next.send(BURSTS);
+                    tid
+                })
+            })
+            .collect();
+        turn_tx[0].send(0).unwrap();
+        let mut tids = [0; 2];
+        for (tid, writer) in tids.iter_mut().zip(writers) {
+            *tid = writer.join().unwrap();
+        }
+        tids
+    })
+}
+
 /// Two threads take turns writing a burst of small writes each to one pty. The agent joins
 /// each thread's writes in a row into fewer records, and never a byte of one into the
 /// other's: read in order, the records give exactly the bytes written, in the order written,
 /// each under the thread that wrote it.
 #[test]
 fn small_writes_in_a_row_are_joined_and_keep_their_order_and_writer() {
-    const BURSTS: usize = 40;
-    const WRITES: usize = 16;
-    const WRITE: usize = 64;
     if !privileged("small_writes_in_a_row_are_joined_and_keep_their_order_and_writer") {
         return;
     }
     let agent = Agent::start(&[]);
     let mark = marker("joined");
-    // Write `w` of burst `b` by writer `t`: 64 bytes that say whose and which they are.
-    let write_bytes = |t: u8, b: usize, w: usize| {
-        let mut bytes = format!("{mark}|{}{b:03}.{w:02}|", char::from(t)).into_bytes();
-        bytes.resize(WRITE, t);
-        bytes
-    };
-    let mut written = Vec::new();
     let mut tids = [0; 2];
-    let pty = Pty::written_by(|slave| {
-        std::thread::scope(|scope| {
-            let (turn_tx, turn_rx): (Vec<_>, Vec<_>) =
-                (0..2).map(|_| std::sync::mpsc::channel::<usize>()).unzip();
-            let mut turn_rx = turn_rx.into_iter();
-            let writers: Vec<_> = [b'A', b'B']
-                .into_iter()
-                .zip(turn_rx.by_ref())
-                .enumerate()
-                .map(|(i, (t, turns))| {
-                    let next = turn_tx[(i + 1) % 2].clone();
-                    scope.spawn(move || {
-                        // SAFETY: gettid has no preconditions.
-                        let tid = unsafe { libc::gettid() };
-                        for b in turns {
-                            if b == BURSTS {
-                                break;
-                            }
-                            for w in 0..WRITES {
-                                (&*slave).write_all(&write_bytes(t, b, w)).unwrap();
-                            }
-                            let _ = next.send(b + 1);
-                        }
-                        let _ = next.send(BURSTS);
-                        tid
-                    })
-                })
-                .collect();
-            turn_tx[0].send(0).unwrap();
-            for (i, writer) in writers.into_iter().enumerate() {
-                tids[i] = writer.join().unwrap();
-            }
-        });
-        for b in 0..BURSTS {
-            for w in 0..WRITES {
-                written.extend(write_bytes([b'A', b'B'][b % 2], b, w));
-            }
-        }
-    });
+    let pty = Pty::written_by(|slave| tids = write_in_turns(slave, &mark));
+    let last = burst_write(&mark, b'B', BURSTS - 1, BURST_WRITES - 1);
     agent
         .wait_for(WAIT, |v| {
-            v["kind"] == "tty_out"
-                && tty_data(v).ends_with(&write_bytes(b'B', BURSTS - 1, WRITES - 1))
+            v["kind"] == "tty_out" && tty_data(v).ends_with(&last)
         })
         .expect("the last write arrives");
     let out = agent.stop();
@@ -290,6 +288,10 @@ fn small_writes_in_a_row_are_joined_and_keep_their_order_and_writer() {
         .filter(|v| v["kind"] == "tty_out" && v["tty"] == pty.device().as_str())
         .collect();
     let read: Vec<u8> = records.iter().flat_map(|v| tty_data(v)).collect();
+    let written: Vec<u8> = (0..BURSTS)
+        .flat_map(|b| (0..BURST_WRITES).map(move |w| (b, w)))
+        .flat_map(|(b, w)| burst_write(&mark, [b'A', b'B'][b % 2], b, w))
+        .collect();
     assert_eq!(
         read, written,
         "the records give the bytes in the order written"
@@ -299,31 +301,25 @@ fn small_writes_in_a_row_are_joined_and_keep_their_order_and_writer() {
         let data = tty_data(v);
         let by = data[mark.len() + 1];
         let tid = tids[usize::from(by - b'A')];
-        assert_eq!(
-            v["pid"],
-            tid,
-            "{} is written by {}: {v}",
-            char::from(by),
-            tid
-        );
+        assert_eq!(v["pid"], tid, "{} is written by {tid}: {v}", char::from(by));
         assert!(
-            data.chunks(WRITE).all(|w| w[mark.len() + 1] == by),
+            data.chunks(SMALL_WRITE).all(|w| w[mark.len() + 1] == by),
             "one writer's bytes a record: {} (pid {}, {} writes)",
             String::from_utf8_lossy(&data),
             v["pid"],
             v["writes"]
         );
         let joined = v["writes"].as_u64().unwrap_or(1);
-        assert_eq!(joined, (data.len() / WRITE) as u64, "{v}");
+        assert_eq!(joined, (data.len() / SMALL_WRITE) as u64, "{v}");
         assert!(v["span_nanos"].as_u64().unwrap_or(0) <= 10_000_000, "{v}");
         writes += joined;
     }
-    assert_eq!(writes, (BURSTS * WRITES) as u64);
+    assert_eq!(writes, (BURSTS * BURST_WRITES) as u64);
     assert!(
-        records.len() < BURSTS * WRITES / 2,
+        records.len() < BURSTS * BURST_WRITES / 2,
         "{} records for {} writes: a burst's writes are joined",
         records.len(),
-        BURSTS * WRITES
+        BURSTS * BURST_WRITES
     );
 }
 

@@ -102,31 +102,7 @@ fn an_ssh_login_and_its_sudo_are_attributed_to_the_user() {
         "{output}"
     );
     assert!(output.contains(&mark), "{output}");
-    // The agent joins a task's terminal writes in a row, never one task's with another's:
-    // each `id`'s line is in a record of its own process, with its own credentials.
-    for (line, ids_wanted) in [
-        (
-            format!("uid={uid}({USER})"),
-            (u64::from(uid), u64::from(uid)),
-        ),
-        ("uid=0(root)".to_owned(), (0, 0)),
-    ] {
-        let exec = in_session
-            .iter()
-            .find(|v| v["kind"] == "exec" && v["filename"] == "/usr/bin/id" && ids(v) == ids_wanted)
-            .expect("the id exec");
-        let record = in_session
-            .iter()
-            .find(|v| {
-                v["kind"] == "tty_out" && String::from_utf8_lossy(&tty_data(v)).contains(&line)
-            })
-            .expect("the line's record");
-        assert_eq!(
-            (&record["pid"], ids(record)),
-            (&exec["pid"], ids_wanted),
-            "{line} is written by its id: {record}"
-        );
-    }
+    each_id_line_is_in_a_record_of_its_own_process(&in_session, uid);
     let root = &sudo["session_root"];
     for v in &in_session {
         assert_eq!(v["loginuid"], uid, "{v}");
@@ -152,6 +128,35 @@ fn an_ssh_login_and_its_sudo_are_attributed_to_the_user() {
         root["start"].as_str().is_some_and(|t| t.ends_with('Z')),
         "{root}"
     );
+}
+
+/// The agent joins a task's terminal writes in a row, never one task's with another's: each
+/// `id`'s line, the user's and the one under `sudo`, is in a record of its own process, with
+/// its own credentials.
+fn each_id_line_is_in_a_record_of_its_own_process(in_session: &[&Value], uid: u32) {
+    for (line, ids_wanted) in [
+        (
+            format!("uid={uid}({USER})"),
+            (u64::from(uid), u64::from(uid)),
+        ),
+        ("uid=0(root)".to_owned(), (0, 0)),
+    ] {
+        let exec = in_session
+            .iter()
+            .find(|v| v["kind"] == "exec" && v["filename"] == "/usr/bin/id" && ids(v) == ids_wanted)
+            .expect("the id exec");
+        let record = in_session
+            .iter()
+            .find(|v| {
+                v["kind"] == "tty_out" && String::from_utf8_lossy(&tty_data(v)).contains(&line)
+            })
+            .expect("the line's record");
+        assert_eq!(
+            (&record["pid"], ids(record)),
+            (&exec["pid"], ids_wanted),
+            "{line} is written by its id: {record}"
+        );
+    }
 }
 
 /// Every file under `dir` that holds `needle`.
