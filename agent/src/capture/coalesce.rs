@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use super::event::{Body, Event};
 
 /// The longest time a joined record spans: replay shows its bytes at the first write's
-/// time, so they are never later than this.
+/// time, so none is shown more than this before it was written.
 const SPAN_MAX: u64 = 10_000_000;
 
 /// `events` (one drained batch, in the kernel's order) with each run of joinable terminal
