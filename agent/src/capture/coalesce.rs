@@ -25,19 +25,24 @@ pub fn join(events: Vec<Event>) -> Vec<Event> {
     let mut out = Vec::with_capacity(events.len());
     let mut run: Option<Run> = None;
     for event in events {
-        if let Some(r) = &mut run
-            && r.takes(&event)
-        {
-            r.add(event);
-            continue;
-        }
-        if let Some(r) = run.take() {
-            out.push(r.finish());
-        }
-        if matches!(event.body, Body::Tty { .. }) {
-            run = Some(Run::new(event));
-        } else {
-            out.push(event);
+        let event = match &mut run {
+            Some(r) => match r.add(event) {
+                None => continue,
+                Some(event) => event,
+            },
+            None => event,
+        };
+        out.extend(run.take().map(Run::finish));
+        match &event.body {
+            Body::Tty { offset, data, .. } => {
+                let next_offset = offset.saturating_add(data.len() as u64);
+                run = Some(Run {
+                    first: event,
+                    joined: None,
+                    next_offset,
+                });
+            }
+            _ => out.push(event),
         }
     }
     out.extend(run.map(Run::finish));
@@ -49,82 +54,25 @@ struct Run {
     first: Event,
     /// The bytes once a second record joined; until then, the first's own view.
     joined: Option<BytesMut>,
-    /// Time of the last record joined.
-    last_ns: u64,
     /// Where in its syscall's bytes a continuation of the last record would start.
     next_offset: u64,
 }
 
 impl Run {
-    fn new(first: Event) -> Self {
-        let next_offset = match &first.body {
-            Body::Tty { offset, data, .. } => offset.saturating_add(data.len() as u64),
-            _ => 0,
-        };
-        Self {
-            last_ns: first.ktime_ns,
-            first,
-            joined: None,
-            next_offset,
-        }
-    }
-
-    fn len(&self) -> usize {
-        match (&self.joined, &self.first.body) {
-            (Some(joined), _) => joined.len(),
-            (None, Body::Tty { data, .. }) => data.len(),
-            _ => 0,
-        }
-    }
-
-    /// Whether `event` continues this run: the same task, terminal, descriptor and
+    /// Joins `event` if it continues this run: the same task, terminal, descriptor and
     /// direction, echo the same, its bytes where a new write or the last one's next
-    /// piece starts, within the bounds.
-    fn takes(&self, event: &Event) -> bool {
-        let (
-            Body::Tty {
-                input,
-                device,
-                fd,
-                redacted_bytes,
-                ..
-            },
-            Body::Tty {
-                input: input2,
-                device: device2,
-                fd: fd2,
-                offset: offset2,
-                data: data2,
-                redacted_bytes: redacted2,
-                ..
-            },
-        ) = (&self.first.body, &event.body)
-        else {
-            return false;
-        };
-        input == input2
-            && device == device2
-            && fd == fd2
-            && (*redacted_bytes > 0) == (*redacted2 > 0)
-            && (*offset2 == 0 || *offset2 == self.next_offset)
-            && self.len() + data2.len() <= CHUNK
-            && event.ktime_ns >= self.last_ns
-            && event.ktime_ns - self.first.ktime_ns <= SPAN_MAX
-            && event.process.is_some()
-            && event.process == self.first.process
-    }
-
-    fn add(&mut self, event: Event) {
+    /// piece starts, within the bounds. Otherwise `event` is given back.
+    fn add(&mut self, event: Event) -> Option<Event> {
+        let Event {
+            ktime_ns,
+            process,
+            body,
+        } = event;
+        let first_ns = self.first.ktime_ns;
         let Body::Tty {
-            offset,
-            data,
-            redacted_bytes,
-            ..
-        } = event.body
-        else {
-            return;
-        };
-        let Body::Tty {
+            input,
+            device,
+            fd,
             data: first_data,
             redacted_bytes: redacted_sum,
             writes,
@@ -132,20 +80,53 @@ impl Run {
             ..
         } = &mut self.first.body
         else {
-            return;
+            return Some(Event {
+                ktime_ns,
+                process,
+                body,
+            });
         };
-        self.joined
-            .get_or_insert_with(|| {
-                let mut joined = BytesMut::with_capacity(CHUNK);
-                joined.extend_from_slice(first_data);
-                joined
-            })
-            .extend_from_slice(&data);
-        *redacted_sum = redacted_sum.saturating_add(redacted_bytes);
-        *writes = writes.saturating_add(1);
-        *span_ns = event.ktime_ns - self.first.ktime_ns;
-        self.last_ns = event.ktime_ns;
-        self.next_offset = offset.saturating_add(data.len() as u64);
+        let len = self.joined.as_ref().map_or(first_data.len(), BytesMut::len);
+        match body {
+            Body::Tty {
+                input: input2,
+                device: device2,
+                fd: fd2,
+                offset,
+                data,
+                redacted_bytes,
+                ..
+            } if input2 == *input
+                && device2 == *device
+                && fd2 == *fd
+                && (redacted_bytes > 0) == (*redacted_sum > 0)
+                && (offset == 0 || offset == self.next_offset)
+                && len + data.len() <= CHUNK
+                // Not before the last one joined, and within the span.
+                && ktime_ns >= first_ns.saturating_add(*span_ns)
+                && ktime_ns - first_ns <= SPAN_MAX
+                && process.is_some()
+                && process == self.first.process =>
+            {
+                self.joined
+                    .get_or_insert_with(|| {
+                        let mut joined = BytesMut::with_capacity(CHUNK);
+                        joined.extend_from_slice(first_data);
+                        joined
+                    })
+                    .extend_from_slice(&data);
+                *redacted_sum = redacted_sum.saturating_add(redacted_bytes);
+                *writes = writes.saturating_add(1);
+                *span_ns = ktime_ns - first_ns;
+                self.next_offset = offset.saturating_add(data.len() as u64);
+                None
+            }
+            body => Some(Event {
+                ktime_ns,
+                process,
+                body,
+            }),
+        }
     }
 
     fn finish(mut self) -> Event {
