@@ -31,7 +31,8 @@ use tracing::info_span;
 
 use crate::{
     capture::{
-        coalesce, decode,
+        coalesce::Coalesce,
+        decode,
         event::Event,
         fold::{Fold, HOLD},
         image::Images,
@@ -210,14 +211,16 @@ async fn decode_stage(
     kills: mpsc::UnboundedSender<Vec<Event>>,
 ) -> anyhow::Result<()> {
     let mut fold = Fold::default();
+    let mut coalesce = Coalesce::default();
     // Digests are for the events' sinks: without any, nothing is read.
     let mut images = next
         .as_ref()
         .map(|n| Images::start(n.clone()))
         .transpose()?;
     loop {
-        // While misses are held, wake by their deadline even if no batch comes.
-        let batch = if fold.holding() {
+        // While misses or typed input are held, wake by their deadlines even if no batch
+        // comes.
+        let batch = if fold.holding() || coalesce.holding() {
             match tokio::time::timeout(HOLD, batches.recv()).await {
                 Ok(batch) => batch,
                 Err(_) => Some(Batch::default()),
@@ -231,7 +234,8 @@ async fn decode_stage(
             // Without an enforcer (`--discard`) nobody names them; they are counted above.
             let _ = kills.send(decoded.kills);
         }
-        let mut events = fold.process(coalesce::join(decoded.events), Instant::now());
+        let now = Instant::now();
+        let mut events = fold.process(coalesce.process(decoded.events, now), now);
         if let Some(images) = &mut images {
             images.process(&mut events);
         }
@@ -243,7 +247,8 @@ async fn decode_stage(
         }
     }
     if let Some(next) = &next {
-        let mut events = fold.drain();
+        let mut events = coalesce.drain();
+        events.extend(fold.drain());
         if let Some(images) = &mut images {
             images.process(&mut events);
         }

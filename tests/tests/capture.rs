@@ -1024,6 +1024,61 @@ fn record_no_echo_input_keeps_what_is_typed_without_echo() {
     );
 }
 
+/// Keystrokes typed without echo, however far apart, are one record at the first one's time,
+/// with their count and no bytes: a record a keystroke would give away the intervals between
+/// them, from which keystroke-timing attacks recover typed text.
+#[test]
+fn keystrokes_typed_without_echo_give_away_no_timing() {
+    const PAUSE: Duration = Duration::from_millis(40);
+    if !privileged("keystrokes_typed_without_echo_give_away_no_timing") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let mut pty = Pty::open();
+    let child = pty.shell("read secret; /bin/echo \"read ${#secret} characters\"");
+    let drain = pty.drain_master();
+    let mut master = fs::File::from(pty.master.try_clone().unwrap());
+    let secret = marker("paced");
+    let keystrokes = format!("{secret}\n");
+    pty.password_prompt(true);
+    // Far enough apart that each lands in a drained batch of its own, and past any join of
+    // writes in a row.
+    for key in keystrokes.bytes() {
+        master.write_all(&[key]).unwrap();
+        std::thread::sleep(PAUSE);
+    }
+    assert!(child.wait_with_output().unwrap().status.success());
+    drop(master);
+    let tty = pty.device();
+    drop(pty);
+    drain.join().unwrap();
+    let shown = format!("read {} characters", secret.len());
+    agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "tty_out" && contains(&tty_data(v), shown.as_bytes())
+        })
+        .expect("the shell's output after the prompt arrives");
+    let typed = agent.events_where(|v| {
+        v["kind"] == "tty_in" && v["tty"] == tty.as_str() && v["tgid"] == std::process::id()
+    });
+    let n = keystrokes.len() as u64;
+    let times: Vec<&Value> = typed.iter().map(|v| &v["time"]).collect();
+    assert_eq!(
+        typed.len(),
+        1,
+        "one record for {n} keystrokes, not one at each: {times:?}"
+    );
+    let v = &typed[0];
+    assert_eq!(v["redacted_bytes"], n, "{v}");
+    assert_eq!(v["writes"], n, "{v}");
+    assert!(tty_data(v).is_empty(), "{v}");
+    let span = Duration::from_nanos(v["span_nanos"].as_u64().unwrap());
+    assert!(
+        span >= PAUSE * (keystrokes.len() as u32 - 1),
+        "the record spans from the first keystroke to the last: {v}"
+    );
+}
+
 /// A shell's `PATH` search is one exec naming the paths it tried first; a command found
 /// nowhere keeps each miss as a failed exec of its own.
 #[test]

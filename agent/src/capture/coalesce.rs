@@ -7,46 +7,202 @@
 //! from the first to the last. Another writer, another terminal, any other record, a gap,
 //! or the end of the batch (the reader's drain tick) ends a join; so does anything that
 //! changed about the task (its credentials, its audit session, its cgroup, its name), since
-//! the kernel reports who acted on every record. Input typed without echo joins only other
-//! such input, its counts added up.
+//! the kernel reports who acted on every record.
+//!
+//! Input typed without echo (a password: only counted, never read) is held instead, across
+//! batches and other tasks' records, and its keystrokes are added into one record: until
+//! anything else is written on its terminal (output, or input with echo), a gap, its
+//! writer's exit, or `HOLD_INPUT`. A record a keystroke would give
+//! away the time of every keystroke, and the intervals between keystrokes are what
+//! keystroke-timing attacks recover typed text from. The held record is chained when it is
+//! released, after records that came meanwhile; its time is still its first keystroke's.
+
+use std::time::Duration;
 
 use agent_common::tty::CHUNK;
 use bytes::BytesMut;
+use tokio::time::Instant;
 
 use super::event::{Body, Event};
 
-/// The longest time a joined record spans: replay shows its bytes at the first write's
-/// time, so none is shown more than this before it was written.
+/// The longest time a joined record of output or echoed input spans: replay shows its bytes
+/// at the first write's time, so none is shown more than this before it was written.
 const SPAN_MAX: u64 = 10_000_000;
+/// The longest input typed without echo is held, from its first keystroke: a prompt
+/// answered within it is one record, whatever the pace of typing.
+pub const HOLD_INPUT: Duration = Duration::from_secs(30);
+/// Records of input typed without echo held at once, one per writer and terminal; past it,
+/// such input is passed on as it comes.
+const HELD_MAX: usize = 1024;
 
-/// `events` (one drained batch, in the kernel's order) with each run of joinable terminal
-/// writes made one record.
-pub fn join(events: Vec<Event>) -> Vec<Event> {
-    let mut out = Vec::with_capacity(events.len());
-    let mut run: Option<Run> = None;
-    for event in events {
-        let event = match &mut run {
-            Some(r) => match r.add(event) {
-                None => continue,
-                Some(event) => event,
-            },
-            None => event,
-        };
-        out.extend(run.take().map(Run::finish));
-        match &event.body {
-            Body::Tty { offset, data, .. } => {
-                let next_offset = offset.saturating_add(data.len() as u64);
-                run = Some(Run {
-                    first: event,
-                    joined: None,
-                    next_offset,
-                });
+/// The joining stage's state: input typed without echo being held, oldest first.
+#[derive(Default)]
+pub struct Coalesce {
+    held: Vec<Held>,
+}
+
+struct Held {
+    since: Instant,
+    event: Event,
+}
+
+impl Coalesce {
+    /// `events` (one drained batch, in the kernel's order) with each run of joinable terminal
+    /// writes made one record and input typed without echo held; first, whatever was held
+    /// for `HOLD_INPUT` at `now`.
+    pub fn process(&mut self, events: Vec<Event>, now: Instant) -> Vec<Event> {
+        let mut out = self.release(|h| now.duration_since(h.since) >= HOLD_INPUT);
+        out.reserve(events.len());
+        let mut run: Option<Run> = None;
+        for event in events {
+            let event = match &mut run {
+                Some(r) => match r.add(event) {
+                    None => continue,
+                    Some(event) => event,
+                },
+                None => event,
+            };
+            out.extend(run.take().map(Run::finish));
+            if unechoed(&event) {
+                self.hold(event, now, &mut out);
+                continue;
             }
-            _ => out.push(event),
+            out.extend(self.released_by(&event));
+            match &event.body {
+                Body::Tty { offset, data, .. } => {
+                    let next_offset = offset.saturating_add(data.len() as u64);
+                    run = Some(Run {
+                        first: event,
+                        joined: None,
+                        next_offset,
+                    });
+                }
+                _ => out.push(event),
+            }
+        }
+        out.extend(run.map(Run::finish));
+        out
+    }
+
+    /// Whether input is held: the stage then wakes by itself even without batches.
+    #[must_use]
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Everything held, oldest first, as at a stop.
+    pub fn drain(&mut self) -> Vec<Event> {
+        self.held.drain(..).map(|h| h.event).collect()
+    }
+
+    fn hold(&mut self, event: Event, now: Instant, out: &mut Vec<Event>) {
+        if let Some(held) = self.held.iter_mut().find(|h| h.takes(&event)) {
+            held.add(&event);
+            return;
+        }
+        // What another writer or descriptor typed on this terminal goes first: a
+        // terminal's input stays in order.
+        out.extend(self.release(|h| same_terminal(&h.event, &event)));
+        if self.held.len() >= HELD_MAX {
+            out.push(event);
+            return;
+        }
+        self.held.push(Held { since: now, event });
+    }
+
+    /// What `event` ends the holding of: anything else on a held record's terminal, a gap
+    /// (keystrokes may be lost in it: the count before it is kept apart), and the exit of
+    /// a held record's writer.
+    fn released_by(&mut self, event: &Event) -> Vec<Event> {
+        match (&event.body, &event.process) {
+            (Body::Tty { .. }, _) => self.release(|h| same_terminal(&h.event, event)),
+            (Body::Gap { .. }, _) => self.release(|_| true),
+            (Body::Exit { .. }, Some(exited)) => self.release(|h| {
+                h.event
+                    .process
+                    .as_ref()
+                    .is_some_and(|p| p.tgid == exited.tgid)
+            }),
+            _ => Vec::new(),
         }
     }
-    out.extend(run.map(Run::finish));
-    out
+
+    /// The held records `which` picks, oldest first, no longer held.
+    fn release(&mut self, which: impl Fn(&Held) -> bool) -> Vec<Event> {
+        // Looked for first: a terminal's output flood passes here record by record while
+        // a prompt elsewhere waits.
+        if !self.held.iter().any(&which) {
+            return Vec::new();
+        }
+        let (gone, kept): (Vec<Held>, Vec<Held>) =
+            std::mem::take(&mut self.held).into_iter().partition(which);
+        self.held = kept;
+        gone.into_iter().map(|h| h.event).collect()
+    }
+}
+
+fn unechoed(event: &Event) -> bool {
+    matches!(event.body, Body::Tty { redacted_bytes, .. } if redacted_bytes > 0)
+}
+
+/// Whether `a` and `b` are records of one terminal.
+fn same_terminal(a: &Event, b: &Event) -> bool {
+    let terminal = |e: &Event| match e.body {
+        Body::Tty { device, .. } => device,
+        _ => None,
+    };
+    terminal(a).is_some() && terminal(a) == terminal(b)
+}
+
+impl Held {
+    /// Whether `event`, typed without echo, is more of this record: the same task,
+    /// terminal and descriptor, and not before the last keystroke added.
+    fn takes(&self, event: &Event) -> bool {
+        match (&self.event.body, &event.body) {
+            (
+                Body::Tty {
+                    device,
+                    fd,
+                    span_ns,
+                    ..
+                },
+                Body::Tty {
+                    device: device2,
+                    fd: fd2,
+                    ..
+                },
+            ) => {
+                device == device2
+                    && fd == fd2
+                    && event.ktime_ns >= self.event.ktime_ns.saturating_add(*span_ns)
+                    && event.process.is_some()
+                    && event.process == self.event.process
+            }
+            _ => false,
+        }
+    }
+
+    fn add(&mut self, event: &Event) {
+        let first_ns = self.event.ktime_ns;
+        if let (
+            Body::Tty {
+                redacted_bytes,
+                writes,
+                span_ns,
+                ..
+            },
+            Body::Tty {
+                redacted_bytes: more,
+                writes: more_writes,
+                ..
+            },
+        ) = (&mut self.event.body, &event.body)
+        {
+            *redacted_bytes = redacted_bytes.saturating_add(*more);
+            *writes = writes.saturating_add(*more_writes);
+            *span_ns = event.ktime_ns - first_ns;
+        }
+    }
 }
 
 /// A terminal record being joined: the first record, whose body becomes the joined one.
@@ -60,8 +216,9 @@ struct Run {
 
 impl Run {
     /// Joins `event` if it continues this run: the same task, terminal, descriptor and
-    /// direction, echo the same, its bytes where a new write or the last one's next
-    /// piece starts, within the bounds. Otherwise `event` is given back.
+    /// direction, its bytes where a new write or the last one's next piece starts, within
+    /// the bounds. Otherwise `event` is given back. Input typed without echo never joins:
+    /// it is held (`Coalesce::hold`).
     fn add(&mut self, event: Event) -> Option<Event> {
         let Event {
             ktime_ns,
@@ -74,7 +231,6 @@ impl Run {
             device,
             fd,
             data: first_data,
-            redacted_bytes: redacted_sum,
             writes,
             span_ns,
             ..
@@ -94,12 +250,11 @@ impl Run {
                 fd: fd2,
                 offset,
                 data,
-                redacted_bytes,
+                redacted_bytes: 0,
                 ..
             } if input2 == *input
                 && device2 == *device
                 && fd2 == *fd
-                && (redacted_bytes > 0) == (*redacted_sum > 0)
                 && (offset == 0 || offset == self.next_offset)
                 && len + data.len() <= CHUNK
                 // Not before the last one joined, and within the span.
@@ -115,7 +270,6 @@ impl Run {
                         joined
                     })
                     .extend_from_slice(&data);
-                *redacted_sum = redacted_sum.saturating_add(redacted_bytes);
                 *writes = writes.saturating_add(1);
                 *span_ns = ktime_ns - first_ns;
                 self.next_offset = offset.saturating_add(data.len() as u64);
@@ -179,6 +333,27 @@ mod tests {
                 redacted_bytes: 0,
                 writes: 1,
                 span_ns: 0,
+            },
+        }
+    }
+
+    /// One batch through a fresh stage, with whatever it holds after.
+    fn join(events: Vec<Event>) -> Vec<Event> {
+        let mut coalesce = Coalesce::default();
+        let mut out = coalesce.process(events, Instant::now());
+        out.extend(coalesce.drain());
+        out
+    }
+
+    fn gap(ktime_ns: u64) -> Event {
+        Event {
+            ktime_ns,
+            process: None,
+            body: Body::Gap {
+                source: GapSource::Kernel,
+                lost_kind: 0,
+                records: 1,
+                bytes: 1,
             },
         }
     }
@@ -262,22 +437,12 @@ mod tests {
         if let Body::Tty { fd, .. } = &mut other_fd.body {
             *fd = 2;
         }
-        let gap = Event {
-            ktime_ns: 5,
-            process: None,
-            body: Body::Gap {
-                source: GapSource::Kernel,
-                lost_kind: 0,
-                records: 1,
-                bytes: 1,
-            },
-        };
         let out = join(vec![
             write(5, 1, 0, b"$"),
             root,
             write(5, 3, 0, b"x"),
             other_fd,
-            gap,
+            gap(5),
             write(5, 6, 0, b"y"),
             write(5, 6 + SPAN_MAX + 1, 0, b"late"),
             write(5, 6 + SPAN_MAX + 2, 0, &[b'z'; CHUNK - 4]),
@@ -319,20 +484,88 @@ mod tests {
         );
     }
 
+    /// Input typed without echo is held across batches and other tasks' records, whatever
+    /// the pace of typing, and its keystrokes make one record, at the first one's time,
+    /// released by the next write on its terminal.
     #[test]
-    fn input_without_echo_joins_only_its_like_and_keeps_its_count() {
-        let mut typed = write(5, 4, 0, b"\r");
-        if let Body::Tty { input, .. } = &mut typed.body {
-            *input = true;
+    fn keystrokes_typed_without_echo_are_one_record_whatever_their_pace() {
+        let mut coalesce = Coalesce::default();
+        let now = Instant::now();
+        let mut elsewhere = write(6, 3, 0, b"elsewhere");
+        if let Body::Tty { device, .. } = &mut elsewhere.body {
+            *device = Some(Device {
+                major: 136,
+                minor: 9,
+            });
         }
-        let out = join(vec![
-            typed_without_echo(5, 1, 3),
-            typed_without_echo(5, 2, 4),
-            typed,
-        ]);
+        let mut out = coalesce.process(
+            vec![typed_without_echo(5, 1, 1), typed_without_echo(5, 2, 1)],
+            now,
+        );
+        out.extend(coalesce.process(
+            vec![elsewhere, typed_without_echo(5, 400_000_000, 2)],
+            now + Duration::from_millis(400),
+        ));
+        assert!(coalesce.holding());
+        out.extend(coalesce.process(
+            vec![
+                typed_without_echo(5, 450_000_000, 1),
+                write(7, 500_000_000, 0, b"\r\n"),
+            ],
+            now + Duration::from_millis(500),
+        ));
+        assert!(!coalesce.holding());
         assert_eq!(
             summary(&out),
-            [(5, Vec::new(), 7, 2, 1), (5, b"\r".to_vec(), 0, 1, 0)]
+            [
+                (6, b"elsewhere".to_vec(), 0, 1, 0),
+                (5, Vec::new(), 5, 4, 449_999_999),
+                (7, b"\r\n".to_vec(), 0, 1, 0),
+            ]
         );
+        assert_eq!(out[1].ktime_ns, 1, "the first keystroke's time");
+    }
+
+    #[test]
+    fn held_input_is_released_by_a_gap_its_writers_exit_another_writer_or_time() {
+        let now = Instant::now();
+        let mut coalesce = Coalesce::default();
+        // The count before a gap is kept apart from what follows it.
+        let out = coalesce.process(
+            vec![
+                typed_without_echo(5, 1, 2),
+                gap(2),
+                typed_without_echo(5, 3, 1),
+            ],
+            now,
+        );
+        assert_eq!(
+            summary(&out),
+            [(5, Vec::new(), 2, 1, 0), (0, b"other".to_vec(), 0, 0, 0)]
+        );
+        let exit = Event {
+            ktime_ns: 4,
+            process: Some(process(5)),
+            body: Body::Exit {
+                exit_code: 0,
+                filename: None,
+            },
+        };
+        let out = coalesce.process(vec![exit], now);
+        assert_eq!(
+            summary(&out),
+            [(5, Vec::new(), 1, 1, 0), (0, b"other".to_vec(), 0, 0, 0)]
+        );
+        // Another writer on the terminal: what the first typed goes first.
+        let out = coalesce.process(
+            vec![typed_without_echo(5, 5, 1), typed_without_echo(6, 6, 3)],
+            now,
+        );
+        assert_eq!(summary(&out), [(5, Vec::new(), 1, 1, 0)]);
+        let almost = now + HOLD_INPUT - Duration::from_millis(1);
+        assert!(coalesce.process(Vec::new(), almost).is_empty());
+        let out = coalesce.process(Vec::new(), now + HOLD_INPUT);
+        assert_eq!(summary(&out), [(6, Vec::new(), 3, 1, 0)]);
+        assert!(!coalesce.holding());
     }
 }
