@@ -212,8 +212,8 @@ impl Terminal {
 
 /// A password typed at a sudo prompt over a real ssh login (`sudo -k; sudo id`, a
 /// password-protected account) is recorded as its length only: its bytes are nowhere in the
-/// spool, the store or an operator's output, and the input typed with echo on around it is
-/// recorded as ever.
+/// spool, the store or an operator's output, its keystrokes are one record, so that none is
+/// dated, and the input typed with echo on around it is recorded as ever.
 #[test]
 fn a_password_typed_at_a_sudo_prompt_is_never_recorded() {
     if !privileged("a_password_typed_at_a_sudo_prompt_is_never_recorded") {
@@ -236,9 +236,13 @@ fn a_password_typed_at_a_sudo_prompt_is_never_recorded() {
     let mut child = ssh.spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let terminal = Terminal::read(child.stdout.take().unwrap());
-    // Typed only once sudo asks, with the terminal's echo off, as a person would.
+    // Typed only once sudo asks, with the terminal's echo off, as a person would: a
+    // keystroke at a time, each reaching sshd in a packet of its own.
     terminal.wait_for("password for");
-    stdin.write_all(format!("{password}\n").as_bytes()).unwrap();
+    for key in format!("{password}\n").bytes() {
+        stdin.write_all(&[key]).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
     terminal.wait_for("uid=0(root)");
     // Only once sudo has exited: it flushes typed input when it gives the terminal back,
     // and a line typed before would be echoed but never read.
@@ -277,15 +281,16 @@ fn a_password_typed_at_a_sudo_prompt_is_never_recorded() {
         assert!(std::time::Instant::now() < deadline, "{inputs:?}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    let redacted: u64 = inputs
+    let redacted: Vec<u64> = inputs
         .iter()
         .filter(|v| v["session"] == session.as_str())
         .filter_map(|v| v["redacted_bytes"].as_u64())
-        .sum();
+        .collect();
     assert_eq!(
         redacted,
-        password.len() as u64 + 1,
-        "the password and its newline, counted: {inputs:?}"
+        [password.len() as u64 + 1],
+        "the password and its newline, counted in one record, which dates no keystroke: \
+         {inputs:?}"
     );
     let replay = tests::operator::run(&url, &["replay", &session, "--speed", "0", "--input"]);
     let shown = String::from_utf8_lossy(&replay.stdout);
