@@ -46,6 +46,13 @@ pub const TTY_UNSEEN: u32 = 2;
 /// `flags`: a window size set on a terminal (`ioctl(fd, TIOCSWINSZ, &winsize)`), as asked:
 /// `offset` holds its rows and `len` its columns, and the record ends before `data`.
 pub const TTY_RESIZE: u32 = 3;
+/// `flags`: a byte pushed into a terminal's input by `ioctl(fd, TIOCSTI, &byte)`, as if
+/// typed at it, by the record's task and not through the master: a `tty_in` record holding
+/// the byte (`len` 1). With `TTY_REDACTED` as well, the terminal hid its input: `len` is the
+/// count and the record ends before `data`.
+pub const TTY_INJECTED: u32 = 4;
+/// `TIOCSTI` (`include/uapi/asm-generic/ioctls.h`): push one byte into a terminal's input.
+pub const TIOCSTI: u32 = 0x5412;
 /// `TIOCSWINSZ` (`include/uapi/asm-generic/ioctls.h`). The kernel takes an ioctl's command
 /// as an `unsigned int`: only the low 32 bits of the register count.
 pub const TIOCSWINSZ: u32 = 0x5414;

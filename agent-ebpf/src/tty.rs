@@ -12,8 +12,8 @@ use agent_common::{
     layout::IoVec,
     tty::{
         CHUNK, CONSOLE_MINOR, DEV_TTY_MINOR, MAX_STEPS, PTMX_MINOR, PTY_SLAVE_MAJOR_FIRST,
-        PTY_SLAVE_MAJOR_LAST, TIOCSWINSZ, TTY_FIXED, TTY_MAJOR, TTY_REDACTED, TTY_RESIZE,
-        TTY_UNSEEN, TTYAUX_MAJOR, TtyRecord,
+        PTY_SLAVE_MAJOR_LAST, TIOCSTI, TIOCSWINSZ, TTY_FIXED, TTY_INJECTED, TTY_MAJOR,
+        TTY_REDACTED, TTY_RESIZE, TTY_UNSEEN, TTYAUX_MAJOR, TtyRecord,
     },
 };
 use aya_ebpf::{
@@ -124,20 +124,65 @@ pub fn tty_io_uring_file_get(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `ioctl(fd, TIOCSWINSZ, &winsize)` on a terminal: the window size a session's output was
-/// drawn for, recorded as asked (a replay lays the output out by it). Either side of a pty
-/// may set it; it is filed under the slave, as writes are.
+/// Two `ioctl`s on a terminal. `TIOCSWINSZ`: the window size a session's output was drawn
+/// for, recorded as asked (a replay lays the output out by it); either side of a pty may set
+/// it, and it is filed under the slave, as writes are. `TIOCSTI`: a byte pushed into the
+/// terminal's input as if typed, by a task that need not hold the master: the way one
+/// process types commands into another's shell.
 #[tracepoint(category = "syscalls", name = "sys_enter_ioctl")]
 pub fn tty_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
+    let Ok([fd, cmd, arg]) = syscall_args::<3>(&ctx) else {
+        return 0;
+    };
     // As the kernel reads it: bits above the command's 32 do not hide it.
-    if let Ok([fd, cmd, arg]) = syscall_args::<3>(&ctx)
-        && cmd as u32 == TIOCSWINSZ
-        // `struct winsize`: ws_row, ws_col, ws_xpixel, ws_ypixel, each an unsigned short.
-        && let Ok([rows, cols, _, _]) = unsafe { bpf_probe_read_user(arg as *const [u16; 4]) }
-    {
-        let _ = try_fixed(fd, TTY_RESIZE, u64::from(rows), u32::from(cols));
+    match cmd as u32 {
+        TIOCSWINSZ => {
+            // `struct winsize`: ws_row, ws_col, ws_xpixel, ws_ypixel, each an unsigned short.
+            if let Ok([rows, cols, _, _]) = unsafe { bpf_probe_read_user(arg as *const [u16; 4]) } {
+                let _ = try_fixed(fd, TTY_RESIZE, u64::from(rows), u32::from(cols));
+            }
+        }
+        TIOCSTI => {
+            let _ = try_inject(fd, arg);
+        }
+        _ => {}
     }
     0
+}
+
+/// A `tty_in` record of the byte `ioctl(fd, TIOCSTI, arg)` pushes into the input of the
+/// terminal `fd` is open on, by the task pushing it, recorded as asked (the attempt is
+/// evidence, allowed or not); its count only while that terminal hides input, as for typed
+/// input. Pushed through a master, the byte would reach the master's reader, as output
+/// does: that is not typed input, and is not recorded.
+#[inline(always)]
+fn try_inject(fd: u64, arg: u64) -> Result<(), i64> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == config!(agent_tgid) {
+        return Ok(());
+    }
+    let fd = fd as u32;
+    let task = Task::current();
+    let file = task.file(fd)?;
+    let Some((kind::TTY_OUT, device, _)) = classify(file)? else {
+        return Ok(());
+    };
+    let redact = config!(record_no_echo_input) == 0 && tty_hides_input(file.tty()?)?;
+    let rec = scratch()?;
+    fill_header(&mut rec.header, kind::TTY_IN, task);
+    rec.device = device;
+    rec.fd = fd;
+    rec.offset = 0;
+    rec.len = 1;
+    if redact {
+        rec.flags = TTY_INJECTED | TTY_REDACTED;
+        submit(&raw mut rec.header, TTY_FIXED, 0);
+        return Ok(());
+    }
+    rec.data[0] = unsafe { bpf_probe_read_user(arg as *const u8) }?;
+    rec.flags = TTY_INJECTED;
+    submit(&raw mut rec.header, TTY_FIXED + 1, 1);
+    Ok(())
 }
 
 /// One `TTY_UNSEEN` record for `count` bytes into `fd`, if it is a terminal.

@@ -1074,6 +1074,7 @@ mod tests {
                 redacted_bytes: 0,
                 writes: 0,
                 span_nanos: 0,
+                injected: false,
             }))
         };
         let note = "log\n1\nroot\n\n— sig\n".to_owned();

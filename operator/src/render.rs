@@ -14,7 +14,7 @@ use proto::{
     time::rfc3339_millis as time,
     v1::{
         ChainVerdict, Event, Finding, Grant, HostLiveness, IdentityReview, IdentitySelector, Image,
-        LogVerdict, Session, StoredEvent, event::Body,
+        LogVerdict, Session, StoredEvent, Tty, event::Body,
     },
 };
 use serde_json::{Value, json};
@@ -71,6 +71,21 @@ pub(crate) fn redacted(bytes: u64) -> String {
     format!("[{bytes} bytes typed without echo, not recorded]")
 }
 
+/// A terminal record's bytes, or their count when typed without echo; input another process
+/// pushed (`TIOCSTI`) is said to be.
+fn terminal_bytes(t: &Tty) -> String {
+    let shown = if t.redacted_bytes > 0 {
+        redacted(t.redacted_bytes)
+    } else {
+        printable(&t.data)
+    };
+    if t.injected {
+        format!("INJECTED by ioctl(TIOCSTI): {shown}")
+    } else {
+        shown
+    }
+}
+
 /// An executed file's digest, as an `image` event names it.
 fn image(i: &Image) -> String {
     let digest = if i.sha256.is_empty() {
@@ -99,8 +114,7 @@ pub(crate) fn detail(event: &Event) -> String {
             s
         }
         Some(Body::Exit(x)) => format!("status {} {}", x.exit_code, escape(&x.filename)),
-        Some(Body::Tty(t)) if t.redacted_bytes > 0 => redacted(t.redacted_bytes),
-        Some(Body::Tty(t)) => printable(&t.data),
+        Some(Body::Tty(t)) => terminal_bytes(t),
         Some(Body::TtyResize(r)) => format!("window {} columns × {} rows", r.cols, r.rows),
         Some(Body::Image(i)) => image(i),
         Some(Body::Gap(g)) => format!(
@@ -597,5 +611,25 @@ mod tests {
         assert!(text.contains(r"echo \u{1b}[2J\rforged\u{7}"), "{text}");
         assert!(text.contains(r"h\u{1b}[2J"), "{text}");
         assert_eq!(escape("plain ünïcode"), "plain ünïcode");
+    }
+
+    /// Input another process pushed into a terminal is told apart from what was typed, and
+    /// its count alone is shown when the terminal hid it.
+    #[test]
+    fn injected_input_is_said_to_be() {
+        let tty = |data: &[u8], redacted_bytes, injected| {
+            terminal_bytes(&Tty {
+                data: data.to_vec().into(),
+                redacted_bytes,
+                injected,
+                ..Tty::default()
+            })
+        };
+        assert_eq!(tty(b"id\r", 0, false), "id\\r");
+        assert_eq!(tty(b"i", 0, true), "INJECTED by ioctl(TIOCSTI): i");
+        assert_eq!(
+            tty(b"", 1, true),
+            "INJECTED by ioctl(TIOCSTI): [1 bytes typed without echo, not recorded]"
+        );
     }
 }

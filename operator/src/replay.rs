@@ -66,14 +66,16 @@ pub async fn play(
             }
         }
         previous = Some(event.time_unix_nano);
+        // Pushed by another process (`TIOCSTI`), not typed: said so.
+        let how = if tty.injected { "injected" } else { "typed" };
         if tty.redacted_bytes > 0 {
             write!(
                 out,
-                "\u{27e6}typed: {}\u{27e7}",
+                "\u{27e6}{how}: {}\u{27e7}",
                 redacted(tty.redacted_bytes)
             )?;
         } else if tty.direction() == Direction::Input {
-            write!(out, "\u{27e6}typed: {}\u{27e7}", escape_bytes(&tty.data))?;
+            write!(out, "\u{27e6}{how}: {}\u{27e7}", escape_bytes(&tty.data))?;
         } else {
             out.write_all(&tty.data)?;
         }

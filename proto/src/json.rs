@@ -164,6 +164,8 @@ enum BodyLine<'a> {
         writes: u64,
         #[serde(skip_serializing_if = "is_zero")]
         span_nanos: u64,
+        #[serde(skip_serializing_if = "is_false")]
+        injected: bool,
     },
     TtyResize {
         rows: u32,
@@ -517,6 +519,7 @@ impl<'a> BodyLine<'a> {
                 redacted_bytes: t.redacted_bytes,
                 writes: t.writes.into(),
                 span_nanos: t.span_nanos,
+                injected: t.injected,
             },
             Some(Body::TtyResize(r)) => Self::TtyResize {
                 rows: r.rows,
@@ -661,6 +664,7 @@ mod tests {
                 redacted_bytes: 0,
                 writes: 0,
                 span_nanos: 0,
+                injected: false,
             })),
         };
         let v = value(

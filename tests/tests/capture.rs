@@ -1079,6 +1079,73 @@ fn keystrokes_typed_without_echo_give_away_no_timing() {
     );
 }
 
+/// Bytes pushed into a terminal's input with `ioctl(TIOCSTI)`, the way one process types
+/// commands into another's shell without its master, are input of the process that pushed
+/// them, marked injected; pushed while the terminal hides input, they are only counted, as
+/// typed input is.
+#[test]
+fn input_pushed_by_tiocsti_is_recorded_as_injected_by_its_pusher() {
+    if !privileged("input_pushed_by_tiocsti_is_recorded_as_injected_by_its_pusher") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let mut pty = Pty::open();
+    let slave = pty.slave.as_ref().unwrap().try_clone().unwrap();
+    let child = pty.shell(
+        "read line; /bin/echo \"ran $line\"; read secret; /bin/echo \"read ${#secret} characters\"",
+    );
+    let drain = pty.drain_master();
+    let push = |bytes: &[u8]| {
+        for b in bytes {
+            // SAFETY: TIOCSTI reads one byte at the pointer.
+            let rc = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSTI, &raw const *b) };
+            assert_eq!(rc, 0, "TIOCSTI: {}", std::io::Error::last_os_error());
+        }
+    };
+    let command = marker("pushed");
+    push(format!("{command}\n").as_bytes());
+    agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "tty_out" && contains(&tty_data(v), format!("ran {command}").as_bytes())
+        })
+        .expect("the shell ran the pushed line");
+    pty.password_prompt(true);
+    let secret = marker("pushed-secret");
+    push(format!("{secret}\n").as_bytes());
+    assert!(child.wait_with_output().unwrap().status.success());
+    drop(slave);
+    let tty = pty.device();
+    drop(pty);
+    drain.join().unwrap();
+    let shown = format!("read {} characters", secret.len());
+    agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "tty_out" && contains(&tty_data(v), shown.as_bytes())
+        })
+        .expect("the shell read the pushed secret");
+    let pushed = agent.events_where(|v| {
+        v["kind"] == "tty_in" && v["tty"] == tty.as_str() && v["tgid"] == std::process::id()
+    });
+    assert!(
+        pushed.iter().all(|v| v["injected"] == true),
+        "every byte pushed is marked: {pushed:?}"
+    );
+    let (counted, recorded): (Vec<&Value>, Vec<&Value>) = pushed
+        .iter()
+        .partition(|v| v.get("redacted_bytes").is_some());
+    let bytes: Vec<u8> = recorded.iter().flat_map(|v| tty_data(v)).collect();
+    assert_eq!(bytes, format!("{command}\n").as_bytes());
+    let counted: Vec<&Value> = counted.iter().map(|v| &v["redacted_bytes"]).collect();
+    assert_eq!(
+        counted,
+        [secret.len() + 1],
+        "the secret, pushed without echo, counted in one record"
+    );
+    let output = agent.stop();
+    let printed: String = output.events.iter().map(ToString::to_string).collect();
+    assert!(!printed.contains(&secret), "the secret is nowhere");
+}
+
 /// A shell's `PATH` search is one exec naming the paths it tried first; a command found
 /// nowhere keeps each miss as a failed exec of its own.
 #[test]

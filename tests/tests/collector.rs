@@ -70,6 +70,7 @@ fn event(n: u64) -> Event {
             redacted_bytes: 0,
             writes: 0,
             span_nanos: 0,
+            injected: false,
         })
     };
     Event {
@@ -1767,6 +1768,7 @@ fn tty(at_ms: u64, device: &str, input: bool, data: &str) -> Event {
             redacted_bytes: 0,
             writes: 0,
             span_nanos: 0,
+            injected: false,
         })),
         ..event(1)
     }

@@ -168,6 +168,7 @@ fn large_output(n: u64, bytes: usize) -> Event {
             redacted_bytes: 0,
             writes: 0,
             span_nanos: 0,
+            injected: false,
         })),
         ..session_exec(7)
     }

@@ -106,6 +106,7 @@ fn process_events(t: u64) -> Vec<Event> {
             redacted_bytes: 0,
             writes: 0,
             span_nanos: 0,
+            injected: false,
         })
     };
     let exit = |status, image: &str| {

@@ -163,17 +163,20 @@ impl Held {
                 Body::Tty {
                     device,
                     fd,
+                    injected,
                     span_ns,
                     ..
                 },
                 Body::Tty {
                     device: device2,
                     fd: fd2,
+                    injected: injected2,
                     ..
                 },
             ) => {
                 device == device2
                     && fd == fd2
+                    && injected == injected2
                     && event.ktime_ns >= self.event.ktime_ns.saturating_add(*span_ns)
                     && event.process.is_some()
                     && event.process == self.event.process
@@ -216,7 +219,7 @@ struct Run {
 
 impl Run {
     /// Joins `event` if it continues this run: the same task, terminal, descriptor and
-    /// direction, its bytes where a new write or the last one's next piece starts, within
+    /// direction, pushed by `TIOCSTI` or not alike, its bytes where a new write or the last one's next piece starts, within
     /// the bounds. Otherwise `event` is given back. Input typed without echo never joins:
     /// it is held (`Coalesce::hold`).
     fn add(&mut self, event: Event) -> Option<Event> {
@@ -231,6 +234,7 @@ impl Run {
             device,
             fd,
             data: first_data,
+            injected,
             writes,
             span_ns,
             ..
@@ -251,10 +255,12 @@ impl Run {
                 offset,
                 data,
                 redacted_bytes: 0,
+                injected: injected2,
                 ..
             } if input2 == *input
                 && device2 == *device
                 && fd2 == *fd
+                && injected2 == *injected
                 && (offset == 0 || offset == self.next_offset)
                 && len + data.len() <= CHUNK
                 // Not before the last one joined, and within the span.
@@ -331,6 +337,7 @@ mod tests {
                 offset,
                 data: Bytes::copy_from_slice(data),
                 redacted_bytes: 0,
+                injected: false,
                 writes: 1,
                 span_ns: 0,
             },

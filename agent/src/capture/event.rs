@@ -185,6 +185,9 @@ pub enum Body {
         /// Nonzero: input typed while the terminal did not echo, of this many bytes, none
         /// of which were read (`data` is empty).
         redacted_bytes: u64,
+        /// Input pushed into the terminal by `ioctl(TIOCSTI)`, by the record's task, and
+        /// not typed through the master.
+        injected: bool,
         /// The kernel records joined into this one (`coalesce`): 1 unless joined.
         writes: u32,
         /// Nanoseconds from the first joined record to the last.

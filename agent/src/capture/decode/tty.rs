@@ -2,12 +2,14 @@ use std::mem::offset_of;
 
 use agent_common::{
     event::kind,
-    tty::{CHUNK, TTY_FIXED, TTY_REDACTED, TTY_RESIZE, TTY_UNSEEN, TtyRecord},
+    tty::{CHUNK, TTY_FIXED, TTY_INJECTED, TTY_REDACTED, TTY_RESIZE, TTY_UNSEEN, TtyRecord},
 };
 use bytes::Bytes;
 
 use super::{DecodeError, read, slice};
 use crate::capture::event::{Body, Device, GapSource};
+
+const INJECTED_REDACTED: u32 = TTY_INJECTED | TTY_REDACTED;
 
 pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
     let device: u32 = read(bytes, offset_of!(TtyRecord, device))?;
@@ -15,10 +17,14 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
     let offset: u64 = read(bytes, offset_of!(TtyRecord, offset))?;
     let len: u32 = read(bytes, offset_of!(TtyRecord, len))?;
     let flags: u32 = read(bytes, offset_of!(TtyRecord, flags))?;
+    let injected = flags & TTY_INJECTED != 0;
     match flags {
         0 => {}
-        // Only the count of bytes typed without echo: the record ends before `data`.
-        TTY_REDACTED if kind_id == kind::TTY_IN && bytes.len() == TTY_FIXED => {
+        // A byte pushed into a terminal's input: always input, a byte at a time.
+        TTY_INJECTED if kind_id == kind::TTY_IN && len == 1 => {}
+        // Only the count of bytes typed (or pushed) without echo: the record ends before
+        // `data`.
+        TTY_REDACTED | INJECTED_REDACTED if kind_id == kind::TTY_IN && bytes.len() == TTY_FIXED => {
             return Ok(Body::Tty {
                 input: true,
                 device: Device::from_kernel(device),
@@ -26,6 +32,7 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
                 offset,
                 data: Bytes::new(),
                 redacted_bytes: u64::from(len),
+                injected,
                 writes: 1,
                 span_ns: 0,
             });
@@ -78,6 +85,7 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
         offset,
         data: bytes.slice_ref(data),
         redacted_bytes: 0,
+        injected,
         writes: 1,
         span_ns: 0,
     })
@@ -131,6 +139,30 @@ mod tests {
         assert_eq!((input, data.len(), redacted_bytes), (true, 0, 9));
     }
 
+    /// A byte pushed by `TIOCSTI` is input, marked so, with its byte, or only counted when
+    /// the terminal hid input.
+    #[test]
+    fn injected_input_is_marked() {
+        for (data, flags, want) in [
+            (&b"x"[..], TTY_INJECTED, (b"x".to_vec(), 0)),
+            (&b""[..], TTY_INJECTED | TTY_REDACTED, (Vec::new(), 1)),
+        ] {
+            let ev = decode_record(&record(kind::TTY_IN, data, 1, flags).into()).unwrap();
+            let Body::Tty {
+                input,
+                data,
+                redacted_bytes,
+                injected,
+                ..
+            } = ev.body
+            else {
+                panic!("{:?}", ev.body)
+            };
+            assert!(input && injected);
+            assert_eq!((data.to_vec(), redacted_bytes), want);
+        }
+    }
+
     #[test]
     fn unseen_bytes_are_a_gap_of_the_writer() {
         let ev = decode_record(&record(kind::TTY_OUT, b"", 4096, TTY_UNSEEN).into()).unwrap();
@@ -180,7 +212,10 @@ mod tests {
         for (kind_id, data, flags) in [
             (kind::TTY_IN, &b"hunter2"[..], TTY_REDACTED),
             (kind::TTY_OUT, &b""[..], TTY_REDACTED),
-            (kind::TTY_IN, &b"ls"[..], 4),
+            (kind::TTY_IN, &b"ls"[..], 8),
+            (kind::TTY_IN, &b"ls"[..], TTY_INJECTED),
+            (kind::TTY_OUT, &b"l"[..], TTY_INJECTED),
+            (kind::TTY_IN, &b"l"[..], TTY_INJECTED | TTY_REDACTED),
             (kind::TTY_OUT, &b"ls"[..], TTY_UNSEEN),
             (kind::TTY_OUT, &b"ls"[..], TTY_RESIZE),
         ] {
