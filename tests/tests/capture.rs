@@ -1024,6 +1024,33 @@ fn record_no_echo_input_keeps_what_is_typed_without_echo() {
     );
 }
 
+/// A shell's script that reads a secret and says how long it was.
+const READ_SECRET: &str = "read secret; /bin/echo \"read ${#secret} characters\"";
+
+/// Once `child`, a shell on `pty` ending in [`READ_SECRET`], has ended and its output after
+/// the secret has arrived: every `tty_in` record of this process on its terminal.
+fn own_input_once_secret_read(
+    agent: &Agent,
+    pty: Pty,
+    child: std::process::Child,
+    drain: std::thread::JoinHandle<u64>,
+    secret: &str,
+) -> Vec<Value> {
+    assert!(child.wait_with_output().unwrap().status.success());
+    let tty = pty.device();
+    drop(pty);
+    drain.join().unwrap();
+    let shown = format!("read {} characters", secret.len());
+    agent
+        .wait_for(WAIT, |v| {
+            v["kind"] == "tty_out" && contains(&tty_data(v), shown.as_bytes())
+        })
+        .expect("the shell read the secret and said so");
+    agent.events_where(|v| {
+        v["kind"] == "tty_in" && v["tty"] == tty.as_str() && v["tgid"] == std::process::id()
+    })
+}
+
 /// Keystrokes typed without echo, however far apart, are one record at the first one's time,
 /// with their count and no bytes: a record a keystroke would give away the intervals between
 /// them, from which keystroke-timing attacks recover typed text.
@@ -1035,7 +1062,7 @@ fn keystrokes_typed_without_echo_give_away_no_timing() {
     }
     let agent = Agent::start(&[]);
     let mut pty = Pty::open();
-    let child = pty.shell("read secret; /bin/echo \"read ${#secret} characters\"");
+    let child = pty.shell(READ_SECRET);
     let drain = pty.drain_master();
     let mut master = fs::File::from(pty.master.try_clone().unwrap());
     let secret = marker("paced");
@@ -1047,20 +1074,8 @@ fn keystrokes_typed_without_echo_give_away_no_timing() {
         master.write_all(&[key]).unwrap();
         std::thread::sleep(PAUSE);
     }
-    assert!(child.wait_with_output().unwrap().status.success());
     drop(master);
-    let tty = pty.device();
-    drop(pty);
-    drain.join().unwrap();
-    let shown = format!("read {} characters", secret.len());
-    agent
-        .wait_for(WAIT, |v| {
-            v["kind"] == "tty_out" && contains(&tty_data(v), shown.as_bytes())
-        })
-        .expect("the shell's output after the prompt arrives");
-    let typed = agent.events_where(|v| {
-        v["kind"] == "tty_in" && v["tty"] == tty.as_str() && v["tgid"] == std::process::id()
-    });
+    let typed = own_input_once_secret_read(&agent, pty, child, drain, &secret);
     let n = keystrokes.len() as u64;
     let times: Vec<&Value> = typed.iter().map(|v| &v["time"]).collect();
     assert_eq!(
@@ -1091,9 +1106,9 @@ fn input_pushed_by_tiocsti_is_recorded_as_injected_by_its_pusher() {
     let agent = Agent::start(&[]);
     let mut pty = Pty::open();
     let slave = pty.slave.as_ref().unwrap().try_clone().unwrap();
-    let child = pty.shell(
-        "read line; /bin/echo \"ran $line\"; read secret; /bin/echo \"read ${#secret} characters\"",
-    );
+    let child = pty.shell(&format!(
+        "read line; /bin/echo \"ran $line\"; {READ_SECRET}"
+    ));
     let drain = pty.drain_master();
     let push = |bytes: &[u8]| {
         for b in bytes {
@@ -1112,20 +1127,8 @@ fn input_pushed_by_tiocsti_is_recorded_as_injected_by_its_pusher() {
     pty.password_prompt(true);
     let secret = marker("pushed-secret");
     push(format!("{secret}\n").as_bytes());
-    assert!(child.wait_with_output().unwrap().status.success());
     drop(slave);
-    let tty = pty.device();
-    drop(pty);
-    drain.join().unwrap();
-    let shown = format!("read {} characters", secret.len());
-    agent
-        .wait_for(WAIT, |v| {
-            v["kind"] == "tty_out" && contains(&tty_data(v), shown.as_bytes())
-        })
-        .expect("the shell read the pushed secret");
-    let pushed = agent.events_where(|v| {
-        v["kind"] == "tty_in" && v["tty"] == tty.as_str() && v["tgid"] == std::process::id()
-    });
+    let pushed = own_input_once_secret_read(&agent, pty, child, drain, &secret);
     assert!(
         pushed.iter().all(|v| v["injected"] == true),
         "every byte pushed is marked: {pushed:?}"
