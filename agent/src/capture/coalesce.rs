@@ -11,9 +11,9 @@
 //!
 //! Input typed without echo (a password: only counted, never read) is held instead, across
 //! batches and other tasks' records, and its keystrokes are added into one record: until
-//! anything else is written on its terminal (output, or input with echo), a gap, its
-//! writer's exit, or `HOLD_INPUT`. A record a keystroke would give
-//! away the time of every keystroke, and the intervals between keystrokes are what
+//! anything else is written on its terminal (output, input with echo, another writer's
+//! input), a gap, its writer's exit, or `HOLD_INPUT`. A record a keystroke would give away
+//! the time of every keystroke, and the intervals between keystrokes are what
 //! keystroke-timing attacks recover typed text from. The held record is chained when it is
 //! released, after records that came meanwhile; its time is still its first keystroke's.
 
@@ -31,8 +31,8 @@ const SPAN_MAX: u64 = 10_000_000;
 /// The longest input typed without echo is held, from its first keystroke: a prompt
 /// answered within it is one record, whatever the pace of typing.
 pub const HOLD_INPUT: Duration = Duration::from_secs(30);
-/// Records of input typed without echo held at once, one per writer and terminal; past it,
-/// such input is passed on as it comes.
+/// Records of input typed without echo held at once, at most one a terminal; past it, such
+/// input is passed on as it comes.
 const HELD_MAX: usize = 1024;
 
 /// The joining stage's state: input typed without echo being held, oldest first.
