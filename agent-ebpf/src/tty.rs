@@ -157,8 +157,7 @@ pub fn tty_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
 /// does: that is not typed input, and is not recorded.
 #[inline(always)]
 fn try_inject(fd: u64, arg: u64) -> Result<(), i64> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == config!(agent_tgid) {
+    if caller_not_agent().is_none() {
         return Ok(());
     }
     let fd = fd as u32;
@@ -167,20 +166,21 @@ fn try_inject(fd: u64, arg: u64) -> Result<(), i64> {
     let Some((kind::TTY_OUT, device, _)) = classify(file)? else {
         return Ok(());
     };
-    let redact = config!(record_no_echo_input) == 0 && tty_hides_input(file.tty()?)?;
-    let rec = scratch()?;
-    fill_header(&mut rec.header, kind::TTY_IN, task);
-    rec.device = device;
-    rec.fd = fd;
-    rec.offset = 0;
-    rec.len = 1;
-    if redact {
-        rec.flags = TTY_INJECTED | TTY_REDACTED;
+    if redacts(file.tty()?)? {
+        let rec = record(
+            task,
+            kind::TTY_IN,
+            device,
+            fd,
+            TTY_INJECTED | TTY_REDACTED,
+            1,
+        )?;
         submit(&raw mut rec.header, TTY_FIXED, 0);
         return Ok(());
     }
-    rec.data[0] = unsafe { bpf_probe_read_user(arg as *const u8) }?;
-    rec.flags = TTY_INJECTED;
+    let byte = unsafe { bpf_probe_read_user(arg as *const u8) }?;
+    let rec = record(task, kind::TTY_IN, device, fd, TTY_INJECTED, 1)?;
+    rec.data[0] = byte;
     submit(&raw mut rec.header, TTY_FIXED + 1, 1);
     Ok(())
 }
@@ -198,8 +198,7 @@ fn try_unseen(fd: u64, count: u64) -> Result<(), i64> {
 /// `len` hold.
 #[inline(always)]
 fn try_fixed(fd: u64, flags: u32, offset: u64, len: u32) -> Result<(), i64> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == config!(agent_tgid) {
+    if caller_not_agent().is_none() {
         return Ok(());
     }
     let fd = fd as u32;
@@ -207,15 +206,46 @@ fn try_fixed(fd: u64, flags: u32, offset: u64, len: u32) -> Result<(), i64> {
     let Some((kind, device, _)) = classify(task.file(fd)?)? else {
         return Ok(());
     };
+    let rec = record(task, kind, device, fd, flags, len)?;
+    rec.offset = offset;
+    submit(&raw mut rec.header, TTY_FIXED, 0);
+    Ok(())
+}
+
+/// The calling process's id, unless it is the agent: its own terminal writes are never
+/// captured (a terminal running `agent --stdout` would otherwise record itself forever).
+#[inline(always)]
+fn caller_not_agent() -> Option<u32> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    (tgid != config!(agent_tgid)).then_some(tgid)
+}
+
+/// Whether input to terminal `tty` is to be counted, not read: it is at a password prompt
+/// and the agent was not asked to record such input.
+#[inline(always)]
+fn redacts(tty: *const u8) -> Result<bool, i64> {
+    Ok(config!(record_no_echo_input) == 0 && tty_hides_input(tty)?)
+}
+
+/// The scratch record, its header filled for `task`, for `fd` open on terminal `device`,
+/// with `flags` and `len` set and at offset 0.
+#[inline(always)]
+fn record(
+    task: Task,
+    kind: u32,
+    device: u32,
+    fd: u32,
+    flags: u32,
+    len: u32,
+) -> Result<&'static mut TtyRecord, i64> {
     let rec = scratch()?;
     fill_header(&mut rec.header, kind, task);
     rec.device = device;
     rec.fd = fd;
     rec.flags = flags;
-    rec.offset = offset;
+    rec.offset = 0;
     rec.len = len;
-    submit(&raw mut rec.header, TTY_FIXED, 0);
-    Ok(())
+    Ok(rec)
 }
 
 /// The record kind and terminal for a file, and whether its bytes are to be redacted; or
@@ -235,8 +265,7 @@ fn classify(file: File) -> Result<Option<(u32, u32, bool)>, i64> {
             // What the slave's line discipline will do with these bytes decides: a program
             // reading lines with echo off asked not to show them.
             let slave = tty_link(file.tty()?)?;
-            let redact = config!(record_no_echo_input) == 0 && tty_hides_input(slave)?;
-            Ok(Some((kind::TTY_IN, tty_dev(slave)?, redact)))
+            Ok(Some((kind::TTY_IN, tty_dev(slave)?, redacts(slave)?)))
         }
         DEV_TTY_MINOR | CONSOLE_MINOR => Ok(Some((kind::TTY_OUT, tty_dev(file.tty()?)?, false))),
         _ => Ok(None),
@@ -244,10 +273,9 @@ fn classify(file: File) -> Result<Option<(u32, u32, bool)>, i64> {
 }
 
 fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == config!(agent_tgid) {
+    let Some(tgid) = caller_not_agent() else {
         return Ok(());
-    }
+    };
     let [fd, buf, count] = syscall_args::<3>(ctx)?;
     let fd = fd as u32;
     let task = Task::current();
@@ -259,11 +287,7 @@ fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
         // The kernel fails such a writev with EINVAL before writing anything.
         return Ok(());
     }
-    let rec = scratch()?;
-    fill_header(&mut rec.header, kind, task);
-    rec.device = device;
-    rec.fd = fd;
-    rec.flags = 0;
+    let rec = record(task, kind, device, fd, 0, 0)?;
 
     let mut walk = if vectored {
         Walk::iovecs(buf, count, kind)
@@ -278,7 +302,6 @@ fn try_write(ctx: &TracePointContext, vectored: bool) -> Result<(), i64> {
         };
         if len > 0 {
             rec.flags = TTY_REDACTED;
-            rec.offset = 0;
             rec.len = u32::try_from(len).unwrap_or(u32::MAX);
             submit(&raw mut rec.header, TTY_FIXED, 0);
         }
