@@ -154,35 +154,44 @@ fn same_terminal(a: &Event, b: &Event) -> bool {
     terminal(a).is_some() && terminal(a) == terminal(b)
 }
 
-impl Held {
-    /// Whether `event`, typed without echo, is more of this record: the same task,
-    /// terminal and descriptor, and not before the last keystroke added.
-    fn takes(&self, event: &Event) -> bool {
-        match (&self.event.body, &event.body) {
-            (
-                Body::Tty {
-                    device,
-                    fd,
-                    injected,
-                    span_ns,
-                    ..
-                },
-                Body::Tty {
-                    device: device2,
-                    fd: fd2,
-                    injected: injected2,
-                    ..
-                },
-            ) => {
-                device == device2
-                    && fd == fd2
-                    && injected == injected2
-                    && event.ktime_ns >= self.event.ktime_ns.saturating_add(*span_ns)
-                    && event.process.is_some()
-                    && event.process == self.event.process
-            }
-            _ => false,
+/// Whether terminal record `event` could be more of terminal record `first` (joined so far):
+/// the same task, terminal, descriptor and direction, pushed by `TIOCSTI` or not alike,
+/// and not before the last record joined.
+fn continues(first: &Event, event: &Event) -> bool {
+    match (&first.body, &event.body) {
+        (
+            Body::Tty {
+                input,
+                device,
+                fd,
+                injected,
+                span_ns,
+                ..
+            },
+            Body::Tty {
+                input: input2,
+                device: device2,
+                fd: fd2,
+                injected: injected2,
+                ..
+            },
+        ) => {
+            input == input2
+                && device == device2
+                && fd == fd2
+                && injected == injected2
+                && event.ktime_ns >= first.ktime_ns.saturating_add(*span_ns)
+                && event.process.is_some()
+                && event.process == first.process
         }
+        _ => false,
+    }
+}
+
+impl Held {
+    /// Whether `event`, typed without echo, is more of this record.
+    fn takes(&self, event: &Event) -> bool {
+        continues(&self.event, event)
     }
 
     fn add(&mut self, event: &Event) {
@@ -218,75 +227,49 @@ struct Run {
 }
 
 impl Run {
-    /// Joins `event` if it continues this run: the same task, terminal, descriptor and
-    /// direction, pushed by `TIOCSTI` or not alike, its bytes where a new write or the last one's next piece starts, within
-    /// the bounds. Otherwise `event` is given back. Input typed without echo never joins:
-    /// it is held (`Coalesce::hold`).
+    /// Joins `event` if it continues this run (`continues`), its bytes where a new write or
+    /// the last one's next piece starts, within the bounds. Otherwise `event` is given back.
+    /// Input typed without echo never joins: it is held (`Coalesce::hold`).
     fn add(&mut self, event: Event) -> Option<Event> {
-        let Event {
-            ktime_ns,
-            process,
-            body,
-        } = event;
+        if !continues(&self.first, &event) {
+            return Some(event);
+        }
         let first_ns = self.first.ktime_ns;
-        let Body::Tty {
-            input,
-            device,
-            fd,
-            data: first_data,
-            injected,
-            writes,
-            span_ns,
-            ..
-        } = &mut self.first.body
-        else {
-            return Some(Event {
-                ktime_ns,
-                process,
-                body,
-            });
-        };
-        let len = self.joined.as_ref().map_or(first_data.len(), BytesMut::len);
-        match body {
+        let (
             Body::Tty {
-                input: input2,
-                device: device2,
-                fd: fd2,
+                data: first_data,
+                writes,
+                span_ns,
+                ..
+            },
+            Body::Tty {
                 offset,
                 data,
                 redacted_bytes: 0,
-                injected: injected2,
                 ..
-            } if input2 == *input
-                && device2 == *device
-                && fd2 == *fd
-                && injected2 == *injected
-                && (offset == 0 || offset == self.next_offset)
-                && len + data.len() <= CHUNK
-                // Not before the last one joined, and within the span.
-                && ktime_ns >= first_ns.saturating_add(*span_ns)
-                && ktime_ns - first_ns <= SPAN_MAX
-                && process.is_some()
-                && process == self.first.process =>
-            {
-                self.joined
-                    .get_or_insert_with(|| {
-                        let mut joined = BytesMut::with_capacity(CHUNK);
-                        joined.extend_from_slice(first_data);
-                        joined
-                    })
-                    .extend_from_slice(&data);
-                *writes = writes.saturating_add(1);
-                *span_ns = ktime_ns - first_ns;
-                self.next_offset = offset.saturating_add(data.len() as u64);
-                None
-            }
-            body => Some(Event {
-                ktime_ns,
-                process,
-                body,
-            }),
+            },
+        ) = (&mut self.first.body, &event.body)
+        else {
+            return Some(event);
+        };
+        let len = self.joined.as_ref().map_or(first_data.len(), BytesMut::len);
+        if !((*offset == 0 || *offset == self.next_offset)
+            && len + data.len() <= CHUNK
+            && event.ktime_ns - first_ns <= SPAN_MAX)
+        {
+            return Some(event);
         }
+        self.joined
+            .get_or_insert_with(|| {
+                let mut joined = BytesMut::with_capacity(CHUNK);
+                joined.extend_from_slice(first_data);
+                joined
+            })
+            .extend_from_slice(data);
+        *writes = writes.saturating_add(1);
+        *span_ns = event.ktime_ns - first_ns;
+        self.next_offset = offset.saturating_add(data.len() as u64);
+        None
     }
 
     fn finish(mut self) -> Event {
