@@ -111,6 +111,14 @@ kernel_layout! {
     tty_index => "tty_struct" "index" 4,
     tty_link => "tty_struct" "link" 8,
     tty_lflag => "tty_struct" "termios.c_lflag" 4,
+    // Who reads what `TIOCSTI` pushes: the terminal's session and foreground process group
+    // (`struct pid`, in `ctrl` since 5.11), and through each its leader's task: the first of
+    // the pid's `tasks[PIDTYPE_PID]`, linked by the task's `pid_links[PIDTYPE_PID]`.
+    // `PIDTYPE_PID` is 0 in every kernel, so both are at their array's start.
+    tty_session => "tty_struct" "ctrl.session|session" 8,
+    tty_pgrp => "tty_struct" "ctrl.pgrp|pgrp" 8,
+    pid_tasks => "pid" "tasks" 0,
+    task_pid_links => "task_struct" "pid_links" 0,
     driver_major => "tty_driver" "major" 4,
     driver_minor_start => "tty_driver" "minor_start" 4,
     signal_tty => "signal_struct" "tty" 8,

@@ -49,8 +49,14 @@ pub const TTY_RESIZE: u32 = 3;
 /// `flags`: a byte pushed into a terminal's input by `ioctl(fd, TIOCSTI, &byte)`, as if
 /// typed at it, by the record's task and not through the master: a `tty_in` record holding
 /// the byte (`len` 1). With `TTY_REDACTED` as well, the terminal hid its input: `len` is the
-/// count and the record ends before `data`.
+/// count and the record ends before `data`. In place of the position, `offset` holds who
+/// reads the byte: the effective uids of the leaders of the terminal's session (low 32
+/// bits) and of its foreground process group (high 32 bits), each [`NO_LEADER`] when there
+/// is none.
 pub const TTY_INJECTED: u32 = 4;
+/// In a `TTY_INJECTED` record: no leader, or one that has exited. No task has this euid:
+/// it is `(uid_t)-1`, which the kernel refuses as an id.
+pub const NO_LEADER: u32 = u32::MAX;
 /// `TIOCSTI` (`include/uapi/asm-generic/ioctls.h`): push one byte into a terminal's input.
 pub const TIOCSTI: u32 = 0x5412;
 /// `TIOCSWINSZ` (`include/uapi/asm-generic/ioctls.h`). The kernel takes an ioctl's command

@@ -270,6 +270,25 @@ pub fn tty_link(tty: *const u8) -> Result<*const u8, i64> {
     read_ptr(tty, offset!(tty_link))
 }
 
+/// The effective uids of the leaders of a terminal's session and of its foreground process
+/// group: whose programs read what is pushed into its input. Each is
+/// [`tty::NO_LEADER`] when the terminal has none, or the leader has exited. Read without the
+/// terminal's lock, as `/proc` reads them: a session or group changing meanwhile can give
+/// the one before.
+#[inline(always)]
+pub fn tty_readers(tty: *const u8) -> (u32, u32) {
+    let leader_euid = |pid_at: usize| -> Result<u32, i64> {
+        let pid = read_ptr(tty, pid_at)?;
+        let link = read_ptr(pid, offset!(pid_tasks))?;
+        let task = link.wrapping_sub(offset!(task_pid_links));
+        read(read_ptr(task, offset!(task_cred))?, offset!(cred_euid))
+    };
+    (
+        leader_euid(offset!(tty_session)).unwrap_or(tty::NO_LEADER),
+        leader_euid(offset!(tty_pgrp)).unwrap_or(tty::NO_LEADER),
+    )
+}
+
 /// A place in the file tree: a dentry, and the mount (`struct vfsmount`) it is seen through.
 /// Plain addresses: a walk keeps them in a `bpf_loop` context, where no BTF type survives,
 /// so every read from them is a probe read.

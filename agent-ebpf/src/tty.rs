@@ -30,7 +30,7 @@ use crate::{
     emit::{count_loss, fill_header, submit},
     kernel::{
         File, Task, config, io_req_opcode, io_rw, io_splice, syscall_args, tty_dev,
-        tty_hides_input, tty_link,
+        tty_hides_input, tty_link, tty_readers,
     },
 };
 
@@ -166,7 +166,10 @@ fn try_inject(fd: u64, arg: u64) -> Result<(), i64> {
     let Some((kind::TTY_OUT, device, _)) = classify(file)? else {
         return Ok(());
     };
-    if redacts(file.tty()?)? {
+    let tty = file.tty()?;
+    let (session, foreground) = tty_readers(tty);
+    let readers = u64::from(session) | u64::from(foreground) << 32;
+    if redacts(tty)? {
         let rec = record(
             task,
             kind::TTY_IN,
@@ -175,11 +178,13 @@ fn try_inject(fd: u64, arg: u64) -> Result<(), i64> {
             TTY_INJECTED | TTY_REDACTED,
             1,
         )?;
+        rec.offset = readers;
         submit(&raw mut rec.header, TTY_FIXED, 0);
         return Ok(());
     }
     let byte = unsafe { bpf_probe_read_user(arg as *const u8) }?;
     let rec = record(task, kind::TTY_IN, device, fd, TTY_INJECTED, 1)?;
+    rec.offset = readers;
     rec.data[0] = byte;
     submit(&raw mut rec.header, TTY_FIXED + 1, 1);
     Ok(())

@@ -1147,6 +1147,78 @@ fn input_pushed_by_tiocsti_is_recorded_as_injected_by_its_pusher() {
     let output = agent.stop();
     let printed: String = output.events.iter().map(ToString::to_string).collect();
     assert!(!printed.contains(&secret), "the secret is nowhere");
+    assert!(
+        !printed.contains("tty_injection"),
+        "pushed as root into a terminal read as root: no alert"
+    );
+}
+
+/// A process that drops to another user and pushes a command into the terminal it shares
+/// with a root shell (how a program run by `su` types into the shell it came from) is
+/// recorded pushing it, and followed by a `tty_injection` alert naming who reads it; the
+/// root shell then runs the line. Pushed by the terminal's own user (the test above), input
+/// raises none.
+#[test]
+fn input_pushed_into_a_root_shell_by_another_user_is_alerted() {
+    // A process may push into its own terminal without CAP_SYS_ADMIN only while this is 1.
+    const LEGACY: &str = "/proc/sys/dev/tty/legacy_tiocsti";
+    if !privileged("input_pushed_into_a_root_shell_by_another_user_is_alerted") {
+        return;
+    }
+    let legacy = std::fs::read_to_string(LEGACY).expect("this kernel has TIOCSTI");
+    std::fs::write(LEGACY, "1").unwrap();
+    let agent = Agent::start(&[]);
+    let mut pty = Pty::open();
+    let command = marker("planted");
+    // The shell leads the terminal's session and its foreground group, as root; the pusher
+    // is its child, with its terminal, as nobody.
+    let child = pty.shell(&format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups perl -e \
+         'ioctl(STDIN, 0x5412, $_) or die \"TIOCSTI: $!\" for split //, \"{command}\\n\"'; \
+         read line; /bin/echo \"ran $line\""
+    ));
+    let drain = pty.drain_master();
+    let ran = agent.wait_for(WAIT, |v| {
+        v["kind"] == "tty_out" && contains(&tty_data(v), format!("ran {command}").as_bytes())
+    });
+    std::fs::write(LEGACY, legacy.trim()).unwrap();
+    ran.expect("the root shell ran the pushed line");
+    assert!(child.wait_with_output().unwrap().status.success());
+    let tty = pty.device();
+    drop(pty);
+    drain.join().unwrap();
+
+    let pushed = agent.events_where(|v| {
+        v["kind"] == "tty_in" && v["tty"] == tty.as_str() && v["injected"] == true
+    });
+    let bytes: Vec<u8> = pushed.iter().flat_map(tty_data).collect();
+    assert_eq!(bytes, format!("{command}\n").as_bytes(), "{pushed:?}");
+    assert!(
+        pushed
+            .iter()
+            .all(|v| v["comm"] == "perl" && v["euid"] == 65_534),
+        "pushed by perl as nobody: {pushed:?}"
+    );
+    let pusher_pid = &pushed[0]["pid"];
+    let alerts = agent
+        .events_where(|v| v["kind"] == "violation" && v["violation"]["rule"] == "tty_injection");
+    assert!(!alerts.is_empty(), "no alert");
+    for alert in &alerts {
+        assert_eq!(&alert["pid"], pusher_pid, "{alert}");
+        assert_eq!(alert["violation"]["action"], "alert", "{alert}");
+        assert_eq!(
+            alert["violation"]["detail"],
+            format!(
+                "input pushed into terminal {tty} by euid 65534, read by its session's \
+                 leader (euid 0) and its foreground process group's (euid 0)"
+            ),
+            "{alert}"
+        );
+    }
+    assert!(
+        alerts.len() <= pushed.len(),
+        "at most one alert a record: {alerts:?}"
+    );
 }
 
 /// A shell's `PATH` search is one exec naming the paths it tried first; a command found

@@ -320,7 +320,7 @@ mod tests {
                 offset,
                 data: Bytes::copy_from_slice(data),
                 redacted_bytes: 0,
-                injected: false,
+                injected: None,
                 writes: 1,
                 span_ns: 0,
             },

@@ -46,6 +46,15 @@ impl std::fmt::Display for Device {
     }
 }
 
+/// Whose programs read input pushed into a terminal: the effective uids of the leaders of
+/// its session and of its foreground process group, as the kernel saw them at the push;
+/// `None` for a leader there was not, or that had exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Readers {
+    pub session_euid: Option<u32>,
+    pub foreground_euid: Option<u32>,
+}
+
 /// A path the kernel resolved for an exec (its working directory, its executable's file),
 /// as the process sees it (up to its own root).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,8 +195,8 @@ pub enum Body {
         /// of which were read (`data` is empty).
         redacted_bytes: u64,
         /// Input pushed into the terminal by `ioctl(TIOCSTI)`, by the record's task, and
-        /// not typed through the master.
-        injected: bool,
+        /// not typed through the master: who reads it.
+        injected: Option<Readers>,
         /// The kernel records joined into this one (`coalesce`): 1 unless joined.
         writes: u32,
         /// Nanoseconds from the first joined record to the last.
@@ -209,7 +218,8 @@ pub enum Body {
         records: u64,
         bytes: u64,
     },
-    /// Activity the policy says needs a grant, done without one.
+    /// Activity the policy says needs a grant, done without one; or input pushed into a
+    /// terminal read as another user (`tty_injection`, whatever the policy).
     Violation {
         rule: &'static str,
         /// "alert" or "kill".

@@ -91,66 +91,115 @@ impl Judge {
                     alias: Target::Session(session),
                 });
             }
-            let (Some(process), Some(identity)) = (&item.event.process, &item.identity) else {
-                out.push(item);
-                continue;
-            };
-            if !matches!(item.event.body, Body::Exec { .. } | Body::Tty { .. }) {
-                out.push(item);
-                continue;
-            }
-            let ktime = item.event.ktime_ns;
-            let now = self
-                .view
-                .as_deref()
-                .map_or_else(|| self.clock.unix_ns(ktime), |v| v.at(ktime));
-            let verdict = self.rules.judge(
-                self.view.as_deref(),
-                process,
-                identity,
-                item.elevated,
-                &item.event.body,
-                now,
-            );
-            let target = target_of(process, identity);
-            if let Some(grant) = &verdict.grant
-                && remember(&mut self.used, (Arc::clone(grant), target))
-            {
-                actions.push(Action::Used {
-                    grant: Arc::clone(grant),
-                    target,
-                });
-            }
-            item.grant = verdict.grant;
-            let Some(violation) = verdict.violation else {
-                out.push(item);
-                continue;
-            };
-            if violation.kill && remember(&mut self.killing, target) {
-                actions.push(Action::Kill {
-                    target,
-                    reason: "violation",
-                });
-            }
-            let follow = Attributed {
-                event: Event {
-                    ktime_ns: item.event.ktime_ns,
-                    process: item.event.process.clone(),
-                    body: Body::Violation {
-                        rule: violation.rule,
-                        action: if violation.kill { "kill" } else { "alert" },
-                        detail: violation.detail,
-                    },
-                },
-                identity: item.identity.clone(),
-                root: item.root,
-                grant: None,
-                elevated: item.elevated,
-            };
+            let violation = self.judge(&mut item, &mut actions);
+            let injection = injection(&item);
             out.push(item);
-            out.push(follow);
+            out.extend(violation);
+            out.extend(injection);
         }
         (out, actions)
+    }
+
+    /// Marks `item` with the grant covering it, and returns the violation to chain after
+    /// it, if it is one.
+    fn judge(&mut self, item: &mut Attributed, actions: &mut Vec<Action>) -> Option<Attributed> {
+        let (Some(process), Some(identity)) = (&item.event.process, &item.identity) else {
+            return None;
+        };
+        if !matches!(item.event.body, Body::Exec { .. } | Body::Tty { .. }) {
+            return None;
+        }
+        let ktime = item.event.ktime_ns;
+        let now = self
+            .view
+            .as_deref()
+            .map_or_else(|| self.clock.unix_ns(ktime), |v| v.at(ktime));
+        let verdict = self.rules.judge(
+            self.view.as_deref(),
+            process,
+            identity,
+            item.elevated,
+            &item.event.body,
+            now,
+        );
+        let target = target_of(process, identity);
+        if let Some(grant) = &verdict.grant
+            && remember(&mut self.used, (Arc::clone(grant), target))
+        {
+            actions.push(Action::Used {
+                grant: Arc::clone(grant),
+                target,
+            });
+        }
+        item.grant = verdict.grant;
+        let violation = verdict.violation?;
+        if violation.kill && remember(&mut self.killing, target) {
+            actions.push(Action::Kill {
+                target,
+                reason: "violation",
+            });
+        }
+        Some(follow(
+            item,
+            Body::Violation {
+                rule: violation.rule,
+                action: if violation.kill { "kill" } else { "alert" },
+                detail: violation.detail,
+            },
+        ))
+    }
+}
+
+/// The `tty_injection` alert to chain after input pushed into a terminal whose programs
+/// run as another user than the pusher: how one user's process types commands into
+/// another's shell (a program run by `su` or `sudo` into the shell it came from, a
+/// process left behind into a root shell that took the terminal since). Pushing into a
+/// terminal read only as oneself (what history tools do) is not one. Always on, whatever
+/// the policy, and never a kill: the bytes are in the terminal already.
+fn injection(item: &Attributed) -> Option<Attributed> {
+    let Body::Tty {
+        injected: Some(readers),
+        device,
+        ..
+    } = &item.event.body
+    else {
+        return None;
+    };
+    let pusher = item.event.process.as_ref()?.euid;
+    let other = |euid: Option<u32>| euid.is_some_and(|e| e != pusher);
+    if !other(readers.session_euid) && !other(readers.foreground_euid) {
+        return None;
+    }
+    let euid = |e: Option<u32>| e.map_or_else(|| "none".to_owned(), |e| format!("euid {e}"));
+    let detail = format!(
+        "input pushed into terminal {} by euid {pusher}, read by its session's leader ({}) \
+         and its foreground process group's ({})",
+        device.map_or_else(|| "unknown".to_owned(), |d| d.to_string()),
+        euid(readers.session_euid),
+        euid(readers.foreground_euid),
+    );
+    Some(follow(
+        item,
+        Body::Violation {
+            rule: "tty_injection",
+            action: "alert",
+            detail,
+        },
+    ))
+}
+
+/// A record of `body` about `item`'s process, chained right after it.
+fn follow(item: &Attributed, body: Body) -> Attributed {
+    Attributed {
+        event: Event {
+            ktime_ns: item.event.ktime_ns,
+            process: item.event.process.clone(),
+            body,
+        },
+        identity: item.identity.clone(),
+        root: item.root,
+        grant: None,
+        elevated: item.elevated,
     }
 }
 
@@ -228,6 +277,74 @@ mod tests {
             }],
             "one kill per target"
         );
+    }
+
+    /// Input pushed into a terminal read as someone else is followed by an alert naming
+    /// them, whatever the policy, and never killed; pushed into one read only as oneself, or
+    /// whose leaders are gone, it is not.
+    #[test]
+    fn input_pushed_into_a_terminal_read_as_another_user_is_alerted() {
+        use crate::capture::event::{Device, Readers};
+        let pushed = |pusher: u32, session: Option<u32>, foreground: Option<u32>| {
+            let mut pushed = item(pusher, 0);
+            pushed.event.body = Body::Tty {
+                input: true,
+                device: Some(Device {
+                    major: 136,
+                    minor: 3,
+                }),
+                fd: 0,
+                offset: 0,
+                data: bytes::Bytes::from_static(b"id\n"),
+                redacted_bytes: 0,
+                injected: Some(Readers {
+                    session_euid: session,
+                    foreground_euid: foreground,
+                }),
+                writes: 3,
+                span_ns: 0,
+            };
+            pushed
+        };
+        let alerts = |item: Attributed| {
+            let mut j = judge(Mode::Kill, Vec::new());
+            let (out, actions) = j.process(vec![item]);
+            assert!(actions.is_empty(), "never a kill: {actions:?}");
+            out.into_iter()
+                .filter_map(|a| match a.event.body {
+                    Body::Violation {
+                        rule: "tty_injection",
+                        action,
+                        detail,
+                    } => Some((action, detail)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            alerts(pushed(65_534, Some(0), Some(65_534))),
+            [(
+                "alert",
+                "input pushed into terminal 136:3 by euid 65534, read by its session's leader \
+                 (euid 0) and its foreground process group's (euid 65534)"
+                    .to_owned()
+            )]
+        );
+        assert_eq!(alerts(pushed(1000, Some(1000), Some(0))).len(), 1);
+        assert_eq!(alerts(pushed(1000, None, Some(0))).len(), 1);
+        for quiet in [
+            pushed(1000, Some(1000), Some(1000)),
+            pushed(1000, None, None),
+            pushed(0, Some(0), None),
+        ] {
+            assert_eq!(alerts(quiet), []);
+        }
+        // Typed through the master, the same bytes are no push.
+        let mut typed = pushed(65_534, Some(0), Some(0));
+        if let Body::Tty { injected, .. } = &mut typed.event.body {
+            *injected = None;
+        }
+        assert_eq!(alerts(typed), []);
     }
 
     #[test]

@@ -170,7 +170,7 @@ fn body(body: Body) -> v1::event::Body {
             // A record of one write says nothing more, as records did before joining.
             writes: if writes > 1 { writes } else { 0 },
             span_nanos: span_ns,
-            injected,
+            injected: injected.is_some(),
         }),
         Body::TtyResize { device, rows, cols } => B::TtyResize(v1::TtyResize {
             device: device.map(|d| d.to_string()).unwrap_or_default(),

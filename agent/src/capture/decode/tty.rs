@@ -2,12 +2,14 @@ use std::mem::offset_of;
 
 use agent_common::{
     event::kind,
-    tty::{CHUNK, TTY_FIXED, TTY_INJECTED, TTY_REDACTED, TTY_RESIZE, TTY_UNSEEN, TtyRecord},
+    tty::{
+        CHUNK, NO_LEADER, TTY_FIXED, TTY_INJECTED, TTY_REDACTED, TTY_RESIZE, TTY_UNSEEN, TtyRecord,
+    },
 };
 use bytes::Bytes;
 
 use super::{DecodeError, read, slice};
-use crate::capture::event::{Body, Device, GapSource};
+use crate::capture::event::{Body, Device, GapSource, Readers};
 
 const INJECTED_REDACTED: u32 = TTY_INJECTED | TTY_REDACTED;
 
@@ -17,7 +19,12 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
     let offset: u64 = read(bytes, offset_of!(TtyRecord, offset))?;
     let len: u32 = read(bytes, offset_of!(TtyRecord, len))?;
     let flags: u32 = read(bytes, offset_of!(TtyRecord, flags))?;
-    let injected = flags & TTY_INJECTED != 0;
+    // A pushed byte's record holds its readers where others hold their position.
+    let (offset, injected) = if flags & TTY_INJECTED == 0 {
+        (offset, None)
+    } else {
+        (0, Some(readers(offset)))
+    };
     match flags {
         0 => {}
         // A byte pushed into a terminal's input: always input, a byte at a time.
@@ -91,6 +98,18 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
     })
 }
 
+/// The readers of a `TTY_INJECTED` record, from where its position would be.
+fn readers(packed: u64) -> Readers {
+    let euid = |bits: u64| {
+        let euid = (bits & u64::from(u32::MAX)) as u32;
+        (euid != NO_LEADER).then_some(euid)
+    };
+    Readers {
+        session_euid: euid(packed),
+        foreground_euid: euid(packed >> 32),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,16 +159,35 @@ mod tests {
     }
 
     /// A byte pushed by `TIOCSTI` is input, marked so, with its byte, or only counted when
-    /// the terminal hid input.
+    /// the terminal hid input; its readers come in place of its position, a missing leader
+    /// as none.
     #[test]
-    fn injected_input_is_marked() {
-        for (data, flags, want) in [
-            (&b"x"[..], TTY_INJECTED, (b"x".to_vec(), 0)),
-            (&b""[..], TTY_INJECTED | TTY_REDACTED, (Vec::new(), 1)),
+    fn injected_input_is_marked_with_its_readers() {
+        let readers = |session, foreground| Readers {
+            session_euid: session,
+            foreground_euid: foreground,
+        };
+        for (data, flags, packed, want) in [
+            (
+                &b"x"[..],
+                TTY_INJECTED,
+                u64::from(1000_u32),
+                (b"x".to_vec(), 0, readers(Some(1000), Some(0))),
+            ),
+            (
+                &b""[..],
+                TTY_INJECTED | TTY_REDACTED,
+                u64::from(NO_LEADER) | 7 << 32,
+                (Vec::new(), 1, readers(None, Some(7))),
+            ),
         ] {
-            let ev = decode_record(&record(kind::TTY_IN, data, 1, flags).into()).unwrap();
+            let mut bytes = record(kind::TTY_IN, data, 1, flags);
+            let at = offset_of!(TtyRecord, offset);
+            bytes[at..at + 8].copy_from_slice(&packed.to_ne_bytes());
+            let ev = decode_record(&bytes.into()).unwrap();
             let Body::Tty {
                 input,
+                offset,
                 data,
                 redacted_bytes,
                 injected,
@@ -158,8 +196,9 @@ mod tests {
             else {
                 panic!("{:?}", ev.body)
             };
-            assert!(input && injected);
-            assert_eq!((data.to_vec(), redacted_bytes), want);
+            assert!(input);
+            assert_eq!(offset, 0, "the readers are not a position");
+            assert_eq!((data.to_vec(), redacted_bytes, injected.unwrap()), want);
         }
     }
 
