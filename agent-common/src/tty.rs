@@ -46,13 +46,14 @@ pub const TTY_UNSEEN: u32 = 2;
 /// `flags`: a window size set on a terminal (`ioctl(fd, TIOCSWINSZ, &winsize)`), as asked:
 /// `offset` holds its rows and `len` its columns, and the record ends before `data`.
 pub const TTY_RESIZE: u32 = 3;
-/// `flags`: a byte pushed into a terminal's input by `ioctl(fd, TIOCSTI, &byte)`, as if
-/// typed at it, by the record's task and not through the master: a `tty_in` record holding
-/// the byte (`len` 1). With `TTY_REDACTED` as well, the terminal hid its input: `len` is the
-/// count and the record ends before `data`. In place of the position, `offset` holds who
-/// reads the byte: the effective uids of the leaders of the terminal's session (low 32
-/// bits) and of its foreground process group (high 32 bits), each [`NO_LEADER`] when there
-/// is none.
+/// `flags`: a byte pushed by `ioctl(fd, TIOCSTI, &byte)`, by the record's task, holding the
+/// byte (`len` 1). Through the terminal's own side it goes into the terminal's input, as if
+/// typed at it: a `tty_in` record; with `TTY_REDACTED` as well, the terminal hid its input,
+/// `len` is the count and the record ends before `data`. Through a pty master it goes to the
+/// master's reader, as the terminal's output does: a `tty_out` record. In place of the
+/// position, `offset` holds who reads the byte: the effective uids of the leaders of the
+/// terminal's session (low 32 bits) and of its foreground process group (high 32 bits),
+/// each [`NO_LEADER`] when there is none (always, through a master).
 pub const TTY_INJECTED: u32 = 4;
 /// In a `TTY_INJECTED` record: no leader, or one that has exited. No task has this euid:
 /// it is `(uid_t)-1`, which the kernel refuses as an id.

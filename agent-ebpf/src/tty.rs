@@ -11,9 +11,9 @@ use agent_common::{
     event::{dev_major, dev_minor, kind},
     layout::IoVec,
     tty::{
-        CHUNK, CONSOLE_MINOR, DEV_TTY_MINOR, MAX_STEPS, PTMX_MINOR, PTY_SLAVE_MAJOR_FIRST,
-        PTY_SLAVE_MAJOR_LAST, TIOCSTI, TIOCSWINSZ, TTY_FIXED, TTY_INJECTED, TTY_MAJOR,
-        TTY_REDACTED, TTY_RESIZE, TTY_UNSEEN, TTYAUX_MAJOR, TtyRecord,
+        CHUNK, CONSOLE_MINOR, DEV_TTY_MINOR, MAX_STEPS, NO_LEADER, PTMX_MINOR,
+        PTY_SLAVE_MAJOR_FIRST, PTY_SLAVE_MAJOR_LAST, TIOCSTI, TIOCSWINSZ, TTY_FIXED, TTY_INJECTED,
+        TTY_MAJOR, TTY_REDACTED, TTY_RESIZE, TTY_UNSEEN, TTYAUX_MAJOR, TtyRecord,
     },
 };
 use aya_ebpf::{
@@ -152,9 +152,9 @@ pub fn tty_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
 
 /// A `tty_in` record of the byte `ioctl(fd, TIOCSTI, arg)` pushes into the input of the
 /// terminal `fd` is open on, by the task pushing it, recorded as asked (the attempt is
-/// evidence, allowed or not); its count only while that terminal hides input, as for typed
-/// input. Pushed through a master, the byte would reach the master's reader, as output
-/// does: that is not typed input, and is not recorded.
+/// evidence, allowed or not), with who reads it; its count only while that terminal hides
+/// input, as for typed input. Pushed through a master, the byte reaches the master's reader
+/// (the terminal's user sees it, as the terminal's output): a `tty_out` record of it.
 #[inline(always)]
 fn try_inject(fd: u64, arg: u64) -> Result<(), i64> {
     if caller_not_agent().is_none() {
@@ -163,9 +163,14 @@ fn try_inject(fd: u64, arg: u64) -> Result<(), i64> {
     let fd = fd as u32;
     let task = Task::current();
     let file = task.file(fd)?;
-    let Some((kind::TTY_OUT, device, _)) = classify(file)? else {
+    let Some((side, device, _)) = classify(file)? else {
         return Ok(());
     };
+    if side == kind::TTY_IN {
+        // Its reader holds the master: no leader of the terminal reads it.
+        let none = u64::from(NO_LEADER) | u64::from(NO_LEADER) << 32;
+        return pushed(task, kind::TTY_OUT, device, fd, none, arg);
+    }
     let tty = file.tty()?;
     let (session, foreground) = tty_readers(tty);
     let readers = u64::from(session) | u64::from(foreground) << 32;
@@ -182,8 +187,14 @@ fn try_inject(fd: u64, arg: u64) -> Result<(), i64> {
         submit(&raw mut rec.header, TTY_FIXED, 0);
         return Ok(());
     }
+    pushed(task, kind::TTY_IN, device, fd, readers, arg)
+}
+
+/// A `kind` record of the byte at `arg`, pushed by `TIOCSTI` and read by `readers`.
+#[inline(always)]
+fn pushed(task: Task, kind: u32, device: u32, fd: u32, readers: u64, arg: u64) -> Result<(), i64> {
     let byte = unsafe { bpf_probe_read_user(arg as *const u8) }?;
-    let rec = record(task, kind::TTY_IN, device, fd, TTY_INJECTED, 1)?;
+    let rec = record(task, kind, device, fd, TTY_INJECTED, 1)?;
     rec.offset = readers;
     rec.data[0] = byte;
     submit(&raw mut rec.header, TTY_FIXED + 1, 1);

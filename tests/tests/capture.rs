@@ -1153,6 +1153,48 @@ fn input_pushed_by_tiocsti_is_recorded_as_injected_by_its_pusher() {
     );
 }
 
+/// A byte pushed through a pty's master reaches the master's reader (sshd, a terminal
+/// emulator), as the terminal's output does, and is shown to its user as if the session had
+/// printed it: it is recorded as output of the process that pushed it, marked injected, and
+/// raises no `tty_injection` alert (no program of the session reads it).
+#[test]
+fn output_pushed_through_a_master_is_recorded_as_injected_output() {
+    if !privileged("output_pushed_through_a_master_is_recorded_as_injected_output") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    // The slave stays open here, so the master has a terminal behind it.
+    let pty = Pty::open();
+    let drain = pty.drain_master();
+    let shown = marker("shown");
+    for b in shown.as_bytes() {
+        // SAFETY: TIOCSTI reads one byte at the pointer.
+        let rc = unsafe { libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSTI, &raw const *b) };
+        assert_eq!(rc, 0, "TIOCSTI: {}", std::io::Error::last_os_error());
+    }
+    let tty = pty.device();
+    let mine = |v: &Value| v["tty"] == tty.as_str() && v["tgid"] == std::process::id();
+    agent
+        .wait_for(WAIT, |v| {
+            mine(v) && v["kind"] == "tty_out" && contains(&tty_data(v), shown.as_bytes())
+        })
+        .expect("the pushed output was recorded");
+    let pushed = agent.events_where(|v| mine(v) && v["kind"] == "tty_out");
+    let bytes: Vec<u8> = pushed.iter().flat_map(tty_data).collect();
+    assert_eq!(bytes, shown.as_bytes(), "{pushed:?}");
+    assert!(pushed.iter().all(|v| v["injected"] == true), "{pushed:?}");
+    assert_eq!(
+        agent.events_where(|v| mine(v) && v["kind"] == "tty_in"),
+        Vec::<Value>::new(),
+        "not input"
+    );
+    drop(pty);
+    drain.join().unwrap();
+    let output = agent.stop();
+    let printed: String = output.events.iter().map(ToString::to_string).collect();
+    assert!(!printed.contains("tty_injection"), "no alert");
+}
+
 /// A process that drops to another user and pushes a command into the terminal it shares
 /// with a root shell (how a program run by `su` types into the shell it came from) is
 /// recorded pushing it, and followed by a `tty_injection` alert naming who reads it; the
@@ -1172,7 +1214,7 @@ fn input_pushed_into_a_root_shell_by_another_user_is_alerted() {
     let command = marker("planted");
     // The shell leads the terminal's session and its foreground group, as root; the pusher
     // is its child, with its terminal, as nobody.
-    let child = pty.shell(&format!(
+    let mut child = pty.shell(&format!(
         "setpriv --reuid=65534 --regid=65534 --clear-groups perl -e \
          'ioctl(STDIN, 0x5412, $_) or die \"TIOCSTI: $!\" for split //, \"{command}\\n\"'; \
          read line; /bin/echo \"ran $line\""
@@ -1182,6 +1224,10 @@ fn input_pushed_into_a_root_shell_by_another_user_is_alerted() {
         v["kind"] == "tty_out" && contains(&tty_data(v), format!("ran {command}").as_bytes())
     });
     std::fs::write(LEGACY, legacy.trim()).unwrap();
+    if ran.is_none() {
+        // Still reading: it would outlive the test, holding its output open.
+        child.kill().unwrap();
+    }
     ran.expect("the root shell ran the pushed line");
     assert!(child.wait_with_output().unwrap().status.success());
     let tty = pty.device();

@@ -194,8 +194,8 @@ pub enum Body {
         /// Nonzero: input typed while the terminal did not echo, of this many bytes, none
         /// of which were read (`data` is empty).
         redacted_bytes: u64,
-        /// Input pushed into the terminal by `ioctl(TIOCSTI)`, by the record's task, and
-        /// not typed through the master: who reads it.
+        /// Pushed by `ioctl(TIOCSTI)`, by the record's task, not written: input into the
+        /// terminal, or output through its master (to the master's reader), and who reads it.
         injected: Option<Readers>,
         /// The kernel records joined into this one (`coalesce`): 1 unless joined.
         writes: u32,

@@ -158,6 +158,7 @@ impl Judge {
 /// the policy, and never a kill: the bytes are in the terminal already.
 fn injection(item: &Attributed) -> Option<Attributed> {
     let Body::Tty {
+        input: true,
         injected: Some(readers),
         device,
         ..

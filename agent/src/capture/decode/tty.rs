@@ -27,8 +27,8 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
     };
     match flags {
         0 => {}
-        // A byte pushed into a terminal's input: always input, a byte at a time.
-        TTY_INJECTED if kind_id == kind::TTY_IN && len == 1 => {}
+        // A byte pushed into a terminal's input, or through its master: a byte at a time.
+        TTY_INJECTED if len == 1 => {}
         // Only the count of bytes typed (or pushed) without echo: the record ends before
         // `data`.
         TTY_REDACTED | INJECTED_REDACTED if kind_id == kind::TTY_IN && bytes.len() == TTY_FIXED => {
@@ -158,30 +158,40 @@ mod tests {
         assert_eq!((input, data.len(), redacted_bytes), (true, 0, 9));
     }
 
-    /// A byte pushed by `TIOCSTI` is input, marked so, with its byte, or only counted when
-    /// the terminal hid input; its readers come in place of its position, a missing leader
-    /// as none.
+    /// A byte pushed by `TIOCSTI` is marked so, with its byte, or only counted when the
+    /// terminal hid input; its readers come in place of its position, a missing leader as
+    /// none. Pushed through a master, it is output.
     #[test]
-    fn injected_input_is_marked_with_its_readers() {
+    fn pushed_bytes_are_marked_with_their_readers() {
         let readers = |session, foreground| Readers {
             session_euid: session,
             foreground_euid: foreground,
         };
-        for (data, flags, packed, want) in [
+        let none = u64::from(NO_LEADER) | u64::from(NO_LEADER) << 32;
+        for (kind_id, data, flags, packed, want) in [
             (
+                kind::TTY_IN,
                 &b"x"[..],
                 TTY_INJECTED,
                 u64::from(1000_u32),
                 (b"x".to_vec(), 0, readers(Some(1000), Some(0))),
             ),
             (
+                kind::TTY_IN,
                 &b""[..],
                 TTY_INJECTED | TTY_REDACTED,
                 u64::from(NO_LEADER) | 7 << 32,
                 (Vec::new(), 1, readers(None, Some(7))),
             ),
+            (
+                kind::TTY_OUT,
+                &b"y"[..],
+                TTY_INJECTED,
+                none,
+                (b"y".to_vec(), 0, readers(None, None)),
+            ),
         ] {
-            let mut bytes = record(kind::TTY_IN, data, 1, flags);
+            let mut bytes = record(kind_id, data, 1, flags);
             let at = offset_of!(TtyRecord, offset);
             bytes[at..at + 8].copy_from_slice(&packed.to_ne_bytes());
             let ev = decode_record(&bytes.into()).unwrap();
@@ -196,7 +206,7 @@ mod tests {
             else {
                 panic!("{:?}", ev.body)
             };
-            assert!(input);
+            assert_eq!(input, kind_id == kind::TTY_IN);
             assert_eq!(offset, 0, "the readers are not a position");
             assert_eq!((data.to_vec(), redacted_bytes, injected.unwrap()), want);
         }
@@ -253,8 +263,9 @@ mod tests {
             (kind::TTY_OUT, &b""[..], TTY_REDACTED),
             (kind::TTY_IN, &b"ls"[..], 8),
             (kind::TTY_IN, &b"ls"[..], TTY_INJECTED),
-            (kind::TTY_OUT, &b"l"[..], TTY_INJECTED),
+            (kind::TTY_OUT, &b"ls"[..], TTY_INJECTED),
             (kind::TTY_IN, &b"l"[..], TTY_INJECTED | TTY_REDACTED),
+            (kind::TTY_OUT, &b""[..], TTY_INJECTED | TTY_REDACTED),
             (kind::TTY_OUT, &b"ls"[..], TTY_UNSEEN),
             (kind::TTY_OUT, &b"ls"[..], TTY_RESIZE),
         ] {
