@@ -1094,6 +1094,16 @@ fn keystrokes_typed_without_echo_give_away_no_timing() {
     );
 }
 
+/// Pushes `bytes` with `ioctl(TIOCSTI)` on `fd`, a byte at a time, as root may on any
+/// terminal.
+fn push(fd: std::os::fd::RawFd, bytes: &[u8]) {
+    for b in bytes {
+        // SAFETY: TIOCSTI reads one byte at the pointer.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCSTI, &raw const *b) };
+        assert_eq!(rc, 0, "TIOCSTI: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// Bytes pushed into a terminal's input with `ioctl(TIOCSTI)`, the way one process types
 /// commands into another's shell without its master, are input of the process that pushed
 /// them, marked injected; pushed while the terminal hides input, they are only counted, as
@@ -1110,13 +1120,7 @@ fn input_pushed_by_tiocsti_is_recorded_as_injected_by_its_pusher() {
         "read line; /bin/echo \"ran $line\"; {READ_SECRET}"
     ));
     let drain = pty.drain_master();
-    let push = |bytes: &[u8]| {
-        for b in bytes {
-            // SAFETY: TIOCSTI reads one byte at the pointer.
-            let rc = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSTI, &raw const *b) };
-            assert_eq!(rc, 0, "TIOCSTI: {}", std::io::Error::last_os_error());
-        }
-    };
+    let push = |bytes: &[u8]| push(slave.as_raw_fd(), bytes);
     let command = marker("pushed");
     push(format!("{command}\n").as_bytes());
     agent
@@ -1167,11 +1171,7 @@ fn output_pushed_through_a_master_is_recorded_as_injected_output() {
     let pty = Pty::open();
     let drain = pty.drain_master();
     let shown = marker("shown");
-    for b in shown.as_bytes() {
-        // SAFETY: TIOCSTI reads one byte at the pointer.
-        let rc = unsafe { libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSTI, &raw const *b) };
-        assert_eq!(rc, 0, "TIOCSTI: {}", std::io::Error::last_os_error());
-    }
+    push(pty.master.as_raw_fd(), shown.as_bytes());
     let tty = pty.device();
     let mine = |v: &Value| v["tty"] == tty.as_str() && v["tgid"] == std::process::id();
     agent
