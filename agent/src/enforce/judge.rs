@@ -1,6 +1,7 @@
 //! The judge stage: each exec and terminal event is judged against the grants and policy in
 //! force. A covered event carries its grant; an uncovered privileged one is followed in the
-//! chain by a violation. What must happen beyond the record (a session to kill, a grant's
+//! chain by a violation, as is input pushed into a terminal read as another user, whatever
+//! the policy. What must happen beyond the record (a session to kill, a grant's
 //! first use to remember) leaves as an [`Action`] for the enforcer, which acts off the event
 //! path.
 
