@@ -58,6 +58,23 @@ pub const TTY_INJECTED: u32 = 4;
 /// In a `TTY_INJECTED` record: no leader, or one that has exited. No task has this euid:
 /// it is `(uid_t)-1`, which the kernel refuses as an id.
 pub const NO_LEADER: u32 = u32::MAX;
+
+/// The `offset` of a `TTY_INJECTED` record: the euids of the leaders of the terminal's
+/// session and of its foreground process group.
+#[must_use]
+pub const fn pack_readers(session: u32, foreground: u32) -> u64 {
+    session as u64 | (foreground as u64) << 32
+}
+
+/// The leaders' euids (session, foreground) a `TTY_INJECTED` record's `offset` holds.
+#[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "each half is one euid, as `pack_readers` put it"
+)]
+pub const fn unpack_readers(offset: u64) -> (u32, u32) {
+    (offset as u32, (offset >> 32) as u32)
+}
 /// `TIOCSTI` (`include/uapi/asm-generic/ioctls.h`): push one byte into a terminal's input.
 pub const TIOCSTI: u32 = 0x5412;
 /// `TIOCSWINSZ` (`include/uapi/asm-generic/ioctls.h`). The kernel takes an ioctl's command

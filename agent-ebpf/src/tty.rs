@@ -13,7 +13,7 @@ use agent_common::{
     tty::{
         CHUNK, CONSOLE_MINOR, DEV_TTY_MINOR, MAX_STEPS, NO_LEADER, PTMX_MINOR,
         PTY_SLAVE_MAJOR_FIRST, PTY_SLAVE_MAJOR_LAST, TIOCSTI, TIOCSWINSZ, TTY_FIXED, TTY_INJECTED,
-        TTY_MAJOR, TTY_REDACTED, TTY_RESIZE, TTY_UNSEEN, TTYAUX_MAJOR, TtyRecord,
+        TTY_MAJOR, TTY_REDACTED, TTY_RESIZE, TTY_UNSEEN, TTYAUX_MAJOR, TtyRecord, pack_readers,
     },
 };
 use aya_ebpf::{
@@ -150,11 +150,12 @@ pub fn tty_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A `tty_in` record of the byte `ioctl(fd, TIOCSTI, arg)` pushes into the input of the
-/// terminal `fd` is open on, by the task pushing it, recorded as asked (the attempt is
-/// evidence, allowed or not), with who reads it; its count only while that terminal hides
-/// input, as for typed input. Pushed through a master, the byte reaches the master's reader
-/// (the terminal's user sees it, as the terminal's output): a `tty_out` record of it.
+/// A record of the byte `ioctl(fd, TIOCSTI, arg)` pushes, by the task pushing it, recorded
+/// as asked (the attempt is evidence, allowed or not). A push goes the other way from a
+/// write through the same side: through the terminal's own side, into its input as if
+/// typed, a `tty_in` record with who reads it (only its count while the terminal hides
+/// input, as for typed input); through a master, to the master's reader (the terminal's
+/// user sees it, as the terminal's output), a `tty_out` record.
 #[inline(always)]
 fn try_inject(fd: u64, arg: u64) -> Result<(), i64> {
     if caller_not_agent().is_none() {
@@ -163,41 +164,34 @@ fn try_inject(fd: u64, arg: u64) -> Result<(), i64> {
     let fd = fd as u32;
     let task = Task::current();
     let file = task.file(fd)?;
-    let Some((side, device, _)) = classify(file)? else {
+    let Some((written, device, _)) = classify(file)? else {
         return Ok(());
     };
-    if side == kind::TTY_IN {
+    let (kind, readers, redacted) = if written == kind::TTY_IN {
         // Its reader holds the master: no leader of the terminal reads it.
-        let none = u64::from(NO_LEADER) | u64::from(NO_LEADER) << 32;
-        return pushed(task, kind::TTY_OUT, device, fd, none, arg);
-    }
-    let tty = file.tty()?;
-    let (session, foreground) = tty_readers(tty);
-    let readers = u64::from(session) | u64::from(foreground) << 32;
-    if redacts(tty)? {
-        let rec = record(
-            task,
+        (kind::TTY_OUT, pack_readers(NO_LEADER, NO_LEADER), false)
+    } else {
+        let tty = file.tty()?;
+        let (session, foreground) = tty_readers(tty);
+        (
             kind::TTY_IN,
-            device,
-            fd,
-            TTY_INJECTED | TTY_REDACTED,
-            1,
-        )?;
-        rec.offset = readers;
-        submit(&raw mut rec.header, TTY_FIXED, 0);
-        return Ok(());
-    }
-    pushed(task, kind::TTY_IN, device, fd, readers, arg)
-}
-
-/// A `kind` record of the byte at `arg`, pushed by `TIOCSTI` and read by `readers`.
-#[inline(always)]
-fn pushed(task: Task, kind: u32, device: u32, fd: u32, readers: u64, arg: u64) -> Result<(), i64> {
-    let byte = unsafe { bpf_probe_read_user(arg as *const u8) }?;
-    let rec = record(task, kind, device, fd, TTY_INJECTED, 1)?;
+            pack_readers(session, foreground),
+            redacts(tty)?,
+        )
+    };
+    let flags = if redacted {
+        TTY_INJECTED | TTY_REDACTED
+    } else {
+        TTY_INJECTED
+    };
+    let rec = record(task, kind, device, fd, flags, 1)?;
     rec.offset = readers;
-    rec.data[0] = byte;
-    submit(&raw mut rec.header, TTY_FIXED + 1, 1);
+    if redacted {
+        submit(&raw mut rec.header, TTY_FIXED, 0);
+    } else {
+        rec.data[0] = unsafe { bpf_probe_read_user(arg as *const u8) }?;
+        submit(&raw mut rec.header, TTY_FIXED + 1, 1);
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@ use agent_common::{
     event::kind,
     tty::{
         CHUNK, NO_LEADER, TTY_FIXED, TTY_INJECTED, TTY_REDACTED, TTY_RESIZE, TTY_UNSEEN, TtyRecord,
+        unpack_readers,
     },
 };
 use bytes::Bytes;
@@ -100,18 +101,18 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
 
 /// The readers of a `TTY_INJECTED` record, from where its position would be.
 fn readers(packed: u64) -> Readers {
-    let euid = |bits: u64| {
-        let euid = (bits & u64::from(u32::MAX)) as u32;
-        (euid != NO_LEADER).then_some(euid)
-    };
+    let (session, foreground) = unpack_readers(packed);
+    let leader = |euid| (euid != NO_LEADER).then_some(euid);
     Readers {
-        session_euid: euid(packed),
-        foreground_euid: euid(packed >> 32),
+        session_euid: leader(session),
+        foreground_euid: leader(foreground),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use agent_common::tty::pack_readers;
+
     use super::*;
     use crate::capture::decode::{
         decode as decode_record,
@@ -167,20 +168,20 @@ mod tests {
             session_euid: session,
             foreground_euid: foreground,
         };
-        let none = u64::from(NO_LEADER) | u64::from(NO_LEADER) << 32;
+        let none = pack_readers(NO_LEADER, NO_LEADER);
         for (kind_id, data, flags, packed, want) in [
             (
                 kind::TTY_IN,
                 &b"x"[..],
                 TTY_INJECTED,
-                u64::from(1000_u32),
+                pack_readers(1000, 0),
                 (b"x".to_vec(), 0, readers(Some(1000), Some(0))),
             ),
             (
                 kind::TTY_IN,
                 &b""[..],
                 TTY_INJECTED | TTY_REDACTED,
-                u64::from(NO_LEADER) | 7 << 32,
+                pack_readers(NO_LEADER, 7),
                 (Vec::new(), 1, readers(None, Some(7))),
             ),
             (
