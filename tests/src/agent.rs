@@ -386,6 +386,13 @@ impl Drop for Agent {
 }
 
 impl Output {
+    /// Every event it printed, as JSON text: what a search of its output for a string
+    /// reads.
+    #[must_use]
+    pub fn printed(&self) -> String {
+        self.events.iter().map(ToString::to_string).collect()
+    }
+
     /// A `key=value` total from the agent's closing `stopped` log line.
     #[must_use]
     pub fn total(&self, key: &str) -> Option<u64> {

@@ -1000,7 +1000,7 @@ fn input_typed_without_echo_is_counted_not_recorded() {
     let shown: Vec<u8> = shown.iter().flat_map(|v| tty_data(v)).collect();
     assert_eq!(shown, format!("{line}\n").as_bytes());
     let output = agent.stop();
-    let printed: String = output.events.iter().map(ToString::to_string).collect();
+    let printed = output.printed();
     assert!(
         !printed.contains(&secret) && !output.stderr.contains(&secret),
         "the secret appears nowhere in the agent's output"
@@ -1149,7 +1149,7 @@ fn input_pushed_by_tiocsti_is_recorded_as_injected_by_its_pusher() {
         "the secret, pushed without echo, counted in one record"
     );
     let output = agent.stop();
-    let printed: String = output.events.iter().map(ToString::to_string).collect();
+    let printed = output.printed();
     assert!(!printed.contains(&secret), "the secret is nowhere");
     assert!(
         !printed.contains("tty_injection"),
@@ -1191,7 +1191,7 @@ fn output_pushed_through_a_master_is_recorded_as_injected_output() {
     drop(pty);
     drain.join().unwrap();
     let output = agent.stop();
-    let printed: String = output.events.iter().map(ToString::to_string).collect();
+    let printed = output.printed();
     assert!(!printed.contains("tty_injection"), "no alert");
 }
 
