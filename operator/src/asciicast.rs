@@ -93,29 +93,42 @@ impl<'a, W: io::Write> Cast<'a, W> {
         }
     }
 
-    /// Adds a record of the Replay stream: terminal bytes become `o` and `i` events, window
-    /// sizes the header's size or `r` events, and the rest is passed over.
+    /// Adds a record of the Replay stream: terminal bytes become `o` and `i` events, one for
+    /// each write a record joins, at its own time; window sizes the header's size or `r`
+    /// events; the rest is passed over.
     pub(crate) fn push(&mut self, stored: &StoredEvent) -> io::Result<()> {
         let Some(event) = &stored.event else {
             return Ok(());
         };
-        let (code, text) = match &event.body {
+        // (nanoseconds after the record's time, code, text) of each line it makes.
+        let lines: Vec<(u64, &str, String)> = match &event.body {
             Some(Body::Tty(tty)) if tty.redacted_bytes > 0 => {
                 // Typed without echo: as many placeholders as bytes were typed.
                 let shown = tty.redacted_bytes.min(REDACTED_SHOWN_MAX);
-                ("i", "*".repeat(usize::try_from(shown).unwrap_or_default()))
+                vec![(
+                    0,
+                    "i",
+                    "*".repeat(usize::try_from(shown).unwrap_or_default()),
+                )]
             }
-            Some(Body::Tty(tty)) if tty.direction() == Direction::Input => {
-                ("i", self.input.push(&tty.data))
+            Some(Body::Tty(tty)) => {
+                let (code, stream) = if tty.direction() == Direction::Input {
+                    ("i", &mut self.input)
+                } else {
+                    ("o", &mut self.output)
+                };
+                proto::tty::writes(tty)
+                    .into_iter()
+                    .map(|(after, bytes)| (after, code, stream.push(bytes)))
+                    .collect()
             }
-            Some(Body::Tty(tty)) => ("o", self.output.push(&tty.data)),
             // A window of no columns or rows is none a player can draw.
             Some(Body::TtyResize(r)) if r.cols > 0 && r.rows > 0 => {
                 if self.header_written {
-                    ("r", format!("{}x{}", r.cols, r.rows))
+                    vec![(0, "r", format!("{}x{}", r.cols, r.rows))]
                 } else {
                     self.size = (r.cols, r.rows);
-                    ("r", String::new())
+                    vec![(0, "r", String::new())]
                 }
             }
             _ => return Ok(()),
@@ -124,12 +137,15 @@ impl<'a, W: io::Write> Cast<'a, W> {
         self.records.push(json!({
             "chain_id": stored.chain_id, "seq": stored.seq, "hash": hex(&stored.hash),
         }));
-        // Seconds since the first record, never going back: players need them in order.
-        let at = Duration::from_nanos(event.time_unix_nano.saturating_sub(start)).as_secs_f64();
-        self.last = f64::max(self.last, at);
-        if !text.is_empty() {
-            self.header()?;
-            writeln!(self.out, "{}", json!([self.last, code, text]))?;
+        for (after, code, text) in lines {
+            // Seconds since the first record, never going back: players need them in order.
+            let time = event.time_unix_nano.saturating_add(after);
+            let at = Duration::from_nanos(time.saturating_sub(start)).as_secs_f64();
+            self.last = f64::max(self.last, at);
+            if !text.is_empty() {
+                self.header()?;
+                writeln!(self.out, "{}", json!([self.last, code, text]))?;
+            }
         }
         Ok(())
     }
@@ -282,5 +298,49 @@ mod tests {
         assert_eq!(s.push(&[0xe2, 0x82]), "");
         assert_eq!(s.finish(), "\u{fffd}");
         assert_eq!(s.finish(), "");
+    }
+
+    /// A record that joins writes gives a line for each, at that write's own time, in
+    /// both directions.
+    #[test]
+    fn each_joined_write_is_a_line_at_its_own_time() {
+        let joined = |direction: Direction| {
+            Body::Tty(Tty {
+                direction: direction.into(),
+                device: "136:1".into(),
+                data: b"abcdef".to_vec().into(),
+                writes: 3,
+                span_nanos: 500_000_000,
+                write_bytes: vec![2, 3, 1],
+                write_gap_nanos: vec![250_000_000, 250_000_000],
+                ..Tty::default()
+            })
+        };
+        let mut out = Vec::new();
+        let mut cast = Cast::new("h:1:2", &mut out);
+        cast.push(&stored(0, 1_000_000_000, joined(Direction::Output)))
+            .unwrap();
+        cast.push(&stored(1, 2_000_000_000, joined(Direction::Input)))
+            .unwrap();
+        let sidecar = std::env::temp_dir().join(format!("cast-parts-{}.json", std::process::id()));
+        cast.finish(&sidecar).unwrap();
+        std::fs::remove_file(&sidecar).unwrap();
+        let lines: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                json!([0.0, "o", "ab"]),
+                json!([0.25, "o", "cde"]),
+                json!([0.5, "o", "f"]),
+                json!([1.0, "i", "ab"]),
+                json!([1.25, "i", "cde"]),
+                json!([1.5, "i", "f"]),
+            ]
+        );
     }
 }

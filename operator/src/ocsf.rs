@@ -1074,6 +1074,8 @@ mod tests {
                 redacted_bytes: 0,
                 writes: 0,
                 span_nanos: 0,
+                write_bytes: Vec::new(),
+                write_gap_nanos: Vec::new(),
                 injected: false,
             }))
         };

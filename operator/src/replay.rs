@@ -1,8 +1,9 @@
 //! `replay`: a session's terminal as the user saw it. One terminal by default (the login
 //! terminal: sudo, tmux and `script` run inner terminals whose output the login terminal
-//! shows again), with the recorded timing to the nanosecond, divided by `--speed`, and idle
-//! stretches capped at `--max-wait`. Typed input is never played as output; `--input` shows
-//! it inline, escaped and marked.
+//! shows again), with the recorded timing to the nanosecond (each write a record joins at its
+//! own time), divided by `--speed`, and idle stretches capped at `--max-wait`. Typed input
+//! is never played as output; `--input` shows it inline, escaped and marked, a mark a record
+//! at its first keystroke's time.
 
 use std::{
     io,
@@ -46,40 +47,69 @@ pub async fn play(
         eprintln!("the sidecar is {}", sidecar.display());
         return Ok(());
     }
-    let start = Instant::now();
-    // Where the replay stands on the recording's own clock, scaled and capped.
-    let mut played = Duration::ZERO;
-    let mut previous: Option<u64> = None;
+    let mut clock = Clock {
+        start: Instant::now(),
+        played: Duration::ZERO,
+        previous: None,
+        speed: replay.speed.get(),
+        max_wait: replay.max_wait,
+    };
     while let Some(stored) = stream.message().await? {
         let Some(event) = stored.event else { continue };
         let Some(Body::Tty(tty)) = &event.body else {
             continue;
         };
-        if let Some(prev) = previous
-            && let Some(speed) = replay.speed.get()
-        {
-            let gap = Duration::from_nanos(event.time_unix_nano.saturating_sub(prev));
-            played += gap.div_f64(speed).min(replay.max_wait);
-            if let Some(wait) = played.checked_sub(start.elapsed()) {
-                out.flush()?;
-                tokio::time::sleep(wait).await;
-            }
-        }
-        previous = Some(event.time_unix_nano);
         // Pushed by another process (`TIOCSTI`), not typed: said so.
         let how = if tty.injected { "injected" } else { "typed" };
         if tty.redacted_bytes > 0 {
+            clock.reach(event.time_unix_nano, out).await?;
             write!(
                 out,
                 "\u{27e6}{how}: {}\u{27e7}",
                 redacted(tty.redacted_bytes)
             )?;
         } else if tty.direction() == Direction::Input {
+            // Typed input is a note beside the output, one for the record: a paste cut into
+            // a mark a keystroke would hide what was typed.
+            clock.reach(event.time_unix_nano, out).await?;
             write!(out, "\u{27e6}{how}: {}\u{27e7}", escape_bytes(&tty.data))?;
         } else {
-            out.write_all(&tty.data)?;
+            for (after, bytes) in proto::tty::writes(tty) {
+                clock
+                    .reach(event.time_unix_nano.saturating_add(after), out)
+                    .await?;
+                out.write_all(bytes)?;
+            }
         }
     }
     out.flush()?;
     Ok(())
+}
+
+/// Where the replay stands on the recording's own clock, scaled and capped.
+struct Clock {
+    start: Instant,
+    played: Duration,
+    previous: Option<u64>,
+    /// `None`: no waiting.
+    speed: Option<f64>,
+    max_wait: Duration,
+}
+
+impl Clock {
+    /// Waits until the recording's `time` (Unix nanoseconds) is due, after flushing what
+    /// was written before it.
+    async fn reach(&mut self, time: u64, out: &mut impl io::Write) -> io::Result<()> {
+        if let Some(prev) = self.previous.replace(time)
+            && let Some(speed) = self.speed
+        {
+            let gap = Duration::from_nanos(time.saturating_sub(prev));
+            self.played += gap.div_f64(speed).min(self.max_wait);
+            if let Some(wait) = self.played.checked_sub(self.start.elapsed()) {
+                out.flush()?;
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Ok(())
+    }
 }

@@ -166,6 +166,10 @@ enum BodyLine<'a> {
         span_nanos: u64,
         #[serde(skip_serializing_if = "is_false")]
         injected: bool,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        write_bytes: &'a [u32],
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        write_gap_nanos: &'a [u64],
     },
     TtyResize {
         rows: u32,
@@ -520,6 +524,8 @@ impl<'a> BodyLine<'a> {
                 writes: t.writes.into(),
                 span_nanos: t.span_nanos,
                 injected: t.injected,
+                write_bytes: &t.write_bytes,
+                write_gap_nanos: &t.write_gap_nanos,
             },
             Some(Body::TtyResize(r)) => Self::TtyResize {
                 rows: r.rows,
@@ -664,6 +670,8 @@ mod tests {
                 redacted_bytes: 0,
                 writes: 0,
                 span_nanos: 0,
+                write_bytes: Vec::new(),
+                write_gap_nanos: Vec::new(),
                 injected: false,
             })),
         };

@@ -11,6 +11,7 @@ pub mod kind;
 pub mod limits;
 pub mod session;
 pub mod time;
+pub mod tty;
 
 #[expect(clippy::pedantic, reason = "generated code")]
 pub mod v1 {

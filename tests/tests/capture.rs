@@ -311,7 +311,25 @@ fn small_writes_in_a_row_are_joined_and_keep_their_order_and_writer() {
         );
         let joined = v["writes"].as_u64().unwrap_or(1);
         assert_eq!(joined, (data.len() / SMALL_WRITE) as u64, "{v}");
-        assert!(v["span_nanos"].as_u64().unwrap_or(0) <= 10_000_000, "{v}");
+        let span = v["span_nanos"].as_u64().unwrap_or(0);
+        assert!(span <= 10_000_000, "{v}");
+        // Each write's bytes, and the times between them adding up to the span: what
+        // replay plays each write at. A record of one write has none.
+        let numbers = |key: &str| -> Vec<u64> {
+            v[key].as_array().map_or_else(Vec::new, |a| {
+                a.iter().map(|n| n.as_u64().unwrap()).collect()
+            })
+        };
+        let sizes = numbers("write_bytes");
+        let expected = if joined > 1 {
+            vec![SMALL_WRITE as u64; data.len() / SMALL_WRITE]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(sizes, expected, "{v}");
+        let gaps = numbers("write_gap_nanos");
+        assert_eq!(gaps.len() + 1, sizes.len().max(1), "{v}");
+        assert_eq!(gaps.iter().sum::<u64>(), span, "{v}");
         writes += joined;
     }
     assert_eq!(writes, (BURSTS * BURST_WRITES) as u64);
@@ -1087,6 +1105,10 @@ fn keystrokes_typed_without_echo_give_away_no_timing() {
     assert_eq!(v["redacted_bytes"], n, "{v}");
     assert_eq!(v["writes"], n, "{v}");
     assert!(tty_data(v).is_empty(), "{v}");
+    assert!(
+        v.get("write_bytes").is_none() && v.get("write_gap_nanos").is_none(),
+        "no keystroke's own time: {v}"
+    );
     let span = Duration::from_nanos(v["span_nanos"].as_u64().unwrap());
     assert!(
         span >= PAUSE * (keystrokes.len() as u32 - 1),

@@ -70,6 +70,8 @@ fn event(n: u64) -> Event {
             redacted_bytes: 0,
             writes: 0,
             span_nanos: 0,
+            write_bytes: Vec::new(),
+            write_gap_nanos: Vec::new(),
             injected: false,
         })
     };
@@ -1768,6 +1770,8 @@ fn tty(at_ms: u64, device: &str, input: bool, data: &str) -> Event {
             redacted_bytes: 0,
             writes: 0,
             span_nanos: 0,
+            write_bytes: Vec::new(),
+            write_gap_nanos: Vec::new(),
             injected: false,
         })),
         ..event(1)
@@ -1841,6 +1845,42 @@ async fn replay_plays_one_terminal_and_marks_input() {
         assert!(!ok, "{bad:?}");
         assert!(stderr.contains(bad[1]), "{bad:?}: {stderr}");
     }
+}
+
+/// A record that joins writes is replayed write by write, each at its own time; one whose
+/// sizes do not add up to its bytes is replayed whole, at its time.
+#[tokio::test]
+async fn replay_plays_each_joined_write_at_its_own_time() {
+    let dir = scratch_dir("collector-replay-parts");
+    let collector = Collector::start(&dir.join("c.db"));
+    let mut chain = Chain::start("host-a:boot:parts", HOST, T0);
+    let joined = |at_ms: u64, data: &str, sizes: &[u32], gaps: &[u64]| {
+        let mut event = tty(at_ms, "136:3", false, data);
+        if let Some(Body::Tty(t)) = &mut event.body {
+            t.writes = u32::try_from(sizes.len()).unwrap();
+            t.span_nanos = gaps.iter().sum();
+            t.write_bytes = sizes.to_vec();
+            t.write_gap_nanos = gaps.to_vec();
+        }
+        event
+    };
+    // Sizes that do not add up to its bytes, 3 s apart: shown whole, with no wait.
+    chain.push(&joined(0, "x-", &[1, 9], &[3_000_000_000]));
+    // Its second write 600 ms after its first.
+    chain.push(&joined(1, "abcd", &[2, 2], &[600_000_000]));
+    let (mut agent, _) = Agent::connect(&collector, HOST, &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..3)).await.unwrap(), 2);
+    let key = session_key(ALICE);
+    let started = std::time::Instant::now();
+    let out = tests::operator::run(&collector.url(), &["replay", &key]);
+    let took = started.elapsed();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "x-abcd");
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_millis(2_500),
+        "the second write of the joined record is played 600 ms after its first, and the \
+         record that cannot be cut is not played at its writes' times: {took:?}"
+    );
 }
 
 /// Records 10 to 12 of a chain were lost in the agent's spool, and it declares the hole: the

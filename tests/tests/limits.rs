@@ -168,6 +168,8 @@ fn large_output(n: u64, bytes: usize) -> Event {
             redacted_bytes: 0,
             writes: 0,
             span_nanos: 0,
+            write_bytes: Vec::new(),
+            write_gap_nanos: Vec::new(),
             injected: false,
         })),
         ..session_exec(7)

@@ -106,6 +106,8 @@ fn process_events(t: u64) -> Vec<Event> {
             redacted_bytes: 0,
             writes: 0,
             span_nanos: 0,
+            write_bytes: Vec::new(),
+            write_gap_nanos: Vec::new(),
             injected: false,
         })
     };

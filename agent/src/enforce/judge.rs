@@ -305,6 +305,7 @@ mod tests {
                 }),
                 writes: 3,
                 span_ns: 0,
+                parts: Vec::new(),
             };
             pushed
         };

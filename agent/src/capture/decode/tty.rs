@@ -43,6 +43,7 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
                 injected,
                 writes: 1,
                 span_ns: 0,
+                parts: Vec::new(),
             });
         }
         // A window size: rows and columns in place of the position and the length.
@@ -96,6 +97,7 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
         injected,
         writes: 1,
         span_ns: 0,
+        parts: Vec::new(),
     })
 }
 
