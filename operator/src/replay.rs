@@ -61,18 +61,16 @@ pub async fn play(
         };
         // Pushed by another process (`TIOCSTI`), not typed: said so.
         let how = if tty.injected { "injected" } else { "typed" };
-        if tty.redacted_bytes > 0 {
-            clock.reach(event.time_unix_nano, out).await?;
-            write!(
-                out,
-                "\u{27e6}{how}: {}\u{27e7}",
-                redacted(tty.redacted_bytes)
-            )?;
-        } else if tty.direction() == Direction::Input {
+        if tty.redacted_bytes > 0 || tty.direction() == Direction::Input {
             // Typed input is a note beside the output, one for the record: a paste cut into
             // a mark a keystroke would hide what was typed.
             clock.reach(event.time_unix_nano, out).await?;
-            write!(out, "\u{27e6}{how}: {}\u{27e7}", escape_bytes(&tty.data))?;
+            let typed = if tty.redacted_bytes > 0 {
+                redacted(tty.redacted_bytes)
+            } else {
+                escape_bytes(&tty.data)
+            };
+            write!(out, "\u{27e6}{how}: {typed}\u{27e7}")?;
         } else {
             for (after, bytes) in proto::tty::writes(tty) {
                 clock

@@ -11,25 +11,27 @@ use crate::v1::Tty;
 #[must_use]
 pub fn writes(tty: &Tty) -> Vec<(u64, &[u8])> {
     let data = &tty.data[..];
-    let whole = vec![(0, data)];
     let sizes = &tty.write_bytes;
     let total = sizes
         .iter()
         .try_fold(0usize, |sum, &n| sum.checked_add(n as usize));
     if sizes.is_empty() || total != Some(data.len()) || tty.write_gap_nanos.len() + 1 != sizes.len()
     {
-        return whole;
+        return vec![(0, data)];
     }
-    let mut out = Vec::with_capacity(sizes.len());
+    // The first write is at the record's time; each gap leads to the write after it.
+    let gaps = std::iter::once(&0).chain(&tty.write_gap_nanos);
     let (mut start, mut after) = (0usize, 0u64);
-    for (i, &n) in sizes.iter().enumerate() {
-        if i > 0 {
-            after = after.saturating_add(tty.write_gap_nanos[i - 1]);
-        }
-        out.push((after, &data[start..start + n as usize]));
-        start += n as usize;
-    }
-    out
+    sizes
+        .iter()
+        .zip(gaps)
+        .map(|(&n, &gap)| {
+            after = after.saturating_add(gap);
+            let bytes = &data[start..start + n as usize];
+            start += n as usize;
+            (after, bytes)
+        })
+        .collect()
 }
 
 #[cfg(test)]

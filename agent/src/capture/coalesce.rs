@@ -23,11 +23,11 @@ use agent_common::tty::CHUNK;
 use bytes::BytesMut;
 use tokio::time::Instant;
 
-use super::event::{Body, Event, Part};
+use super::event::{Body, Event};
 
 /// The longest time a joined record of output or echoed input spans. Each write keeps its
-/// own time in the record (`Part`), but searches and the store's time column know the
-/// record by its first write's: none is dated more than this before it was written.
+/// own time in the record (`write_gap_ns`), but searches and the store's time column know
+/// the record by its first write's: none is dated more than this before it was written.
 const SPAN_MAX: u64 = 10_000_000;
 /// The longest input typed without echo is held, from its first keystroke: a prompt
 /// answered within it is one record, whatever the pace of typing.
@@ -241,7 +241,8 @@ impl Run {
                 data: first_data,
                 writes,
                 span_ns,
-                parts,
+                write_bytes,
+                write_gap_ns,
                 ..
             },
             Body::Tty {
@@ -270,18 +271,13 @@ impl Run {
             .extend_from_slice(data);
         *writes = writes.saturating_add(1);
         // Each record's bytes and time, kept so that replay shows each where and when it
-        // was written. Both fit: a joined record holds at most CHUNK bytes.
-        if parts.is_empty() {
-            parts.push(Part {
-                bytes: len as u32,
-                gap_ns: 0,
-            });
+        // was written. The sizes fit: a joined record holds at most CHUNK bytes.
+        if write_bytes.is_empty() {
+            write_bytes.push(len as u32);
         }
+        write_bytes.push(data.len() as u32);
         let after = event.ktime_ns - first_ns;
-        parts.push(Part {
-            bytes: data.len() as u32,
-            gap_ns: after - *span_ns,
-        });
+        write_gap_ns.push(after - *span_ns);
         *span_ns = after;
         self.next_offset = offset.saturating_add(data.len() as u64);
         None
@@ -338,7 +334,8 @@ mod tests {
                 injected: None,
                 writes: 1,
                 span_ns: 0,
-                parts: Vec::new(),
+                write_bytes: Vec::new(),
+                write_gap_ns: Vec::new(),
             },
         }
     }
@@ -410,31 +407,23 @@ mod tests {
         ]);
         assert_eq!(summary(&out), [(5, b"abcde".to_vec(), 0, 3, 300)]);
         assert_eq!(out[0].ktime_ns, 100, "the first write's time");
-        let Body::Tty { parts, .. } = &out[0].body else {
+        let Body::Tty {
+            write_bytes,
+            write_gap_ns,
+            ..
+        } = &out[0].body
+        else {
             panic!("{out:?}")
         };
         assert_eq!(
-            parts,
-            &[
-                Part {
-                    bytes: 2,
-                    gap_ns: 0
-                },
-                Part {
-                    bytes: 2,
-                    gap_ns: 50
-                },
-                Part {
-                    bytes: 1,
-                    gap_ns: 250
-                }
-            ],
-            "each write's bytes, and the time since the one before"
+            (&write_bytes[..], &write_gap_ns[..]),
+            (&[2, 2, 1][..], &[50, 250][..]),
+            "each write's bytes, and the time from each to the next"
         );
     }
 
     #[test]
-    fn records_not_joined_and_input_typed_without_echo_have_no_parts() {
+    fn records_not_joined_and_input_typed_without_echo_keep_no_write_times() {
         let out = join(vec![
             write(5, 1, 0, b"a"),
             write(6, 2, 0, b"b"),
@@ -445,7 +434,8 @@ mod tests {
         assert_eq!(summary(&out)[2], (7, Vec::new(), 2, 2, 1));
         for e in &out {
             assert!(
-                matches!(&e.body, Body::Tty { parts, .. } if parts.is_empty()),
+                matches!(&e.body, Body::Tty { write_bytes, write_gap_ns, .. }
+                    if write_bytes.is_empty() && write_gap_ns.is_empty()),
                 "{e:?}"
             );
         }

@@ -55,14 +55,6 @@ pub struct Readers {
     pub foreground_euid: Option<u32>,
 }
 
-/// One of the records a terminal record joins (`coalesce`): its bytes in the joined `data`,
-/// and nanoseconds since the one before it (0 for the first).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Part {
-    pub bytes: u32,
-    pub gap_ns: u64,
-}
-
 /// A path the kernel resolved for an exec (its working directory, its executable's file),
 /// as the process sees it (up to its own root).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,9 +201,11 @@ pub enum Body {
         writes: u32,
         /// Nanoseconds from the first joined record to the last.
         span_ns: u64,
-        /// Each joined record's bytes and time, in order: empty unless joined, and for
-        /// input typed without echo.
-        parts: Vec<Part>,
+        /// The bytes of each joined record in `data`, in order, and the nanoseconds from
+        /// each to the next (one fewer): empty unless joined, and for input typed without
+        /// echo. The encoded event's `write_bytes` and `write_gap_nanos`, as they are.
+        write_bytes: Vec<u32>,
+        write_gap_ns: Vec<u64>,
     },
     /// The digest of an executed file, read after its exec (whose image said `pending`).
     ImageDigest(Image),

@@ -305,7 +305,8 @@ mod tests {
                 }),
                 writes: 3,
                 span_ns: 0,
-                parts: Vec::new(),
+                write_bytes: Vec::new(),
+                write_gap_ns: Vec::new(),
             };
             pushed
         };

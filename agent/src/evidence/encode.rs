@@ -155,7 +155,8 @@ fn body(body: Body) -> v1::event::Body {
             injected,
             writes,
             span_ns,
-            parts,
+            write_bytes,
+            write_gap_ns,
         } => B::Tty(v1::Tty {
             direction: if input {
                 v1::tty::Direction::Input
@@ -172,8 +173,8 @@ fn body(body: Body) -> v1::event::Body {
             writes: if writes > 1 { writes } else { 0 },
             span_nanos: span_ns,
             injected: injected.is_some(),
-            write_bytes: parts.iter().map(|p| p.bytes).collect(),
-            write_gap_nanos: parts.iter().skip(1).map(|p| p.gap_ns).collect(),
+            write_bytes,
+            write_gap_nanos: write_gap_ns,
         }),
         Body::TtyResize { device, rows, cols } => B::TtyResize(v1::TtyResize {
             device: device.map(|d| d.to_string()).unwrap_or_default(),

@@ -43,7 +43,8 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
                 injected,
                 writes: 1,
                 span_ns: 0,
-                parts: Vec::new(),
+                write_bytes: Vec::new(),
+                write_gap_ns: Vec::new(),
             });
         }
         // A window size: rows and columns in place of the position and the length.
@@ -97,7 +98,8 @@ pub(super) fn decode(bytes: &Bytes, kind_id: u32) -> Result<Body, DecodeError> {
         injected,
         writes: 1,
         span_ns: 0,
-        parts: Vec::new(),
+        write_bytes: Vec::new(),
+        write_gap_ns: Vec::new(),
     })
 }
 
