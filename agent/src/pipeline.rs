@@ -58,11 +58,13 @@ use crate::{
 /// Batches in flight between two stages after the reader.
 const STAGE_DEPTH: usize = 16;
 /// The spool is made durable at most this often while batches keep coming (the rings are
-/// drained every `--drain-ms`, or sooner under a flood). Each sync is also a batch shipped
-/// and a commit at the collector: once per drain at the 2 ms drains of before, a loop of
-/// execs cost the agent and the collector more CPU than the kernel's capture did
-/// (docs/capture.md). A batch after a quiet spell is synced at once.
-const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+/// drained every `--drain-ms`, or sooner under a flood); a batch after a quiet spell is
+/// synced at once. Each sync is also a batch shipped and a commit at the collector, and an
+/// `fdatasync` here: at 10 ms, a loop of execs spent a quarter of the agent's CPU in the
+/// sync alone (docs/capture.md, "One sync each 50 ms"). Every batch is written to the file
+/// as it comes, so killing the agent loses none of it; only a crash of the host can lose
+/// what this interval holds.
+const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What the events are for. Without any, the pipeline only decodes and counts.
 pub struct Sinks {

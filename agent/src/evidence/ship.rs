@@ -48,12 +48,6 @@ const CHECKPOINT_BUSY: Duration = Duration::from_secs(1);
 /// And at least this often when none do, so that "nothing happened" is attested too.
 const CHECKPOINT_IDLE: Duration = Duration::from_mins(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// Once caught up, records that become durable wait this long for the ones after them before
-/// they are sent. A steady trickle (a loop of execs, a spool sync every 10 ms) then ships a
-/// batch each `LINGER` rather than one at each sync: a batch costs the agent and the
-/// collector about the same whatever it holds (a message, a group commit, an ack). The
-/// spool already holds them durably; the collector sees them at most this much later.
-const LINGER: Duration = Duration::from_millis(50);
 /// How often the agent tells the collector it is alive when it has nothing else to say
 /// (docs/grants.md, "Liveness").
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -368,7 +362,6 @@ async fn send(
                     if durable.changed().await.is_err() {
                         return Ok(());
                     }
-                    tokio::time::sleep(LINGER).await;
                     continue;
                 }
                 let wait = if grown {
@@ -378,13 +371,10 @@ async fn send(
                 };
                 let due = last_checkpoint.map_or_else(tokio::time::Instant::now, |t| t + wait);
                 tokio::select! {
-                    changed = durable.changed() => {
-                        if changed.is_err() {
-                            checkpoint(&mut log, false).await?;
-                            return Ok(());
-                        }
-                        tokio::time::sleep(LINGER).await;
-                    }
+                    changed = durable.changed() => if changed.is_err() {
+                        checkpoint(&mut log, false).await?;
+                        return Ok(());
+                    },
                     () = tokio::time::sleep_until(due) => {
                         checkpoint(&mut log, !grown).await?;
                         last_checkpoint = Some(tokio::time::Instant::now());
