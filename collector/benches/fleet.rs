@@ -9,8 +9,9 @@
 //! events/s, the ack latency of every batch (p50, p99, max), the collector's resident memory
 //! every ten seconds with the ratio of the last to the first once every host is connected,
 //! the seconds of the run in which the batches acked only after a second or more were sent
-//! (a stall shows as a few adjacent seconds), and verify's verdict: every chain verifies and
-//! holds every record sent, so nothing was lost.
+//! (a stall shows as a few adjacent seconds) with what the collector and the machine did in
+//! and around them, second by second, and verify's verdict: every chain verifies and holds
+//! every record sent, so nothing was lost.
 
 use std::{
     collections::VecDeque,
@@ -266,15 +267,73 @@ async fn agent(
     run
 }
 
-/// The collector process's resident memory, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kib / 1024.0
+/// What the collector process and the machine had done by a second of the timed run: the
+/// counters a stall would move. Disk reads and major faults of the collector, or file pages
+/// read again after the kernel reclaimed them, say it waited on the disk for its own pages;
+/// CPU time that stops growing while the disk's writes go on says it waited on its syncs.
+struct Sample {
+    second: u64,
+    rss_mib: f64,
+    /// The collector's user and system time, in clock ticks.
+    cpu_ticks: u64,
+    major_faults: u64,
+    read_bytes: u64,
+    write_bytes: u64,
+    /// The machine's file pages read back in after being reclaimed.
+    refaults: u64,
+}
+
+impl Sample {
+    fn take(pid: u32, second: u64) -> Self {
+        let read = |path: String| std::fs::read_to_string(path).unwrap();
+        let field = |text: &str, name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap()
+        };
+        let stat = read(format!("/proc/{pid}/stat"));
+        // The fields after the command name, which is in parentheses and may hold spaces:
+        // the state is field 3, so field n is at n - 3.
+        let after: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let io = read(format!("/proc/{pid}/io"));
+        #[expect(clippy::cast_precision_loss, reason = "MiB for display")]
+        let rss_mib = field(&read(format!("/proc/{pid}/status")), "VmRSS:") as f64 / 1024.0;
+        Self {
+            second,
+            rss_mib,
+            cpu_ticks: after[14 - 3] + after[15 - 3],
+            major_faults: after[12 - 3],
+            read_bytes: field(&io, "read_bytes:"),
+            write_bytes: field(&io, "write_bytes:"),
+            refaults: field(&read("/proc/vmstat".into()), "workingset_refault_file "),
+        }
+    }
+
+    /// What happened between `self` and the `later` sample, as one line named for the
+    /// second of the run that `self` begins.
+    fn to(&self, later: &Self) -> String {
+        #[expect(clippy::cast_precision_loss, reason = "rates for display")]
+        let mb = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
+        format!(
+            "second {}: collector CPU {}% of a core, major faults {}, read {:.1} MB, written {:.1} MB; machine refaults {}",
+            self.second,
+            (later.cpu_ticks - self.cpu_ticks) * 100 / ticks_per_second(),
+            later.major_faults - self.major_faults,
+            mb(self.read_bytes, later.read_bytes),
+            mb(self.write_bytes, later.write_bytes),
+            later.refaults.saturating_sub(self.refaults),
+        )
+    }
+}
+
+/// The unit of `Sample::cpu_ticks`.
+fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf reads a constant of the system.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100)
 }
 
 /// Raises this process's open-file limit to its hard limit: a connection is a file.
@@ -335,8 +394,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Prints what the hosts saw; returns the events sent.
-fn report(runs: &[HostRun], elapsed: Duration, offered: u64) -> u64 {
+/// Prints what the hosts saw; returns the events sent and the spans of adjacent seconds
+/// (first, last) in which the batches acked late were sent.
+fn report(runs: &[HostRun], elapsed: Duration, offered: u64) -> (u64, Vec<(i64, i64)>) {
     let sent: u64 = runs.iter().map(|r| r.sent).sum();
     let acked: u64 = runs.iter().map(|r| r.acked).sum();
     let mut latencies: Vec<Duration> = runs.iter().flat_map(|r| r.latencies.clone()).collect();
@@ -380,7 +440,13 @@ fn report(runs: &[HostRun], elapsed: Duration, offered: u64) -> u64 {
             )
         }
     );
-    sent
+    (
+        sent,
+        spans
+            .iter()
+            .map(|&(first, last, _)| (first, last))
+            .collect(),
+    )
 }
 
 /// Verify over the whole store: every chain verifies and the fleet's hold `sent` records.
@@ -431,7 +497,7 @@ async fn main() {
          connection, {} batches a second; collector pid {pid}",
         args.hosts, args.rate, args.seconds, BATCHES_PER_SECOND
     );
-    let rss_idle = rss_mib(pid);
+    let rss_idle = Sample::take(pid, 0).rss_mib;
 
     let began = Instant::now();
     let now = tokio::time::Instant::now();
@@ -447,26 +513,56 @@ async fn main() {
         agents.spawn(agent(url, identity, host, args.rate, start, zero, end));
     }
     tokio::time::sleep_until(zero).await;
-    let timed = Instant::now();
-    let mut rss = vec![(0, rss_mib(pid))];
-    while tokio::time::Instant::now() + Duration::from_secs(10) <= end {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        rss.push((timed.elapsed().as_secs(), rss_mib(pid)));
+    // A sample each second of the timed run, on ticks from `zero`, so that sample n is
+    // taken at the end of second n - 1 of the run.
+    let mut samples = vec![Sample::take(pid, 0)];
+    let mut each_second =
+        tokio::time::interval_at(zero + Duration::from_secs(1), Duration::from_secs(1));
+    for second in 1..=args.seconds {
+        each_second.tick().await;
+        samples.push(Sample::take(pid, second));
     }
     let mut runs = Vec::with_capacity(args.hosts);
     while let Some(run) = agents.join_next().await {
         runs.push(run.unwrap());
     }
     // Over the whole run, the ramp included: the rate understates the steady one slightly.
-    let sent = report(&runs, began.elapsed(), u64::from(hosts) * args.rate);
-    let series: Vec<String> = rss.iter().map(|(t, m)| format!("{t}s {m:.0}")).collect();
+    let (sent, spans) = report(&runs, began.elapsed(), u64::from(hosts) * args.rate);
+    for (first, last) in spans {
+        println!("  around the batches sent in {first}–{last} s, second by second:");
+        // The pairs of samples that bound the seconds from three before the span to three
+        // after it: pair k covers second k of the run.
+        let to = usize::try_from(last + 5).unwrap_or(0).min(samples.len());
+        let from = usize::try_from(first - 3).unwrap_or(0).min(to);
+        for pair in samples[from..to].windows(2) {
+            println!("    {}", pair[0].to(&pair[1]));
+        }
+    }
+    let series: Vec<&Sample> = samples.iter().step_by(10).collect();
+    let listed: Vec<String> = series
+        .iter()
+        .map(|s| format!("{}s {:.0}", s.second, s.rss_mib))
+        .collect();
     println!(
         "  collector RSS, MiB: idle {rss_idle:.0}; {}",
-        series.join(", ")
+        listed.join(", ")
     );
     println!(
         "  collector RSS, last / first with every host connected: {:.2}",
-        rss.last().unwrap().1 / rss[0].1
+        series[series.len() - 1].rss_mib / series[0].rss_mib
+    );
+    // Every commit writes each page it touched whole to the WAL, and the checkpoint writes
+    // it again: what a store on this disk must sustain (docs/limits.md).
+    let written = samples[samples.len() - 1].write_bytes - samples[0].write_bytes;
+    let offered = u64::from(hosts) * args.rate * args.seconds;
+    #[expect(clippy::cast_precision_loss, reason = "rates for display")]
+    let (gb, per_second) = (
+        written as f64 / 1e9,
+        written as f64 / 1e6 / args.seconds as f64,
+    );
+    println!(
+        "  collector disk writes over the timed run: {gb:.1} GB, {per_second:.0} MB/s, {} B an event offered",
+        written / offered.max(1)
     );
     let admin = client(
         &ca,
