@@ -529,11 +529,15 @@ async fn main() {
     // Over the whole run, the ramp included: the rate understates the steady one slightly.
     let (sent, spans) = report(&runs, began.elapsed(), u64::from(hosts) * args.rate);
     for (first, last) in spans {
-        println!("  around the batches sent in {first}–{last} s, second by second:");
         // The pairs of samples that bound the seconds from three before the span to three
-        // after it: pair k covers second k of the run.
+        // after it: pair k covers second k of the run. The ramp's seconds have none.
         let to = usize::try_from(last + 5).unwrap_or(0).min(samples.len());
         let from = usize::try_from(first - 3).unwrap_or(0).min(to);
+        if to - from < 2 {
+            println!("  the batches sent in {first}–{last} s: before the timed run, not sampled");
+            continue;
+        }
+        println!("  around the batches sent in {first}–{last} s, second by second:");
         for pair in samples[from..to].windows(2) {
             println!("    {}", pair[0].to(&pair[1]));
         }
