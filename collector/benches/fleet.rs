@@ -281,10 +281,90 @@ struct Sample {
     write_bytes: u64,
     /// The machine's file pages read back in after being reclaimed.
     refaults: u64,
+    /// The store's WAL: frames written since it last restarted, and frames the checkpoints
+    /// have copied into the database. A gap that grows says the checkpoint falls behind;
+    /// past `WAL_BYTES_MAX` the writer checkpoints inside its commits.
+    wal_frames: u32,
+    wal_backfilled: u32,
+    threads: Vec<Thread>,
+}
+
+/// The checkpoint thread's name as `/proc` shows it: the kernel keeps 15 bytes of a name.
+const CHECKPOINT_THREAD: &str = "store-checkpoin";
+
+/// One thread of the collector: which of them does the work, and which of them writes.
+struct Thread {
+    tid: u32,
+    name: String,
+    cpu_ticks: u64,
+    write_bytes: u64,
+}
+
+/// The user and system time, in clock ticks, and the name of the process or thread whose
+/// `stat` file this is.
+fn stat_ticks(stat: &str) -> (String, u64) {
+    // The fields after the command name, which is in parentheses and may hold spaces: the
+    // state is field 3, so field n is at n - 3.
+    let open = stat.find('(').map_or(0, |i| i + 1);
+    let close = stat.rfind(')').unwrap_or(stat.len());
+    let after: Vec<u64> = stat[(close + 2).min(stat.len())..]
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = after.get(14 - 3).unwrap_or(&0) + after.get(15 - 3).unwrap_or(&0);
+    (stat[open..close.max(open)].to_owned(), ticks)
+}
+
+/// The `write_bytes:` line of an `io` file.
+fn written(io: &str) -> u64 {
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The WAL's frames in use and frames copied back, from its index (the `-shm` file), laid
+/// out as SQLite documents it (walformat.html): the header's `mxFrame` is the `u32` at byte
+/// 16, and the checkpoint information's `nBackfill` the one at byte 96, in the machine's
+/// byte order. A store not yet opened reads as zeros.
+fn wal_state(store: &Path) -> (u32, u32) {
+    let mut shm = store.as_os_str().to_owned();
+    shm.push("-shm");
+    let Ok(bytes) = std::fs::read(&shm) else {
+        return (0, 0);
+    };
+    let at = |i: usize| {
+        bytes
+            .get(i..i + 4)
+            .map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap()))
+    };
+    (at(16), at(96))
+}
+
+/// Each thread of process `pid`, as its `task` directory shows it now.
+fn threads(pid: u32) -> Vec<Thread> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let (name, cpu_ticks) =
+                stat_ticks(&std::fs::read_to_string(task.path().join("stat")).ok()?);
+            let write_bytes = written(&std::fs::read_to_string(task.path().join("io")).ok()?);
+            Some(Thread {
+                tid,
+                name,
+                cpu_ticks,
+                write_bytes,
+            })
+        })
+        .collect()
 }
 
 impl Sample {
-    fn take(pid: u32, second: u64) -> Self {
+    fn take(pid: u32, store: &Path, second: u64) -> Self {
         let read = |path: String| std::fs::read_to_string(path).unwrap();
         let field = |text: &str, name: &str| -> u64 {
             text.lines()
@@ -293,23 +373,25 @@ impl Sample {
                 .unwrap()
         };
         let stat = read(format!("/proc/{pid}/stat"));
-        // The fields after the command name, which is in parentheses and may hold spaces:
-        // the state is field 3, so field n is at n - 3.
         let after: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
             .split_whitespace()
             .map(|f| f.parse().unwrap_or(0))
             .collect();
         let io = read(format!("/proc/{pid}/io"));
+        let (wal_frames, wal_backfilled) = wal_state(store);
         #[expect(clippy::cast_precision_loss, reason = "MiB for display")]
         let rss_mib = field(&read(format!("/proc/{pid}/status")), "VmRSS:") as f64 / 1024.0;
         Self {
             second,
             rss_mib,
-            cpu_ticks: after[14 - 3] + after[15 - 3],
+            cpu_ticks: stat_ticks(&stat).1,
             major_faults: after[12 - 3],
             read_bytes: field(&io, "read_bytes:"),
-            write_bytes: field(&io, "write_bytes:"),
+            write_bytes: written(&io),
             refaults: field(&read("/proc/vmstat".into()), "workingset_refault_file "),
+            wal_frames,
+            wal_backfilled,
+            threads: threads(pid),
         }
     }
 
@@ -318,16 +400,114 @@ impl Sample {
     fn to(&self, later: &Self) -> String {
         #[expect(clippy::cast_precision_loss, reason = "rates for display")]
         let mb = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
+        let percent = |from: u64, to: u64| to.saturating_sub(from) * 100 / ticks_per_second();
+        // Each thread's share of the second: the checkpoint's, and the busiest other one's,
+        // which under load is the writer.
+        let moved: Vec<(&Thread, u64, f64)> = later
+            .threads
+            .iter()
+            .filter_map(|t| {
+                let before = self.threads.iter().find(|b| b.tid == t.tid)?;
+                Some((
+                    t,
+                    percent(before.cpu_ticks, t.cpu_ticks),
+                    mb(before.write_bytes, t.write_bytes),
+                ))
+            })
+            .collect();
+        let checkpoint = moved
+            .iter()
+            .find(|(t, ..)| t.name == CHECKPOINT_THREAD)
+            .map_or("none".to_owned(), |(_, cpu, w)| {
+                format!("{cpu}%, {w:.1} MB")
+            });
+        let busiest = moved
+            .iter()
+            .filter(|(t, ..)| t.name != CHECKPOINT_THREAD)
+            .max_by_key(|(_, cpu, _)| *cpu)
+            .map_or("none".to_owned(), |(t, cpu, w)| {
+                format!("{} {}: {cpu}%, {w:.1} MB", t.name, t.tid)
+            });
         format!(
-            "second {}: collector CPU {}% of a core, major faults {}, read {:.1} MB, written {:.1} MB; machine refaults {}",
+            "second {}: collector CPU {}% of a core, major faults {}, read {:.1} MB, written {:.1} MB; \
+             checkpoint thread {checkpoint}; busiest other thread {busiest}; \
+             WAL at its end {} frames, {} copied back; machine refaults {}",
             self.second,
-            (later.cpu_ticks - self.cpu_ticks) * 100 / ticks_per_second(),
+            percent(self.cpu_ticks, later.cpu_ticks),
             later.major_faults - self.major_faults,
             mb(self.read_bytes, later.read_bytes),
             mb(self.write_bytes, later.write_bytes),
+            later.wal_frames,
+            later.wal_backfilled,
             later.refaults.saturating_sub(self.refaults),
         )
     }
+}
+
+/// Prints the collector's resident memory over the run, and what the run cost it: CPU time
+/// an event (its writer's and checkpoint thread's shares), the WAL's most frames, and its
+/// disk writes. `samples` has one for the start and one for each second of the run.
+fn report_costs(samples: &[Sample], rss_idle: f64, offered_per_second: u64) {
+    let series: Vec<&Sample> = samples.iter().step_by(10).collect();
+    let listed: Vec<String> = series
+        .iter()
+        .map(|s| format!("{}s {:.0}", s.second, s.rss_mib))
+        .collect();
+    println!(
+        "  collector RSS, MiB: idle {rss_idle:.0}; {}",
+        listed.join(", ")
+    );
+    println!(
+        "  collector RSS, last / first with every host connected: {:.2}",
+        series[series.len() - 1].rss_mib / series[0].rss_mib
+    );
+    // What the timed run cost the collector, and the share of it of its busiest thread,
+    // the writer, and of the checkpoint thread.
+    let seconds = samples.len() as u64 - 1;
+    let offered = offered_per_second * seconds;
+    let (first, last) = (&samples[0], &samples[samples.len() - 1]);
+    let moved: Vec<(&Thread, u64)> = last
+        .threads
+        .iter()
+        .map(|t| {
+            let before = first.threads.iter().find(|b| b.tid == t.tid);
+            (t, t.cpu_ticks - before.map_or(0, |b| b.cpu_ticks))
+        })
+        .collect();
+    let writer = moved.iter().map(|(_, ticks)| *ticks).max().unwrap_or(0);
+    let checkpoint: u64 = moved
+        .iter()
+        .filter(|(t, _)| t.name == CHECKPOINT_THREAD)
+        .map(|(_, ticks)| ticks)
+        .sum();
+    #[expect(clippy::cast_precision_loss, reason = "rates for display")]
+    let per_event =
+        |ticks: u64| ticks as f64 * 1e6 / ticks_per_second() as f64 / offered.max(1) as f64;
+    println!(
+        "  collector CPU over the timed run: {:.1} µs an event offered; its busiest thread (the writer) {:.1} µs, the checkpoint thread {:.1} µs",
+        per_event(last.cpu_ticks - first.cpu_ticks),
+        per_event(writer),
+        per_event(checkpoint),
+    );
+    // Past `WAL_BYTES_MAX` (4,096 frames of 16 KiB) the writer checkpoints in its commits.
+    let wal_most = samples.iter().map(|s| s.wal_frames).max().unwrap_or(0);
+    let behind_most = samples
+        .iter()
+        .map(|s| s.wal_frames.saturating_sub(s.wal_backfilled))
+        .max()
+        .unwrap_or(0);
+    println!(
+        "  store WAL at the end of each second: at most {wal_most} frames, at most {behind_most} not yet copied back"
+    );
+    // Every commit writes each page it touched whole to the WAL, and the checkpoint writes
+    // it again: what a store on this disk must sustain (docs/limits.md).
+    let written = last.write_bytes - first.write_bytes;
+    #[expect(clippy::cast_precision_loss, reason = "rates for display")]
+    let (gb, per_second) = (written as f64 / 1e9, written as f64 / 1e6 / seconds as f64);
+    println!(
+        "  collector disk writes over the timed run: {gb:.1} GB, {per_second:.0} MB/s, {} B an event offered",
+        written / offered.max(1)
+    );
 }
 
 /// The unit of `Sample::cpu_ticks`.
@@ -492,12 +672,13 @@ async fn main() {
     let validity = Validity::from_now(Duration::from_hours(2));
     let (mut child, url) = start_collector(&ca, dir.path(), validity);
     let pid = child.id();
+    let store = dir.path().join("serve").join("store.db");
     println!(
         "collector fleet: {} hosts × {} events/s for {} s, each host on its own mutual-TLS \
          connection, {} batches a second; collector pid {pid}",
         args.hosts, args.rate, args.seconds, BATCHES_PER_SECOND
     );
-    let rss_idle = Sample::take(pid, 0).rss_mib;
+    let rss_idle = Sample::take(pid, &store, 0).rss_mib;
 
     let began = Instant::now();
     let now = tokio::time::Instant::now();
@@ -515,12 +696,12 @@ async fn main() {
     tokio::time::sleep_until(zero).await;
     // A sample each second of the timed run, on ticks from `zero`, so that sample n is
     // taken at the end of second n - 1 of the run.
-    let mut samples = vec![Sample::take(pid, 0)];
+    let mut samples = vec![Sample::take(pid, &store, 0)];
     let mut each_second =
         tokio::time::interval_at(zero + Duration::from_secs(1), Duration::from_secs(1));
     for second in 1..=args.seconds {
         each_second.tick().await;
-        samples.push(Sample::take(pid, second));
+        samples.push(Sample::take(pid, &store, second));
     }
     let mut runs = Vec::with_capacity(args.hosts);
     while let Some(run) = agents.join_next().await {
@@ -542,32 +723,7 @@ async fn main() {
             println!("    {}", pair[0].to(&pair[1]));
         }
     }
-    let series: Vec<&Sample> = samples.iter().step_by(10).collect();
-    let listed: Vec<String> = series
-        .iter()
-        .map(|s| format!("{}s {:.0}", s.second, s.rss_mib))
-        .collect();
-    println!(
-        "  collector RSS, MiB: idle {rss_idle:.0}; {}",
-        listed.join(", ")
-    );
-    println!(
-        "  collector RSS, last / first with every host connected: {:.2}",
-        series[series.len() - 1].rss_mib / series[0].rss_mib
-    );
-    // Every commit writes each page it touched whole to the WAL, and the checkpoint writes
-    // it again: what a store on this disk must sustain (docs/limits.md).
-    let written = samples[samples.len() - 1].write_bytes - samples[0].write_bytes;
-    let offered = u64::from(hosts) * args.rate * args.seconds;
-    #[expect(clippy::cast_precision_loss, reason = "rates for display")]
-    let (gb, per_second) = (
-        written as f64 / 1e9,
-        written as f64 / 1e6 / args.seconds as f64,
-    );
-    println!(
-        "  collector disk writes over the timed run: {gb:.1} GB, {per_second:.0} MB/s, {} B an event offered",
-        written / offered.max(1)
-    );
+    report_costs(&samples, rss_idle, u64::from(hosts) * args.rate);
     let admin = client(
         &ca,
         ca.issue_operator("fleet", Role::Admin, validity).unwrap(),
