@@ -471,10 +471,19 @@ fn report_costs(samples: &[Sample], rss_idle: f64, offered_per_second: u64) {
         .iter()
         .map(|t| {
             let before = first.threads.iter().find(|b| b.tid == t.tid);
-            (t, t.cpu_ticks - before.map_or(0, |b| b.cpu_ticks))
+            (
+                t,
+                t.cpu_ticks
+                    .saturating_sub(before.map_or(0, |b| b.cpu_ticks)),
+            )
         })
         .collect();
-    let writer = moved.iter().map(|(_, ticks)| *ticks).max().unwrap_or(0);
+    let writer = moved
+        .iter()
+        .filter(|(t, _)| t.name != CHECKPOINT_THREAD)
+        .map(|(_, ticks)| *ticks)
+        .max()
+        .unwrap_or(0);
     let checkpoint: u64 = moved
         .iter()
         .filter(|(t, _)| t.name == CHECKPOINT_THREAD)

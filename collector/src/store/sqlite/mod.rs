@@ -88,8 +88,9 @@ const WAL_BYTES_MAX: u32 = 64 << 20;
 /// The writer's page cache, in KiB, against SQLite's 2 MiB. A commit of a fleet's batches
 /// touches a page per host in each per-host index: 1,000 hosts make about 3,000 pages,
 /// some 48 MiB of 16 KiB pages, and a 2 MiB cache read each of them back from the kernel
-/// on every commit (a fifth of the writer's time, docs/reliability.md). SQLite
-/// takes the memory only as pages are used, so a store with few hosts never holds it.
+/// on every commit (a fifth of the writer's time, docs/reliability.md). SQLite takes the
+/// memory as the writer reads pages and keeps it, so any collector holds up to this much
+/// more once its store has grown past it.
 const WRITER_CACHE_KIB: i64 = 64 << 10;
 
 /// The page size of a store this collector creates. Against SQLite's 4 KiB, a page holds
