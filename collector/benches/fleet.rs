@@ -300,9 +300,9 @@ struct Thread {
     write_bytes: u64,
 }
 
-/// The user and system time, in clock ticks, and the name of the process or thread whose
-/// `stat` file this is.
-fn stat_ticks(stat: &str) -> (String, u64) {
+/// What a `stat` file of a process or thread says: its name, its user and system time in
+/// clock ticks, and its major faults.
+fn parse_stat(stat: &str) -> (String, u64, u64) {
     // The fields after the command name, which is in parentheses and may hold spaces: the
     // state is field 3, so field n is at n - 3.
     let open = stat.find('(').map_or(0, |i| i + 1);
@@ -311,15 +311,20 @@ fn stat_ticks(stat: &str) -> (String, u64) {
         .split_whitespace()
         .map(|f| f.parse().unwrap_or(0))
         .collect();
-    let ticks = after.get(14 - 3).unwrap_or(&0) + after.get(15 - 3).unwrap_or(&0);
-    (stat[open..close.max(open)].to_owned(), ticks)
+    let at = |n: usize| after.get(n - 3).copied().unwrap_or(0);
+    (
+        stat[open..close.max(open)].to_owned(),
+        at(14) + at(15),
+        at(12),
+    )
 }
 
-/// The `write_bytes:` line of an `io` file.
-fn written(io: &str) -> u64 {
-    io.lines()
-        .find_map(|l| l.strip_prefix("write_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
+/// The number after `name` on its line of a `/proc` file such as `io` or `status`; zero
+/// when the line is missing.
+fn field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
 
@@ -350,9 +355,10 @@ fn threads(pid: u32) -> Vec<Thread> {
         .filter_map(|task| {
             let task = task.ok()?;
             let tid = task.file_name().to_str()?.parse().ok()?;
-            let (name, cpu_ticks) =
-                stat_ticks(&std::fs::read_to_string(task.path().join("stat")).ok()?);
-            let write_bytes = written(&std::fs::read_to_string(task.path().join("io")).ok()?);
+            let (name, cpu_ticks, _) =
+                parse_stat(&std::fs::read_to_string(task.path().join("stat")).ok()?);
+            let io = std::fs::read_to_string(task.path().join("io")).ok()?;
+            let write_bytes = field(&io, "write_bytes:");
             Some(Thread {
                 tid,
                 name,
@@ -363,20 +369,35 @@ fn threads(pid: u32) -> Vec<Thread> {
         .collect()
 }
 
+/// A thread, and the CPU ticks and bytes written it added between two samples.
+type ThreadDelta<'a> = (&'a Thread, u64, u64);
+
 impl Sample {
+    /// What the checkpoint thread, and the busiest other thread (under load the writer), did
+    /// between `self` and `later`. A thread that started in between counts from zero.
+    fn threads_to<'a>(
+        &self,
+        later: &'a Self,
+    ) -> (Option<ThreadDelta<'a>>, Option<ThreadDelta<'a>>) {
+        let moved = later.threads.iter().map(|t| {
+            let before = self.threads.iter().find(|b| b.tid == t.tid);
+            (
+                t,
+                t.cpu_ticks
+                    .saturating_sub(before.map_or(0, |b| b.cpu_ticks)),
+                t.write_bytes
+                    .saturating_sub(before.map_or(0, |b| b.write_bytes)),
+            )
+        });
+        let (checkpoint, others): (Vec<_>, Vec<_>) =
+            moved.partition(|(t, ..)| t.name == CHECKPOINT_THREAD);
+        let busiest = others.into_iter().max_by_key(|(_, ticks, _)| *ticks);
+        (checkpoint.into_iter().next(), busiest)
+    }
+
     fn take(pid: u32, store: &Path, second: u64) -> Self {
         let read = |path: String| std::fs::read_to_string(path).unwrap();
-        let field = |text: &str, name: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap()
-        };
-        let stat = read(format!("/proc/{pid}/stat"));
-        let after: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
-            .split_whitespace()
-            .map(|f| f.parse().unwrap_or(0))
-            .collect();
+        let (_, cpu_ticks, major_faults) = parse_stat(&read(format!("/proc/{pid}/stat")));
         let io = read(format!("/proc/{pid}/io"));
         let (wal_frames, wal_backfilled) = wal_state(store);
         #[expect(clippy::cast_precision_loss, reason = "MiB for display")]
@@ -384,10 +405,10 @@ impl Sample {
         Self {
             second,
             rss_mib,
-            cpu_ticks: stat_ticks(&stat).1,
-            major_faults: after[12 - 3],
+            cpu_ticks,
+            major_faults,
             read_bytes: field(&io, "read_bytes:"),
-            write_bytes: written(&io),
+            write_bytes: field(&io, "write_bytes:"),
             refaults: field(&read("/proc/vmstat".into()), "workingset_refault_file "),
             wal_frames,
             wal_backfilled,
@@ -399,44 +420,30 @@ impl Sample {
     /// second of the run that `self` begins.
     fn to(&self, later: &Self) -> String {
         #[expect(clippy::cast_precision_loss, reason = "rates for display")]
-        let mb = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
-        let percent = |from: u64, to: u64| to.saturating_sub(from) * 100 / ticks_per_second();
-        // Each thread's share of the second: the checkpoint's, and the busiest other one's,
-        // which under load is the writer.
-        let moved: Vec<(&Thread, u64, f64)> = later
-            .threads
-            .iter()
-            .filter_map(|t| {
-                let before = self.threads.iter().find(|b| b.tid == t.tid)?;
-                Some((
-                    t,
-                    percent(before.cpu_ticks, t.cpu_ticks),
-                    mb(before.write_bytes, t.write_bytes),
-                ))
-            })
-            .collect();
-        let checkpoint = moved
-            .iter()
-            .find(|(t, ..)| t.name == CHECKPOINT_THREAD)
-            .map_or("none".to_owned(), |(_, cpu, w)| {
-                format!("{cpu}%, {w:.1} MB")
-            });
-        let busiest = moved
-            .iter()
-            .filter(|(t, ..)| t.name != CHECKPOINT_THREAD)
-            .max_by_key(|(_, cpu, _)| *cpu)
-            .map_or("none".to_owned(), |(t, cpu, w)| {
-                format!("{} {}: {cpu}%, {w:.1} MB", t.name, t.tid)
-            });
+        let mb = |bytes: u64| bytes as f64 / 1e6;
+        let percent = |ticks: u64| ticks * 100 / ticks_per_second();
+        let (checkpoint, busiest) = self.threads_to(later);
+        let checkpoint = checkpoint.map_or("none".to_owned(), |(_, ticks, written)| {
+            format!("{}%, {:.1} MB", percent(ticks), mb(written))
+        });
+        let busiest = busiest.map_or("none".to_owned(), |(t, ticks, written)| {
+            format!(
+                "{} {}: {}%, {:.1} MB",
+                t.name,
+                t.tid,
+                percent(ticks),
+                mb(written)
+            )
+        });
         format!(
             "second {}: collector CPU {}% of a core, major faults {}, read {:.1} MB, written {:.1} MB; \
              checkpoint thread {checkpoint}; busiest other thread {busiest}; \
              WAL at its end {} frames, {} copied back; machine refaults {}",
             self.second,
-            percent(self.cpu_ticks, later.cpu_ticks),
-            later.major_faults - self.major_faults,
-            mb(self.read_bytes, later.read_bytes),
-            mb(self.write_bytes, later.write_bytes),
+            percent(later.cpu_ticks.saturating_sub(self.cpu_ticks)),
+            later.major_faults.saturating_sub(self.major_faults),
+            mb(later.read_bytes.saturating_sub(self.read_bytes)),
+            mb(later.write_bytes.saturating_sub(self.write_bytes)),
             later.wal_frames,
             later.wal_backfilled,
             later.refaults.saturating_sub(self.refaults),
@@ -466,29 +473,9 @@ fn report_costs(samples: &[Sample], rss_idle: f64, offered_per_second: u64) {
     let seconds = samples.len() as u64 - 1;
     let offered = offered_per_second * seconds;
     let (first, last) = (&samples[0], &samples[samples.len() - 1]);
-    let moved: Vec<(&Thread, u64)> = last
-        .threads
-        .iter()
-        .map(|t| {
-            let before = first.threads.iter().find(|b| b.tid == t.tid);
-            (
-                t,
-                t.cpu_ticks
-                    .saturating_sub(before.map_or(0, |b| b.cpu_ticks)),
-            )
-        })
-        .collect();
-    let writer = moved
-        .iter()
-        .filter(|(t, _)| t.name != CHECKPOINT_THREAD)
-        .map(|(_, ticks)| *ticks)
-        .max()
-        .unwrap_or(0);
-    let checkpoint: u64 = moved
-        .iter()
-        .filter(|(t, _)| t.name == CHECKPOINT_THREAD)
-        .map(|(_, ticks)| ticks)
-        .sum();
+    let (checkpoint, writer) = first.threads_to(last);
+    let ticks = |delta: Option<ThreadDelta>| delta.map_or(0, |(_, ticks, _)| ticks);
+    let (checkpoint, writer) = (ticks(checkpoint), ticks(writer));
     #[expect(clippy::cast_precision_loss, reason = "rates for display")]
     let per_event =
         |ticks: u64| ticks as f64 * 1e6 / ticks_per_second() as f64 / offered.max(1) as f64;
