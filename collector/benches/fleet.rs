@@ -1,5 +1,6 @@
-//! `cargo bench -p collector --bench fleet [-- --hosts N --rate R --seconds S]`: many agents
-//! against one collector, at a fixed rate for a fixed time.
+//! `cargo bench -p collector --bench fleet [-- --hosts N --rate R --seconds S
+//! --stop-at A --stop-for D]`: many agents against one collector, at a fixed rate for a
+//! fixed time.
 //!
 //! The collector runs in a process of its own (this binary again, with `--serve`), on a
 //! `SQLite` store with `synchronous=FULL`, over mutual TLS, so that its resident memory can be
@@ -12,6 +13,10 @@
 //! (a stall shows as a few adjacent seconds) with what the collector and the machine did in
 //! and around them, second by second, and verify's verdict: every chain verifies and holds
 //! every record sent, so nothing was lost.
+//!
+//! With `--stop-at A --stop-for D` it stops the collector (`SIGSTOP`) at second A of the
+//! timed run and lets it go on D seconds later: a stall made on purpose, the same in every
+//! run, and prints how long after it went on the batches sent were acked late again.
 
 use std::{
     collections::VecDeque,
@@ -45,6 +50,8 @@ struct Args {
     hosts: usize,
     rate: u64,
     seconds: u64,
+    /// The second of the timed run the collector is stopped at, and for how many.
+    stop: Option<(u64, u64)>,
 }
 
 fn args() -> Args {
@@ -52,7 +59,9 @@ fn args() -> Args {
         hosts: 1000,
         rate: 50,
         seconds: 300,
+        stop: None,
     };
+    let (mut stop_at, mut stop_for) = (None, None);
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
         let mut value = || words.next().expect("a value after the flag");
@@ -60,6 +69,8 @@ fn args() -> Args {
             "--hosts" => args.hosts = value().parse().expect("--hosts N"),
             "--rate" => args.rate = value().parse().expect("--rate EVENTS_PER_SECOND"),
             "--seconds" => args.seconds = value().parse().expect("--seconds S"),
+            "--stop-at" => stop_at = Some(value().parse().expect("--stop-at SECOND")),
+            "--stop-for" => stop_for = Some(value().parse().expect("--stop-for SECONDS")),
             // cargo bench passes this to every bench binary.
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -69,7 +80,29 @@ fn args() -> Args {
         args.rate.is_multiple_of(BATCHES_PER_SECOND) && args.rate > 0,
         "--rate must be a multiple of {BATCHES_PER_SECOND}"
     );
+    args.stop = match (stop_at, stop_for) {
+        (Some(at), Some(seconds)) if at + seconds < args.seconds => Some((at, seconds)),
+        (None, None) => None,
+        _ => panic!("--stop-at and --stop-for go together, and end before --seconds"),
+    };
     args
+}
+
+/// Stops the collector `pid` at second `at` of the run begun at `zero`, for `seconds`.
+async fn stop_collector(pid: u32, zero: tokio::time::Instant, at: u64, seconds: u64) {
+    let signal = |signal| {
+        let pid = libc::pid_t::try_from(pid).expect("a pid");
+        // SAFETY: kill only sends a signal, to the collector this bench started.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "signal the collector"
+        );
+    };
+    tokio::time::sleep_until(zero + Duration::from_secs(at)).await;
+    signal(libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    signal(libc::SIGCONT);
 }
 
 fn host_name(i: usize) -> String {
@@ -689,6 +722,9 @@ async fn main() {
         let url = url.clone();
         agents.spawn(agent(url, identity, host, args.rate, start, zero, end));
     }
+    if let Some((at, seconds)) = args.stop {
+        tokio::spawn(stop_collector(pid, zero, at, seconds));
+    }
     tokio::time::sleep_until(zero).await;
     // A sample each second of the timed run, on ticks from `zero`, so that sample n is
     // taken at the end of second n - 1 of the run.
@@ -717,6 +753,19 @@ async fn main() {
         println!("  around the batches sent in {first}–{last} s, second by second:");
         for pair in samples[from..to].windows(2) {
             println!("    {}", pair[0].to(&pair[1]));
+        }
+    }
+    if let Some((at, seconds)) = args.stop {
+        let went_on = i64::try_from(at + seconds).expect("seconds fit i64");
+        let last_late = runs.iter().flat_map(|r| r.slow.iter()).copied().max();
+        match last_late.filter(|late| *late >= went_on) {
+            Some(late) => println!(
+                "  stopped in seconds {at}–{went_on}: batches sent up to second {late} were acked late, {} s after the collector went on",
+                late + 1 - went_on
+            ),
+            None => println!(
+                "  stopped in seconds {at}–{went_on}: no batch sent after the collector went on was acked late"
+            ),
         }
     }
     report_costs(&samples, rss_idle, u64::from(hosts) * args.rate);

@@ -8,7 +8,8 @@
 //! over each transport, and the ratio TLS/plaintext; the time from dialling to the
 //! collector's `Welcome` for a new agent connection over each; events/s a Verify call
 //! recomputes (one thread walking the store, one checking columns), as a ratio to
-//! `chain_hash` alone over the same records; and events/s an operator's search pages
+//! `chain_hash` alone over the same records, and per second of CPU time the call took (a
+//! core's rate); and events/s an operator's search pages
 //! through the same store.
 //!
 //! With `RECORDER_BENCH_POSTGRES` set, every collector runs on a PostgreSQL database of its
@@ -581,14 +582,14 @@ async fn main() {
 async fn verify(target: &Target, hash_rate: f64) {
     analyze(&target.name);
     let mut query = QueryClient::new(target.admin_channel().await);
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), process_cpu());
     let verdicts = query
         .verify(VerifyRequest::default())
         .await
         .unwrap()
         .into_inner()
         .chains;
-    let verifying = start.elapsed();
+    let (verifying, cpu) = (start.elapsed(), process_cpu().saturating_sub(cpu_start));
     let host_chains: Vec<_> = verdicts.iter().filter(|v| v.host == HOST).collect();
     let checked: u64 = host_chains.iter().map(|v| v.records).sum();
     assert!(
@@ -606,6 +607,31 @@ async fn verify(target: &Target, hash_rate: f64) {
         hash_rate / rate,
         host_chains.len()
     );
+    // The target is a core's rate: the CPU time of this process (the collectors run in
+    // it, idle but for the Verify) over the call, which PostgreSQL's own work is not part of.
+    println!(
+        "  verify's CPU time: {:.2} s for {:.2} s of wall time, {:>10.0} events a CPU-second (one core's rate)",
+        cpu.as_secs_f64(),
+        verifying.as_secs_f64(),
+        per_sec(checked, cpu)
+    );
+}
+
+/// The user and system time this process has used, all its threads together.
+fn process_cpu() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given, which lives for the call.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| {
+        Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_usec).unwrap_or(0) * 1_000,
+        )
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// Pages of a search a `search` reads and times.

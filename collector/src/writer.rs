@@ -23,7 +23,7 @@ use proto::{
     v1::{AdminAct, Alert, ChainStart, Event, Grant, GrantChange, Hole, event::Body},
 };
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use proto::v1::CheckpointAck;
 use tlog::{CompactRange, Evidence, SignedCheckpoint, Verdict, WitnessState};
@@ -42,8 +42,15 @@ use crate::{
     witness::Witness,
 };
 
-/// Requests queued for the writer; senders wait when it is this far behind.
-const QUEUE: usize = 256;
+/// Requests queued for the writer; senders wait when it is this far behind. Many hosts'
+/// small batches fit at once, so when the writer falls behind, its next group holds several
+/// batches of each host: a commit writes a page per host in each per-host index, so a
+/// backlog is cleared in fewer pages an event than it was made with.
+const QUEUE: usize = 4_096;
+/// Bytes of batches queued for the writer, as they are held in memory: past them senders
+/// wait too, whatever the count, so the queue's memory stays bounded when batches are large
+/// or hold many small records. A batch larger than this waits until the queue holds none.
+const QUEUE_BYTES: usize = 64 << 20;
 /// A group commit takes at most this many records, so one commit's latency stays bounded.
 const GROUP_RECORDS: usize = 100_000;
 /// Times a group is committed again, its own records chained on the fresh head, when
@@ -160,7 +167,8 @@ type GrantReply = oneshot::Sender<Result<GrantChange, GrantError>>;
 type AdminReply = oneshot::Sender<Result<AdminAct, AdminError>>;
 
 enum Request {
-    Batch(Batch, Reply),
+    /// A batch, and its share of `QUEUE_BYTES`, given back once the writer takes it.
+    Batch(Batch, Reply, OwnedSemaphorePermit),
     Checkpoint(Box<CheckpointRequest>, CheckpointReply),
     Grant {
         id: String,
@@ -220,6 +228,8 @@ impl Outcome {
 #[derive(Clone)]
 pub(crate) struct WriterHandle {
     tx: mpsc::Sender<Request>,
+    /// `QUEUE_BYTES`, less the bytes of the batches queued.
+    queued_bytes: Arc<Semaphore>,
 }
 
 /// A request in the writer's queue: resolves once it is durable, or refused.
@@ -245,9 +255,16 @@ impl PendingCheckpoint {
 impl WriterHandle {
     /// Queues a batch; waits only while the queue is full.
     pub async fn append(&self, batch: Batch) -> Result<Pending, IngestError> {
+        let bytes: usize = batch.records.iter().map(Record::memory).sum();
+        // At most the whole budget, so that no batch waits for ever.
+        let bytes = u32::try_from(bytes.min(QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let permit = Arc::clone(&self.queued_bytes)
+            .acquire_many_owned(bytes)
+            .await
+            .map_err(|_| IngestError::Unavailable)?;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Batch(batch, reply))
+            .send(Request::Batch(batch, reply, permit))
             .await
             .map_err(|_| IngestError::Unavailable)?;
         Ok(Pending(rx))
@@ -428,7 +445,10 @@ pub(crate) fn spawn(
         grants_changed,
     };
     tokio::task::spawn_blocking(move || writer.run());
-    Ok(WriterHandle { tx })
+    Ok(WriterHandle {
+        tx,
+        queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
+    })
 }
 
 struct Writer {
@@ -783,11 +803,12 @@ impl Writer {
 
     fn apply(&mut self, group: &mut Group, request: Request) -> Result<(), Later> {
         match request {
-            Request::Batch(batch, reply) => {
+            Request::Batch(batch, reply, queued) => {
                 let first = batch.records.first().map_or(0, |r| r.seq);
                 if self.needs_commit(group, &batch.chain_id, first) {
-                    return Err(Later(Request::Batch(batch, reply)));
+                    return Err(Later(Request::Batch(batch, reply, queued)));
                 }
+                drop(queued);
                 let result = self.append(group, batch);
                 group.replies.push(Outcome::Seq(reply, result));
             }
@@ -1683,6 +1704,63 @@ mod tests {
             }
         };
         (race, asked)
+    }
+
+    /// Batches of `tty` events of `bytes` bytes of data each, continuing `chain` (a new one
+    /// begins with its `ChainStart`), checked as ingest checks them.
+    fn tty_batch(chain: &mut Chain, events: usize, bytes: usize) -> Batch {
+        let start = (chain.next_seq() == 0).then(|| Event {
+            time_unix_nano: 1,
+            body: Some(Body::ChainStart(ChainStart {
+                host: "h".into(),
+                ..ChainStart::default()
+            })),
+            ..Event::default()
+        });
+        let tty = (0..events).map(|n| Event {
+            time_unix_nano: 2 + n as u64,
+            body: Some(Body::Tty(proto::v1::Tty {
+                data: vec![b'x'; bytes].into(),
+                ..proto::v1::Tty::default()
+            })),
+            ..Event::default()
+        });
+        let events = start
+            .into_iter()
+            .chain(tty)
+            .map(|e| chain.record(e.encode_to_vec()))
+            .collect();
+        let batch = proto::v1::EventBatch {
+            chain_id: chain.id().to_owned(),
+            events,
+        };
+        crate::ingest::check::batch("h", batch).unwrap()
+    }
+
+    /// The queue's bytes are given back as the writer takes each batch, and a batch larger
+    /// than all of them is still taken: appends of 2 and then 70 MiB, each acknowledged
+    /// before the next, would otherwise wait for ever.
+    #[tokio::test]
+    async fn the_queue_gives_its_bytes_back_and_takes_a_batch_larger_than_them() {
+        const MIB: usize = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(Sqlite::open(dir.path().join("c.db").to_str().unwrap()).unwrap());
+        let writer = spawn(store, None, watch::channel(()).0, watch::channel(()).0).unwrap();
+        let mut chain = Chain::new("h:boot:1".into());
+        let mut acked = 0;
+        for events in [2, 70] {
+            let batch = tty_batch(&mut chain, events, MIB - 64);
+            let pending =
+                tokio::time::timeout(std::time::Duration::from_secs(20), writer.append(batch))
+                    .await
+                    .expect("the writer takes the batch")
+                    .unwrap();
+            acked = pending.wait().await.unwrap();
+            assert_eq!(acked + 1, chain.next_seq());
+        }
+        assert_eq!(acked, 72);
+        assert_eq!(writer.queued_bytes.available_permits(), QUEUE_BYTES);
     }
 
     /// Two collectors on one store, each with its own chain. A decision is refused when the

@@ -127,6 +127,20 @@ pub struct Record {
     pub log_index: Option<u64>,
 }
 
+impl Record {
+    /// The bytes it holds in memory: its own, its event's and its columns' text.
+    pub(crate) fn memory(&self) -> usize {
+        let d = &self.derived;
+        std::mem::size_of::<Self>()
+            + self.event.len()
+            + [&d.host, &d.session, &d.tty, &d.identity_name, &d.grant]
+                .iter()
+                .map(|text| text.len())
+                .sum::<usize>()
+            + d.fault.as_ref().map_or(0, String::len)
+    }
+}
+
 /// Records that continue one chain.
 #[derive(Debug)]
 pub struct Append {

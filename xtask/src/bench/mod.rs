@@ -44,6 +44,13 @@ pub enum Which {
         rate: u64,
         #[arg(long, default_value_t = 300)]
         seconds: u64,
+        /// Stops the collector at this second of the timed run (with `--stop-for`), and
+        /// prints how long after it went on batches were acked late.
+        #[arg(long, requires = "stop_for")]
+        stop_at: Option<u64>,
+        /// Seconds the collector stays stopped.
+        #[arg(long, requires = "stop_at")]
+        stop_for: Option<u64>,
     },
     /// Enforcement: expiry-to-death latency of grants with `on_expiry: kill`, and the cost of
     /// the kernel's deny check per syscall against the same agent with the map empty.
@@ -63,20 +70,31 @@ pub fn run(which: &Which) -> anyhow::Result<()> {
             hosts,
             rate,
             seconds,
-        } => crate::cargo(&[
-            "bench",
-            "--package",
-            "collector",
-            "--bench",
-            "fleet",
-            "--",
-            "--hosts",
-            &hosts.to_string(),
-            "--rate",
-            &rate.to_string(),
-            "--seconds",
-            &seconds.to_string(),
-        ]),
+            stop_at,
+            stop_for,
+        } => {
+            let mut args: Vec<String> = [
+                "bench",
+                "--package",
+                "collector",
+                "--bench",
+                "fleet",
+                "--",
+                "--hosts",
+                &hosts.to_string(),
+                "--rate",
+                &rate.to_string(),
+                "--seconds",
+                &seconds.to_string(),
+            ]
+            .map(String::from)
+            .into();
+            if let (Some(at), Some(seconds)) = (stop_at, stop_for) {
+                args.extend(["--stop-at".into(), at.to_string()]);
+                args.extend(["--stop-for".into(), seconds.to_string()]);
+            }
+            crate::cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        }
         Which::Export => {
             use_release_binaries();
             crate::cargo(&[
