@@ -422,8 +422,12 @@ fn a_stalled_stage_is_a_chained_gap_with_exact_counts() {
         return;
     }
     let dir = spool_dir("stall");
-    // Drained every 2 ms, a 4 KiB flood makes batches of a few hundred KiB: 64 MiB of them
-    // overflow the reader's channel of 64 batches.
+    // The reader drains every 2 ms and hands on a batch per drain that finds records. Its
+    // channel holds 64 batches, and the stages after it a few more. A flood written in one
+    // go makes batches as large as the reader falls behind, up to 4 MiB, and on a busy
+    // machine too few of them to fill the channel. So the 64 MiB come in 1,024 bursts
+    // with a pause longer than the drain interval after each: even if the reader, starved,
+    // takes several bursts in one drain, they make far more batches than fit.
     let mut agent = Agent::start_with(
         Sink::Stalled,
         &["--spool", dir.to_str().unwrap(), "--drain-ms", "2"],
@@ -431,12 +435,15 @@ fn a_stalled_stage_is_a_chained_gap_with_exact_counts() {
     let blocks = 16_384;
     let pattern = block_pattern(blocks);
     let pty = Pty::written_by(|slave| {
-        for block in pattern.chunks(4096) {
-            // SAFETY: valid fd and buffer.
-            assert_eq!(
-                unsafe { libc::write(slave.as_raw_fd(), block.as_ptr().cast(), block.len()) },
-                4096
-            );
+        for burst in pattern.chunks(16 * 4096) {
+            for block in burst.chunks(4096) {
+                // SAFETY: valid fd and buffer.
+                assert_eq!(
+                    unsafe { libc::write(slave.as_raw_fd(), block.as_ptr().cast(), block.len()) },
+                    4096
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     });
     // The reader's channel is full now, and stays full until the consumer reads again.
