@@ -13,6 +13,7 @@ use proto::{
 use crate::{
     ingest::check,
     store::{Append, Commit, Store, sqlite::Sqlite},
+    writer::Batch,
 };
 
 pub(crate) struct TestStore {
@@ -26,6 +27,33 @@ pub(crate) fn store() -> TestStore {
     TestStore { dir, store }
 }
 
+/// `events` chained on `chain` as an agent would send them, led by the chain's `ChainStart`
+/// (host `host`, time 1) when the chain is new, and checked as the collector checks a batch.
+pub(crate) fn batch(
+    chain: &mut Chain,
+    host: &str,
+    events: impl IntoIterator<Item = Event>,
+) -> Batch {
+    let start = (chain.next_seq() == 0).then(|| Event {
+        time_unix_nano: 1,
+        body: Some(Body::ChainStart(ChainStart {
+            host: host.into(),
+            ..ChainStart::default()
+        })),
+        ..Event::default()
+    });
+    let events = start
+        .into_iter()
+        .chain(events)
+        .map(|e| chain.record(e.encode_to_vec()))
+        .collect();
+    let batch = EventBatch {
+        chain_id: chain.id().to_owned(),
+        events,
+    };
+    check::batch(host, batch).unwrap()
+}
+
 impl TestStore {
     pub(crate) fn path(&self) -> PathBuf {
         self.dir.path().join("c.db")
@@ -34,29 +62,12 @@ impl TestStore {
     /// Stores a new chain of `host`: its `ChainStart` at time 1, then `events`. Returns the
     /// chain's records' hashes.
     pub(crate) fn ingest(&self, chain_id: &str, host: &str, events: &[Event]) -> Vec<[u8; 32]> {
-        let start = Event {
-            time_unix_nano: 1,
-            body: Some(Body::ChainStart(ChainStart {
-                host: host.into(),
-                ..ChainStart::default()
-            })),
-            ..Event::default()
-        };
-        let mut chain = Chain::new(chain_id.into());
-        let mut hashes = Vec::new();
-        let events = std::iter::once(&start)
-            .chain(events)
-            .map(|e| {
-                let record = chain.record(e.encode_to_vec());
-                hashes.push(chain.head());
-                record
-            })
-            .collect();
-        let batch = EventBatch {
-            chain_id: chain_id.into(),
-            events,
-        };
-        let batch = check::batch(host, batch).unwrap();
+        let batch = batch(
+            &mut Chain::new(chain_id.into()),
+            host,
+            events.iter().cloned(),
+        );
+        let hashes = batch.records.iter().map(|r| r.hash).collect();
         self.store
             .commit(&Commit {
                 appends: vec![Append {

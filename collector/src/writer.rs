@@ -1709,14 +1709,6 @@ mod tests {
     /// Batches of `tty` events of `bytes` bytes of data each, continuing `chain` (a new one
     /// begins with its `ChainStart`), checked as ingest checks them.
     fn tty_batch(chain: &mut Chain, events: usize, bytes: usize) -> Batch {
-        let start = (chain.next_seq() == 0).then(|| Event {
-            time_unix_nano: 1,
-            body: Some(Body::ChainStart(ChainStart {
-                host: "h".into(),
-                ..ChainStart::default()
-            })),
-            ..Event::default()
-        });
         let tty = (0..events).map(|n| Event {
             time_unix_nano: 2 + n as u64,
             body: Some(Body::Tty(proto::v1::Tty {
@@ -1725,16 +1717,7 @@ mod tests {
             })),
             ..Event::default()
         });
-        let events = start
-            .into_iter()
-            .chain(tty)
-            .map(|e| chain.record(e.encode_to_vec()))
-            .collect();
-        let batch = proto::v1::EventBatch {
-            chain_id: chain.id().to_owned(),
-            events,
-        };
-        crate::ingest::check::batch("h", batch).unwrap()
+        crate::testing::batch(chain, "h", tty)
     }
 
     /// The queue's bytes are given back as the writer takes each batch, and a batch larger
