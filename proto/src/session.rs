@@ -13,12 +13,19 @@ pub struct Key {
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}",
-            self.host, self.sessionid, self.start_unix_nano
-        )
+        write_key(f, &self.host, self.sessionid, self.start_unix_nano)
     }
+}
+
+/// Writes the key of session `sessionid` of `host` begun at `start_unix_nano`, as `Key`
+/// displays it, without making a `Key`: verify writes one for every record it checks.
+pub fn write_key(
+    out: &mut impl fmt::Write,
+    host: &str,
+    sessionid: u32,
+    start_unix_nano: u64,
+) -> fmt::Result {
+    write!(out, "{host}:{sessionid}:{start_unix_nano}")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,10 +8,11 @@ use std::{
     thread::JoinHandle,
 };
 
+use bytes::{Buf, Bytes};
 use prost::Message as _;
 use proto::{
     kind::Kind,
-    session::Key,
+    session::write_key,
     v1::{Event, Finding, event::Body},
 };
 
@@ -68,9 +69,9 @@ pub struct Derived {
     pub fault: Option<String>,
 }
 
-#[cfg(test)]
 impl<'a> Columns<'a> {
-    /// Columns that say nothing but a host and a kind, for tests of what reads no more.
+    /// Columns that say nothing but a host and a kind: a malformed record's, and tests' of
+    /// what reads no more.
     pub(crate) fn bare(host: &'a str, kind: &'a str) -> Self {
         Self {
             host,
@@ -137,8 +138,25 @@ pub fn terminal(event: &Event) -> &str {
 /// Decodes record `seq` of an agent of `host` for its columns. What an agent may not send is
 /// `malformed`, with the fault named, except at seq 0: a chain that does not begin with
 /// its host's `chain_start` is refused, since every link between chains rests on it.
-pub fn derive(host: &str, seq: u64, bytes: &[u8]) -> Result<Derived, String> {
-    match parse(host, seq, bytes) {
+/// Bytes given as `Bytes` are decoded without copying the event's byte fields.
+pub fn derive(host: &str, seq: u64, bytes: impl Buf) -> Result<Derived, String> {
+    let mut session = String::new();
+    let parsed = decode(seq, bytes).and_then(|event| {
+        parse(host, seq, &event, &mut session).map(|(kind, c)| Derived {
+            host: c.host.to_owned(),
+            time_unix_nano: c.time_unix_nano,
+            kind,
+            session: c.session.to_owned(),
+            sessionid: c.sessionid,
+            tty: c.tty.to_owned(),
+            identity_kind: c.identity_kind,
+            identity_name: c.identity_name.to_owned(),
+            grant: c.grant.to_owned(),
+            tty_bytes: c.tty_bytes,
+            fault: None,
+        })
+    });
+    match parsed {
         Err(fault) if seq > 0 => Ok(Derived {
             fault: Some(fault),
             ..Derived::bare(host.to_owned(), 0, Kind::Malformed)
@@ -147,13 +165,23 @@ pub fn derive(host: &str, seq: u64, bytes: &[u8]) -> Result<Derived, String> {
     }
 }
 
-fn parse(host: &str, seq: u64, bytes: &[u8]) -> Result<Derived, String> {
-    let event =
-        Event::decode(bytes).map_err(|e| format!("seq {seq} is not a recorder.v1.Event: {e}"))?;
+fn decode(seq: u64, bytes: impl Buf) -> Result<Event, String> {
+    Event::decode(bytes).map_err(|e| format!("seq {seq} is not a recorder.v1.Event: {e}"))
+}
+
+/// The kind and columns of record `seq`, decoded as `event`, borrowed from it; `session`
+/// holds the session's key. Verify checks every record this way, so nothing here allocates
+/// but a session key longer than any before it.
+fn parse<'a>(
+    host: &'a str,
+    seq: u64,
+    event: &'a Event,
+    session: &'a mut String,
+) -> Result<(Kind, Columns<'a>), String> {
     if event.time_unix_nano > i64::MAX as u64 {
         return Err(format!("seq {seq}: time out of range"));
     }
-    let Some(kind) = Kind::of(&event) else {
+    let Some(kind) = Kind::of(event) else {
         return Err(format!("seq {seq} has no body"));
     };
     match &event.body {
@@ -196,39 +224,49 @@ fn parse(host: &str, seq: u64, bytes: &[u8]) -> Result<Derived, String> {
         _ => 0,
     };
     let sessionid = event.process.as_ref().and_then(|p| p.sessionid);
-    let session = match (sessionid, &event.session_root) {
-        (Some(sessionid), Some(root)) => Key {
-            host: host.to_owned(),
-            sessionid,
-            start_unix_nano: root.start_unix_nano,
-        }
-        .to_string(),
-        _ => String::new(),
-    };
-    let tty = terminal(&event).to_owned();
-    let identity = event.identity.unwrap_or_default();
-    Ok(Derived {
-        host: host.to_owned(),
+    session.clear();
+    if let (Some(sessionid), Some(root)) = (sessionid, &event.session_root) {
+        // Writing to a String cannot fail.
+        let _ = write_key(session, host, sessionid, root.start_unix_nano);
+    }
+    let identity = event.identity.as_ref();
+    let columns = Columns {
+        host,
         time_unix_nano: event.time_unix_nano,
-        kind,
+        kind: kind.name(),
         session,
         sessionid,
-        tty,
-        identity_kind: identity.kind,
-        identity_name: identity.name,
-        grant: identity.grant,
+        tty: terminal(event),
+        identity_kind: identity.map_or(0, |i| i.kind),
+        identity_name: identity.map_or("", |i| i.name.as_str()),
+        grant: identity.map_or("", |i| i.grant.as_str()),
         tty_bytes,
-        fault: None,
-    })
+    };
+    Ok((kind, columns))
 }
 
-/// A finding when record `row` of chain `chain_id` (an agent's of `host`) has stored
-/// columns that differ from what its bytes say, or bytes no agent may send.
-pub fn check(host: &str, chain_id: &str, row: &ChainRow<'_>, findings: &mut Vec<Finding>) {
+/// A finding when record `row` of chain `chain_id` (an agent's of `host`), whose bytes
+/// `bytes` holds, has stored columns that differ from what its bytes say, or bytes no agent
+/// may send. `session` is a buffer kept from record to record.
+fn check(
+    host: &str,
+    chain_id: &str,
+    row: &ChainRow<'_>,
+    bytes: Bytes,
+    session: &mut String,
+    findings: &mut Vec<Finding>,
+) {
     // Named only when there is a finding: most records have none.
     let subject = || crate::record_subject(chain_id, row.seq);
-    let derived = match derive(host, row.seq, row.event) {
-        Ok(derived) => derived,
+    let event = decode(row.seq, bytes);
+    let parsed = match &event {
+        Ok(event) => parse(host, row.seq, event, session).map(|(_, columns)| columns),
+        Err(fault) => Err(fault.clone()),
+    };
+    let derived = match parsed {
+        Ok(columns) => columns,
+        // Stored as `malformed`, as `derive` makes it.
+        Err(_) if row.seq > 0 => Columns::bare(host, Kind::Malformed.name()),
         Err(e) => {
             findings.push(Finding {
                 subject: subject(),
@@ -237,7 +275,6 @@ pub fn check(host: &str, chain_id: &str, row: &ChainRow<'_>, findings: &mut Vec<
             return;
         }
     };
-    let derived = derived.columns();
     if derived != row.columns {
         findings.push(Finding {
             subject: subject(),
@@ -375,15 +412,18 @@ impl Batch {
         });
     }
 
-    fn check(&self, findings: &mut Vec<Finding>) {
+    fn check(self, findings: &mut Vec<Finding>) {
+        // Events are decoded from views of the buffer: their byte fields are not copied.
+        let bytes = Bytes::from(self.bytes);
         // Copied from text, so always text again.
-        let text = |r: &Range<usize>| std::str::from_utf8(&self.bytes[r.clone()]).unwrap_or("");
+        let text = |r: &Range<usize>| std::str::from_utf8(&bytes[r.clone()]).unwrap_or("");
+        let mut key = String::new();
         for r in &self.records {
             let [host, kind, session, tty, identity_name, grant] = &r.text;
             let row = ChainRow {
                 row: r.row,
                 seq: r.seq,
-                event: &self.bytes[r.event.clone()],
+                event: &bytes[r.event.clone()],
                 hash: &[],
                 columns: Columns {
                     host: text(host),
@@ -398,7 +438,8 @@ impl Batch {
                     tty_bytes: r.tty_bytes,
                 },
             };
-            check(&self.host, &self.chain_id, &row, findings);
+            let event = bytes.slice(r.event.clone());
+            check(&self.host, &self.chain_id, &row, event, &mut key, findings);
         }
     }
 }

@@ -188,7 +188,8 @@ pub(crate) fn record(
     bytes: Bytes,
     hash: [u8; 32],
 ) -> Result<Record, IngestError> {
-    let derived = verifier::columns::derive(host, seq, &bytes).map_err(invalid)?;
+    // A view of the batch's bytes: the event's byte fields are decoded without copies.
+    let derived = verifier::columns::derive(host, seq, bytes.clone()).map_err(invalid)?;
     Ok(Record {
         seq,
         derived,
@@ -519,7 +520,7 @@ mod tests {
         ]) {
             check_derive(3, bytes).unwrap();
             assert_eq!(
-                verifier::columns::derive(HOST, 3, bytes).unwrap().kind,
+                verifier::columns::derive(HOST, 3, &bytes[..]).unwrap().kind,
                 kind
             );
         }
@@ -578,7 +579,7 @@ mod tests {
 
         #[test]
         fn any_event_bytes_at_seq_0_are_a_chain_start_or_refused(bytes in event_bytes()) {
-            if let Ok(d) = verifier::columns::derive(HOST, 0, &bytes) {
+            if let Ok(d) = verifier::columns::derive(HOST, 0, &bytes[..]) {
                 prop_assert_eq!((d.kind, d.fault), (Kind::ChainStart, None));
             }
         }
