@@ -443,3 +443,147 @@ impl Batch {
         }
     }
 }
+
+/// Ingest stores what `derive` gives, and verify compares it with what `check` derives on
+/// the column thread: the two must agree on every record, and `check` must see any one
+/// stored column changed.
+#[cfg(test)]
+mod tests {
+    use proto::v1::{Exec, Identity, Process, SessionRoot, Tty};
+
+    use super::*;
+
+    const HOST: &str = "3d1219c7c4c5";
+    const CHAIN: &str = "3d1219c7c4c5:boot:1";
+
+    fn records() -> Vec<(u64, Vec<u8>)> {
+        let exec = Event {
+            time_unix_nano: 1_700_000_000_000_000_000,
+            process: Some(Process {
+                sessionid: Some(7),
+                tty: "136:2".into(),
+                ..Process::default()
+            }),
+            identity: Some(Identity {
+                kind: 1,
+                name: "alice".into(),
+                grant: "g-1".into(),
+                ..Identity::default()
+            }),
+            session_root: Some(SessionRoot {
+                pid: 100,
+                start_unix_nano: 1_600_000_000_000_000_000,
+            }),
+            body: Some(Body::Exec(Exec {
+                filename: "/usr/bin/id".into(),
+                argv: vec![b"id".to_vec().into(), b"-u".to_vec().into()],
+                ..Exec::default()
+            })),
+        };
+        let tty = Event {
+            body: Some(Body::Tty(Tty {
+                device: "136:2".into(),
+                data: vec![b'x'; 4_096].into(),
+                ..Tty::default()
+            })),
+            ..exec.clone()
+        };
+        let no_body = Event {
+            body: None,
+            ..exec.clone()
+        };
+        vec![
+            (3, exec.encode_to_vec()),
+            (4, tty.encode_to_vec()),
+            (5, no_body.encode_to_vec()),
+            (6, b"\xff\xff not protobuf".to_vec()),
+        ]
+    }
+
+    /// The findings of checking `columns` as record `seq`'s stored columns.
+    fn findings(seq: u64, event: &[u8], columns: Columns<'_>) -> Vec<Finding> {
+        let mut checks = Checks::default();
+        let row = ChainRow {
+            row: 1,
+            seq,
+            event,
+            hash: &[],
+            columns,
+        };
+        checks.push(HOST, CHAIN, &row);
+        checks.finish()
+    }
+
+    #[test]
+    fn what_ingest_stores_checks_and_any_column_changed_does_not() {
+        for (seq, event) in records() {
+            let derived = derive(HOST, seq, &event[..]).unwrap();
+            let stored = derived.columns();
+            assert_eq!(findings(seq, &event, stored), [], "seq {seq}: {derived:?}");
+            let changed = [
+                Columns {
+                    host: "another",
+                    ..stored
+                },
+                Columns {
+                    time_unix_nano: stored.time_unix_nano + 1,
+                    ..stored
+                },
+                Columns {
+                    kind: "fork",
+                    ..stored
+                },
+                Columns {
+                    session: "3d1219c7c4c5:8:1",
+                    ..stored
+                },
+                Columns {
+                    sessionid: Some(9),
+                    ..stored
+                },
+                Columns {
+                    tty: "4:1",
+                    ..stored
+                },
+                Columns {
+                    identity_kind: stored.identity_kind + 1,
+                    ..stored
+                },
+                Columns {
+                    identity_name: "mallory",
+                    ..stored
+                },
+                Columns {
+                    grant: "g-2",
+                    ..stored
+                },
+                Columns {
+                    tty_bytes: stored.tty_bytes + 1,
+                    ..stored
+                },
+            ];
+            for columns in changed {
+                let found = findings(seq, &event, columns);
+                assert_eq!(found.len(), 1, "seq {seq}: {columns:?}");
+                assert!(
+                    found[0].reason.starts_with("its stored columns differ"),
+                    "{found:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_first_record_that_is_not_a_chain_start_is_found_whatever_its_columns() {
+        let (_, event) = records().swap_remove(0);
+        assert!(derive(HOST, 0, &event[..]).is_err());
+        let found = findings(0, &event, Columns::bare(HOST, Kind::Exec.name()));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0]
+                .reason
+                .starts_with("its bytes are not a record an agent may send: seq 0 is exec"),
+            "{found:?}"
+        );
+    }
+}
