@@ -14,7 +14,8 @@
 //!
 //! With `RECORDER_BENCH_POSTGRES` set, every collector runs on a PostgreSQL database of its
 //! own instead, and a last run ships several hosts at once through one collector, then
-//! through two that share one database (docs/scaling.md); `--scaling` runs only that.
+//! through two that share one database (docs/scaling.md); `--scaling` runs only that. With
+//! `RECORDER_BENCH_FIGURES` set, the medians are also written to that file, one per line.
 //!
 //! With `--reads` it measures only this: hosts shipping at once through two collectors on
 //! one store (`SQLite`, or PostgreSQL with `RECORDER_BENCH_POSTGRES`), with and without an
@@ -549,6 +550,8 @@ async fn main() {
     ] {
         let p = Spread::of(plain_runs.iter().map(pick));
         let t = Spread::of(tls_runs.iter().map(pick));
+        figure(&format!("ingest {what} plaintext"), p.median);
+        figure(&format!("ingest {what} mutual TLS"), t.median);
         println!(
             "  durable ingest, {what:<11} plaintext {p} events/s ({:.1}× the baseline's time); mutual TLS {t} events/s: TLS/plaintext {:.3}",
             hash_rate / p.median,
@@ -612,16 +615,32 @@ async fn verify(target: &Target, hash_rate: f64) {
         chains = host_chains.len();
     }
     let wall = Spread::of(walls.into_iter());
+    let cpu = Spread::of(cpus.into_iter());
+    figure("verify", wall.median);
+    figure("verify a CPU-second", cpu.median);
     println!(
         "  verify, a walk and a column-check thread, {VERIFY_ROUNDS} calls: {wall} events/s  ({:.1}× the baseline's time at the median; {chains} chains, with the host log's Merkle tree and every record's columns)",
         hash_rate / wall.median,
     );
     // The target is a core's rate: the CPU time of this process (the collectors run in
     // it, idle but for the Verify) over the call, which PostgreSQL's own work is not part of.
-    println!(
-        "  verify's CPU time: {} events a CPU-second (one core's rate)",
-        Spread::of(cpus.into_iter())
-    );
+    println!("  verify's CPU time: {cpu} events a CPU-second (one core's rate)");
+}
+
+/// Adds `name`'s median rate to the file `RECORDER_BENCH_FIGURES` names, when set, as a
+/// `name<TAB>rate` line: `cargo xtask bench collector` sets it to compare the runs of the
+/// two stores.
+fn figure(name: &str, rate: f64) {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os("RECORDER_BENCH_FIGURES") else {
+        return;
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open the figures file");
+    writeln!(file, "{name}\t{rate:.0}").expect("write the figures file");
 }
 
 /// The user and system time this process has used, all its threads together.

@@ -329,6 +329,17 @@ pub fn url(store: &Path) -> String {
     )
 }
 
+/// A `postgresql://` URL of the shared server with `{db}` where a database's name goes, as
+/// the collector's ingest bench takes it (`RECORDER_BENCH_POSTGRES`): the bench makes its
+/// databases itself.
+#[must_use]
+pub fn template() -> String {
+    format!(
+        "postgresql:///{{db}}?user={ROLE}&host={}",
+        server().dir.display()
+    )
+}
+
 /// Makes the database of `to` a copy of the database of `from`, as a backup is taken or
 /// restored. No collector may be connected to either.
 pub fn copy(from: &Path, to: &Path) {

@@ -138,7 +138,7 @@ fn thread_cpu() -> Duration {
 }
 
 pub fn run(runs: usize) -> anyhow::Result<()> {
-    require_root("capture")?;
+    require_root("the capture benchmark loads kernel programs")?;
     use_release_binaries();
     // The deployed mode's collector shares this machine's two cores with the workload and
     // the agent: its ingest is part of what the row costs, as it would be for a collector

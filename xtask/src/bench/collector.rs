@@ -3,6 +3,7 @@
 //! through a real agent and collector.
 
 use std::{
+    path::Path,
     process::Command,
     sync::mpsc::RecvTimeoutError,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -17,11 +18,53 @@ use tests::{
 
 use super::{percentile_line, require_root, use_release_binaries};
 
+/// The collector's ingest bench on each store, `SQLite` and then PostgreSQL (a server made
+/// for the run, which ends with it), and each of PostgreSQL's medians as a ratio to
+/// `SQLite`'s of the same run.
+pub fn stores() -> anyhow::Result<()> {
+    let dir = scratch_dir("bench-stores");
+    let sqlite = ingest(&dir.join("sqlite"), None)?;
+    let postgres = ingest(&dir.join("postgres"), Some(&tests::postgres::template()))?;
+    println!("PostgreSQL against SQLite, medians of the same run:");
+    for (name, rate) in &postgres {
+        let Some((_, base)) = sqlite.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        println!(
+            "  {name}: {rate:.0} against {base:.0} events/s, {:.2}",
+            rate / base
+        );
+    }
+    Ok(())
+}
+
+/// Runs the ingest bench, on PostgreSQL when given its URL template, and reads back the
+/// medians it wrote to `figures`.
+fn ingest(figures: &Path, postgres: Option<&str>) -> anyhow::Result<Vec<(String, f64)>> {
+    let args = ["bench", "--package", "collector", "--bench", "ingest"];
+    let mut cmd = crate::cargo_command(&args);
+    cmd.env("RECORDER_BENCH_FIGURES", figures);
+    if let Some(url) = postgres {
+        cmd.env("RECORDER_BENCH_POSTGRES", url);
+    }
+    let status = cmd.status().context("running the ingest bench")?;
+    anyhow::ensure!(status.success(), "the ingest bench failed with {status}");
+    let text = std::fs::read_to_string(figures).context("reading the bench's figures")?;
+    text.lines()
+        .map(|line| {
+            let (name, rate) = line
+                .split_once('\t')
+                .with_context(|| format!("a figure line without a tab: {line:?}"))?;
+            Ok((name.to_owned(), rate.parse()?))
+        })
+        .collect()
+}
+
 /// Runs `/bin/true MARK` `trials` times, one at a time, through a release agent shipping to
 /// a release collector, and times each from the exec's kernel timestamp to the moment
 /// `tail --json` prints it.
 pub fn latency(trials: usize) -> anyhow::Result<()> {
-    require_root("latency")?;
+    require_root("the latency benchmark loads kernel programs")?;
     use_release_binaries();
     let dir = scratch_dir("bench-latency");
     let collector = Collector::start(&dir.join("store.db"));

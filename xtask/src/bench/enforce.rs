@@ -39,7 +39,7 @@ const RUNS: usize = 5;
 const SPACING: Duration = Duration::from_millis(150);
 
 pub fn run(trials: usize) -> anyhow::Result<()> {
-    require_root("enforce")?;
+    require_root("the enforce benchmark loads kernel programs")?;
     use_release_binaries();
     let dir = scratch_dir("bench-enforce");
     let collector = Collector::start(&dir.join("store.db"));

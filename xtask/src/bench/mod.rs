@@ -23,7 +23,9 @@ pub enum Which {
     /// against raw SHA-256 in the same run.
     Pipeline,
     /// Collector: durable ingest and verify speed against the raw chain hash in the same run,
-    /// then latency from a kernel event to `tail` through a real agent and collector.
+    /// on `SQLite` and then on a PostgreSQL server made for the run (with two collectors on one
+    /// database), PostgreSQL's rates as ratios to `SQLite`'s; then latency from a kernel event
+    /// to `tail` through a real agent and collector.
     Collector {
         /// Execs timed end to end; p50 and p99 are reported.
         #[arg(long, default_value_t = 200)]
@@ -108,7 +110,9 @@ pub fn run(which: &Which) -> anyhow::Result<()> {
             ])
         }
         Which::Collector { trials } => {
-            crate::cargo(&["bench", "--package", "collector", "--bench", "ingest"])?;
+            // Before the stores' runs, not after: the latency part loads kernel programs.
+            require_root("the collector benchmark loads kernel programs and starts PostgreSQL")?;
+            collector::stores()?;
             collector::latency(*trials)
         }
     }
@@ -125,12 +129,10 @@ pub(super) fn spread(mut runs: Vec<Duration>) -> [Duration; 3] {
     [runs[0], runs[runs.len() / 2], runs[runs.len() - 1]]
 }
 
-pub(super) fn require_root(bench: &str) -> anyhow::Result<()> {
+/// Fails, saying `why`, unless running as root.
+pub(super) fn require_root(why: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
-    anyhow::ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "the {bench} benchmark loads kernel programs: run it as root"
-    );
+    anyhow::ensure!(unsafe { libc::geteuid() } == 0, "{why}: run it as root");
     Ok(())
 }
 
