@@ -550,8 +550,9 @@ async fn main() {
     ] {
         let p = Spread::of(plain_runs.iter().map(pick));
         let t = Spread::of(tls_runs.iter().map(pick));
-        figure(&format!("ingest {what} plaintext"), p.median);
-        figure(&format!("ingest {what} mutual TLS"), t.median);
+        let streams = what.trim_end_matches(':');
+        figure(&format!("ingest, {streams}, plaintext"), p.median);
+        figure(&format!("ingest, {streams}, mutual TLS"), t.median);
         println!(
             "  durable ingest, {what:<11} plaintext {p} events/s ({:.1}× the baseline's time); mutual TLS {t} events/s: TLS/plaintext {:.3}",
             hash_rate / p.median,

@@ -170,8 +170,8 @@ fn decode(seq: u64, bytes: impl Buf) -> Result<Event, String> {
 }
 
 /// The kind and columns of record `seq`, decoded as `event`, borrowed from it; `session`
-/// holds the session's key. Verify checks every record this way, so nothing here allocates
-/// but a session key longer than any before it.
+/// holds the session's key. Verify checks every record this way, so for a record an agent
+/// may send nothing here allocates but a session key longer than any before it.
 fn parse<'a>(
     host: &'a str,
     seq: u64,

@@ -1,4 +1,5 @@
-//! `cargo xtask bench collector`, its end-to-end part: from a kernel event to the operator's
+//! `cargo xtask bench collector`: the collector's ingest bench on each store, `SQLite` and
+//! PostgreSQL, compared; then its end-to-end part, from a kernel event to the operator's
 //! `tail`, and to a receipt at the agent covering it (a checkpoint the collector cosigned),
 //! through a real agent and collector.
 
