@@ -291,7 +291,13 @@ fn build_binaries(profile: &[&str]) -> anyhow::Result<()> {
 
 /// Runs cargo in the workspace root.
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// Runs cargo in the workspace root with `env` added to its environment.
+fn cargo_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<()> {
     let status = cargo_command(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {

@@ -4,6 +4,7 @@
 //! through a real agent and collector.
 
 use std::{
+    ffi::OsStr,
     path::Path,
     process::Command,
     sync::mpsc::RecvTimeoutError,
@@ -17,7 +18,7 @@ use tests::{
     operator::Tail,
 };
 
-use super::{percentile_line, require_root, use_release_binaries};
+use super::{percentile_line, use_release_binaries};
 
 /// The collector's ingest bench on each store, `SQLite` and then PostgreSQL (a server made
 /// for the run, which ends with it), and each of PostgreSQL's medians as a ratio to
@@ -42,14 +43,12 @@ pub fn stores() -> anyhow::Result<()> {
 /// Runs the ingest bench, on PostgreSQL when given its URL template, and reads back the
 /// medians it wrote to `figures`.
 fn ingest(figures: &Path, postgres: Option<&str>) -> anyhow::Result<Vec<(String, f64)>> {
-    let args = ["bench", "--package", "collector", "--bench", "ingest"];
-    let mut cmd = crate::cargo_command(&args);
-    cmd.env("RECORDER_BENCH_FIGURES", figures);
-    if let Some(url) = postgres {
-        cmd.env("RECORDER_BENCH_POSTGRES", url);
-    }
-    let status = cmd.status().context("running the ingest bench")?;
-    anyhow::ensure!(status.success(), "the ingest bench failed with {status}");
+    let mut env = vec![("RECORDER_BENCH_FIGURES", figures.as_os_str())];
+    env.extend(postgres.map(|url| ("RECORDER_BENCH_POSTGRES", OsStr::new(url))));
+    crate::cargo_with_env(
+        &["bench", "--package", "collector", "--bench", "ingest"],
+        &env,
+    )?;
     let text = std::fs::read_to_string(figures).context("reading the bench's figures")?;
     text.lines()
         .map(|line| {
@@ -63,9 +62,8 @@ fn ingest(figures: &Path, postgres: Option<&str>) -> anyhow::Result<Vec<(String,
 
 /// Runs `/bin/true MARK` `trials` times, one at a time, through a release agent shipping to
 /// a release collector, and times each from the exec's kernel timestamp to the moment
-/// `tail --json` prints it.
+/// `tail --json` prints it. Needs root, which the caller checks before the stores' runs.
 pub fn latency(trials: usize) -> anyhow::Result<()> {
-    require_root("the latency benchmark loads kernel programs")?;
     use_release_binaries();
     let dir = scratch_dir("bench-latency");
     let collector = Collector::start(&dir.join("store.db"));
