@@ -69,6 +69,21 @@ pub(crate) fn hello(hello: &Hello) -> Result<(), IngestError> {
         .try_for_each(|id| check_id("chain_id", id))
 }
 
+/// The most events, and bytes of events, of a batch checked on its stream's own task
+/// (`is_small`).
+const INLINE_EVENTS: usize = 64;
+const INLINE_BYTES: usize = 16 << 10;
+
+/// Whether `batch` is small enough to check on its stream's own task: hashing and decoding
+/// at most 64 events and 16 KiB is short, and a hand-off to a blocking thread and back costs
+/// a wake-up on each side, for every batch (docs/reliability.md, "A small batch checked where
+/// it arrives"). A larger batch, up to `MAX_BATCH_EVENTS` events in an 8 MiB message, goes
+/// to the blocking pool, so that it never holds up a runtime thread.
+pub(crate) fn is_small(batch: &EventBatch) -> bool {
+    batch.events.len() <= INLINE_EVENTS
+        && batch.events.iter().map(|e| e.event.len()).sum::<usize>() <= INLINE_BYTES
+}
+
 /// Checks a batch of the agent that said Hello as `host`, and makes its records.
 pub(crate) fn batch(host: &str, batch: EventBatch) -> Result<Batch, IngestError> {
     let chain_id = batch.chain_id;
@@ -228,6 +243,23 @@ mod tests {
             chain_id: chain_id.to_owned(),
             events,
         }
+    }
+
+    #[test]
+    fn a_batch_is_small_up_to_both_bounds_and_no_further() {
+        let batch =
+            |events: usize, bytes: usize| chained("c", 1, [0; 32], vec![vec![7; bytes]; events]);
+        assert!(is_small(&batch(
+            INLINE_EVENTS,
+            INLINE_BYTES / INLINE_EVENTS
+        )));
+        assert!(is_small(&batch(1, INLINE_BYTES)));
+        assert!(!is_small(&batch(INLINE_EVENTS + 1, 1)));
+        assert!(!is_small(&batch(1, INLINE_BYTES + 1)));
+        let mut over = batch(INLINE_EVENTS, INLINE_BYTES / INLINE_EVENTS);
+        let last = &mut over.events[INLINE_EVENTS - 1];
+        last.event = vec![7; last.event.len() + 1].into();
+        assert!(!is_small(&over));
     }
 
     /// A batch an agent could send past seq 0: any event bytes, chained.

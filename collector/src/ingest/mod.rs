@@ -346,9 +346,13 @@ async fn step_checked(writer: &WriterHandle, host: &str, msg: Msg) -> Result<Ste
         Msg::Batch(batch) => {
             let chain_id = batch.chain_id.clone();
             let host = host.to_owned();
-            let batch = tokio::task::spawn_blocking(move || check::batch(&host, batch))
-                .await
-                .map_err(|e| IngestError::Internal(format!("batch check failed: {e}")))??;
+            let batch = if check::is_small(&batch) {
+                check::batch(&host, batch)?
+            } else {
+                tokio::task::spawn_blocking(move || check::batch(&host, batch))
+                    .await
+                    .map_err(|e| IngestError::Internal(format!("batch check failed: {e}")))??
+            };
             let malformed = malformed_alert(&batch);
             let pending = writer.append(batch).await?;
             if let Some(alert) = malformed {
