@@ -345,10 +345,10 @@ async fn step_checked(writer: &WriterHandle, host: &str, msg: Msg) -> Result<Ste
         )),
         Msg::Batch(batch) => {
             let chain_id = batch.chain_id.clone();
-            let host = host.to_owned();
             let batch = if check::is_small(&batch) {
-                check::batch(&host, batch)?
+                check::batch(host, batch)?
             } else {
+                let host = host.to_owned();
                 tokio::task::spawn_blocking(move || check::batch(&host, batch))
                     .await
                     .map_err(|e| IngestError::Internal(format!("batch check failed: {e}")))??
