@@ -1014,7 +1014,10 @@ async fn a_host_revoked_at_one_collector_is_refused_by_the_other() {
 /// transaction by a lock the test takes on host-a's log row (PostgreSQL), while host-b's
 /// later batch through the second commits. Before tails read only settled rows, that tail
 /// moved past the held rows and never showed them; before it looked for other collectors'
-/// rows, it showed the first one's only at its own next commit. Only this database's
+/// rows, it showed the first one's only at its own next commit; before a running
+/// transaction's id counted in how far rows are settled, it moved past them while the held
+/// commit was the newest transaction (PostgreSQL's xmax is one past the newest ended one,
+/// not past every one handed out). Only this database's
 /// transactions may hold a tail back, not one left open in another database.
 #[tokio::test]
 async fn a_tail_shows_what_every_collector_stores_and_misses_no_late_commit() {
@@ -1066,6 +1069,9 @@ async fn a_tail_shows_what_every_collector_stores_and_misses_no_late_commit() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Time for the tail to move past the held rows, if it would, while that commit is
+        // the newest transaction and nothing after it has ended.
+        tokio::time::sleep(Duration::from_millis(600)).await;
     }
     // A tail from a past time, begun while that commit is held: what it reads as history
     // is still chosen by time, however long the commit takes.

@@ -316,16 +316,17 @@ impl Record {
 
 /// How far the events' row ids reach, read for a tail that follows them as they come.
 ///
-/// A row id is taken when a row is written, not when its transaction commits. Where
-/// several writers commit at once (collectors sharing one PostgreSQL database), a row may
-/// commit after a row with a higher id was read, and a reader that moved past the higher
-/// one would never see it. Rows up to `row` are settled (committed, or never to be) once no
+/// A row id is taken when a row is written, not when its transaction commits. On
+/// PostgreSQL the highest id taken may belong to a row not yet committed, and where several
+/// writers commit at once (collectors sharing one database), a row may commit after a row
+/// with a higher id was read; a reader that moved past either would never see it. Rows up to `row` are settled (committed, or never to be) once no
 /// transaction older than `settled_by` is still running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reach {
     /// The highest row id taken so far, perhaps by a transaction still running.
     pub row: i64,
-    /// Every transaction that took an id up to `row` is older than this one.
+    /// Every transaction that took an id up to `row` is older than this one: past the
+    /// newest ended and every running one.
     pub settled_by: u64,
     /// The oldest transaction still running when this was read; where ids are taken in
     /// commit order (`SQLite`, one writer at a time), `settled_by` and this are both 0.

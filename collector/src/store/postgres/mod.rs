@@ -494,12 +494,13 @@ impl Drop for Postgres {
     }
 }
 
-/// A running transaction's 32-bit id (as locks show it) as the 64-bit one it stands for:
-/// the one at or below `next`, the first not yet handed out. A running transaction is never
-/// 2^31 or more behind it (PostgreSQL stops handing ids out first).
-fn full_xid(next: u64, xid: u64) -> u64 {
-    let back = (next as u32).wrapping_sub(xid as u32);
-    next.saturating_sub(u64::from(back))
+/// A running transaction's 32-bit id (as locks show it) as the 64-bit one it stands for: the
+/// one nearest `near`, a snapshot's xmax. A running transaction is never 2^31 or more behind
+/// it (PostgreSQL stops handing ids out first), and only a few ahead of it (ids handed out
+/// since the newest transaction ended).
+fn full_xid(near: u64, xid: u64) -> u64 {
+    let ahead = i64::from((xid as u32).wrapping_sub(near as u32).cast_signed());
+    near.saturating_add_signed(ahead)
 }
 
 /// The records of the commit, after their chains' heads are set.
@@ -772,10 +773,13 @@ impl Store for Postgres {
 
     fn reach(&self) -> Result<Reach, StoreError> {
         // The ids first, then the transactions, in a statement of its own. A transaction
-        // has its own id before it takes a row id (see `commit_events`), so every row id
-        // read first was taken by a transaction older than the first id not yet handed out
-        // when the second statement began; of those, the ones still running in this
-        // database hold the lock on their own id, read after that.
+        // has its own id, and holds the lock on it, before it takes a row id (see
+        // `commit_events`); so every row id read first was taken by a transaction that has
+        // since ended, or that holds that lock when the second statement reads the locks.
+        // A snapshot's xmax is one past the newest transaction *ended*, not the first id not
+        // yet handed out: a running transaction may have an id at or past it (the newest
+        // writer, with rows taken and not committed), so `settled_by` is also past every
+        // id of a running one.
         self.with_reader(|client| {
             let row: i64 = client
                 .query_one(
@@ -791,16 +795,17 @@ impl Store for Postgres {
                  AND l.granted AND a.datname = current_database())",
                 &[],
             )?;
-            let next = uint(now.get(0));
-            let running: Vec<i64> = now.get(1);
+            let xmax = uint(now.get(0));
+            let running: Vec<u64> = now
+                .get::<_, Vec<i64>>(1)
+                .into_iter()
+                .map(|xid| full_xid(xmax, uint(xid)))
+                .collect();
+            let settled_by = running.iter().map(|&xid| xid + 1).fold(xmax, u64::max);
             Ok(Reach {
                 row,
-                settled_by: next,
-                oldest_running: running
-                    .into_iter()
-                    .map(|xid| full_xid(next, uint(xid)))
-                    .min()
-                    .unwrap_or(next),
+                settled_by,
+                oldest_running: running.into_iter().min().unwrap_or(settled_by),
             })
         })
     }
@@ -1192,14 +1197,17 @@ impl Store for Postgres {
 mod tests {
     use super::full_xid;
 
-    /// Locks show a transaction's id in 32 bits; it is read as the nearest one at or below
-    /// the next id, also across a wrap of the 32 bits.
+    /// Locks show a transaction's id in 32 bits; it is read as the nearest one to a
+    /// snapshot's xmax, behind it or a little ahead, also across a wrap of the 32 bits.
     #[test]
-    fn a_running_transactions_id_is_the_nearest_below_the_next() {
-        let next = (5 << 32) | 0xa;
-        assert_eq!(full_xid(next, 0xa), next);
-        assert_eq!(full_xid(next, 0x4), (5 << 32) | 0x4);
-        assert_eq!(full_xid(next, 0xffff_fff0), (4 << 32) | 0xffff_fff0);
+    fn a_running_transactions_id_is_the_nearest_to_the_xmax() {
+        let xmax = (5 << 32) | 0xa;
+        assert_eq!(full_xid(xmax, 0xa), xmax);
+        assert_eq!(full_xid(xmax, 0x4), (5 << 32) | 0x4);
+        assert_eq!(full_xid(xmax, 0xc), (5 << 32) | 0xc);
+        assert_eq!(full_xid(xmax, 0xffff_fff0), (4 << 32) | 0xffff_fff0);
+        assert_eq!(full_xid((6 << 32) | 0xffff_fffe, 0x1), (7 << 32) | 0x1);
+        assert_eq!(full_xid(700, 702), 702);
         assert_eq!(full_xid(700, 650), 650);
     }
 }
