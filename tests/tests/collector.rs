@@ -1017,8 +1017,8 @@ async fn a_host_revoked_at_one_collector_is_refused_by_the_other() {
 /// rows, it showed the first one's only at its own next commit; before a running
 /// transaction's id counted in how far rows are settled, it moved past them while the held
 /// commit was the newest transaction (PostgreSQL's xmax is one past the newest ended one,
-/// not past every one handed out). Only this database's
-/// transactions may hold a tail back, not one left open in another database.
+/// not past every one handed out). Only this database's transactions may hold a tail back,
+/// not one left open in another database.
 #[tokio::test]
 async fn a_tail_shows_what_every_collector_stores_and_misses_no_late_commit() {
     let (dir, store, first, second) = two_collectors("collector-tail");

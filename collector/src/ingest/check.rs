@@ -77,8 +77,9 @@ const INLINE_BYTES: usize = 16 << 10;
 /// Whether `batch` is small enough to check on its stream's own task: hashing and decoding
 /// at most `INLINE_EVENTS` events and `INLINE_BYTES` of them is short, and a hand-off to a
 /// blocking thread and back costs a wake-up on each side, for every batch
-/// (docs/reliability.md, "A small batch checked where it arrives"). A larger batch, up to `MAX_BATCH_EVENTS` events in an 8 MiB message, goes
-/// to the blocking pool, so that it never holds up a runtime thread.
+/// (docs/reliability.md, "A small batch checked where it arrives"). A larger batch, up to
+/// `MAX_BATCH_EVENTS` events in an 8 MiB message, goes to the blocking pool, so that it
+/// never holds up a runtime thread.
 pub(crate) fn is_small(batch: &EventBatch) -> bool {
     batch.events.len() <= INLINE_EVENTS
         && batch.events.iter().map(|e| e.event.len()).sum::<usize>() <= INLINE_BYTES

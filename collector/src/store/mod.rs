@@ -319,8 +319,9 @@ impl Record {
 /// A row id is taken when a row is written, not when its transaction commits. On
 /// PostgreSQL the highest id taken may belong to a row not yet committed, and where several
 /// writers commit at once (collectors sharing one database), a row may commit after a row
-/// with a higher id was read; a reader that moved past either would never see it. Rows up to `row` are settled (committed, or never to be) once no
-/// transaction older than `settled_by` is still running.
+/// with a higher id was read; a reader that moved past either would never see it. Rows up
+/// to `row` are settled (committed, or never to be) once no transaction older than
+/// `settled_by` is still running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reach {
     /// The highest row id taken so far, perhaps by a transaction still running.
