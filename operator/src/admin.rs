@@ -8,10 +8,7 @@ use proto::{
 };
 use tonic::transport::Channel;
 
-use crate::{
-    cli::{HostCommand, TokenCommand},
-    grant::refused,
-};
+use crate::cli::{HostCommand, TokenCommand};
 
 pub async fn token(
     mut client: AdminClient<Channel>,
@@ -24,8 +21,7 @@ pub async fn token(
             host: host.clone(),
             ttl_millis: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
         })
-        .await
-        .map_err(|s| refused(&s))?
+        .await?
         .into_inner();
     writeln!(out, "{}", made.token)?;
     eprintln!(
@@ -47,8 +43,7 @@ pub async fn hold(
             session: session.clone(),
             reason,
         })
-        .await
-        .map_err(|s| refused(&s))?;
+        .await?;
     eprintln!("session {session} is on hold: retention keeps its records");
     Ok(())
 }
@@ -60,8 +55,7 @@ pub async fn host(mut client: AdminClient<Channel>, command: HostCommand) -> any
             host: host.clone(),
             reason,
         })
-        .await
-        .map_err(|s| refused(&s))?;
+        .await?;
     eprintln!("host {host} revoked: its certificates are refused from now on");
     Ok(())
 }

@@ -4,7 +4,6 @@
 
 use std::{io, time::Duration};
 
-use anyhow::anyhow;
 use proto::{
     time::{ago as since, now_unix_nano as now},
     v1::{
@@ -12,21 +11,12 @@ use proto::{
         ReviewRequest, RevokeGrantRequest, grant::OnExpiry, grants_client::GrantsClient,
     },
 };
-use tonic::{Status, transport::Channel};
+use tonic::transport::Channel;
 
 use crate::{
     cli::{self, GrantCommand, NewGrant},
     render,
 };
-
-/// The collector's refusal in its own words.
-pub fn refused(status: &Status) -> anyhow::Error {
-    anyhow!(
-        "the collector refused: {} ({:?})",
-        status.message(),
-        status.code()
-    )
-}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -67,8 +57,7 @@ pub async fn grant(
         GrantCommand::List { all, json } => {
             let grants = client
                 .list(ListGrantsRequest { include_ended: all })
-                .await
-                .map_err(|s| refused(&s))?
+                .await?
                 .into_inner()
                 .grants;
             for g in &grants {
@@ -92,7 +81,7 @@ pub async fn grant(
             json,
         ),
     };
-    print(out, &grant.map_err(|s| refused(&s))?.into_inner(), json)?;
+    print(out, &grant?.into_inner(), json)?;
     Ok(())
 }
 
@@ -106,8 +95,7 @@ pub async fn review(
         .review(ReviewRequest {
             since_unix_nano: since(ago),
         })
-        .await
-        .map_err(|s| refused(&s))?
+        .await?
         .into_inner()
         .identities;
     let now = now();

@@ -18,14 +18,14 @@ mod query;
 mod render;
 mod replay;
 
-use std::{io, path::PathBuf, time::Duration};
+use std::{error::Error as _, io, path::PathBuf, time::Duration};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, anyhow};
 use pki::ClientIdentity;
 use proto::v1::{
     admin_client::AdminClient, grants_client::GrantsClient, query_client::QueryClient,
 };
-use tonic::transport::Channel;
+use tonic::{Status, transport::Channel};
 
 use crate::cli::{Cli, Command, Search, Sessions};
 
@@ -42,6 +42,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(command(cli))
+        .map_err(in_own_words)
+}
+
+/// A request the collector refused, in its own words: its message and the status code, on
+/// one line. A status with a cause under it (the connection failed) stays as it is, with the
+/// cause.
+fn in_own_words(error: anyhow::Error) -> anyhow::Error {
+    match error.downcast_ref::<Status>() {
+        Some(status) if error.chain().count() == 1 && status.source().is_none() => {
+            anyhow!(
+                "the collector refused: {} ({:?})",
+                status.message(),
+                status.code()
+            )
+        }
+        _ => error,
+    }
 }
 
 /// A channel to the collector: mutual TLS with the operator's certificate for `https://`,

@@ -1889,6 +1889,41 @@ async fn replay_plays_each_joined_write_at_its_own_time() {
     );
 }
 
+/// A request the collector refuses reaches the operator in the collector's words, on one
+/// line, and the client exits non-zero. An unreachable collector is named with the cause
+/// under it.
+#[tokio::test]
+async fn a_refused_request_reads_in_the_collectors_own_words() {
+    let dir = scratch_dir("collector-refusal");
+    let collector = Collector::start(&dir.join("c.db"));
+    let out = tests::operator::run(&collector.url(), &["replay", "not-a-key"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().next(),
+        Some(
+            "Error: the collector refused: \"not-a-key\" is not a session key \
+             (HOST:SESSIONID:ROOT_START, as `sessions` lists them) (InvalidArgument)"
+        ),
+        "{stderr}"
+    );
+    let out = tests::operator::run(&collector.url(), &["grant", "revoke", "g-0000000000000000"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(
+            "Error: the collector refused: no grant has the id \"g-0000000000000000\" (NotFound)"
+        ),
+        "{stderr}"
+    );
+    drop(collector);
+    let out = tests::operator::run("http://127.0.0.1:1", &["hosts"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the collector") && stderr.contains("Connection refused"),
+        "{stderr}"
+    );
+}
+
 /// Records 10 to 12 of a chain were lost in the agent's spool, and it declares the hole: the
 /// collector stores the anchor, chains one `spool_hole` alert naming the lost seqs, goes on
 /// from the anchor, and verify passes naming 3 records lost. A jump that is not declared is

@@ -127,7 +127,15 @@ fn main() -> anyhow::Result<()> {
             name,
         ];
         args.extend(op.args.iter().map(String::as_str));
-        cargo(&args)
+        let status = cargo_command(&args)
+            .status()
+            .context("running the operators' client")?;
+        if !status.success() {
+            // The client (or cargo) has said what failed: its exit status is passed on as
+            // it is, with no second message (`verify`'s says whether the evidence held).
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Ok(())
     };
     match task {
         Task::Setup => setup::run(),
