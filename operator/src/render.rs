@@ -118,10 +118,11 @@ pub(crate) fn detail(event: &Event) -> String {
         Some(Body::TtyResize(r)) => format!("window {} columns × {} rows", r.cols, r.rows),
         Some(Body::Image(i)) => image(i),
         Some(Body::Gap(g)) => format!(
-            "LOST {} {} records, {} bytes ({})",
+            "LOST {} {} {}, {} ({})",
             g.records,
             escape(&g.lost_kind),
-            g.bytes,
+            plural(g.records, "record"),
+            counted(g.bytes, "byte"),
             g.source().as_str_name()
         ),
         Some(Body::ChainStart(c)) => format!(
@@ -282,7 +283,7 @@ pub(crate) fn session_line(s: &Session, names: &Names) -> String {
         .filter(|d| *d != s.login_tty)
         .collect();
     format!(
-        "{:<44} {:<20} {:<24} root pid {:<7} {} → {}  {} events, {} execs, {} tty bytes  tty {}{}",
+        "{:<44} {:<20} {:<24} root pid {:<7} {} → {}  {}, {}, {}  tty {}{}",
         escape(&s.key),
         escape(&names.label(&s.host)),
         s.identity
@@ -291,9 +292,9 @@ pub(crate) fn session_line(s: &Session, names: &Names) -> String {
         s.root_pid,
         time(s.first_unix_nano),
         time(s.last_unix_nano),
-        s.events,
-        s.execs,
-        s.tty_bytes,
+        counted(s.events, "event"),
+        counted(s.execs, "exec"),
+        counted(s.tty_bytes, "tty byte"),
         if s.login_tty.is_empty() {
             "-"
         } else {
@@ -339,10 +340,16 @@ pub fn host_line(h: &HostLiveness) -> String {
     };
     let head = h.head.as_ref().map_or_else(
         || "no chain".to_owned(),
-        |c| format!("chain {} {} records", escape(&c.chain_id), c.next_seq),
+        |c| {
+            format!(
+                "chain {} {}",
+                escape(&c.chain_id),
+                counted(c.next_seq, "record")
+            )
+        },
     );
     format!(
-        "{:<34} {:<16} {:<7} last contact {contact}  agent {}  {} streams  {head}",
+        "{:<34} {:<16} {:<7} last contact {contact}  agent {}  {}  {head}",
         escape(&h.host),
         if h.name.is_empty() {
             "-".into()
@@ -355,7 +362,7 @@ pub fn host_line(h: &HostLiveness) -> String {
         } else {
             escape(&h.agent_version)
         },
-        h.streams,
+        counted(u64::from(h.streams), "stream"),
     )
 }
 
@@ -400,10 +407,10 @@ pub fn verdict_line(c: &ChainVerdict) -> String {
             )
         };
         format!(
-            "ok    {} {}  {} records{lost}{ended}",
+            "ok    {} {}  {}{lost}{ended}",
             escape(&c.host),
             escape(&c.chain_id),
-            c.records
+            counted(c.records, "record")
         )
     } else {
         let at = c
@@ -499,6 +506,19 @@ pub fn grant_line(g: &Grant, now: u64) -> String {
     )
 }
 
+/// `n` and `noun`, in the plural unless `n` is 1: "1 grant", "3 grants".
+fn counted(n: u64, noun: &str) -> String {
+    format!("{n} {}", plural(n, noun))
+}
+
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        noun.to_owned()
+    } else {
+        format!("{noun}s")
+    }
+}
+
 #[must_use]
 pub fn grant_json(g: &Grant) -> Value {
     json::grant(g)
@@ -510,22 +530,22 @@ pub fn grant_json(g: &Grant) -> Value {
 pub fn review_text(r: &IdentityReview, now: u64) -> String {
     let never_used = r.grants.iter().filter(|u| u.events == 0).count();
     let mut s = format!(
-        "{}: {} grants, held {} in all, {never_used} never used; {} violations\n",
+        "{}: {}, held {} in all, {never_used} never used; {}\n",
         selector(r.identity.as_ref()),
-        r.grants.len(),
+        counted(r.grants.len() as u64, "grant"),
         span(r.granted_nanos),
-        r.violations,
+        counted(r.violations, "violation"),
     );
     for u in &r.grants {
         let Some(g) = &u.grant else { continue };
         let _ = write!(
             s,
-            "  grant {}  {} → {}  {}  {} events",
+            "  grant {}  {} → {}  {}  {}",
             escape(&g.id),
             time(g.not_before_unix_nano),
             time(g.expires_at_unix_nano),
             grant_state(g, now),
-            u.events
+            counted(u.events, "event")
         );
         if u.events > 0 {
             let _ = write!(
@@ -587,7 +607,39 @@ pub fn review_json(r: &IdentityReview) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::v1::Exec;
+    use proto::v1::{ChainHead, Exec};
+
+    /// A count of one reads in the singular, on the hosts' and the review's lines alike.
+    #[test]
+    fn one_of_a_thing_is_not_plural() {
+        let host = HostLiveness {
+            host: "h".into(),
+            state: "live".into(),
+            streams: 1,
+            head: Some(ChainHead {
+                chain_id: "c".into(),
+                next_seq: 1,
+                ..ChainHead::default()
+            }),
+            ..HostLiveness::default()
+        };
+        let line = host_line(&host);
+        assert!(line.contains("  1 stream  chain c 1 record"), "{line}");
+        let host = HostLiveness {
+            streams: 2,
+            head: None,
+            ..host
+        };
+        assert!(host_line(&host).contains("  2 streams  no chain"));
+        assert_eq!(
+            [
+                counted(0, "grant"),
+                counted(1, "grant"),
+                counted(3, "tty byte")
+            ],
+            ["0 grants", "1 grant", "3 tty bytes"]
+        );
+    }
 
     #[test]
     fn control_characters_from_a_host_are_escaped_in_text() {
