@@ -153,3 +153,32 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal is one line in the collector's words; a status with a cause under it, or an
+    /// error a command put in context, is left whole.
+    #[test]
+    fn only_a_bare_refusal_is_put_in_the_collectors_words() {
+        let refused = in_own_words(Status::not_found("no grant has the id \"g-1\"").into());
+        assert_eq!(
+            format!("{refused:#}"),
+            "the collector refused: no grant has the id \"g-1\" (NotFound)"
+        );
+        let cause = std::io::Error::other("connection reset by peer");
+        let failed = in_own_words(Status::from_error(Box::new(cause)).into());
+        assert!(
+            format!("{failed:#}").contains("connection reset by peer"),
+            "{failed:#}"
+        );
+        assert!(failed.downcast_ref::<Status>().is_some(), "{failed:#}");
+        let told = in_own_words(anyhow::Error::from(Status::not_found("x")).context("reading"));
+        let told = format!("{told:#}");
+        assert!(
+            told.starts_with("reading: ") && !told.contains("the collector refused"),
+            "{told}"
+        );
+    }
+}
