@@ -93,6 +93,11 @@ const WAL_BYTES_MAX: u32 = 64 << 20;
 /// more once its store has grown past it.
 const WRITER_CACHE_KIB: i64 = 64 << 10;
 
+/// Readers kept open between reads. A burst of reads opens as many connections as it needs
+/// at once; past this many, a connection is closed after its read, or the pages each one
+/// caches (up to SQLite's 2 MiB) would stay held for every reader a burst ever needed.
+const READERS_KEPT: usize = 8;
+
 /// The page size of a store this collector creates. Against SQLite's 4 KiB, a page holds
 /// four times the keys of each of the events' B-trees, so a large commit splits and writes
 /// fewer pages: bulk ingest is about 15% faster, and small commits across many chains pay
@@ -217,10 +222,14 @@ impl Sqlite {
             None => connect(&self.path)?,
         };
         let out = f(&conn);
-        self.readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(conn);
+        let mut pool = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < READERS_KEPT {
+            pool.push(conn);
+        } else {
+            // Closed outside the lock: other reads need the pool meanwhile.
+            drop(pool);
+            drop(conn);
+        }
         Ok(out?)
     }
 }
@@ -924,6 +933,29 @@ mod tests {
             cosigned_root: [0; 32],
             cosigned_note: String::new(),
         }
+    }
+
+    /// However many reads ran at once, no more than `READERS_KEPT` connections stay open after.
+    #[test]
+    fn a_burst_of_reads_leaves_a_bounded_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(dir.path().join("s.db").to_str().unwrap()).unwrap();
+        let burst = READERS_KEPT * 3;
+        // Every read waits for all the others: each holds a connection of its own.
+        let together = std::sync::Barrier::new(burst);
+        std::thread::scope(|scope| {
+            for _ in 0..burst {
+                scope.spawn(|| {
+                    store
+                        .read(|conn| {
+                            together.wait();
+                            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                        })
+                        .unwrap()
+                });
+            }
+        });
+        assert_eq!(store.readers.lock().unwrap().len(), READERS_KEPT);
     }
 
     /// A new store takes `PAGE_BYTES`; one made with SQLite's default keeps its pages, and its
