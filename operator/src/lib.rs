@@ -18,7 +18,7 @@ mod query;
 mod render;
 mod replay;
 
-use std::{error::Error as _, io, path::PathBuf, time::Duration};
+use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, anyhow};
 use pki::ClientIdentity;
@@ -50,7 +50,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// cause.
 fn in_own_words(error: anyhow::Error) -> anyhow::Error {
     match error.downcast_ref::<Status>() {
-        Some(status) if error.chain().count() == 1 && status.source().is_none() => {
+        // A cause under the status, or context over it, makes the chain longer than one.
+        Some(status) if error.chain().count() == 1 => {
             anyhow!(
                 "the collector refused: {} ({:?})",
                 status.message(),

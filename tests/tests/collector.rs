@@ -1915,7 +1915,6 @@ async fn a_refused_request_reads_in_the_collectors_own_words() {
         ),
         "{stderr}"
     );
-    drop(collector);
     let out = tests::operator::run("http://127.0.0.1:1", &["hosts"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
