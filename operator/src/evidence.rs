@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use proto::v1::{ExportRequest, query_client::QueryClient};
 use tonic::transport::Channel;
 
+use crate::render;
+
 /// Writes session `session`'s bundle to `path` (mode 0600: it holds what was typed).
 pub async fn export(
     client: &mut QueryClient<Channel>,
@@ -32,9 +34,10 @@ pub async fn export(
         .unwrap_or_default();
     writeln!(
         out,
-        "exported session {session}: {records} records with inclusion proofs to {} ({} bytes)",
+        "exported session {session}: {} with inclusion proofs to {} ({})",
+        render::counted(records as u64, "record"),
         path.display(),
-        file.len()
+        render::counted(file.len() as u64, "byte")
     )?;
     Ok(())
 }
@@ -48,8 +51,11 @@ pub fn verify_bundle(path: &Path, ca: &Path, out: &mut impl io::Write) -> anyhow
         .with_context(|| format!("{} does not verify", path.display()))?;
     writeln!(
         out,
-        "ok    session {}: {} records of host {}, each in its signed and witnessed log ({} checkpoints)",
-        verified.session, verified.records, verified.host, verified.checkpoints
+        "ok    session {}: {} of host {}, each in its signed and witnessed log ({})",
+        verified.session,
+        render::counted(verified.records as u64, "record"),
+        verified.host,
+        render::counted(verified.checkpoints as u64, "checkpoint")
     )?;
     Ok(())
 }

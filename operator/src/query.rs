@@ -266,10 +266,10 @@ pub fn print_report(
     }
     if failed + logs_failed > 0 || !report.findings.is_empty() || !report.ok {
         bail!(
-            "verification failed: {failed} of {} chains, {logs_failed} of {} logs, {} findings",
-            chains.len(),
-            report.logs.len(),
-            report.findings.len()
+            "verification failed: {failed} of {}, {logs_failed} of {}, {}",
+            render::counted(chains.len() as u64, "chain"),
+            render::counted(report.logs.len() as u64, "log"),
+            render::counted(report.findings.len() as u64, "finding")
         );
     }
     if chains.is_empty() {

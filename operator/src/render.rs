@@ -507,7 +507,7 @@ pub fn grant_line(g: &Grant, now: u64) -> String {
 }
 
 /// `n` and `noun`, in the plural unless `n` is 1: "1 grant", "3 grants".
-fn counted(n: u64, noun: &str) -> String {
+pub(crate) fn counted(n: u64, noun: &str) -> String {
     format!("{n} {}", plural(n, noun))
 }
 
