@@ -68,7 +68,10 @@ fn printable(data: &[u8]) -> String {
 
 /// Input typed while the terminal did not echo: the agent kept only its length.
 pub(crate) fn redacted(bytes: u64) -> String {
-    format!("[{bytes} bytes typed without echo, not recorded]")
+    format!(
+        "[{} typed without echo, not recorded]",
+        counted(bytes, "byte")
+    )
 }
 
 /// A terminal record's bytes, or their count when typed without echo; input another process
@@ -438,10 +441,10 @@ pub fn log_verdict_json(l: &LogVerdict) -> Value {
 pub fn log_verdict_line(l: &LogVerdict) -> String {
     if l.ok {
         format!(
-            "ok    log {}  {} leaves, {} signed checkpoints, attested {}",
+            "ok    log {}  {}, {}, attested {}",
             escape(&l.origin),
-            l.leaves,
-            l.checkpoints,
+            counted_as(l.leaves, "leaf", "leaves"),
+            counted(l.checkpoints, "signed checkpoint"),
             l.attested_size
         )
     } else {
@@ -509,6 +512,11 @@ pub fn grant_line(g: &Grant, now: u64) -> String {
 /// `n` and `noun`, in the plural unless `n` is 1: "1 grant", "3 grants".
 pub(crate) fn counted(n: u64, noun: &str) -> String {
     format!("{n} {}", plural(n, noun))
+}
+
+/// `n` and `one` or `many`, for a noun whose plural is not the singular with an "s".
+fn counted_as(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn plural(n: u64, noun: &str) -> String {
@@ -609,7 +617,8 @@ mod tests {
     use super::*;
     use proto::v1::{ChainHead, Exec};
 
-    /// A count of one reads in the singular, on the hosts' and the review's lines alike.
+    /// A count of one reads in the singular, on the hosts', the review's, verify's and
+    /// replay's lines alike.
     #[test]
     fn one_of_a_thing_is_not_plural() {
         let host = HostLiveness {
@@ -639,6 +648,25 @@ mod tests {
             ],
             ["0 grants", "1 grant", "3 tty bytes"]
         );
+        let log = LogVerdict {
+            ok: true,
+            origin: "o".into(),
+            leaves: 1,
+            checkpoints: 1,
+            attested_size: 1,
+            ..LogVerdict::default()
+        };
+        assert_eq!(
+            log_verdict_line(&log),
+            "ok    log o  1 leaf, 1 signed checkpoint, attested 1"
+        );
+        let log = LogVerdict {
+            leaves: 2,
+            checkpoints: 2,
+            ..log
+        };
+        assert!(log_verdict_line(&log).contains("2 leaves, 2 signed checkpoints"));
+        assert_eq!(redacted(1), "[1 byte typed without echo, not recorded]");
     }
 
     #[test]
@@ -681,7 +709,7 @@ mod tests {
         assert_eq!(tty(b"i", 0, true), "INJECTED by ioctl(TIOCSTI): i");
         assert_eq!(
             tty(b"", 1, true),
-            "INJECTED by ioctl(TIOCSTI): [1 bytes typed without echo, not recorded]"
+            "INJECTED by ioctl(TIOCSTI): [1 byte typed without echo, not recorded]"
         );
     }
 }

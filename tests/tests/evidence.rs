@@ -1154,7 +1154,7 @@ async fn verify_local_passes_on_an_untouched_store_under_its_ca_only() {
     assert!(ok, "{printed}");
     assert!(
         printed.contains(&format!("ok    {HOST} {}  1000 records", chain.id))
-            && printed.contains("1000 leaves, 1 signed checkpoints, attested 1000")
+            && printed.contains("1000 leaves, 1 signed checkpoint, attested 1000")
             && printed.contains("ok    collector collector"),
         "{printed}"
     );
