@@ -32,7 +32,7 @@ use tokio::{
     sync::{mpsc, watch},
     task::block_in_place,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use self::kernel::{Kernel, pin_dir, uninstall};
 use self::{
@@ -168,10 +168,11 @@ impl Enforcer {
                     Ok(()) => {
                         let view = inputs.views.borrow_and_update().clone();
                         if let Some(view) = view {
+                            let before = self.view.clone();
                             self.adopt(view);
                             // The judge has the view before anyone is told it was adopted.
                             out.view.send_replace(self.view.clone());
-                            self.adopted();
+                            self.adopted(before.as_deref());
                         }
                     }
                     Err(_) => views_open = false,
@@ -206,11 +207,18 @@ impl Enforcer {
     }
 
     /// Once the judge has the adopted view: says so, and moves the kernel's deadlines as
-    /// the view does (an extension later, a revocation to now).
-    fn adopted(&mut self) {
+    /// the view does (an extension later, a revocation to now). The collector sends its view
+    /// again every 30 s (its `VIEW_REFRESH`) whether or not it changed: only a view whose
+    /// grants or policy differ from the one `before` it is logged at info, so that a quiet
+    /// host's log is not the same line twice a minute.
+    fn adopted(&mut self, before: Option<&View>) {
         if let Some(view) = &self.view {
             let ids: Vec<&str> = view.grants.iter().map(|(id, _)| &**id).collect();
-            info!(grants = ?ids, "grant view adopted");
+            if before.is_some_and(|b| b.grants == view.grants && b.policy == view.policy) {
+                debug!(grants = ?ids, "grant view adopted, unchanged");
+            } else {
+                info!(grants = ?ids, "grant view adopted");
+            }
             crate::sinks::notify::grants(ids.iter().copied());
         }
         let targets: Vec<Target> = self.usage.values().flatten().copied().collect();
