@@ -29,7 +29,32 @@ use tonic::{Status, transport::Channel};
 
 use crate::cli::{Cli, Command, Search, Sessions};
 
+/// The exit status when whatever reads standard output stopped reading (`recorder search
+/// | head`): what a shell reports for a process that SIGPIPE ended, 128 + 13.
+const READER_GONE: i32 = 141;
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let result = dispatch(cli);
+    if let Err(error) = &result
+        && reader_gone(error)
+    {
+        // Not an error to report: the reader has what it wanted. Never a success either,
+        // so that a `verify` cut short is not read as one that passed.
+        std::process::exit(READER_GONE);
+    }
+    result
+}
+
+/// Whether `error` is a write to standard output that failed because its reader closed the
+/// pipe. Only an `io::Error` of our own writes counts: every other failure, a broken
+/// connection to the collector included, comes as a status or with context over it.
+fn reader_gone(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Pki { command } => return certs::run(command),
         Command::VerifyBundle { file } => {

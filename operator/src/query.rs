@@ -77,7 +77,8 @@ struct Page<T> {
 /// Prints up to `limit` items of a paged call, page by page from `token` (empty: the first
 /// page), asking `fetch` for at most `page_max` at a time. When more match, says so on
 /// standard error with the token that continues from there: a truncated answer is never
-/// silent.
+/// silent. Nor is an empty one: standard output stays empty, and standard error says that
+/// nothing matched.
 async fn follow<T, W: io::Write>(
     what: &str,
     limit: u64,
@@ -88,6 +89,7 @@ async fn follow<T, W: io::Write>(
     out: &mut W,
 ) -> anyhow::Result<()> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = if token.is_empty() { "" } else { "more " };
     let mut shown = 0;
     loop {
         let want = (limit - shown).min(page_max);
@@ -97,6 +99,9 @@ async fn follow<T, W: io::Write>(
         }
         shown += page.items.len();
         if page.next.is_empty() || page.items.is_empty() {
+            if shown == 0 {
+                eprintln!("no {more}{what} match");
+            }
             return Ok(());
         }
         if shown >= limit {
@@ -203,6 +208,9 @@ pub async fn hosts(
     out: &mut impl io::Write,
 ) -> anyhow::Result<()> {
     let hosts = client.hosts(HostsRequest {}).await?.into_inner().hosts;
+    if hosts.is_empty() {
+        eprintln!("no hosts: none has shipped to this store yet");
+    }
     for h in &hosts {
         if json {
             writeln!(out, "{}", render::host_json(h))?;

@@ -191,13 +191,36 @@ pub(crate) fn detail(event: &Event) -> String {
             escape(&a.action),
             escape(&a.host),
             escape(&a.actor),
-            escape(&a.detail)
+            if a.action == verifier::COLLECTOR_STARTED {
+                certificate(&a.detail)
+            } else {
+                escape(&a.detail)
+            }
         ),
         Some(Body::Receipt(r)) => format!("RECEIPT {}", note_head(&r.note)),
         Some(Body::Prune(p)) => format!("PRUNE {}", note_head(&p.note)),
         Some(Body::ChainStop(s)) => format!("chain stop: {}", escape(&s.reason)),
         Some(Body::Fork(_)) | None => String::new(),
     }
+}
+
+/// A certificate chained as PEM (a collector's witness certificate), named as a person
+/// checks one: its subject, serial and end. The PEM itself is in the JSON output; one that
+/// does not parse is shown escaped, as it is.
+fn certificate(pem: &str) -> Cow<'_, str> {
+    let Ok(cert) = pki::CertInfo::from_pem(pem) else {
+        return escape(pem);
+    };
+    let until = cert
+        .not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    Cow::Owned(format!(
+        "certificate {}, serial {}, valid until {}",
+        escape(&cert.subject),
+        cert.serial_hex,
+        time(until)
+    ))
 }
 
 /// A signed note's text before its signatures, on one line, escaped.
@@ -616,6 +639,45 @@ pub fn review_json(r: &IdentityReview) -> Value {
 mod tests {
     use super::*;
     use proto::v1::{ChainHead, Exec};
+
+    /// A collector's start names its witness certificate in a few words, not its PEM's
+    /// thirteen lines; a detail that is not a certificate is shown as it is, escaped.
+    #[test]
+    fn a_started_collector_names_its_certificate() {
+        let dir = std::env::temp_dir().join(format!("render-cert-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = pki::Ca::init(&dir).expect("a CA");
+        let issued = ca
+            .issue_witness(
+                "local",
+                pki::Validity::from_now(std::time::Duration::from_hours(1)),
+            )
+            .expect("a witness certificate");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        let started = |detail: &str| Event {
+            body: Some(Body::Admin(proto::v1::AdminAct {
+                action: verifier::COLLECTOR_STARTED.into(),
+                host: String::new(),
+                actor: "witness local".into(),
+                detail: detail.into(),
+            })),
+            ..Event::default()
+        };
+        let line = detail(&started(&issued.cert_pem));
+        let serial = pki::CertInfo::from_pem(&issued.cert_pem)
+            .expect("parses")
+            .serial_hex;
+        assert!(
+            line.starts_with(&format!(
+                "ADMIN collector_started  by witness local: certificate CN=recorder witness \
+                 local, serial {serial}, valid until 20"
+            )),
+            "{line}"
+        );
+        assert!(!line.contains("BEGIN CERTIFICATE"), "{line}");
+        let line = detail(&started("not a\ncertificate"));
+        assert!(line.ends_with(": not a\\ncertificate"), "{line}");
+    }
 
     /// A count of one reads in the singular, on the hosts', the review's, verify's and
     /// replay's lines alike.

@@ -34,6 +34,12 @@ fn command_of(binary: &std::path::Path, url: &str, pki_dir: Option<PathBuf>) -> 
     cmd
 }
 
+/// The client pointed at `url`, for a caller that arranges its pipes itself.
+#[must_use]
+pub fn command_for(url: &str) -> Command {
+    command(url, None)
+}
+
 /// Runs one command against the collector at `url` to completion.
 #[must_use]
 pub fn run(url: &str, args: &[&str]) -> Output {

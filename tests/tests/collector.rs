@@ -1923,6 +1923,42 @@ async fn a_refused_request_reads_in_the_collectors_own_words() {
     );
 }
 
+/// An answer with nothing in it says so on standard error, and standard output stays
+/// empty for the programs reading it. A reader that stops reading early (`| head`) ends the
+/// client quietly with the status a shell gives SIGPIPE, never 0 and never an error line.
+#[tokio::test]
+async fn an_empty_answer_says_so_and_a_closed_pipe_ends_quietly() {
+    let dir = scratch_dir("collector-empty");
+    let collector = Collector::start(&dir.join("c.db"));
+    let url = collector.url();
+    for (args, said) in [
+        (
+            &["hosts"][..],
+            "no hosts: none has shipped to this store yet",
+        ),
+        (&["search", "--kind", "violation"][..], "no events match"),
+        (&["sessions"][..], "no sessions match"),
+    ] {
+        let out = tests::operator::run(&url, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: {:?}", out.stdout);
+        assert_eq!(stderr.trim_end(), said, "{args:?}");
+    }
+    // The collector's own chain holds its start and every read above: something to print.
+    let mut child = tests::operator::command_for(&url)
+        .args(["search", "--since", "1h"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the operator client");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("the client ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
 /// Records 10 to 12 of a chain were lost in the agent's spool, and it declares the hole: the
 /// collector stores the anchor, chains one `spool_hole` alert naming the lost seqs, goes on
 /// from the anchor, and verify passes naming 3 records lost. A jump that is not declared is
