@@ -247,6 +247,11 @@ async fn decode_stage(
         {
             return Ok(());
         }
+        // Only now may the digests of its execs follow the batch: sent earlier, a digest
+        // could reach the attribute stage before the fork and exec of its process.
+        if let Some(images) = &images {
+            images.passed_on();
+        }
     }
     if let Some(next) = &next {
         let mut events = coalesce.drain();
@@ -255,6 +260,9 @@ async fn decode_stage(
             images.process(&mut events);
         }
         let _ = next.send(events).await;
+        if let Some(images) = &images {
+            images.passed_on();
+        }
     }
     Ok(())
 }

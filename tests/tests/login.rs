@@ -115,8 +115,14 @@ fn an_ssh_login_and_its_sudo_are_attributed_to_the_user() {
             "one root for the whole login: {v}"
         );
     }
-    let root_fork = out
-        .events
+    the_login_roots_where_it_began(&out.events, root);
+}
+
+/// The login's root is sshd's process that ran `pam_loginuid`, and its start is when it
+/// forked, as the table saw it: a root found before its fork was (an image digest that
+/// overtook it once did this) has no start, and reads as boot time.
+fn the_login_roots_where_it_began(events: &[Value], root: &Value) {
+    let root_fork = events
         .iter()
         .find(|v| v["kind"] == "fork" && v["pid"] == root["pid"])
         .expect("the root's fork is recorded");
@@ -127,6 +133,12 @@ fn an_ssh_login_and_its_sudo_are_attributed_to_the_user() {
     assert!(
         root["start"].as_str().is_some_and(|t| t.ends_with('Z')),
         "{root}"
+    );
+    let started = root["start_unix_nano"].as_u64().expect("a start");
+    let forked = root_fork["time_unix_nano"].as_u64().expect("a time");
+    assert!(
+        started.abs_diff(forked) < 1_000_000_000,
+        "the root started when it forked: {root} {root_fork}"
     );
 }
 

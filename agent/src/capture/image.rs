@@ -5,7 +5,12 @@
 //! once. A file not yet read is opened now, while its process most likely still runs, and
 //! checked against the kernel's tuple; the open descriptor goes to a reader thread, the exec
 //! says `pending`, and the digest follows as an event of its own (`image`), attributed to
-//! the same process and chained like any other. An earlier version read the files inline:
+//! the same process and chained like any other. It follows the exec, never overtakes it:
+//! the reader sends a digest only once the stage has passed on the batch holding its exec
+//! (`Images::passed_on`), so the attribute stage learns of a process from its fork and exec
+//! before its digest. A digest read first once reached it ahead of the login's first fork,
+//! and gave the whole session a root the table had never seen (pid of the digest's
+//! process, start unknown). An earlier version read the files inline:
 //! under a parallel build, new binaries at that rate stalled capture and the exec ring lost
 //! records. Now reading is paced on its own thread, and when its queue is full the exec says
 //! `busy` and the file is tried again at its next exec.
@@ -31,7 +36,7 @@ use std::{
     },
     path::Path,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Condvar, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
@@ -59,11 +64,13 @@ const CACHED_MAX: usize = 8192;
 
 type Digest = Result<[u8; 32], Unhashed>;
 
-/// What the stage and the reader share: the digests known, and the files being read.
+/// What the stage and the reader share: the digests known, the files being read, and how
+/// many of the stage's batches it has passed on.
 #[derive(Default)]
 struct Known {
     digests: HashMap<ImageKey, Digest>,
     pending: HashSet<ImageKey>,
+    passed: u64,
 }
 
 /// A file opened and checked by the stage, for the reader.
@@ -71,19 +78,29 @@ struct Job {
     file: File,
     image: Image,
     process: Option<Process>,
+    /// The batch its exec is in, counted from 1: its digest waits until that batch is
+    /// passed on.
+    batch: u64,
 }
 
 /// The stage's half: owned by the decode stage. Dropping it ends the reader once it has
 /// answered every file queued.
 pub struct Images {
     known: Arc<Mutex<Known>>,
+    /// Signalled when `Known::passed` moves, or the stage is closing.
+    moved: Arc<Condvar>,
     jobs: SyncSender<Job>,
     closing: Arc<AtomicBool>,
+    /// Batches looked at (`process` calls).
+    batches: u64,
 }
 
 impl Drop for Images {
     fn drop(&mut self) {
         self.closing.store(true, Ordering::Relaxed);
+        // Under the lock, so that a reader about to wait sees `closing` or the signal.
+        let _known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        self.moved.notify_all();
     }
 }
 
@@ -92,10 +109,12 @@ impl Images {
     /// input.
     pub fn start(out: mpsc::Sender<Vec<Event>>) -> io::Result<Self> {
         let known = Arc::new(Mutex::new(Known::default()));
+        let moved = Arc::new(Condvar::new());
         let closing = Arc::new(AtomicBool::new(false));
         let (jobs, queue) = sync_channel(QUEUED_MAX);
         let reader = Reader {
             known: Arc::clone(&known),
+            moved: Arc::clone(&moved),
             closing: Arc::clone(&closing),
             second: None,
             read: 0,
@@ -105,13 +124,17 @@ impl Images {
             .spawn(move || reader.run(&queue, &out))?;
         Ok(Self {
             known,
+            moved,
             jobs,
             closing,
+            batches: 0,
         })
     }
 
-    /// Gives every exec's image its digest, or says why it has none yet.
+    /// Gives every exec's image its digest, or says why it has none yet. The digests read
+    /// for this batch are sent once it is passed on (`passed_on`).
     pub fn process(&mut self, events: &mut [Event]) {
+        self.batches += 1;
         for event in events {
             let Body::Exec {
                 filename,
@@ -126,6 +149,14 @@ impl Images {
             let path = fallback_path(filename, executable.as_ref(), interpreter.as_ref(), image);
             image.digest = Some(self.look(*image, path, event.process.as_ref()));
         }
+    }
+
+    /// Every batch looked at so far has been passed on (or dropped with the stage's
+    /// output): the digests of its execs may follow it.
+    pub fn passed_on(&self) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        known.passed = self.batches;
+        self.moved.notify_all();
     }
 
     /// `path` is the image's path as the exec named it, tried when the process is gone.
@@ -149,6 +180,7 @@ impl Images {
             file,
             image,
             process: process.cloned(),
+            batch: self.batches,
         };
         self.known
             .lock()
@@ -210,6 +242,7 @@ fn remember(digests: &mut HashMap<ImageKey, Digest>, key: ImageKey, digest: Dige
 /// The reader thread: hashes each queued file, paced, and sends its digest as an event.
 struct Reader {
     known: Arc<Mutex<Known>>,
+    moved: Arc<Condvar>,
     closing: Arc<AtomicBool>,
     /// The second being paced, and the bytes read in it.
     second: Option<Instant>,
@@ -234,6 +267,12 @@ impl Reader {
                 // A changed or unreadable file may be read at its next exec.
                 if digest.is_ok() {
                     remember(&mut known.digests, key, digest);
+                }
+                while known.passed < job.batch && !self.closing.load(Ordering::Relaxed) {
+                    known = self
+                        .moved
+                        .wait(known)
+                        .unwrap_or_else(PoisonError::into_inner);
                 }
             }
             let event = Event {
@@ -473,7 +512,8 @@ mod tests {
         assert_eq!(open(None, "prog", &key).err(), Some(Unhashed::Gone));
     }
 
-    /// A new file is `pending` and its digest comes as an event; the next exec of it
+    /// A new file is `pending` and its digest comes as an event, once the batch of its exec
+    /// is passed on and not before, even when the file has been read; the next exec of it
     /// carries the digest; one past the bound is `too_large` unread; once the stage is
     /// dropped, a file still queued is answered `busy`, and the reader ends.
     #[test]
@@ -487,6 +527,18 @@ mod tests {
         let mut events = [exec(image_of(&path))];
         images.process(&mut events);
         assert_eq!(digest_of(&events), Some(Err(Unhashed::Pending)));
+        // Read (no longer pending) but held: the reader waits for the batch to go first.
+        let key = image_of(&path).key();
+        while images.known.lock().unwrap().pending.contains(&key) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A reader that did not wait would send within microseconds of the read.
+        let until = Instant::now() + Duration::from_millis(100);
+        while Instant::now() < until {
+            assert!(digests.try_recv().is_err(), "a digest overtook its exec");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        images.passed_on();
         let event = digests.blocking_recv().unwrap();
         assert_eq!(digest_of(&event), Some(Ok(sha(b"#!\n"))));
 
