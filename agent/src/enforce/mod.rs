@@ -151,6 +151,7 @@ impl Enforcer {
     /// Runs until the pipeline stages feeding it have ended.
     pub async fn run(mut self, mut inputs: Inputs, out: Outputs) {
         let (mut actions_open, mut kills_open, mut views_open) = (true, true, true);
+        let mut heard = false;
         let mut events = std::mem::take(&mut self.pending);
         while actions_open || kills_open {
             let wait = self
@@ -168,7 +169,10 @@ impl Enforcer {
                     Ok(()) => {
                         let view = inputs.views.borrow_and_update().clone();
                         if let Some(view) = view {
-                            let before = self.view.clone();
+                            // The first view from the collector in this run is news even
+                            // when it matches the one cached.
+                            let before = self.view.clone().filter(|_| heard);
+                            heard = true;
                             self.adopt(view);
                             // The judge has the view before anyone is told it was adopted.
                             out.view.send_replace(self.view.clone());
