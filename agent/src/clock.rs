@@ -2,6 +2,11 @@
 //! counting suspend); evidence carries wall-clock time. [`WallClock`] maps one onto the
 //! other.
 
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
 /// `CLOCK_BOOTTIME` now, in the kernel records' time base.
 #[must_use]
 pub fn boot_ns() -> u64 {
@@ -26,6 +31,20 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 #[derive(Clone, Copy, Debug)]
 pub struct WallClock {
     realtime_minus_boot: i128,
+}
+
+/// Where the mapping of a boot's session roots is kept, in the spool.
+const SESSION_CLOCK_FILE: &str = "session-clock.json";
+/// A kept mapping further than this from the one read now is not used: the wall clock was
+/// stepped by more since (a clock set days wrong at boot, corrected later), or the file
+/// holds something no clock of this boot gave.
+const SESSION_CLOCK_DRIFT_MAX_NS: i128 = 86_400 * 1_000_000_000;
+
+/// What is kept: the mapping of the boot it was read in.
+#[derive(Serialize, Deserialize)]
+struct SessionClock {
+    boot_id: String,
+    realtime_minus_boot: i64,
 }
 
 const STEP_NS: i128 = 1_000_000;
@@ -54,6 +73,45 @@ impl WallClock {
         u64::try_from(i128::from(ktime_ns) + self.realtime_minus_boot).unwrap_or(0)
     }
 
+    /// The mapping a boot's session roots are read through: the first agent of the boot
+    /// keeps its own in `dir` (the spool), and every later agent of the same boot reads it
+    /// back. A session's key holds its root's start in wall-clock time, so a login that
+    /// outlives an agent (an upgrade, a restart by systemd) keeps its key only if every run
+    /// maps that start alike; sampling the two clocks afresh would move it by the
+    /// sampling's jitter, and a step of the wall clock between two runs by the step. Without
+    /// a spool, when the file cannot be read or kept, or when what it keeps is more than a
+    /// day from now's mapping, the mapping is read now (and kept).
+    #[must_use]
+    pub fn for_sessions(dir: Option<&Path>, boot_id: &str) -> Self {
+        let now = Self::now();
+        let Some(path) = dir.map(|d| d.join(SESSION_CLOCK_FILE)) else {
+            return now;
+        };
+        let kept: Option<SessionClock> = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        if let Some(kept) = kept.filter(|k| k.boot_id == boot_id) {
+            let kept = i128::from(kept.realtime_minus_boot);
+            if (kept - now.realtime_minus_boot).abs() <= SESSION_CLOCK_DRIFT_MAX_NS {
+                return Self {
+                    realtime_minus_boot: kept,
+                };
+            }
+            warn!(path = %path.display(), "the clock of session starts kept for this boot is more than a day from the clock now; it is read again");
+        }
+        let keep = SessionClock {
+            boot_id: boot_id.to_owned(),
+            realtime_minus_boot: i64::try_from(now.realtime_minus_boot).unwrap_or(i64::MAX),
+        };
+        let written = serde_json::to_vec(&keep)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::evidence::write_private(&path, &bytes));
+        if let Err(error) = written {
+            warn!(%error, path = %path.display(), "cannot keep the clock of session starts: a login that outlives this agent may get a second session key");
+        }
+        now
+    }
+
     /// Wall-clock time now, read through this mapping.
     #[must_use]
     pub fn unix_now(&self) -> u64 {
@@ -77,5 +135,47 @@ mod tests {
         );
         let real = proto::time::now_unix_nano();
         assert!(stale.unix_now().abs_diff(real) < 1_000_000_000);
+    }
+
+    /// The first run of a boot keeps its mapping, a later run of the same boot reads it back
+    /// exactly, and another boot's is not used, nor one a day or more from now's.
+    #[test]
+    fn session_starts_map_alike_in_every_run_of_a_boot() {
+        let dir = std::env::temp_dir().join(format!("session-clock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = WallClock::for_sessions(Some(&dir), "boot-a");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = WallClock::for_sessions(Some(&dir), "boot-a");
+        assert_eq!(first.realtime_minus_boot, later.realtime_minus_boot);
+        let keep = |offset: i128| {
+            let kept = SessionClock {
+                boot_id: "boot-a".into(),
+                realtime_minus_boot: i64::try_from(offset).unwrap(),
+            };
+            std::fs::write(
+                dir.join(SESSION_CLOCK_FILE),
+                serde_json::to_vec(&kept).unwrap(),
+            )
+            .unwrap();
+        };
+        let an_hour_ago = first.realtime_minus_boot - 3_600_000_000_000;
+        keep(an_hour_ago);
+        assert_eq!(
+            WallClock::for_sessions(Some(&dir), "boot-a").realtime_minus_boot,
+            an_hour_ago,
+            "a clock stepped by an hour since keeps the mapping"
+        );
+        let other = WallClock::for_sessions(Some(&dir), "boot-b");
+        assert!(
+            (other.realtime_minus_boot - first.realtime_minus_boot).abs() < STEP_NS,
+            "not the other boot's"
+        );
+        keep(42);
+        let absurd = WallClock::for_sessions(Some(&dir), "boot-a");
+        assert!(
+            (absurd.realtime_minus_boot - first.realtime_minus_boot).abs() < STEP_NS,
+            "not one from 1970"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

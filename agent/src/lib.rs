@@ -41,12 +41,13 @@ use crate::{
         sensors::{Programs, Report},
     },
     cli::Cli,
+    clock::WallClock,
     enforce::{
         Enforcer, Kernel,
         cache::Cache,
         rules::{FailClosed, Rules},
     },
-    evidence::Evidence,
+    evidence::{Evidence, encode::Encode},
     identity::{attribute::Attribute, proctable::ProcessTable, registry::Registry},
     pipeline::Sinks,
     sinks::{metrics, stdout::Stdout},
@@ -117,7 +118,8 @@ fn record(
     );
     let (view, _) = tokio::sync::watch::channel(enforcer.view());
     let agent_events = tokio::sync::mpsc::channel(AGENT_EVENTS_IN_FLIGHT);
-    let registry = Arc::new(Registry::open(cli.spool.as_deref(), &host::boot_id()?));
+    let boot_id = host::boot_id()?;
+    let registry = Arc::new(Registry::open(cli.spool.as_deref(), &boot_id));
     if let Some(socket) = &cli.registration {
         let service = identity::registry::Service::new(
             Arc::clone(&registry),
@@ -189,6 +191,7 @@ fn record(
     };
     let parts = pipeline::Parts {
         attribute: Attribute::new(table, registry),
+        encode: Encode::new(WallClock::for_sessions(cli.spool.as_deref(), &boot_id)),
         rules,
         enforcer,
         view,

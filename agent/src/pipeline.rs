@@ -86,6 +86,7 @@ pub struct Running {
 /// What the stages are made of, besides the kernel's batches.
 pub struct Parts {
     pub attribute: Attribute,
+    pub encode: Encode,
     pub rules: Rules,
     pub enforcer: Enforcer,
     /// The view the enforcer publishes to the judge (and the registration API).
@@ -103,30 +104,24 @@ pub fn spawn(
     sinks: Sinks,
     health: &Arc<Health>,
 ) -> Running {
-    let Parts {
-        attribute,
-        rules,
-        enforcer,
-        view: view_tx,
-        agent_events: (agent_events_tx, agent_events_rx),
-    } = parts;
     let mut stages = JoinSet::new();
     let (kills_tx, kills_rx) = mpsc::unbounded_channel();
     if sinks.stdout.is_none() && sinks.evidence.is_none() {
-        drop((
-            kills_rx,
-            enforcer,
-            agent_events_rx,
-            attribute,
-            rules,
-            view_tx,
-        ));
+        drop((kills_rx, parts));
         stages.spawn(
             decode_stage(batches, Arc::clone(health), None, kills_tx)
                 .instrument(info_span!("decode")),
         );
         return Running { stages, ship: None };
     }
+    let Parts {
+        attribute,
+        encode,
+        rules,
+        enforcer,
+        view: view_tx,
+        agent_events: (agent_events_tx, agent_events_rx),
+    } = parts;
     let (decoded_tx, decoded_rx) = mpsc::channel(STAGE_DEPTH);
     let (modelled_tx, modelled_rx) = mpsc::channel(STAGE_DEPTH);
     let (actions_tx, actions_rx) = mpsc::unbounded_channel();
@@ -143,6 +138,7 @@ pub fn spawn(
         attribute_stage(
             decoded_rx,
             attribute,
+            encode,
             judge,
             view_rx,
             actions_tx,
@@ -271,12 +267,12 @@ async fn decode_stage(
 async fn attribute_stage(
     mut decoded: mpsc::Receiver<Vec<Event>>,
     mut attribute: Attribute,
+    mut encode: Encode,
     mut judge: Judge,
     mut view: watch::Receiver<Option<Arc<View>>>,
     actions: mpsc::UnboundedSender<Vec<crate::enforce::judge::Action>>,
     next: mpsc::Sender<Vec<v1::Event>>,
 ) -> anyhow::Result<()> {
-    let mut encode = Encode::default();
     while let Some(events) = decoded.recv().await {
         if view.has_changed().unwrap_or(false) {
             judge.adopt(view.borrow_and_update().clone());

@@ -142,6 +142,60 @@ fn the_login_roots_where_it_began(events: &[Value], root: &Value) {
     );
 }
 
+/// A login that outlives its agent keeps one session key. The next agent of the boot finds
+/// the login's root already running and reads its start from `/proc`, where the first saw
+/// it fork; both map it through the boot's clock kept in the spool. Before, the two keys
+/// differed by the fork record's few microseconds and by each run's reading of the clocks,
+/// and a replay or export of the session held only what one agent recorded.
+#[test]
+fn a_login_keeps_its_session_key_across_an_agent_restart() {
+    if !privileged("a_login_keeps_its_session_key_across_an_agent_restart") {
+        return;
+    }
+    let account = User::ensure(USER);
+    let sshd = Sshd::start();
+    let dir = scratch_dir("login-restart");
+    let spool = dir.join("spool");
+    let flags = ["--spool", spool.to_str().unwrap()];
+    let gate = std::env::temp_dir().join(marker("gate"));
+    let (before, after) = (marker("before"), marker("after"));
+    let printed = |agent: &Agent, text: &str| {
+        agent
+            .wait_for(Duration::from_secs(30), |v| {
+                v["kind"] == "tty_out" && String::from_utf8_lossy(&tty_data(v)).contains(text)
+            })
+            .unwrap_or_else(|| panic!("no terminal line {text:?}:\n{}", agent.log()))
+    };
+
+    let first = Agent::start(&flags);
+    let mut login = account
+        .ssh(
+            &sshd,
+            &format!(
+                "echo {before}; while [ ! -e {} ]; do sleep 0.1; done; echo {after}",
+                gate.display()
+            ),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ssh");
+    let seen_first = printed(&first, &before);
+    drop(first.stop());
+    let second = Agent::start(&flags);
+    File::create(&gate).expect("open the gate");
+    assert!(login.wait().expect("ssh ends").success());
+    let seen_second = printed(&second, &after);
+    drop(second.stop());
+    let _ = std::fs::remove_file(&gate);
+
+    assert_eq!(seen_first["sessionid"], seen_second["sessionid"]);
+    assert!(seen_first["session"].is_string(), "{seen_first}");
+    assert_eq!(
+        seen_first["session"], seen_second["session"],
+        "one login, one key: {seen_first} {seen_second}"
+    );
+}
+
 /// The agent joins a task's terminal writes in a row, never one task's with another's: each
 /// `id`'s line, the user's and the one under `sudo`, is in a record of its own process, with
 /// its own credentials.

@@ -525,6 +525,7 @@ impl Enforcer {
 
     fn encode(&mut self, event: Event) -> v1::Event {
         self.clock.follow_steps();
-        encode(Attributed::bare(event), &self.clock)
+        // A bare event has no session root to map.
+        encode(Attributed::bare(event), &self.clock, &self.clock)
     }
 }

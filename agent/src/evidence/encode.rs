@@ -12,30 +12,43 @@ use crate::{
     identity::attribute::Attributed,
 };
 
-/// The stage: it owns the mapping of kernel time to wall-clock time.
+/// The stage: it owns the mapping of kernel time to wall-clock time, and the boot's mapping
+/// of session roots' starts (`WallClock::for_sessions`).
 pub struct Encode {
     clock: WallClock,
+    sessions: WallClock,
 }
 
 impl Default for Encode {
     fn default() -> Self {
-        Self {
-            clock: WallClock::now(),
-        }
+        Self::new(WallClock::now())
     }
 }
 
 impl Encode {
+    #[must_use]
+    pub fn new(sessions: WallClock) -> Self {
+        Self {
+            clock: WallClock::now(),
+            sessions,
+        }
+    }
+
     pub fn process(&mut self, batch: Vec<Attributed>) -> Vec<v1::Event> {
         let _span = debug_span!("batch", events = batch.len()).entered();
         self.clock.follow_steps();
-        batch.into_iter().map(|a| encode(a, &self.clock)).collect()
+        batch
+            .into_iter()
+            .map(|a| encode(a, &self.clock, &self.sessions))
+            .collect()
     }
 }
 
-/// One event in the versioned model, its time mapped through `clock`.
+/// One event in the versioned model, its time mapped through `clock` and its session
+/// root's start through `sessions`, which never moves within a boot: that start is part of
+/// the session's key.
 #[must_use]
-pub fn encode(item: Attributed, clock: &WallClock) -> v1::Event {
+pub fn encode(item: Attributed, clock: &WallClock, sessions: &WallClock) -> v1::Event {
     let Attributed {
         event,
         identity,
@@ -71,7 +84,7 @@ pub fn encode(item: Attributed, clock: &WallClock) -> v1::Event {
         }),
         session_root: root.map(|r| v1::SessionRoot {
             pid: r.pid,
-            start_unix_nano: clock.unix_ns(r.start_ns),
+            start_unix_nano: sessions.unix_ns(r.start_ns),
         }),
         body: Some(body(event.body)),
     }

@@ -43,6 +43,9 @@ pub struct ProcessTable {
     roots: HashMap<u32, SessionRoot>,
     /// Audit sessions made by a loginuid write inside a login, already reported.
     moved_to: HashSet<u32>,
+    /// `/proc`'s clock tick in nanoseconds, for a table seeded from `/proc`: a session
+    /// root's start is read there too (`stable_start`).
+    proc_tick_ns: Option<u64>,
 }
 
 impl ProcessTable {
@@ -112,6 +115,7 @@ impl ProcessTable {
             procs,
             roots: HashMap::new(),
             moved_to: HashSet::new(),
+            proc_tick_ns: Some(ticks_ns),
         }
     }
 
@@ -253,13 +257,39 @@ impl ProcessTable {
         }
         let root = SessionRoot {
             pid,
-            start_ns: self.procs.get(&pid).map_or(0, |e| e.start_ns),
+            start_ns: self.stable_start(pid, self.procs.get(&pid).map_or(0, |e| e.start_ns)),
         };
         if self.roots.len() >= ROOTS_MAX {
             self.roots.clear();
         }
         self.roots.insert(s, root);
         root
+    }
+
+    /// A session root's start as `/proc` shows it, to the clock tick, as the seed reads
+    /// every process that ran before the agent: then every run of the agent gives a login
+    /// the same root start, and so the same session key, whether it saw the root's fork or
+    /// found the root already running. The fork record's own time is a few microseconds
+    /// after the kernel's start, and known only to a run that saw the fork. `start_ns` is
+    /// kept when the process is gone, or is another by now (a reused pid: its start is not
+    /// within two ticks before `start_ns`), or is not known at all.
+    fn stable_start(&self, pid: u32, start_ns: u64) -> u64 {
+        let Some(tick_ns) = self.proc_tick_ns.filter(|_| start_ns > 0) else {
+            return start_ns;
+        };
+        let Some((_, ticks)) = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_stat)
+        else {
+            return start_ns;
+        };
+        let kernel = ticks.saturating_mul(tick_ns);
+        if kernel <= start_ns && start_ns - kernel < 2 * tick_ns {
+            kernel
+        } else {
+            start_ns
+        }
     }
 }
 
@@ -360,6 +390,34 @@ mod tests {
         let me = &table.procs[&std::process::id()];
         assert_eq!(me.ppid, std::os::unix::process::parent_id());
         assert!(me.start_ns > 0 && me.image.is_some());
+    }
+
+    /// A root's start is the kernel's, to `/proc`'s tick, when the fork's time is within
+    /// two ticks after it (what a run that saw the fork has): a run that found the root
+    /// already running reads the same. Anything else is another process, and kept as given;
+    /// so is everything in a table not seeded from `/proc`.
+    #[test]
+    fn a_roots_start_is_the_kernels_to_the_tick() {
+        let table = ProcessTable::from_proc();
+        let me = std::process::id();
+        let (kernel, tick) = (table.procs[&me].start_ns, table.proc_tick_ns.unwrap());
+        assert_eq!(
+            table.stable_start(me, kernel + 7_000),
+            kernel,
+            "a fork's time"
+        );
+        assert_eq!(table.stable_start(me, kernel), kernel, "the seed's own");
+        assert_eq!(table.stable_start(me, kernel + 2 * tick), kernel + 2 * tick);
+        assert_eq!(
+            table.stable_start(me, kernel - 1),
+            kernel - 1,
+            "before it started"
+        );
+        assert_eq!(table.stable_start(me, 0), 0, "unknown stays unknown");
+        assert_eq!(
+            ProcessTable::default().stable_start(me, kernel + 7_000),
+            kernel + 7_000
+        );
     }
 
     #[test]
