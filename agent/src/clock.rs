@@ -7,6 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::evidence::{read_json, write_json_private};
+
 /// `CLOCK_BOOTTIME` now, in the kernel records' time base.
 #[must_use]
 pub fn boot_ns() -> u64 {
@@ -87,9 +89,7 @@ impl WallClock {
         let Some(path) = dir.map(|d| d.join(SESSION_CLOCK_FILE)) else {
             return now;
         };
-        let kept: Option<SessionClock> = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let kept: Option<SessionClock> = read_json(&path);
         if let Some(kept) = kept.filter(|k| k.boot_id == boot_id) {
             let kept = i128::from(kept.realtime_minus_boot);
             if (kept - now.realtime_minus_boot).abs() <= SESSION_CLOCK_DRIFT_MAX_NS {
@@ -103,10 +103,7 @@ impl WallClock {
             boot_id: boot_id.to_owned(),
             realtime_minus_boot: i64::try_from(now.realtime_minus_boot).unwrap_or(i64::MAX),
         };
-        let written = serde_json::to_vec(&keep)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| crate::evidence::write_private(&path, &bytes));
-        if let Err(error) = written {
+        if let Err(error) = write_json_private(&path, &keep) {
             warn!(%error, path = %path.display(), "cannot keep the clock of session starts: a login that outlives this agent may get a second session key");
         }
         now

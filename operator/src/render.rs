@@ -214,7 +214,7 @@ fn certificate(pem: &str) -> Cow<'_, str> {
     let until = cert
         .not_after
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        .map_or(0, proto::time::nanos);
     Cow::Owned(format!(
         "certificate {}, serial {}, valid until {}",
         escape(&cert.subject),

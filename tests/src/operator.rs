@@ -19,8 +19,10 @@ pub fn binary() -> PathBuf {
 }
 
 /// The operators' client pointed at `url`, as the harness's admin operator when the
-/// collector there has a test PKI.
-fn command(url: &str, pki_dir: Option<PathBuf>) -> Command {
+/// collector there has a test PKI (or as the operator in `pki_dir`), for a caller that
+/// arranges its pipes itself.
+#[must_use]
+pub fn command(url: &str, pki_dir: Option<PathBuf>) -> Command {
     command_of(&binary(), url, pki_dir)
 }
 
@@ -32,12 +34,6 @@ fn command_of(binary: &std::path::Path, url: &str, pki_dir: Option<PathBuf>) -> 
         cmd.arg("--pki-dir").arg(dir);
     }
     cmd
-}
-
-/// The client pointed at `url`, for a caller that arranges its pipes itself.
-#[must_use]
-pub fn command_for(url: &str) -> Command {
-    command(url, None)
 }
 
 /// Runs one command against the collector at `url` to completion.

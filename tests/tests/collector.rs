@@ -1946,7 +1946,7 @@ async fn an_empty_answer_says_so_and_a_closed_pipe_ends_quietly() {
         assert_eq!(stderr.trim_end(), said, "{args:?}");
     }
     // The collector's own chain holds its start and every read above: something to print.
-    let mut child = tests::operator::command_for(&url)
+    let mut child = tests::operator::command(&url, None)
         .args(["search", "--since", "1h"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -14,7 +14,10 @@ use prost::Message as _;
 use proto::v1::GrantView;
 use tracing::{info, warn};
 
-use crate::{capture::event::Target, evidence::write_private};
+use crate::{
+    capture::event::Target,
+    evidence::{read_json, write_json_private, write_private},
+};
 
 const VIEW_FILE: &str = "grants.pb";
 const USAGE_FILE: &str = "grant-usage.json";
@@ -72,25 +75,16 @@ impl Cache {
 
     #[must_use]
     pub fn usage(&self) -> Usage {
-        fs::read(self.dir.join(USAGE_FILE))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+        read_json(&self.dir.join(USAGE_FILE)).unwrap_or_default()
     }
 
     #[must_use]
     pub fn causes(&self) -> Vec<Cause> {
-        fs::read(self.dir.join(CAUSES_FILE))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+        read_json(&self.dir.join(CAUSES_FILE)).unwrap_or_default()
     }
 
     pub fn save_causes(&self, causes: &[Cause]) {
-        let written = serde_json::to_vec(causes)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| write_private(&self.dir.join(CAUSES_FILE), &bytes));
-        if let Err(e) = written {
+        if let Err(e) = write_json_private(&self.dir.join(CAUSES_FILE), causes) {
             warn!(error = %e, "cannot save why the kernel denies what it denies");
         }
     }
@@ -102,10 +96,7 @@ impl Cache {
     }
 
     pub fn save_usage(&self, usage: &Usage) {
-        let written = serde_json::to_vec(usage)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| write_private(&self.dir.join(USAGE_FILE), &bytes));
-        if let Err(e) = written {
+        if let Err(e) = write_json_private(&self.dir.join(USAGE_FILE), usage) {
             warn!(error = %e, "cannot save where grants were used");
         }
     }

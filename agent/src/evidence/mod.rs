@@ -48,6 +48,24 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     pki::replace_private(path, bytes).map_err(std::io::Error::other)
 }
 
+/// `value` as JSON, written as `write_private` writes: the agent's state files in the spool.
+pub fn write_json_private<T: serde::Serialize + ?Sized>(
+    path: &Path,
+    value: &T,
+) -> std::io::Result<()> {
+    write_private(
+        path,
+        &serde_json::to_vec(value).map_err(std::io::Error::other)?,
+    )
+}
+
+/// A state file written by `write_json_private`, or `None` when it is missing or does not
+/// hold a `T`: the caller starts afresh rather than from something it cannot read.
+#[must_use]
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
 /// This agent instance's chain, stored in the spool. The first record (seq 0) is a
 /// `ChainStart` naming the head of whatever chain the spool held, so a restart is always
 /// visible in the evidence.

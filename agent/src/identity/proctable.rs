@@ -7,6 +7,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
+    path::Path,
 };
 
 use crate::capture::event::{Body, Event, audit_id};
@@ -63,11 +64,7 @@ impl ProcessTable {
                 continue;
             };
             let dir = entry.path();
-            let Some((parent, start_ticks)) = fs::read_to_string(dir.join("stat"))
-                .ok()
-                .as_deref()
-                .and_then(parse_stat)
-            else {
+            let Some((parent, start_ticks)) = read_stat(&dir) else {
                 continue;
             };
             let audit = |file| {
@@ -277,11 +274,7 @@ impl ProcessTable {
         let Some(tick_ns) = self.proc_tick_ns.filter(|_| start_ns > 0) else {
             return start_ns;
         };
-        let Some((_, ticks)) = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .as_deref()
-            .and_then(parse_stat)
-        else {
+        let Some((_, ticks)) = read_stat(Path::new(&format!("/proc/{pid}"))) else {
             return start_ns;
         };
         let kernel = ticks.saturating_mul(tick_ns);
@@ -328,6 +321,11 @@ fn parse_uids(status: &str) -> Option<(u32, u32)> {
 
 /// `(ppid, starttime in clock ticks)` from `/proc/PID/stat`; the command name may hold
 /// spaces and parentheses, so fields are counted from the last `)`.
+/// The parent and start (in clock ticks) of the process whose `/proc` directory is `dir`.
+fn read_stat(dir: &Path) -> Option<(u32, u64)> {
+    parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)
+}
+
 fn parse_stat(stat: &str) -> Option<(u32, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();

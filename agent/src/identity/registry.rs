@@ -30,7 +30,7 @@ use tonic::{Request, Response, Status, transport::server::UdsConnectInfo};
 use tracing::{info, warn};
 
 use super::Identity;
-use crate::evidence::write_private;
+use crate::evidence::{read_json, write_json_private};
 
 /// Longest identity or grant name accepted.
 const NAME_MAX: usize = 256;
@@ -78,9 +78,7 @@ impl Registry {
         let Some((path, _)) = &registry.state else {
             return registry;
         };
-        let saved: Option<Saved> = std::fs::read(path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let saved: Option<Saved> = read_json(path);
         if let Some(saved) = saved.filter(|s| s.boot_id == boot_id) {
             let count = saved.sessions.len() + saved.cgroups.len();
             *registry
@@ -138,10 +136,7 @@ impl Registry {
                 sessions: sessions.iter().map(|(k, i)| (*k, plain(i))).collect(),
                 cgroups: cgroups.iter().map(|(k, i)| (*k, plain(i))).collect(),
             };
-            let written = serde_json::to_vec(&saved)
-                .map_err(std::io::Error::other)
-                .and_then(|bytes| write_private(path, &bytes));
-            if let Err(error) = written {
+            if let Err(error) = write_json_private(path, &saved) {
                 warn!(%error, "cannot keep the registrations");
             }
         }
