@@ -172,7 +172,7 @@ impl ProcessTable {
                 entry.elevated |= sessionid.is_some() && process.euid == 0 && process.uid != 0;
             }
             Body::Exit { filename, .. } => {
-                let root = sessionid.map(|s| self.root_of(tgid, s));
+                let root = sessionid.and_then(|s| self.root_of(tgid, s));
                 *filename = self.procs.remove(&tgid).and_then(|e| e.image);
                 return root;
             }
@@ -186,7 +186,7 @@ impl ProcessTable {
                     .sessionid = sessionid;
             }
         }
-        sessionid.map(|s| self.root_of(tgid, s))
+        sessionid.and_then(|s| self.root_of(tgid, s))
     }
 
     /// Keeps a process in the login session it was born in. A process whose record names
@@ -232,10 +232,17 @@ impl ProcessTable {
         self.procs.get(&tgid).is_some_and(|e| e.elevated)
     }
 
-    /// The session's root: from `tgid`, the furthest ancestor still in session `s`.
-    fn root_of(&mut self, tgid: u32, s: u32) -> SessionRoot {
+    /// The session's root: from `tgid`, the furthest ancestor still in session `s`. `None`
+    /// when the session's root is not known yet and the table does not know `tgid` either:
+    /// the exit of a process that forked before the agent attached and was gone before the
+    /// table was seeded. A root found from such a process would be that process, start
+    /// unknown, and kept for the whole session.
+    fn root_of(&mut self, tgid: u32, s: u32) -> Option<SessionRoot> {
         if let Some(root) = self.roots.get(&s) {
-            return *root;
+            return Some(*root);
+        }
+        if !self.procs.contains_key(&tgid) {
+            return None;
         }
         let mut pid = tgid;
         for _ in 0..MAX_DEPTH {
@@ -260,7 +267,7 @@ impl ProcessTable {
             self.roots.clear();
         }
         self.roots.insert(s, root);
-        root
+        Some(root)
     }
 
     /// A session root's start as `/proc` shows it, to the clock tick, as the seed reads
@@ -388,6 +395,31 @@ mod tests {
         let me = &table.procs[&std::process::id()];
         assert_eq!(me.ppid, std::os::unix::process::parent_id());
         assert!(me.start_ns > 0 && me.image.is_some());
+    }
+
+    /// The exit of a process the table never knew (forked before the agent attached, gone
+    /// before the seed) says nothing of its session's root: it gets none, and the session's
+    /// next process still roots at the login's first one. Restarting an agent beside a
+    /// login whose shell ran `sleep` in a loop once gave that login the sleep as its root.
+    #[test]
+    fn an_unknown_process_exiting_does_not_root_its_session() {
+        let mut table = ProcessTable::default();
+        table.observe(&mut event(200, 100, None, 1_000, Body::Fork));
+        let exit = Body::Exit {
+            exit_code: 0,
+            filename: None,
+        };
+        assert_eq!(
+            table.observe(&mut event(900, 300, Some(7), 5_000, exit)),
+            None
+        );
+        assert_eq!(
+            table.observe(&mut event(300, 200, Some(7), 6_000, Body::Fork)),
+            Some(SessionRoot {
+                pid: 200,
+                start_ns: 1_000
+            })
+        );
     }
 
     /// A root's start is the kernel's, to `/proc`'s tick, when the fork's time is within
