@@ -111,14 +111,16 @@ fn record(
     let table = ProcessTable::from_proc();
     let processes = table.len();
     let health = serve_metrics(cli)?;
+    let boot_id = host::boot_id()?;
+    let sessions = WallClock::for_sessions(cli.spool.as_deref(), &boot_id);
     let enforcer = Enforcer::new(
         cli.spool.as_deref().map(Cache::new),
         Some(Kernel::new(Arc::clone(&programs), pins)?),
         Some(sweeper),
+        sessions,
     );
     let (view, _) = tokio::sync::watch::channel(enforcer.view());
     let agent_events = tokio::sync::mpsc::channel(AGENT_EVENTS_IN_FLIGHT);
-    let boot_id = host::boot_id()?;
     let registry = Arc::new(Registry::open(cli.spool.as_deref(), &boot_id));
     if let Some(socket) = &cli.registration {
         let service = identity::registry::Service::new(
@@ -191,7 +193,7 @@ fn record(
     };
     let parts = pipeline::Parts {
         attribute: Attribute::new(table, registry),
-        encode: Encode::new(WallClock::for_sessions(cli.spool.as_deref(), &boot_id)),
+        encode: Encode::new(sessions),
         rules,
         enforcer,
         view,

@@ -427,7 +427,7 @@ impl<'a> Line<'a> {
         let p = event.process.as_ref();
         let session = match (
             context.host,
-            p.and_then(|p| p.sessionid),
+            session::sessionid_of(event),
             &event.session_root,
         ) {
             (Some(host), Some(sessionid), Some(root)) => Some(

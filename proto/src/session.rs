@@ -3,6 +3,20 @@
 
 use std::{fmt, str::FromStr};
 
+use crate::v1::{Event, event::Body};
+
+/// The audit session `event` is filed under, with its `session_root`: its process's, or for
+/// a kill that names the root of the session it killed, that session's. A kill made before
+/// kills named their session's root has none, and stays filed under none.
+#[must_use]
+pub fn sessionid_of(event: &Event) -> Option<u32> {
+    match (&event.process, &event.body) {
+        (Some(p), _) => p.sessionid,
+        (None, Some(Body::Kill(kill))) if event.session_root.is_some() => kill.sessionid,
+        _ => None,
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
     pub host: String,

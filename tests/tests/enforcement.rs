@@ -339,18 +339,28 @@ fn a_grant_covers_sudo_and_its_expiry_kills_the_session() {
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("expiry to death: {took:?}");
-    let url = rig.url();
-    let stored = operator::json_lines(&url, &["search", "--json", "--kind", "kill"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stored = stored;
-    while !stored.iter().any(|v| v["kill"]["grant_id"] == grant.id) {
-        assert!(
-            Instant::now() < deadline,
-            "the collector stored no kill: {stored:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        stored = operator::json_lines(&url, &["search", "--json", "--kind", "kill"]);
+    // Every kill, the agent's and the kernel's, is filed under the session it ended, as
+    // that session's events are, and under who was behind it.
+    let key = session.sudo["session"]
+        .as_str()
+        .expect("sudo's session key");
+    for kill in rig.agent.events_where(|v| {
+        v["kind"] == "kill" && v["kill"]["sessionid"].as_u64() == Some(session.id)
+    }) {
+        assert_eq!(kill["session"], key, "{kill}");
+        assert_eq!(kill["identity"]["name"], USER, "{kill}");
     }
+    // So the session's own events in the store end with how it ended.
+    let url = rig.url();
+    let stored = tests::eventually(
+        Duration::from_secs(10),
+        || operator::json_lines(&url, &["search", "--json", "--session", key]),
+        |events| events.iter().any(|v| v["kill"]["grant_id"] == grant.id),
+    );
+    assert!(
+        stored.iter().any(|v| v["kill"]["grant_id"] == grant.id),
+        "no kill among the session's stored events: {stored:?}"
+    );
     let verify = operator::run(&url, &["verify"]);
     assert!(
         verify.status.success(),
@@ -647,6 +657,9 @@ fn a_killed_agent_still_kills_at_expiry() {
         "{kill}"
     );
     assert_eq!(kill["kill"]["reason"], "expired", "{kill}");
+    // Filed under the session it ended, though no agent ran when it was made.
+    assert_eq!(kill["session"], session.sudo["session"], "{kill}");
+    assert_eq!(kill["identity"]["name"], USER, "{kill}");
     wait_for_alert(&url, "host_back", &host);
     // The killed agent's chain, then the one of the agent after it. The host is back once its
     // agent says hello, which can be before the new chain's first batch is stored.

@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes};
 use prost::Message as _;
 use proto::{
     kind::Kind,
-    session::write_key,
+    session::{sessionid_of, write_key},
     v1::{Event, Finding, event::Body},
 };
 
@@ -223,7 +223,7 @@ fn parse<'a>(
         Some(Body::Tty(t)) => t.data.len() as u64,
         _ => 0,
     };
-    let sessionid = event.process.as_ref().and_then(|p| p.sessionid);
+    let sessionid = sessionid_of(event);
     session.clear();
     if let (Some(sessionid), Some(root)) = (sessionid, &event.session_root) {
         // Writing to a String cannot fail.

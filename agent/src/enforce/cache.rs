@@ -8,15 +8,17 @@ use std::{
     collections::{BTreeSet, HashMap},
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use prost::Message as _;
-use proto::v1::GrantView;
+use proto::v1::{GrantView, identity::Kind};
 use tracing::{info, warn};
 
 use crate::{
-    capture::event::Target,
+    capture::event::{Event, Target},
     evidence::{read_json, write_json_private, write_private},
+    identity::{Identity, attribute::Attributed, proctable::SessionRoot},
 };
 
 const VIEW_FILE: &str = "grants.pb";
@@ -30,6 +32,48 @@ pub struct Cause {
     /// `expired`, `revoked`, `violation` or `exec_lost`.
     pub reason: String,
     pub target: Target,
+    /// Whose the target was; the kill is filed under it. Absent in a cache written before
+    /// kills named it, and for a target no judged event named.
+    #[serde(default)]
+    pub subject: Option<Subject>,
+}
+
+/// Whose a target is, as the first of its events the judge acted on said: a kill of the
+/// target, even one made while no agent ran, is filed under the session it ended and the
+/// identity behind it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Subject {
+    /// As `proto::v1::identity::Kind` numbers it.
+    pub kind: i32,
+    pub name: String,
+    pub root: Option<SessionRoot>,
+}
+
+impl Subject {
+    #[must_use]
+    pub fn of(identity: &Identity, root: Option<SessionRoot>) -> Self {
+        Self {
+            kind: identity.kind.into(),
+            name: identity.name.clone(),
+            root,
+        }
+    }
+
+    /// `event` (a kill) filed under this subject.
+    #[must_use]
+    pub fn attribute(&self, event: Event) -> Attributed {
+        Attributed {
+            identity: Some(Arc::new(Identity {
+                // A cache edited to hold a kind no identity has says it is unknown.
+                kind: Kind::try_from(self.kind).unwrap_or(Kind::Unknown),
+                name: self.name.clone(),
+                reason: None,
+                grant: None,
+            })),
+            root: self.root,
+            ..Attributed::bare(event)
+        }
+    }
 }
 
 /// The reason as the chain spells it; a cache edited to say something else says so.

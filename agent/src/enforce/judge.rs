@@ -11,7 +11,10 @@ use agent_common::event::kind;
 
 use tracing::debug_span;
 
-use super::rules::{Rules, View, target_of};
+use super::{
+    cache::Subject,
+    rules::{Rules, View, target_of},
+};
 use crate::{
     capture::event::{Body, Event, Target},
     clock::WallClock,
@@ -26,11 +29,16 @@ const REMEMBERED_MAX: usize = 65_536;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// `target` acted under `grant`: it is what the grant's end kills.
-    Used { grant: Arc<str>, target: Target },
+    Used {
+        grant: Arc<str>,
+        target: Target,
+        subject: Subject,
+    },
     /// A violation in kill mode.
     Kill {
         target: Target,
         reason: &'static str,
+        subject: Subject,
     },
     /// A process of session `born` moved itself to session `alias` (a loginuid write):
     /// whatever ends `born` ends `alias` too.
@@ -124,12 +132,14 @@ impl Judge {
             now,
         );
         let target = target_of(process, identity);
+        let subject = || Subject::of(identity, item.root);
         if let Some(grant) = &verdict.grant
             && remember(&mut self.used, (Arc::clone(grant), target))
         {
             actions.push(Action::Used {
                 grant: Arc::clone(grant),
                 target,
+                subject: subject(),
             });
         }
         item.grant = verdict.grant;
@@ -138,6 +148,7 @@ impl Judge {
             actions.push(Action::Kill {
                 target,
                 reason: "violation",
+                subject: subject(),
             });
         }
         Some(follow(
@@ -221,6 +232,7 @@ mod tests {
     use crate::{
         capture::event::Event,
         enforce::rules::tests::{HOST, SESSION, alice, grant, sudo, view},
+        identity::proctable::SessionRoot,
     };
 
     fn item(euid: u32, ktime_ns: u64) -> Attributed {
@@ -232,10 +244,20 @@ mod tests {
                 body,
             },
             identity: Some(Arc::new(alice())),
-            root: None,
+            root: Some(ROOT),
             grant: None,
             elevated: false,
         }
+    }
+
+    const ROOT: SessionRoot = SessionRoot {
+        pid: 40,
+        start_ns: 7_000,
+    };
+
+    /// Whose the actions say `item`'s target is.
+    fn subject() -> Subject {
+        Subject::of(&alice(), Some(ROOT))
     }
 
     fn judge(mode: Mode, grants: Vec<proto::v1::Grant>) -> Judge {
@@ -275,7 +297,8 @@ mod tests {
             actions,
             [Action::Kill {
                 target: Target::Session(SESSION),
-                reason: "violation"
+                reason: "violation",
+                subject: subject(),
             }],
             "one kill per target"
         );
@@ -386,7 +409,8 @@ mod tests {
             actions,
             [Action::Used {
                 grant: "g-1".into(),
-                target: Target::Session(SESSION)
+                target: Target::Session(SESSION),
+                subject: subject(),
             }]
         );
     }

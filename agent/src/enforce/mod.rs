@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 pub use self::kernel::{Kernel, pin_dir, uninstall};
 use self::{
-    cache::{Cache, Cause, Usage},
+    cache::{Cache, Cause, Subject, Usage},
     expiry::Expiry,
     judge::Action,
     reaper::Reaper,
@@ -51,6 +51,8 @@ use crate::{
 
 /// The expiry sweep looks at least this often.
 const TICK: Duration = Duration::from_secs(1);
+/// Targets whose subject is remembered before the memory is cleared.
+const SUBJECTS_MAX: usize = 65_536;
 /// A deadline that moves by less than this is left as the kernel holds it.
 const ARM_SLACK_NS: u64 = 100_000_000;
 
@@ -74,6 +76,9 @@ pub struct Outputs {
 
 pub struct Enforcer {
     clock: WallClock,
+    /// Maps a session root's start, as the encode stage does, so a kill is filed under the
+    /// same session key as the session's events.
+    sessions: WallClock,
     view: Option<Arc<View>>,
     usage: Usage,
     expiry: Expiry,
@@ -84,6 +89,8 @@ pub struct Enforcer {
     armed: HashMap<Target, u64>,
     /// Sessions a process moved to by writing its loginuid, by the session it was born in.
     aliases: HashMap<Target, Vec<Target>>,
+    /// Whose each target acting under a grant or killed for a violation is.
+    subjects: HashMap<Target, Subject>,
     cache: Option<Cache>,
     kernel: Option<Kernel>,
     reaper: Option<Reaper>,
@@ -93,9 +100,15 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
-    /// Starts from what `cache` holds, if anything, and the kills a reaper recorded.
+    /// Starts from what `cache` holds, if anything, and the kills a reaper recorded;
+    /// `sessions` maps session roots' starts as the encode stage does.
     #[must_use]
-    pub fn new(cache: Option<Cache>, kernel: Option<Kernel>, reaper: Option<Reaper>) -> Self {
+    pub fn new(
+        cache: Option<Cache>,
+        kernel: Option<Kernel>,
+        reaper: Option<Reaper>,
+        sessions: WallClock,
+    ) -> Self {
         // A cached view arrived before this agent started: its arrival on the boot clock
         // is inferred once, from the wall clock.
         let view = cache.as_ref().and_then(Cache::view).map(|v| {
@@ -105,12 +118,14 @@ impl Enforcer {
         let causes = cache.as_ref().map(Cache::causes).unwrap_or_default();
         let mut enforcer = Self {
             clock: WallClock::now(),
+            sessions,
             view,
             usage: cache.as_ref().map(Cache::usage).unwrap_or_default(),
             expiry: Expiry::default(),
             causes,
             armed: HashMap::new(),
             aliases: HashMap::new(),
+            subjects: HashMap::new(),
             cache,
             kernel,
             reaper,
@@ -342,6 +357,7 @@ impl Enforcer {
             grant_id,
             reason: reason.to_owned(),
             target,
+            subject: self.subjects.get(&target).cloned(),
         });
         if let Some(cache) = &self.cache {
             block_in_place(|| cache.save_causes(&self.causes));
@@ -351,7 +367,12 @@ impl Enforcer {
 
     fn act(&mut self, action: Action) -> Vec<v1::Event> {
         match action {
-            Action::Used { grant, target } => {
+            Action::Used {
+                grant,
+                target,
+                subject,
+            } => {
+                self.note(target, subject);
                 if !self
                     .usage
                     .entry(grant.to_string())
@@ -377,7 +398,14 @@ impl Enforcer {
                     .into_iter()
                     .collect()
             }
-            Action::Kill { target, reason } => vec![self.kill(target, String::new(), reason)],
+            Action::Kill {
+                target,
+                reason,
+                subject,
+            } => {
+                self.note(target, subject);
+                vec![self.kill(target, String::new(), reason)]
+            }
             Action::Alias { born, alias } => self.alias(born, alias).into_iter().collect(),
             Action::ExecLost { records } => self.exec_lost(records),
         }
@@ -423,14 +451,17 @@ impl Enforcer {
                 .map(|(target, grant)| self.kill(target, grant, "exec_lost"))
                 .collect();
         }
-        vec![self.encode(Event {
-            ktime_ns: boot_ns(),
-            process: None,
-            body: Body::ExecLost {
-                records,
-                targets: held.into_keys().collect(),
+        vec![self.encode(
+            Event {
+                ktime_ns: boot_ns(),
+                process: None,
+                body: Body::ExecLost {
+                    records,
+                    targets: held.into_keys().collect(),
+                },
             },
-        })]
+            None,
+        )]
     }
 
     /// Ends every grant whose end has come: with `on_expiry: kill`, what used it is denied
@@ -495,23 +526,38 @@ impl Enforcer {
             }));
         }
         info!(?target, grant = grant_id, reason, ?pids, "killed");
-        self.encode(Event {
-            ktime_ns: boot_ns(),
-            process: None,
-            body: Body::Kill(Kill {
-                by: Killer::Agent,
-                cause,
-                grant_id,
-                reason,
-                target: Some(target),
-                pids,
-            }),
-        })
+        let subject = self.subjects.get(&target).cloned();
+        self.encode(
+            Event {
+                ktime_ns: boot_ns(),
+                process: None,
+                body: Body::Kill(Kill {
+                    by: Killer::Agent,
+                    cause,
+                    grant_id,
+                    reason,
+                    target: Some(target),
+                    pids,
+                }),
+            },
+            subject.as_ref(),
+        )
+    }
+
+    /// Remembers whose `target` is, from the first event of it the judge acted on.
+    fn note(&mut self, target: Target, subject: Subject) {
+        // Bounded like the judge's memory: a target forgotten here only makes its kill
+        // unfiled, and a kill-mode grant's targets are kept in their deny causes anyway.
+        if self.subjects.len() >= SUBJECTS_MAX && !self.subjects.contains_key(&target) {
+            self.subjects.clear();
+        }
+        self.subjects.entry(target).or_insert(subject);
     }
 
     /// A kill the kernel or the reaper made, with the grant and reason of the deny entry
     /// behind it.
     fn resolve(&mut self, mut event: Event) -> v1::Event {
+        let mut subject = None;
         if let Body::Kill(kill) = &mut event.body
             && kill.by != Killer::Agent
             && let Some(cause) = self.causes.get(kill.cause as usize)
@@ -519,13 +565,18 @@ impl Enforcer {
             kill.grant_id.clone_from(&cause.grant_id);
             kill.reason = cache::reason(&cause.reason);
             kill.target = Some(cause.target);
+            subject = cause.subject.clone();
         }
-        self.encode(event)
+        self.encode(event, subject.as_ref())
     }
 
-    fn encode(&mut self, event: Event) -> v1::Event {
+    /// `event`, filed under `subject` when known.
+    fn encode(&mut self, event: Event, subject: Option<&Subject>) -> v1::Event {
         self.clock.follow_steps();
-        // A bare event has no session root to map.
-        encode(Attributed::bare(event), &self.clock, &self.clock)
+        let item = match subject {
+            Some(subject) => subject.attribute(event),
+            None => Attributed::bare(event),
+        };
+        encode(item, &self.clock, &self.sessions)
     }
 }

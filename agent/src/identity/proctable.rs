@@ -25,7 +25,7 @@ struct Entry {
 }
 
 /// The process an audit session began in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionRoot {
     pub pid: u32,
     /// `CLOCK_BOOTTIME` nanoseconds.
