@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 use crate::{
     cli::{self, GrantCommand, NewGrant},
+    hosts::Names,
     render,
 };
 
@@ -89,6 +90,7 @@ pub async fn review(
     mut client: GrantsClient<Channel>,
     ago: Duration,
     json: bool,
+    names: &Names,
     out: &mut impl io::Write,
 ) -> anyhow::Result<()> {
     let identities = client
@@ -103,7 +105,7 @@ pub async fn review(
         if json {
             writeln!(out, "{}", render::review_json(r))?;
         } else {
-            write!(out, "{}", render::review_text(r, now))?;
+            write!(out, "{}", render::review_text(r, now, names))?;
         }
     }
     if identities.is_empty() && !json {

@@ -161,8 +161,9 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
             grant::grant(GrantsClient::new(channel), command, &mut out).await
         }
         Command::Review { since, json } => {
+            let names = query::names_for(&mut client, !json).await?;
             let client = GrantsClient::new(channel).max_decoding_message_size(64 << 20);
-            grant::review(client, since, json, &mut out).await
+            grant::review(client, since, json, &names, &mut out).await
         }
         Command::Token { command } => {
             admin::token(AdminClient::new(channel), command, &mut out).await

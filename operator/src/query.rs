@@ -60,7 +60,10 @@ pub async fn tail(
 }
 
 /// The hosts' names, fetched only for text output: JSON carries the id alone, as stored.
-async fn names_for(client: &mut QueryClient<Channel>, text: bool) -> anyhow::Result<Names> {
+pub(crate) async fn names_for(
+    client: &mut QueryClient<Channel>,
+    text: bool,
+) -> anyhow::Result<Names> {
     if text {
         Names::fetch(client).await
     } else {

@@ -558,7 +558,7 @@ pub fn grant_json(g: &Grant) -> Value {
 /// An identity's review as a few lines: totals, one line per grant and per recent
 /// violation, and the grants to revoke with why.
 #[must_use]
-pub fn review_text(r: &IdentityReview, now: u64) -> String {
+pub(crate) fn review_text(r: &IdentityReview, now: u64, names: &Names) -> String {
     let never_used = r.grants.iter().filter(|u| u.events == 0).count();
     let mut s = format!(
         "{}: {}, held {} in all, {never_used} never used; {}\n",
@@ -589,7 +589,7 @@ pub fn review_text(r: &IdentityReview, now: u64) -> String {
         s.push('\n');
     }
     for v in &r.recent_violations {
-        let _ = writeln!(s, "  violation {}", line(v, &Names::default()));
+        let _ = writeln!(s, "  violation {}", line(v, names));
     }
     let to_revoke: Vec<String> = r
         .grants

@@ -741,6 +741,11 @@ async fn review_counts_grant_use_and_violations_and_names_grants_to_revoke() {
         "{text}"
     );
     assert!(text.contains("VIOLATION root_exec (alert)"), "{text}");
+    // A host by its name, as search and sessions show it.
+    assert!(
+        text.contains(" name-of-host-a[host-a] carol(human) "),
+        "{text}"
+    );
 }
 
 /// A grant may start later: Create keeps its `not_before`, `grant list` shows it pending, and
