@@ -180,10 +180,11 @@ pub(crate) fn detail(event: &Event) -> String {
             r.peer_uid
         ),
         Some(Body::Access(a)) => format!(
-            "ACCESS {} by {} ({}): {}",
+            "ACCESS {} by {} ({}){}{}",
             escape(&a.method),
             escape(&a.actor),
             escape(&a.role),
+            if a.detail.is_empty() { "" } else { ": " },
             escape(&a.detail)
         ),
         Some(Body::Admin(a)) => format!(

@@ -23,6 +23,7 @@ use super::{
 use crate::{
     auth::{Caller, Gate},
     error::GrantError,
+    query::{at, params},
     store::{Store, StoreError, blocking},
     writer::WriterHandle,
 };
@@ -222,7 +223,7 @@ impl grants_server::Grants for GrantsService {
             .await?;
         let since = request.into_inner().since_unix_nano;
         self.gate
-            .read(&caller, "Review", format!("since={since}"))
+            .read(&caller, "Review", params(&[("since", at(since))]))
             .await?;
         let store = Arc::clone(&self.store);
         let identities = blocking(move || review(store.as_ref(), since, now_unix_nano()))

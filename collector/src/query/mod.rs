@@ -12,11 +12,14 @@ mod tail;
 use std::{fmt::Write as _, sync::Arc};
 
 use pki::Role;
-use proto::v1::{
-    ChainHead, Event, EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, Filter,
-    HostsRequest, HostsResponse, ReplayRequest, SearchRequest, SearchResponse, SessionsRequest,
-    SessionsResponse, StoredEvent, TailRequest, VerifyRequest, VerifyResponse, event::Body,
-    evidence_item::Item, query_server::Query,
+use proto::{
+    time::rfc3339_nanos,
+    v1::{
+        ChainHead, Event, EvidenceItem, EvidenceRequest, ExportChunk, ExportRequest, Filter,
+        HostsRequest, HostsResponse, ReplayRequest, SearchRequest, SearchResponse, SessionsRequest,
+        SessionsResponse, StoredEvent, TailRequest, VerifyRequest, VerifyResponse, event::Body,
+        evidence_item::Item, query_server::Query,
+    },
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -175,8 +178,39 @@ fn describe(filter: Option<&Filter>, rest: &str) -> String {
         }
     }
     text.push_str(rest);
+    text.truncate(text.trim_end().len());
     text.truncate(text.floor_char_boundary(DETAIL_MAX));
     text
+}
+
+/// A request's parameters as its access record spells them, `name=value`, leaving out those
+/// left at their default (empty).
+pub(crate) fn params(pairs: &[(&str, String)]) -> String {
+    let mut text = String::new();
+    for (name, value) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
+        let _ = write!(text, "{name}={value} ");
+    }
+    text.truncate(text.trim_end().len());
+    text
+}
+
+/// A time parameter for `params`: RFC 3339 to the nanosecond, exact and readable; empty for
+/// 0, the default (from the beginning, or with no end).
+pub(crate) fn at(unix_nano: u64) -> String {
+    if unix_nano == 0 {
+        String::new()
+    } else {
+        rfc3339_nanos(unix_nano)
+    }
+}
+
+/// A count or flag for `params`: empty at its default.
+fn given<T: ToString + Default + PartialEq + Copy>(value: T) -> String {
+    if value == Default::default() {
+        String::new()
+    } else {
+        value.to_string()
+    }
 }
 
 /// Streams every event `filter` selects, oldest first, read from the store a page at a time.
@@ -404,9 +438,10 @@ impl Query for QueryService {
         &self,
         request: Request<TailRequest>,
     ) -> Result<Response<Self::TailStream>, Status> {
+        let r = request.get_ref();
         let detail = describe(
-            request.get_ref().filter.as_ref(),
-            &format!("since={}", request.get_ref().since_unix_nano),
+            r.filter.as_ref(),
+            &params(&[("since", at(r.since_unix_nano))]),
         );
         self.reader(&request, "Tail", detail).await?;
         let request = request.into_inner();
@@ -428,10 +463,12 @@ impl Query for QueryService {
         let r = request.get_ref();
         let detail = describe(
             r.filter.as_ref(),
-            &format!(
-                "since={} until={} limit={} page_token={}",
-                r.since_unix_nano, r.until_unix_nano, r.limit, r.page_token
-            ),
+            &params(&[
+                ("since", at(r.since_unix_nano)),
+                ("until", at(r.until_unix_nano)),
+                ("limit", given(r.limit)),
+                ("page_token", r.page_token.clone()),
+            ]),
         );
         self.reader(&request, "Search", detail).await?;
         let (filter, after, bound) = search_query(request.into_inner())?;
@@ -452,13 +489,12 @@ impl Query for QueryService {
         request: Request<SessionsRequest>,
     ) -> Result<Response<SessionsResponse>, Status> {
         let r = request.get_ref();
-        let detail = describe(
-            None,
-            &format!(
-                "host={} since={} limit={} page_token={}",
-                r.host, r.since_unix_nano, r.limit, r.page_token
-            ),
-        );
+        let detail = params(&[
+            ("host", r.host.clone()),
+            ("since", at(r.since_unix_nano)),
+            ("limit", given(r.limit)),
+            ("page_token", r.page_token.clone()),
+        ]);
         self.reader(&request, "Sessions", detail).await?;
         let SessionsRequest {
             host,
@@ -486,13 +522,12 @@ impl Query for QueryService {
         request: Request<ReplayRequest>,
     ) -> Result<Response<Self::ReplayStream>, Status> {
         let r = request.get_ref();
-        let detail = describe(
-            None,
-            &format!(
-                "session={} tty={} all_ttys={} input={}",
-                r.session, r.tty, r.all_ttys, r.input
-            ),
-        );
+        let detail = params(&[
+            ("session", r.session.clone()),
+            ("tty", r.tty.clone()),
+            ("all_ttys", given(r.all_ttys)),
+            ("input", given(r.input)),
+        ]);
         self.reader(&request, "Replay", detail).await?;
         let request = request.into_inner();
         let store = Arc::clone(&self.store);
@@ -511,7 +546,7 @@ impl Query for QueryService {
         request: Request<VerifyRequest>,
     ) -> Result<Response<VerifyResponse>, Status> {
         let r = request.get_ref();
-        let detail = describe(None, &format!("host={} chain={}", r.host, r.chain_id));
+        let detail = params(&[("host", r.host.clone()), ("chain", r.chain_id.clone())]);
         self.reader(&request, "Verify", detail).await?;
         let VerifyRequest { host, chain_id } = request.into_inner();
         let (store, witness) = (Arc::clone(&self.store), self.witness.clone());
@@ -586,7 +621,7 @@ impl Query for QueryService {
         &self,
         request: Request<EvidenceRequest>,
     ) -> Result<Response<Self::EvidenceStream>, Status> {
-        let detail = describe(None, &format!("host={}", request.get_ref().host));
+        let detail = params(&[("host", request.get_ref().host.clone())]);
         self.reader(&request, "Evidence", detail).await?;
         let Some(witness) = self.witness.clone() else {
             return Err(Status::failed_precondition(
@@ -605,7 +640,7 @@ impl Query for QueryService {
         &self,
         request: Request<ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
-        let detail = describe(None, &format!("session={}", request.get_ref().session));
+        let detail = params(&[("session", request.get_ref().session.clone())]);
         self.reader(&request, "Export", detail).await?;
         let Some(witness) = self.witness.clone() else {
             return Err(Status::failed_precondition(
@@ -864,6 +899,22 @@ mod tests {
             prop_assert!((1..=MAX_LIMIT as usize).contains(&rows));
             prop_assert!(asked == 0 || rows == asked.min(MAX_LIMIT) as usize);
         }
+    }
+
+    #[test]
+    fn parameters_at_their_default_are_left_out_and_times_are_spelled() {
+        let text = params(&[
+            ("session", "h:1:2".into()),
+            ("since", at(1_796_680_237_510_792_260)),
+            ("until", at(0)),
+            ("limit", given(0_u32)),
+            ("input", given(true)),
+        ]);
+        assert_eq!(
+            text,
+            "session=h:1:2 since=2026-12-07T21:50:37.510792260Z input=true"
+        );
+        assert_eq!(describe(None, &params(&[("host", String::new())])), "");
     }
 
     proptest! {
