@@ -519,9 +519,15 @@ def verify(data, ca_pem, event_class):
             message = event_class.FromString(event)
         except Exception as e:  # pylint: disable=broad-except
             raise Invalid(f"{what}: the event does not decode: {e}") from None
-        if not (message.HasField("process") and message.process.HasField("sessionid")
-                and message.HasField("session_root")
-                and message.process.sessionid == sessionid
+        if message.HasField("process"):
+            has_id, its_id = message.process.HasField("sessionid"), message.process.sessionid
+        elif message.WhichOneof("body") == "kill":
+            # A kill of the session, filed under it.
+            has_id, its_id = message.kill.HasField("sessionid"), message.kill.sessionid
+        else:
+            has_id, its_id = False, 0
+        if not (has_id and message.HasField("session_root")
+                and its_id == sessionid
                 and message.session_root.start_unix_nano == root_start):
             raise Invalid(f"{what}: the event is not of session {bundle['session']}")
     return f"{bundle['session']}: {len(records)} records of {origin}, proven against {len(checkpoints)} witnessed checkpoints"

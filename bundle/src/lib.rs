@@ -458,7 +458,7 @@ impl Context<'_> {
         .map_err(RecordError::Inclusion)?;
         let event =
             proto::v1::Event::decode(record.event.as_slice()).map_err(RecordError::Event)?;
-        let sessionid = event.process.and_then(|p| p.sessionid);
+        let sessionid = proto::session::sessionid_of(&event);
         let root_start = event.session_root.map(|r| r.start_unix_nano);
         if sessionid != Some(self.session.sessionid)
             || root_start != Some(self.session.start_unix_nano)

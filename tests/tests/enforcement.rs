@@ -101,6 +101,50 @@ impl Rig {
         self.grant(&args)
     }
 
+    /// Exports session `key` once every stored event of it, its kill included, is in a
+    /// witnessed checkpoint, and checks the bundle offline: by `verify-bundle`, and by the
+    /// independent verifier where it runs.
+    fn export_verified(&self, key: &str) {
+        let url = self.url();
+        let stored = operator::json_lines(&url, &["search", "--json", "--session", key]).len();
+        let file = self._dir.join("session.bundle");
+        let path = file.to_str().unwrap();
+        let records = |out: &std::process::Output| {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let n = text
+                .split_once(": ")
+                .and_then(|(_, rest)| rest.split(' ').next()?.parse::<usize>().ok());
+            (n, text)
+        };
+        let (exported, text) = tests::eventually(
+            Duration::from_secs(15),
+            || {
+                records(&operator::run(
+                    &url,
+                    &["export", "--session", key, "-o", path],
+                ))
+            },
+            |(n, _)| *n == Some(stored),
+        );
+        assert_eq!(exported, Some(stored), "{text}");
+        let ca = self
+            .collector
+            .as_ref()
+            .unwrap()
+            .pki
+            .as_ref()
+            .unwrap()
+            .ca_pem();
+        let checked = operator::run(&url, &["verify-bundle", path, "--ca", ca.to_str().unwrap()]);
+        assert!(checked.status.success(), "{checked:?}");
+        assert_eq!(records(&checked).0, Some(stored), "{checked:?}");
+        if tests::python::python_ready() {
+            let protos = tests::python::generate_protos(&self._dir);
+            let out = tests::python::python_verify(&file, &ca, &protos);
+            assert!(out.status.success(), "{out:?}");
+        }
+    }
+
     /// The agent's first exec matching `pred`, within 10 s.
     fn exec(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         self.agent
@@ -361,6 +405,7 @@ fn a_grant_covers_sudo_and_its_expiry_kills_the_session() {
         stored.iter().any(|v| v["kill"]["grant_id"] == grant.id),
         "no kill among the session's stored events: {stored:?}"
     );
+    rig.export_verified(key);
     let verify = operator::run(&url, &["verify"]);
     assert!(
         verify.status.success(),
