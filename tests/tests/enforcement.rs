@@ -29,7 +29,7 @@ const DEATH_WITHIN: Duration = Duration::from_secs(1);
 
 /// A collector (with an optional policy file) and an agent shipping to it.
 struct Rig {
-    _dir: tests::Scratch,
+    dir: tests::Scratch,
     url: String,
     collector: Option<Collector>,
     agent: Agent,
@@ -63,7 +63,7 @@ impl Rig {
             "the agent never got the collector's grant view"
         );
         Self {
-            _dir: dir,
+            dir,
             url,
             collector: Some(collector),
             agent,
@@ -107,7 +107,7 @@ impl Rig {
     fn export_verified(&self, key: &str) {
         let url = self.url();
         let stored = operator::json_lines(&url, &["search", "--json", "--session", key]).len();
-        let file = self._dir.join("session.bundle");
+        let file = self.dir.join("session.bundle");
         let path = file.to_str().unwrap();
         let records = |out: &std::process::Output| {
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -139,7 +139,7 @@ impl Rig {
         assert!(checked.status.success(), "{checked:?}");
         assert_eq!(records(&checked).0, Some(stored), "{checked:?}");
         if tests::python::python_ready() {
-            let protos = tests::python::generate_protos(&self._dir);
+            let protos = tests::python::generate_protos(&self.dir);
             let out = tests::python::python_verify(&file, &ca, &protos);
             assert!(out.status.success(), "{out:?}");
         }
@@ -661,7 +661,7 @@ fn a_killed_agent_still_kills_at_expiry() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let Rig {
-        _dir: dir,
+        dir,
         url,
         collector: _collector,
         agent,
