@@ -3,7 +3,8 @@
 //! shows again), with the recorded timing to the nanosecond (each write a record joins at its
 //! own time), divided by `--speed`, and idle stretches capped at `--max-wait`. Typed input
 //! is never played as output; `--input` shows it inline, escaped and marked, a mark a record
-//! at its first keystroke's time.
+//! at its first keystroke's time. A session a kill ended ends with the kill, marked: the
+//! kill is filed under the session, not under a terminal.
 
 use std::{
     io,
@@ -11,13 +12,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proto::v1::{ReplayRequest, event::Body, query_client::QueryClient, tty::Direction};
+use proto::{
+    kind::Kind,
+    v1::{
+        Event, Filter, ReplayRequest, SearchRequest, event::Body, query_client::QueryClient,
+        tty::Direction,
+    },
+};
 use tonic::transport::Channel;
 
 use crate::{
     asciicast::Cast,
     cli::{Replay, ReplayFormat},
-    render::{escape_bytes, redacted},
+    render::{detail, escape_bytes, redacted},
 };
 
 pub async fn play(
@@ -80,8 +87,28 @@ pub async fn play(
             }
         }
     }
+    for kill in kills(client, &replay.session).await? {
+        clock.reach(kill.time_unix_nano, out).await?;
+        write!(out, "\r\n\u{27e6}{}\u{27e7}\r\n", detail(&kill))?;
+    }
     out.flush()?;
     Ok(())
+}
+
+/// The kills filed under `session`, oldest first.
+async fn kills(client: &mut QueryClient<Channel>, session: &str) -> anyhow::Result<Vec<Event>> {
+    let found = client
+        .search(SearchRequest {
+            filter: Some(Filter {
+                session: session.to_owned(),
+                kinds: vec![Kind::Kill.name().to_owned()],
+                ..Filter::default()
+            }),
+            ..SearchRequest::default()
+        })
+        .await?
+        .into_inner();
+    Ok(found.events.into_iter().filter_map(|s| s.event).collect())
 }
 
 /// Where the replay stands on the recording's own clock, scaled and capped.

@@ -406,6 +406,24 @@ fn a_grant_covers_sudo_and_its_expiry_kills_the_session() {
         "no kill among the session's stored events: {stored:?}"
     );
     rig.export_verified(key);
+    // Its replay ends with how it ended.
+    let replay = operator::run(&url, &["replay", key, "--speed", "0"]);
+    let played = String::from_utf8_lossy(&replay.stdout);
+    let pids: Vec<u64> = kill["kill"]["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    let mark = format!(
+        "\u{27e6}KILLED by agent pids {pids:?}: expired grant {}\u{27e7}",
+        grant.id
+    );
+    let last = played.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        played.contains(&mark) && last.starts_with("\u{27e6}KILLED by "),
+        "{replay:?}"
+    );
     let verify = operator::run(&url, &["verify"]);
     assert!(
         verify.status.success(),
