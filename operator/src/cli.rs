@@ -166,7 +166,7 @@ pub enum HostCommand {
 pub struct NewGrant {
     #[command(flatten)]
     pub identity: Selector,
-    /// A host id it applies on (repeatable); without one, every host.
+    /// A host it applies on, by id or display name (repeatable); without one, every host.
     #[arg(long = "host")]
     pub hosts: Vec<String>,
     /// How long it lasts from its start (for example 30m, 2h).

@@ -9,6 +9,7 @@ use proto::{
     v1::{
         ApproveRequest, CreateGrantRequest, ExtendGrantRequest, Grant, ListGrantsRequest,
         ReviewRequest, RevokeGrantRequest, grant::OnExpiry, grants_client::GrantsClient,
+        query_client::QueryClient,
     },
 };
 use tonic::transport::Channel;
@@ -23,12 +24,44 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn print(out: &mut impl io::Write, grant: &Grant, json: bool) -> io::Result<()> {
+fn print(out: &mut impl io::Write, grant: &Grant, json: bool, names: &Names) -> io::Result<()> {
     if json {
         writeln!(out, "{}", render::grant_json(grant))
     } else {
-        writeln!(out, "{}", render::grant_line(grant, now()))
+        writeln!(out, "{}", render::grant_line(grant, now(), names))
     }
+}
+
+/// The hosts' names, where the command needs them: to take a new grant's `--host` by name
+/// as well as by id, and to show hosts by name in text. A `--host` that no host of the store
+/// has, as id or name, is kept as given, an id the collector may yet hear of, with a note: a
+/// grant on a mistyped host would otherwise cover nothing, silently.
+pub async fn names_for(
+    client: &mut QueryClient<Channel>,
+    command: &mut GrantCommand,
+) -> anyhow::Result<Names> {
+    let (hosts, json) = match command {
+        GrantCommand::Create(new) | GrantCommand::Request(new) => (Some(&mut new.hosts), new.json),
+        GrantCommand::Approve { json, .. }
+        | GrantCommand::List { json, .. }
+        | GrantCommand::Revoke { json, .. }
+        | GrantCommand::Extend { json, .. } => (None, *json),
+    };
+    if json && hosts.as_ref().is_none_or(|h| h.is_empty()) {
+        return Ok(Names::default());
+    }
+    let names = Names::fetch(client).await?;
+    for host in hosts.into_iter().flatten() {
+        let id = names.resolve(host)?;
+        if !names.knows(&id) {
+            eprintln!(
+                "note: no host of this store has the id or name {host:?}; the grant applies on \
+                 the host whose id it is, once that host ships (`recorder hosts` lists them)"
+            );
+        }
+        *host = id;
+    }
+    Ok(names)
 }
 
 fn create_request(new: &NewGrant) -> CreateGrantRequest {
@@ -49,6 +82,7 @@ fn create_request(new: &NewGrant) -> CreateGrantRequest {
 pub async fn grant(
     mut client: GrantsClient<Channel>,
     command: GrantCommand,
+    names: &Names,
     out: &mut impl io::Write,
 ) -> anyhow::Result<()> {
     let (grant, json) = match command {
@@ -62,7 +96,7 @@ pub async fn grant(
                 .into_inner()
                 .grants;
             for g in &grants {
-                print(out, g, json)?;
+                print(out, g, json, names)?;
             }
             if grants.is_empty() && !json {
                 eprintln!("no grants{}", if all { "" } else { " live or pending" });
@@ -82,7 +116,7 @@ pub async fn grant(
             json,
         ),
     };
-    print(out, &grant?.into_inner(), json)?;
+    print(out, &grant?.into_inner(), json, names)?;
     Ok(())
 }
 

@@ -19,18 +19,17 @@ pub(crate) struct Names(HashMap<String, String>);
 impl Names {
     pub(crate) async fn fetch(client: &mut QueryClient<Channel>) -> anyhow::Result<Self> {
         let hosts = client.hosts(HostsRequest {}).await?.into_inner().hosts;
-        Ok(Self(
-            hosts
-                .into_iter()
-                .filter(|h| !h.name.is_empty())
-                .map(|h| (h.host, h.name))
-                .collect(),
-        ))
+        Ok(Self(hosts.into_iter().map(|h| (h.host, h.name)).collect()))
+    }
+
+    /// Whether `host` is the id of a host of the store.
+    pub(crate) fn knows(&self, host: &str) -> bool {
+        self.0.contains_key(host)
     }
 
     /// `name[3d1219c7]` for a named host, else its id.
     pub(crate) fn label<'a>(&self, host: &'a str) -> Cow<'a, str> {
-        match self.0.get(host) {
+        match self.0.get(host).filter(|name| !name.is_empty()) {
             Some(name) => {
                 let id: String = host.chars().take(ID_SHOWN).collect();
                 Cow::Owned(format!("{name}[{id}]"))
@@ -48,7 +47,7 @@ impl Names {
         let mut named: Vec<&String> = self
             .0
             .iter()
-            .filter(|(_, name)| *name == given)
+            .filter(|(_, name)| !name.is_empty() && *name == given)
             .map(|(id, _)| id)
             .collect();
         named.sort();

@@ -157,8 +157,9 @@ async fn command(cli: Cli) -> anyhow::Result<()> {
         Command::Verify {
             host, chain, json, ..
         } => query::verify(&mut client, host, chain, json, &mut out).await,
-        Command::Grant { command } => {
-            grant::grant(GrantsClient::new(channel), command, &mut out).await
+        Command::Grant { mut command } => {
+            let names = grant::names_for(&mut client, &mut command).await?;
+            grant::grant(GrantsClient::new(channel), command, &names, &mut out).await
         }
         Command::Review { since, json } => {
             let names = query::names_for(&mut client, !json).await?;

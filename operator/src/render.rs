@@ -512,11 +512,12 @@ fn grant_state(g: &Grant, now: u64) -> String {
 
 /// `ID identity hosts from → to state on-expiry reason approver`: the id first.
 #[must_use]
-pub fn grant_line(g: &Grant, now: u64) -> String {
+pub(crate) fn grant_line(g: &Grant, now: u64, names: &Names) -> String {
     let hosts = if g.hosts.is_empty() {
         "every host".to_owned()
     } else {
-        escape(&g.hosts.join(",")).into_owned()
+        let labels: Vec<Cow<'_, str>> = g.hosts.iter().map(|h| names.label(h)).collect();
+        escape(&labels.join(",")).into_owned()
     };
     format!(
         "{}  {}  on {}  {} → {}  {}  on expiry {}  reason {:?}  requester {:?}  approver {:?}",

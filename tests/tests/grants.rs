@@ -494,6 +494,47 @@ async fn an_agent_is_sent_its_hosts_grants_after_welcome_and_at_each_change() {
     assert!(verdict.ok, "{verdict:?}");
 }
 
+/// A grant's `--host` may name a host by the name its agent gives it, and grants show hosts
+/// by name; a host the store does not know is kept as given, an id yet to be heard of, with
+/// a note: a grant on a mistyped host covers nothing.
+#[tokio::test]
+async fn a_grants_host_may_be_given_by_name_and_an_unknown_one_is_noted() {
+    let dir = scratch_dir("grants-host-names");
+    let collector = Collector::start(&dir.join("c.db"));
+    let chain = Chain::start("host-a:boot:1", "host-a", now());
+    let (mut agent, _) = Agent::connect(&collector, "host-a", &[chain.id.as_str()]).await;
+    assert_eq!(agent.ship(chain.batch(0..1)).await.unwrap(), 0);
+    let new = |host: &str| {
+        recorder(
+            &collector,
+            &[
+                "grant", "create", "--user", "carol", "--host", host, "--ttl", "30m", "--reason",
+                "CHG-4", "--json",
+            ],
+        )
+    };
+    let by_name = new("name-of-host-a");
+    assert!(by_name.status.success(), "{by_name:?}");
+    let grant: Value = serde_json::from_slice(&by_name.stdout).unwrap();
+    assert_eq!(grant["hosts"], serde_json::json!(["host-a"]), "{grant}");
+    assert!(by_name.stderr.is_empty(), "{by_name:?}");
+    let listed = ok(&collector, &["grant", "list"]);
+    assert!(listed.contains("  on name-of-host-a[host-a]  "), "{listed}");
+    let unknown = new("name-of-host-b");
+    assert!(unknown.status.success(), "{unknown:?}");
+    let grant: Value = serde_json::from_slice(&unknown.stdout).unwrap();
+    assert_eq!(
+        grant["hosts"],
+        serde_json::json!(["name-of-host-b"]),
+        "{grant}"
+    );
+    let note = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        note.contains("no host of this store has the id or name \"name-of-host-b\""),
+        "{note}"
+    );
+}
+
 /// `--policy FILE` is what agents are sent; a malformed or missing file stops the collector
 /// at start with an error naming the file.
 #[tokio::test]
