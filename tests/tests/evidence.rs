@@ -1222,8 +1222,10 @@ fn tamperings(chain_id: &str) -> Vec<(&'static str, Tamper, Vec<String>)> {
                 ))
                 .unwrap();
             }),
+            // Named, with both values, and only it.
             vec![format!(
-                "{}: its stored columns differ from what its bytes say",
+                "{}: its stored columns differ from what its bytes say: kind \"fork\" where its \
+                 bytes say \"exec\"\n",
                 row_of(10)
             )],
         ),

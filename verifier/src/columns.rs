@@ -279,11 +279,33 @@ fn check(
         findings.push(Finding {
             subject: subject(),
             reason: format!(
-                "its stored columns differ from what its bytes say: stored {:?}, derived {:?}",
-                row.columns, derived
+                "its stored columns differ from what its bytes say: {}",
+                differences(&row.columns, &derived)
             ),
         });
     }
+}
+
+/// Each column where `stored` differs from `derived`, named, with both values.
+fn differences(stored: &Columns<'_>, derived: &Columns<'_>) -> String {
+    let both = |f: fn(&Columns<'_>) -> String| (f(stored), f(derived));
+    [
+        ("host", both(|c| format!("{:?}", c.host))),
+        ("time_unix_nano", both(|c| c.time_unix_nano.to_string())),
+        ("kind", both(|c| format!("{:?}", c.kind))),
+        ("session", both(|c| format!("{:?}", c.session))),
+        ("sessionid", both(|c| format!("{:?}", c.sessionid))),
+        ("tty", both(|c| format!("{:?}", c.tty))),
+        ("identity_kind", both(|c| c.identity_kind.to_string())),
+        ("identity_name", both(|c| format!("{:?}", c.identity_name))),
+        ("grant", both(|c| format!("{:?}", c.grant))),
+        ("tty_bytes", both(|c| c.tty_bytes.to_string())),
+    ]
+    .into_iter()
+    .filter(|(_, (s, d))| s != d)
+    .map(|(name, (s, d))| format!("{name} {s} where its bytes say {d}"))
+    .collect::<Vec<_>>()
+    .join("; ")
 }
 
 /// Records whose columns are checked (`check`) on a thread of their own, beside the walk
