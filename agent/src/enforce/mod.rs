@@ -526,7 +526,13 @@ impl Enforcer {
             }));
         }
         info!(?target, grant = grant_id, reason, ?pids, "killed");
-        let subject = self.subjects.get(&target).cloned();
+        // Known from this run's events, else from the deny cause an earlier run kept (a
+        // session that used the grant before a restart).
+        let subject = self.subjects.get(&target).cloned().or_else(|| {
+            self.causes
+                .get(cause as usize)
+                .and_then(|c| c.subject.clone())
+        });
         self.encode(
             Event {
                 ktime_ns: boot_ns(),
@@ -578,5 +584,42 @@ impl Enforcer {
             None => Attributed::bare(event),
         };
         encode(item, &self.clock, &self.sessions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::proctable::SessionRoot;
+
+    /// A session that used a kill-mode grant before the agent restarted is killed by the
+    /// next agent at the grant's end, and that kill is filed under the session its deny
+    /// cause kept.
+    #[test]
+    fn a_kill_after_a_restart_is_filed_under_the_subject_its_cause_kept() {
+        let dir = std::env::temp_dir().join(format!("enforce-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // No such audit session: the kill finds nothing to signal.
+        let target = Target::Session(u32::MAX - 7);
+        let subject = Subject {
+            kind: proto::v1::identity::Kind::Human.into(),
+            name: "alice".into(),
+            root: Some(SessionRoot {
+                pid: 4321,
+                start_ns: 1_000,
+            }),
+        };
+        Cache::new(&dir).save_causes(&[Cause {
+            grant_id: "g-1".into(),
+            reason: "expired".into(),
+            target,
+            subject: Some(subject),
+        }]);
+        let mut next = Enforcer::new(Some(Cache::new(&dir)), None, None, WallClock::now());
+        let kill = next.kill(target, "g-1".into(), "expired");
+        assert_eq!(kill.identity.map(|i| i.name).as_deref(), Some("alice"));
+        assert_eq!(kill.session_root.map(|r| r.pid), Some(4321));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
