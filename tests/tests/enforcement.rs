@@ -119,6 +119,8 @@ impl Rig {
         let (exported, text) = tests::eventually(
             Duration::from_secs(15),
             || {
+                // `export` never overwrites: each try writes afresh.
+                let _ = fs::remove_file(&file);
                 records(&operator::run(
                     &url,
                     &["export", "--session", key, "-o", path],
