@@ -326,13 +326,13 @@ fn parse_uids(status: &str) -> Option<(u32, u32)> {
     Some((ids.next()?.ok()?, ids.next()?.ok()?))
 }
 
-/// `(ppid, starttime in clock ticks)` from `/proc/PID/stat`; the command name may hold
-/// spaces and parentheses, so fields are counted from the last `)`.
 /// The parent and start (in clock ticks) of the process whose `/proc` directory is `dir`.
 fn read_stat(dir: &Path) -> Option<(u32, u64)> {
     parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)
 }
 
+/// `(ppid, starttime in clock ticks)` from `/proc/PID/stat`; the command name may hold
+/// spaces and parentheses, so fields are counted from the last `)`.
 fn parse_stat(stat: &str) -> Option<(u32, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
