@@ -11,6 +11,8 @@ use proto::{
 };
 use serde_json::{Value, json};
 
+use crate::render::detail;
+
 /// The window size in the header until the recording says otherwise (a `tty_resize` before
 /// anything is drawn): the common default.
 const WIDTH: u32 = 80;
@@ -131,6 +133,8 @@ impl<'a, W: io::Write> Cast<'a, W> {
                     vec![(0, "r", String::new())]
                 }
             }
+            // How the session ended: a marker, which players let a viewer jump to.
+            Some(Body::Kill(_)) => vec![(0, "m", detail(event))],
             _ => return Ok(()),
         };
         let start = *self.start.get_or_insert(event.time_unix_nano);
@@ -202,7 +206,7 @@ impl<'a, W: io::Write> Cast<'a, W> {
 
 #[cfg(test)]
 mod tests {
-    use proto::v1::{Event, Tty, TtyResize};
+    use proto::v1::{Event, Kill, Tty, TtyResize};
 
     use super::*;
 
@@ -237,7 +241,8 @@ mod tests {
     }
 
     /// The header has the last size set before the first output (a zero size is none), a
-    /// later size is an `r` event in its place, and every record used is in the sidecar.
+    /// later size is an `r` event in its place, a kill is a marker, never before what came
+    /// before it, and every record used is in the sidecar.
     #[test]
     fn window_sizes_shape_the_header_and_become_resize_events() {
         let dir = std::env::temp_dir().join(format!("cast-sizes-{}", std::process::id()));
@@ -258,6 +263,15 @@ mod tests {
             cast.push(&stored(seq, 1_000_000_000 * (seq + 1), body))
                 .unwrap();
         }
+        // The kill the collector sends last, stored before the last output was.
+        let kill = Body::Kill(Kill {
+            grant_id: "g-1".into(),
+            reason: "expired".into(),
+            pids: vec![7],
+            by: "agent".into(),
+            ..Kill::default()
+        });
+        cast.push(&stored(6, 4_500_000_000, kill)).unwrap();
         cast.finish(&sidecar).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<Value> = text
@@ -274,7 +288,8 @@ mod tests {
             [
                 json!([3.0, "o", "ready\n"]),
                 json!([4.0, "r", "120x40"]),
-                json!([5.0, "o", "done\n"])
+                json!([5.0, "o", "done\n"]),
+                json!([5.0, "m", "KILLED by agent pids [7]: expired grant g-1"])
             ]
         );
         let sidecar: Value = serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
@@ -284,7 +299,7 @@ mod tests {
             .iter()
             .map(|r| r["seq"].as_u64().unwrap())
             .collect();
-        assert_eq!(seqs, [0, 1, 3, 4, 5]);
+        assert_eq!(seqs, [0, 1, 3, 4, 5, 6]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -310,7 +310,7 @@ pub(crate) fn session_line(s: &Session, names: &Names) -> String {
         .filter(|d| *d != s.login_tty)
         .collect();
     format!(
-        "{:<44} {:<20} {:<24} root pid {:<7} {} → {}  {}, {}, {}  tty {}{}",
+        "{:<44} {:<20} {:<24} root pid {:<7} {} → {}  {}, {}, {}  tty {}{}{}",
         escape(&s.key),
         escape(&names.label(&s.host)),
         s.identity
@@ -331,7 +331,8 @@ pub(crate) fn session_line(s: &Session, names: &Names) -> String {
             String::new()
         } else {
             format!(" (inner {})", escape(&inner.join(",")))
-        }
+        },
+        if s.kills == 0 { "" } else { "  KILLED" }
     )
 }
 
@@ -344,7 +345,7 @@ pub fn session_json(s: &Session) -> Value {
             "kind": i.kind().name(), "name": i.name, "reason": i.reason, "grant": i.grant,
         })),
         "first": time(s.first_unix_nano), "last": time(s.last_unix_nano),
-        "events": s.events, "execs": s.execs, "tty_bytes": s.tty_bytes,
+        "events": s.events, "execs": s.execs, "tty_bytes": s.tty_bytes, "kills": s.kills,
         "login_tty": s.login_tty,
         "terminals": s.terminals.iter().map(|t| json!({
             "device": t.device,

@@ -12,13 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proto::{
-    kind::Kind,
-    v1::{
-        Event, Filter, ReplayRequest, SearchRequest, event::Body, query_client::QueryClient,
-        tty::Direction,
-    },
-};
+use proto::v1::{ReplayRequest, event::Body, query_client::QueryClient, tty::Direction};
 use tonic::transport::Channel;
 
 use crate::{
@@ -63,8 +57,15 @@ pub async fn play(
     };
     while let Some(stored) = stream.message().await? {
         let Some(event) = stored.event else { continue };
-        let Some(Body::Tty(tty)) = &event.body else {
-            continue;
+        let tty = match &event.body {
+            Some(Body::Tty(tty)) => tty,
+            // The collector sends the session's kills after its terminal.
+            Some(Body::Kill(_)) => {
+                clock.reach(event.time_unix_nano, out).await?;
+                write!(out, "\r\n\u{27e6}{}\u{27e7}\r\n", detail(&event))?;
+                continue;
+            }
+            _ => continue,
         };
         // Pushed by another process (`TIOCSTI`), not typed: said so.
         let how = if tty.injected { "injected" } else { "typed" };
@@ -87,28 +88,8 @@ pub async fn play(
             }
         }
     }
-    for kill in kills(client, &replay.session).await? {
-        clock.reach(kill.time_unix_nano, out).await?;
-        write!(out, "\r\n\u{27e6}{}\u{27e7}\r\n", detail(&kill))?;
-    }
     out.flush()?;
     Ok(())
-}
-
-/// The kills filed under `session`, oldest first.
-async fn kills(client: &mut QueryClient<Channel>, session: &str) -> anyhow::Result<Vec<Event>> {
-    let found = client
-        .search(SearchRequest {
-            filter: Some(Filter {
-                session: session.to_owned(),
-                kinds: vec![Kind::Kill.name().to_owned()],
-                ..Filter::default()
-            }),
-            ..SearchRequest::default()
-        })
-        .await?
-        .into_inner();
-    Ok(found.events.into_iter().filter_map(|s| s.event).collect())
 }
 
 /// Where the replay stands on the recording's own clock, scaled and capped.

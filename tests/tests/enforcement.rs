@@ -407,6 +407,14 @@ fn a_grant_covers_sudo_and_its_expiry_kills_the_session() {
         stored.iter().any(|v| v["kill"]["grant_id"] == grant.id),
         "no kill among the session's stored events: {stored:?}"
     );
+    // The listing of sessions says it was killed.
+    let listed = operator::json_lines(&url, &["sessions", "--json"]);
+    assert!(
+        listed
+            .iter()
+            .any(|s| s["key"] == key && s["kills"].as_u64() >= Some(1)),
+        "{listed:?}"
+    );
     rig.export_verified(key);
     // Its replay ends with how it ended.
     let replay = operator::run(&url, &["replay", key, "--speed", "0"]);

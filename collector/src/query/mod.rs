@@ -213,31 +213,34 @@ fn given<T: ToString + Default + PartialEq + Copy>(value: T) -> String {
     }
 }
 
-/// Streams every event `filter` selects, oldest first, read from the store a page at a time.
-fn stream_search(
+/// Streams every event each of `filters` selects, in turn, oldest first, read from the store
+/// a page at a time.
+fn stream_search<const N: usize>(
     store: Arc<dyn Store>,
-    filter: EventFilter,
+    filters: [EventFilter; N],
 ) -> ReceiverStream<Result<StoredEvent, Status>> {
     let (tx, rx) = mpsc::channel(PAGE);
     tokio::spawn(async move {
-        let mut after = Cursor::default();
-        loop {
-            let (store, f) = (Arc::clone(&store), filter.clone());
-            let page = match read(move || store.search(&f, after, STREAM_READ)).await {
-                Ok(page) => page,
-                Err(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
+        for filter in filters {
+            let mut after = Cursor::default();
+            loop {
+                let (store, f) = (Arc::clone(&store), filter.clone());
+                let page = match read(move || store.search(&f, after, STREAM_READ)).await {
+                    Ok(page) => page,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                for (cursor, event) in page.rows {
+                    after = cursor;
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
                 }
-            };
-            for (cursor, event) in page.rows {
-                after = cursor;
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
+                if !page.more {
+                    break;
                 }
-            }
-            if !page.more {
-                return;
             }
         }
     });
@@ -531,13 +534,13 @@ impl Query for QueryService {
         self.reader(&request, "Replay", detail).await?;
         let request = request.into_inner();
         let store = Arc::clone(&self.store);
-        let filter =
-            tokio::task::spawn_blocking(move || sessions::replay_filter(store.as_ref(), request))
+        let filters =
+            tokio::task::spawn_blocking(move || sessions::replay_filters(store.as_ref(), request))
                 .await
                 .map_err(|e| Status::internal(format!("replay failed: {e}")))??;
         Ok(Response::new(stream_search(
             Arc::clone(&self.store),
-            filter,
+            filters,
         )))
     }
 
@@ -818,7 +821,7 @@ mod tests {
         (host, since, limit, token): (String, u64, u32, String),
         replay: ReplayRequest,
     ) -> Result<(), TestCaseError> {
-        match sessions::replay_filter(store, replay) {
+        match sessions::replay_filters(store, replay) {
             Ok(_) | Err(QueryError::Invalid(_) | QueryError::NotFound(_)) => {}
             Err(e) => return Err(store_error(e)),
         }

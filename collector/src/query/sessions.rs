@@ -83,6 +83,7 @@ fn session(row: SessionRow) -> Session {
         events: row.events,
         execs: row.execs,
         tty_bytes: row.tty_bytes,
+        kills: row.kills,
         login_tty: row.login_tty,
         terminals,
     }
@@ -117,12 +118,14 @@ fn terminal(row: TerminalRow) -> Terminal {
     }
 }
 
-/// The events Replay plays, oldest first: the session's output (and input, when asked) on
-/// the terminal asked for, on its login terminal when none is, or on all of them.
-pub(crate) fn replay_filter(
+/// The events Replay plays, in turn, each oldest first: the session's output (and input,
+/// when asked) on the terminal asked for, on its login terminal when none is, or on all of
+/// them; then the kills filed under the session, which name no terminal and end what they
+/// kill. One request, so one access record, says both.
+pub(crate) fn replay_filters(
     store: &dyn Store,
     request: ReplayRequest,
-) -> Result<EventFilter, QueryError> {
+) -> Result<[EventFilter; 2], QueryError> {
     let key = request
         .session
         .parse::<Key>()
@@ -166,18 +169,24 @@ pub(crate) fn replay_filter(
     if request.input {
         kinds.push(Kind::TtyIn);
     }
-    Ok(EventFilter {
+    let kills = EventFilter {
+        session: Some(SessionMatch::Key(key.clone())),
+        kinds: vec![Kind::Kill],
+        ..EventFilter::default()
+    };
+    let terminal = EventFilter {
         session: Some(SessionMatch::Key(key)),
         kinds,
         tty,
         ..EventFilter::default()
-    })
+    };
+    Ok([terminal, kills])
 }
 
 #[cfg(test)]
 mod tests {
     use proto::v1::{
-        Exec, Identity, Process, SessionRoot, StoredEvent, Tty, event::Body, tty::Direction,
+        Exec, Identity, Kill, Process, SessionRoot, StoredEvent, Tty, event::Body, tty::Direction,
     };
 
     use super::*;
@@ -382,26 +391,20 @@ mod tests {
 
     /// What Replay plays for `request`: each event's data, oldest first.
     fn replay(store: &TestStore, request: ReplayRequest) -> Result<Vec<String>, QueryError> {
-        let filter = replay_filter(&store.store, request)?;
-        let events: Vec<StoredEvent> = store
-            .store
-            .search(
-                &filter,
-                Cursor::default(),
-                Bound {
-                    rows: 100,
-                    bytes: usize::MAX,
-                },
-            )
-            .unwrap()
-            .rows
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect();
+        let bound = Bound {
+            rows: 100,
+            bytes: usize::MAX,
+        };
+        let mut events: Vec<StoredEvent> = Vec::new();
+        for filter in replay_filters(&store.store, request)? {
+            let found = store.store.search(&filter, Cursor::default(), bound);
+            events.extend(found.unwrap().rows.into_iter().map(|(_, e)| e));
+        }
         Ok(events
             .into_iter()
             .map(|e| match e.event.unwrap().body {
                 Some(Body::Tty(t)) => String::from_utf8(t.data.to_vec()).unwrap(),
+                Some(Body::Kill(k)) => format!("kill {}", k.grant_id),
                 other => panic!("replayed {other:?}"),
             })
             .collect())
@@ -448,6 +451,59 @@ mod tests {
             replay(&store, request("", true, true)).unwrap().len(),
             10 - 2,
             "every tty event"
+        );
+    }
+
+    /// A kill of the session, filed under it, made before its last output was stored.
+    fn killed_session() -> TestStore {
+        let store = sudo_session();
+        let kill = |time, sessionid| Event {
+            process: None,
+            body: Some(Body::Kill(Kill {
+                grant_id: format!("g-{sessionid}"),
+                sessionid: Some(sessionid),
+                ..Kill::default()
+            })),
+            ..exec(time, process(0, "", ""))
+        };
+        // Another session's kill, and one of this session stored before its last output.
+        store.ingest("h:boot:2", "h", &[kill(85, 8), kill(86, 7)]);
+        store
+    }
+
+    #[test]
+    fn a_session_counts_the_kills_filed_under_it() {
+        let store = killed_session();
+        let listed = sessions_since(&store, 0);
+        let kills: Vec<(&str, u64, u64)> = listed
+            .iter()
+            .map(|s| (s.key.as_str(), s.events, s.kills))
+            .collect();
+        assert_eq!(kills, [(KEY, 11, 1), ("h:8:100", 1, 1)]);
+        assert_eq!(
+            sessions_since(&store, 87)[0].kills,
+            0,
+            "a window counts its own"
+        );
+    }
+
+    #[test]
+    fn replay_ends_with_the_kills_filed_under_the_session_whatever_the_terminal() {
+        let store = killed_session();
+        assert_eq!(
+            replay(&store, request("", false, false)).unwrap(),
+            ["sudo -i\r\n", "root# ls\r\nfile\r\n", "kill g-7"],
+        );
+        assert_eq!(
+            replay(&store, request("136:1", false, false)).unwrap(),
+            ["root# ", "ls\r\nfile\r\n", "kill g-7"]
+        );
+        assert_eq!(
+            replay(&store, request("", true, true))
+                .unwrap()
+                .last()
+                .unwrap(),
+            "kill g-7"
         );
     }
 

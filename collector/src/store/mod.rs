@@ -472,6 +472,8 @@ pub struct SessionRow {
     pub events: u64,
     pub execs: u64,
     pub tty_bytes: u64,
+    /// Kill events filed under the session: it was ended by a grant's end or a violation.
+    pub kills: u64,
     /// The bytes of the session's first event (by time, then row): it names the session's
     /// root and identity.
     pub first_event: Vec<u8>,

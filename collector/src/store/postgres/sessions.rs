@@ -61,10 +61,12 @@ fn session_rows(
     // A session's key names its host, so every event of a group has the same one.
     let sql = format!(
         "SELECT e.session, MIN(e.host), MIN(e.time), MAX(e.time), COUNT(*), \
-         COUNT(*) FILTER (WHERE e.kind = '{exec}'), SUM(e.tty_bytes)::BIGINT, MIN(e.id) \
+         COUNT(*) FILTER (WHERE e.kind = '{exec}'), SUM(e.tty_bytes)::BIGINT, MIN(e.id), \
+         COUNT(*) FILTER (WHERE e.kind = '{kill}') \
          FROM events e WHERE {conditions} GROUP BY e.session {}",
         c.sql,
         exec = Kind::Exec.name(),
+        kill = Kind::Kill.name(),
     );
     let rows = tx.query(&sql, &params(&c.args))?;
     Ok(rows
@@ -82,6 +84,7 @@ fn session_rows(
                 events: uint(r.try_get(4)?),
                 execs: uint(r.try_get(5)?),
                 tty_bytes: uint(r.try_get(6)?),
+                kills: uint(r.try_get(8)?),
                 ..SessionRow::default()
             })
         })

@@ -52,11 +52,12 @@ fn session_rows(conn: &Connection, query: &SessionQuery) -> rusqlite::Result<Vec
     let (conditions, mut args) = session_sql(query);
     let sql = format!(
         "SELECT e.session, e.host, MIN(e.time), MAX(e.time), COUNT(*), SUM(e.kind = '{exec}'), \
-         SUM(e.tty_bytes), MIN(e.id) \
+         SUM(e.tty_bytes), MIN(e.id), SUM(e.kind = '{kill}') \
          FROM events e WHERE {conditions} GROUP BY e.session \
          HAVING MIN(e.time) > ? OR (MIN(e.time) = ? AND MIN(e.id) > ?) \
          ORDER BY MIN(e.time), MIN(e.id) LIMIT ?",
         exec = Kind::Exec.name(),
+        kill = Kind::Kill.name(),
     );
     let time = Value::Integer(int(query.after.time_unix_nano));
     args.extend([
@@ -79,6 +80,7 @@ fn session_rows(conn: &Connection, query: &SessionQuery) -> rusqlite::Result<Vec
                 events: uint(r.get(4)?),
                 execs: uint(r.get(5)?),
                 tty_bytes: uint(r.get(6)?),
+                kills: uint(r.get(8)?),
                 ..SessionRow::default()
             })
         })?
