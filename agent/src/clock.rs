@@ -138,8 +138,7 @@ mod tests {
     /// exactly, and another boot's is not used, nor one a day or more from now's.
     #[test]
     fn session_starts_map_alike_in_every_run_of_a_boot() {
-        let dir = std::env::temp_dir().join(format!("session-clock-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::Scratch::new("session-clock");
         let first = WallClock::for_sessions(Some(&dir), "boot-a");
         std::thread::sleep(std::time::Duration::from_millis(2));
         let later = WallClock::for_sessions(Some(&dir), "boot-a");
@@ -173,6 +172,5 @@ mod tests {
             (absurd.realtime_minus_boot - first.realtime_minus_boot).abs() < STEP_NS,
             "not one from 1970"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

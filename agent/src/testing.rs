@@ -60,3 +60,30 @@ pub(crate) fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let out = f();
     (out, LARGEST.replace(None).unwrap_or(0))
 }
+
+/// A test's own directory under the system's temporary one, named for `tag` and this
+/// process: emptied first (a failed earlier run may have left one), removed when dropped.
+pub(crate) struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    pub(crate) fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("agent-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -403,25 +403,10 @@ fn read_checked(mut file: File, key: &ImageKey) -> Digest {
 /// and the reader's answers.
 #[cfg(test)]
 mod tests {
-    use std::{ffi::CString, io::Write as _, path::PathBuf};
+    use std::{ffi::CString, io::Write as _};
 
     use super::*;
-
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("image-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testing::Scratch;
 
     fn image_of(path: &Path) -> Image {
         let meta = std::fs::metadata(path).unwrap();
@@ -478,8 +463,8 @@ mod tests {
     /// opened for reading (it would block); a missing or relative path is `gone`.
     #[test]
     fn a_file_is_read_only_if_it_is_the_one_the_kernel_named() {
-        let dir = Dir::new("checks");
-        let path = dir.0.join("prog");
+        let dir = Scratch::new("image-checks");
+        let path = dir.join("prog");
         std::fs::write(&path, b"abc").unwrap();
         let key = image_of(&path).key();
         let name = path.to_str().unwrap();
@@ -496,7 +481,7 @@ mod tests {
         assert_eq!(read_checked(file, &key), Err(Unhashed::Changed));
         assert_eq!(open(None, name, &key).err(), Some(Unhashed::Changed));
 
-        let fifo = dir.0.join("fifo");
+        let fifo = dir.join("fifo");
         let c = CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid path string.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
@@ -506,7 +491,7 @@ mod tests {
             Some(Unhashed::Changed)
         );
         assert_eq!(
-            open(None, dir.0.join("none").to_str().unwrap(), &key).err(),
+            open(None, dir.join("none").to_str().unwrap(), &key).err(),
             Some(Unhashed::Gone)
         );
         assert_eq!(open(None, "prog", &key).err(), Some(Unhashed::Gone));
@@ -518,8 +503,8 @@ mod tests {
     /// dropped, a file still queued is answered `busy`, and the reader ends.
     #[test]
     fn the_reader_answers_every_pending_file() {
-        let dir = Dir::new("reader");
-        let path = dir.0.join("prog");
+        let dir = Scratch::new("image-reader");
+        let path = dir.join("prog");
         std::fs::write(&path, b"#!\n").unwrap();
         let exec = |image: Image| exec_of(path.to_str().unwrap(), None, image);
         let (out, mut digests) = mpsc::channel(4);
@@ -570,8 +555,8 @@ mod tests {
     /// altered.
     #[test]
     fn a_path_that_names_another_file_now_is_never_read() {
-        let dir = Dir::new("elsewhere");
-        let (prog, other) = (dir.0.join("prog"), dir.0.join("other"));
+        let dir = Scratch::new("image-elsewhere");
+        let (prog, other) = (dir.join("prog"), dir.join("other"));
         std::fs::write(&prog, b"ran").unwrap();
         std::fs::write(&other, b"another file").unwrap();
         let image = image_of(&prog);

@@ -597,9 +597,7 @@ mod tests {
     /// cause kept.
     #[test]
     fn a_kill_after_a_restart_is_filed_under_the_subject_its_cause_kept() {
-        let dir = std::env::temp_dir().join(format!("enforce-restart-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::Scratch::new("enforce-restart");
         // No such audit session: the kill finds nothing to signal.
         let target = Target::Session(u32::MAX - 7);
         let subject = Subject {
@@ -620,6 +618,5 @@ mod tests {
         let kill = next.kill(target, "g-1".into(), "expired");
         assert_eq!(kill.identity.map(|i| i.name).as_deref(), Some("alice"));
         assert_eq!(kill.session_root.map(|r| r.pid), Some(4321));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -410,13 +410,13 @@ impl Evidence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Scratch;
 
     /// An event a collector would refuse is never spooled: it is a gap that says what it
     /// was and how large, and the chain goes on.
     #[test]
     fn an_event_too_large_to_ship_is_a_gap() {
-        let dir = std::env::temp_dir().join(format!("evidence-large-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = Scratch::new("evidence-large");
         let mut evidence = Evidence::open(&dir, 1 << 30, "test-host", "test").unwrap();
         let huge = v1::Event {
             body: Some(v1::event::Body::Tty(v1::Tty {
@@ -439,15 +439,13 @@ mod tests {
                 bytes: len,
             }))
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A spool already over its bound at start: the chain still starts, and what follows
     /// is refused and counted.
     #[test]
     fn a_full_spool_still_starts_its_chain() {
-        let dir = std::env::temp_dir().join(format!("evidence-full-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = Scratch::new("evidence-full");
         let mut evidence = Evidence::open(&dir, 1, "test-host", "test").unwrap();
         let durable = evidence.process(&[v1::Event::default()]);
         assert_eq!(evidence.refused_total(), 1);
@@ -460,15 +458,13 @@ mod tests {
             "{records:?}"
         );
         assert_eq!(records.len(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Batches added between two commits are durable together, and the ship stage is never
     /// told of a byte before its sync: `durable` stays where the last commit left it.
     #[test]
     fn added_batches_are_reported_durable_only_once_committed() {
-        let dir = std::env::temp_dir().join(format!("evidence-commit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = Scratch::new("evidence-commit");
         let mut evidence = Evidence::open(&dir, 1 << 20, "test-host", "test").unwrap();
         let before = evidence.durable();
         evidence.add(&[v1::Event::default()]);
@@ -482,6 +478,5 @@ mod tests {
         assert_eq!(bytes.len() as u64, after.len);
         let (records, _) = spool::read_frames(&bytes.into());
         assert_eq!(records.len(), 4, "the chain start and the three events");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

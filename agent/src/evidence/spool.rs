@@ -388,17 +388,11 @@ pub fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::chain::Chain;
-
-    fn tempdir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("spool-test-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
+    use crate::{evidence::chain::Chain, testing::Scratch};
 
     #[test]
     fn a_torn_tail_is_cut_and_the_head_survives() {
-        let dir = tempdir("torn");
+        let dir = Scratch::new("spool-torn");
         let (mut spool, recovered) = Spool::open(&dir, 1 << 30).unwrap();
         assert_eq!(recovered.head, None);
         let mut chain = Chain::new("c1".into());
@@ -432,14 +426,13 @@ mod tests {
             (read, good as u64),
             (records, fs::metadata(&seg).unwrap().len())
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A broken frame in the middle of the newest segment is corruption, not a torn tail:
     /// a restart keeps the frames after it, and its head is the last of them.
     #[test]
     fn a_corrupt_frame_mid_segment_is_not_cut_as_a_torn_tail() {
-        let dir = tempdir("mid");
+        let dir = Scratch::new("spool-mid");
         let (mut spool, _) = Spool::open(&dir, 1 << 30).unwrap();
         let mut chain = Chain::new("c1".into());
         let mut last = None;
@@ -471,7 +464,6 @@ mod tests {
             Some((4, last.hash))
         );
         assert_eq!(resync(&Bytes::from(bytes).slice(third..)), Some(frame));
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -489,8 +481,7 @@ mod tests {
     /// after those named by earlier agents for their start time.
     #[test]
     fn segment_names_count_up_from_the_newest() {
-        let dir = tempdir("names");
-        fs::create_dir_all(&dir).unwrap();
+        let dir = Scratch::new("spool-names");
         let old = dir.join(format!(
             "{:020}-{:020}{SUFFIX}",
             1_796_000_000_000_000_000u64, 0
@@ -499,15 +490,13 @@ mod tests {
         let first = Spool::open(&dir, 1 << 30).unwrap().0.durable().segment;
         let second = Spool::open(&dir, 1 << 30).unwrap().0.durable().segment;
         assert_eq!(segments(&dir).unwrap(), [old, first, second]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn the_size_bound_is_reported() {
-        let dir = tempdir("bound");
+        let dir = Scratch::new("spool-bound");
         let (spool, _) = Spool::open(&dir, 100).unwrap();
         assert!(spool.fits(100) && !spool.fits(101));
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
 
