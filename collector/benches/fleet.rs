@@ -501,6 +501,17 @@ fn report_costs(samples: &[Sample], rss_idle: f64, offered_per_second: u64) {
         "  collector RSS, last / first with every host connected: {:.2}",
         series[series.len() - 1].rss_mib / series[0].rss_mib
     );
+    // The caches fill in the first minutes (docs/limits.md); a slope that lasts past them
+    // is what a daemon running for months would pay.
+    let (half, end) = (&samples[samples.len() / 2], &samples[samples.len() - 1]);
+    #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+    let minutes = (end.second - half.second).max(1) as f64 / 60.0;
+    println!(
+        "  collector RSS over the second half of the run: {:.1} → {:.1} MiB ({:+.2} MiB a minute)",
+        half.rss_mib,
+        end.rss_mib,
+        (end.rss_mib - half.rss_mib) / minutes
+    );
     // What the timed run cost the collector, and the share of it of its busiest thread,
     // the writer, and of the checkpoint thread.
     let seconds = samples.len() as u64 - 1;
