@@ -454,7 +454,8 @@ mod tests {
         );
     }
 
-    /// A kill of the session, filed under it, made before its last output was stored.
+    /// The sudo session, killed at a time before its last output, and another session's
+    /// kill.
     fn killed_session() -> TestStore {
         let store = sudo_session();
         let kill = |time, sessionid| Event {

@@ -146,9 +146,13 @@ impl Drop for Checkpointer {
 /// How often the revoked hosts and grant changes are counted for another collector's.
 const POLL_CHANGES: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// A reader's page cache, in KiB: SQLite's default, which readers keep.
+const READER_CACHE_KIB: usize = 2048;
+
 /// Slots in the page caches' pool: the writer's cache, the readers kept, and four more
 /// readers' (the checkpointer's, a burst's), in pages of `PAGE_BYTES`.
-const POOL_PAGES: usize = (WRITER_CACHE_KIB as usize + (READERS_KEPT + 4) * 2048) / 16;
+const POOL_PAGES: usize = (WRITER_CACHE_KIB as usize + (READERS_KEPT + 4) * READER_CACHE_KIB)
+    / (PAGE_BYTES as usize >> 10);
 
 /// Gives every connection's page cache one pool of fixed slots, once, before SQLite is first
 /// used. Without it each cached page is a `malloc` of 16 KiB and more, taken and freed by
